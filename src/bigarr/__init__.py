@@ -1,0 +1,28 @@
+"""bigarr: memory-mapped numpy arrays as a first-class tool for data far larger than RAM.
+
+Page-aligned, self-describing ``.npy`` files; read-only, shared and private (copy-on-write)
+mappings with a safe ``close``; access hints, ranged flush and bounded resident memory.
+"""
+
+from __future__ import annotations
+
+from . import errors
+from ._array import memmap
+from ._files import create, open, open_raw
+from ._geometry import PAGE_SIZE, parse_size
+from ._hints import HINT_NAMES, supported_hints
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HINT_NAMES",
+    "PAGE_SIZE",
+    "__version__",
+    "create",
+    "errors",
+    "memmap",
+    "open",
+    "open_raw",
+    "parse_size",
+    "supported_hints",
+]

@@ -1,0 +1,246 @@
+"""The user-facing array: a thin ``numpy.memmap`` subclass that delegates to the owning modules.
+
+It keeps numpy.memmap's documented behaviour (slices stay memmaps; ufunc results and fancy
+indexing give plain ndarrays; full reductions give scalars; views keep ``filename``, ``offset``
+and ``mode``) and adds ``close()``, context management, pickling by file reference and the
+methods later modules provide. It holds no logic of its own beyond routing: the mapping lives in
+:mod:`bigarr._mapping`, region arithmetic in :mod:`bigarr._regions`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._modes import NUMPY_MODE, parse_mode
+from ._regions import Region, region_span
+from .errors import ClosedError, PickleError_, TruncatedFileError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ._mapping import Mapping
+
+__all__ = ["memmap"]
+
+
+def _plain(x: Any) -> Any:
+    """An ndarray view of ``x`` for the ufunc machinery, refusing closed arrays."""
+    if isinstance(x, memmap):
+        m = x._bigarr
+        if m is not None and m.closed:
+            raise ClosedError(f"The mapping of {m.path} is closed.")
+        return x.view(np.ndarray)
+    return x
+
+
+class memmap(np.memmap):  # noqa: N801 - mirrors numpy.memmap
+    """A memory-mapped array with a safe ``close``, hints, ranged flush and file-reference pickling.
+
+    Constructed like :class:`numpy.memmap` (a raw file, numpy's arguments, plus bigarr's mode
+    names ``"readonly"``, ``"shared"`` and ``"private"``); :func:`bigarr.open` and
+    :func:`bigarr.create` build one from a ``.npy`` file.
+    """
+
+    _bigarr: Mapping | None = None
+
+    def __new__(
+        cls,
+        filename: Any,
+        dtype: Any = np.uint8,
+        mode: str = "r+",
+        offset: int = 0,
+        shape: int | tuple[int, ...] | None = None,
+        order: str = "C",
+    ) -> memmap:
+        from ._files import open_raw
+
+        _access, creating = parse_mode(mode)
+        arr = open_raw(filename, dtype, shape, offset=offset, order=order, mode=mode,
+                       overwrite=creating)
+        return arr if cls is memmap else arr.view(cls)
+
+    @classmethod
+    def _attach(
+        cls,
+        mapping: Mapping,
+        shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        order: str,
+        *,
+        filename: str,
+        offset: int,
+        start: int | None = None,
+        strides: tuple[int, ...] | None = None,
+    ) -> memmap:
+        """Build the array over ``mapping``; ``start`` is the byte offset within the mapping."""
+        first = mapping.data_start if start is None else start
+        if mapping.root.size == 0:
+            first = 0
+        arr = np.ndarray.__new__(cls, shape, dtype, buffer=mapping.root, offset=first,
+                                 strides=strides, order=order)
+        arr._bigarr = mapping
+        arr._mmap = mapping
+        arr.filename = filename
+        arr.offset = offset
+        arr.mode = NUMPY_MODE[mapping.access]
+        mapping.track(arr)
+        return arr
+
+    # ---- numpy.memmap behaviour --------------------------------------------------------------
+    def __array_finalize__(self, obj: Any) -> None:
+        m = getattr(obj, "_bigarr", None)
+        if m is not None and np.may_share_memory(self, obj):
+            self._bigarr = self._mmap = m
+            self.filename, self.offset, self.mode = obj.filename, obj.offset, obj.mode
+            m.track(self)
+        else:
+            self._bigarr = self._mmap = None
+            self.filename = self.offset = self.mode = None
+
+    def __array_wrap__(
+        self, arr: Any, context: Any = None, return_scalar: bool = False
+    ) -> Any:
+        arr = np.ndarray.__array_wrap__(self, arr, context, return_scalar)
+        if self is arr or not isinstance(arr, memmap):
+            return arr
+        if return_scalar:
+            return arr[()]
+        return arr.view(np.ndarray)
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        out = kwargs.get("out")
+        args = [_plain(x) for x in inputs]
+        if out is not None:
+            kwargs["out"] = tuple(_plain(o) for o in out)
+        result = getattr(ufunc, method)(*args, **kwargs)
+        if out is None or method == "at":
+            return result
+        if isinstance(result, tuple):
+            return tuple(o if o is not None else r for o, r in zip(out, result, strict=True))
+        return out[0]
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        self._check_open()
+        return super().__array_function__(func, types, args, kwargs)
+
+    def __getitem__(self, index: Any) -> Any:
+        self._check_open()
+        res = np.ndarray.__getitem__(self, index)
+        if isinstance(res, memmap) and res._bigarr is None:
+            return res.view(np.ndarray)
+        return res
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self._check_open()
+        np.ndarray.__setitem__(self, index, value)
+
+    def __repr__(self) -> str:
+        m = self._bigarr
+        if m is not None and m.closed:
+            return f"<closed bigarr.memmap of {os.path.basename(m.path)}>"
+        return super().__repr__()
+
+    def __reduce__(self) -> Any:
+        m = self._bigarr
+        if m is None:
+            return super().__reduce__()
+        self._check_open()
+        if m.access == "private":
+            raise PickleError_(
+                f"A private-mode array of {m.path} cannot be pickled: its scratch edits live only "
+                "in this process's memory. commit() them and pickle a read-only or shared "
+                "array, or send np.asarray(arr).copy() to ship the data itself."
+            )
+        first = m.map_offset + m.offset_of(self)
+        return _rebuild, (m.path, m.access, first, self.shape, self.dtype, self.strides,
+                          self.filename, self.offset)
+
+    # ---- bigarr additions ----------------------------------------------------------------
+    def _check_open(self) -> None:
+        m = self._bigarr
+        if m is not None and m.closed:
+            raise ClosedError(f"The mapping of {m.path} is closed.")
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has run on this array or any view of its mapping."""
+        return self._bigarr is not None and self._bigarr.closed
+
+    @property
+    def access(self) -> str | None:
+        """``"readonly"``, ``"shared"`` or ``"private"``; ``None`` for a detached copy."""
+        return None if self._bigarr is None else self._bigarr.access
+
+    def close(self, *, force: bool = False) -> None:
+        """Flush (shared mode), then release the mapping and its file descriptor.
+
+        Closing is idempotent. Afterwards any use of this array, or of another view of the same
+        mapping, raises :class:`~bigarr.errors.ClosedError`; the address range stays valid
+        (zero pages) until those arrays are garbage-collected, so nothing can segfault.
+
+        Parameters
+        ----------
+        force
+            Close even while other views of the mapping are alive (they become closed too).
+
+        Raises
+        ------
+        MappingBusyError
+            If other views of the mapping are alive and ``force`` is false.
+        """
+        if self._bigarr is not None:
+            self._bigarr.close(self, force=force)
+
+    def __enter__(self) -> memmap:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def flush(self, region: Region = None) -> None:
+        """Write this array's (or ``region``'s) modified pages to disk with ``msync(MS_SYNC)``.
+
+        The region's byte range is rounded outward to whole pages. A no-op in read-only and
+        private mode (private edits never reach the file; see ``commit``).
+        """
+        m = self._bigarr
+        if m is None:
+            return
+        m.sync(region_span(self, region))
+
+
+def _rebuild(
+    path: str,
+    access: Any,
+    first: int,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    strides: tuple[int, ...],
+    filename: str,
+    offset: int,
+) -> memmap:
+    """Unpickle: map the same bytes of the same file in the receiving process."""
+    from ._files import _regular_size
+    from ._mapping import Mapping
+
+    size = 0 if 0 in shape else dtype.itemsize
+    low = first + sum(min(0, (n - 1) * s) for n, s in zip(shape, strides, strict=True))
+    high = first + sum(max(0, (n - 1) * s) for n, s in zip(shape, strides, strict=True)) + size
+    if size == 0:
+        low = high = first
+    have = _regular_size(path)
+    if have < high:
+        raise TruncatedFileError(
+            f"{path} has {have} bytes, but the pickled array needs bytes {low}..{high}."
+        )
+    mapping = Mapping(path, access, low, high)
+    return memmap._attach(mapping, shape, dtype, "C", filename=filename, offset=offset,
+                          start=first - mapping.map_offset, strides=strides)

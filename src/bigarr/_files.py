@@ -1,0 +1,316 @@
+"""Files: create, open and open_raw. Validates everything before a single page is mapped.
+
+The order of checks matters because a mapping over missing file bytes faults later with SIGBUS,
+which no Python code can catch: the path must be a regular file, the header must parse, and the
+file must be at least as long as the header (or the caller) says, all *before* ``mmap``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ._array import memmap
+from ._format import NpyHeader, build_header, check_dtype, check_shape, read_header
+from ._geometry import default_alignment
+from ._mapping import Mapping
+from ._modes import parse_mode
+from .errors import (
+    DiskFullError,
+    FileExistsError_,
+    FileMissingError,
+    FormatError,
+    ModeError,
+    NotAFileError,
+    ShapeError,
+    TruncatedFileError,
+)
+
+__all__ = ["create", "file_path", "open", "open_raw", "parse_order", "preallocate"]
+
+_FILL_BLOCK = 16 << 20  # bytes written per pwrite when filling a new file
+
+
+def file_path(path: Any) -> str:
+    """Normalise a path argument (str, PathLike, or an open file with ``.name``) to a str."""
+    if hasattr(path, "fileno") and hasattr(path, "name"):
+        path = path.name
+    try:
+        return os.path.abspath(os.fsdecode(path))
+    except TypeError:
+        raise FileMissingError(f"Expected a file path. Got {type(path).__name__}.") from None
+
+
+def _regular_size(path: str) -> int:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileMissingError(f"No such file: {path}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a special file"
+        raise NotAFileError(f"Expected a regular file. Got {kind}: {path}")
+    return st.st_size
+
+
+def parse_order(order: str) -> str:
+    """Normalise a memory order to ``"C"`` or ``"F"``."""
+    if not isinstance(order, str) or order.upper() not in ("C", "F"):
+        raise ShapeError(f"Expected order 'C' or 'F'. Got {order!r}.")
+    return order.upper()
+
+
+def _parse_align(align: int | None) -> int:
+    if align is None:
+        return default_alignment()
+    if isinstance(align, bool) or not isinstance(align, int) or align < 64 or align & (align - 1):
+        raise FormatError(f"Expected align as a power of two of at least 64 bytes. Got {align!r}.")
+    return align
+
+
+def preallocate(fd: int, offset: int, nbytes: int, path: str) -> None:
+    """Reserve disk blocks for ``[offset, offset+nbytes)`` so writes through a mapping cannot
+    hit a full disk later (which would be a SIGBUS, not an exception).
+
+    Uses ``posix_fallocate`` where the OS and file system have it; elsewhere it checks free space
+    with ``statvfs`` and extends the file with ``ftruncate`` (sparse: the check is best effort).
+
+    Raises
+    ------
+    DiskFullError
+        If the file system lacks room.
+    """
+    if nbytes <= 0:
+        return
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, offset, nbytes)
+            return
+        except OSError as exc:
+            if exc.errno == 28:  # ENOSPC
+                raise DiskFullError(
+                    f"No room on disk for {path}: it needs {nbytes} bytes "
+                    f"({_free(path)} free)."
+                ) from None
+            if exc.errno not in (22, 95):  # EINVAL, EOPNOTSUPP: fall through to the check
+                raise
+    free = _free(path)
+    if free is not None and free < nbytes:
+        raise DiskFullError(f"No room on disk for {path}: it needs {nbytes} bytes ({free} free).")
+    os.ftruncate(fd, max(os.fstat(fd).st_size, offset + nbytes))
+
+
+def _free(path: str) -> int | None:
+    try:
+        st = os.statvfs(os.path.dirname(path) or ".")
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+@contextlib.contextmanager
+def _atomic_file(path: str, overwrite: bool) -> Iterator[int]:
+    """Yield an fd of a temporary file that becomes ``path`` only if the block succeeds.
+
+    A crash or exception leaves at most a hidden ``.NAME.bigarr-tmp-*`` file, never a
+    half-written file under the final name.
+    """
+    folder, name = os.path.split(path)
+    if os.path.isdir(path):
+        raise NotAFileError(f"Expected a file path. Got a directory: {path}")
+    if not overwrite and os.path.lexists(path):
+        raise FileExistsError_(f"{path} exists; pass overwrite=True to replace it.")
+    if not os.path.isdir(folder or "."):
+        raise FileMissingError(f"No such directory: {folder}")
+    tmp = os.path.join(folder, f".{name}.bigarr-tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        yield fd
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # atomic and never clobbers
+            except FileExistsError:
+                raise FileExistsError_(f"{path} exists; pass overwrite=True to replace it.") from None
+            except OSError:  # no hard links here: check, then rename
+                if os.path.lexists(path):
+                    raise FileExistsError_(f"{path} exists; pass overwrite=True.") from None
+                os.rename(tmp, path)
+        _fsync_dir(folder)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _fsync_dir(folder: str) -> None:
+    with contextlib.suppress(OSError):
+        dfd = os.open(folder or ".", os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def _fill(fd: int, offset: int, nbytes: int, dtype: np.dtype[Any], fill: Any) -> None:
+    value = np.asarray(fill, dtype=dtype)
+    if nbytes == 0 or not value.tobytes().strip(b"\x00"):
+        return  # preallocated blocks already read as zeros
+    block = np.full(max(1, _FILL_BLOCK // dtype.itemsize), value, dtype=dtype).tobytes()
+    pos, end = offset, offset + nbytes
+    while pos < end:
+        pos += os.pwrite(fd, block[: end - pos], pos)
+
+
+def create(
+    path: str | os.PathLike[str],
+    shape: int | tuple[int, ...],
+    dtype: Any = np.float64,
+    *,
+    fill: Any = None,
+    order: str = "C",
+    align: int | None = None,
+    overwrite: bool = False,
+) -> memmap:
+    """Create a page-aligned ``.npy`` file and open it in shared mode.
+
+    The data starts at a multiple of ``align`` bytes (default: the page size, at least 4096),
+    so plain ``np.load(path, mmap_mode="r")`` still reads it. The file is preallocated, so a full
+    disk raises :class:`~bigarr.errors.DiskFullError` here rather than SIGBUS later, and it is
+    written under a temporary name and renamed into place, so a crash never leaves a half-written
+    file at ``path``.
+
+    Parameters
+    ----------
+    path
+        Where to write.
+    shape, dtype
+        The array's shape and element type.
+    fill
+        Value for every element; ``None`` leaves zeros (which cost no writes).
+    order
+        ``"C"`` (row-major) or ``"F"`` (column-major).
+    align
+        Data alignment in bytes, a power of two of at least 64.
+    overwrite
+        Replace an existing file at ``path`` (atomically).
+
+    Raises
+    ------
+    FileExistsError_
+        If ``path`` exists and ``overwrite`` is false.
+    DiskFullError
+        If the file system lacks room.
+    DtypeError, ShapeError, FormatError
+        For bad dtype, shape, order or alignment.
+    """
+    dt = check_dtype(dtype)
+    dims = check_shape(shape, dt)
+    fortran = parse_order(order) == "F"
+    target = file_path(path)
+    header = build_header(dims, dt, fortran, align=_parse_align(align))
+    nbytes = int(np.prod(dims, dtype=object)) * dt.itemsize
+    with _atomic_file(target, overwrite) as fd:
+        os.pwrite(fd, header, 0)
+        preallocate(fd, len(header), nbytes, target)
+        if fill is not None:
+            _fill(fd, len(header), nbytes, dt, fill)
+    return open(target, "shared")
+
+
+def _header_of(path: str) -> NpyHeader:
+    size = _regular_size(path)
+    with builtins.open(path, "rb") as f:
+        return read_header(f, size, name=path)
+
+
+def open(path: str | os.PathLike[str], mode: str = "r") -> memmap:  # noqa: A001
+    """Open an existing ``.npy`` file (bigarr's or numpy's alignment) as a :class:`memmap`.
+
+    Parameters
+    ----------
+    path
+        The file.
+    mode
+        ``"r"``/``"readonly"``, ``"shared"``/``"r+"`` or ``"private"``/``"c"``.
+
+    Raises
+    ------
+    FileMissingError, NotAFileError
+        If ``path`` is missing or not a regular file.
+    HeaderError, TruncatedFileError, DtypeError, ShapeError
+        If the file is not a mappable ``.npy`` file; checked before mapping.
+    ReadOnlyError
+        For shared mode on a file that cannot be written.
+    """
+    access, creating = parse_mode(mode)
+    if creating:
+        raise ModeError("open() maps existing files; use bigarr.create() to make a new one.")
+    target = file_path(path)
+    header = _header_of(target)
+    mapping = Mapping(target, access, header.data_offset, header.data_offset + header.nbytes)
+    return memmap._attach(mapping, header.shape, header.dtype, header.order,
+                          filename=target, offset=header.data_offset)
+
+
+def open_raw(
+    path: str | os.PathLike[str],
+    dtype: Any,
+    shape: int | tuple[int, ...] | None = None,
+    *,
+    offset: int = 0,
+    order: str = "C",
+    mode: str = "r",
+    overwrite: bool = False,
+) -> memmap:
+    """Map a headerless binary file.
+
+    ``shape=None`` maps everything from ``offset`` to the end as a 1-D array. With ``mode="w+"``
+    a new preallocated file of ``offset`` + the array's bytes is created (never replacing an
+    existing path unless ``overwrite=True``), then opened in shared mode.
+
+    Raises
+    ------
+    TruncatedFileError
+        If the file is shorter than ``offset`` plus the array's bytes; checked before mapping.
+    """
+    access, creating = parse_mode(mode)
+    dt = check_dtype(dtype)
+    target = file_path(path)
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+        raise ShapeError(f"Expected a non-negative integer offset. Got {offset!r}.")
+    offset = int(offset)
+    fmt_order = parse_order(order)
+    if creating:
+        if shape is None:
+            raise ShapeError("Creating a raw file (mode 'w+') needs a shape.")
+        dims = check_shape(shape, dt)
+        nbytes = int(np.prod(dims, dtype=object)) * dt.itemsize
+        with _atomic_file(target, overwrite) as fd:
+            preallocate(fd, 0, offset + nbytes, target)
+    size = _regular_size(target)
+    if shape is None:
+        if dt.itemsize == 0 or size < offset:
+            raise TruncatedFileError(f"{target} has {size} bytes; offset {offset} is past its end.")
+        dims = ((size - offset) // dt.itemsize,)
+    else:
+        dims = check_shape(shape, dt)
+    nbytes = int(np.prod(dims, dtype=object)) * dt.itemsize
+    if size < offset + nbytes:
+        raise TruncatedFileError(
+            f"{target} has {size} bytes, but shape {dims} of {dt} at offset {offset} needs "
+            f"{offset + nbytes}."
+        )
+    mapping = Mapping(target, access, offset, offset + nbytes)
+    return memmap._attach(mapping, dims, dt, fmt_order, filename=target, offset=offset)

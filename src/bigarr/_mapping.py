@@ -1,0 +1,296 @@
+"""The mapping: the one owner of mmap'd address ranges and of every syscall made on them.
+
+bigarr maps files with the C library's ``mmap`` (through ctypes) rather than Python's
+:class:`mmap.mmap`, because only that lets ``close()`` be both prompt and safe:
+
+* numpy arrays built on a Python ``mmap`` hold no buffer export, so ``mmap.close()`` unmaps
+  memory arrays still point into and the next access segfaults (``numpy.memmap`` has no close
+  for this reason).
+* Here, :meth:`Mapping.close` *retires* the range instead: it flushes, then atomically replaces
+  the file pages with anonymous zero pages (``MAP_FIXED``) and closes the file descriptor. The
+  file is released at once; the address range stays valid, so a stray pointer can never fault;
+  the range is unmapped when the last array pointing into it is garbage-collected
+  (a :func:`weakref.finalize` on the buffer owner).
+* Before retiring, ``close()`` looks for other live views of the mapping and refuses with
+  :class:`~bigarr.errors.MappingBusyError` unless ``force=True``: closing under a live view is
+  almost always a bug, and a retired view would silently read zeros.
+
+Spans passed to the methods here are relative to the start of the mapping (byte 0 is the first
+mapped byte, which sits at file offset :attr:`Mapping.map_offset`, a page boundary).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import gc
+import mmap
+import os
+import sys
+import weakref
+from typing import Any
+
+import numpy as np
+
+from ._geometry import PAGE_SIZE, ByteSpan, align_down
+from ._hints import Hint
+from ._modes import Access
+from .errors import (
+    FileChangedError,
+    HintError,
+    MappingBusyError,
+    MappingError,
+    ReadOnlyError,
+    UnsupportedError,
+)
+
+__all__ = ["Mapping"]
+
+_LINUX = sys.platform.startswith("linux")
+_DARWIN = sys.platform == "darwin"
+_MAP_FIXED = 0x10  # the same on Linux and the BSDs/macOS
+_MAP_NORESERVE = 0x4000 if _LINUX else (0x40 if _DARWIN else 0)
+_MS_SYNC = 4 if _LINUX else 0x10
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _load_libc() -> Any:
+    if os.name != "posix":
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_int64]
+    for name in ("munmap", "madvise", "msync", "mincore"):
+        if hasattr(libc, name):
+            getattr(libc, name).restype = ctypes.c_int
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.msync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    if hasattr(libc, "madvise"):
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    if hasattr(libc, "mincore"):
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    return libc
+
+
+_libc = _load_libc()
+
+
+def _oserror(what: str, path: str) -> MappingError:
+    err = ctypes.get_errno()
+    return MappingError(err, f"{what} failed for {path}: {os.strerror(err)}")
+
+
+class _Region:
+    """Owner of one mapped address range; numpy arrays see it through ``__array_interface__``.
+
+    Its finalizer unmaps the range, so the memory lives exactly as long as some array's
+    ``base`` chain reaches this object.
+    """
+
+    __slots__ = ("__array_interface__", "__weakref__")
+
+    def __init__(self, addr: int, length: int, writable: bool) -> None:
+        self.__array_interface__ = {
+            "data": (addr, not writable),
+            "shape": (length,),
+            "typestr": "|u1",
+            "version": 3,
+        }
+        weakref.finalize(self, _libc.munmap, addr, length)
+
+
+class Mapping:
+    """One memory-mapped byte range of one file, in one access mode.
+
+    Parameters
+    ----------
+    path
+        File to map.
+    access
+        ``"readonly"`` (MAP_SHARED, read-only), ``"shared"`` (MAP_SHARED, read-write) or
+        ``"private"`` (MAP_PRIVATE, copy-on-write).
+    start, stop
+        Byte range of the file the arrays will use; the mapping starts at ``start`` rounded
+        down to a page. The caller has already checked that the file is long enough.
+    """
+
+    def __init__(self, path: str, access: Access, start: int, stop: int) -> None:
+        self.path = path
+        self.access = access
+        self.map_offset = align_down(start, mmap.ALLOCATIONGRANULARITY)
+        self.length = stop - self.map_offset
+        self.data_start = start - self.map_offset
+        self.closed = False
+        self._arrays: dict[int, weakref.ref[np.ndarray[Any, Any]]] = {}
+        flags = os.O_RDWR if access == "shared" else os.O_RDONLY
+        try:
+            self.fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+        except PermissionError:
+            raise ReadOnlyError(
+                f"{path} cannot be opened for writing. Open it with mode='r' (read-only) or "
+                "'private' (copy-on-write edits that stay in memory)."
+            ) from None
+        self._fd_finalizer = weakref.finalize(self, os.close, self.fd)
+        if stop - start == 0 or self.length == 0:
+            self.addr = 0
+            self.root: np.ndarray[Any, Any] = np.empty(0, np.uint8)
+            self.root.flags.writeable = access != "readonly"
+            return
+        if _libc is None:
+            raise UnsupportedError(
+                "bigarr maps files through the POSIX mmap call; this platform has none."
+            )
+        self.check_file()
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if access != "readonly" else 0)
+        share = mmap.MAP_PRIVATE if access == "private" else mmap.MAP_SHARED
+        addr = _libc.mmap(None, self.length, prot, share, self.fd, self.map_offset)
+        if addr in (None, _MAP_FAILED):
+            raise _oserror("mmap", path)
+        self.addr = int(addr)
+        region = _Region(self.addr, self.length, access != "readonly")
+        self.root = np.asarray(region)
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+    def track(self, array: np.ndarray[Any, Any]) -> None:
+        """Remember ``array`` (a weak reference) as pointing into this mapping."""
+        key = id(array)
+        self._arrays[key] = weakref.ref(array, lambda _r, k=key: self._arrays.pop(k, None))
+
+    def offset_of(self, array: np.ndarray[Any, Any]) -> int:
+        """Byte offset, within the mapping, of ``array``'s first element."""
+        if self.addr == 0:
+            return 0
+        return int(array.__array_interface__["data"][0]) - self.addr
+
+    def live_views(self, caller: np.ndarray[Any, Any] | None) -> int:
+        """Count arrays other than ``caller`` (and the arrays it is a view of) that use the range."""
+        for attempt in range(2):
+            mine = set()
+            obj: object = caller
+            while isinstance(obj, np.ndarray):
+                mine.add(id(obj))
+                obj = obj.base
+            alive = [a for a in (r() for r in list(self._arrays.values())) if a is not None]
+            others = sum(1 for a in alive if id(a) not in mine)
+            direct = sum(1 for a in alive if a.base is self.root)
+            # References to root: self.root, getrefcount's argument, and each tracked array
+            # built directly on it. More means untracked (plain ndarray) views exist.
+            untracked = sys.getrefcount(self.root) - 2 - direct
+            del alive
+            if others + untracked == 0 or attempt:
+                return others + max(untracked, 0)
+            gc.collect()  # views caught in reference cycles are not really alive
+        raise AssertionError("unreachable")
+
+    # ---- syscalls on spans -------------------------------------------------------------------
+    def _range(self, span: ByteSpan, outward: bool) -> tuple[int, int] | None:
+        whole = ByteSpan(0, self.length)
+        # Page arithmetic in file coordinates: the mapping start is page-aligned in the file.
+        pages = span.outward(PAGE_SIZE) if outward else span.inward(PAGE_SIZE)
+        pages = pages.clip(whole)
+        if pages.nbytes == 0 or self.addr == 0:
+            return None
+        return self.addr + pages.start, pages.nbytes
+
+    def check_open(self) -> None:
+        """Raise :class:`~bigarr.errors.ClosedError` if the mapping has been closed."""
+        if self.closed:
+            from .errors import ClosedError
+
+            raise ClosedError(f"The mapping of {self.path} is closed.")
+
+    def check_file(self) -> None:
+        """Refuse to touch pages if the file has shrunk below the mapped range (SIGBUS risk)."""
+        size = os.fstat(self.fd).st_size
+        if size < self.map_offset + self.length:
+            raise FileChangedError(
+                errno.EIO,
+                f"{self.path} shrank to {size} bytes while mapped; the array needs "
+                f"{self.map_offset + self.length}. Touching the missing pages would crash the "
+                "process (SIGBUS), so bigarr refuses.",
+            )
+
+    def advise(self, hint: Hint, span: ByteSpan) -> bool:
+        """Apply ``hint`` to the pages of ``span``, rounded outward and clipped to the mapping.
+
+        Returns ``False`` when the hint is a no-op on this platform or kernel.
+        """
+        self.check_open()
+        if hint.drops_pages and self.access == "private":
+            raise HintError(
+                f"'{hint.name}' on a private mapping would throw away scratch edits; "
+                "use discard() to drop edits on purpose."
+            )
+        if hint.needs_write and self.access != "shared":
+            raise HintError(
+                f"'{hint.name}' needs a shared (writable) mapping; on a read-only mapping the "
+                "kernel refuses it and on a private one it would copy every page."
+            )
+        rng = self._range(span, outward=True)
+        if hint.advice is None or _libc is None or not hasattr(_libc, "madvise"):
+            return False
+        if rng is None:
+            return True
+        if _libc.madvise(rng[0], rng[1], hint.advice) != 0:
+            if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                return False  # a hint this kernel (or this file system) lacks: a no-op
+            raise _oserror(f"madvise({hint.name})", self.path)
+        return True
+
+    def sync(self, span: ByteSpan) -> None:
+        """msync(MS_SYNC) the pages of ``span``: the data reaches the disk before returning."""
+        self.check_open()
+        if self.access != "shared":
+            return
+        rng = self._range(span, outward=True)
+        if rng is None:
+            return
+        self.check_file()
+        if _libc.msync(rng[0], rng[1], _MS_SYNC) != 0:
+            raise _oserror("msync", self.path)
+
+    def residency(self, span: ByteSpan) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        """One bool per page of ``span`` (rounded outward): is the page in memory (mincore)?"""
+        self.check_open()
+        rng = self._range(span, outward=True)
+        if rng is None:
+            return np.zeros(0, dtype=bool)
+        npages = -(-rng[1] // PAGE_SIZE)
+        if _libc is None or not hasattr(_libc, "mincore"):
+            raise UnsupportedError("mincore is not available on this platform.")
+        vec = np.zeros(npages, dtype=np.uint8)
+        if _libc.mincore(rng[0], rng[1], vec.ctypes.data) != 0:
+            raise _oserror("mincore", self.path)
+        return (vec & 1).astype(bool)
+
+    # ---- closing -----------------------------------------------------------------------------
+    def close(self, caller: np.ndarray[Any, Any] | None = None, *, force: bool = False) -> None:
+        """Flush (shared mode), release the file and retire the address range.
+
+        Raises
+        ------
+        MappingBusyError
+            If other views still use the mapping and ``force`` is false.
+        """
+        if self.closed:
+            return
+        if not force:
+            busy = self.live_views(caller)
+            if busy:
+                raise MappingBusyError(
+                    f"Cannot close {self.path}: {busy} other view(s) of it are still alive. "
+                    "Delete them first (del view), or call close(force=True) to close them too "
+                    "(they will then raise ClosedError)."
+                )
+        if self.access == "shared":
+            self.sync(ByteSpan(0, self.length))
+        if self.addr:
+            # Replace the file pages by anonymous zero pages in one atomic step; the range stays
+            # valid for any stray pointer and is unmapped by _Region's finalizer.
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED | _MAP_NORESERVE
+            prot = mmap.PROT_READ | mmap.PROT_WRITE
+            if _libc.mmap(self.addr, self.length, prot, flags, -1, 0) in (None, _MAP_FAILED):
+                raise _oserror("retiring the mapping", self.path)
+        self.closed = True
+        self._fd_finalizer()

@@ -1,0 +1,156 @@
+"""The bigarr exception tree.
+
+Every error bigarr raises derives from :class:`BigArrError`, and each one also derives from the
+builtin exception a user would already catch, so ``except ValueError`` or ``except OSError`` code
+keeps working::
+
+    BigArrError (Exception)
+    ├── FormatError (ValueError)            the bytes are not a usable .npy file
+    │   ├── HeaderError                     magic, version or header dict is corrupt or oversized
+    │   └── TruncatedFileError              the data section is shorter than the header says
+    ├── DtypeError (TypeError)              object dtypes and others that cannot be mapped
+    ├── ShapeError (ValueError)             negative, non-integer or overflowing shapes
+    ├── ModeError (ValueError)              unknown mode, or a mode that cannot apply here
+    ├── RegionError (IndexError)            a region outside the array, or not expressible
+    ├── HintError (ValueError)              an unknown access hint, or one refused in this mode
+    ├── BudgetError (ValueError)            a memory plan that cannot fit its budget
+    ├── ClosedError (ValueError)            use of a closed array (like I/O on a closed file)
+    ├── MappingBusyError (BufferError)      close() while other views still point into the mapping
+    ├── ReadOnlyError (PermissionError)     writing through a read-only file or mapping
+    ├── FileMissingError (FileNotFoundError)
+    ├── NotAFileError (IsADirectoryError)   a directory or other non-regular file
+    ├── FileExistsError_ (FileExistsError)  create() would overwrite (exported as ``FileExistsError``)
+    ├── DiskFullError (OSError)             no room on disk to preallocate a new file
+    ├── MappingError (OSError)              the OS refused to map, advise or sync a range
+    ├── FileChangedError (OSError)          the file shrank or changed under an open array
+    ├── PickleError_ (TypeError)            an array that cannot be pickled by reference
+    ├── IncompleteOutputError (RuntimeError)  an output left behind by a run that did not finish
+    └── UnsupportedError (NotImplementedError)  a feature this platform or kernel lacks
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+__all__ = [
+    "BigArrError",
+    "BudgetError",
+    "ClosedError",
+    "DiskFullError",
+    "DtypeError",
+    "FileChangedError",
+    "FileExistsError_",
+    "FileMissingError",
+    "FormatError",
+    "HeaderError",
+    "HintError",
+    "IncompleteOutputError",
+    "MappingBusyError",
+    "MappingError",
+    "ModeError",
+    "NotAFileError",
+    "PickleError_",
+    "ReadOnlyError",
+    "RegionError",
+    "ShapeError",
+    "TruncatedFileError",
+    "UnsupportedError",
+]
+
+
+class BigArrError(Exception):
+    """Root of every error raised by bigarr."""
+
+
+class FormatError(BigArrError, ValueError):
+    """The file is not a ``.npy`` file bigarr can map."""
+
+
+class HeaderError(FormatError):
+    """The ``.npy`` magic, version or header dictionary is corrupt, unsupported or oversized."""
+
+
+class TruncatedFileError(FormatError):
+    """The file's data section is shorter than its header (or the caller) says.
+
+    Raised *before* mapping, because touching a mapped page past the end of a file kills the
+    process with SIGBUS.
+    """
+
+
+class DtypeError(BigArrError, TypeError):
+    """The dtype holds Python objects or otherwise cannot live in a memory-mapped file."""
+
+
+class ShapeError(BigArrError, ValueError):
+    """A shape that is negative, not made of integers, or whose byte size overflows."""
+
+
+class ModeError(BigArrError, ValueError):
+    """An unknown mode name, or a mode that does not apply to this operation."""
+
+
+class RegionError(BigArrError, IndexError):
+    """A region that lies outside the array or cannot be expressed as a byte range."""
+
+
+class HintError(BigArrError, ValueError):
+    """An unknown access hint, or a hint refused in this mode (it would lose scratch edits)."""
+
+
+class BudgetError(BigArrError, ValueError):
+    """A memory plan that cannot fit within its budget; the message quotes both numbers."""
+
+
+class ClosedError(BigArrError, ValueError):
+    """The array's mapping has been closed."""
+
+
+class MappingBusyError(BigArrError, BufferError):
+    """``close()`` was called while other views still point into the mapping."""
+
+
+class ReadOnlyError(BigArrError, PermissionError):
+    """A write through a read-only file or a read-only mapping."""
+
+
+class FileMissingError(BigArrError, FileNotFoundError):
+    """The path does not exist."""
+
+
+class NotAFileError(BigArrError, IsADirectoryError):
+    """The path is a directory or another kind of non-regular file."""
+
+
+class FileExistsError_(BigArrError, FileExistsError):  # noqa: N801 - mirrors the builtin
+    """Creating the file would replace an existing path; pass ``overwrite=True`` to allow it."""
+
+
+class DiskFullError(BigArrError, OSError):
+    """There is no room on the file system to preallocate a new file."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return str(self.args[1])
+
+
+class MappingError(BigArrError, OSError):
+    """The operating system refused to map, advise, sync or inspect a range."""
+
+
+class FileChangedError(BigArrError, OSError):
+    """The file changed (for example shrank) under an open array."""
+
+
+class PickleError_(BigArrError, TypeError):  # noqa: N801 - pickle raises TypeError for this
+    """The array cannot be pickled as a file reference (for example private-mode scratch edits)."""
+
+
+class IncompleteOutputError(BigArrError, RuntimeError):
+    """An output file left behind by a run that did not finish."""
+
+
+class UnsupportedError(BigArrError, NotImplementedError):
+    """The platform or kernel lacks a feature this operation needs."""
