@@ -36,7 +36,7 @@ def _plain(x: Any) -> Any:
     return x
 
 
-class memmap(np.memmap):  # noqa: N801 - mirrors numpy.memmap
+class memmap(np.memmap):
     """A memory-mapped array with a safe ``close``, hints, ranged flush and file-reference pickling.
 
     Constructed like :class:`numpy.memmap` (a raw file, numpy's arguments, plus bigarr's mode
@@ -80,7 +80,7 @@ class memmap(np.memmap):  # noqa: N801 - mirrors numpy.memmap
         if mapping.root.size == 0:
             first = 0
         arr = np.ndarray.__new__(cls, shape, dtype, buffer=mapping.root, offset=first,
-                                 strides=strides, order=order)
+                                 strides=strides, order="F" if order == "F" else "C")
         arr._bigarr = mapping
         arr._mmap = mapping
         arr.filename = filename
@@ -98,7 +98,8 @@ class memmap(np.memmap):  # noqa: N801 - mirrors numpy.memmap
             m.track(self)
         else:
             self._bigarr = self._mmap = None
-            self.filename = self.offset = self.mode = None
+            self.filename = None
+            self.offset = self.mode = None  # type: ignore[assignment]  # as numpy.memmap does
 
     def __array_wrap__(
         self, arr: Any, context: Any = None, return_scalar: bool = False

@@ -141,7 +141,7 @@ def _atomic_file(path: str, overwrite: bool) -> Iterator[int]:
             try:
                 os.link(tmp, path)  # atomic and never clobbers
             except FileExistsError:
-                raise FileExistsError_(f"{path} exists; pass overwrite=True to replace it.") from None
+                raise FileExistsError_(f"{path} exists; pass overwrite=True.") from None
             except OSError:  # no hard links here: check, then rename
                 if os.path.lexists(path):
                     raise FileExistsError_(f"{path} exists; pass overwrite=True.") from None
@@ -235,7 +235,7 @@ def _header_of(path: str) -> NpyHeader:
         return read_header(f, size, name=path)
 
 
-def open(path: str | os.PathLike[str], mode: str = "r") -> memmap:  # noqa: A001
+def open(path: str | os.PathLike[str], mode: str = "r") -> memmap:
     """Open an existing ``.npy`` file (bigarr's or numpy's alignment) as a :class:`memmap`.
 
     Parameters

@@ -104,7 +104,7 @@ def check_dtype(dtype: Any) -> np.dtype[Any]:
         objects, and anything numpy cannot interpret as a dtype.
     """
     try:
-        dt = np.dtype(dtype)
+        dt: np.dtype[Any] = np.dtype(dtype)
     except (TypeError, ValueError) as exc:
         raise DtypeError(f"Expected a numpy dtype. Got {dtype!r} ({exc}).") from None
     if dt.hasobject:
@@ -240,7 +240,8 @@ def parse_header(prefix: bytes) -> NpyHeader:
     try:
         dtype = npformat.descr_to_dtype(meta["descr"])
     except Exception as exc:
-        raise HeaderError(f"Unknown dtype descr {meta['descr']!r} ({type(exc).__name__}).") from None
+        descr = meta["descr"]
+        raise HeaderError(f"Unknown dtype descr {descr!r} ({type(exc).__name__}).") from None
     dtype = check_dtype(dtype)
     shape = check_shape(meta["shape"], dtype)
     return NpyHeader(shape, dtype, meta["fortran_order"], start + hlen, version)

@@ -18,7 +18,7 @@ __all__ = ["HINT_NAMES", "Hint", "parse_hint", "supported_hints"]
 
 _LINUX = sys.platform.startswith("linux")
 
-# Linux numbers that Python 3.11's mmap module does not name (include/uapi/asm-generic/mman-common.h).
+# Linux numbers Python 3.11's mmap module does not name (uapi/asm-generic/mman-common.h).
 _LINUX_EXTRA = {"cold": 20, "pageout": 21, "populate_read": 22, "populate_write": 23}
 
 

@@ -155,7 +155,12 @@ class Mapping:
     def track(self, array: np.ndarray[Any, Any]) -> None:
         """Remember ``array`` (a weak reference) as pointing into this mapping."""
         key = id(array)
-        self._arrays[key] = weakref.ref(array, lambda _r, k=key: self._arrays.pop(k, None))
+        arrays = self._arrays
+
+        def forget(_ref: object, key: int = key) -> None:
+            arrays.pop(key, None)
+
+        arrays[key] = weakref.ref(array, forget)
 
     def offset_of(self, array: np.ndarray[Any, Any]) -> int:
         """Byte offset, within the mapping, of ``array``'s first element."""
@@ -164,7 +169,7 @@ class Mapping:
         return int(array.__array_interface__["data"][0]) - self.addr
 
     def live_views(self, caller: np.ndarray[Any, Any] | None) -> int:
-        """Count arrays other than ``caller`` (and the arrays it is a view of) that use the range."""
+        """Count arrays other than ``caller`` (and arrays it is a view of) using the range."""
         for attempt in range(2):
             mine = set()
             obj: object = caller
@@ -283,8 +288,12 @@ class Mapping:
                     "Delete them first (del view), or call close(force=True) to close them too "
                     "(they will then raise ClosedError)."
                 )
+        failure: FileChangedError | None = None
         if self.access == "shared":
-            self.sync(ByteSpan(0, self.length))
+            try:
+                self.sync(ByteSpan(0, self.length))
+            except FileChangedError as exc:  # still release the file, then report
+                failure = exc
         if self.addr:
             # Replace the file pages by anonymous zero pages in one atomic step; the range stays
             # valid for any stray pointer and is unmapped by _Region's finalizer.
@@ -294,3 +303,5 @@ class Mapping:
                 raise _oserror("retiring the mapping", self.path)
         self.closed = True
         self._fd_finalizer()
+        if failure is not None:
+            raise failure

@@ -19,7 +19,7 @@ keeps working::
     ├── ReadOnlyError (PermissionError)     writing through a read-only file or mapping
     ├── FileMissingError (FileNotFoundError)
     ├── NotAFileError (IsADirectoryError)   a directory or other non-regular file
-    ├── FileExistsError_ (FileExistsError)  create() would overwrite (exported as ``FileExistsError``)
+    ├── FileExistsError_ (FileExistsError)  create() would replace an existing path
     ├── DiskFullError (OSError)             no room on disk to preallocate a new file
     ├── MappingError (OSError)              the OS refused to map, advise or sync a range
     ├── FileChangedError (OSError)          the file shrank or changed under an open array
@@ -122,7 +122,7 @@ class NotAFileError(BigArrError, IsADirectoryError):
     """The path is a directory or another kind of non-regular file."""
 
 
-class FileExistsError_(BigArrError, FileExistsError):  # noqa: N801 - mirrors the builtin
+class FileExistsError_(BigArrError, FileExistsError):
     """Creating the file would replace an existing path; pass ``overwrite=True`` to allow it."""
 
 
@@ -144,7 +144,7 @@ class FileChangedError(BigArrError, OSError):
     """The file changed (for example shrank) under an open array."""
 
 
-class PickleError_(BigArrError, TypeError):  # noqa: N801 - pickle raises TypeError for this
+class PickleError_(BigArrError, TypeError):
     """The array cannot be pickled as a file reference (for example private-mode scratch edits)."""
 
 

@@ -1,0 +1,168 @@
+"""bigarr.memmap: numpy.memmap's documented behaviour, safe close, pickling by reference."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bigarr
+from bigarr import errors
+
+
+@pytest.fixture
+def arr(tmp_path: Path) -> bigarr.memmap:
+    a = bigarr.create(tmp_path / "a.npy", (64, 8), "f8")
+    a[...] = np.arange(512).reshape(64, 8)
+    return a
+
+
+def test_drop_in_numpy_memmap_behaviour(arr: bigarr.memmap) -> None:
+    assert isinstance(arr, np.memmap)
+    view = arr[2:5]
+    assert type(view) is bigarr.memmap
+    assert (view.filename, view.offset, view.mode) == (arr.filename, arr.offset, arr.mode)
+    assert type(arr + 1) is np.ndarray
+    assert type(np.sqrt(arr)) is np.ndarray
+    assert type(arr[[1, 2]]) is np.ndarray
+    assert type(arr[arr > 3]) is np.ndarray
+    assert np.isscalar(arr.sum()) and arr.sum() == np.arange(512).sum()
+    assert np.isscalar(np.max(arr)) and np.max(arr) == 511
+    assert type(arr.sum(axis=0)) is np.ndarray
+    assert np.mean(arr) == np.arange(512).mean()
+    assert type(arr.T) is bigarr.memmap and arr.T.shape == (8, 64)
+    arr += 1  # in place keeps the mapping
+    assert arr[0, 0] == 1
+    out = arr[0:2]
+    np.add(out, 1, out=out)
+    assert arr[0, 0] == 2
+
+
+def test_close_flushes_and_releases(arr: bigarr.memmap) -> None:
+    path = arr.filename
+    arr[0, 0] = 42
+    fds_before = len(os.listdir("/proc/self/fd"))
+    arr.close()
+    assert arr.closed
+    assert len(os.listdir("/proc/self/fd")) == fds_before - 1
+    assert np.load(path)[0, 0] == 42
+    arr.close()  # idempotent
+
+
+def test_closed_array_raises_clear_error(arr: bigarr.memmap) -> None:
+    arr.close()
+    for use in (lambda: arr[0], lambda: arr + 1, lambda: np.sum(arr), lambda: arr.sum(),
+                lambda: arr.__setitem__(0, 1), lambda: np.mean(arr), lambda: pickle.dumps(arr)):
+        with pytest.raises(errors.ClosedError):
+            use()
+    assert "closed" in repr(arr)
+
+
+def test_close_with_live_view_refuses(arr: bigarr.memmap) -> None:
+    view = arr[3:9]
+    with pytest.raises(errors.MappingBusyError) as info:
+        arr.close()
+    assert isinstance(info.value, BufferError) and "1 other view" in str(info.value)
+    assert view[0, 0] == 24 and not arr.closed
+    del view
+    arr.close()
+
+
+def test_close_detects_plain_ndarray_views(arr: bigarr.memmap) -> None:
+    plain = np.asarray(arr)[1:4]
+    assert type(plain) is np.ndarray
+    with pytest.raises(errors.MappingBusyError):
+        arr.close()
+    del plain
+    arr.close()
+
+
+def test_views_in_reference_cycles_do_not_block_close(arr: bigarr.memmap) -> None:
+    cycle: list[object] = [arr[2:]]
+    cycle.append(cycle)
+    del cycle  # unreachable, but alive until the cycle collector runs
+    arr.close()
+    assert arr.closed
+
+
+def test_close_through_a_view_closes_the_mapping(arr: bigarr.memmap) -> None:
+    view = arr[1:]
+    sibling = arr[5:]
+    with pytest.raises(errors.MappingBusyError):
+        view.close()  # arr is view's parent, but sibling is another live view
+    del sibling
+    view.close()  # the parent chain counts as the same array
+    assert arr.closed and view.closed
+
+
+def test_force_close_closes_every_view(arr: bigarr.memmap) -> None:
+    view = arr[3:9]
+    arr.close(force=True)
+    with pytest.raises(errors.ClosedError):
+        view.sum()
+    # Code that bypasses the checks with a raw pointer reads zeros instead of crashing:
+    raw = view.view(np.ndarray)
+    assert raw.shape == (6, 8) and raw.sum() == 0
+
+
+def test_with_block(tmp_path: Path) -> None:
+    with bigarr.create(tmp_path / "w.npy", 10, "i4", fill=3) as a:
+        assert a.sum() == 30
+    assert a.closed
+
+
+def test_pickle_is_a_file_reference(arr: bigarr.memmap) -> None:
+    arr.flush()
+    blob = pickle.dumps(arr)
+    assert len(blob) < 600  # 4 KiB of data is not in there
+    back = pickle.loads(blob)
+    assert type(back) is bigarr.memmap and back.filename == arr.filename
+    assert np.array_equal(back, arr)
+    for view in (arr[5:9], arr.T, arr[::-3, ::-2], arr[10], arr[4:4]):
+        again = pickle.loads(pickle.dumps(view))
+        assert again.shape == view.shape and np.array_equal(again, view)
+    back[0, 0] = -7  # shared mode: the clone writes the same file
+    assert arr[0, 0] == -7
+
+
+def test_private_mode_refuses_to_pickle(tmp_path: Path) -> None:
+    bigarr.create(tmp_path / "p.npy", 10, "f4").close()
+    with bigarr.open(tmp_path / "p.npy", "private") as a:
+        with pytest.raises(errors.PickleError_) as info:
+            pickle.dumps(a)
+        assert isinstance(info.value, TypeError) and "commit()" in str(info.value)
+
+
+def _child_sum_and_write(a: bigarr.memmap) -> float:
+    total = float(a.sum())
+    if a.access == "shared":
+        a[0] = 1000
+        a.flush()
+    return total
+
+
+@pytest.mark.parametrize("mode", ["r", "shared"])
+def test_pickle_across_spawned_processes(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / "s.npy"
+    with bigarr.create(path, 1000, "f8", fill=2.0):
+        pass
+    a = bigarr.open(path, mode)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        totals = pool.map(_child_sum_and_write, [a[:500], a[500:]])
+    assert totals == [1000.0, 1000.0]
+    if mode == "shared":
+        assert a[0] == 1000 and a[500] == 1000
+
+
+def test_views_of_a_readonly_array_stay_readonly(npy_path: Path) -> None:
+    with bigarr.open(npy_path) as a:
+        v = a[1:3]
+        assert not v.flags.writeable
+        with pytest.raises(ValueError):
+            v[0, 0] = 1
+        del v

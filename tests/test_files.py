@@ -1,0 +1,268 @@
+"""create / open / open_raw: modes, validation before mapping, atomic preallocated creation."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bigarr
+from bigarr import errors
+
+
+def test_create_is_page_aligned_and_numpy_loadable(tmp_path: Path) -> None:
+    path = tmp_path / "a.npy"
+    arr = bigarr.create(path, (1000, 3), "f4", fill=1.5)
+    assert arr.offset % max(bigarr.PAGE_SIZE, 4096) == 0
+    arr[0, 0] = 7
+    arr.close()
+    plain = np.load(path, mmap_mode="r")
+    assert plain.shape == (1000, 3) and plain.dtype == np.float32
+    assert plain[0, 0] == 7 and plain[1:].sum() == 1.5 * 2997
+    assert np.load(path).sum() == plain.sum()
+
+
+def test_create_is_preallocated_not_sparse(tmp_path: Path) -> None:
+    path = tmp_path / "a.npy"
+    bigarr.create(path, (4 << 20,), "u1").close()
+    st = os.stat(path)
+    assert st.st_blocks * 512 >= 4 << 20
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_create_order_roundtrip(tmp_path: Path, order: str) -> None:
+    path = tmp_path / "a.npy"
+    with bigarr.create(path, (5, 4), "i8", order=order) as arr:
+        arr[...] = np.arange(20).reshape(5, 4)
+    back = np.load(path)
+    assert back.tolist() == np.arange(20).reshape(5, 4).tolist()
+    assert back.flags.f_contiguous == (order == "F")
+    with bigarr.open(path) as again:
+        assert again.flags.f_contiguous == (order == "F")
+        assert again.tolist() == back.tolist()
+
+
+def test_create_never_overwrites_unless_asked(tmp_path: Path) -> None:
+    path = tmp_path / "a.npy"
+    path.write_bytes(b"precious")
+    with pytest.raises(errors.FileExistsError_) as info:
+        bigarr.create(path, 10, "f4")
+    assert isinstance(info.value, FileExistsError)
+    assert path.read_bytes() == b"precious"
+    bigarr.create(path, 10, "f4", overwrite=True).close()
+    assert np.load(path).shape == (10,)
+
+
+def test_create_leaves_no_temporary_files(tmp_path: Path) -> None:
+    bigarr.create(tmp_path / "a.npy", 10, "f4").close()
+    with pytest.raises(errors.ShapeError):
+        bigarr.create(tmp_path / "b.npy", (-1,), "f4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]
+
+
+def test_crash_during_create_never_leaves_final_name(tmp_path: Path, run_py) -> None:  # type: ignore[no-untyped-def]
+    # Kill the process while it fills a file: the final name must not exist.
+    target = tmp_path / "big.npy"
+    proc = run_py(f"""
+        import os, signal, bigarr._files as f
+        real = f._fill
+        def dying_fill(*a, **k):
+            os.kill(os.getpid(), signal.SIGKILL)
+        f._fill = dying_fill
+        import bigarr
+        bigarr.create({str(target)!r}, (1 << 20,), 'f4', fill=3.0)
+    """)
+    assert proc.returncode == -9
+    assert not target.exists()
+
+
+@contextlib.contextmanager
+def _tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs where we can mount one (root on Linux); else None."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                        capture_output=True).returncode == 0 if os.geteuid() == 0 else False
+    try:
+        yield mnt if ok else None  # type: ignore[misc]
+    finally:
+        if ok:
+            subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_create_on_full_disk_raises_disk_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _tiny_filesystem(tmp_path) as mnt:
+        if mnt is None:  # not root: simulate the file system's answer instead
+            def enospc(fd: int, offset: int, length: int) -> None:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            monkeypatch.setattr(os, "posix_fallocate", enospc)
+            mnt = tmp_path
+        with pytest.raises(errors.DiskFullError) as info:
+            bigarr.create(mnt / "big.npy", (4 << 20,), "f4")
+        assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
+        assert "needs" in str(info.value)
+        assert not any(mnt.iterdir())
+
+
+def test_fallback_without_fallocate_checks_free_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(os, "posix_fallocate")
+    monkeypatch.setattr(os, "statvfs", lambda _p: os.statvfs_result((4096, 4096, 10, 10, 10,
+                                                                       10, 10, 10, 0, 255)))
+    with pytest.raises(errors.DiskFullError):
+        bigarr.create(tmp_path / "a.npy", (1 << 20,), "f4")
+    monkeypatch.undo()
+
+
+def test_open_numpy_written_file_every_mode(npy_path: Path) -> None:
+    expect = np.load(npy_path)
+    for mode in ["r", "readonly", "shared", "r+", "private", "c", "copyonwrite", "readwrite"]:
+        with bigarr.open(npy_path, mode) as arr:
+            assert arr.offset == 128 and arr.tolist() == expect.tolist()
+    with bigarr.open(npy_path, "r") as arr:
+        assert arr.access == "readonly" and arr.mode == "r"
+        with pytest.raises(ValueError):
+            arr[0, 0] = 1
+
+
+def test_shared_edits_reach_file_private_edits_do_not(npy_path: Path) -> None:
+    with bigarr.open(npy_path, "private") as arr:
+        arr[0, 0] = -1
+        assert arr[0, 0] == -1
+        arr.flush()
+    assert np.load(npy_path)[0, 0] == 0
+    with bigarr.open(npy_path, "shared") as arr:
+        arr[0, 0] = -2
+    assert np.load(npy_path)[0, 0] == -2
+
+
+def test_open_raw(tmp_path: Path) -> None:
+    path = tmp_path / "raw.bin"
+    data = np.arange(1000, dtype="<u2")
+    path.write_bytes(b"HEADER!!" + data.tobytes())
+    with bigarr.open_raw(path, "<u2", offset=8) as arr:
+        assert arr.shape == (1000,) and (arr == data).all()
+    with bigarr.open_raw(path, "<u2", (10, 100), offset=8, order="F") as arr:
+        assert arr.flags.f_contiguous and arr[3, 2] == data.reshape(10, 100, order="F")[3, 2]
+    with pytest.raises(errors.TruncatedFileError):
+        bigarr.open_raw(path, "<u2", (1001,), offset=8)
+    new = tmp_path / "new.bin"
+    with bigarr.open_raw(new, "f8", (3, 3), mode="w+") as arr:
+        arr[...] = 2
+    assert np.fromfile(new, "f8").sum() == 18
+    with pytest.raises(errors.FileExistsError_):
+        bigarr.open_raw(new, "f8", (3, 3), mode="w+")
+
+
+def test_memmap_constructor_is_numpy_compatible(tmp_path: Path) -> None:
+    path = tmp_path / "m.dat"
+    mine = bigarr.memmap(path, dtype="f4", mode="w+", shape=(4, 5))
+    mine[:] = 1
+    mine.flush()
+    theirs = np.memmap(path, dtype="f4", mode="r", shape=(4, 5))
+    assert theirs.sum() == 20
+    again = bigarr.memmap(path, dtype="f4", mode="r")
+    assert again.shape == (20,) and isinstance(again, np.memmap)
+    again2 = bigarr.memmap(path, dtype="f4", mode="readonly", offset=16, shape=(4, 4))
+    assert again2.offset == 16 and again2.sum() == 16
+
+
+# ---- bad input -------------------------------------------------------------------------------
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(errors.FileMissingError) as info:
+        bigarr.open(tmp_path / "nope.npy")
+    assert isinstance(info.value, FileNotFoundError)
+    with pytest.raises(errors.NotAFileError) as info2:
+        bigarr.open(tmp_path)
+    assert isinstance(info2.value, IsADirectoryError)
+    with pytest.raises(errors.NotAFileError):
+        bigarr.create(tmp_path, 3, "f4")
+
+
+def test_not_npy(tmp_path: Path) -> None:
+    path = tmp_path / "x.npy"
+    path.write_text("hello world, not an array\n")
+    with pytest.raises(errors.HeaderError) as info:
+        bigarr.open(path)
+    assert isinstance(info.value, ValueError)
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(errors.HeaderError):
+        bigarr.open(tmp_path / "empty.npy")
+
+
+def test_truncated_file_refused_before_mapping(npy_path: Path) -> None:
+    size = npy_path.stat().st_size
+    os.truncate(npy_path, size - 1)
+    with pytest.raises(errors.TruncatedFileError) as info:
+        bigarr.open(npy_path, "shared")
+    assert "2800 data bytes" in str(info.value)
+
+
+def test_object_and_unmappable_dtypes(tmp_path: Path) -> None:
+    np.save(tmp_path / "obj.npy", np.array([1, "a", None], dtype=object), allow_pickle=True)
+    with pytest.raises(errors.DtypeError) as info:
+        bigarr.open(tmp_path / "obj.npy")
+    assert isinstance(info.value, TypeError)
+    for bad in [object, "O", [("a", "O")], "not-a-type", np.dtypes.StringDType()]:
+        with pytest.raises(errors.DtypeError):
+            bigarr.create(tmp_path / "x.npy", 3, bad)
+
+
+@pytest.mark.parametrize("shape", [(-1,), (2.5,), ("3",), (True,), (1 << 40, 1 << 40)])
+def test_bad_shapes(tmp_path: Path, shape: tuple[object, ...]) -> None:
+    with pytest.raises(errors.ShapeError) as info:
+        bigarr.create(tmp_path / "x.npy", shape, "f8")  # type: ignore[arg-type]
+    assert isinstance(info.value, ValueError)
+
+
+def test_shared_mode_on_read_only_file(npy_path: Path) -> None:
+    os.chmod(npy_path, 0o444)
+    if os.geteuid() == 0:  # root may write anything; drop write permission via an attribute
+        pytest.importorskip("fcntl")
+        r = subprocess.run(["chattr", "+i", str(npy_path)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip("cannot make a file read-only for root here")
+    try:
+        with pytest.raises(errors.ReadOnlyError) as info:
+            bigarr.open(npy_path, "shared")
+        assert isinstance(info.value, PermissionError)
+        with bigarr.open(npy_path, "private") as arr:  # copy-on-write still works
+            arr[0, 0] = 5
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(npy_path)], check=False)
+
+
+def test_bad_mode_and_order(npy_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(errors.ModeError):
+        bigarr.open(npy_path, "rw")
+    with pytest.raises(errors.ModeError):
+        bigarr.open(npy_path, "w+")
+    with pytest.raises(errors.ShapeError):
+        bigarr.create(tmp_path / "x.npy", 3, "f4", order="K")
+    with pytest.raises(errors.FormatError):
+        bigarr.create(tmp_path / "x.npy", 3, "f4", align=1000)
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 5), (5, 0), (3, 0, 2)])
+@pytest.mark.parametrize("mode", ["r", "shared", "private"])
+def test_zero_size_arrays(tmp_path: Path, shape: tuple[int, ...], mode: str) -> None:
+    path = tmp_path / "z.npy"
+    bigarr.create(path, shape, "f4").close()
+    assert np.load(path).shape == shape
+    with bigarr.open(path, mode) as arr:
+        assert arr.shape == shape and arr.sum() == 0 and arr[1:].size == 0
+        arr.flush()
+    np.save(tmp_path / "np0.npy", np.zeros(shape, "f4"))
+    with bigarr.open(tmp_path / "np0.npy", mode) as arr:
+        assert arr.shape == shape
