@@ -1,0 +1,530 @@
+"""The ``bigarr`` command line (also ``python -m bigarr``): info, create, convert, verify, demo.
+
+Every subcommand is a thin layer over the public API; this module only parses arguments, calls
+the library and prints. Errors a user can cause (a missing file, a corrupt header, a bad shape,
+a full disk) print one line, ``bigarr: error: ...``, and exit with status 1 (2 for bad command
+line arguments); only unexpected failures show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import re
+import stat
+import sys
+import zlib
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import numpy as np
+
+from ._format import NpyHeader, check_dtype, read_header
+from ._geometry import PAGE_SIZE, format_bytes, parse_size
+from .errors import (
+    BigArrError,
+    DtypeError,
+    FileExistsError_,
+    FileMissingError,
+    FormatError,
+    NotAFileError,
+    ShapeError,
+)
+
+__all__ = ["main"]
+
+_EXIT_ERROR = 1
+_EXIT_USAGE = 2
+_BAR_CELLS = 40
+
+
+class _UsageError(Exception):
+    """A command-line argument that does not make sense (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        sub = self.prog.split(" ", 1)[1] + " " if " " in self.prog else ""
+        self.exit(_EXIT_USAGE, f"bigarr: error: {message} (see 'bigarr {sub}--help')\n")
+
+
+# ---- argument parsing at the boundary ----------------------------------------------------------
+def parse_shape(text: str) -> tuple[int, ...]:
+    """Parse ``"1000,3"``, ``"1000x3"``, ``"(1000, 3)"`` or ``"1000"`` into a shape tuple."""
+    body = text.strip().strip("()[]").strip()
+    parts = re.split(r"\s*[,xX]\s*", body) if body else []
+    if parts and parts[-1] == "" and len(parts) > 1:
+        parts.pop()  # a trailing comma, as in "(1000,)"
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        raise _UsageError(f"expected a shape of integers like 1000,3; got {text!r}") from None
+    if any(d < 0 for d in dims):
+        raise _UsageError(f"expected non-negative dimensions in the shape; got {text!r}")
+    return dims
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except BigArrError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _dtype_arg(text: str) -> np.dtype[Any]:
+    try:
+        return check_dtype(text)
+    except BigArrError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    """``None`` lets the library decide (on for a terminal); the flags force it on or off."""
+    value: bool | None = args.progress
+    return value
+
+
+def _add_progress(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--progress", dest="progress", action="store_true", default=None,
+                       help="always show progress bars")
+    group.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="never show progress bars (default: shown on a terminal)")
+
+
+# ---- shared helpers ----------------------------------------------------------------------------
+def _regular(path: str) -> os.stat_result:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileMissingError(f"no such file: {path}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise NotAFileError(f"expected a regular file, got a directory or special file: {path}")
+    return st
+
+
+def _header(path: str) -> tuple[NpyHeader, os.stat_result]:
+    st = _regular(path)
+    with open(path, "rb") as f:
+        try:
+            return read_header(f, st.st_size, name=path), st
+        except (FormatError, DtypeError, ShapeError) as exc:
+            if path in str(exc):
+                raise
+            raise type(exc)(f"{path}: {exc}") from None
+
+
+def _alignment(offset: int) -> int:
+    """The largest power of two (up to 1 MiB) that divides ``offset``."""
+    if offset == 0:
+        return 1 << 20
+    return min(offset & -offset, 1 << 20)
+
+
+def _bar(fractions: Sequence[float]) -> str:
+    """One character per cell: none, some, most or all of the cell's pages are resident."""
+    chars = "░▒▓█"
+    encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+    try:
+        chars.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        chars = ".:+#"
+    out = []
+    for f in fractions:
+        out.append(chars[0] if f <= 0 else chars[3] if f >= 1 else chars[1 if f < 0.5 else 2])
+    return "".join(out)
+
+
+def _cells(per_page: np.ndarray[Any, Any], cells: int) -> list[float]:
+    """Fold a per-page residency vector into at most ``cells`` fractions."""
+    if per_page.size == 0:
+        return []
+    n = min(cells, per_page.size)
+    edges = np.linspace(0, per_page.size, n + 1).astype(np.int64)
+    return [float(per_page[a:b].mean()) for a, b in itertools.pairwise(edges)]
+
+
+def _print(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# ---- info --------------------------------------------------------------------------------------
+def _cmd_info(args: argparse.Namespace) -> int:
+    from ._files import open as bigarr_open
+
+    path = args.file
+    if os.path.isdir(path) and _is_zarr(path):
+        return _zarr_info(path, args)
+    header, st = _header(path)
+    disk = st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+    align = _alignment(header.data_offset)
+    with bigarr_open(path, "r") as arr:
+        per_page = _page_residency(arr)
+    resident = float(per_page.mean()) if per_page.size else 0.0
+    cells = _cells(per_page, args.cells)
+    info = {
+        "file": path,
+        "shape": list(header.shape),
+        "dtype": header.dtype.str if header.dtype.names is None else str(header.dtype),
+        "order": header.order,
+        "version": f"{header.version[0]}.{header.version[1]}",
+        "data_offset": header.data_offset,
+        "alignment": align,
+        "page_aligned": header.data_offset % PAGE_SIZE == 0,
+        "data_bytes": header.nbytes,
+        "file_bytes": st.st_size,
+        "disk_bytes": disk,
+        "sparse": disk < st.st_size,
+        "resident_fraction": resident,
+        "resident_pages": int(per_page.sum()),
+        "pages": int(per_page.size),
+        "resident_cells": cells,
+    }
+    if args.json:
+        _print(json.dumps(info))
+        return 0
+    aligned = ("page-aligned" if info["page_aligned"]
+               else "not page-aligned; 'bigarr convert' re-aligns it")
+    _print(path)
+    _print(f"  shape        {header.shape}")
+    _print(f"  dtype        {header.dtype} ({info['dtype']})")
+    _print(f"  order        {header.order}")
+    _print(f"  format       .npy {info['version']}")
+    _print(f"  data offset  {header.data_offset} bytes (aligned to {align}: {aligned})")
+    _print(f"  data         {format_bytes(header.nbytes)} ({header.nbytes} bytes)")
+    sparse = "sparse" if info["sparse"] else "not sparse"
+    _print(f"  file         {format_bytes(st.st_size)} apparent, {format_bytes(disk)} on disk "
+           f"({sparse})")
+    _print(f"  resident     {resident:.1%} of {per_page.size} pages in the page cache")
+    if cells:
+        _print(f"               |{_bar(cells)}|  (each cell 1/{len(cells)} of the data: "
+               f"{_bar([0.0])} none {_bar([1.0])} all)")
+    return 0
+
+
+def _page_residency(arr: Any) -> np.ndarray[Any, Any]:
+    """One bool per page of the array's data: is it in the page cache?"""
+    from ._regions import region_span
+
+    if arr.size == 0:
+        return np.zeros(0, dtype=bool)
+    return np.asarray(arr._bigarr.residency(region_span(arr, None)), dtype=bool)
+
+
+def _is_zarr(path: str) -> bool:
+    return any(os.path.exists(os.path.join(path, name)) for name in ("zarr.json", ".zarray"))
+
+
+def _zarr_info(path: str, args: argparse.Namespace) -> int:
+    import zarr
+
+    z = zarr.open_array(path, mode="r")
+    info = {"file": path, "format": "zarr", "shape": list(z.shape), "dtype": str(z.dtype),
+            "chunks": list(z.chunks)}
+    if args.json:
+        _print(json.dumps(info))
+        return 0
+    _print(path)
+    _print("  format       zarr array")
+    _print(f"  shape        {tuple(z.shape)}")
+    _print(f"  dtype        {z.dtype}")
+    _print(f"  chunks       {tuple(z.chunks)}")
+    return 0
+
+
+# ---- create ------------------------------------------------------------------------------------
+def _cmd_create(args: argparse.Namespace) -> int:
+    from ._files import create
+
+    shape = parse_shape(args.shape)
+    dtype = args.dtype
+    fill: Any = None
+    if args.fill is not None:
+        try:
+            fill = np.asarray(args.fill, dtype=dtype)
+        except (TypeError, ValueError):
+            raise _UsageError(f"expected --fill as a {dtype} value; got {args.fill!r}") from None
+    if os.path.lexists(args.file) and not args.overwrite:
+        raise FileExistsError_(f"{args.file} exists; pass --overwrite to replace it")
+    with create(args.file, shape, dtype, fill=fill, order=args.order,
+                overwrite=args.overwrite) as arr:
+        header, _st = _header(str(arr.filename))
+    _print(f"created {args.file}: shape {header.shape} {header.dtype}, order {header.order}, "
+           f"{format_bytes(header.nbytes)} of data at offset {header.data_offset}")
+    return 0
+
+
+# ---- verify ------------------------------------------------------------------------------------
+class _Crc32:
+    """zlib.crc32 behind hashlib's ``update``/``hexdigest`` interface."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: Any) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def hexdigest(self) -> str:
+        return f"{self.value:08x}"
+
+
+def _hasher(name: str) -> Any:
+    import hashlib
+
+    if name == "crc32":
+        return _Crc32()
+    return hashlib.blake2b(digest_size=16)
+
+
+def _data_bytes(view: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The view's bytes in file order, as a flat uint8 array (no copy for a contiguous view)."""
+    if view.flags.c_contiguous:
+        flat = view.reshape(-1)
+    elif view.flags.f_contiguous:
+        flat = view.T.reshape(-1)
+    else:  # pragma: no cover - chunks of a mapped array are contiguous
+        flat = np.ascontiguousarray(view).reshape(-1)
+    return flat.view(np.uint8)
+
+
+def _rows_of(chunk: Any) -> tuple[int, int]:
+    rows = getattr(chunk, "rows", chunk)
+    if isinstance(rows, slice | range):
+        return int(rows.start), int(rows.stop)
+    start, stop = rows
+    return int(start), int(stop)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from ._files import open as bigarr_open
+
+    header, st = _header(args.file)
+    need = header.data_offset + header.nbytes
+    extra = st.st_size - need
+    summary = {
+        "file": args.file,
+        "ok": True,
+        "shape": list(header.shape),
+        "dtype": header.dtype.str,
+        "order": header.order,
+        "data_offset": header.data_offset,
+        "data_bytes": header.nbytes,
+        "file_bytes": st.st_size,
+        "trailing_bytes": extra,
+    }
+    rows: list[dict[str, Any]] = []
+    if args.checksum:
+        whole = _hasher(args.checksum)
+        with bigarr_open(args.file, "r") as arr:
+            for chunk, view in arr.chunks(budget=args.budget, progress=_progress(args)):
+                data = _data_bytes(view)
+                h = _hasher(args.checksum)
+                h.update(data)
+                whole.update(data)
+                start, stop = _rows_of(chunk)
+                rows.append({"chunk": len(rows), "rows": [start, stop],
+                             "bytes": int(data.size), args.checksum: h.hexdigest()})
+                del data, view
+        summary["checksum"] = args.checksum
+        summary["chunks"] = rows
+        summary[args.checksum] = whole.hexdigest()
+    if args.json:
+        _print(json.dumps(summary))
+        return 0
+    note = f"; {extra} bytes after the data (preallocated room)" if extra else ""
+    _print(f"{args.file}: OK - header and size agree: shape {header.shape} {header.dtype} "
+           f"({header.order} order), {header.nbytes} data bytes at offset {header.data_offset}, "
+           f"file {st.st_size} bytes{note}")
+    if rows:
+        width = max(len(f"{r['rows'][0]}:{r['rows'][1]}") for r in rows)
+        _print(f"{'chunk':>6}  {'rows':<{width}}  {'bytes':>12}  {args.checksum}")
+        for r in rows:
+            span = f"{r['rows'][0]}:{r['rows'][1]}"
+            _print(f"{r['chunk']:>6}  {span:<{width}}  {r['bytes']:>12}  {r[args.checksum]}")
+        _print(f"{'all':>6}  {'':<{width}}  {header.nbytes:>12}  {summary[args.checksum]}")
+    return 0
+
+
+# ---- convert -----------------------------------------------------------------------------------
+def _source_kind(args: argparse.Namespace) -> str:
+    """``"zarr"``, ``"npy"`` or ``"raw"``: a zarr directory, a .npy file, or --dtype given."""
+    src = args.src
+    if os.path.isdir(src):
+        if _is_zarr(src):
+            return "zarr"
+        raise NotAFileError(f"{src} is a directory but not a zarr array (no zarr.json or .zarray)")
+    _regular(src)
+    if args.dtype is not None:
+        return "raw"
+    with open(src, "rb") as f:
+        if f.read(6) == b"\x93NUMPY":
+            return "npy"
+    raise _UsageError(f"{src} is neither a .npy file nor a zarr array; for a headerless file "
+                      "pass --dtype (and --shape, --offset)")
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    import time
+
+    from . import _files
+
+    kind = _source_kind(args)
+    to = args.to or ("zarr" if args.dst.rstrip("/\\").endswith(".zarr") else "npy")
+    if os.path.abspath(args.src) == os.path.abspath(args.dst):
+        raise _UsageError("SRC and DST are the same path; convert writes a new file")
+    if kind != "raw" and (args.shape is not None or args.offset):
+        raise _UsageError("--shape and --offset describe a raw SRC; pass --dtype too")
+    if os.path.lexists(args.dst) and not args.overwrite:
+        raise _UsageError(f"{args.dst} exists; pass --overwrite to replace it")
+    progress = _progress(args)
+    started = time.perf_counter()
+    if kind == "zarr":
+        if to == "zarr":
+            raise _UsageError("SRC is already a zarr array; convert it to .npy")
+        from ._zarr import from_zarr
+
+        with from_zarr(args.src, args.dst, progress=progress, overwrite=args.overwrite) as out:
+            shape, dtype, nbytes = out.shape, out.dtype, out.nbytes
+    else:
+        if kind == "raw":
+            shape_arg = None if args.shape is None else parse_shape(args.shape)
+            src = _files.open_raw(args.src, args.dtype, shape_arg, offset=args.offset,
+                                  order=args.order)
+        else:
+            src = _files.open(args.src, "r")
+        with src:
+            shape, dtype, nbytes = src.shape, src.dtype, src.nbytes
+            if to == "zarr":
+                _to_zarr(src, args, progress)
+            else:
+                _copy_npy(src, args, progress)
+    seconds = max(time.perf_counter() - started, 1e-9)
+    _print(f"converted {args.src} ({kind}) -> {args.dst} ({to}): shape {tuple(shape)} {dtype}, "
+           f"{format_bytes(nbytes)} in {seconds:.2f} s ({format_bytes(nbytes / seconds)}/s)")
+    return 0
+
+
+def _to_zarr(src: Any, args: argparse.Namespace, progress: bool | None) -> None:
+    from ._zarr import to_zarr
+
+    chunks = None if args.chunks is None else parse_shape(args.chunks)
+    to_zarr(src, args.dst, chunks=chunks, progress=progress, overwrite=args.overwrite)
+
+
+def _copy_npy(src: Any, args: argparse.Namespace, progress: bool | None) -> None:
+    """Stream ``src`` into a new page-aligned .npy file with bounded memory."""
+    from ._compute import map_blocks
+
+    order = "F" if src.flags.f_contiguous and not src.flags.c_contiguous else "C"
+    out = map_blocks(np.copy, src, out=args.dst, dtype=src.dtype, budget=args.budget,
+                     progress=progress, order=order, overwrite=args.overwrite)
+    out.close()
+
+
+# ---- demo --------------------------------------------------------------------------------------
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    if args.threads < 1:
+        raise _UsageError(f"expected --threads of at least 1; got {args.threads}")
+    return run_demo(size=args.size, directory=args.dir, keep=args.keep, budget=args.budget,
+                    threads=args.threads, progress=_progress(args))
+
+
+# ---- the parser --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bigarr`` argument parser."""
+    parser = _Parser(prog="bigarr", description="Memory-mapped numpy arrays for data far "
+                     "larger than RAM: inspect, create, convert and verify .npy files.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"bigarr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=_Parser)
+
+    p = sub.add_parser("info", help="shape, dtype, alignment, size on disk, page-cache residency")
+    p.add_argument("file", help=".npy file (or a zarr array directory)")
+    p.add_argument("--cells", type=int, default=_BAR_CELLS, help="width of the residency bar")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("create", help="create a page-aligned .npy file")
+    p.add_argument("file")
+    p.add_argument("--shape", required=True, help="e.g. 1000,3")
+    p.add_argument("--dtype", type=_dtype_arg, default=np.dtype("f8"), help="e.g. f4 (default f8)")
+    p.add_argument("--fill", help="value of every element (default zeros)")
+    p.add_argument("--order", choices=("C", "F"), default="C", type=str.upper)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(func=_cmd_create)
+
+    p = sub.add_parser("verify", help="check that header and size agree; per-chunk checksums")
+    p.add_argument("file")
+    p.add_argument("--checksum", nargs="?", const="crc32", choices=("crc32", "blake2b"),
+                   help="checksum each chunk (default algorithm crc32)")
+    p.add_argument("--budget", type=_size_arg, default=parse_size("64MiB"),
+                   help="chunk size for checksums (default 64MiB)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_progress(p)
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("convert", help="npy <-> zarr, raw -> npy, numpy alignment -> page "
+                       "alignment (streamed, bounded memory)")
+    p.add_argument("src", help=".npy file, zarr array directory, or raw file (with --dtype)")
+    p.add_argument("dst", help="output: .npy file, or a zarr directory (name ends in .zarr or "
+                   "--to zarr)")
+    p.add_argument("--to", choices=("npy", "zarr"), help="output format (default: from the name)")
+    p.add_argument("--dtype", type=_dtype_arg, help="read SRC as a headerless raw file of this "
+                   "dtype")
+    p.add_argument("--shape", help="raw SRC shape, e.g. 1000,3 (default: 1-D, to the end)")
+    p.add_argument("--offset", type=int, default=0, help="raw SRC data offset in bytes")
+    p.add_argument("--order", choices=("C", "F"), default="C", type=str.upper,
+                   help="raw SRC memory order")
+    p.add_argument("--chunks", help="zarr output chunk shape, e.g. 65536,3")
+    p.add_argument("--budget", type=_size_arg, default=parse_size("256MiB"),
+                   help="memory budget for streaming (default 256MiB)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    _add_progress(p)
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("demo", help="generate a dataset, run a pipeline, compare with "
+                       "numpy.memmap (time and peak RSS)")
+    p.add_argument("--size", type=_size_arg, default=parse_size("2GiB"),
+                   help="dataset size (default 2GiB)")
+    p.add_argument("--dir", help="where to write the data (default: a new temporary directory)")
+    p.add_argument("--keep", action="store_true", help="keep the generated files")
+    p.add_argument("--budget", type=_size_arg, default=parse_size("256MiB"),
+                   help="bigarr's memory budget (default 256MiB)")
+    p.add_argument("--threads", type=int, default=2, help="bigarr's threads (default 2)")
+    _add_progress(p)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except _UsageError as exc:
+        print(f"bigarr: error: {exc}", file=sys.stderr)
+        return _EXIT_USAGE
+    except (BigArrError, OSError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            with contextlib.suppress(OSError):
+                sys.stdout.close()
+            return _EXIT_ERROR
+        message = exc.strerror if isinstance(exc, OSError) and not isinstance(
+            exc, BigArrError) and exc.strerror else str(exc)
+        if isinstance(exc, OSError) and not isinstance(exc, BigArrError) and exc.filename:
+            message = f"{message}: {exc.filename}"
+        print(f"bigarr: error: {message}", file=sys.stderr)
+        return _EXIT_ERROR
+    except KeyboardInterrupt:
+        print("bigarr: interrupted", file=sys.stderr)
+        return 130
