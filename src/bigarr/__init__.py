@@ -8,15 +8,20 @@ from __future__ import annotations
 
 from . import errors
 from ._array import memmap
+from ._chunks import Chunk, ChunkPlan, plan_chunks
 from ._files import create, open, open_raw
 from ._geometry import PAGE_SIZE, parse_size
 from ._hints import HINT_NAMES, supported_hints
+from ._progress import ProgressEvent
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Chunk",
+    "ChunkPlan",
     "HINT_NAMES",
     "PAGE_SIZE",
+    "ProgressEvent",
     "__version__",
     "create",
     "errors",
@@ -24,5 +29,6 @@ __all__ = [
     "open",
     "open_raw",
     "parse_size",
+    "plan_chunks",
     "supported_hints",
 ]
