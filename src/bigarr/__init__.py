@@ -9,10 +9,12 @@ from __future__ import annotations
 from . import errors
 from ._array import memmap
 from ._chunks import Chunk, ChunkPlan, plan_chunks
+from ._dask import store, to_dask
 from ._files import create, open, open_raw
 from ._geometry import PAGE_SIZE, parse_size
 from ._hints import HINT_NAMES, supported_hints
 from ._progress import ProgressEvent
+from ._zarr import from_zarr, to_zarr
 
 __version__ = "0.1.0"
 
@@ -25,10 +27,14 @@ __all__ = [
     "__version__",
     "create",
     "errors",
+    "from_zarr",
     "memmap",
     "open",
     "open_raw",
     "parse_size",
     "plan_chunks",
+    "store",
     "supported_hints",
+    "to_dask",
+    "to_zarr",
 ]

@@ -1,0 +1,419 @@
+"""Dask interop: dask arrays over bigarr files *by reference*, and parallel stores into them.
+
+The two ways people usually connect a memory-mapped file to dask both break on a process cluster:
+
+* ``dask.array.from_array(numpy.memmap)`` puts the array itself into the task graph; dask
+  (>= 2024.12) copies the whole memmap, and shipping the graph to worker processes pickles every
+  byte of it (a 2 GiB file becomes a 2 GiB graph).
+* ``dask.array.store(x, numpy.memmap)`` pickles the memmap into every task: each worker process
+  writes into its own unpickled *copy*, the file is left untouched, and no error is raised. Writes
+  are silently lost.
+
+Here a task graph carries only a :class:`FileRegion`: the path, the byte offset of the first
+element, shape, strides and dtype (plus the file's size and mtime for the token). Each task maps
+just the bytes of its own block, read-only, in whatever process runs it; :func:`store` tasks map
+their block in shared mode, write, ``msync`` and close. Blocks written by :func:`store` start on
+page boundaries of the file (the dask array is rechunked along its slowest axis first), so no two
+workers ever write the same page.
+
+Pointing this at a real cluster needs one thing: every worker must see the file under the *same
+path* (a shared or network file system, or the same local disk when all workers run on one
+machine). Writes from several hosts to one file over NFS are only as coherent as the file system
+makes them; ``msync`` before each task ends is what makes them durable.
+
+dask and distributed are an optional extra (``pip install 'bigarr[dask]'``); they are imported
+inside the functions here, so ``import bigarr`` never needs them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._array import _rebuild, memmap
+from ._chunks import plan_chunks
+from ._files import _header_of, create, file_path
+from ._geometry import parse_size
+from .errors import BudgetError, DtypeError, ModeError, ReadOnlyError, RegionError, ShapeError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["DEFAULT_READ_CHUNK", "DEFAULT_WRITE_CHUNK", "FileRegion", "store", "to_dask"]
+
+DEFAULT_READ_CHUNK = "128MiB"
+"""Target size of one :func:`to_dask` block when ``chunks`` is not given."""
+
+DEFAULT_WRITE_CHUNK = "64MiB"
+"""Target size of one :func:`store` block."""
+
+_EXTRA = "pip install 'bigarr[dask]'"
+
+
+def _dask_array() -> Any:
+    """Import ``dask.array``, or explain which extra to install."""
+    try:
+        import dask
+        import dask.array
+    except ImportError as exc:
+        raise ImportError(
+            f"bigarr's dask interop needs dask and distributed, which are not installed "
+            f"({exc}). Install the extra: {_EXTRA}"
+        ) from exc
+    return dask.array
+
+
+@dataclass(frozen=True, slots=True)
+class FileRegion:
+    """A reference to an array stored in a file: all a task needs to map its own block.
+
+    It pickles to a few hundred bytes whatever the array's size, and its dask token is built
+    from these fields alone (the data is never hashed).
+    """
+
+    path: str
+    """Absolute path of the file; workers must see the same path."""
+    first: int
+    """File offset of element ``[0, ..., 0]``, in bytes."""
+    shape: tuple[int, ...]
+    """Shape of the array."""
+    strides: tuple[int, ...]
+    """Strides of the array in the file, in bytes."""
+    dtype: np.dtype[Any]
+    """Element type."""
+    size: int
+    """File size when the reference was taken, in bytes (part of the token)."""
+    mtime_ns: int
+    """File modification time when the reference was taken, in ns (part of the token)."""
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of array data."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    @property
+    def order(self) -> str | None:
+        """``"C"`` or ``"F"`` when the array is contiguous in that order, else ``None``."""
+        if self.nbytes == 0:
+            return "C"
+        if self.strides == _contiguous_strides(self.shape, self.dtype.itemsize, "C"):
+            return "C"
+        if self.strides == _contiguous_strides(self.shape, self.dtype.itemsize, "F"):
+            return "F"
+        return None
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return ("bigarr.FileRegion", self.path, self.size, self.mtime_ns, self.first,
+                self.shape, self.strides, self.dtype.str)
+
+    def block(self, index: tuple[slice, ...]) -> tuple[int, tuple[int, ...]]:
+        """File offset of the first element and the shape of the block ``index`` selects.
+
+        Raises
+        ------
+        RegionError
+            If ``index`` is not one step-1 slice per dimension.
+        """
+        if len(index) != self.ndim or not all(isinstance(s, slice) for s in index):
+            raise RegionError(f"Expected {self.ndim} slices. Got {index!r}.")
+        first, shape = self.first, []
+        for s, n, stride in zip(index, self.shape, self.strides, strict=True):
+            start, stop, step = s.indices(n)
+            if step != 1:
+                raise RegionError(f"Expected step-1 slices. Got {index!r}.")
+            first += start * stride
+            shape.append(max(0, stop - start))
+        return first, tuple(shape)
+
+    def map(self, index: tuple[slice, ...], access: str) -> memmap:
+        """Map just the bytes of block ``index`` of the file, in ``access`` mode."""
+        first, shape = self.block(index)
+        return _rebuild(self.path, access, first, shape, self.dtype, self.strides, self.path,
+                        self.first)
+
+    def __getitem__(self, index: Any) -> np.ndarray[Any, Any]:
+        """Read-only view of a block (dask's getter calls this in the worker process).
+
+        The block is mapped, not copied: its pages live in the page cache and are unmapped when
+        the returned array is garbage-collected.
+        """
+        if not isinstance(index, tuple):
+            index = (index,)
+        if len(index) == self.ndim and all(
+            isinstance(s, slice) and s.step in (None, 1) for s in index
+        ):
+            return self.map(index, "readonly").view(np.ndarray)
+        whole = self.map(tuple(slice(None) for _ in self.shape), "readonly").view(np.ndarray)
+        picked: np.ndarray[Any, Any] = whole[index]
+        return picked
+
+
+def _contiguous_strides(shape: tuple[int, ...], itemsize: int, order: str) -> tuple[int, ...]:
+    strides, step = [0] * len(shape), itemsize
+    axes = range(len(shape) - 1, -1, -1) if order == "C" else range(len(shape))
+    for axis in axes:
+        strides[axis] = step
+        step *= max(shape[axis], 1)
+    return tuple(strides)
+
+
+def _stat(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _region_of_array(arr: memmap, *, writing: bool) -> FileRegion:
+    mapping = arr._bigarr
+    if mapping is None:
+        raise ModeError("Expected an array backed by a file; this one is a detached copy.")
+    arr._check_open()
+    if mapping.access == "private":
+        raise ModeError(
+            f"A private-mode array of {mapping.path} holds its edits in this process only, so "
+            "workers mapping the file would not see them. commit() the edits, or open the file "
+            "read-only or shared."
+        )
+    if writing and mapping.access != "shared":
+        raise ReadOnlyError(
+            f"The target array of {mapping.path} is read-only. Open it with mode='shared' "
+            "(or pass its path) to store into it."
+        )
+    first = mapping.map_offset + mapping.offset_of(arr)
+    size, mtime = _stat(mapping.path)
+    return FileRegion(mapping.path, first, tuple(arr.shape), tuple(arr.strides), arr.dtype,
+                      size, mtime)
+
+
+def _region_of_path(path: str) -> FileRegion:
+    header = _header_of(path)
+    size, mtime = _stat(path)
+    strides = _contiguous_strides(header.shape, header.dtype.itemsize, header.order)
+    return FileRegion(path, header.data_offset, header.shape, strides, header.dtype, size, mtime)
+
+
+def file_region(arr_or_path: Any) -> FileRegion:
+    """The :class:`FileRegion` of a bigarr array or of a ``.npy`` file path.
+
+    Raises
+    ------
+    ModeError
+        For a private-mode array (its edits are not in the file).
+    FileMissingError, NotAFileError, FormatError
+        For a path that is missing or not a ``.npy`` file.
+    """
+    if isinstance(arr_or_path, memmap):
+        return _region_of_array(arr_or_path, writing=False)
+    return _region_of_path(file_path(arr_or_path))
+
+
+def _block_sizes(region: FileRegion, target: int) -> tuple[tuple[int, ...], ...] | None:
+    """Blocks of about ``target`` bytes along the slowest axis, each starting on a file page.
+
+    Returns ``None`` when the array is not contiguous (the caller lets dask choose).
+    """
+    order = region.order
+    if order is None:
+        return None
+    if region.ndim == 0 or region.nbytes == 0:
+        return tuple((n,) for n in region.shape)
+    axis = 0 if order == "C" else region.ndim - 1
+    slab = region.nbytes // region.shape[axis]
+    try:
+        plan = plan_chunks(region.shape, region.dtype, order=order, budget=max(target, slab),
+                           offset=region.first)
+        along = tuple(c.rows.stop - c.rows.start for c in plan)
+    except BudgetError:  # aligned starts lie further apart than the target: one slab per block
+        along = (1,) * region.shape[axis]
+    return tuple(along if d == axis else (n,) for d, n in enumerate(region.shape))
+
+
+def to_dask(
+    arr_or_path: Any,
+    chunks: Any = None,
+    *,
+    name: str | None = None,
+) -> Any:
+    """A dask array over a bigarr file whose tasks map their blocks by reference.
+
+    The graph holds a :class:`FileRegion` (path, offset, shape, strides, dtype), never array
+    data: it pickles to a few kilobytes for any file size. Each task maps just its block,
+    read-only, in the process that runs it, and returns a view of the mapped pages (no copy).
+    The dask name comes from a cheap, deterministic token of path, file size, mtime, offset,
+    shape, strides, dtype and chunks; the data is never hashed.
+
+    Parameters
+    ----------
+    arr_or_path
+        A :class:`bigarr.memmap` (read-only or shared mode; views are fine) or the path of a
+        ``.npy`` file. Every worker must see the file under the same path.
+    chunks
+        Any dask chunk specification. ``None`` (default): blocks of about 128 MiB along the
+        slowest axis (axis 0 for C order), each starting on a page boundary of the file.
+    name
+        dask name of the array; default ``"bigarr-<token>"``.
+
+    Returns
+    -------
+    dask.array.Array
+        Read-only blocks of the file.
+
+    Raises
+    ------
+    ImportError
+        If dask is not installed (``pip install 'bigarr[dask]'``).
+    ModeError
+        For a private-mode array: its edits are not in the file the workers read.
+    FileMissingError, NotAFileError, FormatError
+        For a path that is missing or not a ``.npy`` file.
+    ClosedError
+        For a closed array.
+    """
+    da = _dask_array()
+    from dask.base import tokenize
+
+    region = file_region(arr_or_path)
+    if chunks is None:
+        chunks = _block_sizes(region, parse_size(DEFAULT_READ_CHUNK)) or "auto"
+    chunks = da.core.normalize_chunks(chunks, region.shape, dtype=region.dtype)
+    if name is None:
+        name = f"bigarr-{tokenize(region, chunks)}"
+    meta = np.empty((0,) * region.ndim, dtype=region.dtype)
+    return da.from_array(region, chunks=chunks, name=name, lock=False, asarray=False,
+                         fancy=False, meta=meta)
+
+
+# ---- store -------------------------------------------------------------------------------------
+
+
+def _write_block(region: FileRegion, block: Any, starts: tuple[int, ...]) -> int:
+    """Worker side of :func:`store`: map the block's bytes shared, write, msync, close."""
+    values = np.asarray(block)
+    index = tuple(slice(s, s + n) for s, n in zip(starts, values.shape, strict=True))
+    out = region.map(index, "shared")
+    try:
+        out[...] = values
+        out.flush()
+    finally:
+        out.close(force=True)
+    return int(values.nbytes)
+
+
+def _total(written: Sequence[int]) -> int:
+    return int(sum(written))
+
+
+def _target_region(target: Any, shape: tuple[int, ...], dtype: np.dtype[Any],
+                   order: str) -> FileRegion:
+    if isinstance(target, memmap):
+        region = _region_of_array(target, writing=True)
+    else:
+        path = file_path(target)
+        if not os.path.exists(path):
+            create(path, shape, dtype, order=order).close()
+        elif not os.access(path, os.W_OK):
+            raise ReadOnlyError(f"{path} is not writable; store() needs to write into it.")
+        region = _region_of_path(path)
+    if region.shape != tuple(shape):
+        raise ShapeError(
+            f"Expected a target of shape {tuple(shape)} (the dask array's). "
+            f"Got {region.shape} at {region.path}."
+        )
+    if not np.can_cast(dtype, region.dtype, casting="same_kind"):
+        raise DtypeError(
+            f"Cannot store {dtype} values into the {region.dtype} target {region.path} without "
+            "an unsafe cast; call .astype() on the dask array first."
+        )
+    return region
+
+
+def store(
+    x: Any,
+    target: Any,
+    *,
+    compute: bool = True,
+    order: str = "C",
+    block_bytes: int | str = DEFAULT_WRITE_CHUNK,
+    **compute_kwargs: Any,
+) -> Any:
+    """Write a dask array into a bigarr file from many worker processes.
+
+    The array is rechunked along its slowest axis so that every block starts on a page boundary
+    of the file and spans whole slabs (each block is one contiguous byte range). Each task then
+    opens the target by path in shared mode, maps only its block's bytes, writes them,
+    ``msync``'s them and closes: no memmap is ever pickled, and each worker's writes are on disk
+    when its task finishes.
+
+    Unlike ``dask.array.store(x, numpy.memmap)``, which on a process-based cluster writes into
+    pickled copies of the memmap and silently leaves the file untouched, this works on any
+    scheduler (threads, processes, distributed) as long as every worker sees the file under the
+    same path.
+
+    Parameters
+    ----------
+    x
+        A dask array (anything else is wrapped with ``dask.array.asarray``).
+    target
+        The path of a ``.npy`` file (created with ``x``'s shape and dtype if missing, else
+        checked against them), or a shared-mode :class:`bigarr.memmap` (its file is written;
+        the array sees the data at once, since mappings of one file share its pages).
+    compute
+        ``True``: run now and return ``None``. ``False``: return a ``dask.delayed`` object
+        whose ``compute()`` does the writes (and returns the bytes written).
+    order
+        Memory order of a newly created file, ``"C"`` or ``"F"``.
+    block_bytes
+        Target size of one write block, bytes or a string like ``"64MiB"``.
+    **compute_kwargs
+        Passed to ``compute`` (e.g. ``scheduler="processes"``).
+
+    Returns
+    -------
+    None or dask.delayed.Delayed
+        ``None`` once the data is written, or the delayed write when ``compute=False``.
+
+    Raises
+    ------
+    ImportError
+        If dask is not installed (``pip install 'bigarr[dask]'``).
+    ShapeError
+        If an existing target's shape differs from ``x``'s.
+    DtypeError
+        If ``x``'s dtype cannot be cast to the target's with ``same_kind`` casting.
+    ModeError, ReadOnlyError
+        For a private-mode or read-only target array, or a file that cannot be written.
+    """
+    da = _dask_array()
+    from dask.delayed import delayed
+
+    if not isinstance(x, da.Array):
+        x = da.asarray(x)
+    region = _target_region(target, tuple(x.shape), np.dtype(x.dtype), order)
+    if x.dtype != region.dtype:
+        x = x.astype(region.dtype, casting="same_kind")
+    blocks = _block_sizes(region, parse_size(block_bytes, name="block_bytes"))
+    if blocks is None:  # a strided view: contiguous along nothing; rows of about block_bytes
+        blocks = da.core.normalize_chunks(
+            {0: "auto", **{d: -1 for d in range(1, x.ndim)}}, x.shape, dtype=x.dtype,
+            limit=parse_size(block_bytes, name="block_bytes"),
+        )
+    x = x.rechunk(blocks)
+    starts = [np.cumsum((0, *c[:-1])).tolist() for c in x.chunks]
+    parts = x.to_delayed(optimize_graph=True)
+    writes = []
+    for index in np.ndindex(*parts.shape):
+        first = tuple(int(starts[d][i]) for d, i in enumerate(index))
+        writes.append(delayed(_write_block, pure=True)(region, parts[index], first))
+    done = delayed(_total, pure=True)(writes)
+    if not compute:
+        return done
+    done.compute(**compute_kwargs)
+    return None
