@@ -388,7 +388,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             raise _UsageError("SRC is already a zarr array; convert it to .npy")
         from ._zarr import from_zarr
 
-        with from_zarr(args.src, args.dst, progress=progress, overwrite=args.overwrite) as out:
+        with from_zarr(args.src, args.dst, progress=progress, budget=args.budget,
+                       overwrite=args.overwrite) as out:
             shape, dtype, nbytes = out.shape, out.dtype, out.nbytes
     else:
         if kind == "raw":
@@ -413,7 +414,8 @@ def _to_zarr(src: Any, args: argparse.Namespace, progress: bool | None) -> None:
     from ._zarr import to_zarr
 
     chunks = None if args.chunks is None else parse_shape(args.chunks)
-    to_zarr(src, args.dst, chunks=chunks, progress=progress, overwrite=args.overwrite)
+    to_zarr(src, args.dst, chunks=chunks, progress=progress, budget=args.budget,
+            overwrite=args.overwrite)
 
 
 def _copy_npy(src: Any, args: argparse.Namespace, progress: bool | None) -> None:
