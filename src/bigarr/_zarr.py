@@ -253,14 +253,15 @@ def _open_zarr(source: Any) -> Any:
         return source
     if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
         raise FileMissingError(f"No such zarr array: {os.fspath(source)}")
+    shown = os.fspath(source) if isinstance(source, (str, os.PathLike)) else repr(source)
     try:
         return zarr.open_array(source, mode="r")
-    except FileNotFoundError as exc:
-        raise FileMissingError(f"No zarr array at {source!r}: {exc}") from None
     except (ValueError, TypeError, KeyError, OSError, zarr.errors.BaseZarrError) as exc:
+        # zarr's "no array here" error is both a FileNotFoundError and a ValueError: the place
+        # exists (checked above) but holds no array, which is a format problem.
         raise FormatError(
             f"Expected a zarr array (a store or directory holding zarr.json or .zarray). "
-            f"Got {source!r}, which zarr cannot open as an array: {exc}"
+            f"Got {shown}, which zarr cannot open as an array: {exc}"
         ) from None
 
 
