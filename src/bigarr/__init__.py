@@ -13,6 +13,7 @@ from ._dask import store, to_dask
 from ._files import create, open, open_raw
 from ._geometry import PAGE_SIZE, parse_size
 from ._hints import HINT_NAMES, supported_hints
+from ._private import DirtyRegions
 from ._progress import ProgressEvent
 from ._zarr import from_zarr, to_zarr
 
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Chunk",
     "ChunkPlan",
+    "DirtyRegions",
     "HINT_NAMES",
     "PAGE_SIZE",
     "ProgressEvent",

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ._mapping import Mapping
+    from ._private import DirtyRegions
 
 __all__ = ["memmap"]
 
@@ -34,6 +35,17 @@ def _plain(x: Any) -> Any:
             raise ClosedError(f"The mapping of {m.path} is closed.")
         return x.view(np.ndarray)
     return x
+
+
+def _private_target(out: Any) -> Any:
+    """The write lock of the first private-mode bigarr array in ``out``, else None."""
+    for o in out or ():
+        m = getattr(o, "_bigarr", None)
+        if m is not None and m.access == "private":
+            from ._private import write_lock
+
+            return write_lock(m)
+    return None
 
 
 class memmap(np.memmap):
@@ -116,7 +128,12 @@ class memmap(np.memmap):
         args = [_plain(x) for x in inputs]
         if out is not None:
             kwargs["out"] = tuple(_plain(o) for o in out)
-        result = getattr(ufunc, method)(*args, **kwargs)
+        guard = _private_target(out)
+        if guard is not None:  # writing into a private mapping: exclude a concurrent commit
+            with guard:
+                result = getattr(ufunc, method)(*args, **kwargs)
+        else:
+            result = getattr(ufunc, method)(*args, **kwargs)
         if out is None or method == "at":
             return result
         if isinstance(result, tuple):
@@ -136,6 +153,13 @@ class memmap(np.memmap):
 
     def __setitem__(self, index: Any, value: Any) -> None:
         self._check_open()
+        m = self._bigarr
+        if m is not None and m.access == "private":  # a commit must not drop a racing write
+            from ._private import write_lock
+
+            with write_lock(m):
+                np.ndarray.__setitem__(self, index, value)
+            return
         np.ndarray.__setitem__(self, index, value)
 
     def __repr__(self) -> str:
@@ -216,6 +240,56 @@ class memmap(np.memmap):
         if m is None:
             return
         m.sync(region_span(self, region))
+
+    # ---- private-mode workspace and write tracking (bigarr._private, bigarr._tracking) -------
+    def dirty(self, region: Region = None, *, exact: bool = True) -> DirtyRegions:
+        """Elements (and rows) of this private-mode array that differ from the file.
+
+        See :func:`bigarr._private.dirty`; ``exact=False`` reports whole scratch pages without
+        reading the file.
+        """
+        from ._private import dirty
+
+        return dirty(self, region, exact=exact)
+
+    def commit(self, region: Region = None, *, journal: bool = False) -> int:
+        """Write the scratch edits (in ``region``) to the file; returns bytes written.
+
+        See :func:`bigarr._private.commit` (what a crash leaves behind, ``journal=True``).
+        """
+        from ._private import commit
+
+        return commit(self, region, journal=journal)
+
+    def discard(self, region: Region = None) -> int:
+        """Throw away the scratch edits (in ``region``); see :func:`bigarr._private.discard`."""
+        from ._private import discard
+
+        return discard(self, region)
+
+    def scratch_bytes(self, region: Region = None) -> int:
+        """Memory held by private-mode scratch pages (in ``region``), in bytes."""
+        from ._private import scratch_bytes
+
+        return scratch_bytes(self, region)
+
+    def track_writes(self, method: str = "auto") -> str:
+        """Start (or restart) write tracking on this shared-mode array; returns the method used.
+
+        See :func:`bigarr._tracking.track_writes`.
+        """
+        from ._tracking import track_writes
+
+        return track_writes(self, method)
+
+    def written(self, region: Region = None, *, reset: bool = False) -> DirtyRegions:
+        """Pages written since ``track_writes()`` or the last ``reset=True``.
+
+        See :func:`bigarr._tracking.written`.
+        """
+        from ._tracking import written
+
+        return written(self, region, reset=reset)
 
 
 def _rebuild(

@@ -269,6 +269,92 @@ class Mapping:
             raise _oserror("mincore", self.path)
         return (vec & 1).astype(bool)
 
+    # ---- private-mode scratch pages (used by bigarr._private) ---------------------------------
+    def pagemap(self, span: ByteSpan) -> np.ndarray[Any, np.dtype[np.uint64]]:
+        """Raw ``/proc/self/pagemap`` entries (8 bytes each), one per page of ``span``.
+
+        ``span`` is rounded outward to pages and clipped to the mapping. Bit 63: present,
+        62: swapped, 61: file page; in a private mapping an edited (copied) page is present
+        without bit 61, or swapped.
+
+        Raises
+        ------
+        UnsupportedError
+            Where ``/proc/self/pagemap`` does not exist or cannot be read (not Linux).
+        """
+        self.check_open()
+        rng = self._range(span, outward=True)
+        if rng is None:
+            return np.zeros(0, dtype=np.uint64)
+        npages = -(-rng[1] // PAGE_SIZE)
+        out = np.empty(npages, dtype=np.uint64)
+        view = out.data.cast("B")
+        try:
+            fd = os.open("/proc/self/pagemap", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise UnsupportedError(
+                f"/proc/self/pagemap is not readable here ({exc.strerror}); bigarr falls back "
+                "to comparing pages with the file."
+            ) from None
+        try:
+            done, first = 0, rng[0] // PAGE_SIZE * 8
+            while done < len(view):
+                n = os.preadv(fd, [view[done:]], first + done)
+                if n <= 0:
+                    raise UnsupportedError("/proc/self/pagemap returned fewer entries than asked.")
+                done += n
+        finally:
+            os.close(fd)
+        return out
+
+    def drop_pages(self, span: ByteSpan) -> ByteSpan:
+        """Throw away the private copies of the whole pages inside ``span`` (private mode only).
+
+        Those pages show the file's current bytes again and stop costing memory. ``span`` is
+        rounded *inward* (partial pages at its edges are kept, since their other bytes may hold
+        edits); a span reaching the end of the mapping includes its last, partial page. Linux
+        uses ``MADV_DONTNEED``; elsewhere the pages are re-mapped from the file (``MAP_FIXED``).
+        Only :mod:`bigarr._private` should call this: it is how ``discard`` and ``commit``
+        drop edits on purpose (:meth:`advise` refuses ``dontneed`` on private mappings).
+
+        Returns
+        -------
+        ByteSpan
+            The page-aligned span actually dropped (possibly empty).
+
+        Raises
+        ------
+        ModeError
+            If the mapping is not private.
+        MappingError
+            If the OS refuses.
+        """
+        from .errors import ModeError
+
+        self.check_open()
+        if self.access != "private":
+            raise ModeError(
+                f"drop_pages() throws away copy-on-write pages; the mapping of {self.path} is "
+                f"{self.access}, where it would lose nothing or lose written data."
+            )
+        end = ByteSpan(0, self.length).outward(PAGE_SIZE).stop
+        stop = end if span.stop >= self.length else span.stop
+        pages = ByteSpan(span.start, max(span.start, stop)).inward(PAGE_SIZE)
+        if pages.nbytes == 0 or self.addr == 0 or _libc is None:
+            return ByteSpan(pages.start, pages.start)
+        self.check_file()
+        if _LINUX:
+            if _libc.madvise(self.addr + pages.start, pages.nbytes, mmap.MADV_DONTNEED) != 0:
+                raise _oserror("madvise(dontneed)", self.path)
+        else:
+            flags = mmap.MAP_PRIVATE | _MAP_FIXED
+            prot = mmap.PROT_READ | mmap.PROT_WRITE
+            got = _libc.mmap(self.addr + pages.start, pages.nbytes, prot, flags, self.fd,
+                             self.map_offset + pages.start)
+            if got in (None, _MAP_FAILED):
+                raise _oserror("re-mapping pages", self.path)
+        return pages
+
     # ---- closing -----------------------------------------------------------------------------
     def close(self, caller: np.ndarray[Any, Any] | None = None, *, force: bool = False) -> None:
         """Flush (shared mode), release the file and retire the address range.
