@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import os
 import re
@@ -23,9 +22,10 @@ from typing import Any, NoReturn
 import numpy as np
 
 from ._format import NpyHeader, check_dtype, read_header
-from ._geometry import PAGE_SIZE, format_bytes, parse_size
+from ._geometry import PAGE_SIZE, align_up, format_bytes, parse_size
 from .errors import (
     BigArrError,
+    BudgetError,
     DtypeError,
     FileExistsError_,
     FileMissingError,
@@ -140,15 +140,6 @@ def _bar(fractions: Sequence[float]) -> str:
     return "".join(out)
 
 
-def _cells(per_page: np.ndarray[Any, Any], cells: int) -> list[float]:
-    """Fold a per-page residency vector into at most ``cells`` fractions."""
-    if per_page.size == 0:
-        return []
-    n = min(cells, per_page.size)
-    edges = np.linspace(0, per_page.size, n + 1).astype(np.int64)
-    return [float(per_page[a:b].mean()) for a, b in itertools.pairwise(edges)]
-
-
 def _print(text: str = "") -> None:
     print(text, flush=True)
 
@@ -164,9 +155,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     disk = st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
     align = _alignment(header.data_offset)
     with bigarr_open(path, "r") as arr:
-        per_page = _page_residency(arr)
-    resident = float(per_page.mean()) if per_page.size else 0.0
-    cells = _cells(per_page, args.cells)
+        res = _residency(arr, args.cells)
+    resident = res.fraction if res.total_pages else 0.0
+    cells = _fold(res.chunks, max(1, min(args.cells, res.total_pages)))
     info = {
         "file": path,
         "shape": list(header.shape),
@@ -181,8 +172,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "disk_bytes": disk,
         "sparse": disk < st.st_size,
         "resident_fraction": resident,
-        "resident_pages": int(per_page.sum()),
-        "pages": int(per_page.size),
+        "resident_pages": res.resident_pages,
+        "pages": res.total_pages,
         "resident_cells": cells,
     }
     if args.json:
@@ -200,20 +191,35 @@ def _cmd_info(args: argparse.Namespace) -> int:
     sparse = "sparse" if info["sparse"] else "not sparse"
     _print(f"  file         {format_bytes(st.st_size)} apparent, {format_bytes(disk)} on disk "
            f"({sparse})")
-    _print(f"  resident     {resident:.1%} of {per_page.size} pages in the page cache")
+    _print(f"  resident     {resident:.1%} of {res.total_pages} pages in the page cache")
     if cells:
-        _print(f"               |{_bar(cells)}|  (each cell 1/{len(cells)} of the data: "
-               f"{_bar([0.0])} none {_bar([1.0])} all)")
+        _print(f"               |{_bar(cells)}|  (one cell per "
+               f"{format_bytes(header.nbytes / len(cells))} chunk: {_bar([0.0])} none, "
+               f"{_bar([0.4])} some, {_bar([0.6])} most, {_bar([1.0])} all resident)")
     return 0
 
 
-def _page_residency(arr: Any) -> np.ndarray[Any, Any]:
-    """One bool per page of the array's data: is it in the page cache?"""
-    from ._regions import region_span
+def _residency(arr: Any, cells: int) -> Any:
+    """``arr.resident()`` over a plan of about ``cells`` chunks (one bar cell per chunk)."""
+    budget = max(PAGE_SIZE, align_up(-(-arr.nbytes // max(cells, 1)), PAGE_SIZE))
+    for _ in range(64):
+        try:
+            return arr.resident(budget=budget)
+        except BudgetError:  # rows that cannot be cut that finely: coarser cells
+            budget *= 2
+    return arr.resident(budget=arr.nbytes)
 
-    if arr.size == 0:
-        return np.zeros(0, dtype=bool)
-    return np.asarray(arr._bigarr.residency(region_span(arr, None)), dtype=bool)
+
+def _fold(chunks: Sequence[Any], cells: int) -> list[float]:
+    """Per-chunk residency as at most ``cells`` fractions (neighbouring chunks pooled)."""
+    if len(chunks) <= cells:
+        return [c.fraction for c in chunks]
+    edges = np.linspace(0, len(chunks), cells + 1).astype(np.int64)
+    out = []
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        total = sum(c.total_pages for c in chunks[a:b])
+        out.append(sum(c.resident_pages for c in chunks[a:b]) / total if total else 1.0)
+    return out
 
 
 def _is_zarr(path: str) -> bool:
