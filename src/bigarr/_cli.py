@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -216,7 +217,7 @@ def _fold(chunks: Sequence[Any], cells: int) -> list[float]:
         return [c.fraction for c in chunks]
     edges = np.linspace(0, len(chunks), cells + 1).astype(np.int64)
     out = []
-    for a, b in zip(edges[:-1], edges[1:], strict=True):
+    for a, b in itertools.pairwise(edges):
         total = sum(c.total_pages for c in chunks[a:b])
         out.append(sum(c.resident_pages for c in chunks[a:b]) / total if total else 1.0)
     return out
