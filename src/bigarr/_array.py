@@ -19,10 +19,14 @@ from ._regions import Region, region_span
 from .errors import ClosedError, PickleError_, TruncatedFileError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from types import TracebackType
 
+    from ._chunks import Chunk, ChunkPlan
     from ._mapping import Mapping
     from ._private import DirtyRegions
+    from ._progress import ProgressArg
+    from ._stream import Residency
 
 __all__ = ["memmap"]
 
@@ -233,13 +237,74 @@ class memmap(np.memmap):
     def flush(self, region: Region = None) -> None:
         """Write this array's (or ``region``'s) modified pages to disk with ``msync(MS_SYNC)``.
 
-        The region's byte range is rounded outward to whole pages. A no-op in read-only and
-        private mode (private edits never reach the file; see ``commit``).
+        The region's byte range is rounded outward to whole pages (down at the start, up at the
+        end) and clipped to the mapping. A no-op in read-only and private mode (private edits
+        never reach the file; see ``commit``).
+
+        Durability: on Linux ``msync(MS_SYNC)`` runs the file system's ``fsync`` for that byte
+        range in data-sync mode, so the flushed bytes survive a crash or power loss as after
+        ``fdatasync`` (the file size and block allocation included; timestamps not). A file made
+        by :func:`bigarr.create` is preallocated and its directory entry is synced at creation,
+        so no further ``fsync`` is needed. On macOS, ``msync`` does not flush the drive's own
+        cache; call ``fcntl(fd, F_FULLFSYNC)`` where that matters.
+
+        Raises
+        ------
+        RegionError
+            For a malformed or out-of-range region.
+        FileChangedError
+            If the file shrank below the mapping (flushing would fault).
         """
         m = self._bigarr
         if m is None:
             return
         m.sync(region_span(self, region))
+
+    # ---- chunking, hints and residency (bigarr._chunks, bigarr._stream) ----------------------
+    def plan(self, budget: int | str = "64MiB") -> ChunkPlan:
+        """Page-aligned chunks of this array that each fit ``budget`` bytes (or ``"64MiB"``).
+
+        See :func:`bigarr.plan_chunks`; chunk starts are aligned to pages of the file.
+        """
+        from ._stream import plan_for
+
+        return plan_for(self, budget)
+
+    def chunks(
+        self,
+        budget: int | str = "64MiB",
+        *,
+        progress: ProgressArg = None,
+        release: bool | None = None,
+        prefetch: bool | str | None = True,
+        hint: str | None = None,
+    ) -> Iterator[tuple[Chunk, memmap]]:
+        """Iterate ``(chunk, view)`` pairs with at most ``budget`` bytes resident at once.
+
+        Release-behind is on by default except in private mode, prefetch of the next chunk from
+        a helper thread is on, and a tqdm bar shows on a TTY; see
+        :func:`bigarr._stream.iter_chunks`.
+        """
+        from ._stream import iter_chunks
+
+        return iter_chunks(self, budget, progress=progress, release=release, prefetch=prefetch,
+                           hint=hint)
+
+    def advise(self, hint: str, region: Region = None) -> bool:
+        """Apply an access hint to ``region``'s pages (rounded outward, clipped to the mapping).
+
+        Returns ``False`` when the hint is a no-op here; see :func:`bigarr._stream.advise` and
+        :func:`bigarr.supported_hints`.
+        """
+        from ._stream import advise
+
+        return advise(self, hint, region)
+
+    def resident(self, region: Region = None, *, budget: int | str = "64MiB") -> Residency:
+        """Share of ``region``'s pages in memory (``mincore``), overall and per planned chunk."""
+        from ._stream import residency
+
+        return residency(self, region, budget=budget)
 
     # ---- private-mode workspace and write tracking (bigarr._private, bigarr._tracking) -------
     def dirty(self, region: Region = None, *, exact: bool = True) -> DirtyRegions:

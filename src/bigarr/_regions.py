@@ -75,6 +75,23 @@ def region_rows(nrows: int, region: Region) -> slice:
     return slice(start, max(start, stop))
 
 
+def _chunk_key(shape: tuple[int, ...], key: tuple[Any, ...]) -> tuple[slice, ...]:
+    """Check that a chunk's key (one step-1 slice per axis) lies inside ``shape``.
+
+    A chunk's ``rows`` alone would be wrong for F-order plans and for chunks that split a slab,
+    so chunks are resolved through their full key.
+    """
+    if len(key) != len(shape) or not all(
+        isinstance(k, slice) and k.step in (None, 1) and 0 <= k.start <= k.stop <= n
+        for k, n in zip(key, shape, strict=False)
+    ):
+        raise RegionError(
+            f"Expected a chunk planned for an array of shape {shape}. Got a chunk with key "
+            f"{key!r}; plan the chunks with this array's plan()."
+        )
+    return key
+
+
 def region_span(arr: Any, region: Region) -> ByteSpan:
     """The mapping byte span a region of ``arr`` covers (the whole array for ``None``).
 
@@ -92,6 +109,9 @@ def region_span(arr: Any, region: Region) -> ByteSpan:
         ):
             raise RegionError("Expected a view of this array as the region; got another array.")
         return extent(region, mapping)
+    key = getattr(region, "key", None)
+    if isinstance(key, tuple) and hasattr(region, "span"):  # a planned chunk: its exact block
+        return extent(np.ndarray.__getitem__(arr, _chunk_key(arr.shape, key)), mapping)
     if arr.ndim == 0:
         raise RegionError("A 0-d array has no rows; pass region=None.")
     rows = region_rows(arr.shape[0], region)
