@@ -37,7 +37,7 @@ import numpy as np
 from ._array import _rebuild, memmap
 from ._chunks import plan_chunks
 from ._files import _header_of, create, file_path
-from ._geometry import parse_size
+from ._geometry import PAGE_SIZE, parse_size
 from .errors import BudgetError, DtypeError, ModeError, ReadOnlyError, RegionError, ShapeError
 
 if TYPE_CHECKING:
@@ -230,9 +230,11 @@ def _block_sizes(region: FileRegion, target: int) -> tuple[tuple[int, ...], ...]
     try:
         plan = plan_chunks(region.shape, region.dtype, order=order, budget=max(target, slab),
                            offset=region.first)
-        along = tuple(c.rows.stop - c.rows.start for c in plan)
-    except BudgetError:  # aligned starts lie further apart than the target: one slab per block
-        along = (1,) * region.shape[axis]
+    except BudgetError:  # page-aligned starts lie further apart than the target: use that gap
+        period = PAGE_SIZE // math.gcd(slab, PAGE_SIZE)
+        plan = plan_chunks(region.shape, region.dtype, order=order, budget=period * slab,
+                           offset=region.first)
+    along = tuple(c.rows.stop - c.rows.start for c in plan)
     return tuple(along if d == axis else (n,) for d, n in enumerate(region.shape))
 
 
