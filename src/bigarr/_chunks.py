@@ -24,6 +24,12 @@ neighbour's pages. The exceptions, all forced by the geometry:
 * when the offset is not a multiple of ``gcd(itemsize, page)`` no element boundary can ever fall
   on a page, and the plan is built without alignment (``ChunkPlan.aligned`` is ``False``).
 
+Two aligned starts are ``lcm(slab bytes, page)`` apart along an axis (for example 512 rows of
+1000 bytes with 4 KiB pages). When that distance exceeds the budget although one slab fits, no
+multi-slab chunk can be both aligned and within budget, so the planner descends to the next axis
+and the chunks become single slabs (or parts of one): correct but small. A budget of at least
+``lcm(slab bytes, page)`` avoids that; :attr:`ChunkPlan.max_chunk_bytes` shows what was planned.
+
 Because aligned starts are at least a page apart, a budget smaller than the distance between two
 usable boundaries (at least one page) cannot be met: :class:`~bigarr.errors.BudgetError` then
 quotes the budget and the smallest budget that would work.
