@@ -1,0 +1,311 @@
+"""Outputs of unknown length: grow a ``.npy`` file along its first axis, crash-safely.
+
+How a commit works, and why a crash always leaves a valid array:
+
+1. New rows are written with ``pwrite`` *after* the rows the header describes. The header still
+   says the old length, so readers (and a crash) see the old, valid array; the extra bytes are
+   an unused tail, which ``np.load`` and :func:`bigarr.open` ignore.
+2. Space is reserved in large steps (``step`` bytes, default 64 MiB) with ``posix_fallocate``,
+   so a full disk is an exception at append time rather than a SIGBUS for a later reader, and
+   the file does not grow by a few blocks per call.
+3. :meth:`Appender.commit` makes the data durable first (``fdatasync``), and only then rewrites
+   the shape in the header in place (:func:`bigarr._format.rewrite_shape`) and syncs again.
+   The header is one small ``pwrite`` inside the first page; the data offset never moves,
+   because bigarr's page-aligned header has thousands of spare bytes for a longer shape (and
+   numpy's own headers reserve room for the first axis to grow).
+4. :meth:`Appender.close` commits, then trims the reserved tail.
+
+Only C-ordered arrays (or 1-D ones) can grow along axis 0 without moving data; Fortran-ordered
+files are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._files import create, file_path, preallocate
+from ._format import NpyHeader, check_dtype, read_header, rewrite_shape
+from ._geometry import align_up, parse_size
+from .errors import DtypeError, FileMissingError, ShapeError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["Appender", "append"]
+
+
+def _sync(fd: int) -> None:
+    if hasattr(os, "fdatasync"):
+        os.fdatasync(fd)
+    else:  # pragma: no cover - macOS
+        os.fsync(fd)
+
+
+class Appender:
+    """Append rows to a ``.npy`` file along its first axis; a context manager.
+
+    Parameters
+    ----------
+    path
+        The ``.npy`` file. If it does not exist (or ``overwrite``), a page-aligned file of shape
+        ``(0, *row_shape)`` is created; otherwise rows are added to the existing array, whose
+        dtype and row shape must match any given here.
+    dtype
+        Element type; required when creating.
+    row_shape
+        Shape of one row (``()`` for a 1-D array); default ``()`` when creating.
+    step
+        Bytes reserved on disk at a time as the file grows (default ``"64MiB"``).
+    commit_every
+        Commit automatically once this many bytes are pending (default: ``step``).
+    overwrite
+        Replace an existing file with a new, empty one.
+
+    Raises
+    ------
+    DtypeError, ShapeError
+        For a dtype or row shape that does not match the existing file, or a Fortran-ordered
+        file with more than one dimension.
+    FileMissingError
+        If the file does not exist and no ``dtype`` is given.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        dtype: Any = None,
+        row_shape: tuple[int, ...] | None = None,
+        *,
+        step: int | str = "64MiB",
+        commit_every: int | str | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = file_path(path)
+        self._step = parse_size(step, name="step")
+        self._commit_every = parse_size(commit_every or step, name="commit_every")
+        self._lock = threading.Lock()
+        if overwrite or not os.path.exists(self.path):
+            if dtype is None:
+                raise FileMissingError(
+                    f"{self.path} does not exist; pass dtype= (and row_shape=) to create it."
+                )
+            dt = check_dtype(dtype)
+            shape = (0, *(row_shape or ()))
+            create(self.path, shape, dt, overwrite=overwrite).close()
+        self._fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        try:
+            with os.fdopen(os.dup(self._fd), "rb") as f:
+                header = read_header(f, os.fstat(self._fd).st_size, name=self.path)
+            self._check(header, dtype, row_shape)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._header: NpyHeader = header
+        self.dtype: np.dtype[Any] = header.dtype
+        """Element type."""
+        self.row_shape: tuple[int, ...] = header.shape[1:]
+        """Shape of one row."""
+        self._row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self._committed = header.shape[0]
+        self._pending = 0
+        self._allocated = os.fstat(self._fd).st_size
+
+    def _check(self, header: NpyHeader, dtype: Any, row_shape: tuple[int, ...] | None) -> None:
+        if not header.shape:
+            raise ShapeError(f"{self.path} holds a 0-d array; only arrays with rows can grow.")
+        if header.fortran_order and len(header.shape) > 1:
+            raise ShapeError(
+                f"{self.path} is in Fortran order; growing it along axis 0 would move every "
+                "column. Append to a C-ordered file instead."
+            )
+        if dtype is not None and check_dtype(dtype) != header.dtype:
+            raise DtypeError(f"{self.path} holds {header.dtype}, not {np.dtype(dtype)}.")
+        if row_shape is not None and tuple(row_shape) != header.shape[1:]:
+            raise ShapeError(
+                f"{self.path} has rows of shape {header.shape[1:]}, not {tuple(row_shape)}."
+            )
+
+    # ---- state -------------------------------------------------------------------------------
+    @property
+    def committed(self) -> int:
+        """Rows the header describes: durable, and what a reader (or a crash) sees."""
+        return self._committed
+
+    def __len__(self) -> int:
+        """Rows appended so far, committed or not."""
+        return self._committed + self._pending
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._fd < 0
+
+    def _check_open(self) -> None:
+        if self._fd < 0:
+            from .errors import ClosedError
+
+            raise ClosedError(f"The appender of {self.path} is closed.")
+
+    # ---- writing -----------------------------------------------------------------------------
+    def _rows(self, rows: Any) -> np.ndarray[Any, Any]:
+        arr = np.asarray(rows)
+        if not np.can_cast(arr.dtype, self.dtype, "same_kind"):
+            raise DtypeError(
+                f"Expected rows castable to {self.dtype} (same kind). Got {arr.dtype}."
+            )
+        if arr.ndim == len(self.row_shape):
+            arr = arr[np.newaxis]
+        if arr.shape[1:] != self.row_shape:
+            raise ShapeError(
+                f"Expected rows of shape (n, {', '.join(map(str, self.row_shape))}) for "
+                f"{self.path}. Got an array of shape {arr.shape}."
+            )
+        return np.ascontiguousarray(arr, dtype=self.dtype)
+
+    def append(self, rows: Any) -> int:
+        """Write ``rows`` after the existing ones; they become visible at the next commit.
+
+        ``rows`` has shape ``(n, *row_shape)`` (or ``row_shape`` for a single row). Commits
+        automatically once ``commit_every`` bytes are pending.
+
+        Returns
+        -------
+        int
+            The number of rows appended so far (committed or not).
+
+        Raises
+        ------
+        DtypeError, ShapeError
+            For rows of another kind of dtype or another row shape.
+        DiskFullError
+            If the disk has no room for the reserved space.
+        """
+        arr = self._rows(rows)
+        with self._lock:
+            self._check_open()
+            start = self._header.data_offset + (self._committed + self._pending) * self._row_bytes
+            stop = start + arr.nbytes
+            if stop > self._allocated:
+                grow = align_up(max(stop, self._allocated + self._step), 1 << 20)
+                preallocate(self._fd, self._allocated, grow - self._allocated, self.path)
+                self._allocated = grow
+            view = memoryview(arr.reshape(-1).view(np.uint8).data if arr.nbytes else b"")
+            pos = 0
+            while pos < arr.nbytes:
+                pos += os.pwrite(self._fd, view[pos:], start + pos)
+            self._pending += arr.shape[0]
+            due = self._pending * self._row_bytes >= self._commit_every
+        if due:
+            self.commit()
+        return len(self)
+
+    def commit(self) -> int:
+        """Make pending rows durable, then publish them in the header.
+
+        Returns
+        -------
+        int
+            The committed number of rows.
+        """
+        with self._lock:
+            self._check_open()
+            if self._pending:
+                _sync(self._fd)  # the data is durable before the header may point at it
+                self._set_length(self._committed + self._pending)
+                self._pending = 0
+            return self._committed
+
+    def _set_length(self, rows: int) -> None:
+        self._header = rewrite_shape(self._fd, self._header, (rows, *self.row_shape))
+        _sync(self._fd)
+        self._committed = rows
+
+    def truncate(self, rows: int) -> None:
+        """Shrink the committed array to its first ``rows`` rows (drops pending rows too).
+
+        Used to roll an output back to the length a resume journal recorded.
+
+        Raises
+        ------
+        ShapeError
+            If ``rows`` is negative or more than the committed rows.
+        """
+        with self._lock:
+            self._check_open()
+            if not 0 <= rows <= self._committed:
+                raise ShapeError(f"Expected 0 <= rows <= {self._committed}. Got {rows}.")
+            self._pending = 0
+            if rows != self._committed:
+                self._set_length(rows)
+
+    def discard(self) -> None:
+        """Forget rows appended since the last commit."""
+        with self._lock:
+            self._pending = 0
+
+    def close(self) -> None:
+        """Commit, trim the reserved tail, and close the file. Idempotent."""
+        if self._fd < 0:
+            return
+        self.commit()
+        with self._lock:
+            end = self._header.data_offset + self._committed * self._row_bytes
+            if os.fstat(self._fd).st_size > end:
+                os.ftruncate(self._fd, end)
+                _sync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Appender:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self)} rows ({self._committed} committed)"
+        return f"<bigarr.Appender {os.path.basename(self.path)} {self.dtype} {state}>"
+
+
+def append(path: str | os.PathLike[str], rows: Any, *, dtype: Any = None) -> int:
+    """Append ``rows`` to the ``.npy`` file at ``path`` (created if missing), durably.
+
+    Parameters
+    ----------
+    path
+        The file. A missing file is created with the rows' dtype (or ``dtype``) and row shape.
+    rows
+        Array-like of shape ``(n, *row_shape)``.
+    dtype
+        Element type for a new file (default: the rows' dtype).
+
+    Returns
+    -------
+    int
+        The array's length after the append.
+
+    Raises
+    ------
+    DtypeError, ShapeError
+        If the rows do not match the existing file.
+    """
+    arr = np.asarray(rows)
+    target = file_path(path)
+    if os.path.exists(target):
+        with Appender(target) as app:
+            app.append(arr)
+            return app.commit()
+    if arr.ndim == 0:
+        raise ShapeError("Expected rows with at least one dimension to create a file from.")
+    with Appender(target, dtype if dtype is not None else arr.dtype, arr.shape[1:]) as app:
+        app.append(arr)
+        return app.commit()

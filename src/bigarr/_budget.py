@@ -1,0 +1,150 @@
+"""The memory plan: how many bytes a chunked computation will hold, decided before it runs.
+
+A computation over chunks holds, at any moment, a bounded number of chunks of each array it
+touches: the chunks being worked on (one per thread) plus the chunks fetched ahead (prefetch).
+Finished input chunks are released behind (``MADV_DONTNEED``) and finished output chunks are
+flushed and then released, so nothing else stays resident. The plan is therefore::
+
+    nbytes = chunk_bytes x in_flight x streams  +  dirty_bytes  +  scratch_bytes x threads
+
+``chunk_bytes``
+    the largest chunk of one array, rounded out to whole pages (a chunk's pages are what
+    becomes resident);
+``in_flight``
+    threads plus chunks prefetched ahead;
+``streams``
+    inputs plus outputs plus chunk-sized results a function returns before they are copied
+    into an output;
+``dirty_bytes``
+    output bytes written but not yet flushed (the flush policy's threshold);
+``scratch_bytes``
+    fixed-size working memory per thread (reduction kernels work in small sub-blocks).
+
+:func:`plan_memory` divides a budget into ``chunk_bytes`` and refuses, with
+:class:`~bigarr.errors.BudgetError` quoting both numbers, a budget that cannot hold even the
+smallest useful chunk. :meth:`MemoryPlan.check` refuses a chunk plan whose real chunks turn out
+larger than planned (for example when a single row is bigger than the chunk budget).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._geometry import PAGE_SIZE, align_up, format_bytes, parse_size
+from .errors import BudgetError
+
+__all__ = ["MIN_CHUNK_BYTES", "MemoryPlan", "plan_memory"]
+
+#: Smallest chunk a plan may use, in bytes. Smaller chunks still work in principle, but each
+#: chunk costs tens of microseconds of Python and a few syscalls, so a budget that only allows
+#: chunks this small is a mistake rather than a plan.
+MIN_CHUNK_BYTES = 64 << 10
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryPlan:
+    """How many bytes a chunked computation holds at most, and how they divide."""
+
+    budget: int
+    """Bytes the caller allowed."""
+    chunk_bytes: int
+    """Bytes of one chunk of one array, page-rounded: the chunk budget handed to the planner."""
+    in_flight: int
+    """Chunks of each array held at once: threads plus chunks prefetched ahead."""
+    streams: int
+    """Chunk-sized buffers per chunk in flight: inputs + outputs + function results."""
+    dirty_bytes: int = 0
+    """Output bytes that may be written but not yet flushed (the flush threshold)."""
+    scratch_bytes: int = 0
+    """Fixed working memory per thread, in bytes."""
+    threads: int = 1
+    """Worker threads."""
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the plan holds at most."""
+        return (self.chunk_bytes * self.in_flight * self.streams + self.dirty_bytes
+                + self.scratch_bytes * self.threads)
+
+    def describe(self) -> str:
+        """One line: the product that makes up :attr:`nbytes`."""
+        text = (f"{format_bytes(self.chunk_bytes)} per chunk x {self.in_flight} chunks in flight "
+                f"x {self.streams} arrays")
+        if self.dirty_bytes:
+            text += f" + {format_bytes(self.dirty_bytes)} unflushed output"
+        if self.scratch_bytes:
+            text += f" + {format_bytes(self.scratch_bytes)} scratch x {self.threads} threads"
+        return f"{text} = {self.nbytes} bytes"
+
+    def check(self, largest_chunk: int) -> None:
+        """Refuse a chunk plan whose largest chunk (bytes) does not fit this memory plan.
+
+        Raises
+        ------
+        BudgetError
+            If ``largest_chunk`` rounded out to pages (plus the page a misaligned chunk may
+            straddle) exceeds :attr:`chunk_bytes`, quoting the bytes needed and the budget.
+        """
+        resident = align_up(largest_chunk, PAGE_SIZE)
+        if resident <= self.chunk_bytes:
+            return
+        need = MemoryPlan(self.budget, resident, self.in_flight, self.streams, self.dirty_bytes,
+                          self.scratch_bytes, self.threads)
+        raise BudgetError(
+            f"This computation needs {need.nbytes} bytes ({need.describe()}), but the budget is "
+            f"{self.budget} bytes: its smallest chunk is {resident} bytes. Raise budget= to at "
+            f"least {need.nbytes}, or use fewer threads."
+        )
+
+
+def plan_memory(
+    budget: int | str,
+    *,
+    threads: int,
+    prefetch: int,
+    streams: int,
+    dirty_bytes: int = 0,
+    scratch_bytes: int = 0,
+    min_chunk: int = MIN_CHUNK_BYTES,
+) -> MemoryPlan:
+    """Divide ``budget`` into a per-chunk byte budget.
+
+    Parameters
+    ----------
+    budget
+        Total bytes allowed, an int or a string such as ``"256MiB"``.
+    threads
+        Worker threads (each holds one chunk of every stream).
+    prefetch
+        Chunks fetched ahead of the workers.
+    streams
+        Chunk-sized buffers per chunk in flight (inputs + outputs + function results).
+    dirty_bytes
+        Output bytes the flush policy lets accumulate before flushing.
+    scratch_bytes
+        Fixed working memory per thread, in bytes.
+    min_chunk
+        The smallest chunk the computation can use, in bytes (for example one row).
+
+    Raises
+    ------
+    BudgetError
+        If ``budget`` is not a size, or cannot hold one chunk of ``min_chunk`` bytes per stream
+        and chunk in flight; the message quotes the bytes needed and the budget.
+    """
+    total = parse_size(budget, name="budget")
+    in_flight = max(1, threads) + max(0, prefetch)
+    streams = max(1, streams)
+    fixed = dirty_bytes + scratch_bytes * max(1, threads)
+    chunk = (total - fixed) // (in_flight * streams)
+    chunk = chunk - chunk % PAGE_SIZE
+    floor = align_up(max(min_chunk, 1), PAGE_SIZE)
+    if chunk < floor:
+        need = MemoryPlan(total, floor, in_flight, streams, dirty_bytes, scratch_bytes,
+                          max(1, threads))
+        raise BudgetError(
+            f"This computation needs at least {need.nbytes} bytes ({need.describe()}), but the "
+            f"budget is {total} bytes. Raise budget= to at least {need.nbytes}, or use fewer "
+            "threads."
+        )
+    return MemoryPlan(total, chunk, in_flight, streams, dirty_bytes, scratch_bytes, max(1, threads))

@@ -1,0 +1,385 @@
+"""Execution: run a function over the chunks of a plan on threads, within a memory plan.
+
+The engine is what :func:`bigarr.map_blocks` and the reductions share. For each chunk of a
+:class:`~bigarr._chunks.ChunkPlan` it hands the chunk's blocks of every stream (input and output
+arrays) to a worker function on a thread pool (numpy releases the GIL in its loops), and around
+that work it manages memory and I/O:
+
+* **Chunks in flight.** At most ``threads + prefetch`` chunks are submitted at once; results are
+  yielded in chunk order, so combining partial results is deterministic whatever the thread
+  timing.
+* **Prefetch ahead.** When a chunk is submitted, the dispatcher advises ``WILLNEED`` on its input
+  pages (asynchronous readahead), so the disk works on chunk *i + k* while threads compute on
+  chunk *i*.
+* **Release behind.** When a chunk is done, its input pages are dropped from this process's
+  resident set with ``MADV_DONTNEED`` (read-only and shared mappings only: on a private mapping
+  that would throw away copy-on-write edits, so it is never done there). Clean file pages stay
+  in the page cache; only the mapping lets go of them.
+* **Flush policy.** :class:`Writeback` writes output blocks with ``pwrite`` into the output
+  file's page cache (no mapping, no page faults), starts their writeback at once
+  (``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on Linux), and once ``flush_every`` bytes are
+  pending it waits for them to reach the disk. Dirty output memory therefore stays near
+  ``flush_every`` however long the run, and writeback overlaps compute. Outputs that are not
+  contiguous in their file (or private mappings, or in-memory arrays) are assigned through
+  numpy instead; shared mappings among them are flushed with ``msync`` and *then* released.
+  When a run is journaled (``resume=True``), the flush also ``fdatasync``'s the file and only
+  then records the flushed chunks as done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from ._array import memmap
+from ._chunks import Chunk, ChunkPlan
+from ._geometry import ByteSpan
+from ._hints import parse_hint
+from ._mapping import Mapping
+from ._progress import Progress
+from ._regions import extent
+
+__all__ = [
+    "Stream",
+    "Writeback",
+    "as_stream",
+    "default_threads",
+    "parse_threads",
+    "run",
+]
+
+T = TypeVar("T")
+
+_WILLNEED = parse_hint("willneed")
+_DONTNEED = parse_hint("dontneed")
+
+_LINUX = sys.platform.startswith("linux")
+_SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
+
+
+def _load_sync_file_range() -> Any:
+    if not _LINUX:
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+def default_threads() -> int:
+    """Worker threads by default: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_threads(threads: int | None) -> int:
+    """Normalise ``threads=`` (``None``: :func:`default_threads`).
+
+    Raises
+    ------
+    ValueError
+        For anything but a positive integer or ``None``.
+    """
+    if threads is None:
+        return default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"Expected threads as a positive integer or None. Got {threads!r}.")
+    return int(threads)
+
+
+@dataclass(slots=True)
+class Stream:
+    """One array the engine moves through, chunk by chunk."""
+
+    array: np.ndarray[Any, Any]
+    """A plain ndarray view of the whole array (no memmap subclass overhead per block)."""
+    mapping: Mapping | None
+    """The bigarr mapping the array lives in, or ``None`` (in memory, numpy.memmap, ...)."""
+    output: bool = False
+    """True for arrays the run writes."""
+    by_key: bool = True
+    """Blocks are ``array[chunk.key]`` (the planned array) or ``array[chunk.rows]`` (another
+    array sharing the leading axis)."""
+    owned: memmap | None = None
+    """An array the engine opened itself (from a path) and closes at the end."""
+
+    def block(self, chunk: Chunk) -> np.ndarray[Any, Any]:
+        """This stream's block of ``chunk``."""
+        return self.array[chunk.key] if self.by_key else self.array[chunk.rows]
+
+    def span(self, block: np.ndarray[Any, Any]) -> ByteSpan | None:
+        """The mapping bytes of ``block`` when it is contiguous there, else ``None``."""
+        if self.mapping is None or block.size == 0:
+            return None
+        if not (block.flags.c_contiguous or block.flags.f_contiguous):
+            return None
+        return extent(block, self.mapping)
+
+    def file_offset(self, block: np.ndarray[Any, Any]) -> int | None:
+        """File offset of a contiguous block's first byte, or ``None``."""
+        span = self.span(block)
+        if span is None or self.mapping is None:
+            return None
+        return self.mapping.map_offset + span.start
+
+    def close(self) -> None:
+        """Close the array if the engine opened it."""
+        if self.owned is not None:
+            self.owned.close(force=True)
+            self.owned = None
+
+
+def as_stream(obj: Any, *, output: bool = False, by_key: bool = True) -> Stream:
+    """Normalise an input or output (array, bigarr.memmap, or path to a ``.npy``) to a stream.
+
+    Paths are opened read-only (inputs) or shared (outputs) and closed by :meth:`Stream.close`.
+    """
+    owned = None
+    if isinstance(obj, (str, os.PathLike)):
+        from ._files import open as open_npy
+
+        owned = open_npy(obj, "shared" if output else "readonly")
+        obj = owned
+    mapping = None
+    if isinstance(obj, memmap) and obj._bigarr is not None:
+        obj._check_open()
+        mapping = obj._bigarr
+    arr = obj.view(np.ndarray) if isinstance(obj, np.ndarray) else np.asarray(obj)
+    return Stream(arr, mapping, output, by_key, owned)
+
+
+def plan_offset(stream: Stream) -> int:
+    """File offset of a stream's first byte for chunk planning (0 when not mapped)."""
+    if stream.mapping is None or stream.array.size == 0:
+        return 0
+    return stream.mapping.map_offset + stream.mapping.offset_of(stream.array)
+
+
+def _release(stream: Stream, block: np.ndarray[Any, Any]) -> None:
+    """Drop a finished input block's pages from the resident set (never on private maps)."""
+    if stream.mapping is None or stream.mapping.access == "private":
+        return
+    span = stream.span(block)
+    if span is not None:
+        stream.mapping.advise(_DONTNEED, span)
+
+
+@dataclass(slots=True)
+class _Pending:
+    chunk: int
+    nbytes: int
+    ranges: list[tuple[int, int, int]] = field(default_factory=list)  # fd, offset, nbytes
+    spans: list[tuple[Mapping, ByteSpan]] = field(default_factory=list)
+
+
+class Writeback:
+    """The flush policy for a run's outputs: bounded dirty bytes, flush then release.
+
+    Parameters
+    ----------
+    every
+        Flush (wait for writeback) once this many output bytes are pending.
+    durable
+        Also ``fdatasync`` the output files at each flush, then call ``on_durable``.
+    on_durable
+        Called with the indices of the chunks whose output is durable (the journal).
+    """
+
+    def __init__(
+        self,
+        every: int,
+        *,
+        durable: bool = False,
+        on_durable: Callable[[list[int]], None] | None = None,
+    ) -> None:
+        self.every = max(1, every)
+        self.durable = durable
+        self.on_durable = on_durable
+        self._lock = threading.Lock()
+        self._open: dict[int, _Pending] = {}
+        self._pending: list[_Pending] = []
+        self._pending_bytes = 0
+        self._fds: set[int] = set()
+
+    def _entry(self, chunk: int) -> _Pending:
+        with self._lock:
+            entry = self._open.get(chunk)
+            if entry is None:
+                entry = self._open[chunk] = _Pending(chunk, 0)
+            return entry
+
+    def write(self, chunk: int, stream: Stream, block: np.ndarray[Any, Any], value: Any) -> None:
+        """Store ``value`` into ``block`` of output ``stream`` (part of chunk ``chunk``)."""
+        entry = self._entry(chunk)
+        mapping = stream.mapping
+        offset = stream.file_offset(block) if block.flags.c_contiguous else None
+        if mapping is not None and mapping.access == "shared" and offset is not None:
+            data = np.ascontiguousarray(np.broadcast_to(np.asarray(value, block.dtype),
+                                                        block.shape))
+            self.pwrite(entry, mapping.fd, offset, data)
+            return
+        block[...] = value
+        span = stream.span(block)
+        if mapping is not None and mapping.access == "shared" and span is not None:
+            entry.spans.append((mapping, span))
+        entry.nbytes += block.nbytes
+
+    def pwrite(self, entry: _Pending, fd: int, offset: int, data: np.ndarray[Any, Any]) -> None:
+        """Write a contiguous array's bytes at ``offset`` of ``fd`` and start their writeback."""
+        view = memoryview(data.reshape(-1).view(np.uint8).data) if data.nbytes else memoryview(b"")
+        done = 0
+        while done < data.nbytes:
+            done += os.pwrite(fd, view[done:], offset + done)
+        if data.nbytes and _sync_file_range is not None:
+            _sync_file_range(fd, offset, data.nbytes, _SFR_WRITE)
+        entry.ranges.append((fd, offset, data.nbytes))
+        entry.nbytes += data.nbytes
+        with self._lock:
+            self._fds.add(fd)
+
+    def chunk_done(self, chunk: int) -> None:
+        """Mark chunk ``chunk``'s outputs complete; flush if the policy says so."""
+        with self._lock:
+            entry = self._open.pop(chunk, None) or _Pending(chunk, 0)
+            self._pending.append(entry)
+            self._pending_bytes += entry.nbytes
+            if self._pending_bytes < self.every:
+                return
+            batch, self._pending, self._pending_bytes = self._pending, [], 0
+        self._flush(batch)
+
+    def drain(self) -> None:
+        """Flush everything pending (the end of a run)."""
+        with self._lock:
+            batch, self._pending, self._pending_bytes = self._pending, [], 0
+        self._flush(batch)
+        if not self.durable:
+            self.sync_files()
+
+    def sync_files(self) -> None:
+        """``fdatasync`` every output file written with ``pwrite``."""
+        with self._lock:
+            fds = sorted(self._fds)
+        for fd in fds:
+            os.fdatasync(fd) if hasattr(os, "fdatasync") else os.fsync(fd)
+
+    def _flush(self, batch: list[_Pending]) -> None:
+        if not batch:
+            return
+        for entry in batch:
+            for fd, offset, nbytes in entry.ranges:
+                if _sync_file_range is not None:
+                    _sync_file_range(fd, offset, nbytes,
+                                     _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER)
+            for mapping, span in entry.spans:
+                mapping.sync(span)  # flush THEN release: the data is on disk before the drop
+                mapping.advise(_DONTNEED, span)
+        if self.durable:
+            if any(e.ranges for e in batch):
+                self.sync_files()  # the file's metadata (extents, size) as well as its data
+            if self.on_durable is not None:
+                self.on_durable([e.chunk for e in batch])
+
+
+def run(
+    plan: ChunkPlan,
+    work: Callable[[Chunk, list[np.ndarray[Any, Any]]], T],
+    *,
+    streams: Sequence[Stream],
+    threads: int,
+    prefetch: int = 1,
+    progress: Progress | None = None,
+    writeback: Writeback | None = None,
+    skip: Iterable[int] = (),
+) -> Iterator[tuple[Chunk, T]]:
+    """Run ``work(chunk, blocks)`` over the chunks of ``plan``; yield results in chunk order.
+
+    ``blocks`` holds each stream's block of the chunk, in ``streams`` order. Around each call
+    the engine prefetches input pages ahead, releases input pages behind, applies the
+    ``writeback`` flush policy, and advances ``progress``.
+
+    Parameters
+    ----------
+    plan
+        The chunks.
+    work
+        Called on a worker thread per chunk; its return value is yielded with the chunk.
+    streams
+        The arrays; output streams are written by ``work`` (usually through ``writeback``).
+    threads
+        Worker threads.
+    prefetch
+        Chunks submitted (and prefetched) beyond one per thread.
+    progress
+        Advanced by each chunk's bytes when it finishes.
+    writeback
+        Flush policy for outputs; :meth:`Writeback.chunk_done` is called after each chunk.
+    skip
+        Chunk indices not to run (already done in a resumed run).
+
+    Raises
+    ------
+    Exception
+        Whatever ``work`` raises, after the chunks already running have finished.
+    """
+    skipped = set(skip)
+    todo = [c for c in plan.chunks if c.index not in skipped]
+    window: deque[tuple[Chunk, Future[T]]] = deque()
+    depth = max(1, threads) + max(0, prefetch)
+    inputs = [s for s in streams if not s.output]
+
+    def one(chunk: Chunk) -> T:
+        blocks = [s.block(chunk) for s in streams]
+        value = work(chunk, blocks)
+        for stream, block in zip(streams, blocks, strict=True):
+            if not stream.output:
+                _release(stream, block)
+        if writeback is not None:
+            writeback.chunk_done(chunk.index)
+        if progress is not None:
+            progress.advance(chunk.index, chunk.nbytes)
+        return value
+
+    def ahead(chunk: Chunk) -> None:
+        for stream in inputs:
+            if stream.mapping is not None:
+                span = stream.span(stream.block(chunk))
+                if span is not None:
+                    stream.mapping.advise(_WILLNEED, span)
+
+    pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="bigarr")
+    try:
+        for chunk in todo:
+            while len(window) >= depth:
+                done, future = window.popleft()
+                yield done, future.result()
+            if prefetch:
+                ahead(chunk)
+            window.append((chunk, pool.submit(one, chunk)))
+        while window:
+            done, future = window.popleft()
+            yield done, future.result()
+    finally:
+        for _chunk, future in window:
+            future.cancel()
+        with contextlib.suppress(Exception):
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,776 @@
+"""Reductions over chunks: numpy-named functions whose partial results merge exactly or stably.
+
+Every reduction runs the same way (:func:`_reduce`): the array is cut into page-aligned chunks
+(:func:`bigarr._chunks.plan_chunks`) within a memory plan (:mod:`bigarr._budget`), each chunk is
+reduced on a worker thread to a *partial state* with the reduced axes kept as length 1, and the
+main thread merges the partial states, in chunk order, into the state of the result:
+
+* chunks run along the plan's axis (axis 0 in C order, the last axis in Fortran order); when that
+  axis is reduced, partial states of successive chunks are *combined*; when it is not, each
+  chunk fills its own part of the result;
+* a chunk covers a box of the array (``chunk.key``), so the same rule works when the planner had
+  to split rows too big for the budget.
+
+The partial states and how they combine:
+
+=================  ===========================  ==============================================
+function           state                        combine
+=================  ===========================  ==============================================
+sum                sum (float64 for floats)     add
+mean               sum, count                   add, add
+var, std           count, mean, M2 (float64)    Chan et al.'s parallel update
+min, max           value                        ``np.minimum`` / ``np.maximum`` (NaN wins)
+argmin, argmax     value, global index          smaller (larger) value; NaN wins; ties go to
+                                                the lower index, as numpy's first occurrence
+count_nonzero      count                        add
+histogram          counts (after a min/max      add
+                   pass when no range is given)
+=================  ===========================  ==============================================
+
+Kernels that need temporaries (var, std, count_nonzero) work through each chunk in sub-blocks
+of at most :data:`SUB_BLOCK_BYTES`, so their scratch memory is fixed per thread and planned.
+Results have numpy's dtypes; floating-point results agree with numpy's to rounding (summation
+order differs: numpy sums pairwise over the whole array, bigarr pairwise per chunk).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _engine
+from ._budget import plan_memory
+from ._chunks import Chunk, plan_chunks
+from ._engine import as_stream, parse_threads, plan_offset
+from ._progress import Progress, ProgressArg
+from .errors import UnsupportedError
+
+__all__ = [
+    "argmax",
+    "argmin",
+    "count_nonzero",
+    "histogram",
+    "max",
+    "mean",
+    "min",
+    "reduce_blocks",
+    "std",
+    "sum",
+    "var",
+]
+
+#: Largest temporary a kernel with temporaries makes at once, in bytes: sub-blocks hold at most
+#: this many bytes of float64 (or complex128) elements.
+SUB_BLOCK_BYTES = 256 << 10
+#: Scratch per thread the memory plan reserves for such kernels (a few temporaries), in bytes.
+SCRATCH_BYTES = 4 * SUB_BLOCK_BYTES
+_DEFAULT_BUDGET = "256MiB"
+_State = tuple[np.ndarray[Any, Any], ...]
+
+_builtin_min = min
+_builtin_max = max
+
+
+# ---- plumbing ------------------------------------------------------------------------------
+def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    items = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for ax in items:
+        if isinstance(ax, bool) or not isinstance(ax, (int, np.integer)):
+            raise TypeError(f"Expected axis as an int, a tuple of ints or None. Got {axis!r}.")
+        if not -ndim <= ax < ndim:
+            raise np.exceptions.AxisError(int(ax), ndim)
+        out.append(int(ax) % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"Expected distinct axes. Got {axis!r}.")
+    return tuple(sorted(out))
+
+
+def _order(arr: np.ndarray[Any, Any]) -> str:
+    return "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
+
+
+def _split(block: np.ndarray[Any, Any], limit: int) -> tuple[int, list[slice]]:
+    """Cut ``block`` along its outermost non-trivial axis into pieces of <= ``limit`` elements.
+
+    Returns the axis (-1 when no cut is needed) and the pieces along it.
+    """
+    strides = [abs(s) if n > 1 else -1 for n, s in zip(block.shape, block.strides, strict=True)]
+    if block.size <= limit or _builtin_max(strides, default=-1) < 0:
+        return -1, [slice(None)]
+    axis = int(np.argmax(strides))
+    step = _builtin_max(1, limit // _builtin_max(1, block.size // block.shape[axis]))
+    n = block.shape[axis]
+    return axis, [slice(i, _builtin_min(i + step, n)) for i in range(0, n, step)]
+
+
+class _Kernel:
+    """A reduction: partial state of a block, combine two states, finish a state."""
+
+    sub_blocked = False
+
+    def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
+                chunk: Chunk | None, origin: tuple[int, ...]) -> _State:
+        raise NotImplementedError
+
+    def combine(self, a: _State, b: _State) -> _State:
+        raise NotImplementedError
+
+    def finish(self, state: _State) -> np.ndarray[Any, Any]:
+        return state[0]
+
+    def chunk_state(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
+                    origin: tuple[int, ...]) -> _State:
+        """Partial state of a chunk's block, through sub-blocks when the kernel needs them."""
+        if not self.sub_blocked:
+            return self.partial(block, axes, None, origin)
+        axis, pieces = _split(block, SUB_BLOCK_BYTES // 16)
+        if axis < 0:
+            return self.partial(block, axes, None, origin)
+        state: _State | None = None
+        parts: list[_State] = []
+        for piece in pieces:
+            key = tuple(piece if i == axis else slice(None) for i in range(block.ndim))
+            sub_origin = tuple(o + (piece.start if i == axis else 0)
+                               for i, o in enumerate(origin))
+            part = self.partial(block[key], axes, None, sub_origin)
+            if axis in axes:
+                state = part if state is None else self.combine(state, part)
+            else:
+                parts.append(part)
+        if axis in axes:
+            assert state is not None
+            return state
+        return tuple(np.concatenate([p[i] for p in parts], axis=axis) for i in range(len(parts[0])))
+
+
+def _merge(kernel: _Kernel, state: list[np.ndarray[Any, Any]], seen: np.ndarray[Any, Any],
+           target: tuple[slice, ...], part: _State) -> None:
+    mask = seen[target]
+    if not mask.any():
+        for acc, p in zip(state, part, strict=True):
+            acc[target] = p
+    else:
+        old = tuple(acc[target] for acc in state)
+        merged = kernel.combine(old, part)
+        for acc, m, p in zip(state, merged, part, strict=True):
+            acc[target] = m if mask.all() else np.where(mask, m, p)
+    seen[target] = True
+
+
+def _reduce(
+    a: Any,
+    kernel: _Kernel,
+    axis: int | Sequence[int] | None,
+    *,
+    budget: int | str,
+    threads: int | None,
+    progress: ProgressArg,
+    desc: str,
+) -> np.ndarray[Any, Any]:
+    """Run ``kernel`` over ``a``'s chunks; return the finished state (reduced axes kept)."""
+    stream = as_stream(a)
+    try:
+        arr = stream.array
+        axes = _axes(axis, arr.ndim)
+        nthreads = parse_threads(threads)
+        scratch = SCRATCH_BYTES if kernel.sub_blocked else 0
+        memory = plan_memory(budget, threads=nthreads, prefetch=1, streams=1,
+                             scratch_bytes=scratch)
+        plan = plan_chunks(arr.shape, arr.dtype, order=_order(arr), budget=memory.chunk_bytes,
+                           offset=plan_offset(stream))
+        memory.check(plan.max_chunk_bytes)
+        keep = tuple(1 if i in axes else n for i, n in enumerate(arr.shape))
+        state: list[np.ndarray[Any, Any]] | None = None
+        seen = np.zeros(keep, dtype=bool)
+
+        def work(chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> _State:
+            origin = tuple(k.start for k in chunk.key) if chunk.key else ()
+            return kernel.chunk_state(blocks[0], axes, origin)
+
+        with Progress(progress, total_bytes=plan.nbytes, total_chunks=len(plan),
+                      desc=desc) as bar:
+            for chunk, part in _engine.run(plan, work, streams=[stream], threads=nthreads,
+                                           prefetch=1, progress=bar):
+                if state is None:
+                    state = [np.empty(keep, dtype=p.dtype) for p in part]
+                target = tuple(slice(0, 1) if i in axes else k for i, k in enumerate(chunk.key))
+                _merge(kernel, state, seen, target, part)
+        assert state is not None
+        return kernel.finish(tuple(state))
+    finally:
+        stream.close()
+
+
+def _shape_result(result: np.ndarray[Any, Any], axes: tuple[int, ...], keepdims: bool,
+                  dtype: np.dtype[Any]) -> Any:
+    out = result.astype(dtype, copy=False)
+    if not keepdims:
+        out = out.reshape(tuple(n for i, n in enumerate(out.shape) if i not in axes))
+    return out[()] if out.ndim == 0 else out
+
+
+def _numpy_dtype(fn: Callable[..., Any], src: np.dtype[Any], **kwargs: Any) -> np.dtype[Any]:
+    """The dtype numpy's own ``fn`` gives for an array of ``src``."""
+    import warnings
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        return np.asarray(fn(np.zeros(2, dtype=src), **kwargs)).dtype
+
+
+def _operand(a: Any) -> Any:
+    """An array for ``a``: ``.npy`` paths are opened read-only, other arrays pass through."""
+    if isinstance(a, (str, os.PathLike)):
+        from ._files import open as open_npy
+
+        return open_npy(a, "readonly")
+    if isinstance(a, np.ndarray):
+        return a
+    return np.asarray(a)
+
+
+def _plain(a: Any) -> np.ndarray[Any, Any]:
+    return a.view(np.ndarray) if isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def _is_empty(a: Any) -> bool:
+    return bool(math.prod(a.shape) == 0)
+
+
+# ---- kernels -------------------------------------------------------------------------------
+def _acc_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    if dtype.kind == "f":
+        return np.dtype(np.float64)
+    if dtype.kind == "c":
+        return np.dtype(np.complex128)
+    return dtype
+
+
+class _Sum(_Kernel):
+    def __init__(self, dtype: Any) -> None:
+        self.dtype = dtype
+
+    def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
+                chunk: Chunk | None, origin: tuple[int, ...]) -> _State:
+        s = np.sum(block, axis=axes, keepdims=True, dtype=self.dtype)
+        return (s.astype(_acc_dtype(s.dtype), copy=False),)
+
+    def combine(self, a: _State, b: _State) -> _State:
+        return (a[0] + b[0],)
+
+
+class _Mean(_Kernel):
+    def __init__(self, dtype: Any, src: np.dtype[Any]) -> None:
+        # numpy accumulates integer means in float64; floats in their own type (pairwise).
+        self.dtype = dtype if dtype is not None else (np.float64 if src.kind in "biu" else None)
+
+    def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
+                chunk: Chunk | None, origin: tuple[int, ...]) -> _State:
+        s = np.sum(block, axis=axes, keepdims=True, dtype=self.dtype)
+        n = np.full(s.shape, math.prod(block.shape[i] for i in axes), dtype=np.int64)
+        return s.astype(_acc_dtype(s.dtype), copy=False), n
+
+    def combine(self, a: _State, b: _State) -> _State:
+        return a[0] + b[0], a[1] + b[1]
+
+    def finish(self, state: _State) -> np.ndarray[Any, Any]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return state[0] / state[1]
+
+
+class _Var(_Kernel):
+    sub_blocked = True
+
+    def __init__(self, ddof: float) -> None:
+        self.ddof = ddof
+
+    def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
+                chunk: Chunk | None, origin: tuple[int, ...]) -> _State:
+        acc = np.complex128 if block.dtype.kind == "c" else np.float64
+        n = math.prod(block.shape[i] for i in axes)
+        mean = np.mean(block, axis=axes, keepdims=True, dtype=acc)
+        dev = np.subtract(block, mean, dtype=acc)
+        if dev.dtype.kind == "c":
+            m2 = np.sum(dev.real**2 + dev.imag**2, axis=axes, keepdims=True)
+        else:
+            np.multiply(dev, dev, out=dev)
+            m2 = np.sum(dev, axis=axes, keepdims=True)
+        return np.full(mean.shape, n, dtype=np.int64), np.asarray(mean), np.asarray(m2)
+
+    def combine(self, a: _State, b: _State) -> _State:
+        na, ma, qa = a
+        nb, mb, qb = b
+        n = na + nb
+        safe = np.where(n == 0, 1, n)
+        delta = mb - ma
+        mean = ma + delta * (nb / safe)
+        q = qa + qb + (delta.real**2 + delta.imag**2 if delta.dtype.kind == "c" else delta**2) * (
+            na * (nb / safe))
+        return n, mean, q
+
+    def finish(self, state: _State) -> np.ndarray[Any, Any]:
+        n, _mean, m2 = state
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return m2 / np.maximum(n - self.ddof, 0)
+
+
+class _Extreme(_Kernel):
+    def __init__(self, largest: bool) -> None:
+        self.largest = largest
+
+    def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
+                chunk: Chunk | None, origin: tuple[int, ...]) -> _State:
+        fn = np.max if self.largest else np.min
+        return (fn(block, axis=axes, keepdims=True),)
+
+    def combine(self, a: _State, b: _State) -> _State:
+        return ((np.maximum if self.largest else np.minimum)(a[0], b[0]),)
+
+
+class _Arg(_Kernel):
+    def __init__(self, largest: bool, shape: tuple[int, ...]) -> None:
+        self.largest = largest
+        self.shape = shape
+
+    def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
+                chunk: Chunk | None, origin: tuple[int, ...]) -> _State:
+        fn = np.argmax if self.largest else np.argmin
+        if len(axes) == block.ndim:  # axis=None: a flat index into the whole array (C order)
+            local = int(fn(block))
+            coords = np.unravel_index(local, block.shape) if block.ndim else ()
+            value = block[coords] if block.ndim else block[()]
+            where = tuple(int(c) + o for c, o in zip(coords, origin, strict=True))
+            flat = int(np.ravel_multi_index(where, self.shape)) if where else 0
+            keep = (1,) * block.ndim
+            return np.full(keep, value, dtype=block.dtype), np.full(keep, flat, dtype=np.intp)
+        (axis,) = axes
+        idx = fn(block, axis=axis, keepdims=True)
+        value = np.take_along_axis(block, idx, axis=axis)
+        return value, (idx + origin[axis]).astype(np.intp, copy=False)
+
+    def combine(self, a: _State, b: _State) -> _State:
+        va, ia = a
+        vb, ib = b
+        better = (vb > va) if self.largest else (vb < va)
+        take_b = better | ((vb == va) & (ib < ia))
+        if va.dtype.kind in "fc":
+            nan_a, nan_b = np.isnan(va), np.isnan(vb)
+            take_b = np.where(nan_a | nan_b, nan_b & (~nan_a | (ib < ia)), take_b)
+        return np.where(take_b, vb, va), np.where(take_b, ib, ia)
+
+    def finish(self, state: _State) -> np.ndarray[Any, Any]:
+        return state[1]
+
+
+class _CountNonzero(_Kernel):
+    sub_blocked = True
+
+    def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
+                chunk: Chunk | None, origin: tuple[int, ...]) -> _State:
+        if len(axes) == block.ndim:
+            keep = (1,) * block.ndim
+            return (np.full(keep, np.count_nonzero(block), dtype=np.intp),)
+        return (np.count_nonzero(block, axis=axes, keepdims=True).astype(np.intp, copy=False),)
+
+    def combine(self, a: _State, b: _State) -> _State:
+        return (a[0] + b[0],)
+
+
+# ---- public functions ----------------------------------------------------------------------
+def sum(
+    a: Any,
+    axis: int | Sequence[int] | None = None,
+    dtype: Any = None,
+    *,
+    keepdims: bool = False,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> Any:
+    """Sum of array elements over ``axis``, chunk by chunk, like :func:`numpy.sum`.
+
+    Parameters
+    ----------
+    a
+        A :class:`bigarr.memmap`, any numpy array, or the path of a ``.npy`` file.
+    axis
+        ``None`` (all), an int or a tuple of ints.
+    dtype
+        Accumulator and result dtype, as in numpy.
+    keepdims
+        Keep reduced axes as length 1.
+    budget
+        Memory the computation may hold, in bytes or as a string such as ``"256MiB"``.
+    threads
+        Worker threads (default: the CPUs available).
+    progress
+        ``None`` (a bar on a TTY), ``True``, ``False``, or callbacks taking ProgressEvent.
+
+    Raises
+    ------
+    BudgetError
+        If the budget cannot hold the smallest chunk plan (both numbers quoted).
+    """
+    a = _operand(a)
+    if _is_empty(a):
+        return np.sum(_plain(a), axis=axis, dtype=dtype, keepdims=keepdims)
+    out_dtype = _numpy_dtype(np.sum, a.dtype, dtype=dtype)
+    res = _reduce(a, _Sum(dtype), axis, budget=budget, threads=threads, progress=progress,
+                  desc="sum")
+    return _shape_result(res, _axes(axis, res.ndim), keepdims, out_dtype)
+
+
+def mean(
+    a: Any,
+    axis: int | Sequence[int] | None = None,
+    dtype: Any = None,
+    *,
+    keepdims: bool = False,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> Any:
+    """Arithmetic mean over ``axis``, like :func:`numpy.mean`; arguments as :func:`sum`."""
+    a = _operand(a)
+    if _is_empty(a):
+        return np.mean(_plain(a), axis=axis, dtype=dtype, keepdims=keepdims)
+    src = np.dtype(a.dtype)
+    out_dtype = _numpy_dtype(np.mean, src, dtype=dtype)
+    res = _reduce(a, _Mean(dtype, src), axis, budget=budget, threads=threads, progress=progress,
+                  desc="mean")
+    return _shape_result(res, _axes(axis, res.ndim), keepdims, out_dtype)
+
+
+def var(
+    a: Any,
+    axis: int | Sequence[int] | None = None,
+    dtype: Any = None,
+    *,
+    ddof: float = 0,
+    keepdims: bool = False,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> Any:
+    """Variance over ``axis``, like :func:`numpy.var`, merged with Chan et al.'s update.
+
+    Each chunk's count, mean and sum of squared deviations are computed in float64 (two-pass
+    within the chunk) and merged pairwise, which is as stable as numpy's two-pass method.
+    Other arguments as :func:`sum`.
+    """
+    a = _operand(a)
+    if _is_empty(a):
+        return np.var(_plain(a), axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
+    out_dtype = _numpy_dtype(np.var, np.dtype(a.dtype), dtype=dtype)
+    res = _reduce(a, _Var(ddof), axis, budget=budget, threads=threads, progress=progress,
+                  desc="var")
+    return _shape_result(res, _axes(axis, res.ndim), keepdims, out_dtype)
+
+
+def std(
+    a: Any,
+    axis: int | Sequence[int] | None = None,
+    dtype: Any = None,
+    *,
+    ddof: float = 0,
+    keepdims: bool = False,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> Any:
+    """Standard deviation over ``axis``, like :func:`numpy.std`; see :func:`var`."""
+    a = _operand(a)
+    if _is_empty(a):
+        return np.std(_plain(a), axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
+    out_dtype = _numpy_dtype(np.std, np.dtype(a.dtype), dtype=dtype)
+    res = _reduce(a, _Var(ddof), axis, budget=budget, threads=threads, progress=progress,
+                  desc="std")
+    return _shape_result(np.sqrt(res), _axes(axis, res.ndim), keepdims, out_dtype)
+
+
+def _extreme(a: Any, axis: Any, keepdims: bool, largest: bool, budget: int | str,
+             threads: int | None, progress: ProgressArg) -> Any:
+    fn = np.max if largest else np.min
+    a = _operand(a)
+    if _is_empty(a):
+        return fn(_plain(a), axis=axis, keepdims=keepdims)
+    res = _reduce(a, _Extreme(largest), axis, budget=budget, threads=threads, progress=progress,
+                  desc=fn.__name__)
+    return _shape_result(res, _axes(axis, res.ndim), keepdims, res.dtype)
+
+
+def min(
+    a: Any,
+    axis: int | Sequence[int] | None = None,
+    *,
+    keepdims: bool = False,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> Any:
+    """Minimum over ``axis``, like :func:`numpy.min` (NaN propagates); arguments as :func:`sum`.
+
+    Raises
+    ------
+    ValueError
+        For a zero-size reduction, as numpy.
+    """
+    return _extreme(a, axis, keepdims, False, budget, threads, progress)
+
+
+def max(
+    a: Any,
+    axis: int | Sequence[int] | None = None,
+    *,
+    keepdims: bool = False,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> Any:
+    """Maximum over ``axis``, like :func:`numpy.max` (NaN propagates); arguments as :func:`sum`.
+
+    Raises
+    ------
+    ValueError
+        For a zero-size reduction, as numpy.
+    """
+    return _extreme(a, axis, keepdims, True, budget, threads, progress)
+
+
+def _arg(a: Any, axis: int | None, keepdims: bool, largest: bool, budget: int | str,
+         threads: int | None, progress: ProgressArg) -> Any:
+    fn = np.argmax if largest else np.argmin
+    if axis is not None and not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"Expected axis as an int or None. Got {axis!r}.")
+    a = _operand(a)
+    if _is_empty(a):
+        return fn(_plain(a), axis=axis, keepdims=keepdims)
+    shape = tuple(a.shape)
+    res = _reduce(a, _Arg(largest, shape), axis, budget=budget, threads=threads,
+                  progress=progress, desc=fn.__name__)
+    axes = _axes(axis, len(shape))
+    if axis is None and not keepdims:
+        return np.intp(res.reshape(-1)[0])
+    return _shape_result(res, axes, keepdims, np.dtype(np.intp))
+
+
+def argmin(
+    a: Any,
+    axis: int | None = None,
+    *,
+    keepdims: bool = False,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> Any:
+    """Index of the minimum, like :func:`numpy.argmin` (flat C-order index for ``axis=None``).
+
+    Ties and NaNs resolve as in numpy: the first occurrence wins, and a NaN is the minimum.
+    Other arguments as :func:`sum`.
+    """
+    return _arg(a, axis, keepdims, False, budget, threads, progress)
+
+
+def argmax(
+    a: Any,
+    axis: int | None = None,
+    *,
+    keepdims: bool = False,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> Any:
+    """Index of the maximum, like :func:`numpy.argmax`; see :func:`argmin`."""
+    return _arg(a, axis, keepdims, True, budget, threads, progress)
+
+
+def count_nonzero(
+    a: Any,
+    axis: int | Sequence[int] | None = None,
+    *,
+    keepdims: bool = False,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> Any:
+    """Number of non-zero elements, like :func:`numpy.count_nonzero`; arguments as :func:`sum`."""
+    a = _operand(a)
+    if _is_empty(a):
+        return np.count_nonzero(_plain(a), axis=axis, keepdims=keepdims)
+    res = _reduce(a, _CountNonzero(), axis, budget=budget, threads=threads, progress=progress,
+                  desc="count_nonzero")
+    if axis is None and not keepdims:
+        return int(res.reshape(-1)[0])
+    return _shape_result(res, _axes(axis, res.ndim), keepdims, np.dtype(np.intp))
+
+
+def histogram(
+    a: Any,
+    bins: int | Sequence[float] = 10,
+    range: tuple[float, float] | None = None,
+    *,
+    density: bool = False,
+    weights: Any = None,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Histogram of all elements, like :func:`numpy.histogram`, with the same bin edges.
+
+    With an integer ``bins`` and no ``range``, a first pass finds the minimum and maximum (as
+    numpy does), so the edges are numpy's exactly.
+
+    Parameters
+    ----------
+    a
+        The data (flattened).
+    bins
+        Number of equal-width bins, or a monotonic sequence of edges.
+    range
+        ``(low, high)`` of the bins; default: the data's minimum and maximum.
+    density
+        Return probability densities rather than counts.
+    weights
+        An array of ``a``'s shape (mapped or in memory) weighting each element.
+    budget, threads, progress
+        As :func:`sum`; the budget covers ``a`` and ``weights`` together.
+
+    Raises
+    ------
+    UnsupportedError
+        For string ``bins`` (``"auto"`` etc.), which need all the data at once.
+    ValueError
+        As numpy, for a range that is not finite or bins that are not increasing.
+    """
+    if isinstance(bins, str):
+        raise UnsupportedError(
+            f"Expected bins as an int or a sequence of edges. Got {bins!r}: estimators like "
+            "'auto' need all the data at once; compute edges first, e.g. with "
+            "np.histogram_bin_edges on a sample."
+        )
+    a = _operand(a)
+    w = None if weights is None else _operand(weights)
+    if _is_empty(a):
+        return np.histogram(_plain(a), bins=bins, range=range, density=density,
+                            weights=None if w is None else _plain(w))
+    if range is None and isinstance(bins, (int, np.integer)):
+        # numpy's autodetected range is (a.min(), a.max()) as scalars of a's dtype; the same
+        # range gives the same edges and the same bin for every element.
+        range = (min(a, budget=budget, threads=threads, progress=progress),
+                 max(a, budget=budget, threads=threads, progress=progress))
+    edges = np.histogram(np.zeros(0, dtype=a.dtype), bins=bins, range=range)[1]
+
+    def per_chunk(*blocks: np.ndarray[Any, Any]) -> Any:
+        weight = blocks[1] if len(blocks) > 1 else None
+        return np.histogram(blocks[0], bins=bins, range=range, weights=weight)[0]
+
+    inputs = [a] if w is None else [a, w]
+    counts = reduce_blocks(per_chunk, operator.add, *inputs, budget=budget, threads=threads,
+                           progress=progress)
+    if density:
+        db = np.diff(edges).astype(float)
+        return counts / db / counts.sum(), edges
+    return counts, edges
+
+
+def reduce_blocks(
+    func: Callable[..., Any],
+    combine: Callable[[Any, Any], Any],
+    *inputs: Any,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> Any:
+    """Reduce arrays chunk by chunk with your own functions.
+
+    ``func(*blocks)`` maps each chunk's blocks (one per input, in order) to a partial result,
+    on worker threads; ``combine(left, right)`` merges two partial results, on the calling
+    thread, folding in chunk order: ``combine(combine(p0, p1), p2)`` and so on.
+
+    With one input, chunks follow its memory order (a Fortran-ordered array is cut along its
+    last axis); with several, chunks are ranges of rows along axis 0, which all inputs must
+    share.
+
+    Parameters
+    ----------
+    func
+        Partial result of one chunk's blocks.
+    combine
+        Merge two partial results (associative; it is applied in chunk order).
+    *inputs
+        Arrays, :class:`bigarr.memmap` objects or ``.npy`` paths.
+    budget, threads, progress
+        As :func:`sum`; the budget covers all inputs.
+
+    Returns
+    -------
+    object
+        The combined result; ``func`` of the zero-row blocks when the inputs are empty.
+
+    Raises
+    ------
+    BudgetError
+        If the budget cannot hold the smallest chunk plan.
+    ValueError
+        If the inputs do not share their leading length.
+    """
+    if not inputs:
+        raise TypeError("reduce_blocks needs at least one input array.")
+    streams = [as_stream(x, by_key=False) for x in inputs]
+    try:
+        first = streams[0].array
+        if len(streams) == 1:
+            streams[0].by_key = True
+            order = _order(first)
+        else:
+            order = "C"
+            for s in streams[1:]:
+                if s.array.ndim == 0 or first.ndim == 0 or s.array.shape[0] != first.shape[0]:
+                    raise ValueError(
+                        "Expected inputs sharing their leading length. Got shapes "
+                        f"{[x.array.shape for x in streams]}."
+                    )
+        nthreads = parse_threads(threads)
+        memory = plan_memory(budget, threads=nthreads, prefetch=1, streams=len(streams))
+        plan = plan_chunks(first.shape, first.dtype, order=order, budget=memory.chunk_bytes,
+                           offset=plan_offset(streams[0]))
+        memory.check(plan.max_chunk_bytes)
+        if len(streams) > 1:
+            _check_whole_rows(plan, memory.chunk_bytes)
+        if first.ndim == 0 or first.size == 0 or not len(plan):
+            return func(*[s.array if s.array.ndim == 0 else s.array[:0] for s in streams])
+        total: Any = None
+        started = False
+        with Progress(progress, total_bytes=plan.nbytes, total_chunks=len(plan),
+                      desc="reduce") as bar:
+            for _chunk, part in _engine.run(
+                plan, lambda _c, blocks: func(*blocks), streams=streams, threads=nthreads,
+                prefetch=1, progress=bar,
+            ):
+                total = part if not started else combine(total, part)
+                started = True
+        return total
+    finally:
+        for s in streams:
+            s.close()
+
+
+def _check_whole_rows(plan: Any, chunk_bytes: int) -> None:
+    from .errors import BudgetError
+
+    if any(c.depth for c in plan.chunks):
+        row = plan.nbytes // plan.shape[0] if plan.shape and plan.shape[0] else 0
+        raise BudgetError(
+            f"Each chunk must hold whole rows, and one row is {row} bytes, but the chunk budget "
+            f"is {chunk_bytes} bytes. Raise budget= so that a row fits each chunk of each "
+            "input in flight."
+        )
+
