@@ -14,13 +14,18 @@ release-behind (``release=``)
 
 prefetch (``prefetch=``)
     A helper thread fetches the *next* chunk while the consumer works on the current one, so
-    I/O overlaps compute. ``"populate_read"`` (Linux 5.14+) reads and maps the pages;
-    ``"willneed"`` only starts read-ahead into the page cache. ``True`` (the default) picks
-    ``populate_read`` and falls back to ``willneed`` where the kernel lacks it.
+    I/O overlaps compute. ``"willneed"`` starts asynchronous read-ahead of the chunk into the
+    page cache (nothing is mapped, so it costs no resident memory of this process);
+    ``"populate_read"`` (Linux 5.14+) reads *and maps* the pages, synchronously in the helper.
+    ``True`` (the default) means ``"willneed"``: on this project's test machine (ext4 on a
+    virtio disk) ``populate_read`` made cold scans slower, faulting page by page, while
+    ``willneed`` was at least as fast as no prefetch and kept peak RSS lowest (see the
+    chunking section of ``bench/README.md``).
 
-Memory budget: with prefetch, two chunks are resident at once (the one being processed and the
-one being fetched), so the plan is made with *half* the budget; without prefetch, chunks may be
-as large as the budget. Either way the bytes the iteration keeps mapped stay within ``budget``
+Memory budget: with prefetch, two chunks can be resident at once (the one being processed and
+the one being fetched: mapped with ``populate_read``, or at least in the page cache with
+``willneed``), so the plan is made with *half* the budget; without prefetch, chunks may be as
+large as the budget. Either way the bytes the iteration keeps mapped stay within ``budget``
 (plus at most a page at each chunk edge).
 
 The helper thread never outlives the iteration: the generator stops and joins it in a
@@ -251,7 +256,7 @@ def _parse_prefetch(prefetch: bool | str | None) -> Hint | None:
     if prefetch is None or prefetch is False:
         return None
     if prefetch is True:
-        prefetch = "populate_read"
+        prefetch = "willneed"
     hint = parse_hint(prefetch)
     if hint.name not in ("willneed", "populate_read"):
         raise HintError(f"Expected prefetch True, False, 'willneed' or 'populate_read'. "
