@@ -15,6 +15,7 @@ from ._geometry import PAGE_SIZE, parse_size
 from ._hints import HINT_NAMES, supported_hints
 from ._private import DirtyRegions
 from ._progress import ProgressEvent
+from ._stream import ChunkResidency, Residency
 from ._zarr import from_zarr, to_zarr
 
 __version__ = "0.1.0"
@@ -22,10 +23,12 @@ __version__ = "0.1.0"
 __all__ = [
     "Chunk",
     "ChunkPlan",
+    "ChunkResidency",
     "DirtyRegions",
     "HINT_NAMES",
     "PAGE_SIZE",
     "ProgressEvent",
+    "Residency",
     "__version__",
     "create",
     "errors",
