@@ -222,14 +222,28 @@ def test_fast_path_only_for_uncompressed_local_unsharded(tmp_path: Path) -> None
     assert _raw_chunks(memory) is None
 
 
+@pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "readinto"])
 @pytest.mark.parametrize("chunks", [(8, 12), (8, 5), (3, 2)])
-def test_fast_path_equals_zarr_path(tmp_path: Path, chunks: tuple[int, int]) -> None:
-    # Chunks that span whole rows are read straight into the output; others via a buffer.
+def test_fast_path_equals_zarr_path(
+    tmp_path: Path, chunks: tuple[int, int], kernel_copy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks that span whole rows are copied file to file (or read straight into the output
+    # where copy_file_range is missing); others go through a buffer.
+    if not kernel_copy:
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
+    copies: list[int] = []
+    real = bigarr._zarr._copy_file
+    monkeypatch.setattr(bigarr._zarr, "_copy_file",
+                        lambda *a: copies.append(a[2]) or real(*a))  # type: ignore[func-returns-value]
     data = _data((50, 12), "i2")
     zarr.create_array(tmp_path / "r.zarr", data=data, chunks=chunks, compressors=None)
     out = bigarr.from_zarr(LocalStore(tmp_path / "r.zarr"), tmp_path / "r.npy",
                            budget="4KiB")
     np.testing.assert_array_equal(out, data)
+    whole_rows = chunks[1] == 12
+    assert bool(copies) == whole_rows  # the kernel copy is tried exactly for whole-row chunks
+    if whole_rows and kernel_copy and hasattr(os, "copy_file_range"):
+        assert sum(copies) == data.nbytes
 
 
 def test_fast_path_detects_a_damaged_chunk(tmp_path: Path) -> None:

@@ -242,6 +242,7 @@ def to_dask(
     arr_or_path: Any,
     chunks: Any = None,
     *,
+    block_bytes: int | str = DEFAULT_READ_CHUNK,
     name: str | None = None,
 ) -> Any:
     """A dask array over a bigarr file whose tasks map their blocks by reference.
@@ -258,8 +259,12 @@ def to_dask(
         A :class:`bigarr.memmap` (read-only or shared mode; views are fine) or the path of a
         ``.npy`` file. Every worker must see the file under the same path.
     chunks
-        Any dask chunk specification. ``None`` (default): blocks of about 128 MiB along the
-        slowest axis (axis 0 for C order), each starting on a page boundary of the file.
+        Any dask chunk specification. ``None`` (default): blocks of about ``block_bytes``
+        along the slowest axis (axis 0 for C order), each starting on a page boundary of the
+        file.
+    block_bytes
+        Target block size when ``chunks`` is ``None``: bytes or a string like ``"64MiB"``
+        (default 128 MiB, dask's own default chunk size).
     name
         dask name of the array; default ``"bigarr-<token>"``.
 
@@ -284,7 +289,7 @@ def to_dask(
 
     region = file_region(arr_or_path)
     if chunks is None:
-        chunks = _block_sizes(region, parse_size(DEFAULT_READ_CHUNK)) or "auto"
+        chunks = _block_sizes(region, parse_size(block_bytes, name="block_bytes")) or "auto"
     chunks = da.core.normalize_chunks(chunks, region.shape, dtype=region.dtype)
     if name is None:
         name = f"bigarr-{tokenize(region, chunks)}"

@@ -26,10 +26,12 @@ with no header; a missing chunk file means "every element is the fill value".
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -49,7 +51,7 @@ DEFAULT_BUDGET = "256MiB"
 """Default memory budget of one streaming step (bytes, or a size string)."""
 
 _OVERHEAD = 2
-"""A batch costs about twice its bytes: the mapped pages plus zarr's encode/decode buffers."""
+"""A to_zarr batch costs about twice its bytes: the mapped pages plus zarr's encode buffers."""
 
 _DONTNEED = parse_hint("dontneed")
 
@@ -65,7 +67,8 @@ def _batch_axis(arr: np.ndarray[Any, Any]) -> int:
 
 
 def _plan(
-    shape: tuple[int, ...], itemsize: int, axis: int, unit: int, budget: int, what: str
+    shape: tuple[int, ...], itemsize: int, axis: int, unit: int, budget: int, what: str,
+    overhead: int = _OVERHEAD,
 ) -> int:
     """Elements along ``axis`` per batch: the most whole grid slabs that fit ``budget``.
 
@@ -77,7 +80,7 @@ def _plan(
     extent = shape[axis]
     slab_bytes = int(np.prod(shape, dtype=object)) // max(extent, 1) * itemsize
     unit = max(1, min(unit, extent))
-    need = _OVERHEAD * unit * slab_bytes
+    need = overhead * unit * slab_bytes
     if need > budget:
         raise BudgetError(
             f"{what} streams whole zarr chunk (or shard) slabs along axis {axis}: one slab of "
@@ -85,7 +88,7 @@ def _plan(
             f"buffers, but the budget is {format_bytes(budget)}. Pass a larger budget= or "
             "smaller chunks (or shards) along that axis."
         )
-    per = max(1, budget // (_OVERHEAD * unit * max(slab_bytes, 1)))
+    per = max(1, budget // (overhead * unit * max(slab_bytes, 1)))
     return per * unit
 
 
@@ -365,19 +368,55 @@ def _stream_in(z: Any, out: memmap, budget: int, progress: ProgressArg) -> None:
     if out.size == 0:
         return
     unit = (z.shards or z.chunks)[0]
-    step = _plan(out.shape, out.dtype.itemsize, 0, unit, budget, "from_zarr")
+    # Three batches: the one being decoded, its pages in the output, the previous one flushing.
+    step = _plan(out.shape, out.dtype.itemsize, 0, unit, budget, "from_zarr", overhead=3)
     fast = _raw_chunks(z)
     nbatches = -(-out.shape[0] // step)
+    row_bytes = out.nbytes // out.shape[0]
     report = Progress(progress, total_bytes=out.nbytes, total_chunks=nbatches, desc="from_zarr")
-    with report as bar:
-        for i, sel in enumerate(_batches(out.shape[0], step)):
-            view = out[sel]
-            if fast is not None:
-                fast.read_rows(sel, view)
-            else:
-                view[...] = z[sel]
-            _release(out, view)
-            bar.advance(i, view.nbytes)
+    fd = os.open(str(out.filename), os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        with report as bar, _Behind() as behind:
+            for i, sel in enumerate(_batches(out.shape[0], step)):
+                view = out[sel]
+                if fast is not None:
+                    fast.read_rows(sel, view, fd, out.offset + sel.start * row_bytes)
+                else:
+                    view[...] = z[sel]
+                behind.submit(_release, out, view)  # msync + drop while the next batch reads
+                bar.advance(i, view.nbytes)
+                del view
+    finally:
+        os.close(fd)
+
+
+class _Behind:
+    """Runs the flush-and-drop of finished batches on one helper thread.
+
+    At most one batch is in flight: :meth:`submit` first waits for the previous one, so dirty
+    memory stays under two batches while the disk writes overlap the next batch's reads
+    (``msync`` and ``readinto`` release the GIL). Errors surface in the caller.
+    """
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="bigarr-flush")
+        self.last: Future[None] | None = None
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        """Wait for the previous job, then start ``fn(*args)``."""
+        if self.last is not None:
+            self.last.result()
+        self.last = self.pool.submit(fn, *args)
+
+    def __enter__(self) -> _Behind:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.last is not None:
+                self.last.result()
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 # ---- uncompressed fast path ------------------------------------------------------------------
@@ -387,8 +426,9 @@ class _RawChunks:
     """Reads the chunk files of an uncompressed, unsharded zarr v3 array in a local directory.
 
     Each chunk file is the raw C-order bytes of the full chunk shape. A chunk that spans every
-    trailing dimension lands contiguously in the C-ordered output, so it is read straight into
-    the mapped pages with ``readinto``; other chunks go through one reused buffer.
+    trailing dimension lands contiguously in the C-ordered output, so it is copied file to file
+    (``copy_file_range``) or read straight into the mapped pages; other chunks go through one
+    reused buffer.
     """
 
     def __init__(self, z: Any, root: str) -> None:
@@ -401,18 +441,27 @@ class _RawChunks:
         self.fill: Any = None if not fill.tobytes().strip(b"\x00") else fill
         self.rows_whole = tuple(self.chunks[1:]) == tuple(z.shape[1:])
         self.buf = np.empty(0 if self.rows_whole else self.chunks, dtype=self.dtype)
+        self.kernel_copy = True
+        """Whether ``copy_file_range`` still looks usable (cleared after the first refusal)."""
 
     def _file(self, coords: tuple[int, ...]) -> str:
         key = self.z.metadata.encode_chunk_key(coords)
         return os.path.join(self.root, *key.split("/"))
 
-    def read_rows(self, rows: slice, out: np.ndarray[Any, Any]) -> None:
-        """Fill ``out`` (the output's rows ``rows``, whole chunk rows) from the chunk files."""
+    def read_rows(self, rows: slice, out: np.ndarray[Any, Any], fd: int, first: int) -> None:
+        """Fill ``out`` (the output's rows ``rows``, whole chunk rows) from the chunk files.
+
+        ``fd`` is the output file open for writing and ``first`` the file offset of ``out``'s
+        first byte: chunks that span whole rows are copied file to file inside the kernel
+        (``copy_file_range``: no user-space copy, no page faults), falling back to ``readinto``
+        the mapped pages where the OS or file system cannot.
+        """
         shape = self.z.shape
-        first = rows.start // self.chunks[0]
-        last = -(-rows.stop // self.chunks[0])
-        grids = [range(first, last)] + [range(-(-n // c)) for n, c in
-                                          zip(shape[1:], self.chunks[1:], strict=True)]
+        row_bytes = out.nbytes // max(out.shape[0], 1)
+        lo = rows.start // self.chunks[0]
+        hi = -(-rows.stop // self.chunks[0])
+        grids = [range(lo, hi)] + [range(-(-n // c)) for n, c in
+                                   zip(shape[1:], self.chunks[1:], strict=True)]
         for coords in np.ndindex(*(len(g) for g in grids)):
             cidx = tuple(g[i] for g, i in zip(grids, coords, strict=True))
             sel = tuple(
@@ -420,9 +469,10 @@ class _RawChunks:
                       min((i + 1) * c, n) - (rows.start if d == 0 else 0))
                 for d, (i, c, n) in enumerate(zip(cidx, self.chunks, shape, strict=True))
             )
-            self._read_chunk(cidx, out[sel])
+            self._read_chunk(cidx, out[sel], fd, first + sel[0].start * row_bytes)
 
-    def _read_chunk(self, cidx: tuple[int, ...], dest: np.ndarray[Any, Any]) -> None:
+    def _read_chunk(self, cidx: tuple[int, ...], dest: np.ndarray[Any, Any], fd: int,
+                    at: int) -> None:
         path = self._file(cidx)
         try:
             f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
@@ -438,9 +488,12 @@ class _RawChunks:
                     f"{self.chunks} and dtype {self.dtype} has {self.chunk_bytes}. The array "
                     "is damaged, or its metadata does not describe its chunks."
                 )
-            if self.rows_whole and dest.flags.c_contiguous:
-                target = dest.view(np.ndarray).reshape(-1).data.cast("B")
-                got = f.readinto(target)
+            whole = self.rows_whole and dest.flags.c_contiguous
+            if whole and self.kernel_copy and _copy_file(f.fileno(), fd, dest.nbytes, at):
+                return
+            if whole:
+                self.kernel_copy = False
+                got = f.readinto(dest.view(np.ndarray).reshape(-1).data.cast("B"))
                 want = dest.nbytes
             else:
                 got = f.readinto(self.buf.reshape(-1).data.cast("B"))
@@ -448,6 +501,31 @@ class _RawChunks:
                 dest[...] = self.buf[tuple(slice(0, n) for n in dest.shape)]
             if got != want:
                 raise FormatError(f"zarr chunk file {path} ended early ({got} of {want} bytes).")
+
+
+def _copy_file(src: int, dst: int, nbytes: int, at: int) -> bool:
+    """Copy ``nbytes`` from the start of ``src`` to offset ``at`` of ``dst`` in the kernel.
+
+    Returns ``False`` (nothing copied) where ``copy_file_range`` is missing or refused
+    (another OS, an old kernel, a file system pair that cannot), so the caller falls back.
+    The written pages are the same page-cache pages the output mapping shows.
+    """
+    copy = getattr(os, "copy_file_range", None)
+    if copy is None:
+        return False
+    done = 0
+    try:
+        while done < nbytes:
+            n = copy(src, dst, nbytes - done, done, at + done)
+            if n <= 0:
+                raise FormatError(f"A zarr chunk file ended early ({done} of {nbytes} bytes).")
+            done += n
+    except OSError as exc:
+        if done == 0 and exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL,
+                                       errno.EOPNOTSUPP, errno.EBADF):
+            return False
+        raise
+    return True
 
 
 def _raw_chunks(z: Any) -> _RawChunks | None:
