@@ -40,9 +40,7 @@ from ._array import memmap
 from ._files import create, file_path
 from ._files import open as open_file
 from ._geometry import format_bytes, parse_size
-from ._hints import parse_hint
 from ._progress import Progress, ProgressArg
-from ._regions import region_span
 from .errors import BudgetError, FileExistsError_, FileMissingError, FormatError, ModeError
 
 __all__ = ["from_zarr", "to_zarr"]
@@ -53,7 +51,6 @@ DEFAULT_BUDGET = "256MiB"
 _OVERHEAD = 2
 """A to_zarr batch costs about twice its bytes: the mapped pages plus zarr's encode buffers."""
 
-_DONTNEED = parse_hint("dontneed")
 
 
 # ---- planning ------------------------------------------------------------------------------
@@ -104,17 +101,17 @@ def _along(axis: int, ndim: int, sel: slice) -> tuple[slice, ...]:
 def _release(arr: Any, view: Any) -> None:
     """Drop the pages behind ``view`` (a slab of bigarr array ``arr``) from this process's RSS.
 
-    Shared mappings are flushed first (``MADV_DONTNEED`` keeps shared data, but an ``msync``
-    makes it durable on every platform); private mappings are left alone, since dropping a
-    private page would throw its edits away.
+    Shared mappings are flushed first (``MADV_DONTNEED`` keeps shared data in the page cache,
+    and the ``msync`` makes it durable and keeps dirty memory bounded); private mappings are left
+    alone, since dropping a private page would throw its edits away.
     """
-    mapping = getattr(arr, "_bigarr", None)
-    if mapping is None or mapping.closed or mapping.access == "private" or view.size == 0:
+    if not isinstance(arr, memmap) or arr.access in (None, "private") or arr.closed:
         return
-    span = region_span(arr, view)
-    if mapping.access == "shared":
-        mapping.sync(span)
-    mapping.advise(_DONTNEED, span)
+    if view.size == 0:
+        return
+    if arr.access == "shared":
+        arr.flush(view)
+    arr.advise("dontneed", view)
 
 
 # ---- to_zarr ---------------------------------------------------------------------------------
