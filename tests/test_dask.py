@@ -168,6 +168,13 @@ def test_store_compute_false_returns_delayed(client: Any, tmp_path: Path) -> Non
         np.testing.assert_array_equal(out, np.arange(10_000, dtype=np.float32))
 
 
+def test_to_dask_zero_size_and_zero_d(tmp_path: Path) -> None:
+    empty = bigarr.to_dask(_file(tmp_path, np.zeros((0, 5)), "e.npy"))
+    assert empty.shape == (0, 5) and float(empty.sum().compute(scheduler="sync")) == 0.0
+    scalar = bigarr.to_dask(_file(tmp_path, np.array(4.25), "s.npy"))
+    assert scalar.shape == () and float(scalar.compute(scheduler="sync")) == 4.25
+
+
 def test_store_zero_size_and_zero_d(tmp_path: Path) -> None:
     bigarr.store(da.zeros((0, 4), chunks=2), tmp_path / "e.npy", scheduler="sync")
     assert bigarr.open(tmp_path / "e.npy").shape == (0, 4)

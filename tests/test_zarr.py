@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ import numpy as np
 import pytest
 import zarr
 import zarr.codecs
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from zarr.storage import LocalStore, MemoryStore
 
 import bigarr
@@ -354,3 +357,29 @@ def test_peak_rss_stays_near_budget_both_directions(tmp_path: Path) -> None:
     # 128 MiB moved each way with a 16 MiB budget: peak growth stays far below the file size.
     assert int(grow_out) < 64 * 1024, res.stdout
     assert int(grow_in) < 64 * 1024, res.stdout
+
+
+@st.composite
+def _arrays_and_chunks(draw: Any) -> tuple[np.ndarray[Any, Any], tuple[int, ...], str]:
+    ndim = draw(st.integers(1, 3))
+    shape = tuple(draw(st.lists(st.integers(0, 9), min_size=ndim, max_size=ndim)))
+    chunks = tuple(draw(st.integers(1, max(1, n + 1))) for n in shape)
+    order = draw(st.sampled_from(["C", "F"]))
+    dtype = draw(st.sampled_from(["u1", "i4", "f8"]))
+    return _data(shape, dtype, order), chunks, order
+
+
+@settings(max_examples=15, deadline=None)
+@given(case=_arrays_and_chunks(), raw=st.booleans())
+def test_roundtrip_property(case: tuple[np.ndarray[Any, Any], tuple[int, ...], str],
+                            raw: bool) -> None:
+    data, chunks, _order = case
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        src = _bigarr_file(tmp, data)
+        bigarr.to_zarr(src, tmp / "p.zarr", chunks=chunks, compressors=None if raw else "auto",
+                       budget="64KiB")
+        back = bigarr.from_zarr(tmp / "p.zarr", tmp / "p.npy", budget="64KiB")
+        np.testing.assert_array_equal(back, data)
+        back.close()
+        src.close()
