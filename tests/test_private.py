@@ -243,9 +243,9 @@ def test_commit_writes_only_scratch_pages(
     calls: list[tuple[int, int]] = []
     real = _private._pwrite
 
-    def spy(fd: int, m: Any, part: Any) -> int:
-        calls.append((m.map_offset + part.start, part.nbytes))
-        return real(fd, m, part)
+    def spy(fd: int, m: Any, runs: list[tuple[int, int]]) -> int:
+        calls.extend((m.map_offset + a, b - a) for a, b in runs)
+        return real(fd, m, runs)
 
     monkeypatch.setattr(_private, "_pwrite", spy)
     rows = [3, 4, 50, 99]  # pages 0, 0, 12, 24 (1024 float32 per page)
@@ -360,11 +360,13 @@ _CRASHER = """
     import os, bigarr, numpy as np
     from bigarr import _private
     real, calls = _private._pwrite, []
-    def crash(fd, m, part):
-        if len(calls) >= {after}:
-            os._exit(9)  # the process dies mid-commit
-        calls.append(part)
-        return real(fd, m, part)
+    def crash(fd, m, runs):
+        for run in runs:
+            if len(calls) >= {after}:
+                os._exit(9)  # the process dies mid-commit
+            calls.append(run)
+            real(fd, m, [run])
+        return 0
     _private._pwrite = crash
     a = bigarr.open({path!r}, "private")
     a[0] = 1; a[{far}] = 2
@@ -458,3 +460,26 @@ def test_drop_pages_is_refused_on_shared_mappings(tmp_path: Path) -> None:
     with pytest.raises(ModeError):
         arr._bigarr.drop_pages(bigarr._geometry.ByteSpan(0, PAGE))
     arr.close()
+
+
+# ---- run arithmetic --------------------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(shape=st.tuples(st.integers(1, 9), st.integers(1, 5)), order=st.sampled_from("CF"),
+       picks=st.lists(st.tuples(st.integers(0, 44), st.integers(0, 12)), max_size=6))
+def test_rows_and_merge_match_a_naive_model(
+    shape: tuple[int, int], order: str, picks: list[tuple[int, int]]
+) -> None:
+    arr = np.zeros(shape, dtype=np.int8, order=order)
+    size = arr.size
+    runs = np.array([(min(a, size), min(a + n, size)) for a, n in picks],
+                    dtype=np.int64).reshape(-1, 2)
+    merged = _private._merge(runs)
+    flat = np.zeros(size, dtype=bool)
+    for a, b in runs.tolist():
+        flat[a:b] = True
+    np.testing.assert_array_equal(_private._runs(flat), merged)  # merge == runs of the union
+    rows = np.zeros(shape[0], dtype=bool)
+    index = np.arange(size)
+    row_of = index // shape[1] if order == "C" else index % shape[0]
+    rows[row_of[flat]] = True
+    np.testing.assert_array_equal(_private._rows_of(arr, merged), _private._runs(rows))

@@ -48,6 +48,7 @@ the commit or none.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import struct
@@ -93,50 +94,93 @@ _BACKENDS = ("pagemap", "compare")
 BACKEND: str | None = os.environ.get("BIGARR_DIRTY_BACKEND") or None
 
 
-@dataclass(frozen=True, slots=True)
+Int64Runs = np.ndarray[Any, np.dtype[np.int64]]
+"""An ``(n, 2)`` int64 array of sorted, disjoint, non-adjacent ``[start, stop)`` runs."""
+
+
+def _ranges(runs: Int64Runs) -> tuple[range, ...]:
+    return tuple(range(a, b) for a, b in runs.tolist())
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class DirtyRegions:
     """Where an array differs from its file (or, for write tracking, where it was written).
 
     Element and row ranges are relative to the array ``dirty()`` was called on; byte spans are
-    file offsets. All ranges are sorted, disjoint and not adjacent.
+    file offsets. All ranges are sorted, disjoint and not adjacent. The runs are stored as
+    compact int64 arrays (a report of a million scattered edits costs 16 MB, not a million
+    Python objects); :attr:`elements`, :attr:`rows`, :attr:`spans` and :attr:`pages` build
+    ``range``/``ByteSpan`` tuples from them on each access.
     """
 
-    elements: tuple[range, ...]
-    """Flat element index ranges, in memory order (``arr.reshape(-1)`` for a C-order array)."""
-    rows: tuple[range, ...]
-    """Ranges of first-axis rows holding those elements (empty for a 0-d array)."""
-    spans: tuple[ByteSpan, ...]
-    """File byte ranges of those elements."""
-    pages: tuple[ByteSpan, ...]
-    """File byte ranges of the scratch (or written) page runs, clipped to the array's bytes:
-    what ``commit`` would write."""
+    element_runs: Int64Runs
+    """``(n, 2)`` flat element index runs, in memory order (``arr.reshape(-1)`` for C order)."""
+    row_runs: Int64Runs
+    """``(m, 2)`` runs of first-axis rows holding those elements (empty for a 0-d array)."""
+    page_runs: Int64Runs
+    """``(k, 2)`` file byte runs of the scratch (or written) pages, clipped to the array's
+    bytes: what ``commit`` would write."""
+    data_offset: int
+    """File offset of element 0 of the array, in bytes."""
+    itemsize: int
+    """Bytes per element."""
     exact: bool
     """True when elements were compared with the file; False when they are whole pages."""
 
     @property
+    def elements(self) -> tuple[range, ...]:
+        """Flat element index ranges, in memory order."""
+        return _ranges(self.element_runs)
+
+    @property
+    def rows(self) -> tuple[range, ...]:
+        """Ranges of first-axis rows holding the reported elements."""
+        return _ranges(self.row_runs)
+
+    @property
+    def spans(self) -> tuple[ByteSpan, ...]:
+        """File byte ranges of the reported elements."""
+        byte_runs = self.element_runs * self.itemsize + self.data_offset
+        return tuple(ByteSpan(a, b) for a, b in byte_runs.tolist())
+
+    @property
+    def pages(self) -> tuple[ByteSpan, ...]:
+        """File byte ranges of the page runs (see :attr:`page_runs`)."""
+        return tuple(ByteSpan(a, b) for a, b in self.page_runs.tolist())
+
+    @property
     def count(self) -> int:
         """Number of elements reported."""
-        return sum(len(r) for r in self.elements)
+        return int((self.element_runs[:, 1] - self.element_runs[:, 0]).sum())
+
+    @property
+    def row_count(self) -> int:
+        """Number of rows holding reported elements."""
+        return int((self.row_runs[:, 1] - self.row_runs[:, 0]).sum())
 
     @property
     def nbytes(self) -> int:
         """Bytes of the reported elements."""
-        return sum(s.nbytes for s in self.spans)
+        return self.count * self.itemsize
 
     @property
     def page_bytes(self) -> int:
-        """Bytes of the page runs (what a commit writes), in bytes."""
-        return sum(s.nbytes for s in self.pages)
+        """Bytes of the page runs (what a commit writes)."""
+        return int((self.page_runs[:, 1] - self.page_runs[:, 0]).sum())
 
     def __bool__(self) -> bool:
-        return bool(self.elements)
+        return len(self.element_runs) > 0
+
+    def __repr__(self) -> str:
+        return (f"DirtyRegions({self.count} elements in {len(self.element_runs)} runs, "
+                f"{self.row_count} rows, {self.page_bytes} bytes of pages, exact={self.exact})")
 
     def mask(self, size: int) -> np.ndarray[Any, np.dtype[np.bool_]]:
         """A flat boolean mask of ``size`` elements, True where an element is reported."""
-        out = np.zeros(size, dtype=bool)
-        for r in self.elements:
-            out[r.start : r.stop] = True
-        return out
+        edges = np.zeros(size + 1, dtype=np.int64)
+        np.add.at(edges, self.element_runs[:, 0], 1)
+        np.add.at(edges, self.element_runs[:, 1], -1)
+        return np.cumsum(edges[:size]) > 0
 
 
 # ---- backend and locks ---------------------------------------------------------------------------
@@ -235,24 +279,29 @@ def _pread(fd: int, offset: int, nbytes: int) -> np.ndarray[Any, np.dtype[np.uin
     return out
 
 
-def _runs(mask: np.ndarray[Any, Any]) -> list[tuple[int, int]]:
-    """Half-open ``(start, stop)`` index runs where ``mask`` is True."""
+_NO_RUNS: Int64Runs = np.zeros((0, 2), dtype=np.int64)
+
+
+def _runs(mask: np.ndarray[Any, Any]) -> Int64Runs:
+    """Half-open ``[start, stop)`` index runs where ``mask`` is True, as an ``(n, 2)`` array."""
     if mask.size == 0:
-        return []
+        return _NO_RUNS
     edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
-    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    return [(int(a), int(b)) for a, b in zip(starts, stops, strict=True)]
+    return np.stack([np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)], axis=1).astype(
+        np.int64)
 
 
-def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sort and merge overlapping or adjacent ranges."""
-    out: list[tuple[int, int]] = []
-    for a, b in sorted(r for r in ranges if r[1] > r[0]):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
+def _merge(runs: Int64Runs) -> Int64Runs:
+    """Sort and merge overlapping or adjacent runs of an ``(n, 2)`` array."""
+    runs = runs[runs[:, 1] > runs[:, 0]]
+    if len(runs) == 0:
+        return _NO_RUNS
+    runs = runs[np.argsort(runs[:, 0], kind="stable")]
+    reach = np.maximum.accumulate(runs[:, 1])
+    new = np.ones(len(runs), dtype=bool)
+    new[1:] = runs[1:, 0] > reach[:-1]
+    first = np.flatnonzero(new)
+    return np.stack([runs[first, 0], np.maximum.reduceat(runs[:, 1], first)], axis=1)
 
 
 def _page_table(m: Mapping, span: ByteSpan) -> tuple[int, np.ndarray[Any, np.dtype[np.bool_]]]:
@@ -282,56 +331,58 @@ def _page_table(m: Mapping, span: ByteSpan) -> tuple[int, np.ndarray[Any, np.dty
     return pages.start, mask
 
 
-def _scratch_runs(m: Mapping, span: ByteSpan) -> list[ByteSpan]:
+Runs = list[tuple[int, int]]
+"""Sorted, disjoint ``(start, stop)`` byte runs in mapping coordinates (plain tuples: a commit
+of scattered edits handles tens of thousands of them)."""
+
+
+def _scratch_runs(m: Mapping, span: ByteSpan) -> Runs:
     """Scratch page runs touching ``span``, in mapping coordinates, clipped to ``span``."""
     first, mask = _page_table(m, span)
-    out = []
-    for a, b in _runs(mask):
-        part = ByteSpan(first + a * PAGE_SIZE, first + b * PAGE_SIZE).clip(span)
-        if part.nbytes:
-            out.append(part)
-    return out
+    if not mask.any():
+        return []
+    edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
+    starts = np.maximum(first + np.flatnonzero(edges == 1) * PAGE_SIZE, span.start)
+    stops = np.minimum(first + np.flatnonzero(edges == -1) * PAGE_SIZE, span.stop)
+    keep = stops > starts
+    return list(zip(starts[keep].tolist(), stops[keep].tolist(), strict=True))
 
 
-def _differs(m: Mapping, lo: int, hi: int, item: int) -> list[tuple[int, int]]:
+def _differs(m: Mapping, lo: int, hi: int, item: int) -> list[Int64Runs]:
     """Element runs (relative to byte ``lo``, element size ``item``) whose bytes differ."""
-    out: list[tuple[int, int]] = []
+    out: list[Int64Runs] = []
     step = max(1, _CHUNK // item) * item
     for a in range(lo, hi, step):
         b = min(a + step, hi)
         diff = (m.root[a:b] != _pread(m.fd, m.map_offset + a, b - a)).reshape(-1, item)
-        base = (a - lo) // item
-        out.extend((base + s, base + e) for s, e in _runs(diff.any(axis=1)))
-    return _merge(out)
+        out.append(_runs(diff.any(axis=1)) + (a - lo) // item)
+    return out
 
 
-def _rows_of(arr: Any, elements: list[tuple[int, int]]) -> tuple[range, ...]:
-    if arr.ndim == 0:
-        return ()
+def _rows_of(arr: Any, elements: Int64Runs) -> Int64Runs:
+    if arr.ndim == 0 or len(elements) == 0:
+        return _NO_RUNS
     if arr.ndim == 1:
-        return tuple(range(a, b) for a, b in elements)
+        return elements
     n0 = arr.shape[0]
-    per_row = arr.size // n0 if n0 else 0
     if arr.flags.c_contiguous:
-        rows = [(a // per_row, -(-b // per_row)) for a, b in elements]
-    else:  # F order: element k is in row k % n0
-        mask = np.zeros(n0, dtype=bool)
-        for a, b in elements:
-            if b - a >= n0:
-                mask[:] = True
-                break
-            lo, hi = a % n0, b % n0
-            if lo < hi or hi == 0:
-                mask[lo : hi or n0] = True
-            else:
-                mask[lo:] = True
-                mask[:hi] = True
-        rows = _runs(mask)
-    return tuple(range(a, b) for a, b in _merge(rows))
+        per_row = arr.size // n0
+        return _merge(np.stack([elements[:, 0] // per_row, -(-elements[:, 1] // per_row)], 1))
+    # F order: element k is in row k % n0
+    if ((elements[:, 1] - elements[:, 0]) >= n0).any():
+        return np.array([[0, n0]], dtype=np.int64)
+    lo, hi = elements[:, 0] % n0, elements[:, 1] % n0
+    wraps = (hi <= lo) & (hi != 0)
+    edges = np.zeros(n0 + 1, dtype=np.int64)
+    np.add.at(edges, lo, 1)
+    np.add.at(edges, np.where(wraps | (hi == 0), n0, hi), -1)
+    np.add.at(edges, np.zeros(int(wraps.sum()), dtype=np.int64), 1)
+    np.add.at(edges, hi[wraps], -1)
+    return _runs(np.cumsum(edges[:n0]) > 0)
 
 
 def regions_from(
-    arr: Any, m: Mapping, span: ByteSpan, runs: list[ByteSpan], *, exact: bool
+    arr: Any, m: Mapping, span: ByteSpan, runs: Runs, *, exact: bool
 ) -> DirtyRegions:
     """Build a :class:`DirtyRegions` of ``arr`` from page runs (mapping coordinates).
 
@@ -350,27 +401,27 @@ def regions_from(
         )
     ext = extent(arr, m)
     item = arr.itemsize
-    elements: list[tuple[int, int]] = []
-    if arr.size and item:
-        for run in runs:
-            part = run.clip(span)
-            if not part.nbytes:
-                continue
-            e0 = (part.start - ext.start) // item
-            e1 = -(-(part.stop - ext.start) // item)
-            if exact:
+    pages = np.array(runs, dtype=np.int64).reshape(-1, 2)
+    pages = np.stack([np.maximum(pages[:, 0], span.start), np.minimum(pages[:, 1], span.stop)], 1)
+    pages = pages[pages[:, 1] > pages[:, 0]]
+    elements = _NO_RUNS
+    if arr.size and item and len(pages):
+        first = (pages[:, 0] - ext.start) // item
+        last = -(-(pages[:, 1] - ext.start) // item)
+        if exact:
+            found: list[Int64Runs] = []
+            for e0, e1 in zip(first.tolist(), last.tolist(), strict=True):
                 lo = ext.start + e0 * item
-                elements.extend((e0 + a, e0 + b) for a, b in _differs(m, lo, lo + (e1 - e0) * item,
-                                                                        item))
-            else:
-                elements.append((e0, e1))
-    merged = _merge(elements)
-    base = m.map_offset + ext.start
+                found.extend(r + e0 for r in _differs(m, lo, lo + (e1 - e0) * item, item))
+            elements = _merge(np.concatenate(found)) if found else _NO_RUNS
+        else:
+            elements = _merge(np.stack([first, last], axis=1))
     return DirtyRegions(
-        elements=tuple(range(a, b) for a, b in merged),
-        rows=_rows_of(arr, merged),
-        spans=tuple(ByteSpan(base + a * item, base + b * item) for a, b in merged),
-        pages=tuple(r.clip(span).shift(m.map_offset) for r in runs if r.clip(span).nbytes),
+        element_runs=elements,
+        row_runs=_rows_of(arr, elements),
+        page_runs=pages + m.map_offset,
+        data_offset=m.map_offset + ext.start,
+        itemsize=item,
         exact=exact,
     )
 
@@ -441,15 +492,19 @@ def _writable_fd(m: Mapping) -> int:
     return fd
 
 
-def _pwrite(fd: int, m: Mapping, part: ByteSpan) -> int:
-    view = m.root[part.start : part.stop].data
-    done = 0
-    while done < part.nbytes:
-        n = os.pwrite(fd, view[done : done + _CHUNK], m.map_offset + part.start + done)
-        if n <= 0:
-            raise MappingError(5, f"pwrite to {m.path} wrote nothing at byte {part.start + done}.")
-        done += n
-    return done
+def _pwrite(fd: int, m: Mapping, runs: Runs) -> int:
+    """``pwrite`` each run from the mapping to the file, in ascending order; bytes written."""
+    view, base, total = m.root.data, m.map_offset, 0
+    pwrite = os.pwrite
+    for start, stop in runs:
+        pos = start
+        while pos < stop:
+            n = pwrite(fd, view[pos : min(stop, pos + _CHUNK)], base + pos)
+            if n <= 0:
+                raise MappingError(5, f"pwrite to {m.path} wrote nothing at byte {base + pos}.")
+            pos += n
+        total += stop - start
+    return total
 
 
 def _datasync(fd: int) -> None:
@@ -489,7 +544,7 @@ def _write_all(fd: int, data: Any) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _journaled_write(fd: int, m: Mapping, runs: list[ByteSpan]) -> int:
+def _journaled_write(fd: int, m: Mapping, runs: Runs) -> int:
     """All-or-nothing commit: a redo journal made durable first, then the pages, then unlink.
 
     The journal holds every page run (file offset, length, bytes) and a BLAKE2b digest of all
@@ -504,9 +559,9 @@ def _journaled_write(fd: int, m: Mapping, runs: list[ByteSpan]) -> int:
     try:
         _write_all(jfd, _JOURNAL_MAGIC)
         digest.update(_JOURNAL_MAGIC)
-        for run in runs:
-            head = _RECORD.pack(m.map_offset + run.start, run.nbytes)
-            for piece in (head, m.root[run.start : run.stop].data):
+        for start, stop in runs:
+            head = _RECORD.pack(m.map_offset + start, stop - start)
+            for piece in (head, m.root[start:stop].data):
                 digest.update(piece)
                 _write_all(jfd, piece)
         _write_all(jfd, _TRAILER + digest.digest())
@@ -514,7 +569,7 @@ def _journaled_write(fd: int, m: Mapping, runs: list[ByteSpan]) -> int:
     finally:
         os.close(jfd)
     _fsync_dir(jpath)
-    written = sum(_pwrite(fd, m, run) for run in runs)
+    written = _pwrite(fd, m, runs)
     _datasync(fd)
     os.unlink(jpath)
     _fsync_dir(jpath)
@@ -605,25 +660,32 @@ def _drop_if_clean(m: Mapping, page_start: int) -> None:
                               else m.length))
 
 
-def _settle(m: Mapping, part: ByteSpan, restore: bool) -> None:
-    """After committing (or to discard) ``part``: drop its whole pages, handle the edge pages.
+def _settle(m: Mapping, span: ByteSpan, runs: Runs, restore: bool) -> None:
+    """After committing ``span`` (or to discard it): drop its pages, handle its edge pages.
 
-    Edge pages (partly outside ``part``) may hold edits outside it, so they are never dropped
-    blindly: with ``restore`` their bytes inside ``part`` are first copied back from the file;
-    then each edge page is dropped only if it equals the file as a whole.
+    Every scratch page wholly inside ``span`` has been written (or is to be thrown away), so
+    one ``drop_pages`` over the whole span drops them all; clean pages it also unmaps stay in
+    the page cache. Edge pages (partly outside ``span``) may hold edits outside it, so they are
+    never dropped blindly: with ``restore`` their bytes inside ``span`` are first copied back
+    from the file; then each is dropped only if it equals the file as a whole.
     """
-    inner = m.drop_pages(part)
+    inner = m.drop_pages(span)
     if inner.nbytes == 0:
-        edges = [part]
+        edges = [span]
     else:
-        edges = [ByteSpan(part.start, inner.start), ByteSpan(min(inner.stop, part.stop),
-                                                             part.stop)]
+        edges = [ByteSpan(span.start, inner.start), ByteSpan(min(inner.stop, span.stop),
+                                                             span.stop)]
+    starts = [a for a, _b in runs]
     for edge in edges:
-        if not edge.nbytes:
-            continue
-        if restore:
-            m.root[edge.start : edge.stop] = _pread(m.fd, m.map_offset + edge.start, edge.nbytes)
-        for page in edge.pages(PAGE_SIZE):
+        for page in edge.pages(PAGE_SIZE) if edge.nbytes else ():
+            lo = max(page * PAGE_SIZE, edge.start)
+            hi = min((page + 1) * PAGE_SIZE, edge.stop)
+            i = bisect.bisect_right(starts, lo) - 1  # the run that could hold byte lo
+            scratch = any(a < hi and b > lo for a, b in runs[max(i, 0) : i + 2])
+            if not scratch:
+                continue
+            if restore:
+                m.root[lo:hi] = _pread(m.fd, m.map_offset + lo, hi - lo)
             _drop_if_clean(m, page * PAGE_SIZE)
 
 
@@ -672,12 +734,11 @@ def commit(arr: Any, region: Region = None, *, journal: bool = False) -> int:
             if journal:
                 written = _journaled_write(fd, m, runs)
             else:
-                written = sum(_pwrite(fd, m, run) for run in runs)
+                written = _pwrite(fd, m, runs)
                 _datasync(fd)
         finally:
             os.close(fd)
-        for run in runs:
-            _settle(m, run, restore=False)
+        _settle(m, span, runs, restore=False)
     return written
 
 
@@ -706,6 +767,6 @@ def discard(arr: Any, region: Region = None) -> int:
     with _file_lock(m), write_lock(m):
         m.check_file()
         runs = _scratch_runs(m, span)
-        for run in runs:
-            _settle(m, run, restore=True)
-    return sum(len(r.outward(PAGE_SIZE).pages(PAGE_SIZE)) for r in runs) * PAGE_SIZE
+        if runs:
+            _settle(m, span, runs, restore=True)
+    return sum(len(ByteSpan(a, b).pages(PAGE_SIZE)) for a, b in runs) * PAGE_SIZE

@@ -372,8 +372,7 @@ def written(arr: Any, region: Region = None, *, reset: bool = False) -> DirtyReg
     """
     m, tracker = _tracked(arr, "written")
     span = region_span(arr, region)
-    runs = [ByteSpan(a, b) for a, b in tracker.scan(reset)]
-    return regions_from(arr, m, span, runs, exact=False)
+    return regions_from(arr, m, span, tracker.scan(reset), exact=False)
 
 
 def flush_written(arr: Any) -> DirtyRegions:
@@ -387,7 +386,7 @@ def flush_written(arr: Any) -> DirtyRegions:
         As :func:`written`.
     """
     m, tracker = _tracked(arr, "flush_written")
-    runs = [ByteSpan(a, b) for a, b in tracker.scan(reset=True)]
-    for run in runs:
-        m.sync(run)
+    runs = tracker.scan(reset=True)
+    for a, b in runs:
+        m.sync(ByteSpan(a, b))
     return regions_from(arr, m, region_span(arr, None), runs, exact=False)
