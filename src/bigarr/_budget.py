@@ -105,7 +105,7 @@ def plan_memory(
     streams: int,
     dirty_bytes: int = 0,
     scratch_bytes: int = 0,
-    min_chunk: int = MIN_CHUNK_BYTES,
+    min_chunk: int | None = None,
 ) -> MemoryPlan:
     """Divide ``budget`` into a per-chunk byte budget.
 
@@ -124,7 +124,8 @@ def plan_memory(
     scratch_bytes
         Fixed working memory per thread, in bytes.
     min_chunk
-        The smallest chunk the computation can use, in bytes (for example one row).
+        The smallest chunk the computation can use, in bytes (default
+        :data:`MIN_CHUNK_BYTES`).
 
     Raises
     ------
@@ -138,7 +139,7 @@ def plan_memory(
     fixed = dirty_bytes + scratch_bytes * max(1, threads)
     chunk = (total - fixed) // (in_flight * streams)
     chunk = chunk - chunk % PAGE_SIZE
-    floor = align_up(max(min_chunk, 1), PAGE_SIZE)
+    floor = align_up(max(MIN_CHUNK_BYTES if min_chunk is None else min_chunk, 1), PAGE_SIZE)
     if chunk < floor:
         need = MemoryPlan(total, floor, in_flight, streams, dirty_bytes, scratch_bytes,
                           max(1, threads))

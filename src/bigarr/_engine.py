@@ -42,12 +42,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ._array import memmap
-from ._chunks import Chunk, ChunkPlan
+from ._chunks import Chunk, ChunkPlan, plan_chunks
 from ._geometry import ByteSpan
 from ._hints import parse_hint
 from ._mapping import Mapping
 from ._progress import Progress
 from ._regions import extent
+from .errors import BudgetError
 
 __all__ = [
     "Stream",
@@ -55,6 +56,8 @@ __all__ = [
     "as_stream",
     "default_threads",
     "parse_threads",
+    "plan_offset",
+    "plan_rows",
     "run",
 ]
 
@@ -174,6 +177,34 @@ def plan_offset(stream: Stream) -> int:
     return stream.mapping.map_offset + stream.mapping.offset_of(stream.array)
 
 
+def plan_rows(stream: Stream, chunk_bytes: int) -> ChunkPlan:
+    """Chunks of whole rows (along axis 0) of a stream, each within ``chunk_bytes``.
+
+    Chunk starts fall on page boundaries of the file where whole rows allow it. When rows are
+    too small for that (a 28-byte row meets a page boundary only every 1024 rows, 28 KiB) the
+    plan falls back to starts on row boundaries: release-behind may then drop a page shared with
+    the next chunk, which only costs a re-fault (it is never done on private mappings).
+
+    Raises
+    ------
+    BudgetError
+        If one row is larger than ``chunk_bytes`` (functions over rows need whole rows).
+    """
+    arr = stream.array
+    offset = plan_offset(stream) if arr.flags.c_contiguous else 0
+    plan = plan_chunks(arr.shape, arr.dtype, order="C", budget=chunk_bytes, offset=offset)
+    if not any(c.depth for c in plan.chunks):
+        return plan
+    row = int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize
+    if row > chunk_bytes:
+        raise BudgetError(
+            f"Each chunk must hold whole rows, and one row is {row} bytes, but the budget "
+            f"leaves {chunk_bytes} bytes per chunk of each array in flight. Raise budget= to "
+            "fit a row."
+        )
+    return plan_chunks(arr.shape, arr.dtype, order="C", budget=chunk_bytes, page=row)
+
+
 def _release(stream: Stream, block: np.ndarray[Any, Any]) -> None:
     """Drop a finished input block's pages from the resident set (never on private maps)."""
     if stream.mapping is None or stream.mapping.access == "private":
@@ -238,9 +269,11 @@ class Writeback:
             self.pwrite(entry, mapping.fd, offset, data)
             return
         block[...] = value
-        span = stream.span(block)
-        if mapping is not None and mapping.access == "shared" and span is not None:
-            entry.spans.append((mapping, span))
+        if mapping is not None and mapping.access == "shared" and block.size:
+            # The block's bounding bytes: for a strided block (rows of a Fortran-ordered file)
+            # that includes other chunks' pages, which msync writes if dirty and DONTNEED
+            # unmaps without losing anything (dirty shared pages stay in the page cache).
+            entry.spans.append((mapping, extent(block, mapping)))
         entry.nbytes += block.nbytes
 
     def pwrite(self, entry: _Pending, fd: int, offset: int, data: np.ndarray[Any, Any]) -> None:

@@ -52,6 +52,7 @@ __all__ = [
     "input_identity",
     "journal_path",
     "partial_path",
+    "read_journal",
 ]
 
 JOURNAL_SUFFIX = ".bigarr-journal"
@@ -85,8 +86,9 @@ def fsync_dir(path: str) -> None:
             os.close(fd)
 
 
-def _read(path: str) -> tuple[Any, dict[int, int | None], bool] | None:
-    """Parse a journal: (fingerprint, done chunks -> rows, complete), or None if unusable."""
+def read_journal(path: str) -> tuple[Any, dict[int, int | None], bool] | None:
+    """Parse a journal file: (fingerprint, done chunks -> rows, complete), or None if unusable.
+    """
     try:
         with open(path, encoding="utf8") as f:
             lines = f.read().split("\n")
@@ -134,7 +136,7 @@ class Journal:
         path = journal_path(output)
         canonical = json.loads(json.dumps(fingerprint))
         if resume:
-            old = _read(path)
+            old = read_journal(path)
             if old is not None and old[0] == canonical:
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
                 return cls(path, fd, old[1])
@@ -207,7 +209,7 @@ def check_complete(path: str | os.PathLike[str]) -> None:
     journal = journal_path(target)
     if not os.path.exists(journal):
         return
-    parsed = _read(journal)
+    parsed = read_journal(journal)
     if parsed is not None and parsed[2] and os.path.exists(target):
         return  # finished and published; only the journal's removal was interrupted
     done = "?" if parsed is None else str(len(parsed[1]))

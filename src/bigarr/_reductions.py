@@ -35,6 +35,7 @@ order differs: numpy sums pairwise over the whole array, bigarr pairwise per chu
 
 from __future__ import annotations
 
+import builtins
 import math
 import operator
 import os
@@ -46,7 +47,7 @@ import numpy as np
 from . import _engine
 from ._budget import plan_memory
 from ._chunks import Chunk, plan_chunks
-from ._engine import as_stream, parse_threads, plan_offset
+from ._engine import as_stream, parse_threads, plan_offset, plan_rows
 from ._progress import Progress, ProgressArg
 from .errors import UnsupportedError
 
@@ -287,6 +288,14 @@ class _Mean(_Kernel):
 
 
 class _Var(_Kernel):
+    """Count, shift, mean and M2 of each block, merged with Chan et al.'s parallel update.
+
+    Each partial state is kept relative to a *shift* ``K``, the block's first element along the
+    reduced axes: means of ``x - K`` keep full precision even when the data sit on a large
+    offset (1e9 + noise), where absolute means would be rounded to the offset's resolution.
+    Merging two states adds ``(K_b - K_a) + (mean_b - mean_a)``, both small and exact-ish.
+    """
+
     sub_blocked = True
 
     def __init__(self, ddof: float) -> None:
@@ -296,30 +305,36 @@ class _Var(_Kernel):
                 chunk: Chunk | None, origin: tuple[int, ...]) -> _State:
         acc = np.complex128 if block.dtype.kind == "c" else np.float64
         n = math.prod(block.shape[i] for i in axes)
-        mean = np.mean(block, axis=axes, keepdims=True, dtype=acc)
-        dev = np.subtract(block, mean, dtype=acc)
-        if dev.dtype.kind == "c":
-            m2 = np.sum(dev.real**2 + dev.imag**2, axis=axes, keepdims=True)
-        else:
-            np.multiply(dev, dev, out=dev)
-            m2 = np.sum(dev, axis=axes, keepdims=True)
-        return np.full(mean.shape, n, dtype=np.int64), np.asarray(mean), np.asarray(m2)
+        first = tuple(slice(0, 1) if i in axes else slice(None) for i in range(block.ndim))
+        shift = np.asarray(block[first], dtype=acc)
+        with np.errstate(invalid="ignore"):
+            dev = np.subtract(block, shift, dtype=acc)
+            mean = np.mean(dev, axis=axes, keepdims=True)
+            dev -= mean
+            if dev.dtype.kind == "c":
+                m2 = np.sum(dev.real**2 + dev.imag**2, axis=axes, keepdims=True)
+            else:
+                np.multiply(dev, dev, out=dev)
+                m2 = np.sum(dev, axis=axes, keepdims=True)
+        count = np.full(mean.shape, n, dtype=np.int64)
+        return count, shift.reshape(mean.shape), np.asarray(mean), np.asarray(m2)
 
     def combine(self, a: _State, b: _State) -> _State:
-        na, ma, qa = a
-        nb, mb, qb = b
+        na, ka, ma, qa = a
+        nb, kb, mb, qb = b
         n = na + nb
         safe = np.where(n == 0, 1, n)
-        delta = mb - ma
-        mean = ma + delta * (nb / safe)
-        q = qa + qb + (delta.real**2 + delta.imag**2 if delta.dtype.kind == "c" else delta**2) * (
-            na * (nb / safe))
-        return n, mean, q
+        with np.errstate(invalid="ignore"):
+            delta = (kb - ka) + (mb - ma)
+            mean = ma + delta * (nb / safe)
+            square = delta.real**2 + delta.imag**2 if delta.dtype.kind == "c" else delta**2
+            q = qa + qb + square * (na * (nb / safe))
+        return n, ka, mean, q
 
     def finish(self, state: _State) -> np.ndarray[Any, Any]:
-        n, _mean, m2 = state
+        n, _shift, _mean, m2 = state
         with np.errstate(invalid="ignore", divide="ignore"):
-            return m2 / np.maximum(n - self.ddof, 0)
+            return np.asarray(m2 / np.maximum(n - self.ddof, 0))
 
 
 class _Extreme(_Kernel):
@@ -740,11 +755,13 @@ def reduce_blocks(
                     )
         nthreads = parse_threads(threads)
         memory = plan_memory(budget, threads=nthreads, prefetch=1, streams=len(streams))
-        plan = plan_chunks(first.shape, first.dtype, order=order, budget=memory.chunk_bytes,
-                           offset=plan_offset(streams[0]))
-        memory.check(plan.max_chunk_bytes)
         if len(streams) > 1:
-            _check_whole_rows(plan, memory.chunk_bytes)
+            primary = builtins.max(streams, key=lambda s: s.array.itemsize * s.array.size)
+            plan = plan_rows(primary, memory.chunk_bytes)
+        else:
+            plan = plan_chunks(first.shape, first.dtype, order=order,
+                               budget=memory.chunk_bytes, offset=plan_offset(streams[0]))
+        memory.check(plan.max_chunk_bytes)
         if first.ndim == 0 or first.size == 0 or not len(plan):
             return func(*[s.array if s.array.ndim == 0 else s.array[:0] for s in streams])
         total: Any = None
@@ -761,16 +778,3 @@ def reduce_blocks(
     finally:
         for s in streams:
             s.close()
-
-
-def _check_whole_rows(plan: Any, chunk_bytes: int) -> None:
-    from .errors import BudgetError
-
-    if any(c.depth for c in plan.chunks):
-        row = plan.nbytes // plan.shape[0] if plan.shape and plan.shape[0] else 0
-        raise BudgetError(
-            f"Each chunk must hold whole rows, and one row is {row} bytes, but the chunk budget "
-            f"is {chunk_bytes} bytes. Raise budget= so that a row fits each chunk of each "
-            "input in flight."
-        )
-

@@ -1,0 +1,241 @@
+"""Chunked reductions agree with numpy on the same data, whatever the chunking."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import bigarr
+from bigarr import _budget, _reductions
+from bigarr.errors import BudgetError, UnsupportedError
+
+FUNCS = ["sum", "mean", "var", "std", "min", "max", "argmin", "argmax", "count_nonzero"]
+
+
+@pytest.fixture(autouse=True)
+def _small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let tiny budgets plan page-sized chunks and sub-blocks, so small arrays get many."""
+    monkeypatch.setattr(_budget, "MIN_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(_reductions, "SUB_BLOCK_BYTES", 4 << 10)
+    monkeypatch.setattr(_reductions, "SCRATCH_BYTES", 16 << 10)
+
+
+def _data(shape: tuple[int, ...], dtype: str, seed: int, order: str) -> np.ndarray[Any, Any]:
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype).kind == "f":
+        x = rng.normal(3.0, 10.0, size=shape)
+        x[rng.random(shape) < 0.05] = 0  # some zeros for count_nonzero
+    else:
+        x = rng.integers(-50, 50, size=shape)
+    return np.asarray(x.astype(dtype), order=order)
+
+
+def _stored(x: np.ndarray[Any, Any], where: str, tmp_path: Path) -> Any:
+    if where == "memory":
+        return x
+    order = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
+    path = tmp_path / f"x-{where}.npy"
+    if where == "numpy":  # numpy's header: the data does not start on a page
+        np.save(path, x)
+        return bigarr.open(path)
+    arr = bigarr.create(path, x.shape, x.dtype, order=order, overwrite=True)
+    arr[...] = x
+    arr.flush()
+    return arr
+
+
+def _check(got: Any, expected: Any, exact: bool) -> None:
+    assert np.shape(got) == np.shape(expected)
+    assert np.asarray(got).dtype == np.asarray(expected).dtype
+    if exact:
+        np.testing.assert_array_equal(got, expected)
+    else:
+        np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-4)
+
+
+shapes = st.one_of(
+    st.tuples(st.integers(1, 6000)),
+    st.tuples(st.integers(1, 700), st.integers(1, 40)),
+    st.tuples(st.integers(1, 60), st.integers(1, 9), st.integers(1, 11)),
+    st.sampled_from([(1,), (1, 1), (1, 3000), (3000, 1), (1, 2, 3), (4097,), (1025, 4)]),
+)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    shape=shapes,
+    dtype=st.sampled_from(["float32", "float64", "int32", "int16"]),
+    order=st.sampled_from(["C", "F"]),
+    where=st.sampled_from(["memory", "bigarr", "numpy"]),
+    seed=st.integers(0, 2**16),
+    threads=st.sampled_from([1, 2]),
+    budget=st.sampled_from(["64KiB", "200KiB", "4MiB"]),
+)
+def test_reductions_match_numpy(
+    tmp_path: Path, shape: tuple[int, ...], dtype: str, order: str, where: str, seed: int,
+    threads: int, budget: str,
+) -> None:
+    x = _data(shape, dtype, seed, order)
+    a = _stored(x, where, tmp_path)
+    exact_kind = x.dtype.kind in "iu"
+    for axis in sorted({None, 0, x.ndim - 1}, key=str):
+        for name in FUNCS:
+            got = getattr(bigarr, name)(a, axis=axis, budget=budget, threads=threads,
+                                        progress=False)
+            expected = getattr(np, name)(x, axis=axis)
+            exact = name in ("min", "max", "argmin", "argmax", "count_nonzero") or (
+                exact_kind and name == "sum")
+            _check(got, expected, exact)
+    counts, edges = bigarr.histogram(a, bins=7, budget=budget, threads=threads, progress=False)
+    want_counts, want_edges = np.histogram(x, bins=7)
+    np.testing.assert_array_equal(counts, want_counts)
+    np.testing.assert_array_equal(edges, want_edges)
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 5), (5, 0), (0, 0, 3)])
+def test_zero_size_arrays_behave_like_numpy(shape: tuple[int, ...]) -> None:
+    x = np.zeros(shape, np.float32)
+    for name in ["sum", "count_nonzero"]:
+        _check(getattr(bigarr, name)(x, progress=False), getattr(np, name)(x), True)
+    with pytest.raises(ValueError):
+        np.min(x)
+    with pytest.raises(ValueError):
+        bigarr.min(x, progress=False)
+    if x.ndim == 2:
+        for name in ["sum", "min", "max", "argmin", "argmax"]:
+            for axis in (0, 1):
+                try:
+                    expected = getattr(np, name)(x, axis=axis)
+                except ValueError:
+                    with pytest.raises(ValueError):
+                        getattr(bigarr, name)(x, axis=axis, progress=False)
+                else:
+                    _check(getattr(bigarr, name)(x, axis=axis, progress=False), expected, True)
+
+
+def test_zero_rows_in_a_file(tmp_path: Path) -> None:
+    a = bigarr.create(tmp_path / "empty.npy", (0, 4), np.float64)
+    _check(bigarr.sum(a, axis=0, progress=False), np.zeros(4), True)
+    with pytest.warns(RuntimeWarning):
+        assert np.isnan(bigarr.mean(a, progress=False))
+
+
+def test_nan_and_ties_resolve_like_numpy_across_chunks() -> None:
+    x = np.zeros(50_000, np.float64)
+    x[[10, 30_000]] = -5.0  # a tie in two different chunks: the first occurrence wins
+    x[[20, 40_000]] = 7.0
+    opts: dict[str, Any] = {"budget": "64KiB", "threads": 2, "progress": False}
+    assert bigarr.argmin(x, **opts) == np.argmin(x) == 10
+    assert bigarr.argmax(x, **opts) == np.argmax(x) == 20
+    x[45_000] = np.nan  # a NaN in a late chunk wins everything
+    x[44_000] = np.nan
+    for name in ["argmin", "argmax"]:
+        assert getattr(bigarr, name)(x, **opts) == getattr(np, name)(x) == 44_000
+    assert np.isnan(bigarr.min(x, **opts)) and np.isnan(bigarr.max(x, **opts))
+    m = x.reshape(500, 100)
+    for name in ["argmin", "argmax", "min", "max"]:
+        for axis in (0, 1):
+            np.testing.assert_array_equal(getattr(bigarr, name)(m, axis=axis, **opts),
+                                          getattr(np, name)(m, axis=axis))
+
+
+def _exact_var(values: np.ndarray[Any, Any], ddof: int = 0) -> float:
+    items = [Fraction(v) for v in values.tolist()]
+    mean = sum(items, Fraction(0)) / len(items)
+    return float(sum(((v - mean) ** 2 for v in items), Fraction(0)) / (len(items) - ddof))
+
+
+def test_variance_merge_is_numerically_sound() -> None:
+    # A large offset with small spread: the textbook E[x^2] - E[x]^2 loses every digit here,
+    # and merging absolute block means would lose about half of them.
+    rng = np.random.default_rng(7)
+    x = 1e9 + rng.normal(0, 1e-3, size=40_000)
+    exact = _exact_var(x)
+    got = bigarr.var(x, budget="64KiB", progress=False)
+    assert abs(got - exact) <= 1e-12 * exact
+    naive = np.mean(x * x) - np.mean(x) ** 2
+    assert abs(naive - exact) > 1e-3 * exact  # the check can tell a bad merge apart
+    cols = x.reshape(400, 100)
+    std = bigarr.std(cols, axis=0, ddof=1, budget="64KiB", progress=False)
+    for j in (0, 37, 99):
+        assert abs(std[j] - _exact_var(cols[:, j], ddof=1) ** 0.5) <= 1e-12 * std[j]
+
+
+def test_keepdims_dtype_and_tuple_axes() -> None:
+    x = np.arange(4 * 5 * 6, dtype=np.int32).reshape(4, 5, 6)
+    opts: dict[str, Any] = {"budget": "64KiB", "progress": False}
+    _check(bigarr.sum(x, axis=(0, 2), keepdims=True, **opts),
+           np.sum(x, axis=(0, 2), keepdims=True), True)
+    _check(bigarr.sum(x, dtype=np.float32, **opts), np.sum(x, dtype=np.float32), True)
+    _check(bigarr.mean(x, axis=1, **opts), np.mean(x, axis=1), False)
+    _check(bigarr.argmax(x, axis=2, keepdims=True, **opts),
+           np.argmax(x, axis=2, keepdims=True), True)
+    with pytest.raises(np.exceptions.AxisError):
+        bigarr.sum(x, axis=3, **opts)
+
+
+def test_paths_are_accepted(tmp_path: Path) -> None:
+    x = np.arange(10_000, dtype=np.float64).reshape(100, 100)
+    np.save(tmp_path / "x.npy", x)
+    assert bigarr.sum(tmp_path / "x.npy", progress=False) == x.sum()
+    assert bigarr.count_nonzero(str(tmp_path / "x.npy"), progress=False) == 9999
+
+
+def test_histogram_options_match_numpy() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3000, 7)).astype(np.float32)
+    w = rng.random(size=(3000, 7))
+    opts: dict[str, Any] = {"budget": "64KiB", "threads": 2, "progress": False}
+    for kwargs in [{"bins": 13}, {"bins": 5, "range": (-1, 1)}, {"bins": [-3, -1, 0, 0.5, 4]},
+                   {"bins": 9, "density": True}, {"bins": 6, "weights": w}]:
+        got = bigarr.histogram(x, **kwargs, **opts)
+        want = np.histogram(x, **kwargs)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+        np.testing.assert_array_equal(got[1], want[1])
+    with pytest.raises(UnsupportedError, match="auto"):
+        bigarr.histogram(x, bins="auto", **opts)
+    y = np.full(100, 2.0)  # all equal: numpy widens the range by 0.5 each side
+    np.testing.assert_array_equal(bigarr.histogram(y, bins=3, progress=False)[1],
+                                  np.histogram(y, bins=3)[1])
+
+
+def test_reduce_blocks_folds_in_chunk_order(tmp_path: Path) -> None:
+    x = np.arange(20_000, dtype=np.int64)
+    firsts = bigarr.reduce_blocks(lambda b: [int(b[0])], lambda p, q: p + q, x,
+                                  budget="64KiB", threads=2, progress=False)
+    assert len(firsts) > 3 and firsts == sorted(firsts) and firsts[0] == 0
+    y = np.arange(20_000, dtype=np.float64)[::-1].copy()
+    dot = bigarr.reduce_blocks(lambda a, b: float(a @ b), lambda p, q: p + q, x, y,
+                               budget="64KiB", progress=False)
+    assert dot == pytest.approx(float(x @ y))
+    with pytest.raises(ValueError, match="leading length"):
+        bigarr.reduce_blocks(np.sum, np.add, x, y[:10], progress=False)
+    assert bigarr.reduce_blocks(len, lambda p, q: p + q, x[:0], progress=False) == 0
+
+
+def test_impossible_budget_is_refused_with_both_numbers() -> None:
+    x = np.ones(1000)
+    with pytest.raises(BudgetError) as info:
+        bigarr.var(x, budget="10KiB", threads=2, progress=False)
+    message = str(info.value)
+    assert "10240 bytes" in message  # the budget
+    plan = _budget.plan_memory("1GiB", threads=2, prefetch=1, streams=1,
+                               scratch_bytes=_reductions.SCRATCH_BYTES, min_chunk=4096)
+    need = 4096 * plan.in_flight + _reductions.SCRATCH_BYTES * 2
+    assert f"{need} bytes" in message  # what the plan needs
+
+
+def test_progress_events_cover_the_array() -> None:
+    events: list[Any] = []
+    x = np.ones((3000, 10), np.float32)
+    bigarr.sum(x, budget="64KiB", progress=events.append)
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("chunk") > 1
+    assert events[-2].done_bytes == events[-2].total_bytes == x.nbytes
