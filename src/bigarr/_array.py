@@ -232,7 +232,9 @@ class memmap(np.memmap):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        # Leaving on an exception: the traceback's frames still hold views of the mapping, so a
+        # plain close() would raise MappingBusyError and hide the real error. Close them too.
+        self.close(force=exc_type is not None)
 
     def flush(self, region: Region = None) -> None:
         """Write this array's (or ``region``'s) modified pages to disk with ``msync(MS_SYNC)``.
