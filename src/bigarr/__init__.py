@@ -16,7 +16,7 @@ from ._geometry import PAGE_SIZE, parse_size
 from ._hints import HINT_NAMES, supported_hints
 from ._journal import check_complete
 from ._mapblocks import map_blocks
-from ._private import DirtyRegions
+from ._private import DirtyRegions, recover_commit
 from ._progress import ProgressEvent
 from ._reductions import (
     argmax,
@@ -65,6 +65,7 @@ __all__ = [
     "open_raw",
     "parse_size",
     "plan_chunks",
+    "recover_commit",
     "reduce_blocks",
     "std",
     "store",
