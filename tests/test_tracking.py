@@ -90,7 +90,7 @@ def test_flush_written_persists_and_remarks(
     assert arr.track_writes(method) == method
     arr[PAGE * 2] = 7
     arr[PAGE * 30 + 5] = 9
-    flushed = _tracking.flush_written(arr)
+    flushed = arr.flush_written()
     assert arr.offset + PAGE * 2 in {s.start for s in flushed.pages} or method == "checksum"
     assert flushed.count > 0 and not arr.written()
     res = run_py(f"import numpy as np; a = np.load({str(path)!r}); print(a[{PAGE * 2}], "

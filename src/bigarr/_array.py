@@ -358,6 +358,15 @@ class memmap(np.memmap):
 
         return written(self, region, reset=reset)
 
+    def flush_written(self) -> DirtyRegions:
+        """``msync`` only the pages written since the last mark, then set a new mark.
+
+        See :func:`bigarr._tracking.flush_written`.
+        """
+        from ._tracking import flush_written
+
+        return flush_written(self)
+
 
 def _rebuild(
     path: str,
