@@ -1,0 +1,185 @@
+"""Resumable outputs: kill -9 a map_blocks run at a random point, run again, compare."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bigarr
+from bigarr._journal import journal_path, partial_path, read_journal
+from bigarr.errors import IncompleteOutputError
+
+ROWS = 200_000
+
+WORKER = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    import bigarr
+
+    src, out, log, resume, mode, budget = sys.argv[1:]
+
+    def func(block):
+        with open(log, "a") as fh:  # one line per call: the chunk's first row
+            fh.write(f"{int(block[0, 0])}\\n")
+        time.sleep(0.01)
+        return np.sqrt(block) * 3 + 1
+
+    def keep(block):
+        func(block)
+        return block[block[:, 1] % 3 == 0] + 0.5
+
+    opts = dict(budget=budget, threads=2, resume=resume == "1", flush_every=1, progress=False)
+    if mode == "file":
+        bigarr.map_blocks(func, src, out=out, **opts).close()
+    elif mode == "inplace":
+        with bigarr.open(out, "shared") as target:
+            bigarr.map_blocks(func, src, out=target, **opts)
+    else:
+        with bigarr.Appender(out, np.float32, (4,)) as app:
+            bigarr.map_blocks(keep, src, out=app, **opts)
+""")
+
+
+def _source(tmp_path: Path) -> Path:
+    x = np.arange(ROWS * 4, dtype=np.float32).reshape(ROWS, 4)
+    x[:, 0] = np.arange(ROWS)  # the log names a chunk by its first row
+    src = bigarr.create(tmp_path / "src.npy", x.shape, x.dtype)
+    src[...] = x
+    src.close()
+    return tmp_path / "src.npy"
+
+
+def _prepare(out: Path, mode: str) -> None:
+    if mode == "inplace":
+        bigarr.create(out, (ROWS, 4), np.float32, overwrite=True).close()
+    elif mode == "append":
+        bigarr.append(out, np.full((3, 4), -1.0, np.float32))  # rows from before the run
+
+
+def _start(tmp_path: Path, src: Path, out: Path, log: Path, resume: bool, mode: str,
+           budget: str = "2MiB") -> subprocess.Popen[str]:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(src), str(out), str(log), "1" if resume else "0",
+         mode, budget],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen[str]) -> None:
+    _stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+
+
+def _calls(log: Path) -> list[int]:
+    return [int(line) for line in log.read_text().split()] if log.exists() else []
+
+
+def _kill_after(proc: subprocess.Popen[str], log: Path, calls: int) -> None:
+    deadline = time.monotonic() + 60
+    while len(_calls(log)) < calls:
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _clean_run(tmp_path: Path, src: Path, mode: str,
+               budget: str = "2MiB") -> tuple[np.ndarray, int]:
+    out = tmp_path / f"clean-{mode}-{budget}.npy"
+    log = tmp_path / f"clean-{mode}-{budget}.log"
+    _prepare(out, mode)
+    _finish(_start(tmp_path, src, out, log, False, mode, budget))
+    return np.load(out), len(_calls(log))
+
+
+@pytest.mark.parametrize(("mode", "seed"), [("file", 0), ("file", 1), ("file", 2),
+                                             ("inplace", 3), ("append", 4)])
+def test_resume_after_kill_matches_a_clean_run(tmp_path: Path, mode: str, seed: int) -> None:
+    src = _source(tmp_path)
+    expected, nchunks = _clean_run(tmp_path, src, mode)
+    assert nchunks > 8
+    out = tmp_path / "out.npy"
+    _prepare(out, mode)
+    kill_at = random.Random(seed).randint(1, nchunks - 2)
+    _kill_after(_start(tmp_path, src, out, tmp_path / "first.log", True, mode), out.parent /
+                "first.log", kill_at)
+
+    # The interrupted output is detectable as incomplete.
+    if mode == "file":
+        assert not out.exists() and os.path.exists(partial_path(str(out)))
+    else:
+        with pytest.raises(IncompleteOutputError, match="resume=True"):
+            bigarr.check_complete(out)
+    journal = read_journal(journal_path(str(out)))
+    assert journal is not None
+    done = set(journal[1])
+
+    log = tmp_path / "second.log"
+    _finish(_start(tmp_path, src, out, log, True, mode))
+    calls = _calls(log)
+    if mode == "append":
+        # Appends commit in chunk order: the journaled prefix is skipped.
+        prefix = 0
+        while prefix in done:
+            prefix += 1
+        assert len(calls) == nchunks - prefix
+    else:
+        assert len(calls) == nchunks - len(done)
+        assert len(calls) == len(set(calls))  # no chunk computed twice
+    assert (len(calls) < nchunks) == bool(done)
+    got = np.load(out)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+    bigarr.check_complete(out)
+    assert not os.path.exists(journal_path(str(out)))
+    assert not os.path.exists(partial_path(str(out)))
+
+
+def test_without_resume_a_crash_leaves_no_output_and_reruns_everything(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    expected, nchunks = _clean_run(tmp_path, src, "file")
+    out = tmp_path / "out.npy"
+    _kill_after(_start(tmp_path, src, out, tmp_path / "first.log", False, "file"),
+                tmp_path / "first.log", nchunks // 2)
+    assert not out.exists()
+    log = tmp_path / "second.log"
+    _finish(_start(tmp_path, src, out, log, True, "file"))
+    assert len(_calls(log)) == nchunks  # nothing was journaled, so nothing is trusted
+    np.testing.assert_array_equal(np.load(out), expected)
+
+
+def test_a_journal_of_another_run_is_not_trusted(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    out = tmp_path / "out.npy"
+    first = tmp_path / "first.log"
+    _kill_after(_start(tmp_path, src, out, first, True, "file"), first, 6)
+    assert read_journal(journal_path(str(out))) is not None
+    log = tmp_path / "second.log"
+    # Another budget cuts other chunks: the old journal does not describe this run.
+    _finish(_start(tmp_path, src, out, log, True, "file", budget="3MiB"))
+    expected, nchunks = _clean_run(tmp_path, src, "file", "3MiB")
+    assert len(_calls(log)) == nchunks  # every chunk of the new plan
+    np.testing.assert_array_equal(np.load(out), expected)
+
+
+def test_in_place_output_without_resume_is_marked_incomplete(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    out = tmp_path / "out.npy"
+    _prepare(out, "inplace")
+    first = tmp_path / "first.log"
+    _kill_after(_start(tmp_path, src, out, first, False, "inplace"), first, 4)
+    with pytest.raises(IncompleteOutputError, match="interrupted"):
+        bigarr.check_complete(out)
