@@ -150,6 +150,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from ._files import open as bigarr_open
 
     path = args.file
+    if args.cells < 1:
+        raise _UsageError(f"expected --cells of at least 1; got {args.cells}")
     if os.path.isdir(path) and _is_zarr(path):
         return _zarr_info(path, args)
     header, st = _header(path)
@@ -405,12 +407,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                                   order=args.order)
         else:
             src = _files.open(args.src, "r")
-        with src:
+        try:
             shape, dtype, nbytes = src.shape, src.dtype, src.nbytes
             if to == "zarr":
                 _to_zarr(src, args, progress)
             else:
                 _copy_npy(src, args, progress)
+        finally:
+            # force: a failed run's traceback may still hold views of the source; we are done.
+            src.close(force=True)
     seconds = max(time.perf_counter() - started, 1e-9)
     _print(f"converted {args.src} ({kind}) -> {args.dst} ({to}): shape {tuple(shape)} {dtype}, "
            f"{format_bytes(nbytes)} in {seconds:.2f} s ({format_bytes(nbytes / seconds)}/s)")
@@ -427,7 +432,7 @@ def _to_zarr(src: Any, args: argparse.Namespace, progress: bool | None) -> None:
 
 def _copy_npy(src: Any, args: argparse.Namespace, progress: bool | None) -> None:
     """Stream ``src`` into a new page-aligned .npy file with bounded memory."""
-    from ._compute import map_blocks
+    from ._mapblocks import map_blocks
 
     order = "F" if src.flags.f_contiguous and not src.flags.c_contiguous else "C"
     out = map_blocks(np.copy, src, out=args.dst, dtype=src.dtype, budget=args.budget,
@@ -441,6 +446,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if args.threads < 1:
         raise _UsageError(f"expected --threads of at least 1; got {args.threads}")
+    if args.size < 1 << 16:
+        raise _UsageError(f"expected --size of at least 64KiB; got {args.size} bytes")
     return run_demo(size=args.size, directory=args.dir, keep=args.keep, budget=args.budget,
                     threads=args.threads, progress=_progress(args))
 
@@ -524,6 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bigarr: error: {exc}", file=sys.stderr)
         return _EXIT_USAGE
     except (BigArrError, OSError) as exc:
+        if isinstance(exc, BudgetError) and "budget" in vars(args):
+            print(f"bigarr: error: {exc} (see --budget)", file=sys.stderr)
+            return _EXIT_ERROR
         if isinstance(exc, BrokenPipeError):
             with contextlib.suppress(OSError):
                 sys.stdout.close()

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ._geometry import format_bytes
-from .errors import DiskFullError
+from .errors import BigArrError, DiskFullError
 
 __all__ = ["run_demo"]
 
@@ -37,6 +37,7 @@ BINS = 20
 """Histogram bins over ``HIST_RANGE``."""
 HIST_RANGE = (-5.0, 5.0)
 _RESULT_TAG = "BIGARR-DEMO-RESULT "
+_ERROR_TAG = "BIGARR-DEMO-ERROR "
 _MARGIN = 64 << 20  # bytes of free disk kept beyond the demo's files
 
 
@@ -89,21 +90,25 @@ def generate(path: str, rows: int, *, budget: int, progress: Any) -> None:
 
     loc, scale = _column_params(FEATURES)
     with bigarr.create(path, (rows, FEATURES), np.float32, overwrite=True) as x:
-        for chunk, view in x.chunks(budget=budget, progress=progress):
+        for chunk, view in x.chunks(budget=budget, progress=progress, prefetch=False):
             rng = np.random.default_rng([2024, chunk.rows.start])
             block = rng.standard_normal(view.shape, dtype=np.float32)
             block *= scale
             block += loc
             view[...] = block
-            x.flush(chunk)
             del view
 
 
 def _numpy_pipeline(src: str, dst: str) -> dict[str, Any]:
-    """The pipeline as plain numpy.memmap code."""
+    """The pipeline as plain numpy.memmap code, written carefully.
+
+    The statistics accumulate in float64 (``dtype=np.float64``), as numpy's documentation
+    advises for float32 data: a float32 ``x.mean(axis=0)`` over millions of rows sums row by row
+    in float32 and drifts far from the true mean.
+    """
     x = np.load(src, mmap_mode="r")
-    mean = x.mean(axis=0)
-    std = x.std(axis=0)
+    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    std = x.std(axis=0, dtype=np.float64).astype(np.float32)
     z = np.lib.format.open_memmap(dst, mode="w+", dtype=np.float32, shape=x.shape)
     z[:] = (x - mean) / std
     z.flush()
@@ -114,19 +119,19 @@ def _numpy_pipeline(src: str, dst: str) -> dict[str, Any]:
 
 def _bigarr_pipeline(src: str, dst: str, budget: int, threads: int,
                      progress: Any) -> dict[str, Any]:
-    """The same pipeline with bigarr's engine."""
+    """The same pipeline with bigarr's engine (float64 accumulators inside the reductions)."""
     import bigarr
 
     opts: dict[str, Any] = {"budget": budget, "threads": threads, "progress": progress}
     with bigarr.open(src) as x:
-        mean = bigarr.mean(x, axis=0, **opts)
-        std = bigarr.std(x, axis=0, **opts)
+        mean = bigarr.mean(x, axis=0, **opts).astype(np.float32)
+        std = bigarr.std(x, axis=0, **opts).astype(np.float32)
         z = bigarr.map_blocks(lambda b: (b - mean) / std, x, out=dst, dtype=np.float32, **opts)
     with z:
         lo, hi = bigarr.min(z, **opts), bigarr.max(z, **opts)
         hist, _ = bigarr.histogram(z, bins=BINS, range=HIST_RANGE, **opts)
-    return {"mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist(),
-            "min": float(lo), "max": float(hi), "hist": np.asarray(hist).tolist()}
+    return {"mean": mean.tolist(), "std": std.tolist(), "min": float(lo), "max": float(hi),
+            "hist": np.asarray(hist).tolist()}
 
 
 def _worker(argv: list[str]) -> int:
@@ -134,10 +139,14 @@ def _worker(argv: list[str]) -> int:
     side, src, dst, budget, threads, progress = argv
     prog: Any = {"auto": None, "on": True, "off": False}[progress]
     start = time.perf_counter()
-    if side == "numpy":
-        result = _numpy_pipeline(src, dst)
-    else:
-        result = _bigarr_pipeline(src, dst, int(budget), int(threads), prog)
+    try:
+        if side == "numpy":
+            result = _numpy_pipeline(src, dst)
+        else:
+            result = _bigarr_pipeline(src, dst, int(budget), int(threads), prog)
+    except (BigArrError, OSError, MemoryError) as exc:
+        print(_ERROR_TAG + f"{type(exc).__name__}: {exc}", flush=True)
+        return 1
     seconds = time.perf_counter() - start
     out = {"seconds": seconds, "peak_rss": peak_rss(), "result": result}
     print(_RESULT_TAG + json.dumps(out), flush=True)
@@ -153,12 +162,34 @@ def _run_side(name: str, side: str, src: str, dst: str, budget: int, threads: in
         if line.startswith(_RESULT_TAG) and proc.returncode == 0:
             data = json.loads(line[len(_RESULT_TAG):])
             return _Side(name, True, data["seconds"], data["peak_rss"], data["result"])
+        if line.startswith(_ERROR_TAG):
+            return _Side(name, False, failure=line[len(_ERROR_TAG):])
     if proc.returncode < 0:
         why = f"killed by signal {-proc.returncode}" + (
             " (out of memory?)" if proc.returncode == -9 else "")
     else:
         why = f"exited with status {proc.returncode}"
     return _Side(name, False, failure=why)
+
+
+def check_budget(budget: int, threads: int) -> None:
+    """Refuse a budget the pipeline cannot run in, before generating gigabytes of data.
+
+    A dry run of the pipeline's steps on a few in-memory rows plans memory exactly as the real
+    run does (the plan depends on the budget and threads, not on the number of rows).
+
+    Raises
+    ------
+    BudgetError
+        If the budget is too small; the message quotes the smallest that works.
+    """
+    import bigarr
+
+    rows = np.zeros((64, FEATURES), np.float32)
+    opts: dict[str, Any] = {"budget": budget, "threads": threads, "progress": False}
+    bigarr.std(rows, axis=0, **opts)
+    bigarr.histogram(rows, bins=BINS, range=HIST_RANGE, **opts)
+    bigarr.map_blocks(np.negative, rows, out=np.empty_like(rows), **opts)
 
 
 def _free_bytes(directory: str) -> int:
@@ -217,6 +248,7 @@ def run_demo(*, size: int, directory: str | None, keep: bool, budget: int, threa
                 f"{format_bytes(nbytes)} input and its output) but {format_bytes(free)} is "
                 "free; pass a smaller --size or a --dir on a bigger disk"
             )
+        check_budget(budget, threads)
         return _run(folder, rows, nbytes, budget, threads, progress, keep)
     finally:
         if not keep:

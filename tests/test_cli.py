@@ -1,0 +1,320 @@
+"""The ``bigarr`` command line: each subcommand at small sizes, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bigarr
+from bigarr._cli import main, parse_shape
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m bigarr ARGS`` in a subprocess (errors must not show a traceback)."""
+    return subprocess.run([sys.executable, "-m", "bigarr", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300, check=False)
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run ``main`` in this process; returns (status, stdout, stderr)."""
+    try:
+        status = main(list(args))
+    except SystemExit as exc:  # argparse usage errors and --help
+        status = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_one_line_error(err: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("bigarr: error: "), err
+    assert "Traceback" not in err
+
+
+# ---- parsing ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("text", "shape"), [
+    ("1000,3", (1000, 3)), ("1000x3", (1000, 3)), ("(1000, 3)", (1000, 3)), ("7", (7,)),
+    ("(5,)", (5,)), ("()", ()), ("2x3x4", (2, 3, 4)), ("0,4", (0, 4)),
+])
+def test_parse_shape(text: str, shape: tuple[int, ...]) -> None:
+    assert parse_shape(text) == shape
+
+
+# ---- create -------------------------------------------------------------------------------------
+def test_create_makes_a_page_aligned_file(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.npy"
+    status, out, _ = cli(capsys, "create", str(path), "--shape", "100,3", "--dtype", "f4",
+                         "--fill", "1.5", "--order", "F")
+    assert status == 0 and "created" in out
+    loaded = np.load(path)
+    assert loaded.shape == (100, 3) and loaded.dtype == np.float32
+    assert loaded.flags.f_contiguous and np.all(loaded == 1.5)
+    with bigarr.open(path) as arr:
+        assert arr.offset % bigarr.PAGE_SIZE == 0
+
+
+def test_create_refuses_to_overwrite_unless_asked(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.npy"
+    assert cli(capsys, "create", str(path), "--shape", "4")[0] == 0
+    status, _, err = cli(capsys, "create", str(path), "--shape", "8")
+    assert status == 1
+    assert_one_line_error(err)
+    assert "--overwrite" in err
+    assert np.load(path).shape == (4,)
+    assert cli(capsys, "create", str(path), "--shape", "8", "--overwrite")[0] == 0
+    assert np.load(path).shape == (8,)
+
+
+@pytest.mark.parametrize("args", [
+    ["--shape", "1,x"], ["--shape", "abc"], ["--shape", "3", "--dtype", "O"],
+    ["--shape", "3", "--dtype", "nonsense"], ["--shape", "3", "--dtype", "i4", "--fill", "abc"],
+    ["--shape", "3", "--order", "Z"], [],
+])
+def test_create_bad_arguments_are_one_line_errors(tmp_path: Path, args: list[str],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = cli(capsys, "create", str(tmp_path / "a.npy"), *args)
+    assert status == 2
+    assert_one_line_error(err)
+    assert not (tmp_path / "a.npy").exists()
+
+
+# ---- info ---------------------------------------------------------------------------------------
+def test_info_reports_geometry_and_residency(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.npy"
+    with bigarr.create(path, (5000, 4), "f4") as arr:
+        arr[:] = 1.0  # dirty pages are resident
+    status, out, _ = cli(capsys, "info", str(path), "--json")
+    assert status == 0
+    info = json.loads(out)
+    assert info["shape"] == [5000, 4] and info["dtype"] == "<f4" and info["order"] == "C"
+    assert info["data_offset"] % bigarr.PAGE_SIZE == 0 and info["page_aligned"]
+    assert info["data_bytes"] == 5000 * 4 * 4
+    assert info["file_bytes"] == os.path.getsize(path)
+    assert info["pages"] == -(-info["data_bytes"] // bigarr.PAGE_SIZE)
+    assert 0.0 <= info["resident_fraction"] <= 1.0
+    assert len(info["resident_cells"]) == min(40, info["pages"])
+    status, out, _ = cli(capsys, "info", str(path))
+    assert status == 0
+    for word in ("shape", "(5000, 4)", "float32", "data offset", "page-aligned", "on disk",
+                 "resident"):
+        assert word in out
+
+
+def test_info_sees_evicted_pages_and_numpy_alignment(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "n.npy"
+    np.save(path, np.arange(200_000, dtype=np.float64))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        if not hasattr(os, "posix_fadvise"):
+            pytest.skip("no posix_fadvise to evict the file")
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    info = json.loads(cli(capsys, "info", str(path), "--json")[1])
+    assert not info["page_aligned"] and info["data_offset"] == 128 and info["alignment"] == 128
+    assert info["resident_fraction"] < 0.5  # evicted (a shared machine may read some back)
+
+
+def test_info_reports_sparse_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "sparse.npy"
+    with bigarr.create(path, (4 << 20,), "u1"):
+        pass
+    with open(path, "r+b") as f:  # punch the data out: a file that is all hole after the header
+        header = f.read(bigarr.PAGE_SIZE)
+        f.truncate(0)
+        f.seek(0)
+        f.write(header)
+        f.truncate(bigarr.PAGE_SIZE + (4 << 20))
+    info = json.loads(cli(capsys, "info", str(path), "--json")[1])
+    assert info["sparse"] is True and info["disk_bytes"] < info["file_bytes"]
+
+
+def test_info_of_a_zarr_array(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    zarr = pytest.importorskip("zarr")
+    z = zarr.create_array(str(tmp_path / "a.zarr"), shape=(10, 3), chunks=(5, 3), dtype="i2")
+    z[:] = 1
+    status, out, _ = cli(capsys, "info", str(tmp_path / "a.zarr"))
+    assert status == 0 and "zarr" in out and "(10, 3)" in out and "(5, 3)" in out
+
+
+# ---- verify -------------------------------------------------------------------------------------
+def test_verify_ok_and_per_chunk_checksums(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.npy"
+    data = np.random.default_rng(1).standard_normal((40_000, 5)).astype(np.float32)
+    with bigarr.create(path, data.shape, data.dtype) as arr:
+        arr[:] = data
+    status, out, _ = cli(capsys, "verify", str(path))
+    assert status == 0 and "OK" in out
+    status, out, _ = cli(capsys, "verify", str(path), "--checksum", "--budget", "64KiB",
+                         "--json", "--no-progress")
+    assert status == 0
+    report = json.loads(out)
+    assert report["ok"] and report["checksum"] == "crc32"
+    assert report["crc32"] == f"{zlib.crc32(data.tobytes()):08x}"
+    chunks = report["chunks"]
+    assert len(chunks) > 10 and sum(c["bytes"] for c in chunks) == data.nbytes
+    raw = data.tobytes()
+    pos = 0
+    for c in chunks:  # each chunk's checksum is that of its bytes, in file order
+        assert c["crc32"] == f"{zlib.crc32(raw[pos:pos + c['bytes']]):08x}"
+        assert c["bytes"] <= 64 << 10
+        pos += c["bytes"]
+    status, out, _ = cli(capsys, "verify", str(path), "--checksum", "blake2b", "--no-progress")
+    assert status == 0 and "blake2b" in out and len(out.splitlines()) >= 3
+
+
+def test_verify_checksums_follow_the_data(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.npy"
+    with bigarr.create(path, (30_000,), "f8") as arr:
+        arr[:] = 1
+    before = json.loads(cli(capsys, "verify", str(path), "--checksum", "--json",
+                            "--budget", "64KiB")[1])
+    with bigarr.open(path, "shared") as arr:
+        arr[-1] = 2
+    after = json.loads(cli(capsys, "verify", str(path), "--checksum", "--json",
+                           "--budget", "64KiB")[1])
+    changed = [a["chunk"] for a, b in zip(after["chunks"], before["chunks"], strict=True)
+               if a["crc32"] != b["crc32"]]
+    assert changed == [len(after["chunks"]) - 1]
+
+
+def test_verify_truncated_file_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.npy"
+    with bigarr.create(path, (1000,), "f8"):
+        pass
+    os.truncate(path, os.path.getsize(path) - 8)
+    status, _, err = cli(capsys, "verify", str(path))
+    assert status == 1
+    assert_one_line_error(err)
+    assert "truncated" in err
+
+
+# ---- convert ------------------------------------------------------------------------------------
+def test_convert_numpy_alignment_to_page_alignment(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    src, dst = tmp_path / "n.npy", tmp_path / "p.npy"
+    data = np.arange(3_000_000, dtype=np.int32).reshape(10_000, 300)
+    np.save(src, data)
+    status, out, _ = cli(capsys, "convert", str(src), str(dst), "--budget", "8MiB",
+                         "--no-progress")
+    assert status == 0 and "converted" in out
+    assert np.array_equal(np.load(dst), data)
+    with bigarr.open(dst) as arr:
+        assert arr.offset % bigarr.PAGE_SIZE == 0
+
+
+def test_convert_raw_to_npy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src, dst = tmp_path / "data.bin", tmp_path / "out.npy"
+    data = np.arange(6000, dtype="<u2").reshape(200, 30)
+    src.write_bytes(b"HEADER!!" + data.tobytes())
+    status, _, _ = cli(capsys, "convert", str(src), str(dst), "--dtype", "u2", "--shape",
+                       "200,30", "--offset", "8")
+    assert status == 0
+    assert np.array_equal(np.load(dst), data)
+    dst2 = tmp_path / "flat.npy"  # no shape: 1-D to the end of the file
+    assert cli(capsys, "convert", str(src), str(dst2), "--dtype", "u2", "--offset", "8")[0] == 0
+    assert np.array_equal(np.load(dst2), data.ravel())
+
+
+def test_convert_npy_zarr_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("zarr")
+    src, mid, back = tmp_path / "a.npy", tmp_path / "a.zarr", tmp_path / "b.npy"
+    data = np.random.default_rng(2).integers(0, 1000, (500, 7)).astype(np.float64)
+    np.save(src, data)
+    assert cli(capsys, "convert", str(src), str(mid), "--chunks", "100,7")[0] == 0
+    assert cli(capsys, "convert", str(mid), str(back))[0] == 0
+    assert np.array_equal(np.load(back), data)
+
+
+@pytest.mark.parametrize("case", ["missing", "exists", "not-npy", "same", "zarr-to-zarr"])
+def test_convert_errors(tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]) -> None:
+    src, dst = tmp_path / "a.npy", tmp_path / "b.npy"
+    np.save(src, np.zeros(10))
+    args = {
+        "missing": [str(tmp_path / "nope.npy"), str(dst)],
+        "exists": [str(src), str(src.with_name("c.npy"))],
+        "not-npy": [str(tmp_path / "junk.bin"), str(dst)],
+        "same": [str(src), str(src)],
+        "zarr-to-zarr": [str(tmp_path / "z.zarr"), str(tmp_path / "y.zarr")],
+    }[case]
+    (tmp_path / "junk.bin").write_bytes(b"not an array")
+    np.save(tmp_path / "c.npy", np.ones(3))
+    if case == "zarr-to-zarr":
+        zarr = pytest.importorskip("zarr")
+        zarr.create_array(str(tmp_path / "z.zarr"), shape=(4,), dtype="f4")
+    status, _, err = cli(capsys, "convert", *args)
+    assert status in (1, 2)
+    assert_one_line_error(err)
+    assert np.array_equal(np.load(tmp_path / "c.npy"), np.ones(3))
+
+
+# ---- errors in a real process: one line, no traceback -------------------------------------------
+@pytest.mark.parametrize("args", [
+    ["info", "missing.npy"], ["verify", "missing.npy"], ["info", "corrupt.npy"],
+    ["verify", "corrupt.npy"], ["info", "."], ["create", "x.npy", "--shape", "-1"],
+    ["create", "x.npy", "--shape=-1,3"], ["nosuchcommand"], [],
+    ["demo", "--size", "tiny"], ["verify", "corrupt.npy", "--checksum", "md5"],
+])
+def test_errors_are_one_line_without_traceback(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "corrupt.npy").write_bytes(b"\x93NUMPY\x01\x00\x20\x00{'descr': '<f8', 'sh")
+    proc = run(*args, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert_one_line_error(proc.stderr)
+    assert proc.stdout == ""
+
+
+def test_console_script_and_version(tmp_path: Path) -> None:
+    exe = shutil.which("bigarr")
+    if exe is None:
+        pytest.skip("the bigarr console script is not installed")
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and bigarr.__version__ in proc.stdout
+    proc = subprocess.run([exe, "create", str(tmp_path / "a.npy"), "--shape", "2,2"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and np.load(tmp_path / "a.npy").shape == (2, 2)
+
+
+# ---- demo ---------------------------------------------------------------------------------------
+def test_demo_tiny(tmp_path: Path) -> None:
+    proc = run("demo", "--size", "6MiB", "--dir", str(tmp_path), "--budget", "4MiB",
+               "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "numpy.memmap" in out and "bigarr" in out and "peak RSS" in out
+    assert "results agree" in out and "summary:" in out
+    assert os.listdir(tmp_path) == []  # cleaned up without --keep
+
+
+def test_demo_keep_and_disk_check(tmp_path: Path) -> None:
+    proc = run("demo", "--size", "1MiB", "--dir", str(tmp_path), "--keep", "--no-progress",
+               "--threads", "1", "--budget", "2MiB")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["features.npy", "z_bigarr.npy"]
+    proc = run("demo", "--size", "100TiB", "--dir", str(tmp_path / "big"))
+    assert proc.returncode == 1
+    assert_one_line_error(proc.stderr)
+    assert "free" in proc.stderr
+
+
+def test_demo_refuses_a_tiny_budget_before_generating(tmp_path: Path) -> None:
+    proc = run("demo", "--size", "1MiB", "--dir", str(tmp_path), "--budget", "64KiB")
+    assert proc.returncode == 1
+    assert_one_line_error(proc.stderr)
+    assert "budget" in proc.stderr
+    assert os.listdir(tmp_path) == []
