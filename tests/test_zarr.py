@@ -81,7 +81,7 @@ def test_to_zarr_never_reads_a_chunk_back(tmp_path: Path) -> None:
     # written whole, so zarr never finds existing data to merge (no read-modify-write).
     data = _data((1000, 37))
     store = _CountingStore()
-    z = bigarr.to_zarr(data, store, chunks=(64, 10), budget=2 * 64 * 37 * 4 * 3)
+    z = bigarr.to_zarr(data, store, chunks=(64, 10), budget=3 * 64 * 37 * 4 * 3)
     assert store.hits == []
     np.testing.assert_array_equal(z[:], data)
     assert store.hits  # the counter does see reads
@@ -100,7 +100,7 @@ def test_to_zarr_from_fortran_order_source(tmp_path: Path) -> None:
     data = _data((50, 40, 30), "f8", order="F")
     src = _bigarr_file(tmp_path, data)
     assert src.flags.f_contiguous
-    z = bigarr.to_zarr(src, tmp_path / "f.zarr", chunks=(7, 9, 4), budget=8 * 50 * 40 * 4 * 2)
+    z = bigarr.to_zarr(src, tmp_path / "f.zarr", chunks=(7, 9, 4), budget=3 * 8 * 50 * 40 * 4 * 2)
     np.testing.assert_array_equal(z[:], data)
 
 
@@ -306,7 +306,7 @@ def test_roundtrip_both_directions(tmp_path: Path) -> None:
 def test_progress_events_one_per_batch(tmp_path: Path) -> None:
     events: list[Any] = []
     data = _data((100, 8))
-    bigarr.to_zarr(data, MemoryStore(), chunks=(10, 8), budget=2 * 10 * 8 * 4 * 2,
+    bigarr.to_zarr(data, MemoryStore(), chunks=(10, 8), budget=3 * 10 * 8 * 4 * 2,
                    progress=events.append)
     chunks = [e for e in events if e.kind == "chunk"]
     assert len(chunks) == 5 and chunks[-1].done_bytes == data.nbytes
