@@ -85,7 +85,9 @@ def test_flush_policy_flushes_every_n_bytes(tmp_path: Path) -> None:
         wb.write(chunk.index, stream, stream.block(chunk), np.full(4096, chunk.index))
         wb.chunk_done(chunk.index)
     wb.drain()
-    assert [len(b) for b in batches] == [3, 3, 3, 3, 3, 1]
+    # Beyond 3 chunks pending, the oldest is flushed; the last 3 at the end.
+    assert [len(b) for b in batches] == [1] * 13 + [3]
+    assert [b[0] for b in batches[:13]] == list(range(13))
     assert sorted(i for b in batches for i in b) == list(range(16))
     np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), np.repeat(np.arange(16), 4096))
 

@@ -18,8 +18,8 @@ that work it manages memory and I/O:
 * **Flush policy.** :class:`Writeback` writes output blocks with ``pwrite`` into the output
   file's page cache (no mapping, no page faults), starts their writeback at once
   (``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on Linux), and once ``flush_every`` bytes are
-  pending it waits for them to reach the disk. Dirty output memory therefore stays near
-  ``flush_every`` however long the run, and writeback overlaps compute. Outputs that are not
+  pending it waits for the oldest of them to reach the disk. Dirty output memory therefore stays
+  near ``flush_every`` however long the run, and writeback overlaps compute. Outputs that are not
   contiguous in their file (or private mappings, or in-memory arrays) are assigned through
   numpy instead; shared mappings among them are flushed with ``msync`` and *then* released.
   When a run is journaled (``resume=True``), the flush also ``fdatasync``'s the file and only
@@ -228,7 +228,8 @@ class Writeback:
     Parameters
     ----------
     every
-        Flush (wait for writeback) once this many output bytes are pending.
+        Most output bytes left pending: beyond it, the oldest chunks are flushed (their
+        writeback waited for).
     durable
         Also ``fdatasync`` the output files at each flush, then call ``on_durable``.
     on_durable
@@ -290,14 +291,21 @@ class Writeback:
             self._fds.add(fd)
 
     def chunk_done(self, chunk: int) -> None:
-        """Mark chunk ``chunk``'s outputs complete; flush if the policy says so."""
+        """Mark chunk ``chunk``'s outputs complete; flush the oldest beyond ``every`` bytes.
+
+        Only the oldest chunks are waited for, so up to ``every`` bytes stay queued for writeback
+        and the disk never runs dry between flushes; unflushed output stays at most ``every``
+        bytes plus the chunks still being written.
+        """
         with self._lock:
             entry = self._open.pop(chunk, None) or _Pending(chunk, 0)
             self._pending.append(entry)
             self._pending_bytes += entry.nbytes
-            if self._pending_bytes < self.every:
-                return
-            batch, self._pending, self._pending_bytes = self._pending, [], 0
+            batch: list[_Pending] = []
+            while self._pending and self._pending_bytes > self.every:
+                oldest = self._pending.pop(0)
+                self._pending_bytes -= oldest.nbytes
+                batch.append(oldest)
         self._flush(batch)
 
     def drain(self) -> None:
