@@ -1,4 +1,4 @@
-"""Out-of-core standardisation of an N x F feature matrix, in two passes.
+"""Out-of-core standardization of an N x F feature matrix, in two passes.
 
 Pass 1 streams the file once per statistic to get each column's mean and standard deviation
 (bigarr's reductions merge per-chunk partial results, Chan's formula for the variance). Pass 2

@@ -205,6 +205,28 @@ def test_verify_truncated_file_fails(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "truncated" in err
 
 
+def test_verify_refuses_an_interrupted_in_place_output(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    src, out = tmp_path / "src.npy", tmp_path / "out.npy"
+    np.save(src, np.arange(400_000, dtype=np.float64))
+    with bigarr.create(out, (400_000,), "f8") as target:
+        calls = []
+
+        def func(block: np.ndarray) -> np.ndarray:
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt  # the run dies partway, as if killed
+            return block * 2
+
+        with pytest.raises(KeyboardInterrupt):
+            bigarr.map_blocks(func, str(src), out=target, budget="4MiB", threads=1,
+                              resume=True, progress=False)
+    status, _, err = cli(capsys, "verify", str(out))
+    assert status == 1
+    assert_one_line_error(err)
+    assert "incomplete" in err
+
+
 # ---- convert ------------------------------------------------------------------------------------
 def test_convert_numpy_alignment_to_page_alignment(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:

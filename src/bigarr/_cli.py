@@ -311,8 +311,10 @@ def _rows_of(chunk: Any) -> tuple[int, int]:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from ._files import open as bigarr_open
+    from ._journal import check_complete
 
     header, st = _header(args.file)
+    check_complete(args.file)  # an in-place output whose run was interrupted
     need = header.data_offset + header.nbytes
     extra = st.st_size - need
     summary = {

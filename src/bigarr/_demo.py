@@ -1,6 +1,6 @@
 """``bigarr demo``: generate a dataset, run one pipeline two ways, compare time and peak RSS.
 
-The pipeline standardises an N x F float32 feature matrix and summarises the result:
+The pipeline standardizes an N x F float32 feature matrix and summarises the result:
 
 1. column means and standard deviations (two reductions over the input);
 2. ``z = (x - mean) / std`` written to a new file (an out-of-core map);
@@ -307,12 +307,13 @@ def _report(ref: _Side, ours: _Side, nbytes: int, threads: int, keep: bool, fold
     if ref.ok and ref.result is not None:
         speed = ref.seconds / ours.seconds
         memory = ref.peak_rss / max(ours.peak_rss, 1)
-        print(f"{'ratio':<22}{speed:>9.1f}x faster, {memory:.1f}x less peak memory")
+        pace = f"{speed:.2f}x faster" if speed >= 1 else f"{1 / speed:.2f}x slower"
+        print(f"bigarr vs numpy.memmap: {pace}, {memory:.1f}x less peak memory")
         agree, text = _compare(ref.result, ours.result)
         print(("results agree: " if agree else "RESULTS DIFFER: ") + text)
         status = 0 if agree else 1
     r = ours.result
-    print(f"summary: {format_bytes(nbytes)} standardised; z in [{r['min']:.2f}, {r['max']:.2f}], "
+    print(f"summary: {format_bytes(nbytes)} standardized; z in [{r['min']:.2f}, {r['max']:.2f}], "
           f"bigarr {ours.seconds:.1f} s at peak RSS {format_bytes(ours.peak_rss)}")
     if keep:
         print(f"kept the files in {folder}")
