@@ -483,3 +483,32 @@ def test_rows_and_merge_match_a_naive_model(
     row_of = index // shape[1] if order == "C" else index % shape[0]
     rows[row_of[flat]] = True
     np.testing.assert_array_equal(_private._rows_of(arr, merged), _private._runs(rows))
+
+
+def test_portable_path_without_pagemap_or_madvise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The non-Linux path: pages compared with the file, dropped by re-mapping them (MAP_FIXED)."""
+    from bigarr import _mapping
+
+    monkeypatch.setattr(_private, "BACKEND", "compare")
+    monkeypatch.setattr(_mapping, "_LINUX", False)
+    original = np.arange(30_000, dtype=np.int32)
+    _make(tmp_path / "p.npy", "numpy", original)
+    arr = bigarr.open(tmp_path / "p.npy", "private")
+    arr[10] = -1
+    arr[20_000:20_010] = -2
+    assert arr.dirty().elements == (range(10, 11), range(20_000, 20_010))
+    assert arr.scratch_bytes() == 2 * PAGE
+    arr.discard((0, 15_000))
+    assert int(arr[10]) == 10 and int(arr[20_000]) == -2
+    arr.commit()
+    disk = _on_disk(tmp_path / "p.npy")
+    assert (disk[20_000:20_010] == -2).all() and disk[10] == 10
+    assert not arr.dirty() and arr.scratch_bytes() == 0
+    np.testing.assert_array_equal(np.asarray(arr), disk)
+    if _private._pagemap_works():  # the copies really are gone, not merely equal
+        entries = arr._bigarr.pagemap(bigarr._geometry.ByteSpan(0, arr._bigarr.length))
+        copied = (entries >> np.uint64(63)) & ~(entries >> np.uint64(61)) & np.uint64(1)
+        assert not copied.any()
+    arr.close()
