@@ -43,7 +43,7 @@ from ._files import open as open_npy
 from ._geometry import parse_size
 from ._journal import Journal, fsync_dir, input_identity, journal_path, partial_path, read_journal
 from ._progress import Progress, ProgressArg
-from .errors import FileExistsError_, ShapeError
+from .errors import FileExistsError_, ReadOnlyError, ShapeError
 
 __all__ = ["map_blocks"]
 
@@ -203,11 +203,14 @@ def map_blocks(
         plan = plan_rows(primary, memory.chunk_bytes)
         memory.check(max(plan.max_chunk_bytes, _max_chunk(plan, target_rows)))
         job = _Job(func, args, plan, nthreads, prefetch, progress, resume, every)
-        if isinstance(out, Appender):
-            return job.to_appender(out)
-        if isinstance(out, np.ndarray):
-            return job.in_place(out)
-        return job.to_new_file(file_path(out), dtype, overwrite, parse_order(order))
+        try:
+            if isinstance(out, Appender):
+                return job.to_appender(out)
+            if isinstance(out, np.ndarray):
+                return job.in_place(out)
+            return job.to_new_file(file_path(out), dtype, overwrite, parse_order(order))
+        finally:
+            job.close()
     finally:
         for stream in opened:
             stream.close()
@@ -228,6 +231,18 @@ class _Job:
         self.threads, self.prefetch, self.progress = threads, prefetch, progress
         self.resume, self.every = resume, every
         self.streams = [a for a in args if isinstance(a, Stream)]
+        self.journals: list[Journal] = []
+
+    def journal(self, output: str, fingerprint: dict[str, Any], *, resume: bool) -> Journal:
+        """Start a journal, remembered so that :meth:`close` releases it on any exit."""
+        journal = Journal.start(output, fingerprint, resume=resume)
+        self.journals.append(journal)
+        return journal
+
+    def close(self) -> None:
+        """Close the journals' files (an interrupted run keeps them on disk)."""
+        for journal in self.journals:
+            journal.close()
 
     def call(self, chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> Any:
         it = iter(blocks)
@@ -279,7 +294,7 @@ class _Job:
         outarr: memmap | None = None
         skip: set[int] = set()
         if self.resume and os.path.exists(partial):
-            journal = Journal.start(target, fp, resume=True)
+            journal = self.journal(target, fp, resume=True)
             if journal.done:
                 outarr = open_npy(partial, "shared")
                 if outarr.shape[:1] != self.plan.shape[:1]:
@@ -292,7 +307,7 @@ class _Job:
             first: tuple[Chunk, np.ndarray[Any, Any]] | None = None
             if outarr is None:
                 if self.resume:
-                    journal = Journal.start(target, fp, resume=False)
+                    journal = self.journal(target, fp, resume=False)
                 elif os.path.exists(journal_path(target)):
                     os.unlink(journal_path(target))  # a stale journal of an abandoned run
                 if len(self.plan):
@@ -329,12 +344,18 @@ class _Job:
 
     def in_place(self, array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         out = as_stream(array, output=True, by_key=False)
+        if not out.array.flags.writeable or (out.mapping is not None
+                                             and out.mapping.access == "readonly"):
+            raise ReadOnlyError(
+                "Expected a writable out array. Got a read-only one; open the file with mode "
+                "'shared' (r+) to write into it."
+            )
         journal = None
         skip: set[int] = set()
         if out.mapping is not None:
             fp = self.fingerprint("in-place", {"out": [out.mapping.path, list(array.shape),
                                                        array.dtype.str]})
-            journal = Journal.start(out.mapping.path, fp, resume=self.resume)
+            journal = self.journal(out.mapping.path, fp, resume=self.resume)
             skip = set(journal.done)
         elif self.resume:
             raise ShapeError("resume=True needs an output file: pass a path or a bigarr.memmap.")
@@ -358,7 +379,7 @@ class _Job:
             base = int(old[0]["base"])
         fp = self.fingerprint("append", {"base": base, "dtype": app.dtype.str,
                                          "row_shape": list(app.row_shape)})
-        journal = Journal.start(path, fp, resume=self.resume)
+        journal = self.journal(path, fp, resume=self.resume)
         done = 0  # chunks 0..done-1 are committed (appends commit in chunk order)
         while done in journal.done:
             done += 1
