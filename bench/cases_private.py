@@ -17,9 +17,20 @@ that durable. Timed end to end: open, edit, write back.
     ``bigarr.open(path, "private")``: edit scratch pages, then ``commit()`` (``pwrite`` of each
     scratch page run, ``fdatasync``, drop the copies).
 
-Extra columns in the JSON: ``modified_bytes`` (the edited rows), ``modified_page_bytes`` (the
+Two groups: ``private`` edits rows of 256 float32 (1 KiB: about 26,000 scattered pages of a
+2 GiB file), ``private_64k`` rows of 16384 float32 (64 KiB: runs of 16-17 pages). Both bigarr
+cases advise ``random`` first (``hint`` parameter), so a cold fault reads one page, not 8 MiB.
+
+Extra measures in the JSON: ``modified_bytes`` (the edited rows), ``modified_page_bytes`` (the
 file pages they touch), ``write_ratio`` (``write_bytes`` of the timed section over
-``modified_page_bytes``; the target for ``commit`` is at most 1.1).
+``modified_page_bytes``; the target for ``commit`` is at most 1.1), ``commit_ratio`` (bytes
+``commit()`` wrote over ``modified_page_bytes``) and ``device_write_bytes`` /
+``device_write_ratio``: sectors written to the file's block device during the timed section
+(from ``/sys/dev/block/M:m/stat``; device-wide, so other processes' writes inflate it). The
+device figure is the cross-check that matters on kernels whose page cache uses large folios:
+``/proc/self/io`` charges a whole folio (up to 2 MiB) to ``write_bytes`` when one page of it is
+dirtied, even though ext4 writes back only the dirty blocks after a ``pwrite``; a page dirtied
+through a *shared mapping* marks the whole folio dirty, and the whole folio is written.
 """
 
 from __future__ import annotations
