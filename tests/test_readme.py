@@ -51,24 +51,29 @@ def blocks(language: set[str]) -> list[tuple[int, str]]:
 
 
 def commands(code: str) -> list[list[str]]:
-    """The simple commands of a shell block: prompts stripped, split on && ; and |."""
+    """The simple commands of a shell block: prompts and comments stripped, split on && ; |."""
     out = []
     text = code.replace("\\\n", " ")
     for raw in text.splitlines():
         line = raw.strip()
         if line.startswith("$ "):
             line = line[2:]
-        if not line or line.startswith("#"):
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        try:
+            tokens = list(lexer)
+        except ValueError:  # unbalanced quotes: not a command we can check
             continue
-        for part in re.split(r"&&|\|\||;|\|", line):
-            try:
-                words = shlex.split(part, comments=True)
-            except ValueError:
-                words = part.split()
-            while words and re.match(r"^\w+=", words[0]):  # VAR=value prefixes
-                words = words[1:]
-            if words:
-                out.append(words)
+        words: list[str] = []
+        for token in [*tokens, ";"]:
+            if token and set(token) <= set("&|;()<>"):
+                while words and re.match(r"^\w+=", words[0]):  # VAR=value prefixes
+                    words = words[1:]
+                if words:
+                    out.append(words)
+                words = []
+            else:
+                words.append(token)
     return out
 
 
@@ -125,9 +130,12 @@ def test_readme_shell_commands_exist() -> None:
 
 
 def test_commands_parser_helper() -> None:
-    words = commands("$ pip install -e . && python -m bigarr demo --size 64MiB\nbigarr info a.npy")
+    words = commands("$ pip install -e . && python -m bigarr demo --size 64MiB\n"
+                     "X=1 bigarr info a.npy  # shape; --cells 4 is not run\n"
+                     "bigarr verify 'a b.npy' \\\n  --checksum | head")
     assert words == [["pip", "install", "-e", "."],
                      ["python", "-m", "bigarr", "demo", "--size", "64MiB"],
-                     ["bigarr", "info", "a.npy"]]
+                     ["bigarr", "info", "a.npy"],
+                     ["bigarr", "verify", "a b.npy", "--checksum"], ["head"]]
     assert bigarr_args(words[1]) == ["demo", "--size", "64MiB"]
     assert bigarr_args(words[0]) is None
