@@ -49,6 +49,14 @@ def test_parse_shape(text: str, shape: tuple[int, ...]) -> None:
     assert parse_shape(text) == shape
 
 
+def test_residency_bar_cells() -> None:
+    from bigarr._cli import _bar
+
+    bar = _bar([0.0, 0.2, 0.7, 1.0])
+    assert len(bar) == 4 and len(set(bar)) == 4  # none, some, most, all
+    assert _bar([0.0]) == bar[0] and _bar([1.0]) == bar[3]
+
+
 # ---- create -------------------------------------------------------------------------------------
 def test_create_makes_a_page_aligned_file(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
