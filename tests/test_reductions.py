@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bigarr
-from bigarr import _budget, _reductions
+from bigarr import _budget, _partials, _reductions
 from bigarr.errors import BudgetError, UnsupportedError
 
 FUNCS = ["sum", "mean", "var", "std", "min", "max", "argmin", "argmax", "count_nonzero"]
@@ -22,7 +22,7 @@ FUNCS = ["sum", "mean", "var", "std", "min", "max", "argmin", "argmax", "count_n
 def _small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let tiny budgets plan page-sized chunks and sub-blocks, so small arrays get many."""
     monkeypatch.setattr(_budget, "MIN_CHUNK_BYTES", 4096)
-    monkeypatch.setattr(_reductions, "SUB_BLOCK_BYTES", 4 << 10)
+    monkeypatch.setattr(_partials, "SUB_BLOCK_BYTES", 4 << 10)
     monkeypatch.setattr(_reductions, "SCRATCH_BYTES", 16 << 10)
 
 

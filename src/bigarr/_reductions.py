@@ -27,8 +27,9 @@ histogram          counts (after a min/max      add
                    pass when no range is given)
 =================  ===========================  ==============================================
 
-Kernels that need temporaries (var, std, count_nonzero) work through each chunk in sub-blocks
-of at most :data:`SUB_BLOCK_BYTES`, so their scratch memory is fixed per thread and planned.
+The partial states themselves live in :mod:`bigarr._partials`. Kernels that need temporaries
+(var, std, count_nonzero) work through each chunk in sub-blocks, so their scratch memory is
+fixed per thread (:data:`SCRATCH_BYTES`) and planned.
 Results have numpy's dtypes; floating-point results agree with numpy's to rounding (summation
 order differs: numpy sums pairwise over the whole array, bigarr pairwise per chunk).
 """
@@ -48,6 +49,18 @@ from . import _engine
 from ._budget import plan_memory
 from ._chunks import Chunk, plan_chunks
 from ._engine import as_stream, parse_threads, plan_offset, plan_rows
+from ._partials import (
+    SUB_BLOCK_BYTES,
+    Arg,
+    CountNonzero,
+    Extreme,
+    Kernel,
+    Mean,
+    State,
+    Sum,
+    Var,
+    merge,
+)
 from ._progress import Progress, ProgressArg
 from .errors import UnsupportedError
 
@@ -65,16 +78,10 @@ __all__ = [
     "var",
 ]
 
-#: Largest temporary a kernel with temporaries makes at once, in bytes: sub-blocks hold at most
-#: this many bytes of float64 (or complex128) elements.
-SUB_BLOCK_BYTES = 256 << 10
-#: Scratch per thread the memory plan reserves for such kernels (a few temporaries), in bytes.
+#: Scratch per thread the memory plan reserves for kernels with temporaries (a few sub-blocks of
+#: :data:`bigarr._partials.SUB_BLOCK_BYTES`), in bytes.
 SCRATCH_BYTES = 4 * SUB_BLOCK_BYTES
 _DEFAULT_BUDGET = "256MiB"
-_State = tuple[np.ndarray[Any, Any], ...]
-
-_builtin_min = min
-_builtin_max = max
 
 
 # ---- plumbing ------------------------------------------------------------------------------
@@ -98,77 +105,9 @@ def _order(arr: np.ndarray[Any, Any]) -> str:
     return "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
 
 
-def _split(block: np.ndarray[Any, Any], limit: int) -> tuple[int, list[slice]]:
-    """Cut ``block`` along its outermost non-trivial axis into pieces of <= ``limit`` elements.
-
-    Returns the axis (-1 when no cut is needed) and the pieces along it.
-    """
-    strides = [abs(s) if n > 1 else -1 for n, s in zip(block.shape, block.strides, strict=True)]
-    if block.size <= limit or _builtin_max(strides, default=-1) < 0:
-        return -1, [slice(None)]
-    axis = int(np.argmax(strides))
-    step = _builtin_max(1, limit // _builtin_max(1, block.size // block.shape[axis]))
-    n = block.shape[axis]
-    return axis, [slice(i, _builtin_min(i + step, n)) for i in range(0, n, step)]
-
-
-class _Kernel:
-    """A reduction: partial state of a block, combine two states, finish a state."""
-
-    sub_blocked = False
-
-    def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
-                chunk: Chunk | None, origin: tuple[int, ...]) -> _State:
-        raise NotImplementedError
-
-    def combine(self, a: _State, b: _State) -> _State:
-        raise NotImplementedError
-
-    def finish(self, state: _State) -> np.ndarray[Any, Any]:
-        return state[0]
-
-    def chunk_state(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
-                    origin: tuple[int, ...]) -> _State:
-        """Partial state of a chunk's block, through sub-blocks when the kernel needs them."""
-        if not self.sub_blocked:
-            return self.partial(block, axes, None, origin)
-        axis, pieces = _split(block, SUB_BLOCK_BYTES // 16)
-        if axis < 0:
-            return self.partial(block, axes, None, origin)
-        state: _State | None = None
-        parts: list[_State] = []
-        for piece in pieces:
-            key = tuple(piece if i == axis else slice(None) for i in range(block.ndim))
-            sub_origin = tuple(o + (piece.start if i == axis else 0)
-                               for i, o in enumerate(origin))
-            part = self.partial(block[key], axes, None, sub_origin)
-            if axis in axes:
-                state = part if state is None else self.combine(state, part)
-            else:
-                parts.append(part)
-        if axis in axes:
-            assert state is not None
-            return state
-        return tuple(np.concatenate([p[i] for p in parts], axis=axis) for i in range(len(parts[0])))
-
-
-def _merge(kernel: _Kernel, state: list[np.ndarray[Any, Any]], seen: np.ndarray[Any, Any],
-           target: tuple[slice, ...], part: _State) -> None:
-    mask = seen[target]
-    if not mask.any():
-        for acc, p in zip(state, part, strict=True):
-            acc[target] = p
-    else:
-        old = tuple(acc[target] for acc in state)
-        merged = kernel.combine(old, part)
-        for acc, m, p in zip(state, merged, part, strict=True):
-            acc[target] = m if mask.all() else np.where(mask, m, p)
-    seen[target] = True
-
-
 def _reduce(
     a: Any,
-    kernel: _Kernel,
+    kernel: Kernel,
     axis: int | Sequence[int] | None,
     *,
     budget: int | str,
@@ -192,7 +131,7 @@ def _reduce(
         state: list[np.ndarray[Any, Any]] | None = None
         seen = np.zeros(keep, dtype=bool)
 
-        def work(chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> _State:
+        def work(chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> State:
             origin = tuple(k.start for k in chunk.key) if chunk.key else ()
             return kernel.chunk_state(blocks[0], axes, origin)
 
@@ -203,7 +142,7 @@ def _reduce(
                 if state is None:
                     state = [np.empty(keep, dtype=p.dtype) for p in part]
                 target = tuple(slice(0, 1) if i in axes else k for i, k in enumerate(chunk.key))
-                _merge(kernel, state, seen, target, part)
+                merge(kernel, state, seen, target, part)
         assert state is not None
         return kernel.finish(tuple(state))
     finally:
@@ -246,159 +185,6 @@ def _is_empty(a: Any) -> bool:
     return bool(math.prod(a.shape) == 0)
 
 
-# ---- kernels -------------------------------------------------------------------------------
-def _acc_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
-    if dtype.kind == "f":
-        return np.dtype(np.float64)
-    if dtype.kind == "c":
-        return np.dtype(np.complex128)
-    return dtype
-
-
-class _Sum(_Kernel):
-    def __init__(self, dtype: Any) -> None:
-        self.dtype = dtype
-
-    def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
-                chunk: Chunk | None, origin: tuple[int, ...]) -> _State:
-        s = np.sum(block, axis=axes, keepdims=True, dtype=self.dtype)
-        return (s.astype(_acc_dtype(s.dtype), copy=False),)
-
-    def combine(self, a: _State, b: _State) -> _State:
-        return (a[0] + b[0],)
-
-
-class _Mean(_Kernel):
-    def __init__(self, dtype: Any, src: np.dtype[Any]) -> None:
-        # numpy accumulates integer means in float64; floats in their own type (pairwise).
-        self.dtype = dtype if dtype is not None else (np.float64 if src.kind in "biu" else None)
-
-    def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
-                chunk: Chunk | None, origin: tuple[int, ...]) -> _State:
-        s = np.sum(block, axis=axes, keepdims=True, dtype=self.dtype)
-        n = np.full(s.shape, math.prod(block.shape[i] for i in axes), dtype=np.int64)
-        return s.astype(_acc_dtype(s.dtype), copy=False), n
-
-    def combine(self, a: _State, b: _State) -> _State:
-        return a[0] + b[0], a[1] + b[1]
-
-    def finish(self, state: _State) -> np.ndarray[Any, Any]:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return state[0] / state[1]
-
-
-class _Var(_Kernel):
-    """Count, shift, mean and M2 of each block, merged with Chan et al.'s parallel update.
-
-    Each partial state is kept relative to a *shift* ``K``, the block's first element along the
-    reduced axes: means of ``x - K`` keep full precision even when the data sit on a large
-    offset (1e9 + noise), where absolute means would be rounded to the offset's resolution.
-    Merging two states adds ``(K_b - K_a) + (mean_b - mean_a)``, both small and exact-ish.
-    """
-
-    sub_blocked = True
-
-    def __init__(self, ddof: float) -> None:
-        self.ddof = ddof
-
-    def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
-                chunk: Chunk | None, origin: tuple[int, ...]) -> _State:
-        acc = np.complex128 if block.dtype.kind == "c" else np.float64
-        n = math.prod(block.shape[i] for i in axes)
-        first = tuple(slice(0, 1) if i in axes else slice(None) for i in range(block.ndim))
-        shift = np.asarray(block[first], dtype=acc)
-        with np.errstate(invalid="ignore"):
-            dev = np.subtract(block, shift, dtype=acc)
-            mean = np.mean(dev, axis=axes, keepdims=True)
-            dev -= mean
-            if dev.dtype.kind == "c":
-                m2 = np.sum(dev.real**2 + dev.imag**2, axis=axes, keepdims=True)
-            else:
-                np.multiply(dev, dev, out=dev)
-                m2 = np.sum(dev, axis=axes, keepdims=True)
-        count = np.full(mean.shape, n, dtype=np.int64)
-        return count, shift.reshape(mean.shape), np.asarray(mean), np.asarray(m2)
-
-    def combine(self, a: _State, b: _State) -> _State:
-        na, ka, ma, qa = a
-        nb, kb, mb, qb = b
-        n = na + nb
-        safe = np.where(n == 0, 1, n)
-        with np.errstate(invalid="ignore"):
-            delta = (kb - ka) + (mb - ma)
-            mean = ma + delta * (nb / safe)
-            square = delta.real**2 + delta.imag**2 if delta.dtype.kind == "c" else delta**2
-            q = qa + qb + square * (na * (nb / safe))
-        return n, ka, mean, q
-
-    def finish(self, state: _State) -> np.ndarray[Any, Any]:
-        n, _shift, _mean, m2 = state
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.asarray(m2 / np.maximum(n - self.ddof, 0))
-
-
-class _Extreme(_Kernel):
-    def __init__(self, largest: bool) -> None:
-        self.largest = largest
-
-    def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
-                chunk: Chunk | None, origin: tuple[int, ...]) -> _State:
-        fn = np.max if self.largest else np.min
-        return (fn(block, axis=axes, keepdims=True),)
-
-    def combine(self, a: _State, b: _State) -> _State:
-        return ((np.maximum if self.largest else np.minimum)(a[0], b[0]),)
-
-
-class _Arg(_Kernel):
-    def __init__(self, largest: bool, shape: tuple[int, ...]) -> None:
-        self.largest = largest
-        self.shape = shape
-
-    def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
-                chunk: Chunk | None, origin: tuple[int, ...]) -> _State:
-        fn = np.argmax if self.largest else np.argmin
-        if len(axes) == block.ndim:  # axis=None: a flat index into the whole array (C order)
-            local = int(fn(block))
-            coords = np.unravel_index(local, block.shape) if block.ndim else ()
-            value = block[coords] if block.ndim else block[()]
-            where = tuple(int(c) + o for c, o in zip(coords, origin, strict=True))
-            flat = int(np.ravel_multi_index(where, self.shape)) if where else 0
-            keep = (1,) * block.ndim
-            return np.full(keep, value, dtype=block.dtype), np.full(keep, flat, dtype=np.intp)
-        (axis,) = axes
-        idx = fn(block, axis=axis, keepdims=True)
-        value = np.take_along_axis(block, idx, axis=axis)
-        return value, (idx + origin[axis]).astype(np.intp, copy=False)
-
-    def combine(self, a: _State, b: _State) -> _State:
-        va, ia = a
-        vb, ib = b
-        better = (vb > va) if self.largest else (vb < va)
-        take_b = better | ((vb == va) & (ib < ia))
-        if va.dtype.kind in "fc":
-            nan_a, nan_b = np.isnan(va), np.isnan(vb)
-            take_b = np.where(nan_a | nan_b, nan_b & (~nan_a | (ib < ia)), take_b)
-        return np.where(take_b, vb, va), np.where(take_b, ib, ia)
-
-    def finish(self, state: _State) -> np.ndarray[Any, Any]:
-        return state[1]
-
-
-class _CountNonzero(_Kernel):
-    sub_blocked = True
-
-    def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
-                chunk: Chunk | None, origin: tuple[int, ...]) -> _State:
-        if len(axes) == block.ndim:
-            keep = (1,) * block.ndim
-            return (np.full(keep, np.count_nonzero(block), dtype=np.intp),)
-        return (np.count_nonzero(block, axis=axes, keepdims=True).astype(np.intp, copy=False),)
-
-    def combine(self, a: _State, b: _State) -> _State:
-        return (a[0] + b[0],)
-
-
 # ---- public functions ----------------------------------------------------------------------
 def sum(
     a: Any,
@@ -438,7 +224,7 @@ def sum(
     if _is_empty(a):
         return np.sum(_plain(a), axis=axis, dtype=dtype, keepdims=keepdims)
     out_dtype = _numpy_dtype(np.sum, a.dtype, dtype=dtype)
-    res = _reduce(a, _Sum(dtype), axis, budget=budget, threads=threads, progress=progress,
+    res = _reduce(a, Sum(dtype), axis, budget=budget, threads=threads, progress=progress,
                   desc="sum")
     return _shape_result(res, _axes(axis, res.ndim), keepdims, out_dtype)
 
@@ -459,7 +245,7 @@ def mean(
         return np.mean(_plain(a), axis=axis, dtype=dtype, keepdims=keepdims)
     src = np.dtype(a.dtype)
     out_dtype = _numpy_dtype(np.mean, src, dtype=dtype)
-    res = _reduce(a, _Mean(dtype, src), axis, budget=budget, threads=threads, progress=progress,
+    res = _reduce(a, Mean(dtype, src), axis, budget=budget, threads=threads, progress=progress,
                   desc="mean")
     return _shape_result(res, _axes(axis, res.ndim), keepdims, out_dtype)
 
@@ -485,7 +271,7 @@ def var(
     if _is_empty(a):
         return np.var(_plain(a), axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
     out_dtype = _numpy_dtype(np.var, np.dtype(a.dtype), dtype=dtype)
-    res = _reduce(a, _Var(ddof), axis, budget=budget, threads=threads, progress=progress,
+    res = _reduce(a, Var(ddof), axis, budget=budget, threads=threads, progress=progress,
                   desc="var")
     return _shape_result(res, _axes(axis, res.ndim), keepdims, out_dtype)
 
@@ -506,7 +292,7 @@ def std(
     if _is_empty(a):
         return np.std(_plain(a), axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
     out_dtype = _numpy_dtype(np.std, np.dtype(a.dtype), dtype=dtype)
-    res = _reduce(a, _Var(ddof), axis, budget=budget, threads=threads, progress=progress,
+    res = _reduce(a, Var(ddof), axis, budget=budget, threads=threads, progress=progress,
                   desc="std")
     return _shape_result(np.sqrt(res), _axes(axis, res.ndim), keepdims, out_dtype)
 
@@ -517,7 +303,7 @@ def _extreme(a: Any, axis: Any, keepdims: bool, largest: bool, budget: int | str
     a = _operand(a)
     if _is_empty(a):
         return fn(_plain(a), axis=axis, keepdims=keepdims)
-    res = _reduce(a, _Extreme(largest), axis, budget=budget, threads=threads, progress=progress,
+    res = _reduce(a, Extreme(largest), axis, budget=budget, threads=threads, progress=progress,
                   desc=fn.__name__)
     return _shape_result(res, _axes(axis, res.ndim), keepdims, res.dtype)
 
@@ -569,7 +355,7 @@ def _arg(a: Any, axis: int | None, keepdims: bool, largest: bool, budget: int | 
     if _is_empty(a):
         return fn(_plain(a), axis=axis, keepdims=keepdims)
     shape = tuple(a.shape)
-    res = _reduce(a, _Arg(largest, shape), axis, budget=budget, threads=threads,
+    res = _reduce(a, Arg(largest, shape), axis, budget=budget, threads=threads,
                   progress=progress, desc=fn.__name__)
     axes = _axes(axis, len(shape))
     if axis is None and not keepdims:
@@ -620,7 +406,7 @@ def count_nonzero(
     a = _operand(a)
     if _is_empty(a):
         return np.count_nonzero(_plain(a), axis=axis, keepdims=keepdims)
-    res = _reduce(a, _CountNonzero(), axis, budget=budget, threads=threads, progress=progress,
+    res = _reduce(a, CountNonzero(), axis, budget=budget, threads=threads, progress=progress,
                   desc="count_nonzero")
     if axis is None and not keepdims:
         return int(res.reshape(-1)[0])
