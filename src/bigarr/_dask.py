@@ -257,7 +257,9 @@ def to_dask(
     ----------
     arr_or_path
         A :class:`bigarr.memmap` (read-only or shared mode; views are fine) or the path of a
-        ``.npy`` file. Every worker must see the file under the same path.
+        ``.npy`` file. Every worker must see the file under the same path. Workers on this
+        machine see a shared-mode array's unflushed writes (they share the page cache);
+        workers on other hosts see only what has been flushed (``arr.flush()`` first).
     chunks
         Any dask chunk specification. ``None`` (default): blocks of about ``block_bytes``
         along the slowest axis (axis 0 for C order), each starting on a page boundary of the
