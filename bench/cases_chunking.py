@@ -45,7 +45,7 @@ def _stream_sum(ctx: Context, **options: Any) -> dict[str, Any]:
     params={"budget": "64MiB"},
 )
 def stream_sum(ctx: Context) -> dict[str, Any]:
-    """Sum with ``arr.chunks('64MiB')``: release-behind and prefetch (the defaults)."""
+    """Sum with ``arr.chunks('64MiB')``: release-behind and willneed prefetch (the defaults)."""
     return _stream_sum(ctx)
 
 
@@ -60,6 +60,19 @@ def stream_sum(ctx: Context) -> dict[str, Any]:
 def stream_sum_1t(ctx: Context) -> dict[str, Any]:
     """Sum with ``arr.chunks('64MiB', prefetch=False)``: release-behind, one thread."""
     return _stream_sum(ctx, prefetch=False)
+
+
+@case(
+    "chunking.stream_sum_auto",
+    group="chunking",
+    peer="bigarr chunks, prefetch auto",
+    baseline="baseline.memmap_sum",
+    limit=_LIMITS,
+    params={"budget": "64MiB"},
+)
+def stream_sum_auto(ctx: Context) -> dict[str, Any]:
+    """Sum with ``arr.chunks('64MiB', prefetch='auto')``: cached pieces mapped by the helper."""
+    return _stream_sum(ctx, prefetch="auto")
 
 
 @case(

@@ -30,7 +30,7 @@ def path(tmp_path: Path) -> Path:
     return p
 
 
-@pytest.mark.parametrize("prefetch", [True, False, "willneed", "populate_read"])
+@pytest.mark.parametrize("prefetch", [True, False, "auto", "willneed", "populate_read"])
 @pytest.mark.parametrize("mode", ["r", "r+", "c"])
 def test_chunks_visit_every_element_once(path: Path, mode: str, prefetch: Any) -> None:
     with bigarr.open(path, mode) as a:

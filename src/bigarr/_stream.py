@@ -17,10 +17,13 @@ prefetch (``prefetch=``)
     I/O overlaps compute. ``"willneed"`` starts asynchronous read-ahead of the chunk into the
     page cache (nothing is mapped, so it costs no resident memory of this process);
     ``"populate_read"`` (Linux 5.14+) reads *and maps* the pages, synchronously in the helper.
-    ``True`` (the default) means ``"willneed"``: on this project's test machine (ext4 on a
-    virtio disk) ``populate_read`` made cold scans slower, faulting page by page, while
-    ``willneed`` was at least as fast as no prefetch and kept peak RSS lowest (see the
-    chunking section of ``bench/README.md``).
+    ``"auto"`` chooses per 4 MiB piece: ``populate_read`` when the piece is already in the page
+    cache (mapping it costs no I/O and moves the page faults to the helper), else
+    ``willneed``. ``True`` (the default) means ``"willneed"``, the cheapest for the helper: on
+    this project's test machine (2 shared vCPUs, ext4 on a virtio disk) ``populate_read`` of
+    uncached pages made cold scans slower (the helper faults page by page), and ``"auto"`` made
+    warm scans slower (the helper competes for a busy CPU and gains nothing when mapping a
+    page costs about as much as faulting it); see the chunking section of ``bench/README.md``.
 
 Memory budget: with prefetch, two chunks can be resident at once (the one being processed and
 the one being fetched: mapped with ``populate_read``, or at least in the page cache with
@@ -212,35 +215,47 @@ def residency(arr: Any, region: Region = None, *, budget: int | str = "64MiB") -
 
 
 class _Prefetcher:
-    """The helper thread: populates (or read-aheads) chunks ahead of the consumer."""
+    """The helper thread: populates (or read-aheads) chunks ahead of the consumer.
 
-    def __init__(self, mapping: Mapping, spans: list[ByteSpan], hint: Hint,
+    ``mode`` is ``"willneed"``, ``"populate_read"`` or ``"auto"``: per piece, ``populate_read``
+    when the piece is already in the page cache (mapping it costs no I/O and spares the
+    consumer the page faults), ``willneed`` otherwise (asynchronous read-ahead).
+    """
+
+    def __init__(self, mapping: Mapping, spans: list[ByteSpan], mode: str,
                  lock: threading.Lock) -> None:
-        self.mapping, self.spans, self.hint, self.lock = mapping, spans, hint, lock
+        self.mapping, self.spans, self.mode, self.lock = mapping, spans, mode, lock
+        self.populate, self.willneed = parse_hint("populate_read"), parse_hint("willneed")
         self.released = -1  # highest chunk index released (or being processed past)
         self.todo: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="bigarr-prefetch", daemon=True)
         self.thread.start()
 
+    def _hint_for(self, piece: ByteSpan) -> Hint:
+        if self.mode == "willneed":
+            return self.willneed
+        if self.mode == "populate_read":
+            return self.populate
+        return self.populate if self.mapping.residency(piece).all() else self.willneed
+
     def _run(self) -> None:
         while (i := self.todo.get()) is not None:
             span = self.spans[i]
             for start in range(span.start, span.stop, PREFETCH_PIECE):
                 piece = ByteSpan(start, min(span.stop, start + PREFETCH_PIECE))
-                with self.lock:
-                    if i <= self.released:
-                        break
-                    try:
-                        ok = self.mapping.advise(self.hint, piece)
-                    except BigArrError as exc:  # e.g. closed under us: prefetch is only a hint
-                        self.error = exc
-                        return
-                if not ok and self.hint.name == "populate_read":
-                    self.hint = parse_hint("willneed")  # the kernel lacks populate_read
+                try:
                     with self.lock:
-                        if i > self.released:
-                            self.mapping.advise(self.hint, piece)
+                        if i <= self.released:
+                            break
+                        hint = self._hint_for(piece)
+                        ok = self.mapping.advise(hint, piece)
+                        if not ok and hint is self.populate:  # the kernel lacks populate_read
+                            self.mode = "willneed"
+                            self.mapping.advise(self.willneed, piece)
+                except (BigArrError, OSError) as exc:  # e.g. closed under us: only a hint
+                    self.error = exc
+                    return
 
     def request(self, i: int) -> None:
         self.todo.put(i)
@@ -252,18 +267,20 @@ class _Prefetcher:
         self.thread.join()
 
 
-def _parse_prefetch(prefetch: bool | str | None) -> Hint | None:
+def _parse_prefetch(prefetch: bool | str | None) -> str | None:
     if prefetch is None or prefetch is False:
         return None
     if prefetch is True:
         prefetch = "willneed"
-    hint = parse_hint(prefetch)
-    if hint.name not in ("willneed", "populate_read"):
-        raise HintError(f"Expected prefetch True, False, 'willneed' or 'populate_read'. "
+    name = prefetch.strip().lower().replace("-", "_") if isinstance(prefetch, str) else None
+    if name not in ("auto", "willneed", "populate_read"):
+        raise HintError("Expected prefetch True, False, 'auto', 'willneed' or 'populate_read'. "
                         f"Got {prefetch!r}.")
-    if hint.advice is None:
-        hint = parse_hint("willneed")
-    return hint if hint.advice is not None else None
+    if parse_hint("willneed").advice is None:
+        return None  # no madvise here: prefetch is a no-op
+    if parse_hint("populate_read").advice is None:
+        return "willneed"
+    return name
 
 
 def iter_chunks(
@@ -291,7 +308,8 @@ def iter_chunks(
         Release-behind: drop each finished chunk from resident memory (after flushing it in
         shared mode). ``None`` means on, except in private mode.
     prefetch
-        ``True``, ``"populate_read"``, ``"willneed"`` or ``False``.
+        ``True`` (``"willneed"``), ``"auto"``, ``"populate_read"``, ``"willneed"`` or
+        ``False``.
     hint
         An access hint applied to the whole array before the first chunk (for example
         ``"sequential"``). An access-pattern hint (normal, sequential, random) is reset to
@@ -333,7 +351,7 @@ def _walk(
     *,
     progress: ProgressArg,
     release: bool,
-    fetch: Hint | None,
+    fetch: str | None,
     pattern: Hint | None,
     desc: str | None,
 ) -> Iterator[tuple[Chunk, Any]]:
