@@ -309,6 +309,13 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path, args: list[str]) 
     assert proc.stdout == ""
 
 
+def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = cli(capsys, "--help")
+    assert status == 0
+    for name in ("info", "create", "convert", "verify", "demo"):
+        assert name in out
+
+
 def test_console_script_and_version(tmp_path: Path) -> None:
     exe = shutil.which("bigarr")
     if exe is None:
