@@ -10,7 +10,8 @@ that work it manages memory and I/O:
   timing.
 * **Prefetch ahead.** When a chunk is submitted, the dispatcher advises ``WILLNEED`` on its input
   pages (asynchronous readahead), so the disk works on chunk *i + k* while threads compute on
-  chunk *i*.
+  chunk *i*, and then ``POPULATE_READ`` (Linux 5.14+; a no-op elsewhere) to map those pages
+  into the page tables from the dispatcher thread, so workers do not stop on page faults.
 * **Release behind.** When a chunk is done, its input pages are dropped from this process's
   resident set with ``MADV_DONTNEED`` (read-only and shared mappings only: on a private mapping
   that would throw away copy-on-write edits, so it is never done there). Clean file pages stay
@@ -64,6 +65,7 @@ __all__ = [
 T = TypeVar("T")
 
 _WILLNEED = parse_hint("willneed")
+_POPULATE = parse_hint("populate_read")
 _DONTNEED = parse_hint("dontneed")
 
 _LINUX = sys.platform.startswith("linux")
@@ -400,22 +402,29 @@ def run(
             progress.advance(chunk.index, chunk.nbytes)
         return value
 
-    def ahead(chunk: Chunk) -> None:
+    def ahead(chunk: Chunk, populate: bool) -> None:
+        spans = []
         for stream in inputs:
             if stream.mapping is not None:
                 span = stream.span(stream.block(chunk))
                 if span is not None:
-                    stream.mapping.advise(_WILLNEED, span)
+                    stream.mapping.advise(_WILLNEED, span)  # asynchronous readahead
+                    spans.append((stream.mapping, span))
+        for mapping, span in spans if populate else ():
+            # Map the (now cached, or arriving) pages into the page tables here, so the worker
+            # that takes this chunk finds them mapped and spends its time computing.
+            mapping.advise(_POPULATE, span)
 
     pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="bigarr")
     try:
-        for chunk in todo:
+        for position, chunk in enumerate(todo):
             while len(window) >= depth:
                 done, future = window.popleft()
                 yield done, future.result()
-            if prefetch:
-                ahead(chunk)
             window.append((chunk, pool.submit(one, chunk)))
+            if prefetch:
+                # The first chunks start at once: their workers fault the pages in themselves.
+                ahead(chunk, populate=position >= threads)
         while window:
             done, future = window.popleft()
             yield done, future.result()
