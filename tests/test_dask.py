@@ -162,8 +162,9 @@ def test_store_into_existing_array_and_fortran_target(client: Any, tmp_path: Pat
 def test_store_compute_false_returns_delayed(client: Any, tmp_path: Path) -> None:
     x = da.arange(10_000, chunks=999, dtype=np.float32)
     job = bigarr.store(x, tmp_path / "d.npy", compute=False)
-    assert not (tmp_path / "d.npy").exists() or not bigarr.open(tmp_path / "d.npy").any()
+    assert not (tmp_path / "d.npy").exists()  # published by the last task only
     assert job.compute() == 40_000
+    assert [p.name for p in tmp_path.iterdir()] == ["d.npy"]
     with bigarr.open(tmp_path / "d.npy") as out:
         np.testing.assert_array_equal(out, np.arange(10_000, dtype=np.float32))
 
@@ -180,6 +181,19 @@ def test_store_zero_size_and_zero_d(tmp_path: Path) -> None:
     assert bigarr.open(tmp_path / "e.npy").shape == (0, 4)
     bigarr.store(da.from_array(np.array(2.5)), tmp_path / "s.npy", scheduler="sync")
     assert bigarr.open(tmp_path / "s.npy")[()] == 2.5
+
+
+def _explode(block: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    if block[0] >= 500:
+        raise RuntimeError("boom")
+    return block
+
+
+def test_failed_store_leaves_no_file_under_the_name(client: Any, tmp_path: Path) -> None:
+    x = da.arange(1000, chunks=100, dtype=np.float64).map_blocks(_explode)
+    with pytest.raises(RuntimeError, match="boom"):
+        bigarr.store(x, tmp_path / "never.npy", block_bytes="4KiB")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_store_checks_target(tmp_path: Path) -> None:

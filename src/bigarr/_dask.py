@@ -27,8 +27,10 @@ inside the functions here, so ``import bigarr`` never needs them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +40,15 @@ from ._array import _rebuild, memmap
 from ._chunks import plan_chunks
 from ._files import _header_of, create, file_path
 from ._geometry import PAGE_SIZE, parse_size
-from .errors import BudgetError, DtypeError, ModeError, ReadOnlyError, RegionError, ShapeError
+from .errors import (
+    BudgetError,
+    DtypeError,
+    FileExistsError_,
+    ModeError,
+    ReadOnlyError,
+    RegionError,
+    ShapeError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -316,32 +326,55 @@ def _write_block(region: FileRegion, block: Any, starts: tuple[int, ...]) -> int
     return int(values.nbytes)
 
 
-def _total(written: Sequence[int]) -> int:
+def _finish(written: Sequence[int], tmp: str | None, final: str) -> int:
+    """Last task of :func:`store`: publish a newly created file under its name, atomically."""
+    if tmp is not None:
+        try:
+            os.link(tmp, final)  # never clobbers a file that appeared meanwhile
+        except FileExistsError:
+            raise FileExistsError_(
+                f"{final} appeared while store() was writing; the data is in {tmp}."
+            ) from None
+        except OSError:  # no hard links on this file system
+            if os.path.lexists(final):
+                raise FileExistsError_(f"{final} appeared while store() was writing.") from None
+            os.rename(tmp, final)
+        else:
+            os.unlink(tmp)
     return int(sum(written))
 
 
 def _target_region(target: Any, shape: tuple[int, ...], dtype: np.dtype[Any],
-                   order: str) -> FileRegion:
+                   order: str) -> tuple[FileRegion, str | None, str]:
+    """The region to write, the temporary file to publish (if store creates one), the path."""
+    tmp = None
     if isinstance(target, memmap):
         region = _region_of_array(target, writing=True)
+        final = region.path
     else:
-        path = file_path(target)
-        if not os.path.exists(path):
-            create(path, shape, dtype, order=order).close()
-        elif not os.access(path, os.W_OK):
-            raise ReadOnlyError(f"{path} is not writable; store() needs to write into it.")
-        region = _region_of_path(path)
+        final = file_path(target)
+        if not os.path.exists(final):
+            # A new file is written under a hidden name and renamed by the last task, so a run
+            # that fails never leaves a half-written file under the requested name.
+            folder, name = os.path.split(final)
+            tmp = os.path.join(folder, f".{name}.bigarr-tmp-{os.getpid()}-{secrets.token_hex(4)}")
+            create(tmp, shape, dtype, order=order).close()
+            region = _region_of_path(tmp)
+        elif not os.access(final, os.W_OK):
+            raise ReadOnlyError(f"{final} is not writable; store() needs to write into it.")
+        else:
+            region = _region_of_path(final)
     if region.shape != tuple(shape):
         raise ShapeError(
             f"Expected a target of shape {tuple(shape)} (the dask array's). "
-            f"Got {region.shape} at {region.path}."
+            f"Got {region.shape} at {final}."
         )
     if not np.can_cast(dtype, region.dtype, casting="same_kind"):
         raise DtypeError(
-            f"Cannot store {dtype} values into the {region.dtype} target {region.path} without "
+            f"Cannot store {dtype} values into the {region.dtype} target {final} without "
             "an unsafe cast; call .astype() on the dask array first."
         )
-    return region
+    return region, tmp, final
 
 
 def store(
@@ -371,9 +404,13 @@ def store(
     x
         A dask array (anything else is wrapped with ``dask.array.asarray``).
     target
-        The path of a ``.npy`` file (created with ``x``'s shape and dtype if missing, else
-        checked against them), or a shared-mode :class:`bigarr.memmap` (its file is written;
-        the array sees the data at once, since mappings of one file share its pages).
+        The path of a ``.npy`` file, or a shared-mode :class:`bigarr.memmap` (its file is
+        written; the array sees the data at once, since mappings of one file share its pages).
+        A missing path is created with ``x``'s shape and dtype under a hidden temporary name
+        and renamed by the last task, so a failed run leaves no file at the path (with
+        ``compute=False``, a failed run may leave the hidden ``.NAME.bigarr-tmp-*`` file).
+        An existing file is checked against ``x`` and updated in place: a failed run leaves
+        it partly written.
     compute
         ``True``: run now and return ``None``. ``False``: return a ``dask.delayed`` object
         whose ``compute()`` does the writes (and returns the bytes written).
@@ -405,7 +442,7 @@ def store(
 
     if not isinstance(x, da.Array):
         x = da.asarray(x)
-    region = _target_region(target, tuple(x.shape), np.dtype(x.dtype), order)
+    region, tmp, final = _target_region(target, tuple(x.shape), np.dtype(x.dtype), order)
     if x.dtype != region.dtype:
         x = x.astype(region.dtype, casting="same_kind")
     blocks = _block_sizes(region, parse_size(block_bytes, name="block_bytes"))
@@ -421,8 +458,14 @@ def store(
     for index in np.ndindex(*parts.shape):
         first = tuple(int(starts[d][i]) for d, i in enumerate(index))
         writes.append(delayed(_write_block, pure=True)(region, parts[index], first))
-    done = delayed(_total, pure=True)(writes)
+    done = delayed(_finish, pure=True)(writes, tmp, final)
     if not compute:
         return done
-    done.compute(**compute_kwargs)
+    try:
+        done.compute(**compute_kwargs)
+    except BaseException:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
     return None
