@@ -245,3 +245,28 @@ def test_missing_extra_names_the_install_command(tmp_path: Path) -> None:
                          text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "pip install 'bigarr[dask]'" in res.stdout
+
+
+def test_a_file_truncated_after_graph_building_raises_not_sigbus(tmp_path: Path) -> None:
+    # Each task checks the file's size before mapping its block: a file that shrank between
+    # building the graph and running it is an error in the task, never a SIGBUS.
+    script = textwrap.dedent(
+        """
+        import os, sys
+        import numpy as np
+        import bigarr
+        from bigarr.errors import TruncatedFileError
+        path = sys.argv[1]
+        x = bigarr.to_dask(path, chunks=1024)
+        os.truncate(path, os.path.getsize(path) // 2)
+        try:
+            x.sum().compute(scheduler="sync")
+        except TruncatedFileError as exc:
+            print("TruncatedFileError", exc)
+        """
+    )
+    path = _file(tmp_path, np.ones(1 << 16))
+    res = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, (res.returncode, res.stderr)
+    assert "TruncatedFileError" in res.stdout
