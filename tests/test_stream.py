@@ -220,3 +220,34 @@ def test_truncated_file_raises_instead_of_crashing(path: Path, run_py: Any) -> N
     """)
     assert proc.returncode == 0, proc.stderr
     assert "refused:" in proc.stdout and "shrank" in proc.stdout
+
+
+def test_a_failed_release_flush_reaches_the_consumer(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With prefetch on, the helper flushes finished chunks; its errors must not be lost."""
+    import errno
+
+    from bigarr._mapping import Mapping
+    from bigarr.errors import MappingError
+
+    original = Mapping.sync
+    calls = []
+
+    def failing(self: Mapping, span: Any) -> None:
+        calls.append(span)
+        if len(calls) == 2:
+            raise MappingError(errno.EIO, "msync failed: simulated I/O error")
+        original(self, span)
+
+    with bigarr.open(path, "r+") as a:
+        monkeypatch.setattr(Mapping, "sync", failing)
+        views = []
+        with pytest.raises(MappingError, match="simulated"):
+            for _c, v in a.chunks("64KiB", progress=False):
+                views.append(v)
+                v[...] = 1
+        views.clear()
+        del v
+        monkeypatch.setattr(Mapping, "sync", original)
+    assert not _helpers()
