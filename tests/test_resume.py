@@ -183,3 +183,12 @@ def test_in_place_output_without_resume_is_marked_incomplete(tmp_path: Path) -> 
     _kill_after(_start(tmp_path, src, out, first, False, "inplace"), first, 4)
     with pytest.raises(IncompleteOutputError, match="interrupted"):
         bigarr.check_complete(out)
+
+
+def test_resume_in_place_over_an_input_is_refused(tmp_path: Path) -> None:
+    x = bigarr.create(tmp_path / "x.npy", (1000,), np.float64, fill=1.0)
+    with pytest.raises(ValueError, match="transformed twice"):
+        bigarr.map_blocks(lambda b: b * 2, x, out=x, resume=True, progress=False)
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), np.ones(1000))
+    bigarr.map_blocks(lambda b: b * 2, x, out=x, progress=False)  # without resume: fine
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), np.full(1000, 2.0))

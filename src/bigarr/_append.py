@@ -72,6 +72,12 @@ class Appender:
         file with more than one dimension.
     FileMissingError
         If the file does not exist and no ``dtype`` is given.
+
+    Notes
+    -----
+    Rows become visible (and durable) at :meth:`commit`, automatically every ``commit_every``
+    bytes, and at :meth:`close`; leaving a ``with`` block closes, so it commits too, also when
+    the block raises. Use :meth:`discard` first to drop uncommitted rows instead.
     """
 
     def __init__(

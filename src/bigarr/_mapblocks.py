@@ -352,6 +352,14 @@ class _Job:
             )
         journal = None
         skip: set[int] = set()
+        if out.mapping is not None and self.resume and any(
+                s.mapping is not None and os.path.samefile(s.mapping.path, out.mapping.path)
+                for s in self.streams):
+            raise ShapeError(
+                f"resume=True cannot apply to {out.mapping.path} in place while it is also an "
+                "input: a chunk written but not yet journaled would be transformed twice on "
+                "resume. Write to a new file (out='new.npy') to make the run resumable."
+            )
         if out.mapping is not None:
             fp = self.fingerprint("in-place", {"out": [out.mapping.path, list(array.shape),
                                                        array.dtype.str]})
