@@ -106,6 +106,22 @@ def test_shared_writes_through_the_mapping_are_flushed_then_released(tmp_path: P
     assert np.load(tmp_path / "f.npy").sum() == 256 * 64
 
 
+def test_strided_views_are_hinted_by_their_bounds_when_dense(tmp_path: Path) -> None:
+    x = _file(tmp_path, np.arange(200 * 64, dtype=np.float64).reshape(200, 64))
+    every_other = as_stream(x[:, ::2])
+    column = as_stream(x[:, 3])
+    assert every_other.spread() == pytest.approx(2.0, rel=0.02)
+    rows = every_other.array[10:20]
+    span = every_other.span(rows)
+    assert span is not None and span.nbytes == 10 * 64 * 8 - 8
+    assert column.span(column.array[10:20]) is None  # sparse: shares pages with other chunks
+    for view in (x[:, ::2], x[:, 3], x[::3, 1:5]):
+        np.testing.assert_allclose(bigarr.sum(view, axis=0, budget="64KiB", progress=False),
+                                   np.asarray(view).sum(axis=0))
+        np.testing.assert_allclose(bigarr.var(view, budget="4MiB", progress=False),
+                                   np.asarray(view).var())
+
+
 # ---- map_blocks ----------------------------------------------------------------------------
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])

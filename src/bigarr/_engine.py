@@ -29,6 +29,7 @@ that work it manages memory and I/O:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import ctypes
 import os
@@ -52,6 +53,7 @@ from ._regions import extent
 from .errors import BudgetError
 
 __all__ = [
+    "MAX_SPREAD",
     "Stream",
     "Writeback",
     "as_stream",
@@ -60,6 +62,7 @@ __all__ = [
     "plan_offset",
     "plan_rows",
     "run",
+    "scaled_budget",
 ]
 
 T = TypeVar("T")
@@ -70,6 +73,10 @@ _DONTNEED = parse_hint("dontneed")
 
 _LINUX = sys.platform.startswith("linux")
 _SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
+
+#: A strided block is prefetched and released by its bounding bytes only when they are at most
+#: this many times the block's own bytes.
+MAX_SPREAD = 4
 
 
 def _load_sync_file_range() -> Any:
@@ -132,15 +139,32 @@ class Stream:
         return self.array[chunk.key] if self.by_key else self.array[chunk.rows]
 
     def span(self, block: np.ndarray[Any, Any]) -> ByteSpan | None:
-        """The mapping bytes of ``block`` when it is contiguous there, else ``None``."""
+        """The mapping bytes ``block`` spans, for hints; ``None`` when there is nothing to hint.
+
+        A strided block (a view such as ``x[:, ::2]``) is hinted by its bounding bytes when they
+        are at most :data:`MAX_SPREAD` times its own bytes; a sparser block (a column of a
+        row-major file) shares its pages with other chunks, so it is left to the kernel.
+        """
         if self.mapping is None or block.size == 0:
             return None
-        if not (block.flags.c_contiguous or block.flags.f_contiguous):
-            return None
-        return extent(block, self.mapping)
+        bounds = extent(block, self.mapping)
+        if block.flags.c_contiguous or block.flags.f_contiguous:
+            return bounds
+        return bounds if bounds.nbytes <= MAX_SPREAD * block.nbytes else None
+
+    def spread(self) -> float:
+        """Bytes of mapping the whole array spans per byte of its own (1 when contiguous)."""
+        arr = self.array
+        if self.mapping is None or arr.size == 0:
+            return 1.0
+        if arr.flags.c_contiguous or arr.flags.f_contiguous:
+            return 1.0
+        return max(1.0, extent(arr, self.mapping).nbytes / arr.nbytes)
 
     def file_offset(self, block: np.ndarray[Any, Any]) -> int | None:
         """File offset of a contiguous block's first byte, or ``None``."""
+        if not (block.flags.c_contiguous or block.flags.f_contiguous):
+            return None
         span = self.span(block)
         if span is None or self.mapping is None:
             return None
@@ -179,6 +203,15 @@ def plan_offset(stream: Stream) -> int:
     return stream.mapping.map_offset + stream.mapping.offset_of(stream.array)
 
 
+def scaled_budget(stream: Stream, chunk_bytes: int) -> int:
+    """The chunk budget for a stream's own bytes so that the pages its chunks span fit
+    ``chunk_bytes`` (a view with every other column spans twice its bytes)."""
+    spread = stream.spread()
+    if spread <= 1.0:
+        return chunk_bytes
+    return max(int(chunk_bytes / builtins.min(spread, MAX_SPREAD)), stream.array.itemsize)
+
+
 def plan_rows(stream: Stream, chunk_bytes: int) -> ChunkPlan:
     """Chunks of whole rows (along axis 0) of a stream, each within ``chunk_bytes``.
 
@@ -193,6 +226,7 @@ def plan_rows(stream: Stream, chunk_bytes: int) -> ChunkPlan:
         If one row is larger than ``chunk_bytes`` (functions over rows need whole rows).
     """
     arr = stream.array
+    chunk_bytes = scaled_budget(stream, chunk_bytes)
     offset = plan_offset(stream) if arr.flags.c_contiguous else 0
     plan = plan_chunks(arr.shape, arr.dtype, order="C", budget=chunk_bytes, offset=offset)
     if not any(c.depth for c in plan.chunks):

@@ -48,7 +48,7 @@ import numpy as np
 from . import _engine
 from ._budget import plan_memory
 from ._chunks import Chunk, plan_chunks
-from ._engine import as_stream, parse_threads, plan_offset, plan_rows
+from ._engine import as_stream, parse_threads, plan_offset, plan_rows, scaled_budget
 from ._partials import (
     SUB_BLOCK_BYTES,
     Arg,
@@ -124,7 +124,8 @@ def _reduce(
         scratch = SCRATCH_BYTES if kernel.sub_blocked else 0
         memory = plan_memory(budget, threads=nthreads, prefetch=1, streams=1,
                              scratch_bytes=scratch)
-        plan = plan_chunks(arr.shape, arr.dtype, order=_order(arr), budget=memory.chunk_bytes,
+        plan = plan_chunks(arr.shape, arr.dtype, order=_order(arr),
+                           budget=scaled_budget(stream, memory.chunk_bytes),
                            offset=plan_offset(stream))
         memory.check(plan.max_chunk_bytes)
         keep = tuple(1 if i in axes else n for i, n in enumerate(arr.shape))
@@ -546,7 +547,8 @@ def reduce_blocks(
             plan = plan_rows(primary, memory.chunk_bytes)
         else:
             plan = plan_chunks(first.shape, first.dtype, order=order,
-                               budget=memory.chunk_bytes, offset=plan_offset(streams[0]))
+                               budget=scaled_budget(streams[0], memory.chunk_bytes),
+                               offset=plan_offset(streams[0]))
         memory.check(plan.max_chunk_bytes)
         if first.ndim == 0 or first.size == 0 or not len(plan):
             return func(*[s.array if s.array.ndim == 0 else s.array[:0] for s in streams])
