@@ -136,7 +136,11 @@ def map_blocks(
     progress
         ``None`` (a bar on a TTY), ``True``, ``False``, or callbacks taking ProgressEvent.
     resume
-        Journal durable chunks and, when a journal of the same run exists, skip them.
+        Journal durable chunks and, when a journal of the same run exists, skip them. A run is
+        "the same" when the chunk boundaries, the output's dtype and order, and every mapped
+        input's path, size and modification time match; in-memory inputs are identified only
+        by shape and dtype, so resuming with other in-memory data is the caller's mistake.
+        ``func`` must be deterministic for the resumed output to equal an uninterrupted one.
     overwrite
         Replace an existing file at ``out``.
     order
