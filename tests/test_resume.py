@@ -192,3 +192,28 @@ def test_resume_in_place_over_an_input_is_refused(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), np.ones(1000))
     bigarr.map_blocks(lambda b: b * 2, x, out=x, progress=False)  # without resume: fine
     np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), np.full(1000, 2.0))
+
+
+def test_journal_parsing_ignores_a_torn_last_record(tmp_path: Path) -> None:
+    from bigarr._journal import Journal
+
+    out = str(tmp_path / "o.npy")
+    journal = Journal.start(out, {"chunks": [[0, 1], [1, 2], [2, 3]]}, resume=False)
+    journal.record([0, 2])
+    journal.close()
+    with open(journal_path(out), "a") as f:
+        f.write("done 1")  # a crash in the middle of writing a record
+    parsed = read_journal(journal_path(out))
+    assert parsed is not None and set(parsed[1]) == {0, 2} and not parsed[2]
+    again = Journal.start(out, {"chunks": [[0, 1], [1, 2], [2, 3]]}, resume=True)
+    assert set(again.done) == {0, 2}
+    again.close()
+    other = Journal.start(out, {"chunks": [[0, 3]]}, resume=True)  # another run: not trusted
+    assert other.done == {}
+    other.complete()
+    other.close()
+    (tmp_path / "o.npy").write_bytes(b"")
+    bigarr.check_complete(out)  # published, only the journal's removal was interrupted
+    os.unlink(out)
+    with pytest.raises(IncompleteOutputError):
+        bigarr.check_complete(out)
