@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -266,3 +267,20 @@ def test_zero_size_arrays(tmp_path: Path, shape: tuple[int, ...], mode: str) -> 
     np.save(tmp_path / "np0.npy", np.zeros(shape, "f4"))
     with bigarr.open(tmp_path / "np0.npy", mode) as arr:
         assert arr.shape == shape
+
+
+def test_open_warns_about_an_interrupted_in_place_output(npy_path: Path) -> None:
+    from bigarr._journal import Journal
+
+    journal = Journal.start(str(npy_path), {"shape": [100, 7], "chunks": [[0, 50], [50, 100]]},
+                            resume=False)
+    journal.record([0])
+    journal.close()  # what a killed run leaves behind
+    with pytest.warns(errors.IncompleteOutputWarning, match="1 of 2 chunks"):
+        bigarr.open(npy_path).close()
+    with pytest.raises(errors.IncompleteOutputError):
+        bigarr.check_complete(npy_path)
+    journal.remove()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bigarr.open(npy_path).close()  # no warning once the journal is gone

@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import stat
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 from ._array import memmap
 from ._format import NpyHeader, build_header, check_dtype, check_shape, read_header
 from ._geometry import default_alignment
+from ._journal import check_complete, fsync_dir, journal_path
 from ._mapping import Mapping
 from ._modes import parse_mode
 from .errors import (
@@ -27,6 +29,8 @@ from .errors import (
     FileExistsError_,
     FileMissingError,
     FormatError,
+    IncompleteOutputError,
+    IncompleteOutputWarning,
     ModeError,
     NotAFileError,
     ShapeError,
@@ -146,21 +150,12 @@ def _atomic_file(path: str, overwrite: bool) -> Iterator[int]:
                 if os.path.lexists(path):
                     raise FileExistsError_(f"{path} exists; pass overwrite=True.") from None
                 os.rename(tmp, path)
-        _fsync_dir(folder)
+        fsync_dir(path)
     finally:
         if fd >= 0:
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-
-
-def _fsync_dir(folder: str) -> None:
-    with contextlib.suppress(OSError):
-        dfd = os.open(folder or ".", os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 def _fill(fd: int, offset: int, nbytes: int, dtype: np.dtype[Any], fill: Any) -> None:
@@ -253,12 +248,23 @@ def open(path: str | os.PathLike[str], mode: str = "r") -> memmap:
         If the file is not a mappable ``.npy`` file; checked before mapping.
     ReadOnlyError
         For shared mode on a file that cannot be written.
+
+    Warns
+    -----
+    IncompleteOutputWarning
+        If a :func:`bigarr.map_blocks` run writing this file in place was interrupted (its
+        journal is still next to it); :func:`bigarr.check_complete` raises instead.
     """
     access, creating = parse_mode(mode)
     if creating:
         raise ModeError("open() maps existing files; use bigarr.create() to make a new one.")
     target = file_path(path)
     header = _header_of(target)
+    if os.path.exists(journal_path(target)):  # one stat; see bigarr._journal
+        try:
+            check_complete(target)
+        except IncompleteOutputError as exc:
+            warnings.warn(str(exc), IncompleteOutputWarning, stacklevel=2)
     mapping = Mapping(target, access, header.data_offset, header.data_offset + header.nbytes)
     return memmap._attach(mapping, header.shape, header.dtype, header.order,
                           filename=target, offset=header.data_offset)

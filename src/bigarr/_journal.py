@@ -49,6 +49,7 @@ __all__ = [
     "JOURNAL_SUFFIX",
     "Journal",
     "check_complete",
+    "fsync_dir",
     "input_identity",
     "journal_path",
     "partial_path",

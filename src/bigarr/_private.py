@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._geometry import PAGE_SIZE, ByteSpan
+from ._journal import fsync_dir
 from ._regions import Region, extent, region_span
 from .errors import (
     FileChangedError,
@@ -525,19 +526,6 @@ def journal_path(path: str) -> str:
     return os.path.join(folder, f".{name}.bigarr-commit")
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
-
-
 def _write_all(fd: int, data: Any) -> None:
     view = memoryview(data).cast("B")
     while len(view):
@@ -568,11 +556,11 @@ def _journaled_write(fd: int, m: Mapping, runs: Runs) -> int:
         os.fsync(jfd)
     finally:
         os.close(jfd)
-    _fsync_dir(jpath)
+    fsync_dir(jpath)
     written = _pwrite(fd, m, runs)
     _datasync(fd)
     os.unlink(jpath)
-    _fsync_dir(jpath)
+    fsync_dir(jpath)
     return written
 
 
@@ -639,7 +627,7 @@ def recover_commit(path: str | os.PathLike[str]) -> str | None:
     finally:
         os.close(jfd)
     os.unlink(jpath)
-    _fsync_dir(jpath)
+    fsync_dir(jpath)
     return outcome
 
 

@@ -26,6 +26,8 @@ keeps working::
     ├── PickleError_ (TypeError)            an array that cannot be pickled by reference
     ├── IncompleteOutputError (RuntimeError)  an output left behind by a run that did not finish
     └── UnsupportedError (NotImplementedError)  a feature this platform or kernel lacks
+
+    IncompleteOutputWarning (UserWarning)   open() of an output whose writing run did not finish
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
     "HeaderError",
     "HintError",
     "IncompleteOutputError",
+    "IncompleteOutputWarning",
     "MappingBusyError",
     "MappingError",
     "ModeError",
@@ -150,6 +153,14 @@ class PickleError_(BigArrError, TypeError):
 
 class IncompleteOutputError(BigArrError, RuntimeError):
     """An output file left behind by a run that did not finish."""
+
+
+class IncompleteOutputWarning(UserWarning):
+    """Warned by :func:`bigarr.open` for a file that a chunked run was writing when it stopped.
+
+    Reading is allowed (the data may be partly old, partly new); :func:`bigarr.check_complete`
+    raises :class:`IncompleteOutputError` for code that must refuse such files.
+    """
 
 
 class UnsupportedError(BigArrError, NotImplementedError):
