@@ -90,7 +90,7 @@ def test_plan_covers_exactly_within_budget_and_aligned(
     _check_plan(plan)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(geometries())
 def test_budget_of_a_page_multiple_never_fails_when_aligned(
     geom: tuple[tuple[int, ...], int, str, int, int, int],
