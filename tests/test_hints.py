@@ -194,3 +194,37 @@ def test_hint_on_empty_array_and_detached_copy(tmp_path: Path) -> None:
         assert not isinstance(copy, bigarr.memmap)
         detached = a.copy()
         assert detached.advise("willneed") is False
+
+
+def _mapped(arr: Any) -> np.ndarray[Any, Any]:
+    """Per page of arr's mapping: is it mapped in this process (pagemap bit 63)?"""
+    m = arr._bigarr
+    npages = -(-m.length // PAGE_SIZE)
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(m.addr // PAGE_SIZE * 8)
+        entries = np.frombuffer(f.read(npages * 8), dtype=np.uint64)
+    return (entries >> np.uint64(63)).astype(bool)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/pagemap"), reason="needs /proc/self/pagemap")
+def test_populate_read_maps_the_outward_pages_and_dontneed_unmaps_them(tmp_path: Path) -> None:
+    path = tmp_path / "map.npy"
+    bigarr.create(path, (4096, ROW), np.uint8).close()  # 4 MB
+    with bigarr.open(path, "r") as a:
+        if "populate_read" not in bigarr.supported_hints() or not a.advise("populate_read", 0):
+            pytest.skip("MADV_POPULATE_READ is not available on this kernel")
+        a.advise("dontneed")
+        assert not _mapped(a).any()
+        want = _outward_pages(a, (1501, 1733))
+        assert a.advise("populate_read", (1501, 1733)) is True
+        mapped = _mapped(a)
+        assert mapped[want.start:want.stop].all()
+        # Fault-around may map a few neighbours (64 KiB windows), never pages far away.
+        far = np.ones_like(mapped)
+        far[max(0, want.start - 16):want.stop + 16] = False
+        assert not (mapped & far).any()
+        a.advise("dontneed", (1600, 1650))
+        gone = _outward_pages(a, (1600, 1650))
+        mapped = _mapped(a)
+        assert not mapped[gone.start:gone.stop].any()
+        assert mapped[want.start:gone.start].all() and mapped[gone.stop:want.stop].all()
