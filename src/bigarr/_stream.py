@@ -24,13 +24,15 @@ prefetch (``prefetch=``)
     cache (mapping it costs no I/O and moves the page faults to the helper), else
     ``willneed``. ``True`` (the default) means ``"willneed"``, the cheapest for the helper: on
     this project's test machine (2 shared vCPUs, ext4 on a virtio disk) ``populate_read`` of
-    uncached pages made cold scans slower (the helper faults page by page), and ``"auto"`` made
-    warm scans slower (the helper competes for a busy CPU and gains nothing when mapping a
-    page costs about as much as faulting it); see the chunking section of ``bench/README.md``.
+    uncached pages made cold scans slower (the helper faults page by page), and ``"auto"`` was
+    the fastest warm on a quiet machine but slower than no prefetch when the CPUs were busy (the
+    helper then competes with the consumer for a core); see the chunking section of
+    ``bench/README.md``.
 
-Memory budget: with prefetch, two chunks can be resident at once (the one being processed and
-the one being fetched: mapped with ``populate_read``, or at least in the page cache with
-``willneed``), so the plan is made with *half* the budget; without prefetch, chunks may be as
+Memory budget: with prefetch, two chunks can be resident at once (the one being processed, and
+either the previous one until the helper has released it or the next one it fetches: the
+helper runs its tasks in order, releasing chunk ``i - 1`` before fetching ``i + 1``), so the plan
+is made with *half* the budget; without prefetch, chunks may be as
 large as the budget. Either way the bytes the iteration keeps mapped stay within ``budget``
 (plus at most a page at each chunk edge).
 
