@@ -166,3 +166,14 @@ def test_views_of_a_readonly_array_stay_readonly(npy_path: Path) -> None:
         with pytest.raises(ValueError):
             v[0, 0] = 1
         del v
+
+
+def test_with_block_closes_views_that_outlive_it(tmp_path: Path) -> None:
+    # Regression: the loop variable of `for chunk, view in x.chunks()` outlives the loop; leaving
+    # the with block must still close (and the leftover view then refuses use).
+    with bigarr.create(tmp_path / "w.npy", (1 << 16,), "f4", fill=1) as x:
+        for _chunk, view in x.chunks("64KiB", progress=False):
+            pass
+    assert x.closed and view.closed
+    with pytest.raises(errors.ClosedError):
+        view.sum()

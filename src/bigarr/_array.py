@@ -208,7 +208,9 @@ class memmap(np.memmap):
 
         Closing is idempotent. Afterwards any use of this array, or of another view of the same
         mapping, raises :class:`~bigarr.errors.ClosedError`; the address range stays valid
-        (zero pages) until those arrays are garbage-collected, so nothing can segfault.
+        (zero pages) until those arrays are garbage-collected, so nothing can segfault. An
+        explicit ``close()`` refuses while other views are alive; leaving a ``with`` block
+        closes with ``force=True``.
 
         Parameters
         ----------
@@ -224,6 +226,7 @@ class memmap(np.memmap):
             self._bigarr.close(self, force=force)
 
     def __enter__(self) -> memmap:
+        """Use the array in a ``with`` block; leaving it closes the mapping and all its views."""
         return self
 
     def __exit__(
@@ -232,9 +235,12 @@ class memmap(np.memmap):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # Leaving on an exception: the traceback's frames still hold views of the mapping, so a
-        # plain close() would raise MappingBusyError and hide the real error. Close them too.
-        self.close(force=exc_type is not None)
+        # The end of a with block is the end of the mapping's scope: close it and every view of
+        # it, like leaving ``with open(...)`` closes the file for every reference. A strict
+        # close() here would trip over views that merely outlive their use, such as the loop
+        # variable of ``for chunk, view in x.chunks()``, or the frames of a traceback (which
+        # would hide the real error). Leftover views raise ClosedError; none can segfault.
+        self.close(force=True)
 
     def flush(self, region: Region = None) -> None:
         """Write this array's (or ``region``'s) modified pages to disk with ``msync(MS_SYNC)``.
