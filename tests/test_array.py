@@ -172,7 +172,7 @@ def test_with_block_closes_views_that_outlive_it(tmp_path: Path) -> None:
     # Regression: the loop variable of `for chunk, view in x.chunks()` outlives the loop; leaving
     # the with block must still close (and the leftover view then refuses use).
     with bigarr.create(tmp_path / "w.npy", (1 << 16,), "f4", fill=1) as x:
-        for _chunk, view in x.chunks("64KiB", progress=False):
+        for _chunk, view in x.chunks("64KiB", progress=False):  # noqa: B007 - used below
             pass
     assert x.closed and view.closed
     with pytest.raises(errors.ClosedError):
