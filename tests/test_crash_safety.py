@@ -86,3 +86,23 @@ def test_touching_pages_truncated_after_mapping_is_the_documented_sigbus(run_py:
         print(a[-1])
     """)
     assert proc.returncode == -signal.SIGBUS
+
+
+def test_exit_while_a_daemon_thread_reads_does_not_segfault(run_py: Run) -> None:
+    # Regression: the mapping's unmap ran as an atexit finalizer, so a daemon thread still
+    # reading the array (numpy loops run without the GIL) segfaulted while the process exited.
+    proc = run_py("""
+        import threading, time, numpy as np, bigarr
+        a = bigarr.create('x.npy', (1 << 22,), 'f8', fill=1.0)
+        started = threading.Event()
+        def work():
+            started.set()
+            while True:
+                a.view(np.ndarray).copy()
+        threading.Thread(target=work, daemon=True).start()
+        started.wait()
+        time.sleep(0.1)
+        print('exit')
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert "exit" in proc.stdout

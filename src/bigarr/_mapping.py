@@ -28,6 +28,7 @@ import mmap
 import os
 import sys
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -85,7 +86,9 @@ class _Region:
     """Owner of one mapped address range; numpy arrays see it through ``__array_interface__``.
 
     Its finalizer unmaps the range, so the memory lives exactly as long as some array's
-    ``base`` chain reaches this object.
+    ``base`` chain reaches this object. The finalizer does not run at interpreter exit: daemon
+    threads may still be reading the range then (numpy loops run without the GIL), and the
+    process's exit releases it anyway.
     """
 
     __slots__ = ("__array_interface__", "__weakref__")
@@ -97,7 +100,7 @@ class _Region:
             "typestr": "|u1",
             "version": 3,
         }
-        weakref.finalize(self, _libc.munmap, addr, length)
+        weakref.finalize(self, _libc.munmap, addr, length).atexit = False
 
 
 class Mapping:
@@ -123,6 +126,7 @@ class Mapping:
         self.data_start = start - self.map_offset
         self.closed = False
         self._arrays: dict[int, weakref.ref[np.ndarray[Any, Any]]] = {}
+        self._closers: list[Callable[[], None]] = []
         flags = os.O_RDWR if access == "shared" else os.O_RDONLY
         try:
             self.fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
@@ -356,6 +360,14 @@ class Mapping:
         return pages
 
     # ---- closing -----------------------------------------------------------------------------
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Run ``closer`` once when this mapping closes, before its range is retired.
+
+        For state tied to the address range, such as a write-tracking userfaultfd that must be
+        unregistered and released with the mapping rather than when it is garbage-collected.
+        """
+        self._closers.append(closer)
+
     def close(self, caller: np.ndarray[Any, Any] | None = None, *, force: bool = False) -> None:
         """Flush (shared mode), release the file and retire the address range.
 
@@ -374,6 +386,8 @@ class Mapping:
                     "Delete them first (del view), or call close(force=True) to close them too "
                     "(they will then raise ClosedError)."
                 )
+        while self._closers:
+            self._closers.pop()()
         failure: FileChangedError | None = None
         if self.access == "shared":
             try:
