@@ -251,3 +251,14 @@ def test_a_failed_release_flush_reaches_the_consumer(
         del v
         monkeypatch.setattr(Mapping, "sync", original)
     assert not _helpers()
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_closing_inside_the_loop_raises_closed_error_not_ebadf(path: Path, prefetch: Any) -> None:
+    # Regression: the per-chunk file-size check ran fstat on the closed (or reused) descriptor
+    # and raised a bare OSError(EBADF) instead of ClosedError.
+    a = bigarr.open(path, "r+")
+    with pytest.raises(bigarr.errors.ClosedError):
+        for _chunk, _view in a.chunks("64KiB", prefetch=prefetch, progress=False):
+            a.close(force=True)
+    assert not _helpers()

@@ -210,8 +210,22 @@ class Mapping:
             raise ClosedError(f"The mapping of {self.path} is closed.")
 
     def check_file(self) -> None:
-        """Refuse to touch pages if the file has shrunk below the mapped range (SIGBUS risk)."""
-        size = os.fstat(self.fd).st_size
+        """Refuse to touch pages if the file has shrunk below the mapped range (SIGBUS risk).
+
+        Raises
+        ------
+        ClosedError
+            If the mapping is closed (its descriptor is gone, or already reused for another
+            file), also when another thread closes it during the check.
+        FileChangedError
+            If the file is shorter than the mapped range.
+        """
+        self.check_open()
+        try:
+            size = os.fstat(self.fd).st_size
+        except OSError:
+            self.check_open()  # closed by another thread since the first check
+            raise
         if size < self.map_offset + self.length:
             raise FileChangedError(
                 errno.EIO,
