@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -175,3 +176,23 @@ def test_uffd_unavailable_falls_back_or_raises(
     arr[0] = 1
     assert arr.written().rows == (range(0, PAGE * 4),)
     arr.close()
+
+
+@needs_uffd
+def test_closing_a_tracked_array_releases_its_descriptors(tmp_path: Path) -> None:
+    # Regression: close() left the userfaultfd and pagemap descriptors open for as long as the
+    # closed array object lived (and the mapping stayed listed as tracked).
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    arr = bigarr.create(tmp_path / "f.npy", PAGE * 4, np.uint8)
+    before = open_fds()
+    arr.track_writes("uffd")
+    raw = np.asarray(arr)
+    arr.track_writes("checksum")
+    arr.track_writes("uffd")
+    arr.close(force=True)
+    assert open_fds() == before - 1  # the file's own descriptor is gone too
+    assert _tracking.tracking_method(arr) is None
+    raw[5] = 1  # a stale pointer writes into the retired range without blocking
+    del raw

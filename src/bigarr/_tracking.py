@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import hashlib
 import os
 import platform
@@ -140,8 +141,10 @@ class _UffdTracker:
         self._libc = _libc()
         self.start = m.addr
         self.stop = m.addr + ByteSpan(0, m.length).outward(PAGE_SIZE).stop
+        self._fds: list[int] = []
+        self._finalizer = weakref.finalize(self, _close_fds, self._fds)
         self.fd = _new_uffd(self._libc)
-        self._finalizer = weakref.finalize(self, os.close, self.fd)
+        self._fds.append(self.fd)
         try:
             api = (ctypes.c_uint64 * 3)(_UFFD_API, _FEATURE_WP_ASYNC | _FEATURE_WP_UNPOPULATED, 0)
             try:
@@ -154,7 +157,7 @@ class _UffdTracker:
             if not api[1] & _FEATURE_WP_ASYNC:  # never arm a *synchronous* WP: writes would hang
                 raise UnsupportedError("userfaultfd did not enable WP_ASYNC; use 'checksum'.")
             self.pagemap = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
-            weakref.finalize(self, os.close, self.pagemap)
+            self._fds.append(self.pagemap)
             reg = (ctypes.c_uint64 * 4)(self.start, self.stop - self.start, _REGISTER_MODE_WP, 0)
             try:
                 _ioctl(self._libc, self.fd, _UFFDIO_REGISTER, reg)
@@ -202,7 +205,13 @@ class _UffdTracker:
         return out
 
     def close(self) -> None:
+        """Release the userfaultfd (the kernel unregisters the range) and the pagemap fd."""
         self._finalizer()
+
+
+def _close_fds(fds: list[int]) -> None:
+    while fds:
+        os.close(fds.pop())
 
 
 class _ChecksumTracker:
@@ -313,7 +322,8 @@ def track_writes(arr: Any, method: str = "auto") -> str:
     if old is not None and method in ("auto", old.method):
         old.mark()
         return old.method
-    if old is not None:
+    if old is not None:  # untracked until the new tracker works (a closed one must not answer)
+        del _TRACKERS[m]
         old.close()
     tracker: _Tracker
     if method == "checksum" or m.addr == 0:
@@ -326,7 +336,16 @@ def track_writes(arr: Any, method: str = "auto") -> str:
                 raise
             tracker = _ChecksumTracker(m)
     _TRACKERS[m] = tracker
+    if old is None:  # the tracker's descriptors go with the mapping, not with its collection
+        m.on_close(functools.partial(_untrack, weakref.ref(m)))
     return tracker.method
+
+
+def _untrack(ref: weakref.ref[Mapping]) -> None:
+    m = ref()
+    tracker = None if m is None else _TRACKERS.pop(m, None)
+    if tracker is not None:
+        tracker.close()
 
 
 def tracking_method(arr: Any) -> str | None:
