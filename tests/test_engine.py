@@ -68,6 +68,34 @@ def test_run_propagates_errors_and_stops() -> None:
     assert len(calls) < len(plan)
 
 
+def test_prefetch_never_populates_a_chunk_after_its_release(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: the dispatcher populated a chunk *after* submitting it, so a fast worker could
+    # release the chunk first and the late POPULATE_READ left its pages mapped for good
+    # (resident memory grew past the budget, chunk by chunk).
+    from bigarr._mapping import Mapping
+
+    x = _file(tmp_path, np.arange(64 * 1024, dtype=np.float64))
+    last: dict[int, str] = {}
+    lock = threading.Lock()
+    advise = Mapping.advise
+
+    def recording(self: Mapping, hint: Any, span: Any) -> bool:
+        if hint.name == "populate_read":
+            threading.Event().wait(0.01)  # a slow populate: the worker would finish first
+        with lock:
+            last[span.start] = hint.name
+        return advise(self, hint, span)
+
+    monkeypatch.setattr(Mapping, "advise", recording)
+    plan = plan_chunks(x.shape, x.dtype, budget=16384)
+    list(_engine.run(plan, lambda _c, b: float(b[0].sum()), streams=[as_stream(x)], threads=1,
+                     prefetch=1))
+    assert len(last) == len(plan)
+    assert set(last.values()) == {"dontneed"}  # every chunk's last word is its release
+    x.close()
+
+
 def test_threads_validation() -> None:
     assert _engine.parse_threads(None) >= 1
     for bad in (0, -1, 1.5, True):

@@ -8,7 +8,7 @@ that work it manages memory and I/O:
 * **Chunks in flight.** At most ``threads + prefetch`` chunks are submitted at once; results are
   yielded in chunk order, so combining partial results is deterministic whatever the thread
   timing.
-* **Prefetch ahead.** When a chunk is submitted, the dispatcher advises ``WILLNEED`` on its input
+* **Prefetch ahead.** Before a chunk is submitted, the dispatcher advises ``WILLNEED`` on its input
   pages (asynchronous readahead), so the disk works on chunk *i + k* while threads compute on
   chunk *i*, and then ``POPULATE_READ`` (Linux 5.14+; a no-op elsewhere) to map those pages
   into the page tables from the dispatcher thread, so workers do not stop on page faults.
@@ -455,10 +455,13 @@ def run(
             while len(window) >= depth:
                 done, future = window.popleft()
                 yield done, future.result()
-            window.append((chunk, pool.submit(one, chunk)))
             if prefetch:
-                # The first chunks start at once: their workers fault the pages in themselves.
+                # Before the chunk is submitted: a worker may finish and release it at once, and
+                # pages populated after that would stay mapped. The first chunks start at once
+                # (their workers fault the pages in themselves); later ones are populated while
+                # the workers are still busy with the chunks before them.
                 ahead(chunk, populate=position >= threads)
+            window.append((chunk, pool.submit(one, chunk)))
         while window:
             done, future = window.popleft()
             yield done, future.result()
