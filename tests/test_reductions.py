@@ -239,3 +239,32 @@ def test_progress_events_cover_the_array() -> None:
     kinds = [e.kind for e in events]
     assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("chunk") > 1
     assert events[-2].done_bytes == events[-2].total_bytes == x.nbytes
+
+
+def test_float16_mean_accumulates_in_float32_like_numpy() -> None:
+    # Regression: chunk sums of float16 data were taken in float16 and overflowed to inf.
+    x = np.full((4, 100_000), 1.0, np.float16)
+    for axis in (None, 1):
+        _check(bigarr.mean(x, axis=axis, budget="4MiB", progress=False),
+               np.mean(x, axis=axis), True)
+
+
+def test_sub_blocks_bound_temporaries_when_one_slab_is_larger(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: a block was cut along one axis only, so a slab larger than the sub-block
+    # limit (a long row) became one whole float64 temporary, past the planned scratch.
+    limit = _partials.SUB_BLOCK_BYTES // 16
+    sizes: list[int] = []
+    partial = _partials.Var.partial
+
+    def recording(self: Any, block: Any, *args: Any) -> Any:
+        sizes.append(block.size)
+        return partial(self, block, *args)
+
+    monkeypatch.setattr(_partials.Var, "partial", recording)
+    x = np.random.default_rng(5).normal(size=(3, 10 * limit))
+    for axis in (None, 0, 1):
+        sizes.clear()
+        got = bigarr.var(x, axis=axis, budget="4MiB", threads=1, progress=False)
+        _check(got, np.var(x, axis=axis), False)
+        assert max(sizes) <= limit

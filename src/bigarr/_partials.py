@@ -81,7 +81,7 @@ class Kernel:
             key = tuple(piece if i == axis else slice(None) for i in range(block.ndim))
             sub_origin = tuple(o + (piece.start if i == axis else 0)
                                for i, o in enumerate(origin))
-            part = self.partial(block[key], axes, None, sub_origin)
+            part = self.chunk_state(block[key], axes, sub_origin)  # a slab may need cutting too
             if axis in axes:
                 state = part if state is None else self.combine(state, part)
             else:
@@ -129,8 +129,13 @@ class Sum(Kernel):
 
 class Mean(Kernel):
     def __init__(self, dtype: Any, src: np.dtype[Any]) -> None:
-        # numpy accumulates integer means in float64; floats in their own type (pairwise).
-        self.dtype = dtype if dtype is not None else (np.float64 if src.kind in "biu" else None)
+        # numpy accumulates integer means in float64, float16 in float32, other floats in their
+        # own type (pairwise).
+        if dtype is None and src.kind in "biu":
+            dtype = np.float64
+        elif dtype is None and src == np.float16:
+            dtype = np.float32
+        self.dtype = dtype
 
     def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
