@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import io
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import bigarr
 from bigarr import errors
 from bigarr._format import MAGIC, build_header, parse_header, read_header
 
@@ -86,6 +88,21 @@ def test_unmappable_headers(text: bytes, error: type[Exception]) -> None:
         parse_header(_header(text))
 
 
+def test_more_than_64_dimensions_is_a_shape_error_not_valueerror(tmp_path: Path) -> None:
+    # Regression: a header (or create/open_raw shape) with more dimensions than numpy allows
+    # passed every check, was mapped, then failed in numpy with a bare ValueError; create()
+    # had already written the file.
+    with pytest.raises(errors.ShapeError, match="at most 64"):
+        parse_header(build_header((1,) * 65, np.dtype("u1"), align=64))
+    with pytest.raises(errors.ShapeError, match="of the dtype"):
+        parse_header(_header(b"{'descr': ('u1', (1, 1, 1, 1, 1)), 'fortran_order': False, "
+                             b"'shape': (" + b"1, " * 60 + b")}\n"))
+    with pytest.raises(errors.ShapeError):
+        bigarr.create(tmp_path / "x.npy", (1,) * 65, "u1")
+    assert not list(tmp_path.iterdir())
+    assert bigarr.create(tmp_path / "y.npy", (1,) * 64, "u1").ndim == 64
+
+
 def test_truncated_data_section() -> None:
     raw = build_header((100,), np.dtype("f8"), align=4096)
     with pytest.raises(errors.TruncatedFileError) as info:
@@ -117,3 +134,25 @@ def test_fuzz_mutated_headers_only_raise_bigarr_errors(
     except errors.BigArrError:
         return
     assert head.data_offset <= cut
+
+
+_DESCRS = ["'<f4'", "'|V0'", "'<U0'", "[]", "[('a', '<i4', (70,))]", "('u1', (2, 3))",
+           "('u1', (1,) * 3)", "'|O'", "'<M8[D]'", "'<m8'", "'?'", "[('', '<f8')]", "'S0'"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(_DESCRS),
+       st.integers(0, 70).flatmap(
+           lambda n: st.lists(st.sampled_from([1, 1, 1, 0, 2]), min_size=n, max_size=n)),
+       st.booleans(),
+       st.integers(0, 64))
+def test_fuzz_opening_header_dicts_only_raises_bigarr_errors(
+    tmp_path_factory: pytest.TempPathFactory, descr: str, shape: list[int], fortran: bool,
+    data: int,
+) -> None:
+    # Headers that parse must also map: every failure of bigarr.open is a bigarr error.
+    text = f"{{'descr': {descr}, 'fortran_order': {fortran}, 'shape': {tuple(shape)!r}}}\n"
+    path = tmp_path_factory.mktemp("fuzz") / "f.npy"
+    path.write_bytes(_header(text.encode()) + b"\0" * data)
+    with contextlib.suppress(errors.BigArrError):
+        bigarr.open(path).close()

@@ -44,6 +44,7 @@ from .errors import DtypeError, HeaderError, ShapeError, TruncatedFileError
 
 __all__ = [
     "MAGIC",
+    "MAX_DIMS",
     "MAX_HEADER_BYTES",
     "NpyHeader",
     "build_header",
@@ -58,6 +59,9 @@ MAGIC = b"\x93NUMPY"
 #: Largest header dictionary bigarr will parse. Real headers are under 10 kB (numpy's own
 #: limit); anything far larger is corrupt or hostile, and literal_eval on it would be slow.
 MAX_HEADER_BYTES = 1 << 20
+#: numpy's NPY_MAXDIMS (64 since numpy 2.0): an array with more dimensions, its dtype's subarray
+#: dimensions included, cannot be built, so such a shape is refused before anything is mapped.
+MAX_DIMS = 64
 _KEYS = {"descr", "fortran_order", "shape"}
 
 
@@ -125,7 +129,8 @@ def check_shape(shape: Any, dtype: np.dtype[Any]) -> tuple[int, ...]:
     Raises
     ------
     ShapeError
-        For negative, non-integer or overflowing shapes.
+        For negative, non-integer or overflowing shapes, and for more than :data:`MAX_DIMS`
+        dimensions (counting those of a subarray ``dtype``).
     """
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         shape = (shape,)
@@ -140,6 +145,12 @@ def check_shape(shape: Any, dtype: np.dtype[Any]) -> tuple[int, ...]:
         if dim < 0:
             raise ShapeError(f"Expected non-negative dimensions. Got {shape!r}.")
         out.append(int(dim))
+    if len(out) + dtype.ndim > MAX_DIMS:
+        raise ShapeError(
+            f"Expected at most {MAX_DIMS} dimensions (numpy's limit). Got {len(out)}"
+            + (f" plus {dtype.ndim} of the dtype {dtype}" if dtype.ndim else "")
+            + "; reshape the array to fewer dimensions."
+        )
     nbytes = _count(out) * dtype.itemsize
     if nbytes > np.iinfo(np.intp).max:
         raise ShapeError(
