@@ -355,3 +355,159 @@ def test_demo_refuses_a_tiny_budget_before_generating(tmp_path: Path) -> None:
     assert_one_line_error(proc.stderr)
     assert "budget" in proc.stderr
     assert os.listdir(tmp_path) == []
+
+
+# ---- regressions found by running the CLI as a new user --------------------------------------
+@pytest.mark.parametrize(("dtype", "fill", "expected"), [
+    ("b1", "0", False), ("b1", "false", False), ("b1", "True", True), ("b1", "1", True),
+    ("u1", "255", 255), ("i4", "-7", -7), ("f4", "1.5", 1.5), ("f8", "-inf", -np.inf),
+    ("c8", "1+2j", 1 + 2j), ("S3", "abc", b"abc"),
+])
+def test_create_fill_is_parsed_as_the_dtype(tmp_path: Path, dtype: str, fill: str, expected: object,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.npy"
+    status, _, err = cli(capsys, "create", str(path), "--shape", "3", "--dtype", dtype,
+                         f"--fill={fill}")  # "--fill -inf" would read -inf as an option
+    assert status == 0, err
+    assert np.array_equal(np.load(path), np.full(3, expected, dtype=dtype))
+
+
+@pytest.mark.parametrize(("dtype", "fill"), [
+    ("u1", "300"), ("u1", "-1"), ("i1", "128"), ("f4", "1e40"), ("b1", "yes"), ("b1", "2"),
+    ("S3", "toolong"), ("i4", "1.5"), ("f8", "abc"),
+])
+def test_create_fill_that_does_not_fit_is_a_usage_error(tmp_path: Path, dtype: str, fill: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = cli(capsys, "create", str(tmp_path / "a.npy"), "--shape", "3", "--dtype",
+                         dtype, "--fill", fill)
+    assert status == 2
+    assert_one_line_error(err)
+    assert "--fill" in err
+    assert not (tmp_path / "a.npy").exists()
+
+
+def test_create_empty_shape_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = cli(capsys, "create", str(tmp_path / "a.npy"), "--shape", "")
+    assert status == 2
+    assert_one_line_error(err)
+    assert not (tmp_path / "a.npy").exists()
+
+
+def test_verify_checksum_before_the_file(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.npy"
+    np.save(path, np.arange(100.0))
+    status, out, err = cli(capsys, "verify", "--checksum", str(path), "--json")
+    assert status == 0, err
+    assert json.loads(out)["crc32"] == f"{zlib.crc32(np.arange(100.0).tobytes()):08x}"
+    status, _, err = cli(capsys, "verify", str(path), "--checksum", "md5")
+    assert status == 2
+    assert_one_line_error(err)
+    assert "md5" in err and "crc32" in err
+
+
+def test_verify_checksum_of_an_empty_array_is_printed(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.npy"
+    np.save(path, np.zeros((0, 3)))
+    status, out, _ = cli(capsys, "verify", str(path), "--checksum")
+    assert status == 0
+    assert f"{zlib.crc32(b''):08x}" in out
+
+
+def test_verify_and_info_name_structured_dtypes_alike(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.npy"
+    np.save(path, np.zeros(4, dtype=[("a", "<i4"), ("b", "<f8")]))
+    info = json.loads(cli(capsys, "info", str(path), "--json")[1])
+    verify = json.loads(cli(capsys, "verify", str(path), "--json")[1])
+    assert info["dtype"] == verify["dtype"]
+    assert np.dtype(eval(verify["dtype"])) == np.dtype([("a", "<i4"), ("b", "<f8")])
+
+
+@pytest.mark.parametrize("chunks", ["10", "10,8,3", "0,8"])
+def test_convert_bad_zarr_chunks_are_refused_before_writing(
+        tmp_path: Path, chunks: str, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("zarr")
+    src = tmp_path / "a.npy"
+    np.save(src, np.zeros((100, 8), np.float32))
+    status, _, err = cli(capsys, "convert", str(src), str(tmp_path / "a.zarr"), "--chunks", chunks)
+    assert status == 2
+    assert_one_line_error(err)
+    assert "--chunks" in err
+    assert not (tmp_path / "a.zarr").exists()
+
+
+def test_convert_chunks_need_a_zarr_output(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "a.npy"
+    np.save(src, np.zeros((100, 8), np.float32))
+    status, _, err = cli(capsys, "convert", str(src), str(tmp_path / "b.npy"), "--chunks", "10,8")
+    assert status == 2
+    assert_one_line_error(err)
+    assert not (tmp_path / "b.npy").exists()
+
+
+def test_convert_failed_zarr_output_is_removed(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("zarr")
+    import bigarr._zarr
+
+    src, dst = tmp_path / "a.npy", tmp_path / "a.zarr"
+    np.save(src, np.zeros((100, 8), np.float32))
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        os.makedirs(dst / "c", exist_ok=True)  # zarr has written some chunks already
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bigarr._zarr, "_stream_out", full_disk)
+    status, _, err = cli(capsys, "convert", str(src), str(dst))
+    assert status == 1
+    assert_one_line_error(err)
+    assert "No space left on device" in err and "a.zarr" in err
+    assert not dst.exists()
+
+
+@pytest.mark.parametrize("content", ["garbage", '{"zarr_format": 3, "node_type": "group"}'])
+def test_info_of_a_corrupt_zarr_is_one_line(tmp_path: Path, content: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("zarr")
+    (tmp_path / "bad.zarr").mkdir()
+    (tmp_path / "bad.zarr" / "zarr.json").write_text(content)
+    status, _, err = cli(capsys, "info", str(tmp_path / "bad.zarr"))
+    assert status == 1
+    assert_one_line_error(err)
+    assert "bad.zarr" in err
+
+
+_FULL_DISK_IN_ZARR = r"""
+import asyncio, errno, sys
+from zarr.storage import LocalStore
+import bigarr._cli
+
+original, calls = LocalStore.set, [0]
+
+async def set_(self, key, value):
+    calls[0] += 1
+    if calls[0] == 5:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    await asyncio.sleep(0.02)  # the other chunk writes are still in flight
+    return await original(self, key, value)
+
+LocalStore.set = set_
+sys.exit(bigarr._cli.main(sys.argv[1:]))
+"""
+
+
+def test_convert_to_zarr_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    pytest.importorskip("zarr")
+    src, dst = tmp_path / "a.npy", tmp_path / "a.zarr"
+    np.save(src, np.ones((4000, 8), np.float32))
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK_IN_ZARR, "convert", str(src),
+                           str(dst), "--chunks", "100,8", "--no-progress"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1
+    assert_one_line_error(proc.stderr)  # no "Task was destroyed but it is pending!" screens
+    assert "No space left on device" in proc.stderr
+    assert not dst.exists()

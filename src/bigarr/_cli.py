@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import stat
 import sys
 import zlib
@@ -56,7 +57,13 @@ class _Parser(argparse.ArgumentParser):
 
 # ---- argument parsing at the boundary ----------------------------------------------------------
 def parse_shape(text: str) -> tuple[int, ...]:
-    """Parse ``"1000,3"``, ``"1000x3"``, ``"(1000, 3)"`` or ``"1000"`` into a shape tuple."""
+    """Parse ``"1000,3"``, ``"1000x3"``, ``"(1000, 3)"`` or ``"1000"`` into a shape tuple.
+
+    ``"()"`` is the shape of a 0-d array; an empty string is refused (it is almost always an
+    unset shell variable, not a request for a scalar).
+    """
+    if not text.strip():
+        raise _UsageError("expected a shape of integers like 1000,3; got an empty string")
     body = text.strip().strip("()[]").strip()
     parts = re.split(r"\s*[,xX]\s*", body) if body else []
     if parts and parts[-1] == "" and len(parts) > 1:
@@ -82,6 +89,43 @@ def _dtype_arg(text: str) -> np.dtype[Any]:
         return check_dtype(text)
     except BigArrError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_BOOLS = {"0": False, "false": False, "1": True, "true": True}
+
+
+def parse_fill(text: str, dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    """Parse ``--fill`` as one value of ``dtype``, refusing what would not survive the cast.
+
+    numpy's own cast is lenient in ways that write wrong data: any non-empty string is
+    ``True`` (so ``"0"`` would fill a bool array with ``True``), and out-of-range numbers wrap,
+    overflow to infinity or are truncated. Numbers are parsed as Python numbers first, and a
+    value that does not fit ``dtype`` exactly (integers), finitely (floats) or whole (strings)
+    is a usage error.
+    """
+    kind = dtype.kind
+    try:
+        if kind == "b":
+            value = np.asarray(_BOOLS[text.strip().lower()], dtype)
+        elif kind in "iu":
+            value = np.asarray(int(text), dtype)  # OverflowError when out of range
+        elif kind in "fc":
+            number = complex(text) if kind == "c" else float(text)
+            with np.errstate(over="raise"):  # 1e40 as float32 is an error, not inf
+                value = np.asarray(number, dtype)
+        else:
+            value = np.asarray(text, dtype)
+            if kind in "SU" and value.item() != (text.encode("ascii") if kind == "S" else text):
+                raise ValueError("truncated")
+    except (KeyError, TypeError, ValueError, OverflowError, FloatingPointError):
+        hint = " (0, 1, true or false)" if kind == "b" else ""
+        raise _UsageError(f"expected --fill as one {dtype} value{hint}; got {text!r}") from None
+    return value
+
+
+def _dtype_text(dtype: np.dtype[Any]) -> str:
+    """The dtype as numpy spells it in a .npy header (``'<f4'``, or a structured list)."""
+    return dtype.str if dtype.names is None else str(dtype.descr)
 
 
 def _progress(args: argparse.Namespace) -> bool | None:
@@ -164,7 +208,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     info = {
         "file": path,
         "shape": list(header.shape),
-        "dtype": header.dtype.str if header.dtype.names is None else str(header.dtype),
+        "dtype": _dtype_text(header.dtype),
         "order": header.order,
         "version": f"{header.version[0]}.{header.version[1]}",
         "data_offset": header.data_offset,
@@ -230,9 +274,9 @@ def _is_zarr(path: str) -> bool:
 
 
 def _zarr_info(path: str, args: argparse.Namespace) -> int:
-    import zarr
+    from ._zarr import _open_zarr
 
-    z = zarr.open_array(path, mode="r")
+    z = _open_zarr(path)  # a corrupt zarr.json is a FormatError naming the path
     info = {"file": path, "format": "zarr", "shape": list(z.shape), "dtype": str(z.dtype),
             "chunks": list(z.chunks)}
     if args.json:
@@ -252,12 +296,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
 
     shape = parse_shape(args.shape)
     dtype = args.dtype
-    fill: Any = None
-    if args.fill is not None:
-        try:
-            fill = np.asarray(args.fill, dtype=dtype)
-        except (TypeError, ValueError):
-            raise _UsageError(f"expected --fill as a {dtype} value; got {args.fill!r}") from None
+    fill = None if args.fill is None else parse_fill(args.fill, dtype)
     if os.path.lexists(args.file) and not args.overwrite:
         raise FileExistsError_(f"{args.file} exists; pass --overwrite to replace it")
     with create(args.file, shape, dtype, fill=fill, order=args.order,
@@ -282,12 +321,31 @@ class _Crc32:
         return f"{self.value:08x}"
 
 
+_CHECKSUMS = ("crc32", "blake2b")
+
+
 def _hasher(name: str) -> Any:
     import hashlib
 
     if name == "crc32":
         return _Crc32()
     return hashlib.blake2b(digest_size=16)
+
+
+def _verify_args(args: argparse.Namespace) -> None:
+    """Normalise ``verify``'s FILE and ``--checksum [ALGORITHM]`` in place.
+
+    ``--checksum`` takes an optional value, so in ``bigarr verify --checksum data.npy`` argparse
+    hands the file name to ``--checksum``; a value that is not an algorithm, with no FILE
+    given, is the file.
+    """
+    if args.checksum is not None and args.checksum not in _CHECKSUMS:
+        if args.file is not None:
+            raise _UsageError(f"argument --checksum: invalid choice: {args.checksum!r} (choose "
+                              f"from {', '.join(_CHECKSUMS)})")
+        args.file, args.checksum = args.checksum, _CHECKSUMS[0]
+    if args.file is None:
+        raise _UsageError("the following arguments are required: file")
 
 
 def _data_bytes(view: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -313,6 +371,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from ._files import open as bigarr_open
     from ._journal import check_complete
 
+    _verify_args(args)
     header, st = _header(args.file)
     check_complete(args.file)  # an in-place output whose run was interrupted
     need = header.data_offset + header.nbytes
@@ -321,7 +380,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         "file": args.file,
         "ok": True,
         "shape": list(header.shape),
-        "dtype": header.dtype.str,
+        "dtype": _dtype_text(header.dtype),
         "order": header.order,
         "data_offset": header.data_offset,
         "data_bytes": header.nbytes,
@@ -351,8 +410,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     _print(f"{args.file}: OK - header and size agree: shape {header.shape} {header.dtype} "
            f"({header.order} order), {header.nbytes} data bytes at offset {header.data_offset}, "
            f"file {st.st_size} bytes{note}")
-    if rows:
-        width = max(len(f"{r['rows'][0]}:{r['rows'][1]}") for r in rows)
+    if args.checksum:
+        width = max([len(f"{r['rows'][0]}:{r['rows'][1]}") for r in rows], default=4)
         _print(f"{'chunk':>6}  {'rows':<{width}}  {'bytes':>12}  {args.checksum}")
         for r in rows:
             span = f"{r['rows'][0]}:{r['rows'][1]}"
@@ -380,18 +439,35 @@ def _source_kind(args: argparse.Namespace) -> str:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    import time
-
-    from . import _files
-
     kind = _source_kind(args)
     to = args.to or ("zarr" if args.dst.rstrip("/\\").endswith(".zarr") else "npy")
     if os.path.abspath(args.src) == os.path.abspath(args.dst):
         raise _UsageError("SRC and DST are the same path; convert writes a new file")
     if kind != "raw" and (args.shape is not None or args.offset):
         raise _UsageError("--shape and --offset describe a raw SRC; pass --dtype too")
+    if kind == "zarr" and args.dtype is not None:
+        raise _UsageError("--dtype describes a raw SRC, but SRC is a zarr array")
+    if to != "zarr" and args.chunks is not None:
+        raise _UsageError("--chunks is the chunk shape of a zarr DST; name DST *.zarr or pass "
+                          "--to zarr")
     if os.path.lexists(args.dst) and not args.overwrite:
-        raise _UsageError(f"{args.dst} exists; pass --overwrite to replace it")
+        raise FileExistsError_(f"{args.dst} exists; pass --overwrite to replace it")
+    fresh = not os.path.lexists(args.dst)
+    try:
+        return _convert(args, kind, to)
+    except BaseException as exc:
+        if to == "zarr" and fresh and os.path.isdir(args.dst):
+            shutil.rmtree(args.dst, ignore_errors=True)  # chunks of a run that did not finish
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = args.dst  # e.g. ENOSPC from zarr's writes names no file
+        raise
+
+
+def _convert(args: argparse.Namespace, kind: str, to: str) -> int:
+    import time
+
+    from . import _files
+
     progress = _progress(args)
     started = time.perf_counter()
     if kind == "zarr":
@@ -428,6 +504,9 @@ def _to_zarr(src: Any, args: argparse.Namespace, progress: bool | None) -> None:
     from ._zarr import to_zarr
 
     chunks = None if args.chunks is None else parse_shape(args.chunks)
+    if chunks is not None and (len(chunks) != src.ndim or 0 in chunks):
+        raise _UsageError(f"expected --chunks of {src.ndim} positive integers for SRC of "
+                          f"shape {tuple(src.shape)}; got {args.chunks!r}")
     to_zarr(src, args.dst, chunks=chunks, progress=progress, budget=args.budget,
             overwrite=args.overwrite)
 
@@ -481,8 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_create)
 
     p = sub.add_parser("verify", help="check that header and size agree; per-chunk checksums")
-    p.add_argument("file")
-    p.add_argument("--checksum", nargs="?", const="crc32", choices=("crc32", "blake2b"),
+    p.add_argument("file", nargs="?", help=".npy file")
+    p.add_argument("--checksum", nargs="?", const=_CHECKSUMS[0], metavar="{crc32,blake2b}",
                    help="checksum each chunk (default algorithm crc32)")
     p.add_argument("--budget", type=_size_arg, default=parse_size("64MiB"),
                    help="chunk size for checksums (default 64MiB)")

@@ -239,9 +239,34 @@ def _stream_out(src: Any, z: Any, budget: int, progress: ProgressArg) -> None:
         for i, sel in enumerate(_batches(src.shape[axis], step)):
             index = _along(axis, src.ndim, sel)
             block = plain[index]
-            z[index] = block  # whole chunks along every axis: zarr writes without reading
+            try:
+                z[index] = block  # whole chunks along every axis: zarr writes without reading
+            except BaseException:
+                _settle_zarr_io()
+                raise
             _release(src, src[index])
             bar.advance(i, block.nbytes)
+
+
+def _settle_zarr_io() -> None:
+    """Wait for the chunk writes zarr still has in flight after one of them failed.
+
+    zarr writes a slab's chunks concurrently on its I/O loop and raises the first failure (a full
+    disk, say) without cancelling the others; left running, they keep writing after the caller
+    has moved on (re-creating a directory it removed), and at exit they print screens of
+    "Task was destroyed but it is pending!" tracebacks.
+    """
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    async def drain() -> None:
+        me = asyncio.current_task()
+        await asyncio.gather(*(t for t in asyncio.all_tasks() if t is not me),
+                             return_exceptions=True)
+
+    with contextlib.suppress(Exception):
+        sync(drain())
 
 
 # ---- from_zarr -------------------------------------------------------------------------------
