@@ -248,6 +248,34 @@ def test_impossible_budget_is_refused_before_anything_runs(tmp_path: Path) -> No
     assert calls == [] and not (tmp_path / "o.npy").exists()
 
 
+def _suggested(error: BaseException) -> int:
+    import re
+
+    match = re.search(r"Raise budget= to at least (\d+)", str(error))
+    assert match is not None, str(error)
+    return int(match.group(1))
+
+
+@pytest.mark.parametrize(("shape", "budget", "threads"), [
+    ((2000, 300), "300KiB", 1),    # 1200-byte rows; the flush share grows with the budget
+    ((2000, 300), "700KiB", 2),
+    ((4, 200_000), "2MiB", 2),     # a row larger than the chunk budget
+])
+def test_the_suggested_budget_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    shape: tuple[int, ...], budget: str, threads: int) -> None:
+    # Regression: the default flush threshold is a quarter of the budget, so the budget the
+    # message asked for left less than it said per chunk and was refused again.
+    monkeypatch.setattr(_budget, "MIN_CHUNK_BYTES", 64 << 10)
+    x = np.ones(shape, np.float32)
+    opts: dict[str, Any] = {"threads": threads, "progress": False, "overwrite": True}
+    with pytest.raises(BudgetError) as info:
+        bigarr.map_blocks(np.copy, x, out=tmp_path / "o.npy", budget=budget, **opts)
+    need = _suggested(info.value)
+    bigarr.map_blocks(np.copy, x, out=tmp_path / "o.npy", budget=need, **opts).close()
+    with pytest.raises(BudgetError):  # and it is the smallest one
+        bigarr.map_blocks(np.copy, x, out=tmp_path / "o.npy", budget=need - 4096, **opts)
+
+
 def test_memory_plan_arithmetic() -> None:
     plan = _budget.plan_memory("64MiB", threads=2, prefetch=1, streams=4,
                                dirty_bytes=16 << 20)

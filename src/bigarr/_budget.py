@@ -28,7 +28,8 @@ larger than planned (for example when a single row is bigger than the chunk budg
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ._geometry import PAGE_SIZE, align_up, format_bytes, parse_size
 from .errors import BudgetError
@@ -59,6 +60,8 @@ class MemoryPlan:
     """Fixed working memory per thread, in bytes."""
     threads: int = 1
     """Worker threads."""
+    dirty_of: Callable[[int], int] | None = field(default=None, repr=False, compare=False)
+    """When the flush threshold depends on the budget: ``dirty_bytes`` of a budget (bytes)."""
 
     @property
     def nbytes(self) -> int:
@@ -76,20 +79,35 @@ class MemoryPlan:
             text += f" + {format_bytes(self.scratch_bytes)} scratch x {self.threads} threads"
         return f"{text} = {self.nbytes} bytes"
 
+    def at_least(self, chunk_bytes: int) -> MemoryPlan:
+        """The plan of the smallest budget that leaves ``chunk_bytes`` (page-rounded) per chunk.
+
+        Its :attr:`budget` is the budget to suggest: with a flush threshold that grows with the
+        budget (:attr:`dirty_of`), the threshold of *that* budget is part of it.
+        """
+        chunk = align_up(max(chunk_bytes, 1), PAGE_SIZE)
+        fixed = chunk * self.in_flight * self.streams + self.scratch_bytes * self.threads
+        budget = fixed + self.dirty_bytes
+        if self.dirty_of is not None:  # the least budget with budget >= fixed + dirty(budget)
+            budget = fixed
+            while budget < fixed + self.dirty_of(budget):
+                budget = fixed + self.dirty_of(budget)
+        return MemoryPlan(budget, chunk, self.in_flight, self.streams, budget - fixed,
+                          self.scratch_bytes, self.threads, self.dirty_of)
+
     def check(self, largest_chunk: int) -> None:
         """Refuse a chunk plan whose largest chunk (bytes) does not fit this memory plan.
 
         Raises
         ------
         BudgetError
-            If ``largest_chunk`` rounded out to pages (plus the page a misaligned chunk may
-            straddle) exceeds :attr:`chunk_bytes`, quoting the bytes needed and the budget.
+            If ``largest_chunk`` rounded out to whole pages exceeds :attr:`chunk_bytes`,
+            quoting the bytes needed and the budget.
         """
         resident = align_up(largest_chunk, PAGE_SIZE)
         if resident <= self.chunk_bytes:
             return
-        need = MemoryPlan(self.budget, resident, self.in_flight, self.streams, self.dirty_bytes,
-                          self.scratch_bytes, self.threads)
+        need = self.at_least(resident)
         raise BudgetError(
             f"This computation needs {need.nbytes} bytes ({need.describe()}), but the budget is "
             f"{self.budget} bytes: its smallest chunk is {resident} bytes. Raise budget= to at "
@@ -103,7 +121,7 @@ def plan_memory(
     threads: int,
     prefetch: int,
     streams: int,
-    dirty_bytes: int = 0,
+    dirty_bytes: int | Callable[[int], int] = 0,
     scratch_bytes: int = 0,
     min_chunk: int | None = None,
 ) -> MemoryPlan:
@@ -120,7 +138,8 @@ def plan_memory(
     streams
         Chunk-sized buffers per chunk in flight (inputs + outputs + function results).
     dirty_bytes
-        Output bytes the flush policy lets accumulate before flushing.
+        Output bytes the flush policy lets accumulate before flushing, or a function of the
+        budget (bytes) giving them (a share of the budget).
     scratch_bytes
         Fixed working memory per thread, in bytes.
     min_chunk
@@ -136,16 +155,17 @@ def plan_memory(
     total = parse_size(budget, name="budget")
     in_flight = max(1, threads) + max(0, prefetch)
     streams = max(1, streams)
-    fixed = dirty_bytes + scratch_bytes * max(1, threads)
-    chunk = (total - fixed) // (in_flight * streams)
-    chunk = chunk - chunk % PAGE_SIZE
+    dirty_of = None if isinstance(dirty_bytes, int) else dirty_bytes
+    dirty = dirty_bytes if isinstance(dirty_bytes, int) else dirty_bytes(total)
+    chunk = (total - dirty - scratch_bytes * max(1, threads)) // (in_flight * streams)
+    plan = MemoryPlan(total, max(0, chunk - chunk % PAGE_SIZE), in_flight, streams, dirty,
+                      scratch_bytes, max(1, threads), dirty_of)
     floor = align_up(max(MIN_CHUNK_BYTES if min_chunk is None else min_chunk, 1), PAGE_SIZE)
-    if chunk < floor:
-        need = MemoryPlan(total, floor, in_flight, streams, dirty_bytes, scratch_bytes,
-                          max(1, threads))
+    if plan.chunk_bytes < floor:
+        need = plan.at_least(floor)
         raise BudgetError(
             f"This computation needs at least {need.nbytes} bytes ({need.describe()}), but the "
             f"budget is {total} bytes. Raise budget= to at least {need.nbytes}, or use fewer "
             "threads."
         )
-    return MemoryPlan(total, chunk, in_flight, streams, dirty_bytes, scratch_bytes, max(1, threads))
+    return plan

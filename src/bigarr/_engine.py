@@ -32,6 +32,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import ctypes
+import math
 import os
 import sys
 import threading
@@ -44,6 +45,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ._array import memmap
+from ._budget import MemoryPlan
 from ._chunks import Chunk, ChunkPlan, plan_chunks
 from ._geometry import ByteSpan
 from ._hints import parse_hint
@@ -212,8 +214,8 @@ def scaled_budget(stream: Stream, chunk_bytes: int) -> int:
     return max(int(chunk_bytes / builtins.min(spread, MAX_SPREAD)), stream.array.itemsize)
 
 
-def plan_rows(stream: Stream, chunk_bytes: int) -> ChunkPlan:
-    """Chunks of whole rows (along axis 0) of a stream, each within ``chunk_bytes``.
+def plan_rows(stream: Stream, memory: MemoryPlan) -> ChunkPlan:
+    """Chunks of whole rows (along axis 0) of a stream, each within ``memory.chunk_bytes``.
 
     Chunk starts fall on page boundaries of the file where whole rows allow it. When rows are
     too small for that (a 28-byte row meets a page boundary only every 1024 rows, 28 KiB) the
@@ -223,20 +225,23 @@ def plan_rows(stream: Stream, chunk_bytes: int) -> ChunkPlan:
     Raises
     ------
     BudgetError
-        If one row is larger than ``chunk_bytes`` (functions over rows need whole rows).
+        If one row is larger than the chunk budget (functions over rows need whole rows),
+        quoting the budget that fits a row.
     """
     arr = stream.array
-    chunk_bytes = scaled_budget(stream, chunk_bytes)
+    chunk_bytes = scaled_budget(stream, memory.chunk_bytes)
     offset = plan_offset(stream) if arr.flags.c_contiguous else 0
     plan = plan_chunks(arr.shape, arr.dtype, order="C", budget=chunk_bytes, offset=offset)
     if not any(c.depth for c in plan.chunks):
         return plan
     row = int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize
     if row > chunk_bytes:
+        need = memory.at_least(math.ceil(row * builtins.min(stream.spread(), MAX_SPREAD)))
         raise BudgetError(
-            f"Each chunk must hold whole rows, and one row is {row} bytes, but the budget "
-            f"leaves {chunk_bytes} bytes per chunk of each array in flight. Raise budget= to "
-            "fit a row."
+            f"Each chunk must hold whole rows, and one row is {row} bytes, but the budget of "
+            f"{memory.budget} bytes leaves {chunk_bytes} bytes per chunk of each array in "
+            f"flight ({memory.describe()}). Raise budget= to at least {need.budget} "
+            f"({need.describe()}), or use fewer threads."
         )
     return plan_chunks(arr.shape, arr.dtype, order="C", budget=chunk_bytes, page=row)
 

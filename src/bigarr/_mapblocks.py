@@ -193,18 +193,17 @@ def map_blocks(
                 args.append(obj)  # broadcast: passed whole to every call
         chunked = [a for a in args if isinstance(a, Stream)]
         nthreads = parse_threads(threads)
-        total = parse_size(budget, name="budget")
-        every = parse_size(flush_every, name="flush_every") if flush_every else min(
-            64 << 20, total // 4)
-        memory = plan_memory(total, threads=nthreads, prefetch=prefetch,
-                             streams=len(chunked) + 3, dirty_bytes=every)
+        dirty = parse_size(flush_every, name="flush_every") if flush_every else _default_flush
+        memory = plan_memory(budget, threads=nthreads, prefetch=prefetch,
+                             streams=len(chunked) + 3, dirty_bytes=dirty)
+        every = memory.dirty_bytes
         target_rows = None
         if isinstance(out, np.ndarray):
             if out.ndim == 0 or out.shape[0] != n:
                 raise ShapeError(f"Expected out with {n} rows. Got shape {out.shape}.")
             target_rows = _row_bytes(out)
         primary = max(chunked, key=lambda s: _row_bytes(s.array))
-        plan = plan_rows(primary, memory.chunk_bytes)
+        plan = plan_rows(primary, memory)
         memory.check(max(plan.max_chunk_bytes, _max_chunk(plan, target_rows)))
         job = _Job(func, args, plan, nthreads, prefetch, progress, resume, every)
         try:
@@ -218,6 +217,11 @@ def map_blocks(
     finally:
         for stream in opened:
             stream.close()
+
+
+def _default_flush(budget: int) -> int:
+    """The default flush threshold of a budget (bytes): 64 MiB or a quarter, whichever is less."""
+    return min(64 << 20, budget // 4)
 
 
 def _max_chunk(plan: ChunkPlan, row_bytes: int | None) -> int:

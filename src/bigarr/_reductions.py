@@ -544,7 +544,7 @@ def reduce_blocks(
         memory = plan_memory(budget, threads=nthreads, prefetch=1, streams=len(streams))
         if len(streams) > 1:
             primary = builtins.max(streams, key=lambda s: s.array.itemsize * s.array.size)
-            plan = plan_rows(primary, memory.chunk_bytes)
+            plan = plan_rows(primary, memory)
         else:
             plan = plan_chunks(first.shape, first.dtype, order=order,
                                budget=scaled_budget(streams[0], memory.chunk_bytes),
