@@ -210,7 +210,9 @@ class memmap(np.memmap):
         mapping, raises :class:`~bigarr.errors.ClosedError`; the address range stays valid
         (zero pages) until those arrays are garbage-collected, so nothing can segfault. An
         explicit ``close()`` refuses while other views are alive; leaving a ``with`` block
-        closes with ``force=True``.
+        closes with ``force=True``. The arrays this one is a view of do not count, nor do a
+        ``memoryview`` of this array or a plain ndarray view of it when it is itself a view:
+        see :mod:`bigarr._mapping` for exactly what is counted.
 
         Parameters
         ----------

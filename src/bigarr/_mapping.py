@@ -13,7 +13,13 @@ bigarr maps files with the C library's ``mmap`` (through ctypes) rather than Pyt
   (a :func:`weakref.finalize` on the buffer owner).
 * Before retiring, ``close()`` looks for other live views of the mapping and refuses with
   :class:`~bigarr.errors.MappingBusyError` unless ``force=True``: closing under a live view is
-  almost always a bug, and a retired view would silently read zeros.
+  almost always a bug, and a retired view would silently read zeros. What it counts: every
+  bigarr view (tracked by weak reference) other than the caller and the arrays the caller is a
+  view of (closing from a view closes its parent too), and plain ndarray views that reach the
+  mapping's root array (``np.asarray(arr)``, ``arr.view(np.ndarray)``, ``np.frombuffer(arr)``),
+  found by its reference count. What it cannot see: a ``memoryview`` of the caller, and a
+  plain ndarray view of the caller when the caller is itself a view (its ``base`` is then the
+  caller, not the root); those read zeros after the close.
 
 Spans passed to the methods here are relative to the start of the mapping (byte 0 is the first
 mapped byte, which sits at file offset :attr:`Mapping.map_offset`, a page boundary).
