@@ -83,6 +83,24 @@ def test_token_is_deterministic_and_tracks_the_file(tmp_path: Path) -> None:
     assert bigarr.to_dask(path).name != a.name
 
 
+def test_token_changes_when_the_file_is_replaced_keeping_size_and_mtime(
+    tmp_path: Path,
+) -> None:
+    # Regression: the token was path, size and mtime, so a file replaced by one of the same
+    # size with its mtime preserved (cp -p, rsync -t, a restore) reused the old dask name,
+    # and dask could serve the old file's results for the new data.
+    path = _file(tmp_path, np.arange(1000.0))
+    before = bigarr.to_dask(path)
+    st = os.stat(path)
+    other = _file(tmp_path, np.arange(1000.0) + 1, "other.npy")
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, path)
+    assert os.stat(path).st_mtime_ns == st.st_mtime_ns
+    after = bigarr.to_dask(path)
+    assert after.name != before.name
+    assert float(after.sum().compute(scheduler="sync")) == float(np.arange(1000.0).sum() + 1000)
+
+
 def test_default_blocks_start_on_file_pages(tmp_path: Path) -> None:
     path = _file(tmp_path, np.zeros((300_000, 37), dtype=np.float32))  # ~42 MiB
     with bigarr.open(path) as arr:
@@ -95,6 +113,31 @@ def test_default_blocks_start_on_file_pages(tmp_path: Path) -> None:
     np.save(np_path, np.zeros((300_000, 37), dtype=np.float32))
     y = bigarr.to_dask(np_path, chunks=None)
     assert sum(y.chunks[0]) == 300_000
+
+
+@pytest.mark.parametrize(("shape", "order"), [((5000, 3), "C"), ((3, 5000), "F")])
+def test_blocks_start_on_file_pages_when_block_bytes_is_below_the_page_period(
+    tmp_path: Path, shape: tuple[int, int], order: str
+) -> None:
+    # Regression: with 24-byte rows, page-aligned row starts are 512 rows (12 KiB) apart; a
+    # 4 KiB block_bytes made the planner fall back to one block per row, none page-aligned,
+    # so store() tasks shared pages (lost updates over NFS) and the graph had a task per row.
+    np_path = tmp_path / "np.npy"  # numpy's 128-byte header
+    data = np.arange(15000.0).reshape(shape, order=order)
+    np.save(np_path, data)
+    axis = 0 if order == "C" else 1
+    x = bigarr.to_dask(np_path, block_bytes=bigarr.PAGE_SIZE)
+    slab = 3 * 8
+    with bigarr.open(np_path) as arr:
+        offset = arr.offset
+    starts = np.cumsum((0, *x.chunks[axis][:-1]))
+    assert len(starts) < 20
+    assert all((offset + int(r) * slab) % bigarr.PAGE_SIZE == 0 for r in starts[1:])
+    out = tmp_path / "out.npy"
+    np.save(out, np.zeros_like(data))
+    bigarr.store(da.from_array(data, chunks=7), out, block_bytes=bigarr.PAGE_SIZE,
+                 scheduler="threads")
+    assert np.array_equal(np.load(out), data)
 
 
 def test_views_and_fortran_order(client: Any, tmp_path: Path) -> None:

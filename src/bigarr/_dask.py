@@ -10,11 +10,11 @@ The two ways people usually connect a memory-mapped file to dask both break on a
   are silently lost.
 
 Here a task graph carries only a :class:`FileRegion`: the path, the byte offset of the first
-element, shape, strides and dtype (plus the file's size and mtime for the token). Each task maps
-just the bytes of its own block, read-only, in whatever process runs it; :func:`store` tasks map
-their block in shared mode, write, ``msync`` and close. Blocks written by :func:`store` start on
-page boundaries of the file (the dask array is rechunked along its slowest axis first), so no two
-workers ever write the same page.
+element, shape, strides and dtype (plus the file's inode, size and times for the token). Each
+task maps just the bytes of its own block, read-only, in whatever process runs it; :func:`store`
+tasks map their block in shared mode, write, ``msync`` and close. Blocks written by
+:func:`store` start on page boundaries of the file (the dask array is rechunked along its
+slowest axis first), so no two workers ever write the same page.
 
 Pointing this at a real cluster needs one thing: every worker must see the file under the *same
 path* (a shared or network file system, or the same local disk when all workers run on one
@@ -41,7 +41,6 @@ from ._chunks import plan_chunks
 from ._files import _header_of, create, file_path
 from ._geometry import PAGE_SIZE, parse_size
 from .errors import (
-    BudgetError,
     DtypeError,
     FileExistsError_,
     ModeError,
@@ -95,10 +94,10 @@ class FileRegion:
     """Strides of the array in the file, in bytes."""
     dtype: np.dtype[Any]
     """Element type."""
-    size: int
-    """File size when the reference was taken, in bytes (part of the token)."""
-    mtime_ns: int
-    """File modification time when the reference was taken, in ns (part of the token)."""
+    stamp: tuple[int, ...]
+    """Which file, in which state, when the reference was taken (part of the token): device,
+    inode, size in bytes, and mtime and ctime in ns. The inode and ctime change when the file
+    is replaced or rewritten even if its size and mtime are kept (``cp -p``, ``rsync -t``)."""
 
     @property
     def ndim(self) -> int:
@@ -122,7 +121,7 @@ class FileRegion:
         return None
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
-        return ("bigarr.FileRegion", self.path, self.size, self.mtime_ns, self.first,
+        return ("bigarr.FileRegion", self.path, self.stamp, self.first,
                 self.shape, self.strides, self.dtype.str)
 
     def block(self, index: tuple[slice, ...]) -> tuple[int, tuple[int, ...]]:
@@ -176,9 +175,9 @@ def _contiguous_strides(shape: tuple[int, ...], itemsize: int, order: str) -> tu
     return tuple(strides)
 
 
-def _stat(path: str) -> tuple[int, int]:
+def _stamp(path: str) -> tuple[int, ...]:
     st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _region_of_array(arr: memmap, *, writing: bool) -> FileRegion:
@@ -198,16 +197,15 @@ def _region_of_array(arr: memmap, *, writing: bool) -> FileRegion:
             "(or pass its path) to store into it."
         )
     first = mapping.map_offset + mapping.offset_of(arr)
-    size, mtime = _stat(mapping.path)
     return FileRegion(mapping.path, first, tuple(arr.shape), tuple(arr.strides), arr.dtype,
-                      size, mtime)
+                      _stamp(mapping.path))
 
 
 def _region_of_path(path: str) -> FileRegion:
     header = _header_of(path)
-    size, mtime = _stat(path)
     strides = _contiguous_strides(header.shape, header.dtype.itemsize, header.order)
-    return FileRegion(path, header.data_offset, header.shape, strides, header.dtype, size, mtime)
+    return FileRegion(path, header.data_offset, header.shape, strides, header.dtype,
+                      _stamp(path))
 
 
 def file_region(arr_or_path: Any) -> FileRegion:
@@ -228,7 +226,9 @@ def file_region(arr_or_path: Any) -> FileRegion:
 def _block_sizes(region: FileRegion, target: int) -> tuple[tuple[int, ...], ...] | None:
     """Blocks of about ``target`` bytes along the slowest axis, each starting on a file page.
 
-    Returns ``None`` when the array is not contiguous (the caller lets dask choose).
+    Blocks are never smaller than the distance between two page-aligned slab starts. Returns
+    ``None`` when the array is not contiguous, or when no slab can start on a page (the caller
+    lets dask choose).
     """
     order = region.order
     if order is None:
@@ -237,13 +237,13 @@ def _block_sizes(region: FileRegion, target: int) -> tuple[tuple[int, ...], ...]
         return tuple((n,) for n in region.shape)
     axis = 0 if order == "C" else region.ndim - 1
     slab = region.nbytes // region.shape[axis]
-    try:
-        plan = plan_chunks(region.shape, region.dtype, order=order, budget=max(target, slab),
-                           offset=region.first)
-    except BudgetError:  # page-aligned starts lie further apart than the target: use that gap
-        period = PAGE_SIZE // math.gcd(slab, PAGE_SIZE)
-        plan = plan_chunks(region.shape, region.dtype, order=order, budget=period * slab,
-                           offset=region.first)
+    if region.first % math.gcd(slab, PAGE_SIZE):
+        return None  # no slab boundary ever falls on a page: nothing to align to
+    # Page-aligned slab starts lie ``period`` slabs apart. A smaller budget would make the
+    # planner fall back to unaligned pieces (one per slab), so never plan below that gap.
+    period = PAGE_SIZE // math.gcd(slab, PAGE_SIZE)
+    plan = plan_chunks(region.shape, region.dtype, order=order,
+                       budget=max(target, period * slab), offset=region.first)
     along = tuple(c.rows.stop - c.rows.start for c in plan)
     return tuple(along if d == axis else (n,) for d, n in enumerate(region.shape))
 
@@ -260,8 +260,8 @@ def to_dask(
     The graph holds a :class:`FileRegion` (path, offset, shape, strides, dtype), never array
     data: it pickles to a few kilobytes for any file size. Each task maps just its block,
     read-only, in the process that runs it, and returns a view of the mapped pages (no copy).
-    The dask name comes from a cheap, deterministic token of path, file size, mtime, offset,
-    shape, strides, dtype and chunks; the data is never hashed.
+    The dask name comes from a cheap, deterministic token of path, inode, file size, mtime,
+    ctime, offset, shape, strides, dtype and chunks; the data is never hashed.
 
     Parameters
     ----------
