@@ -268,3 +268,15 @@ def test_sub_blocks_bound_temporaries_when_one_slab_is_larger(
         got = bigarr.var(x, axis=axis, budget="4MiB", threads=1, progress=False)
         _check(got, np.var(x, axis=axis), False)
         assert max(sizes) <= limit
+
+
+def test_histogram_finds_its_range_in_one_pass() -> None:
+    # Regression: the range came from a min pass and then a max pass: the data was read three
+    # times where two passes suffice.
+    x = np.random.default_rng(6).normal(size=(3000, 7))
+    events: list[Any] = []
+    counts, edges = bigarr.histogram(x, bins=11, budget="64KiB", progress=events.append)
+    assert [e.kind for e in events].count("start") == 2
+    want_counts, want_edges = np.histogram(x, bins=11)
+    np.testing.assert_array_equal(counts, want_counts)
+    np.testing.assert_array_equal(edges, want_edges)

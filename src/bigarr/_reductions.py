@@ -465,9 +465,12 @@ def histogram(
                             weights=None if w is None else _plain(w))
     if range is None and isinstance(bins, (int, np.integer)):
         # numpy's autodetected range is (a.min(), a.max()) as scalars of a's dtype; the same
-        # range gives the same edges and the same bin for every element.
-        range = (min(a, budget=budget, threads=threads, progress=progress),
-                 max(a, budget=budget, threads=threads, progress=progress))
+        # range gives the same edges and the same bin for every element. One pass finds both.
+        range = reduce_blocks(
+            lambda b: (b.min(), b.max()),
+            lambda p, q: (np.minimum(p[0], q[0]), np.maximum(p[1], q[1])),  # NaN propagates
+            a, budget=budget, threads=threads, progress=progress,
+        )
     edges = np.histogram(np.zeros(0, dtype=a.dtype), bins=bins, range=range)[1]
 
     def per_chunk(*blocks: np.ndarray[Any, Any]) -> Any:
