@@ -511,3 +511,33 @@ def test_convert_to_zarr_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path:
     assert_one_line_error(proc.stderr)  # no "Task was destroyed but it is pending!" screens
     assert "No space left on device" in proc.stderr
     assert not dst.exists()
+
+
+def test_create_larger_than_the_file_system_allows_is_disk_full(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 800 TB: EFBIG on ext4 (16 TiB file limit), ENOSPC elsewhere; both are DiskFullError.
+    with pytest.raises(bigarr.errors.DiskFullError):
+        bigarr.create(tmp_path / "huge.npy", (10**14,), "f8")
+    status, _, err = cli(capsys, "create", str(tmp_path / "huge.npy"), "--shape", str(10**14))
+    assert status == 1
+    assert_one_line_error(err)
+    assert "huge.npy" in err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root may write to any directory")
+def test_create_in_a_directory_without_write_permission(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(bigarr.errors.ReadOnlyError, match="locked"):
+            bigarr.create(folder / "a.npy", (3,), "f8")
+        status, _, err = cli(capsys, "create", str(folder / "a.npy"), "--shape", "3")
+    finally:
+        folder.chmod(0o700)
+    assert status == 1
+    assert_one_line_error(err)
+    assert "bigarr-tmp" not in err

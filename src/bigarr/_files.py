@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -19,7 +20,14 @@ from typing import Any
 import numpy as np
 
 from ._array import memmap
-from ._format import NpyHeader, build_header, check_dtype, check_shape, read_header
+from ._format import (
+    NpyHeader,
+    build_header,
+    check_dtype,
+    check_shape,
+    parse_order,
+    read_header,
+)
 from ._geometry import default_alignment
 from ._journal import check_complete, fsync_dir, journal_path
 from ._mapping import Mapping
@@ -33,6 +41,7 @@ from .errors import (
     IncompleteOutputWarning,
     ModeError,
     NotAFileError,
+    ReadOnlyError,
     ShapeError,
     TruncatedFileError,
 )
@@ -63,13 +72,6 @@ def _regular_size(path: str) -> int:
     return st.st_size
 
 
-def parse_order(order: str) -> str:
-    """Normalise a memory order to ``"C"`` or ``"F"``."""
-    if not isinstance(order, str) or order.upper() not in ("C", "F"):
-        raise ShapeError(f"Expected order 'C' or 'F'. Got {order!r}.")
-    return order.upper()
-
-
 def _parse_align(align: int | None) -> int:
     if align is None:
         return default_alignment()
@@ -97,10 +99,15 @@ def preallocate(fd: int, offset: int, nbytes: int, path: str) -> None:
             os.posix_fallocate(fd, offset, nbytes)
             return
         except OSError as exc:
-            if exc.errno == 28:  # ENOSPC
+            if exc.errno == errno.ENOSPC:
                 raise DiskFullError(
                     f"No room on disk for {path}: it needs {nbytes} bytes "
                     f"({_free(path)} free)."
+                ) from None
+            if exc.errno == errno.EFBIG:
+                raise DiskFullError(
+                    f"{path} would be {offset + nbytes} bytes, larger than the file system "
+                    "allows for one file; use a smaller shape or another file system."
                 ) from None
             if exc.errno not in (22, 95):  # EINVAL, EOPNOTSUPP: fall through to the check
                 raise
@@ -133,7 +140,16 @@ def _atomic_file(path: str, overwrite: bool) -> Iterator[int]:
     if not os.path.isdir(folder or "."):
         raise FileMissingError(f"No such directory: {folder}")
     tmp = os.path.join(folder, f".{name}.bigarr-tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                     0o666)
+    except OSError as exc:  # name the user's path, not the hidden temporary one
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise ReadOnlyError(
+                f"Cannot create {path}: {exc.strerror} in {os.path.abspath(folder or '.')}; "
+                "choose a directory you can write to."
+            ) from None
+        raise
     try:
         yield fd
         os.fsync(fd)
@@ -206,7 +222,9 @@ def create(
     FileExistsError_
         If ``path`` exists and ``overwrite`` is false.
     DiskFullError
-        If the file system lacks room.
+        If the file system lacks room, or the file would exceed its largest file size.
+    ReadOnlyError
+        If the directory cannot be written (permissions, read-only file system).
     DtypeError, ShapeError, FormatError
         For bad dtype, shape, order or alignment.
     """
