@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import bigarr
 from bigarr import _private
-from bigarr.errors import ClosedError, ModeError, RegionError
+from bigarr.errors import ClosedError, FileMissingError, ModeError, RegionError
 
 PAGE = bigarr.PAGE_SIZE
 BACKENDS = ["pagemap", "compare"] if _private._pagemap_works() else ["compare"]
@@ -431,6 +431,21 @@ def test_next_commit_recovers_an_interrupted_one(
     disk = _on_disk(path)
     assert (int(disk[0]), int(disk[PAGE * 10]), int(disk[PAGE * 15])) == (1, 2, 3)
     arr.close()
+
+
+def test_recover_commit_of_a_removed_file_is_a_bigarr_error(
+    tmp_path: Path, run_py: Callable[..., Any]
+) -> None:
+    # Regression: a complete journal whose file was removed raised a bare FileNotFoundError
+    # from os.open and left the user without a bigarr error saying what happened.
+    path = tmp_path / "gone.npy"
+    _make(path, "bigarr", np.zeros(PAGE * 20, dtype=np.uint8))
+    res = run_py(_CRASHER.format(after=0, path=str(path), far=PAGE * 10, journal=True))
+    assert res.returncode == 9, res.stderr
+    os.unlink(path)
+    with pytest.raises(FileMissingError, match="journal"):
+        _private.recover_commit(path)
+    assert os.path.exists(_private.journal_path(str(path)))  # kept: it holds the edits
 
 
 def test_commit_refuses_a_replaced_file(tmp_path: Path) -> None:

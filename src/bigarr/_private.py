@@ -65,6 +65,7 @@ from ._journal import fsync_dir
 from ._regions import Region, extent, region_span
 from .errors import (
     FileChangedError,
+    FileMissingError,
     MappingError,
     ModeError,
     ReadOnlyError,
@@ -602,6 +603,13 @@ def recover_commit(path: str | os.PathLike[str]) -> str | None:
         ``"replayed"`` (the journal was complete: the whole commit is now in the file),
         ``"dropped"`` (the crash hit while the journal was being written: the file was never
         touched and still holds none of the commit) or ``None`` (no journal).
+
+    Raises
+    ------
+    FileMissingError
+        If a complete journal remains but the file is gone (the journal is kept).
+    ReadOnlyError
+        If a complete journal remains but the file cannot be opened for writing.
     """
     target = os.path.abspath(os.fspath(path))
     jpath = journal_path(target)
@@ -614,7 +622,20 @@ def recover_commit(path: str | os.PathLike[str]) -> str | None:
         if records is None:
             outcome = "dropped"
         else:
-            fd = os.open(target, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+            try:
+                fd = os.open(target, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError:
+                raise FileMissingError(
+                    f"{target} is gone, but its commit journal {jpath} holds a complete "
+                    "interrupted commit. Restore the file, then run recover_commit() again; "
+                    "delete the journal to abandon the commit."
+                ) from None
+            except PermissionError:
+                raise ReadOnlyError(
+                    f"{target} is not writable, so the interrupted commit in its journal "
+                    f"{jpath} cannot be finished. Make the file writable and run "
+                    "recover_commit() again."
+                ) from None
             try:
                 for offset, nbytes, body in records:
                     for a in range(0, nbytes, _CHUNK):
