@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bigarr._chunks import Chunk, ChunkPlan, plan_chunks
-from bigarr.errors import BudgetError, ShapeError
+from bigarr.errors import BudgetError, DtypeError, ShapeError
 
 PAGE = 4096
 
@@ -176,6 +176,18 @@ def test_budget_strings_and_bad_inputs() -> None:
         plan_chunks(10, np.uint8, budget=10, order="K")
     with pytest.raises(ShapeError):
         plan_chunks(10, np.uint8, budget=10, offset=-1)
+
+
+def test_unplannable_shapes_and_dtypes_raise_bigarr_errors() -> None:
+    # Regression: plan_chunks re-validated shapes on its own: an unknown dtype raised numpy's
+    # TypeError, more than 64 dimensions passed, and an unaddressable shape (10**30 bytes) was
+    # planned chunk by chunk until the process ran out of memory.
+    with pytest.raises(DtypeError):
+        plan_chunks(10, "not-a-dtype", budget="1MiB")
+    with pytest.raises(ShapeError):
+        plan_chunks((1,) * 65, np.uint8, budget="1MiB")
+    with pytest.raises(ShapeError, match="address"):
+        plan_chunks((10**30,), np.uint8, budget="1MiB")
 
 
 def test_plan_keys_select_the_right_bytes() -> None:

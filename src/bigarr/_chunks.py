@@ -50,8 +50,9 @@ from typing import Any
 
 import numpy as np
 
+from ._format import check_shape, parse_order
 from ._geometry import PAGE_SIZE, ByteSpan, format_bytes, parse_size
-from .errors import BudgetError, ShapeError
+from .errors import BudgetError, DtypeError, ShapeError
 
 __all__ = ["Chunk", "ChunkPlan", "plan_chunks"]
 
@@ -132,16 +133,6 @@ class ChunkPlan:
             f"axis={self.axis}, budget={format_bytes(self.budget)}, chunks={len(self.chunks)}, "
             f"max_chunk={format_bytes(self.max_chunk_bytes)}, offset={self.offset})"
         )
-
-
-def _parse_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
-    dims = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-    out = []
-    for n in dims:
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ShapeError(f"Expected a shape of non-negative integers. Got {shape!r}.")
-        out.append(int(n))
-    return tuple(out)
 
 
 class _Planner:
@@ -240,14 +231,19 @@ def plan_chunks(
         If the budget is not a positive size, or is smaller than one element or than the
         distance between two page boundaries the chunks could start on (both numbers quoted).
     ShapeError
-        For a malformed shape or order.
+        For a malformed shape or order, more than 64 dimensions, or more bytes than this
+        platform can address.
+    DtypeError
+        If ``dtype`` is not a numpy dtype.
     """
-    dims = _parse_shape(shape)
-    itemsize = np.dtype(dtype).itemsize
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError) as exc:
+        raise DtypeError(f"Expected a numpy dtype. Got {dtype!r} ({exc}).") from None
+    dims = check_shape(shape, dt)
+    itemsize = dt.itemsize
     nbytes_budget = parse_size(budget, name="budget")
-    if not isinstance(order, str) or order.upper() not in ("C", "F"):
-        raise ShapeError(f"Expected order 'C' or 'F'. Got {order!r}.")
-    order = order.upper()
+    order = parse_order(order)
     if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
         raise ShapeError(f"Expected a non-negative file offset in bytes. Got {offset!r}.")
     if isinstance(page, bool) or not isinstance(page, (int, np.integer)) or page <= 0:

@@ -51,6 +51,7 @@ __all__ = [
     "check_dtype",
     "check_shape",
     "parse_header",
+    "parse_order",
     "read_header",
     "rewrite_shape",
 ]
@@ -158,6 +159,19 @@ def check_shape(shape: Any, dtype: np.dtype[Any]) -> tuple[int, ...]:
             f"address ({np.iinfo(np.intp).max})."
         )
     return tuple(out)
+
+
+def parse_order(order: str) -> str:
+    """Normalise a memory order to ``"C"`` or ``"F"`` (case-insensitive).
+
+    Raises
+    ------
+    ShapeError
+        For anything else.
+    """
+    if not isinstance(order, str) or order.upper() not in ("C", "F"):
+        raise ShapeError(f"Expected order 'C' or 'F'. Got {order!r}.")
+    return order.upper()
 
 
 def _header_dict(shape: tuple[int, ...], dtype: np.dtype[Any], fortran_order: bool) -> str:
