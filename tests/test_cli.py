@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -335,6 +336,10 @@ def test_demo_tiny(tmp_path: Path) -> None:
     out = proc.stdout
     assert "numpy.memmap" in out and "bigarr" in out and "peak RSS" in out
     assert "results agree" in out and "summary:" in out
+    # Both sides accumulate in float64 (bigarr's mean of float32 data is float32 unless asked;
+    # the demo once compared that with numpy's float64 mean, off by ~1e-5 of a std).
+    mean_err = re.search(r"mean differs by (\S+) std", out)
+    assert mean_err and float(mean_err.group(1)) < 1e-6, out
     assert os.listdir(tmp_path) == []  # cleaned up without --keep
 
 

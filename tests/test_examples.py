@@ -79,3 +79,14 @@ def test_examples_readme_lists_every_example() -> None:
     readme = (EXAMPLES / "README.md").read_text(encoding="utf8")
     for script in examples():
         assert script.name in readme, f"examples/README.md does not mention {script.name}"
+
+
+def test_standardize_accumulates_in_float64(tmp_path: Path) -> None:
+    # Regression: float32 column means of data centred near +-100 were off by ~1e-4 of a
+    # standard deviation (numpy's float32 summation), and the example's own check showed it.
+    script = EXAMPLES / "standardize.py"
+    proc = run_example(script, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    match = re.search(r"mean 0 and std 1 to within (\S+)$", proc.stdout, re.MULTILINE)
+    assert match, proc.stdout
+    assert float(match.group(1)) < 1e-6

@@ -119,13 +119,17 @@ def _numpy_pipeline(src: str, dst: str) -> dict[str, Any]:
 
 def _bigarr_pipeline(src: str, dst: str, budget: int, threads: int,
                      progress: Any) -> dict[str, Any]:
-    """The same pipeline with bigarr's engine (float64 accumulators inside the reductions)."""
+    """The same pipeline with bigarr's engine, accumulating in float64 as the numpy side does.
+
+    bigarr's reductions follow numpy's dtype rules, so without ``dtype=np.float64`` the column
+    means of float32 data would be summed in float32 (pairwise within each chunk).
+    """
     import bigarr
 
     opts: dict[str, Any] = {"budget": budget, "threads": threads, "progress": progress}
     with bigarr.open(src) as x:
-        mean = bigarr.mean(x, axis=0, **opts).astype(np.float32)
-        std = bigarr.std(x, axis=0, **opts).astype(np.float32)
+        mean = bigarr.mean(x, axis=0, dtype=np.float64, **opts).astype(np.float32)
+        std = bigarr.std(x, axis=0, dtype=np.float64, **opts).astype(np.float32)
         z = bigarr.map_blocks(lambda b: (b - mean) / std, x, out=dst, dtype=np.float32, **opts)
     with z:
         lo, hi = bigarr.min(z, **opts), bigarr.max(z, **opts)
