@@ -217,3 +217,24 @@ def test_journal_parsing_ignores_a_torn_last_record(tmp_path: Path) -> None:
     os.unlink(out)
     with pytest.raises(IncompleteOutputError):
         bigarr.check_complete(out)
+
+
+def test_a_journal_of_a_run_with_other_broadcast_operands_is_not_trusted(tmp_path: Path) -> None:
+    # Regression: broadcast operands were not part of the run's fingerprint, so resuming with
+    # another scale factor kept the chunks journaled with the old one: a mixed output.
+    x = np.arange(40_000, dtype=np.float64).reshape(10_000, 4)
+    out = tmp_path / "o.npy"
+    opts: dict[str, object] = {"out": out, "budget": "1MiB", "threads": 1, "resume": True,
+                               "flush_every": 1, "progress": False}
+
+    def scaled(block: np.ndarray, k: float) -> np.ndarray:
+        if k == 2.0 and block[0, 0] >= 20_000:
+            raise RuntimeError("crash half way")
+        return block * k
+
+    with pytest.raises(RuntimeError, match="half way"):
+        bigarr.map_blocks(scaled, x, 2.0, **opts)  # type: ignore[arg-type]
+    parsed = read_journal(journal_path(str(out)))
+    assert parsed is not None and parsed[1]  # some chunks are journaled done
+    with bigarr.map_blocks(scaled, x, 3.0, **opts) as got:  # type: ignore[arg-type]
+        np.testing.assert_array_equal(got, x * 3.0)

@@ -25,6 +25,7 @@ running the same call again after a crash recomputes only the chunks not recorde
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 from collections.abc import Callable
@@ -71,6 +72,20 @@ def _identity(stream: Stream) -> list[Any]:
         return [*input_identity(stream.mapping.path), plan_offset(stream)]
     arr = stream.array
     return ["memory", list(arr.shape), arr.dtype.str]
+
+
+def _operand_identity(obj: Any) -> Any:
+    """What identifies a broadcast operand's value: its bytes' digest, or its repr.
+
+    A repr that holds an address (a function, most objects) differs in every process, so a
+    journal is never wrongly trusted for it, only not reused.
+    """
+    if isinstance(obj, (np.ndarray, np.generic, int, float, complex, bool)):
+        arr = np.asarray(obj)
+        if not arr.dtype.hasobject:
+            digest = hashlib.sha256(np.ascontiguousarray(arr).view(np.uint8).data).hexdigest()
+            return [list(arr.shape), arr.dtype.str, digest]
+    return repr(obj)
 
 
 def _row_bytes(arr: np.ndarray[Any, Any]) -> int:
@@ -137,9 +152,10 @@ def map_blocks(
         ``None`` (a bar on a TTY), ``True``, ``False``, or callbacks taking ProgressEvent.
     resume
         Journal durable chunks and, when a journal of the same run exists, skip them. A run is
-        "the same" when the chunk boundaries, the output's dtype and order, and every mapped
-        input's path, size and modification time match; in-memory inputs are identified only
-        by shape and dtype, so resuming with other in-memory data is the caller's mistake.
+        "the same" when the chunk boundaries, the output's dtype and order, every mapped
+        input's path, size and modification time, and the values of the operands passed whole
+        match; in-memory inputs with rows are identified only by shape and dtype, so resuming
+        with other in-memory data is the caller's mistake.
         ``func`` must be deterministic for the resumed output to equal an uninterrupted one.
     overwrite
         Replace an existing file at ``out``.
@@ -266,6 +282,7 @@ class _Job:
             "rows": self.plan.shape[0] if self.plan.shape else 0,
             "chunks": [[c.rows.start, c.rows.stop] for c in self.plan.chunks],
             "inputs": [_identity(s) for s in self.streams],
+            "operands": [_operand_identity(a) for a in self.args if not isinstance(a, Stream)],
             **extra,
         }
 
