@@ -546,3 +546,23 @@ def test_create_in_a_directory_without_write_permission(
     assert status == 1
     assert_one_line_error(err)
     assert "bigarr-tmp" not in err
+
+
+def test_demo_never_overwrites_or_deletes_a_users_file(tmp_path: Path) -> None:
+    # Regression: with --dir, the demo wrote its input over an existing features.npy and its
+    # cleanup deleted it.
+    mine = tmp_path / "features.npy"
+    np.save(mine, np.arange(5))
+    proc = run("demo", "--size", "1MiB", "--dir", str(tmp_path), "--no-progress")
+    assert proc.returncode == 1
+    assert_one_line_error(proc.stderr)
+    assert "features.npy" in proc.stderr
+    assert np.array_equal(np.load(mine), np.arange(5))
+    assert os.listdir(tmp_path) == ["features.npy"]
+
+
+def test_demo_removes_a_dir_it_created(tmp_path: Path) -> None:
+    proc = run("demo", "--size", "1MiB", "--dir", str(tmp_path / "new" / "dir"), "--budget",
+               "2MiB", "--threads", "1", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert os.listdir(tmp_path) == []

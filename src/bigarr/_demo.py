@@ -14,6 +14,7 @@ prints the comparison; every heavy step happens in a worker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ._geometry import format_bytes
-from .errors import BigArrError, DiskFullError
+from .errors import BigArrError, DiskFullError, FileExistsError_
 
 __all__ = ["run_demo"]
 
@@ -39,6 +40,7 @@ HIST_RANGE = (-5.0, 5.0)
 _RESULT_TAG = "BIGARR-DEMO-RESULT "
 _ERROR_TAG = "BIGARR-DEMO-ERROR "
 _MARGIN = 64 << 20  # bytes of free disk kept beyond the demo's files
+_FILES = ("features.npy", "z_numpy.npy", "z_bigarr.npy")  # the input and the two outputs
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,12 +239,25 @@ def run_demo(*, size: int, directory: str | None, keep: bool, budget: int, threa
     ------
     DiskFullError
         If ``directory`` lacks room for the input and one output (checked before writing).
+    FileExistsError_
+        If ``directory`` already holds a file of one of the demo's names (it would be replaced,
+        then deleted).
+    BudgetError
+        If ``budget`` is too small for the pipeline (checked before writing).
     """
     rows = max(1, size // (FEATURES * 4))
     nbytes = rows * FEATURES * 4
-    made = directory is None
-    folder = tempfile.mkdtemp(prefix="bigarr-demo-") if made else str(directory)
-    os.makedirs(folder, exist_ok=True)
+    made: str | None  # a directory the demo created, removed at the end unless --keep
+    if directory is None:
+        folder = made = tempfile.mkdtemp(prefix="bigarr-demo-")
+    else:
+        folder = os.path.abspath(directory)
+        made = _missing_root(folder)
+        for name in _FILES:  # the cleanup below deletes these names: they must be ours
+            if os.path.lexists(path := os.path.join(folder, name)):
+                raise FileExistsError_(f"{path} exists, and the demo writes and deletes a file "
+                                       "of that name; pass another --dir")
+        os.makedirs(folder, exist_ok=True)
     try:
         need = 2 * nbytes + _MARGIN
         free = _free_bytes(folder)
@@ -256,12 +271,19 @@ def run_demo(*, size: int, directory: str | None, keep: bool, budget: int, threa
         return _run(folder, rows, nbytes, budget, threads, progress, keep)
     finally:
         if not keep:
-            for name in ("features.npy", "z_numpy.npy", "z_bigarr.npy"):
-                path = os.path.join(folder, name)
-                if os.path.exists(path):
-                    os.unlink(path)
-            if made:
-                shutil.rmtree(folder, ignore_errors=True)
+            for name in _FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
+
+
+def _missing_root(folder: str) -> str | None:
+    """The outermost directory of ``folder`` that does not exist yet (None if it exists)."""
+    root = None
+    while not os.path.lexists(folder):
+        root, folder = folder, os.path.dirname(folder)
+    return root
 
 
 def _run(folder: str, rows: int, nbytes: int, budget: int, threads: int, progress: Any,
