@@ -239,6 +239,26 @@ def test_failed_store_leaves_no_file_under_the_name(client: Any, tmp_path: Path)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_store_refuses_a_target_that_appeared_meanwhile_and_says_so_truly(
+    tmp_path: Path,
+) -> None:
+    # Regression: the error said "the data is in <hidden temporary file>", but store() had
+    # already deleted that file by the time the caller saw the message.
+    path = tmp_path / "late.npy"
+
+    def appear(block: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        if not path.exists():
+            np.save(path, np.full(4, 7.0))
+        return block
+
+    x = da.ones(4, chunks=2).map_blocks(appear, meta=np.empty(0))  # no call at build time
+    with pytest.raises(bigarr.errors.FileExistsError_) as info:
+        bigarr.store(x, path, scheduler="sync")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["late.npy"]  # no hidden file left
+    assert str(tmp_path) not in str(info.value).replace(str(path), "")  # names no other file
+    assert np.array_equal(np.load(path), np.full(4, 7.0))  # the newcomer is untouched
+
+
 def test_store_checks_target(tmp_path: Path) -> None:
     x = da.ones((10, 3), chunks=5)
     path = _file(tmp_path, np.zeros((10, 4)))

@@ -333,7 +333,9 @@ def _finish(written: Sequence[int], tmp: str | None, final: str) -> int:
             os.link(tmp, final)  # never clobbers a file that appeared meanwhile
         except FileExistsError:
             raise FileExistsError_(
-                f"{final} appeared while store() was writing; the data is in {tmp}."
+                f"{final} appeared while store() was writing; store() never replaces a file "
+                "it did not create, so it was left as it is. Remove it, or pass its path "
+                "once it holds an array of the right shape, and run store() again."
             ) from None
         except OSError:  # no hard links on this file system
             if os.path.lexists(final):
