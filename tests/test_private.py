@@ -302,6 +302,35 @@ def test_discard_in_private_never_reaches_other_process(
 
 
 # ---- concurrency -------------------------------------------------------------------------------
+def test_commit_never_loses_a_concurrent_ufunc_at(tmp_path: Path) -> None:
+    # Regression: ufunc.at writes into its first input (there is no out=), so it did not take
+    # the write lock, and a commit dropping a page between its pwrite and its drop lost adds.
+    n = PAGE * 16 // 8
+    path = tmp_path / "u.npy"
+    _make(path, "bigarr", np.zeros(n, dtype=np.int64))
+    arr = bigarr.open(path, "private")
+    stop = threading.Event()
+    done: list[int] = []
+
+    def adder() -> None:
+        i = 0
+        while not stop.is_set() and i < 100_000:
+            np.add.at(arr, [(i * 509) % n], 1)
+            i += 1
+        done.append(i)
+
+    t = threading.Thread(target=adder)
+    t.start()
+    for _ in range(300):
+        arr.commit()
+    stop.set()
+    t.join()
+    assert int(np.asarray(arr).sum()) == done[0]
+    arr.commit()
+    assert int(_on_disk(path).sum()) == done[0]
+    arr.close()
+
+
 def test_commit_never_loses_a_concurrent_write(tmp_path: Path) -> None:
     n = PAGE * 16 // 8
     path = tmp_path / "c.npy"

@@ -132,7 +132,8 @@ class memmap(np.memmap):
         args = [_plain(x) for x in inputs]
         if out is not None:
             kwargs["out"] = tuple(_plain(o) for o in out)
-        guard = _private_target(out)
+        # ufunc.at writes into its first input; every other method writes only into out=.
+        guard = _private_target(inputs[:1] if method == "at" else out)
         if guard is not None:  # writing into a private mapping: exclude a concurrent commit
             with guard:
                 result = getattr(ufunc, method)(*args, **kwargs)

@@ -29,7 +29,8 @@ value written back unchanged is not reported, and the cost is proportional to th
 Concurrency. All commits and discards of one file in this process take a per-file lock, so they
 never interleave. A commit drops each page after writing it; a write to the same mapping by
 another thread in between would be lost, so the commit also holds the mapping's *write lock*,
-which bigarr's own write paths (item assignment and ufuncs with ``out=`` on the array) take too.
+which bigarr's own write paths (item assignment, ufuncs with ``out=`` on the array, and
+``ufunc.at``) take too.
 Writes that bypass bigarr (a plain ``np.asarray(arr)`` view written from another thread during a
 commit) are an unsynchronised data race, as in any numpy code. Writers of the same file through
 *other* mappings (shared mode, other processes) are not excluded: a commit writes whole pages,
