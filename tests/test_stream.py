@@ -262,3 +262,14 @@ def test_closing_inside_the_loop_raises_closed_error_not_ebadf(path: Path, prefe
         for _chunk, _view in a.chunks("64KiB", prefetch=prefetch, progress=False):
             a.close(force=True)
     assert not _helpers()
+
+
+def test_budget_error_with_prefetch_names_the_given_budget(tmp_path: Path) -> None:
+    # Regression: with prefetch the plan gets half the budget, and the BudgetError quoted only
+    # that half ("Got a budget of 2048 bytes" for budget="4KiB"), which misled the caller.
+    np.save(tmp_path / "n.npy", np.arange(100_003, dtype="<f4"))  # data not page-aligned
+    with bigarr.open(tmp_path / "n.npy") as a:
+        with pytest.raises(BudgetError, match=r"4096 bytes.*prefetch=False"):
+            a.chunks("4KiB", progress=False)
+        assert sum(c.nbytes for c, _ in a.chunks("4KiB", progress=False, prefetch=False)) \
+            == a.nbytes

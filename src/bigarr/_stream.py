@@ -61,7 +61,7 @@ from ._geometry import PAGE_SIZE, ByteSpan, parse_size
 from ._hints import Hint, parse_hint
 from ._progress import Progress, ProgressArg
 from ._regions import Region, extent, region_span
-from .errors import BigArrError, HintError, RegionError
+from .errors import BigArrError, BudgetError, HintError, RegionError
 
 if TYPE_CHECKING:
     from ._mapping import Mapping
@@ -380,7 +380,16 @@ def iter_chunks(
     fetch = _parse_prefetch(prefetch)
     pattern = parse_hint(hint) if hint is not None else None
     nbytes = parse_size(budget, name="budget")
-    plan = plan_for(arr, nbytes // 2 if fetch is not None and nbytes >= 2 else nbytes)
+    halved = fetch is not None and nbytes >= 2
+    try:
+        plan = plan_for(arr, nbytes // 2 if halved else nbytes)
+    except BudgetError as exc:
+        if not halved:
+            raise
+        raise BudgetError(
+            f"{exc} (With prefetch on, chunks are planned at half of the budget of {nbytes} "
+            "bytes given; double the budget, or pass prefetch=False.)"
+        ) from None
     return _walk(arr, mapping, plan, progress=progress, release=bool(release), fetch=fetch,
                  pattern=pattern, desc=desc)
 
