@@ -99,8 +99,9 @@ def test_prefetch_never_populates_a_chunk_after_its_release(
 def test_threads_validation() -> None:
     assert _engine.parse_threads(None) >= 1
     for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="threads"):
+        with pytest.raises(ValueError, match="threads") as info:
             _engine.parse_threads(bad)  # type: ignore[arg-type]
+        assert isinstance(info.value, bigarr.errors.BigArrError)
 
 
 def test_flush_policy_flushes_every_n_bytes(tmp_path: Path) -> None:
@@ -329,3 +330,15 @@ def test_peak_rss_stays_within_the_budget(tmp_path: Path,
     assert float(total) == 3.0 * n
     # Without release-behind the two 96 MiB files would be resident (192 MiB).
     assert int(grew) < (16 << 20) + (24 << 20), int(grew) >> 20
+
+
+def test_no_worker_threads_outlive_an_error_in_the_consumer(tmp_path: Path) -> None:
+    # An error raised while consuming results (here: the Appender refusing a result's row
+    # shape) must shut the engine's pool down at once, not when the traceback is collected.
+    x = np.ones((20_000, 3), np.float32)
+    with bigarr.Appender(tmp_path / "a.npy", np.float32, (3,)) as app:
+        with pytest.raises(ShapeError) as info:
+            bigarr.map_blocks(lambda b: b[:, :2], x, out=app, budget="128KiB", threads=2,
+                              progress=False)
+        assert info.value is not None  # the traceback (and its frames) are still alive
+        assert not [t for t in threading.enumerate() if t.name.startswith("bigarr")]

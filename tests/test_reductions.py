@@ -215,8 +215,11 @@ def test_reduce_blocks_folds_in_chunk_order(tmp_path: Path) -> None:
     dot = bigarr.reduce_blocks(lambda a, b: float(a @ b), lambda p, q: p + q, x, y,
                                budget="64KiB", progress=False)
     assert dot == pytest.approx(float(x @ y))
-    with pytest.raises(ValueError, match="leading length"):
+    with pytest.raises(ValueError, match="leading length") as info:
         bigarr.reduce_blocks(np.sum, np.add, x, y[:10], progress=False)
+    assert isinstance(info.value, bigarr.errors.ShapeError)
+    with pytest.raises(bigarr.errors.ShapeError, match="distinct"):
+        bigarr.sum(x.reshape(100, 200), axis=(0, -2), progress=False)
     assert bigarr.reduce_blocks(len, lambda p, q: p + q, x[:0], progress=False) == 0
 
 

@@ -110,13 +110,14 @@ def parse_threads(threads: int | None) -> int:
 
     Raises
     ------
-    ValueError
-        For anything but a positive integer or ``None``.
+    BudgetError
+        For anything but a positive integer or ``None`` (threads are part of the memory plan,
+        as the budget is).
     """
     if threads is None:
         return default_threads()
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"Expected threads as a positive integer or None. Got {threads!r}.")
+        raise BudgetError(f"Expected threads as a positive integer or None. Got {threads!r}.")
     return int(threads)
 
 

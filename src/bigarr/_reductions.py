@@ -62,7 +62,7 @@ from ._partials import (
     merge,
 )
 from ._progress import Progress, ProgressArg
-from .errors import UnsupportedError
+from .errors import ShapeError, UnsupportedError
 
 __all__ = [
     "argmax",
@@ -97,7 +97,7 @@ def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
             raise np.exceptions.AxisError(int(ax), ndim)
         out.append(int(ax) % ndim)
     if len(set(out)) != len(out):
-        raise ValueError(f"Expected distinct axes. Got {axis!r}.")
+        raise ShapeError(f"Expected distinct axes. Got {axis!r}.")
     return tuple(sorted(out))
 
 
@@ -524,7 +524,7 @@ def reduce_blocks(
     ------
     BudgetError
         If the budget cannot hold the smallest chunk plan.
-    ValueError
+    ShapeError
         If the inputs do not share their leading length.
     """
     if not inputs:
@@ -539,7 +539,7 @@ def reduce_blocks(
             order = "C"
             for s in streams[1:]:
                 if s.array.ndim == 0 or first.ndim == 0 or s.array.shape[0] != first.shape[0]:
-                    raise ValueError(
+                    raise ShapeError(
                         "Expected inputs sharing their leading length. Got shapes "
                         f"{[x.array.shape for x in streams]}."
                     )
