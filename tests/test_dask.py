@@ -301,6 +301,7 @@ def test_missing_extra_names_the_install_command(tmp_path: Path) -> None:
             bigarr.to_dask(sys.argv[1])
         except ImportError as exc:
             print("ImportError:", exc)
+            print("bigarr error:", isinstance(exc, bigarr.errors.BigArrError))
         """
     )
     path = _file(tmp_path, np.zeros(4))
@@ -308,6 +309,7 @@ def test_missing_extra_names_the_install_command(tmp_path: Path) -> None:
                          text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "pip install 'bigarr[dask]'" in res.stdout
+    assert "bigarr error: True" in res.stdout  # a bigarr error that is also an ImportError
 
 
 def test_a_file_truncated_after_graph_building_raises_not_sigbus(tmp_path: Path) -> None:

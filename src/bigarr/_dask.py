@@ -43,6 +43,7 @@ from ._geometry import PAGE_SIZE, parse_size
 from .errors import (
     DtypeError,
     FileExistsError_,
+    MissingExtraError,
     ModeError,
     ReadOnlyError,
     RegionError,
@@ -69,7 +70,7 @@ def _dask_array() -> Any:
         import dask
         import dask.array
     except ImportError as exc:
-        raise ImportError(
+        raise MissingExtraError(
             f"bigarr's dask interop needs dask and distributed, which are not installed "
             f"({exc}). Install the extra: {_EXTRA}"
         ) from exc
@@ -287,8 +288,8 @@ def to_dask(
 
     Raises
     ------
-    ImportError
-        If dask is not installed (``pip install 'bigarr[dask]'``).
+    MissingExtraError
+        If dask is not installed (``pip install 'bigarr[dask]'``); also an ``ImportError``.
     ModeError
         For a private-mode array: its edits are not in the file the workers read.
     FileMissingError, NotAFileError, FormatError
@@ -430,8 +431,8 @@ def store(
 
     Raises
     ------
-    ImportError
-        If dask is not installed (``pip install 'bigarr[dask]'``).
+    MissingExtraError
+        If dask is not installed (``pip install 'bigarr[dask]'``); also an ``ImportError``.
     ShapeError
         If an existing target's shape differs from ``x``'s.
     DtypeError

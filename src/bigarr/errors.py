@@ -25,6 +25,7 @@ keeps working::
     ├── FileChangedError (OSError)          the file shrank or changed under an open array
     ├── PickleError_ (TypeError)            an array that cannot be pickled by reference
     ├── IncompleteOutputError (RuntimeError)  an output left behind by a run that did not finish
+    ├── MissingExtraError (ImportError)     an optional extra (dask) is not installed
     └── UnsupportedError (NotImplementedError)  a feature this platform or kernel lacks
 
     IncompleteOutputWarning (UserWarning)   open() of an output whose writing run did not finish
@@ -50,6 +51,7 @@ __all__ = [
     "IncompleteOutputWarning",
     "MappingBusyError",
     "MappingError",
+    "MissingExtraError",
     "ModeError",
     "NotAFileError",
     "PickleError_",
@@ -161,6 +163,10 @@ class IncompleteOutputWarning(UserWarning):
     Reading is allowed (the data may be partly old, partly new); :func:`bigarr.check_complete`
     raises :class:`IncompleteOutputError` for code that must refuse such files.
     """
+
+
+class MissingExtraError(BigArrError, ImportError):
+    """An optional extra this feature needs is not installed; the message names the pip line."""
 
 
 class UnsupportedError(BigArrError, NotImplementedError):
