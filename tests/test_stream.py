@@ -273,3 +273,12 @@ def test_budget_error_with_prefetch_names_the_given_budget(tmp_path: Path) -> No
             a.chunks("4KiB", progress=False)
         assert sum(c.nbytes for c, _ in a.chunks("4KiB", progress=False, prefetch=False)) \
             == a.nbytes
+
+
+def test_a_bad_progress_argument_is_a_bigarr_error(path: Path) -> None:
+    # Regression: progress= of the wrong type raised a bare TypeError, not a bigarr error.
+    with bigarr.open(path) as a, pytest.raises(bigarr.errors.ArgumentError,
+                                               match="progress") as info:
+        for _ in a.chunks("64KiB", progress=42):  # type: ignore[arg-type]
+            pass
+    assert isinstance(info.value, TypeError)

@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from .errors import ArgumentError
+
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -110,7 +112,7 @@ def _reporters(progress: ProgressArg) -> list[ProgressCallback]:
         out = list(progress)
         if all(callable(cb) for cb in out):
             return out
-    raise TypeError(
+    raise ArgumentError(
         "Expected progress as None (bar on a TTY), True, False, a callable taking a "
         f"ProgressEvent, or a sequence of such callables. Got {progress!r}."
     )
@@ -133,8 +135,8 @@ class Progress:
 
     Raises
     ------
-    TypeError
-        If ``progress`` is none of the accepted forms.
+    ArgumentError
+        If ``progress`` is none of the accepted forms (also a ``TypeError``).
     """
 
     def __init__(

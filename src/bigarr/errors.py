@@ -24,6 +24,7 @@ keeps working::
     ├── MappingError (OSError)              the OS refused to map, advise or sync a range
     ├── FileChangedError (OSError)          the file shrank or changed under an open array
     ├── PickleError_ (TypeError)            an array that cannot be pickled by reference
+    ├── ArgumentError (TypeError)           an argument of a type bigarr cannot use
     ├── IncompleteOutputError (RuntimeError)  an output left behind by a run that did not finish
     ├── MissingExtraError (ImportError)     an optional extra (dask) is not installed
     └── UnsupportedError (NotImplementedError)  a feature this platform or kernel lacks
@@ -36,6 +37,7 @@ from __future__ import annotations
 import errno as _errno
 
 __all__ = [
+    "ArgumentError",
     "BigArrError",
     "BudgetError",
     "ClosedError",
@@ -151,6 +153,10 @@ class FileChangedError(BigArrError, OSError):
 
 class PickleError_(BigArrError, TypeError):
     """The array cannot be pickled as a file reference (for example private-mode scratch edits)."""
+
+
+class ArgumentError(BigArrError, TypeError):
+    """An argument of a type bigarr cannot use (for example ``progress=42``)."""
 
 
 class IncompleteOutputError(BigArrError, RuntimeError):
