@@ -546,16 +546,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="shape, dtype, alignment, size on disk, page-cache residency")
     p.add_argument("file", help=".npy file (or a zarr array directory)")
-    p.add_argument("--cells", type=int, default=_BAR_CELLS, help="width of the residency bar")
+    p.add_argument("--cells", type=int, default=_BAR_CELLS,
+                   help=f"width of the residency bar, in characters (default {_BAR_CELLS})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("create", help="create a page-aligned .npy file")
-    p.add_argument("file")
-    p.add_argument("--shape", required=True, help="e.g. 1000,3")
+    p = sub.add_parser("create", help="create a page-aligned .npy file, preallocated on disk")
+    p.add_argument("file", help="the new .npy file")
+    p.add_argument("--shape", required=True, help="e.g. 1000,3 or 1000x3; () for a 0-d array")
     p.add_argument("--dtype", type=_dtype_arg, default=np.dtype("f8"), help="e.g. f4 (default f8)")
-    p.add_argument("--fill", help="value of every element (default zeros)")
-    p.add_argument("--order", choices=("C", "F"), default="C", type=str.upper)
+    p.add_argument("--fill", help="value of every element, e.g. 1.5, or 0, 1, true, false for "
+                   "bool; write --fill=-inf for values like -inf or -1e5 (default zeros)")
+    p.add_argument("--order", choices=("C", "F"), default="C", type=str.upper,
+                   help="memory order: C (row-major, default) or F (column-major)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(func=_cmd_create)
 
