@@ -81,13 +81,17 @@ def save_png(path: str, mean: np.ndarray, std: np.ndarray, peak: np.ndarray,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="1GiB", help="size of the generated stack")
+    parser.add_argument("--size", type=bigarr.parse_size, default="1GiB",
+                        help="size of the generated stack")
     parser.add_argument("--dir", help="where to write (default: a temporary directory)")
-    parser.add_argument("--budget", default="128MiB", help="memory budget of each pass")
+    parser.add_argument("--budget", type=bigarr.parse_size, default="128MiB",
+                        help="memory budget of each pass")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--png", default="image_stats.png", help="picture of the result")
     args = parser.parse_args()
-    size, budget = bigarr.parse_size(args.size), bigarr.parse_size(args.budget)
+    if args.dir is not None and not os.path.isdir(args.dir):
+        parser.error(f"--dir {args.dir} is not a directory")
+    size, budget = args.size, args.budget
 
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="image-stats-") as folder:
         stack = generate(os.path.join(folder, "stack.npy"), size, budget)

@@ -64,14 +64,20 @@ def merge(a: tuple, b: tuple) -> tuple:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="1GiB", help="size of the generated matrix")
+    parser.add_argument("--size", type=bigarr.parse_size, default="1GiB",
+                        help="size of the generated matrix")
     parser.add_argument("--dir", help="where to write (default: a temporary directory)")
-    parser.add_argument("--budget", default="128MiB", help="memory budget of each pass")
+    parser.add_argument("--budget", type=bigarr.parse_size, default="128MiB",
+                        help="memory budget of each pass")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--components", type=int, default=LATENT)
     args = parser.parse_args()
-    size, budget = bigarr.parse_size(args.size), bigarr.parse_size(args.budget)
+    if args.dir is not None and not os.path.isdir(args.dir):
+        parser.error(f"--dir {args.dir} is not a directory")
+    size, budget = args.size, args.budget
     k = args.components
+    if not 1 <= k <= FEATURES:
+        parser.error(f"--components must be between 1 and {FEATURES}; got {k}")
 
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="pca-") as folder:
         x, basis = generate(os.path.join(folder, "x.npy"), size, budget)

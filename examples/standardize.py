@@ -52,12 +52,16 @@ def generate(path: str, size: int, budget: int) -> bigarr.memmap:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="1GiB", help="size of the generated matrix")
+    parser.add_argument("--size", type=bigarr.parse_size, default="1GiB",
+                        help="size of the generated matrix")
     parser.add_argument("--dir", help="where to write (default: a temporary directory)")
-    parser.add_argument("--budget", default="128MiB", help="memory budget of each pass")
+    parser.add_argument("--budget", type=bigarr.parse_size, default="128MiB",
+                        help="memory budget of each pass")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    size, budget = bigarr.parse_size(args.size), bigarr.parse_size(args.budget)
+    if args.dir is not None and not os.path.isdir(args.dir):
+        parser.error(f"--dir {args.dir} is not a directory")
+    size, budget = args.size, args.budget
 
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="standardize-") as folder:
         x = generate(os.path.join(folder, "features.npy"), size, budget)

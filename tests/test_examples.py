@@ -90,3 +90,14 @@ def test_standardize_accumulates_in_float64(tmp_path: Path) -> None:
     match = re.search(r"mean 0 and std 1 to within (\S+)$", proc.stdout, re.MULTILINE)
     assert match, proc.stdout
     assert float(match.group(1)) < 1e-6
+
+
+@pytest.mark.parametrize("script", sorted(CLEANS_UP))
+@pytest.mark.parametrize("args", [["--size", "abc"], ["--budget", "-1"], ["--dir", "missing"]])
+def test_example_bad_arguments_are_usage_errors(script: str, args: list[str],
+                                                tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"{script}: error: " in proc.stderr
