@@ -20,7 +20,13 @@ from zarr.storage import LocalStore, MemoryStore
 
 import bigarr
 from bigarr._zarr import _raw_chunks
-from bigarr.errors import BudgetError, FileExistsError_, FileMissingError, FormatError
+from bigarr.errors import (
+    BudgetError,
+    FileExistsError_,
+    FileMissingError,
+    FormatError,
+    ShapeError,
+)
 
 
 def _data(shape: tuple[int, ...], dtype: str = "f4", order: str = "C") -> np.ndarray[Any, Any]:
@@ -119,6 +125,26 @@ def test_to_zarr_budget_too_small_is_refused_before_writing(tmp_path: Path) -> N
         bigarr.to_zarr(data, tmp_path / "b.zarr", chunks=(50, 1000), budget="100KiB")
     assert isinstance(info.value, ValueError)
     assert "100.0 KiB" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"chunks": (0, 10)}, "chunks"),  # was a ZeroDivisionError deep in zarr, array left
+        ({"chunks": (10,)}, "chunks"),
+        ({"chunks": (10, 10), "shards": (15, 10)}, "multiple"),
+        ({"chunks": (10, 10), "shards": (20, 10), "zarr_format": 2}, "zarr_format"),
+    ],
+)
+def test_to_zarr_bad_grids_are_bigarr_errors_before_anything_is_created(
+    tmp_path: Path, kwargs: dict[str, Any], match: str
+) -> None:
+    # Regression: zarr's bare ValueError/ZeroDivisionError, and a zero chunk got as far as
+    # creating the array on disk before the first write failed.
+    dest = tmp_path / "g.zarr"
+    with pytest.raises(ShapeError, match=match):
+        bigarr.to_zarr(np.zeros((100, 10)), dest, progress=False, **kwargs)
+    assert not dest.exists()
 
 
 def test_to_zarr_refuses_to_overwrite(tmp_path: Path) -> None:

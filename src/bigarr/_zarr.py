@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import operator
 import os
 import secrets
 import sys
@@ -41,7 +42,14 @@ from ._files import create, file_path
 from ._files import open as open_file
 from ._geometry import format_bytes, parse_size
 from ._progress import Progress, ProgressArg
-from .errors import BudgetError, FileExistsError_, FileMissingError, FormatError, ModeError
+from .errors import (
+    BudgetError,
+    FileExistsError_,
+    FileMissingError,
+    FormatError,
+    ModeError,
+    ShapeError,
+)
 
 __all__ = ["from_zarr", "to_zarr"]
 
@@ -89,6 +97,26 @@ def _plan(
         )
     per = max(1, budget // (overhead * unit * max(slab_bytes, 1)))
     return per * unit
+
+
+def _grid(name: str, value: Any, ndim: int) -> tuple[int, ...]:
+    """Normalise ``chunks=`` or ``shards=`` to one positive int per dimension.
+
+    Raises
+    ------
+    ShapeError
+        For anything else (zarr would fail later, some of it after creating the array).
+    """
+    try:
+        grid = tuple(operator.index(v) for v in value)
+    except TypeError:
+        grid = ()
+    if len(grid) != ndim or any(n < 1 for n in grid):
+        raise ShapeError(
+            f"Expected {name} as {ndim} positive integers, one per dimension of the array. "
+            f"Got {value!r}."
+        )
+    return grid
 
 
 def _batches(extent: int, step: int) -> Iterator[slice]:
@@ -192,6 +220,9 @@ def to_zarr(
         If ``arr`` is a path that is missing or not a ``.npy`` file.
     ClosedError
         If ``arr`` is a closed bigarr array.
+    ShapeError
+        If ``chunks`` or ``shards`` is not one positive int per dimension, or ``shards`` is
+        not a multiple of ``chunks`` or comes with ``zarr_format=2``.
     """
     import zarr
 
@@ -201,8 +232,17 @@ def to_zarr(
         kwargs: dict[str, Any] = {}
         if fill_value is not None:
             kwargs["fill_value"] = fill_value
+        if chunks is not None and chunks != "auto":
+            chunks = _grid("chunks", chunks, src.ndim)
         if shards is not None:
-            kwargs["shards"] = tuple(shards)
+            kwargs["shards"] = grid = _grid("shards", shards, src.ndim)
+            if zarr_format != 3:
+                raise ShapeError(f"Shards need zarr_format=3. Got zarr_format={zarr_format}.")
+            if isinstance(chunks, tuple) and any(s % c for s, c in zip(grid, chunks, strict=True)):
+                raise ShapeError(
+                    f"Expected shards as a multiple of chunks in every dimension. Got shards="
+                    f"{grid} for chunks={chunks}."
+                )
         try:
             z = zarr.create_array(
                 store_or_path,
