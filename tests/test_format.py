@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import bigarr
 from bigarr import errors
-from bigarr._format import MAGIC, build_header, parse_header, read_header
+from bigarr._format import MAGIC, build_header, check_shape, parse_header, read_header
 
 
 @pytest.mark.parametrize("align", [64, 4096, 8192, 65536, 1 << 17])
@@ -101,6 +101,15 @@ def test_more_than_64_dimensions_is_a_shape_error_not_valueerror(tmp_path: Path)
         bigarr.create(tmp_path / "x.npy", (1,) * 65, "u1")
     assert not list(tmp_path.iterdir())
     assert bigarr.create(tmp_path / "y.npy", (1,) * 64, "u1").ndim == 64
+
+
+@pytest.mark.parametrize("shape", [(0, 2**70), (0, 2**62, 4), (3, 0, 2**62)])
+def test_empty_shape_with_unaddressable_dims_is_a_shape_error(shape: tuple[int, ...]) -> None:
+    # Regression: the size check multiplied every dimension, so a 0 hid the others and numpy
+    # then raised a bare ValueError ("array is too big", "Maximum allowed dimension exceeded").
+    with pytest.raises(errors.ShapeError, match="although it is empty"):
+        check_shape(shape, np.dtype("u1"))
+    assert check_shape((2**62, 0), np.dtype("u1")) == (2**62, 0)
 
 
 def test_truncated_data_section() -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import ast
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -92,7 +92,7 @@ class NpyHeader:
         return "F" if self.fortran_order else "C"
 
 
-def _count(shape: Sequence[int]) -> int:
+def _count(shape: Iterable[int]) -> int:
     n = 1
     for dim in shape:
         n *= dim
@@ -152,11 +152,14 @@ def check_shape(shape: Any, dtype: np.dtype[Any]) -> tuple[int, ...]:
             + (f" plus {dtype.ndim} of the dtype {dtype}" if dtype.ndim else "")
             + "; reshape the array to fewer dimensions."
         )
-    nbytes = _count(out) * dtype.itemsize
+    # numpy refuses a shape whose *nonzero* dimensions times the itemsize overflow intp, even
+    # when another dimension is 0 (so the array is empty): check what numpy checks.
+    nbytes = _count(d for d in out if d) * max(dtype.itemsize, 1)
     if nbytes > np.iinfo(np.intp).max:
+        empty = " (although it is empty)" if 0 in out else ""
         raise ShapeError(
-            f"Shape {tuple(out)} of {dtype} needs {nbytes} bytes, more than this platform can "
-            f"address ({np.iinfo(np.intp).max})."
+            f"Shape {tuple(out)} of {dtype} spans {nbytes} bytes{empty}, more than this "
+            f"platform can address ({np.iinfo(np.intp).max}); use smaller dimensions."
         )
     return tuple(out)
 
