@@ -30,19 +30,13 @@ import numpy as np
 from ._files import create, file_path, preallocate
 from ._format import NpyHeader, check_dtype, read_header, rewrite_shape
 from ._geometry import align_up, parse_size
+from ._journal import datasync, pwrite_all
 from .errors import DtypeError, FileMissingError, ShapeError
 
 if TYPE_CHECKING:
     from types import TracebackType
 
 __all__ = ["Appender", "append"]
-
-
-def _sync(fd: int) -> None:
-    if hasattr(os, "fdatasync"):
-        os.fdatasync(fd)
-    else:  # pragma: no cover - macOS
-        os.fsync(fd)
 
 
 class Appender:
@@ -199,10 +193,7 @@ class Appender:
                 grow = align_up(max(stop, self._allocated + self._step), 1 << 20)
                 preallocate(self._fd, self._allocated, grow - self._allocated, self.path)
                 self._allocated = grow
-            view = memoryview(arr.reshape(-1).view(np.uint8).data if arr.nbytes else b"")
-            pos = 0
-            while pos < arr.nbytes:
-                pos += os.pwrite(self._fd, view[pos:], start + pos)
+            pwrite_all(self._fd, arr, start)
             self._pending += arr.shape[0]
             due = self._pending * self._row_bytes >= self._commit_every
         if due:
@@ -220,14 +211,14 @@ class Appender:
         with self._lock:
             self._check_open()
             if self._pending:
-                _sync(self._fd)  # the data is durable before the header may point at it
+                datasync(self._fd)  # the data is durable before the header may point at it
                 self._set_length(self._committed + self._pending)
                 self._pending = 0
             return self._committed
 
     def _set_length(self, rows: int) -> None:
         self._header = rewrite_shape(self._fd, self._header, (rows, *self.row_shape))
-        _sync(self._fd)
+        datasync(self._fd)
         self._committed = rows
 
     def truncate(self, rows: int) -> None:
@@ -262,7 +253,7 @@ class Appender:
             end = self._header.data_offset + self._committed * self._row_bytes
             if os.fstat(self._fd).st_size > end:
                 os.ftruncate(self._fd, end)
-                _sync(self._fd)
+                datasync(self._fd)
             os.close(self._fd)
             self._fd = -1
 

@@ -49,6 +49,7 @@ from ._budget import MemoryPlan
 from ._chunks import Chunk, ChunkPlan, plan_chunks
 from ._geometry import ByteSpan
 from ._hints import parse_hint
+from ._journal import datasync, pwrite_all
 from ._mapping import Mapping
 from ._progress import Progress
 from ._regions import extent
@@ -321,10 +322,7 @@ class Writeback:
 
     def pwrite(self, entry: _Pending, fd: int, offset: int, data: np.ndarray[Any, Any]) -> None:
         """Write a contiguous array's bytes at ``offset`` of ``fd`` and start their writeback."""
-        view = memoryview(data.reshape(-1).view(np.uint8).data) if data.nbytes else memoryview(b"")
-        done = 0
-        while done < data.nbytes:
-            done += os.pwrite(fd, view[done:], offset + done)
+        pwrite_all(fd, data, offset)
         if data.nbytes and _sync_file_range is not None:
             _sync_file_range(fd, offset, data.nbytes, _SFR_WRITE)
         entry.ranges.append((fd, offset, data.nbytes))
@@ -363,7 +361,7 @@ class Writeback:
         with self._lock:
             fds = sorted(self._fds)
         for fd in fds:
-            os.fdatasync(fd) if hasattr(os, "fdatasync") else os.fsync(fd)
+            datasync(fd)
 
     def _flush(self, batch: list[_Pending]) -> None:
         if not batch:

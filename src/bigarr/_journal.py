@@ -43,16 +43,20 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from .errors import IncompleteOutputError
 
 __all__ = [
     "JOURNAL_SUFFIX",
     "Journal",
     "check_complete",
+    "datasync",
     "fsync_dir",
     "input_identity",
     "journal_path",
     "partial_path",
+    "pwrite_all",
     "read_journal",
 ]
 
@@ -85,6 +89,24 @@ def fsync_dir(path: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def datasync(fd: int) -> None:
+    """Make a file's data (and the metadata needed to read it) durable: ``fdatasync``."""
+    if hasattr(os, "fdatasync"):
+        os.fdatasync(fd)
+    else:  # pragma: no cover - macOS and the BSDs
+        os.fsync(fd)
+
+
+def pwrite_all(fd: int, data: np.ndarray[Any, Any], offset: int) -> None:
+    """Write all bytes of a C-contiguous array at ``offset`` (bytes) of ``fd``."""
+    if not data.nbytes:
+        return
+    view = memoryview(data.reshape(-1).view(np.uint8).data)
+    done = 0
+    while done < data.nbytes:
+        done += os.pwrite(fd, view[done:], offset + done)
 
 
 def read_journal(path: str) -> tuple[Any, dict[int, int | None], bool] | None:
@@ -166,7 +188,7 @@ class Journal:
         text = "".join(f"done {i}{tail}\n" for i in items)
         with self._lock:
             os.write(self._fd, text.encode("ascii"))
-            os.fdatasync(self._fd) if hasattr(os, "fdatasync") else os.fsync(self._fd)
+            datasync(self._fd)
             for i in items:
                 self.done[i] = rows
 
