@@ -216,20 +216,7 @@ def test_verify_truncated_file_fails(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_verify_refuses_an_interrupted_in_place_output(tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    src, out = tmp_path / "src.npy", tmp_path / "out.npy"
-    np.save(src, np.arange(400_000, dtype=np.float64))
-    with bigarr.create(out, (400_000,), "f8") as target:
-        calls = []
-
-        def func(block: np.ndarray) -> np.ndarray:
-            calls.append(1)
-            if len(calls) == 3:
-                raise KeyboardInterrupt  # the run dies partway, as if killed
-            return block * 2
-
-        with pytest.raises(KeyboardInterrupt):
-            bigarr.map_blocks(func, str(src), out=target, budget="4MiB", threads=1,
-                              resume=True, progress=False)
+    out = _interrupted_output(tmp_path)
     status, _, err = cli(capsys, "verify", str(out))
     assert status == 1
     assert_one_line_error(err)
@@ -566,3 +553,42 @@ def test_demo_removes_a_dir_it_created(tmp_path: Path) -> None:
                "2MiB", "--threads", "1", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert os.listdir(tmp_path) == []
+
+
+def _interrupted_output(tmp_path: Path) -> Path:
+    src, out = tmp_path / "src.npy", tmp_path / "out.npy"
+    np.save(src, np.arange(400_000, dtype=np.float64))
+    with bigarr.create(out, (400_000,), "f8") as target:
+        calls = []
+
+        def func(block: np.ndarray) -> np.ndarray:
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt  # the run dies partway, as if killed
+            return block * 2
+
+        with pytest.raises(KeyboardInterrupt):
+            bigarr.map_blocks(func, str(src), out=target, budget="4MiB", threads=1,
+                              resume=True, progress=False)
+    return out
+
+
+def test_convert_refuses_an_interrupted_output(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # Regression: convert copied the half-written data under a new name with no journal, so
+    # the copy looked complete.
+    out = _interrupted_output(tmp_path)
+    status, _, err = cli(capsys, "convert", str(out), str(tmp_path / "copy.npy"))
+    assert status == 1
+    assert_one_line_error(err)
+    assert "incomplete" in err
+    assert not (tmp_path / "copy.npy").exists()
+
+
+def test_info_of_an_interrupted_output_warns_in_one_line(tmp_path: Path) -> None:
+    out = _interrupted_output(tmp_path)
+    proc = run("info", str(out))
+    assert proc.returncode == 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bigarr: warning: "), proc.stderr
+    assert "incomplete" in lines[0]

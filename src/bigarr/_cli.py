@@ -17,6 +17,7 @@ import re
 import shutil
 import stat
 import sys
+import warnings
 import zlib
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -467,6 +468,7 @@ def _convert(args: argparse.Namespace, kind: str, to: str) -> int:
     import time
 
     from . import _files
+    from ._journal import check_complete
 
     progress = _progress(args)
     started = time.perf_counter()
@@ -484,6 +486,7 @@ def _convert(args: argparse.Namespace, kind: str, to: str) -> int:
             src = _files.open_raw(args.src, args.dtype, shape_arg, offset=args.offset,
                                   order=args.order)
         else:
+            check_complete(args.src)  # a copy of half-written data would look complete
             src = _files.open(args.src, "r")
         try:
             shape, dtype, nbytes = src.shape, src.dtype, src.nbytes
@@ -605,10 +608,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Warnings as one ``bigarr: warning: ...`` line, without the source line numpy-style."""
+    print(f"bigarr: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except _UsageError as exc:
