@@ -176,7 +176,9 @@ def to_zarr(
     The data moves in batches of whole zarr chunks (whole shards when ``shards`` is given)
     along axis 0 (the last axis for a Fortran-ordered source), so each chunk is encoded and
     written exactly once and never read back. After each batch the source's pages are released
-    (``MADV_DONTNEED``), so resident memory stays near ``budget`` for any array size.
+    (``MADV_DONTNEED``), so resident memory stays near ``budget`` for any array size. A
+    private-mode source is the exception: dropping its pages would throw away its scratch
+    edits, so the pages it read stay mapped (clean ones remain reclaimable by the kernel).
 
     Parameters
     ----------
