@@ -152,7 +152,7 @@ _DESCRS = ["'<f4'", "'|V0'", "'<U0'", "[]", "[('a', '<i4', (70,))]", "('u1', (2,
 @settings(max_examples=150, deadline=None)
 @given(st.sampled_from(_DESCRS),
        st.integers(0, 70).flatmap(
-           lambda n: st.lists(st.sampled_from([1, 1, 1, 0, 2]), min_size=n, max_size=n)),
+           lambda n: st.lists(st.sampled_from([1, 1, 1, 0, 2, 2**62]), min_size=n, max_size=n)),
        st.booleans(),
        st.integers(0, 64))
 def test_fuzz_opening_header_dicts_only_raises_bigarr_errors(
