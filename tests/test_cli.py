@@ -592,3 +592,30 @@ def test_info_of_an_interrupted_output_warns_in_one_line(tmp_path: Path) -> None
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bigarr: warning: "), proc.stderr
     assert "incomplete" in lines[0]
+
+
+def test_convert_overwrite_never_empties_a_directory_that_is_not_zarr(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Regression: 'convert a.npy proj --to zarr --overwrite' deleted everything in proj/.
+    src, folder = tmp_path / "a.npy", tmp_path / "proj"
+    np.save(src, np.zeros(10))
+    folder.mkdir()
+    (folder / "notes.txt").write_text("precious")
+    for args in (["--to", "zarr"], []):
+        status, _, err = cli(capsys, "convert", str(src), str(folder), "--overwrite", *args)
+        assert status == 1
+        assert_one_line_error(err)
+        assert "directory" in err and "[Errno None]" not in err
+        assert (folder / "notes.txt").read_text() == "precious"
+
+
+def test_convert_overwrite_replaces_a_zarr_array(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("zarr")
+    src, dst = tmp_path / "a.npy", tmp_path / "a.zarr"
+    np.save(src, np.zeros(10))
+    assert cli(capsys, "convert", str(src), str(dst))[0] == 0
+    np.save(src, np.ones(10))
+    assert cli(capsys, "convert", str(src), str(dst), "--overwrite")[0] == 0
+    assert cli(capsys, "convert", str(dst), str(tmp_path / "b.npy"))[0] == 0
+    assert np.array_equal(np.load(tmp_path / "b.npy"), np.ones(10))

@@ -453,13 +453,17 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                           "--to zarr")
     if os.path.lexists(args.dst) and not args.overwrite:
         raise FileExistsError_(f"{args.dst} exists; pass --overwrite to replace it")
+    if os.path.isdir(args.dst) and not (to == "zarr" and _is_zarr(args.dst)):
+        # zarr's overwrite empties the directory: only ever do that to a zarr array
+        raise NotAFileError(f"{args.dst} is a directory that is not a zarr array; --overwrite "
+                            "replaces only a file or a zarr array")
     fresh = not os.path.lexists(args.dst)
     try:
         return _convert(args, kind, to)
     except BaseException as exc:
         if to == "zarr" and fresh and os.path.isdir(args.dst):
             shutil.rmtree(args.dst, ignore_errors=True)  # chunks of a run that did not finish
-        if isinstance(exc, OSError) and exc.filename is None:
+        if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
             exc.filename = args.dst  # e.g. ENOSPC from zarr's writes names no file
         raise
 
