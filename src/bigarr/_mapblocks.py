@@ -178,9 +178,13 @@ def map_blocks(
     BudgetError
         If the budget cannot hold the plan (both numbers quoted), before anything runs.
     FileExistsError_
-        If ``out`` is an existing path and neither ``overwrite`` nor ``resume`` is set.
+        If ``out`` is an existing path (or a directory) and ``overwrite`` is not set; an
+        unfinished run's output is not at ``out`` yet, so ``resume`` never needs it.
+    ReadOnlyError
+        If ``out`` is an array that cannot be written (a read-only mapping).
     ShapeError
-        If inputs do not share ``N`` or a result has the wrong number or shape of rows.
+        If inputs do not share ``N``, a result has the wrong number or shape of rows, or
+        ``resume`` cannot apply (in place over an input, or an output that is not a file).
     """
     if not inputs:
         raise TypeError("map_blocks needs at least one input array.")
