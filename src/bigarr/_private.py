@@ -62,12 +62,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._geometry import PAGE_SIZE, ByteSpan
-from ._journal import fsync_dir
+from ._journal import datasync, fsync_dir, pwrite_all
 from ._regions import Region, extent, region_span
 from .errors import (
     FileChangedError,
     FileMissingError,
-    MappingError,
     ModeError,
     ReadOnlyError,
     RegionError,
@@ -497,24 +496,12 @@ def _writable_fd(m: Mapping) -> int:
 
 def _pwrite(fd: int, m: Mapping, runs: Runs) -> int:
     """``pwrite`` each run from the mapping to the file, in ascending order; bytes written."""
-    view, base, total = m.root.data, m.map_offset, 0
-    pwrite = os.pwrite
+    root, base, total = m.root, m.map_offset, 0
     for start, stop in runs:
-        pos = start
-        while pos < stop:
-            n = pwrite(fd, view[pos : min(stop, pos + _CHUNK)], base + pos)
-            if n <= 0:
-                raise MappingError(5, f"pwrite to {m.path} wrote nothing at byte {base + pos}.")
-            pos += n
+        for pos in range(start, stop, _CHUNK):
+            pwrite_all(fd, root[pos : min(stop, pos + _CHUNK)], base + pos)
         total += stop - start
     return total
-
-
-def _datasync(fd: int) -> None:
-    if hasattr(os, "fdatasync"):
-        os.fdatasync(fd)
-    else:  # macOS and the BSDs
-        os.fsync(fd)
 
 
 _JOURNAL_MAGIC = b"bigarr-commit-journal 1\n"
@@ -560,7 +547,7 @@ def _journaled_write(fd: int, m: Mapping, runs: Runs) -> int:
         os.close(jfd)
     fsync_dir(jpath)
     written = _pwrite(fd, m, runs)
-    _datasync(fd)
+    datasync(fd)
     os.unlink(jpath)
     fsync_dir(jpath)
     return written
@@ -641,8 +628,8 @@ def recover_commit(path: str | os.PathLike[str]) -> str | None:
                 for offset, nbytes, body in records:
                     for a in range(0, nbytes, _CHUNK):
                         chunk = os.pread(jfd, min(_CHUNK, nbytes - a), body + a)
-                        _write_all_at(fd, chunk, offset + a)
-                _datasync(fd)
+                        pwrite_all(fd, np.frombuffer(chunk, np.uint8), offset + a)
+                datasync(fd)
             finally:
                 os.close(fd)
             outcome = "replayed"
@@ -651,12 +638,6 @@ def recover_commit(path: str | os.PathLike[str]) -> str | None:
     os.unlink(jpath)
     fsync_dir(jpath)
     return outcome
-
-
-def _write_all_at(fd: int, data: bytes, offset: int) -> None:
-    done = 0
-    while done < len(data):
-        done += os.pwrite(fd, data[done:], offset + done)
 
 
 def _drop_if_clean(m: Mapping, page_start: int) -> None:
@@ -745,7 +726,7 @@ def commit(arr: Any, region: Region = None, *, journal: bool = False) -> int:
                 written = _journaled_write(fd, m, runs)
             else:
                 written = _pwrite(fd, m, runs)
-                _datasync(fd)
+                datasync(fd)
         finally:
             os.close(fd)
         _settle(m, span, runs, restore=False)
