@@ -9,6 +9,7 @@ import subprocess
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -284,3 +285,34 @@ def test_open_warns_about_an_interrupted_in_place_output(npy_path: Path) -> None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bigarr.open(npy_path).close()  # no warning once the journal is gone
+
+
+def test_unreadable_file_is_access_denied_not_a_bare_permission_error(
+    npy_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: a file bigarr may not read raised the OS's bare PermissionError (stat, header
+    # read), or a ReadOnlyError saying it "cannot be opened for writing" in read-only mode.
+    # Simulated, since root may read anything.
+    import builtins
+
+    real_stat, real_open, real_os_open = os.stat, builtins.open, os.open
+    target = str(npy_path)
+
+    def deny(real: Any) -> Any:
+        def call(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if str(path) == target:
+                raise PermissionError(13, "Permission denied", target)
+            return real(path, *args, **kwargs)
+        return call
+
+    for name, module, real in (("stat", os, real_stat), ("open", builtins, real_open),
+                               ("open", os, real_os_open)):
+        with monkeypatch.context() as m:
+            m.setattr(module, name, deny(real))
+            for mode in ("r", "c"):
+                with pytest.raises(errors.AccessDeniedError, match="Permission denied") as info:
+                    bigarr.open(npy_path, mode)
+                assert isinstance(info.value, PermissionError)
+                if module is not builtins:
+                    with pytest.raises(errors.AccessDeniedError):
+                        bigarr.open_raw(npy_path, "u1", mode=mode)

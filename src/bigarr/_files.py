@@ -33,6 +33,7 @@ from ._journal import check_complete, fsync_dir, journal_path
 from ._mapping import Mapping
 from ._modes import parse_mode
 from .errors import (
+    AccessDeniedError,
     DiskFullError,
     FileExistsError_,
     FileMissingError,
@@ -61,11 +62,20 @@ def file_path(path: Any) -> str:
         raise FileMissingError(f"Expected a file path. Got {type(path).__name__}.") from None
 
 
+def _denied(path: str) -> AccessDeniedError:
+    return AccessDeniedError(
+        f"Permission denied reading {path}. bigarr needs read permission on the file and "
+        "search (x) permission on each directory above it."
+    )
+
+
 def _regular_size(path: str) -> int:
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise FileMissingError(f"No such file: {path}") from None
+    except PermissionError:
+        raise _denied(path) from None
     if not stat.S_ISREG(st.st_mode):
         kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a special file"
         raise NotAFileError(f"Expected a regular file. Got {kind}: {path}")
@@ -244,8 +254,11 @@ def create(
 
 def _header_of(path: str) -> NpyHeader:
     size = _regular_size(path)
-    with builtins.open(path, "rb") as f:
-        return read_header(f, size, name=path)
+    try:
+        with builtins.open(path, "rb") as f:
+            return read_header(f, size, name=path)
+    except PermissionError:  # only the open can be refused; reading an open file cannot
+        raise _denied(path) from None
 
 
 def open(path: str | os.PathLike[str], mode: str = "r") -> memmap:
@@ -262,6 +275,8 @@ def open(path: str | os.PathLike[str], mode: str = "r") -> memmap:
     ------
     FileMissingError, NotAFileError
         If ``path`` is missing or not a regular file.
+    AccessDeniedError
+        If the file (or a directory above it) may not be read.
     HeaderError, TruncatedFileError, DtypeError, ShapeError
         If the file is not a mappable ``.npy`` file; checked before mapping.
     ReadOnlyError

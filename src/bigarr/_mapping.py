@@ -43,6 +43,7 @@ from ._geometry import PAGE_SIZE, ByteSpan, align_down
 from ._hints import Hint
 from ._modes import Access
 from .errors import (
+    AccessDeniedError,
     FileChangedError,
     HintError,
     MappingBusyError,
@@ -137,6 +138,10 @@ class Mapping:
         try:
             self.fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
         except PermissionError:
+            if access != "shared":
+                raise AccessDeniedError(
+                    f"Permission denied reading {path}; bigarr needs read permission on it."
+                ) from None
             raise ReadOnlyError(
                 f"{path} cannot be opened for writing. Open it with mode='r' (read-only) or "
                 "'private' (copy-on-write edits that stay in memory)."

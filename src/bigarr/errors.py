@@ -17,6 +17,7 @@ keeps working::
     ├── ClosedError (ValueError)            use of a closed array (like I/O on a closed file)
     ├── MappingBusyError (BufferError)      close() while other views still point into the mapping
     ├── ReadOnlyError (PermissionError)     writing through a read-only file or mapping
+    ├── AccessDeniedError (PermissionError) the file (or a directory on its path) cannot be read
     ├── FileMissingError (FileNotFoundError)
     ├── NotAFileError (IsADirectoryError)   a directory or other non-regular file
     ├── FileExistsError_ (FileExistsError)  create() would replace an existing path
@@ -37,6 +38,7 @@ from __future__ import annotations
 import errno as _errno
 
 __all__ = [
+    "AccessDeniedError",
     "ArgumentError",
     "BigArrError",
     "BudgetError",
@@ -119,6 +121,10 @@ class MappingBusyError(BigArrError, BufferError):
 
 class ReadOnlyError(BigArrError, PermissionError):
     """A write through a read-only file or a read-only mapping."""
+
+
+class AccessDeniedError(BigArrError, PermissionError):
+    """The OS denies reading the file, or searching a directory on its path."""
 
 
 class FileMissingError(BigArrError, FileNotFoundError):
