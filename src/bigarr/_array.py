@@ -224,6 +224,9 @@ class memmap(np.memmap):
         ------
         MappingBusyError
             If other views of the mapping are alive and ``force`` is false.
+        FileChangedError
+            If the file shrank below the mapping, so the final flush was skipped (the file and
+            the mapping are released all the same).
         """
         if self._bigarr is not None:
             self._bigarr.close(self, force=force)

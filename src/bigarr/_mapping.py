@@ -400,6 +400,11 @@ class Mapping:
         ------
         MappingBusyError
             If other views still use the mapping and ``force`` is false.
+        FileChangedError
+            If the file shrank below the mapping: the flush is skipped, but the range is still
+            retired and the file released before this is raised.
+        MappingError
+            If the OS refuses to retire the range (the mapping then stays open).
         """
         if self.closed:
             return
