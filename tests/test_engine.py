@@ -342,3 +342,23 @@ def test_no_worker_threads_outlive_an_error_in_the_consumer(tmp_path: Path) -> N
                               progress=False)
         assert info.value is not None  # the traceback (and its frames) are still alive
         assert not [t for t in threading.enumerate() if t.name.startswith("bigarr")]
+
+
+def test_records_whose_page_aligned_starts_are_out_of_reach_fall_back_to_row_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: 1200-byte records meet a page boundary only every 256 rows (300 KiB, the
+    # lcm of 1200 and 4096); with 64 KiB chunks the aligned plan failed and map_blocks refused
+    # "a budget of 65536 bytes" (the chunk share, not the budget given) instead of starting
+    # chunks on row boundaries as it does for rows of several elements.
+    monkeypatch.setattr(_budget, "MIN_CHUNK_BYTES", 64 << 10)
+    x = np.zeros(5000, dtype=[("a", "f4", (300,))])
+    x["a"] = np.arange(5000, dtype=np.float32)[:, None]
+    src = _file(tmp_path, x)
+    out = bigarr.map_blocks(lambda b: b, src, out=tmp_path / "o.npy", budget="1MiB",
+                            threads=2, progress=False)
+    with out:
+        np.testing.assert_array_equal(out, x)
+    total = bigarr.reduce_blocks(lambda r, s: float(r["a"].sum(dtype=np.float64) + s.sum()),
+                                 lambda p, q: p + q, src, np.ones(5000), budget="1MiB",
+                                 progress=False)
+    assert total == float(x["a"].sum(dtype=np.float64)) + 5000
