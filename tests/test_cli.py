@@ -619,3 +619,12 @@ def test_convert_overwrite_replaces_a_zarr_array(tmp_path: Path,
     assert cli(capsys, "convert", str(src), str(dst), "--overwrite")[0] == 0
     assert cli(capsys, "convert", str(dst), str(tmp_path / "b.npy"))[0] == 0
     assert np.array_equal(np.load(tmp_path / "b.npy"), np.ones(10))
+
+
+def test_info_of_a_non_ascii_name_on_an_ascii_terminal(tmp_path: Path) -> None:
+    np.save(tmp_path / "tür.npy", np.zeros(3))
+    proc = subprocess.run([sys.executable, "-m", "bigarr", "info", "tür.npy"], cwd=tmp_path,
+                          capture_output=True, env=dict(os.environ, PYTHONIOENCODING="ascii"),
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert b"t\\xfcr.npy" in proc.stdout and b"Traceback" not in proc.stderr

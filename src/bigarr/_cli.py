@@ -187,7 +187,11 @@ def _bar(fractions: Sequence[float]) -> str:
 
 
 def _print(text: str = "") -> None:
-    print(text, flush=True)
+    try:
+        print(text, flush=True)
+    except UnicodeEncodeError:  # a file name the terminal's encoding cannot show
+        encoding = sys.stdout.encoding or "ascii"
+        print(text.encode(encoding, "backslashreplace").decode(encoding), flush=True)
 
 
 # ---- info --------------------------------------------------------------------------------------
