@@ -8,6 +8,7 @@ size that makes elements straddle page boundaries.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -21,7 +22,13 @@ from hypothesis import strategies as st
 
 import bigarr
 from bigarr import _private
-from bigarr.errors import ClosedError, FileMissingError, ModeError, RegionError
+from bigarr.errors import (
+    ClosedError,
+    DiskFullError,
+    FileMissingError,
+    ModeError,
+    RegionError,
+)
 
 PAGE = bigarr.PAGE_SIZE
 BACKENDS = ["pagemap", "compare"] if _private._pagemap_works() else ["compare"]
@@ -475,6 +482,30 @@ def test_recover_commit_of_a_removed_file_is_a_bigarr_error(
     with pytest.raises(FileMissingError, match="journal"):
         _private.recover_commit(path)
     assert os.path.exists(_private.journal_path(str(path)))  # kept: it holds the edits
+
+
+def test_journaled_commit_on_a_full_disk_is_a_bigarr_error_and_touches_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: ENOSPC while writing the journal escaped as a bare OSError and left the
+    # torn journal behind.
+    path = tmp_path / "full.npy"
+    _make(path, "bigarr", np.zeros(PAGE * 4, dtype=np.uint8))
+    arr = bigarr.open(path, "private")
+    arr[PAGE] = 7
+
+    def full(fd: int, data: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(_private, "_write_all", full)
+    with pytest.raises(DiskFullError, match="journal"):
+        arr.commit(journal=True)
+    assert not os.path.exists(_private.journal_path(str(path)))
+    assert int(_on_disk(path).sum()) == 0  # the file was never touched
+    assert int(arr[PAGE]) == 7 and arr.dirty().count == 1  # the edit is still a scratch edit
+    monkeypatch.undo()
+    assert arr.commit(journal=True) > 0 and int(_on_disk(path)[PAGE]) == 7
+    arr.close()
 
 
 def test_commit_refuses_a_replaced_file(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ the commit or none.
 from __future__ import annotations
 
 import bisect
+import errno
 import hashlib
 import os
 import struct
@@ -65,6 +66,7 @@ from ._geometry import PAGE_SIZE, ByteSpan
 from ._journal import datasync, fsync_dir, pwrite_all
 from ._regions import Region, extent, region_span
 from .errors import (
+    DiskFullError,
     FileChangedError,
     FileMissingError,
     ModeError,
@@ -543,6 +545,15 @@ def _journaled_write(fd: int, m: Mapping, runs: Runs) -> int:
                 _write_all(jfd, piece)
         _write_all(jfd, _TRAILER + digest.digest())
         os.fsync(jfd)
+    except BaseException as exc:  # the file is untouched: drop the torn journal
+        os.unlink(jpath)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(
+                f"No room for the commit journal {jpath} ({sum(b - a for a, b in runs)} bytes "
+                f"of pages): {exc.strerror}. Nothing was written to {m.path}; the edits are "
+                "still scratch edits. Free space, or commit with journal=False."
+            ) from None
+        raise
     finally:
         os.close(jfd)
     fsync_dir(jpath)
@@ -711,6 +722,8 @@ def commit(arr: Any, region: Region = None, *, journal: bool = False) -> int:
         If the file cannot be opened for writing.
     FileChangedError
         If the file shrank or was replaced while mapped (nothing is written).
+    DiskFullError
+        If the journal (``journal=True``) does not fit on the disk (nothing is written).
     """
     m = _private_mapping(arr, "commit")
     span = region_span(arr, region)
