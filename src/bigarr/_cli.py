@@ -364,14 +364,6 @@ def _data_bytes(view: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return flat.view(np.uint8)
 
 
-def _rows_of(chunk: Any) -> tuple[int, int]:
-    rows = getattr(chunk, "rows", chunk)
-    if isinstance(rows, slice | range):
-        return int(rows.start), int(rows.stop)
-    start, stop = rows
-    return int(start), int(stop)
-
-
 def _cmd_verify(args: argparse.Namespace) -> int:
     from ._files import open as bigarr_open
     from ._journal import check_complete
@@ -401,8 +393,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                 h = _hasher(args.checksum)
                 h.update(data)
                 whole.update(data)
-                start, stop = _rows_of(chunk)
-                rows.append({"chunk": len(rows), "rows": [start, stop],
+                rows.append({"chunk": len(rows), "rows": [chunk.rows.start, chunk.rows.stop],
                              "bytes": int(data.size), args.checksum: h.hexdigest()})
                 del data, view
         summary["checksum"] = args.checksum
