@@ -362,3 +362,5 @@ def test_records_whose_page_aligned_starts_are_out_of_reach_fall_back_to_row_sta
                                  lambda p, q: p + q, src, np.ones(5000), budget="1MiB",
                                  progress=False)
     assert total == float(x["a"].sum(dtype=np.float64)) + 5000
+    assert bigarr.reduce_blocks(len, lambda p, q: p + q, src, budget="1MiB",
+                                progress=False) == 5000

@@ -545,7 +545,7 @@ def reduce_blocks(
                     )
         nthreads = parse_threads(threads)
         memory = plan_memory(budget, threads=nthreads, prefetch=1, streams=len(streams))
-        if len(streams) > 1:
+        if len(streams) > 1 or first.ndim == 1:  # 1-d: rows are elements (records)
             primary = builtins.max(streams, key=lambda s: s.array.itemsize * s.array.size)
             plan = plan_rows(primary, memory)
         else:
