@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -196,3 +197,20 @@ def test_closing_a_tracked_array_releases_its_descriptors(tmp_path: Path) -> Non
     assert _tracking.tracking_method(arr) is None
     raw[5] = 1  # a stale pointer writes into the retired range without blocking
     del raw
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_dropped_tracked_array_releases_its_file(tmp_path: Path, method: str) -> None:
+    # Regression: the checksum tracker held its Mapping, the key of the weak dictionary that
+    # holds the tracker, so a tracked array that was never closed kept its file descriptor and
+    # its mapping for the life of the process.
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    arr = bigarr.create(tmp_path / "d.npy", PAGE * 4, np.uint8)
+    arr.track_writes(method)
+    arr[3] = 1
+    del arr
+    gc.collect()
+    assert open_fds() == before

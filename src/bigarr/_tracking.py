@@ -220,11 +220,19 @@ class _ChecksumTracker:
     method = "checksum"
 
     def __init__(self, m: Mapping) -> None:
-        self.m = m
+        # A weak reference: the tracker is the value of a weak dictionary keyed by the Mapping,
+        # and a strong one back would keep both (and the file) alive for good.
+        self._mapping = weakref.ref(m)
         self.digests = self._digests()
 
+    @property
+    def root(self) -> np.ndarray[Any, Any]:
+        m = self._mapping()
+        assert m is not None, "the tracker is dropped with its mapping"
+        return m.root
+
     def _digests(self) -> np.ndarray[Any, np.dtype[np.uint64]]:
-        root = self.m.root
+        root = self.root
         n = -(-root.size // _BLOCK)
         out = np.empty(n, dtype=np.uint64)
         for i in range(n):
@@ -240,7 +248,7 @@ class _ChecksumTracker:
         changed = np.flatnonzero(now != self.digests)
         if reset:
             self.digests = now
-        length = self.m.root.size
+        length = self.root.size
         return [(int(i) * _BLOCK, min((int(i) + 1) * _BLOCK, length)) for i in changed]
 
     def close(self) -> None:
