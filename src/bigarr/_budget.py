@@ -110,7 +110,8 @@ class MemoryPlan:
         need = self.at_least(resident)
         raise BudgetError(
             f"This computation needs {need.nbytes} bytes ({need.describe()}), but the budget is "
-            f"{self.budget} bytes: its smallest chunk is {resident} bytes. Raise budget= to at "
+            f"{self.budget} bytes: its largest chunk spans {resident} bytes of pages, more than "
+            f"the {self.chunk_bytes} bytes per chunk the budget leaves. Raise budget= to at "
             f"least {need.nbytes}, or use fewer threads."
         )
 
