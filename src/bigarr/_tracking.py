@@ -26,6 +26,10 @@ Two methods:
 
 ``method="auto"`` uses ``"uffd"`` where the kernel has it and ``"checksum"`` otherwise;
 ``method="uffd"`` raises :class:`~bigarr.errors.UnsupportedError` where it is missing.
+
+Closing the array ends tracking (:meth:`Mapping.on_close`): the userfaultfd is closed before
+the range is retired, and closing it makes the kernel unregister the range and clear its
+write protection, so no page stays protected and no descriptor outlives ``close()``.
 """
 
 from __future__ import annotations
