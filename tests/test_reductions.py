@@ -283,3 +283,13 @@ def test_histogram_finds_its_range_in_one_pass() -> None:
     want_counts, want_edges = np.histogram(x, bins=11)
     np.testing.assert_array_equal(counts, want_counts)
     np.testing.assert_array_equal(edges, want_edges)
+
+
+def test_wrong_calls_raise_argument_errors() -> None:
+    x = np.arange(12.0).reshape(3, 4)
+    for call in (lambda: bigarr.sum(x, axis="rows"), lambda: bigarr.argmax(x, axis=(0, 1)),
+                 lambda: bigarr.reduce_blocks(np.sum, np.add),
+                 lambda: bigarr.map_blocks(np.negative, out="never.npy")):
+        with pytest.raises(bigarr.errors.ArgumentError) as info:
+            call()  # type: ignore[no-untyped-call]
+        assert isinstance(info.value, TypeError)

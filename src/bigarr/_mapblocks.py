@@ -44,7 +44,7 @@ from ._files import open as open_npy
 from ._geometry import parse_size
 from ._journal import Journal, fsync_dir, input_identity, journal_path, partial_path, read_journal
 from ._progress import Progress, ProgressArg
-from .errors import FileExistsError_, ReadOnlyError, ShapeError
+from .errors import ArgumentError, FileExistsError_, ReadOnlyError, ShapeError
 
 __all__ = ["map_blocks"]
 
@@ -187,7 +187,7 @@ def map_blocks(
         ``resume`` cannot apply (in place over an input, or an output that is not a file).
     """
     if not inputs:
-        raise TypeError("map_blocks needs at least one input array.")
+        raise ArgumentError("map_blocks needs at least one input array.")
     opened: list[Stream] = []
     try:
         first = _input_stream(inputs[0])

@@ -62,7 +62,7 @@ from ._partials import (
     merge,
 )
 from ._progress import Progress, ProgressArg
-from .errors import ShapeError, UnsupportedError
+from .errors import ArgumentError, ShapeError, UnsupportedError
 
 __all__ = [
     "argmax",
@@ -92,7 +92,7 @@ def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
     out = []
     for ax in items:
         if isinstance(ax, bool) or not isinstance(ax, (int, np.integer)):
-            raise TypeError(f"Expected axis as an int, a tuple of ints or None. Got {axis!r}.")
+            raise ArgumentError(f"Expected axis as an int, a tuple of ints or None. Got {axis!r}.")
         if not -ndim <= ax < ndim:
             raise np.exceptions.AxisError(int(ax), ndim)
         out.append(int(ax) % ndim)
@@ -351,7 +351,7 @@ def _arg(a: Any, axis: int | None, keepdims: bool, largest: bool, budget: int | 
          threads: int | None, progress: ProgressArg) -> Any:
     fn = np.argmax if largest else np.argmin
     if axis is not None and not isinstance(axis, (int, np.integer)):
-        raise TypeError(f"Expected axis as an int or None. Got {axis!r}.")
+        raise ArgumentError(f"Expected axis as an int or None. Got {axis!r}.")
     a = _operand(a)
     if _is_empty(a):
         return fn(_plain(a), axis=axis, keepdims=keepdims)
@@ -528,7 +528,7 @@ def reduce_blocks(
         If the inputs do not share their leading length.
     """
     if not inputs:
-        raise TypeError("reduce_blocks needs at least one input array.")
+        raise ArgumentError("reduce_blocks needs at least one input array.")
     streams = [as_stream(x, by_key=False) for x in inputs]
     try:
         first = streams[0].array
