@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -121,18 +122,12 @@ def test_info_reports_geometry_and_residency(tmp_path: Path,
         assert word in out
 
 
-def test_info_sees_evicted_pages_and_numpy_alignment(tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_info_sees_evicted_pages_and_numpy_alignment(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        evict: Callable[[Path], None]) -> None:
     path = tmp_path / "n.npy"
     np.save(path, np.arange(200_000, dtype=np.float64))
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        if not hasattr(os, "posix_fadvise"):
-            pytest.skip("no posix_fadvise to evict the file")
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    evict(path)
     info = json.loads(cli(capsys, "info", str(path), "--json")[1])
     assert not info["page_aligned"] and info["data_offset"] == 128 and info["alignment"] == 128
     assert info["resident_fraction"] < 0.5  # evicted (a shared machine may read some back)

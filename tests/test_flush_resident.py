@@ -7,8 +7,8 @@ per-mapping and deterministic (background write-back starts only after ~30 s of 
 
 from __future__ import annotations
 
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,14 +99,6 @@ def test_release_behind_flushes_shared_chunks(path: Path) -> None:
         assert int(b.min()) == 3
 
 
-def _evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 _RSS_CHILD = """
 import resource, sys, numpy as np, bigarr
 
@@ -128,7 +120,7 @@ print(status("VmHWM:") - base, total)
 
 @pytest.mark.parametrize("release", ["release", "keep"])
 def test_peak_rss_of_a_streaming_sum_stays_within_budget(
-    tmp_path: Path, release: str
+    tmp_path: Path, release: str, evict: Callable[[Path], None]
 ) -> None:
     import subprocess
 
@@ -139,7 +131,7 @@ def test_peak_rss_of_a_streaming_sum_stays_within_budget(
             a[start:start + (8 << 20)] = 1.0
             a.flush((start, start + (8 << 20)))
             a.advise("dontneed", (start, start + (8 << 20)))
-    _evict(path)
+    evict(path)
     proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(path), release],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

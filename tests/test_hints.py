@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,6 @@ from bigarr._geometry import PAGE_SIZE, ByteSpan
 from bigarr.errors import HintError, RegionError
 
 ROW = 1000  # bytes per row: rows straddle pages, so rounding is exercised
-
-
-def _evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def _pages(arr: Any) -> np.ndarray[Any, Any]:
@@ -54,18 +47,20 @@ def _outward_pages(arr: Any, rows: tuple[int, int]) -> range:
 
 
 @pytest.fixture
-def data(tmp_path: Path) -> Path:
+def data(tmp_path: Path, evict: Callable[[Path], None]) -> Path:
     path = tmp_path / "hints.npy"
     with bigarr.create(path, (8192, ROW), np.uint8) as a:  # 8 MB
         a[:] = 7
-    _evict(path)
+    evict(path)
     with bigarr.open(path, "r") as a:
         if _pages(a).sum() > 16:
             pytest.skip("posix_fadvise(DONTNEED) does not evict here (tmpfs?)")
     return path
 
 
-def test_willneed_reads_exactly_the_outward_rounded_pages(data: Path) -> None:
+def test_willneed_reads_exactly_the_outward_rounded_pages(
+    data: Path, evict: Callable[[Path], None]
+) -> None:
     with bigarr.open(data, "r") as a:
         before = _pages(a).copy()
         assert a.advise("willneed", (3001, 3017)) is True
@@ -78,12 +73,14 @@ def test_willneed_reads_exactly_the_outward_rounded_pages(data: Path) -> None:
         assert not (after & ~before & far).any()
 
 
-def test_dontneed_drops_exactly_the_outward_rounded_pages(data: Path) -> None:
+def test_dontneed_drops_exactly_the_outward_rounded_pages(
+    data: Path, evict: Callable[[Path], None]
+) -> None:
     with bigarr.open(data, "r") as a:
         a.advise("populate_read", (1000, 2000))  # map rows 1000..2000 into this process
         assert int(np.asarray(a[1000:2000]).sum()) == 7 * 1000 * ROW
         assert a.advise("dontneed", (1234, 1301)) is True
-        _evict(data)  # drops every cached page this process no longer maps
+        evict(data)  # drops every cached page this process no longer maps
         pages = _pages(a)
         drop = _outward_pages(a, (1234, 1301))
         kept = _outward_pages(a, (1000, 2000))
