@@ -163,8 +163,8 @@ def map_bigarr_cg(ctx: Context) -> dict[str, Any]:
 def _bigarr_chunks(path: str, budget: str, threads: int) -> tuple[int, ...]:
     """The element counts of bigarr's chunks of a 1-D file (to give dask the same chunks)."""
     import bigarr
-    from bigarr._budget import plan_memory
-    from bigarr._engine import as_stream, plan_offset
+    from bigarr._compute.engine import as_stream, plan_offset
+    from bigarr._plan.budget import plan_memory
 
     with bigarr.open(path) as x:
         stream = as_stream(x)

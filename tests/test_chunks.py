@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bigarr._chunks import Chunk, ChunkPlan, plan_chunks
+from bigarr._plan.chunks import Chunk, ChunkPlan, plan_chunks
 from bigarr.errors import BudgetError, DtypeError, ShapeError
 
 PAGE = 4096

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import bigarr
-from bigarr._cli import main, parse_shape
+from bigarr._cli.main import main, parse_shape
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -52,7 +52,7 @@ def test_parse_shape(text: str, shape: tuple[int, ...]) -> None:
 
 
 def test_residency_bar_cells() -> None:
-    from bigarr._cli import _bar
+    from bigarr._cli.main import _bar
 
     bar = _bar([0.0, 0.2, 0.7, 1.0])
     assert len(bar) == 4 and len(set(bar)) == 4  # none, some, most, all
@@ -439,7 +439,7 @@ def test_convert_failed_zarr_output_is_removed(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("zarr")
-    import bigarr._zarr
+    import bigarr._interop.zarr
 
     src, dst = tmp_path / "a.npy", tmp_path / "a.zarr"
     np.save(src, np.zeros((100, 8), np.float32))
@@ -448,7 +448,7 @@ def test_convert_failed_zarr_output_is_removed(tmp_path: Path,
         os.makedirs(dst / "c", exist_ok=True)  # zarr has written some chunks already
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(bigarr._zarr, "_stream_out", full_disk)
+    monkeypatch.setattr(bigarr._interop.zarr, "_stream_out", full_disk)
     status, _, err = cli(capsys, "convert", str(src), str(dst))
     assert status == 1
     assert_one_line_error(err)
@@ -471,7 +471,7 @@ def test_info_of_a_corrupt_zarr_is_one_line(tmp_path: Path, content: str,
 _FULL_DISK_IN_ZARR = r"""
 import asyncio, errno, sys
 from zarr.storage import LocalStore
-import bigarr._cli
+import bigarr._cli.main
 
 original, calls = LocalStore.set, [0]
 
@@ -483,7 +483,7 @@ async def set_(self, key, value):
     return await original(self, key, value)
 
 LocalStore.set = set_
-sys.exit(bigarr._cli.main(sys.argv[1:]))
+sys.exit(bigarr._cli.main.main(sys.argv[1:]))
 """
 
 

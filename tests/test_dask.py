@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import bigarr
-from bigarr._dask import FileRegion
+from bigarr._interop.dask import FileRegion
 from bigarr.errors import DtypeError, ModeError, ReadOnlyError, ShapeError
 
 da = pytest.importorskip("dask.array")
@@ -155,7 +155,7 @@ def test_fancy_index_through_file_region(tmp_path: Path) -> None:
     data = np.arange(100.0).reshape(20, 5)
     path = _file(tmp_path, data)
     with bigarr.open(path) as arr:
-        region = bigarr._dask.file_region(arr)
+        region = bigarr._interop.dask.file_region(arr)
     assert isinstance(region, FileRegion)
     assert len(pickle.dumps(region)) < 1024
     np.testing.assert_array_equal(region[[1, 3], 2], data[[1, 3], 2])

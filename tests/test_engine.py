@@ -15,9 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bigarr
-from bigarr import _budget, _engine
-from bigarr._chunks import plan_chunks
-from bigarr._engine import Stream, Writeback, as_stream
+from bigarr._compute import engine as _engine
+from bigarr._compute.engine import Stream, Writeback, as_stream
+from bigarr._plan import budget as _budget
+from bigarr._plan.chunks import plan_chunks
 from bigarr.errors import BudgetError, FileExistsError_, ShapeError
 
 
@@ -73,7 +74,7 @@ def test_prefetch_never_populates_a_chunk_after_its_release(
     # Regression: the dispatcher populated a chunk *after* submitting it, so a fast worker could
     # release the chunk first and the late POPULATE_READ left its pages mapped for good
     # (resident memory grew past the budget, chunk by chunk).
-    from bigarr._mapping import Mapping
+    from bigarr._os.mapping import Mapping
 
     x = _file(tmp_path, np.arange(64 * 1024, dtype=np.float64))
     last: dict[int, str] = {}
@@ -301,7 +302,7 @@ def test_progress_callbacks_see_every_chunk(tmp_path: Path) -> None:
 def test_streams_of_numpy_memmaps_are_remapped(tmp_path: Path) -> None:
     np.save(tmp_path / "n.npy", np.arange(10_000.0))
     m = np.load(tmp_path / "n.npy", mmap_mode="r")
-    from bigarr._mapblocks import _input_stream
+    from bigarr._compute.mapblocks import _input_stream
 
     stream: Stream = _input_stream(m)
     assert stream.mapping is not None and stream.owned is not None
@@ -317,7 +318,8 @@ def test_peak_rss_stays_within_the_budget(tmp_path: Path,
         import resource, numpy as np, bigarr
         def rss():
             return int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 1024
-        import bigarr._mapblocks, bigarr._reductions  # imports are not the run's memory
+        # imports are not the run's memory
+        import bigarr._compute.mapblocks, bigarr._compute.reductions
         before = rss()
         x = bigarr.open({str(tmp_path / "in.npy")!r})
         y = bigarr.map_blocks(lambda b: b * 2 + 1, x, out={str(tmp_path / "out.npy")!r},

@@ -72,7 +72,7 @@ def test_crash_during_create_never_leaves_final_name(tmp_path: Path, run_py) -> 
     # Kill the process while it fills a file: the final name must not exist.
     target = tmp_path / "big.npy"
     proc = run_py(f"""
-        import os, signal, bigarr._files as f
+        import os, signal, bigarr._core.files as f
         real = f._fill
         def dying_fill(*a, **k):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -271,7 +271,7 @@ def test_zero_size_arrays(tmp_path: Path, shape: tuple[int, ...], mode: str) -> 
 
 
 def test_open_warns_about_an_interrupted_in_place_output(npy_path: Path) -> None:
-    from bigarr._journal import Journal
+    from bigarr._formats.journal import Journal
 
     journal = Journal.start(str(npy_path), {"shape": [100, 7], "chunks": [[0, 50], [50, 100]]},
                             resume=False)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import bigarr
-from bigarr._geometry import PAGE_SIZE, ByteSpan
+from bigarr._os.geometry import PAGE_SIZE, ByteSpan
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
 

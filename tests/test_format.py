@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import bigarr
 from bigarr import errors
-from bigarr._format import MAGIC, build_header, check_shape, parse_header, read_header
+from bigarr._formats.npy import MAGIC, build_header, check_shape, parse_header, read_header
 
 
 @pytest.mark.parametrize("align", [64, 4096, 8192, 65536, 1 << 17])

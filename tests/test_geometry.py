@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bigarr._geometry import ByteSpan, align_down, align_up, format_bytes, parse_size
+from bigarr._os.geometry import ByteSpan, align_down, align_up, format_bytes, parse_size
 from bigarr.errors import BudgetError, RegionError
 
 PAGES = st.sampled_from([4096, 16384, 65536])

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import bigarr
-from bigarr._geometry import PAGE_SIZE, ByteSpan
+from bigarr._os.geometry import PAGE_SIZE, ByteSpan
 from bigarr.errors import HintError, RegionError
 
 ROW = 1000  # bytes per row: rows straddle pages, so rounding is exercised
@@ -122,7 +122,7 @@ def test_residency_report_per_chunk(data: Path) -> None:
 
 def test_unknown_hint_is_refused_with_the_choices() -> None:
     with pytest.raises(HintError, match="sequential"):
-        bigarr._hints.parse_hint("sequentail")
+        bigarr._os.hints.parse_hint("sequentail")
 
 
 def test_bad_hints_and_regions_raise_clear_errors(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bigarr
-from bigarr import _private
+from bigarr._core import private as _private
 from bigarr.errors import (
     ClosedError,
     DiskFullError,
@@ -92,7 +92,7 @@ def test_dirty_reports_exact_elements_and_rows(tmp_path: Path, backend: str) -> 
     assert d.count == 21 and d.nbytes == 21 * 8
     assert d.exact
     header = arr.offset
-    assert d.spans[0] == bigarr._geometry.ByteSpan(header + 53 * 8, header + 54 * 8)
+    assert d.spans[0] == bigarr._os.geometry.ByteSpan(header + 53 * 8, header + 54 * 8)
     coarse = arr.dirty(exact=False)  # whole scratch pages, no file read
     assert not coarse.exact
     assert set(np.flatnonzero(coarse.mask(arr.size))) >= set(np.flatnonzero(d.mask(arr.size)))
@@ -157,7 +157,7 @@ def test_detached_copy_raises_mode_error(tmp_path: Path) -> None:
     arr = bigarr.open(tmp_path / "a.npy", "private")
     copy = arr + 1
     with pytest.raises((ModeError, AttributeError)):
-        bigarr._private.dirty(copy)
+        bigarr._core.private.dirty(copy)
     arr.close()
 
 
@@ -394,7 +394,7 @@ def test_commits_of_one_file_from_two_arrays(tmp_path: Path) -> None:
 # ---- journaled commit and crashes --------------------------------------------------------------
 _CRASHER = """
     import os, bigarr, numpy as np
-    from bigarr import _private
+    from bigarr._core import private as _private
     real, calls = _private._pwrite, []
     def crash(fd, m, runs):
         for run in runs:
@@ -533,7 +533,7 @@ def test_dirty_backend_is_selectable(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_drop_pages_is_refused_on_shared_mappings(tmp_path: Path) -> None:
     arr = bigarr.create(tmp_path / "s.npy", 100, np.int32)
     with pytest.raises(ModeError):
-        arr._bigarr.drop_pages(bigarr._geometry.ByteSpan(0, PAGE))
+        arr._bigarr.drop_pages(bigarr._os.geometry.ByteSpan(0, PAGE))
     arr.close()
 
 
@@ -564,7 +564,7 @@ def test_portable_path_without_pagemap_or_madvise(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The non-Linux path: pages compared with the file, dropped by re-mapping them (MAP_FIXED)."""
-    from bigarr import _mapping
+    from bigarr._os import mapping as _mapping
 
     monkeypatch.setattr(_private, "BACKEND", "compare")
     monkeypatch.setattr(_mapping, "_LINUX", False)
@@ -583,7 +583,7 @@ def test_portable_path_without_pagemap_or_madvise(
     assert not arr.dirty() and arr.scratch_bytes() == 0
     np.testing.assert_array_equal(np.asarray(arr), disk)
     if _private._pagemap_works():  # the copies really are gone, not merely equal
-        entries = arr._bigarr.pagemap(bigarr._geometry.ByteSpan(0, arr._bigarr.length))
+        entries = arr._bigarr.pagemap(bigarr._os.geometry.ByteSpan(0, arr._bigarr.length))
         copied = (entries >> np.uint64(63)) & ~(entries >> np.uint64(61)) & np.uint64(1)
         assert not copied.any()
     arr.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bigarr._cli import build_parser
+from bigarr._cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -12,7 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bigarr
-from bigarr import _budget, _partials, _reductions
+from bigarr._compute import partials as _partials
+from bigarr._compute import reductions as _reductions
+from bigarr._plan import budget as _budget
 from bigarr.errors import BudgetError, UnsupportedError
 
 FUNCS = ["sum", "mean", "var", "std", "min", "max", "argmin", "argmax", "count_nonzero"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import bigarr
-from bigarr._journal import journal_path, partial_path, read_journal
+from bigarr._formats.journal import journal_path, partial_path, read_journal
 from bigarr.errors import IncompleteOutputError
 
 ROWS = 200_000
@@ -195,7 +195,7 @@ def test_resume_in_place_over_an_input_is_refused(tmp_path: Path) -> None:
 
 
 def test_journal_parsing_ignores_a_torn_last_record(tmp_path: Path) -> None:
-    from bigarr._journal import Journal
+    from bigarr._formats.journal import Journal
 
     out = str(tmp_path / "o.npy")
     journal = Journal.start(out, {"chunks": [[0, 1], [1, 2], [2, 3]]}, resume=False)

@@ -14,7 +14,7 @@ import pytest
 
 import bigarr
 from bigarr import ProgressEvent
-from bigarr._progress import Progress, TqdmReporter, wants_bar
+from bigarr._compute.progress import Progress, TqdmReporter, wants_bar
 from bigarr.errors import BudgetError, HintError, RegionError
 
 
@@ -160,7 +160,7 @@ def test_shared_writes_through_chunks_reach_the_file(path: Path) -> None:
 
 
 def test_hint_is_applied_and_reset(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bigarr._mapping import Mapping
+    from bigarr._os.mapping import Mapping
 
     seen: list[str] = []
     original = Mapping.advise
@@ -228,7 +228,7 @@ def test_a_failed_release_flush_reaches_the_consumer(
     """With prefetch on, the helper flushes finished chunks; its errors must not be lost."""
     import errno
 
-    from bigarr._mapping import Mapping
+    from bigarr._os.mapping import Mapping
     from bigarr.errors import MappingError
 
     original = Mapping.sync

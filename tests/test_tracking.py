@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bigarr
-from bigarr import _tracking
+from bigarr._core import tracking as _tracking
 from bigarr.errors import ClosedError, ModeError, UnsupportedError
 
 PAGE = bigarr.PAGE_SIZE

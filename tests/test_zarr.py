@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from zarr.storage import LocalStore, MemoryStore
 
 import bigarr
-from bigarr._zarr import _raw_chunks
+from bigarr._interop.zarr import _raw_chunks
 from bigarr.errors import (
     BudgetError,
     FileExistsError_,
@@ -261,8 +261,8 @@ def test_fast_path_equals_zarr_path(
     if not kernel_copy:
         monkeypatch.delattr(os, "copy_file_range", raising=False)
     copies: list[int] = []
-    real = bigarr._zarr._copy_file
-    monkeypatch.setattr(bigarr._zarr, "_copy_file",
+    real = bigarr._interop.zarr._copy_file
+    monkeypatch.setattr(bigarr._interop.zarr, "_copy_file",
                         lambda *a: copies.append(a[2]) or real(*a))  # type: ignore[func-returns-value]
     data = _data((50, 12), "i2")
     zarr.create_array(tmp_path / "r.zarr", data=data, chunks=chunks, compressors=None)

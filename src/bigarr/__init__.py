@@ -6,19 +6,10 @@ mappings with a safe ``close``; access hints, ranged flush and bounded resident 
 
 from __future__ import annotations
 
-from . import errors
-from ._append import Appender, append
-from ._array import memmap
-from ._chunks import Chunk, ChunkPlan, plan_chunks
-from ._dask import store, to_dask
-from ._files import create, open, open_raw
-from ._geometry import PAGE_SIZE, parse_size
-from ._hints import HINT_NAMES, supported_hints
-from ._journal import check_complete
-from ._mapblocks import map_blocks
-from ._private import DirtyRegions, recover_commit
-from ._progress import ProgressEvent
-from ._reductions import (
+from bigarr import errors
+from bigarr._compute.mapblocks import map_blocks
+from bigarr._compute.progress import ProgressEvent
+from bigarr._compute.reductions import (
     argmax,
     argmin,
     count_nonzero,
@@ -31,8 +22,17 @@ from ._reductions import (
     sum,
     var,
 )
-from ._stream import ChunkResidency, Residency
-from ._zarr import from_zarr, to_zarr
+from bigarr._compute.stream import ChunkResidency, Residency
+from bigarr._core.append import Appender, append
+from bigarr._core.array import memmap
+from bigarr._core.files import create, open, open_raw
+from bigarr._core.private import DirtyRegions, recover_commit
+from bigarr._formats.journal import check_complete
+from bigarr._interop.dask import store, to_dask
+from bigarr._interop.zarr import from_zarr, to_zarr
+from bigarr._os.geometry import PAGE_SIZE, parse_size
+from bigarr._os.hints import HINT_NAMES, supported_hints
+from bigarr._plan.chunks import Chunk, ChunkPlan, plan_chunks
 
 __version__ = "0.1.0"
 

@@ -9,7 +9,7 @@ How a commit works, and why a crash always leaves a valid array:
    so a full disk is an exception at append time rather than a SIGBUS for a later reader, and
    the file does not grow by a few blocks per call.
 3. :meth:`Appender.commit` makes the data durable first (``fdatasync``), and only then rewrites
-   the shape in the header in place (:func:`bigarr._format.rewrite_shape`) and syncs again.
+   the shape in the header in place (:func:`bigarr._formats.npy.rewrite_shape`) and syncs again.
    The header is one small ``pwrite`` inside the first page; the data offset never moves,
    because bigarr's page-aligned header has thousands of spare bytes for a longer shape (and
    numpy's own headers reserve room for the first axis to grow).
@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._files import create, file_path, preallocate
-from ._format import NpyHeader, check_dtype, read_header, rewrite_shape
-from ._geometry import align_up, parse_size
-from ._journal import datasync, pwrite_all
-from .errors import DtypeError, FileMissingError, ShapeError
+from bigarr._core.files import create, file_path, preallocate
+from bigarr._formats.journal import datasync, pwrite_all
+from bigarr._formats.npy import NpyHeader, check_dtype, read_header, rewrite_shape
+from bigarr._os.geometry import align_up, parse_size
+from bigarr.errors import DtypeError, FileMissingError, ShapeError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -146,7 +146,7 @@ class Appender:
 
     def _check_open(self) -> None:
         if self._fd < 0:
-            from .errors import ClosedError
+            from bigarr.errors import ClosedError
 
             raise ClosedError(f"The appender of {self.path} is closed.")
 

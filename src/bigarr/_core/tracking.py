@@ -46,13 +46,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._geometry import PAGE_SIZE, ByteSpan
-from ._private import DirtyRegions, regions_from
-from ._regions import Region, region_span
-from .errors import ModeError, UnsupportedError
+from bigarr._core.private import DirtyRegions, regions_from
+from bigarr._os.geometry import PAGE_SIZE, ByteSpan
+from bigarr._plan.regions import Region, region_span
+from bigarr.errors import ModeError, UnsupportedError
 
 if TYPE_CHECKING:
-    from ._mapping import Mapping
+    from bigarr._os.mapping import Mapping
 
 __all__ = ["flush_written", "track_writes", "tracking_method", "uffd_available", "written"]
 

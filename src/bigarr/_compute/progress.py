@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import ArgumentError
+from bigarr.errors import ArgumentError
 
 if TYPE_CHECKING:
     from types import TracebackType

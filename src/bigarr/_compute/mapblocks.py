@@ -2,7 +2,7 @@
 
 The inputs share a leading length ``N``; chunks are ranges of whole rows along axis 0, planned on
 the input with the largest rows (so its chunks start on page boundaries of its file) within the
-memory plan. ``func`` runs on worker threads through :mod:`bigarr._engine`; its results are
+memory plan. ``func`` runs on worker threads through :mod:`bigarr._compute.engine`; its results are
 written with the engine's flush policy.
 
 Where the result goes (``out=``):
@@ -19,8 +19,9 @@ a :class:`bigarr.Appender`
     For results whose length is not known up front (filters): each chunk's result, of any
     number of rows, is appended in chunk order and committed crash-safely.
 
-With ``resume=True`` chunks are journaled as they become durable (see :mod:`bigarr._journal`);
-running the same call again after a crash recomputes only the chunks not recorded.
+With ``resume=True`` chunks are journaled as they become durable (see
+:mod:`bigarr._formats.journal`); running the same call again after a crash recomputes only the
+chunks not recorded.
 """
 
 from __future__ import annotations
@@ -33,18 +34,32 @@ from typing import Any
 
 import numpy as np
 
-from . import _engine
-from ._append import Appender
-from ._array import memmap
-from ._budget import plan_memory
-from ._chunks import Chunk, ChunkPlan
-from ._engine import Stream, Writeback, as_stream, parse_threads, plan_offset, plan_rows
-from ._files import create, file_path, parse_order
-from ._files import open as open_npy
-from ._geometry import parse_size
-from ._journal import Journal, fsync_dir, input_identity, journal_path, partial_path, read_journal
-from ._progress import Progress, ProgressArg
-from .errors import ArgumentError, FileExistsError_, ReadOnlyError, ShapeError
+from bigarr._compute import engine as _engine
+from bigarr._compute.engine import (
+    Stream,
+    Writeback,
+    as_stream,
+    parse_threads,
+    plan_offset,
+    plan_rows,
+)
+from bigarr._compute.progress import Progress, ProgressArg
+from bigarr._core.append import Appender
+from bigarr._core.array import memmap
+from bigarr._core.files import create, file_path, parse_order
+from bigarr._core.files import open as open_npy
+from bigarr._formats.journal import (
+    Journal,
+    fsync_dir,
+    input_identity,
+    journal_path,
+    partial_path,
+    read_journal,
+)
+from bigarr._os.geometry import parse_size
+from bigarr._plan.budget import plan_memory
+from bigarr._plan.chunks import Chunk, ChunkPlan
+from bigarr.errors import ArgumentError, FileExistsError_, ReadOnlyError, ShapeError
 
 __all__ = ["map_blocks"]
 
@@ -57,7 +72,7 @@ def _input_stream(obj: Any) -> Stream:
             and isinstance(getattr(obj, "_mmap", None), mmap.mmap)
             and obj.base is getattr(obj, "_mmap", None)
             and obj.filename and (obj.flags.c_contiguous or obj.flags.f_contiguous)):
-        from ._files import open_raw
+        from bigarr._core.files import open_raw
 
         order = "F" if obj.flags.f_contiguous and not obj.flags.c_contiguous else "C"
         raw = open_raw(obj.filename, obj.dtype, obj.shape, offset=obj.offset, order=order)

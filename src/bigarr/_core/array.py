@@ -4,7 +4,7 @@ It keeps numpy.memmap's documented behaviour (slices stay memmaps; ufunc results
 indexing give plain ndarrays; full reductions give scalars; views keep ``filename``, ``offset``
 and ``mode``) and adds ``close()``, context management, pickling by file reference and the
 methods later modules provide. It holds no logic of its own beyond routing: the mapping lives in
-:mod:`bigarr._mapping`, region arithmetic in :mod:`bigarr._regions`.
+:mod:`bigarr._os.mapping`, region arithmetic in :mod:`bigarr._plan.regions`.
 """
 
 from __future__ import annotations
@@ -14,19 +14,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._modes import NUMPY_MODE, parse_mode
-from ._regions import Region, region_span
-from .errors import ClosedError, PickleError_, TruncatedFileError
+from bigarr._os.modes import NUMPY_MODE, parse_mode
+from bigarr._plan.regions import Region, region_span
+from bigarr.errors import ClosedError, PickleError_, TruncatedFileError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from types import TracebackType
 
-    from ._chunks import Chunk, ChunkPlan
-    from ._mapping import Mapping
-    from ._private import DirtyRegions
-    from ._progress import ProgressArg
-    from ._stream import Residency
+    from bigarr._compute.progress import ProgressArg
+    from bigarr._compute.stream import Residency
+    from bigarr._core.private import DirtyRegions
+    from bigarr._os.mapping import Mapping
+    from bigarr._plan.chunks import Chunk, ChunkPlan
 
 __all__ = ["memmap"]
 
@@ -46,7 +46,7 @@ def _private_target(out: Any) -> Any:
     for o in out or ():
         m = getattr(o, "_bigarr", None)
         if m is not None and m.access == "private":
-            from ._private import write_lock
+            from bigarr._core.private import write_lock
 
             return write_lock(m)
     return None
@@ -71,7 +71,7 @@ class memmap(np.memmap):
         shape: int | tuple[int, ...] | None = None,
         order: str = "C",
     ) -> memmap:
-        from ._files import open_raw
+        from bigarr._core.files import open_raw
 
         _access, creating = parse_mode(mode)
         arr = open_raw(filename, dtype, shape, offset=offset, order=order, mode=mode,
@@ -160,7 +160,7 @@ class memmap(np.memmap):
         self._check_open()
         m = self._bigarr
         if m is not None and m.access == "private":  # a commit must not drop a racing write
-            from ._private import write_lock
+            from bigarr._core.private import write_lock
 
             with write_lock(m):
                 np.ndarray.__setitem__(self, index, value)
@@ -213,7 +213,7 @@ class memmap(np.memmap):
         explicit ``close()`` refuses while other views are alive; leaving a ``with`` block
         closes with ``force=True``. The arrays this one is a view of do not count, nor do a
         ``memoryview`` of this array or a plain ndarray view of it when it is itself a view:
-        see :mod:`bigarr._mapping` for exactly what is counted.
+        see :mod:`bigarr._os.mapping` for exactly what is counted.
 
         Parameters
         ----------
@@ -274,13 +274,13 @@ class memmap(np.memmap):
             return
         m.sync(region_span(self, region))
 
-    # ---- chunking, hints and residency (bigarr._chunks, bigarr._stream) ----------------------
+    # ---- chunking, hints and residency (bigarr._plan.chunks, bigarr._compute.stream) -------------
     def plan(self, budget: int | str = "64MiB") -> ChunkPlan:
         """Page-aligned chunks of this array that each fit ``budget`` bytes (or ``"64MiB"``).
 
         See :func:`bigarr.plan_chunks`; chunk starts are aligned to pages of the file.
         """
-        from ._stream import plan_for
+        from bigarr._compute.stream import plan_for
 
         return plan_for(self, budget)
 
@@ -297,9 +297,9 @@ class memmap(np.memmap):
 
         Release-behind is on by default except in private mode, prefetch of the next chunk from
         a helper thread is on, and a tqdm bar shows on a TTY; see
-        :func:`bigarr._stream.iter_chunks`.
+        :func:`bigarr._compute.stream.iter_chunks`.
         """
-        from ._stream import iter_chunks
+        from bigarr._compute.stream import iter_chunks
 
         return iter_chunks(self, budget, progress=progress, release=release, prefetch=prefetch,
                            hint=hint)
@@ -307,75 +307,78 @@ class memmap(np.memmap):
     def advise(self, hint: str, region: Region = None) -> bool:
         """Apply an access hint to ``region``'s pages (rounded outward, clipped to the mapping).
 
-        Returns ``False`` when the hint is a no-op here; see :func:`bigarr._stream.advise` and
-        :func:`bigarr.supported_hints`.
+        Returns ``False`` when the hint is a no-op here; see
+        :func:`bigarr._compute.stream.advise` and :func:`bigarr.supported_hints`.
         """
-        from ._stream import advise
+        from bigarr._compute.stream import advise
 
         return advise(self, hint, region)
 
     def resident(self, region: Region = None, *, budget: int | str = "64MiB") -> Residency:
         """Share of ``region``'s pages in memory (``mincore``), overall and per planned chunk."""
-        from ._stream import residency
+        from bigarr._compute.stream import residency
 
         return residency(self, region, budget=budget)
 
-    # ---- private-mode workspace and write tracking (bigarr._private, bigarr._tracking) -------
+    # ---- private-mode workspace and write tracking (bigarr._core.private, bigarr._core.tracking) -
     def dirty(self, region: Region = None, *, exact: bool = True) -> DirtyRegions:
         """Elements (and rows) of this private-mode array that differ from the file.
 
-        See :func:`bigarr._private.dirty`; ``exact=False`` reports whole scratch pages without
+        See :func:`bigarr._core.private.dirty`; ``exact=False`` reports whole scratch pages without
         reading the file.
         """
-        from ._private import dirty
+        from bigarr._core.private import dirty
 
         return dirty(self, region, exact=exact)
 
     def commit(self, region: Region = None, *, journal: bool = False) -> int:
         """Write the scratch edits (in ``region``) to the file; returns bytes written.
 
-        See :func:`bigarr._private.commit` (what a crash leaves behind, ``journal=True``).
+        See :func:`bigarr._core.private.commit` (what a crash leaves behind, ``journal=True``).
         """
-        from ._private import commit
+        from bigarr._core.private import commit
 
         return commit(self, region, journal=journal)
 
     def discard(self, region: Region = None) -> int:
-        """Throw away the scratch edits (in ``region``); see :func:`bigarr._private.discard`."""
-        from ._private import discard
+        """Throw away the scratch edits (in ``region``).
+
+        See :func:`bigarr._core.private.discard`.
+        """
+        from bigarr._core.private import discard
 
         return discard(self, region)
 
     def scratch_bytes(self, region: Region = None) -> int:
         """Memory held by private-mode scratch pages (in ``region``), in bytes."""
-        from ._private import scratch_bytes
+        from bigarr._core.private import scratch_bytes
 
         return scratch_bytes(self, region)
 
     def track_writes(self, method: str = "auto") -> str:
         """Start (or restart) write tracking on this shared-mode array; returns the method used.
 
-        See :func:`bigarr._tracking.track_writes`.
+        See :func:`bigarr._core.tracking.track_writes`.
         """
-        from ._tracking import track_writes
+        from bigarr._core.tracking import track_writes
 
         return track_writes(self, method)
 
     def written(self, region: Region = None, *, reset: bool = False) -> DirtyRegions:
         """Pages written since ``track_writes()`` or the last ``reset=True``.
 
-        See :func:`bigarr._tracking.written`.
+        See :func:`bigarr._core.tracking.written`.
         """
-        from ._tracking import written
+        from bigarr._core.tracking import written
 
         return written(self, region, reset=reset)
 
     def flush_written(self) -> DirtyRegions:
         """``msync`` only the pages written since the last mark, then set a new mark.
 
-        See :func:`bigarr._tracking.flush_written`.
+        See :func:`bigarr._core.tracking.flush_written`.
         """
-        from ._tracking import flush_written
+        from bigarr._core.tracking import flush_written
 
         return flush_written(self)
 
@@ -391,8 +394,8 @@ def _rebuild(
     offset: int,
 ) -> memmap:
     """Unpickle: map the same bytes of the same file in the receiving process."""
-    from ._files import _regular_size
-    from ._mapping import Mapping
+    from bigarr._core.files import _regular_size
+    from bigarr._os.mapping import Mapping
 
     size = 0 if 0 in shape else dtype.itemsize
     low = first + sum(min(0, (n - 1) * s) for n, s in zip(shape, strides, strict=True))

@@ -1,9 +1,9 @@
 """Execution: run a function over the chunks of a plan on threads, within a memory plan.
 
 The engine is what :func:`bigarr.map_blocks` and the reductions share. For each chunk of a
-:class:`~bigarr._chunks.ChunkPlan` it hands the chunk's blocks of every stream (input and output
-arrays) to a worker function on a thread pool (numpy releases the GIL in its loops), and around
-that work it manages memory and I/O:
+:class:`~bigarr._plan.chunks.ChunkPlan` it hands the chunk's blocks of every stream (input
+and output arrays) to a worker function on a thread pool (numpy releases the GIL in its
+loops), and around that work it manages memory and I/O:
 
 * **Chunks in flight.** At most ``threads + prefetch`` chunks are submitted at once; results are
   yielded in chunk order, so combining partial results is deterministic whatever the thread
@@ -44,16 +44,16 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ._array import memmap
-from ._budget import MemoryPlan
-from ._chunks import Chunk, ChunkPlan, plan_chunks
-from ._geometry import ByteSpan
-from ._hints import parse_hint
-from ._journal import datasync, pwrite_all
-from ._mapping import Mapping
-from ._progress import Progress
-from ._regions import extent
-from .errors import BudgetError
+from bigarr._compute.progress import Progress
+from bigarr._core.array import memmap
+from bigarr._formats.journal import datasync, pwrite_all
+from bigarr._os.geometry import ByteSpan
+from bigarr._os.hints import parse_hint
+from bigarr._os.mapping import Mapping
+from bigarr._plan.budget import MemoryPlan
+from bigarr._plan.chunks import Chunk, ChunkPlan, plan_chunks
+from bigarr._plan.regions import extent
+from bigarr.errors import BudgetError
 
 __all__ = [
     "MAX_SPREAD",
@@ -188,7 +188,7 @@ def as_stream(obj: Any, *, output: bool = False, by_key: bool = True) -> Stream:
     """
     owned = None
     if isinstance(obj, (str, os.PathLike)):
-        from ._files import open as open_npy
+        from bigarr._core.files import open as open_npy
 
         owned = open_npy(obj, "shared" if output else "readonly")
         obj = owned

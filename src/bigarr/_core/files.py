@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ._array import memmap
-from ._format import (
+from bigarr._core.array import memmap
+from bigarr._formats.journal import check_complete, fsync_dir, journal_path
+from bigarr._formats.npy import (
     NpyHeader,
     build_header,
     check_dtype,
@@ -28,11 +29,10 @@ from ._format import (
     parse_order,
     read_header,
 )
-from ._geometry import default_alignment
-from ._journal import check_complete, fsync_dir, journal_path
-from ._mapping import Mapping
-from ._modes import parse_mode
-from .errors import (
+from bigarr._os.geometry import default_alignment
+from bigarr._os.mapping import Mapping
+from bigarr._os.modes import parse_mode
+from bigarr.errors import (
     AccessDeniedError,
     DiskFullError,
     FileExistsError_,
@@ -293,7 +293,7 @@ def open(path: str | os.PathLike[str], mode: str = "r") -> memmap:
         raise ModeError("open() maps existing files; use bigarr.create() to make a new one.")
     target = file_path(path)
     header = _header_of(target)
-    if os.path.exists(journal_path(target)):  # one stat; see bigarr._journal
+    if os.path.exists(journal_path(target)):  # one stat; see bigarr._formats.journal
         try:
             check_complete(target)
         except IncompleteOutputError as exc:

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ._geometry import format_bytes
-from .errors import BigArrError, DiskFullError, FileExistsError_
+from bigarr._os.geometry import format_bytes
+from bigarr.errors import BigArrError, DiskFullError, FileExistsError_
 
 __all__ = ["run_demo"]
 
@@ -162,7 +162,8 @@ def _worker(argv: list[str]) -> int:
 def _run_side(name: str, side: str, src: str, dst: str, budget: int, threads: int,
               progress: Any) -> _Side:
     flag = {None: "auto", True: "on", False: "off"}.get(progress, "off")
-    cmd = [sys.executable, "-m", "bigarr._demo", side, src, dst, str(budget), str(threads), flag]
+    cmd = [sys.executable, "-m", "bigarr._cli.demo", side, src, dst, str(budget), str(threads),
+           flag]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith(_RESULT_TAG) and proc.returncode == 0:

@@ -1,6 +1,6 @@
 """Streaming over a mapped array chunk by chunk, with bounded resident memory.
 
-:func:`iter_chunks` walks a :class:`~bigarr._chunks.ChunkPlan` and yields ``(chunk, view)``
+:func:`iter_chunks` walks a :class:`~bigarr._plan.chunks.ChunkPlan` and yields ``(chunk, view)``
 pairs. Two options keep memory bounded and the disk busy:
 
 release-behind (``release=``)
@@ -56,15 +56,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._chunks import Chunk, ChunkPlan, plan_chunks
-from ._geometry import PAGE_SIZE, ByteSpan, parse_size
-from ._hints import Hint, parse_hint
-from ._progress import Progress, ProgressArg
-from ._regions import Region, extent, region_span
-from .errors import BigArrError, BudgetError, HintError, RegionError
+from bigarr._compute.progress import Progress, ProgressArg
+from bigarr._os.geometry import PAGE_SIZE, ByteSpan, parse_size
+from bigarr._os.hints import Hint, parse_hint
+from bigarr._plan.chunks import Chunk, ChunkPlan, plan_chunks
+from bigarr._plan.regions import Region, extent, region_span
+from bigarr.errors import BigArrError, BudgetError, HintError, RegionError
 
 if TYPE_CHECKING:
-    from ._mapping import Mapping
+    from bigarr._os.mapping import Mapping
 
 __all__ = [
     "PREFETCH_PIECE",
@@ -344,7 +344,8 @@ def iter_chunks(
         Bytes the iteration may keep mapped at once (``"64MiB"`` by default). With prefetch,
         chunks are planned at half of it.
     progress
-        ``None`` (a bar on a TTY), ``True``, ``False`` or callbacks; see :mod:`bigarr._progress`.
+        ``None`` (a bar on a TTY), ``True``, ``False`` or callbacks; see
+        :mod:`bigarr._compute.progress`.
     release
         Release-behind: drop each finished chunk from resident memory (after flushing it in
         shared mode). ``None`` means on, except in private mode.

@@ -31,8 +31,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ._geometry import PAGE_SIZE, align_up, format_bytes, parse_size
-from .errors import BudgetError
+from bigarr._os.geometry import PAGE_SIZE, align_up, format_bytes, parse_size
+from bigarr.errors import BudgetError
 
 __all__ = ["MIN_CHUNK_BYTES", "MemoryPlan", "plan_memory"]
 

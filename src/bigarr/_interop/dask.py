@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._array import _rebuild, memmap
-from ._chunks import plan_chunks
-from ._files import _header_of, create, file_path
-from ._geometry import PAGE_SIZE, parse_size
-from .errors import (
+from bigarr._core.array import _rebuild, memmap
+from bigarr._core.files import _header_of, create, file_path
+from bigarr._os.geometry import PAGE_SIZE, parse_size
+from bigarr._plan.chunks import plan_chunks
+from bigarr.errors import (
     DtypeError,
     FileExistsError_,
     MissingExtraError,

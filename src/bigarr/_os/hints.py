@@ -12,7 +12,7 @@ import mmap
 import sys
 from dataclasses import dataclass
 
-from .errors import HintError
+from bigarr.errors import HintError
 
 __all__ = ["HINT_NAMES", "Hint", "parse_hint", "supported_hints"]
 

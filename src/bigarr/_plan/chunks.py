@@ -50,9 +50,9 @@ from typing import Any
 
 import numpy as np
 
-from ._format import check_shape, parse_order
-from ._geometry import PAGE_SIZE, ByteSpan, format_bytes, parse_size
-from .errors import BudgetError, DtypeError, ShapeError
+from bigarr._formats.npy import check_shape, parse_order
+from bigarr._os.geometry import PAGE_SIZE, ByteSpan, format_bytes, parse_size
+from bigarr.errors import BudgetError, DtypeError, ShapeError
 
 __all__ = ["Chunk", "ChunkPlan", "plan_chunks"]
 

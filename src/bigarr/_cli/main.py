@@ -24,9 +24,9 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from ._format import NpyHeader, check_dtype, read_header
-from ._geometry import PAGE_SIZE, align_up, format_bytes, parse_size
-from .errors import (
+from bigarr._formats.npy import NpyHeader, check_dtype, read_header
+from bigarr._os.geometry import PAGE_SIZE, align_up, format_bytes, parse_size
+from bigarr.errors import (
     BigArrError,
     BudgetError,
     DtypeError,
@@ -196,7 +196,7 @@ def _print(text: str = "") -> None:
 
 # ---- info --------------------------------------------------------------------------------------
 def _cmd_info(args: argparse.Namespace) -> int:
-    from ._files import open as bigarr_open
+    from bigarr._core.files import open as bigarr_open
 
     path = args.file
     if args.cells < 1:
@@ -279,7 +279,7 @@ def _is_zarr(path: str) -> bool:
 
 
 def _zarr_info(path: str, args: argparse.Namespace) -> int:
-    from ._zarr import _open_zarr
+    from bigarr._interop.zarr import _open_zarr
 
     z = _open_zarr(path)  # a corrupt zarr.json is a FormatError naming the path
     info = {"file": path, "format": "zarr", "shape": list(z.shape), "dtype": str(z.dtype),
@@ -297,7 +297,7 @@ def _zarr_info(path: str, args: argparse.Namespace) -> int:
 
 # ---- create ------------------------------------------------------------------------------------
 def _cmd_create(args: argparse.Namespace) -> int:
-    from ._files import create
+    from bigarr._core.files import create
 
     shape = parse_shape(args.shape)
     dtype = args.dtype
@@ -365,8 +365,8 @@ def _data_bytes(view: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from ._files import open as bigarr_open
-    from ._journal import check_complete
+    from bigarr._core.files import open as bigarr_open
+    from bigarr._formats.journal import check_complete
 
     _verify_args(args)
     header, st = _header(args.file)
@@ -466,15 +466,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace, kind: str, to: str) -> int:
     import time
 
-    from . import _files
-    from ._journal import check_complete
+    from bigarr._core import files as _files
+    from bigarr._formats.journal import check_complete
 
     progress = _progress(args)
     started = time.perf_counter()
     if kind == "zarr":
         if to == "zarr":
             raise _UsageError("SRC is already a zarr array; convert it to .npy")
-        from ._zarr import from_zarr
+        from bigarr._interop.zarr import from_zarr
 
         with from_zarr(args.src, args.dst, progress=progress, budget=args.budget,
                        overwrite=args.overwrite) as out:
@@ -503,7 +503,7 @@ def _convert(args: argparse.Namespace, kind: str, to: str) -> int:
 
 
 def _to_zarr(src: Any, args: argparse.Namespace, progress: bool | None) -> None:
-    from ._zarr import to_zarr
+    from bigarr._interop.zarr import to_zarr
 
     chunks = None if args.chunks is None else parse_shape(args.chunks)
     if chunks is not None and (len(chunks) != src.ndim or 0 in chunks):
@@ -515,7 +515,7 @@ def _to_zarr(src: Any, args: argparse.Namespace, progress: bool | None) -> None:
 
 def _copy_npy(src: Any, args: argparse.Namespace, progress: bool | None) -> None:
     """Stream ``src`` into a new page-aligned .npy file with bounded memory."""
-    from ._mapblocks import map_blocks
+    from bigarr._compute.mapblocks import map_blocks
 
     order = "F" if src.flags.f_contiguous and not src.flags.c_contiguous else "C"
     out = map_blocks(np.copy, src, out=args.dst, dtype=src.dtype, budget=args.budget,
@@ -525,7 +525,7 @@ def _copy_npy(src: Any, args: argparse.Namespace, progress: bool | None) -> None
 
 # ---- demo --------------------------------------------------------------------------------------
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
+    from bigarr._cli.demo import run_demo
 
     if args.threads < 1:
         raise _UsageError(f"expected --threads of at least 1; got {args.threads}")
@@ -540,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``bigarr`` argument parser."""
     parser = _Parser(prog="bigarr", description="Memory-mapped numpy arrays for data far "
                      "larger than RAM: inspect, create, convert and verify .npy files.")
-    from . import __version__
+    from bigarr import __version__
 
     parser.add_argument("--version", action="version", version=f"bigarr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,

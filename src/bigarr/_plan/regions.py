@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._geometry import ByteSpan
-from .errors import RegionError
+from bigarr._os.geometry import ByteSpan
+from bigarr.errors import RegionError
 
 if TYPE_CHECKING:
-    from ._mapping import Mapping
+    from bigarr._os.mapping import Mapping
 
 __all__ = ["Region", "extent", "region_rows", "region_span"]
 

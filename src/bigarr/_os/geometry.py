@@ -15,7 +15,7 @@ import mmap
 import re
 from dataclasses import dataclass
 
-from .errors import BudgetError, RegionError
+from bigarr.errors import BudgetError, RegionError
 
 __all__ = [
     "ByteSpan",

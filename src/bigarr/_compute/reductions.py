@@ -1,9 +1,10 @@
 """Reductions over chunks: numpy-named functions whose partial results merge exactly or stably.
 
 Every reduction runs the same way (:func:`_reduce`): the array is cut into page-aligned chunks
-(:func:`bigarr._chunks.plan_chunks`) within a memory plan (:mod:`bigarr._budget`), each chunk is
-reduced on a worker thread to a *partial state* with the reduced axes kept as length 1, and the
-main thread merges the partial states, in chunk order, into the state of the result:
+(:func:`bigarr._plan.chunks.plan_chunks`) within a memory plan (:mod:`bigarr._plan.budget`),
+each chunk is reduced on a worker thread to a *partial state* with the reduced axes kept as
+length 1, and the main thread merges the partial states, in chunk order, into the state of the
+result:
 
 * chunks run along the plan's axis (axis 0 in C order, the last axis in Fortran order); when that
   axis is reduced, partial states of successive chunks are *combined*; when it is not, each
@@ -27,7 +28,7 @@ histogram          counts (after a min/max      add
                    pass when no range is given)
 =================  ===========================  ==============================================
 
-The partial states themselves live in :mod:`bigarr._partials`. Kernels that need temporaries
+The partial states themselves live in :mod:`bigarr._compute.partials`. Kernels that need temporaries
 (var, std, count_nonzero) work through each chunk in sub-blocks, so their scratch memory is
 fixed per thread (:data:`SCRATCH_BYTES`) and planned.
 Results have numpy's dtypes; floating-point results agree with numpy's to rounding (summation
@@ -45,11 +46,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _engine
-from ._budget import plan_memory
-from ._chunks import Chunk, plan_chunks
-from ._engine import as_stream, parse_threads, plan_offset, plan_rows, scaled_budget
-from ._partials import (
+from bigarr._compute import engine as _engine
+from bigarr._compute.engine import as_stream, parse_threads, plan_offset, plan_rows, scaled_budget
+from bigarr._compute.partials import (
     SUB_BLOCK_BYTES,
     Arg,
     CountNonzero,
@@ -61,8 +60,10 @@ from ._partials import (
     Var,
     merge,
 )
-from ._progress import Progress, ProgressArg
-from .errors import ArgumentError, ShapeError, UnsupportedError
+from bigarr._compute.progress import Progress, ProgressArg
+from bigarr._plan.budget import plan_memory
+from bigarr._plan.chunks import Chunk, plan_chunks
+from bigarr.errors import ArgumentError, ShapeError, UnsupportedError
 
 __all__ = [
     "argmax",
@@ -79,7 +80,7 @@ __all__ = [
 ]
 
 #: Scratch per thread the memory plan reserves for kernels with temporaries (a few sub-blocks of
-#: :data:`bigarr._partials.SUB_BLOCK_BYTES`), in bytes.
+#: :data:`bigarr._compute.partials.SUB_BLOCK_BYTES`), in bytes.
 SCRATCH_BYTES = 4 * SUB_BLOCK_BYTES
 _DEFAULT_BUDGET = "256MiB"
 
@@ -170,7 +171,7 @@ def _numpy_dtype(fn: Callable[..., Any], src: np.dtype[Any], **kwargs: Any) -> n
 def _operand(a: Any) -> Any:
     """An array for ``a``: ``.npy`` paths are opened read-only, other arrays pass through."""
     if isinstance(a, (str, os.PathLike)):
-        from ._files import open as open_npy
+        from bigarr._core.files import open as open_npy
 
         return open_npy(a, "readonly")
     if isinstance(a, np.ndarray):

@@ -2,7 +2,7 @@
 
 Each kernel turns a block into a *partial state* (a tuple of arrays with the reduced axes kept as
 length 1), combines two states elementwise, and finishes a state into the result. The engine
-(:mod:`bigarr._reductions`) decides which states meet; a kernel never knows about chunks.
+(:mod:`bigarr._compute.reductions`) decides which states meet; a kernel never knows about chunks.
 
 Kernels that need temporaries (``var``, ``std``, ``count_nonzero``) work through a block in
 sub-blocks of at most :data:`SUB_BLOCK_BYTES` of float64 (complex128) temporaries, so their scratch
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._chunks import Chunk
+from bigarr._plan.chunks import Chunk
 
 __all__ = [
     "SUB_BLOCK_BYTES",

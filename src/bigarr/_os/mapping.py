@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from ._geometry import PAGE_SIZE, ByteSpan, align_down
-from ._hints import Hint
-from ._modes import Access
-from .errors import (
+from bigarr._os.geometry import PAGE_SIZE, ByteSpan, align_down
+from bigarr._os.hints import Hint
+from bigarr._os.modes import Access
+from bigarr.errors import (
     AccessDeniedError,
     FileChangedError,
     HintError,
@@ -216,7 +216,7 @@ class Mapping:
     def check_open(self) -> None:
         """Raise :class:`~bigarr.errors.ClosedError` if the mapping has been closed."""
         if self.closed:
-            from .errors import ClosedError
+            from bigarr.errors import ClosedError
 
             raise ClosedError(f"The mapping of {self.path} is closed.")
 
@@ -298,7 +298,7 @@ class Mapping:
             raise _oserror("mincore", self.path)
         return (vec & 1).astype(bool)
 
-    # ---- private-mode scratch pages (used by bigarr._private) ---------------------------------
+    # ---- private-mode scratch pages (used by bigarr._core.private) -------------------------------
     def pagemap(self, span: ByteSpan) -> np.ndarray[Any, np.dtype[np.uint64]]:
         """Raw ``/proc/self/pagemap`` entries (8 bytes each), one per page of ``span``.
 
@@ -343,7 +343,7 @@ class Mapping:
         rounded *inward* (partial pages at its edges are kept, since their other bytes may hold
         edits); a span reaching the end of the mapping includes its last, partial page. Linux
         uses ``MADV_DONTNEED``; elsewhere the pages are re-mapped from the file (``MAP_FIXED``).
-        Only :mod:`bigarr._private` should call this: it is how ``discard`` and ``commit``
+        Only :mod:`bigarr._core.private` should call this: it is how ``discard`` and ``commit``
         drop edits on purpose (:meth:`advise` refuses ``dontneed`` on private mappings).
 
         Returns
@@ -358,7 +358,7 @@ class Mapping:
         MappingError
             If the OS refuses.
         """
-        from .errors import ModeError
+        from bigarr.errors import ModeError
 
         self.check_open()
         if self.access != "private":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .errors import ModeError
+from bigarr.errors import ModeError
 
 __all__ = ["Access", "NUMPY_MODE", "parse_mode"]
 

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import IncompleteOutputError
+from bigarr.errors import IncompleteOutputError
 
 __all__ = [
     "JOURNAL_SUFFIX",

@@ -62,10 +62,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._geometry import PAGE_SIZE, ByteSpan
-from ._journal import datasync, fsync_dir, pwrite_all
-from ._regions import Region, extent, region_span
-from .errors import (
+from bigarr._formats.journal import datasync, fsync_dir, pwrite_all
+from bigarr._os.geometry import PAGE_SIZE, ByteSpan
+from bigarr._plan.regions import Region, extent, region_span
+from bigarr.errors import (
     DiskFullError,
     FileChangedError,
     FileMissingError,
@@ -76,7 +76,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._mapping import Mapping
+    from bigarr._os.mapping import Mapping
 
 __all__ = [
     "DirtyRegions",

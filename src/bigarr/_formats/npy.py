@@ -39,8 +39,8 @@ from typing import Any, BinaryIO
 import numpy as np
 from numpy.lib import format as npformat
 
-from ._geometry import align_up, default_alignment
-from .errors import DtypeError, HeaderError, ShapeError, TruncatedFileError
+from bigarr._os.geometry import align_up, default_alignment
+from bigarr.errors import DtypeError, HeaderError, ShapeError, TruncatedFileError
 
 __all__ = [
     "MAGIC",

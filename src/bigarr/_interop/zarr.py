@@ -37,12 +37,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._array import memmap
-from ._files import create, file_path
-from ._files import open as open_file
-from ._geometry import format_bytes, parse_size
-from ._progress import Progress, ProgressArg
-from .errors import (
+from bigarr._compute.progress import Progress, ProgressArg
+from bigarr._core.array import memmap
+from bigarr._core.files import create, file_path
+from bigarr._core.files import open as open_file
+from bigarr._os.geometry import format_bytes, parse_size
+from bigarr.errors import (
     BudgetError,
     FileExistsError_,
     FileMissingError,
