@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import ctypes
 import math
 import os
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -46,7 +44,7 @@ import numpy as np
 
 from bigarr._compute.progress import Progress
 from bigarr._core.array import memmap
-from bigarr._formats.journal import datasync, pwrite_all
+from bigarr._os.durable import datasync, pwrite_all, start_writeback, wait_writeback
 from bigarr._os.geometry import ByteSpan
 from bigarr._os.hints import parse_hint
 from bigarr._os.mapping import Mapping
@@ -74,28 +72,10 @@ _WILLNEED = parse_hint("willneed")
 _POPULATE = parse_hint("populate_read")
 _DONTNEED = parse_hint("dontneed")
 
-_LINUX = sys.platform.startswith("linux")
-_SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
 
 #: A strided block is prefetched and released by its bounding bytes only when they are at most
 #: this many times the block's own bytes.
 MAX_SPREAD = 4
-
-
-def _load_sync_file_range() -> Any:
-    if not _LINUX:
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_sync_file_range = _load_sync_file_range()
 
 
 def default_threads() -> int:
@@ -327,8 +307,7 @@ class Writeback:
     def pwrite(self, entry: _Pending, fd: int, offset: int, data: np.ndarray[Any, Any]) -> None:
         """Write a contiguous array's bytes at ``offset`` of ``fd`` and start their writeback."""
         pwrite_all(fd, data, offset)
-        if data.nbytes and _sync_file_range is not None:
-            _sync_file_range(fd, offset, data.nbytes, _SFR_WRITE)
+        start_writeback(fd, offset, data.nbytes)
         entry.ranges.append((fd, offset, data.nbytes))
         entry.nbytes += data.nbytes
         with self._lock:
@@ -372,9 +351,7 @@ class Writeback:
             return
         for entry in batch:
             for fd, offset, nbytes in entry.ranges:
-                if _sync_file_range is not None:
-                    _sync_file_range(fd, offset, nbytes,
-                                     _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER)
+                wait_writeback(fd, offset, nbytes)
             for mapping, span in entry.spans:
                 mapping.sync(span)  # flush THEN release: the data is on disk before the drop
                 mapping.advise(_DONTNEED, span)

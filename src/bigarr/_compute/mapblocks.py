@@ -50,12 +50,12 @@ from bigarr._core.files import create, file_path, parse_order
 from bigarr._core.files import open as open_npy
 from bigarr._formats.journal import (
     Journal,
-    fsync_dir,
     input_identity,
     journal_path,
     partial_path,
     read_journal,
 )
+from bigarr._os.durable import fsync_dir
 from bigarr._os.geometry import parse_size
 from bigarr._plan.budget import plan_memory
 from bigarr._plan.chunks import Chunk, ChunkPlan

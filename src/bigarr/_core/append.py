@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bigarr._core.files import create, file_path, preallocate
-from bigarr._formats.journal import datasync, pwrite_all
 from bigarr._formats.npy import NpyHeader, check_dtype, read_header, rewrite_shape
+from bigarr._os.durable import datasync, pwrite_all
 from bigarr._os.geometry import align_up, parse_size
 from bigarr.errors import DtypeError, FileMissingError, ShapeError
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bigarr._core.array import memmap
-from bigarr._formats.journal import check_complete, fsync_dir, journal_path
+from bigarr._formats.journal import check_complete, journal_path
 from bigarr._formats.npy import (
     NpyHeader,
     build_header,
@@ -29,6 +29,7 @@ from bigarr._formats.npy import (
     parse_order,
     read_header,
 )
+from bigarr._os.durable import fsync_dir
 from bigarr._os.geometry import default_alignment
 from bigarr._os.mapping import Mapping
 from bigarr._os.modes import parse_mode

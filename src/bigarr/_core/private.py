@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bigarr._formats.journal import datasync, fsync_dir, pwrite_all
+from bigarr._os.durable import datasync, fsync_dir, pwrite_all
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan
 from bigarr._plan.regions import Region, extent, region_span
 from bigarr.errors import (

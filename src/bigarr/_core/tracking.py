@@ -48,6 +48,7 @@ import numpy as np
 
 from bigarr._core.private import DirtyRegions, regions_from
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan
+from bigarr._os.libc import libc as _libc
 from bigarr._plan.regions import Region, region_span
 from bigarr.errors import ModeError, UnsupportedError
 
@@ -87,14 +88,6 @@ _REGIONS_PER_CALL = 4096
 class _PageRegion(ctypes.Structure):
     _fields_ = (("start", ctypes.c_uint64), ("end", ctypes.c_uint64),
                 ("categories", ctypes.c_uint64))
-
-
-def _libc() -> Any:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
-    libc.ioctl.restype = ctypes.c_int
-    return libc
 
 
 def _ioctl(libc: Any, fd: int, request: int, arg: Any) -> int:
@@ -142,7 +135,7 @@ class _UffdTracker:
     def __init__(self, m: Mapping) -> None:
         if not sys.platform.startswith("linux"):
             raise UnsupportedError("userfaultfd write tracking needs Linux 6.7 or later.")
-        self._libc = _libc()
+        self._libc = _libc
         self.start = m.addr
         self.stop = m.addr + ByteSpan(0, m.length).outward(PAGE_SIZE).stop
         self._fds: list[int] = []

@@ -43,20 +43,16 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-
+from bigarr._os.durable import datasync, fsync_dir
 from bigarr.errors import IncompleteOutputError
 
 __all__ = [
     "JOURNAL_SUFFIX",
     "Journal",
     "check_complete",
-    "datasync",
-    "fsync_dir",
     "input_identity",
     "journal_path",
     "partial_path",
-    "pwrite_all",
     "read_journal",
 ]
 
@@ -79,34 +75,6 @@ def input_identity(path: str) -> list[Any]:
     """What identifies an input file's contents cheaply: path, size and mtime (ns)."""
     st = os.stat(path)
     return [path, st.st_size, st.st_mtime_ns]
-
-
-def fsync_dir(path: str) -> None:
-    """fsync the folder holding ``path`` so a create, rename or unlink is durable."""
-    with contextlib.suppress(OSError):
-        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def datasync(fd: int) -> None:
-    """Make a file's data (and the metadata needed to read it) durable: ``fdatasync``."""
-    if hasattr(os, "fdatasync"):
-        os.fdatasync(fd)
-    else:  # pragma: no cover - macOS and the BSDs
-        os.fsync(fd)
-
-
-def pwrite_all(fd: int, data: np.ndarray[Any, Any], offset: int) -> None:
-    """Write all bytes of a C-contiguous array at ``offset`` (bytes) of ``fd``."""
-    if not data.nbytes:
-        return
-    view = memoryview(data.reshape(-1).view(np.uint8).data)
-    done = 0
-    while done < data.nbytes:
-        done += os.pwrite(fd, view[done:], offset + done)
 
 
 def read_journal(path: str) -> tuple[Any, dict[int, int | None], bool] | None:

@@ -41,6 +41,7 @@ import numpy as np
 
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan, align_down
 from bigarr._os.hints import Hint
+from bigarr._os.libc import libc as _libc
 from bigarr._os.modes import Access
 from bigarr.errors import (
     AccessDeniedError,
@@ -60,28 +61,6 @@ _MAP_FIXED = 0x10  # the same on Linux and the BSDs/macOS
 _MAP_NORESERVE = 0x4000 if _LINUX else (0x40 if _DARWIN else 0)
 _MS_SYNC = 4 if _LINUX else 0x10
 _MAP_FAILED = ctypes.c_void_p(-1).value
-
-
-def _load_libc() -> Any:
-    if os.name != "posix":
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_int64]
-    for name in ("munmap", "madvise", "msync", "mincore"):
-        if hasattr(libc, name):
-            getattr(libc, name).restype = ctypes.c_int
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.msync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    if hasattr(libc, "madvise"):
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    if hasattr(libc, "mincore"):
-        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    return libc
-
-
-_libc = _load_libc()
 
 
 def _oserror(what: str, path: str) -> MappingError:
