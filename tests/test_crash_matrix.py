@@ -42,6 +42,10 @@ KNOWN: dict[tuple[str, str], str] = {
     ("from_zarr", "no_strays_after_rerun"):
         "a kill leaves from_zarr's full-size .NAME.bigarr-tmp-PID-XXXX; a rerun makes a new "
         "one and never removes it — issue 11 point 8",
+    ("convert_npy_to_zarr", "rerun_succeeds"):
+        "a convert to zarr killed after creating the target directory but before zarr.json "
+        "leaves a directory that is not a zarr array, and 'convert --overwrite' then refuses "
+        "to replace it: only deleting it by hand recovers — issue 11 points 4 and 5",
     ("convert_zarr_to_npy", "no_strays_after_rerun"):
         "a killed 'convert x.zarr y.npy' leaves from_zarr's full-size hidden temporary file; "
         "a rerun does not remove it — issue 11 point 8",
