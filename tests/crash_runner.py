@@ -9,7 +9,8 @@ Run it as a script (``tests/test_crash_matrix.py`` does, in a subprocess)::
 How one run works. The runner process imports numpy, bigarr and zarr once, then forks:
 
 1. a *setup* child writes each operation's inputs and reference results into a template folder;
-2. per kill point, an *op* child (a copy of the template) installs the syscall hooks and runs the
+2. per kill point, an *op* child (in a fresh copy of the template, always at the same path, so
+   that a journal naming an input's absolute path stays valid) installs the hooks and runs the
    operation; it dies by ``SIGKILL``:
 
    * ``before:N`` -- just before the N-th hooked call (deterministic; ``before:NAME#K`` names
@@ -61,6 +62,7 @@ import numpy as np
 import bigarr
 import bigarr._cli
 import bigarr._engine
+import bigarr._journal
 import bigarr._mapping
 
 with contextlib.suppress(ImportError):
@@ -251,7 +253,11 @@ def _source() -> np.ndarray[Any, Any]:
     return np.arange(8192 * 8, dtype=np.float64).reshape(8192, 8) * 0.5 - 3.0
 
 
+FUNC_CALLS = [0]  # calls of _func in this process (chunks computed)
+
+
 def _func(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    FUNC_CALLS[0] += 1
     return x * 2.0 + 1.0
 
 
@@ -284,6 +290,7 @@ class MapNew(Op):
     name = "map_blocks"
     resume = False
     invariants = ("absent_or_complete", "rerun_equals_clean_run", "no_strays_after_rerun")
+    chunks = 6  # of the plan for _source() at _MAP_KW's budget
 
     def setup(self, ref: Path, work: Path) -> None:
         np.save(work / "in.npy", _source())
@@ -305,9 +312,18 @@ class MapNew(Op):
                 bigarr.check_complete(path)
             except bigarr.errors.IncompleteOutputError as exc:
                 out["absent_or_complete"] = f"published output is flagged incomplete: {exc}"
+        done = None
+        if self.resume and (work / ".o.npy.bigarr-partial").exists():
+            parsed = bigarr._journal.read_journal(str(work / "o.npy.bigarr-journal"))
+            done = set(parsed[1]) if parsed is not None else set()
         if not (self.resume and path.exists()):  # a published output is complete: no rerun
+            FUNC_CALLS[0] = 0
             bigarr.map_blocks(_func, work / "in.npy", out=path, resume=self.resume,
                               overwrite=not self.resume, **_MAP_KW).close()
+            if done and FUNC_CALLS[0] != self.chunks - len(done):
+                out["resume_computes_only_missing_chunks"] = (
+                    f"the journal recorded chunks {sorted(done)} done, but the rerun computed "
+                    f"{FUNC_CALLS[0]} of {self.chunks} chunks")
         if not same_file(path, ref / "o.npy"):
             out["rerun_equals_clean_run"] = "the rerun's file differs from a clean run's bytes"
         if strays := hidden(work):
@@ -318,6 +334,33 @@ class MapNew(Op):
 class MapResume(MapNew):
     name = "map_blocks_resume"
     resume = True
+    invariants = (*MapNew.invariants, "resume_computes_only_missing_chunks")
+
+
+def _killed_run(op: Op, ref: Path, work: Path, spec: str) -> None:
+    """Run ``op`` once in a child killed at ``spec`` (a first crash, for nested cases)."""
+    kind, target = _parse_spec(spec)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            Hooks(kind, target, trace=False).install()
+            op.run(ref, work, lambda s: None)
+        finally:
+            os._exit(1)
+    _pid, status = os.waitpid(pid, 0)
+    if not os.WIFSIGNALED(status):
+        raise RuntimeError(f"{op.name} was expected to be killed at {spec}")
+
+
+class MapResumeTwice(MapResume):
+    """A resumed run killed again: the second resume must still equal a clean run."""
+
+    name = "map_blocks_resume_twice"
+
+    def setup(self, ref: Path, work: Path) -> None:
+        super().setup(ref, work)
+        _killed_run(self, ref, work, "before:write#3")  # two chunks journaled, then killed
+        assert (work / "o.npy.bigarr-journal").exists()
 
 
 class MapInPlace(Op):
@@ -542,16 +585,8 @@ class Recover(Commit):
 
     def setup(self, ref: Path, work: Path) -> None:
         super().setup(ref, work)
-        pid = os.fork()
-        if pid == 0:  # the commit, killed just before its first write to the file itself
-            code = 1
-            try:
-                Hooks("before", ("pwrite", 1), trace=False).install()
-                Commit.run(self, ref, work, lambda s: None)
-            finally:
-                os._exit(code)
-        _pid, status = os.waitpid(pid, 0)
-        assert os.WIFSIGNALED(status), "the commit was expected to be killed"
+        # the commit, killed just before its first write to the file itself
+        _killed_run(CommitJournal(), ref, work, "before:pwrite#1")
         assert (work / ".p.npy.bigarr-commit").exists()
 
     def run(self, ref: Path, work: Path, note: Callable[[str], None]) -> None:
@@ -701,24 +736,26 @@ class Convert(Op):
                 with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                     shutil.rmtree(work / back) if back.endswith(".zarr") \
                         else os.unlink(work / back)
-        status = _cli(*self._args(work, "--overwrite"))
+        extra = ("--overwrite",) if os.path.lexists(path) else ()  # as a user would rerun it
+        status = _cli(*self._args(work, *extra))
         if status != 0:
-            out["rerun_succeeds"] = f"the same convert with --overwrite then exited {status}"
+            out["rerun_succeeds"] = f"the same convert {' '.join(extra)} then exited {status}"
         elif strays := hidden(work):
             out["no_strays_after_rerun"] = f"left behind after a successful rerun: {strays}"
         return out
 
 
 OPS: dict[str, Op] = {op.name: op for op in (
-    Create(), MapNew(), MapResume(), MapInPlace(), MapAppender(), Append(), AppendNumpyHeader(),
-    Commit(), CommitJournal(), Recover(), ToZarr(), FromZarr(), Convert("in.npy", "o.npy"),
-    Convert("in.npy", "o.zarr"), Convert("in.zarr", "o.npy"))}
+    Create(), MapNew(), MapResume(), MapResumeTwice(), MapInPlace(), MapAppender(), Append(),
+    AppendNumpyHeader(), Commit(), CommitJournal(), Recover(), ToZarr(), FromZarr(),
+    Convert("in.npy", "o.npy"), Convert("in.npy", "o.zarr"), Convert("in.zarr", "o.npy"))}
 
 # Kill points of the bounded (CI) matrix: named boundaries that matter, plus a few seeded ones.
 BOUNDED: dict[str, list[str]] = {
     "create": ["before:posix_fallocate#1", "torn:pwrite#2", "before:link#1"],
     "map_blocks": ["before:open#2", "before:fdatasync#1", "before:replace#1"],
     "map_blocks_resume": ["before:fdatasync#3", "torn:write#2", "before:replace#2"],
+    "map_blocks_resume_twice": ["torn:pwrite#1", "before:write#2", "before:replace#1"],
     "map_blocks_inplace_resume": ["before:msync#2", "before:write#3", "before:unlink#1"],
     "appender": ["torn:pwrite#4", "before:fdatasync#2", "before:pwrite#9",
                  "before:ftruncate#1"],
@@ -783,9 +820,9 @@ def _child(fn: Callable[[Callable[[str], None]], Any]) -> tuple[int, list[str]]:
 def run_one(op: Op, template: Path, spec: str, base: Path, trace: bool = False
             ) -> dict[str, Any]:
     """One kill run of ``op`` at ``spec``; returns what happened and the violations."""
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{op.name}-", dir=base))
-    shutil.copytree(template / "work", run_dir / "work", symlinks=True)
-    ref, work = template / "ref", run_dir / "work"
+    ref, work = template / "ref", template / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(template / "pristine", work, symlinks=True)  # copy2: same mtimes
     kind, target = _parse_spec(spec)
     started = time.perf_counter()
     if kind == "delay":
@@ -850,15 +887,15 @@ def run_one(op: Op, template: Path, spec: str, base: Path, trace: bool = False
     else:
         result["violations"] = {"checker_crashed": " ".join(check_notes)[-2000:]
                                 or f"wait status {status}"}
-    shutil.rmtree(run_dir, ignore_errors=True)
     return result
 
 
 def prepare(op: Op, base: Path) -> Path:
-    template = base / f"template-{op.name}"
+    template = base / op.name
     (template / "ref").mkdir(parents=True)
     (template / "work").mkdir()
     status, notes = _child(lambda note: op.setup(template / "ref", template / "work"))
+    os.rename(template / "work", template / "pristine")
     if status != 0:
         raise RuntimeError(f"setup of {op.name} failed: {notes}")
     return template
