@@ -367,6 +367,7 @@ class MapInPlace(Op):
     """map_blocks(resume=True) writing in place into a mapped file."""
 
     name = "map_blocks_inplace_resume"
+    resume = True
     invariants = ("old_or_new_or_flagged", "rerun_equals_clean_run", "no_strays_after_rerun")
 
     def setup(self, ref: Path, work: Path) -> None:
@@ -379,7 +380,8 @@ class MapInPlace(Op):
     def run(self, ref: Path, work: Path, note: Callable[[str], None],
             inp: Path | None = None) -> None:
         with bigarr.open(work / "o.npy", "shared") as out:
-            bigarr.map_blocks(_func, inp or work / "in.npy", out=out, resume=True, **_MAP_KW)
+            bigarr.map_blocks(_func, inp or work / "in.npy", out=out, resume=self.resume,
+                              **_MAP_KW)
 
     def check(self, ref: Path, work: Path, notes: list[str]) -> Violations:
         out: Violations = {}
@@ -392,9 +394,9 @@ class MapInPlace(Op):
         if not flagged and not (same_file(path, ref / "old.npy") or same_file(path, ref / "o.npy")):
             out["old_or_new_or_flagged"] = "partly written in place, and check_complete accepts it"
         with bigarr.open(path, "shared") as arr:
-            bigarr.map_blocks(_func, work / "in.npy", out=arr, resume=True, **_MAP_KW)
+            bigarr.map_blocks(_func, work / "in.npy", out=arr, resume=self.resume, **_MAP_KW)
         if not same_file(path, ref / "o.npy"):
-            out["rerun_equals_clean_run"] = "the resumed file differs from a clean run's bytes"
+            out["rerun_equals_clean_run"] = "the rerun's file differs from a clean run's bytes"
         if strays := hidden(work) + [p.name for p in work.glob("*.bigarr-journal*")]:
             out["no_strays_after_rerun"] = f"left behind after a successful rerun: {strays}"
         return out
@@ -441,6 +443,13 @@ class MapAppender(Op):
         if strays := hidden(work) + [p.name for p in work.glob("*.bigarr-journal*")]:
             out["no_strays_after_rerun"] = f"left behind after a successful rerun: {strays}"
         return out
+
+
+class MapInPlaceNoResume(MapInPlace):
+    """In place without resume: the journal still marks the file incomplete until the end."""
+
+    name = "map_blocks_inplace"
+    resume = False
 
 
 # ---- Appender --------------------------------------------------------------------------------
@@ -746,7 +755,8 @@ class Convert(Op):
 
 
 OPS: dict[str, Op] = {op.name: op for op in (
-    Create(), MapNew(), MapResume(), MapResumeTwice(), MapInPlace(), MapAppender(), Append(),
+    Create(), MapNew(), MapResume(), MapResumeTwice(), MapInPlace(),
+    MapInPlaceNoResume(), MapAppender(), Append(),
     AppendNumpyHeader(), Commit(), CommitJournal(), Recover(), ToZarr(), FromZarr(),
     Convert("in.npy", "o.npy"), Convert("in.npy", "o.zarr"), Convert("in.zarr", "o.npy"))}
 
@@ -756,6 +766,7 @@ BOUNDED: dict[str, list[str]] = {
     "map_blocks": ["before:open#2", "before:fdatasync#1", "before:replace#1"],
     "map_blocks_resume": ["before:fdatasync#3", "torn:write#2", "before:replace#2"],
     "map_blocks_resume_twice": ["torn:pwrite#1", "before:write#2", "before:replace#1"],
+    "map_blocks_inplace": ["torn:pwrite#2", "before:unlink#1"],
     "map_blocks_inplace_resume": ["before:msync#2", "before:write#3", "before:unlink#1"],
     "appender": ["torn:pwrite#4", "before:fdatasync#2", "before:pwrite#9",
                  "before:ftruncate#1"],
