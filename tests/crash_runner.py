@@ -60,18 +60,55 @@ if __name__ == "__main__":  # one BLAS thread: the runner forks, and fork keeps 
 import numpy as np
 
 import bigarr
-import bigarr._cli
-import bigarr._engine
-import bigarr._journal
-import bigarr._mapping
 
 with contextlib.suppress(ImportError):
     import zarr  # noqa: F401  (imported before forking; its I/O loop starts lazily per child)
+
+
+def _import_all() -> list[Any]:
+    """Import every bigarr module (so the hooks can reach the ctypes handles they hold)."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.walk_packages(bigarr.__path__, "bigarr."):
+        if not info.name.endswith("__main__"):
+            with contextlib.suppress(ImportError):
+                importlib.import_module(info.name)
+    return [m for name, m in sorted(sys.modules.items())
+            if m is not None and (name == "bigarr" or name.startswith("bigarr."))]
+
+
+MODULES = _import_all()
+
+
+def _find(name: str) -> Any:
+    """A function of bigarr's by name, wherever the package layout keeps it (or None)."""
+    import types
+
+    for module in MODULES:
+        fn = getattr(module, name, None)
+        if callable(fn) and not isinstance(fn, types.ModuleType):
+            return fn
+    return None
+
+
+def cli_main() -> Callable[[list[str]], int]:
+    """``bigarr``'s command-line entry point (``main(argv) -> status``)."""
+    import importlib
+
+    for name in ("bigarr._cli.main", "bigarr._cli"):
+        with contextlib.suppress(ImportError):
+            fn = getattr(importlib.import_module(name), "main", None)
+            if callable(fn):
+                return fn  # type: ignore[no-any-return]
+    raise RuntimeError("cannot find bigarr's command-line main()")
+
 
 PAGE = 4096
 HOOKED = ("pwrite", "write", "fsync", "fdatasync", "replace", "rename", "link", "unlink",
           "posix_fallocate", "ftruncate", "mkdir", "open")
 TEARABLE = ("pwrite", "write")
+CHILD_TIMEOUT = 120  # seconds any forked child may run
 
 _REAL: dict[str, Callable[..., Any]] = {name: getattr(os, name) for name in HOOKED}
 _real_kill = os.kill
@@ -110,11 +147,21 @@ class Hooks:
     def install(self) -> None:
         for name in HOOKED:
             setattr(os, name, self._wrap(name, _REAL[name]))
-        engine: Any = bigarr._engine
-        if engine._sync_file_range is not None:
-            engine._sync_file_range = self._wrap("sync_file_range", engine._sync_file_range)
-        mapping: Any = bigarr._mapping
-        mapping._libc = _LibcProxy(mapping._libc, self._wrap("msync", mapping._libc.msync))
+        # bigarr calls msync and sync_file_range through ctypes: wrap every module-level handle
+        # (a libc object, or a bare sync_file_range function) in whichever modules hold one.
+        hooked = 0
+        for module in MODULES:
+            for attr, value in list(vars(module).items()):
+                if attr in ("libc", "_libc") and value is not None and hasattr(value, "msync"):
+                    setattr(module, attr, _LibcProxy(value, {
+                        n: self._wrap(n, getattr(value, n)) for n in ("msync", "sync_file_range")
+                        if hasattr(value, n)}))
+                    hooked += 1
+                elif attr == "_sync_file_range" and callable(value):
+                    setattr(module, attr, self._wrap("sync_file_range", value))
+                    hooked += 1
+        if not hooked:
+            raise RuntimeError("found no ctypes libc handle in bigarr to hook msync on")
 
     def _wrap(self, name: str, real: Callable[..., Any]) -> Callable[..., Any]:
         def hooked(*args: Any, **kwargs: Any) -> Any:
@@ -127,10 +174,11 @@ class Hooks:
 
 
 class _LibcProxy:
-    """bigarr's ctypes libc handle with ``msync`` replaced."""
+    """bigarr's ctypes libc handle with some functions replaced."""
 
-    def __init__(self, libc: Any, msync: Callable[..., Any]) -> None:
-        self._libc, self.msync = libc, msync
+    def __init__(self, libc: Any, replaced: dict[str, Callable[..., Any]]) -> None:
+        self._libc = libc
+        self.__dict__.update(replaced)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._libc, name)
@@ -313,8 +361,10 @@ class MapNew(Op):
             except bigarr.errors.IncompleteOutputError as exc:
                 out["absent_or_complete"] = f"published output is flagged incomplete: {exc}"
         done = None
-        if self.resume and (work / ".o.npy.bigarr-partial").exists():
-            parsed = bigarr._journal.read_journal(str(work / "o.npy.bigarr-journal"))
+        read_journal = _find("read_journal")
+        journals = [p for p in work.iterdir() if "journal" in p.name]
+        if self.resume and read_journal and len(journals) == 1 and _has_partial(work):
+            parsed = read_journal(str(journals[0]))
             done = set(parsed[1]) if parsed is not None else set()
         if not (self.resume and path.exists()):  # a published output is complete: no rerun
             FUNC_CALLS[0] = 0
@@ -329,6 +379,14 @@ class MapNew(Op):
         if strays := hidden(work):
             out["no_strays_after_rerun"] = f"left behind after a successful rerun: {strays}"
         return out
+
+
+def _has_partial(work: Path) -> bool:
+    return any(p.name.startswith(".") and "partial" in p.name for p in work.iterdir())
+
+
+def _journals(work: Path) -> list[str]:
+    return sorted(p.name for p in work.iterdir() if "journal" in p.name)
 
 
 class MapResume(MapNew):
@@ -360,7 +418,7 @@ class MapResumeTwice(MapResume):
     def setup(self, ref: Path, work: Path) -> None:
         super().setup(ref, work)
         _killed_run(self, ref, work, "before:write#3")  # two chunks journaled, then killed
-        assert (work / "o.npy.bigarr-journal").exists()
+        assert _journals(work), "the first run was expected to leave its journal"
 
 
 class MapInPlace(Op):
@@ -397,7 +455,7 @@ class MapInPlace(Op):
             bigarr.map_blocks(_func, work / "in.npy", out=arr, resume=self.resume, **_MAP_KW)
         if not same_file(path, ref / "o.npy"):
             out["rerun_equals_clean_run"] = "the rerun's file differs from a clean run's bytes"
-        if strays := hidden(work) + [p.name for p in work.glob("*.bigarr-journal*")]:
+        if strays := sorted(set(hidden(work) + _journals(work))):
             out["no_strays_after_rerun"] = f"left behind after a successful rerun: {strays}"
         return out
 
@@ -416,7 +474,6 @@ class MapAppender(Op):
         np.save(work / "in.npy", _source())
         bigarr.append(work / "a.npy", np.full((5, 8), -1.0))
         shutil.copy(work / "a.npy", ref / "a.npy")
-        shutil.copy(work / "a.npy", work / "a0.npy")
         self.run(ref, ref, lambda s: None, inp=work / "in.npy")
 
     def run(self, ref: Path, work: Path, note: Callable[[str], None],
@@ -435,12 +492,11 @@ class MapAppender(Op):
                 out["valid_prefix_of_result"] = f"{got.shape} is not a prefix of the result"
         except Exception as exc:
             out["valid_prefix_of_result"] = f"does not load: {type(exc).__name__}: {exc}"
-        journal = work / "a.npy.bigarr-journal"
-        if journal.exists() or np.array_equal(np.load(path), np.load(work / "a0.npy")):
+        if _journals(work) or not np.array_equal(np.load(path), want):
             self.run(ref, work, lambda s: None)  # resume it (or run it: it never started)
         if not np.array_equal(np.load(path), want):
             out["rerun_equals_clean_run"] = "the resumed appender output differs from a clean run"
-        if strays := hidden(work) + [p.name for p in work.glob("*.bigarr-journal*")]:
+        if strays := sorted(set(hidden(work) + _journals(work))):
             out["no_strays_after_rerun"] = f"left behind after a successful rerun: {strays}"
         return out
 
@@ -562,8 +618,8 @@ class Commit(Op):
                     f"after recover_commit {sum(is_new)} of {len(is_new)} edited pages are new")
         elif not whole or not untouched or is_new != sorted(is_new, reverse=True):
             out["whole_pages_prefix_by_offset"] = f"new pages (in offset order): {is_new}"
-        if (path.parent / ".p.npy.bigarr-commit").exists():
-            out["recover_then_commit_again"] = "the commit journal is still there after recovery"
+        if strays := hidden(work):
+            out["recover_then_commit_again"] = f"still there after recovery: {strays}"
         try:
             with bigarr.open(path, "private") as arr:
                 arr[:] = old  # a commit after recovery, both ways, must land whole
@@ -596,7 +652,7 @@ class Recover(Commit):
         super().setup(ref, work)
         # the commit, killed just before its first write to the file itself
         _killed_run(CommitJournal(), ref, work, "before:pwrite#1")
-        assert (work / ".p.npy.bigarr-commit").exists()
+        assert hidden(work), "the killed commit was expected to leave its journal"
 
     def run(self, ref: Path, work: Path, note: Callable[[str], None]) -> None:
         bigarr.recover_commit(work / "p.npy")
@@ -684,7 +740,7 @@ def _cli(*argv: str) -> int:
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
-            return bigarr._cli.main(list(argv))
+            return cli_main()(list(argv))
         except SystemExit as exc:
             return int(exc.code or 0)
 
@@ -809,6 +865,7 @@ def _child(fn: Callable[[Callable[[str], None]], Any]) -> tuple[int, list[str]]:
     pid = os.fork()
     if pid == 0:
         os.close(r)
+        signal.alarm(CHILD_TIMEOUT)  # a hung child dies (SIGALRM) and is reported, never waited on
         code = 0
         try:
             def note(text: str) -> None:
@@ -841,6 +898,7 @@ def run_one(op: Op, template: Path, spec: str, base: Path, trace: bool = False
         pid = os.fork()
         if pid == 0:
             os.close(r)
+            signal.alarm(CHILD_TIMEOUT)
             code = 0
             try:
                 _REAL["write"](w, b"S\n")
