@@ -11,6 +11,32 @@ its docstring); this module runs it once and turns each (operation, invariant) p
 
 Pairs that fail today are ``xfail(strict=True)`` with the defect named, so the lead can drop
 the mark when the fix lands (a fixed defect then fails as XPASS).
+
+What is checked after each kill (``crash_runner.py`` has the code; "rerun" is what a user would
+run next, and its success is checked too):
+
+* ``create``: the path is absent or a complete file; no hidden file is left after a rerun.
+* ``map_blocks`` to a new file, without and with ``resume`` (one thread, two threads, and a
+  resume that is itself killed): the output is absent or complete, never partial under its
+  name; the rerun's file equals a clean run's byte for byte; a resume recomputes exactly the
+  chunks its journal lacks; nothing hidden is left behind.
+* ``map_blocks`` in place (with and without ``resume``): the file is all-old, all-new, or
+  flagged by ``check_complete``; the rerun equals a clean run; its journal is gone.
+* ``map_blocks`` into an ``Appender`` with ``resume``: the file is a prefix of the result; the
+  resumed run equals a clean run.
+* ``Appender`` (bigarr's and numpy's headers): the file loads (numpy and bigarr agree) and
+  holds exactly the first ``m`` rows appended, in order, with ``m`` at least the last commit
+  that returned; a new Appender then grows it.
+* private ``commit`` without a journal: the file holds a prefix, in file order, of the
+  committed page runs, each page whole (a torn write splits only at page boundaries); the
+  edits after that prefix are lost with the process. This is what holds, and it is checked.
+* ``commit(journal=True)``, and ``recover_commit`` itself killed: after ``recover_commit`` the
+  file is all-old or all-new (all-new once the journal was complete); a later commit lands.
+* ``to_zarr``: the array is absent, complete, or refused by ``from_zarr``.
+* ``from_zarr``: the ``.npy`` is absent or complete; nothing hidden is left after a rerun.
+* ``bigarr convert`` (npy->npy, npy->zarr, zarr->npy): the target is absent or complete; a
+  partial output is never accepted by a further ``convert``; rerunning the same command
+  (``--overwrite`` only if the target exists) succeeds and leaves nothing hidden behind.
 """
 
 from __future__ import annotations
