@@ -158,10 +158,6 @@ def test_disk_full_mid_append_is_a_clean_error(small_fs: Path) -> None:
     assert _free(small_fs) > 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an append reserves a whole step (64 MiB by default) even when its rows need 80 bytes, "
-    "so 10 rows on a disk with 256 KiB free fail with DiskFullError claiming 64 MiB are "
-    "needed — issue 11 point 8"))
 def test_a_small_append_fits_a_nearly_full_disk(small_fs: Path) -> None:
     path = small_fs / "a.npy"
     with bigarr.Appender(path, "f8", (), step="1MiB") as app:  # (the default step: 64 MiB)
@@ -171,9 +167,6 @@ def test_a_small_append_fits_a_nearly_full_disk(small_fs: Path) -> None:
     assert np.load(path).shape == (20,)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "create() on a full file system lets a bare OSError(ENOSPC) escape from the header "
-    "write instead of DiskFullError — issue 11 points 8 and 10"))
 def test_create_on_a_full_disk_raises_disk_full(small_fs: Path) -> None:
     _fill(small_fs, leave=0)
     with pytest.raises(DiskFullError):

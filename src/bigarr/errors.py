@@ -21,6 +21,9 @@ keeps working::
     ├── FileMissingError (FileNotFoundError)
     ├── NotAFileError (IsADirectoryError)   a directory or other non-regular file
     ├── FileExistsError_ (FileExistsError)  create() would replace an existing path
+    ├── PathError (OSError)                 a path the OS refuses: symlink loop, name too long
+    │   └── NotADirError (NotADirectoryError)  a part of the path that must be a directory is not
+    ├── InvalidPathError (ValueError)       a path no file can have (an embedded NUL byte)
     ├── DiskFullError (OSError)             no room on disk to preallocate a new file
     ├── MappingError (OSError)              the OS refused to map, advise or sync a range
     ├── FileChangedError (OSError)          the file shrank or changed under an open array
@@ -53,11 +56,14 @@ __all__ = [
     "HintError",
     "IncompleteOutputError",
     "IncompleteOutputWarning",
+    "InvalidPathError",
     "MappingBusyError",
     "MappingError",
     "MissingExtraError",
     "ModeError",
+    "NotADirError",
     "NotAFileError",
+    "PathError",
     "PickleError_",
     "ReadOnlyError",
     "RegionError",
@@ -69,6 +75,13 @@ __all__ = [
 
 class BigArrError(Exception):
     """Root of every error raised by bigarr."""
+
+    def __str__(self) -> str:
+        # OSError subclasses built as (errno, message) show the message alone, without the
+        # "[Errno N]" prefix: the message already says what happened.
+        if isinstance(self, OSError) and self.errno is not None and self.filename is None:
+            return str(self.strerror)
+        return super().__str__()
 
 
 class FormatError(BigArrError, ValueError):
@@ -142,11 +155,28 @@ class FileExistsError_(BigArrError, FileExistsError):
 class DiskFullError(BigArrError, OSError):
     """There is no room on the file system to preallocate a new file."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(_errno.ENOSPC, message)
+    def __init__(self, message: str, code: int = _errno.ENOSPC) -> None:
+        # ``code``: the OS's errno (ENOSPC, or EDQUOT or EFBIG for a quota or a file size limit)
+        super().__init__(code, message)
 
-    def __str__(self) -> str:
-        return str(self.args[1])
+    def __reduce__(self) -> tuple[type[DiskFullError], tuple[str, int]]:
+        # OSError pickles as (errno, strerror); this constructor takes them the other way round
+        return type(self), (str(self.strerror), int(self.errno or _errno.ENOSPC))
+
+
+class PathError(BigArrError, OSError):
+    """The OS refuses the path itself: a symlink loop, a name too long, an I/O error on it.
+
+    ``errno`` is the OS's code (``ELOOP``, ``ENAMETOOLONG``, ...).
+    """
+
+
+class NotADirError(PathError, NotADirectoryError):
+    """A part of the path that must be a directory is a file (``ENOTDIR``)."""
+
+
+class InvalidPathError(BigArrError, ValueError):
+    """A path no file can have, such as one with an embedded NUL byte."""
 
 
 class MappingError(BigArrError, OSError):

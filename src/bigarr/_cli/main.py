@@ -85,6 +85,13 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _path_arg(text: str) -> str:
+    """A file argument; a NUL byte (which no file name can hold) is a usage error."""
+    if "\x00" in text:
+        raise argparse.ArgumentTypeError(f"expected a file path without NUL bytes; got {text!r}")
+    return text
+
+
 def _dtype_arg(text: str) -> np.dtype[Any]:
     try:
         return check_dtype(text)
@@ -279,11 +286,18 @@ def _is_zarr(path: str) -> bool:
 
 
 def _zarr_info(path: str, args: argparse.Namespace) -> int:
-    from bigarr._interop.zarr import _open_zarr
+    from bigarr._interop.zarr import _open_zarr, check_zarr_complete
+    from bigarr.errors import IncompleteOutputError, IncompleteOutputWarning
 
     z = _open_zarr(path)  # a corrupt zarr.json is a FormatError naming the path
+    try:
+        check_zarr_complete(z, path)
+        complete = True
+    except IncompleteOutputError as exc:  # shown, like an interrupted .npy output, as a warning
+        warnings.warn(str(exc), IncompleteOutputWarning, stacklevel=1)
+        complete = False
     info = {"file": path, "format": "zarr", "shape": list(z.shape), "dtype": str(z.dtype),
-            "chunks": list(z.chunks)}
+            "chunks": list(z.chunks), "complete": complete}
     if args.json:
         _print(json.dumps(info))
         return 0
@@ -292,18 +306,23 @@ def _zarr_info(path: str, args: argparse.Namespace) -> int:
     _print(f"  shape        {tuple(z.shape)}")
     _print(f"  dtype        {z.dtype}")
     _print(f"  chunks       {tuple(z.chunks)}")
+    if not complete:
+        _print("  complete     no: a bigarr run stopped while writing it")
     return 0
 
 
 # ---- create ------------------------------------------------------------------------------------
 def _cmd_create(args: argparse.Namespace) -> int:
-    from bigarr._core.files import create
+    from bigarr._core.files import create, file_path
+    from bigarr._os.paths import check_output
 
     shape = parse_shape(args.shape)
     dtype = args.dtype
     fill = None if args.fill is None else parse_fill(args.fill, dtype)
-    if os.path.lexists(args.file) and not args.overwrite:
-        raise FileExistsError_(f"{args.file} exists; pass --overwrite to replace it")
+    try:  # the library's one rule for what --overwrite may replace (never a device or link)
+        check_output(file_path(args.file), args.overwrite)
+    except FileExistsError_:
+        raise FileExistsError_(f"{args.file} exists; pass --overwrite to replace it") from None
     with create(args.file, shape, dtype, fill=fill, order=args.order,
                 overwrite=args.overwrite) as arr:
         header, _st = _header(str(arr.filename))
@@ -351,6 +370,10 @@ def _verify_args(args: argparse.Namespace) -> None:
         args.file, args.checksum = args.checksum, _CHECKSUMS[0]
     if args.file is None:
         raise _UsageError("the following arguments are required: file")
+    try:
+        _path_arg(args.file)
+    except argparse.ArgumentTypeError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def _data_bytes(view: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -369,8 +392,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from bigarr._formats.journal import check_complete
 
     _verify_args(args)
+    if os.path.isdir(args.file) and _is_zarr(args.file):
+        return _verify_zarr(args)
     header, st = _header(args.file)
-    check_complete(args.file)  # an in-place output whose run was interrupted
+    if not args.force:
+        check_complete(args.file)  # an in-place output whose run was interrupted
     need = header.data_offset + header.nbytes
     extra = st.st_size - need
     summary = {
@@ -416,6 +442,25 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_zarr(args: argparse.Namespace) -> int:
+    """``verify`` of a zarr array: its metadata opens and bigarr's completion marker is set."""
+    from bigarr._interop.zarr import _open_zarr, check_zarr_complete
+
+    if args.checksum:
+        raise _UsageError("--checksum reads .npy files; convert the zarr array first")
+    z = _open_zarr(args.file)
+    if not args.force:
+        check_zarr_complete(z, args.file)
+    summary = {"file": args.file, "ok": True, "format": "zarr", "shape": list(z.shape),
+               "dtype": str(z.dtype), "chunks": list(z.chunks)}
+    if args.json:
+        _print(json.dumps(summary))
+        return 0
+    _print(f"{args.file}: OK - zarr array of shape {tuple(z.shape)} {z.dtype}, chunks "
+           f"{tuple(z.chunks)}; not marked incomplete by an interrupted bigarr run")
+    return 0
+
+
 # ---- convert -----------------------------------------------------------------------------------
 def _source_kind(args: argparse.Namespace) -> str:
     """``"zarr"``, ``"npy"`` or ``"raw"``: a zarr directory, a .npy file, or --dtype given."""
@@ -446,18 +491,21 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if to != "zarr" and args.chunks is not None:
         raise _UsageError("--chunks is the chunk shape of a zarr DST; name DST *.zarr or pass "
                           "--to zarr")
-    if os.path.lexists(args.dst) and not args.overwrite:
-        raise FileExistsError_(f"{args.dst} exists; pass --overwrite to replace it")
-    if os.path.isdir(args.dst) and not (to == "zarr" and _is_zarr(args.dst)):
-        # zarr's overwrite empties the directory: only ever do that to a zarr array
-        raise NotAFileError(f"{args.dst} is a directory that is not a zarr array; --overwrite "
-                            "replaces only a file or a zarr array")
+    from bigarr._core.files import file_path
+    from bigarr._os.paths import check_output
+
+    try:  # the library's one rule for what --overwrite may replace (never a device or group)
+        existing = check_output(file_path(args.dst), args.overwrite, zarr=to == "zarr")
+    except FileExistsError_:
+        raise FileExistsError_(f"{args.dst} exists; pass --overwrite to replace it") from None
     fresh = not os.path.lexists(args.dst)
     try:
         return _convert(args, kind, to)
     except BaseException as exc:
-        if to == "zarr" and fresh and os.path.isdir(args.dst):
+        if to == "zarr" and existing == "nothing" and os.path.isdir(args.dst):
             shutil.rmtree(args.dst, ignore_errors=True)  # chunks of a run that did not finish
+            if not fresh:
+                os.mkdir(args.dst)  # it was an empty directory: leave it as it was
         if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
             exc.filename = args.dst  # e.g. ENOSPC from zarr's writes names no file
         raise
@@ -477,7 +525,7 @@ def _convert(args: argparse.Namespace, kind: str, to: str) -> int:
         from bigarr._interop.zarr import from_zarr
 
         with from_zarr(args.src, args.dst, progress=progress, budget=args.budget,
-                       overwrite=args.overwrite) as out:
+                       overwrite=args.overwrite, force=args.force) as out:
             shape, dtype, nbytes = out.shape, out.dtype, out.nbytes
     else:
         if kind == "raw":
@@ -485,7 +533,8 @@ def _convert(args: argparse.Namespace, kind: str, to: str) -> int:
             src = _files.open_raw(args.src, args.dtype, shape_arg, offset=args.offset,
                                   order=args.order)
         else:
-            check_complete(args.src)  # a copy of half-written data would look complete
+            if not args.force:
+                check_complete(args.src)  # a copy of half-written data would look complete
             src = _files.open(args.src, "r")
         try:
             shape, dtype, nbytes = src.shape, src.dtype, src.nbytes
@@ -547,14 +596,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=_Parser)
 
     p = sub.add_parser("info", help="shape, dtype, alignment, size on disk, page-cache residency")
-    p.add_argument("file", help=".npy file (or a zarr array directory)")
+    p.add_argument("file", type=_path_arg, help=".npy file (or a zarr array directory)")
     p.add_argument("--cells", type=int, default=_BAR_CELLS,
                    help=f"width of the residency bar, in characters (default {_BAR_CELLS})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("create", help="create a page-aligned .npy file, preallocated on disk")
-    p.add_argument("file", help="the new .npy file")
+    p.add_argument("file", type=_path_arg, help="the new .npy file")
     p.add_argument("--shape", required=True, help="e.g. 1000,3 or 1000x3; () for a 0-d array")
     p.add_argument("--dtype", type=_dtype_arg, default=np.dtype("f8"), help="e.g. f4 (default f8)")
     p.add_argument("--fill", help="value of every element, e.g. 1.5, or 0, 1, true, false for "
@@ -564,21 +613,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(func=_cmd_create)
 
-    p = sub.add_parser("verify", help="check that header and size agree; per-chunk checksums")
-    p.add_argument("file", nargs="?", help=".npy file")
+    p = sub.add_parser("verify", help="check that header and size agree (or that a zarr "
+                       "array is complete); per-chunk checksums")
+    p.add_argument("file", nargs="?", type=_path_arg,
+                   help=".npy file, or a zarr array directory")
     p.add_argument("--checksum", nargs="?", const=_CHECKSUMS[0], metavar="{crc32,blake2b}",
                    help="checksum each chunk (default algorithm crc32)")
     p.add_argument("--budget", type=_size_arg, default=parse_size("64MiB"),
                    help="chunk size for checksums (default 64MiB)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--force", action="store_true", help="check a file that an interrupted "
+                   "run left incomplete instead of failing on it")
     _add_progress(p)
     p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("convert", help="npy <-> zarr, raw -> npy, numpy alignment -> page "
                        "alignment (streamed, bounded memory)")
-    p.add_argument("src", help=".npy file, zarr array directory, or raw file (with --dtype)")
-    p.add_argument("dst", help="output: .npy file, or a zarr directory (name ends in .zarr or "
-                   "--to zarr)")
+    p.add_argument("src", type=_path_arg,
+                   help=".npy file, zarr array directory, or raw file (with --dtype)")
+    p.add_argument("dst", type=_path_arg, help="output: .npy file, or a zarr directory (name "
+                   "ends in .zarr or --to zarr)")
     p.add_argument("--to", choices=("npy", "zarr"), help="output format (default: from the name)")
     p.add_argument("--dtype", type=_dtype_arg, help="read SRC as a headerless raw file of this "
                    "dtype")
@@ -589,7 +643,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", help="zarr output chunk shape, e.g. 65536,3")
     p.add_argument("--budget", type=_size_arg, default=parse_size("256MiB"),
                    help="memory budget for streaming (default 256MiB)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST (a "
+                   "regular file, or a zarr array; never a directory, group or device)")
+    p.add_argument("--force", action="store_true", help="convert a SRC that an interrupted "
+                   "run left incomplete (refused otherwise)")
     _add_progress(p)
     p.set_defaults(func=_cmd_convert)
 
@@ -597,7 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "numpy.memmap (time and peak RSS)")
     p.add_argument("--size", type=_size_arg, default=parse_size("2GiB"),
                    help="dataset size (default 2GiB)")
-    p.add_argument("--dir", help="where to write the data (default: a new temporary directory)")
+    p.add_argument("--dir", type=_path_arg,
+                   help="where to write the data (default: a new temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the generated files")
     p.add_argument("--budget", type=_size_arg, default=parse_size("256MiB"),
                    help="bigarr's memory budget (default 256MiB)")

@@ -26,6 +26,7 @@ chunks not recorded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import os
@@ -46,7 +47,7 @@ from bigarr._compute.engine import (
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._core.append import Appender
 from bigarr._core.array import memmap
-from bigarr._core.files import create, file_path, parse_order
+from bigarr._core.files import create, file_path, parse_order, publish
 from bigarr._core.files import open as open_npy
 from bigarr._formats.journal import (
     Journal,
@@ -57,9 +58,10 @@ from bigarr._formats.journal import (
 )
 from bigarr._os.durable import fsync_dir
 from bigarr._os.geometry import parse_size
+from bigarr._os.paths import check_output
 from bigarr._plan.budget import plan_memory
 from bigarr._plan.chunks import Chunk, ChunkPlan
-from bigarr.errors import ArgumentError, FileExistsError_, ReadOnlyError, ShapeError
+from bigarr.errors import ArgumentError, ReadOnlyError, ShapeError
 
 __all__ = ["map_blocks"]
 
@@ -275,6 +277,8 @@ class _Job:
         self.resume, self.every = resume, every
         self.streams = [a for a in args if isinstance(a, Stream)]
         self.journals: list[Journal] = []
+        self.output: memmap | None = None
+        """A new output file while it is being written (closed at once if the run fails)."""
 
     def journal(self, output: str, fingerprint: dict[str, Any], *, resume: bool) -> Journal:
         """Start a journal, remembered so that :meth:`close` releases it on any exit."""
@@ -325,13 +329,21 @@ class _Job:
 
     # ---- outputs ---------------------------------------------------------------------------
     def to_new_file(self, target: str, dtype: Any, overwrite: bool, order: str) -> memmap:
-        if os.path.isdir(target):
-            raise FileExistsError_(f"{target} is a directory; map_blocks needs a file path.")
-        if os.path.lexists(target) and not overwrite:
-            raise FileExistsError_(
-                f"{target} exists; pass overwrite=True to replace it (or remove it)."
-            )
+        existing = check_output(target, overwrite)  # a regular file at most, with overwrite
         partial = partial_path(target)
+        try:
+            return self._new_file(target, partial, existing, dtype, order)
+        except BaseException:
+            if self.output is not None:  # unmapped now, not when the traceback is dropped
+                with contextlib.suppress(Exception):
+                    self.output.close(force=True)
+            if not self.resume:  # nothing will resume from it: give its disk space back now
+                with contextlib.suppress(OSError):
+                    os.unlink(partial)
+            raise
+
+    def _new_file(self, target: str, partial: str, existing: str, dtype: Any,
+                  order: str) -> memmap:
         fp = self.fingerprint("file", {"dtype": None if dtype is None else np.dtype(dtype).str,
                                        "order": order})
         journal: Journal | None = None
@@ -366,6 +378,7 @@ class _Job:
                 shape = (self.plan.shape[0] if self.plan.shape else 0, *sample.shape[1:])
                 outarr = create(partial, shape, dtype if dtype is not None else sample.dtype,
                                 order=order, overwrite=True)
+            self.output = outarr
             out = as_stream(outarr, output=True, by_key=False)
             writeback = Writeback(self.every, durable=self.resume,
                                   on_durable=None if journal is None else journal.record)
@@ -380,7 +393,7 @@ class _Job:
         if journal is not None:
             journal.complete()
         outarr.close(force=True)  # the only other views are the engine's own blocks
-        os.replace(partial, target)
+        publish(partial, target, overwrite=existing == "file")
         fsync_dir(target)
         if journal is not None:
             journal.remove()

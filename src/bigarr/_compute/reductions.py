@@ -63,7 +63,7 @@ from bigarr._compute.partials import (
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._plan.budget import plan_memory
 from bigarr._plan.chunks import Chunk, plan_chunks
-from bigarr.errors import ArgumentError, ShapeError, UnsupportedError
+from bigarr.errors import ArgumentError, DtypeError, ShapeError, UnsupportedError
 
 __all__ = [
     "argmax",
@@ -160,12 +160,38 @@ def _shape_result(result: np.ndarray[Any, Any], axes: tuple[int, ...], keepdims:
 
 
 def _numpy_dtype(fn: Callable[..., Any], src: np.dtype[Any], **kwargs: Any) -> np.dtype[Any]:
-    """The dtype numpy's own ``fn`` gives for an array of ``src``."""
+    """The dtype numpy's own ``fn`` gives for an array of ``src``; a probe run before streaming.
+
+    Raises
+    ------
+    DtypeError
+        Where numpy has no such reduction for ``src`` (structured, void, strings for sums).
+    """
     import warnings
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        return np.asarray(fn(np.zeros(2, dtype=src), **kwargs)).dtype
+        return np.asarray(_numpy(fn, np.zeros(2, dtype=src), **kwargs)).dtype
+
+
+def _numpy(fn: Callable[..., Any], a: Any, **kwargs: Any) -> Any:
+    """numpy's own answer, for what needs no streaming; its refusals as bigarr errors.
+
+    Raises
+    ------
+    DtypeError
+        Where numpy raises TypeError (no such reduction for the dtype).
+    ShapeError
+        Where numpy raises ValueError (a zero-size reduction without identity).
+    """
+    try:
+        return fn(_plain(a), **kwargs)
+    except np.exceptions.AxisError:
+        raise
+    except TypeError as exc:
+        raise DtypeError(f"{fn.__name__} of an array of {np.dtype(a.dtype)}: {exc}") from None
+    except ValueError as exc:
+        raise ShapeError(f"{fn.__name__} of an array of shape {tuple(a.shape)}: {exc}") from None
 
 
 def _operand(a: Any) -> Any:
@@ -184,7 +210,8 @@ def _plain(a: Any) -> np.ndarray[Any, Any]:
 
 
 def _is_empty(a: Any) -> bool:
-    return bool(math.prod(a.shape) == 0)
+    """Nothing to stream: no elements, or elements of no bytes (``dtype=[]``): numpy answers."""
+    return bool(math.prod(a.shape) == 0) or np.dtype(a.dtype).itemsize == 0
 
 
 # ---- public functions ----------------------------------------------------------------------
@@ -224,7 +251,7 @@ def sum(
     """
     a = _operand(a)
     if _is_empty(a):
-        return np.sum(_plain(a), axis=axis, dtype=dtype, keepdims=keepdims)
+        return _numpy(np.sum, a, axis=axis, dtype=dtype, keepdims=keepdims)
     out_dtype = _numpy_dtype(np.sum, a.dtype, dtype=dtype)
     res = _reduce(a, Sum(dtype), axis, budget=budget, threads=threads, progress=progress,
                   desc="sum")
@@ -244,7 +271,7 @@ def mean(
     """Arithmetic mean over ``axis``, like :func:`numpy.mean`; arguments as :func:`sum`."""
     a = _operand(a)
     if _is_empty(a):
-        return np.mean(_plain(a), axis=axis, dtype=dtype, keepdims=keepdims)
+        return _numpy(np.mean, a, axis=axis, dtype=dtype, keepdims=keepdims)
     src = np.dtype(a.dtype)
     out_dtype = _numpy_dtype(np.mean, src, dtype=dtype)
     res = _reduce(a, Mean(dtype, src), axis, budget=budget, threads=threads, progress=progress,
@@ -271,7 +298,7 @@ def var(
     """
     a = _operand(a)
     if _is_empty(a):
-        return np.var(_plain(a), axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
+        return _numpy(np.var, a, axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
     out_dtype = _numpy_dtype(np.var, np.dtype(a.dtype), dtype=dtype)
     res = _reduce(a, Var(ddof), axis, budget=budget, threads=threads, progress=progress,
                   desc="var")
@@ -292,7 +319,7 @@ def std(
     """Standard deviation over ``axis``, like :func:`numpy.std`; see :func:`var`."""
     a = _operand(a)
     if _is_empty(a):
-        return np.std(_plain(a), axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
+        return _numpy(np.std, a, axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
     out_dtype = _numpy_dtype(np.std, np.dtype(a.dtype), dtype=dtype)
     res = _reduce(a, Var(ddof), axis, budget=budget, threads=threads, progress=progress,
                   desc="std")
@@ -304,7 +331,8 @@ def _extreme(a: Any, axis: Any, keepdims: bool, largest: bool, budget: int | str
     fn = np.max if largest else np.min
     a = _operand(a)
     if _is_empty(a):
-        return fn(_plain(a), axis=axis, keepdims=keepdims)
+        return _numpy(fn, a, axis=axis, keepdims=keepdims)
+    _numpy_dtype(fn, np.dtype(a.dtype))
     res = _reduce(a, Extreme(largest), axis, budget=budget, threads=threads, progress=progress,
                   desc=fn.__name__)
     return _shape_result(res, _axes(axis, res.ndim), keepdims, res.dtype)
@@ -355,7 +383,8 @@ def _arg(a: Any, axis: int | None, keepdims: bool, largest: bool, budget: int | 
         raise ArgumentError(f"Expected axis as an int or None. Got {axis!r}.")
     a = _operand(a)
     if _is_empty(a):
-        return fn(_plain(a), axis=axis, keepdims=keepdims)
+        return _numpy(fn, a, axis=axis, keepdims=keepdims)
+    _numpy_dtype(fn, np.dtype(a.dtype))
     shape = tuple(a.shape)
     res = _reduce(a, Arg(largest, shape), axis, budget=budget, threads=threads,
                   progress=progress, desc=fn.__name__)
@@ -407,7 +436,7 @@ def count_nonzero(
     """Number of non-zero elements, like :func:`numpy.count_nonzero`; arguments as :func:`sum`."""
     a = _operand(a)
     if _is_empty(a):
-        return np.count_nonzero(_plain(a), axis=axis, keepdims=keepdims)
+        return _numpy(np.count_nonzero, a, axis=axis, keepdims=keepdims)
     res = _reduce(a, CountNonzero(), axis, budget=budget, threads=threads, progress=progress,
                   desc="count_nonzero")
     if axis is None and not keepdims:
@@ -462,8 +491,10 @@ def histogram(
     a = _operand(a)
     w = None if weights is None else _operand(weights)
     if _is_empty(a):
-        return np.histogram(_plain(a), bins=bins, range=range, density=density,
-                            weights=None if w is None else _plain(w))
+        hist: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] = _numpy(
+            np.histogram, a, bins=bins, range=range, density=density,
+            weights=None if w is None else _plain(w))
+        return hist
     if range is None and isinstance(bins, (int, np.integer)):
         # numpy's autodetected range is (a.min(), a.max()) as scalars of a's dtype; the same
         # range gives the same edges and the same bin for every element. One pass finds both.

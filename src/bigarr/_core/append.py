@@ -16,22 +16,35 @@ How a commit works, and why a crash always leaves a valid array:
 4. :meth:`Appender.close` commits, then trims the reserved tail.
 
 Only C-ordered arrays (or 1-D ones) can grow along axis 0 without moving data; Fortran-ordered
-files are refused.
+files are refused. So is a file whose header has no spare bytes for a longer shape: the rows a
+header can record are computed when the Appender opens the file, and an append past them is
+refused *before* any byte is written (issue 11: it used to fail only at commit, after the data
+was written, and leak the descriptor and the reserved space).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bigarr._core.files import create, file_path, preallocate
-from bigarr._formats.npy import NpyHeader, check_dtype, read_header, rewrite_shape
+from bigarr._formats.npy import NpyHeader, build_header, check_dtype, read_header, rewrite_shape
 from bigarr._os.durable import datasync, pwrite_all
 from bigarr._os.geometry import align_up, parse_size
-from bigarr.errors import DtypeError, FileMissingError, ShapeError
+from bigarr._os.paths import os_error
+from bigarr.errors import (
+    DiskFullError,
+    DtypeError,
+    FileMissingError,
+    HeaderError,
+    NotAFileError,
+    ShapeError,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -88,7 +101,8 @@ class Appender:
         self._step = parse_size(step, name="step")
         self._commit_every = parse_size(commit_every or step, name="commit_every")
         self._lock = threading.Lock()
-        if overwrite or not os.path.exists(self.path):
+        self._fd = -1
+        if overwrite or not os.path.lexists(self.path):
             if dtype is None:
                 raise FileMissingError(
                     f"{self.path} does not exist; pass dtype= (and row_shape=) to create it."
@@ -96,14 +110,29 @@ class Appender:
             dt = check_dtype(dtype)
             shape = (0, *(row_shape or ()))
             create(self.path, shape, dt, overwrite=overwrite).close()
-        self._fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
         try:
-            with os.fdopen(os.dup(self._fd), "rb") as f:
-                header = read_header(f, os.fstat(self._fd).st_size, name=self.path)
+            fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:  # EROFS, EACCES, ELOOP, ENOTDIR, ...
+            raise os_error(exc, self.path, writing=True) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # a FIFO would block the header read forever
+                raise NotAFileError(f"Expected a regular .npy file to append to. Got a "
+                                    f"directory or special file: {self.path}")
+            with os.fdopen(os.dup(fd), "rb") as f:
+                header = read_header(f, st.st_size, name=self.path)
             self._check(header, dtype, row_shape)
+            self._max_rows = _header_capacity(header)
+            if self._max_rows <= header.shape[0]:
+                raise HeaderError(
+                    f"{self.path}'s header has no spare bytes to record a longer shape than "
+                    f"{header.shape}, and its data cannot move. Nothing was written; copy it "
+                    "with 'bigarr convert' (which pads the header) and append to the copy."
+                )
         except BaseException:
-            os.close(self._fd)
+            os.close(fd)
             raise
+        self._fd = fd
         self._header: NpyHeader = header
         self.dtype: np.dtype[Any] = header.dtype
         """Element type."""
@@ -187,18 +216,39 @@ class Appender:
         arr = self._rows(rows)
         with self._lock:
             self._check_open()
+            total = self._committed + self._pending + arr.shape[0]
+            if total > self._max_rows:
+                raise HeaderError(
+                    f"{self.path}'s header has room to record at most {self._max_rows} rows "
+                    f"(its data cannot move); appending {arr.shape[0]} would make {total}. "
+                    "Nothing was written; copy the file with 'bigarr convert' (which pads the "
+                    "header) and append to the copy."
+                )
             start = self._header.data_offset + (self._committed + self._pending) * self._row_bytes
             stop = start + arr.nbytes
-            if stop > self._allocated:
-                grow = align_up(max(stop, self._allocated + self._step), 1 << 20)
-                preallocate(self._fd, self._allocated, grow - self._allocated, self.path)
-                self._allocated = grow
-            pwrite_all(self._fd, arr, start)
+            try:
+                if stop > self._allocated:
+                    self._reserve(stop)
+                pwrite_all(self._fd, arr, start)
+            except OSError as exc:
+                raise os_error(exc, self.path, writing=True) from None
             self._pending += arr.shape[0]
             due = self._pending * self._row_bytes >= self._commit_every
         if due:
             self.commit()
         return len(self)
+
+    def _reserve(self, stop: int) -> None:
+        """Preallocate up to ``stop`` bytes, a ``step`` ahead when the disk has room for that."""
+        grow = align_up(max(stop, self._allocated + self._step), 1 << 20)
+        try:
+            preallocate(self._fd, self._allocated, grow - self._allocated, self.path)
+        except DiskFullError:
+            if grow <= stop:
+                raise
+            grow = stop  # no room to reserve ahead: reserve what these rows need, no more
+            preallocate(self._fd, self._allocated, grow - self._allocated, self.path)
+        self._allocated = grow
 
     def commit(self) -> int:
         """Make pending rows durable, then publish them in the header.
@@ -211,8 +261,11 @@ class Appender:
         with self._lock:
             self._check_open()
             if self._pending:
-                datasync(self._fd)  # the data is durable before the header may point at it
-                self._set_length(self._committed + self._pending)
+                try:
+                    datasync(self._fd)  # the data is durable before the header may point at it
+                    self._set_length(self._committed + self._pending)
+                except OSError as exc:
+                    raise os_error(exc, self.path, writing=True) from None
                 self._pending = 0
             return self._committed
 
@@ -245,17 +298,26 @@ class Appender:
             self._pending = 0
 
     def close(self) -> None:
-        """Commit, trim the reserved tail, and close the file. Idempotent."""
+        """Commit, trim the reserved tail, and close the file. Idempotent.
+
+        The descriptor is closed and the reserved tail trimmed even if the commit fails; the
+        commit's error is then raised (the file keeps its last committed rows).
+        """
         if self._fd < 0:
             return
-        self.commit()
-        with self._lock:
-            end = self._header.data_offset + self._committed * self._row_bytes
-            if os.fstat(self._fd).st_size > end:
-                os.ftruncate(self._fd, end)
-                datasync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+        try:
+            self.commit()
+        finally:
+            with self._lock:
+                fd, self._fd = self._fd, -1
+                try:
+                    end = self._header.data_offset + self._committed * self._row_bytes
+                    with contextlib.suppress(OSError):  # a tail left is unused, never wrong
+                        if os.fstat(fd).st_size > end:
+                            os.ftruncate(fd, end)
+                            datasync(fd)
+                finally:
+                    os.close(fd)
 
     def __enter__(self) -> Appender:
         return self
@@ -271,6 +333,24 @@ class Appender:
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self)} rows ({self._committed} committed)"
         return f"<bigarr.Appender {os.path.basename(self.path)} {self.dtype} {state}>"
+
+
+def _header_capacity(header: NpyHeader) -> int:
+    """The most rows a rewrite of ``header``'s shape in place can record (-1: none).
+
+    The data must not move, so the rewritten header must fit in ``header.data_offset`` bytes;
+    the shape's text grows by one character per decimal digit of the row count.
+    """
+    rows = header.shape[1:]
+    best = -1
+    for digits in range(1, 20):
+        try:
+            build_header((10**digits - 1, *rows), header.dtype, header.fortran_order,
+                         total=header.data_offset)
+        except HeaderError:
+            break
+        best = 10**digits - 1
+    return best
 
 
 def append(path: str | os.PathLike[str], rows: Any, *, dtype: Any = None) -> int:

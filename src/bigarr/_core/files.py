@@ -30,9 +30,10 @@ from bigarr._formats.npy import (
     read_header,
 )
 from bigarr._os.durable import fsync_dir
-from bigarr._os.geometry import default_alignment
+from bigarr._os.geometry import default_alignment, format_bytes
 from bigarr._os.mapping import Mapping
 from bigarr._os.modes import parse_mode
+from bigarr._os.paths import check_output, check_path, hidden_name, os_error
 from bigarr.errors import (
     AccessDeniedError,
     DiskFullError,
@@ -54,13 +55,22 @@ _FILL_BLOCK = 16 << 20  # bytes written per pwrite when filling a new file
 
 
 def file_path(path: Any) -> str:
-    """Normalise a path argument (str, PathLike, or an open file with ``.name``) to a str."""
+    """Normalise a path argument (str, PathLike, or an open file with ``.name``) to a str.
+
+    Raises
+    ------
+    FileMissingError
+        If ``path`` is not a path at all.
+    InvalidPathError
+        If it holds a NUL byte (no syscall can take it).
+    """
     if hasattr(path, "fileno") and hasattr(path, "name"):
         path = path.name
     try:
-        return os.path.abspath(os.fsdecode(path))
+        text = os.fsdecode(path)
     except TypeError:
         raise FileMissingError(f"Expected a file path. Got {type(path).__name__}.") from None
+    return os.path.abspath(check_path(text))
 
 
 def _denied(path: str) -> AccessDeniedError:
@@ -77,6 +87,8 @@ def _regular_size(path: str) -> int:
         raise FileMissingError(f"No such file: {path}") from None
     except PermissionError:
         raise _denied(path) from None
+    except OSError as exc:  # ELOOP, ENOTDIR, ENAMETOOLONG, EIO
+        raise os_error(exc, path) from None
     if not stat.S_ISREG(st.st_mode):
         kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a special file"
         raise NotAFileError(f"Expected a regular file. Got {kind}: {path}")
@@ -91,98 +103,158 @@ def _parse_align(align: int | None) -> int:
     return align
 
 
+def _no_room(path: str, need: int, free: int | None) -> DiskFullError:
+    has = ("" if free is None else
+           f", but the file system has {free} bytes ({format_bytes(free)}) free for users")
+    return DiskFullError(
+        f"No room on disk for {path}: it needs {need} more bytes ({format_bytes(need)}){has}. "
+        "Free some space, use a smaller shape, or write to another file system."
+    )
+
+
 def preallocate(fd: int, offset: int, nbytes: int, path: str) -> None:
     """Reserve disk blocks for ``[offset, offset+nbytes)`` so writes through a mapping cannot
     hit a full disk later (which would be a SIGBUS, not an exception).
 
-    Uses ``posix_fallocate`` where the OS and file system have it; elsewhere it checks free space
-    with ``statvfs`` and extends the file with ``ftruncate`` (sparse: the check is best effort).
+    Free space (``statvfs``: ``f_bavail * f_frsize``, what unprivileged users may use) is
+    checked *first*: ``posix_fallocate`` keeps the blocks it got before running out, so an
+    oversized request would fill the file system for everyone until it failed (issue 11).
+    If the space vanishes between the check and the allocation (another writer), the ENOSPC
+    is caught and the file is cut back to its old size at once, releasing what was taken.
+    Where ``posix_fallocate`` is missing or refused, the file is extended with ``ftruncate``
+    (sparse: then the check is all there is).
 
     Raises
     ------
     DiskFullError
-        If the file system lacks room.
+        If the file system lacks room, or the file would exceed its largest file size; the
+        message quotes the bytes needed and the bytes free.
+    ReadOnlyError, PathError
+        For other refusals of the file system.
     """
     if nbytes <= 0:
         return
+    size = os.fstat(fd).st_size
+    need = max(0, offset + nbytes - size)
+    free = _free(path)
+    if free is not None and need > free:
+        raise _no_room(path, need, free)
     if hasattr(os, "posix_fallocate"):
         try:
             os.posix_fallocate(fd, offset, nbytes)
             return
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise DiskFullError(
-                    f"No room on disk for {path}: it needs {nbytes} bytes "
-                    f"({_free(path)} free)."
-                ) from None
-            if exc.errno == errno.EFBIG:
-                raise DiskFullError(
-                    f"{path} would be {offset + nbytes} bytes, larger than the file system "
-                    "allows for one file; use a smaller shape or another file system."
-                ) from None
-            if exc.errno not in (22, 95):  # EINVAL, EOPNOTSUPP: fall through to the check
-                raise
-    free = _free(path)
-    if free is not None and free < nbytes:
-        raise DiskFullError(f"No room on disk for {path}: it needs {nbytes} bytes ({free} free).")
-    os.ftruncate(fd, max(os.fstat(fd).st_size, offset + nbytes))
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", -1)):
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)  # give back at once what fallocate took
+                if exc.errno == errno.EFBIG:
+                    raise DiskFullError(
+                        f"{path} would be {offset + nbytes} bytes, larger than the file system "
+                        "allows for one file; use a smaller shape or another file system.",
+                        errno.EFBIG,
+                    ) from None
+                raise _no_room(path, need, free) from None
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # these fall through
+                raise os_error(exc, path, writing=True) from None
+    try:
+        os.ftruncate(fd, max(size, offset + nbytes))
+    except OSError as exc:
+        raise os_error(exc, path, writing=True) from None
 
 
 def _free(path: str) -> int | None:
+    """Bytes free for unprivileged users on ``path``'s file system; None if unknown."""
     try:
         st = os.statvfs(os.path.dirname(path) or ".")
     except (OSError, AttributeError):
+        return None
+    if st.f_blocks == 0:  # pseudo and some FUSE file systems report no sizes at all
         return None
     return st.f_bavail * st.f_frsize
 
 
 @contextlib.contextmanager
-def _atomic_file(path: str, overwrite: bool) -> Iterator[int]:
-    """Yield an fd of a temporary file that becomes ``path`` only if the block succeeds.
+def _atomic_file(path: str, overwrite: bool) -> Iterator[tuple[int, str]]:
+    """Yield ``(fd, name)`` of a temporary file that becomes ``path`` only if the block succeeds.
 
     A crash or exception leaves at most a hidden ``.NAME.bigarr-tmp-*`` file, never a
-    half-written file under the final name.
+    half-written file under the final name. What may be replaced is decided by
+    :func:`bigarr._os.paths.check_output` (a regular file, with ``overwrite``); the file is
+    published with ``rename`` over that file, or with ``link`` (which never clobbers) where
+    nothing was.
+
+    Raises
+    ------
+    FileExistsError_, NotAFileError, FileMissingError, PathError
+        As :func:`~bigarr._os.paths.check_output`.
+    ReadOnlyError, DiskFullError
+        If the directory cannot be written, or the disk fills.
     """
-    folder, name = os.path.split(path)
-    if os.path.isdir(path):
-        raise NotAFileError(f"Expected a file path. Got a directory: {path}")
-    if not overwrite and os.path.lexists(path):
-        raise FileExistsError_(f"{path} exists; pass overwrite=True to replace it.")
-    if not os.path.isdir(folder or "."):
-        raise FileMissingError(f"No such directory: {folder}")
-    tmp = os.path.join(folder, f".{name}.bigarr-tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    existing = check_output(path, overwrite)
+    folder = os.path.dirname(path) or "."
+    tmp = hidden_name(path, f"tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                     0o666)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_NOFOLLOW", 0), 0o666)
     except OSError as exc:  # name the user's path, not the hidden temporary one
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise ReadOnlyError(
-                f"Cannot create {path}: {exc.strerror} in {os.path.abspath(folder or '.')}; "
+                exc.errno, f"Cannot create {path}: {exc.strerror} in {os.path.abspath(folder)}; "
                 "choose a directory you can write to."
             ) from None
-        raise
+        raise os_error(exc, path, writing=True) from None
     try:
-        yield fd
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # atomic and never clobbers
-            except FileExistsError:
-                raise FileExistsError_(f"{path} exists; pass overwrite=True.") from None
-            except OSError:  # no hard links here: check, then rename
-                if os.path.lexists(path):
-                    raise FileExistsError_(f"{path} exists; pass overwrite=True.") from None
-                os.rename(tmp, path)
+        try:
+            yield fd, tmp
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            publish(tmp, path, overwrite=existing == "file")
+        except OSError as exc:
+            raise os_error(exc, path, writing=True) from None
         fsync_dir(path)
     finally:
         if fd >= 0:
             os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone already (published), or cannot be removed
             os.unlink(tmp)
+
+
+def publish(tmp: str, path: str, *, overwrite: bool) -> None:
+    """Give the finished file ``tmp`` its name ``path``, atomically.
+
+    With ``overwrite`` (a regular file was there when the run started, and the user allowed
+    replacing it) it is renamed over ``path``, after checking once more that a regular file is
+    what it replaces; otherwise it is hard-linked, which never clobbers a file that appeared
+    meanwhile.
+
+    Raises
+    ------
+    FileExistsError_, NotAFileError
+        If something appeared at ``path`` meanwhile (or is no longer a regular file).
+    ReadOnlyError, PathError
+        If the OS refuses the rename or link.
+    """
+    try:
+        if overwrite and check_output(path, True) == "file":
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)  # atomic and never clobbers
+        except FileExistsError:
+            raise FileExistsError_(
+                errno.EEXIST, f"{path} appeared while bigarr was writing it; it was left as it "
+                "is (pass overwrite=True to replace it)."
+            ) from None
+        except OSError:  # no hard links here: check, then rename
+            if os.path.lexists(path):
+                raise FileExistsError_(errno.EEXIST,
+                                       f"{path} exists; pass overwrite=True.") from None
+            os.rename(tmp, path)
+        else:
+            os.unlink(tmp)
+    except OSError as exc:
+        raise os_error(exc, path, writing=True) from None
 
 
 def _fill(fd: int, offset: int, nbytes: int, dtype: np.dtype[Any], fill: Any) -> None:
@@ -245,12 +317,47 @@ def create(
     target = file_path(path)
     header = build_header(dims, dt, fortran, align=_parse_align(align))
     nbytes = int(np.prod(dims, dtype=object)) * dt.itemsize
-    with _atomic_file(target, overwrite) as fd:
-        os.pwrite(fd, header, 0)
-        preallocate(fd, len(header), nbytes, target)
-        if fill is not None:
-            _fill(fd, len(header), nbytes, dt, fill)
+    with _atomic_file(target, overwrite) as (fd, _tmp):
+        _write_npy(fd, target, header, nbytes, dt, fill)
     return open(target, "shared")
+
+
+def _write_npy(fd: int, target: str, header: bytes, nbytes: int, dtype: np.dtype[Any],
+               fill: Any) -> None:
+    try:
+        os.pwrite(fd, header, 0)
+    except OSError as exc:
+        raise os_error(exc, target, writing=True) from None
+    preallocate(fd, len(header), nbytes, target)
+    if fill is not None:
+        _fill(fd, len(header), nbytes, dtype, fill)
+
+
+@contextlib.contextmanager
+def new_file(path: str, shape: tuple[int, ...], dtype: np.dtype[Any], *,
+             overwrite: bool = False) -> Iterator[memmap]:
+    """A new page-aligned ``.npy`` file, mapped shared, that appears at ``path`` only when the
+    block completes (for writers that fill a file in steps, such as :func:`bigarr.from_zarr`).
+
+    Until then it is a hidden temporary file; errors name ``path``, never that file. The
+    mapping is closed when the block ends.
+
+    Raises
+    ------
+    FileExistsError_, NotAFileError, ReadOnlyError, DiskFullError, DtypeError, ShapeError
+        As :func:`create`.
+    """
+    dt = check_dtype(dtype)
+    dims = check_shape(shape, dt)
+    header = build_header(dims, dt, False, align=default_alignment())
+    nbytes = int(np.prod(dims, dtype=object)) * dt.itemsize
+    with _atomic_file(path, overwrite) as (fd, tmp):
+        _write_npy(fd, path, header, nbytes, dt, None)
+        arr = open(tmp, "shared")
+        try:
+            yield arr
+        finally:
+            arr.close(force=True)  # the writer is done with it; its views are its own
 
 
 def _header_of(path: str) -> NpyHeader:
@@ -260,6 +367,8 @@ def _header_of(path: str) -> NpyHeader:
             return read_header(f, size, name=path)
     except PermissionError:  # only the open can be refused; reading an open file cannot
         raise _denied(path) from None
+    except OSError as exc:  # EIO, ELOOP (a link swapped in since the stat), ...
+        raise os_error(exc, path) from None
 
 
 def open(path: str | os.PathLike[str], mode: str = "r") -> memmap:
@@ -337,7 +446,7 @@ def open_raw(
             raise ShapeError("Creating a raw file (mode 'w+') needs a shape.")
         dims = check_shape(shape, dt)
         nbytes = int(np.prod(dims, dtype=object)) * dt.itemsize
-        with _atomic_file(target, overwrite) as fd:
+        with _atomic_file(target, overwrite) as (fd, _tmp):
             preallocate(fd, 0, offset + nbytes, target)
     size = _regular_size(target)
     if shape is None:

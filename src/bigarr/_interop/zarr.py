@@ -11,7 +11,10 @@ C-ordered data, the last axis for Fortran-ordered sources), so that:
   is refused up front with :class:`~bigarr.errors.BudgetError` quoting both numbers;
 * pages are released behind the stream: source pages get ``MADV_DONTNEED`` after their batch is
   encoded; written target pages are ``msync``'d, then dropped. Resident memory stays near one
-  batch however large the array is.
+  batch however large the array is;
+* an interrupted export is never taken for a complete array: :func:`to_zarr` marks the array
+  incomplete in the metadata write that creates it and complete after its last chunk
+  (:data:`_MARKER`), and :func:`from_zarr` refuses an incomplete one unless forced (issue 11).
 
 Only API that zarr 3.1 and later share is used: ``zarr.open_array``, ``zarr.create_array`` with
 ``chunks=``, ``shards=``, ``compressors=`` and ``fill_value=``, and slicing. The uncompressed
@@ -29,7 +32,6 @@ import contextlib
 import errno
 import operator
 import os
-import secrets
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,16 +41,23 @@ import numpy as np
 
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._core.array import memmap
-from bigarr._core.files import create, file_path
+from bigarr._core.files import file_path, new_file
 from bigarr._core.files import open as open_file
+from bigarr._formats.npy import check_dtype
 from bigarr._os.geometry import format_bytes, parse_size
+from bigarr._os.paths import check_output, os_error
 from bigarr.errors import (
+    ArgumentError,
+    BigArrError,
     BudgetError,
     FileExistsError_,
     FileMissingError,
     FormatError,
+    IncompleteOutputError,
     ModeError,
+    NotAFileError,
     ShapeError,
+    UnsupportedError,
 )
 
 __all__ = ["from_zarr", "to_zarr"]
@@ -199,7 +208,9 @@ def to_zarr(
     zarr_format
         2 or 3.
     overwrite
-        Replace an existing array at the destination.
+        Replace an existing zarr array at the destination. Nothing else is ever replaced: a
+        zarr group, a directory that is not a zarr array (or holds other files) and a file are
+        refused.
     progress
         ``None``: a bar on a TTY; ``True``/``False``: always/never; or callbacks receiving
         :class:`bigarr.ProgressEvent` (one event per batch).
@@ -210,14 +221,23 @@ def to_zarr(
     Returns
     -------
     zarr.Array
-        The new array, open for reading and writing.
+        The new array, open for reading and writing. Its attribute ``"bigarr"`` is
+        ``{"complete": true}``; a run that stops early leaves ``{"complete": false}``, which
+        :func:`from_zarr` refuses.
 
     Raises
     ------
     BudgetError
         If one chunk (or shard) slab along the stream axis does not fit ``budget``.
     FileExistsError_
-        If an array or group already exists at the destination and ``overwrite`` is false.
+        If an array already exists at the destination and ``overwrite`` is false.
+    NotAFileError
+        If a zarr group, another directory or a file is at the destination (also with
+        ``overwrite``).
+    UnsupportedError
+        For a dtype zarr cannot store faithfully (structured with a subarray field).
+    DiskFullError, ReadOnlyError
+        If the destination's file system fills up or cannot be written.
     FileMissingError, FormatError
         If ``arr`` is a path that is missing or not a ``.npy`` file.
     ClosedError
@@ -245,26 +265,199 @@ def to_zarr(
                     f"Expected shards as a multiple of chunks in every dimension. Got shards="
                     f"{grid} for chunks={chunks}."
                 )
+        _check_zarr_dtype(src.dtype)
+        shown = _shown(store_or_path)
+        if zarr_format not in (2, 3):
+            raise ArgumentError(f"Expected zarr_format 2 or 3. Got {zarr_format!r}.")
+        settings: dict[str, Any] = dict(
+            shape=src.shape, dtype=src.dtype, chunks="auto" if chunks is None else chunks,
+            compressors=compressors, zarr_format=zarr_format, **kwargs)
+        # Probe zarr's answer to these settings on a throwaway store: its refusals (bad codecs,
+        # fill values) come before anything exists, and its chunk choice lets us plan first.
+        probe = _zarr_call(zarr.create_array, zarr.storage.MemoryStore(), **settings)
+        if src.ndim and src.size:
+            axis = _batch_axis(src)
+            _plan(src.shape, src.dtype.itemsize, axis, (probe.shards or probe.chunks)[axis],
+                  limit, "to_zarr")
+        existing = _zarr_target(store_or_path, overwrite)
+        if zarr_format == 2:
+            # v2 keeps attributes in .zattrs, written by zarr concurrently with .zarray: write
+            # the marker first, so that no instant shows an unmarked array (see _MARKER).
+            _premark_v2(store_or_path, existing)
+            overwrite = False
         try:
-            z = zarr.create_array(
-                store_or_path,
-                shape=src.shape,
-                dtype=src.dtype,
-                chunks="auto" if chunks is None else chunks,
-                compressors=compressors,
-                zarr_format=zarr_format,
-                overwrite=overwrite,
-                **kwargs,
-            )
+            z = _zarr_call(zarr.create_array, store_or_path, overwrite=overwrite,
+                           attributes={_MARKER: {"complete": False}}, **settings)
         except zarr.errors.ContainsArrayError as exc:
             raise FileExistsError_(f"{exc}; pass overwrite=True to replace it.") from None
         except zarr.errors.ContainsGroupError as exc:
-            raise FileExistsError_(f"{exc}; pass overwrite=True to replace it.") from None
-        _stream_out(src, z, limit, progress)
+            raise NotAFileError(f"{exc}; overwrite replaces only a zarr array.") from None
+        except OSError as exc:
+            raise os_error(exc, shown, writing=True) from None
+        try:
+            _stream_out(src, z, limit, progress)
+            z.update_attributes({_MARKER: {"complete": True}})  # last: the data is all there
+        except OSError as exc:  # ENOSPC from zarr's chunk writes, EROFS, ...
+            raise os_error(exc, exc.filename or shown, writing=True) from exc
         return z
     finally:
         if closer is not None:
-            closer.close()
+            # force: we opened it, and a failed run's traceback may still hold views of it; a
+            # MappingBusyError here would hide the run's own error and leave the file mapped.
+            closer.close(force=True)
+
+
+_MARKER = "bigarr"
+"""The attribute that marks a zarr array written by :func:`to_zarr` as complete or not.
+
+It is written with the array's metadata, as ``{"complete": false}``, before any chunk, and set
+to ``{"complete": true}`` after the last chunk, in one atomic metadata write (zarr's local
+store writes a temporary file and renames it). A run killed at any point therefore leaves
+nothing, an array marked incomplete, or a complete one; :func:`from_zarr`, ``bigarr convert``
+and ``bigarr verify`` refuse an incomplete one unless forced. Arrays without the attribute were
+not written by bigarr and are taken as they are.
+"""
+
+
+def _zarr_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call zarr; its refusals of the arguments become bigarr errors.
+
+    Raises
+    ------
+    ArgumentError
+        Where zarr raises TypeError (an unknown store type, codec or fill value).
+    FormatError
+        Where zarr raises ValueError (settings the zarr format cannot hold).
+    """
+    import zarr
+
+    try:
+        return fn(*args, **kwargs)
+    except (OSError, zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError):
+        raise
+    except TypeError as exc:
+        raise ArgumentError(f"zarr refused the arguments: {exc}") from None
+    except ValueError as exc:
+        raise FormatError(f"zarr cannot create this array: {exc}") from None
+
+
+def _shown(store_or_path: Any) -> str:
+    if isinstance(store_or_path, (str, os.PathLike)):
+        return os.path.abspath(os.fspath(store_or_path))
+    return repr(store_or_path)
+
+
+def _local_path(store_or_path: Any) -> str | None:
+    """The directory of a local path or ``LocalStore``; None for other stores and URLs."""
+    if isinstance(store_or_path, os.PathLike) or (isinstance(store_or_path, str)
+                                                  and "://" not in store_or_path):
+        return file_path(store_or_path)
+    try:
+        from zarr.storage import LocalStore
+    except ImportError:  # pragma: no cover - zarr 2
+        return None
+    if isinstance(store_or_path, LocalStore):
+        return file_path(str(store_or_path.root))
+    return None
+
+
+def _zarr_target(store_or_path: Any, overwrite: bool) -> str:
+    """What is at a zarr output: ``"nothing"`` or ``"zarr"`` (an array ``overwrite`` may replace).
+
+    Local directories are judged by :func:`bigarr._os.paths.check_output`; other stores by zarr.
+
+    Raises
+    ------
+    FileExistsError_
+        If an array is there and ``overwrite`` is false.
+    NotAFileError
+        If a zarr group, a directory that is not a zarr array, or a non-directory is there.
+    """
+    import zarr
+
+    local = _local_path(store_or_path)
+    if local is not None:
+        return check_output(local, overwrite, zarr=True)
+    try:
+        zarr.open_group(store_or_path, mode="r")
+    except Exception:  # whatever zarr raises, there is no group here
+        pass
+    else:
+        raise NotAFileError(f"{_shown(store_or_path)} holds a zarr group; overwrite replaces "
+                            "only a zarr array, and never deletes a group's arrays.")
+    try:
+        zarr.open_array(store_or_path, mode="r")
+    except Exception:  # no (readable) array here
+        return "nothing"
+    if not overwrite:
+        raise FileExistsError_(f"A zarr array exists at {_shown(store_or_path)}; pass "
+                               "overwrite=True to replace it.")
+    return "zarr"
+
+
+def _premark_v2(store_or_path: Any, existing: str) -> None:
+    """Delete the array being replaced, then write v2 ``.zattrs`` holding the marker."""
+    import json
+
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+    from zarr.storage import LocalStore, StorePath
+
+    local = _local_path(store_or_path)
+    store = LocalStore(local) if local is not None else store_or_path
+    where = StorePath(store, "")
+    if existing == "zarr":
+        sync(where.delete_dir())
+    body = json.dumps({_MARKER: {"complete": False}}).encode()
+    sync((where / ".zattrs").set(default_buffer_prototype().buffer.from_bytes(body)))
+
+
+def _check_zarr_dtype(dtype: np.dtype[Any]) -> None:
+    """Refuse dtypes zarr cannot store faithfully, before anything is created.
+
+    Raises
+    ------
+    UnsupportedError
+        For structured dtypes with a subarray field (zarr 3 stores such a field as raw bytes,
+        losing its type, and fails to build its default fill value).
+    """
+    def subarray(dt: np.dtype[Any]) -> str | None:
+        for name in dt.names or ():
+            field = dt.fields[name][0]  # type: ignore[index]
+            if field.subdtype is not None:
+                return name
+            inner = subarray(field)
+            if inner is not None:
+                return f"{name}.{inner}"
+        return None
+
+    field = subarray(dtype)
+    if field is not None:
+        raise UnsupportedError(
+            f"zarr cannot store the structured dtype {dtype}: its field {field!r} is a "
+            "subarray, which zarr 3 keeps only as untyped raw bytes. Convert to .npy instead, "
+            "or split the field into one scalar field per element first."
+        )
+
+
+def check_zarr_complete(z: Any, shown: str) -> None:
+    """Refuse a zarr array that :func:`to_zarr` was writing when it stopped.
+
+    Raises
+    ------
+    IncompleteOutputError
+        If the array carries bigarr's marker and the marker does not say complete.
+    """
+    try:
+        mark = dict(z.attrs).get(_MARKER)
+    except Exception:  # unreadable attributes: zarr will say so when reading
+        return
+    if isinstance(mark, dict) and "complete" in mark and mark.get("complete") is not True:
+        raise IncompleteOutputError(
+            f"{shown} is an incomplete zarr array: bigarr was writing it and stopped before "
+            "the last chunk (its attribute 'bigarr' says complete: false). Write it again; "
+            "pass force=True (--force) to read it anyway, with missing chunks as fill values."
+        )
 
 
 def _stream_out(src: Any, z: Any, budget: int, progress: ProgressArg) -> None:
@@ -320,8 +513,14 @@ def _open_zarr(source: Any) -> Any:
 
     if isinstance(source, zarr.Array):
         return source
-    if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
-        raise FileMissingError(f"No such zarr array: {os.fspath(source)}")
+    if isinstance(source, (str, os.PathLike)) and "://" not in os.fspath(source):
+        where = file_path(source)
+        try:
+            os.stat(where)
+        except FileNotFoundError:
+            raise FileMissingError(f"No such zarr array: {where}") from None
+        except OSError as exc:  # ELOOP, ENOTDIR, ENAMETOOLONG, EACCES
+            raise os_error(exc, where) from None
     shown = os.fspath(source) if isinstance(source, (str, os.PathLike)) else repr(source)
     try:
         return zarr.open_array(source, mode="r")
@@ -342,6 +541,7 @@ def from_zarr(
     progress: ProgressArg = None,
     budget: int | str = DEFAULT_BUDGET,
     overwrite: bool = False,
+    force: bool = False,
 ) -> memmap:
     """Stream a zarr array into a new page-aligned bigarr ``.npy`` file with bounded memory.
 
@@ -366,7 +566,11 @@ def from_zarr(
     budget
         Memory for one batch, bytes or a string like ``"256MiB"``.
     overwrite
-        Replace an existing file at ``path`` (atomically, at the end).
+        Replace an existing regular file at ``path`` (atomically, at the end); nothing else
+        is ever replaced.
+    force
+        Read an array that :func:`to_zarr` was writing when it stopped (its missing chunks
+        read as the fill value); refused otherwise.
 
     Returns
     -------
@@ -381,49 +585,43 @@ def from_zarr(
         If ``source`` is not a zarr array.
     FileExistsError_
         If ``path`` exists and ``overwrite`` is false.
+    NotAFileError
+        If ``path`` is a directory, device, FIFO, socket or symbolic link (never replaced).
+    IncompleteOutputError
+        If ``source`` is an array :func:`to_zarr` did not finish, and ``force`` is false.
     DtypeError
         If the zarr dtype cannot be memory-mapped (variable-length strings, objects).
     BudgetError
-        If one chunk (or shard) slab does not fit ``budget``.
+        If one chunk (or shard) slab does not fit ``budget``; checked before the output is
+        created.
     DiskFullError
         If the file system lacks room for the output.
     """
     limit = parse_size(budget, name="budget")
-    z = _open_zarr(source)
-    target = file_path(path)
-    if os.path.isdir(target):
-        raise FileExistsError_(f"{target} is a directory; expected a file path for the output.")
-    if not overwrite and os.path.lexists(target):
-        raise FileExistsError_(f"{target} exists; pass overwrite=True to replace it.")
     if mode not in ("r", "readonly", "r+", "shared", "readwrite", "c", "private", "copyonwrite"):
         raise ModeError(f"Expected mode 'r', 'shared' or 'private'. Got {mode!r}.")
-    folder, name = os.path.split(target)
-    tmp = os.path.join(folder, f".{name}.bigarr-tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        out = create(tmp, z.shape, z.dtype)
+    target = file_path(path)
+    existing = check_output(target, overwrite)
+    z = _open_zarr(source)
+    shown = _shown(source)
+    if not force:
+        check_zarr_complete(z, shown)
+    dtype = check_dtype(z.dtype)
+    if z.ndim and z.size:  # plan first: refuse a budget before preallocating the output
+        _plan(tuple(z.shape), dtype.itemsize, 0, (z.shards or z.chunks)[0], limit, "from_zarr")
+    with new_file(target, tuple(z.shape), dtype, overwrite=existing == "file") as out:
         try:
             _stream_in(z, out, limit, progress)
-        finally:
-            out.close(force=True)
-        _publish(tmp, target, overwrite)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        except OSError as exc:  # a chunk path that is a directory, EIO, ...
+            raise os_error(exc, exc.filename or shown) from None
+        except BigArrError:
+            raise
+        except (RuntimeError, ValueError, TypeError) as exc:  # zarr's codecs on a damaged chunk
+            raise FormatError(
+                f"Cannot read {shown}: zarr failed to decode it ({type(exc).__name__}: {exc}). "
+                "A chunk is damaged, or the metadata does not describe the chunks."
+            ) from exc
     return open_file(target, mode)
-
-
-def _publish(tmp: str, target: str, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, target)
-        return
-    try:
-        os.link(tmp, target)  # never clobbers a file that appeared meanwhile
-    except FileExistsError:
-        raise FileExistsError_(f"{target} exists; pass overwrite=True to replace it.") from None
-    except OSError:  # no hard links on this file system
-        if os.path.lexists(target):
-            raise FileExistsError_(f"{target} exists; pass overwrite=True.") from None
-        os.rename(tmp, target)
 
 
 def _stream_in(z: Any, out: memmap, budget: int, progress: ProgressArg) -> None:

@@ -12,6 +12,7 @@ someone else, and both are clipped to the mapping so they never go past it.
 from __future__ import annotations
 
 import mmap
+import numbers
 import re
 from dataclasses import dataclass
 
@@ -111,8 +112,9 @@ _UNITS = {
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 
 
-def parse_size(value: int | str, *, name: str = "size") -> int:
-    """Normalise a byte count given as an int or a string such as ``"256MiB"`` or ``"2 GB"``.
+def parse_size(value: int | numbers.Integral | str, *, name: str = "size") -> int:
+    """Normalise a byte count given as an int (Python's or numpy's) or a string such as
+    ``"256MiB"`` or ``"2 GB"``.
 
     Binary units (KiB, MiB, GiB, TiB) are powers of 1024, decimal ones (kB, MB, GB, TB) powers
     of 1000; a bare number is bytes.
@@ -122,11 +124,12 @@ def parse_size(value: int | str, *, name: str = "size") -> int:
     BudgetError
         If the value is not a positive size.
     """
-    if isinstance(value, bool):
-        raise BudgetError(f"Expected {name} as bytes or a string like '256MiB'. Got {value!r}.")
-    if isinstance(value, int):
-        nbytes = value
-    elif isinstance(value, str):
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, str)):
+        shown = repr(value) if isinstance(value, (bool, numbers.Number)) else type(value).__name__
+        raise BudgetError(f"Expected {name} as bytes or a string like '256MiB'. Got {shown}.")
+    if isinstance(value, numbers.Integral):  # numpy integers too (numpy.bool_ is not one)
+        nbytes = int(value)
+    else:
         match = _SIZE_RE.match(value)
         unit = match.group(2).lower() if match else None
         if match is None or unit not in _UNITS:
@@ -134,10 +137,6 @@ def parse_size(value: int | str, *, name: str = "size") -> int:
                 f"Expected {name} like '512MiB', '2GiB' or a number of bytes. Got {value!r}."
             )
         nbytes = int(float(match.group(1)) * _UNITS[unit])
-    else:
-        raise BudgetError(
-            f"Expected {name} as bytes or a string like '256MiB'. Got {type(value).__name__}."
-        )
     if nbytes <= 0:
         raise BudgetError(f"Expected a positive {name}. Got {value!r}.")
     return nbytes

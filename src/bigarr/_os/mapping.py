@@ -43,6 +43,7 @@ from bigarr._os.geometry import PAGE_SIZE, ByteSpan, align_down
 from bigarr._os.hints import Hint
 from bigarr._os.libc import libc as _libc
 from bigarr._os.modes import Access
+from bigarr._os.paths import os_error
 from bigarr.errors import (
     AccessDeniedError,
     FileChangedError,
@@ -125,6 +126,8 @@ class Mapping:
                 f"{path} cannot be opened for writing. Open it with mode='r' (read-only) or "
                 "'private' (copy-on-write edits that stay in memory)."
             ) from None
+        except OSError as exc:  # EROFS, ELOOP, ENAMETOOLONG, ...: as bigarr errors
+            raise os_error(exc, path, writing=access == "shared") from None
         self._fd_finalizer = weakref.finalize(self, os.close, self.fd)
         if stop - start == 0 or self.length == 0:
             self.addr = 0
