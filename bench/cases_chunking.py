@@ -3,8 +3,9 @@
 Groups:
 
 ``chunking``
-    Summing the whole float32 dataset with ``arr.chunks()`` (release-behind and prefetch) against
-    ``numpy.memmap(...).sum()`` (``baseline.memmap_sum``): peak RSS, warm and cold throughput.
+    Summing the whole float32 dataset with ``arr.iter_chunks()`` (release-behind and prefetch)
+    against ``numpy.memmap(...).sum()`` (``baseline.memmap_sum``): peak RSS, warm and cold
+    throughput.
     ``chunking.seq_scan`` adds the ``sequential`` hint, cold cache only.
 ``gather``
     Reading 10,000 random elements from a cold file, with the default advice and with the
@@ -29,7 +30,7 @@ def _stream_sum(ctx: Context, **options: Any) -> dict[str, Any]:
     budget = ctx.params["budget"]
     total, chunks = 0.0, 0
     with ctx.timer(), bigarr.open(ctx.path("npy"), "r") as arr:
-        for _chunk, view in arr.chunks(budget, progress=False, **options):
+        for _chunk, view in arr.iter_chunks(budget, progress=False, **options):
             total += float(view.sum())
             chunks += 1
         del view
@@ -45,7 +46,7 @@ def _stream_sum(ctx: Context, **options: Any) -> dict[str, Any]:
     params={"budget": "64MiB"},
 )
 def stream_sum(ctx: Context) -> dict[str, Any]:
-    """Sum with ``arr.chunks('64MiB')``: release-behind and willneed prefetch (the defaults)."""
+    """Sum with ``arr.iter_chunks('64MiB')``: release-behind and willneed prefetch (defaults)."""
     return _stream_sum(ctx)
 
 
@@ -58,7 +59,7 @@ def stream_sum(ctx: Context) -> dict[str, Any]:
     params={"budget": "64MiB"},
 )
 def stream_sum_1t(ctx: Context) -> dict[str, Any]:
-    """Sum with ``arr.chunks('64MiB', prefetch=False)``: release-behind, one thread."""
+    """Sum with ``arr.iter_chunks('64MiB', prefetch=False)``: release-behind, one thread."""
     return _stream_sum(ctx, prefetch=False)
 
 
@@ -71,7 +72,7 @@ def stream_sum_1t(ctx: Context) -> dict[str, Any]:
     params={"budget": "64MiB"},
 )
 def stream_sum_auto(ctx: Context) -> dict[str, Any]:
-    """Sum with ``arr.chunks('64MiB', prefetch='auto')``: cached pieces mapped by the helper."""
+    """Sum with ``arr.iter_chunks('64MiB', prefetch='auto')``: the helper maps cached pieces."""
     return _stream_sum(ctx, prefetch="auto")
 
 
@@ -85,7 +86,7 @@ def stream_sum_auto(ctx: Context) -> dict[str, Any]:
     params={"budget": "64MiB"},
 )
 def seq_scan(ctx: Context) -> dict[str, Any]:
-    """Cold sequential scan: ``arr.chunks('64MiB', hint='sequential')`` with prefetch."""
+    """Cold sequential scan: ``arr.iter_chunks('64MiB', hint='sequential')`` with prefetch."""
     return _stream_sum(ctx, hint="sequential")
 
 

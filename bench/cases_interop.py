@@ -195,7 +195,7 @@ def _bigarr_in(ctx: Context, kind: str) -> dict[str, Any]:
     with ctx.timer():
         out = bigarr.from_zarr(ctx.path(kind), ctx.scratch / "out.npy", progress=False)
     total = 0.0
-    for _, block in out.chunks(budget="64MiB", progress=False):
+    for _, block in out.iter_chunks(budget="64MiB", progress=False):
         total += float(block.sum(dtype=np.float64))
         del block
     return {"checksum": total}

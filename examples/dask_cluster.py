@@ -64,7 +64,7 @@ def generate(path: str, size: int, budget: int) -> tuple[int, int]:
     rng = np.random.default_rng(0)
     loc, scale = rng.uniform(-100, 100, FEATURES), rng.uniform(0.1, 50, FEATURES)
     with bigarr.create(path, (rows, FEATURES), "f4", overwrite=True) as x:
-        for chunk, block in x.chunks(budget=budget, prefetch=False, progress=None):
+        for chunk, block in x.iter_chunks(budget=budget, prefetch=False, progress=None):
             block[...] = np.random.default_rng(chunk.rows.start).normal(loc, scale, block.shape)
             del block
     return rows, FEATURES

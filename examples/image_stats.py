@@ -42,7 +42,7 @@ def generate(path: str, size: int, budget: int) -> bigarr.memmap:
     d = np.arange(-24, 25, dtype=np.float32)
     spot = 2500 * np.exp(-(d[:, None] ** 2 + d[None, :] ** 2) / 200)  # 49 x 49 pixels
     stack = bigarr.create(path, (frames, HEIGHT, WIDTH), np.uint16, overwrite=True)
-    for chunk, block in stack.chunks(budget=budget // 4, prefetch=False):  # write-only
+    for chunk, block in stack.iter_chunks(budget=budget // 4, prefetch=False):  # write-only
         rng = np.random.default_rng(chunk.rows.start)
         images = rng.standard_normal(block.shape, dtype=np.float32)
         images *= 30

@@ -42,7 +42,7 @@ def generate(path: str, size: int, budget: int) -> tuple[bigarr.memmap, np.ndarr
     basis, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((FEATURES, LATENT)))
     basis_t, weights = basis.T.astype(np.float32), np.float32([10.0, 5.0, 2.0])
     x = bigarr.create(path, (rows, FEATURES), "f4", overwrite=True)
-    for chunk, block in x.chunks(budget=budget // 4, prefetch=False):  # write-only: no read-ahead
+    for chunk, block in x.iter_chunks(budget=budget // 4, prefetch=False):  # write-only
         rng = np.random.default_rng(chunk.rows.start)
         rng.standard_normal(dtype=np.float32, out=block)  # noise, straight into the file's pages
         block *= 0.5

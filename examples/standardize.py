@@ -42,7 +42,7 @@ def generate(path: str, size: int, budget: int) -> bigarr.memmap:
     loc = rng.uniform(-100, 100, FEATURES).astype(np.float32)
     scale = rng.uniform(0.1, 50, FEATURES).astype(np.float32)
     x = bigarr.create(path, (rows, FEATURES), "f4", overwrite=True)
-    for chunk, block in x.chunks(budget=budget // 4, prefetch=False):  # write-only: no read-ahead
+    for chunk, block in x.iter_chunks(budget=budget // 4, prefetch=False):  # write-only
         chunk_rng = np.random.default_rng(chunk.rows.start)
         chunk_rng.standard_normal(dtype=np.float32, out=block)  # straight into the file's pages
         block *= scale

@@ -45,7 +45,7 @@ def generate(path: str, size: int, budget: int) -> bigarr.memmap:
     x = bigarr.create(path, (rows, COLUMNS), "f4", overwrite=True)
     ramp = np.linspace(0, 1, COLUMNS, dtype="f4")
     # Small pieces: the float64 temporaries below are 2-4x the piece.
-    for chunk, block in x.chunks(budget=max(budget // 8, COLUMNS * 4), prefetch=False,
+    for chunk, block in x.iter_chunks(budget=max(budget // 8, COLUMNS * 4), prefetch=False,
                                  progress=None):
         rng = np.random.default_rng(chunk.rows.start)
         noise = rng.integers(0, 16, block.shape).astype("f4") / 16
@@ -103,7 +103,7 @@ def main() -> None:
 
         # Compare chunk by chunk; both iterators drop their pages behind them.
         same = all(np.array_equal(a, b) for (_, a), (_, b) in
-                   zip(x.chunks(budget // 2, progress=False), y.chunks(budget // 2,
+                   zip(x.iter_chunks(budget // 2, progress=False), y.iter_chunks(budget // 2,
                                                                         progress=False),
                        strict=True))
         gib = x.nbytes / 2**30

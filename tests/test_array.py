@@ -104,9 +104,12 @@ def test_force_close_closes_every_view(arr: bigarr.memmap) -> None:
     arr.close(force=True)
     with pytest.raises(errors.ClosedError):
         view.sum()
-    # Code that bypasses the checks with a raw pointer reads zeros instead of crashing:
-    raw = view.view(np.ndarray)
+    # np.asarray cannot be intercepted on an ndarray subclass: it reads zeros instead of
+    # crashing, and writes through it fail instead of vanishing.
+    raw = np.asarray(view)
     assert raw.shape == (6, 8) and raw.sum() == 0
+    with pytest.raises(ValueError, match="read-only"):
+        raw[0, 0] = 1
 
 
 def test_with_block(tmp_path: Path) -> None:
@@ -169,11 +172,80 @@ def test_views_of_a_readonly_array_stay_readonly(npy_path: Path) -> None:
 
 
 def test_with_block_closes_views_that_outlive_it(tmp_path: Path) -> None:
-    # Regression: the loop variable of `for chunk, view in x.chunks()` outlives the loop; leaving
-    # the with block must still close (and the leftover view then refuses use).
+    # Regression: the loop variable of `for chunk, view in x.iter_chunks()` outlives the loop;
+    # leaving the with block must still close (and the leftover view then refuses use).
     with bigarr.create(tmp_path / "w.npy", (1 << 16,), "f4", fill=1) as x:
-        for _chunk, view in x.chunks("64KiB", progress=False):  # noqa: B007 - used below
+        for _chunk, view in x.iter_chunks("64KiB", progress=False):  # noqa: B007 - used below
             pass
     assert x.closed and view.closed
     with pytest.raises(errors.ClosedError):
         view.sum()
+
+
+def test_chunks_attribute_is_not_shadowed(arr: bigarr.memmap) -> None:
+    # Regression (issue 10): `chunks` was a method, and dask, zarr and xarray read `.chunks` as
+    # an attribute ("'method' object is not iterable"). The iterator is `iter_chunks` now.
+    assert not hasattr(arr, "chunks")
+    assert [c.index for c, _ in arr.iter_chunks("4KiB", progress=False, prefetch=False)] \
+        == list(range(len(arr.plan("4KiB"))))
+
+
+def test_dask_from_array_accepts_a_bigarr_array(arr: bigarr.memmap) -> None:
+    da = pytest.importorskip("dask.array")
+    arr.flush()
+    with bigarr.open(arr.filename) as x:
+        d = da.from_array(x, chunks=(16, 8))
+        assert d.shape == x.shape and d.chunks == ((16,) * 4, (8,))
+        np.testing.assert_array_equal(d.compute(scheduler="synchronous"), np.load(arr.filename))
+        assert float(d.sum().compute(scheduler="synchronous")) == float(np.arange(512).sum())
+        d2 = da.from_array(x)  # default chunking reads no attribute of x
+        np.testing.assert_array_equal(d2.compute(scheduler="synchronous"), np.asarray(x))
+        del d, d2
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_natural_chunk_loop_can_close_the_array(arr: bigarr.memmap, prefetch: bool) -> None:
+    # Regression (issue 10): the loop variable is alive after the loop, and close() refused with
+    # MappingBusyError. The view the iterator handed out last is lent, not counted.
+    total = 0.0
+    for _chunk, view in arr.iter_chunks("4KiB", progress=False, prefetch=prefetch):
+        total += float(view.sum())
+    assert total == float(np.arange(512).sum())
+    arr.close()
+    assert arr.closed and view.closed
+    with pytest.raises(errors.ClosedError):
+        view.sum()
+    with pytest.raises(errors.ClosedError):
+        view[0]
+    assert np.asarray(view).sum() == 0  # the one unguarded path reads zeros, never crashes
+
+
+def test_chunk_loop_over_a_view_and_break_can_close(arr: bigarr.memmap) -> None:
+    for _chunk, view in arr[8:].iter_chunks("2KiB", progress=False):  # noqa: B007
+        break
+    arr.close()
+    with pytest.raises(errors.ClosedError):
+        view.sum()
+
+
+def test_views_kept_from_a_chunk_loop_still_block_close(arr: bigarr.memmap) -> None:
+    kept = [view for _c, view in arr.iter_chunks("2KiB", progress=False, prefetch=False)]
+    assert len(kept) > 1
+    with pytest.raises(errors.MappingBusyError, match=f" {len(kept) - 1} other view"):
+        arr.close()
+    sub = kept[-1][..., 1:]  # a view derived from the lent view is a view of its own
+    del kept
+    with pytest.raises(errors.MappingBusyError, match="1 other view"):
+        arr.close()
+    del sub
+    arr.close()
+
+
+def test_close_inside_a_chunk_loop_stops_the_loop_loudly(arr: bigarr.memmap) -> None:
+    seen = 0
+    with pytest.raises(errors.ClosedError):
+        for _chunk, view in arr.iter_chunks("4KiB", progress=False):
+            seen += 1
+            assert view[0, 0] == (seen - 1) * 128
+            arr.close()
+    assert seen == 1 and arr.closed

@@ -91,7 +91,7 @@ def test_flush_is_a_no_op_in_readonly_and_private(path: Path) -> None:
 
 def test_release_behind_flushes_shared_chunks(path: Path) -> None:
     with bigarr.open(path, "r+") as a:
-        for _c, v in a.chunks("64KiB", progress=False):
+        for _c, v in a.iter_chunks("64KiB", progress=False):
             v[...] = 3
         del v
         assert _dirty_pages(a) <= len(a.plan("32KiB")[-1].span.pages()) + 1  # only the last
@@ -111,7 +111,7 @@ release = sys.argv[2] == "release"
 a = bigarr.open(sys.argv[1], "r")
 base = status("VmRSS:")
 total = 0.0
-for chunk, view in a.chunks("16MiB", progress=False, release=release):
+for chunk, view in a.iter_chunks("16MiB", progress=False, release=release):
     total += float(view.sum(dtype=np.float64))
 del view
 print(status("VmHWM:") - base, total)

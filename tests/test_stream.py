@@ -36,7 +36,7 @@ def test_chunks_visit_every_element_once(path: Path, mode: str, prefetch: Any) -
     with bigarr.open(path, mode) as a:
         seen = np.zeros(a.shape, dtype=np.int8)
         total = 0.0
-        for chunk, view in a.chunks("64KiB", prefetch=prefetch, progress=False):
+        for chunk, view in a.iter_chunks("64KiB", prefetch=prefetch, progress=False):
             assert isinstance(view, bigarr.memmap)
             assert view.nbytes == chunk.nbytes <= 64 << 10
             seen[chunk.key] += 1
@@ -54,28 +54,28 @@ def test_f_order_and_views(tmp_path: Path) -> None:
         a[:] = ref
     with bigarr.open(p, "r") as a:
         got = np.zeros_like(ref)
-        for chunk, view in a.chunks("32KiB", progress=False):
+        for chunk, view in a.iter_chunks("32KiB", progress=False):
             assert chunk.key[0] == slice(0, 40)  # chunks run along the last (slowest) axis
             got[chunk.key] = view
         del view
         assert np.array_equal(got, ref)
         sub = a[:, 1000:2000]  # an F-contiguous view starting mid-file
-        parts = [np.asarray(v).copy() for _, v in sub.chunks("16KiB", progress=False)]
+        parts = [np.asarray(v).copy() for _, v in sub.iter_chunks("16KiB", progress=False)]
         assert np.array_equal(np.concatenate(parts, axis=1), ref[:, 1000:2000])
         del sub
 
 
 def test_budget_is_halved_with_prefetch(path: Path) -> None:
     with bigarr.open(path, "r") as a:
-        with_fetch = [c.nbytes for c, _ in a.chunks("128KiB", progress=False)]
-        without = [c.nbytes for c, _ in a.chunks("128KiB", progress=False, prefetch=False)]
+        with_fetch = [c.nbytes for c, _ in a.iter_chunks("128KiB", progress=False)]
+        without = [c.nbytes for c, _ in a.iter_chunks("128KiB", progress=False, prefetch=False)]
     assert max(with_fetch) <= 64 << 10 < max(without) <= 128 << 10
 
 
 def test_progress_events(path: Path) -> None:
     events: list[ProgressEvent] = []
     with bigarr.open(path, "r") as a:
-        n = len(list(a.chunks("64KiB", progress=events.append)))
+        n = len(list(a.iter_chunks("64KiB", progress=events.append)))
     assert [e.kind for e in events] == ["start"] + ["chunk"] * n + ["end"]
     chunks = events[1:-1]
     assert [e.chunk for e in chunks] == list(range(n))
@@ -115,7 +115,7 @@ def test_progress_is_thread_safe() -> None:
 
 def test_helper_thread_ends_on_break_exception_and_abandonment(path: Path) -> None:
     with bigarr.open(path, "r") as a:
-        for _chunk, _view in a.chunks("64KiB", progress=False):
+        for _chunk, _view in a.iter_chunks("64KiB", progress=False):
             assert len(_helpers()) == 1
             break
         del _view
@@ -123,13 +123,13 @@ def test_helper_thread_ends_on_break_exception_and_abandonment(path: Path) -> No
         assert not _helpers()
 
         with pytest.raises(ZeroDivisionError):
-            for _chunk, v in a.chunks("64KiB", progress=False):
+            for _chunk, v in a.iter_chunks("64KiB", progress=False):
                 del v
                 raise ZeroDivisionError
         gc.collect()
         assert not _helpers()
 
-        it = a.chunks("64KiB", progress=False)
+        it = a.iter_chunks("64KiB", progress=False)
         assert not _helpers()  # nothing runs before the first next()
         _c, v = next(it)
         del v
@@ -141,8 +141,8 @@ def test_helper_thread_ends_on_break_exception_and_abandonment(path: Path) -> No
 def test_release_behind_is_refused_in_private_mode(path: Path) -> None:
     with bigarr.open(path, "c") as a:
         with pytest.raises(HintError, match="scratch edits"):
-            a.chunks("64KiB", release=True)
-        for _c, v in a.chunks("64KiB", progress=False):  # default: release off in private
+            a.iter_chunks("64KiB", release=True)
+        for _c, v in a.iter_chunks("64KiB", progress=False):  # default: release off in private
             v[...] = -1
         del v
         assert float(a.min()) == -1.0  # every edit survived the iteration
@@ -151,7 +151,7 @@ def test_release_behind_is_refused_in_private_mode(path: Path) -> None:
 
 def test_shared_writes_through_chunks_reach_the_file(path: Path) -> None:
     with bigarr.open(path, "r+") as a:
-        for c, v in a.chunks("64KiB", progress=False):
+        for c, v in a.iter_chunks("64KiB", progress=False):
             v[...] = c.index
         del v
         last = len(a.plan("32KiB")) - 1
@@ -171,7 +171,7 @@ def test_hint_is_applied_and_reset(path: Path, monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(Mapping, "advise", spy)
     with bigarr.open(path, "r") as a:
-        list(a.chunks("64KiB", progress=False, prefetch=False, hint="sequential"))
+        list(a.iter_chunks("64KiB", progress=False, prefetch=False, hint="sequential"))
     assert seen[0] == "sequential" and seen[-1] == "normal"
     assert "dontneed" in seen
 
@@ -179,28 +179,28 @@ def test_hint_is_applied_and_reset(path: Path, monkeypatch: pytest.MonkeyPatch) 
 def test_bad_arguments(path: Path) -> None:
     with bigarr.open(path, "r") as a:
         with pytest.raises(HintError):
-            a.chunks("64KiB", prefetch="random")
+            a.iter_chunks("64KiB", prefetch="random")
         with pytest.raises(HintError):
-            a.chunks("64KiB", hint="fast")
+            a.iter_chunks("64KiB", hint="fast")
         with pytest.raises(BudgetError, match="at least"):
-            a.chunks(1000, prefetch=False)
+            a.iter_chunks(1000, prefetch=False)
         with pytest.raises(RegionError, match="contiguous"):
-            a[:, ::2].chunks("64KiB")
+            a[:, ::2].iter_chunks("64KiB")
         with pytest.raises(RegionError, match="detached"):
-            a.copy().chunks("64KiB")
+            a.copy().iter_chunks("64KiB")
 
 
 def test_empty_and_zero_d(tmp_path: Path) -> None:
     p = tmp_path / "empty.npy"
     bigarr.create(p, (0, 3), np.float32).close()
     with bigarr.open(p, "r") as a:
-        assert list(a.chunks("64KiB", progress=False)) == []
+        assert list(a.iter_chunks("64KiB", progress=False)) == []
         assert len(a.plan()) == 0
     p = tmp_path / "scalar.npy"
     with bigarr.create(p, (), np.float64) as s:
         s[()] = 2.5
     with bigarr.open(p, "r") as s:
-        ((chunk, view),) = list(s.chunks("64KiB", progress=False))
+        ((chunk, view),) = list(s.iter_chunks("64KiB", progress=False))
         assert chunk.key == () and view.shape == () and float(view) == 2.5
         del view
 
@@ -209,7 +209,7 @@ def test_truncated_file_raises_instead_of_crashing(path: Path, run_py: Any) -> N
     proc = run_py(f"""
         import os, bigarr
         a = bigarr.open({str(path)!r}, "r")
-        it = a.chunks("64KiB", progress=False)
+        it = a.iter_chunks("64KiB", progress=False)
         next(it)
         os.truncate({str(path)!r}, 8192)
         try:
@@ -244,7 +244,7 @@ def test_a_failed_release_flush_reaches_the_consumer(
         monkeypatch.setattr(Mapping, "sync", failing)
         views = []
         with pytest.raises(MappingError, match="simulated"):
-            for _c, v in a.chunks("64KiB", progress=False):
+            for _c, v in a.iter_chunks("64KiB", progress=False):
                 views.append(v)
                 v[...] = 1
         views.clear()
@@ -259,7 +259,7 @@ def test_closing_inside_the_loop_raises_closed_error_not_ebadf(path: Path, prefe
     # and raised a bare OSError(EBADF) instead of ClosedError.
     a = bigarr.open(path, "r+")
     with pytest.raises(bigarr.errors.ClosedError):
-        for _chunk, _view in a.chunks("64KiB", prefetch=prefetch, progress=False):
+        for _chunk, _view in a.iter_chunks("64KiB", prefetch=prefetch, progress=False):
             a.close(force=True)
     assert not _helpers()
 
@@ -270,8 +270,8 @@ def test_budget_error_with_prefetch_names_the_given_budget(tmp_path: Path) -> No
     np.save(tmp_path / "n.npy", np.arange(100_003, dtype="<f4"))  # data not page-aligned
     with bigarr.open(tmp_path / "n.npy") as a:
         with pytest.raises(BudgetError, match=r"4096 bytes.*prefetch=False"):
-            a.chunks("4KiB", progress=False)
-        assert sum(c.nbytes for c, _ in a.chunks("4KiB", progress=False, prefetch=False)) \
+            a.iter_chunks("4KiB", progress=False)
+        assert sum(c.nbytes for c, _ in a.iter_chunks("4KiB", progress=False, prefetch=False)) \
             == a.nbytes
 
 
@@ -279,6 +279,6 @@ def test_a_bad_progress_argument_is_a_bigarr_error(path: Path) -> None:
     # Regression: progress= of the wrong type raised a bare TypeError, not a bigarr error.
     with bigarr.open(path) as a, pytest.raises(bigarr.errors.ArgumentError,
                                                match="progress") as info:
-        for _ in a.chunks("64KiB", progress=42):  # type: ignore[arg-type]
+        for _ in a.iter_chunks("64KiB", progress=42):  # type: ignore[arg-type]
             pass
     assert isinstance(info.value, TypeError)

@@ -92,7 +92,7 @@ def generate(path: str, rows: int, *, budget: int, progress: Any) -> None:
 
     loc, scale = _column_params(FEATURES)
     with bigarr.create(path, (rows, FEATURES), np.float32, overwrite=True) as x:
-        for chunk, view in x.chunks(budget=budget, progress=progress, prefetch=False):
+        for chunk, view in x.iter_chunks(budget=budget, progress=progress, prefetch=False):
             rng = np.random.default_rng([2024, chunk.rows.start])
             block = rng.standard_normal(view.shape, dtype=np.float32)
             block *= scale

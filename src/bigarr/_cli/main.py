@@ -414,7 +414,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if args.checksum:
         whole = _hasher(args.checksum)
         with bigarr_open(args.file, "r") as arr:
-            for chunk, view in arr.chunks(budget=args.budget, progress=_progress(args)):
+            for chunk, view in arr.iter_chunks(budget=args.budget, progress=_progress(args)):
                 data = _data_bytes(view)
                 h = _hasher(args.checksum)
                 h.update(data)

@@ -31,7 +31,7 @@ import hashlib
 import mmap
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import numpy as np
 
@@ -66,6 +66,7 @@ from bigarr.errors import ArgumentError, ReadOnlyError, ShapeError
 __all__ = ["map_blocks"]
 
 _DEFAULT_BUDGET = "256MiB"
+_Out = TypeVar("_Out", bound="np.ndarray[Any, Any]")
 
 
 def _input_stream(obj: Any) -> Stream:
@@ -128,10 +129,26 @@ def _check_rows(
     return res
 
 
+@overload
+def map_blocks(func: Callable[..., Any], *inputs: Any, out: str | os.PathLike[str],
+               dtype: Any = ..., budget: int | str = ..., threads: int | None = ...,
+               progress: ProgressArg = ..., resume: bool = ..., overwrite: bool = ...,
+               order: str = ..., flush_every: int | str | None = ..., prefetch: int = ...,
+               ) -> memmap: ...
+@overload
+def map_blocks(func: Callable[..., Any], *inputs: Any, out: Appender, dtype: Any = ...,
+               budget: int | str = ..., threads: int | None = ..., progress: ProgressArg = ...,
+               resume: bool = ..., overwrite: bool = ..., order: str = ...,
+               flush_every: int | str | None = ..., prefetch: int = ...) -> Appender: ...
+@overload
+def map_blocks(func: Callable[..., Any], *inputs: Any, out: _Out, dtype: Any = ...,
+               budget: int | str = ..., threads: int | None = ..., progress: ProgressArg = ...,
+               resume: bool = ..., overwrite: bool = ..., order: str = ...,
+               flush_every: int | str | None = ..., prefetch: int = ...) -> _Out: ...
 def map_blocks(
     func: Callable[..., Any],
     *inputs: Any,
-    out: Any,
+    out: str | os.PathLike[str] | Appender | np.ndarray[Any, Any],
     dtype: Any = None,
     budget: int | str = _DEFAULT_BUDGET,
     threads: int | None = None,
@@ -141,7 +158,7 @@ def map_blocks(
     order: str = "C",
     flush_every: int | str | None = None,
     prefetch: int = 1,
-) -> Any:
+) -> memmap | Appender | np.ndarray[Any, Any]:
     """Apply ``func`` to chunks of rows of ``inputs`` and write the results to ``out``.
 
     ``func(*blocks)`` receives, for each chunk, the chunk's rows of every input with the

@@ -42,7 +42,7 @@ import math
 import operator
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -83,6 +83,11 @@ __all__ = [
 #: :data:`bigarr._compute.partials.SUB_BLOCK_BYTES`), in bytes.
 SCRATCH_BYTES = 4 * SUB_BLOCK_BYTES
 _DEFAULT_BUDGET = "256MiB"
+
+#: What a reduction returns, as in numpy: an array, or a numpy scalar for ``axis=None`` without
+#: ``keepdims``.
+ArrayOrScalar = np.ndarray[Any, Any] | np.generic
+_T = TypeVar("_T")
 
 
 # ---- plumbing ------------------------------------------------------------------------------
@@ -152,11 +157,13 @@ def _reduce(
 
 
 def _shape_result(result: np.ndarray[Any, Any], axes: tuple[int, ...], keepdims: bool,
-                  dtype: np.dtype[Any]) -> Any:
+                  dtype: np.dtype[Any]) -> ArrayOrScalar:
     out = result.astype(dtype, copy=False)
     if not keepdims:
         out = out.reshape(tuple(n for i, n in enumerate(out.shape) if i not in axes))
-    return out[()] if out.ndim == 0 else out
+    if out.ndim == 0:
+        return cast(np.generic, out[()])
+    return out
 
 
 def _numpy_dtype(fn: Callable[..., Any], src: np.dtype[Any], **kwargs: Any) -> np.dtype[Any]:
@@ -174,7 +181,7 @@ def _numpy_dtype(fn: Callable[..., Any], src: np.dtype[Any], **kwargs: Any) -> n
         return np.asarray(_numpy(fn, np.zeros(2, dtype=src), **kwargs)).dtype
 
 
-def _numpy(fn: Callable[..., Any], a: Any, **kwargs: Any) -> Any:
+def _numpy(fn: Callable[..., Any], a: Any, **kwargs: Any) -> ArrayOrScalar:
     """numpy's own answer, for what needs no streaming; its refusals as bigarr errors.
 
     Raises
@@ -185,7 +192,8 @@ def _numpy(fn: Callable[..., Any], a: Any, **kwargs: Any) -> Any:
         Where numpy raises ValueError (a zero-size reduction without identity).
     """
     try:
-        return fn(_plain(a), **kwargs)
+        result: ArrayOrScalar = fn(_plain(a), **kwargs)
+        return result
     except np.exceptions.AxisError:
         raise
     except TypeError as exc:
@@ -224,7 +232,7 @@ def sum(
     budget: int | str = _DEFAULT_BUDGET,
     threads: int | None = None,
     progress: ProgressArg = None,
-) -> Any:
+) -> ArrayOrScalar:
     """Sum of array elements over ``axis``, chunk by chunk, like :func:`numpy.sum`.
 
     Parameters
@@ -267,7 +275,7 @@ def mean(
     budget: int | str = _DEFAULT_BUDGET,
     threads: int | None = None,
     progress: ProgressArg = None,
-) -> Any:
+) -> ArrayOrScalar:
     """Arithmetic mean over ``axis``, like :func:`numpy.mean`; arguments as :func:`sum`."""
     a = _operand(a)
     if _is_empty(a):
@@ -289,7 +297,7 @@ def var(
     budget: int | str = _DEFAULT_BUDGET,
     threads: int | None = None,
     progress: ProgressArg = None,
-) -> Any:
+) -> ArrayOrScalar:
     """Variance over ``axis``, like :func:`numpy.var`, merged with Chan et al.'s update.
 
     Each chunk's count, mean and sum of squared deviations are computed in float64 (two-pass
@@ -315,7 +323,7 @@ def std(
     budget: int | str = _DEFAULT_BUDGET,
     threads: int | None = None,
     progress: ProgressArg = None,
-) -> Any:
+) -> ArrayOrScalar:
     """Standard deviation over ``axis``, like :func:`numpy.std`; see :func:`var`."""
     a = _operand(a)
     if _is_empty(a):
@@ -327,7 +335,7 @@ def std(
 
 
 def _extreme(a: Any, axis: Any, keepdims: bool, largest: bool, budget: int | str,
-             threads: int | None, progress: ProgressArg) -> Any:
+             threads: int | None, progress: ProgressArg) -> ArrayOrScalar:
     fn = np.max if largest else np.min
     a = _operand(a)
     if _is_empty(a):
@@ -346,7 +354,7 @@ def min(
     budget: int | str = _DEFAULT_BUDGET,
     threads: int | None = None,
     progress: ProgressArg = None,
-) -> Any:
+) -> ArrayOrScalar:
     """Minimum over ``axis``, like :func:`numpy.min` (NaN propagates); arguments as :func:`sum`.
 
     Raises
@@ -365,7 +373,7 @@ def max(
     budget: int | str = _DEFAULT_BUDGET,
     threads: int | None = None,
     progress: ProgressArg = None,
-) -> Any:
+) -> ArrayOrScalar:
     """Maximum over ``axis``, like :func:`numpy.max` (NaN propagates); arguments as :func:`sum`.
 
     Raises
@@ -377,7 +385,7 @@ def max(
 
 
 def _arg(a: Any, axis: int | None, keepdims: bool, largest: bool, budget: int | str,
-         threads: int | None, progress: ProgressArg) -> Any:
+         threads: int | None, progress: ProgressArg) -> ArrayOrScalar:
     fn = np.argmax if largest else np.argmin
     if axis is not None and not isinstance(axis, (int, np.integer)):
         raise ArgumentError(f"Expected axis as an int or None. Got {axis!r}.")
@@ -402,7 +410,7 @@ def argmin(
     budget: int | str = _DEFAULT_BUDGET,
     threads: int | None = None,
     progress: ProgressArg = None,
-) -> Any:
+) -> ArrayOrScalar:
     """Index of the minimum, like :func:`numpy.argmin` (flat C-order index for ``axis=None``).
 
     Ties and NaNs resolve as in numpy: the first occurrence wins, and a NaN is the minimum.
@@ -419,7 +427,7 @@ def argmax(
     budget: int | str = _DEFAULT_BUDGET,
     threads: int | None = None,
     progress: ProgressArg = None,
-) -> Any:
+) -> ArrayOrScalar:
     """Index of the maximum, like :func:`numpy.argmax`; see :func:`argmin`."""
     return _arg(a, axis, keepdims, True, budget, threads, progress)
 
@@ -432,7 +440,7 @@ def count_nonzero(
     budget: int | str = _DEFAULT_BUDGET,
     threads: int | None = None,
     progress: ProgressArg = None,
-) -> Any:
+) -> int | ArrayOrScalar:
     """Number of non-zero elements, like :func:`numpy.count_nonzero`; arguments as :func:`sum`."""
     a = _operand(a)
     if _is_empty(a):
@@ -491,9 +499,9 @@ def histogram(
     a = _operand(a)
     w = None if weights is None else _operand(weights)
     if _is_empty(a):
-        hist: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] = _numpy(
+        hist = cast(tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]], _numpy(
             np.histogram, a, bins=bins, range=range, density=density,
-            weights=None if w is None else _plain(w))
+            weights=None if w is None else _plain(w)))
         return hist
     if range is None and isinstance(bins, (int, np.integer)):
         # numpy's autodetected range is (a.min(), a.max()) as scalars of a's dtype; the same
@@ -519,13 +527,13 @@ def histogram(
 
 
 def reduce_blocks(
-    func: Callable[..., Any],
-    combine: Callable[[Any, Any], Any],
+    func: Callable[..., _T],
+    combine: Callable[[_T, _T], _T],
     *inputs: Any,
     budget: int | str = _DEFAULT_BUDGET,
     threads: int | None = None,
     progress: ProgressArg = None,
-) -> Any:
+) -> _T:
     """Reduce arrays chunk by chunk with your own functions.
 
     ``func(*blocks)`` maps each chunk's blocks (one per input, in order) to a partial result,
@@ -597,7 +605,7 @@ def reduce_blocks(
             ):
                 total = part if not started else combine(total, part)
                 started = True
-        return total
+        return cast(_T, total)
     finally:
         for s in streams:
             s.close()

@@ -3,8 +3,10 @@
 It keeps numpy.memmap's documented behaviour (slices stay memmaps; ufunc results and fancy
 indexing give plain ndarrays; full reductions give scalars; views keep ``filename``, ``offset``
 and ``mode``) and adds ``close()``, context management, pickling by file reference and the
-methods later modules provide. It holds no logic of its own beyond routing: the mapping lives in
-:mod:`bigarr._os.mapping`, region arithmetic in :mod:`bigarr._plan.regions`.
+methods later modules provide. It holds no logic of its own beyond routing: the mapping lives
+in :mod:`bigarr._os.mapping`, region arithmetic in :mod:`bigarr._plan.regions`, numpy.memmap's
+constructor contract in :mod:`bigarr._core.npmemmap`, and what closing does to its methods and to
+the views of an ``iter_chunks`` loop in :mod:`bigarr._core.closing`.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bigarr._os.modes import NUMPY_MODE, parse_mode
+from bigarr._core.closing import closed_error, install_guards, lending
+from bigarr._os.modes import NUMPY_MODE
 from bigarr._plan.regions import Region, region_span
-from bigarr.errors import ClosedError, PickleError_, TruncatedFileError
+from bigarr.errors import PickleError_, TruncatedFileError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -36,8 +39,8 @@ def _plain(x: Any) -> Any:
     if isinstance(x, memmap):
         m = x._bigarr
         if m is not None and m.closed:
-            raise ClosedError(f"The mapping of {m.path} is closed.")
-        return x.view(np.ndarray)
+            raise closed_error(m)
+        return np.ndarray.view(x, np.ndarray)
     return x
 
 
@@ -55,9 +58,50 @@ def _private_target(out: Any) -> Any:
 class memmap(np.memmap):
     """A memory-mapped array with a safe ``close``, hints, ranged flush and file-reference pickling.
 
-    Constructed like :class:`numpy.memmap` (a raw file, numpy's arguments, plus bigarr's mode
-    names ``"readonly"``, ``"shared"`` and ``"private"``); :func:`bigarr.open` and
-    :func:`bigarr.create` build one from a ``.npy`` file.
+    A :class:`numpy.memmap` subclass: slices stay memmaps, ufunc results and fancy indexing give
+    plain ndarrays, full reductions give scalars. Constructed like :class:`numpy.memmap` (the
+    conformance suite checks it against numpy); :func:`bigarr.open` and :func:`bigarr.create`
+    build one from a ``.npy`` file, :func:`bigarr.open_raw` from a headerless one.
+
+    Parameters
+    ----------
+    filename
+        A path (``str`` or ``os.PathLike``) or a file object with a descriptor (a
+        ``tempfile.TemporaryFile()`` works).
+    dtype
+        Element type (default ``uint8``); object dtypes are refused.
+    mode
+        ``"r"``/``"readonly"``, ``"r+"``/``"readwrite"``/``"shared"``, ``"w+"``/``"write"``
+        (create, or replace, the file), ``"c"``/``"copyonwrite"``/``"private"``. ``"r+"`` and
+        ``"w+"`` extend a shorter file (preallocated).
+    offset
+        Bytes before the array's first element.
+    shape
+        The array's shape; ``None`` maps everything after ``offset`` as a 1-D array.
+    order
+        ``"C"`` or ``"F"``.
+
+    Attributes
+    ----------
+    filename
+        As numpy reports it: the resolved ``Path`` for a ``PathLike``, the absolute path for a
+        ``str``, the file object's name, or ``None``.
+    offset, mode
+        The ``offset`` given and numpy's short name of the mode (``"r"``, ``"r+"``, ``"w+"``,
+        ``"c"``).
+    closed, access
+        See the properties below.
+
+    Raises
+    ------
+    ModeError, ShapeError, DtypeError
+        For a bad mode, shape, order, offset or dtype.
+    FileMissingError, NotAFileError, AccessDeniedError, ReadOnlyError
+        For a path that is missing, not a regular file, or cannot be read (or written).
+    TruncatedFileError
+        If a file opened ``"r"`` or ``"c"`` is shorter than the array.
+    DiskFullError
+        If creating or extending the file finds no room.
     """
 
     _bigarr: Mapping | None = None
@@ -71,11 +115,9 @@ class memmap(np.memmap):
         shape: int | tuple[int, ...] | None = None,
         order: str = "C",
     ) -> memmap:
-        from bigarr._core.files import open_raw
+        from bigarr._core.npmemmap import new_memmap
 
-        _access, creating = parse_mode(mode)
-        arr = open_raw(filename, dtype, shape, offset=offset, order=order, mode=mode,
-                       overwrite=creating)
+        arr = new_memmap(filename, dtype, mode, offset, shape, order)
         return arr if cls is memmap else arr.view(cls)
 
     @classmethod
@@ -86,7 +128,7 @@ class memmap(np.memmap):
         dtype: np.dtype[Any],
         order: str,
         *,
-        filename: str,
+        filename: str | os.PathLike[str] | None,
         offset: int,
         start: int | None = None,
         strides: tuple[int, ...] | None = None,
@@ -99,7 +141,7 @@ class memmap(np.memmap):
                                  strides=strides, order="F" if order == "F" else "C")
         arr._bigarr = mapping
         arr._mmap = mapping
-        arr.filename = filename
+        arr.filename = filename  # type: ignore[assignment]  # numpy keeps a Path for PathLike
         arr.offset = offset
         arr.mode = NUMPY_MODE[mapping.access]
         mapping.track(arr)
@@ -169,15 +211,35 @@ class memmap(np.memmap):
 
     def __repr__(self) -> str:
         m = self._bigarr
-        if m is not None and m.closed:
+        if m is not None and m.closed:  # no data, but never an error: tracebacks call repr
             return f"<closed bigarr.memmap of {os.path.basename(m.path)}>"
         return super().__repr__()
+
+    def __str__(self) -> str:
+        m = self._bigarr
+        if m is not None and m.closed:
+            return self.__repr__()
+        return super().__str__()
+
+    def __format__(self, spec: str) -> str:
+        m = self._bigarr
+        if m is not None and m.closed:
+            if spec:  # a format spec asks for the values (0-d arrays format their item)
+                raise closed_error(m)
+            return self.__repr__()
+        return np.ndarray.__format__(self, spec)
 
     def __reduce__(self) -> Any:
         m = self._bigarr
         if m is None:
             return super().__reduce__()
         self._check_open()
+        if not m.named:
+            raise PickleError_(
+                f"An array of {m.path} cannot be pickled: bigarr pickles a file reference, and "
+                "this file has no path another process could open (tempfile.TemporaryFile). "
+                "Map a named file, or send np.asarray(arr).copy() to ship the data itself."
+            )
         if m.access == "private":
             raise PickleError_(
                 f"A private-mode array of {m.path} cannot be pickled: its scratch edits live only "
@@ -192,7 +254,7 @@ class memmap(np.memmap):
     def _check_open(self) -> None:
         m = self._bigarr
         if m is not None and m.closed:
-            raise ClosedError(f"The mapping of {m.path} is closed.")
+            raise closed_error(m)
 
     @property
     def closed(self) -> bool:
@@ -211,9 +273,13 @@ class memmap(np.memmap):
         mapping, raises :class:`~bigarr.errors.ClosedError`; the address range stays valid
         (zero pages) until those arrays are garbage-collected, so nothing can segfault. An
         explicit ``close()`` refuses while other views are alive; leaving a ``with`` block
-        closes with ``force=True``. The arrays this one is a view of do not count, nor do a
-        ``memoryview`` of this array or a plain ndarray view of it when it is itself a view:
-        see :mod:`bigarr._os.mapping` for exactly what is counted.
+        closes with ``force=True``.
+
+        What counts as another view: every bigarr view of the mapping and every plain ndarray
+        built on it (``np.asarray(x)``, ``x.view(np.ndarray)``), except the arrays this one is a
+        view of (closing from a view closes its parent) and the view an ``iter_chunks()`` loop
+        handed out last. What cannot be seen: a ``memoryview`` of this array, and a plain
+        ndarray view of it when it is itself a view; after the close those read zeros.
 
         Parameters
         ----------
@@ -241,10 +307,11 @@ class memmap(np.memmap):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Leave the ``with`` block: close the mapping and every view of it (``force=True``)."""
         # The end of a with block is the end of the mapping's scope: close it and every view of
         # it, like leaving ``with open(...)`` closes the file for every reference. A strict
         # close() here would trip over views that merely outlive their use, such as the loop
-        # variable of ``for chunk, view in x.chunks()``, or the frames of a traceback (which
+        # variable of ``for chunk, view in x.iter_chunks()``, or the frames of a traceback (which
         # would hide the real error). Leftover views raise ClosedError; none can segfault.
         self.close(force=True)
 
@@ -262,12 +329,20 @@ class memmap(np.memmap):
         so no further ``fsync`` is needed. On macOS, ``msync`` does not flush the drive's own
         cache; call ``fcntl(fd, F_FULLFSYNC)`` where that matters.
 
+        Parameters
+        ----------
+        region
+            Rows, a slice, a ``range``, a ``(start, stop)`` pair, a planned chunk or a view of
+            this array; ``None`` for all of it.
+
         Raises
         ------
         RegionError
             For a malformed or out-of-range region.
         FileChangedError
             If the file shrank below the mapping (flushing would fault).
+        ClosedError
+            If the array is closed.
         """
         m = self._bigarr
         if m is None:
@@ -276,15 +351,36 @@ class memmap(np.memmap):
 
     # ---- chunking, hints and residency (bigarr._plan.chunks, bigarr._compute.stream) -------------
     def plan(self, budget: int | str = "64MiB") -> ChunkPlan:
-        """Page-aligned chunks of this array that each fit ``budget`` bytes (or ``"64MiB"``).
+        """Plan page-aligned chunks of this array that each fit ``budget`` bytes.
 
-        See :func:`bigarr.plan_chunks`; chunk starts are aligned to pages of the file.
+        Chunks are ranges along the slowest axis (axis 0 in C order, the last axis in Fortran
+        order) whose starts fall on page boundaries of the file, so a chunk can be released or
+        prefetched without touching its neighbours.
+
+        Parameters
+        ----------
+        budget
+            Largest chunk, in bytes or as a string such as ``"64MiB"``.
+
+        Returns
+        -------
+        ChunkPlan
+            The chunks, in file order (``len(plan)``, ``plan.max_chunk_bytes``, iteration).
+
+        Raises
+        ------
+        BudgetError
+            If no page-aligned chunk fits the budget (both numbers quoted).
+        RegionError
+            If the array is not C- or F-contiguous, or is a detached copy.
+        ClosedError
+            If the array is closed.
         """
         from bigarr._compute.stream import plan_for
 
         return plan_for(self, budget)
 
-    def chunks(
+    def iter_chunks(
         self,
         budget: int | str = "64MiB",
         *,
@@ -293,94 +389,350 @@ class memmap(np.memmap):
         prefetch: bool | str | None = True,
         hint: str | None = None,
     ) -> Iterator[tuple[Chunk, memmap]]:
-        """Iterate ``(chunk, view)`` pairs with at most ``budget`` bytes resident at once.
+        """Iterate ``(chunk, view)`` pairs with at most ``budget`` bytes mapped at once.
 
-        Release-behind is on by default except in private mode, prefetch of the next chunk from
-        a helper thread is on, and a tqdm bar shows on a TTY; see
-        :func:`bigarr._compute.stream.iter_chunks`.
+        Each ``view`` is a :class:`bigarr.memmap` view of one planned chunk. A helper thread
+        prefetches the next chunk while the loop works on this one, and finished chunks are
+        released behind the loop (flushed first in shared mode), so resident memory stays near
+        the budget for any array size. The loop variable may outlive the loop: ``x.close()``
+        after ``for chunk, view in x.iter_chunks(): ...`` works, and ``view`` then raises
+        :class:`~bigarr.errors.ClosedError`.
+
+        Parameters
+        ----------
+        budget
+            Bytes the iteration may keep mapped at once, or a string such as ``"64MiB"``. With
+            prefetch, chunks are planned at half of it (two can be mapped at a time).
+        progress
+            ``None`` (a bar on a terminal), ``True``, ``False``, or a callable taking
+            :class:`bigarr.ProgressEvent`.
+        release
+            Drop each finished chunk from memory (``MADV_DONTNEED``). ``None``: on, except in
+            private mode, where it would throw away scratch edits.
+        prefetch
+            ``True`` (``"willneed"``: asynchronous read-ahead), ``"populate_read"`` (map the
+            pages in the helper thread), ``"auto"`` (either, per piece), or ``False``.
+        hint
+            An access hint applied to the whole array first, such as ``"sequential"``; an
+            access-pattern hint is reset to ``"normal"`` at the end.
+
+        Returns
+        -------
+        Iterator[tuple[Chunk, bigarr.memmap]]
+            The chunks in file order, each with its view.
+
+        Raises
+        ------
+        BudgetError
+            If the budget cannot be met.
+        HintError
+            For ``release=True`` in private mode, or an unknown hint or prefetch mode.
+        RegionError
+            If the array is not contiguous, or is a detached copy.
+        FileChangedError
+            If the file shrinks under the array (checked before each chunk, instead of a
+            SIGBUS).
+        UnsupportedError
+            If a loop started before ``os.fork()`` is resumed in the child.
         """
         from bigarr._compute.stream import iter_chunks
 
-        return iter_chunks(self, budget, progress=progress, release=release, prefetch=prefetch,
-                           hint=hint)
+        inner = iter_chunks(self, budget, progress=progress, release=release, prefetch=prefetch,
+                            hint=hint)
+        return lending(inner) if self._bigarr is not None else inner
 
     def advise(self, hint: str, region: Region = None) -> bool:
-        """Apply an access hint to ``region``'s pages (rounded outward, clipped to the mapping).
+        """Apply an access hint (``madvise``) to the pages of ``region``.
 
-        Returns ``False`` when the hint is a no-op here; see
-        :func:`bigarr._compute.stream.advise` and :func:`bigarr.supported_hints`.
+        Parameters
+        ----------
+        hint
+            ``"normal"``, ``"sequential"``, ``"random"``, ``"willneed"``, ``"dontneed"``,
+            ``"hugepage"``, ``"nohugepage"``, ``"populate_read"``, ``"populate_write"``,
+            ``"cold"`` or ``"pageout"`` (see :func:`bigarr.supported_hints`).
+        region
+            Rows, a slice, a ``range``, a ``(start, stop)`` pair, a planned chunk or a view of
+            this array; ``None`` for all of it. Rounded outward to whole pages and clipped to
+            the mapping.
+
+        Returns
+        -------
+        bool
+            ``False`` when the hint is a no-op on this platform or kernel (or for a detached
+            copy), ``True`` when it was applied.
+
+        Raises
+        ------
+        HintError
+            For an unknown hint, or one refused in this mode (``"dontneed"`` and
+            ``"pageout"`` in private mode would lose scratch edits; ``"populate_write"``
+            needs shared mode).
+        RegionError
+            For a malformed or out-of-range region.
+        ClosedError
+            If the array is closed.
         """
         from bigarr._compute.stream import advise
 
         return advise(self, hint, region)
 
     def resident(self, region: Region = None, *, budget: int | str = "64MiB") -> Residency:
-        """Share of ``region``'s pages in memory (``mincore``), overall and per planned chunk."""
+        """Report which pages of ``region`` are in memory (``mincore``), overall and per chunk.
+
+        A page counts as resident when it is in the page cache, whether or not this process has
+        it mapped.
+
+        Parameters
+        ----------
+        region
+            As for :meth:`advise`; ``None`` for the whole array.
+        budget
+            Chunk size of the plan the per-chunk report follows (see :meth:`plan`).
+
+        Returns
+        -------
+        Residency
+            ``fraction``, ``resident_pages``, ``total_pages``, ``resident_bytes`` and
+            ``chunks`` (one :class:`bigarr.ChunkResidency` per planned chunk in the region).
+
+        Raises
+        ------
+        RegionError
+            For a malformed region, or an array that is detached or not contiguous.
+        UnsupportedError
+            Where the platform has no ``mincore``.
+        ClosedError
+            If the array is closed.
+        """
         from bigarr._compute.stream import residency
 
         return residency(self, region, budget=budget)
 
     # ---- private-mode workspace and write tracking (bigarr._core.private, bigarr._core.tracking) -
     def dirty(self, region: Region = None, *, exact: bool = True) -> DirtyRegions:
-        """Elements (and rows) of this private-mode array that differ from the file.
+        """Find the elements (and rows) of this private-mode array that differ from the file.
 
-        See :func:`bigarr._core.private.dirty`; ``exact=False`` reports whole scratch pages without
-        reading the file.
+        Scratch pages (the pages this process has copied by writing) are found first, from
+        ``/proc/self/pagemap`` on Linux, and only they are compared with the file, so the cost
+        follows the edits, not the array; a value written back unchanged is not reported.
+
+        Parameters
+        ----------
+        region
+            Rows, a slice, a chunk or a view limiting the search; ``None`` for the whole array.
+        exact
+            Compare the scratch pages with the file. ``False`` reports every element on a
+            scratch page, without reading the file.
+
+        Returns
+        -------
+        DirtyRegions
+            Element, row and file-byte ranges (falsy when nothing differs).
+
+        Raises
+        ------
+        ModeError
+            If the array is not in private mode.
+        RegionError
+            For a malformed region or a strided (non-contiguous) array.
+        ClosedError
+            If the array is closed.
         """
         from bigarr._core.private import dirty
 
         return dirty(self, region, exact=exact)
 
     def commit(self, region: Region = None, *, journal: bool = False) -> int:
-        """Write the scratch edits (in ``region``) to the file; returns bytes written.
+        """Write this private-mode array's scratch edits (in ``region``) to the file.
 
-        See :func:`bigarr._core.private.commit` (what a crash leaves behind, ``journal=True``).
+        Exactly the scratch pages are written (``pwrite`` per page run), then ``fdatasync``;
+        afterwards the mapping shows the file again, which now holds the edits, and those pages
+        no longer cost memory. Edits outside ``region`` stay scratch edits. If the process dies
+        mid-commit, the file holds a prefix (by offset) of the committed pages, each page
+        whole; with ``journal=True`` it holds all of the commit or none
+        (:func:`bigarr.recover_commit` finishes or rolls back after a crash).
+
+        Parameters
+        ----------
+        region
+            Rows, a slice, a chunk or a view; ``None`` for the whole array.
+        journal
+            Write the pages to a redo journal next to the file first (about twice the bytes
+            written), making the commit all-or-nothing.
+
+        Returns
+        -------
+        int
+            Bytes written to the file (the journal excluded).
+
+        Raises
+        ------
+        ModeError
+            If the array is not in private mode.
+        RegionError
+            For a malformed region.
+        ReadOnlyError
+            If the file cannot be opened for writing.
+        FileChangedError
+            If the file shrank or was replaced while mapped (nothing is written).
+        DiskFullError
+            If the journal does not fit on the disk (nothing is written).
+        ClosedError
+            If the array is closed.
         """
         from bigarr._core.private import commit
 
         return commit(self, region, journal=journal)
 
     def discard(self, region: Region = None) -> int:
-        """Throw away the scratch edits (in ``region``).
+        """Throw away this private-mode array's scratch edits (in ``region``).
 
-        See :func:`bigarr._core.private.discard`.
+        Whole scratch pages inside the region are dropped (no I/O, memory freed); on a page
+        only partly inside it, just the region's bytes are restored from the file, so edits
+        outside the region survive.
+
+        Parameters
+        ----------
+        region
+            Rows, a slice, a chunk or a view; ``None`` for all edits.
+
+        Returns
+        -------
+        int
+            Bytes of scratch pages that touched the region.
+
+        Raises
+        ------
+        ModeError
+            If the array is not in private mode.
+        RegionError
+            For a malformed region.
+        FileChangedError
+            If the file shrank while mapped.
+        ClosedError
+            If the array is closed.
         """
         from bigarr._core.private import discard
 
         return discard(self, region)
 
     def scratch_bytes(self, region: Region = None) -> int:
-        """Memory held by private-mode scratch pages (in ``region``), in bytes."""
+        """Memory held by this private-mode array's scratch pages (in ``region``), in bytes.
+
+        Whole pages are counted. Where ``/proc/self/pagemap`` is unavailable, pages that
+        differ from the file are counted instead (a lower bound).
+
+        Parameters
+        ----------
+        region
+            Rows, a slice, a chunk or a view; ``None`` for the whole array.
+
+        Returns
+        -------
+        int
+            Bytes of scratch pages.
+
+        Raises
+        ------
+        ModeError
+            If the array is not in private mode.
+        RegionError
+            For a malformed region.
+        ClosedError
+            If the array is closed.
+        """
         from bigarr._core.private import scratch_bytes
 
         return scratch_bytes(self, region)
 
     def track_writes(self, method: str = "auto") -> str:
-        """Start (or restart) write tracking on this shared-mode array; returns the method used.
+        """Start tracking writes to this shared-mode array, or set a new mark if tracking.
 
-        See :func:`bigarr._core.tracking.track_writes`.
+        ``"uffd"`` (Linux 6.7+) write-protects the mapping with an asynchronous userfaultfd
+        and lists written pages with ``PAGEMAP_SCAN``: exact per page and cheap to query, but
+        each first write to a page after a mark costs an extra fault. ``"checksum"`` (anywhere)
+        keeps a digest per 64 KiB block and reads the whole array at each mark and query.
+        Tracking covers the whole mapping and sees this process's writes; in a forked child,
+        the first report counts everything as written. Closing the array ends it.
+
+        Parameters
+        ----------
+        method
+            ``"auto"`` (``"uffd"`` where available, else ``"checksum"``), ``"uffd"`` or
+            ``"checksum"``.
+
+        Returns
+        -------
+        str
+            The method in use, ``"uffd"`` or ``"checksum"``.
+
+        Raises
+        ------
+        ModeError
+            For an unknown method, or an array that is not in shared mode.
+        UnsupportedError
+            For ``method="uffd"`` where the kernel or permissions lack it.
+        ClosedError
+            If the array is closed.
         """
         from bigarr._core.tracking import track_writes
 
         return track_writes(self, method)
 
     def written(self, region: Region = None, *, reset: bool = False) -> DirtyRegions:
-        """Pages written since ``track_writes()`` or the last ``reset=True``.
+        """Report the pages written since :meth:`track_writes` or the last mark.
 
-        See :func:`bigarr._core.tracking.written`.
+        Parameters
+        ----------
+        region
+            Rows, a slice, a chunk or a view limiting the report; ``None`` for the whole array.
+        reset
+            Set a new mark as the report is taken (atomically with ``"uffd"``: a racing write
+            is in this report or the next). The mark covers the whole mapping.
+
+        Returns
+        -------
+        DirtyRegions
+            Page-granular (``exact=False``): every element on a written page (or changed 64 KiB
+            block, for ``"checksum"``).
+
+        Raises
+        ------
+        ModeError
+            If the array is not in shared mode, or not tracked.
+        ClosedError
+            If the array is closed.
         """
         from bigarr._core.tracking import written
 
         return written(self, region, reset=reset)
 
     def flush_written(self) -> DirtyRegions:
-        """``msync`` only the pages written since the last mark, then set a new mark.
+        """Flush (``msync``) only the pages written since the last mark, then set a new mark.
 
-        See :func:`bigarr._core.tracking.flush_written`.
+        A checkpoint for sparse writers: the returned pages are on disk when this returns.
+
+        Returns
+        -------
+        DirtyRegions
+            The pages flushed.
+
+        Raises
+        ------
+        ModeError
+            If the array is not in shared mode, or not tracked.
+        FileChangedError
+            If the file shrank below the mapping.
+        ClosedError
+            If the array is closed.
         """
         from bigarr._core.tracking import flush_written
 
         return flush_written(self)
+
+
+#: Names of the ndarray methods and properties that raise ClosedError on a closed array.
+GUARDED: tuple[str, ...] = install_guards(memmap)
 
 
 def _rebuild(

@@ -221,6 +221,23 @@ _FILE_LOCKS: dict[tuple[int, int], threading.RLock] = {}
 _WRITE_LOCKS: weakref.WeakKeyDictionary[Mapping, threading.RLock] = weakref.WeakKeyDictionary()
 
 
+def _fresh_locks_in_child() -> None:
+    """``os.register_at_fork(after_in_child=...)``: new locks for the forked child.
+
+    Only the forking thread survives a fork; a lock another thread held at that moment (a commit
+    or a write in progress) would stay held in the child for good, and its next write or commit
+    would hang. The child's copies of the mappings are its own, so fresh locks are correct.
+    """
+    global _GUARD, _WRITE_LOCKS
+    _GUARD = threading.Lock()
+    _FILE_LOCKS.clear()
+    _WRITE_LOCKS = weakref.WeakKeyDictionary()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_locks_in_child)
+
+
 def _file_lock(m: Mapping) -> threading.RLock:
     st = os.fstat(m.fd)
     key = (st.st_dev, st.st_ino)

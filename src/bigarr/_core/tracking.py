@@ -30,6 +30,19 @@ Two methods:
 Closing the array ends tracking (:meth:`Mapping.on_close`): the userfaultfd is closed before
 the range is retired, and closing it makes the kernel unregister the range and clear its
 write protection, so no page stays protected and no descriptor outlives ``close()``.
+
+Whose writes. Tracking sees the writes made through this process's mapping: not those of other
+processes (with ``"uffd"``; ``"checksum"`` compares contents, so it sees every writer of the
+file), and so not those of a forked child either.
+
+fork. A userfaultfd and a ``/proc/self/pagemap`` descriptor inherited by a forked child still
+act on the *parent's* memory: the child's writes would go unreported, and its marks would reset
+the parent's. So in the child (:func:`os.register_at_fork`) the inherited descriptors are
+closed without a single ioctl, and the next use of the tracker arms a new one for the child.
+The child cannot know what the parent wrote between the mark and the fork, so its first report
+counts the whole mapping as written, until the next mark (``reset=True``, ``flush_written()``
+or ``track_writes()``): a checkpoint in the child then never skips a page. A ``"checksum"``
+tracker needs nothing: the child's copy of the digests is still the mark.
 """
 
 from __future__ import annotations
@@ -131,8 +144,11 @@ class _UffdTracker:
     """Asynchronous userfaultfd write-protection over one mapping, queried with PAGEMAP_SCAN."""
 
     method = "uffd"
+    #: Report the whole mapping as written until the next mark (rebuilt in a forked child).
+    everything = False
 
     def __init__(self, m: Mapping) -> None:
+        self.forked = False
         if not sys.platform.startswith("linux"):
             raise UnsupportedError("userfaultfd write tracking needs Linux 6.7 or later.")
         self._libc = _libc
@@ -205,6 +221,15 @@ class _UffdTracker:
         """Release the userfaultfd (the kernel unregisters the range) and the pagemap fd."""
         self._finalizer()
 
+    def drop_inherited(self) -> None:
+        """In a forked child: close the inherited descriptors, which act on the parent's memory.
+
+        Closing only drops the child's references (the parent's userfaultfd stays registered);
+        no ioctl is made, so the parent's protection and marks are untouched.
+        """
+        self.forked = True
+        self._finalizer()
+
 
 def _close_fds(fds: list[int]) -> None:
     while fds:
@@ -215,6 +240,8 @@ class _ChecksumTracker:
     """Per-block digests compared with a snapshot: portable, but reads the whole mapping."""
 
     method = "checksum"
+    everything = False
+    forked = False  # the digests stay valid in a forked child: they describe file contents
 
     def __init__(self, m: Mapping) -> None:
         # A weak reference: the tracker is the value of a weak dictionary keyed by the Mapping,
@@ -278,6 +305,53 @@ def uffd_available() -> bool:
     return _UFFD_OK
 
 
+def _drop_inherited_trackers() -> None:
+    """``os.register_at_fork(after_in_child=...)``: disarm userfaultfd trackers of the parent."""
+    for tracker in list(_TRACKERS.values()):
+        if isinstance(tracker, _UffdTracker):
+            tracker.drop_inherited()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_trackers)
+
+
+def _new_tracker(m: Mapping, method: str) -> _Tracker:
+    if method == "checksum" or m.addr == 0:
+        return _ChecksumTracker(m)
+    try:
+        return _UffdTracker(m)
+    except UnsupportedError:
+        if method == "uffd":
+            raise
+        return _ChecksumTracker(m)
+
+
+def _tracker_of(m: Mapping) -> _Tracker | None:
+    """``m``'s tracker in this process; one inherited through fork is replaced first.
+
+    The replacement (a new userfaultfd of this process, or checksums where that fails) reports
+    the whole mapping as written until its first mark: the writes the parent made since its
+    mark are unknown here.
+    """
+    tracker = _TRACKERS.get(m)
+    if tracker is None or not tracker.forked:
+        return tracker
+    fresh = _new_tracker(m, "auto")
+    fresh.everything = True
+    _TRACKERS[m] = fresh
+    return fresh
+
+
+def _scan(m: Mapping, tracker: _Tracker, reset: bool) -> list[tuple[int, int]]:
+    runs = tracker.scan(reset)
+    if tracker.everything:
+        runs = [(0, m.length)] if m.length else []
+        if reset:
+            tracker.everything = False
+    return runs
+
+
 def _shared_mapping(arr: Any, what: str) -> Mapping:
     m: Mapping | None = getattr(arr, "_bigarr", None)
     if m is None:
@@ -324,22 +398,14 @@ def track_writes(arr: Any, method: str = "auto") -> str:
         raise ModeError(f"Expected a tracking method in {_METHODS}. Got {method!r}.")
     m = _shared_mapping(arr, "track_writes")
     old = _TRACKERS.get(m)
-    if old is not None and method in ("auto", old.method):
+    if old is not None and not old.forked and method in ("auto", old.method):
         old.mark()
+        old.everything = False
         return old.method
     if old is not None:  # untracked until the new tracker works (a closed one must not answer)
         del _TRACKERS[m]
         old.close()
-    tracker: _Tracker
-    if method == "checksum" or m.addr == 0:
-        tracker = _ChecksumTracker(m)
-    else:
-        try:
-            tracker = _UffdTracker(m)
-        except UnsupportedError:
-            if method == "uffd":
-                raise
-            tracker = _ChecksumTracker(m)
+    tracker = _new_tracker(m, method)
     _TRACKERS[m] = tracker
     if old is None:  # the tracker's descriptors go with the mapping, not with its collection
         m.on_close(functools.partial(_untrack, weakref.ref(m)))
@@ -356,13 +422,13 @@ def _untrack(ref: weakref.ref[Mapping]) -> None:
 def tracking_method(arr: Any) -> str | None:
     """The tracking method active on ``arr``'s mapping, or None when it is not tracked."""
     m = getattr(arr, "_bigarr", None)
-    tracker = None if m is None else _TRACKERS.get(m)
+    tracker = None if m is None else _tracker_of(m)
     return None if tracker is None else tracker.method
 
 
 def _tracked(arr: Any, what: str) -> tuple[Mapping, _Tracker]:
     m = _shared_mapping(arr, what)
-    tracker = _TRACKERS.get(m)
+    tracker = _tracker_of(m)
     if tracker is None:
         raise ModeError(f"{what}() needs write tracking; call arr.track_writes() first.")
     return m, tracker
@@ -396,7 +462,7 @@ def written(arr: Any, region: Region = None, *, reset: bool = False) -> DirtyReg
     """
     m, tracker = _tracked(arr, "written")
     span = region_span(arr, region)
-    return regions_from(arr, m, span, tracker.scan(reset), exact=False)
+    return regions_from(arr, m, span, _scan(m, tracker, reset), exact=False)
 
 
 def flush_written(arr: Any) -> DirtyRegions:
@@ -410,7 +476,7 @@ def flush_written(arr: Any) -> DirtyRegions:
         As :func:`written`.
     """
     m, tracker = _tracked(arr, "flush_written")
-    runs = tracker.scan(reset=True)
+    runs = _scan(m, tracker, reset=True)
     for a, b in runs:
         m.sync(ByteSpan(a, b))
     return regions_from(arr, m, region_span(arr, None), runs, exact=False)

@@ -32,7 +32,7 @@ import math
 import os
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -52,6 +52,9 @@ from bigarr.errors import (
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from dask.array import Array as DaskArray
+    from dask.delayed import Delayed
 
 __all__ = ["DEFAULT_READ_CHUNK", "DEFAULT_WRITE_CHUNK", "FileRegion", "store", "to_dask"]
 
@@ -186,6 +189,11 @@ def _region_of_array(arr: memmap, *, writing: bool) -> FileRegion:
     if mapping is None:
         raise ModeError("Expected an array backed by a file; this one is a detached copy.")
     arr._check_open()
+    if not mapping.named:
+        raise ModeError(
+            "This array maps a file without a path (tempfile.TemporaryFile), which no worker "
+            "could open. Map a named file, or pass np.asarray(arr) to dask to send the data."
+        )
     if mapping.access == "private":
         raise ModeError(
             f"A private-mode array of {mapping.path} holds its edits in this process only, so "
@@ -255,7 +263,7 @@ def to_dask(
     *,
     block_bytes: int | str = DEFAULT_READ_CHUNK,
     name: str | None = None,
-) -> Any:
+) -> DaskArray:
     """A dask array over a bigarr file whose tasks map their blocks by reference.
 
     The graph holds a :class:`FileRegion` (path, offset, shape, strides, dtype), never array
@@ -307,8 +315,9 @@ def to_dask(
     if name is None:
         name = f"bigarr-{tokenize(region, chunks)}"
     meta = np.empty((0,) * region.ndim, dtype=region.dtype)
-    return da.from_array(region, chunks=chunks, name=name, lock=False, asarray=False,
-                         fancy=False, meta=meta)
+    out: DaskArray = da.from_array(region, chunks=chunks, name=name, lock=False,
+                                   asarray=False, fancy=False, meta=meta)
+    return out
 
 
 # ---- store -------------------------------------------------------------------------------------
@@ -388,7 +397,7 @@ def store(
     order: str = "C",
     block_bytes: int | str = DEFAULT_WRITE_CHUNK,
     **compute_kwargs: Any,
-) -> Any:
+) -> Delayed | None:
     """Write a dask array into a bigarr file from many worker processes.
 
     The array is rechunked along its slowest axis so that every block starts on a page boundary
@@ -463,7 +472,7 @@ def store(
         writes.append(delayed(_write_block, pure=True)(region, parts[index], first))
     done = delayed(_finish, pure=True)(writes, tmp, final)
     if not compute:
-        return done
+        return cast("Delayed", done)
     try:
         done.compute(**compute_kwargs)
     except BaseException:

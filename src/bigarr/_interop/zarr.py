@@ -35,7 +35,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from bigarr._core.files import open as open_file
 from bigarr._formats.npy import check_dtype
 from bigarr._os.geometry import format_bytes, parse_size
 from bigarr._os.paths import check_output, os_error
+
+if TYPE_CHECKING:
+    import zarr
 from bigarr.errors import (
     ArgumentError,
     BigArrError,
@@ -179,7 +182,7 @@ def to_zarr(
     overwrite: bool = False,
     progress: ProgressArg = None,
     budget: int | str = DEFAULT_BUDGET,
-) -> Any:
+) -> zarr.Array[Any]:
     """Stream an array into a new zarr array with bounded memory.
 
     The data moves in batches of whole zarr chunks (whole shards when ``shards`` is given)
@@ -299,7 +302,7 @@ def to_zarr(
             z.update_attributes({_MARKER: {"complete": True}})  # last: the data is all there
         except OSError as exc:  # ENOSPC from zarr's chunk writes, EROFS, ...
             raise os_error(exc, exc.filename or shown, writing=True) from exc
-        return z
+        return cast("zarr.Array[Any]", z)
     finally:
         if closer is not None:
             # force: we opened it, and a failed run's traceback may still hold views of it; a

@@ -17,7 +17,9 @@ bigarr maps files with the C library's ``mmap`` (through ctypes) rather than Pyt
   bigarr view (tracked by weak reference) other than the caller and the arrays the caller is a
   view of (closing from a view closes its parent too), and plain ndarray views that reach the
   mapping's root array (``np.asarray(arr)``, ``arr.view(np.ndarray)``, ``np.frombuffer(arr)``),
-  found by its reference count. What it cannot see: a ``memoryview`` of the caller, and a
+  found by its reference count. What it leaves out on purpose: the view an ``iter_chunks``
+  loop handed out last (:meth:`Mapping.lend`), which the loop variable keeps alive after the
+  loop. What it cannot see: a ``memoryview`` of the caller, and a
   plain ndarray view of the caller when the caller is itself a view (its ``base`` is then the
   caller, not the root); those read zeros after the close.
 
@@ -103,20 +105,30 @@ class Mapping:
     start, stop
         Byte range of the file the arrays will use; the mapping starts at ``start`` rounded
         down to a page. The caller has already checked that the file is long enough.
+    fd
+        An open descriptor of the file, mapped instead of opening ``path`` (for file objects).
+        It is duplicated: the mapping owns its copy, and the caller keeps (and closes) its own.
+    named
+        False for a file without a path (``tempfile.TemporaryFile()``): ``path`` is then only
+        a label for messages, and the arrays cannot be pickled by reference.
     """
 
-    def __init__(self, path: str, access: Access, start: int, stop: int) -> None:
+    def __init__(self, path: str, access: Access, start: int, stop: int, *,
+                 fd: int | None = None, named: bool = True) -> None:
         self.path = path
+        self.named = named
         self.access = access
         self.map_offset = align_down(start, mmap.ALLOCATIONGRANULARITY)
         self.length = stop - self.map_offset
         self.data_start = start - self.map_offset
         self.closed = False
         self._arrays: dict[int, weakref.ref[np.ndarray[Any, Any]]] = {}
+        self._lent: set[int] = set()
         self._closers: list[Callable[[], None]] = []
         flags = os.O_RDWR if access == "shared" else os.O_RDONLY
         try:
-            self.fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+            self.fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0)) if fd is None \
+                else os.dup(fd)  # non-inheritable, like O_CLOEXEC
         except PermissionError:
             if access != "shared":
                 raise AccessDeniedError(
@@ -152,12 +164,29 @@ class Mapping:
     def track(self, array: np.ndarray[Any, Any]) -> None:
         """Remember ``array`` (a weak reference) as pointing into this mapping."""
         key = id(array)
-        arrays = self._arrays
+        arrays, lent = self._arrays, self._lent
 
         def forget(_ref: object, key: int = key) -> None:
             arrays.pop(key, None)
+            lent.discard(key)  # before the id can be reused: callbacks run at deallocation
 
         arrays[key] = weakref.ref(array, forget)
+
+    def lend(self, array: np.ndarray[Any, Any]) -> None:
+        """Mark tracked ``array`` as lent by an iterator: :meth:`live_views` does not count it.
+
+        ``memmap.iter_chunks`` lends the view it hands out, so the natural loop
+        ``for chunk, view in x.iter_chunks(): ...`` followed by ``x.close()`` works although the
+        loop variable is still alive; after the close that view raises ``ClosedError`` like any
+        other (and raw pointers into it read zeros). The iterator takes the mark back
+        (:meth:`unlend`) when it hands out the next view, so views a loop keeps (in a list, say)
+        still make ``close()`` refuse.
+        """
+        self._lent.add(id(array))
+
+    def unlend(self, array: np.ndarray[Any, Any]) -> None:
+        """Count ``array`` among the live views again (undo :meth:`lend`)."""
+        self._lent.discard(id(array))
 
     def offset_of(self, array: np.ndarray[Any, Any]) -> int:
         """Byte offset, within the mapping, of ``array``'s first element."""
@@ -166,7 +195,10 @@ class Mapping:
         return int(array.__array_interface__["data"][0]) - self.addr
 
     def live_views(self, caller: np.ndarray[Any, Any] | None) -> int:
-        """Count arrays other than ``caller`` (and arrays it is a view of) using the range."""
+        """Count arrays other than ``caller`` (and arrays it is a view of) using the range.
+
+        Views lent by an iterator (:meth:`lend`) are not counted.
+        """
         for attempt in range(2):
             mine = set()
             obj: object = caller
@@ -174,7 +206,8 @@ class Mapping:
                 mine.add(id(obj))
                 obj = obj.base
             alive = [a for a in (r() for r in list(self._arrays.values())) if a is not None]
-            others = sum(1 for a in alive if id(a) not in mine)
+            lent = self._lent
+            others = sum(1 for a in alive if id(a) not in mine and id(a) not in lent)
             direct = sum(1 for a in alive if a.base is self.root)
             # References to root: self.root, getrefcount's argument, and each tracked array
             # built directly on it. More means untracked (plain ndarray) views exist.
@@ -200,7 +233,11 @@ class Mapping:
         if self.closed:
             from bigarr.errors import ClosedError
 
-            raise ClosedError(f"The mapping of {self.path} is closed.")
+            raise ClosedError(
+                f"The mapping of {self.path} is closed; its data can no longer be read or "
+                "written. Open the file again (bigarr.open) to use it, or copy what you need "
+                "before close()."
+            )
 
     def check_file(self) -> None:
         """Refuse to touch pages if the file has shrunk below the mapped range (SIGBUS risk).
@@ -414,6 +451,14 @@ class Mapping:
             if _libc.mmap(self.addr, self.length, prot, flags, -1, 0) in (None, _MAP_FAILED):
                 raise _oserror("retiring the mapping", self.path)
         self.closed = True
+        # Writes that get past the ClosedError checks (np.asarray(x) of a closed array, which
+        # no Python hook sees) must fail rather than land in the zero pages and vanish.
+        self.root.flags.writeable = False
+        for ref in list(self._arrays.values()):
+            a = ref()
+            if a is not None:  # ndarray's own setflags: bigarr.memmap's refuses closed arrays
+                np.ndarray.setflags(a, write=False)
+            del a
         self._fd_finalizer()
         if failure is not None:
             raise failure
