@@ -60,6 +60,12 @@ SEED = int(os.environ.get("BIGARR_CRASH_SEED", "11"))
 _STRAYS = ("a kill leaves the hidden temporary file of create() (.NAME.bigarr-tmp-PID-XXXX, "
            "preallocated to the full size) and no later run removes it")
 KNOWN: dict[tuple[str, str], str] = {
+    ("map_blocks_resume_twice", "no_strays_after_rerun"):
+        "a resumed map_blocks killed again leaves a .NAME.bigarr-partial-* (and the partial's own "
+        "create() temporary) that the successful rerun never removes — issue 11 points 1 and 8",
+    ("map_blocks_appender_resume", "no_strays_after_rerun"):
+        "a killed map_blocks into an Appender leaves its .NAME.bigarr-lock behind after the "
+        "successful rerun — issue 11 point 1",
     ("create", "no_strays_after_rerun"): f"{_STRAYS} — issue 11 point 8",
     ("from_zarr", "no_strays_after_rerun"):
         "a kill leaves from_zarr's full-size .NAME.bigarr-tmp-PID-XXXX; a rerun makes a new "
@@ -106,7 +112,8 @@ def test_every_operation_is_killed_and_a_clean_run_passes_its_checks(
     assert set(matrix["ops"]) == set(crash_runner.OPS)
     for name, op in matrix["ops"].items():
         assert op["calls"] > 0, name  # the hooks saw the operation's syscalls
-        assert op["clean_run"] == {}, (name, op["clean_run"])  # the checks can pass
+        failed = {inv: why for inv, why in op["clean_run"].items() if (name, inv) not in KNOWN}
+        assert failed == {}, (name, failed)  # the checks can pass (known defects: xfail below)
         assert op["killed"] >= 1, name
         assert op["op_errors"] == [], (name, op["op_errors"])
 

@@ -272,9 +272,12 @@ def test_zero_size_arrays(tmp_path: Path, shape: tuple[int, ...], mode: str) -> 
 
 def test_open_warns_about_an_interrupted_in_place_output(npy_path: Path) -> None:
     from bigarr._formats.journal import Journal
+    from bigarr._os.fileid import path_id
 
-    journal = Journal.start(str(npy_path), {"shape": [100, 7], "chunks": [[0, 50], [50, 100]]},
-                            resume=False)
+    ident = path_id(str(npy_path))
+    assert ident is not None
+    journal = Journal.create(str(npy_path), {"kind": "in-place", "target": {
+        "id": ident.to_json()}, "run": {"chunks": [[0, 50], [50, 100]]}})
     journal.record([0])
     journal.close()  # what a killed run leaves behind
     with pytest.warns(errors.IncompleteOutputWarning, match="1 of 2 chunks"):

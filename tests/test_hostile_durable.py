@@ -31,9 +31,6 @@ def _offset(path: Path) -> int:
 
 
 # ---- two Appenders on one file -----------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "two Appenders on one file are not excluded: both write after the same committed length, "
-    "the second overwrites the first's rows and both commits succeed — issue 11 point 1"))
 def test_two_appenders_on_one_file_never_lose_rows(tmp_path: Path) -> None:
     path = tmp_path / "a.npy"
     bigarr.append(path, np.arange(10.0))
@@ -51,10 +48,6 @@ def test_two_appenders_on_one_file_never_lose_rows(tmp_path: Path) -> None:
     assert sorted(got.tolist()) == sorted([*range(10), *range(100, 105), *range(200, 203)])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Appender.close() trims the file to its own idea of the end, cutting off rows another "
-    "Appender committed: the header then claims 110 rows of a file holding 10, and every "
-    "reader fails with TruncatedFileError — issue 11 point 1"))
 def test_closing_an_appender_never_cuts_rows_another_committed(tmp_path: Path) -> None:
     path = tmp_path / "a.npy"
     bigarr.append(path, np.arange(10.0))

@@ -30,10 +30,13 @@ keeps working::
     ├── PickleError_ (TypeError)            an array that cannot be pickled by reference
     ├── ArgumentError (TypeError)           an argument of a type bigarr cannot use
     ├── IncompleteOutputError (RuntimeError)  an output left behind by a run that did not finish
+    ├── OutputLockedError (BlockingIOError)  another run (process or thread) is writing the output
     ├── MissingExtraError (ImportError)     an optional extra (dask) is not installed
     └── UnsupportedError (NotImplementedError)  a feature this platform or kernel lacks
 
     IncompleteOutputWarning (UserWarning)   open() of an output whose writing run did not finish
+    StaleJournalWarning (UserWarning)       a journal that does not describe this file or run was
+                                            set aside (never trusted)
 """
 
 from __future__ import annotations
@@ -64,10 +67,12 @@ __all__ = [
     "NotADirError",
     "NotAFileError",
     "PathError",
+    "OutputLockedError",
     "PickleError_",
     "ReadOnlyError",
     "RegionError",
     "ShapeError",
+    "StaleJournalWarning",
     "TruncatedFileError",
     "UnsupportedError",
 ]
@@ -197,6 +202,29 @@ class ArgumentError(BigArrError, TypeError):
 
 class IncompleteOutputError(BigArrError, RuntimeError):
     """An output file left behind by a run that did not finish."""
+
+
+class OutputLockedError(BigArrError, BlockingIOError):
+    """Another run (in this or another process) is writing the same output; it holds its lock.
+
+    Writers of one output exclude each other instead of waiting: wait for the other run to
+    finish, or write to another path.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_errno.EAGAIN, message)
+
+    def __str__(self) -> str:
+        return str(self.args[1])
+
+
+class StaleJournalWarning(UserWarning):
+    """A journal next to a file does not describe that file (or this run) and was not trusted.
+
+    It names another file (the name was re-created or replaced), another region, another
+    function or other inputs, or it is malformed or crafted. None of its records is used; the
+    message says what was done with it (replaced, or removed).
+    """
 
 
 class IncompleteOutputWarning(UserWarning):

@@ -22,6 +22,15 @@ a :class:`bigarr.Appender`
 With ``resume=True`` chunks are journaled as they become durable (see
 :mod:`bigarr._formats.journal`); running the same call again after a crash recomputes only the
 chunks not recorded.
+
+One writer per output: a run holds the output's lock (:class:`bigarr._os.lock.OutputLock`)
+while it writes, and a second run of the same output (another process, or another thread) raises
+:class:`~bigarr.errors.OutputLockedError` instead of sharing its partial file. A journal is
+trusted only for the very file it names (by identity) and the very run (inputs, chunks, output
+view and function); any other journal is reported with a
+:class:`~bigarr.errors.StaleJournalWarning` when ``resume=True`` and replaced, except that a
+journal of an unfinished in-place write of *another* region of the same file refuses the run
+(replacing it would hide that region's unfinished state).
 """
 
 from __future__ import annotations
@@ -30,6 +39,9 @@ import contextlib
 import hashlib
 import mmap
 import os
+import re
+import stat
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
@@ -45,23 +57,36 @@ from bigarr._compute.engine import (
     plan_rows,
 )
 from bigarr._compute.progress import Progress, ProgressArg
+from bigarr._compute.token import function_token
 from bigarr._core.append import Appender
 from bigarr._core.array import memmap
 from bigarr._core.files import create, file_path, parse_order, publish
 from bigarr._core.files import open as open_npy
 from bigarr._formats.journal import (
     Journal,
+    Parsed,
+    canonical,
     input_identity,
     journal_path,
-    partial_path,
     read_journal,
+    target_id,
+    user_stacklevel,
 )
 from bigarr._os.durable import fsync_dir
+from bigarr._os.fileid import FileId, file_id, hidden_name, path_id
 from bigarr._os.geometry import parse_size
+from bigarr._os.lock import OutputLock
 from bigarr._os.paths import check_output
 from bigarr._plan.budget import plan_memory
 from bigarr._plan.chunks import Chunk, ChunkPlan
-from bigarr.errors import ArgumentError, ReadOnlyError, ShapeError
+from bigarr.errors import (
+    ArgumentError,
+    FileChangedError,
+    IncompleteOutputError,
+    ReadOnlyError,
+    ShapeError,
+    StaleJournalWarning,
+)
 
 __all__ = ["map_blocks"]
 
@@ -158,6 +183,7 @@ def map_blocks(
     order: str = "C",
     flush_every: int | str | None = None,
     prefetch: int = 1,
+    token: str | None = None,
 ) -> memmap | Appender | np.ndarray[Any, Any]:
     """Apply ``func`` to chunks of rows of ``inputs`` and write the results to ``out``.
 
@@ -187,9 +213,12 @@ def map_blocks(
     resume
         Journal durable chunks and, when a journal of the same run exists, skip them. A run is
         "the same" when the chunk boundaries, the output's dtype and order, every mapped
-        input's path, size and modification time, and the values of the operands passed whole
-        match; in-memory inputs with rows are identified only by shape and dtype, so resuming
-        with other in-memory data is the caller's mistake.
+        input's path, size and modification time, the values of the operands passed whole,
+        the function (its code, defaults, closure and the globals it reads; see ``token``),
+        and the output file (its identity, not its name) and the region of it written match;
+        in-memory inputs with rows are identified only by shape and dtype, so resuming
+        with other in-memory data is the caller's mistake. A journal of another run is not
+        used: it is reported with a ``StaleJournalWarning`` and the run starts over.
         ``func`` must be deterministic for the resumed output to equal an uninterrupted one.
     overwrite
         Replace an existing file at ``out``.
@@ -201,6 +230,10 @@ def map_blocks(
         budget, whichever is less).
     prefetch
         Chunks read ahead of the workers.
+    token
+        A string naming the version of ``func`` for ``resume``, used instead of the digest of
+        its code: pass it when ``func`` depends on something its code does not show (a file it
+        reads, a large array it closes over), and change it whenever that changes.
 
     Returns
     -------
@@ -213,7 +246,14 @@ def map_blocks(
         If the budget cannot hold the plan (both numbers quoted), before anything runs.
     FileExistsError_
         If ``out`` is an existing path (or a directory) and ``overwrite`` is not set; an
-        unfinished run's output is not at ``out`` yet, so ``resume`` never needs it.
+        unfinished run's output is not at ``out`` yet, so ``resume`` never needs it. Also if
+        something other than bigarr's lock file (a symbolic link) is at the lock name.
+    OutputLockedError
+        If another run (process or thread) is writing the same output; runs never wait.
+    IncompleteOutputError
+        If ``out`` is written in place and holds the journal of another run's unfinished write
+        of a different region (or a journal that cannot be verified): finish that run with
+        ``resume=True``, or delete the journal.
     ReadOnlyError
         If ``out`` is an array that cannot be written (a read-only mapping).
     ShapeError
@@ -259,7 +299,11 @@ def map_blocks(
         primary = max(chunked, key=lambda s: _row_bytes(s.array))
         plan = plan_rows(primary, memory)
         memory.check(max(plan.max_chunk_bytes, _max_chunk(plan, target_rows)))
-        job = _Job(func, args, plan, nthreads, prefetch, progress, resume, every)
+        if token is not None and not isinstance(token, str):
+            raise ArgumentError(f"Expected token as a str. Got {type(token).__name__}.")
+        if token is None:  # only a resumed run reads the function's identity back
+            token = function_token(func) if resume else "not resumable"
+        job = _Job(func, args, plan, nthreads, prefetch, progress, resume, every, token)
         try:
             if isinstance(out, Appender):
                 return job.to_appender(out)
@@ -288,8 +332,9 @@ class _Job:
     """One map_blocks run: the plan, the function, and how results reach the output."""
 
     def __init__(self, func: Callable[..., Any], args: list[Any], plan: ChunkPlan, threads: int,
-                 prefetch: int, progress: ProgressArg, resume: bool, every: int) -> None:
-        self.func, self.args, self.plan = func, args, plan
+                 prefetch: int, progress: ProgressArg, resume: bool, every: int,
+                 token: str) -> None:
+        self.func, self.args, self.plan, self.token = func, args, plan, token
         self.threads, self.prefetch, self.progress = threads, prefetch, progress
         self.resume, self.every = resume, every
         self.streams = [a for a in args if isinstance(a, Stream)]
@@ -297,11 +342,19 @@ class _Job:
         self.output: memmap | None = None
         """A new output file while it is being written (closed at once if the run fails)."""
 
-    def journal(self, output: str, fingerprint: dict[str, Any], *, resume: bool) -> Journal:
-        """Start a journal, remembered so that :meth:`close` releases it on any exit."""
-        journal = Journal.start(output, fingerprint, resume=resume)
+    def journal(self, output: str, header: dict[str, Any],
+                done: dict[int, int | None] | None = None, *, durable: bool = True) -> Journal:
+        """Write a new journal, remembered so that :meth:`close` releases it on any exit."""
+        journal = Journal.create(output, header, done, durable=durable)
         self.journals.append(journal)
         return journal
+
+    def stale(self, path: str, why: str, action: str, old: Parsed | None = None) -> None:
+        """Report a journal that is not trusted, when resuming and it recorded work (``old``,
+        if given, has chunks done): otherwise there was nothing to resume."""
+        if self.resume and (old is None or old.done):
+            warnings.warn(f"Not resuming from {journal_path(path)}: {why}. {action}",
+                          StaleJournalWarning, stacklevel=user_stacklevel())
 
     def close(self) -> None:
         """Close the journals' files (an interrupted run keeps them on disk)."""
@@ -323,6 +376,7 @@ class _Job:
             "chunks": [[c.rows.start, c.rows.stop] for c in self.plan.chunks],
             "inputs": [_identity(s) for s in self.streams],
             "operands": [_operand_identity(a) for a in self.args if not isinstance(a, Stream)],
+            "function": self.token,
             **extra,
         }
 
@@ -346,74 +400,126 @@ class _Job:
 
     # ---- outputs ---------------------------------------------------------------------------
     def to_new_file(self, target: str, dtype: Any, overwrite: bool, order: str) -> memmap:
-        existing = check_output(target, overwrite)  # a regular file at most, with overwrite
-        partial = partial_path(target)
-        try:
-            return self._new_file(target, partial, existing, dtype, order)
-        except BaseException:
-            if self.output is not None:  # unmapped now, not when the traceback is dropped
-                with contextlib.suppress(Exception):
-                    self.output.close(force=True)
-            if not self.resume:  # nothing will resume from it: give its disk space back now
-                with contextlib.suppress(OSError):
-                    os.unlink(partial)
-            raise
+        with OutputLock(target):
+            return self._to_new_file(target, dtype, overwrite, order)
 
-    def _new_file(self, target: str, partial: str, existing: str, dtype: Any,
-                  order: str) -> memmap:
-        fp = self.fingerprint("file", {"dtype": None if dtype is None else np.dtype(dtype).str,
-                                       "order": order})
+    def _adopt_partial(self, target: str, old: Parsed | None,
+                       run: dict[str, Any]) -> tuple[memmap | None, str | None]:
+        """The partial file of an interrupted run of this output, if it may be resumed.
+
+        Returns ``(opened partial or None, path of a partial to delete or None)``. The partial
+        is found only through the journal, and used only if the journal describes this run and
+        the file at its name is the one the journal names (its identity).
+        """
+        if old is None:
+            if os.path.lexists(journal_path(target)):
+                self.stale(target, "it is not a journal bigarr can read (malformed, or not a "
+                           "regular file)", "It is replaced and the run starts over.")
+            return None, None
+        partial = _partial_named(target, old)
+        if old.version != 2 or old.header.get("kind") != "file" or partial is None:
+            self.stale(target, "it was written for another kind of output or by an older "
+                       "bigarr", "It is replaced and the run starts over.", old)
+            return None, None
+        named = target_id(old)
+        if old.header.get("run") != canonical(run):
+            self.stale(target, "it records another run (other inputs, chunks, dtype or "
+                       "function)", "Its partial file is deleted and the run starts over.", old)
+            return None, partial
+        if not self.resume or not old.done or named is None:
+            return None, partial
+        if not _regular(partial):  # missing, or a link planted at the name: never opened
+            self.stale(target, f"its partial file {partial} is missing or not a regular file",
+                       "The run starts over.")
+            return None, None
+        try:
+            outarr = open_npy(partial, "shared")
+        except (OSError, ValueError):
+            self.stale(target, f"its partial file {partial} is missing or unreadable",
+                       "The run starts over.")
+            return None, None
+        mapping = outarr._bigarr
+        if mapping is None or file_id(mapping.fd) != named:
+            outarr.close()
+            self.stale(target, f"{partial} is not the file the journal names (it was "
+                       "replaced)", "It is left alone and the run starts over.")
+            return None, None
+        if outarr.shape[:1] != self.plan.shape[:1]:
+            outarr.close()
+            return None, partial
+        return outarr, None
+
+    def _to_new_file(self, target: str, dtype: Any, overwrite: bool, order: str) -> memmap:
+        existing = check_output(target, overwrite)  # a regular file at most, with overwrite
+        run = self.fingerprint("file", {"dtype": None if dtype is None else np.dtype(dtype).str,
+                                        "order": order})
+        old = read_journal(journal_path(target))
+        outarr, doomed = self._adopt_partial(target, old, run)
         journal: Journal | None = None
-        outarr: memmap | None = None
         skip: set[int] = set()
-        if self.resume and os.path.exists(partial):
-            journal = self.journal(target, fp, resume=True)
-            if journal.done:
-                outarr = open_npy(partial, "shared")
-                if outarr.shape[:1] != self.plan.shape[:1]:
-                    outarr.close()
-                    outarr = None
-                else:
-                    skip = set(journal.done)
-        todo = [c for c in self.plan.chunks if c.index not in skip]
-        with self._bar(todo) as bar:
-            first: tuple[Chunk, np.ndarray[Any, Any]] | None = None
-            if outarr is None:
-                if self.resume:
-                    journal = self.journal(target, fp, resume=False)
-                elif os.path.exists(journal_path(target)):
-                    os.unlink(journal_path(target))  # a stale journal of an abandoned run
-                if len(self.plan):
-                    chunk = self.plan.chunks[0]
-                    blocks = [s.array[chunk.rows] for s in self.streams]
-                    first = (chunk, _check_rows(self.call(chunk, blocks), chunk, None))
-                    sample = first[1]
-                else:
-                    sample = self.empty_result()
-                if sample.ndim == 0:
-                    raise ShapeError("Expected func to return rows. Got a scalar.")
-                shape = (self.plan.shape[0] if self.plan.shape else 0, *sample.shape[1:])
-                outarr = create(partial, shape, dtype if dtype is not None else sample.dtype,
-                                order=order, overwrite=True)
-            self.output = outarr
-            out = as_stream(outarr, output=True, by_key=False)
-            writeback = Writeback(self.every, durable=self.resume,
-                                  on_durable=None if journal is None else journal.record)
-            row_shape = outarr.shape[1:]
-            if first is not None:
-                chunk, res = first
-                writeback.write(chunk.index, out, out.block(chunk), res)
-                writeback.chunk_done(chunk.index)
-                bar.advance(chunk.index, chunk.nbytes)
-                skip.add(chunk.index)
-            self._write_all(out, writeback, skip, bar, row_shape)
-        if journal is not None:
+        created: str | None = None
+        if outarr is not None:
+            assert old is not None
+            partial = os.path.join(os.path.dirname(target), old.header["target"]["partial"])
+            journal = self.journal(target, old.header, old.done)
+            skip = set(journal.done)
+        else:
+            if doomed is not None:
+                _remove_partial(doomed, None if old is None else target_id(old))
+            partial = hidden_name(target, "partial")
+            header: dict[str, Any] = {"kind": "file", "run": run, "target": {
+                "partial": os.path.basename(partial), "id": None}}
+            # The journal names the partial before it exists, so a crash at any point leaves
+            # nothing the next run of this output cannot find and delete. Without resume it
+            # only has to outlive the process, not the machine: it is not synced.
+            journal = self.journal(target, header, durable=self.resume)
+        try:
+            todo = [c for c in self.plan.chunks if c.index not in skip]
+            with self._bar(todo) as bar:
+                first: tuple[Chunk, np.ndarray[Any, Any]] | None = None
+                if outarr is None:
+                    if len(self.plan):
+                        chunk = self.plan.chunks[0]
+                        blocks = [s.array[chunk.rows] for s in self.streams]
+                        first = (chunk, _check_rows(self.call(chunk, blocks), chunk, None))
+                        sample = first[1]
+                    else:
+                        sample = self.empty_result()
+                    if sample.ndim == 0:
+                        raise ShapeError("Expected func to return rows. Got a scalar.")
+                    shape = (self.plan.shape[0] if self.plan.shape else 0, *sample.shape[1:])
+                    created = partial
+                    outarr = create(partial, shape, dtype if dtype is not None else sample.dtype,
+                                    order=order)
+                    assert outarr._bigarr is not None
+                    header["target"]["id"] = file_id(outarr._bigarr.fd).to_json()
+                    journal.close()
+                    journal = self.journal(target, header, durable=self.resume)
+                out = as_stream(outarr, output=True, by_key=False)
+                writeback = Writeback(self.every, durable=self.resume,
+                                      on_durable=journal.record if self.resume else None)
+                row_shape = outarr.shape[1:]
+                if first is not None:
+                    chunk, res = first
+                    writeback.write(chunk.index, out, out.block(chunk), res)
+                    writeback.chunk_done(chunk.index)
+                    bar.advance(chunk.index, chunk.nbytes)
+                    skip.add(chunk.index)
+                self._write_all(out, writeback, skip, bar, row_shape)
             journal.complete()
-        outarr.close(force=True)  # the only other views are the engine's own blocks
-        publish(partial, target, overwrite=existing == "file")
-        fsync_dir(target)
-        if journal is not None:
-            journal.remove()
+            outarr.close(force=True)  # the only other views are the engine's own blocks
+            publish(partial, target, overwrite=existing == "file")
+            fsync_dir(target)
+        except BaseException:
+            if outarr is not None:
+                outarr.close(force=True)
+            if not self.resume:  # nothing can resume it: leave no hidden file behind
+                if created is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(created)
+                journal.remove()
+            raise
+        journal.remove()
         return open_npy(target, "shared")
 
     def in_place(self, array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -424,8 +530,6 @@ class _Job:
                 "Expected a writable out array. Got a read-only one; open the file with mode "
                 "'shared' (r+) to write into it."
             )
-        journal = None
-        skip: set[int] = set()
         if out.mapping is not None and self.resume and any(
                 s.mapping is not None and os.path.samefile(s.mapping.path, out.mapping.path)
                 for s in self.streams):
@@ -434,13 +538,65 @@ class _Job:
                 "input: a chunk written but not yet journaled would be transformed twice on "
                 "resume. Write to a new file (out='new.npy') to make the run resumable."
             )
-        if out.mapping is not None:
-            fp = self.fingerprint("in-place", {"out": [out.mapping.path, list(array.shape),
-                                                       array.dtype.str]})
-            journal = self.journal(out.mapping.path, fp, resume=self.resume)
-            skip = set(journal.done)
+        if out.mapping is None:
+            if self.resume:
+                raise ShapeError(
+                    "resume=True needs an output file: pass a path or a bigarr.memmap.")
+            return self._in_place(array, out, None)
+        with OutputLock(out.mapping.path):
+            return self._in_place(array, out, out.mapping.path)
+
+    def _in_place_journal(self, path: str, out: Stream,
+                          array: np.ndarray[Any, Any]) -> Journal:
+        """The journal of an in-place run: the old one's records only if it is this run's."""
+        assert out.mapping is not None
+        me = file_id(out.mapping.fd)
+        view = [plan_offset(out), list(array.shape), list(array.strides), array.dtype.str]
+        run = self.fingerprint("in-place", {})
+        header = {"kind": "in-place", "run": run,
+                  "target": {"id": me.to_json(), "view": view}}
+        old = read_journal(journal_path(path))
+        done: dict[int, int | None] = {}
+        if old is None and not _regular(journal_path(path)):
+            if os.path.lexists(journal_path(path)):
+                self.stale(path, "a link or special file is at its name, not a journal bigarr "
+                           "wrote", "It is replaced (the link itself; nothing it names).")
+        elif old is None:
+            raise IncompleteOutputError(
+                f"{journal_path(path)} is not a journal bigarr can read (malformed, or a file "
+                f"with other hard links), so whether {path} holds an unfinished write cannot be "
+                "told. Delete it if the file is known to be complete, then run again."
+            )
+        elif old.version != 2:
+            raise IncompleteOutputError(
+                f"{journal_path(path)} was written by an older bigarr and names no file "
+                f"identity: {path} may hold an unfinished write. Delete the journal if the file "
+                "is known to be complete, then run again."
+            )
+        elif target_id(old) != me:
+            self.stale(path, "it names another file that had this name", "It is replaced.", old)
+        elif old.header.get("kind") != "in-place" or old.header["target"].get("view") != view:
+            if not old.complete:
+                raise IncompleteOutputError(
+                    f"{path} holds an unfinished write by another run ({old.header.get('kind')} "
+                    f"of another region; journal {journal_path(path)}). Finish that run with "
+                    "resume=True, or delete the journal to accept the file as it is; this run "
+                    "would otherwise hide that region's unfinished state."
+                )
+        elif old.header.get("run") != canonical(run):
+            self.stale(path, "it records another run of this region (other inputs, chunks or "
+                       "function)", "It is replaced and every chunk is written again.", old)
         elif self.resume:
-            raise ShapeError("resume=True needs an output file: pass a path or a bigarr.memmap.")
+            done = old.done
+        return self.journal(path, header, done)
+
+    def _in_place(self, array: np.ndarray[Any, Any], out: Stream,
+                  path: str | None) -> np.ndarray[Any, Any]:
+        journal = None
+        skip: set[int] = set()
+        if path is not None:
+            journal = self._in_place_journal(path, out, array)
+            skip = set(journal.done)
         writeback = Writeback(self.every, durable=self.resume and journal is not None,
                               on_durable=journal.record if journal and self.resume else None)
         todo = [c for c in self.plan.chunks if c.index not in skip]
@@ -455,24 +611,51 @@ class _Job:
 
     def to_appender(self, app: Appender) -> Appender:
         path = app.path
-        old = read_journal(journal_path(path)) if self.resume else None
+        me = file_id(app.fileno())
+        run = self.fingerprint("append", {"dtype": app.dtype.str,
+                                          "row_shape": list(app.row_shape)})
+        old = read_journal(journal_path(path))
         base = app.committed
-        if old is not None and isinstance(old[0], dict) and "base" in old[0]:
-            base = int(old[0]["base"])
-        fp = self.fingerprint("append", {"base": base, "dtype": app.dtype.str,
-                                         "row_shape": list(app.row_shape)})
-        journal = self.journal(path, fp, resume=self.resume)
         done = 0  # chunks 0..done-1 are committed (appends commit in chunk order)
-        while done in journal.done:
-            done += 1
-        rows = base if done == 0 else journal.done[done - 1]
-        app.truncate(rows if rows is not None else base)
+        kept: dict[int, int | None] = {}
+        if old is not None and self.resume:
+            named = old.header.get("target") if old.version == 2 else None
+            old_base = named.get("base") if isinstance(named, dict) else None
+            if (old.version != 2 or target_id(old) != me or old.header.get("kind") != "append"
+                    or not isinstance(old_base, int) or isinstance(old_base, bool)):
+                self.stale(path, "it names another file, another kind of output, or is from an "
+                           "older bigarr", f"It is replaced; the run appends after the "
+                           f"{app.committed} rows {path} holds.", old)
+            elif old.header.get("run") != canonical(run):
+                self.stale(path, "it records another run (other inputs, chunks or function)",
+                           f"It is replaced; the run appends after the {app.committed} rows "
+                           f"{path} holds, keeping the interrupted run's rows.", old)
+            else:
+                while done in old.done:
+                    done += 1
+                kept = {i: old.done[i] for i in range(done)}
+                rows = old_base if done == 0 else kept[done - 1]
+                rows = old_base if rows is None else rows
+                ceiling = max([old_base, *old.grows, *(r for r in kept.values() if r)])
+                if not rows <= app.committed <= ceiling:
+                    raise FileChangedError(
+                        5, f"{path} holds {app.committed} rows, but the interrupted run's "
+                        f"journal accounts for {rows} to {ceiling}: rows were added or removed "
+                        "by something else since. Nothing was changed. Delete "
+                        f"{journal_path(path)} to append after the current rows instead."
+                    )
+                base = old_base
+                app.truncate(rows)
+        header = {"kind": "append", "run": run, "target": {"id": me.to_json(), "base": base}}
+        journal = self.journal(path, header, kept)
         todo = [c for c in self.plan.chunks if c.index >= done]
         since: list[int] = []
         with self._bar(todo) as bar:
             for chunk, res in _engine.run(self.plan, self.call, streams=self.streams,
                                           threads=self.threads, prefetch=self.prefetch,
                                           progress=bar, skip=range(done)):
+                if self.resume:  # an append may commit by itself: announce how far first
+                    journal.intend(len(app) + int(np.shape(res)[0] if np.ndim(res) else 1))
                 app.append(res)
                 since.append(chunk.index)
                 if (len(app) - app.committed) * max(1, _row_bytes_of(app)) >= self.every:
@@ -486,6 +669,47 @@ class _Job:
         journal.complete()
         journal.remove()
         return app
+
+
+def _regular(path: str) -> bool:
+    """True if ``path`` itself (not a link's target) is a regular file."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+_PARTIAL = re.compile(r"\.(?P<name>.+)\.bigarr-partial-[0-9a-f]{16}")
+
+
+def _partial_named(target: str, old: Parsed) -> str | None:
+    """The partial file a version-2 journal names, if the name is one bigarr makes for
+    ``target`` (in its folder, with a random suffix); None for anything else."""
+    if old.version != 2 or not isinstance(old.header.get("target"), dict):
+        return None
+    name = old.header["target"].get("partial")
+    if not isinstance(name, str):
+        return None
+    m = _PARTIAL.fullmatch(name)
+    if m is None or m.group("name") != os.path.basename(target):
+        return None
+    return os.path.join(os.path.dirname(target), name)
+
+
+def _remove_partial(path: str, named: FileId | None) -> None:
+    """Delete an abandoned partial file, unless the journal named another file by identity."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if named is not None:
+        if not os.path.isfile(path) or os.path.islink(path) or path_id(path) != named:
+            return  # not the file the journal described: not ours to delete
+    elif not (os.path.isfile(path) and not os.path.islink(path) and st.st_nlink == 1):
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    fsync_dir(path)
 
 
 def _row_bytes_of(app: Appender) -> int:

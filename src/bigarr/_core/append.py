@@ -36,6 +36,7 @@ from bigarr._core.files import create, file_path, preallocate
 from bigarr._formats.npy import NpyHeader, build_header, check_dtype, read_header, rewrite_shape
 from bigarr._os.durable import datasync, pwrite_all
 from bigarr._os.geometry import align_up, parse_size
+from bigarr._os.lock import OutputLock
 from bigarr._os.paths import os_error
 from bigarr.errors import (
     DiskFullError,
@@ -79,6 +80,9 @@ class Appender:
         file with more than one dimension.
     FileMissingError
         If the file does not exist and no ``dtype`` is given.
+    OutputLockedError
+        If another Appender or ``map_blocks`` run (in any process) is writing the file: an
+        open Appender holds the file's output lock until :meth:`close`.
 
     Notes
     -----
@@ -102,24 +106,25 @@ class Appender:
         self._commit_every = parse_size(commit_every or step, name="commit_every")
         self._lock = threading.Lock()
         self._fd = -1
-        if overwrite or not os.path.lexists(self.path):
-            if dtype is None:
-                raise FileMissingError(
-                    f"{self.path} does not exist; pass dtype= (and row_shape=) to create it."
-                )
-            dt = check_dtype(dtype)
-            shape = (0, *(row_shape or ()))
-            create(self.path, shape, dt, overwrite=overwrite).close()
+        if (overwrite or not os.path.lexists(self.path)) and dtype is None:
+            raise FileMissingError(
+                f"{self.path} does not exist; pass dtype= (and row_shape=) to create it."
+            )
+        self._output_lock = OutputLock(self.path)  # one writer at a time, across processes
         try:
-            fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-        except OSError as exc:  # EROFS, EACCES, ELOOP, ENOTDIR, ...
-            raise os_error(exc, self.path, writing=True) from None
-        try:
-            st = os.fstat(fd)
+            if overwrite or not os.path.lexists(self.path):
+                dt = check_dtype(dtype)
+                shape = (0, *(row_shape or ()))
+                create(self.path, shape, dt, overwrite=overwrite).close()
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+            except OSError as exc:  # EROFS, EACCES, ELOOP, ENOTDIR, ...
+                raise os_error(exc, self.path, writing=True) from None
+            st = os.fstat(self._fd)
             if not stat.S_ISREG(st.st_mode):  # a FIFO would block the header read forever
                 raise NotAFileError(f"Expected a regular .npy file to append to. Got a "
                                     f"directory or special file: {self.path}")
-            with os.fdopen(os.dup(fd), "rb") as f:
+            with os.fdopen(os.dup(self._fd), "rb") as f:
                 header = read_header(f, st.st_size, name=self.path)
             self._check(header, dtype, row_shape)
             self._max_rows = _header_capacity(header)
@@ -130,9 +135,11 @@ class Appender:
                     "with 'bigarr convert' (which pads the header) and append to the copy."
                 )
         except BaseException:
-            os.close(fd)
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self._output_lock.release()
             raise
-        self._fd = fd
         self._header: NpyHeader = header
         self.dtype: np.dtype[Any] = header.dtype
         """Element type."""
@@ -167,6 +174,11 @@ class Appender:
     def __len__(self) -> int:
         """Rows appended so far, committed or not."""
         return self._committed + self._pending
+
+    def fileno(self) -> int:
+        """The file descriptor of the open file (for identity checks; do not close it)."""
+        self._check_open()
+        return self._fd
 
     @property
     def closed(self) -> bool:
@@ -298,7 +310,7 @@ class Appender:
             self._pending = 0
 
     def close(self) -> None:
-        """Commit, trim the reserved tail, and close the file. Idempotent.
+        """Commit, trim the reserved tail, and close the file and release its lock. Idempotent.
 
         The descriptor is closed and the reserved tail trimmed even if the commit fails; the
         commit's error is then raised (the file keeps its last committed rows).
@@ -311,13 +323,16 @@ class Appender:
             with self._lock:
                 fd, self._fd = self._fd, -1
                 try:
-                    end = self._header.data_offset + self._committed * self._row_bytes
-                    with contextlib.suppress(OSError):  # a tail left is unused, never wrong
-                        if os.fstat(fd).st_size > end:
-                            os.ftruncate(fd, end)
-                            datasync(fd)
+                    if fd >= 0:
+                        end = self._header.data_offset + self._committed * self._row_bytes
+                        with contextlib.suppress(OSError):  # a tail left is unused, never wrong
+                            if os.fstat(fd).st_size > end:
+                                os.ftruncate(fd, end)
+                                datasync(fd)
                 finally:
-                    os.close(fd)
+                    if fd >= 0:
+                        os.close(fd)
+                    self._output_lock.release()
 
     def __enter__(self) -> Appender:
         return self

@@ -403,7 +403,7 @@ def open(path: str | os.PathLike[str], mode: str = "r") -> memmap:
         raise ModeError("open() maps existing files; use bigarr.create() to make a new one.")
     target = file_path(path)
     header = _header_of(target)
-    if os.path.exists(journal_path(target)):  # one stat; see bigarr._formats.journal
+    if os.path.lexists(journal_path(target)):  # one stat; see bigarr._formats.journal
         try:
             check_complete(target)
         except IncompleteOutputError as exc:

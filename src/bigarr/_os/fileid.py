@@ -1,0 +1,325 @@
+"""Which file is this? Identities of files, and opening bigarr's own hidden names safely.
+
+Durable artifacts that describe another file (a resume journal, a commit journal) must say
+*which* file they describe, not just which name: a name can be re-created, replaced or pointed
+elsewhere by a symbolic link between the crash and the recovery. A :class:`FileId` is what the
+operating system tells apart:
+
+* ``dev`` and ``ino``: the file system and inode number. Unique among files that exist at the
+  same time, but an inode number is reused soon after its file is deleted (ext4 does so at once).
+* ``birth``: the inode's creation time in nanoseconds (``statx`` ``STATX_BTIME``; ext4, xfs,
+  btrfs and tmpfs report it), ``None`` where the kernel or file system does not.
+* ``generation``: the inode's generation number (``FS_IOC_GETVERSION``; ext4 draws it at
+  random for each new inode), ``None`` where unsupported.
+
+A deleted and re-created file gets a new birth time and generation even when it reuses the inode
+number, so the four together identify one file for its whole life; on a file system that has
+neither, the identity is only ``(dev, ino)``, and callers add what else they can (size, header
+bytes).
+
+Hidden names. bigarr's temporary and partial files are named ``.<name>.bigarr-<kind>-<hex>``
+with 16 random hex digits (:func:`hidden_name`), so another process, or a planted file, cannot
+guess or collide with them, and they are created with ``O_CREAT | O_EXCL | O_NOFOLLOW``
+(:func:`create_new`): an existing name, including a symbolic link (even a dangling one), is
+refused, never followed. Journals are first written as unnamed files (``O_TMPFILE``,
+:func:`create_unnamed`) and given their name only when complete (:func:`install`), so a crash
+while writing one leaves nothing to clean up. Names that must be found again by the output's
+name alone (the resume journal, the commit journal, the lock) are opened with ``O_NOFOLLOW``
+(:func:`open_regular`) and replaced only by ``rename``, which replaces a link itself and never
+writes through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import secrets
+import stat
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "FileId",
+    "NotARegularFile",
+    "create_new",
+    "create_unnamed",
+    "discard_unnamed",
+    "file_id",
+    "hidden_name",
+    "install",
+    "open_regular",
+    "path_id",
+]
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+_AT_EMPTY_PATH = 0x1000
+_STATX_BTIME = 0x800
+_STATX_SIZE = 256  # bytes of struct statx the kernel fills; the buffer is twice that
+_BTIME_AT = 80  # offset of stx_btime (tv_sec int64, tv_nsec uint32) in struct statx
+_MASK_AT = 0
+_FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long) on 64-bit Linux
+
+
+def _load_statx() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.statx
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_STATX = _load_statx()
+
+
+def _birth_ns(fd: int) -> int | None:
+    """The inode's creation time in ns (``statx``), or None where it is not reported."""
+    if _STATX is None:
+        return None
+    buf = ctypes.create_string_buffer(2 * _STATX_SIZE)
+    if _STATX(fd, b"", _AT_EMPTY_PATH, _STATX_BTIME, buf) != 0:
+        return None
+    mask = int.from_bytes(buf.raw[_MASK_AT:_MASK_AT + 4], "little")
+    if not mask & _STATX_BTIME:
+        return None
+    sec = int.from_bytes(buf.raw[_BTIME_AT:_BTIME_AT + 8], "little", signed=True)
+    nsec = int.from_bytes(buf.raw[_BTIME_AT + 8:_BTIME_AT + 12], "little")
+    return sec * 1_000_000_000 + nsec
+
+
+def _generation(fd: int) -> int | None:
+    """The inode's generation number (``FS_IOC_GETVERSION``), or None where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import array
+    import fcntl
+
+    buf = array.array("l", [0])
+    try:
+        fcntl.ioctl(fd, _FS_IOC_GETVERSION, buf)
+    except OSError:
+        return None
+    return int(buf[0])
+
+
+@dataclass(frozen=True, slots=True)
+class FileId:
+    """The identity of one file for its whole life (see the module docstring)."""
+
+    dev: int
+    """Device number of the file system."""
+    ino: int
+    """Inode number."""
+    birth: int | None
+    """Creation time of the inode in nanoseconds, or None where not reported."""
+    generation: int | None
+    """Inode generation number, or None where not reported."""
+
+    def to_json(self) -> list[int | None]:
+        """A JSON-able list ``[dev, ino, birth, generation]``."""
+        return [self.dev, self.ino, self.birth, self.generation]
+
+    @classmethod
+    def from_json(cls, value: Any) -> FileId | None:
+        """Parse :meth:`to_json`'s list; None for anything else (a crafted or old record)."""
+        if not isinstance(value, list) or len(value) != 4:
+            return None
+        if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in value):
+            return None
+        if value[0] is None or value[1] is None:
+            return None
+        return cls(value[0], value[1], value[2], value[3])
+
+
+def file_id(fd: int) -> FileId:
+    """The identity of the open file ``fd``."""
+    st = os.fstat(fd)
+    return FileId(st.st_dev, st.st_ino, _birth_ns(fd), _generation(fd))
+
+
+def path_id(path: str) -> FileId | None:
+    """The identity of the file at ``path`` (links followed), or None if it cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _CLOEXEC | _NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return file_id(fd)
+    finally:
+        os.close(fd)
+
+
+def hidden_name(target: str, kind: str) -> str:
+    """An unguessable hidden name next to ``target``: ``.<name>.bigarr-<kind>-<16 hex>``."""
+    folder, name = os.path.split(target)
+    return os.path.join(folder, f".{name}.bigarr-{kind}-{secrets.token_hex(8)}")
+
+
+def create_new(path: str, *, mode: int = 0o666) -> int:
+    """Create ``path`` and open it read-write; refuse any existing name, links included.
+
+    Raises
+    ------
+    FileExistsError
+        If anything (a file, a directory, a symbolic link, even a dangling one) is at ``path``.
+    OSError
+        As ``open(2)`` otherwise.
+    """
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, mode)
+
+
+_TMPFILE = getattr(os, "O_TMPFILE", 0)
+_PROC_FD = "/proc/self/fd"
+
+
+def create_unnamed(final: str, *, mode: int = 0o666) -> tuple[int, str | None]:
+    """Open a new file, to become ``final`` later with :func:`install`; ``(fd, temp name)``.
+
+    Where the kernel and file system allow (Linux ``O_TMPFILE``), the file has no name at all
+    until it is installed, so a crash while it is written leaves nothing behind; the temporary
+    name is then None. Elsewhere it is a new hidden name (:func:`hidden_name`, created with
+    :func:`create_new`). :func:`install` names even an unnamed file for a moment before it
+    renames it over ``final``; a crash in that moment leaves the hidden name, which the next
+    writer of ``final`` removes here. The caller must hold the lock of ``final``'s writer (the
+    output lock, or the commit lock), so no other writer's file can be mistaken for a leftover.
+    """
+    folder = os.path.dirname(final) or "."
+    _remove_leftovers(final)
+    if _TMPFILE and os.path.isdir(_PROC_FD):
+        try:
+            return os.open(folder, _TMPFILE | os.O_RDWR | _CLOEXEC, mode), None
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                raise
+    tmp = hidden_name(final, "new")
+    return create_new(tmp, mode=mode), tmp
+
+
+def _remove_leftovers(final: str) -> None:
+    """Remove hidden ``new`` names of ``final`` that a killed :func:`install` left behind."""
+    folder, name = os.path.split(final)
+    prefix = f".{name}.bigarr-new-"
+    try:
+        entries = os.listdir(folder or ".")
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.startswith(prefix) or len(entry) != len(prefix) + 16:
+            continue
+        path = os.path.join(folder, entry)
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid():
+                os.unlink(path)
+
+
+def install(fd: int, tmp: str | None, final: str) -> int:
+    """Give the file from :func:`create_unnamed` the name ``final``, atomically.
+
+    Whatever is at ``final`` (an older file, or a planted symbolic link) is replaced, never
+    followed. The caller has synced the file; the folder is not synced here. Returns the
+    descriptor of the installed file: ``fd`` itself, or, where the kernel refuses to name an
+    unnamed file (``linkat`` of ``/proc/self/fd``), a new descriptor of a synced copy written
+    under a hidden name (``fd`` is then closed). If it raises, every descriptor it was given
+    or made is closed and no temporary name is left.
+    """
+    try:
+        if tmp is None:
+            tmp = hidden_name(final, "new")
+            # linkat(AT_SYMLINK_FOLLOW) on the /proc link names the O_TMPFILE inode; os.link
+            # uses plain link(2), which does not follow it, unless a directory fd is given.
+            try:
+                proc = os.open(_PROC_FD, os.O_RDONLY | _CLOEXEC)
+                try:
+                    os.link(str(fd), tmp, src_dir_fd=proc, follow_symlinks=True)
+                finally:
+                    os.close(proc)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                    raise
+                fd = _copy_to(fd, tmp)  # no way to name it here: write a named copy instead
+        os.replace(tmp, final)
+    except BaseException:
+        os.close(fd)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    return fd
+
+
+def _copy_to(fd: int, tmp: str) -> int:
+    """Copy the unnamed file ``fd`` into a new file at ``tmp``, sync it; close ``fd``."""
+    out = create_new(tmp, mode=stat.S_IMODE(os.fstat(fd).st_mode))
+    try:  # on failure fd stays open (install closes it) and tmp is removed
+        pos = 0
+        while piece := os.pread(fd, 1 << 20, pos):
+            view = memoryview(piece)
+            while len(view):
+                view = view[os.write(out, view):]
+            pos += len(piece)
+        os.fsync(out)
+    except BaseException:
+        os.close(out)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    return out
+
+
+def discard_unnamed(fd: int, tmp: str | None) -> None:
+    """Close and forget a file from :func:`create_unnamed` that will not be installed."""
+    os.close(fd)
+    if tmp is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def open_regular(path: str, flags: int = os.O_RDONLY) -> int | None:
+    """Open an existing regular file without following a link at its last component.
+
+    Returns None if nothing is at ``path``. ``O_NONBLOCK`` keeps a FIFO from blocking the open.
+
+    Raises
+    ------
+    NotARegularFile
+        If ``path`` is a symbolic link, a directory, a device, a FIFO or a socket, or a regular
+        file with more than one hard link (a planted link to another file).
+    OSError
+        As ``open(2)`` otherwise.
+    """
+    try:
+        fd = os.open(path, flags | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EMLINK):
+            raise NotARegularFile(path, "a symbolic link or a special file") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        what = "a file with other hard links" if stat.S_ISREG(st.st_mode) else "a special file"
+        raise NotARegularFile(path, what)
+    return fd
+
+
+class NotARegularFile(Exception):
+    """Internal: a name bigarr owns holds something it did not create (caller reports it)."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(f"{path} is {what}")
+        self.path = path
+        self.what = what
