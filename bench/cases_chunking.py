@@ -59,21 +59,22 @@ def stream_sum(ctx: Context) -> dict[str, Any]:
     params={"budget": "64MiB"},
 )
 def stream_sum_1t(ctx: Context) -> dict[str, Any]:
-    """Sum with ``arr.iter_chunks('64MiB', prefetch=False)``: release-behind, one thread."""
-    return _stream_sum(ctx, prefetch=False)
+    """Sum with ``arr.iter_chunks('64MiB', prefetch=0)``: release-behind, one thread."""
+    return _stream_sum(ctx, prefetch=0)
 
 
 @case(
     "chunking.stream_sum_auto",
     group="chunking",
-    peer="bigarr chunks, prefetch auto",
+    peer="bigarr chunks, prefetch 2",
     baseline="baseline.memmap_sum",
     limit=_LIMITS,
     params={"budget": "64MiB"},
 )
 def stream_sum_auto(ctx: Context) -> dict[str, Any]:
-    """Sum with ``arr.iter_chunks('64MiB', prefetch='auto')``: the helper maps cached pieces."""
-    return _stream_sum(ctx, prefetch="auto")
+    """Sum with ``arr.iter_chunks('64MiB', prefetch=2)``: two chunks read ahead (prefetch is a count
+    of chunks now; the 'auto' mode that mapped cached pieces from the helper is gone)."""
+    return _stream_sum(ctx, prefetch=2)
 
 
 @case(

@@ -163,14 +163,12 @@ def map_bigarr_cg(ctx: Context) -> dict[str, Any]:
 def _bigarr_chunks(path: str, budget: str, threads: int) -> tuple[int, ...]:
     """The element counts of bigarr's chunks of a 1-D file (to give dask the same chunks)."""
     import bigarr
-    from bigarr._compute.engine import as_stream, plan_offset
-    from bigarr._plan.budget import plan_memory
+    from bigarr._compute.operands import parse_operand
+    from bigarr._compute.runplan import plan_run
 
     with bigarr.open(path) as x:
-        stream = as_stream(x)
-        memory = plan_memory(budget, threads=threads, prefetch=1, streams=1)
-        plan = bigarr.plan_chunks(x.shape, x.dtype, budget=memory.chunk_bytes,
-                                  offset=plan_offset(stream))
+        stream = parse_operand(x)
+        plan = plan_run("sum", [stream], budget=budget, threads=threads, layout="keys").chunks
         del stream
     return tuple(c.rows.stop - c.rows.start for c in plan)
 

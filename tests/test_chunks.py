@@ -207,3 +207,48 @@ def test_plans_are_values() -> None:
     assert a == b and a[0] == b[0]
     with pytest.raises(AttributeError):
         a.budget = 1  # type: ignore[misc]
+
+
+@st.composite
+def npy_rows(draw: st.DrawFn) -> tuple[tuple[int, ...], np.dtype, int, int, str]:
+    """Row widths 1..4096 bytes at the header offsets numpy writes (64, 128) and page-aligned."""
+    width = draw(st.integers(1, 4096))
+    itemsize = draw(st.sampled_from([k for k in (1, 2, 4, 8) if width % k == 0]))
+    offset = draw(st.sampled_from([64, 128, 0, PAGE, 3 * PAGE]))
+    budget = draw(st.integers(64 << 10, 4 << 20))
+    nbytes = draw(st.integers(1, 64 << 20))
+    rows = max(1, nbytes // width)
+    records = draw(st.booleans())  # 1-d records of `width` bytes, or 2-d rows of items
+    if records:
+        return (rows,), np.dtype(f"V{width}"), offset, budget, "C"
+    order = draw(st.sampled_from(["C", "F"]))
+    shape = (rows, width // itemsize) if order == "C" else (width // itemsize, rows)
+    return shape, np.dtype(f"u{itemsize}"), offset, budget, order
+
+
+@settings(max_examples=300, deadline=None)
+@given(npy_rows())
+def test_numpy_header_offsets_never_plan_one_chunk_per_row(
+    geom: tuple[tuple[int, ...], np.dtype, int, int, str],
+) -> None:
+    # Regression: np.save puts data 128 bytes into the file; with 256-byte rows no row starts on
+    # a page, and the planner descended to single rows (a 64 MiB file took 65 s to sum, a
+    # 36 GiB one grew to 19 GB of RSS just planning). Chunks now fall back to row starts.
+    shape, dtype, offset, budget, order = geom
+    plan = plan_chunks(shape, dtype, order=order, budget=budget, offset=offset)
+    assert len(plan) <= math.ceil(plan.nbytes / budget) * 2 + 2
+    assert all(c.depth == 0 and c.nbytes <= budget for c in plan)
+    stop = 0
+    for c in plan:  # contiguous, in file order, covering every byte (so every element) once
+        assert c.span.start == stop and c.span.stop > c.span.start
+        stop = c.span.stop
+        assert c.nbytes == math.prod(k.stop - k.start for k in c.key) * dtype.itemsize
+    assert stop == plan.nbytes
+
+
+def test_npy_header_with_256_byte_rows_plans_chunks_of_many_rows() -> None:
+    # The issue's layout: np.save of (262144, 64) float32 -> data at byte 128, 256-byte rows.
+    plan = plan_chunks((262144, 64), np.float32, budget="16MiB", offset=128)
+    _check_plan(plan)
+    assert len(plan) == 4 and not plan.aligned
+    assert [c.rows.stop - c.rows.start for c in plan] == [65536] * 4

@@ -63,9 +63,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("map_blocks_resume_twice", "no_strays_after_rerun"):
         "a resumed map_blocks killed again leaves a .NAME.bigarr-partial-* (and the partial's own "
         "create() temporary) that the successful rerun never removes — issue 11 points 1 and 8",
-    ("map_blocks_appender_resume", "no_strays_after_rerun"):
-        "a killed map_blocks into an Appender leaves its .NAME.bigarr-lock behind after the "
-        "successful rerun — issue 11 point 1",
     ("create", "no_strays_after_rerun"): f"{_STRAYS} — issue 11 point 8",
     ("from_zarr", "no_strays_after_rerun"):
         "a kill leaves from_zarr's full-size .NAME.bigarr-tmp-PID-XXXX; a rerun makes a new "

@@ -27,14 +27,17 @@ WORKER = textwrap.dedent("""
 
     src, out, log, resume, mode, budget = sys.argv[1:]
 
-    def func(block):
-        with open(log, "a") as fh:  # one line per call: the chunk's first row
-            fh.write(f"{int(block[0, 0])}\\n")
-        time.sleep(0.01)
+    # block_info["probe"] marks the call on a probe block that measures the function's
+    # temporaries before the run (its result is discarded): not a chunk, so not logged.
+    def func(block, block_info):
+        if not block_info["probe"]:
+            with open(log, "a") as fh:  # one line per call: the chunk's first row
+                fh.write(f"{int(block[0, 0])}\\n")
+            time.sleep(0.01)
         return np.sqrt(block) * 3 + 1
 
-    def keep(block):
-        func(block)
+    def keep(block, block_info):
+        func(block, block_info)
         return block[block[:, 1] % 3 == 0] + 0.5
 
     opts = dict(budget=budget, threads=2, resume=resume == "1", flush_every=1, progress=False)

@@ -61,6 +61,7 @@ from bigarr._compute.reductions import (
     sum,
     var,
 )
+from bigarr._compute.runplan import RunPlan
 from bigarr._compute.stream import ChunkResidency, Residency
 from bigarr._core.append import Appender, append
 from bigarr._core.array import memmap
@@ -85,6 +86,7 @@ __all__ = [
     "PAGE_SIZE",
     "ProgressEvent",
     "Residency",
+    "RunPlan",
     "__version__",
     "append",
     "argmax",

@@ -192,7 +192,9 @@ def check_budget(budget: int, threads: int) -> None:
     """
     import bigarr
 
-    rows = np.zeros((64, FEATURES), np.float32)
+    # More rows than a probe block (1 MiB), so functions' temporaries are measured as in the
+    # real run (a probe of the whole input charges them differently).
+    rows = np.zeros(((2 << 20) // (FEATURES * 4) + 64, FEATURES), np.float32)
     opts: dict[str, Any] = {"budget": budget, "threads": threads, "progress": False}
     bigarr.std(rows, axis=0, **opts)
     bigarr.histogram(rows, bins=BINS, range=HIST_RANGE, **opts)

@@ -1,38 +1,38 @@
-"""Execution: run a function over the chunks of a plan on threads, within a memory plan.
+"""The one executor: every chunked operation's :class:`~bigarr._compute.runplan.RunPlan` runs here.
 
-The engine is what :func:`bigarr.map_blocks` and the reductions share. For each chunk of a
-:class:`~bigarr._plan.chunks.ChunkPlan` it hands the chunk's blocks of every stream (input
-and output arrays) to a worker function on a thread pool (numpy releases the GIL in its
-loops), and around that work it manages memory and I/O:
+:func:`execute` walks a plan's chunks and hands each chunk's blocks of every stream (input and
+output arrays, see :mod:`bigarr._compute.operands`) to a work function, either on a thread
+pool (numpy releases the GIL in its loops) or, for an iteration, in the consumer itself. Around
+that work it applies the three policies, each defined once, here:
 
-* **Chunks in flight.** At most ``threads + prefetch`` chunks are submitted at once; results are
-  yielded in chunk order, so combining partial results is deterministic whatever the thread
-  timing.
-* **Prefetch ahead.** Before a chunk is submitted, the dispatcher advises ``WILLNEED`` on its input
-  pages (asynchronous readahead), so the disk works on chunk *i + k* while threads compute on
-  chunk *i*, and then ``POPULATE_READ`` (Linux 5.14+; a no-op elsewhere) to map those pages
-  into the page tables from the dispatcher thread, so workers do not stop on page faults.
-* **Release behind.** When a chunk is done, its input pages are dropped from this process's
-  resident set with ``MADV_DONTNEED`` (read-only and shared mappings only: on a private mapping
-  that would throw away copy-on-write edits, so it is never done there). Clean file pages stay
-  in the page cache; only the mapping lets go of them.
-* **Flush policy.** :class:`Writeback` writes output blocks with ``pwrite`` into the output
-  file's page cache (no mapping, no page faults), starts their writeback at once
+* **Prefetch** (:func:`prefetch`). ``RunPlan.prefetch`` chunks ahead of the ones being worked on
+  get ``MADV_WILLNEED`` on the pages their blocks touch (asynchronous readahead), so the disk
+  works on chunk *i + k* while chunk *i* is computed. A worker pool also gets
+  ``POPULATE_READ`` (Linux 5.14+; a no-op elsewhere) from the dispatcher thread, so workers do
+  not stop on page faults; it is issued *before* the chunk is submitted, so a fast worker can
+  never release a chunk that is populated afterwards.
+* **Release** (:func:`release`). When a chunk is done (its work returned; for an iteration, when
+  the consumer asks for the next chunk), the pages its input blocks touched are flushed if the
+  mapping is shared (``msync``) and dropped from this process's resident set (``MADV_DONTNEED``);
+  never on a private mapping, where that would throw away copy-on-write edits. Non-contiguous
+  views release the pages of the parent they spanned.
+* **Flush** (:class:`Writeback`). Output blocks are written with ``pwrite`` into the output
+  file's page cache (no mapping, no page faults), their writeback started at once
   (``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on Linux), and once ``flush_every`` bytes are
-  pending it waits for the oldest of them to reach the disk. Dirty output memory therefore stays
-  near ``flush_every`` however long the run, and writeback overlaps compute. Outputs that are not
-  contiguous in their file (or private mappings, or in-memory arrays) are assigned through
-  numpy instead; shared mappings among them are flushed with ``msync`` and *then* released.
-  When a run is journaled (``resume=True``), the flush also ``fdatasync``'s the file and only
-  then records the flushed chunks as done.
+  pending the oldest are waited for. Outputs that are not contiguous in their file (or private
+  mappings, or in-memory arrays) are assigned through numpy; shared mappings among them are
+  flushed with ``msync`` and *then* released. When a run is journaled (``resume=True``), the
+  flush also ``fdatasync``'s the file and only then records the flushed chunks as done.
+
+Results are yielded in chunk order whatever the thread timing, so merging partial results is
+deterministic. At most ``threads + prefetch`` chunks are in flight.
 """
 
 from __future__ import annotations
 
-import builtins
 import contextlib
-import math
-import os
+import functools
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -42,29 +42,18 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from bigarr._compute.operands import Stream
 from bigarr._compute.progress import Progress
-from bigarr._core.array import memmap
+from bigarr._compute.runplan import RunPlan
 from bigarr._os.durable import datasync, pwrite_all, start_writeback, wait_writeback
 from bigarr._os.geometry import ByteSpan
 from bigarr._os.hints import parse_hint
 from bigarr._os.mapping import Mapping
-from bigarr._plan.budget import MemoryPlan
-from bigarr._plan.chunks import Chunk, ChunkPlan, plan_chunks
+from bigarr._plan.chunks import Chunk
 from bigarr._plan.regions import extent
-from bigarr.errors import BudgetError
+from bigarr.errors import BigArrError
 
-__all__ = [
-    "MAX_SPREAD",
-    "Stream",
-    "Writeback",
-    "as_stream",
-    "default_threads",
-    "parse_threads",
-    "plan_offset",
-    "plan_rows",
-    "run",
-    "scaled_budget",
-]
+__all__ = ["Writeback", "execute", "prefetch", "release"]
 
 T = TypeVar("T")
 
@@ -73,172 +62,26 @@ _POPULATE = parse_hint("populate_read")
 _DONTNEED = parse_hint("dontneed")
 
 
-#: A strided block is prefetched and released by its bounding bytes only when they are at most
-#: this many times the block's own bytes.
-MAX_SPREAD = 4
+
+# ---- the prefetch and release policies -------------------------------------------------------
+def prefetch(streams: Sequence[Stream], chunk: Chunk, *, populate: bool) -> None:
+    """Read ahead the pages ``chunk``'s input blocks touch: ``WILLNEED``, then (``populate``)
+    ``POPULATE_READ`` to map them into the page tables from the calling thread."""
+    spans: list[tuple[Mapping, ByteSpan]] = []
+    for stream in streams:
+        if stream.output or stream.mapping is None:
+            continue
+        for span in stream.page_spans(stream.block(chunk)):
+            stream.mapping.advise(_WILLNEED, span)  # asynchronous readahead
+            spans.append((stream.mapping, span))
+    for mapping, span in spans if populate else ():
+        mapping.advise(_POPULATE, span)
 
 
-def default_threads() -> int:
-    """Worker threads by default: the CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def parse_threads(threads: int | None) -> int:
-    """Normalise ``threads=`` (``None``: :func:`default_threads`).
-
-    Raises
-    ------
-    BudgetError
-        For anything but a positive integer or ``None`` (threads are part of the memory plan,
-        as the budget is).
-    """
-    if threads is None:
-        return default_threads()
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise BudgetError(f"Expected threads as a positive integer or None. Got {threads!r}.")
-    return int(threads)
-
-
-@dataclass(slots=True)
-class Stream:
-    """One array the engine moves through, chunk by chunk."""
-
-    array: np.ndarray[Any, Any]
-    """A plain ndarray view of the whole array (no memmap subclass overhead per block)."""
-    mapping: Mapping | None
-    """The bigarr mapping the array lives in, or ``None`` (in memory, numpy.memmap, ...)."""
-    output: bool = False
-    """True for arrays the run writes."""
-    by_key: bool = True
-    """Blocks are ``array[chunk.key]`` (the planned array) or ``array[chunk.rows]`` (another
-    array sharing the leading axis)."""
-    owned: memmap | None = None
-    """An array the engine opened itself (from a path) and closes at the end."""
-
-    def block(self, chunk: Chunk) -> np.ndarray[Any, Any]:
-        """This stream's block of ``chunk``."""
-        return self.array[chunk.key] if self.by_key else self.array[chunk.rows]
-
-    def span(self, block: np.ndarray[Any, Any]) -> ByteSpan | None:
-        """The mapping bytes ``block`` spans, for hints; ``None`` when there is nothing to hint.
-
-        A strided block (a view such as ``x[:, ::2]``) is hinted by its bounding bytes when they
-        are at most :data:`MAX_SPREAD` times its own bytes; a sparser block (a column of a
-        row-major file) shares its pages with other chunks, so it is left to the kernel.
-        """
-        if self.mapping is None or block.size == 0:
-            return None
-        bounds = extent(block, self.mapping)
-        if block.flags.c_contiguous or block.flags.f_contiguous:
-            return bounds
-        return bounds if bounds.nbytes <= MAX_SPREAD * block.nbytes else None
-
-    def spread(self) -> float:
-        """Bytes of mapping the whole array spans per byte of its own (1 when contiguous)."""
-        arr = self.array
-        if self.mapping is None or arr.size == 0:
-            return 1.0
-        if arr.flags.c_contiguous or arr.flags.f_contiguous:
-            return 1.0
-        return max(1.0, extent(arr, self.mapping).nbytes / arr.nbytes)
-
-    def file_offset(self, block: np.ndarray[Any, Any]) -> int | None:
-        """File offset of a contiguous block's first byte, or ``None``."""
-        if not (block.flags.c_contiguous or block.flags.f_contiguous):
-            return None
-        span = self.span(block)
-        if span is None or self.mapping is None:
-            return None
-        return self.mapping.map_offset + span.start
-
-    def close(self) -> None:
-        """Close the array if the engine opened it."""
-        if self.owned is not None:
-            self.owned.close(force=True)
-            self.owned = None
-
-
-def as_stream(obj: Any, *, output: bool = False, by_key: bool = True) -> Stream:
-    """Normalise an input or output (array, bigarr.memmap, or path to a ``.npy``) to a stream.
-
-    Paths are opened read-only (inputs) or shared (outputs) and closed by :meth:`Stream.close`.
-    """
-    owned = None
-    if isinstance(obj, (str, os.PathLike)):
-        from bigarr._core.files import open as open_npy
-
-        owned = open_npy(obj, "shared" if output else "readonly")
-        obj = owned
-    mapping = None
-    if isinstance(obj, memmap) and obj._bigarr is not None:
-        obj._check_open()
-        mapping = obj._bigarr
-    arr = obj.view(np.ndarray) if isinstance(obj, np.ndarray) else np.asarray(obj)
-    return Stream(arr, mapping, output, by_key, owned)
-
-
-def plan_offset(stream: Stream) -> int:
-    """File offset of a stream's first byte for chunk planning (0 when not mapped)."""
-    if stream.mapping is None or stream.array.size == 0:
-        return 0
-    return stream.mapping.map_offset + stream.mapping.offset_of(stream.array)
-
-
-def scaled_budget(stream: Stream, chunk_bytes: int) -> int:
-    """The chunk budget for a stream's own bytes so that the pages its chunks span fit
-    ``chunk_bytes`` (a view with every other column spans twice its bytes)."""
-    spread = stream.spread()
-    if spread <= 1.0:
-        return chunk_bytes
-    return max(int(chunk_bytes / builtins.min(spread, MAX_SPREAD)), stream.array.itemsize)
-
-
-def plan_rows(stream: Stream, memory: MemoryPlan) -> ChunkPlan:
-    """Chunks of whole rows (along axis 0) of a stream, each within ``memory.chunk_bytes``.
-
-    Chunk starts fall on page boundaries of the file where whole rows allow it. Rows meet a page
-    boundary only every ``lcm(row bytes, page)`` bytes (a 1200-byte row every 256 rows, 300
-    KiB); when that is beyond the chunk budget the plan falls back to starts on row boundaries,
-    so the budget only has to hold one row: release-behind may then drop a page shared with the
-    next chunk, which only costs a re-fault (it is never done on private mappings).
-
-    Raises
-    ------
-    BudgetError
-        If one row is larger than the chunk budget (functions over rows need whole rows),
-        quoting the budget that fits a row.
-    """
-    arr = stream.array
-    chunk_bytes = scaled_budget(stream, memory.chunk_bytes)
-    offset = plan_offset(stream) if arr.flags.c_contiguous else 0
-    try:
-        plan = plan_chunks(arr.shape, arr.dtype, order="C", budget=chunk_bytes, offset=offset)
-        if not any(c.depth for c in plan.chunks):
-            return plan
-    except BudgetError:
-        pass  # records (1-d rows) whose page-aligned starts are all beyond the chunk budget
-    row = int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize
-    if row > chunk_bytes:
-        need = memory.at_least(math.ceil(row * builtins.min(stream.spread(), MAX_SPREAD)))
-        raise BudgetError(
-            f"Each chunk must hold whole rows, and one row is {row} bytes, but the budget of "
-            f"{memory.budget} bytes leaves {chunk_bytes} bytes per chunk of each array in "
-            f"flight ({memory.describe()}). Raise budget= to at least {need.budget} "
-            f"({need.describe()}), or use fewer threads."
-        )
-    return plan_chunks(arr.shape, arr.dtype, order="C", budget=chunk_bytes, page=row)
-
-
-def _release(stream: Stream, block: np.ndarray[Any, Any]) -> None:
-    """Drop a finished input block's pages from the resident set (never on private maps)."""
-    if stream.mapping is None or stream.mapping.access == "private":
-        return
-    span = stream.span(block)
-    if span is not None:
-        stream.mapping.advise(_DONTNEED, span)
+def release(stream: Stream, block: np.ndarray[Any, Any]) -> None:
+    """Drop a finished input block's pages (:meth:`Stream.release`: ``msync`` if shared, then
+    ``DONTNEED``; never on a private mapping)."""
+    stream.release(block)
 
 
 @dataclass(slots=True)
@@ -313,6 +156,27 @@ class Writeback:
         with self._lock:
             self._fds.add(fd)
 
+    def mapped(self, chunk: int, stream: Stream, block: np.ndarray[Any, Any]) -> None:
+        """Account for ``block`` of output ``stream`` having been written by other means
+        (through its mapping, or into its file by a kernel copy): at the flush its pages are
+        ``msync``'d (which also writes the file's other dirty pages in the range), then
+        dropped."""
+        entry = self._entry(chunk)
+        mapping = stream.mapping
+        if mapping is not None and mapping.access == "shared" and block.size:
+            entry.spans.append((mapping, extent(block, mapping)))
+        entry.nbytes += block.nbytes
+
+    def wrote(self, chunk: int, fd: int, offset: int, nbytes: int) -> None:
+        """Account for ``nbytes`` written at ``offset`` of ``fd`` by other means (a kernel copy)
+        as part of chunk ``chunk``, and start their writeback."""
+        entry = self._entry(chunk)
+        start_writeback(fd, offset, nbytes)
+        entry.ranges.append((fd, offset, nbytes))
+        entry.nbytes += nbytes
+        with self._lock:
+            self._fds.add(fd)
+
     def chunk_done(self, chunk: int) -> None:
         """Mark chunk ``chunk``'s outputs complete; flush the oldest beyond ``every`` bytes.
 
@@ -362,35 +226,100 @@ class Writeback:
                 self.on_durable([e.chunk for e in batch])
 
 
-def run(
-    plan: ChunkPlan,
+class _Helper:
+    """The helper thread of an iteration: prefetches ahead of the consumer and releases behind.
+
+    Tasks run in the order they are queued, so a chunk is released before the one after next
+    is fetched. A failed prefetch only turns prefetching off (it is a hint); a failed release
+    (a flush that did not reach the disk) is re-raised in the consumer by :meth:`check`.
+    """
+
+    def __init__(self) -> None:
+        self.todo: queue.SimpleQueue[tuple[str, Callable[[], None]] | None] = queue.SimpleQueue()
+        self.failure: BaseException | None = None
+        self.fetching = True
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="bigarr-prefetch", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (task := self.todo.get()) is not None:
+            kind, fn = task
+            if kind == "fetch" and not self.fetching:
+                continue
+            try:
+                fn()
+            except (BigArrError, OSError) as exc:
+                if kind == "release":
+                    self.failure = self.failure or exc
+                else:
+                    self.fetching = False  # e.g. closed under us: prefetch is only a hint
+
+    def put(self, kind: str, fn: Callable[[], None]) -> None:
+        self.todo.put((kind, fn))
+
+    def check(self) -> None:
+        """Re-raise, in the consumer, the first error of a release done by the helper."""
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            raise failure
+
+    def stop(self) -> None:
+        """Skip pending fetches, finish pending releases, and join the thread (idempotent)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.fetching = False
+        self.todo.put(None)
+        self.thread.join()
+
+
+def _scattered(streams: Sequence[Stream], todo: list[Chunk]) -> list[Stream]:
+    """Input streams whose blocks are scattered runs of their file (column slices, rows of a
+    Fortran file), now advised ``random`` for the run (:meth:`Stream.read_pattern`)."""
+    out: list[Stream] = []
+    for stream in streams if todo else ():
+        if stream.mapping is not None and stream.scattered(stream.block(todo[0])):
+            stream.read_pattern(True)
+            out.append(stream)
+    return out
+
+
+def _release_all(pairs: list[tuple[Stream, np.ndarray[Any, Any]]]) -> None:
+    for stream, block in pairs:
+        release(stream, block)
+
+
+def _check_files(streams: Sequence[Stream]) -> None:
+    for stream in streams:
+        if stream.mapping is not None:
+            stream.mapping.check_file()
+
+
+def execute(
+    plan: RunPlan,
     work: Callable[[Chunk, list[np.ndarray[Any, Any]]], T],
-    *,
     streams: Sequence[Stream],
-    threads: int,
-    prefetch: int = 1,
+    *,
     progress: Progress | None = None,
     writeback: Writeback | None = None,
     skip: Iterable[int] = (),
 ) -> Iterator[tuple[Chunk, T]]:
     """Run ``work(chunk, blocks)`` over the chunks of ``plan``; yield results in chunk order.
 
-    ``blocks`` holds each stream's block of the chunk, in ``streams`` order. Around each call
-    the engine prefetches input pages ahead, releases input pages behind, applies the
-    ``writeback`` flush policy, and advances ``progress``.
+    ``blocks`` holds each stream's block of the chunk, in ``streams`` order. With
+    ``plan.threads >= 1`` the work runs on a pool of that many threads, with at most
+    ``threads + prefetch`` chunks in flight; with ``plan.threads == 0`` it runs in the consumer
+    (an iteration), and the chunk is released only when the consumer asks for the next one.
 
     Parameters
     ----------
     plan
-        The chunks.
+        The run plan: chunks, threads, prefetch, release.
     work
-        Called on a worker thread per chunk; its return value is yielded with the chunk.
+        Called per chunk; its return value is yielded with the chunk.
     streams
-        The arrays; output streams are written by ``work`` (usually through ``writeback``).
-    threads
-        Worker threads.
-    prefetch
-        Chunks submitted (and prefetched) beyond one per thread.
+        The streams; output streams are written by ``work`` (usually through ``writeback``).
     progress
         Advanced by each chunk's bytes when it finishes.
     writeback
@@ -402,50 +331,96 @@ def run(
     ------
     Exception
         Whatever ``work`` raises, after the chunks already running have finished.
+    FileChangedError
+        If a mapped file shrinks under the run (checked before each chunk, not a SIGBUS).
     """
     skipped = set(skip)
-    todo = [c for c in plan.chunks if c.index not in skipped]
+    todo = [c for c in plan.chunks.chunks if c.index not in skipped]
+    run = _inline if plan.threads == 0 else _pooled
+    return _patterned(run(plan, work, streams, todo, progress, writeback), streams, todo)
+
+
+def _patterned(results: Iterator[tuple[Chunk, T]], streams: Sequence[Stream],
+               todo: list[Chunk]) -> Iterator[tuple[Chunk, T]]:
+    """``results`` with scattered inputs advised ``random`` for the run (see
+    :func:`_scattered`), back to ``normal`` at its end."""
+    scattered = _scattered(streams, todo)
+    try:
+        yield from results
+    finally:
+        results.close()  # type: ignore[attr-defined]
+        for stream in scattered:
+            stream.read_pattern(False)
+
+
+def _finish(chunk: Chunk, progress: Progress | None, writeback: Writeback | None) -> None:
+    if writeback is not None:
+        writeback.chunk_done(chunk.index)
+    if progress is not None:
+        progress.advance(chunk.index, chunk.nbytes)
+
+
+def _inline(plan: RunPlan, work: Callable[[Chunk, list[np.ndarray[Any, Any]]], T],
+            streams: Sequence[Stream], todo: list[Chunk], progress: Progress | None,
+            writeback: Writeback | None) -> Iterator[tuple[Chunk, T]]:
+    helper: _Helper | None = None
+    fetched = 0  # chunks of todo prefetched so far (the first is read by the consumer)
+    try:
+        if plan.prefetch and len(todo) > 1:
+            helper = _Helper()
+        for position, chunk in enumerate(todo):
+            _check_files(streams)
+            if helper is not None:
+                fetched = max(fetched, position + 1)
+                while fetched < min(len(todo), position + 1 + plan.prefetch):
+                    helper.put("fetch", functools.partial(prefetch, streams, todo[fetched],
+                                                          populate=False))
+                    fetched += 1
+            blocks = [s.block(chunk) for s in streams]
+            yield chunk, work(chunk, blocks)
+            if plan.release:
+                pairs = [(s, b) for s, b in zip(streams, blocks, strict=True) if not s.output]
+                if helper is not None:
+                    helper.put("release", functools.partial(_release_all, pairs))
+                    helper.check()
+                else:
+                    _release_all(pairs)
+            del blocks
+            _finish(chunk, progress, writeback)
+        if helper is not None:
+            helper.stop()
+            helper.check()
+    finally:
+        if helper is not None:
+            helper.stop()
+
+
+def _pooled(plan: RunPlan, work: Callable[[Chunk, list[np.ndarray[Any, Any]]], T],
+            streams: Sequence[Stream], todo: list[Chunk], progress: Progress | None,
+            writeback: Writeback | None) -> Iterator[tuple[Chunk, T]]:
     window: deque[tuple[Chunk, Future[T]]] = deque()
-    depth = max(1, threads) + max(0, prefetch)
-    inputs = [s for s in streams if not s.output]
+    depth = max(1, plan.threads) + plan.prefetch
 
     def one(chunk: Chunk) -> T:
         blocks = [s.block(chunk) for s in streams]
         value = work(chunk, blocks)
-        for stream, block in zip(streams, blocks, strict=True):
-            if not stream.output:
-                _release(stream, block)
-        if writeback is not None:
-            writeback.chunk_done(chunk.index)
-        if progress is not None:
-            progress.advance(chunk.index, chunk.nbytes)
+        if plan.release:
+            for stream, block in zip(streams, blocks, strict=True):
+                release(stream, block)
+        _finish(chunk, progress, writeback)
         return value
 
-    def ahead(chunk: Chunk, populate: bool) -> None:
-        spans = []
-        for stream in inputs:
-            if stream.mapping is not None:
-                span = stream.span(stream.block(chunk))
-                if span is not None:
-                    stream.mapping.advise(_WILLNEED, span)  # asynchronous readahead
-                    spans.append((stream.mapping, span))
-        for mapping, span in spans if populate else ():
-            # Map the (now cached, or arriving) pages into the page tables here, so the worker
-            # that takes this chunk finds them mapped and spends its time computing.
-            mapping.advise(_POPULATE, span)
-
-    pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="bigarr")
+    pool = ThreadPoolExecutor(max(1, plan.threads), thread_name_prefix="bigarr")
     try:
         for position, chunk in enumerate(todo):
             while len(window) >= depth:
                 done, future = window.popleft()
                 yield done, future.result()
-            if prefetch:
-                # Before the chunk is submitted: a worker may finish and release it at once, and
-                # pages populated after that would stay mapped. The first chunks start at once
-                # (their workers fault the pages in themselves); later ones are populated while
-                # the workers are still busy with the chunks before them.
-                ahead(chunk, populate=position >= threads)
+            _check_files(streams)
+            if plan.prefetch:
+                # The first chunks start at once (their workers fault the pages in themselves);
+                # later ones are populated while the workers are still busy with those before.
+                prefetch(streams, chunk, populate=position >= plan.threads)
             window.append((chunk, pool.submit(one, chunk)))
         while window:
             done, future = window.popleft()

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import mmap
 import os
 import re
 import stat
@@ -47,16 +46,20 @@ from typing import Any, TypeVar, overload
 
 import numpy as np
 
-from bigarr._compute import engine as _engine
-from bigarr._compute.engine import (
-    Stream,
-    Writeback,
-    as_stream,
-    parse_threads,
-    plan_offset,
-    plan_rows,
-)
+from bigarr._compute.engine import Writeback, execute
+from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.progress import Progress, ProgressArg
+from bigarr._compute.runplan import (
+    DEFAULT_PREFETCH,
+    RunPlan,
+    block_info,
+    parse_prefetch,
+    parse_threads,
+    plan_run,
+    precheck,
+    probe_temporaries,
+    wants_block_info,
+)
 from bigarr._compute.token import function_token
 from bigarr._core.append import Appender
 from bigarr._core.array import memmap
@@ -74,10 +77,10 @@ from bigarr._formats.journal import (
 )
 from bigarr._os.durable import fsync_dir
 from bigarr._os.fileid import FileId, file_id, hidden_name, path_id
-from bigarr._os.geometry import parse_size
+from bigarr._os.geometry import ByteSpan, parse_size
 from bigarr._os.lock import OutputLock
 from bigarr._os.paths import check_output
-from bigarr._plan.budget import plan_memory
+from bigarr._plan.budget import DEFAULT_BUDGET
 from bigarr._plan.chunks import Chunk, ChunkPlan
 from bigarr.errors import (
     ArgumentError,
@@ -90,31 +93,14 @@ from bigarr.errors import (
 
 __all__ = ["map_blocks"]
 
-_DEFAULT_BUDGET = "256MiB"
+_DEFAULT_BUDGET = DEFAULT_BUDGET
 _Out = TypeVar("_Out", bound="np.ndarray[Any, Any]")
-
-
-def _input_stream(obj: Any) -> Stream:
-    """A stream for an input; a top-level numpy.memmap is re-mapped by bigarr for its hints."""
-    if (isinstance(obj, np.memmap) and not isinstance(obj, memmap)
-            and isinstance(getattr(obj, "_mmap", None), mmap.mmap)
-            and obj.base is getattr(obj, "_mmap", None)
-            and obj.filename and (obj.flags.c_contiguous or obj.flags.f_contiguous)):
-        from bigarr._core.files import open_raw
-
-        order = "F" if obj.flags.f_contiguous and not obj.flags.c_contiguous else "C"
-        raw = open_raw(obj.filename, obj.dtype, obj.shape, offset=obj.offset, order=order)
-        stream = as_stream(raw, by_key=False)
-        stream.owned = raw
-        return stream
-    return as_stream(obj, by_key=False)
 
 
 def _identity(stream: Stream) -> list[Any]:
     if stream.mapping is not None:
-        return [*input_identity(stream.mapping.path), plan_offset(stream)]
-    arr = stream.array
-    return ["memory", list(arr.shape), arr.dtype.str]
+        return [*input_identity(stream.mapping.path), stream.plan_offset()]
+    return [stream.kind, list(stream.shape), stream.dtype.str]
 
 
 def _operand_identity(obj: Any) -> Any:
@@ -131,7 +117,7 @@ def _operand_identity(obj: Any) -> Any:
     return repr(obj)
 
 
-def _row_bytes(arr: np.ndarray[Any, Any]) -> int:
+def _row_bytes(arr: Any) -> int:
     return int(np.prod(arr.shape[1:], dtype=np.int64)) * int(arr.dtype.itemsize)
 
 
@@ -182,7 +168,7 @@ def map_blocks(
     overwrite: bool = False,
     order: str = "C",
     flush_every: int | str | None = None,
-    prefetch: int = 1,
+    prefetch: int = DEFAULT_PREFETCH,
     token: str | None = None,
 ) -> memmap | Appender | np.ndarray[Any, Any]:
     """Apply ``func`` to chunks of rows of ``inputs`` and write the results to ``out``.
@@ -193,19 +179,32 @@ def map_blocks(
     the result, or any number of rows when ``out`` is an :class:`~bigarr.Appender`. It runs on
     several threads at once, so it must not depend on call order.
 
+    If ``func`` has a ``block_info`` parameter it is also passed, as a keyword, where its block
+    lies (as in dask): a dict with ``"chunk"`` (the chunk's index), ``"rows"`` (the global
+    ``(start, stop)`` of its rows, so a filter can write global indices) and
+    ``"array-location"`` (``(start, stop)`` along every axis of the first input), and
+    ``"probe"``: True only for the one call on a probe block before the run (below), whose
+    result is discarded, so a function with side effects can skip them there.
+
+    The budget counts what ``func`` allocates: before the run it is called once on a small
+    probe block (the first rows, about 1 MiB) under :mod:`tracemalloc`, and the chunks are sized
+    so that its temporaries and result fit next to the chunks in flight.
+
     Parameters
     ----------
     func
         The function of a chunk's blocks.
     *inputs
-        Arrays, :class:`bigarr.memmap` objects or ``.npy`` paths; the first fixes ``N``.
+        Arrays, :class:`bigarr.memmap` objects, ``.npy`` paths, numpy memmaps, zarr or dask
+        arrays (see :func:`bigarr.sum`); the first fixes ``N``.
     out
         A new file path, an array with ``N`` rows (written in place), or an Appender.
     dtype
         Element type of a new output file (default: the first result's dtype).
     budget
-        Memory the run may hold, in bytes or as a string such as ``"256MiB"``: chunk size x
-        chunks in flight x (inputs + output + result buffers), plus unflushed output.
+        The most memory the run may add, in bytes or as a string such as ``"256MiB"``: chunks
+        in flight of every input and the output, ``func``'s measured temporaries and results,
+        and unflushed output.
     threads
         Worker threads (default: the CPUs available).
     progress
@@ -229,7 +228,7 @@ def map_blocks(
         Wait for output writeback every this many bytes (default: 64 MiB or a quarter of the
         budget, whichever is less).
     prefetch
-        Chunks read ahead of the workers.
+        Chunks read ahead of the workers (0 for none).
     token
         A string naming the version of ``func`` for ``resume``, used instead of the digest of
         its code: pass it when ``func`` depends on something its code does not show (a file it
@@ -263,47 +262,60 @@ def map_blocks(
     if not inputs:
         raise ArgumentError("map_blocks needs at least one input array.")
     opened: list[Stream] = []
+    held = contextlib.ExitStack()  # the output's lock, once taken
     try:
-        first = _input_stream(inputs[0])
+        first = parse_operand(inputs[0], by_key=False)
         opened.append(first)
-        if first.array.ndim == 0:
+        if first.ndim == 0:
             raise ShapeError("Expected the first input to have rows (ndim >= 1). Got a 0-d array.")
-        n = first.array.shape[0]
+        n = first.shape[0]
         args: list[Any] = [first]
         for obj in inputs[1:]:
             shape = getattr(obj, "shape", None)
-            if isinstance(obj, (str, os.PathLike)) or (shape is not None and len(shape) >= 1
-                                                      and shape[0] == n and
-                                                      isinstance(obj, np.ndarray)):
-                stream = _input_stream(obj)
+            if isinstance(obj, (str, os.PathLike)) or (
+                    shape is not None and len(shape) >= 1 and shape[0] == n
+                    and not isinstance(obj, (np.generic, int, float, complex))):
+                stream = parse_operand(obj, by_key=False)
                 opened.append(stream)
-                if stream.array.ndim == 0 or stream.array.shape[0] != n:
+                if stream.ndim == 0 or stream.shape[0] != n:
                     raise ShapeError(
                         f"Expected inputs with {n} rows like the first. Got shape "
-                        f"{stream.array.shape}."
+                        f"{stream.shape}."
                     )
                 args.append(stream)
             else:
                 args.append(obj)  # broadcast: passed whole to every call
         chunked = [a for a in args if isinstance(a, Stream)]
         nthreads = parse_threads(threads)
+        ahead = parse_prefetch(prefetch)
         dirty = parse_size(flush_every, name="flush_every") if flush_every else _default_flush
-        memory = plan_memory(budget, threads=nthreads, prefetch=prefetch,
-                             streams=len(chunked) + 3, dirty_bytes=dirty)
-        every = memory.dirty_bytes
         target_rows = None
         if isinstance(out, np.ndarray):
             if out.ndim == 0 or out.shape[0] != n:
                 raise ShapeError(f"Expected out with {n} rows. Got shape {out.shape}.")
             target_rows = _row_bytes(out)
-        primary = max(chunked, key=lambda s: _row_bytes(s.array))
-        plan = plan_rows(primary, memory)
-        memory.check(max(plan.max_chunk_bytes, _max_chunk(plan, target_rows)))
+        info = wants_block_info(func)
+        primary = max(chunked, key=lambda s: s.row_bytes)
+        options: dict[str, Any] = {"budget": budget, "threads": nthreads, "prefetch": ahead,
+                                   "primary": primary, "flush_every": dirty,
+                                   "durable": resume, "extra_streams": 1}
+        precheck("map_blocks", chunked, **options)  # refuse an impossible budget before func runs
+        # One writer per output from before func first runs (the probe below): a second run of
+        # the same output is refused before it computes anything. (An Appender holds its own.)
+        if not isinstance(out, (Appender, np.ndarray)):
+            held.enter_context(OutputLock(file_path(out)))
+        elif isinstance(out, np.memmap) and isinstance(out.filename, (str, os.PathLike)):
+            held.enter_context(OutputLock(os.fspath(out.filename)))
+        per_byte, per_call = probe_temporaries(_Job.caller(func, args, info, first.shape),
+                                               chunked, args)
+        plan = plan_run("map_blocks", chunked, temporaries=per_byte, scratch_bytes=per_call,
+                        **options)
+        plan.memory.check(_max_chunk(plan.chunks, target_rows))
         if token is not None and not isinstance(token, str):
             raise ArgumentError(f"Expected token as a str. Got {type(token).__name__}.")
         if token is None:  # only a resumed run reads the function's identity back
             token = function_token(func) if resume else "not resumable"
-        job = _Job(func, args, plan, nthreads, prefetch, progress, resume, every, token)
+        job = _Job(func, args, plan, progress, resume, info, token)
         try:
             if isinstance(out, Appender):
                 return job.to_appender(out)
@@ -313,6 +325,7 @@ def map_blocks(
         finally:
             job.close()
     finally:
+        held.close()
         for stream in opened:
             stream.close()
 
@@ -331,16 +344,33 @@ def _max_chunk(plan: ChunkPlan, row_bytes: int | None) -> int:
 class _Job:
     """One map_blocks run: the plan, the function, and how results reach the output."""
 
-    def __init__(self, func: Callable[..., Any], args: list[Any], plan: ChunkPlan, threads: int,
-                 prefetch: int, progress: ProgressArg, resume: bool, every: int,
-                 token: str) -> None:
-        self.func, self.args, self.plan, self.token = func, args, plan, token
-        self.threads, self.prefetch, self.progress = threads, prefetch, progress
-        self.resume, self.every = resume, every
+    def __init__(self, func: Callable[..., Any], args: list[Any], run: RunPlan,
+                 progress: ProgressArg, resume: bool, info: bool, token: str) -> None:
+        self.func, self.args, self.run = func, args, run
+        self.plan: ChunkPlan = run.chunks
+        self.progress, self.resume, self.every = progress, resume, run.flush_every
+        self.info, self.token = info, token
         self.streams = [a for a in args if isinstance(a, Stream)]
         self.journals: list[Journal] = []
         self.output: memmap | None = None
         """A new output file while it is being written (closed at once if the run fails)."""
+
+    @staticmethod
+    def caller(func: Callable[..., Any], args: list[Any], info: bool,
+               shape: tuple[int, ...]) -> Callable[..., Any]:
+        """``func`` of the chunked blocks (in stream order) with the broadcast operands and, if
+        it wants it, the ``block_info`` of leading rows (for the probe)."""
+        def call(*blocks: Any) -> Any:
+            it = iter(blocks)
+            full = [next(it) if isinstance(a, Stream) else a for a in args]
+            if not info:
+                return func(*full)
+            rows = int(np.shape(blocks[0])[0]) if blocks else 0
+            probe = Chunk(0, (slice(0, rows), *(slice(0, k) for k in shape[1:])),
+                          slice(0, rows), ByteSpan(0, 0))
+            return func(*full, block_info=block_info(probe, shape, probe=True))
+
+        return call
 
     def journal(self, output: str, header: dict[str, Any],
                 done: dict[int, int | None] | None = None, *, durable: bool = True) -> Journal:
@@ -363,11 +393,16 @@ class _Job:
 
     def call(self, chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> Any:
         it = iter(blocks)
-        return self.func(*[next(it) if isinstance(a, Stream) else a for a in self.args])
+        full = [next(it) if isinstance(a, Stream) else a for a in self.args]
+        if self.info:
+            return self.func(*full, block_info=block_info(chunk, self.streams[0].shape))
+        return self.func(*full)
 
     def empty_result(self) -> np.ndarray[Any, Any]:
-        return np.asarray(self.func(*[a.array[:0] if isinstance(a, Stream) else a
-                                      for a in self.args]))
+        blocks = [a.head(0) for a in self.streams]
+        empty = Chunk(0, tuple(slice(0, 0) for _ in self.streams[0].shape), slice(0, 0),
+                      ByteSpan(0, 0))
+        return np.asarray(self.call(empty, blocks))
 
     def fingerprint(self, kind: str, extra: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -392,16 +427,14 @@ class _Job:
             res = _check_rows(self.call(chunk, blocks[:-1]), chunk, row_shape)
             writeback.write(chunk.index, out, blocks[-1], res)
 
-        for _ in _engine.run(self.plan, work, streams=streams, threads=self.threads,
-                             prefetch=self.prefetch, progress=bar, writeback=writeback,
-                             skip=skip):
+        for _ in execute(self.run, work, streams, progress=bar, writeback=writeback, skip=skip):
             pass
         writeback.drain()
 
     # ---- outputs ---------------------------------------------------------------------------
     def to_new_file(self, target: str, dtype: Any, overwrite: bool, order: str) -> memmap:
-        with OutputLock(target):
-            return self._to_new_file(target, dtype, overwrite, order)
+        """Write the run into a new file at ``target`` (the caller holds its OutputLock)."""
+        return self._to_new_file(target, dtype, overwrite, order)
 
     def _adopt_partial(self, target: str, old: Parsed | None,
                        run: dict[str, Any]) -> tuple[memmap | None, str | None]:
@@ -480,7 +513,7 @@ class _Job:
                 if outarr is None:
                     if len(self.plan):
                         chunk = self.plan.chunks[0]
-                        blocks = [s.array[chunk.rows] for s in self.streams]
+                        blocks = [s.block(chunk) for s in self.streams]
                         first = (chunk, _check_rows(self.call(chunk, blocks), chunk, None))
                         sample = first[1]
                     else:
@@ -495,7 +528,7 @@ class _Job:
                     header["target"]["id"] = file_id(outarr._bigarr.fd).to_json()
                     journal.close()
                     journal = self.journal(target, header, durable=self.resume)
-                out = as_stream(outarr, output=True, by_key=False)
+                out = parse_operand(outarr, output=True, by_key=False)
                 writeback = Writeback(self.every, durable=self.resume,
                                       on_durable=journal.record if self.resume else None)
                 row_shape = outarr.shape[1:]
@@ -523,7 +556,8 @@ class _Job:
         return open_npy(target, "shared")
 
     def in_place(self, array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        out = as_stream(array, output=True, by_key=False)
+        out = parse_operand(array, output=True, by_key=False)
+        assert out.array is not None
         if not out.array.flags.writeable or (out.mapping is not None
                                              and out.mapping.access == "readonly"):
             raise ReadOnlyError(
@@ -543,15 +577,14 @@ class _Job:
                 raise ShapeError(
                     "resume=True needs an output file: pass a path or a bigarr.memmap.")
             return self._in_place(array, out, None)
-        with OutputLock(out.mapping.path):
-            return self._in_place(array, out, out.mapping.path)
+        return self._in_place(array, out, out.mapping.path)  # map_blocks holds its lock
 
     def _in_place_journal(self, path: str, out: Stream,
                           array: np.ndarray[Any, Any]) -> Journal:
         """The journal of an in-place run: the old one's records only if it is this run's."""
         assert out.mapping is not None
         me = file_id(out.mapping.fd)
-        view = [plan_offset(out), list(array.shape), list(array.strides), array.dtype.str]
+        view = [out.plan_offset(), list(array.shape), list(array.strides), array.dtype.str]
         run = self.fingerprint("in-place", {})
         header = {"kind": "in-place", "run": run,
                   "target": {"id": me.to_json(), "view": view}}
@@ -651,9 +684,8 @@ class _Job:
         todo = [c for c in self.plan.chunks if c.index >= done]
         since: list[int] = []
         with self._bar(todo) as bar:
-            for chunk, res in _engine.run(self.plan, self.call, streams=self.streams,
-                                          threads=self.threads, prefetch=self.prefetch,
-                                          progress=bar, skip=range(done)):
+            for chunk, res in execute(self.run, self.call, self.streams, progress=bar,
+                                      skip=range(done)):
                 if self.resume:  # an append may commit by itself: announce how far first
                     journal.intend(len(app) + int(np.shape(res)[0] if np.ndim(res) else 1))
                 app.append(res)

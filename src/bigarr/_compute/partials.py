@@ -57,6 +57,11 @@ class Kernel:
 
     sub_blocked = False
 
+    def state_bytes(self, dtype: np.dtype[Any]) -> int:
+        """Bytes of partial state per kept element (all the state's arrays together), for the
+        memory plan."""
+        return _acc_size(dtype)
+
     def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
         raise NotImplementedError
@@ -106,6 +111,12 @@ def merge(kernel: Kernel, state: list[np.ndarray[Any, Any]], seen: np.ndarray[An
     seen[target] = True
 
 
+def _acc_size(dtype: np.dtype[Any]) -> int:
+    """Bytes of one accumulator element for data of ``dtype`` (at least 8: numpy sums small
+    integers in the platform's integer)."""
+    return max(8, int(_acc_dtype(dtype).itemsize))
+
+
 def _acc_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     if dtype.kind == "f":
         return np.dtype(np.float64)
@@ -128,6 +139,8 @@ class Sum(Kernel):
 
 
 class Mean(Kernel):
+    def state_bytes(self, dtype: np.dtype[Any]) -> int:
+        return _acc_size(dtype) + 8
     def __init__(self, dtype: Any, src: np.dtype[Any]) -> None:
         # numpy accumulates integer means in float64, float16 in float32, other floats in their
         # own type (pairwise).
@@ -161,6 +174,9 @@ class Var(Kernel):
     """
 
     sub_blocked = True
+
+    def state_bytes(self, dtype: np.dtype[Any]) -> int:
+        return 8 + 3 * (16 if dtype.kind == "c" else 8)
 
     def __init__(self, ddof: float) -> None:
         self.ddof = ddof
@@ -202,6 +218,8 @@ class Var(Kernel):
 
 
 class Extreme(Kernel):
+    def state_bytes(self, dtype: np.dtype[Any]) -> int:
+        return int(dtype.itemsize)
     def __init__(self, largest: bool) -> None:
         self.largest = largest
 
@@ -215,6 +233,14 @@ class Extreme(Kernel):
 
 
 class Arg(Kernel):
+    # numpy's argmin/argmax along any axis but the last copies the block into a contiguous
+    # temporary (argmax(axis=0) of a C-ordered chunk doubled its memory: 456 MiB at a 256 MiB
+    # budget), so they work in sub-blocks like the kernels with temporaries.
+    sub_blocked = True
+
+    def state_bytes(self, dtype: np.dtype[Any]) -> int:
+        return int(dtype.itemsize) + 8
+
     def __init__(self, largest: bool, shape: tuple[int, ...]) -> None:
         self.largest = largest
         self.shape = shape
@@ -251,6 +277,9 @@ class Arg(Kernel):
 
 class CountNonzero(Kernel):
     sub_blocked = True
+
+    def state_bytes(self, dtype: np.dtype[Any]) -> int:
+        return 8
 
     def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:

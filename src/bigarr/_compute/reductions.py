@@ -38,16 +38,17 @@ order differs: numpy sums pairwise over the whole array, bigarr pairwise per chu
 from __future__ import annotations
 
 import builtins
+import contextlib
+import functools
 import math
 import operator
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 import numpy as np
 
-from bigarr._compute import engine as _engine
-from bigarr._compute.engine import as_stream, parse_threads, plan_offset, plan_rows, scaled_budget
+from bigarr._compute.engine import execute
+from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.partials import (
     SUB_BLOCK_BYTES,
     Arg,
@@ -61,8 +62,17 @@ from bigarr._compute.partials import (
     merge,
 )
 from bigarr._compute.progress import Progress, ProgressArg
-from bigarr._plan.budget import plan_memory
-from bigarr._plan.chunks import Chunk, plan_chunks
+from bigarr._compute.runplan import (
+    block_info,
+    parse_threads,
+    plan_run,
+    precheck,
+    probe_temporaries,
+    wants_block_info,
+)
+from bigarr._os.geometry import ByteSpan
+from bigarr._plan.budget import DEFAULT_BUDGET
+from bigarr._plan.chunks import Chunk
 from bigarr.errors import ArgumentError, DtypeError, ShapeError, UnsupportedError
 
 __all__ = [
@@ -82,7 +92,7 @@ __all__ = [
 #: Scratch per thread the memory plan reserves for kernels with temporaries (a few sub-blocks of
 #: :data:`bigarr._compute.partials.SUB_BLOCK_BYTES`), in bytes.
 SCRATCH_BYTES = 4 * SUB_BLOCK_BYTES
-_DEFAULT_BUDGET = "256MiB"
+_DEFAULT_BUDGET = DEFAULT_BUDGET
 
 #: What a reduction returns, as in numpy: an array, or a numpy scalar for ``axis=None`` without
 #: ``keepdims``.
@@ -107,12 +117,8 @@ def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-def _order(arr: np.ndarray[Any, Any]) -> str:
-    return "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
-
-
 def _reduce(
-    a: Any,
+    stream: Stream,
     kernel: Kernel,
     axis: int | Sequence[int] | None,
     *,
@@ -121,39 +127,49 @@ def _reduce(
     progress: ProgressArg,
     desc: str,
 ) -> np.ndarray[Any, Any]:
-    """Run ``kernel`` over ``a``'s chunks; return the finished state (reduced axes kept)."""
-    stream = as_stream(a)
-    try:
-        arr = stream.array
-        axes = _axes(axis, arr.ndim)
-        nthreads = parse_threads(threads)
-        scratch = SCRATCH_BYTES if kernel.sub_blocked else 0
-        memory = plan_memory(budget, threads=nthreads, prefetch=1, streams=1,
-                             scratch_bytes=scratch)
-        plan = plan_chunks(arr.shape, arr.dtype, order=_order(arr),
-                           budget=scaled_budget(stream, memory.chunk_bytes),
-                           offset=plan_offset(stream))
-        memory.check(plan.max_chunk_bytes)
-        keep = tuple(1 if i in axes else n for i, n in enumerate(arr.shape))
-        state: list[np.ndarray[Any, Any]] | None = None
-        seen = np.zeros(keep, dtype=bool)
+    """Run ``kernel`` over ``stream``'s chunks; return the finished state (reduced axes kept).
 
-        def work(chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> State:
-            origin = tuple(k.start for k in chunk.key) if chunk.key else ()
-            return kernel.chunk_state(blocks[0], axes, origin)
+    The memory plan counts, besides the chunks in flight, the kernel's scratch per thread, each
+    chunk's partial state while it waits to be merged, and the merged state itself (a reduction
+    that keeps a long axis, ``sum(axis=1)`` of many rows, holds a result that long).
+    """
+    shape = stream.shape
+    axes = _axes(axis, len(shape))
+    nthreads = parse_threads(threads)
+    keep = tuple(1 if i in axes else n for i, n in enumerate(shape))
+    per_kept = kernel.state_bytes(stream.dtype)
+    kept = math.prod(keep)
+    # the merged state, the `seen` mask, and the finished result
+    fixed = kept * (per_kept + 1 + 8)  # the merged state, `seen`, the finished result
+    plan_axis = len(shape) - 1 if stream.contiguous and stream.order == "F" and shape else 0
+    temporaries = 0.0
+    prefetch = 1
+    if shape and plan_axis not in axes:  # each chunk's state is as long as its rows
+        reduced = math.prod(shape[i] for i in axes)
+        temporaries = per_kept / (builtins.max(reduced, 1) * builtins.max(stream.dtype.itemsize, 1))
+    elif shape:  # each chunk's state is as large as the result: one per chunk in flight
+        prefetch = 0 if kept * per_kept > SCRATCH_BYTES else 1  # large: no extra in flight
+        fixed += (nthreads + prefetch + 1) * kept * per_kept
+    plan = plan_run(desc, [stream], budget=budget, threads=nthreads, layout="keys",
+                    prefetch=prefetch, scratch_bytes=SCRATCH_BYTES if kernel.sub_blocked else 0,
+                    temporaries=temporaries, fixed_bytes=fixed)
+    state: list[np.ndarray[Any, Any]] | None = None
+    seen = np.zeros(keep, dtype=bool)
 
-        with Progress(progress, total_bytes=plan.nbytes, total_chunks=len(plan),
-                      desc=desc) as bar:
-            for chunk, part in _engine.run(plan, work, streams=[stream], threads=nthreads,
-                                           prefetch=1, progress=bar):
-                if state is None:
-                    state = [np.empty(keep, dtype=p.dtype) for p in part]
-                target = tuple(slice(0, 1) if i in axes else k for i, k in enumerate(chunk.key))
-                merge(kernel, state, seen, target, part)
-        assert state is not None
-        return kernel.finish(tuple(state))
-    finally:
-        stream.close()
+    def work(chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> State:
+        origin = tuple(k.start for k in chunk.key) if chunk.key else ()
+        return kernel.chunk_state(blocks[0], axes, origin)
+
+    chunks = plan.chunks
+    with Progress(progress, total_bytes=chunks.nbytes, total_chunks=len(chunks),
+                  desc=desc) as bar:
+        for chunk, part in execute(plan, work, [stream], progress=bar):
+            if state is None:
+                state = [np.empty(keep, dtype=p.dtype) for p in part]
+            target = tuple(slice(0, 1) if i in axes else k for i, k in enumerate(chunk.key))
+            merge(kernel, state, seen, target, part)
+    assert state is not None
+    return kernel.finish(tuple(state))
 
 
 def _shape_result(result: np.ndarray[Any, Any], axes: tuple[int, ...], keepdims: bool,
@@ -202,24 +218,29 @@ def _numpy(fn: Callable[..., Any], a: Any, **kwargs: Any) -> ArrayOrScalar:
         raise ShapeError(f"{fn.__name__} of an array of shape {tuple(a.shape)}: {exc}") from None
 
 
-def _operand(a: Any) -> Any:
-    """An array for ``a``: ``.npy`` paths are opened read-only, other arrays pass through."""
-    if isinstance(a, (str, os.PathLike)):
-        from bigarr._core.files import open as open_npy
-
-        return open_npy(a, "readonly")
-    if isinstance(a, np.ndarray):
-        return a
-    return np.asarray(a)
-
-
-def _plain(a: Any) -> np.ndarray[Any, Any]:
-    return a.view(np.ndarray) if isinstance(a, np.ndarray) else np.asarray(a)
+@contextlib.contextmanager
+def _operand(a: Any) -> Iterator[Stream]:
+    """``a`` as the engine's stream (see :mod:`bigarr._compute.operands`), closed afterwards."""
+    stream = parse_operand(a)
+    try:
+        yield stream
+    finally:
+        stream.close()
 
 
-def _is_empty(a: Any) -> bool:
+def _plain(s: Stream | np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """All of a stream's data (only used for empty operands, where numpy decides)."""
+    if isinstance(s, np.ndarray):
+        return s
+    if s.array is not None:
+        return s.array
+    assert s.read is not None
+    return s.read(tuple(slice(0, n) for n in s.shape))
+
+
+def _is_empty(s: Stream) -> bool:
     """Nothing to stream: no elements, or elements of no bytes (``dtype=[]``): numpy answers."""
-    return bool(math.prod(a.shape) == 0) or np.dtype(a.dtype).itemsize == 0
+    return s.size == 0 or np.dtype(s.dtype).itemsize == 0
 
 
 # ---- public functions ----------------------------------------------------------------------
@@ -257,13 +278,13 @@ def sum(
     BudgetError
         If the budget cannot hold the smallest chunk plan (both numbers quoted).
     """
-    a = _operand(a)
-    if _is_empty(a):
-        return _numpy(np.sum, a, axis=axis, dtype=dtype, keepdims=keepdims)
-    out_dtype = _numpy_dtype(np.sum, a.dtype, dtype=dtype)
-    res = _reduce(a, Sum(dtype), axis, budget=budget, threads=threads, progress=progress,
-                  desc="sum")
-    return _shape_result(res, _axes(axis, res.ndim), keepdims, out_dtype)
+    with _operand(a) as a:
+        if _is_empty(a):
+            return _numpy(np.sum, a, axis=axis, dtype=dtype, keepdims=keepdims)
+        out_dtype = _numpy_dtype(np.sum, a.dtype, dtype=dtype)
+        res = _reduce(a, Sum(dtype), axis, budget=budget, threads=threads, progress=progress,
+                      desc="sum")
+        return _shape_result(res, _axes(axis, res.ndim), keepdims, out_dtype)
 
 
 def mean(
@@ -277,14 +298,14 @@ def mean(
     progress: ProgressArg = None,
 ) -> ArrayOrScalar:
     """Arithmetic mean over ``axis``, like :func:`numpy.mean`; arguments as :func:`sum`."""
-    a = _operand(a)
-    if _is_empty(a):
-        return _numpy(np.mean, a, axis=axis, dtype=dtype, keepdims=keepdims)
-    src = np.dtype(a.dtype)
-    out_dtype = _numpy_dtype(np.mean, src, dtype=dtype)
-    res = _reduce(a, Mean(dtype, src), axis, budget=budget, threads=threads, progress=progress,
-                  desc="mean")
-    return _shape_result(res, _axes(axis, res.ndim), keepdims, out_dtype)
+    with _operand(a) as a:
+        if _is_empty(a):
+            return _numpy(np.mean, a, axis=axis, dtype=dtype, keepdims=keepdims)
+        src = np.dtype(a.dtype)
+        out_dtype = _numpy_dtype(np.mean, src, dtype=dtype)
+        res = _reduce(a, Mean(dtype, src), axis, budget=budget, threads=threads, progress=progress,
+                      desc="mean")
+        return _shape_result(res, _axes(axis, res.ndim), keepdims, out_dtype)
 
 
 def var(
@@ -304,13 +325,13 @@ def var(
     within the chunk) and merged pairwise, which is as stable as numpy's two-pass method.
     Other arguments as :func:`sum`.
     """
-    a = _operand(a)
-    if _is_empty(a):
-        return _numpy(np.var, a, axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
-    out_dtype = _numpy_dtype(np.var, np.dtype(a.dtype), dtype=dtype)
-    res = _reduce(a, Var(ddof), axis, budget=budget, threads=threads, progress=progress,
-                  desc="var")
-    return _shape_result(res, _axes(axis, res.ndim), keepdims, out_dtype)
+    with _operand(a) as a:
+        if _is_empty(a):
+            return _numpy(np.var, a, axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
+        out_dtype = _numpy_dtype(np.var, np.dtype(a.dtype), dtype=dtype)
+        res = _reduce(a, Var(ddof), axis, budget=budget, threads=threads, progress=progress,
+                      desc="var")
+        return _shape_result(res, _axes(axis, res.ndim), keepdims, out_dtype)
 
 
 def std(
@@ -325,25 +346,25 @@ def std(
     progress: ProgressArg = None,
 ) -> ArrayOrScalar:
     """Standard deviation over ``axis``, like :func:`numpy.std`; see :func:`var`."""
-    a = _operand(a)
-    if _is_empty(a):
-        return _numpy(np.std, a, axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
-    out_dtype = _numpy_dtype(np.std, np.dtype(a.dtype), dtype=dtype)
-    res = _reduce(a, Var(ddof), axis, budget=budget, threads=threads, progress=progress,
-                  desc="std")
-    return _shape_result(np.sqrt(res), _axes(axis, res.ndim), keepdims, out_dtype)
+    with _operand(a) as a:
+        if _is_empty(a):
+            return _numpy(np.std, a, axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
+        out_dtype = _numpy_dtype(np.std, np.dtype(a.dtype), dtype=dtype)
+        res = _reduce(a, Var(ddof), axis, budget=budget, threads=threads, progress=progress,
+                      desc="std")
+        return _shape_result(np.sqrt(res), _axes(axis, res.ndim), keepdims, out_dtype)
 
 
 def _extreme(a: Any, axis: Any, keepdims: bool, largest: bool, budget: int | str,
              threads: int | None, progress: ProgressArg) -> ArrayOrScalar:
     fn = np.max if largest else np.min
-    a = _operand(a)
-    if _is_empty(a):
-        return _numpy(fn, a, axis=axis, keepdims=keepdims)
-    _numpy_dtype(fn, np.dtype(a.dtype))
-    res = _reduce(a, Extreme(largest), axis, budget=budget, threads=threads, progress=progress,
-                  desc=fn.__name__)
-    return _shape_result(res, _axes(axis, res.ndim), keepdims, res.dtype)
+    with _operand(a) as a:
+        if _is_empty(a):
+            return _numpy(fn, a, axis=axis, keepdims=keepdims)
+        _numpy_dtype(fn, np.dtype(a.dtype))  # numpy's refusal (DtypeError) for dtypes it can't
+        res = _reduce(a, Extreme(largest), axis, budget=budget, threads=threads, progress=progress,
+                      desc=fn.__name__)
+        return _shape_result(res, _axes(axis, res.ndim), keepdims, res.dtype)
 
 
 def min(
@@ -389,17 +410,17 @@ def _arg(a: Any, axis: int | None, keepdims: bool, largest: bool, budget: int | 
     fn = np.argmax if largest else np.argmin
     if axis is not None and not isinstance(axis, (int, np.integer)):
         raise ArgumentError(f"Expected axis as an int or None. Got {axis!r}.")
-    a = _operand(a)
-    if _is_empty(a):
-        return _numpy(fn, a, axis=axis, keepdims=keepdims)
-    _numpy_dtype(fn, np.dtype(a.dtype))
-    shape = tuple(a.shape)
-    res = _reduce(a, Arg(largest, shape), axis, budget=budget, threads=threads,
-                  progress=progress, desc=fn.__name__)
-    axes = _axes(axis, len(shape))
-    if axis is None and not keepdims:
-        return np.intp(res.reshape(-1)[0])
-    return _shape_result(res, axes, keepdims, np.dtype(np.intp))
+    with _operand(a) as a:
+        if _is_empty(a):
+            return _numpy(fn, a, axis=axis, keepdims=keepdims)
+        _numpy_dtype(fn, np.dtype(a.dtype))  # numpy's refusal (DtypeError) for dtypes it can't
+        shape = tuple(a.shape)
+        res = _reduce(a, Arg(largest, shape), axis, budget=budget, threads=threads,
+                      progress=progress, desc=fn.__name__)
+        axes = _axes(axis, len(shape))
+        if axis is None and not keepdims:
+            return np.intp(res.reshape(-1)[0])
+        return _shape_result(res, axes, keepdims, np.dtype(np.intp))
 
 
 def argmin(
@@ -442,14 +463,14 @@ def count_nonzero(
     progress: ProgressArg = None,
 ) -> int | ArrayOrScalar:
     """Number of non-zero elements, like :func:`numpy.count_nonzero`; arguments as :func:`sum`."""
-    a = _operand(a)
-    if _is_empty(a):
-        return _numpy(np.count_nonzero, a, axis=axis, keepdims=keepdims)
-    res = _reduce(a, CountNonzero(), axis, budget=budget, threads=threads, progress=progress,
-                  desc="count_nonzero")
-    if axis is None and not keepdims:
-        return int(res.reshape(-1)[0])
-    return _shape_result(res, _axes(axis, res.ndim), keepdims, np.dtype(np.intp))
+    with _operand(a) as a:
+        if _is_empty(a):
+            return _numpy(np.count_nonzero, a, axis=axis, keepdims=keepdims)
+        res = _reduce(a, CountNonzero(), axis, budget=budget, threads=threads, progress=progress,
+                      desc="count_nonzero")
+        if axis is None and not keepdims:
+            return int(res.reshape(-1)[0])
+        return _shape_result(res, _axes(axis, res.ndim), keepdims, np.dtype(np.intp))
 
 
 def histogram(
@@ -496,34 +517,38 @@ def histogram(
             "'auto' need all the data at once; compute edges first, e.g. with "
             "np.histogram_bin_edges on a sample."
         )
-    a = _operand(a)
-    w = None if weights is None else _operand(weights)
-    if _is_empty(a):
-        hist = cast(tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]], _numpy(
-            np.histogram, a, bins=bins, range=range, density=density,
-            weights=None if w is None else _plain(w)))
-        return hist
-    if range is None and isinstance(bins, (int, np.integer)):
-        # numpy's autodetected range is (a.min(), a.max()) as scalars of a's dtype; the same
-        # range gives the same edges and the same bin for every element. One pass finds both.
-        range = reduce_blocks(
-            lambda b: (b.min(), b.max()),
-            lambda p, q: (np.minimum(p[0], q[0]), np.maximum(p[1], q[1])),  # NaN propagates
-            a, budget=budget, threads=threads, progress=progress,
-        )
-    edges = np.histogram(np.zeros(0, dtype=a.dtype), bins=bins, range=range)[1]
+    with contextlib.ExitStack() as stack:
+        a = stack.enter_context(_operand(a))
+        w = None if weights is None else stack.enter_context(_operand(weights))
+        if _is_empty(a):
+            return cast(tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]], _numpy(
+                np.histogram, a, bins=bins, range=range, density=density,
+                weights=None if w is None else _plain(w)))
+        inputs = [a] if w is None else [a, w]
+        if range is None and isinstance(bins, (int, np.integer)):
+            # numpy's autodetected range is (a.min(), a.max()) as scalars of a's dtype; the same
+            # range gives the same edges and the same bin for every element. One pass finds both.
+            range = _reduce_blocks(
+                lambda b: (b.min(), b.max()),
+                lambda p, q: (np.minimum(p[0], q[0]), np.maximum(p[1], q[1])),  # NaN propagates
+                [a], budget=budget, threads=threads, progress=progress, temporaries=0.0,
+            )
+        edges = np.histogram(np.zeros(0, dtype=a.dtype), bins=bins, range=range)[1]
 
-    def per_chunk(*blocks: np.ndarray[Any, Any]) -> Any:
-        weight = blocks[1] if len(blocks) > 1 else None
-        return np.histogram(blocks[0], bins=bins, range=range, weights=weight)[0]
+        def per_chunk(*blocks: np.ndarray[Any, Any]) -> Any:
+            weight = blocks[1] if len(blocks) > 1 else None
+            return np.histogram(blocks[0], bins=bins, range=range, weights=weight)[0]
 
-    inputs = [a] if w is None else [a, w]
-    counts = reduce_blocks(per_chunk, operator.add, *inputs, budget=budget, threads=threads,
-                           progress=progress)
-    if density:
-        db = np.diff(edges).astype(float)
-        return counts / db / counts.sum(), edges
-    return counts, edges
+        # np.histogram ravels its input (a copy of a chunk that is not C-contiguous) and, with
+        # bin edges given, sorts it: its temporaries are measured like any function's.
+        for s in inputs:
+            s.by_key = False
+        counts = _reduce_blocks(per_chunk, operator.add, inputs, budget=budget,
+                                threads=threads, progress=progress, temporaries=None)
+        if density:
+            db = np.diff(edges).astype(float)
+            return counts / db / counts.sum(), edges
+        return counts, edges
 
 
 def reduce_blocks(
@@ -543,6 +568,16 @@ def reduce_blocks(
     With one input, chunks follow its memory order (a Fortran-ordered array is cut along its
     last axis); with several, chunks are ranges of rows along axis 0, which all inputs must
     share.
+
+    If ``func`` has a ``block_info`` parameter it is also passed, as a keyword, where its block
+    lies (as in dask): a dict with ``"chunk"`` (the chunk's index), ``"rows"`` (its global
+    ``(start, stop)`` along axis 0), ``"array-location"`` (its ``(start, stop)`` along every
+    axis of the first input) and ``"probe"`` (True only for the call on a probe block below,
+    whose result is discarded).
+
+    The budget counts what ``func`` allocates, too: before the run, ``func`` is called once on
+    a small probe block (the first rows, about 1 MiB) under :mod:`tracemalloc`, and the chunks
+    are sized so that its temporaries and result fit next to the chunks in flight.
 
     Parameters
     ----------
@@ -569,43 +604,75 @@ def reduce_blocks(
     """
     if not inputs:
         raise ArgumentError("reduce_blocks needs at least one input array.")
-    streams = [as_stream(x, by_key=False) for x in inputs]
+    streams: list[Stream] = []
     try:
-        first = streams[0].array
-        if len(streams) == 1:
-            streams[0].by_key = True
-            order = _order(first)
-        else:
-            order = "C"
-            for s in streams[1:]:
-                if s.array.ndim == 0 or first.ndim == 0 or s.array.shape[0] != first.shape[0]:
-                    raise ShapeError(
-                        "Expected inputs sharing their leading length. Got shapes "
-                        f"{[x.array.shape for x in streams]}."
-                    )
-        nthreads = parse_threads(threads)
-        memory = plan_memory(budget, threads=nthreads, prefetch=1, streams=len(streams))
-        if len(streams) > 1 or first.ndim == 1:  # 1-d: rows are elements (records)
-            primary = builtins.max(streams, key=lambda s: s.array.itemsize * s.array.size)
-            plan = plan_rows(primary, memory)
-        else:
-            plan = plan_chunks(first.shape, first.dtype, order=order,
-                               budget=scaled_budget(streams[0], memory.chunk_bytes),
-                               offset=plan_offset(streams[0]))
-        memory.check(plan.max_chunk_bytes)
-        if first.ndim == 0 or first.size == 0 or not len(plan):
-            return func(*[s.array if s.array.ndim == 0 else s.array[:0] for s in streams])
-        total: Any = None
-        started = False
-        with Progress(progress, total_bytes=plan.nbytes, total_chunks=len(plan),
-                      desc="reduce") as bar:
-            for _chunk, part in _engine.run(
-                plan, lambda _c, blocks: func(*blocks), streams=streams, threads=nthreads,
-                prefetch=1, progress=bar,
-            ):
-                total = part if not started else combine(total, part)
-                started = True
-        return cast(_T, total)
+        for x in inputs:
+            streams.append(parse_operand(x, by_key=False))
+        return cast(_T, _reduce_blocks(func, combine, streams, budget=budget, threads=threads,
+                                       progress=progress, temporaries=None))
     finally:
         for s in streams:
             s.close()
+
+
+def _reduce_blocks(
+    func: Callable[..., Any],
+    combine: Callable[[Any, Any], Any],
+    streams: list[Stream],
+    *,
+    budget: int | str,
+    threads: int | None,
+    progress: ProgressArg,
+    temporaries: float | None,
+    scratch_bytes: int = 0,
+) -> Any:
+    """:func:`reduce_blocks` over parsed streams (not closed here); ``temporaries=None``
+    measures ``func``'s on a probe block."""
+    first = streams[0]
+    if len(streams) == 1:
+        first.by_key = True
+    else:
+        for s in streams[1:]:
+            if s.ndim == 0 or first.ndim == 0 or s.shape[0] != first.shape[0]:
+                raise ShapeError(
+                    "Expected inputs sharing their leading length. Got shapes "
+                    f"{[x.shape for x in streams]}."
+                )
+    if first.ndim == 0 or first.size == 0:
+        return func(*[_plain(s) if s.ndim == 0 else s.head(0) for s in streams])
+    info = wants_block_info(func)
+    nthreads = parse_threads(threads)
+    rows = len(streams) > 1 or first.ndim == 1 or first.lazy  # 1-d: rows are records
+    primary = builtins.max(streams, key=lambda s: s.nbytes) if rows else first
+    options: dict[str, Any] = {"budget": budget, "threads": nthreads,
+                               "layout": "rows" if rows else "keys", "primary": primary,
+                               "scratch_bytes": scratch_bytes}
+    if temporaries is None:
+        precheck("reduce_blocks", streams, **options)  # refuse an impossible budget first
+        call = func if not info else functools.partial(_probe_call, func, first.shape)
+        temporaries, per_call = probe_temporaries(call, streams)
+        options["scratch_bytes"] = scratch_bytes + per_call
+    plan = plan_run("reduce_blocks", streams, temporaries=temporaries, **options)
+
+    def work(chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> Any:
+        if info:
+            return func(*blocks, block_info=block_info(chunk, first.shape))
+        return func(*blocks)
+
+    total: Any = None
+    started = False
+    chunks = plan.chunks
+    with Progress(progress, total_bytes=chunks.nbytes, total_chunks=len(chunks),
+                  desc="reduce") as bar:
+        for _chunk, part in execute(plan, work, streams, progress=bar):
+            total = part if not started else combine(total, part)
+            started = True
+    return total
+
+
+def _probe_call(func: Callable[..., Any], shape: tuple[int, ...], *blocks: Any) -> Any:
+    """``func`` on probe blocks (the leading rows), with their ``block_info``."""
+    rows = blocks[0].shape[0] if blocks and np.ndim(blocks[0]) else 0
+    probe = Chunk(0, (slice(0, rows), *(slice(0, n) for n in shape[1:])), slice(0, rows),
+                  ByteSpan(0, 0))
+    return func(*blocks, block_info=block_info(probe, shape, probe=True))

@@ -16,31 +16,22 @@ release-behind (``release=``)
     re-raised in the consumer at its next step.
 
 prefetch (``prefetch=``)
-    A helper thread fetches the *next* chunk while the consumer works on the current one, so
-    I/O overlaps compute. ``"willneed"`` starts asynchronous read-ahead of the chunk into the
-    page cache (nothing is mapped, so it costs no resident memory of this process);
-    ``"populate_read"`` (Linux 5.14+) reads *and maps* the pages, synchronously in the helper.
-    ``"auto"`` chooses per 4 MiB piece: ``populate_read`` when the piece is already in the page
-    cache (mapping it costs no I/O and moves the page faults to the helper), else
-    ``willneed``. ``True`` (the default) means ``"willneed"``, the cheapest for the helper: on
-    this project's test machine (2 shared vCPUs, ext4 on a virtio disk) ``populate_read`` of
-    uncached pages made cold scans slower (the helper faults page by page), and ``"auto"`` was
-    the fastest warm on a quiet machine but slower than no prefetch when the CPUs were busy (the
-    helper then competes with the consumer for a core); see the chunking section of
-    ``bench/README.md``.
+    The number of chunks a helper thread reads ahead (``MADV_WILLNEED``: asynchronous
+    read-ahead into the page cache, which costs this process no resident memory) while the
+    consumer works on the current one, so I/O overlaps compute; 0 turns it off. The same int
+    as every other operation's ``prefetch=``; the policy itself lives in
+    :func:`bigarr._compute.engine.prefetch`.
 
-Memory budget: with prefetch, two chunks can be resident at once (the one being processed, and
-either the previous one until the helper has released it or the next one it fetches: the
-helper runs its tasks in order, releasing chunk ``i - 1`` before fetching ``i + 1``), so the plan
-is made with *half* the budget; without prefetch, chunks may be as
-large as the budget. Either way the bytes the iteration keeps mapped stay within ``budget``
-(plus at most a page at each chunk edge).
+The iteration is planned and run like every chunked operation
+(:func:`bigarr._compute.runplan.plan_run`, :func:`bigarr._compute.engine.execute`), with the
+consumer running each chunk. Memory budget: the chunk being consumed plus the ``prefetch``
+chunks read ahead are planned within ``budget`` (with the default ``prefetch=1``, chunks of half
+the budget). Non-contiguous views are cut into whole rows sized by the pages of the file they
+touch, and release those pages.
 
 The helper thread never outlives the iteration: the generator stops and joins it in a
 ``finally`` block, which runs when the loop ends, when the consumer breaks out (the generator
 is closed, explicitly or when it is garbage-collected) and when an exception is raised.
-Population proceeds in pieces of at most :data:`PREFETCH_PIECE` bytes under a lock shared with
-release-behind, so a chunk that has been released is never re-populated behind the consumer.
 
 Residency (:func:`residency`) uses ``mincore``: a page counts as resident when it is in the
 page cache, whether or not this process has it mapped.
@@ -48,26 +39,28 @@ page cache, whether or not this process has it mapped.
 
 from __future__ import annotations
 
-import queue
-import threading
+import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bigarr._compute.engine import execute
+from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.progress import Progress, ProgressArg
-from bigarr._os.geometry import PAGE_SIZE, ByteSpan, parse_size
+from bigarr._compute.runplan import DEFAULT_PREFETCH, RunPlan, parse_prefetch, plan_run
+from bigarr._os.geometry import PAGE_SIZE, ByteSpan
 from bigarr._os.hints import Hint, parse_hint
+from bigarr._plan.budget import DEFAULT_BUDGET
 from bigarr._plan.chunks import Chunk, ChunkPlan, plan_chunks
 from bigarr._plan.regions import Region, extent, region_span
-from bigarr.errors import BigArrError, BudgetError, HintError, RegionError
+from bigarr.errors import BudgetError, HintError, RegionError
 
 if TYPE_CHECKING:
     from bigarr._os.mapping import Mapping
 
 __all__ = [
-    "PREFETCH_PIECE",
     "ChunkResidency",
     "Residency",
     "advise",
@@ -75,10 +68,6 @@ __all__ = [
     "plan_for",
     "residency",
 ]
-
-#: Largest piece the prefetch thread populates between checks that the chunk is still ahead of
-#: the consumer, in bytes (bounds what a late prefetch can leave resident behind it).
-PREFETCH_PIECE = 4 << 20
 
 _PATTERN_HINTS = frozenset({"normal", "sequential", "random"})
 
@@ -197,9 +186,22 @@ def residency(arr: Any, region: Region = None, *, budget: int | str = "64MiB") -
     span = region_span(arr, region)
     if span.nbytes == 0:
         return Residency(0, 0, PAGE_SIZE, ())
-    whole = extent(arr, mapping)
-    # One mincore call over the union of the region and the array, then slice it.
-    base = ByteSpan(min(span.start, whole.start), max(span.stop, whole.stop)).outward(PAGE_SIZE)
+    # Only the chunks that overlap the region, found by bisection in the (cached) plan, and one
+    # mincore call over the region and those chunks: the cost follows the region, not the file.
+    overlapping: list[tuple[int, ByteSpan]] = []
+    if arr.size and (arr.flags.c_contiguous or arr.flags.f_contiguous):
+        origin = mapping.offset_of(arr)
+        chunks = plan_for(arr, budget).chunks
+        i = bisect.bisect_right(chunks, span.start - origin, key=lambda c: c.span.start)
+        for c in chunks[max(0, i - 1):]:
+            cs = c.span.shift(origin)
+            if cs.start >= span.stop:
+                break
+            if span.start < cs.stop:
+                overlapping.append((c.index, cs))
+    low = min([span.start, *(cs.start for _, cs in overlapping)])
+    high = max([span.stop, *(cs.stop for _, cs in overlapping)])
+    base = ByteSpan(low, high).outward(PAGE_SIZE)
     pages = mapping.residency(base)
     first = base.start // PAGE_SIZE
 
@@ -209,140 +211,35 @@ def residency(arr: Any, region: Region = None, *, budget: int | str = "64MiB") -
         return int(np.count_nonzero(sel)), len(r)
 
     res, total = count(span)
-    per: list[ChunkResidency] = []
-    if arr.size and (arr.flags.c_contiguous or arr.flags.f_contiguous):
-        origin = mapping.offset_of(arr)
-        for c in plan_for(arr, budget):
-            cs = c.span.shift(origin)
-            if cs.start < span.stop and span.start < cs.stop:
-                per.append(ChunkResidency(c.index, *count(cs)))
-    return Residency(res, total, PAGE_SIZE, tuple(per))
-
-
-class _Helper:
-    """The helper thread: prefetches chunks ahead of the consumer and releases finished ones.
-
-    Tasks run in the order they are queued: ``("fetch", i)`` then, once the consumer is done
-    with chunk ``i - 1``, ``("release", i - 1)``, and so on; so a chunk is released before the
-    one after next is fetched, and at most two chunks are mapped at a time.
-
-    ``mode`` is ``"willneed"``, ``"populate_read"`` or ``"auto"``: per piece, ``populate_read``
-    when the piece is already in the page cache (mapping it costs no I/O and spares the
-    consumer the page faults), ``willneed`` otherwise (asynchronous read-ahead). A failed
-    prefetch only turns prefetching off (it is a hint); a failed release (a flush that did not
-    reach the disk) is re-raised in the consumer by :meth:`check`.
-    """
-
-    def __init__(self, mapping: Mapping, spans: list[ByteSpan], mode: str,
-                 lock: threading.Lock) -> None:
-        self.mapping, self.spans, self.lock = mapping, spans, lock
-        self.mode: str | None = mode
-        self.populate, self.willneed = parse_hint("populate_read"), parse_hint("willneed")
-        self.dontneed = parse_hint("dontneed")
-        self.released = -1  # highest chunk index the consumer has finished with
-        self.todo: queue.SimpleQueue[tuple[str, int] | None] = queue.SimpleQueue()
-        self.failure: BaseException | None = None
-        self.stopped = False
-        self.thread = threading.Thread(target=self._run, name="bigarr-prefetch", daemon=True)
-        self.thread.start()
-
-    def _hint_for(self, piece: ByteSpan) -> Hint:
-        if self.mode == "willneed":
-            return self.willneed
-        if self.mode == "populate_read":
-            return self.populate
-        return self.populate if self.mapping.residency(piece).all() else self.willneed
-
-    def _fetch(self, i: int) -> None:
-        span = self.spans[i]
-        for start in range(span.start, span.stop, PREFETCH_PIECE):
-            piece = ByteSpan(start, min(span.stop, start + PREFETCH_PIECE))
-            with self.lock:
-                if i <= self.released or self.mode is None:
-                    return
-                hint = self._hint_for(piece)
-                if not self.mapping.advise(hint, piece) and hint is self.populate:
-                    self.mode = "willneed"  # the kernel lacks populate_read
-                    self.mapping.advise(self.willneed, piece)
-
-    def _release(self, i: int) -> None:
-        self.mapping.sync(self.spans[i])  # a no-op unless shared
-        self.mapping.advise(self.dontneed, self.spans[i])
-
-    def _run(self) -> None:
-        while (task := self.todo.get()) is not None:
-            kind, i = task
-            try:
-                if kind == "release":
-                    self._release(i)
-                else:
-                    self._fetch(i)
-            except (BigArrError, OSError) as exc:
-                if kind == "release":
-                    self.failure = self.failure or exc
-                else:
-                    self.mode = None  # e.g. closed under us: prefetch is only a hint
-
-    def fetch(self, i: int) -> None:
-        self.todo.put(("fetch", i))
-
-    def release(self, i: int) -> None:
-        with self.lock:
-            self.released = i  # a late fetch of chunk i must not map it again
-        self.todo.put(("release", i))
-
-    def check(self) -> None:
-        """Re-raise, in the consumer, the first error of a release done by the helper."""
-        if self.failure is not None:
-            failure, self.failure = self.failure, None
-            raise failure
-
-    def stop(self) -> None:
-        """Skip pending fetches, finish pending releases, and join the thread (idempotent)."""
-        if self.stopped:
-            return
-        self.stopped = True
-        with self.lock:
-            self.mode = None
-        self.todo.put(None)
-        self.thread.join()
-
-
-def _parse_prefetch(prefetch: bool | str | None) -> str | None:
-    if prefetch is None or prefetch is False:
-        return None
-    if prefetch is True:
-        prefetch = "willneed"
-    name = prefetch.strip().lower().replace("-", "_") if isinstance(prefetch, str) else None
-    if name not in ("auto", "willneed", "populate_read"):
-        raise HintError("Expected prefetch True, False, 'auto', 'willneed' or 'populate_read'. "
-                        f"Got {prefetch!r}.")
-    if parse_hint("willneed").advice is None:
-        return None  # no madvise here: prefetch is a no-op
-    if parse_hint("populate_read").advice is None:
-        return "willneed"
-    return name
+    per = tuple(ChunkResidency(index, *count(cs)) for index, cs in overlapping)
+    return Residency(res, total, PAGE_SIZE, per)
 
 
 def iter_chunks(
     arr: Any,
-    budget: int | str = "64MiB",
+    budget: int | str = DEFAULT_BUDGET,
     *,
     progress: ProgressArg = None,
     release: bool | None = None,
-    prefetch: bool | str | None = True,
+    prefetch: int = DEFAULT_PREFETCH,
     hint: str | Hint | None = None,
     desc: str | None = None,
 ) -> Iterator[tuple[Chunk, Any]]:
     """Yield ``(chunk, view)`` for each chunk of ``arr``; see the module docstring.
 
+    The iteration is planned (:func:`bigarr._compute.runplan.plan_run`) and run
+    (:func:`bigarr._compute.engine.execute`) like every chunked operation; the consumer runs each
+    chunk.
+
     Parameters
     ----------
     arr
-        A contiguous :class:`bigarr.memmap` (or a contiguous view of one).
+        A :class:`bigarr.memmap` or a view of one. A contiguous array is cut into page-aligned
+        chunks in its memory order; a non-contiguous view (``x[:, :4]``, ``x[::3]``) into
+        whole rows, sized by the pages of the file they touch.
     budget
-        Bytes the iteration may keep mapped at once (``"64MiB"`` by default). With prefetch,
-        chunks are planned at half of it.
+        The most memory the iteration may add, in bytes or as a string such as ``"256MiB"``:
+        the chunk being consumed plus the ``prefetch`` chunks read ahead.
     progress
         ``None`` (a bar on a TTY), ``True``, ``False`` or callbacks; see
         :mod:`bigarr._compute.progress`.
@@ -350,8 +247,7 @@ def iter_chunks(
         Release-behind: drop each finished chunk from resident memory (after flushing it in
         shared mode). ``None`` means on, except in private mode.
     prefetch
-        ``True`` (``"willneed"``), ``"auto"``, ``"populate_read"``, ``"willneed"`` or
-        ``False``.
+        Chunks read ahead (``MADV_WILLNEED``) by a helper thread; 0 for none.
     hint
         An access hint applied to the whole array before the first chunk (for example
         ``"sequential"``). An access-pattern hint (normal, sequential, random) is reset to
@@ -363,10 +259,12 @@ def iter_chunks(
     ------
     HintError
         For ``release=True`` on a private mapping, or an unknown hint.
+    ArgumentError
+        For a ``prefetch`` that is not a non-negative int.
     BudgetError
         If the budget cannot be met.
     RegionError
-        If the array is detached or not contiguous.
+        If the array is detached (not a view of a mapped file).
     FileChangedError
         If the file shrinks under the array (checked before each chunk, instead of a SIGBUS).
     """
@@ -378,64 +276,44 @@ def iter_chunks(
             "release=True would drop a private mapping's scratch edits (MADV_DONTNEED); "
             "use release=False, or commit() or discard() the edits explicitly."
         )
-    fetch = _parse_prefetch(prefetch)
+    ahead = parse_prefetch(prefetch)
     pattern = parse_hint(hint) if hint is not None else None
-    nbytes = parse_size(budget, name="budget")
-    halved = fetch is not None and nbytes >= 2
+    stream = parse_operand(arr)
     try:
-        plan = plan_for(arr, nbytes // 2 if halved else nbytes)
+        plan = plan_run("iter_chunks", [stream], budget=budget, threads=0, prefetch=ahead,
+                        layout="keys", release=bool(release), min_chunk=1)
     except BudgetError as exc:
-        if not halved:
+        if not ahead:
             raise
         raise BudgetError(
-            f"{exc} (With prefetch on, chunks are planned at half of the budget of {nbytes} "
-            "bytes given; double the budget, or pass prefetch=False.)"
+            f"{exc} (With prefetch on, the budget holds {ahead + 1} chunks: the one consumed "
+            f"and {ahead} read ahead; raise the budget, or pass prefetch=0.)"
         ) from None
-    return _walk(arr, mapping, plan, progress=progress, release=bool(release), fetch=fetch,
-                 pattern=pattern, desc=desc)
+    return _walk(arr, mapping, stream, plan, progress=progress, pattern=pattern, desc=desc)
 
 
 def _walk(
     arr: Any,
     mapping: Mapping,
-    plan: ChunkPlan,
+    stream: Stream,
+    plan: RunPlan,
     *,
     progress: ProgressArg,
-    release: bool,
-    fetch: str | None,
     pattern: Hint | None,
     desc: str | None,
 ) -> Iterator[tuple[Chunk, Any]]:
-    origin = mapping.offset_of(arr)
-    spans = [c.span.shift(origin) for c in plan]
     whole = extent(arr, mapping)
-    dontneed = parse_hint("dontneed")
     label = desc if desc is not None else str(getattr(arr, "filename", "") or "bigarr")
     label = label.rsplit("/", 1)[-1]
-    helper: _Helper | None = None
-    with Progress(progress, total_bytes=plan.nbytes, total_chunks=len(plan), desc=label) as bar:
+    chunks = plan.chunks
+    with Progress(progress, total_bytes=chunks.nbytes, total_chunks=len(chunks),
+                  desc=label) as bar:
         try:
             if pattern is not None:
                 mapping.advise(pattern, whole)
-            if fetch is not None and len(plan) > 1:
-                helper = _Helper(mapping, spans, fetch, threading.Lock())
-            for c in plan:
-                mapping.check_file()
-                if helper is not None and c.index + 1 < len(plan):
-                    helper.fetch(c.index + 1)
-                yield c, arr[(*c.key, Ellipsis)]  # a view even for a 0-d array
-                if release and helper is not None:
-                    helper.release(c.index)  # flushed and dropped by the helper
-                    helper.check()
-                elif release:
-                    mapping.sync(spans[c.index])  # a no-op unless shared
-                    mapping.advise(dontneed, spans[c.index])
-                bar.advance(c.index, c.nbytes)
-            if helper is not None:
-                helper.stop()
-                helper.check()
+            # a view even for a 0-d array: arr[..., ] of the chunk's key
+            yield from execute(plan, lambda c, _blocks: arr[(*c.key, Ellipsis)], [stream],
+                               progress=bar)
         finally:
-            if helper is not None:
-                helper.stop()
             if pattern is not None and pattern.name in _PATTERN_HINTS and not mapping.closed:
                 mapping.advise(parse_hint("normal"), whole)

@@ -386,7 +386,7 @@ class memmap(np.memmap):
         *,
         progress: ProgressArg = None,
         release: bool | None = None,
-        prefetch: bool | str | None = True,
+        prefetch: int = 1,
         hint: str | None = None,
     ) -> Iterator[tuple[Chunk, memmap]]:
         """Iterate ``(chunk, view)`` pairs with at most ``budget`` bytes mapped at once.

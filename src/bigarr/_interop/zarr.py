@@ -33,26 +33,28 @@ import errno
 import operator
 import os
 import sys
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
+from bigarr._compute.engine import Writeback, execute
+from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.progress import Progress, ProgressArg
+from bigarr._compute.runplan import RunPlan, plan_run
 from bigarr._core.array import memmap
 from bigarr._core.files import file_path, new_file
 from bigarr._core.files import open as open_file
 from bigarr._formats.npy import check_dtype
-from bigarr._os.geometry import format_bytes, parse_size
 from bigarr._os.paths import check_output, os_error
+from bigarr._plan.budget import DEFAULT_BUDGET as _DEFAULT
+from bigarr._plan.chunks import Chunk
 
 if TYPE_CHECKING:
     import zarr
 from bigarr.errors import (
     ArgumentError,
     BigArrError,
-    BudgetError,
     FileExistsError_,
     FileMissingError,
     FormatError,
@@ -65,8 +67,8 @@ from bigarr.errors import (
 
 __all__ = ["from_zarr", "to_zarr"]
 
-DEFAULT_BUDGET = "256MiB"
-"""Default memory budget of one streaming step (bytes, or a size string)."""
+DEFAULT_BUDGET = _DEFAULT
+"""Default memory budget (bytes): the one of every chunked operation."""
 
 _OVERHEAD = 3
 """Bytes of memory per byte of batch data. to_zarr: the mapped source pages, zarr's chunk
@@ -75,40 +77,12 @@ its pages in the output and the previous batch still flushing."""
 
 
 
-# ---- planning ------------------------------------------------------------------------------
+# ---- planning --------------------------------------------------------------------------------
 
 
-def _batch_axis(arr: np.ndarray[Any, Any]) -> int:
-    """Stream along the axis whose slabs are contiguous in memory: the last for F-order data."""
-    if arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous:
-        return arr.ndim - 1
-    return 0
-
-
-def _plan(
-    shape: tuple[int, ...], itemsize: int, axis: int, unit: int, budget: int, what: str,
-    overhead: int = _OVERHEAD,
-) -> int:
-    """Elements along ``axis`` per batch: the most whole grid slabs that fit ``budget``.
-
-    Raises
-    ------
-    BudgetError
-        If a single grid slab (``unit`` elements along ``axis``) does not fit.
-    """
-    extent = shape[axis]
-    slab_bytes = int(np.prod(shape, dtype=object)) // max(extent, 1) * itemsize
-    unit = max(1, min(unit, extent))
-    need = overhead * unit * slab_bytes
-    if need > budget:
-        raise BudgetError(
-            f"{what} streams whole zarr chunk (or shard) slabs along axis {axis}: one slab of "
-            f"{unit} x {slab_bytes} bytes needs about {format_bytes(need)} with its encode "
-            f"buffers, but the budget is {format_bytes(budget)}. Pass a larger budget= or "
-            "smaller chunks (or shards) along that axis."
-        )
-    per = max(1, budget // (overhead * unit * max(slab_bytes, 1)))
-    return per * unit
+def _unit(z: Any, axis: int) -> int:
+    """Rows (slabs along ``axis``) of one zarr chunk or shard: batches hold whole multiples."""
+    return int((z.shards or z.chunks)[axis])
 
 
 def _grid(name: str, value: Any, ndim: int) -> tuple[int, ...]:
@@ -131,43 +105,7 @@ def _grid(name: str, value: Any, ndim: int) -> tuple[int, ...]:
     return grid
 
 
-def _batches(extent: int, step: int) -> Iterator[slice]:
-    for start in range(0, extent, step):
-        yield slice(start, min(start + step, extent))
-
-
-def _along(axis: int, ndim: int, sel: slice) -> tuple[slice, ...]:
-    return tuple(sel if d == axis else slice(None) for d in range(ndim))
-
-
-def _release(arr: Any, view: Any) -> None:
-    """Drop the pages behind ``view`` (a slab of bigarr array ``arr``) from this process's RSS.
-
-    Shared mappings are flushed first (``MADV_DONTNEED`` keeps shared data in the page cache,
-    and the ``msync`` makes it durable and keeps dirty memory bounded); private mappings are left
-    alone, since dropping a private page would throw its edits away.
-    """
-    if not isinstance(arr, memmap) or arr.access in (None, "private") or arr.closed:
-        return
-    if view.size == 0:
-        return
-    if arr.access == "shared":
-        arr.flush(view)
-    arr.advise("dontneed", view)
-
-
 # ---- to_zarr ---------------------------------------------------------------------------------
-
-
-def _source(arr: Any) -> tuple[Any, Any]:
-    """Return ``(array, closer)``: a path is opened read-only and closed afterwards."""
-    if isinstance(arr, memmap):
-        arr._check_open()
-        return arr, None
-    if isinstance(arr, np.ndarray):
-        return arr, None
-    opened = open_file(file_path(arr), "r")
-    return opened, opened
 
 
 def to_zarr(
@@ -251,8 +189,7 @@ def to_zarr(
     """
     import zarr
 
-    limit = parse_size(budget, name="budget")
-    src, closer = _source(arr)
+    src = parse_operand(arr)
     try:
         kwargs: dict[str, Any] = {}
         if fill_value is not None:
@@ -279,9 +216,7 @@ def to_zarr(
         # fill values) come before anything exists, and its chunk choice lets us plan first.
         probe = _zarr_call(zarr.create_array, zarr.storage.MemoryStore(), **settings)
         if src.ndim and src.size:
-            axis = _batch_axis(src)
-            _plan(src.shape, src.dtype.itemsize, axis, (probe.shards or probe.chunks)[axis],
-                  limit, "to_zarr")
+            _plan_out(src, probe, budget)  # refuse a budget before anything is created
         existing = _zarr_target(store_or_path, overwrite)
         if zarr_format == 2:
             # v2 keeps attributes in .zattrs, written by zarr concurrently with .zarray: write
@@ -298,16 +233,15 @@ def to_zarr(
         except OSError as exc:
             raise os_error(exc, shown, writing=True) from None
         try:
-            _stream_out(src, z, limit, progress)
+            _stream_out(src, z, budget, progress)
             z.update_attributes({_MARKER: {"complete": True}})  # last: the data is all there
         except OSError as exc:  # ENOSPC from zarr's chunk writes, EROFS, ...
             raise os_error(exc, exc.filename or shown, writing=True) from exc
         return cast("zarr.Array[Any]", z)
     finally:
-        if closer is not None:
-            # force: we opened it, and a failed run's traceback may still hold views of it; a
-            # MappingBusyError here would hide the run's own error and leave the file mapped.
-            closer.close(force=True)
+        # A stream closes what it opened with force: a failed run's traceback may still hold
+        # views of it, and a MappingBusyError here would hide the run's own error.
+        src.close()
 
 
 _MARKER = "bigarr"
@@ -463,27 +397,50 @@ def check_zarr_complete(z: Any, shown: str) -> None:
         )
 
 
-def _stream_out(src: Any, z: Any, budget: int, progress: ProgressArg) -> None:
+def _plan_out(src: Stream, z: Any, budget: int | str) -> RunPlan:
+    """The plan of streaming ``src`` into an array with ``z``'s chunk grid (``z`` may be a
+    stand-in with the same settings, to refuse a budget before the real array exists)."""
+    axis = src.ndim - 1 if src.contiguous and src.order == "F" else 0
+    own = 2 if src.lazy else 1 if src.mapping is not None else 0  # what plan_run counts
+    return plan_run("to_zarr", [src], budget=budget, threads=1, prefetch=0, layout="keys",
+                    extra_streams=_OVERHEAD - own, unit=_unit(z, axis), min_chunk=1)
+
+
+def _plan_in(src: Stream, dst: Stream | None, budget: int | str) -> RunPlan:
+    """The plan of reading ``src`` (a zarr array) into ``dst``; with ``dst`` None, the output
+    counts as one mapped stream (to refuse a budget before the output is created)."""
+    streams = [src] if dst is None else [src, dst]
+    return plan_run("from_zarr", streams, budget=budget, threads=1, prefetch=0, layout="rows",
+                    primary=src, min_chunk=1, extra_streams=1 if dst is None else 0)
+
+
+def _stream_out(src: Stream, z: Any, budget: int | str, progress: ProgressArg) -> None:
     if src.ndim == 0:
-        z[()] = np.asarray(src)[()]
+        z[()] = _plain(src)[()]
         return
-    axis = _batch_axis(src)
-    unit = (z.shards or z.chunks)[axis]
-    step = _plan(src.shape, src.dtype.itemsize, axis, unit, budget, "to_zarr")
-    plain = src.view(np.ndarray)
-    nbatches = -(-src.shape[axis] // step)
-    report = Progress(progress, total_bytes=src.nbytes, total_chunks=nbatches, desc="to_zarr")
-    with report as bar:
-        for i, sel in enumerate(_batches(src.shape[axis], step)):
-            index = _along(axis, src.ndim, sel)
-            block = plain[index]
-            try:
-                z[index] = block  # whole chunks along every axis: zarr writes without reading
-            except BaseException:
-                _settle_zarr_io()
-                raise
-            _release(src, src[index])
-            bar.advance(i, block.nbytes)
+    if src.size == 0:
+        return
+    plan = _plan_out(src, z, budget)
+
+    def work(chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> None:
+        try:
+            z[chunk.key] = blocks[0]  # whole chunks along every axis: zarr writes, never reads
+        except BaseException:
+            _settle_zarr_io()
+            raise
+
+    chunks = plan.chunks
+    with Progress(progress, total_bytes=chunks.nbytes, total_chunks=len(chunks),
+                  desc="to_zarr") as bar:
+        for _ in execute(plan, work, [src], progress=bar):
+            pass
+
+
+def _plain(stream: Stream) -> np.ndarray[Any, Any]:
+    if stream.array is not None:
+        return stream.array
+    assert stream.read is not None
+    return stream.read(tuple(slice(0, n) for n in stream.shape))
 
 
 def _settle_zarr_io() -> None:
@@ -600,7 +557,6 @@ def from_zarr(
     DiskFullError
         If the file system lacks room for the output.
     """
-    limit = parse_size(budget, name="budget")
     if mode not in ("r", "readonly", "r+", "shared", "readwrite", "c", "private", "copyonwrite"):
         raise ModeError(f"Expected mode 'r', 'shared' or 'private'. Got {mode!r}.")
     target = file_path(path)
@@ -611,10 +567,10 @@ def from_zarr(
         check_zarr_complete(z, shown)
     dtype = check_dtype(z.dtype)
     if z.ndim and z.size:  # plan first: refuse a budget before preallocating the output
-        _plan(tuple(z.shape), dtype.itemsize, 0, (z.shards or z.chunks)[0], limit, "from_zarr")
+        _plan_in(parse_operand(z), None, budget)
     with new_file(target, tuple(z.shape), dtype, overwrite=existing == "file") as out:
         try:
-            _stream_in(z, out, limit, progress)
+            _stream_in(z, out, budget, progress)
         except OSError as exc:  # a chunk path that is a directory, EIO, ...
             raise os_error(exc, exc.filename or shown) from None
         except BigArrError:
@@ -627,62 +583,41 @@ def from_zarr(
     return open_file(target, mode)
 
 
-def _stream_in(z: Any, out: memmap, budget: int, progress: ProgressArg) -> None:
+def _stream_in(z: Any, out: memmap, budget: int | str, progress: ProgressArg) -> None:
     if out.ndim == 0:
         out[()] = z[()]
         out.flush()
         return
     if out.size == 0:
         return
-    unit = (z.shards or z.chunks)[0]
-    step = _plan(out.shape, out.dtype.itemsize, 0, unit, budget, "from_zarr")
+    src = parse_operand(z)
+    dst = parse_operand(out, output=True, by_key=False)
+    plan = _plan_in(src, dst, budget)
     fast = _raw_chunks(z)
-    nbatches = -(-out.shape[0] // step)
     row_bytes = out.nbytes // out.shape[0]
-    report = Progress(progress, total_bytes=out.nbytes, total_chunks=nbatches, desc="from_zarr")
+    # One batch may be written but not yet on disk while the next one is read.
+    writeback = Writeback(plan.memory.chunk_bytes)
     fd = os.open(str(out.filename), os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+
+    def work(chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> None:
+        view = blocks[-1]
+        if fast is None:
+            writeback.write(chunk.index, dst, view, blocks[0])  # pwrite: no output pages mapped
+            return
+        at = out.offset + chunk.rows.start * row_bytes
+        fast.read_rows(chunk.rows, view, fd, at)
+        writeback.mapped(chunk.index, dst, view)  # flush, then drop what reached the mapping
+
+    chunks = plan.chunks
     try:
-        with report as bar, _Behind() as behind:
-            for i, sel in enumerate(_batches(out.shape[0], step)):
-                view = out[sel]
-                if fast is not None:
-                    fast.read_rows(sel, view, fd, out.offset + sel.start * row_bytes)
-                else:
-                    view[...] = z[sel]
-                behind.submit(_release, out, view)  # msync + drop while the next batch reads
-                bar.advance(i, view.nbytes)
-                del view
+        with Progress(progress, total_bytes=chunks.nbytes, total_chunks=len(chunks),
+                      desc="from_zarr") as bar:
+            streams = [dst] if fast is not None else [src, dst]
+            for _ in execute(plan, work, streams, progress=bar, writeback=writeback):
+                pass
+            writeback.drain()
     finally:
         os.close(fd)
-
-
-class _Behind:
-    """Runs the flush-and-drop of finished batches on one helper thread.
-
-    At most one batch is in flight: :meth:`submit` first waits for the previous one, so dirty
-    memory stays under two batches while the disk writes overlap the next batch's reads
-    (``msync`` and ``readinto`` release the GIL). Errors surface in the caller.
-    """
-
-    def __init__(self) -> None:
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="bigarr-flush")
-        self.last: Future[None] | None = None
-
-    def submit(self, fn: Callable[..., None], *args: Any) -> None:
-        """Wait for the previous job, then start ``fn(*args)``."""
-        if self.last is not None:
-            self.last.result()
-        self.last = self.pool.submit(fn, *args)
-
-    def __enter__(self) -> _Behind:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            if self.last is not None:
-                self.last.result()
-        finally:
-            self.pool.shutdown(wait=True)
 
 
 # ---- uncompressed fast path ------------------------------------------------------------------

@@ -1,11 +1,16 @@
 """The memory plan: how many bytes a chunked computation will hold, decided before it runs.
 
+``budget`` means one thing everywhere: the most memory the operation may add to the process.
 A computation over chunks holds, at any moment, a bounded number of chunks of each array it
 touches: the chunks being worked on (one per thread) plus the chunks fetched ahead (prefetch).
 Finished input chunks are released behind (``MADV_DONTNEED``) and finished output chunks are
-flushed and then released, so nothing else stays resident. The plan is therefore::
+flushed and then released, so nothing else stays resident. Next to the chunks, a function
+allocates temporaries and returns a result in proportion to its chunk (measured, see
+:func:`bigarr._compute.runplan.measure_temporaries`), and a reduction that keeps a long axis holds
+its partial result. The plan is therefore::
 
-    nbytes = chunk_bytes x in_flight x streams  +  dirty_bytes  +  scratch_bytes x threads
+    nbytes = chunk_bytes x in_flight x (streams + temporaries)  +  dirty_bytes
+             +  scratch_bytes x threads  +  fixed_bytes
 
 ``chunk_bytes``
     the largest chunk of one array, rounded out to whole pages (a chunk's pages are what
@@ -18,7 +23,12 @@ flushed and then released, so nothing else stays resident. The plan is therefore
 ``dirty_bytes``
     output bytes written but not yet flushed (the flush policy's threshold);
 ``scratch_bytes``
-    fixed-size working memory per thread (reduction kernels work in small sub-blocks).
+    fixed-size working memory per thread (reduction kernels work in small sub-blocks);
+``temporaries``
+    bytes a function allocates (its temporaries and its result) per byte of its chunk;
+``fixed_bytes``
+    memory that does not depend on the chunk size: partial results of a reduction that keeps
+    a long axis, for example.
 
 :func:`plan_memory` divides a budget into ``chunk_bytes`` and refuses, with
 :class:`~bigarr.errors.BudgetError` quoting both numbers, a budget that cannot hold even the
@@ -28,13 +38,17 @@ larger than planned (for example when a single row is bigger than the chunk budg
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bigarr._os.geometry import PAGE_SIZE, align_up, format_bytes, parse_size
 from bigarr.errors import BudgetError
 
-__all__ = ["MIN_CHUNK_BYTES", "MemoryPlan", "plan_memory"]
+__all__ = ["DEFAULT_BUDGET", "MIN_CHUNK_BYTES", "MemoryPlan", "plan_memory"]
+
+#: The default ``budget=`` of every chunked operation: the most memory it may add, in bytes.
+DEFAULT_BUDGET = 256 << 20
 
 #: Smallest chunk a plan may use, in bytes. Smaller chunks still work in principle, but each
 #: chunk costs tens of microseconds of Python and a few syscalls, so a budget that only allows
@@ -62,21 +76,50 @@ class MemoryPlan:
     """Worker threads."""
     dirty_of: Callable[[int], int] | None = field(default=None, repr=False, compare=False)
     """When the flush threshold depends on the budget: ``dirty_bytes`` of a budget (bytes)."""
+    temporaries: float = 0.0
+    """Bytes a function allocates (temporaries and result) per byte of its chunk, held for each
+    chunk in flight."""
+    fixed_bytes: int = 0
+    """Bytes held whatever the chunk size (a reduction's partial result), in bytes."""
+    granule: int = PAGE_SIZE
+    """Chunks are charged in whole multiples of this many bytes: a page when they are mapped
+    (a chunk's pages are what becomes resident), 1 for in-memory and decoded data."""
+
+    data_cap: int = 0
+    """Bytes of data a chunk holds at most whatever its budget (the whole array: a small
+    array's chunk is small), capping what the temporaries are charged on; 0 for no cap."""
+
+    @property
+    def per_chunk(self) -> float:
+        """Bytes held per byte of chunk: chunks in flight x (streams + temporaries)."""
+        return self.in_flight * (self.streams + self.temporaries)
+
+    def held(self, chunk: int) -> int:
+        """Bytes the chunks in flight hold for chunks of ``chunk`` bytes (pages), with the
+        temporaries charged on the data a chunk can hold."""
+        data = min(chunk, self.data_cap) if self.data_cap else chunk
+        return math.ceil(self.in_flight * (self.streams * chunk + self.temporaries * data))
 
     @property
     def nbytes(self) -> int:
         """Bytes the plan holds at most."""
-        return (self.chunk_bytes * self.in_flight * self.streams + self.dirty_bytes
-                + self.scratch_bytes * self.threads)
+        return (self.held(self.chunk_bytes) + self.dirty_bytes
+                + self.scratch_bytes * self.threads + self.fixed_bytes)
 
     def describe(self) -> str:
-        """One line: the product that makes up :attr:`nbytes`."""
+        """One line: the sum that makes up :attr:`nbytes`."""
         text = (f"{format_bytes(self.chunk_bytes)} per chunk x {self.in_flight} chunks in flight "
                 f"x {self.streams} arrays")
+        if self.temporaries:
+            text = (f"{format_bytes(self.chunk_bytes)} per chunk x {self.in_flight} chunks in "
+                    f"flight x ({self.streams} arrays + {self.temporaries:.2f} of function "
+                    "temporaries per chunk byte)")
         if self.dirty_bytes:
             text += f" + {format_bytes(self.dirty_bytes)} unflushed output"
         if self.scratch_bytes:
             text += f" + {format_bytes(self.scratch_bytes)} scratch x {self.threads} threads"
+        if self.fixed_bytes:
+            text += f" + {format_bytes(self.fixed_bytes)} of partial results"
         return f"{text} = {self.nbytes} bytes"
 
     def at_least(self, chunk_bytes: int) -> MemoryPlan:
@@ -85,15 +128,17 @@ class MemoryPlan:
         Its :attr:`budget` is the budget to suggest: with a flush threshold that grows with the
         budget (:attr:`dirty_of`), the threshold of *that* budget is part of it.
         """
-        chunk = align_up(max(chunk_bytes, 1), PAGE_SIZE)
-        fixed = chunk * self.in_flight * self.streams + self.scratch_bytes * self.threads
+        chunk = align_up(max(chunk_bytes, 1), self.granule)
+        fixed = (self.held(chunk) + self.scratch_bytes * self.threads
+                 + self.fixed_bytes)
         budget = fixed + self.dirty_bytes
         if self.dirty_of is not None:  # the least budget with budget >= fixed + dirty(budget)
             budget = fixed
             while budget < fixed + self.dirty_of(budget):
                 budget = fixed + self.dirty_of(budget)
         return MemoryPlan(budget, chunk, self.in_flight, self.streams, budget - fixed,
-                          self.scratch_bytes, self.threads, self.dirty_of)
+                          self.scratch_bytes, self.threads, self.dirty_of, self.temporaries,
+                          self.fixed_bytes, self.granule, self.data_cap)
 
     def check(self, largest_chunk: int) -> None:
         """Refuse a chunk plan whose largest chunk (bytes) does not fit this memory plan.
@@ -104,13 +149,13 @@ class MemoryPlan:
             If ``largest_chunk`` rounded out to whole pages exceeds :attr:`chunk_bytes`,
             quoting the bytes needed and the budget.
         """
-        resident = align_up(largest_chunk, PAGE_SIZE)
+        resident = align_up(largest_chunk, self.granule)
         if resident <= self.chunk_bytes:
             return
         need = self.at_least(resident)
         raise BudgetError(
             f"This computation needs {need.nbytes} bytes ({need.describe()}), but the budget is "
-            f"{self.budget} bytes: its largest chunk spans {resident} bytes of pages, more than "
+            f"{self.budget} bytes: its largest chunk spans {resident} bytes, more than "
             f"the {self.chunk_bytes} bytes per chunk the budget leaves. Raise budget= to at "
             f"least {need.nbytes}, or use fewer threads."
         )
@@ -125,6 +170,10 @@ def plan_memory(
     dirty_bytes: int | Callable[[int], int] = 0,
     scratch_bytes: int = 0,
     min_chunk: int | None = None,
+    temporaries: float = 0.0,
+    fixed_bytes: int = 0,
+    granule: int = PAGE_SIZE,
+    data_cap: int = 0,
 ) -> MemoryPlan:
     """Divide ``budget`` into a per-chunk byte budget.
 
@@ -146,6 +195,14 @@ def plan_memory(
     min_chunk
         The smallest chunk the computation can use, in bytes (default
         :data:`MIN_CHUNK_BYTES`).
+    temporaries
+        Bytes the function allocates per byte of its chunk (measured by the planner).
+    fixed_bytes
+        Bytes held whatever the chunk size (partial results), in bytes.
+    granule
+        Chunks are charged in whole multiples of this many bytes (a page when mapped).
+    data_cap
+        Most data bytes a chunk can hold (the array's size), capping the temporaries' charge.
 
     Raises
     ------
@@ -158,10 +215,23 @@ def plan_memory(
     streams = max(1, streams)
     dirty_of = None if isinstance(dirty_bytes, int) else dirty_bytes
     dirty = dirty_bytes if isinstance(dirty_bytes, int) else dirty_bytes(total)
-    chunk = (total - dirty - scratch_bytes * max(1, threads)) // (in_flight * streams)
-    plan = MemoryPlan(total, max(0, chunk - chunk % PAGE_SIZE), in_flight, streams, dirty,
-                      scratch_bytes, max(1, threads), dirty_of)
-    floor = align_up(max(MIN_CHUNK_BYTES if min_chunk is None else min_chunk, 1), PAGE_SIZE)
+    temporaries = max(0.0, float(temporaries))
+    room = total - dirty - scratch_bytes * max(1, threads) - max(0, fixed_bytes)
+    probe = MemoryPlan(total, 0, in_flight, streams, temporaries=temporaries,
+                       data_cap=max(0, data_cap))
+    per = in_flight * (streams + temporaries)
+    chunk = max(0, int(room // per))
+    if data_cap and chunk > data_cap:  # the temporaries stop growing at the whole array
+        chunk = max(data_cap, int((room - in_flight * temporaries * data_cap)
+                                  // (in_flight * streams)))
+    while probe.held(chunk + 1) <= room:  # the float division may fall one short
+        chunk += 1
+    while chunk and probe.held(chunk) > room:
+        chunk -= 1
+    plan = MemoryPlan(total, max(0, chunk - chunk % granule), in_flight, streams, dirty,
+                      scratch_bytes, max(1, threads), dirty_of, temporaries, max(0, fixed_bytes),
+                      granule, max(0, data_cap))
+    floor = align_up(max(MIN_CHUNK_BYTES if min_chunk is None else min_chunk, 1), granule)
     if plan.chunk_bytes < floor:
         need = plan.at_least(floor)
         raise BudgetError(

@@ -25,14 +25,18 @@ neighbour's pages. The exceptions, all forced by the geometry:
   on a page, and the plan is built without alignment (``ChunkPlan.aligned`` is ``False``).
 
 Two aligned starts are ``lcm(slab bytes, page)`` apart along an axis (for example 512 rows of
-1000 bytes with 4 KiB pages). When that distance exceeds the budget although one slab fits, no
-multi-slab chunk can be both aligned and within budget, so the planner descends to the next axis
-and the chunks become single slabs (or parts of one): correct but small. A budget of at least
-``lcm(slab bytes, page)`` avoids that; :attr:`ChunkPlan.max_chunk_bytes` shows what was planned.
+1000 bytes with 4 KiB pages), and some layouts have none at all: numpy's ``np.save`` puts the
+data 128 bytes into the file, so with rows of 256 bytes (or any multiple) no row ever starts on
+a page. When no aligned start lies within the budget although one slab fits, the planner cuts
+that axis on *slab* boundaries instead, every ``budget // slab bytes`` slabs: chunks of many
+rows whose first and last pages are shared with their neighbours (``ChunkPlan.aligned`` is then
+``False``). Descending to the next axis instead would give one chunk per slab (a chunk per row),
+which made a plan of a large file cost more than the work it planned.
 
-Because aligned starts are at least a page apart, a budget smaller than the distance between two
-usable boundaries (at least one page) cannot be met: :class:`~bigarr.errors.BudgetError` then
-quotes the budget and the smallest budget that would work.
+With a budget under one page that fallback is not taken (no chunk smaller than a page is worth
+an unaligned start): the planner descends to the next axis, and where even that cannot reach a
+page boundary, :class:`~bigarr.errors.BudgetError` quotes the budget and the smallest budget
+that would work.
 
 Edge cases
 ----------
@@ -42,6 +46,7 @@ is ``()`` and whose ``rows`` is ``slice(0, 1)``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterator, Sequence
@@ -101,7 +106,9 @@ class ChunkPlan:
     page: int = PAGE_SIZE
     """Page size the chunk starts are aligned to, in bytes."""
     aligned: bool = True
-    """False when the offset makes page alignment impossible (see the module docstring)."""
+    """False when chunks may start off page boundaries: the offset makes page alignment
+    impossible, or some chunks start on slab (row) boundaries because no page-aligned slab
+    start lies within the budget (see the module docstring)."""
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -147,6 +154,7 @@ class _Planner:
         # (prefix indices, depth, start, stop, byte start)
         self.out: list[tuple[tuple[int, ...], int, int, int, int]] = []
         self.need = 0  # budget the last failed split would have needed, in bytes
+        self.slab_starts = False  # some level was cut on slab boundaries, not pages
 
     def _cuts(self, depth: int, base: int) -> list[int] | None:
         """Greedy cut points along level ``depth`` of the block at byte ``base``; None: no fit."""
@@ -163,7 +171,7 @@ class _Planner:
         page = self.page
         g = math.gcd(u, page)
         if (self.offset + base) % g:  # no slab boundary at this level can fall on a page
-            return None
+            return self._slab_starts(n, most)
         period = page // g
         j0 = ((-(self.offset + base) % page) // g) * pow(u // g, -1, period) % period
         cuts, s = [0], 0
@@ -171,13 +179,29 @@ class _Planner:
             top = s + most
             e = j0 + ((top - j0) // period) * period if top >= j0 else -1
             if e <= s:  # no usable boundary within the budget from s
-                gap = (j0 if s < j0 else s + period) - s
-                self.need = min(gap, n - s) * u
-                return None
+                fallback = self._slab_starts(n, most)
+                if fallback is None:
+                    gap = (j0 if s < j0 else s + period) - s
+                    self.need = min(gap, n - s) * u
+                return fallback
             cuts.append(e)
             s = e
         cuts.append(n)
         return cuts
+
+    def _slab_starts(self, n: int, most: int) -> list[int] | None:
+        """Cuts every ``most`` slabs, on slab boundaries instead of pages; None below a page.
+
+        Used when no slab boundary within the budget falls on a page (numpy's 128-byte header
+        with 256-byte rows: none ever does). The alternative, descending to the next axis, made
+        one chunk per slab (a chunk per row: hours for a large file); here neighbouring chunks
+        share their first and last page instead. Budgets under a page keep the old behaviour
+        (descend, or refuse): no chunk smaller than a page is worth an unaligned start.
+        """
+        if self.budget < self.page:
+            return None
+        self.slab_starts = True
+        return [*range(0, n, most), n]
 
     def block(self, prefix: tuple[int, ...], depth: int, base: int) -> bool:
         cuts = self._cuts(depth, base)
@@ -249,11 +273,20 @@ def plan_chunks(
     if isinstance(page, bool) or not isinstance(page, (int, np.integer)) or page <= 0:
         raise ShapeError(f"Expected a positive page size in bytes. Got {page!r}.")
     offset, page = int(offset), int(page)
+
+    return _plan(dims, itemsize, order, nbytes_budget, offset, page)
+
+
+@functools.lru_cache(maxsize=32)
+def _plan(dims: tuple[int, ...], itemsize: int, order: str, nbytes_budget: int, offset: int,
+          page: int) -> ChunkPlan:
+    """The plan of validated arguments, cached: plans are values, and ``resident(region)`` asks
+    for the same plan of an array again and again."""
     ndim = len(dims)
     axis = ndim - 1 if order == "F" and ndim else 0
     aligned = offset % math.gcd(itemsize, page) == 0 if itemsize else True
 
-    def result(chunks: tuple[Chunk, ...]) -> ChunkPlan:
+    def result(chunks: tuple[Chunk, ...], aligned: bool = aligned) -> ChunkPlan:
         return ChunkPlan(dims, itemsize, order, axis, nbytes_budget, chunks, offset, page, aligned)
 
     if math.prod(dims) * itemsize == 0:
@@ -285,4 +318,4 @@ def plan_chunks(
         rows = key[axis]
         span = ByteSpan(first, first + (stop - start) * unit[depth])
         chunks.append(Chunk(index, tuple(key), slice(rows.start, rows.stop), span, depth))
-    return result(tuple(chunks))
+    return result(tuple(chunks), aligned and not planner.slab_starts)

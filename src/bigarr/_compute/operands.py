@@ -1,0 +1,419 @@
+"""Operands: every kind of input or output turned, at the boundary, into the engine's stream.
+
+This is the one place where the engine learns what an operand is. :func:`parse_operand` takes
+
+``.npy`` paths
+    opened read-only (inputs) or shared (outputs), and closed when the run ends;
+bigarr arrays
+    used through their own mapping (views too);
+``numpy.memmap`` and ``np.load(mmap_mode=...)`` arrays
+    re-mapped *by reference* from their file with bigarr (views too), so the engine can hint and
+    release their pages: reading them as plain ndarrays faulted in every page for good and the
+    resident memory grew to the size of the file. Copy-on-write (``mode="c"``) memmaps are the
+    exception: their edits live only in numpy's mapping, so they are used as they are;
+zarr arrays
+    read chunk row by chunk row (``z[rows]``), planned on the zarr chunk (or shard) grid;
+dask arrays
+    computed block row by block row (``x[rows].compute()``), planned on the dask block grid;
+anything else
+    in-memory ndarrays used as they are (``np.asarray`` for other array-likes).
+
+A :class:`Stream` then gives the engine each chunk's block and the page spans it covers:
+non-contiguous views (column slices ``x[:, :4]``, strided rows ``x[::3]``, rows of a Fortran
+file) are planned and released by the pages of the parent file they touch
+(:meth:`Stream.page_spans`, :meth:`Stream.resident_bytes`), not by their own bytes.
+
+zarr and dask are detected without importing them (a module already imported by the caller).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bigarr._core.array import memmap
+from bigarr._os.geometry import PAGE_SIZE, ByteSpan
+from bigarr._os.hints import parse_hint
+from bigarr._os.mapping import Mapping
+from bigarr._plan.chunks import Chunk
+from bigarr._plan.regions import extent
+
+__all__ = ["FAULT_AROUND", "Stream", "parse_operand"]
+
+
+def _spans_of(arr: np.ndarray[Any, Any], base: int) -> list[ByteSpan]:
+    """The byte spans (relative to the mapping, starting at ``base`` for ``arr``'s first
+    element) that ``arr``'s elements occupy, merged where pages touch.
+
+    The array is cut along its largest-stride axis: when one slab's bytes plus a page reach the
+    next slab (rows of a column slice, every other column), the bounding span is exact up to a
+    page per slab and is returned whole; otherwise (strided rows far apart, rows of a Fortran
+    file) each slab is a span of its own, recursively.
+    """
+    if arr.size == 0:
+        return []
+    lows = sum(min(0, (n - 1) * s) for n, s in zip(arr.shape, arr.strides, strict=True))
+    highs = sum(max(0, (n - 1) * s) for n, s in zip(arr.shape, arr.strides, strict=True))
+    whole = ByteSpan(base + lows, base + highs + arr.itemsize)
+    live = [(abs(s), i) for i, (n, s) in enumerate(zip(arr.shape, arr.strides, strict=True))
+            if n > 1]
+    if not live or arr.flags.c_contiguous or arr.flags.f_contiguous:
+        return [whole]
+    stride, axis = max(live)
+    slab = arr[(slice(None),) * axis + (0,)] if arr.ndim > 1 else arr[:1]
+    slab_span = (0 if slab.ndim == 0 else
+                 sum(abs((n - 1) * s) for n, s in zip(slab.shape, slab.strides, strict=True)))
+    slab_bytes = slab_span + arr.itemsize
+    if slab_bytes + PAGE_SIZE >= stride:
+        return [whole]
+    step = arr.strides[axis]
+    out: list[ByteSpan] = []
+    for j in range(arr.shape[axis]):
+        sub = arr[(slice(None),) * axis + (j,)] if arr.ndim > 1 else arr[j:j + 1]
+        out.extend(_spans_of(sub, base + j * step))
+    return out
+
+
+@dataclass(slots=True)
+class Stream:
+    """One operand the engine moves through, chunk by chunk."""
+
+    array: np.ndarray[Any, Any] | None
+    """A plain ndarray view of the data (no memmap subclass overhead per block); ``None`` for
+    a lazy source (zarr, dask), whose blocks are read by :attr:`read`."""
+    mapping: Mapping | None
+    """The bigarr mapping the data lives in, or ``None`` (in memory, lazy)."""
+    kind: str
+    """What the operand was: ``"path"``, ``"bigarr"``, ``"numpy.memmap"``, ``"zarr"``,
+    ``"dask"`` or ``"ndarray"``."""
+    output: bool = False
+    """True for arrays the run writes."""
+    by_key: bool = True
+    """Blocks are ``array[chunk.key]`` (the planned array) or ``array[chunk.rows]`` (another
+    array sharing the leading axis)."""
+    owned: list[memmap] = field(default_factory=list)
+    """Arrays the engine opened itself (a path, a re-mapped numpy.memmap), closed at the end."""
+    read: Callable[[tuple[slice, ...]], np.ndarray[Any, Any]] | None = None
+    """For lazy sources: the block of a key, read or computed."""
+    lazy_shape: tuple[int, ...] = ()
+    """For lazy sources: the shape."""
+    lazy_dtype: np.dtype[Any] | None = None
+    """For lazy sources: the dtype."""
+    grid: tuple[int, ...] | None = None
+    """For lazy sources: the row boundaries of their chunks (blocks) along axis 0, ``0 ..
+    shape[0]``; chunks of a run start and stop only on them."""
+    name: str = ""
+    """A short description for plans and messages."""
+
+    # ---- geometry ------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the operand."""
+        return tuple(self.array.shape) if self.array is not None else self.lazy_shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """dtype of the operand."""
+        if self.array is not None:
+            dt: np.dtype[Any] = self.array.dtype
+            return dt
+        assert self.lazy_dtype is not None
+        return self.lazy_dtype
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of data."""
+        return self.size * self.dtype.itemsize
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row (along axis 0); the itemsize for 1-d, the size for 0-d."""
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def lazy(self) -> bool:
+        """True for zarr and dask operands (blocks are read, not viewed)."""
+        return self.array is None
+
+    @property
+    def contiguous(self) -> bool:
+        """True when the data is one contiguous run of bytes (C or Fortran order)."""
+        a = self.array
+        return a is not None and (a.flags.c_contiguous or a.flags.f_contiguous)
+
+    @property
+    def order(self) -> str:
+        """``"F"`` for Fortran-ordered data that is not also C-ordered, else ``"C"``."""
+        a = self.array
+        if a is not None and a.flags.f_contiguous and not a.flags.c_contiguous:
+            return "F"
+        return "C"
+
+    def plan_offset(self) -> int:
+        """File offset of the first byte for page alignment (0 when not a mapped array)."""
+        if self.mapping is None or self.array is None or self.array.size == 0:
+            return 0
+        return self.mapping.map_offset + self.mapping.offset_of(self.array)
+
+    # ---- blocks --------------------------------------------------------------------------
+    def key_of(self, chunk: Chunk) -> tuple[slice, ...]:
+        """This stream's index of ``chunk``."""
+        return chunk.key if self.by_key else (chunk.rows,)
+
+    def block(self, chunk: Chunk) -> np.ndarray[Any, Any]:
+        """This stream's block of ``chunk`` (read or computed for a lazy source)."""
+        key = self.key_of(chunk)
+        if self.array is not None:
+            full: tuple[Any, ...] = (*key, Ellipsis)
+            view: np.ndarray[Any, Any] = self.array[full]  # a view, also of a 0-d array
+            return view
+        assert self.read is not None
+        return self.read(key)
+
+    def head(self, rows: int) -> np.ndarray[Any, Any]:
+        """The first ``rows`` rows (all of a 0-d operand), read for a lazy source."""
+        if self.ndim == 0:
+            return self.array if self.array is not None else np.asarray(self.block(_WHOLE))
+        key = (slice(0, min(rows, self.shape[0])),)
+        if self.array is not None:
+            return self.array[key]
+        assert self.read is not None
+        return self.read(key)
+
+    def page_spans(self, block: np.ndarray[Any, Any]) -> list[ByteSpan]:
+        """The mapping bytes ``block`` touches, as few spans as keep them within a page per
+        slab (empty when the stream is not mapped)."""
+        if self.mapping is None or block.size == 0 or self.lazy:
+            return []
+        return _spans_of(block, self.mapping.offset_of(block))
+
+    def resident_bytes(self, block: np.ndarray[Any, Any]) -> int:
+        """Bytes of pages ``block`` makes resident: its own bytes for in-memory and lazy data
+        (the block itself), the pages it spans of a mapped file."""
+        if self.mapping is None or self.lazy:
+            return int(block.nbytes)
+        return sum(s.outward(PAGE_SIZE).nbytes for s in self.page_spans(block))
+
+    def span_bytes(self) -> int:
+        """Bytes of mapping the whole operand spans (its own bytes when not mapped)."""
+        if self.array is None or self.mapping is None or self.array.size == 0:
+            return self.nbytes
+        return extent(self.array, self.mapping).nbytes
+
+    def span(self, block: np.ndarray[Any, Any]) -> ByteSpan | None:
+        """The bounding mapping bytes of ``block``, or ``None`` when not mapped."""
+        if self.mapping is None or block.size == 0 or self.lazy:
+            return None
+        return extent(block, self.mapping)
+
+    def file_offset(self, block: np.ndarray[Any, Any]) -> int | None:
+        """File offset of a contiguous block's first byte, or ``None``."""
+        if not (block.flags.c_contiguous or block.flags.f_contiguous):
+            return None
+        span = self.span(block)
+        if span is None or self.mapping is None:
+            return None
+        return self.mapping.map_offset + span.start
+
+    # ---- page policies (the engine's release-behind and read pattern live here) ---------
+    def release(self, block: np.ndarray[Any, Any]) -> None:
+        """Release-behind: drop the pages ``block`` touched from this process's memory.
+
+        ``msync`` first on a shared mapping, then ``MADV_DONTNEED`` over each span widened by
+        :data:`FAULT_AROUND` on both sides; never on a private mapping (that would throw away
+        copy-on-write edits), never on an output.
+        """
+        mapping = self.mapping
+        if mapping is None or mapping.access == "private" or self.output:
+            return
+        for span in self.page_spans(block):
+            mapping.sync(span)  # a no-op unless shared
+            wide = ByteSpan(max(0, span.start - FAULT_AROUND),
+                            min(mapping.length, span.stop + FAULT_AROUND))
+            mapping.advise(_DONTNEED, wide)
+
+    def scattered(self, block: np.ndarray[Any, Any]) -> bool:
+        """True when ``block`` is scattered runs of a mapped file (not contiguous)."""
+        return (self.mapping is not None and not self.output and self.array is not None
+                and block.size > 0 and not (block.flags.c_contiguous or block.flags.f_contiguous))
+
+    def read_pattern(self, scattered: bool) -> None:
+        """Advise the whole operand ``random`` (``scattered``) or back to ``normal``.
+
+        On a page fault the kernel reads around the faulting page (``read_ahead_kb``, 8 MiB on
+        the test machine) and, on recent kernels, maps the large folios that read-around made:
+        the rows of a Fortran-ordered file (32 column runs per chunk) mapped about 2 MiB per
+        run, 58 MiB for a 1 MiB probe. The engine prefetches exactly the runs it needs, so for
+        scattered blocks read-around only overshoots; ``random`` turns it off.
+        """
+        if self.mapping is None or self.array is None or self.mapping.closed:
+            return
+        self.mapping.advise(_RANDOM if scattered else _NORMAL, extent(self.array, self.mapping))
+
+    def probe_copy(self, rows: int) -> np.ndarray[Any, Any]:
+        """An in-memory copy of the first ``rows`` rows, read without leaving pages mapped."""
+        head = self.head(rows)
+        if self.array is None or self.mapping is None:
+            return np.ascontiguousarray(head)
+        scattered = self.scattered(head)
+        if scattered:
+            self.read_pattern(True)
+        try:
+            copy = np.array(head, order="K")
+        finally:
+            if scattered:
+                self.read_pattern(False)
+        self.release(head)
+        return copy
+
+    def close(self) -> None:
+        """Close what the engine opened for this operand."""
+        while self.owned:
+            self.owned.pop().close(force=True)
+
+
+_WHOLE = Chunk(0, (), slice(0, 1), ByteSpan(0, 0))
+_DONTNEED = parse_hint("dontneed")
+_RANDOM = parse_hint("random")
+_NORMAL = parse_hint("normal")
+
+#: Bytes around a faulting page that Linux maps along with it when they are in the page cache
+#: ("fault-around", 64 KiB by default): a chunk's reads map up to this much of its neighbours'
+#: pages, so release-behind drops this much more on each side of every span. Without it, rows
+#: of a Fortran-ordered file (32 column runs per chunk) left 40% of each chunk mapped: 123 MiB
+#: at a 16 MiB budget. Dropping a neighbour's page only costs it a re-fault from the cache.
+FAULT_AROUND = 64 << 10
+
+
+def _module_class(obj: Any, module: str, name: str) -> bool:
+    mod = sys.modules.get(module)
+    cls = getattr(mod, name, None) if mod is not None else None
+    return isinstance(cls, type) and isinstance(obj, cls)
+
+
+def _remap_numpy_memmap(obj: np.memmap[Any, Any]) -> Stream | None:
+    """Re-map a numpy.memmap (or a view of one) from its file by reference, read-only.
+
+    Returns ``None`` when that is not possible or not right: copy-on-write memmaps (their edits
+    are only in numpy's mapping), memmaps without a file name or mapping, zero-size arrays.
+    """
+    mm = getattr(obj, "_mmap", None)
+    filename = getattr(obj, "filename", None)
+    if (not isinstance(mm, mmap.mmap) or not filename or obj.size == 0
+            or getattr(obj, "mode", "c") == "c"):
+        return None
+    try:
+        mm_addr = np.frombuffer(mm, dtype=np.uint8).__array_interface__["data"][0]
+    except (ValueError, TypeError, BufferError):  # a closed mmap
+        return None
+    offset = int(obj.offset)
+    mm_start = offset - offset % mmap.ALLOCATIONGRANULARITY  # numpy maps from this file offset
+    first = int(obj.__array_interface__["data"][0]) - int(mm_addr)
+    lows = sum(min(0, (n - 1) * s) for n, s in zip(obj.shape, obj.strides, strict=True))
+    highs = sum(max(0, (n - 1) * s) for n, s in zip(obj.shape, obj.strides, strict=True))
+    low, high = first + lows, first + highs + obj.itemsize
+    if low < 0 or high > len(mm):
+        return None
+    from bigarr._core.files import open_raw
+
+    raw = open_raw(filename, np.uint8, (high - low,), offset=mm_start + low)
+    plain = raw.view(np.ndarray)
+    view: np.ndarray[Any, Any] = np.ndarray(obj.shape, obj.dtype, buffer=plain,
+                                            offset=first - low, strides=obj.strides)
+    assert raw._bigarr is not None
+    return Stream(view, raw._bigarr, "numpy.memmap", owned=[raw],
+                  name=f"numpy.memmap {os.path.basename(str(filename))}")
+
+
+def _zarr_stream(z: Any) -> Stream:
+    shape = tuple(int(n) for n in z.shape)
+    step = int((getattr(z, "shards", None) or z.chunks)[0]) if shape else 1
+    grid = (*tuple(range(0, shape[0], max(1, step))), shape[0]) if shape else None
+
+    def read(key: tuple[slice, ...]) -> np.ndarray[Any, Any]:
+        return np.asarray(z[key] if key else z[()])
+
+    return Stream(None, None, "zarr", read=read, lazy_shape=shape,
+                  lazy_dtype=np.dtype(z.dtype), grid=grid, name=f"zarr {shape}")
+
+
+def _dask_stream(x: Any) -> Stream:
+    shape = tuple(int(n) for n in x.shape)
+    grid = None
+    if shape:
+        grid = tuple(int(v) for v in np.cumsum((0, *x.chunks[0])))
+
+    def read(key: tuple[slice, ...]) -> np.ndarray[Any, Any]:
+        part = x[key] if key else x
+        return np.asarray(part.compute(scheduler="synchronous"))
+
+    return Stream(None, None, "dask", read=read, lazy_shape=shape,
+                  lazy_dtype=np.dtype(x.dtype), grid=grid, name=f"dask {shape}")
+
+
+def parse_operand(obj: Any, *, output: bool = False, by_key: bool = True) -> Stream:
+    """Turn an input or output into the engine's :class:`Stream` (see the module docstring).
+
+    Parameters
+    ----------
+    obj
+        A ``.npy`` path, a bigarr array, a numpy.memmap (or ``np.load(mmap_mode=...)`` array),
+        a view of any of these, a zarr or dask array, or any array-like.
+    output
+        The run writes this operand: paths are opened shared, and nothing is re-mapped (the
+        caller's own object must see the writes).
+    by_key
+        Blocks are ``array[chunk.key]`` (True) or ``array[chunk.rows]`` (False).
+
+    Raises
+    ------
+    FileMissingError, FormatError, AccessDeniedError
+        For a path that cannot be opened as a ``.npy`` file.
+    ClosedError
+        For a closed bigarr array.
+    """
+    if isinstance(obj, (str, os.PathLike)):
+        from bigarr._core.files import open as open_npy
+
+        owned = open_npy(obj, "shared" if output else "readonly")
+        stream = parse_operand(owned, output=output, by_key=by_key)
+        stream.owned.append(owned)
+        stream.kind = "path"
+        stream.name = f"path {os.path.basename(os.fspath(obj))}"
+        return stream
+    if isinstance(obj, memmap) and obj._bigarr is not None:
+        obj._check_open()
+        return Stream(obj.view(np.ndarray), obj._bigarr, "bigarr", output, by_key,
+                      name=f"bigarr {os.path.basename(str(obj.filename or ''))}")
+    if isinstance(obj, np.memmap) and not isinstance(obj, memmap) and not output:
+        remapped = _remap_numpy_memmap(obj)
+        if remapped is not None:
+            remapped.by_key = by_key
+            return remapped
+    if not isinstance(obj, np.ndarray):
+        if _module_class(obj, "zarr", "Array"):
+            stream = _zarr_stream(obj)
+            stream.output, stream.by_key = output, by_key
+            return stream
+        if _module_class(obj, "dask.array", "Array"):
+            stream = _dask_stream(obj)
+            stream.output, stream.by_key = output, by_key
+            return stream
+    arr = obj.view(np.ndarray) if isinstance(obj, np.ndarray) else np.asarray(obj)
+    return Stream(arr, None, "ndarray", output, by_key, name="ndarray")
