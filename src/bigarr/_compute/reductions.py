@@ -57,13 +57,15 @@ from bigarr._compute.partials import (
     Mean,
     State,
     Sum,
+    Tree,
     Var,
+    VarInt,
     merge,
 )
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._plan.budget import plan_memory
 from bigarr._plan.chunks import Chunk, plan_chunks
-from bigarr.errors import ArgumentError, ShapeError, UnsupportedError
+from bigarr.errors import ArgumentError, DtypeError, ShapeError, UnsupportedError
 
 __all__ = [
     "argmax",
@@ -87,6 +89,18 @@ _DEFAULT_BUDGET = "256MiB"
 
 # ---- plumbing ------------------------------------------------------------------------------
 def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
+    """``axis`` as sorted non-negative ints (numpy's forms: None, an int, a tuple of ints).
+
+    Raises
+    ------
+    ArgumentError
+        For any other form, a list included (numpy refuses lists too).
+    numpy.exceptions.AxisError
+        For an axis out of range, as numpy.
+    ShapeError
+        For a repeated axis.
+    """
+    _check_axis(axis)
     if axis is None:
         return tuple(range(ndim))
     items = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
@@ -100,6 +114,17 @@ def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
     if len(set(out)) != len(out):
         raise ShapeError(f"Expected distinct axes. Got {axis!r}.")
     return tuple(sorted(out))
+
+
+def _check_axis(axis: Any) -> None:
+    if axis is None or isinstance(axis, tuple):
+        return
+    if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool):
+        return
+    raise ArgumentError(
+        f"Expected axis as an int, a tuple of ints or None. Got {axis!r}"
+        + (" (a list: numpy refuses those too; pass a tuple)." if isinstance(axis, list) else ".")
+    )
 
 
 def _order(arr: np.ndarray[Any, Any]) -> str:
@@ -132,8 +157,12 @@ def _reduce(
         keep = tuple(1 if i in axes else n for i, n in enumerate(arr.shape))
         state: list[np.ndarray[Any, Any]] | None = None
         seen = np.zeros(keep, dtype=bool)
+        # Inexact kernels merge in a fixed tree of leaves, whatever the chunks (see Tree).
+        tree = None if kernel.exact else Tree(kernel, arr.shape, axes, _order(arr))
 
-        def work(chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> State:
+        def work(chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> Any:
+            if tree is not None:
+                return tree.parts(chunk.key, chunk.depth, blocks[0])
             origin = tuple(k.start for k in chunk.key) if chunk.key else ()
             return kernel.chunk_state(blocks[0], axes, origin)
 
@@ -141,10 +170,15 @@ def _reduce(
                       desc=desc) as bar:
             for chunk, part in _engine.run(plan, work, streams=[stream], threads=nthreads,
                                            prefetch=1, progress=bar):
+                if tree is not None:
+                    tree.add(part)
+                    continue
                 if state is None:
                     state = [np.empty(keep, dtype=p.dtype) for p in part]
                 target = tuple(slice(0, 1) if i in axes else k for i, k in enumerate(chunk.key))
                 merge(kernel, state, seen, target, part)
+        if tree is not None:
+            return tree.finish()
         assert state is not None
         return kernel.finish(tuple(state))
     finally:
@@ -159,13 +193,30 @@ def _shape_result(result: np.ndarray[Any, Any], axes: tuple[int, ...], keepdims:
     return out[()] if out.ndim == 0 else out
 
 
-def _numpy_dtype(fn: Callable[..., Any], src: np.dtype[Any], **kwargs: Any) -> np.dtype[Any]:
-    """The dtype numpy's own ``fn`` gives for an array of ``src``."""
+def _numpy_dtype(fn: Callable[..., Any], a: Any, **kwargs: Any) -> np.dtype[Any]:
+    """The dtype numpy's own ``fn`` gives for ``a``'s dtype and dimensions with ``kwargs``.
+
+    ``fn`` runs on a one-element array of ``a``'s dimensions, so the call raises where numpy's
+    would on ``a`` (an axis out of range, a dtype numpy cannot reduce to, an integer ``std``
+    that numpy cannot write back).
+
+    Raises
+    ------
+    DtypeError
+        Where numpy raises a TypeError for these arguments.
+    """
     import warnings
 
+    sample = np.zeros((1,) * a.ndim, dtype=a.dtype)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        return np.asarray(fn(np.zeros(2, dtype=src), **kwargs)).dtype
+        try:
+            return np.asarray(fn(sample, **kwargs)).dtype
+        except TypeError as exc:
+            raise DtypeError(
+                f"Expected arguments numpy's {fn.__name__} accepts for {a.dtype} data of "
+                f"{a.ndim} dimensions. Got {kwargs}, which numpy refuses: {exc}"
+            ) from None
 
 
 def _operand(a: Any) -> Any:
@@ -187,10 +238,25 @@ def _is_empty(a: Any) -> bool:
     return bool(math.prod(a.shape) == 0)
 
 
+def _direct(a: Any) -> bool:
+    """True when numpy itself computes the result: zero-size and 0-d arrays (one element)."""
+    return bool(a.ndim == 0 or _is_empty(a))
+
+
+def _prepare(a: Any, axis: Any) -> Any:
+    """The array of ``a``, with ``axis`` checked against it as numpy would (0-d: numpy's own
+    rule, which accepts 0 and -1 for most functions)."""
+    a = _operand(a)
+    _check_axis(axis)
+    if a.ndim:
+        _axes(axis, a.ndim)
+    return a
+
+
 # ---- public functions ----------------------------------------------------------------------
 def sum(
     a: Any,
-    axis: int | Sequence[int] | None = None,
+    axis: int | tuple[int, ...] | None = None,
     dtype: Any = None,
     *,
     keepdims: bool = False,
@@ -200,6 +266,10 @@ def sum(
 ) -> Any:
     """Sum of array elements over ``axis``, chunk by chunk, like :func:`numpy.sum`.
 
+    The result has numpy's dtype. A floating result is accumulated in float64 (complex128)
+    and merged in a fixed pairwise tree, so it is at least as accurate as numpy's and the
+    same bits whatever the budget and threads (see the README's accuracy contract).
+
     Parameters
     ----------
     a
@@ -207,7 +277,7 @@ def sum(
     axis
         ``None`` (all), an int or a tuple of ints.
     dtype
-        Accumulator and result dtype, as in numpy.
+        Result dtype, as in numpy.
     keepdims
         Keep reduced axes as length 1.
     budget
@@ -219,21 +289,25 @@ def sum(
 
     Raises
     ------
+    ArgumentError
+        For an axis that is not None, an int or a tuple (a list, say).
     BudgetError
         If the budget cannot hold the smallest chunk plan (both numbers quoted).
+    DtypeError
+        For a ``dtype`` numpy refuses for this data.
     """
-    a = _operand(a)
-    if _is_empty(a):
+    a = _prepare(a, axis)
+    out_dtype = _numpy_dtype(np.sum, a, axis=axis, dtype=dtype, keepdims=keepdims)
+    if _direct(a):
         return np.sum(_plain(a), axis=axis, dtype=dtype, keepdims=keepdims)
-    out_dtype = _numpy_dtype(np.sum, a.dtype, dtype=dtype)
-    res = _reduce(a, Sum(dtype), axis, budget=budget, threads=threads, progress=progress,
-                  desc="sum")
+    res = _reduce(a, Sum(dtype, out_dtype), axis, budget=budget, threads=threads,
+                  progress=progress, desc="sum")
     return _shape_result(res, _axes(axis, res.ndim), keepdims, out_dtype)
 
 
 def mean(
     a: Any,
-    axis: int | Sequence[int] | None = None,
+    axis: int | tuple[int, ...] | None = None,
     dtype: Any = None,
     *,
     keepdims: bool = False,
@@ -241,20 +315,50 @@ def mean(
     threads: int | None = None,
     progress: ProgressArg = None,
 ) -> Any:
-    """Arithmetic mean over ``axis``, like :func:`numpy.mean`; arguments as :func:`sum`."""
-    a = _operand(a)
-    if _is_empty(a):
+    """Arithmetic mean over ``axis``, like :func:`numpy.mean`; arguments as :func:`sum`.
+
+    Raises
+    ------
+    ArgumentError, BudgetError, DtypeError
+        As :func:`sum`.
+    """
+    a = _prepare(a, axis)
+    out_dtype = _numpy_dtype(np.mean, a, axis=axis, dtype=dtype, keepdims=keepdims)
+    if _direct(a):
         return np.mean(_plain(a), axis=axis, dtype=dtype, keepdims=keepdims)
-    src = np.dtype(a.dtype)
-    out_dtype = _numpy_dtype(np.mean, src, dtype=dtype)
-    res = _reduce(a, Mean(dtype, src), axis, budget=budget, threads=threads, progress=progress,
-                  desc="mean")
+    res = _reduce(a, Mean(dtype, out_dtype), axis, budget=budget, threads=threads,
+                  progress=progress, desc="mean")
     return _shape_result(res, _axes(axis, res.ndim), keepdims, out_dtype)
+
+
+def _variance(a: Any, axis: Any, dtype: Any, ddof: float, keepdims: bool, root: bool,
+              budget: int | str, threads: int | None, progress: ProgressArg) -> Any:
+    fn = np.std if root else np.var
+    a = _prepare(a, axis)
+    out_dtype = _numpy_dtype(fn, a, axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
+    if _direct(a):
+        return fn(_plain(a), axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
+    opts: dict[str, Any] = {"budget": budget, "threads": threads, "progress": progress}
+    axes = _axes(axis, a.ndim)
+    if dtype is not None and np.dtype(dtype).kind in "biu":
+        # numpy computes in the integer dtype: a truncated mean, wrapping squared deviations.
+        acc = np.dtype(dtype)
+        total = _reduce(a, Sum(acc, acc), axis, desc="mean", **opts)
+        count = math.prod(a.shape[i] for i in axes)
+        with np.errstate(all="ignore"):
+            mean_ = np.true_divide(total, count).astype(acc)
+            m2 = _reduce(a, VarInt(acc, mean_), axis, desc=fn.__name__, **opts)
+            res = (m2 / builtins.max(count - ddof, 0)).astype(acc)
+            if root:
+                res = np.sqrt(res).astype(acc)
+        return _shape_result(res, axes, keepdims, out_dtype)
+    res = _reduce(a, Var(ddof), axis, desc=fn.__name__, **opts)
+    return _shape_result(np.sqrt(res) if root else res, axes, keepdims, out_dtype)
 
 
 def var(
     a: Any,
-    axis: int | Sequence[int] | None = None,
+    axis: int | tuple[int, ...] | None = None,
     dtype: Any = None,
     *,
     ddof: float = 0,
@@ -265,22 +369,23 @@ def var(
 ) -> Any:
     """Variance over ``axis``, like :func:`numpy.var`, merged with Chan et al.'s update.
 
-    Each chunk's count, mean and sum of squared deviations are computed in float64 (two-pass
-    within the chunk) and merged pairwise, which is as stable as numpy's two-pass method.
-    Other arguments as :func:`sum`.
+    Each leaf's count, mean and sum of squared deviations are computed in float64 (two-pass,
+    shifted by the leaf's first element) and merged in a fixed pairwise tree, which is at least
+    as accurate as numpy's two-pass method in the data's own precision. With an integer
+    ``dtype=`` the result is numpy's integer computation, exactly. Other arguments as
+    :func:`sum`.
+
+    Raises
+    ------
+    ArgumentError, BudgetError, DtypeError
+        As :func:`sum`.
     """
-    a = _operand(a)
-    if _is_empty(a):
-        return np.var(_plain(a), axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
-    out_dtype = _numpy_dtype(np.var, np.dtype(a.dtype), dtype=dtype)
-    res = _reduce(a, Var(ddof), axis, budget=budget, threads=threads, progress=progress,
-                  desc="var")
-    return _shape_result(res, _axes(axis, res.ndim), keepdims, out_dtype)
+    return _variance(a, axis, dtype, ddof, keepdims, False, budget, threads, progress)
 
 
 def std(
     a: Any,
-    axis: int | Sequence[int] | None = None,
+    axis: int | tuple[int, ...] | None = None,
     dtype: Any = None,
     *,
     ddof: float = 0,
@@ -289,21 +394,24 @@ def std(
     threads: int | None = None,
     progress: ProgressArg = None,
 ) -> Any:
-    """Standard deviation over ``axis``, like :func:`numpy.std`; see :func:`var`."""
-    a = _operand(a)
-    if _is_empty(a):
-        return np.std(_plain(a), axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
-    out_dtype = _numpy_dtype(np.std, np.dtype(a.dtype), dtype=dtype)
-    res = _reduce(a, Var(ddof), axis, budget=budget, threads=threads, progress=progress,
-                  desc="std")
-    return _shape_result(np.sqrt(res), _axes(axis, res.ndim), keepdims, out_dtype)
+    """Standard deviation over ``axis``, like :func:`numpy.std`; see :func:`var`.
+
+    Raises
+    ------
+    ArgumentError, BudgetError
+        As :func:`sum`.
+    DtypeError
+        Where numpy raises, e.g. an integer ``dtype=`` with an array result (numpy cannot
+        write the square root back into integers).
+    """
+    return _variance(a, axis, dtype, ddof, keepdims, True, budget, threads, progress)
 
 
 def _extreme(a: Any, axis: Any, keepdims: bool, largest: bool, budget: int | str,
              threads: int | None, progress: ProgressArg) -> Any:
     fn = np.max if largest else np.min
-    a = _operand(a)
-    if _is_empty(a):
+    a = _prepare(a, axis)
+    if _direct(a):
         return fn(_plain(a), axis=axis, keepdims=keepdims)
     res = _reduce(a, Extreme(largest), axis, budget=budget, threads=threads, progress=progress,
                   desc=fn.__name__)
@@ -312,7 +420,7 @@ def _extreme(a: Any, axis: Any, keepdims: bool, largest: bool, budget: int | str
 
 def min(
     a: Any,
-    axis: int | Sequence[int] | None = None,
+    axis: int | tuple[int, ...] | None = None,
     *,
     keepdims: bool = False,
     budget: int | str = _DEFAULT_BUDGET,
@@ -331,7 +439,7 @@ def min(
 
 def max(
     a: Any,
-    axis: int | Sequence[int] | None = None,
+    axis: int | tuple[int, ...] | None = None,
     *,
     keepdims: bool = False,
     budget: int | str = _DEFAULT_BUDGET,
@@ -351,10 +459,10 @@ def max(
 def _arg(a: Any, axis: int | None, keepdims: bool, largest: bool, budget: int | str,
          threads: int | None, progress: ProgressArg) -> Any:
     fn = np.argmax if largest else np.argmin
-    if axis is not None and not isinstance(axis, (int, np.integer)):
+    if axis is not None and (isinstance(axis, bool) or not isinstance(axis, (int, np.integer))):
         raise ArgumentError(f"Expected axis as an int or None. Got {axis!r}.")
-    a = _operand(a)
-    if _is_empty(a):
+    a = _prepare(a, axis)
+    if _direct(a):
         return fn(_plain(a), axis=axis, keepdims=keepdims)
     shape = tuple(a.shape)
     res = _reduce(a, Arg(largest, shape), axis, budget=budget, threads=threads,
@@ -376,8 +484,15 @@ def argmin(
 ) -> Any:
     """Index of the minimum, like :func:`numpy.argmin` (flat C-order index for ``axis=None``).
 
-    Ties and NaNs resolve as in numpy: the first occurrence wins, and a NaN is the minimum.
-    Other arguments as :func:`sum`.
+    Ties and NaNs (NaTs) resolve as in numpy: the first occurrence wins, and a NaN is the
+    minimum. Other arguments as :func:`sum`.
+
+    Raises
+    ------
+    ArgumentError
+        For an axis that is not None or an int.
+    ValueError
+        For a zero-size reduction, as numpy.
     """
     return _arg(a, axis, keepdims, False, budget, threads, progress)
 
@@ -391,22 +506,34 @@ def argmax(
     threads: int | None = None,
     progress: ProgressArg = None,
 ) -> Any:
-    """Index of the maximum, like :func:`numpy.argmax`; see :func:`argmin`."""
+    """Index of the maximum, like :func:`numpy.argmax`; see :func:`argmin`.
+
+    Raises
+    ------
+    ArgumentError, ValueError
+        As :func:`argmin`.
+    """
     return _arg(a, axis, keepdims, True, budget, threads, progress)
 
 
 def count_nonzero(
     a: Any,
-    axis: int | Sequence[int] | None = None,
+    axis: int | tuple[int, ...] | None = None,
     *,
     keepdims: bool = False,
     budget: int | str = _DEFAULT_BUDGET,
     threads: int | None = None,
     progress: ProgressArg = None,
 ) -> Any:
-    """Number of non-zero elements, like :func:`numpy.count_nonzero`; arguments as :func:`sum`."""
-    a = _operand(a)
-    if _is_empty(a):
+    """Number of non-zero elements, like :func:`numpy.count_nonzero`; arguments as :func:`sum`.
+
+    Raises
+    ------
+    ArgumentError, BudgetError
+        As :func:`sum`.
+    """
+    a = _prepare(a, axis)
+    if _direct(a):
         return np.count_nonzero(_plain(a), axis=axis, keepdims=keepdims)
     res = _reduce(a, CountNonzero(), axis, budget=budget, threads=threads, progress=progress,
                   desc="count_nonzero")
