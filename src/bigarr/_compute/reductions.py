@@ -55,7 +55,6 @@ from bigarr._compute.partials import (
     Extreme,
     Kernel,
     Mean,
-    State,
     Sum,
     Tree,
     Var,
@@ -563,7 +562,8 @@ def histogram(
     a
         The data (flattened).
     bins
-        Number of equal-width bins, or a monotonic sequence of edges.
+        Number of equal-width bins (an int, or any 0-d integer such as ``np.array(10)``), or a
+        monotonic sequence of edges.
     range
         ``(low, high)`` of the bins; default: the data's minimum and maximum.
     density
@@ -575,6 +575,8 @@ def histogram(
 
     Raises
     ------
+    ArgumentError
+        For 0-d ``bins`` that are not integers (``2.5``), as numpy refuses them.
     UnsupportedError
         For string ``bins`` (``"auto"`` etc.), which need all the data at once.
     ValueError
@@ -586,24 +588,34 @@ def histogram(
             "'auto' need all the data at once; compute edges first, e.g. with "
             "np.histogram_bin_edges on a sample."
         )
+    if np.ndim(bins) == 0:  # numpy treats any 0-d integer (np.array(10) too) as a count
+        try:
+            bins = operator.index(bins)  # type: ignore[arg-type]
+        except TypeError:
+            raise ArgumentError(
+                f"Expected bins as an integer, a string, or an array of edges. Got {bins!r}."
+            ) from None
     a = _operand(a)
     w = None if weights is None else _operand(weights)
-    if _is_empty(a):
+    if _direct(a):
         return np.histogram(_plain(a), bins=bins, range=range, density=density,
                             weights=None if w is None else _plain(w))
+    # numpy bins bool data as uint8 (False 0, True 1); so does every step here.
+    data: Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]] = (
+        (lambda b: b.astype(np.uint8)) if a.dtype == np.bool_ else (lambda b: b))
     if range is None and isinstance(bins, (int, np.integer)):
         # numpy's autodetected range is (a.min(), a.max()) as scalars of a's dtype; the same
         # range gives the same edges and the same bin for every element. One pass finds both.
         range = reduce_blocks(
-            lambda b: (b.min(), b.max()),
+            lambda b: (data(b).min(), data(b).max()),
             lambda p, q: (np.minimum(p[0], q[0]), np.maximum(p[1], q[1])),  # NaN propagates
             a, budget=budget, threads=threads, progress=progress,
         )
-    edges = np.histogram(np.zeros(0, dtype=a.dtype), bins=bins, range=range)[1]
+    edges = np.histogram(data(np.zeros(0, dtype=a.dtype)), bins=bins, range=range)[1]
 
     def per_chunk(*blocks: np.ndarray[Any, Any]) -> Any:
         weight = blocks[1] if len(blocks) > 1 else None
-        return np.histogram(blocks[0], bins=bins, range=range, weights=weight)[0]
+        return np.histogram(data(blocks[0]), bins=bins, range=range, weights=weight)[0]
 
     inputs = [a] if w is None else [a, w]
     counts = reduce_blocks(per_chunk, operator.add, *inputs, budget=budget, threads=threads,
