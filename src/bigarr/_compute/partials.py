@@ -4,9 +4,18 @@ Each kernel turns a block into a *partial state* (a tuple of arrays with the red
 length 1), combines two states elementwise, and finishes a state into the result. The engine
 (:mod:`bigarr._compute.reductions`) decides which states meet; a kernel never knows about chunks.
 
+Two merge orders:
+
+* *exact* kernels (integer sums, extremes, arg-extremes, counts) give the same bits in any order,
+  so the engine merges their states chunk by chunk;
+* floating sums, means and variances go through :class:`Tree`: a fixed pairwise tree over
+  *leaves* of at most ``SUB_BLOCK_BYTES / 16`` elements, defined by the array's shape alone, so
+  their results are the same bits whatever the budget and threads. They accumulate in float64
+  (complex128) whatever the data's precision.
+
 Kernels that need temporaries (``var``, ``std``, ``count_nonzero``) work through a block in
-sub-blocks of at most :data:`SUB_BLOCK_BYTES` of float64 (complex128) temporaries, so their scratch
-memory is fixed per thread and can be planned.
+sub-blocks (leaves) of at most :data:`SUB_BLOCK_BYTES` of float64 (complex128) temporaries, so
+their scratch memory is fixed per thread and can be planned.
 """
 
 from __future__ import annotations
@@ -227,7 +236,7 @@ class Extreme(Kernel):
 
 
 def _isnan(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    return np.isnat(values) if values.dtype.kind in "mM" else np.isnan(values)
+    return np.asarray(np.isnat(values) if values.dtype.kind in "mM" else np.isnan(values))
 
 
 class Arg(Kernel):
