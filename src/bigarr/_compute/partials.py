@@ -481,18 +481,24 @@ class Tree:
             a, b = (0, i) if k in self.axes else (i, i + 1)
 
     # ---- worker side -------------------------------------------------------------------------
-    def _leaves(self, view: np.ndarray[Any, Any], prefix: tuple[int, ...], j1: int,
-                j2: int) -> list[Part]:
-        """Parts for leaves ``j1 .. j2 - 1`` of ``prefix``, which ``view`` covers whole."""
+    def _leaf_states(self, view: np.ndarray[Any, Any], j1: int, j2: int) -> State:
+        """States of leaves ``j1 .. j2 - 1``, which ``view`` covers whole along axis ``d``.
+
+        Along a reduced axis ``d`` the result holds one state per leaf (``j2 - j1`` along
+        ``d``); along a kept one, the leaves' states side by side. Axes before ``d`` keep
+        whatever extent ``view`` has. Leaves are summarised in groups (one vectorised call per
+        group); a group is bounded when the kernel needs temporaries or the view must be copied
+        to be contiguous, so scratch memory stays within :data:`SUB_BLOCK_BYTES`.
+        """
         d, L, J = self.d, self.L, self.J
         n = self.shape[d]
-        out: list[Part] = []
         short = j2 == J and n % L != 0
         runs = [(j1, j2 - 1 if short else j2, L)] + ([(j2 - 1, j2, n % L)] if short else [])
-        per = max(1, self.leaf // (L * math.prod(self.shape[d + 1:])))
+        per = max(1, self.leaf // (L * math.prod(view.shape[:d]) * math.prod(self.shape[d + 1:])))
         copy = not view.flags.c_contiguous
         step = per if (copy or self.kernel.sub_blocked) else max(1, j2 - j1)
         red = tuple(i + 1 for i in sorted(self.axes) if i >= d)
+        states: list[State] = []
         for ja, jb, length in runs:
             for g in range(ja, jb, step):
                 gb = min(g + step, jb)
@@ -501,14 +507,38 @@ class Tree:
                 block = np.ascontiguousarray(block)
                 shaped = block.reshape((*block.shape[:d], gb - g, length, *block.shape[d + 1:]))
                 state = self.kernel.partial(shaped, red, None, ())
-                if d in self.axes:
-                    state = tuple(s.reshape(s.shape[:d + 1] + s.shape[d + 2:]) for s in state)
-                    out.extend(("node", d, prefix, lv, ix, st)
-                               for lv, ix, st in fold(self.kernel, state, d, g, J))
-                else:
-                    state = tuple(s.reshape((*s.shape[:d], -1, *s.shape[d + 2:])) for s in state)
-                    out.append(("place", d, prefix, g * L, g * L + (gb - g) * length, state))
-        return out
+                if d in self.axes:  # drop the leaf's own (reduced) axis: one state per leaf
+                    states.append(tuple(s.reshape(s.shape[:d + 1] + s.shape[d + 2:])
+                                        for s in state))
+                else:  # leaves side by side
+                    states.append(tuple(s.reshape((*s.shape[:d], -1, *s.shape[d + 2:]))
+                                        for s in state))
+        return _joined(states, d)
+
+    def _leaves(self, view: np.ndarray[Any, Any], prefix: tuple[int, ...], j1: int,
+                j2: int) -> list[Part]:
+        """Parts for leaves ``j1 .. j2 - 1`` of ``prefix``, which ``view`` covers whole."""
+        d = self.d
+        state = self._leaf_states(view, j1, j2)
+        if d in self.axes:
+            return [("node", d, prefix, lv, ix, st)
+                    for lv, ix, st in fold(self.kernel, state, d, j1, self.J)]
+        stop = min(j2 * self.L, self.shape[d])
+        return [("place", d, prefix, j1 * self.L, stop, state)]
+
+    def _rows(self, view: np.ndarray[Any, Any], k: int, prefix: tuple[int, ...],
+              start: int) -> list[Part]:
+        """Parts for whole slabs ``start ..`` along axis ``k < d``, all in vectorised calls:
+        every level below ``k`` is complete in ``view``, so it folds to its root at once."""
+        state = self._leaf_states(view, 0, self.J)
+        for level in range(self.d, k, -1):
+            if level in self.axes:
+                total = self.J if level == self.d else self.shape[level]
+                ((_lv, _ix, state),) = fold(self.kernel, state, level, 0, total)
+        if k in self.axes:
+            return [("node", k, prefix, lv, ix, st)
+                    for lv, ix, st in fold(self.kernel, state, k, start, self.shape[k])]
+        return [("place", k, prefix, start, start + view.shape[k], state)]
 
     def _whole(self, view: np.ndarray[Any, Any], k: int, prefix: tuple[int, ...]) -> State:
         """The state of a slab at level ``k`` (one index per axis before ``k``), whole."""
@@ -545,7 +575,9 @@ class Tree:
             return [("piece", starts[:d], j, where, np.array(block))]
         s, e = key[depth].start, key[depth].stop
         if depth < d:
-            return self._slabs(block, depth, starts[:depth], s)
+            if block.flags.c_contiguous and not self.kernel.sub_blocked:
+                return self._rows(block, depth, starts[:depth], s)
+            return self._slabs(block, depth, starts[:depth], s)  # bounded temporaries
         n = self.shape[d]
         lo = min(-(-s // L) * L, e)
         hi = e if e == n else max((e // L) * L, lo)
