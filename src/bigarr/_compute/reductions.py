@@ -3,8 +3,8 @@
 Every reduction runs the same way (:func:`_reduce`): the array is cut into page-aligned chunks
 (:func:`bigarr._plan.chunks.plan_chunks`) within a memory plan (:mod:`bigarr._plan.budget`),
 each chunk is reduced on a worker thread to a *partial state* with the reduced axes kept as
-length 1, and the main thread merges the partial states, in chunk order, into the state of the
-result:
+length 1, and the main thread merges the partial states into the state of the result. Exact
+kernels (integer sums, extremes, counts) merge chunk by chunk, in chunk order:
 
 * chunks run along the plan's axis (axis 0 in C order, the last axis in Fortran order); when that
   axis is reduced, partial states of successive chunks are *combined*; when it is not, each
@@ -12,16 +12,21 @@ result:
 * a chunk covers a box of the array (``chunk.key``), so the same rule works when the planner had
   to split rows too big for the budget.
 
+Floating sums, means and variances instead merge in the fixed pairwise tree of
+:class:`bigarr._compute.partials.Tree`, over leaves cut by the array's shape alone, so their
+results are the same bits whatever the budget and threads.
+
 The partial states and how they combine:
 
 =================  ===========================  ==============================================
 function           state                        combine
 =================  ===========================  ==============================================
-sum                sum (float64 for floats)     add
-mean               sum, count                   add, add
-var, std           count, mean, M2 (float64)    Chan et al.'s parallel update
+sum                sum (float64 for floats)     add (floats: in the fixed tree)
+mean               sum (float64), count         add, add (floats: in the fixed tree)
+var, std           count, shift, mean, M2       Chan et al.'s parallel update, in the fixed
+                   (float64)                    tree
 min, max           value                        ``np.minimum`` / ``np.maximum`` (NaN wins)
-argmin, argmax     value, global index          smaller (larger) value; NaN wins; ties go to
+argmin, argmax     value, global index          smaller (larger) value; NaN (NaT) wins; ties to
                                                 the lower index, as numpy's first occurrence
 count_nonzero      count                        add
 histogram          counts (after a min/max      add
@@ -31,8 +36,10 @@ histogram          counts (after a min/max      add
 The partial states themselves live in :mod:`bigarr._compute.partials`. Kernels that need temporaries
 (var, std, count_nonzero) work through each chunk in sub-blocks, so their scratch memory is
 fixed per thread (:data:`SCRATCH_BYTES`) and planned.
-Results have numpy's dtypes; floating-point results agree with numpy's to rounding (summation
-order differs: numpy sums pairwise over the whole array, bigarr pairwise per chunk).
+Results have numpy's dtypes. Floating results accumulate in float64 (complex128) whatever the
+data's precision, so they are at least as accurate as numpy's (the README's accuracy contract;
+``tests/test_oracle.py`` states and checks the rules). 0-d and zero-size inputs are computed by
+numpy itself.
 """
 
 from __future__ import annotations
