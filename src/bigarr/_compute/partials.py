@@ -144,10 +144,14 @@ class Sum(Kernel):
 
     def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
+        if not axes and self.acc is not None:  # nothing to add up within the block: a cast
+            return (block.astype(self.acc),)
         return (np.asarray(np.sum(block, axis=axes, keepdims=True, dtype=self.acc)),)
 
     def combine(self, a: State, b: State) -> State:
-        return (a[0] + b[0],)
+        if self.exact:
+            return (a[0] + b[0],)
+        return (np.add(a[0], b[0], out=a[0]),)  # tree states are used once: reuse the left
 
 
 class Mean(Kernel):
@@ -159,12 +163,17 @@ class Mean(Kernel):
 
     def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
-        s = np.asarray(np.sum(block, axis=axes, keepdims=True, dtype=self.acc))
+        if not axes and self.acc is not None:  # nothing to add up within the block: a cast
+            s = block.astype(self.acc)
+        else:
+            s = np.asarray(np.sum(block, axis=axes, keepdims=True, dtype=self.acc))
         n = np.full(s.shape, math.prod(block.shape[i] for i in axes), dtype=np.int64)
         return s, n
 
     def combine(self, a: State, b: State) -> State:
-        return a[0] + b[0], a[1] + b[1]
+        if self.exact:
+            return a[0] + b[0], a[1] + b[1]
+        return np.add(a[0], b[0], out=a[0]), np.add(a[1], b[1], out=a[1])
 
     def finish(self, state: State) -> np.ndarray[Any, Any]:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -333,6 +342,8 @@ def _joined(parts: list[State], axis: int) -> State:
 
 def fold(kernel: Kernel, states: State, axis: int, first: int, total: int) -> list[Node]:
     """Combine children ``first .. first + k - 1`` of a fixed pairwise tree over ``total``.
+
+    ``states`` is consumed: a kernel may combine into its left operand (a view of it).
 
     ``states`` hold the ``k`` consecutive children along ``axis``. Node ``i`` of level ``l``
     is ``combine(node 2i, node 2i+1)`` of level ``l - 1``, or node ``2i`` itself when ``2i + 1``
@@ -526,20 +537,6 @@ class Tree:
         stop = min(j2 * self.L, self.shape[d])
         return [("place", d, prefix, j1 * self.L, stop, state)]
 
-    def _rows(self, view: np.ndarray[Any, Any], k: int, prefix: tuple[int, ...],
-              start: int) -> list[Part]:
-        """Parts for whole slabs ``start ..`` along axis ``k < d``, all in vectorised calls:
-        every level below ``k`` is complete in ``view``, so it folds to its root at once."""
-        state = self._leaf_states(view, 0, self.J)
-        for level in range(self.d, k, -1):
-            if level in self.axes:
-                total = self.J if level == self.d else self.shape[level]
-                ((_lv, _ix, state),) = fold(self.kernel, state, level, 0, total)
-        if k in self.axes:
-            return [("node", k, prefix, lv, ix, st)
-                    for lv, ix, st in fold(self.kernel, state, k, start, self.shape[k])]
-        return [("place", k, prefix, start, start + view.shape[k], state)]
-
     def _whole(self, view: np.ndarray[Any, Any], k: int, prefix: tuple[int, ...]) -> State:
         """The state of a slab at level ``k`` (one index per axis before ``k``), whole."""
         parts = (self._leaves(view, prefix, 0, self.J) if k == self.d
@@ -551,16 +548,50 @@ class Tree:
         assert done is not None
         return done
 
+    def _slab_state_size(self, k: int) -> int:
+        """Elements of the leaf states of one slab along axis ``k < d``, before any folding."""
+        d = self.d
+        size = math.prod(self.shape[k + 1:d]) * (self.J if d in self.axes else self.shape[d])
+        return size * math.prod(n for i, n in enumerate(self.shape) if i > d and i not in self.axes)
+
     def _slabs(self, view: np.ndarray[Any, Any], k: int, prefix: tuple[int, ...],
                start: int) -> list[Part]:
-        """Parts for the whole slabs ``start ..`` along axis ``k < d`` that ``view`` holds."""
-        states = [self._whole(view[(slice(None),) * k + (slice(i, i + 1),)], k + 1,
-                              (*prefix, start + i)) for i in range(view.shape[k])]
-        state = _joined(states, k)
-        if k in self.axes:
-            return [("node", k, prefix, lv, ix, st)
-                    for lv, ix, st in fold(self.kernel, state, k, start, self.shape[k])]
-        return [("place", k, prefix, start, start + view.shape[k], state)]
+        """Parts for the whole slabs ``start ..`` along axis ``k < d`` that ``view`` holds.
+
+        Slabs go in batches: a contiguous view, for a kernel without temporaries, in one
+        vectorised call per batch and tree level (every level below ``k`` is complete in the
+        view, so it folds to its root at once); otherwise slab by slab, with temporaries bounded
+        by the leaves. Along a reduced ``k`` the batches feed a local tree, so at most
+        ``log2(slabs)`` slab states are held at once; its unfinished nodes are handed on.
+        """
+        d, n = self.d, view.shape[k]
+        vector = view.flags.c_contiguous and not self.kernel.sub_blocked
+        batch = max(1, self.leaf // self._slab_state_size(k)) if vector else 1
+        local = _Fold(self.kernel, self.shape[k]) if k in self.axes else None
+        out: list[Part] = []
+        for b0 in range(0, n, batch):
+            b1 = min(b0 + batch, n)
+            sub = view[(slice(None),) * k + (slice(b0, b1),)]
+            if vector:
+                state = self._leaf_states(sub, 0, self.J)
+                for level in range(d, k, -1):
+                    if level in self.axes:
+                        total = self.J if level == d else self.shape[level]
+                        ((_lv, _ix, state),) = fold(self.kernel, state, level, 0, total)
+            else:
+                state = _joined([self._whole(sub[(slice(None),) * k + (slice(i, i + 1),)],
+                                             k + 1, (*prefix, start + b0 + i))
+                                 for i in range(b1 - b0)], k)
+            if local is None:
+                out.append(("place", k, prefix, start + b0, start + b1, state))
+                continue
+            for lv, ix, st in fold(self.kernel, state, k, start + b0, self.shape[k]):
+                root = local.add(lv, ix, st)
+                if root is not None:  # the view holds every slab along k
+                    out.append(("node", k, prefix, (self.shape[k] - 1).bit_length(), 0, root))
+        if local is not None:
+            out.extend(("node", k, prefix, lv, ix, st) for (lv, ix), st in local.nodes.items())
+        return out
 
     def parts(self, key: tuple[slice, ...], depth: int, block: np.ndarray[Any, Any]) -> list[Part]:
         """What one chunk (``key``, split ``depth``, its ``block``) contributes; on a worker."""
@@ -575,9 +606,7 @@ class Tree:
             return [("piece", starts[:d], j, where, np.array(block))]
         s, e = key[depth].start, key[depth].stop
         if depth < d:
-            if block.flags.c_contiguous and not self.kernel.sub_blocked:
-                return self._rows(block, depth, starts[:depth], s)
-            return self._slabs(block, depth, starts[:depth], s)  # bounded temporaries
+            return self._slabs(block, depth, starts[:depth], s)
         n = self.shape[d]
         lo = min(-(-s // L) * L, e)
         hi = e if e == n else max((e // L) * L, lo)
