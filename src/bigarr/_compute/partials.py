@@ -134,6 +134,14 @@ def _acc_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     return dtype
 
 
+def _cast(block: np.ndarray[Any, Any], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    """``block`` in ``dtype`` (``copyto`` into a new array: several times faster than
+    ``astype`` for float32 to float64, with the same values)."""
+    out = np.empty(block.shape, dtype=dtype)
+    np.copyto(out, block, casting="unsafe")
+    return out
+
+
 class Sum(Kernel):
     """Sums; a floating result (``out``) is accumulated in float64 (complex128) whatever the
     data's precision, so float16 and float32 sums carry no rounding error but the last one."""
@@ -145,7 +153,7 @@ class Sum(Kernel):
     def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
         if not axes and self.acc is not None:  # nothing to add up within the block: a cast
-            return (block.astype(self.acc),)
+            return (_cast(block, self.acc),)
         return (np.asarray(np.sum(block, axis=axes, keepdims=True, dtype=self.acc)),)
 
     def combine(self, a: State, b: State) -> State:
@@ -164,7 +172,7 @@ class Mean(Kernel):
     def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
         if not axes and self.acc is not None:  # nothing to add up within the block: a cast
-            s = block.astype(self.acc)
+            s = _cast(block, self.acc)
         else:
             s = np.asarray(np.sum(block, axis=axes, keepdims=True, dtype=self.acc))
         n = np.full(s.shape, math.prod(block.shape[i] for i in axes), dtype=np.int64)
