@@ -219,9 +219,12 @@ def _numpy_dtype(fn: Callable[..., Any], a: Any, **kwargs: Any) -> np.dtype[Any]
         try:
             return np.asarray(fn(sample, **kwargs)).dtype
         except TypeError as exc:
+            args = ", ".join(f"{k}={np.dtype(v).name if k == 'dtype' and v is not None else v!r}"
+                             for k, v in kwargs.items())
             raise DtypeError(
                 f"Expected arguments numpy's {fn.__name__} accepts for {a.dtype} data of "
-                f"{a.ndim} dimensions. Got {kwargs}, which numpy refuses: {exc}"
+                f"{a.ndim} dimensions. Got {args}, which numpy refuses ({exc}). Pass a dtype= "
+                "numpy can reduce this data to (a float dtype, for instance)."
             ) from None
 
 
