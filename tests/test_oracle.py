@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -96,8 +95,11 @@ oracle = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _many_chunks_and_leaves() -> Iterator[None]:
-    """Page-sized chunks and 64-element leaves, so arrays of a few KiB have many of both."""
+def _many_chunks_and_leaves(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Page-sized chunks and 64-element leaves, so arrays of a few KiB have many of both; and
+    a directory for the files examples write."""
+    global _FILES
+    _FILES = tmp_path_factory.mktemp("oracle")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_budget, "MIN_CHUNK_BYTES", 4096)
         mp.setattr(_partials, "SUB_BLOCK_BYTES", 1 << 10)
@@ -105,7 +107,7 @@ def _many_chunks_and_leaves() -> Iterator[None]:
         yield
 
 
-_FILES = Path(tempfile.mkdtemp(prefix="bigarr-oracle-"))
+_FILES = Path()  # set by the module fixture
 
 
 def _stored(case: ArrayCase, where: str) -> tuple[Any, Any]:
