@@ -117,6 +117,19 @@ def _operand_identity(obj: Any) -> Any:
     return repr(obj)
 
 
+def _split_by_rows(obj: Any, first: Stream) -> bool:
+    """The operand rule for arrays: an array is cut into the chunk's rows when it has as many
+    dimensions as the first input and the same first length; anything else is passed whole.
+    (Paths are always cut into rows: a file is data, never a broadcast operand.)
+
+    The rule looks at shapes only, never at the plan, so a result never depends on the budget:
+    a (128, 64) weight next to a (128, 128, 64) input broadcasts even though 128 rows match.
+    """
+    shape = getattr(obj, "shape", None)
+    return (shape is not None and not isinstance(obj, np.generic) and len(shape) == first.ndim
+            and len(shape) >= 1 and shape[0] == first.shape[0])
+
+
 def _row_bytes(arr: Any) -> int:
     return int(np.prod(arr.shape[1:], dtype=np.int64)) * int(arr.dtype.itemsize)
 
@@ -173,11 +186,14 @@ def map_blocks(
 ) -> memmap | Appender | np.ndarray[Any, Any]:
     """Apply ``func`` to chunks of rows of ``inputs`` and write the results to ``out``.
 
-    ``func(*blocks)`` receives, for each chunk, the chunk's rows of every input with the
-    leading length ``N`` (a range of rows along axis 0) and every other input whole (scalars
-    and small in-memory operands are broadcast this way). It must return the chunk's rows of
-    the result, or any number of rows when ``out`` is an :class:`~bigarr.Appender`. It runs on
-    several threads at once, so it must not depend on call order.
+    ``func(*blocks)`` receives, for each chunk, the chunk's rows (a range along axis 0) of the
+    first input, of every ``.npy`` path, and of every array with as many dimensions as the
+    first and the same leading length ``N``; every other input (scalars, arrays of fewer or
+    more dimensions such as a ``(N, k)`` weight next to an ``(N, k, m)`` input) is passed
+    whole to every call. The rule depends on shapes only, never on the budget. ``func`` must
+    return the chunk's rows of the result, or any number of rows when ``out`` is an
+    :class:`~bigarr.Appender`. It runs on several threads at once, so it must not depend on
+    call order.
 
     If ``func`` has a ``block_info`` parameter it is also passed, as a keyword, where its block
     lies (as in dask): a dict with ``"chunk"`` (the chunk's index), ``"rows"`` (the global
@@ -196,7 +212,8 @@ def map_blocks(
         The function of a chunk's blocks.
     *inputs
         Arrays, :class:`bigarr.memmap` objects, ``.npy`` paths, numpy memmaps, zarr or dask
-        arrays (see :func:`bigarr.sum`); the first fixes ``N``.
+        arrays (see :func:`bigarr.sum`); the first fixes ``N``, and every path must have ``N``
+        rows.
     out
         A new file path, an array with ``N`` rows (written in place), or an Appender.
     dtype
@@ -256,8 +273,9 @@ def map_blocks(
     ReadOnlyError
         If ``out`` is an array that cannot be written (a read-only mapping).
     ShapeError
-        If inputs do not share ``N``, a result has the wrong number or shape of rows, or
-        ``resume`` cannot apply (in place over an input, or an output that is not a file).
+        If a path input does not have ``N`` rows, a result has the wrong number or shape of
+        rows, or ``resume`` cannot apply (in place over an input, or an output that is not a
+        file).
     """
     if not inputs:
         raise ArgumentError("map_blocks needs at least one input array.")
@@ -271,10 +289,7 @@ def map_blocks(
         n = first.shape[0]
         args: list[Any] = [first]
         for obj in inputs[1:]:
-            shape = getattr(obj, "shape", None)
-            if isinstance(obj, (str, os.PathLike)) or (
-                    shape is not None and len(shape) >= 1 and shape[0] == n
-                    and not isinstance(obj, (np.generic, int, float, complex))):
+            if isinstance(obj, (str, os.PathLike)) or _split_by_rows(obj, first):
                 stream = parse_operand(obj, by_key=False)
                 opened.append(stream)
                 if stream.ndim == 0 or stream.shape[0] != n:

@@ -3,8 +3,8 @@
 Every reduction runs the same way (:func:`_reduce`): the array is cut into page-aligned chunks
 (:func:`bigarr._plan.chunks.plan_chunks`) within a memory plan (:mod:`bigarr._plan.budget`),
 each chunk is reduced on a worker thread to a *partial state* with the reduced axes kept as
-length 1, and the main thread merges the partial states, in chunk order, into the state of the
-result:
+length 1, and the main thread merges the partial states into the state of the result. Exact
+kernels (integer sums, extremes, counts) merge chunk by chunk, in chunk order:
 
 * chunks run along the plan's axis (axis 0 in C order, the last axis in Fortran order); when that
   axis is reduced, partial states of successive chunks are *combined*; when it is not, each
@@ -12,16 +12,21 @@ result:
 * a chunk covers a box of the array (``chunk.key``), so the same rule works when the planner had
   to split rows too big for the budget.
 
+Floating sums, means and variances instead merge in the fixed pairwise tree of
+:class:`bigarr._compute.partials.Tree`, over leaves cut by the array's shape alone, so their
+results are the same bits whatever the budget and threads.
+
 The partial states and how they combine:
 
 =================  ===========================  ==============================================
 function           state                        combine
 =================  ===========================  ==============================================
-sum                sum (float64 for floats)     add
-mean               sum, count                   add, add
-var, std           count, mean, M2 (float64)    Chan et al.'s parallel update
+sum                sum (float64 for floats)     add (floats: in the fixed tree)
+mean               sum (float64), count         add, add (floats: in the fixed tree)
+var, std           count, shift, mean, M2       Chan et al.'s parallel update, in the fixed
+                   (float64)                    tree
 min, max           value                        ``np.minimum`` / ``np.maximum`` (NaN wins)
-argmin, argmax     value, global index          smaller (larger) value; NaN wins; ties go to
+argmin, argmax     value, global index          smaller (larger) value; NaN (NaT) wins; ties to
                                                 the lower index, as numpy's first occurrence
 count_nonzero      count                        add
 histogram          counts (after a min/max      add
@@ -31,8 +36,10 @@ histogram          counts (after a min/max      add
 The partial states themselves live in :mod:`bigarr._compute.partials`. Kernels that need temporaries
 (var, std, count_nonzero) work through each chunk in sub-blocks, so their scratch memory is
 fixed per thread (:data:`SCRATCH_BYTES`) and planned.
-Results have numpy's dtypes; floating-point results agree with numpy's to rounding (summation
-order differs: numpy sums pairwise over the whole array, bigarr pairwise per chunk).
+Results have numpy's dtypes. Floating results accumulate in float64 (complex128) whatever the
+data's precision, so they are at least as accurate as numpy's (the README's accuracy contract;
+``tests/test_oracle.py`` states and checks the rules). 0-d and zero-size inputs are computed by
+numpy itself.
 """
 
 from __future__ import annotations
@@ -56,9 +63,10 @@ from bigarr._compute.partials import (
     Extreme,
     Kernel,
     Mean,
-    State,
     Sum,
+    Tree,
     Var,
+    VarInt,
     merge,
 )
 from bigarr._compute.progress import Progress, ProgressArg
@@ -102,6 +110,18 @@ _T = TypeVar("_T")
 
 # ---- plumbing ------------------------------------------------------------------------------
 def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
+    """``axis`` as sorted non-negative ints (numpy's forms: None, an int, a tuple of ints).
+
+    Raises
+    ------
+    ArgumentError
+        For any other form, a list included (numpy refuses lists too).
+    numpy.exceptions.AxisError
+        For an axis out of range, as numpy.
+    ShapeError
+        For a repeated axis.
+    """
+    _check_axis(axis)
     if axis is None:
         return tuple(range(ndim))
     items = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
@@ -115,6 +135,17 @@ def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
     if len(set(out)) != len(out):
         raise ShapeError(f"Expected distinct axes. Got {axis!r}.")
     return tuple(sorted(out))
+
+
+def _check_axis(axis: Any) -> None:
+    if axis is None or isinstance(axis, tuple):
+        return
+    if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool):
+        return
+    raise ArgumentError(
+        f"Expected axis as an int, a tuple of ints or None. Got {axis!r}"
+        + (" (a list: numpy refuses those too; pass a tuple)." if isinstance(axis, list) else ".")
+    )
 
 
 def _reduce(
@@ -155,8 +186,12 @@ def _reduce(
                     temporaries=temporaries, fixed_bytes=fixed)
     state: list[np.ndarray[Any, Any]] | None = None
     seen = np.zeros(keep, dtype=bool)
+    # Inexact kernels merge in a fixed tree of leaves, whatever the chunks (see Tree).
+    tree = None if kernel.exact else Tree(kernel, shape, axes, stream.order)
 
-    def work(chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> State:
+    def work(chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> Any:
+        if tree is not None:
+            return tree.parts(chunk.key, chunk.depth, blocks[0])
         origin = tuple(k.start for k in chunk.key) if chunk.key else ()
         return kernel.chunk_state(blocks[0], axes, origin)
 
@@ -164,10 +199,15 @@ def _reduce(
     with Progress(progress, total_bytes=chunks.nbytes, total_chunks=len(chunks),
                   desc=desc) as bar:
         for chunk, part in execute(plan, work, [stream], progress=bar):
+            if tree is not None:
+                tree.add(part)
+                continue
             if state is None:
                 state = [np.empty(keep, dtype=p.dtype) for p in part]
             target = tuple(slice(0, 1) if i in axes else k for i, k in enumerate(chunk.key))
             merge(kernel, state, seen, target, part)
+    if tree is not None:
+        return tree.finish()
     assert state is not None
     return kernel.finish(tuple(state))
 
@@ -182,19 +222,33 @@ def _shape_result(result: np.ndarray[Any, Any], axes: tuple[int, ...], keepdims:
     return out
 
 
-def _numpy_dtype(fn: Callable[..., Any], src: np.dtype[Any], **kwargs: Any) -> np.dtype[Any]:
-    """The dtype numpy's own ``fn`` gives for an array of ``src``; a probe run before streaming.
+def _numpy_dtype(fn: Callable[..., Any], a: Any, **kwargs: Any) -> np.dtype[Any]:
+    """The dtype numpy's own ``fn`` gives for ``a``'s dtype and dimensions with ``kwargs``.
+
+    ``fn`` runs on a one-element array of ``a``'s dimensions, so the call raises where numpy's
+    would on ``a`` (an axis out of range, a dtype numpy cannot reduce to, an integer ``std``
+    that numpy cannot write back).
 
     Raises
     ------
     DtypeError
-        Where numpy has no such reduction for ``src`` (structured, void, strings for sums).
+        Where numpy raises a TypeError for these arguments.
     """
     import warnings
 
+    sample = np.zeros((1,) * a.ndim, dtype=a.dtype)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        return np.asarray(_numpy(fn, np.zeros(2, dtype=src), **kwargs)).dtype
+        try:
+            return np.asarray(fn(sample, **kwargs)).dtype
+        except TypeError as exc:
+            args = ", ".join(f"{k}={np.dtype(v).name if k == 'dtype' and v is not None else v!r}"
+                             for k, v in kwargs.items())
+            raise DtypeError(
+                f"Expected arguments numpy's {fn.__name__} accepts for {a.dtype} data of "
+                f"{a.ndim} dimensions. Got {args}, which numpy refuses ({exc}). Pass a dtype= "
+                "numpy can reduce this data to (a float dtype, for instance)."
+            ) from None
 
 
 def _numpy(fn: Callable[..., Any], a: Any, **kwargs: Any) -> ArrayOrScalar:
@@ -243,10 +297,26 @@ def _is_empty(s: Stream) -> bool:
     return s.size == 0 or np.dtype(s.dtype).itemsize == 0
 
 
+def _direct(a: Stream) -> bool:
+    """True when numpy itself computes the result: zero-size and 0-d arrays (one element)."""
+    return bool(a.ndim == 0 or _is_empty(a))
+
+
+@contextlib.contextmanager
+def _prepared(a: Any, axis: Any) -> Iterator[Stream]:
+    """The stream of ``a`` (closed afterwards), with ``axis`` checked against it as numpy would
+    (0-d: numpy's own rule, which accepts 0 and -1 for most functions)."""
+    with _operand(a) as stream:
+        _check_axis(axis)
+        if stream.ndim:
+            _axes(axis, stream.ndim)
+        yield stream
+
+
 # ---- public functions ----------------------------------------------------------------------
 def sum(
     a: Any,
-    axis: int | Sequence[int] | None = None,
+    axis: int | tuple[int, ...] | None = None,
     dtype: Any = None,
     *,
     keepdims: bool = False,
@@ -256,6 +326,10 @@ def sum(
 ) -> ArrayOrScalar:
     """Sum of array elements over ``axis``, chunk by chunk, like :func:`numpy.sum`.
 
+    The result has numpy's dtype. A floating result is accumulated in float64 (complex128)
+    and merged in a fixed pairwise tree, so it is at least as accurate as numpy's and the
+    same bits whatever the budget and threads (see the README's accuracy contract).
+
     Parameters
     ----------
     a
@@ -263,7 +337,7 @@ def sum(
     axis
         ``None`` (all), an int or a tuple of ints.
     dtype
-        Accumulator and result dtype, as in numpy.
+        Result dtype, as in numpy.
     keepdims
         Keep reduced axes as length 1.
     budget
@@ -275,21 +349,25 @@ def sum(
 
     Raises
     ------
+    ArgumentError
+        For an axis that is not None, an int or a tuple (a list, say).
     BudgetError
         If the budget cannot hold the smallest chunk plan (both numbers quoted).
+    DtypeError
+        For a ``dtype`` numpy refuses for this data.
     """
-    with _operand(a) as a:
-        if _is_empty(a):
+    with _prepared(a, axis) as a:
+        out_dtype = _numpy_dtype(np.sum, a, axis=axis, dtype=dtype, keepdims=keepdims)
+        if _direct(a):
             return _numpy(np.sum, a, axis=axis, dtype=dtype, keepdims=keepdims)
-        out_dtype = _numpy_dtype(np.sum, a.dtype, dtype=dtype)
-        res = _reduce(a, Sum(dtype), axis, budget=budget, threads=threads, progress=progress,
-                      desc="sum")
+        res = _reduce(a, Sum(dtype, out_dtype), axis, budget=budget, threads=threads,
+                      progress=progress, desc="sum")
         return _shape_result(res, _axes(axis, res.ndim), keepdims, out_dtype)
 
 
 def mean(
     a: Any,
-    axis: int | Sequence[int] | None = None,
+    axis: int | tuple[int, ...] | None = None,
     dtype: Any = None,
     *,
     keepdims: bool = False,
@@ -298,19 +376,43 @@ def mean(
     progress: ProgressArg = None,
 ) -> ArrayOrScalar:
     """Arithmetic mean over ``axis``, like :func:`numpy.mean`; arguments as :func:`sum`."""
-    with _operand(a) as a:
-        if _is_empty(a):
+    with _prepared(a, axis) as a:
+        out_dtype = _numpy_dtype(np.mean, a, axis=axis, dtype=dtype, keepdims=keepdims)
+        if _direct(a):
             return _numpy(np.mean, a, axis=axis, dtype=dtype, keepdims=keepdims)
-        src = np.dtype(a.dtype)
-        out_dtype = _numpy_dtype(np.mean, src, dtype=dtype)
-        res = _reduce(a, Mean(dtype, src), axis, budget=budget, threads=threads, progress=progress,
-                      desc="mean")
+        res = _reduce(a, Mean(dtype, out_dtype), axis, budget=budget, threads=threads,
+                      progress=progress, desc="mean")
         return _shape_result(res, _axes(axis, res.ndim), keepdims, out_dtype)
+
+
+def _variance(a: Any, axis: Any, dtype: Any, ddof: float, keepdims: bool, root: bool,
+              budget: int | str, threads: int | None, progress: ProgressArg) -> ArrayOrScalar:
+    fn = np.std if root else np.var
+    with _prepared(a, axis) as a:
+        out_dtype = _numpy_dtype(fn, a, axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
+        if _direct(a):
+            return _numpy(fn, a, axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
+        opts: dict[str, Any] = {"budget": budget, "threads": threads, "progress": progress}
+        axes = _axes(axis, a.ndim)
+        if dtype is not None and np.dtype(dtype).kind in "biu":
+            # numpy computes in the integer dtype: a truncated mean, wrapping squared deviations.
+            acc = np.dtype(dtype)
+            total = _reduce(a, Sum(acc, acc), axis, desc="mean", **opts)
+            count = math.prod(a.shape[i] for i in axes)
+            with np.errstate(all="ignore"):
+                mean_ = np.true_divide(total, count).astype(acc)
+                m2 = _reduce(a, VarInt(acc, mean_), axis, desc=fn.__name__, **opts)
+                res = (m2 / builtins.max(count - ddof, 0)).astype(acc)
+                if root:
+                    res = np.sqrt(res).astype(acc)
+            return _shape_result(res, axes, keepdims, out_dtype)
+        res = _reduce(a, Var(ddof), axis, desc=fn.__name__, **opts)
+        return _shape_result(np.sqrt(res) if root else res, axes, keepdims, out_dtype)
 
 
 def var(
     a: Any,
-    axis: int | Sequence[int] | None = None,
+    axis: int | tuple[int, ...] | None = None,
     dtype: Any = None,
     *,
     ddof: float = 0,
@@ -321,22 +423,23 @@ def var(
 ) -> ArrayOrScalar:
     """Variance over ``axis``, like :func:`numpy.var`, merged with Chan et al.'s update.
 
-    Each chunk's count, mean and sum of squared deviations are computed in float64 (two-pass
-    within the chunk) and merged pairwise, which is as stable as numpy's two-pass method.
-    Other arguments as :func:`sum`.
+    Each leaf's count, mean and sum of squared deviations are computed in float64 (two-pass,
+    shifted by the leaf's first element) and merged in a fixed pairwise tree, which is at least
+    as accurate as numpy's two-pass method in the data's own precision. With an integer
+    ``dtype=`` the result is numpy's integer computation, exactly. Other arguments as
+    :func:`sum`.
+
+    Raises
+    ------
+    ArgumentError, BudgetError, DtypeError
+        As :func:`sum`.
     """
-    with _operand(a) as a:
-        if _is_empty(a):
-            return _numpy(np.var, a, axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
-        out_dtype = _numpy_dtype(np.var, np.dtype(a.dtype), dtype=dtype)
-        res = _reduce(a, Var(ddof), axis, budget=budget, threads=threads, progress=progress,
-                      desc="var")
-        return _shape_result(res, _axes(axis, res.ndim), keepdims, out_dtype)
+    return _variance(a, axis, dtype, ddof, keepdims, False, budget, threads, progress)
 
 
 def std(
     a: Any,
-    axis: int | Sequence[int] | None = None,
+    axis: int | tuple[int, ...] | None = None,
     dtype: Any = None,
     *,
     ddof: float = 0,
@@ -346,22 +449,15 @@ def std(
     progress: ProgressArg = None,
 ) -> ArrayOrScalar:
     """Standard deviation over ``axis``, like :func:`numpy.std`; see :func:`var`."""
-    with _operand(a) as a:
-        if _is_empty(a):
-            return _numpy(np.std, a, axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims)
-        out_dtype = _numpy_dtype(np.std, np.dtype(a.dtype), dtype=dtype)
-        res = _reduce(a, Var(ddof), axis, budget=budget, threads=threads, progress=progress,
-                      desc="std")
-        return _shape_result(np.sqrt(res), _axes(axis, res.ndim), keepdims, out_dtype)
+    return _variance(a, axis, dtype, ddof, keepdims, True, budget, threads, progress)
 
 
 def _extreme(a: Any, axis: Any, keepdims: bool, largest: bool, budget: int | str,
              threads: int | None, progress: ProgressArg) -> ArrayOrScalar:
     fn = np.max if largest else np.min
-    with _operand(a) as a:
-        if _is_empty(a):
+    with _prepared(a, axis) as a:
+        if _direct(a):
             return _numpy(fn, a, axis=axis, keepdims=keepdims)
-        _numpy_dtype(fn, np.dtype(a.dtype))  # numpy's refusal (DtypeError) for dtypes it can't
         res = _reduce(a, Extreme(largest), axis, budget=budget, threads=threads, progress=progress,
                       desc=fn.__name__)
         return _shape_result(res, _axes(axis, res.ndim), keepdims, res.dtype)
@@ -369,7 +465,7 @@ def _extreme(a: Any, axis: Any, keepdims: bool, largest: bool, budget: int | str
 
 def min(
     a: Any,
-    axis: int | Sequence[int] | None = None,
+    axis: int | tuple[int, ...] | None = None,
     *,
     keepdims: bool = False,
     budget: int | str = _DEFAULT_BUDGET,
@@ -388,7 +484,7 @@ def min(
 
 def max(
     a: Any,
-    axis: int | Sequence[int] | None = None,
+    axis: int | tuple[int, ...] | None = None,
     *,
     keepdims: bool = False,
     budget: int | str = _DEFAULT_BUDGET,
@@ -408,12 +504,11 @@ def max(
 def _arg(a: Any, axis: int | None, keepdims: bool, largest: bool, budget: int | str,
          threads: int | None, progress: ProgressArg) -> ArrayOrScalar:
     fn = np.argmax if largest else np.argmin
-    if axis is not None and not isinstance(axis, (int, np.integer)):
+    if axis is not None and (isinstance(axis, bool) or not isinstance(axis, (int, np.integer))):
         raise ArgumentError(f"Expected axis as an int or None. Got {axis!r}.")
-    with _operand(a) as a:
-        if _is_empty(a):
+    with _prepared(a, axis) as a:
+        if _direct(a):
             return _numpy(fn, a, axis=axis, keepdims=keepdims)
-        _numpy_dtype(fn, np.dtype(a.dtype))  # numpy's refusal (DtypeError) for dtypes it can't
         shape = tuple(a.shape)
         res = _reduce(a, Arg(largest, shape), axis, budget=budget, threads=threads,
                       progress=progress, desc=fn.__name__)
@@ -434,8 +529,15 @@ def argmin(
 ) -> ArrayOrScalar:
     """Index of the minimum, like :func:`numpy.argmin` (flat C-order index for ``axis=None``).
 
-    Ties and NaNs resolve as in numpy: the first occurrence wins, and a NaN is the minimum.
-    Other arguments as :func:`sum`.
+    Ties and NaNs (NaTs) resolve as in numpy: the first occurrence wins, and a NaN is the
+    minimum. Other arguments as :func:`sum`.
+
+    Raises
+    ------
+    ArgumentError
+        For an axis that is not None or an int.
+    ValueError
+        For a zero-size reduction, as numpy.
     """
     return _arg(a, axis, keepdims, False, budget, threads, progress)
 
@@ -455,7 +557,7 @@ def argmax(
 
 def count_nonzero(
     a: Any,
-    axis: int | Sequence[int] | None = None,
+    axis: int | tuple[int, ...] | None = None,
     *,
     keepdims: bool = False,
     budget: int | str = _DEFAULT_BUDGET,
@@ -463,8 +565,8 @@ def count_nonzero(
     progress: ProgressArg = None,
 ) -> int | ArrayOrScalar:
     """Number of non-zero elements, like :func:`numpy.count_nonzero`; arguments as :func:`sum`."""
-    with _operand(a) as a:
-        if _is_empty(a):
+    with _prepared(a, axis) as a:
+        if _direct(a):
             return _numpy(np.count_nonzero, a, axis=axis, keepdims=keepdims)
         res = _reduce(a, CountNonzero(), axis, budget=budget, threads=threads, progress=progress,
                       desc="count_nonzero")
@@ -494,7 +596,8 @@ def histogram(
     a
         The data (flattened).
     bins
-        Number of equal-width bins, or a monotonic sequence of edges.
+        Number of equal-width bins (an int, or any 0-d integer such as ``np.array(10)``), or a
+        monotonic sequence of edges.
     range
         ``(low, high)`` of the bins; default: the data's minimum and maximum.
     density
@@ -506,6 +609,8 @@ def histogram(
 
     Raises
     ------
+    ArgumentError
+        For 0-d ``bins`` that are not integers (``2.5``), as numpy refuses them.
     UnsupportedError
         For string ``bins`` (``"auto"`` etc.), which need all the data at once.
     ValueError
@@ -517,27 +622,37 @@ def histogram(
             "'auto' need all the data at once; compute edges first, e.g. with "
             "np.histogram_bin_edges on a sample."
         )
+    if np.ndim(bins) == 0:  # numpy treats any 0-d integer (np.array(10) too) as a count
+        try:
+            bins = operator.index(bins)  # type: ignore[arg-type]
+        except TypeError:
+            raise ArgumentError(
+                f"Expected bins as an integer, a string, or an array of edges. Got {bins!r}."
+            ) from None
     with contextlib.ExitStack() as stack:
         a = stack.enter_context(_operand(a))
         w = None if weights is None else stack.enter_context(_operand(weights))
-        if _is_empty(a):
+        if _direct(a):
             return cast(tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]], _numpy(
                 np.histogram, a, bins=bins, range=range, density=density,
                 weights=None if w is None else _plain(w)))
         inputs = [a] if w is None else [a, w]
+        # numpy bins bool data as uint8 (False 0, True 1); so does every step here.
+        data: Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]] = (
+            (lambda b: b.astype(np.uint8)) if a.dtype == np.bool_ else (lambda b: b))
         if range is None and isinstance(bins, (int, np.integer)):
             # numpy's autodetected range is (a.min(), a.max()) as scalars of a's dtype; the same
             # range gives the same edges and the same bin for every element. One pass finds both.
             range = _reduce_blocks(
-                lambda b: (b.min(), b.max()),
+                lambda b: (data(b).min(), data(b).max()),
                 lambda p, q: (np.minimum(p[0], q[0]), np.maximum(p[1], q[1])),  # NaN propagates
                 [a], budget=budget, threads=threads, progress=progress, temporaries=0.0,
             )
-        edges = np.histogram(np.zeros(0, dtype=a.dtype), bins=bins, range=range)[1]
+        edges = np.histogram(data(np.zeros(0, dtype=a.dtype)), bins=bins, range=range)[1]
 
         def per_chunk(*blocks: np.ndarray[Any, Any]) -> Any:
             weight = blocks[1] if len(blocks) > 1 else None
-            return np.histogram(blocks[0], bins=bins, range=range, weights=weight)[0]
+            return np.histogram(data(blocks[0]), bins=bins, range=range, weights=weight)[0]
 
         # np.histogram ravels its input (a copy of a chunk that is not C-contiguous) and, with
         # bin edges given, sorts it: its temporaries are measured like any function's.
