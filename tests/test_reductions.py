@@ -318,3 +318,27 @@ def test_wrong_calls_raise_argument_errors() -> None:
         with pytest.raises(bigarr.errors.ArgumentError) as info:
             call()  # type: ignore[no-untyped-call]
         assert isinstance(info.value, TypeError)
+
+
+@pytest.mark.parametrize("sub_blocked", [True, False])
+def test_argmax_along_axis_0_makes_no_chunk_sized_copy(monkeypatch: pytest.MonkeyPatch,
+                                                       sub_blocked: bool) -> None:
+    # Regression: numpy's argmax along any axis but the last copies its input, so each chunk
+    # was copied whole (argmax(axis=0) peaked at 456 MiB with a 256 MiB budget). Arg now works
+    # in sub-blocks; with them switched off (the old kernel) the copy is seen again.
+    import tracemalloc
+
+    monkeypatch.setattr(_partials, "SUB_BLOCK_BYTES", 256 << 10)
+    monkeypatch.setattr(_partials.Arg, "sub_blocked", sub_blocked)
+    x = np.random.default_rng(0).random((100_000, 32), dtype=np.float32)  # 12 MiB, one chunk
+    tracemalloc.start()
+    try:
+        got = bigarr.argmax(x, axis=0, budget="256MiB", threads=1, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(got, x.argmax(axis=0))
+    if sub_blocked:
+        assert peak < 4 << 20, peak
+    else:
+        assert peak > x.nbytes // 2, peak

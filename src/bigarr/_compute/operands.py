@@ -249,9 +249,13 @@ class Stream:
             mapping.advise(_DONTNEED, wide)
 
     def scattered(self, block: np.ndarray[Any, Any]) -> bool:
-        """True when ``block`` is scattered runs of a mapped file (not contiguous)."""
-        return (self.mapping is not None and not self.output and self.array is not None
-                and block.size > 0 and not (block.flags.c_contiguous or block.flags.f_contiguous))
+        """True when ``block`` is separate runs of a mapped file, pages apart (rows of a
+        Fortran file, strided rows far apart); a column slice of a row-major file touches
+        every page of its rows and counts as one run."""
+        if (self.mapping is None or self.output or self.array is None or block.size == 0
+                or block.flags.c_contiguous or block.flags.f_contiguous):
+            return False
+        return len(self.page_spans(block)) > 1
 
     def read_pattern(self, scattered: bool) -> None:
         """Advise the whole operand ``random`` (``scattered``) or back to ``normal``.

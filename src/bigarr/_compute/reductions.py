@@ -333,7 +333,9 @@ def sum(
     Parameters
     ----------
     a
-        A :class:`bigarr.memmap`, any numpy array, or the path of a ``.npy`` file.
+        A :class:`bigarr.memmap`, the path of a ``.npy`` file, a ``numpy.memmap`` or
+        ``np.load(mmap_mode=...)`` array (re-mapped from its file), a view of any of these, a
+        zarr or dask array, or any in-memory array.
     axis
         ``None`` (all), an int or a tuple of ints.
     dtype
@@ -341,7 +343,9 @@ def sum(
     keepdims
         Keep reduced axes as length 1.
     budget
-        Memory the computation may hold, in bytes or as a string such as ``"256MiB"``.
+        The most memory the computation may add, in bytes or as a string such as
+        ``"256MiB"``: the chunks in flight, the kernels' scratch, and the partial results
+        (for a reduction that keeps a long axis, one per chunk in flight plus the merged one).
     threads
         Worker threads (default: the CPUs available).
     progress

@@ -18,8 +18,10 @@ A plan that cannot fit is refused here, before anything runs, with
 :class:`~bigarr.errors.BudgetError` quoting the bytes needed and the budget.
 
 :func:`measure_temporaries` is how the planner learns what a user function allocates: it calls
-the function once on a small probe block under :mod:`tracemalloc` (numpy reports its array
-allocations there) and returns the bytes allocated at the peak per byte of input.
+the function on a small probe block (an in-memory copy of the first rows, about 1 MiB) and on
+its first half under :mod:`tracemalloc` (numpy reports its array allocations there), and
+returns the bytes allocated at the peak per byte of input and per call. Functions that take a
+``block_info`` argument are told ``block_info["probe"] is True`` there.
 """
 
 from __future__ import annotations
@@ -283,12 +285,16 @@ def _geometry(stream: Stream, layout: str, chunk_bytes: int, memory: MemoryPlan,
         axis = stream.ndim - 1 if layout == "keys" and stream.order == "F" else 0
         slab = stream.nbytes // max(shape[axis], 1)
         unit = min(unit, shape[axis])
-        if stream.mapping is not None and not stream.contiguous and stream.array is not None:
-            # a view: charge a slab the parent pages it touches, not its own bytes
-            cost = stream.resident_bytes(stream.array[:unit]) / max(unit * slab, 1)
-            chunk_bytes = int(chunk_bytes / max(cost, 1.0))
+        cost = 1.0
+        first = (None if stream.array is None else
+                 stream.array[(slice(None),) * axis + (slice(0, unit),)])
+        if (first is not None and stream.mapping is not None and first.size
+                and not (first.flags.c_contiguous or first.flags.f_contiguous)):
+            # a view, or rows of a Fortran file: charge the parent pages a slab touches
+            cost = max(1.0, stream.resident_bytes(first) / max(unit * slab, 1))
+            chunk_bytes = int(chunk_bytes / cost)
         if unit * slab > chunk_bytes:
-            need = memory.at_least(unit * slab)
+            need = memory.at_least(math.ceil(unit * slab * cost))
             raise BudgetError(
                 f"This operation moves whole slabs of {unit} x {slab} bytes along axis {axis} "
                 f"(zarr chunks or shards): {format_bytes(unit * slab)}, more than the "

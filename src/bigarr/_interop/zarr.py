@@ -1,7 +1,9 @@
 """zarr interop: stream a bigarr array into a zarr array and back, with bounded memory.
 
-Both directions move the data in *batches* of whole zarr grid slabs along one axis (axis 0 for
-C-ordered data, the last axis for Fortran-ordered sources), so that:
+Both directions move the data in *batches* of whole zarr grid slabs along one axis (axis 0, or
+the last axis of a Fortran-ordered source whose column slabs fit the budget; otherwise its rows
+are read as scattered runs, one per column), planned by
+:func:`bigarr._compute.runplan.plan_run` and run by :func:`bigarr._compute.engine.execute`, so that:
 
 * every zarr chunk (or shard, for sharded arrays) is written whole, in one ``set`` call that
   covers it entirely: zarr never has to read a chunk back to merge a partial write
@@ -9,9 +11,10 @@ C-ordered data, the last axis for Fortran-ordered sources), so that:
 * memory is planned: a batch's bytes, times three (the mapped pages plus zarr's encode or
   decode buffers, or the batch still flushing), must fit ``budget``; a grid slab that cannot
   is refused up front with :class:`~bigarr.errors.BudgetError` quoting both numbers;
-* pages are released behind the stream: source pages get ``MADV_DONTNEED`` after their batch is
-  encoded; written target pages are ``msync``'d, then dropped. Resident memory stays near one
-  batch however large the array is;
+* pages are released behind the stream by the engine: source pages get ``MADV_DONTNEED`` after
+  their batch is encoded; the target is written with ``pwrite`` under the engine's flush policy
+  (chunk files copied by the fast path are ``msync``'d, then dropped). Resident memory stays
+  near one batch however large the array is;
 * an interrupted export is never taken for a complete array: :func:`to_zarr` marks the array
   incomplete in the metadata write that creates it and complete after its last chunk
   (:data:`_MARKER`), and :func:`from_zarr` refuses an incomplete one unless forced (issue 11).
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
 from bigarr.errors import (
     ArgumentError,
     BigArrError,
+    BudgetError,
     FileExistsError_,
     FileMissingError,
     FormatError,
@@ -124,7 +128,8 @@ def to_zarr(
     """Stream an array into a new zarr array with bounded memory.
 
     The data moves in batches of whole zarr chunks (whole shards when ``shards`` is given)
-    along axis 0 (the last axis for a Fortran-ordered source), so each chunk is encoded and
+    along axis 0 (the last axis for a Fortran-ordered source, unless a slab of whole columns
+    does not fit the budget), so each chunk is encoded and
     written exactly once and never read back. After each batch the source's pages are released
     (``MADV_DONTNEED``), so resident memory stays near ``budget`` for any array size. A
     private-mode source is the exception: dropping its pages would throw away its scratch
@@ -400,10 +405,24 @@ def check_zarr_complete(z: Any, shown: str) -> None:
 def _plan_out(src: Stream, z: Any, budget: int | str) -> RunPlan:
     """The plan of streaming ``src`` into an array with ``z``'s chunk grid (``z`` may be a
     stand-in with the same settings, to refuse a budget before the real array exists)."""
-    axis = src.ndim - 1 if src.contiguous and src.order == "F" else 0
     own = 2 if src.lazy else 1 if src.mapping is not None else 0  # what plan_run counts
-    return plan_run("to_zarr", [src], budget=budget, threads=1, prefetch=0, layout="keys",
-                    extra_streams=_OVERHEAD - own, unit=_unit(z, axis), min_chunk=1)
+    options: dict[str, Any] = {"budget": budget, "threads": 1, "prefetch": 0, "min_chunk": 1,
+                               "extra_streams": _OVERHEAD - own}
+    if not (src.contiguous and src.order == "F"):
+        return plan_run("to_zarr", [src], layout="rows", unit=_unit(z, 0), **options)
+    # Slabs along the last axis are contiguous in a Fortran-ordered file; when one zarr chunk's
+    # slab of whole columns is too large for the budget, batches of rows are read as scattered
+    # runs (one per column) instead.
+    try:
+        return plan_run("to_zarr", [src], layout="keys", unit=_unit(z, src.ndim - 1), **options)
+    except BudgetError as first:
+        # Scattered runs are read with 'random' (no kernel read-around), so the engine reads
+        # the next batch ahead itself.
+        options["prefetch"] = 1
+        try:
+            return plan_run("to_zarr", [src], layout="rows", unit=_unit(z, 0), **options)
+        except BudgetError:
+            raise first from None
 
 
 def _plan_in(src: Stream, dst: Stream | None, budget: int | str) -> RunPlan:
