@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bigarr._core.files import create, file_path, preallocate
+from bigarr._core.files import create_held, file_path, preallocate
 from bigarr._formats.npy import NpyHeader, build_header, check_dtype, read_header, rewrite_shape
 from bigarr._os.durable import datasync, pwrite_all
 from bigarr._os.geometry import align_up, parse_size
@@ -115,7 +115,7 @@ class Appender:
             if overwrite or not os.path.lexists(self.path):
                 dt = check_dtype(dtype)
                 shape = (0, *(row_shape or ()))
-                create(self.path, shape, dt, overwrite=overwrite).close()
+                create_held(self.path, shape, dt, overwrite=overwrite).close()
             try:
                 self._fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
             except OSError as exc:  # EROFS, EACCES, ELOOP, ENOTDIR, ...

@@ -640,7 +640,10 @@ def _stream_in(z: Any, out: memmap, budget: int, progress: ProgressArg) -> None:
     nbatches = -(-out.shape[0] // step)
     row_bytes = out.nbytes // out.shape[0]
     report = Progress(progress, total_bytes=out.nbytes, total_chunks=nbatches, desc="from_zarr")
-    fd = os.open(str(out.filename), os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    # the mapping's own descriptor: the new file may have no name yet (O_TMPFILE)
+    mapping = out._bigarr
+    fd = os.dup(mapping.fd) if mapping is not None else os.open(
+        str(out.filename), os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
     try:
         with report as bar, _Behind() as behind:
             for i, sel in enumerate(_batches(out.shape[0], step)):

@@ -35,7 +35,9 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import os
+import re
 import secrets
 import stat
 import sys
@@ -51,8 +53,11 @@ __all__ = [
     "file_id",
     "hidden_name",
     "install",
+    "link_unnamed",
     "open_regular",
     "path_id",
+    "remove_leftovers",
+    "unnamed_supported",
 ]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -160,10 +165,29 @@ def path_id(path: str) -> FileId | None:
         os.close(fd)
 
 
+#: Longest part of the user's file name kept in a hidden name, so that the hidden name (with its
+#: prefix, kind and random suffix) stays under NAME_MAX (255 bytes on Linux).
+_KEEP = 100
+
+
+def _stem(name: str) -> str:
+    """``name``, or for a long name its head and a digest of the whole (so two long names that
+    share their first characters never share hidden names, and so never each other's leftovers)."""
+    if len(name.encode("utf-8", "surrogateescape")) <= _KEEP:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    head = name.encode("utf-8", "surrogateescape")[:_KEEP - 17].decode("utf-8", "ignore")
+    return f"{head}~{digest}"
+
+
 def hidden_name(target: str, kind: str) -> str:
-    """An unguessable hidden name next to ``target``: ``.<name>.bigarr-<kind>-<16 hex>``."""
+    """An unguessable hidden name next to ``target``: ``.<name>.bigarr-<kind>-<16 hex>``.
+
+    The one maker of bigarr's hidden names. Long names are cut (and a digest of the whole name
+    added), so the result is a legal file name whatever the length of the user's name.
+    """
     folder, name = os.path.split(target)
-    return os.path.join(folder, f".{name}.bigarr-{kind}-{secrets.token_hex(8)}")
+    return os.path.join(folder, f".{_stem(name)}.bigarr-{kind}-{secrets.token_hex(8)}")
 
 
 def create_new(path: str, *, mode: int = 0o666) -> int:
@@ -195,7 +219,7 @@ def create_unnamed(final: str, *, mode: int = 0o666) -> tuple[int, str | None]:
     output lock, or the commit lock), so no other writer's file can be mistaken for a leftover.
     """
     folder = os.path.dirname(final) or "."
-    _remove_leftovers(final)
+    remove_leftovers(final)
     if _TMPFILE and os.path.isdir(_PROC_FD):
         try:
             return os.open(folder, _TMPFILE | os.O_RDWR | _CLOEXEC, mode), None
@@ -206,22 +230,80 @@ def create_unnamed(final: str, *, mode: int = 0o666) -> tuple[int, str | None]:
     return create_new(tmp, mode=mode), tmp
 
 
-def _remove_leftovers(final: str) -> None:
-    """Remove hidden ``new`` names of ``final`` that a killed :func:`install` left behind."""
-    folder, name = os.path.split(final)
-    prefix = f".{name}.bigarr-new-"
+def remove_leftovers(target: str, kinds: tuple[str, ...] = ("new",),
+                     keep: str | None = None) -> None:
+    """Remove hidden files of ``target`` that a killed writer left behind.
+
+    Removes ``.<name>.bigarr-<kind>-<16 hex>`` for each of ``kinds`` (``new``: a temporary
+    being created or installed; ``partial``: a ``map_blocks`` output being written), except
+    ``keep``; only regular files with one link, owned by this user, are removed, so a planted
+    link or another user's file is left alone. The caller must hold ``target``'s writer lock
+    (the output lock, or the commit lock), so no live writer's file can be taken for a leftover.
+    """
+    folder, name = os.path.split(target)
+    pattern = re.compile(re.escape(f".{_stem(name)}.bigarr-") + f"({'|'.join(kinds)})"
+                         + "-[0-9a-f]{16}")
     try:
         entries = os.listdir(folder or ".")
     except OSError:
         return
     for entry in entries:
-        if not entry.startswith(prefix) or len(entry) != len(prefix) + 16:
+        if not pattern.fullmatch(entry):
             continue
         path = os.path.join(folder, entry)
+        if keep is not None and path == keep:
+            continue
         with contextlib.suppress(OSError):
             st = os.lstat(path)
             if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid():
                 os.unlink(path)
+
+
+def unnamed_supported(target: str) -> bool:
+    """Whether a new file next to ``target`` can be created unnamed (``O_TMPFILE``) and named
+    later (``linkat``) here; some file systems lack the first, some sandboxes refuse the second.
+
+    Asked by trying both on an empty file (four syscalls); the probe's name is a hidden ``new``
+    name of ``target``, so even a crash in the probe leaves nothing the next writer of
+    ``target`` does not remove.
+    """
+    if not _TMPFILE or not os.path.isdir(_PROC_FD):
+        return False
+    try:
+        fd = os.open(os.path.dirname(target) or ".", _TMPFILE | os.O_RDWR | _CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        probe = hidden_name(target, "new")
+        try:
+            link_unnamed(fd, probe)
+        except OSError:
+            return False
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+        return True
+    finally:
+        os.close(fd)
+
+
+def link_unnamed(fd: int, name: str) -> None:
+    """Give the unnamed file ``fd`` (``O_TMPFILE``) the new name ``name``; never clobbers.
+
+    ``linkat(AT_SYMLINK_FOLLOW)`` on the ``/proc/self/fd`` link names the inode; ``os.link``
+    uses plain ``link(2)``, which does not follow it, unless a directory fd is given.
+
+    Raises
+    ------
+    FileExistsError
+        If anything is at ``name``.
+    OSError
+        As ``linkat(2)`` otherwise.
+    """
+    proc = os.open(_PROC_FD, os.O_RDONLY | _CLOEXEC)
+    try:
+        os.link(str(fd), name, src_dir_fd=proc, follow_symlinks=True)
+    finally:
+        os.close(proc)
 
 
 def install(fd: int, tmp: str | None, final: str) -> int:
@@ -237,14 +319,8 @@ def install(fd: int, tmp: str | None, final: str) -> int:
     try:
         if tmp is None:
             tmp = hidden_name(final, "new")
-            # linkat(AT_SYMLINK_FOLLOW) on the /proc link names the O_TMPFILE inode; os.link
-            # uses plain link(2), which does not follow it, unless a directory fd is given.
             try:
-                proc = os.open(_PROC_FD, os.O_RDONLY | _CLOEXEC)
-                try:
-                    os.link(str(fd), tmp, src_dir_fd=proc, follow_symlinks=True)
-                finally:
-                    os.close(proc)
+                link_unnamed(fd, tmp)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
                     raise
