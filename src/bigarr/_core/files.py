@@ -29,9 +29,6 @@ from bigarr._formats.npy import (
     read_header,
 )
 from bigarr._os.durable import fsync_dir
-from bigarr._os.geometry import default_alignment, format_bytes
-from bigarr._os.mapping import Mapping
-from bigarr._os.modes import parse_mode
 from bigarr._os.fileid import (
     create_new,
     hidden_name,
@@ -40,7 +37,10 @@ from bigarr._os.fileid import (
     remove_leftovers,
     unnamed_supported,
 )
+from bigarr._os.geometry import default_alignment, format_bytes
 from bigarr._os.lock import OutputLock
+from bigarr._os.mapping import Mapping
+from bigarr._os.modes import parse_mode
 from bigarr._os.paths import check_output, check_path, os_error
 from bigarr.errors import (
     AccessDeniedError,
