@@ -58,9 +58,6 @@ FULL = os.environ.get("BIGARR_CRASH_FULL") == "1"
 SEED = int(os.environ.get("BIGARR_CRASH_SEED", "11"))
 
 KNOWN: dict[tuple[str, str], str] = {
-    ("map_blocks_appender_resume", "no_strays_after_rerun"):
-        "a killed map_blocks into an Appender leaves its .NAME.bigarr-lock behind after the "
-        "successful rerun — issue 11 point 1",
     ("convert_npy_to_zarr", "absent_or_complete"):
         "a killed 'convert x.npy y.zarr' leaves a partial zarr array at the target path "
         "— issue 11 point 5",

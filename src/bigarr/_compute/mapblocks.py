@@ -550,7 +550,7 @@ class _Job:
                 raise ShapeError(
                     "resume=True needs an output file: pass a path or a bigarr.memmap.")
             return self._in_place(array, out, None)
-        with OutputLock(out.mapping.path):
+        with OutputLock(out.mapping.path, in_place=True, fd=out.mapping.fd):
             return self._in_place(array, out, out.mapping.path)
 
     def _in_place_journal(self, path: str, out: Stream,
