@@ -47,7 +47,7 @@ from bigarr._core.array import memmap
 from bigarr._os.durable import datasync, pwrite_all, start_writeback, wait_writeback
 from bigarr._os.geometry import ByteSpan
 from bigarr._os.hints import parse_hint
-from bigarr._os.mapping import Mapping
+from bigarr._os.mapping import Mapping, check_mapped
 from bigarr._plan.budget import MemoryPlan
 from bigarr._plan.chunks import Chunk, ChunkPlan, plan_chunks
 from bigarr._plan.regions import extent
@@ -410,6 +410,7 @@ def run(
     inputs = [s for s in streams if not s.output]
 
     def one(chunk: Chunk) -> T:
+        check_mapped(*(s.mapping for s in streams))  # a file cut under us: an error, not SIGBUS
         blocks = [s.block(chunk) for s in streams]
         value = work(chunk, blocks)
         for stream, block in zip(streams, blocks, strict=True):

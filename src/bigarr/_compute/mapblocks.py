@@ -76,6 +76,7 @@ from bigarr._os.durable import fsync_dir
 from bigarr._os.fileid import FileId, file_id, hidden_name, path_id, remove_leftovers
 from bigarr._os.geometry import parse_size
 from bigarr._os.lock import OutputLock
+from bigarr._os.mapping import check_mapped
 from bigarr._os.paths import check_output
 from bigarr._plan.budget import plan_memory
 from bigarr._plan.chunks import Chunk, ChunkPlan
@@ -484,6 +485,7 @@ class _Job:
                 if outarr is None:
                     if len(self.plan):
                         chunk = self.plan.chunks[0]
+                        check_mapped(*(s.mapping for s in self.streams))  # not a SIGBUS
                         blocks = [s.array[chunk.rows] for s in self.streams]
                         first = (chunk, _check_rows(self.call(chunk, blocks), chunk, None))
                         sample = first[1]

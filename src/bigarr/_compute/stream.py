@@ -59,6 +59,7 @@ import numpy as np
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan, parse_size
 from bigarr._os.hints import Hint, parse_hint
+from bigarr._os.mapping import check_mapped
 from bigarr._plan.chunks import Chunk, ChunkPlan, plan_chunks
 from bigarr._plan.regions import Region, extent, region_span
 from bigarr.errors import BigArrError, BudgetError, HintError, RegionError
@@ -420,7 +421,7 @@ def _walk(
             if fetch is not None and len(plan) > 1:
                 helper = _Helper(mapping, spans, fetch, threading.Lock())
             for c in plan:
-                mapping.check_file()
+                check_mapped(mapping)  # a file cut under us: an error, not SIGBUS
                 if helper is not None and c.index + 1 < len(plan):
                     helper.fetch(c.index + 1)
                 yield c, arr[(*c.key, Ellipsis)]  # a view even for a 0-d array

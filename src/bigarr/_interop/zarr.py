@@ -45,6 +45,7 @@ from bigarr._core.files import file_path, new_file
 from bigarr._core.files import open as open_file
 from bigarr._formats.npy import check_dtype
 from bigarr._os.geometry import format_bytes, parse_size
+from bigarr._os.mapping import check_mapped
 from bigarr._os.paths import check_output, os_error
 
 if TYPE_CHECKING:
@@ -476,6 +477,7 @@ def _stream_out(src: Any, z: Any, budget: int, progress: ProgressArg) -> None:
     with report as bar:
         for i, sel in enumerate(_batches(src.shape[axis], step)):
             index = _along(axis, src.ndim, sel)
+            check_mapped(getattr(src, "_bigarr", None))  # a file cut: an error, not SIGBUS
             block = plain[index]
             try:
                 z[index] = block  # whole chunks along every axis: zarr writes without reading
@@ -647,6 +649,7 @@ def _stream_in(z: Any, out: memmap, budget: int, progress: ProgressArg) -> None:
     try:
         with report as bar, _Behind() as behind:
             for i, sel in enumerate(_batches(out.shape[0], step)):
+                check_mapped(mapping)  # a file cut: an error, not SIGBUS
                 view = out[sel]
                 if fast is not None:
                     fast.read_rows(sel, view, fd, out.offset + sel.start * row_bytes)
