@@ -1,7 +1,7 @@
 """Hostile conditions around durable writes: two writers, a full disk, a file cut or replaced.
 
 Cases bigarr must turn into a bigarr error (or handle), never into lost rows, a corrupt file or
-a SIGBUS. Those that fail today are ``xfail(strict=True)`` with the defect named.
+a SIGBUS.
 """
 
 from __future__ import annotations
@@ -212,10 +212,6 @@ except bigarr.errors.BigArrError as exc:
 
 
 # ---- a journaled commit interrupted, read before anyone recovers it ---------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "after a journaled (all-or-nothing) commit is killed midway, bigarr.open, check_complete "
-    "and 'bigarr verify' all accept the half-committed file silently until someone calls "
-    "recover_commit — issue 11 point 5 (interrupted outputs are never accepted as input)"))
 def test_a_half_done_journaled_commit_is_never_read_silently(tmp_path: Path, run_py: Run) -> None:
     path = tmp_path / "p.npy"
     bigarr.create(path, (64 * 512,), "f8", fill=0.25).close()
@@ -244,6 +240,15 @@ def test_a_half_done_journaled_commit_is_never_read_silently(tmp_path: Path, run
             refused = True  # refusing is as good as warning
     assert refused or any(issubclass(w.category, bigarr.errors.IncompleteOutputWarning)
                           for w in seen)
+    with pytest.raises(bigarr.errors.IncompleteOutputError, match="recover_commit"):
+        bigarr.check_complete(path)
     cli = subprocess.run([sys.executable, "-m", "bigarr", "verify", str(path)],
                          capture_output=True, text=True)
     assert cli.returncode != 0, cli.stdout
+    assert bigarr.recover_commit(path) == "replayed"  # then the whole commit is there
+    bigarr.check_complete(path)
+    got = np.load(path)
+    assert (got.reshape(64, 512)[[1, 10, 20, 40, 63]] == 9.0).all()
+    cli = subprocess.run([sys.executable, "-m", "bigarr", "verify", str(path)],
+                         capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from bigarr._core.array import memmap
-from bigarr._formats.journal import check_complete, journal_path
+from bigarr._formats.journal import check_complete, commit_journal_path, journal_path
 from bigarr._formats.npy import (
     NpyHeader,
     build_header,
@@ -479,14 +479,16 @@ def open(path: str | os.PathLike[str], mode: str = "r") -> memmap:
     -----
     IncompleteOutputWarning
         If a :func:`bigarr.map_blocks` run writing this file in place was interrupted (its
-        journal is still next to it); :func:`bigarr.check_complete` raises instead.
+        journal is still next to it), or a journaled ``commit`` of it was (until
+        :func:`bigarr.recover_commit`); :func:`bigarr.check_complete` raises instead.
     """
     access, creating = parse_mode(mode)
     if creating:
         raise ModeError("open() maps existing files; use bigarr.create() to make a new one.")
     target = file_path(path)
     header = _header_of(target)
-    if os.path.lexists(journal_path(target)):  # one stat; see bigarr._formats.journal
+    if os.path.lexists(journal_path(target)) or os.path.lexists(commit_journal_path(target)):
+        # two stats; see bigarr._formats.journal
         try:
             check_complete(target)
         except IncompleteOutputError as exc:

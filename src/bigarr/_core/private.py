@@ -69,7 +69,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bigarr._formats.journal import user_stacklevel
+from bigarr._formats.journal import (
+    COMMIT_MAGIC,
+    COMMIT_MAGIC_V1,
+    commit_journal_path,
+    user_stacklevel,
+)
 from bigarr._formats.npy import read_header
 from bigarr._os.durable import datasync, fsync_dir, pwrite_all
 from bigarr._os.fileid import (
@@ -544,8 +549,8 @@ def _pwrite(fd: int, m: Mapping, runs: Runs) -> int:
     return total
 
 
-_JOURNAL_MAGIC = b"bigarr-commit-journal 2\n"
-_OLD_MAGIC = b"bigarr-commit-journal 1\n"
+_JOURNAL_MAGIC = COMMIT_MAGIC  # (bigarr._formats.journal reads the header too)
+_OLD_MAGIC = COMMIT_MAGIC_V1
 _LENGTH = struct.Struct("<I")  # bytes of the JSON header that follows the magic
 _RECORD = struct.Struct("<QQ")  # file offset, byte count; then the bytes
 _TRAILER = b"END!"
@@ -554,8 +559,7 @@ _HEAD_BYTES = 64 << 10  # bytes before the data section digested into the journa
 
 def journal_path(path: str) -> str:
     """Where a journaled commit of ``path`` keeps its journal: ``.<name>.bigarr-commit``."""
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.bigarr-commit")
+    return commit_journal_path(path)
 
 
 def _write_all(fd: int, data: Any) -> None:
