@@ -9,8 +9,8 @@ its docstring); this module runs it once and turns each (operation, invariant) p
   every write that spans a page boundary, and 20 random delays per operation; the counts are
   printed (run with ``-s``). ``BIGARR_CRASH_SEED`` changes the seed (default 11).
 
-Pairs that fail today are ``xfail(strict=True)`` with the defect named, so the lead can drop
-the mark when the fix lands (a fixed defect then fails as XPASS).
+Pairs that fail are listed in ``KNOWN`` and marked ``xfail(strict=True)`` with the defect named
+(none today); a fixed defect then fails as XPASS until its entry is removed.
 
 What is checked after each kill (``crash_runner.py`` has the code; "rerun" is what a user would
 run next, and its success is checked too):
@@ -58,9 +58,6 @@ FULL = os.environ.get("BIGARR_CRASH_FULL") == "1"
 SEED = int(os.environ.get("BIGARR_CRASH_SEED", "11"))
 
 KNOWN: dict[tuple[str, str], str] = {
-    ("convert_npy_to_zarr", "absent_or_complete"):
-        "a killed 'convert x.npy y.zarr' leaves a partial zarr array at the target path "
-        "— issue 11 point 5",
 }
 
 

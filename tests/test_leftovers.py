@@ -79,3 +79,16 @@ def test_create_refuses_while_another_writer_holds_the_output(tmp_path: Path) ->
         with pytest.raises(errors.OutputLockedError):
             bigarr.create(path, (5,), "f8", overwrite=True)
     np.testing.assert_array_equal(np.load(path), np.arange(3.0))
+
+
+def test_to_zarr_overwrite_swaps_the_array_in_whole(tmp_path: Path) -> None:
+    import zarr
+
+    dst = tmp_path / "a.zarr"
+    bigarr.to_zarr(np.zeros((100, 4)), dst, chunks=(10, 4))
+    bigarr.to_zarr(np.ones((50, 2)), dst, chunks=(10, 2), overwrite=True)
+    got = zarr.open_array(dst, mode="r")
+    np.testing.assert_array_equal(got[:], np.ones((50, 2)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr"]  # nothing hidden left
+    with pytest.raises(errors.FileExistsError_):
+        bigarr.to_zarr(np.ones(3), dst)

@@ -12,9 +12,13 @@ C-ordered data, the last axis for Fortran-ordered sources), so that:
 * pages are released behind the stream: source pages get ``MADV_DONTNEED`` after their batch is
   encoded; written target pages are ``msync``'d, then dropped. Resident memory stays near one
   batch however large the array is;
-* an interrupted export is never taken for a complete array: :func:`to_zarr` marks the array
-  incomplete in the metadata write that creates it and complete after its last chunk
-  (:data:`_MARKER`), and :func:`from_zarr` refuses an incomplete one unless forced (issue 11).
+* an interrupted export is never taken for a complete array. A local directory output is
+  written in a hidden sibling directory (``.<name>.bigarr-new-<random>``) under the output's
+  lock and renamed into place when complete, so a kill leaves the destination as it was (the
+  next writer of it removes the hidden directory). Every array is also marked incomplete in
+  the metadata write that creates it and complete after its last chunk (:data:`_MARKER`), and
+  :func:`from_zarr` refuses an incomplete one unless forced: that guards stores written in
+  place (not local directories) and arrays left by older versions (issue 11).
 
 Only API that zarr 3.1 and later share is used: ``zarr.open_array``, ``zarr.create_array`` with
 ``chunks=``, ``shards=``, ``compressors=`` and ``fill_value=``, and slicing. The uncompressed
@@ -32,6 +36,7 @@ import contextlib
 import errno
 import operator
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,7 +49,10 @@ from bigarr._core.array import memmap
 from bigarr._core.files import file_path, new_file
 from bigarr._core.files import open as open_file
 from bigarr._formats.npy import check_dtype
+from bigarr._os.durable import fsync_dir
+from bigarr._os.fileid import exchange, hidden_name, remove_leftovers
 from bigarr._os.geometry import format_bytes, parse_size
+from bigarr._os.lock import OutputLock
 from bigarr._os.mapping import check_mapped
 from bigarr._os.paths import check_output, os_error
 
@@ -238,6 +246,8 @@ def to_zarr(
     NotAFileError
         If a zarr group, another directory or a file is at the destination (also with
         ``overwrite``).
+    OutputLockedError
+        If another run is writing the same local destination.
     UnsupportedError
         For a dtype zarr cannot store faithfully (structured with a subarray field).
     DiskFullError, ReadOnlyError
@@ -284,25 +294,34 @@ def to_zarr(
             _plan(src.shape, src.dtype.itemsize, axis, (probe.shards or probe.chunks)[axis],
                   limit, "to_zarr")
         existing = _zarr_target(store_or_path, overwrite)
-        if zarr_format == 2:
-            # v2 keeps attributes in .zattrs, written by zarr concurrently with .zarray: write
-            # the marker first, so that no instant shows an unmarked array (see _MARKER).
-            _premark_v2(store_or_path, existing)
-            overwrite = False
-        try:
-            z = _zarr_call(zarr.create_array, store_or_path, overwrite=overwrite,
-                           attributes={_MARKER: {"complete": False}}, **settings)
-        except zarr.errors.ContainsArrayError as exc:
-            raise FileExistsError_(f"{exc}; pass overwrite=True to replace it.") from None
-        except zarr.errors.ContainsGroupError as exc:
-            raise NotAFileError(f"{exc}; overwrite replaces only a zarr array.") from None
-        except OSError as exc:
-            raise os_error(exc, shown, writing=True) from None
-        try:
-            _stream_out(src, z, limit, progress)
-            z.update_attributes({_MARKER: {"complete": True}})  # last: the data is all there
-        except OSError as exc:  # ENOSPC from zarr's chunk writes, EROFS, ...
-            raise os_error(exc, exc.filename or shown, writing=True) from exc
+        local = _local_path(store_or_path)
+        with _hidden_sibling(local, existing) as dest:
+            if dest is not None:  # a local directory: written aside, renamed into place
+                where: Any = dest
+                existing, overwrite = "nothing", False
+            else:
+                where = store_or_path
+            if zarr_format == 2:
+                # v2 keeps attributes in .zattrs, written by zarr concurrently with .zarray:
+                # write the marker first, so no instant shows an unmarked array (see _MARKER).
+                _premark_v2(where, existing)
+                overwrite = False
+            try:
+                z = _zarr_call(zarr.create_array, where, overwrite=overwrite,
+                               attributes={_MARKER: {"complete": False}}, **settings)
+            except zarr.errors.ContainsArrayError as exc:
+                raise FileExistsError_(f"{exc}; pass overwrite=True to replace it.") from None
+            except zarr.errors.ContainsGroupError as exc:
+                raise NotAFileError(f"{exc}; overwrite replaces only a zarr array.") from None
+            except OSError as exc:
+                raise os_error(exc, shown, writing=True) from None
+            try:
+                _stream_out(src, z, limit, progress)
+                z.update_attributes({_MARKER: {"complete": True}})  # last: the data is there
+            except OSError as exc:  # ENOSPC from zarr's chunk writes, EROFS, ...
+                raise os_error(exc, exc.filename or shown, writing=True) from exc
+        if local is not None:
+            z = zarr.open_array(store_or_path, mode="r+")
         return cast("zarr.Array[Any]", z)
     finally:
         if closer is not None:
@@ -311,15 +330,78 @@ def to_zarr(
             closer.close(force=True)
 
 
+@contextlib.contextmanager
+def _hidden_sibling(local: str | None, existing: str) -> Iterator[str | None]:
+    """For a local zarr output ``local``: a new hidden sibling directory to write the array in,
+    renamed into place when the block completes (None for other stores: written in place).
+
+    The writer holds ``local``'s output lock throughout, and first removes what killed writers
+    of ``local`` left (hidden ``new`` and ``old`` directories). A kill therefore leaves the
+    destination as it was (nothing, or the old array) or the complete new array, never a part.
+    An old array (``existing == "zarr"``, with overwrite) is swapped out atomically
+    (``renameat2(RENAME_EXCHANGE)``) and then deleted; where the kernel cannot swap, it is
+    renamed aside first, so a kill between the two renames leaves the destination absent.
+
+    Raises
+    ------
+    OutputLockedError
+        If another writer holds ``local``.
+    ReadOnlyError, DiskFullError, PathError
+        If the folder cannot be written.
+    """
+    if local is None:
+        yield None
+        return
+    folder = os.path.dirname(local) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)  # (zarr creates the missing folders of a new array)
+    except OSError as exc:
+        raise os_error(exc, local, writing=True) from None
+    with OutputLock(local):
+        remove_leftovers(local, ("new", "old"))
+        tmp = hidden_name(local, "new")
+        try:
+            os.mkdir(tmp)
+        except OSError as exc:
+            raise os_error(exc, local, writing=True) from None
+        try:
+            yield tmp
+            _swap_in(tmp, local, existing)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _swap_in(tmp: str, local: str, existing: str) -> None:
+    """Rename the finished array directory ``tmp`` to ``local`` (see :func:`_hidden_sibling`)."""
+    try:
+        if existing == "zarr":
+            if check_output(local, True, zarr=True) == "zarr" and exchange(tmp, local):
+                shutil.rmtree(tmp, ignore_errors=True)  # the old array, now at the hidden name
+                fsync_dir(local)
+                return
+            old = hidden_name(local, "old")
+            if os.path.lexists(local):
+                os.rename(local, old)
+            os.rename(tmp, local)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, local)  # onto nothing, or an empty directory (replaced atomically)
+    except OSError as exc:
+        raise os_error(exc, local, writing=True) from None
+    fsync_dir(local)
+
+
 _MARKER = "bigarr"
 """The attribute that marks a zarr array written by :func:`to_zarr` as complete or not.
 
 It is written with the array's metadata, as ``{"complete": false}``, before any chunk, and set
 to ``{"complete": true}`` after the last chunk, in one atomic metadata write (zarr's local
 store writes a temporary file and renames it). A run killed at any point therefore leaves
-nothing, an array marked incomplete, or a complete one; :func:`from_zarr`, ``bigarr convert``
-and ``bigarr verify`` refuse an incomplete one unless forced. Arrays without the attribute were
-not written by bigarr and are taken as they are.
+nothing, an array marked incomplete, or a complete one (for a local directory output, only
+nothing or a complete one: it is written aside and renamed into place); :func:`from_zarr`,
+``bigarr convert`` and ``bigarr verify`` refuse an incomplete one unless forced. Arrays without
+the attribute were not written by bigarr and are taken as they are.
 """
 
 

@@ -39,10 +39,13 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 import stat
 import sys
 from dataclasses import dataclass
 from typing import Any
+
+from bigarr._os.libc import libc as _libc
 
 __all__ = [
     "FileId",
@@ -50,6 +53,7 @@ __all__ = [
     "create_new",
     "create_unnamed",
     "discard_unnamed",
+    "exchange",
     "file_id",
     "hidden_name",
     "install",
@@ -235,9 +239,10 @@ def remove_leftovers(target: str, kinds: tuple[str, ...] = ("new",),
     """Remove hidden files of ``target`` that a killed writer left behind.
 
     Removes ``.<name>.bigarr-<kind>-<16 hex>`` for each of ``kinds`` (``new``: a temporary
-    being created or installed; ``partial``: a ``map_blocks`` output being written), except
-    ``keep``; only regular files with one link, owned by this user, are removed, so a planted
-    link or another user's file is left alone. The caller must hold ``target``'s writer lock
+    being created or installed, or a zarr array being written; ``partial``: a ``map_blocks``
+    output being written; ``old``: a zarr array being replaced), except ``keep``; only regular
+    files with one link and directories (never a link), owned by this user, are removed, so a
+    planted link or another user's file is left alone. The caller must hold ``target``'s writer lock
     (the output lock, or the commit lock), so no live writer's file can be taken for a leftover.
     """
     folder, name = os.path.split(target)
@@ -255,8 +260,37 @@ def remove_leftovers(target: str, kinds: tuple[str, ...] = ("new",),
             continue
         with contextlib.suppress(OSError):
             st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid():
+            if st.st_uid != os.geteuid():
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
                 os.unlink(path)
+            elif stat.S_ISDIR(st.st_mode):  # a zarr array being written (never a link's target)
+                shutil.rmtree(path, ignore_errors=True)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange(a: str, b: str) -> bool:
+    """Swap the names ``a`` and ``b`` atomically (``renameat2(RENAME_EXCHANGE)``, Linux 3.15+).
+
+    Returns False where the kernel, C library or file system cannot (the caller falls back).
+
+    Raises
+    ------
+    OSError
+        As ``renameat2(2)`` for any other refusal.
+    """
+    fn = getattr(_libc, "renameat2", None) if _libc is not None else None
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), b)
 
 
 def unnamed_supported(target: str) -> bool:
