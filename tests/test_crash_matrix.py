@@ -19,7 +19,9 @@ run next, and its success is checked too):
 * ``map_blocks`` to a new file, without and with ``resume`` (one thread, two threads, and a
   resume that is itself killed): the output is absent or complete, never partial under its
   name; the rerun's file equals a clean run's byte for byte; a resume recomputes exactly the
-  chunks its journal lacks; nothing hidden is left behind.
+  chunks its journal lacks; nothing hidden is left behind (except, when the kill came after
+  the output was published and so nothing reruns it, the writer's empty, unheld lock file,
+  which the next writer of that output removes).
 * ``map_blocks`` in place (with and without ``resume``): the file is all-old, all-new, or
   flagged by ``check_complete``; the rerun equals a clean run; its journal is gone.
 * ``map_blocks`` into an ``Appender`` with ``resume``: the file is a prefix of the result; the

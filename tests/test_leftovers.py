@@ -92,3 +92,15 @@ def test_to_zarr_overwrite_swaps_the_array_in_whole(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr"]  # nothing hidden left
     with pytest.raises(errors.FileExistsError_):
         bigarr.to_zarr(np.ones(3), dst)
+
+
+def test_recover_commit_removes_a_journal_that_was_never_installed(tmp_path: Path) -> None:
+    # Found by the full crash matrix: a commit killed between naming its finished journal
+    # (a hidden name) and renaming it into place left that hidden journal after recovery. The
+    # file was never touched (a commit starts writing only once its journal has its name).
+    path = tmp_path / "p.npy"
+    bigarr.create(path, (4096,), "u1").close()
+    leftover = Path(fileid.hidden_name(str(tmp_path / ".p.npy.bigarr-commit"), "new"))
+    leftover.write_bytes(b"bigarr-commit-journal 2\n...")
+    assert bigarr.recover_commit(path) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npy"]

@@ -35,6 +35,7 @@ from bigarr._os.fileid import (
     install,
     link_unnamed,
     remove_leftovers,
+    rename_noreplace,
     unnamed_supported,
 )
 from bigarr._os.geometry import default_alignment, format_bytes
@@ -304,6 +305,8 @@ def publish(tmp: str, path: str, *, overwrite: bool) -> None:
             os.replace(tmp, path)
             return
         try:
+            if rename_noreplace(tmp, path):  # atomic, never clobbers, never two names
+                return
             os.link(tmp, path)  # atomic and never clobbers
         except FileExistsError:
             raise FileExistsError_(

@@ -84,7 +84,9 @@ from bigarr._os.fileid import (
     discard_unnamed,
     file_id,
     install,
+    leftovers,
     open_regular,
+    remove_leftovers,
 )
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan
 from bigarr._os.lock import commit_lock
@@ -813,7 +815,7 @@ def recover_commit(path: str | os.PathLike[str]) -> str | None:
     """
     target = os.path.abspath(os.fspath(path))
     jpath = journal_path(target)
-    if not os.path.lexists(jpath):
+    if not os.path.lexists(jpath) and not leftovers(jpath):
         return None
     try:
         fd = os.open(target, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
@@ -832,6 +834,9 @@ def recover_commit(path: str | os.PathLike[str]) -> str | None:
         ) from None
     try:
         with commit_lock(fd):
+            # a journal a kill left under its hidden name, never installed: the file was
+            # never touched by that commit (it starts only once the journal is named)
+            remove_leftovers(jpath)
             return _recover(target, fd)
     finally:
         os.close(fd)

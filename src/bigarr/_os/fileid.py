@@ -57,10 +57,12 @@ __all__ = [
     "file_id",
     "hidden_name",
     "install",
+    "leftovers",
     "link_unnamed",
     "open_regular",
     "path_id",
     "remove_leftovers",
+    "rename_noreplace",
     "unnamed_supported",
 ]
 
@@ -245,17 +247,7 @@ def remove_leftovers(target: str, kinds: tuple[str, ...] = ("new",),
     planted link or another user's file is left alone. The caller must hold ``target``'s writer lock
     (the output lock, or the commit lock), so no live writer's file can be taken for a leftover.
     """
-    folder, name = os.path.split(target)
-    pattern = re.compile(re.escape(f".{_stem(name)}.bigarr-") + f"({'|'.join(kinds)})"
-                         + "-[0-9a-f]{16}")
-    try:
-        entries = os.listdir(folder or ".")
-    except OSError:
-        return
-    for entry in entries:
-        if not pattern.fullmatch(entry):
-            continue
-        path = os.path.join(folder, entry)
+    for path in leftovers(target, kinds):
         if keep is not None and path == keep:
             continue
         with contextlib.suppress(OSError):
@@ -266,6 +258,18 @@ def remove_leftovers(target: str, kinds: tuple[str, ...] = ("new",),
                 os.unlink(path)
             elif stat.S_ISDIR(st.st_mode):  # a zarr array being written (never a link's target)
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def leftovers(target: str, kinds: tuple[str, ...] = ("new",)) -> list[str]:
+    """Paths of hidden ``.<name>.bigarr-<kind>-<16 hex>`` names of ``target`` (one listdir)."""
+    folder, name = os.path.split(target)
+    pattern = re.compile(re.escape(f".{_stem(name)}.bigarr-") + f"({'|'.join(kinds)})"
+                         + "-[0-9a-f]{16}")
+    try:
+        entries = os.listdir(folder or ".")
+    except OSError:
+        return []
+    return [os.path.join(folder, e) for e in entries if pattern.fullmatch(e)]
 
 
 _AT_FDCWD = -100
@@ -290,6 +294,35 @@ def exchange(a: str, b: str) -> bool:
     code = ctypes.get_errno()
     if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
         return False
+    raise OSError(code, os.strerror(code), b)
+
+
+_RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(a: str, b: str) -> bool:
+    """Rename ``a`` to ``b`` unless something is at ``b`` (``renameat2(RENAME_NOREPLACE)``).
+
+    Atomic and never clobbers, like ``link`` then ``unlink``, but with no moment when the file
+    has two names. Returns False where the kernel, C library or file system cannot.
+
+    Raises
+    ------
+    FileExistsError
+        If anything is at ``b``.
+    OSError
+        As ``renameat2(2)`` for any other refusal.
+    """
+    fn = getattr(_libc, "renameat2", None) if _libc is not None else None
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    if code == errno.EEXIST:
+        raise FileExistsError(code, os.strerror(code), b)
     raise OSError(code, os.strerror(code), b)
 
 
