@@ -27,8 +27,9 @@ How one run works. The runner process imports numpy, bigarr and zarr once, then 
 Hooked calls (the boundaries where durable state changes): ``os.pwrite``, ``os.write``,
 ``os.fsync``, ``os.fdatasync``, ``os.replace``, ``os.rename``, ``os.link``, ``os.unlink``,
 ``os.posix_fallocate``, ``os.ftruncate``, ``os.mkdir``, ``os.open`` with ``O_CREAT``, and the
-``msync`` and ``sync_file_range`` that bigarr calls through ctypes. Library code is not changed:
-the hooks replace those names on the ``os`` module (and bigarr's ctypes handles) in the child.
+``msync``, ``sync_file_range`` and ``renameat2`` that bigarr calls through ctypes. Library code
+is not changed: the hooks replace those names on the ``os`` module (and bigarr's ctypes
+handles) in the child.
 
 The summary (``--json``, the default) maps each operation to its invariants, each with the runs
 that checked it, how many held, and examples of violations with the kill point that caused them.
@@ -147,14 +148,16 @@ class Hooks:
     def install(self) -> None:
         for name in HOOKED:
             setattr(os, name, self._wrap(name, _REAL[name]))
-        # bigarr calls msync and sync_file_range through ctypes: wrap every module-level handle
+        # bigarr calls msync, sync_file_range and renameat2 (a publishing rename, a swap of zarr
+        # arrays) through ctypes: wrap every module-level handle
         # (a libc object, or a bare sync_file_range function) in whichever modules hold one.
         hooked = 0
         for module in MODULES:
             for attr, value in list(vars(module).items()):
                 if attr in ("libc", "_libc") and value is not None and hasattr(value, "msync"):
                     setattr(module, attr, _LibcProxy(value, {
-                        n: self._wrap(n, getattr(value, n)) for n in ("msync", "sync_file_range")
+                        n: self._wrap(n, getattr(value, n))
+                        for n in ("msync", "sync_file_range", "renameat2")
                         if hasattr(value, n)}))
                     hooked += 1
                 elif attr == "_sync_file_range" and callable(value):
