@@ -338,6 +338,8 @@ def _hidden_sibling(local: str | None, existing: str) -> Iterator[str | None]:
     The writer holds ``local``'s output lock throughout, and first removes what killed writers
     of ``local`` left (hidden ``new`` and ``old`` directories). A kill therefore leaves the
     destination as it was (nothing, or the old array) or the complete new array, never a part.
+    A destination that is a mount point is written in place (None): no sibling could be
+    renamed onto it.
     An old array (``existing == "zarr"``, with overwrite) is swapped out atomically
     (``renameat2(RENAME_EXCHANGE)``) and then deleted; where the kernel cannot swap, it is
     renamed aside first, so a kill between the two renames leaves the destination absent.
@@ -359,6 +361,9 @@ def _hidden_sibling(local: str | None, existing: str) -> Iterator[str | None]:
         raise os_error(exc, local, writing=True) from None
     with OutputLock(local):
         remove_leftovers(local, ("new", "old"))
+        if _own_file_system(local):  # a mount point: no sibling on its file system to rename
+            yield None
+            return
         tmp = hidden_name(local, "new")
         try:
             os.mkdir(tmp)
@@ -370,6 +375,20 @@ def _hidden_sibling(local: str | None, existing: str) -> Iterator[str | None]:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+def _own_file_system(local: str) -> bool:
+    """Whether the directory ``local`` is a mount point (or on another device than its folder):
+    a sibling could not be renamed onto it, so the array is written in place there, guarded by
+    the completion marker only."""
+    try:
+        here = os.stat(local)
+    except OSError:
+        return False
+    if not os.path.isdir(local):
+        return False
+    folder = os.path.dirname(local) or "."
+    return os.path.ismount(local) or here.st_dev != os.stat(folder).st_dev
 
 
 def _swap_in(tmp: str, local: str, existing: str) -> None:
