@@ -9,8 +9,8 @@ its docstring); this module runs it once and turns each (operation, invariant) p
   every write that spans a page boundary, and 20 random delays per operation; the counts are
   printed (run with ``-s``). ``BIGARR_CRASH_SEED`` changes the seed (default 11).
 
-Pairs that fail today are ``xfail(strict=True)`` with the defect named, so the lead can drop
-the mark when the fix lands (a fixed defect then fails as XPASS).
+Pairs that fail are listed in ``KNOWN`` and marked ``xfail(strict=True)`` with the defect named
+(none today); a fixed defect then fails as XPASS until its entry is removed.
 
 What is checked after each kill (``crash_runner.py`` has the code; "rerun" is what a user would
 run next, and its success is checked too):
@@ -19,7 +19,9 @@ run next, and its success is checked too):
 * ``map_blocks`` to a new file, without and with ``resume`` (one thread, two threads, and a
   resume that is itself killed): the output is absent or complete, never partial under its
   name; the rerun's file equals a clean run's byte for byte; a resume recomputes exactly the
-  chunks its journal lacks; nothing hidden is left behind.
+  chunks its journal lacks; nothing hidden is left behind (except, when the kill came after
+  the output was published and so nothing reruns it, the writer's empty, unheld lock file,
+  which the next writer of that output removes).
 * ``map_blocks`` in place (with and without ``resume``): the file is all-old, all-new, or
   flagged by ``check_complete``; the rerun equals a clean run; its journal is gone.
 * ``map_blocks`` into an ``Appender`` with ``resume``: the file is a prefix of the result; the
@@ -57,22 +59,7 @@ RUNNER = Path(__file__).with_name("crash_runner.py")
 FULL = os.environ.get("BIGARR_CRASH_FULL") == "1"
 SEED = int(os.environ.get("BIGARR_CRASH_SEED", "11"))
 
-_STRAYS = ("a kill leaves the hidden temporary file of create() (.NAME.bigarr-tmp-PID-XXXX, "
-           "preallocated to the full size) and no later run removes it")
 KNOWN: dict[tuple[str, str], str] = {
-    ("map_blocks_resume_twice", "no_strays_after_rerun"):
-        "a resumed map_blocks killed again leaves a .NAME.bigarr-partial-* (and the partial's own "
-        "create() temporary) that the successful rerun never removes — issue 11 points 1 and 8",
-    ("create", "no_strays_after_rerun"): f"{_STRAYS} — issue 11 point 8",
-    ("from_zarr", "no_strays_after_rerun"):
-        "a kill leaves from_zarr's full-size .NAME.bigarr-tmp-PID-XXXX; a rerun makes a new "
-        "one and never removes it — issue 11 point 8",
-    ("convert_zarr_to_npy", "no_strays_after_rerun"):
-        "a killed 'convert x.zarr y.npy' leaves from_zarr's full-size hidden temporary file; "
-        "a rerun does not remove it — issue 11 point 8",
-    ("convert_npy_to_zarr", "absent_or_complete"):
-        "a killed 'convert x.npy y.zarr' leaves a partial zarr array at the target path "
-        "— issue 11 point 5",
 }
 
 
@@ -142,13 +129,13 @@ def test_the_hooks_see_every_kind_of_durable_step(matrix: dict[str, Any]) -> Non
 
 
 def test_a_kill_at_a_named_call_is_exact(tmp_path: Path) -> None:
-    # Killed just before create() links its finished temporary file into place: the process
-    # dies by SIGKILL there, and the target is absent or complete (a leftover temporary is the
-    # known defect tested above).
+    # Killed just before create() links its finished unnamed file into place (link#1 is the
+    # probe that linkat works here): the process dies by SIGKILL there, the target is absent
+    # or complete, and the rerun leaves nothing hidden.
     proc = subprocess.run([sys.executable, str(RUNNER), "--ops", "create", "--spec",
-                           "before:link#1", "--dir", str(tmp_path)],
+                           "before:link#2", "--dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.splitlines()[-1])
     assert result["killed"] and "op_error" not in result
-    assert set(result["violations"]) <= {"no_strays_after_rerun"}
+    assert result["violations"] == {}

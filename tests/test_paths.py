@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from bigarr import errors
-from bigarr._os.paths import check_output, hidden_name, os_error
+from bigarr._os.fileid import hidden_name
+from bigarr._os.paths import check_output, os_error
 
 
 @pytest.mark.parametrize(("code", "writing", "cls", "builtin"), [
@@ -67,7 +68,11 @@ def test_check_output(tmp_path: Path) -> None:
 
 def test_hidden_names_stay_legal_for_the_longest_names(tmp_path: Path) -> None:
     name = "n" * 255  # NAME_MAX on Linux
-    hidden = hidden_name(str(tmp_path / name), "tmp-123-abcdef01")
+    hidden = hidden_name(str(tmp_path / name), "partial")
     assert os.path.dirname(hidden) == str(tmp_path)
     assert os.path.basename(hidden).startswith(".nnn") and len(os.path.basename(hidden)) < 255
     Path(hidden).write_bytes(b"")  # the file system takes it
+    # two long names sharing their first 100 characters never share hidden names (leftovers
+    # of one must never be taken for the other's)
+    other = hidden_name(str(tmp_path / (name[:-1] + "m")), "partial")
+    assert os.path.basename(other)[:-16] != os.path.basename(hidden)[:-16]

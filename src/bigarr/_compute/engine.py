@@ -48,7 +48,7 @@ from bigarr._compute.runplan import RunPlan
 from bigarr._os.durable import datasync, pwrite_all, start_writeback, wait_writeback
 from bigarr._os.geometry import ByteSpan
 from bigarr._os.hints import parse_hint
-from bigarr._os.mapping import Mapping
+from bigarr._os.mapping import Mapping, check_mapped
 from bigarr._plan.chunks import Chunk
 from bigarr._plan.regions import extent
 from bigarr.errors import BigArrError
@@ -290,10 +290,27 @@ def _release_all(pairs: list[tuple[Stream, np.ndarray[Any, Any]]]) -> None:
         release(stream, block)
 
 
+class _Behind:
+    """One finished chunk's release, done once: by the helper thread, or by the consumer if
+    the helper has not reached it in time (see :func:`_inline`)."""
+
+    __slots__ = ("done", "lock", "pairs")
+
+    def __init__(self, pairs: list[tuple[Stream, np.ndarray[Any, Any]]]) -> None:
+        self.pairs, self.lock, self.done = pairs, threading.Lock(), False
+
+    def __call__(self) -> None:
+        with self.lock:  # held while releasing: whoever comes second waits until it is done
+            if not self.done:
+                self.done = True
+                _release_all(self.pairs)
+            self.pairs = []
+
+
 def _check_files(streams: Sequence[Stream]) -> None:
-    for stream in streams:
-        if stream.mapping is not None:
-            stream.mapping.check_file()
+    """Refuse (a bigarr error, not SIGBUS) a chunk whose mapped files shrank; see
+    :func:`bigarr._os.mapping.check_mapped`."""
+    check_mapped(*(stream.mapping for stream in streams))
 
 
 def execute(
@@ -365,10 +382,17 @@ def _inline(plan: RunPlan, work: Callable[[Chunk, list[np.ndarray[Any, Any]]], T
             writeback: Writeback | None) -> Iterator[tuple[Chunk, T]]:
     helper: _Helper | None = None
     fetched = 0  # chunks of todo prefetched so far (the first is read by the consumer)
+    # Releases queued to the helper and maybe not done yet. Before chunk i is handed out, the
+    # consumer does itself any release of a chunk before i - 1 that the helper has not reached:
+    # a helper starved of CPU then costs overlap, never memory (issue 11: 460 MiB resident for
+    # a 64 MiB budget once, under contention, while releases queued up behind the consumer).
+    behind: deque[_Behind] = deque()
     try:
         if plan.prefetch and len(todo) > 1:
             helper = _Helper()
         for position, chunk in enumerate(todo):
+            while len(behind) > 1:
+                behind.popleft()()
             _check_files(streams)
             if helper is not None:
                 fetched = max(fetched, position + 1)
@@ -381,7 +405,8 @@ def _inline(plan: RunPlan, work: Callable[[Chunk, list[np.ndarray[Any, Any]]], T
             if plan.release:
                 pairs = [(s, b) for s, b in zip(streams, blocks, strict=True) if not s.output]
                 if helper is not None:
-                    helper.put("release", functools.partial(_release_all, pairs))
+                    behind.append(_Behind(pairs))
+                    helper.put("release", behind[-1])
                     helper.check()
                 else:
                     _release_all(pairs)
@@ -402,6 +427,7 @@ def _pooled(plan: RunPlan, work: Callable[[Chunk, list[np.ndarray[Any, Any]]], T
     depth = max(1, plan.threads) + plan.prefetch
 
     def one(chunk: Chunk) -> T:
+        check_mapped(*(s.mapping for s in streams))  # a file cut under us: an error, not SIGBUS
         blocks = [s.block(chunk) for s in streams]
         value = work(chunk, blocks)
         if plan.release:

@@ -63,7 +63,7 @@ from bigarr._compute.runplan import (
 from bigarr._compute.token import function_token
 from bigarr._core.append import Appender
 from bigarr._core.array import memmap
-from bigarr._core.files import create, file_path, parse_order, publish
+from bigarr._core.files import create_held, file_path, parse_order, publish
 from bigarr._core.files import open as open_npy
 from bigarr._formats.journal import (
     Journal,
@@ -76,9 +76,10 @@ from bigarr._formats.journal import (
     user_stacklevel,
 )
 from bigarr._os.durable import fsync_dir
-from bigarr._os.fileid import FileId, file_id, hidden_name, path_id
+from bigarr._os.fileid import FileId, file_id, hidden_name, path_id, remove_leftovers
 from bigarr._os.geometry import ByteSpan, parse_size
 from bigarr._os.lock import OutputLock
+from bigarr._os.mapping import check_mapped
 from bigarr._os.paths import check_output
 from bigarr._plan.budget import DEFAULT_BUDGET
 from bigarr._plan.chunks import Chunk, ChunkPlan
@@ -320,7 +321,9 @@ def map_blocks(
         if not isinstance(out, (Appender, np.ndarray)):
             held.enter_context(OutputLock(file_path(out)))
         elif isinstance(out, np.memmap) and isinstance(out.filename, (str, os.PathLike)):
-            held.enter_context(OutputLock(os.fspath(out.filename)))
+            mapping = getattr(out, "_bigarr", None)  # in place: the file itself is locked
+            held.enter_context(OutputLock(os.fspath(out.filename), in_place=True,
+                                          fd=None if mapping is None else mapping.fd))
         per_byte, per_call = probe_temporaries(_Job.caller(func, args, info, first.shape),
                                                chunked, args)
         plan = plan_run("map_blocks", chunked, temporaries=per_byte, scratch_bytes=per_call,
@@ -521,6 +524,10 @@ class _Job:
             # nothing the next run of this output cannot find and delete. Without resume it
             # only has to outlive the process, not the machine: it is not synced.
             journal = self.journal(target, header, durable=self.resume)
+        # What killed runs of this output left (partials no journal names any more, a copied
+        # partial that is not the file its journal names, temporaries): this run holds the
+        # output's lock, so none of them is a live writer's.
+        remove_leftovers(target, ("new", "partial"), keep=partial)
         try:
             todo = [c for c in self.plan.chunks if c.index not in skip]
             with self._bar(todo) as bar:
@@ -528,6 +535,7 @@ class _Job:
                 if outarr is None:
                     if len(self.plan):
                         chunk = self.plan.chunks[0]
+                        check_mapped(*(s.mapping for s in self.streams))  # not a SIGBUS
                         blocks = [s.block(chunk) for s in self.streams]
                         first = (chunk, _check_rows(self.call(chunk, blocks), chunk, None))
                         sample = first[1]
@@ -537,8 +545,11 @@ class _Job:
                         raise ShapeError("Expected func to return rows. Got a scalar.")
                     shape = (self.plan.shape[0] if self.plan.shape else 0, *sample.shape[1:])
                     created = partial
-                    outarr = create(partial, shape, dtype if dtype is not None else sample.dtype,
-                                    order=order)
+                    # created in place: the journal names it already, so nothing is left
+                    # that the next run of this output cannot find (no nested temporary)
+                    outarr = create_held(partial, shape,
+                                         dtype if dtype is not None else sample.dtype,
+                                         order=order, direct=True)
                     assert outarr._bigarr is not None
                     header["target"]["id"] = file_id(outarr._bigarr.fd).to_json()
                     journal.close()

@@ -25,6 +25,7 @@ was written, and leak the descriptor and the reserved space).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bigarr._core.files import create, file_path, preallocate
+from bigarr._core.files import create_held, file_path, preallocate
 from bigarr._formats.npy import NpyHeader, build_header, check_dtype, read_header, rewrite_shape
 from bigarr._os.durable import datasync, pwrite_all
 from bigarr._os.geometry import align_up, parse_size
@@ -41,6 +42,7 @@ from bigarr._os.paths import os_error
 from bigarr.errors import (
     DiskFullError,
     DtypeError,
+    FileChangedError,
     FileMissingError,
     HeaderError,
     NotAFileError,
@@ -110,20 +112,17 @@ class Appender:
             raise FileMissingError(
                 f"{self.path} does not exist; pass dtype= (and row_shape=) to create it."
             )
-        self._output_lock = OutputLock(self.path)  # one writer at a time, across processes
+        self._output_lock: OutputLock | None = None
         try:
             if overwrite or not os.path.lexists(self.path):
                 dt = check_dtype(dtype)
                 shape = (0, *(row_shape or ()))
-                create(self.path, shape, dt, overwrite=overwrite).close()
-            try:
-                self._fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-            except OSError as exc:  # EROFS, EACCES, ELOOP, ENOTDIR, ...
-                raise os_error(exc, self.path, writing=True) from None
+                with OutputLock(self.path):  # as a writer that replaces the file
+                    create_held(self.path, shape, dt, overwrite=overwrite).close()
+                    self._open_locked()
+            else:
+                self._open_locked()
             st = os.fstat(self._fd)
-            if not stat.S_ISREG(st.st_mode):  # a FIFO would block the header read forever
-                raise NotAFileError(f"Expected a regular .npy file to append to. Got a "
-                                    f"directory or special file: {self.path}")
             with os.fdopen(os.dup(self._fd), "rb") as f:
                 header = read_header(f, st.st_size, name=self.path)
             self._check(header, dtype, row_shape)
@@ -138,7 +137,8 @@ class Appender:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
-            self._output_lock.release()
+            if self._output_lock is not None:
+                self._output_lock.release()
             raise
         self._header: NpyHeader = header
         self.dtype: np.dtype[Any] = header.dtype
@@ -149,6 +149,18 @@ class Appender:
         self._committed = header.shape[0]
         self._pending = 0
         self._allocated = os.fstat(self._fd).st_size
+
+    def _open_locked(self) -> None:
+        """Open the file and lock it (one writer at a time, across processes), as a writer in
+        place: the lock is on the file itself, so a killed Appender leaves no lock file."""
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:  # EROFS, EACCES, ELOOP, ENOTDIR, ...
+            raise os_error(exc, self.path, writing=True) from None
+        if not stat.S_ISREG(os.fstat(self._fd).st_mode):  # a FIFO would block a header read
+            raise NotAFileError(f"Expected a regular .npy file to append to. Got a directory "
+                                f"or special file: {self.path}")
+        self._output_lock = OutputLock(self.path, in_place=True, fd=self._fd)
 
     def _check(self, header: NpyHeader, dtype: Any, row_shape: tuple[int, ...] | None) -> None:
         if not header.shape:
@@ -269,6 +281,12 @@ class Appender:
         -------
         int
             The committed number of rows.
+
+        Raises
+        ------
+        FileChangedError
+            If the file was replaced, removed or cut shorter under the Appender (by another
+            process): nothing is published, and a replacing file is never touched.
         """
         with self._lock:
             self._check_open()
@@ -281,7 +299,37 @@ class Appender:
                 self._pending = 0
             return self._committed
 
+    def _check_same_file(self, rows: int, fd: int | None = None) -> None:
+        """Refuse to publish ``rows`` unless ``path`` still names the file written and that
+        file still holds them (another process may truncate or replace it under us).
+
+        Raises
+        ------
+        FileChangedError
+            If ``path`` now names another file (or none), or the file is too short for
+            ``rows`` rows.
+        """
+        held = os.fstat(self._fd if fd is None else fd)
+        need = self._header.data_offset + rows * self._row_bytes
+        try:
+            now: os.stat_result | None = os.stat(self.path)
+        except OSError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            raise FileChangedError(
+                errno.ESTALE, f"{self.path} was replaced or removed while an Appender wrote "
+                f"it; the {self._pending} uncommitted rows went to the old file and are not "
+                "published, and the new file was not touched. Append to the new file anew."
+            )
+        if held.st_size < need:
+            raise FileChangedError(
+                errno.EIO, f"{self.path} was cut to {held.st_size} bytes while an Appender "
+                f"wrote it; {rows} rows need {need}. Nothing was published (the header still "
+                f"says {self._committed} rows); check the file and append anew."
+            )
+
     def _set_length(self, rows: int) -> None:
+        self._check_same_file(rows)
         self._header = rewrite_shape(self._fd, self._header, (rows, *self.row_shape))
         datasync(self._fd)
         self._committed = rows
@@ -326,13 +374,15 @@ class Appender:
                     if fd >= 0:
                         end = self._header.data_offset + self._committed * self._row_bytes
                         with contextlib.suppress(OSError):  # a tail left is unused, never wrong
+                            self._check_same_file(self._committed, fd)  # never cut another's file
                             if os.fstat(fd).st_size > end:
                                 os.ftruncate(fd, end)
                                 datasync(fd)
                 finally:
                     if fd >= 0:
                         os.close(fd)
-                    self._output_lock.release()
+                    if self._output_lock is not None:
+                        self._output_lock.release()
 
     def __enter__(self) -> Appender:
         return self

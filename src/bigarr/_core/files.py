@@ -11,7 +11,6 @@ import builtins
 import contextlib
 import errno
 import os
-import secrets
 import stat
 import warnings
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from bigarr._core.array import memmap
-from bigarr._formats.journal import check_complete, journal_path
+from bigarr._formats.journal import check_complete, commit_journal_path, journal_path
 from bigarr._formats.npy import (
     NpyHeader,
     build_header,
@@ -30,10 +29,20 @@ from bigarr._formats.npy import (
     read_header,
 )
 from bigarr._os.durable import fsync_dir
+from bigarr._os.fileid import (
+    create_new,
+    hidden_name,
+    install,
+    link_unnamed,
+    remove_leftovers,
+    rename_noreplace,
+    unnamed_supported,
+)
 from bigarr._os.geometry import default_alignment, format_bytes
+from bigarr._os.lock import OutputLock
 from bigarr._os.mapping import Mapping
 from bigarr._os.modes import parse_mode
-from bigarr._os.paths import check_output, check_path, hidden_name, os_error
+from bigarr._os.paths import check_output, check_path, os_error
 from bigarr.errors import (
     AccessDeniedError,
     DiskFullError,
@@ -49,7 +58,7 @@ from bigarr.errors import (
     TruncatedFileError,
 )
 
-__all__ = ["create", "file_path", "open", "open_raw", "parse_order", "preallocate"]
+__all__ = ["create", "create_held", "file_path", "open", "open_raw", "parse_order", "preallocate"]
 
 _FILL_BLOCK = 16 << 20  # bytes written per pwrite when filling a new file
 
@@ -174,28 +183,74 @@ def _free(path: str) -> int | None:
 
 
 @contextlib.contextmanager
-def _atomic_file(path: str, overwrite: bool) -> Iterator[tuple[int, str]]:
-    """Yield ``(fd, name)`` of a temporary file that becomes ``path`` only if the block succeeds.
+def _atomic_file(path: str, overwrite: bool, *, locked: bool = False,
+                 direct: bool = False) -> Iterator[tuple[int, str | None]]:
+    """Yield ``(fd, name)`` of a new file that becomes ``path`` only if the block succeeds.
 
-    A crash or exception leaves at most a hidden ``.NAME.bigarr-tmp-*`` file, never a
-    half-written file under the final name. What may be replaced is decided by
-    :func:`bigarr._os.paths.check_output` (a regular file, with ``overwrite``); the file is
-    published with ``rename`` over that file, or with ``link`` (which never clobbers) where
-    nothing was.
+    The new file has no name while it is written where the kernel allows (``O_TMPFILE``; the
+    yielded name is then None), so a crash, even ``kill -9``, leaves nothing behind; it is
+    named with ``linkat`` when complete. Elsewhere it is a hidden name
+    (:func:`bigarr._os.fileid.hidden_name`, kind ``new``); what a crash leaves there is removed
+    by the next writer of ``path`` (:func:`bigarr._os.fileid.remove_leftovers`), which holds
+    ``path``'s output lock as this writer does (unless ``locked``: the caller holds it). What
+    may be replaced is decided by :func:`bigarr._os.paths.check_output` (a regular file, with
+    ``overwrite``); the file is published with ``rename`` over that file, or with ``link``
+    (which never clobbers) where nothing was.
+
+    ``direct`` creates the file at ``path`` itself (which must not exist): for names that are
+    already bigarr's own hidden names, which a journal names before they exist, so the caller
+    finds and removes what a crash leaves (``map_blocks``' partial file).
 
     Raises
     ------
     FileExistsError_, NotAFileError, FileMissingError, PathError
         As :func:`~bigarr._os.paths.check_output`.
+    OutputLockedError
+        If another writer holds ``path``'s output lock.
     ReadOnlyError, DiskFullError
         If the directory cannot be written, or the disk fills.
     """
-    existing = check_output(path, overwrite)
-    folder = os.path.dirname(path) or "."
-    tmp = hidden_name(path, f"tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    lock = None if locked or direct else OutputLock(path)
     try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-                     | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        existing = check_output(path, overwrite)
+        if not direct:
+            remove_leftovers(path)
+        fd, tmp = _open_new(path, direct)
+        done = False
+        try:
+            try:
+                yield fd, tmp
+                os.fsync(fd)
+                handed, fd = fd, -1
+                fd = _publish_new(handed, tmp, path, existing == "file", direct)
+                done = True
+            except OSError as exc:
+                raise os_error(exc, path, writing=True) from None
+            fsync_dir(path)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            if tmp is not None and not done:
+                with contextlib.suppress(OSError):  # cannot be removed: the next writer will
+                    os.unlink(tmp)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _open_new(path: str, direct: bool) -> tuple[int, str | None]:
+    """Open the new file of :func:`_atomic_file`: ``(fd, its name, or None if unnamed)``."""
+    folder = os.path.dirname(path) or "."
+    try:
+        if not direct and unnamed_supported(path):
+            try:
+                return os.open(folder, getattr(os, "O_TMPFILE", 0) | os.O_RDWR
+                               | getattr(os, "O_CLOEXEC", 0), 0o666), None
+            except OSError as exc:  # this file system has no unnamed files: a hidden name
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+        tmp = path if direct else hidden_name(path, "new")
+        return create_new(tmp), tmp
     except OSError as exc:  # name the user's path, not the hidden temporary one
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise ReadOnlyError(
@@ -203,21 +258,31 @@ def _atomic_file(path: str, overwrite: bool) -> Iterator[tuple[int, str]]:
                 "choose a directory you can write to."
             ) from None
         raise os_error(exc, path, writing=True) from None
+
+
+def _publish_new(fd: int, tmp: str | None, path: str, overwrite: bool, direct: bool) -> int:
+    """Name the finished file of :func:`_atomic_file` ``path``. Takes ``fd`` over: returns the
+    descriptor still to close (-1 for none), and closes it itself if it raises."""
+    if direct:
+        return fd
+    if tmp is not None:
+        os.close(fd)
+        publish(tmp, path, overwrite=overwrite)
+        return -1
     try:
-        try:
-            yield fd, tmp
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            publish(tmp, path, overwrite=existing == "file")
-        except OSError as exc:
-            raise os_error(exc, path, writing=True) from None
-        fsync_dir(path)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(OSError):  # gone already (published), or cannot be removed
-            os.unlink(tmp)
+        replace = overwrite and check_output(path, True) == "file"
+        if not replace:
+            link_unnamed(fd, path)  # atomic, and never clobbers
+    except FileExistsError:
+        os.close(fd)
+        raise FileExistsError_(
+            errno.EEXIST, f"{path} appeared while bigarr was writing it; it was left as it "
+            "is (pass overwrite=True to replace it)."
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return install(fd, None, path) if replace else fd  # (install closes fd if it raises)
 
 
 def publish(tmp: str, path: str, *, overwrite: bool) -> None:
@@ -240,6 +305,8 @@ def publish(tmp: str, path: str, *, overwrite: bool) -> None:
             os.replace(tmp, path)
             return
         try:
+            if rename_noreplace(tmp, path):  # atomic, never clobbers, never two names
+                return
             os.link(tmp, path)  # atomic and never clobbers
         except FileExistsError:
             raise FileExistsError_(
@@ -304,6 +371,8 @@ def create(
     ------
     FileExistsError_
         If ``path`` exists and ``overwrite`` is false.
+    OutputLockedError
+        If another writer (an open Appender, a ``map_blocks`` run) holds ``path``.
     DiskFullError
         If the file system lacks room, or the file would exceed its largest file size.
     ReadOnlyError
@@ -311,15 +380,30 @@ def create(
     DtypeError, ShapeError, FormatError
         For bad dtype, shape, order or alignment.
     """
+    return create_held(file_path(path), shape, dtype, fill=fill, order=order, align=align,
+                       overwrite=overwrite, locked=False)
+
+
+def create_held(path: str, shape: int | tuple[int, ...], dtype: Any, *, fill: Any = None,
+                order: str = "C", align: int | None = None, overwrite: bool = False,
+                locked: bool = True, direct: bool = False) -> memmap:
+    """:func:`create` for a writer that holds ``path``'s output lock already (``locked``), or
+    that creates one of bigarr's own hidden names in place (``direct``, see
+    :func:`_atomic_file`).
+
+    Raises
+    ------
+    OutputLockedError, FileExistsError_, DiskFullError, ReadOnlyError, DtypeError, ShapeError
+        As :func:`create`.
+    """
     dt = check_dtype(dtype)
     dims = check_shape(shape, dt)
     fortran = parse_order(order) == "F"
-    target = file_path(path)
     header = build_header(dims, dt, fortran, align=_parse_align(align))
     nbytes = int(np.prod(dims, dtype=object)) * dt.itemsize
-    with _atomic_file(target, overwrite) as (fd, _tmp):
-        _write_npy(fd, target, header, nbytes, dt, fill)
-    return open(target, "shared")
+    with _atomic_file(path, overwrite, locked=locked, direct=direct) as (fd, _tmp):
+        _write_npy(fd, path, header, nbytes, dt, fill)
+    return open(path, "shared")
 
 
 def _write_npy(fd: int, target: str, header: bytes, nbytes: int, dtype: np.dtype[Any],
@@ -339,8 +423,8 @@ def new_file(path: str, shape: tuple[int, ...], dtype: np.dtype[Any], *,
     """A new page-aligned ``.npy`` file, mapped shared, that appears at ``path`` only when the
     block completes (for writers that fill a file in steps, such as :func:`bigarr.from_zarr`).
 
-    Until then it is a hidden temporary file; errors name ``path``, never that file. The
-    mapping is closed when the block ends.
+    Until then it is an unnamed (or hidden) file; errors name ``path``, never a hidden name.
+    The mapping is closed when the block ends.
 
     Raises
     ------
@@ -351,9 +435,11 @@ def new_file(path: str, shape: tuple[int, ...], dtype: np.dtype[Any], *,
     dims = check_shape(shape, dt)
     header = build_header(dims, dt, False, align=default_alignment())
     nbytes = int(np.prod(dims, dtype=object)) * dt.itemsize
-    with _atomic_file(path, overwrite) as (fd, tmp):
+    with _atomic_file(path, overwrite) as (fd, _tmp):
         _write_npy(fd, path, header, nbytes, dt, None)
-        arr = open(tmp, "shared")
+        start = len(header)
+        mapping = Mapping(path, "shared", start, start + nbytes, fd=fd)
+        arr = memmap._attach(mapping, dims, dt, "C", filename=path, offset=start)
         try:
             yield arr
         finally:
@@ -396,14 +482,16 @@ def open(path: str | os.PathLike[str], mode: str = "r") -> memmap:
     -----
     IncompleteOutputWarning
         If a :func:`bigarr.map_blocks` run writing this file in place was interrupted (its
-        journal is still next to it); :func:`bigarr.check_complete` raises instead.
+        journal is still next to it), or a journaled ``commit`` of it was (until
+        :func:`bigarr.recover_commit`); :func:`bigarr.check_complete` raises instead.
     """
     access, creating = parse_mode(mode)
     if creating:
         raise ModeError("open() maps existing files; use bigarr.create() to make a new one.")
     target = file_path(path)
     header = _header_of(target)
-    if os.path.lexists(journal_path(target)):  # one stat; see bigarr._formats.journal
+    if os.path.lexists(journal_path(target)) or os.path.lexists(commit_journal_path(target)):
+        # two stats; see bigarr._formats.journal
         try:
             check_complete(target)
         except IncompleteOutputError as exc:

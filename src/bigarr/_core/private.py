@@ -69,7 +69,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bigarr._formats.journal import user_stacklevel
+from bigarr._formats.journal import (
+    COMMIT_MAGIC,
+    COMMIT_MAGIC_V1,
+    commit_journal_path,
+    user_stacklevel,
+)
 from bigarr._formats.npy import read_header
 from bigarr._os.durable import datasync, fsync_dir, pwrite_all
 from bigarr._os.fileid import (
@@ -79,7 +84,9 @@ from bigarr._os.fileid import (
     discard_unnamed,
     file_id,
     install,
+    leftovers,
     open_regular,
+    remove_leftovers,
 )
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan
 from bigarr._os.lock import commit_lock
@@ -544,8 +551,8 @@ def _pwrite(fd: int, m: Mapping, runs: Runs) -> int:
     return total
 
 
-_JOURNAL_MAGIC = b"bigarr-commit-journal 2\n"
-_OLD_MAGIC = b"bigarr-commit-journal 1\n"
+_JOURNAL_MAGIC = COMMIT_MAGIC  # (bigarr._formats.journal reads the header too)
+_OLD_MAGIC = COMMIT_MAGIC_V1
 _LENGTH = struct.Struct("<I")  # bytes of the JSON header that follows the magic
 _RECORD = struct.Struct("<QQ")  # file offset, byte count; then the bytes
 _TRAILER = b"END!"
@@ -554,8 +561,7 @@ _HEAD_BYTES = 64 << 10  # bytes before the data section digested into the journa
 
 def journal_path(path: str) -> str:
     """Where a journaled commit of ``path`` keeps its journal: ``.<name>.bigarr-commit``."""
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.bigarr-commit")
+    return commit_journal_path(path)
 
 
 def _write_all(fd: int, data: Any) -> None:
@@ -809,7 +815,7 @@ def recover_commit(path: str | os.PathLike[str]) -> str | None:
     """
     target = os.path.abspath(os.fspath(path))
     jpath = journal_path(target)
-    if not os.path.lexists(jpath):
+    if not os.path.lexists(jpath) and not leftovers(jpath):
         return None
     try:
         fd = os.open(target, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
@@ -828,6 +834,9 @@ def recover_commit(path: str | os.PathLike[str]) -> str | None:
         ) from None
     try:
         with commit_lock(fd):
+            # a journal a kill left under its hidden name, never installed: the file was
+            # never touched by that commit (it starts only once the journal is named)
+            remove_leftovers(jpath)
             return _recover(target, fd)
     finally:
         os.close(fd)

@@ -77,10 +77,14 @@ from bigarr._os.fileid import (
 from bigarr.errors import IncompleteOutputError, ReadOnlyError
 
 __all__ = [
+    "COMMIT_MAGIC",
+    "COMMIT_MAGIC_V1",
     "JOURNAL_SUFFIX",
     "Journal",
     "Parsed",
     "check_complete",
+    "commit_journal_path",
+    "commit_pending",
     "input_identity",
     "journal_path",
     "read_journal",
@@ -302,6 +306,53 @@ def target_id(parsed: Parsed) -> FileId | None:
     return FileId.from_json(target.get("id")) if isinstance(target, dict) else None
 
 
+#: First bytes of a private-mode commit's redo journal (its format is owned by
+#: :mod:`bigarr._core.private`; only its name and header are read here).
+COMMIT_MAGIC = b"bigarr-commit-journal 2\n"
+COMMIT_MAGIC_V1 = b"bigarr-commit-journal 1\n"
+
+
+def commit_journal_path(path: str) -> str:
+    """Where a journaled commit of ``path`` keeps its redo journal: ``.<name>.bigarr-commit``."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.bigarr-commit")
+
+
+def commit_pending(target: str) -> str | None:
+    """The commit journal next to ``target`` if it may describe a half-done commit of it.
+
+    A commit journal gets its name only once it is complete and synced, and is removed once
+    the commit is in the file, so a journal under the name means the file may hold part of a
+    commit (interrupted, or running now in another process) until :func:`bigarr.recover_commit`
+    runs. It counts when its header names this very file (its identity), or when it is from
+    bigarr 0.1 (no identity recorded: it cannot be told not to be this file's). One header
+    read; the records are not verified here.
+    """
+    jpath = commit_journal_path(target)
+    try:
+        fd = open_regular(jpath)
+    except (NotARegularFile, OSError):
+        return None  # a link or special file: not a journal bigarr wrote
+    if fd is None:
+        return None
+    try:
+        head = os.pread(fd, len(COMMIT_MAGIC) + 4, 0)
+        if head.startswith(COMMIT_MAGIC_V1):
+            return jpath
+        if len(head) < len(COMMIT_MAGIC) + 4 or not head.startswith(COMMIT_MAGIC):
+            return None
+        size = int.from_bytes(head[len(COMMIT_MAGIC):], "little")
+        if size > 1 << 20:
+            return None
+        header = json.loads(os.pread(fd, size, len(head)))
+        named = FileId.from_json(header.get("id")) if isinstance(header, dict) else None
+        return jpath if named is not None and named == path_id(target) else None
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
 def check_complete(path: str | os.PathLike[str]) -> None:
     """Refuse an output left behind by a chunked run that did not finish.
 
@@ -316,14 +367,26 @@ def check_complete(path: str | os.PathLike[str]) -> None:
     path
         An output file written by :func:`bigarr.map_blocks` (or any path).
 
+    A journaled private-mode ``commit`` interrupted midway (its redo journal
+    ``.<name>.bigarr-commit`` names this file, see :func:`commit_pending`) makes it incomplete
+    too, until :func:`bigarr.recover_commit` finishes or rolls back the commit.
+
     Raises
     ------
     IncompleteOutputError
         If a journal next to ``path`` says a run writing it was interrupted. Run the same
         ``map_blocks`` call again with ``resume=True`` to finish it, or delete the output and
-        its ``.bigarr-journal`` file.
+        its ``.bigarr-journal`` file; for an interrupted commit, run ``recover_commit``.
     """
     target = os.path.abspath(os.fsdecode(path))
+    pending = commit_pending(target)
+    if pending is not None:
+        raise IncompleteOutputError(
+            f"{target} may hold only part of a journaled commit: the commit was interrupted "
+            f"(or is running in another process), and its redo journal {pending} is still "
+            f"there. Run bigarr.recover_commit({target!r}) to finish it (or roll it back) "
+            "before reading the file."
+        )
     journal = journal_path(target)
     try:
         if not stat.S_ISREG(os.lstat(journal).st_mode):

@@ -30,14 +30,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from bigarr._core.array import _rebuild, memmap
-from bigarr._core.files import _header_of, create, file_path
+from bigarr._core.files import _header_of, create_held, file_path
+from bigarr._os.fileid import hidden_name
 from bigarr._os.geometry import PAGE_SIZE, parse_size
 from bigarr._plan.chunks import plan_chunks
 from bigarr.errors import (
@@ -368,9 +368,8 @@ def _target_region(target: Any, shape: tuple[int, ...], dtype: np.dtype[Any],
         if not os.path.exists(final):
             # A new file is written under a hidden name and renamed by the last task, so a run
             # that fails never leaves a half-written file under the requested name.
-            folder, name = os.path.split(final)
-            tmp = os.path.join(folder, f".{name}.bigarr-tmp-{os.getpid()}-{secrets.token_hex(4)}")
-            create(tmp, shape, dtype, order=order).close()
+            tmp = hidden_name(final, "tmp")  # (a kind no other writer sweeps: see fileid)
+            create_held(tmp, shape, dtype, order=order, direct=True).close()
             region = _region_of_path(tmp)
         elif not os.access(final, os.W_OK):
             raise ReadOnlyError(f"{final} is not writable; store() needs to write into it.")
@@ -420,7 +419,7 @@ def store(
         written; the array sees the data at once, since mappings of one file share its pages).
         A missing path is created with ``x``'s shape and dtype under a hidden temporary name
         and renamed by the last task, so a failed run leaves no file at the path (with
-        ``compute=False``, a failed run may leave the hidden ``.NAME.bigarr-tmp-*`` file).
+        ``compute=False``, a failed run may leave the hidden ``.NAME.bigarr-tmp-<16 hex>`` file).
         An existing file is checked against ``x`` and updated in place: a failed run leaves
         it partly written.
     compute

@@ -15,9 +15,13 @@ are read as scattered runs, one per column), planned by
   their batch is encoded; the target is written with ``pwrite`` under the engine's flush policy
   (chunk files copied by the fast path are ``msync``'d, then dropped). Resident memory stays
   near one batch however large the array is;
-* an interrupted export is never taken for a complete array: :func:`to_zarr` marks the array
-  incomplete in the metadata write that creates it and complete after its last chunk
-  (:data:`_MARKER`), and :func:`from_zarr` refuses an incomplete one unless forced (issue 11).
+* an interrupted export is never taken for a complete array. A local directory output is
+  written in a hidden sibling directory (``.<name>.bigarr-new-<random>``) under the output's
+  lock and renamed into place when complete, so a kill leaves the destination as it was (the
+  next writer of it removes the hidden directory). Every array is also marked incomplete in
+  the metadata write that creates it and complete after its last chunk (:data:`_MARKER`), and
+  :func:`from_zarr` refuses an incomplete one unless forced: that guards stores written in
+  place (not local directories) and arrays left by older versions (issue 11).
 
 Only API that zarr 3.1 and later share is used: ``zarr.open_array``, ``zarr.create_array`` with
 ``chunks=``, ``shards=``, ``compressors=`` and ``fill_value=``, and slicing. The uncompressed
@@ -35,8 +39,9 @@ import contextlib
 import errno
 import operator
 import os
+import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
@@ -49,6 +54,9 @@ from bigarr._core.array import memmap
 from bigarr._core.files import file_path, new_file
 from bigarr._core.files import open as open_file
 from bigarr._formats.npy import check_dtype
+from bigarr._os.durable import fsync_dir
+from bigarr._os.fileid import exchange, hidden_name, remove_leftovers
+from bigarr._os.lock import OutputLock
 from bigarr._os.paths import check_output, os_error
 from bigarr._plan.budget import DEFAULT_BUDGET as _DEFAULT
 from bigarr._plan.chunks import Chunk
@@ -180,6 +188,8 @@ def to_zarr(
     NotAFileError
         If a zarr group, another directory or a file is at the destination (also with
         ``overwrite``).
+    OutputLockedError
+        If another run is writing the same local destination.
     UnsupportedError
         For a dtype zarr cannot store faithfully (structured with a subarray field).
     DiskFullError, ReadOnlyError
@@ -223,30 +233,120 @@ def to_zarr(
         if src.ndim and src.size:
             _plan_out(src, probe, budget)  # refuse a budget before anything is created
         existing = _zarr_target(store_or_path, overwrite)
-        if zarr_format == 2:
-            # v2 keeps attributes in .zattrs, written by zarr concurrently with .zarray: write
-            # the marker first, so that no instant shows an unmarked array (see _MARKER).
-            _premark_v2(store_or_path, existing)
-            overwrite = False
-        try:
-            z = _zarr_call(zarr.create_array, store_or_path, overwrite=overwrite,
-                           attributes={_MARKER: {"complete": False}}, **settings)
-        except zarr.errors.ContainsArrayError as exc:
-            raise FileExistsError_(f"{exc}; pass overwrite=True to replace it.") from None
-        except zarr.errors.ContainsGroupError as exc:
-            raise NotAFileError(f"{exc}; overwrite replaces only a zarr array.") from None
-        except OSError as exc:
-            raise os_error(exc, shown, writing=True) from None
-        try:
-            _stream_out(src, z, budget, progress)
-            z.update_attributes({_MARKER: {"complete": True}})  # last: the data is all there
-        except OSError as exc:  # ENOSPC from zarr's chunk writes, EROFS, ...
-            raise os_error(exc, exc.filename or shown, writing=True) from exc
+        local = _local_path(store_or_path)
+        with _hidden_sibling(local, existing) as dest:
+            if dest is not None:  # a local directory: written aside, renamed into place
+                where: Any = dest
+                existing, overwrite = "nothing", False
+            else:
+                where = store_or_path
+            if zarr_format == 2:
+                # v2 keeps attributes in .zattrs, written by zarr concurrently with .zarray:
+                # write the marker first, so no instant shows an unmarked array (see _MARKER).
+                _premark_v2(where, existing)
+                overwrite = False
+            try:
+                z = _zarr_call(zarr.create_array, where, overwrite=overwrite,
+                               attributes={_MARKER: {"complete": False}}, **settings)
+            except zarr.errors.ContainsArrayError as exc:
+                raise FileExistsError_(f"{exc}; pass overwrite=True to replace it.") from None
+            except zarr.errors.ContainsGroupError as exc:
+                raise NotAFileError(f"{exc}; overwrite replaces only a zarr array.") from None
+            except OSError as exc:
+                raise os_error(exc, shown, writing=True) from None
+            try:
+                _stream_out(src, z, budget, progress)
+                z.update_attributes({_MARKER: {"complete": True}})  # last: the data is there
+            except OSError as exc:  # ENOSPC from zarr's chunk writes, EROFS, ...
+                raise os_error(exc, exc.filename or shown, writing=True) from exc
+        if local is not None:
+            z = zarr.open_array(store_or_path, mode="r+")
         return cast("zarr.Array[Any]", z)
     finally:
         # A stream closes what it opened with force: a failed run's traceback may still hold
         # views of it, and a MappingBusyError here would hide the run's own error.
         src.close()
+
+
+@contextlib.contextmanager
+def _hidden_sibling(local: str | None, existing: str) -> Iterator[str | None]:
+    """For a local zarr output ``local``: a new hidden sibling directory to write the array in,
+    renamed into place when the block completes (None for other stores: written in place).
+
+    The writer holds ``local``'s output lock throughout, and first removes what killed writers
+    of ``local`` left (hidden ``new`` and ``old`` directories). A kill therefore leaves the
+    destination as it was (nothing, or the old array) or the complete new array, never a part.
+    A destination that is a mount point is written in place (None): no sibling could be
+    renamed onto it.
+    An old array (``existing == "zarr"``, with overwrite) is swapped out atomically
+    (``renameat2(RENAME_EXCHANGE)``) and then deleted; where the kernel cannot swap, it is
+    renamed aside first, so a kill between the two renames leaves the destination absent.
+
+    Raises
+    ------
+    OutputLockedError
+        If another writer holds ``local``.
+    ReadOnlyError, DiskFullError, PathError
+        If the folder cannot be written.
+    """
+    if local is None:
+        yield None
+        return
+    folder = os.path.dirname(local) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)  # (zarr creates the missing folders of a new array)
+    except OSError as exc:
+        raise os_error(exc, local, writing=True) from None
+    with OutputLock(local):
+        remove_leftovers(local, ("new", "old"))
+        if _own_file_system(local):  # a mount point: no sibling on its file system to rename
+            yield None
+            return
+        tmp = hidden_name(local, "new")
+        try:
+            os.mkdir(tmp)
+        except OSError as exc:
+            raise os_error(exc, local, writing=True) from None
+        try:
+            yield tmp
+            _swap_in(tmp, local, existing)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _own_file_system(local: str) -> bool:
+    """Whether the directory ``local`` is a mount point (or on another device than its folder):
+    a sibling could not be renamed onto it, so the array is written in place there, guarded by
+    the completion marker only."""
+    try:
+        here = os.stat(local)
+    except OSError:
+        return False
+    if not os.path.isdir(local):
+        return False
+    folder = os.path.dirname(local) or "."
+    return os.path.ismount(local) or here.st_dev != os.stat(folder).st_dev
+
+
+def _swap_in(tmp: str, local: str, existing: str) -> None:
+    """Rename the finished array directory ``tmp`` to ``local`` (see :func:`_hidden_sibling`)."""
+    try:
+        if existing == "zarr":
+            if check_output(local, True, zarr=True) == "zarr" and exchange(tmp, local):
+                shutil.rmtree(tmp, ignore_errors=True)  # the old array, now at the hidden name
+                fsync_dir(local)
+                return
+            old = hidden_name(local, "old")
+            if os.path.lexists(local):
+                os.rename(local, old)
+            os.rename(tmp, local)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, local)  # onto nothing, or an empty directory (replaced atomically)
+    except OSError as exc:
+        raise os_error(exc, local, writing=True) from None
+    fsync_dir(local)
 
 
 _MARKER = "bigarr"
@@ -255,9 +355,10 @@ _MARKER = "bigarr"
 It is written with the array's metadata, as ``{"complete": false}``, before any chunk, and set
 to ``{"complete": true}`` after the last chunk, in one atomic metadata write (zarr's local
 store writes a temporary file and renames it). A run killed at any point therefore leaves
-nothing, an array marked incomplete, or a complete one; :func:`from_zarr`, ``bigarr convert``
-and ``bigarr verify`` refuse an incomplete one unless forced. Arrays without the attribute were
-not written by bigarr and are taken as they are.
+nothing, an array marked incomplete, or a complete one (for a local directory output, only
+nothing or a complete one: it is written aside and renamed into place); :func:`from_zarr`,
+``bigarr convert`` and ``bigarr verify`` refuse an incomplete one unless forced. Arrays without
+the attribute were not written by bigarr and are taken as they are.
 """
 
 
@@ -616,7 +717,10 @@ def _stream_in(z: Any, out: memmap, budget: int | str, progress: ProgressArg) ->
     row_bytes = out.nbytes // out.shape[0]
     # One batch may be written but not yet on disk while the next one is read.
     writeback = Writeback(plan.memory.chunk_bytes)
-    fd = os.open(str(out.filename), os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    # the mapping's own descriptor: the new file may have no name yet (O_TMPFILE)
+    mapping = out._bigarr
+    fd = os.dup(mapping.fd) if mapping is not None else os.open(
+        str(out.filename), os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
 
     def work(chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> None:
         view = blocks[-1]

@@ -35,12 +35,17 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import os
+import re
 import secrets
+import shutil
 import stat
 import sys
 from dataclasses import dataclass
 from typing import Any
+
+from bigarr._os.libc import libc as _libc
 
 __all__ = [
     "FileId",
@@ -48,11 +53,17 @@ __all__ = [
     "create_new",
     "create_unnamed",
     "discard_unnamed",
+    "exchange",
     "file_id",
     "hidden_name",
     "install",
+    "leftovers",
+    "link_unnamed",
     "open_regular",
     "path_id",
+    "remove_leftovers",
+    "rename_noreplace",
+    "unnamed_supported",
 ]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -160,10 +171,29 @@ def path_id(path: str) -> FileId | None:
         os.close(fd)
 
 
+#: Longest part of the user's file name kept in a hidden name, so that the hidden name (with its
+#: prefix, kind and random suffix) stays under NAME_MAX (255 bytes on Linux).
+_KEEP = 100
+
+
+def _stem(name: str) -> str:
+    """``name``, or for a long name its head and a digest of the whole (so two long names that
+    share their first characters never share hidden names, and so never each other's leftovers)."""
+    if len(name.encode("utf-8", "surrogateescape")) <= _KEEP:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    head = name.encode("utf-8", "surrogateescape")[:_KEEP - 17].decode("utf-8", "ignore")
+    return f"{head}~{digest}"
+
+
 def hidden_name(target: str, kind: str) -> str:
-    """An unguessable hidden name next to ``target``: ``.<name>.bigarr-<kind>-<16 hex>``."""
+    """An unguessable hidden name next to ``target``: ``.<name>.bigarr-<kind>-<16 hex>``.
+
+    The one maker of bigarr's hidden names. Long names are cut (and a digest of the whole name
+    added), so the result is a legal file name whatever the length of the user's name.
+    """
     folder, name = os.path.split(target)
-    return os.path.join(folder, f".{name}.bigarr-{kind}-{secrets.token_hex(8)}")
+    return os.path.join(folder, f".{_stem(name)}.bigarr-{kind}-{secrets.token_hex(8)}")
 
 
 def create_new(path: str, *, mode: int = 0o666) -> int:
@@ -195,7 +225,7 @@ def create_unnamed(final: str, *, mode: int = 0o666) -> tuple[int, str | None]:
     output lock, or the commit lock), so no other writer's file can be mistaken for a leftover.
     """
     folder = os.path.dirname(final) or "."
-    _remove_leftovers(final)
+    remove_leftovers(final)
     if _TMPFILE and os.path.isdir(_PROC_FD):
         try:
             return os.open(folder, _TMPFILE | os.O_RDWR | _CLOEXEC, mode), None
@@ -206,22 +236,141 @@ def create_unnamed(final: str, *, mode: int = 0o666) -> tuple[int, str | None]:
     return create_new(tmp, mode=mode), tmp
 
 
-def _remove_leftovers(final: str) -> None:
-    """Remove hidden ``new`` names of ``final`` that a killed :func:`install` left behind."""
-    folder, name = os.path.split(final)
-    prefix = f".{name}.bigarr-new-"
+def remove_leftovers(target: str, kinds: tuple[str, ...] = ("new",),
+                     keep: str | None = None) -> None:
+    """Remove hidden files of ``target`` that a killed writer left behind.
+
+    Removes ``.<name>.bigarr-<kind>-<16 hex>`` for each of ``kinds`` (``new``: a temporary
+    being created or installed, or a zarr array being written; ``partial``: a ``map_blocks``
+    output being written; ``old``: a zarr array being replaced), except ``keep``; only regular
+    files with one link and directories (never a link), owned by this user, are removed, so a
+    planted link or another user's file is left alone. The caller must hold ``target``'s writer lock
+    (the output lock, or the commit lock), so no live writer's file can be taken for a leftover.
+    """
+    for path in leftovers(target, kinds):
+        if keep is not None and path == keep:
+            continue
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            if st.st_uid != os.geteuid():
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                os.unlink(path)
+            elif stat.S_ISDIR(st.st_mode):  # a zarr array being written (never a link's target)
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def leftovers(target: str, kinds: tuple[str, ...] = ("new",)) -> list[str]:
+    """Paths of hidden ``.<name>.bigarr-<kind>-<16 hex>`` names of ``target`` (one listdir)."""
+    folder, name = os.path.split(target)
+    pattern = re.compile(re.escape(f".{_stem(name)}.bigarr-") + f"({'|'.join(kinds)})"
+                         + "-[0-9a-f]{16}")
     try:
         entries = os.listdir(folder or ".")
     except OSError:
-        return
-    for entry in entries:
-        if not entry.startswith(prefix) or len(entry) != len(prefix) + 16:
-            continue
-        path = os.path.join(folder, entry)
+        return []
+    return [os.path.join(folder, e) for e in entries if pattern.fullmatch(e)]
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange(a: str, b: str) -> bool:
+    """Swap the names ``a`` and ``b`` atomically (``renameat2(RENAME_EXCHANGE)``, Linux 3.15+).
+
+    Returns False where the kernel, C library or file system cannot (the caller falls back).
+
+    Raises
+    ------
+    OSError
+        As ``renameat2(2)`` for any other refusal.
+    """
+    fn = getattr(_libc, "renameat2", None) if _libc is not None else None
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), b)
+
+
+_RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(a: str, b: str) -> bool:
+    """Rename ``a`` to ``b`` unless something is at ``b`` (``renameat2(RENAME_NOREPLACE)``).
+
+    Atomic and never clobbers, like ``link`` then ``unlink``, but with no moment when the file
+    has two names. Returns False where the kernel, C library or file system cannot.
+
+    Raises
+    ------
+    FileExistsError
+        If anything is at ``b``.
+    OSError
+        As ``renameat2(2)`` for any other refusal.
+    """
+    fn = getattr(_libc, "renameat2", None) if _libc is not None else None
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    if code == errno.EEXIST:
+        raise FileExistsError(code, os.strerror(code), b)
+    raise OSError(code, os.strerror(code), b)
+
+
+def unnamed_supported(target: str) -> bool:
+    """Whether a new file next to ``target`` can be created unnamed (``O_TMPFILE``) and named
+    later (``linkat``) here; some file systems lack the first, some sandboxes refuse the second.
+
+    Asked by trying both on an empty file (four syscalls); the probe's name is a hidden ``new``
+    name of ``target``, so even a crash in the probe leaves nothing the next writer of
+    ``target`` does not remove.
+    """
+    if not _TMPFILE or not os.path.isdir(_PROC_FD):
+        return False
+    try:
+        fd = os.open(os.path.dirname(target) or ".", _TMPFILE | os.O_RDWR | _CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        probe = hidden_name(target, "new")
+        try:
+            link_unnamed(fd, probe)
+        except OSError:
+            return False
         with contextlib.suppress(OSError):
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid():
-                os.unlink(path)
+            os.unlink(probe)
+        return True
+    finally:
+        os.close(fd)
+
+
+def link_unnamed(fd: int, name: str) -> None:
+    """Give the unnamed file ``fd`` (``O_TMPFILE``) the new name ``name``; never clobbers.
+
+    ``linkat(AT_SYMLINK_FOLLOW)`` on the ``/proc/self/fd`` link names the inode; ``os.link``
+    uses plain ``link(2)``, which does not follow it, unless a directory fd is given.
+
+    Raises
+    ------
+    FileExistsError
+        If anything is at ``name``.
+    OSError
+        As ``linkat(2)`` otherwise.
+    """
+    proc = os.open(_PROC_FD, os.O_RDONLY | _CLOEXEC)
+    try:
+        os.link(str(fd), name, src_dir_fd=proc, follow_symlinks=True)
+    finally:
+        os.close(proc)
 
 
 def install(fd: int, tmp: str | None, final: str) -> int:
@@ -237,14 +386,8 @@ def install(fd: int, tmp: str | None, final: str) -> int:
     try:
         if tmp is None:
             tmp = hidden_name(final, "new")
-            # linkat(AT_SYMLINK_FOLLOW) on the /proc link names the O_TMPFILE inode; os.link
-            # uses plain link(2), which does not follow it, unless a directory fd is given.
             try:
-                proc = os.open(_PROC_FD, os.O_RDONLY | _CLOEXEC)
-                try:
-                    os.link(str(fd), tmp, src_dir_fd=proc, follow_symlinks=True)
-                finally:
-                    os.close(proc)
+                link_unnamed(fd, tmp)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
                     raise

@@ -25,6 +25,7 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "mincore": (_c_int, [_c_void_p, _c_size_t, _c_void_p]),
     "ioctl": (_c_int, [_c_int, ctypes.c_ulong, _c_void_p]),
     "sync_file_range": (_c_int, [_c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]),
+    "renameat2": (_c_int, [_c_int, ctypes.c_char_p, _c_int, ctypes.c_char_p, ctypes.c_uint]),
 }
 
 

@@ -1,14 +1,21 @@
 """Locks: one writer per output, and one commit at a time per file.
 
-**Output locks** (:class:`OutputLock`). A run that writes an output (``map_blocks`` to a path or
-in place, an open :class:`~bigarr.Appender`) holds an exclusive ``flock`` on the lock file
-``.<name>.bigarr-lock`` next to the output for as long as it writes. A second writer of the same
-output, in another process or in this one (``flock`` locks belong to an open file description,
-so two opens in one process exclude each other too), does not wait: it raises
-:class:`~bigarr.errors.OutputLockedError` at once. Waiting would turn a mistake (two jobs
-configured with the same output) into a hang. The lock is released when the writer finishes or
-its process dies (the kernel drops ``flock`` locks with the last descriptor), so a ``kill -9``
-never leaves an output locked.
+**Output locks** (:class:`OutputLock`). A run that writes an output holds an exclusive
+``flock`` for as long as it writes. A second writer of the same output, in another process or in
+this one (``flock`` locks belong to an open file description, so two opens in one process
+exclude each other too), does not wait: it raises :class:`~bigarr.errors.OutputLockedError` at
+once. Waiting would turn a mistake (two jobs configured with the same output) into a hang. The
+kernel drops ``flock`` locks with the last descriptor, so a ``kill -9`` never leaves an output
+locked. Two kinds of writer lock two things:
+
+* Writers *in place* (an open :class:`~bigarr.Appender`, ``map_blocks`` into a mapped file) lock
+  the output file itself (``in_place=True``): its inode, through a descriptor of its own. No
+  lock file is made, so a killed writer leaves nothing behind.
+* Writers that *replace* the output (``create``, ``map_blocks`` to a path, ``from_zarr``, an
+  Appender creating its file) lock the lock file ``.<name>.bigarr-lock`` next to the output
+  (the output may not exist yet, and is replaced by ``rename``), and also the output file
+  itself if one is there, so they exclude in-place writers of the file they replace. A killed
+  replacing writer leaves the empty lock file, which the next writer of that output removes.
 
 The lock file is created with ``O_NOFOLLOW`` and must be a regular file with one link: a
 symbolic link, a device or a hard link planted at the name is refused
@@ -55,13 +62,18 @@ def lock_path(target: str) -> str:
 
 def _busy(target: str) -> OutputLockedError:
     return OutputLockedError(
-        f"Another run is writing {target} (it holds {lock_path(target)}). Writers of one "
-        "output exclude each other: wait for that run to finish, or write to another path."
+        f"Another run is writing {target} (an open Appender or a map_blocks run, in this or "
+        "another process, holds its lock). Writers of one output exclude each other: wait for "
+        "that run to finish, or write to another path."
     )
 
 
 class OutputLock:
     """An exclusive, non-waiting lock on an output path; a context manager.
+
+    ``in_place=True`` for a writer that writes the existing file ``target`` (``fd``: a
+    descriptor of it, so the lock is on the file written even if the name was replaced since);
+    otherwise a writer that replaces ``target`` (see the module docstring).
 
     Raises
     ------
@@ -71,12 +83,40 @@ class OutputLock:
         If something other than a lock file (a link, a special file) is at the lock name.
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, in_place: bool = False, fd: int | None = None) -> None:
         self.target = target
         self.path = lock_path(target)
         self._fd = -1
+        self._file_fd = -1
         self._own_file = True
+        if in_place:
+            self._lock_target(fd)
+            return
         self._acquire()
+        try:
+            self._lock_existing()
+        except BaseException:
+            self.release()
+            raise
+
+    def _lock_existing(self) -> None:
+        """A replacing writer also locks the file it replaces (excluding in-place writers)."""
+        if not self._own_file:
+            return  # the output itself is locked already (no lock file could be made)
+        try:
+            fd = os.open(self.target, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
+        except OSError:
+            return  # nothing (or nothing openable) there: nothing an in-place writer holds
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                return
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _busy(self.target) from None
+        self._file_fd = fd
+        self._file_finalizer = weakref.finalize(self, os.close, fd)
 
     def _open(self) -> int | None:
         try:
@@ -128,9 +168,14 @@ class OutputLock:
                 return
             os.close(fd)  # the holder unlinked it as we opened it: take the new one
 
-    def _lock_target(self) -> None:
+    def _lock_target(self, held: int | None = None) -> None:
+        """Lock the output file itself: through a new open of ``held`` (a descriptor of it the
+        writer has) where ``/proc`` allows, so the lock is on the very file written."""
         try:
-            fd = os.open(self.target, os.O_RDONLY | _CLOEXEC | _NONBLOCK)
+            if held is not None and os.path.isdir("/proc/self/fd"):
+                fd = os.open(f"/proc/self/fd/{held}", os.O_RDONLY | _CLOEXEC | _NONBLOCK)
+            else:
+                fd = os.open(self.target, os.O_RDONLY | _CLOEXEC | _NONBLOCK)
         except OSError as exc:
             raise ReadOnlyError(
                 f"Cannot lock {self.target}: {exc.strerror}. Choose a folder you can write to."
@@ -155,6 +200,9 @@ class OutputLock:
 
     def release(self) -> None:
         """Unlink the lock file (while still holding it) and unlock. Idempotent."""
+        if self._file_fd >= 0:
+            self._file_fd = -1
+            self._file_finalizer()
         if self._fd < 0:
             return
         fd, self._fd = self._fd, -1

@@ -56,7 +56,7 @@ from bigarr.errors import (
     UnsupportedError,
 )
 
-__all__ = ["Mapping"]
+__all__ = ["Mapping", "check_mapped"]
 
 _LINUX = sys.platform.startswith("linux")
 _DARWIN = sys.platform == "darwin"
@@ -462,3 +462,28 @@ class Mapping:
         self._fd_finalizer()
         if failure is not None:
             raise failure
+
+
+def check_mapped(*mappings: Mapping | None) -> None:
+    """Refuse to touch the next chunk if any mapped file shrank below its mapping.
+
+    Every chunk loop (the engine's executor, ``iter_chunks``, zarr import and export) calls this
+    once per chunk, before the chunk's pages are touched: touching a mapped page past the end of
+    its file kills the process with SIGBUS, which no Python code can catch, while this raises a
+    bigarr error. It costs one ``fstat`` per mapping. ``None`` entries (arrays in memory) are
+    skipped.
+
+    The check cannot close the race it narrows: a file cut *after* the check and before (or
+    while) the chunk is touched still raises SIGBUS. Only the other process can avoid that (by
+    not truncating files that are mapped); bigarr catches every cut that happens between chunks.
+
+    Raises
+    ------
+    FileChangedError
+        If a file is now shorter than its mapped range.
+    ClosedError
+        If a mapping is closed.
+    """
+    for mapping in mappings:
+        if mapping is not None and mapping.length:
+            mapping.check_file()

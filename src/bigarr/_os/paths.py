@@ -44,7 +44,7 @@ from bigarr.errors import (
     ReadOnlyError,
 )
 
-__all__ = ["Existing", "check_output", "check_path", "hidden_name", "os_error", "zarr_node"]
+__all__ = ["Existing", "check_output", "check_path", "os_error", "zarr_node"]
 
 Existing = Literal["nothing", "file", "zarr"]
 """What :func:`check_output` found at an output path that may be written."""
@@ -67,10 +67,6 @@ def _zarrs(entry: str) -> bool:
             return True
     return _ZARR_ENTRY.match(entry) is not None
 
-#: Longest part of the user's file name kept in a hidden temporary name, so that the temporary
-#: name (with its prefix and random suffix) stays under NAME_MAX (255 bytes on Linux).
-_KEEP = 100
-
 
 def check_path(path: str) -> str:
     """Refuse a path no syscall can take (an embedded NUL byte) as a bigarr error.
@@ -85,15 +81,6 @@ def check_path(path: str) -> str:
             f"Expected a file path without NUL bytes. Got {path!r}; no file can have this name."
         )
     return path
-
-
-def hidden_name(path: str, tag: str) -> str:
-    """A hidden sibling of ``path`` for a temporary file: ``.NAME.bigarr-TAG``.
-
-    Long names are cut so the result stays a legal file name whatever the user's name's length.
-    """
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name[:_KEEP]}.bigarr-{tag}")
 
 
 def os_error(exc: OSError, path: str, *, writing: bool = False) -> BigArrError:
