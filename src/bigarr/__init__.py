@@ -46,6 +46,8 @@ The command line: ``bigarr info|create|convert|verify|demo`` (``python -m bigarr
 from __future__ import annotations
 
 from bigarr import errors
+from bigarr._compute.lazy import LazyArray, lazy, where
+from bigarr._compute.lazyrun import LazyPlan, compute
 from bigarr._compute.mapblocks import map_blocks
 from bigarr._compute.progress import ProgressEvent
 from bigarr._compute.reductions import (
@@ -83,6 +85,8 @@ __all__ = [
     "ChunkResidency",
     "DirtyRegions",
     "HINT_NAMES",
+    "LazyArray",
+    "LazyPlan",
     "PAGE_SIZE",
     "ProgressEvent",
     "Residency",
@@ -92,11 +96,13 @@ __all__ = [
     "argmax",
     "argmin",
     "check_complete",
+    "compute",
     "count_nonzero",
     "create",
     "errors",
     "from_zarr",
     "histogram",
+    "lazy",
     "map_blocks",
     "max",
     "mean",
@@ -115,6 +121,7 @@ __all__ = [
     "to_dask",
     "to_zarr",
     "var",
+    "where",
 ]
 
 
