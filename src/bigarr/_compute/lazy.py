@@ -221,8 +221,9 @@ class LazyArray:
         return f"LazyArray(shape={self.shape}, dtype={self.dtype})"
 
     def __bool__(self) -> bool:
-        raise ArgumentError("The truth value of a LazyArray is not known until it is computed: "
-                            "call .compute() first.")
+        raise ShapeError("The truth value of a LazyArray is not known until it is computed "
+                         "(and ambiguous for more than one element, as in numpy): call "
+                         ".compute() first.")
 
     def __len__(self) -> int:
         if not self.shape:
