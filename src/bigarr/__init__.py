@@ -30,6 +30,9 @@ compute within a memory budget
     :func:`argmin`, :func:`argmax`, :func:`count_nonzero`, :func:`histogram`,
     :func:`reduce_blocks`, :func:`map_blocks`; growing files: :class:`Appender`,
     :func:`append`; :func:`check_complete` refuses outputs of interrupted runs.
+lazy expressions
+    :func:`lazy` (a :class:`LazyArray`), :func:`where`, :func:`compute` (several results
+    sharing passes), ``.compute()``, ``.to_npy()``, ``.explain()`` (a :class:`LazyPlan`).
 planning and reports
     :func:`plan_chunks`, :class:`ChunkPlan`, :class:`Chunk`, :class:`Residency`,
     :class:`ChunkResidency`, :class:`DirtyRegions`, :class:`ProgressEvent`,
