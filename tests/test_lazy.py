@@ -269,3 +269,19 @@ def test_standardize_to_file_peak_rss(tmp_path: Path) -> None:
     assert peak <= budget + (64 << 20), f"peak {peak >> 20} MiB at an 8 MiB budget"
     z = np.load(tmp_path / "z.npy", mmap_mode="r")
     assert z.shape == (rows, 32) and abs(float(z[:1000].mean())) < 5
+
+
+def test_explain_a_result_larger_than_the_budget(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: explain() planned a large output as an in-memory result and refused it.
+    a = np.ones((200000, 8), np.float32)  # 6.1 MiB, twice the budget
+    np.save(tmp_path / "x.npy", a)
+    x = bigarr.lazy(tmp_path / "x.npy")
+    z = (x - x.mean(axis=0)) * 2
+    plan = z.explain(budget=BUDGET, threads=1)
+    assert plan.passes == 2 and "to a file" in str(plan)
+    assert all(p.peak_bytes <= 3 << 20 for p in plan.steps)
+    runs = _count_runs(monkeypatch)
+    with z.to_npy(tmp_path / "z.npy", budget=BUDGET, threads=1, progress=False) as m:
+        _close(m, np.zeros_like(a))
+    assert len(runs) == plan.passes

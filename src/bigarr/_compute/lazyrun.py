@@ -285,8 +285,9 @@ class _Pass:
     """One planned pass: the items of a group, their streams, and the run plan."""
 
     def __init__(self, items: list[_Item], opened: _Opened, values: dict[int, Array],
-                 budget: int, threads: int) -> None:
+                 budget: int, threads: int, to_file: bool = False) -> None:
         self.items = items
+        self.to_file = to_file
         self.values = values
         leaves: dict[int, Leaf] = {}
         whole: dict[int, Leaf] = {}
@@ -312,12 +313,13 @@ class _Pass:
                     fixed += (nthreads + 2) * keep * per
                 if k.sub_blocked:
                     scratch = SCRATCH_BYTES
-            else:
+            elif not to_file:  # the result in memory; a file output is a stream (map_blocks')
                 fixed += math.prod(node.shape) * node.dtype.itemsize
         per_byte, per_call = probe_temporaries(self._probe_fn, self.streams)
         self.plan: RunPlan = plan_run("lazy", self.streams, budget=budget, threads=nthreads,
                                       layout="rows", temporaries=per_byte,
-                                      scratch_bytes=scratch + per_call, fixed_bytes=fixed)
+                                      scratch_bytes=scratch + per_call, fixed_bytes=fixed,
+                                      extra_streams=1 if to_file else 0)
 
     def _probe_fn(self, *blocks: Array) -> Any:
         rows = slice(0, blocks[0].shape[0]) if blocks and blocks[0].ndim else slice(0, 0)
@@ -340,7 +342,9 @@ class _Pass:
     def describe(self) -> PassPlan:
         p = self.plan
         return PassPlan(tuple(s.name or s.kind for s in self.streams),
-                        tuple(it.label for it in self.items), p.memory.chunk_bytes,
+                        tuple(it.label + (" to a file" if self.to_file and not
+                                          isinstance(it.node, Reduce) else "")
+                              for it in self.items), p.memory.chunk_bytes,
                         len(p.chunks), p.peak_bytes)
 
     def run(self, progress: ProgressArg, results: dict[int, Array]) -> None:
@@ -411,8 +415,10 @@ def _roots(exprs: Sequence[Any]) -> list[Node]:
 
 
 def _run(roots: list[Node], budget: int, threads: int | None, progress: ProgressArg,
-         dry: bool, skip: frozenset[int] = frozenset()) -> tuple[dict[int, Array], LazyPlan]:
-    """Evaluate (or, ``dry``, only plan) ``roots``; ``skip`` names output roots left out."""
+         dry: bool, skip: frozenset[int] = frozenset(),
+         to_file: bool = False) -> tuple[dict[int, Array], LazyPlan]:
+    """Evaluate (or, ``dry``, only plan) ``roots``; ``skip`` names output roots left out;
+    ``to_file`` plans outputs as :meth:`LazyArray.to_npy` writes them (planning only)."""
     nthreads = parse_threads(threads)
     values: dict[int, Array] = {}
     steps: list[PassPlan] = []
@@ -423,7 +429,7 @@ def _run(roots: list[Node], budget: int, threads: int | None, progress: Progress
             level = [it for it in level if id(it.node) not in skip]
             streamed, whole = _groups(level)
             for group in streamed:
-                p = _Pass(group, opened, values, budget, nthreads)
+                p = _Pass(group, opened, values, budget, nthreads, to_file=to_file)
                 steps.append(p.describe())
                 if dry:  # later passes cannot be planned without results: stand-ins
                     for it in group:
@@ -472,8 +478,11 @@ def compute(*exprs: Any, budget: int | str | None = None, threads: int | None = 
 
 def explain(expr: LazyArray, *, budget: int | str | None = None,
             threads: int | None = None) -> LazyPlan:
-    """The plan :meth:`LazyArray.compute` would run (nothing is read but probe rows)."""
-    return _run(_roots([expr]), _budget(budget), threads, False, dry=True)[1]
+    """The plan of :meth:`LazyArray.compute` (nothing is read but probe rows), or of
+    :meth:`LazyArray.to_npy` for a result larger than the budget."""
+    nbytes = _budget(budget)
+    to_file = expr.nbytes > nbytes
+    return _run(_roots([expr]), nbytes, threads, False, dry=True, to_file=to_file)[1]
 
 
 def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str | None = None,
