@@ -30,6 +30,9 @@ compute within a memory budget
     :func:`argmin`, :func:`argmax`, :func:`count_nonzero`, :func:`histogram`,
     :func:`reduce_blocks`, :func:`map_blocks`; growing files: :class:`Appender`,
     :func:`append`; :func:`check_complete` refuses outputs of interrupted runs.
+lazy expressions
+    :func:`lazy` (a :class:`LazyArray`), :func:`where`, :func:`compute` (several results
+    sharing passes), ``.compute()``, ``.to_npy()``, ``.explain()`` (a :class:`LazyPlan`).
 planning and reports
     :func:`plan_chunks`, :class:`ChunkPlan`, :class:`Chunk`, :class:`Residency`,
     :class:`ChunkResidency`, :class:`DirtyRegions`, :class:`ProgressEvent`,
@@ -46,6 +49,8 @@ The command line: ``bigarr info|create|convert|verify|demo`` (``python -m bigarr
 from __future__ import annotations
 
 from bigarr import errors
+from bigarr._compute.lazy import LazyArray, lazy, where
+from bigarr._compute.lazyrun import LazyPlan, compute
 from bigarr._compute.mapblocks import map_blocks
 from bigarr._compute.progress import ProgressEvent
 from bigarr._compute.reductions import (
@@ -83,6 +88,8 @@ __all__ = [
     "ChunkResidency",
     "DirtyRegions",
     "HINT_NAMES",
+    "LazyArray",
+    "LazyPlan",
     "PAGE_SIZE",
     "ProgressEvent",
     "Residency",
@@ -92,11 +99,13 @@ __all__ = [
     "argmax",
     "argmin",
     "check_complete",
+    "compute",
     "count_nonzero",
     "create",
     "errors",
     "from_zarr",
     "histogram",
+    "lazy",
     "map_blocks",
     "max",
     "mean",
@@ -115,6 +124,7 @@ __all__ = [
     "to_dask",
     "to_zarr",
     "var",
+    "where",
 ]
 
 

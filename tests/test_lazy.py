@@ -1,0 +1,287 @@
+"""Lazy expressions (issue 12): numpy is the oracle; passes counted; memory measured."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import bigarr
+from bigarr._compute import lazyrun, mapblocks
+from bigarr._plan import budget as budget_module
+from bigarr.errors import BudgetError, ShapeError, UnsupportedError
+
+BUDGET = "3MiB"  # small: with one thread, arrays of a few hundred KiB run in several chunks
+TREE_BUDGET = "1536KiB"  # with 4 KiB chunks allowed: chunks of 30-400 KiB
+
+
+def _data(rng: np.random.Generator, shape: tuple[int, ...], dtype: str, nan: bool,
+          order: str) -> np.ndarray[Any, Any]:
+    if dtype == "bool":
+        a = rng.random(shape) < 0.5
+    elif dtype.startswith("int"):
+        a = rng.integers(-50, 50, shape).astype(dtype)
+    else:
+        a = rng.standard_normal(shape).astype(dtype) * 10
+        if nan:
+            a[rng.random(shape) < 0.01] = np.nan
+    return np.asfortranarray(a) if order == "F" else np.ascontiguousarray(a)
+
+
+# An expression is built twice from the same recipe: once over LazyArrays, once over numpy.
+Expr = Callable[[Any, Any], Any]  # (leaf, module for reductions) -> value
+
+_UNARY: list[tuple[str, Callable[[Any], Any]]] = [
+    ("abs", lambda a: abs(a)),
+    ("sqrt|.|", lambda a: np.sqrt(abs(a))),
+    ("maximum0", lambda a: np.maximum(a, 0)),
+    ("astype f8", lambda a: a.astype("f8")),
+    ("clip", lambda a: a.clip(-3, 3)),
+    ("cols", lambda a: a[:, 1:]),
+    ("list", lambda a: a[:, [0, 0]]),
+    ("gt0", lambda a: a > 0),
+    ("centre0", lambda a: a - a.mean(axis=0)),
+    ("scale", lambda a: a / (a.std(axis=0, ddof=1) + 1)),
+    ("rowsum", lambda a: a - a.sum(axis=1, keepdims=True)),
+    ("minmax", lambda a: (a - a.min()) * (a.max(axis=0) > 0)),
+    ("var", lambda a: a * a.var(axis=(0, 1), keepdims=True)),
+]
+_BINARY: list[tuple[str, Callable[[Any, Any], Any]]] = [
+    ("add", lambda a, b: a + b),
+    ("sub", lambda a, b: a - b),
+    ("mul", lambda a, b: a * b),
+    ("le", lambda a, b: a <= b),
+    ("where", lambda a, b: _where(a > 0, a, b)),
+    ("and", lambda a, b: (a > 0) & (b < 1)),
+    ("scalar", lambda a, b: 2 * a - 1),
+    ("small array", lambda a, b: a + np.arange(a.shape[1])),
+]
+
+
+def _where(c: Any, a: Any, b: Any) -> Any:
+    if isinstance(c, bigarr.LazyArray):
+        return bigarr.where(c, a, b)
+    return np.where(c, a, b)
+
+
+@st.composite
+def trees(draw: st.DrawFn, depth: int = 3) -> tuple[str, Callable[[Any], Any]]:
+    if depth == 0 or draw(st.booleans()):
+        return "x", lambda x: x
+    if draw(st.booleans()):
+        name, f = draw(st.sampled_from(_UNARY))
+        inner_name, inner = draw(trees(depth - 1))
+        return f"{name}({inner_name})", lambda x: f(inner(x))
+    name, g = draw(st.sampled_from(_BINARY))
+    ln, left = draw(trees(depth - 1))
+    rn, right = draw(trees(depth - 1))
+    return f"{name}({ln}, {rn})", lambda x: g(left(x), right(x))
+
+
+def _close(got: Any, want: Any) -> None:
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype, (got.dtype, want.dtype)
+    if want.dtype.kind in "fc":
+        np.testing.assert_allclose(got, want, rtol=2e-4 if want.dtype == np.float32 else 1e-9,
+                                   atol=1e-5, equal_nan=True)
+    else:
+        np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=trees(), rows=st.one_of(st.integers(1, 300), st.integers(5000, 20000)),
+       cols=st.integers(2, 4),
+       dtype=st.sampled_from(["float64", "float32", "int32", "int64", "bool"]),
+       nan=st.booleans(), order=st.sampled_from(["C", "F"]), as_file=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_random_expressions_match_numpy(tree: tuple[str, Callable[[Any], Any]], rows: int,
+                                        cols: int, dtype: str, nan: bool, order: str,
+                                        as_file: bool, seed: int) -> None:
+    name, f = tree
+    a = _data(np.random.default_rng(seed), (rows, cols), dtype, nan, order)
+    with np.errstate(all="ignore"):
+        try:
+            want = f(a)
+        except (TypeError, ValueError, IndexError):  # numpy refuses (bool negative, ...)
+            return
+    with tempfile.TemporaryDirectory() as d, pytest.MonkeyPatch.context() as mp:
+        # chunks down to 4 KiB, so that even small arrays are cut into several
+        mp.setattr(budget_module, "MIN_CHUNK_BYTES", 4096)
+        src: Any = a
+        if as_file:
+            src = os.path.join(d, "x.npy")
+            np.save(src, a)
+        got = f(bigarr.lazy(src))
+        assert got.shape == np.shape(want) and got.dtype == np.asarray(want).dtype, name
+        _close(got.compute(budget=TREE_BUDGET, threads=1, progress=False), want)
+        if as_file and np.ndim(want) >= 1:
+            with got.to_npy(os.path.join(d, "out.npy"), budget=TREE_BUDGET, threads=1,
+                            progress=False) as m:
+                _close(m, want)
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, (0, 1)])
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("kind", ["sum", "mean", "var", "std", "min", "max"])
+def test_reductions_match_numpy(tmp_path: Path, axis: Any, keepdims: bool, kind: str) -> None:
+    a = _data(np.random.default_rng(1), (20000, 3), "float32", False, "C")
+    np.save(tmp_path / "x.npy", a)
+    x = bigarr.lazy(tmp_path / "x.npy")
+    kwargs: dict[str, Any] = {"ddof": 1} if kind in ("var", "std") else {}
+    got = getattr(x, kind)(axis=axis, keepdims=keepdims, **kwargs).compute(
+        budget=BUDGET, threads=1, progress=False)
+    want = getattr(a.astype(np.float64), kind)(axis=axis, keepdims=keepdims, **kwargs)
+    _close(got, np.asarray(want).astype(np.float32))
+
+
+def _count_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    runs: list[str] = []
+    for module in (lazyrun, mapblocks):
+        real = module.execute
+
+        def counted(plan: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            runs.append(plan.operation)
+            return _real(plan, *args, **kwargs)
+
+        monkeypatch.setattr(module, "execute", counted)
+    return runs
+
+
+@pytest.fixture
+def xfile(tmp_path: Path) -> tuple[Path, np.ndarray[Any, Any]]:
+    a = _data(np.random.default_rng(2), (40000, 8), "float32", False, "C")
+    np.save(tmp_path / "x.npy", a)
+    return tmp_path / "x.npy", a
+
+
+def test_standardize_two_passes(xfile: Any, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    path, a = xfile
+    x = bigarr.lazy(path)
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    plan = z.explain(budget=BUDGET, threads=1)
+    assert plan.passes == 2 and plan.steps[0].chunks > 1
+    assert "mean" in str(plan) and "std" in str(plan)
+    runs = _count_runs(monkeypatch)
+    got = z.compute(budget=BUDGET, threads=1, progress=False)
+    assert len(runs) == plan.passes
+    _close(got, (a - a.mean(axis=0)) / a.std(axis=0))
+    runs.clear()
+    with z.to_npy(tmp_path / "z.npy", budget=BUDGET, threads=1, progress=False) as m:
+        assert not m.flags.writeable and m.access == "readonly"
+        _close(m, got)
+    assert runs == ["lazy", "map_blocks"]
+
+
+def test_several_statistics_read_once(xfile: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, a = xfile
+    x = bigarr.lazy(path)
+    runs = _count_runs(monkeypatch)
+    s, lo, sd, twice = bigarr.compute(x.sum(0), x.min(), x.std(0), x * 2, budget=BUDGET,
+                                      threads=1,
+                                      progress=False)
+    assert len(runs) == 1
+    _close(s, a.sum(0, dtype=np.float64).astype(np.float32))
+    _close(lo, a.min())
+    _close(sd, a.astype(np.float64).std(0).astype(np.float32))
+    _close(twice, a * 2)
+
+
+def test_readme_chunk_mean_regression(xfile: Any, tmp_path: Path) -> None:
+    # `map_blocks(lambda b: (b - b.mean()) * 2)` centres each chunk on its own mean, so its
+    # output depends on the budget; the lazy form uses the global mean at every budget.
+    path, a = xfile
+    x = bigarr.lazy(path)
+    want = (a - a.mean(dtype=np.float64).astype(np.float32)) * 2
+    for budget in ("3MiB", "8MiB"):
+        _close(((x - x.mean()) * 2).compute(budget=budget, threads=1, progress=False), want)
+    per_chunk = bigarr.map_blocks(lambda b: (b - b.mean()) * 2, path, out=tmp_path / "m.npy",
+                                  budget="3MiB", threads=1, progress=False)
+    with per_chunk:
+        assert not np.allclose(per_chunk, want, atol=1e-3)  # the old example's chunk means
+
+
+def test_sources_and_refusals(tmp_path: Path) -> None:
+    a = np.arange(24, dtype=np.float64).reshape(6, 4)
+    np.save(tmp_path / "a.npy", a)
+    for src in (a, tmp_path / "a.npy", str(tmp_path / "a.npy"), np.load(tmp_path / "a.npy",
+                mmap_mode="r"), bigarr.open(tmp_path / "a.npy")):
+        _close(np.sqrt(bigarr.lazy(src)).compute(progress=False), np.sqrt(a))
+    x = bigarr.lazy(a)
+    with pytest.raises(BudgetError, match="to_npy"):
+        x.compute(budget=100)
+    with pytest.raises(UnsupportedError):
+        x[1:3]
+    with pytest.raises(ShapeError):
+        x + np.ones(3)
+    with pytest.raises(UnsupportedError):
+        np.add.reduce(x)
+    with pytest.raises(ValueError):
+        bool(x > 0)
+
+
+def test_zarr_source(tmp_path: Path) -> None:
+    zarr = pytest.importorskip("zarr")
+    a = np.arange(3000, dtype=np.float32).reshape(1000, 3)
+    z = zarr.create_array(tmp_path / "a.zarr", shape=a.shape, dtype=a.dtype, chunks=(100, 3))
+    z[:] = a
+    x = bigarr.lazy(z)
+    _close(((x - x.mean(0)) * 2).compute(progress=False), (a - a.mean(0)) * 2)
+
+
+_RSS = textwrap.dedent("""
+    import numpy as np, bigarr
+    def status(key):
+        return int(open('/proc/self/status').read().split(key + ':')[1].split()[0]) << 10
+    x = bigarr.lazy({path!r})
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    base = status('VmRSS')
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    z.to_npy({out!r}, budget={budget}, threads=2, progress=False).close()
+    print(status('VmHWM') - base)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_standardize_to_file_peak_rss(tmp_path: Path) -> None:
+    budget, rows = 8 << 20, (128 << 20) // 128  # 128 MiB file: 16x the budget
+    x = np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.float32, (rows, 32))
+    for i in range(0, rows, 1 << 17):
+        x[i:i + (1 << 17)] = np.arange(32, dtype=np.float32) + np.float32(i % 997)
+    x.flush()
+    del x
+    code = _RSS.format(path=str(tmp_path / "x.npy"), out=str(tmp_path / "z.npy"), budget=budget)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak = int(proc.stdout.split()[-1])
+    assert peak <= budget + (64 << 20), f"peak {peak >> 20} MiB at an 8 MiB budget"
+    z = np.load(tmp_path / "z.npy", mmap_mode="r")
+    assert z.shape == (rows, 32) and abs(float(z[:1000].mean())) < 5
+
+
+def test_explain_a_result_larger_than_the_budget(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: explain() planned a large output as an in-memory result and refused it.
+    a = np.ones((200000, 8), np.float32)  # 6.1 MiB, twice the budget
+    np.save(tmp_path / "x.npy", a)
+    x = bigarr.lazy(tmp_path / "x.npy")
+    z = (x - x.mean(axis=0)) * 2
+    plan = z.explain(budget=BUDGET, threads=1)
+    assert plan.passes == 2 and "to a file" in str(plan)
+    assert all(p.peak_bytes <= 3 << 20 for p in plan.steps)
+    runs = _count_runs(monkeypatch)
+    with z.to_npy(tmp_path / "z.npy", budget=BUDGET, threads=1, progress=False) as m:
+        _close(m, np.zeros_like(a))
+    assert len(runs) == plan.passes
