@@ -298,20 +298,26 @@ def _moments(streams: list[Stream], *, budget: int | str, threads: int,
         return 0, np.zeros(p), np.zeros((p, p))
     fixed = _check_state(what, p, budget, threads, 3)
     rows = _sub_rows(budget, threads, p, 2)
+    # Means are kept relative to the first row: far from zero (data at 1e9 with unit spread),
+    # absolute means round to ulp(1e9), and the merges' outer(d, d) terms, with d a difference
+    # of two means, would magnify that; shifted means are as precise as the spread.
+    shift = _hstack([s.head(1) for s in streams], 0, 1, np.float64)[0]
+    shift[~np.isfinite(shift)] = 0.0  # a NaN there must not spread to other columns
 
     def kernel(blocks: list[Array]) -> Moments:
         state: Moments = (0, np.zeros(p), np.zeros((p, p)))
         for lo in range(0, len(blocks[0]), rows):
             sub = _hstack(blocks, lo, min(lo + rows, len(blocks[0])), np.float64)
+            sub -= shift
             mean = sub.mean(axis=0)
             sub -= mean
             state = merge_moments(state, (len(sub), mean, sub.T @ sub))
         return state
 
-    result: Moments = _run(what, streams, kernel, merge_moments, budget=budget,
+    count, mean, co = _run(what, streams, kernel, merge_moments, budget=budget,
                            threads=threads, progress=progress, scratch=2 * rows * p * 8,
                            fixed=fixed)
-    return result
+    return count, mean + shift, co
 
 
 def _check_rowvar(streams: list[Stream], rowvar: bool) -> None:
@@ -779,9 +785,9 @@ def pca(
     Raises
     ------
     ArgumentError
-        If ``k`` is not an integer in [1, p].
+        If ``k`` is not an integer.
     ShapeError
-        If ``x`` is not 2-d or has fewer than 2 rows.
+        If ``k`` is not in [1, p], or ``x`` is not 2-d or has fewer than 2 rows.
     BudgetError, DtypeError
         As :func:`gram`.
     """
@@ -791,8 +797,10 @@ def pca(
         if s.ndim != 2 or s.shape[0] < 2:
             raise ShapeError(f"Expected an N x p matrix with N >= 2. Got shape {s.shape}.")
         p = _cols(s)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= p:
-            raise ArgumentError(f"Expected k, the number of components, in [1, {p}]. Got {k!r}.")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise ArgumentError(f"Expected k, the number of components, as an int. Got {k!r}.")
+        if not 1 <= k <= p:
+            raise ShapeError(f"Expected k, the number of components, in [1, {p}]. Got {k}.")
         src = np.dtype(s.dtype)
         n, mean, c = _moments(streams, budget=budget, threads=nthreads, progress=progress,
                               what="pca")
