@@ -279,6 +279,9 @@ def test_matmul_streams_into_out(tall: tuple[str, np.ndarray], tmp_path: Path) -
     out.close()
     v = linalg.matmul(path, w[:, 0], **KW)
     assert v.shape == (len(x),) and _rel(v, x @ w[:, 0]) < 1e-12
+    v = linalg.matmul(path, w[:, 0], tmp_path / "v.npy", **KW)  # a vector, as numpy's
+    assert v.shape == (len(x),) and _rel(v, x @ w[:, 0]) < 1e-12
+    v.close()
     x32 = x.astype(np.float32)
     got = linalg.matmul(x32, w.astype(np.float32), **KW)
     assert got.dtype == np.float32 and _rel(got, x @ w) < F32_RTOL

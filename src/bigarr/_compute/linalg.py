@@ -905,11 +905,7 @@ def matmul(
                 f"matmul: the result ({n} x {cols} {out_dtype}, {format_bytes(need)}) does not "
                 f"fit in memory within the budget of {format_bytes(total)}: pass out= a path "
                 "to stream it to a file, or raise the budget.")
-        result = np.empty((n, cols), dtype=out_dtype)
+        result = np.empty((n, cols) if w.ndim == 2 else (n,), dtype=out_dtype)
         total -= need
-    w2 = w.reshape(p, cols)
-    done = _write_product(a, w2, result, out_dtype, budget=total - w.nbytes, threads=nthreads,
+    return _write_product(a, w, result, out_dtype, budget=total - w.nbytes, threads=nthreads,
                           progress=progress, overwrite=overwrite)
-    if w.ndim == 1 and isinstance(done, np.ndarray) and out is None:
-        return done.reshape(n)
-    return done
