@@ -215,6 +215,22 @@ def test_qr_float32_in_float64_and_wide() -> None:
     assert _rel(linalg.qr(w, **KW), rw * _signs(rw)[:, None]) < 1e-10
 
 
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 5000), p=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_qr_and_lstsq_hypothesis_shapes(n: int, p: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, p)) + 3.0 * rng.standard_normal(p)
+    rn = np.linalg.qr(x, mode="r")
+    r = linalg.qr(x, budget="1MiB", threads=2, progress=False)
+    assert r.shape == rn.shape and _rel(r, rn * _signs(rn)[:, None]) < 1e-9
+    if n > p + 1:
+        y = rng.standard_normal(n)
+        got, want = linalg.lstsq(x, y, budget="1MiB", threads=2, progress=False), \
+            np.linalg.lstsq(x, y)
+        assert got[2] == want[2] and _rel(got[0], want[0]) < 1e-8
+        assert _rel(got[1], want[1]) < 1e-9
+
+
 def test_svd_matches_numpy(tall: tuple[str, np.ndarray], tmp_path: Path) -> None:
     path, x = tall
     un, sn, vhn = np.linalg.svd(x, full_matrices=False)
