@@ -206,6 +206,25 @@ def test_qr_r_and_q_match_numpy(tall: tuple[str, np.ndarray], tmp_path: Path) ->
     q.close()
 
 
+def test_qr_q_of_an_ill_conditioned_x_is_orthogonal(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """cond(X) ~ 1e7: X @ inv(R) is orthogonal only to ~1e-9; one more TSQR fixes that."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20_000, 6)) * np.logspace(0, -7, 6) + 5
+    q, r = linalg.qr(x, out_q=tmp_path / "q.npy", **KW)
+    assert np.abs(np.asarray(q).T @ q - np.eye(6)).max() < 1e-13
+    assert _rel(np.asarray(q) @ r, x) < 1e-13
+    rn = np.linalg.qr(x, mode="r")
+    assert _rel(r, rn * _signs(rn)[:, None]) < 1e-10
+    q.close()
+    import bigarr._compute.linalg as impl
+
+    monkeypatch.setattr(impl, "REORTHOGONALIZE", np.inf)  # the test can fail: without it
+    q1, _ = linalg.qr(x, out_q=tmp_path / "q1.npy", **KW)
+    assert np.abs(np.asarray(q1).T @ q1 - np.eye(6)).max() > 1e-12
+    q1.close()
+
+
 def test_qr_float32_in_float64_and_wide() -> None:
     x = _data(5000, 4, dtype=np.float32)
     rn = np.linalg.qr(x.astype(np.float64), mode="r")

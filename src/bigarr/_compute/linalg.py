@@ -26,7 +26,8 @@ data; float32 inputs are computed in float64 by cov, corrcoef, pca, qr, svd and 
 agree with numpy's float64 answer for the float32 data), and in float32 by :func:`gram` and
 :func:`matmul` unless ``dtype=np.float64`` (about 1e-5 relative). Q and U are computed as
 ``X @ inv(R)`` (and ``X @ inv(R) @ U_R``): their orthogonality degrades with X's condition
-number (about ``eps * cond(X)``), unlike Householder Q.
+number (about ``eps * cond(X)``), unlike Householder Q, so :func:`qr` re-orthogonalises an
+ill-conditioned Q with one more TSQR (two more passes); U of :func:`svd` is not refined yet.
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ Array = np.ndarray[Any, Any]
 SUB_BLOCK_MAX = 4 << 20
 #: Smallest sub-block, in bytes.
 SUB_BLOCK_MIN = 64 << 10
+#: :func:`qr` re-orthogonalises Q (two more passes) when ``eps * cond(X)`` exceeds this many
+#: units of Q's own precision.
+REORTHOGONALIZE = 64
 
 
 # ---- plumbing ------------------------------------------------------------------------------
@@ -548,7 +552,9 @@ def qr(
         N x p, N >= p.
     out_q
         Path of a new ``.npy`` file for the N x p factor Q, computed in a second pass as
-        ``X @ inv(R)`` (its orthogonality degrades as ``eps * cond(X)``).
+        ``X @ inv(R)``; when X is ill-conditioned (``eps * cond(X)`` above 64 units of Q's
+        precision), two more passes re-orthogonalise it (a TSQR of that Q), so Q is
+        orthogonal to working precision for any X of full rank.
     overwrite
         Replace an existing file at ``out_q``.
     budget, threads, progress
@@ -574,8 +580,18 @@ def qr(
     r, _ = _positive_diagonal(r)
     if out_q is None:
         return r
-    q = _write_product(x, _inverse(r, "qr with out_q"), out_q, _float_out(src), budget=budget,
+    dt = _float_out(src)
+    q = _write_product(x, _inverse(r, "qr with out_q"), out_q, dt, budget=budget,
                        threads=nthreads, progress=progress, overwrite=overwrite)
+    if np.linalg.cond(r) * np.finfo(np.float64).eps > REORTHOGONALIZE * np.finfo(dt).eps:
+        # X @ inv(R) is orthogonal only to about eps * cond(X): one more TSQR of that Q1
+        # (well conditioned now) and Q = Q1 @ inv(R2), R = R2 @ R make it orthogonal to eps.
+        with _streams(q) as streams:
+            r2 = _tsqr(streams, budget=budget, threads=nthreads, progress=progress, what="qr")
+        r2, _ = _positive_diagonal(r2)
+        _write_product(q, _inverse(r2, "qr with out_q"), q, dt, budget=budget,
+                       threads=nthreads, progress=progress, overwrite=False)
+        r = r2 @ r
     return q, r
 
 
