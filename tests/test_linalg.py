@@ -206,7 +206,7 @@ def test_qr_r_and_q_match_numpy(tall: tuple[str, np.ndarray], tmp_path: Path) ->
     q.close()
 
 
-def test_qr_q_of_an_ill_conditioned_x_is_orthogonal(tmp_path: Path,
+def test_qr_q_and_svd_u_of_an_ill_conditioned_x_are_orthogonal(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """cond(X) ~ 1e7: X @ inv(R) is orthogonal only to ~1e-9; one more TSQR fixes that."""
     rng = np.random.default_rng(0)
@@ -217,6 +217,11 @@ def test_qr_q_of_an_ill_conditioned_x_is_orthogonal(tmp_path: Path,
     rn = np.linalg.qr(x, mode="r")
     assert _rel(r, rn * _signs(rn)[:, None]) < 1e-10
     q.close()
+    u, sv, vh = linalg.svd(x, out_u=tmp_path / "u.npy", **KW)
+    assert np.abs(np.asarray(u).T @ u - np.eye(6)).max() < 1e-13
+    assert _rel((np.asarray(u) * sv) @ vh, x) < 1e-13
+    assert _rel(sv, np.linalg.svd(x, compute_uv=False)) < 1e-10
+    u.close()
     import bigarr._compute.linalg as impl
 
     monkeypatch.setattr(impl, "REORTHOGONALIZE", np.inf)  # the test can fail: without it

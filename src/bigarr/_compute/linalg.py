@@ -27,7 +27,7 @@ agree with numpy's float64 answer for the float32 data), and in float32 by :func
 :func:`matmul` unless ``dtype=np.float64`` (about 1e-5 relative). Q and U are computed as
 ``X @ inv(R)`` (and ``X @ inv(R) @ U_R``): their orthogonality degrades with X's condition
 number (about ``eps * cond(X)``), unlike Householder Q, so :func:`qr` re-orthogonalises an
-ill-conditioned Q with one more TSQR (two more passes); U of :func:`svd` is not refined yet.
+ill-conditioned Q (and :func:`svd` its U) with one more TSQR (two more passes).
 """
 
 from __future__ import annotations
@@ -580,17 +580,32 @@ def qr(
     r, _ = _positive_diagonal(r)
     if out_q is None:
         return r
-    dt = _float_out(src)
-    q = _write_product(x, _inverse(r, "qr with out_q"), out_q, dt, budget=budget,
-                       threads=nthreads, progress=progress, overwrite=overwrite)
-    if np.linalg.cond(r) * np.finfo(np.float64).eps > REORTHOGONALIZE * np.finfo(dt).eps:
-        # X @ inv(R) is orthogonal only to about eps * cond(X): one more TSQR of that Q1
-        # (well conditioned now) and Q = Q1 @ inv(R2), R = R2 @ R make it orthogonal to eps.
+    return _q_file(x, r, out_q, _float_out(src), budget=budget, threads=nthreads,
+                   progress=progress, overwrite=overwrite, what="qr with out_q")
+
+
+def _ill_conditioned(r: Array, dt: np.dtype[Any]) -> bool:
+    """Whether ``X @ inv(R)`` would lose orthogonality beyond ``dt``'s own precision."""
+    return bool(np.linalg.cond(r) * np.finfo(np.float64).eps
+                > REORTHOGONALIZE * np.finfo(dt).eps)
+
+
+def _q_file(x: Any, r: Array, out: Any, dt: np.dtype[Any], *, budget: int | str, threads: int,
+            progress: ProgressArg, overwrite: bool, what: str) -> tuple[Any, Array]:
+    """Q of ``X = Q R`` written to ``out``, and the R that goes with it.
+
+    ``X @ inv(R)`` is orthogonal only to about ``eps * cond(X)``: for an ill-conditioned X one
+    more TSQR of that Q1 (well conditioned now), ``Q = Q1 @ inv(R2)`` in place and
+    ``R = R2 @ R`` make it orthogonal to working precision.
+    """
+    q = _write_product(x, _inverse(r, what), out, dt, budget=budget, threads=threads,
+                       progress=progress, overwrite=overwrite)
+    if _ill_conditioned(r, dt):
         with _streams(q) as streams:
-            r2 = _tsqr(streams, budget=budget, threads=nthreads, progress=progress, what="qr")
+            r2 = _tsqr(streams, budget=budget, threads=threads, progress=progress, what=what)
         r2, _ = _positive_diagonal(r2)
-        _write_product(q, _inverse(r2, "qr with out_q"), q, dt, budget=budget,
-                       threads=nthreads, progress=progress, overwrite=False)
+        _write_product(q, _inverse(r2, what), q, dt, budget=budget, threads=threads,
+                       progress=progress, overwrite=False)
         r = r2 @ r
     return q, r
 
@@ -635,6 +650,8 @@ def svd(
         As numpy: False returns only the singular values.
     out_u
         Path of a new ``.npy`` file for U (default: U is not computed and ``U`` is None).
+        For an ill-conditioned X, U is made orthogonal as :func:`qr`'s Q is (three more
+        passes instead of one).
     overwrite
         Replace an existing file at ``out_u``.
     budget, threads, progress
@@ -670,12 +687,22 @@ def svd(
     if not compute_uv:
         s: Array = np.linalg.svd(r, compute_uv=False)
         return s
+    r, _ = _positive_diagonal(r)
+    dt = _float_out(src)
+    if out_u is None:
+        ur, s, vh = np.linalg.svd(r, full_matrices=False)
+        return SVDResult(None, s, vh)
+    if not _ill_conditioned(r, dt):  # U = X @ (inv(R) @ U_R) in one pass
+        ur, s, vh = np.linalg.svd(r, full_matrices=False)
+        u = _write_product(x, _inverse(r, "svd with out_u") @ ur, out_u, dt, budget=budget,
+                           threads=nthreads, progress=progress, overwrite=overwrite)
+        return SVDResult(u, s, vh)
+    # ill-conditioned: an orthogonal Q first (see qr), then U = Q @ U_R in place
+    q, r = _q_file(x, r, out_u, dt, budget=budget, threads=nthreads, progress=progress,
+                   overwrite=overwrite, what="svd with out_u")
     ur, s, vh = np.linalg.svd(r, full_matrices=False)
-    u = None
-    if out_u is not None:
-        w = _inverse(r, "svd with out_u") @ ur
-        u = _write_product(x, w, out_u, _float_out(src), budget=budget, threads=nthreads,
-                           progress=progress, overwrite=overwrite)
+    u = _write_product(q, ur, q, dt, budget=budget, threads=nthreads, progress=progress,
+                       overwrite=False)
     return SVDResult(u, s, vh)
 
 
