@@ -1,10 +1,11 @@
-"""Tall-skinny PCA out of core: accumulate X^T X over chunks, eigendecompose, project.
+"""Tall-skinny PCA out of core with ``bigarr.linalg.pca``: one pass for the covariance, one for
+the scores.
 
 For an N x F matrix with N huge and F small, everything PCA needs fits in an F x F matrix.
-One streaming pass (``bigarr.reduce_blocks``) sums each chunk's ``X^T X`` and column sums on
-threads; the covariance, its eigenvectors and the explained variance come from those in memory;
-a second pass (``bigarr.map_blocks``) writes the projection onto the top components to a new
-N x K file.
+``bigarr.linalg.pca`` streams the rows once, merging each chunk's count, mean and centred
+cross-products (numerically sound, on threads), eigendecomposes the covariance in memory, and,
+given ``out_scores``, writes the projection onto the top components to a new N x K file in a
+second pass.
 
     python examples/pca.py                              # 1 GiB of generated data
     python examples/pca.py --size 100GiB --dir /data/scratch   # many times RAM
@@ -51,17 +52,6 @@ def generate(path: str, size: int, budget: int) -> tuple[bigarr.memmap, np.ndarr
     return x, basis
 
 
-def gram(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Partial result of one chunk: X^T X, column sums and row count (in float64)."""
-    b = block.astype(np.float64)
-    return b.T @ b, b.sum(axis=0), len(b)
-
-
-def merge(a: tuple, b: tuple) -> tuple:
-    """Combine two partial results (addition is exact enough here, and order-free)."""
-    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=bigarr.parse_size, default="1GiB",
@@ -86,22 +76,13 @@ def main() -> None:
         opts = {"budget": budget, "threads": args.threads}
         start = time.perf_counter()
 
-        # Pass 1: X^T X and the column sums, one F x F matrix per chunk, merged.
-        xtx, sums, count = bigarr.reduce_blocks(gram, merge, x, **opts)
-        mean = sums / count
-        cov = (xtx - count * np.outer(mean, mean)) / (count - 1)
-        variances, vectors = np.linalg.eigh(cov)  # ascending order
-        order = np.argsort(variances)[::-1]
-        variances, components = variances[order], vectors[:, order[:k]]
-
-        # Pass 2: the projection onto the top k components, out of core, as a new N x k file.
-        w = components.astype(np.float32)
-        mu = mean.astype(np.float32)
-        scores = bigarr.map_blocks(lambda block: (block - mu) @ w, x,
-                                   out=os.path.join(folder, "scores.npy"), dtype="f4", **opts)
+        result = bigarr.linalg.pca(x, k, out_scores=os.path.join(folder, "scores.npy"), **opts)
+        components = result.components.T  # F x k, as columns
+        scores = result.scores
         seconds = time.perf_counter() - start
 
-        explained = variances[:k].sum() / variances.sum()
+        explained = result.explained_variance_ratio.sum()
+        variances = result.explained_variance
         # Largest principal angle between the found and the true subspace (0 = identical).
         cosines = np.linalg.svd(components[:, :LATENT].T @ basis, compute_uv=False)
         angle = np.degrees(np.arccos(np.clip(cosines.min(), -1, 1)))

@@ -28,8 +28,10 @@ files and arrays
 compute within a memory budget
     :func:`sum`, :func:`mean`, :func:`var`, :func:`std`, :func:`min`, :func:`max`,
     :func:`argmin`, :func:`argmax`, :func:`count_nonzero`, :func:`histogram`,
-    :func:`reduce_blocks`, :func:`map_blocks`; growing files: :class:`Appender`,
-    :func:`append`; :func:`check_complete` refuses outputs of interrupted runs.
+    :func:`reduce_blocks`, :func:`map_blocks`; :func:`cov`, :func:`corrcoef` and the rest of
+    :mod:`bigarr.linalg` (``gram``, ``qr``, ``svd``, ``lstsq``, ``pca``, ``matmul``); growing
+    files: :class:`Appender`, :func:`append`; :func:`check_complete` refuses outputs of
+    interrupted runs.
 lazy expressions
     :func:`lazy` (a :class:`LazyArray`), :func:`where`, :func:`compute` (several results
     sharing passes), ``.compute()``, ``.to_npy()``, ``.explain()`` (a :class:`LazyPlan`).
@@ -48,9 +50,10 @@ The command line: ``bigarr info|create|convert|verify|demo`` (``python -m bigarr
 
 from __future__ import annotations
 
-from bigarr import errors
+from bigarr import errors, linalg
 from bigarr._compute.lazy import LazyArray, lazy, where
 from bigarr._compute.lazyrun import LazyPlan, compute
+from bigarr._compute.linalg import corrcoef, cov
 from bigarr._compute.mapblocks import map_blocks
 from bigarr._compute.progress import ProgressEvent
 from bigarr._compute.reductions import (
@@ -100,12 +103,15 @@ __all__ = [
     "argmin",
     "check_complete",
     "compute",
+    "corrcoef",
     "count_nonzero",
+    "cov",
     "create",
     "errors",
     "from_zarr",
     "histogram",
     "lazy",
+    "linalg",
     "map_blocks",
     "max",
     "mean",
@@ -149,7 +155,7 @@ def _adopt_public_names() -> None:
             if hints:
                 own = inspect.get_annotations(obj)
                 obj.__annotations__ = {k: hints.get(k, v) for k, v in own.items()}
-        if isinstance(obj, type) or callable(obj):
+        if isinstance(obj, type) or (callable(obj) and not inspect.ismodule(obj)):
             obj.__module__ = __name__
 
 

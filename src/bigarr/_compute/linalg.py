@@ -1,0 +1,954 @@
+"""Linear algebra out of core, for tall-skinny matrices: N x p files with N huge and p small.
+
+Everything here streams the rows of a file once through the engine
+(:func:`bigarr._compute.runplan.plan_run` and :func:`bigarr._compute.engine.execute`), with
+chunks of whole rows, and keeps only p x p states in memory:
+
+=================  ===================================  =======================================
+function           per-chunk state                      merge
+=================  ===================================  =======================================
+gram               ``b.T @ b`` (syrk)                   add
+cov, corrcoef,     count, column means, centred         Chan et al.'s pairwise update for
+pca                cross-products ``(b - m).T @ (b-m)`` co-moments (never E[xx] - E[x]E[x])
+qr, svd, lstsq     R of ``qr(b)`` (TSQR)                R of ``qr([Ra; Rb])``
+matmul             (a map: each chunk's ``b @ w``)      rows written to ``out`` (map_blocks)
+=================  ===================================  =======================================
+
+Inside a chunk the kernels work through sub-blocks of rows, so the working memory per thread
+(a float64 copy of a sub-block, LAPACK's copy for QR) is fixed and planned as scratch.
+
+BLAS threads: engine threads times BLAS threads must not exceed the cores, so while a run
+computes, BLAS is limited to ``max(1, cores // threads)`` threads with :mod:`threadpoolctl`
+(the ``linalg`` extra); without it BLAS is left as configured.
+
+Accuracy: float64 inputs agree with numpy.linalg to about 1e-12 relative on well-conditioned
+data; float32 inputs are computed in float64 by cov, corrcoef, pca, qr, svd and lstsq (so they
+agree with numpy's float64 answer for the float32 data), and in float32 by :func:`gram` and
+:func:`matmul` unless ``dtype=np.float64`` (about 1e-5 relative). Q and U are computed as
+``X @ inv(R)`` (and ``X @ inv(R) @ U_R``): their orthogonality degrades with X's condition
+number (about ``eps * cond(X)``), unlike Householder Q, so :func:`qr` re-orthogonalises an
+ill-conditioned Q (and :func:`svd` its U) with one more TSQR (two more passes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from bigarr._compute.engine import execute
+from bigarr._compute.mapblocks import map_blocks
+from bigarr._compute.operands import Stream, parse_operand
+from bigarr._compute.progress import Progress, ProgressArg
+from bigarr._compute.runplan import default_threads, parse_threads, plan_run
+from bigarr._os.geometry import format_bytes, parse_size
+from bigarr._plan.budget import DEFAULT_BUDGET
+from bigarr._plan.chunks import Chunk
+from bigarr.errors import (
+    ArgumentError,
+    BudgetError,
+    DtypeError,
+    ShapeError,
+    UnsupportedError,
+)
+
+__all__ = [
+    "PCAResult",
+    "SVDResult",
+    "corrcoef",
+    "cov",
+    "gram",
+    "lstsq",
+    "matmul",
+    "pca",
+    "qr",
+    "svd",
+]
+
+_DEFAULT_BUDGET = DEFAULT_BUDGET
+Array = np.ndarray[Any, Any]
+
+#: Largest sub-block (bytes of float64 working data) a kernel handles at once.
+SUB_BLOCK_MAX = 4 << 20
+#: Smallest sub-block, in bytes.
+SUB_BLOCK_MIN = 64 << 10
+#: :func:`qr` re-orthogonalises Q (two more passes) when ``eps * cond(X)`` exceeds this many
+#: units of Q's own precision.
+REORTHOGONALIZE = 64
+
+
+# ---- plumbing ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def blas_limit(threads: int) -> Iterator[int | None]:
+    """Limit BLAS to ``max(1, cores // threads)`` threads while the block runs.
+
+    Yields the limit, or ``None`` when :mod:`threadpoolctl` is not installed (BLAS is then left
+    as configured; install ``bigarr[linalg]`` to bound it).
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield None
+        return
+    limit = max(1, default_threads() // max(1, threads))
+    with threadpool_limits(limits=limit, user_api="blas"):
+        yield limit
+
+
+@contextlib.contextmanager
+def _streams(*objs: Any) -> Iterator[list[Stream]]:
+    """The operands as row streams sharing their leading length; closed afterwards.
+
+    Raises
+    ------
+    ShapeError
+        For a 0-d operand, more than two dimensions, or leading lengths that differ.
+    DtypeError
+        For dtypes that are not real numbers (complex, strings, structured).
+    """
+    opened: list[Stream] = []
+    try:
+        for obj in objs:
+            s = parse_operand(obj, by_key=False)
+            opened.append(s)
+            if s.ndim not in (1, 2):
+                raise ShapeError(
+                    f"Expected a 1-d or 2-d array (N rows of p columns). Got shape {s.shape}.")
+            dt = np.dtype(s.dtype)
+            if dt.kind not in "biuf":
+                raise DtypeError(
+                    f"Expected real numbers (bool, integer or floating). Got {dt}: convert "
+                    "first (complex linear algebra is not supported out of core).")
+        if len({s.shape[0] for s in opened}) > 1:
+            raise ShapeError(
+                "Expected operands sharing their number of rows. Got shapes "
+                f"{[s.shape for s in opened]}.")
+        yield opened
+    finally:
+        for s in opened:
+            s.close()
+
+
+def _cols(s: Stream) -> int:
+    return 1 if s.ndim == 1 else int(s.shape[1])
+
+
+def _sub_rows(budget: int | str, threads: int, width: int, copies: int) -> int:
+    """Rows per sub-block: a fixed slice of the budget per thread, at least ``width`` rows
+    (so a QR step reduces as many rows as it adds)."""
+    share = parse_size(budget, name="budget") // max(1, 8 * threads * copies)
+    nbytes = min(SUB_BLOCK_MAX, max(SUB_BLOCK_MIN, share))
+    return max(1, width, nbytes // (8 * max(1, width)))
+
+
+def _check_state(what: str, width: int, budget: int | str, threads: int, states: int) -> int:
+    """Bytes of the p x p states held (one per chunk in flight and the merged ones).
+
+    Raises
+    ------
+    BudgetError
+        If they alone exceed the budget (both numbers quoted).
+    """
+    need = (threads + states) * width * width * 8
+    total = parse_size(budget, name="budget")
+    if need > total:
+        raise BudgetError(
+            f"{what} of {width} columns keeps {threads + states} matrices of {width} x {width} "
+            f"float64 ({format_bytes(need)}) in memory, more than the budget of "
+            f"{format_bytes(total)}. Raise the budget, use fewer threads, or fewer columns.")
+    return need
+
+
+def _hstack(blocks: Sequence[Array], lo: int, hi: int, dtype: Any) -> Array:
+    """Rows ``lo:hi`` of the blocks side by side, as one new C-ordered array of ``dtype``."""
+    parts = [b[lo:hi].reshape(hi - lo, -1) for b in blocks]
+    width = sum(p.shape[1] for p in parts)
+    out = np.empty((hi - lo, width), dtype=dtype)
+    col = 0
+    for p in parts:
+        out[:, col:col + p.shape[1]] = p
+        col += p.shape[1]
+    return out
+
+
+def _run(operation: str, streams: list[Stream], kernel: Callable[[list[Array]], Any],
+         combine: Callable[[Any, Any], Any], *, budget: int | str, threads: int,
+         progress: ProgressArg, scratch: int, fixed: int) -> Any:
+    """One pass over ``streams`` in chunks of whole rows; ``kernel`` per chunk on the engine's
+    threads, ``combine`` in chunk order on this thread."""
+    plan = plan_run(operation, streams, budget=budget, threads=threads, layout="rows",
+                    scratch_bytes=scratch, fixed_bytes=fixed)
+
+    def work(chunk: Chunk, blocks: list[Array]) -> Any:
+        return kernel(blocks)
+
+    total: Any = None
+    chunks = plan.chunks
+    with blas_limit(threads), Progress(progress, total_bytes=chunks.nbytes,
+                                       total_chunks=len(chunks), desc=operation) as bar:
+        for _chunk, part in execute(plan, work, streams, progress=bar):
+            total = part if total is None else combine(total, part)
+    return total
+
+
+# ---- gram ----------------------------------------------------------------------------------
+def _acc_dtype(src: np.dtype[Any], dtype: Any) -> np.dtype[Any]:
+    if dtype is None:
+        return np.dtype(src) if np.dtype(src) in (np.float32, np.float64) else np.dtype("f8")
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise DtypeError(f"Expected dtype float32 or float64 (or None). Got {dt}.")
+    out: np.dtype[Any] = dt
+    return out
+
+
+def gram(
+    x: Any,
+    *,
+    dtype: Any = None,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> Array:
+    """``x.T @ x`` of a tall matrix in one pass: each chunk's ``b.T @ b`` (syrk), added.
+
+    Parameters
+    ----------
+    x
+        N x p (or a 1-d N-vector, as N x 1): a :class:`bigarr.memmap`, a ``.npy`` path, any
+        array the engine reads.
+    dtype
+        Accumulation and result dtype, float32 or float64. Default: ``x``'s dtype when it is
+        float32 or float64, else float64. ``np.float64`` on float32 data accumulates each
+        chunk in float64 (slower, about 1e-15 instead of 1e-6 relative).
+    budget
+        The most memory the run may add, bytes or a string such as ``"256MiB"``.
+    threads
+        Worker threads (default: the CPUs available).
+    progress
+        ``None`` (a bar on a TTY), ``True``, ``False``, or callbacks taking ProgressEvent.
+
+    Returns
+    -------
+    numpy.ndarray
+        The p x p Gram matrix, in memory.
+
+    Raises
+    ------
+    BudgetError
+        If the budget cannot hold the plan, or the p x p states alone exceed it.
+    DtypeError
+        For non-real data or a ``dtype`` other than float32/float64.
+    ShapeError
+        For arrays that are not 1-d or 2-d.
+    """
+    nthreads = parse_threads(threads)
+    with _streams(x) as (s,):
+        acc = _acc_dtype(np.dtype(s.dtype), dtype)
+        p = _cols(s)
+        if s.shape[0] == 0:
+            return np.zeros((p, p), dtype=acc)
+        fixed = _check_state("gram", p, budget, nthreads, 3)
+        rows = _sub_rows(budget, nthreads, p, 1)
+
+        def kernel(blocks: list[Array]) -> Array:
+            b = blocks[0].reshape(len(blocks[0]), -1)
+            if b.dtype == acc and b.flags.c_contiguous:
+                return b.T @ b  # numpy calls syrk for a.T @ a
+            out = np.zeros((p, p), dtype=acc)
+            for lo in range(0, len(b), rows):
+                sub = np.asarray(b[lo:lo + rows], dtype=acc, order="C")
+                out += sub.T @ sub
+            return out
+
+        return np.asarray(_run("gram", [s], kernel, np.add, budget=budget, threads=nthreads,
+                               progress=progress, scratch=rows * p * acc.itemsize, fixed=fixed))
+
+
+# ---- covariance ----------------------------------------------------------------------------
+Moments = tuple[int, Array, Array]
+"""A partial state of :func:`cov`: count, column means, centred cross-products (float64)."""
+
+
+def merge_moments(a: Moments, b: Moments) -> Moments:
+    """Chan et al.'s pairwise update of count, mean and co-moment matrix.
+
+    ``C = Ca + Cb + outer(d, d) * na * nb / n`` with ``d = mb - ma``: the centred sums of
+    products of the union, without ever forming E[xx] - E[x]E[x].
+    """
+    na, ma, ca = a
+    nb, mb, cb = b
+    if na == 0:
+        return b
+    if nb == 0:
+        return a
+    n = na + nb
+    d = mb - ma
+    mean = ma + d * (nb / n)
+    return n, mean, ca + cb + np.outer(d, d) * (na * nb / n)
+
+
+def _moments(streams: list[Stream], *, budget: int | str, threads: int,
+             progress: ProgressArg, what: str) -> Moments:
+    """Count, means and centred cross-products of the columns of the streams side by side."""
+    p = sum(_cols(s) for s in streams)
+    n = int(streams[0].shape[0])
+    if n == 0:
+        return 0, np.zeros(p), np.zeros((p, p))
+    fixed = _check_state(what, p, budget, threads, 3)
+    rows = _sub_rows(budget, threads, p, 2)
+    # Means are kept relative to the first row: far from zero (data at 1e9 with unit spread),
+    # absolute means round to ulp(1e9), and the merges' outer(d, d) terms, with d a difference
+    # of two means, would magnify that; shifted means are as precise as the spread.
+    shift = _hstack([s.head(1) for s in streams], 0, 1, np.float64)[0]
+    shift[~np.isfinite(shift)] = 0.0  # a NaN there must not spread to other columns
+
+    def kernel(blocks: list[Array]) -> Moments:
+        state: Moments = (0, np.zeros(p), np.zeros((p, p)))
+        for lo in range(0, len(blocks[0]), rows):
+            sub = _hstack(blocks, lo, min(lo + rows, len(blocks[0])), np.float64)
+            sub -= shift
+            mean = sub.mean(axis=0)
+            sub -= mean
+            state = merge_moments(state, (len(sub), mean, sub.T @ sub))
+        return state
+
+    count, mean, co = _run(what, streams, kernel, merge_moments, budget=budget,
+                           threads=threads, progress=progress, scratch=2 * rows * p * 8,
+                           fixed=fixed)
+    return count, mean + shift, co
+
+
+def _check_rowvar(streams: list[Stream], rowvar: bool) -> None:
+    """Refuse ``rowvar=True`` for 2-d data: rows as variables cannot stream.
+
+    Raises
+    ------
+    UnsupportedError
+        With a message naming ``rowvar=False``.
+    """
+    if rowvar and any(s.ndim == 2 for s in streams):
+        shapes = [s.shape for s in streams]
+        raise UnsupportedError(
+            f"rowvar=True (numpy's default) reads each row as a variable, so shapes {shapes} "
+            "would need every row against every other. bigarr streams observations along "
+            "axis 0: store the data as N observations x p variables and pass rowvar=False.")
+
+
+def _cov_dtype(src: Sequence[np.dtype[Any]], dtype: Any) -> np.dtype[Any]:
+    out: np.dtype[Any] = np.dtype(dtype if dtype is not None else np.result_type(*src, np.float64))
+    return out
+
+
+def _finish_cov(state: Moments, ddof: float) -> Array:
+    n, _mean, c = state
+    fact = n - ddof
+    if fact <= 0:
+        warnings.warn("Degrees of freedom <= 0 for slice", RuntimeWarning, stacklevel=3)
+        fact = 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out: Array = c / fact
+    return out
+
+
+def cov(
+    m: Any,
+    y: Any = None,
+    rowvar: bool = True,
+    bias: bool = False,
+    ddof: int | None = None,
+    fweights: Any = None,
+    aweights: Any = None,
+    *,
+    dtype: Any = None,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> Array:
+    """Covariance matrix in one pass, like :func:`numpy.cov`.
+
+    Each chunk's count, column means and centred cross-products are computed in float64 and
+    merged with Chan et al.'s pairwise update, which is as stable as numpy's two-pass method.
+
+    Parameters
+    ----------
+    m
+        The observations: N x p with ``rowvar=False`` (observations in rows, the natural
+        layout of a tall file), or a 1-d N-vector (one variable).
+    y
+        More variables with the same observations (numpy's ``y``), stacked after ``m``'s.
+    rowvar
+        As numpy: ``True`` (its default) reads rows as variables, which cannot stream: a 2-d
+        ``m`` (or ``y``) needs ``rowvar=False``; 1-d data is one variable either way.
+    bias, ddof
+        Normalise by ``N - ddof``; ``ddof`` defaults to 0 with ``bias`` and 1 without.
+    fweights, aweights
+        Not supported (refused).
+    dtype
+        Result dtype (default: float64, or wider when the data is).
+    budget, threads, progress
+        As :func:`gram`.
+
+    Returns
+    -------
+    numpy.ndarray
+        The covariance matrix (0-d for a single variable), as numpy returns it.
+
+    Raises
+    ------
+    UnsupportedError
+        For ``rowvar=True`` with several rows, or weights.
+    BudgetError
+        If the budget cannot hold the plan, or the p x p states alone exceed it.
+    DtypeError, ShapeError
+        As :func:`gram`.
+    """
+    if fweights is not None or aweights is not None:
+        raise UnsupportedError(
+            "Expected fweights=None and aweights=None: weighted covariance is not supported "
+            "out of core yet. Weight the rows with map_blocks first, or use numpy on a sample.")
+    if ddof is not None and ddof != int(ddof):
+        raise ArgumentError(f"Expected ddof as an integer. Got {ddof!r}.")
+    ddof = (0 if bias else 1) if ddof is None else int(ddof)
+    nthreads = parse_threads(threads)
+    with _streams(*[a for a in (m, y) if a is not None]) as streams:
+        _check_rowvar(streams, rowvar)
+        out_dtype = _cov_dtype([np.dtype(s.dtype) for s in streams], dtype)
+        state = _moments(streams, budget=budget, threads=nthreads, progress=progress,
+                         what="cov")
+    return _finish_cov(state, ddof).astype(out_dtype, copy=False).squeeze()
+
+
+def corrcoef(
+    x: Any,
+    y: Any = None,
+    rowvar: bool = True,
+    *,
+    dtype: Any = None,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> Array:
+    """Pearson correlation coefficients in one pass, like :func:`numpy.corrcoef`.
+
+    The covariance of :func:`cov` scaled by the standard deviations, clipped to [-1, 1] as
+    numpy does. Arguments as :func:`cov`.
+
+    Raises
+    ------
+    UnsupportedError, BudgetError, DtypeError, ShapeError
+        As :func:`cov`.
+    """
+    nthreads = parse_threads(threads)
+    with _streams(*[a for a in (x, y) if a is not None]) as streams:
+        _check_rowvar(streams, rowvar)
+        out_dtype = _cov_dtype([np.dtype(s.dtype) for s in streams], dtype)
+        state = _moments(streams, budget=budget, threads=nthreads, progress=progress,
+                         what="corrcoef")
+    c = _finish_cov(state, 1)
+    if c.size == 1:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            one: Array = (c / c).astype(out_dtype, copy=False).squeeze()
+            return one
+    d = np.sqrt(np.diag(c))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = c / d[:, None] / d[None, :]
+    np.clip(c, -1, 1, out=c)
+    result: Array = c.astype(out_dtype, copy=False)
+    return result
+
+
+# ---- TSQR ----------------------------------------------------------------------------------
+def _r_of(a: Array) -> Array:
+    r: Array = np.asarray(np.linalg.qr(a, mode="r"))
+    return r
+
+
+def _merge_r(a: Array, b: Array) -> Array:
+    return _r_of(np.vstack([a, b]))
+
+
+def _tsqr(streams: list[Stream], *, budget: int | str, threads: int, progress: ProgressArg,
+          what: str) -> Array:
+    """R of the QR of the streams' columns side by side (float64), by TSQR: R of each
+    sub-block stacked under the running R and reduced again."""
+    p = sum(_cols(s) for s in streams)
+    n = int(streams[0].shape[0])
+    if n == 0:
+        return np.zeros((0, p))
+    fixed = _check_state(what, p, budget, threads, 4)
+    rows = _sub_rows(budget, threads, p, 3)
+
+    def kernel(blocks: list[Array]) -> Array:
+        r = np.zeros((0, p))
+        for lo in range(0, len(blocks[0]), rows):
+            sub = _hstack(blocks, lo, min(lo + rows, len(blocks[0])), np.float64)
+            r = _r_of(sub) if not len(r) else _merge_r(r, sub)
+        return r
+
+    r: Array = _run(what, streams, kernel, _merge_r, budget=budget, threads=threads,
+                    progress=progress, scratch=3 * (rows + p) * p * 8, fixed=fixed)
+    return r
+
+
+def _positive_diagonal(r: Array) -> tuple[Array, Array]:
+    """R with a non-negative diagonal, and the signs that made it so."""
+    signs = np.where(np.diag(r) < 0, -1.0, 1.0)
+    return r * signs[:, None], signs
+
+
+def _inverse(r: Array, what: str) -> Array:
+    if r.shape[0] != r.shape[1] or not np.all(np.diag(r)):
+        raise ShapeError(
+            f"{what} needs X of full column rank (R invertible). Got R of shape {r.shape} with "
+            f"diagonal {np.diag(r)!r}: drop dependent columns first.")
+    inv: Array = np.linalg.inv(r)
+    return inv
+
+
+def _write_product(x: Any, w: Array, out: Any, dtype: Any, *, budget: int | str, threads: int,
+                   progress: ProgressArg, overwrite: bool) -> Any:
+    """``x @ w`` streamed chunk by chunk into ``out`` (a path or an array) by map_blocks."""
+    w = np.ascontiguousarray(w, dtype=dtype)
+
+    def product(block: Array) -> Array:
+        b = block.reshape(len(block), -1)
+        res: Array = b @ w if b.dtype == w.dtype else np.asarray(b, dtype=w.dtype) @ w
+        return res
+
+    options: dict[str, Any] = {"overwrite": overwrite} if not isinstance(out, np.ndarray) else {}
+    with blas_limit(threads):
+        return map_blocks(product, x, out=out, dtype=dtype, budget=budget, threads=threads,
+                          progress=progress, **options)
+
+
+def _float_out(src: np.dtype[Any]) -> np.dtype[Any]:
+    return np.dtype(np.result_type(src, np.float32)) if src.kind == "f" else np.dtype("f8")
+
+
+def qr(
+    x: Any,
+    *,
+    out_q: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> Any:
+    """Tall-skinny QR (TSQR) in one pass: R in memory, and Q to a file when asked.
+
+    Each sub-block of rows is reduced to its R by LAPACK, stacked under the running R and
+    reduced again; the chunks' R's merge the same way. R is normalised to a non-negative
+    diagonal (numpy's may have either sign: compare up to the signs of R's rows).
+
+    Parameters
+    ----------
+    x
+        N x p, N >= p.
+    out_q
+        Path of a new ``.npy`` file for the N x p factor Q, computed in a second pass as
+        ``X @ inv(R)``; when X is ill-conditioned (``eps * cond(X)`` above 64 units of Q's
+        precision), two more passes re-orthogonalise it (a TSQR of that Q), so Q is
+        orthogonal to working precision for any X of full rank.
+    overwrite
+        Replace an existing file at ``out_q``.
+    budget, threads, progress
+        As :func:`gram`; each pass keeps to the budget.
+
+    Returns
+    -------
+    numpy.ndarray or tuple
+        ``R`` (min(N, p) x p, float64) without ``out_q``; ``(Q, R)`` with it, Q a
+        :class:`bigarr.memmap` of x's floating dtype (float64 for integers).
+
+    Raises
+    ------
+    ShapeError
+        With ``out_q``, for X without full column rank.
+    BudgetError, DtypeError
+        As :func:`gram`.
+    """
+    nthreads = parse_threads(threads)
+    with _streams(x) as streams:
+        r = _tsqr(streams, budget=budget, threads=nthreads, progress=progress, what="qr")
+        src = np.dtype(streams[0].dtype)
+    r, _ = _positive_diagonal(r)
+    if out_q is None:
+        return r
+    return _q_file(x, r, out_q, _float_out(src), budget=budget, threads=nthreads,
+                   progress=progress, overwrite=overwrite, what="qr with out_q")
+
+
+def _ill_conditioned(r: Array, dt: np.dtype[Any]) -> bool:
+    """Whether ``X @ inv(R)`` would lose orthogonality beyond ``dt``'s own precision."""
+    return bool(np.linalg.cond(r) * np.finfo(np.float64).eps
+                > REORTHOGONALIZE * np.finfo(dt).eps)
+
+
+def _q_file(x: Any, r: Array, out: Any, dt: np.dtype[Any], *, budget: int | str, threads: int,
+            progress: ProgressArg, overwrite: bool, what: str) -> tuple[Any, Array]:
+    """Q of ``X = Q R`` written to ``out``, and the R that goes with it.
+
+    ``X @ inv(R)`` is orthogonal only to about ``eps * cond(X)``: for an ill-conditioned X one
+    more TSQR of that Q1 (well conditioned now), ``Q = Q1 @ inv(R2)`` in place and
+    ``R = R2 @ R`` make it orthogonal to working precision.
+    """
+    q = _write_product(x, _inverse(r, what), out, dt, budget=budget, threads=threads,
+                       progress=progress, overwrite=overwrite)
+    if _ill_conditioned(r, dt):
+        with _streams(q) as streams:
+            r2 = _tsqr(streams, budget=budget, threads=threads, progress=progress, what=what)
+        r2, _ = _positive_diagonal(r2)
+        _write_product(q, _inverse(r2, what), q, dt, budget=budget, threads=threads,
+                       progress=progress, overwrite=False)
+        r = r2 @ r
+    return q, r
+
+
+class SVDResult(NamedTuple):
+    """Tall-skinny SVD, as :func:`numpy.linalg.svd`'s result; ``U`` is a file or ``None``."""
+
+    U: Any
+    """The N x p left singular vectors (a :class:`bigarr.memmap`), or ``None`` without
+    ``out_u``."""
+    S: Array
+    """The singular values, descending."""
+    Vh: Array
+    """The p x p right singular vectors, as rows."""
+
+
+def svd(
+    x: Any,
+    full_matrices: bool = False,
+    compute_uv: bool = True,
+    *,
+    out_u: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> Any:
+    """Exact SVD of a tall-skinny matrix: TSQR in one pass, then the SVD of the small R.
+
+    ``X = Q R`` and ``R = U_R S V^T`` give ``X = (Q U_R) S V^T``; the singular values and V
+    are R's, in memory. U (N x p) is written to ``out_u`` in a second pass as
+    ``X @ (inv(R) @ U_R)``. Signs of singular vectors are not unique: compare up to the
+    sign of each pair (u_i, v_i).
+
+    Parameters
+    ----------
+    x
+        N x p, N >= p.
+    full_matrices
+        Must be False (a full N x N U is not tall-skinny).
+    compute_uv
+        As numpy: False returns only the singular values.
+    out_u
+        Path of a new ``.npy`` file for U (default: U is not computed and ``U`` is None).
+        For an ill-conditioned X, U is made orthogonal as :func:`qr`'s Q is (three more
+        passes instead of one).
+    overwrite
+        Replace an existing file at ``out_u``.
+    budget, threads, progress
+        As :func:`gram`.
+
+    Returns
+    -------
+    SVDResult or numpy.ndarray
+        ``(U, S, Vh)``, or the singular values with ``compute_uv=False``.
+
+    Raises
+    ------
+    UnsupportedError
+        For ``full_matrices=True``.
+    ShapeError
+        For N < p, or with ``out_u`` for X without full column rank.
+    BudgetError, DtypeError
+        As :func:`gram`.
+    """
+    if full_matrices:
+        raise UnsupportedError(
+            "Expected full_matrices=False: a full N x N U of a tall matrix does not fit; the "
+            "thin U (N x p) is written to out_u.")
+    nthreads = parse_threads(threads)
+    with _streams(x) as streams:
+        n, p = int(streams[0].shape[0]), _cols(streams[0])
+        if n < p:
+            raise ShapeError(
+                f"Expected a tall matrix (N >= p) for the tall-skinny SVD. Got {n} x {p}: "
+                "use numpy.linalg.svd, which fits in memory for so few rows.")
+        r = _tsqr(streams, budget=budget, threads=nthreads, progress=progress, what="svd")
+        src = np.dtype(streams[0].dtype)
+    if not compute_uv:
+        s: Array = np.linalg.svd(r, compute_uv=False)
+        return s
+    r, _ = _positive_diagonal(r)
+    dt = _float_out(src)
+    if out_u is None:
+        ur, s, vh = np.linalg.svd(r, full_matrices=False)
+        return SVDResult(None, s, vh)
+    if not _ill_conditioned(r, dt):  # U = X @ (inv(R) @ U_R) in one pass
+        ur, s, vh = np.linalg.svd(r, full_matrices=False)
+        u = _write_product(x, _inverse(r, "svd with out_u") @ ur, out_u, dt, budget=budget,
+                           threads=nthreads, progress=progress, overwrite=overwrite)
+        return SVDResult(u, s, vh)
+    # ill-conditioned: an orthogonal Q first (see qr), then U = Q @ U_R in place
+    q, r = _q_file(x, r, out_u, dt, budget=budget, threads=nthreads, progress=progress,
+                   overwrite=overwrite, what="svd with out_u")
+    ur, s, vh = np.linalg.svd(r, full_matrices=False)
+    u = _write_product(q, ur, q, dt, budget=budget, threads=nthreads, progress=progress,
+                       overwrite=False)
+    return SVDResult(u, s, vh)
+
+
+def lstsq(
+    a: Any,
+    b: Any,
+    rcond: float | None = None,
+    *,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> tuple[Array, Array, int, Array]:
+    """Least squares ``min ||a @ x - b||`` in one pass, like :func:`numpy.linalg.lstsq`.
+
+    TSQR of ``[a | b]`` gives ``[[R11, R12], [0, R22]]``: the solution solves ``R11 x = R12``
+    (through the SVD of R11, so a rank-deficient ``a`` gets numpy's minimum-norm solution) and
+    the squared residuals are the squared column norms of R22. Never the normal equations.
+
+    Parameters
+    ----------
+    a
+        N x p coefficient matrix (a file or any array the engine reads).
+    b
+        N-vector or N x k right-hand sides, sharing a's rows.
+    rcond
+        Cut-off ratio for small singular values of ``a`` (default, as numpy:
+        machine precision times max(N, p)).
+    budget, threads, progress
+        As :func:`gram`.
+
+    Returns
+    -------
+    tuple
+        ``(x, residuals, rank, s)`` as numpy: residuals are empty unless rank == p < N.
+
+    Raises
+    ------
+    ShapeError
+        If ``a`` is not 2-d, ``b`` not 1-d or 2-d, or their rows differ.
+    BudgetError, DtypeError
+        As :func:`gram`.
+    """
+    nthreads = parse_threads(threads)
+    with _streams(a, b) as streams:
+        if streams[0].ndim != 2:
+            raise ShapeError(f"Expected a as a 2-d N x p matrix. Got shape {streams[0].shape}.")
+        n, p = int(streams[0].shape[0]), _cols(streams[0])
+        k = _cols(streams[1])
+        vector = streams[1].ndim == 1
+        r = _tsqr(streams, budget=budget, threads=nthreads, progress=progress, what="lstsq")
+    full = np.zeros((p + k, p + k))
+    full[:len(r)] = r
+    r11, r12, r22 = full[:p, :p], full[:p, p:], full[p:, p:]
+    u, s, vh = np.linalg.svd(r11)
+    if rcond is None:
+        rcond = np.finfo(np.float64).eps * max(n, p)
+    keep = s > rcond * (s[0] if len(s) else 0.0)
+    rank = int(np.count_nonzero(keep))
+    inv_s = np.zeros_like(s)
+    inv_s[keep] = 1.0 / s[keep]
+    sol = vh.T @ (inv_s[:, None] * (u.T @ r12))
+    residuals = np.sum(r22 * r22, axis=0) if rank == p and n > p else np.zeros(0)
+    if vector:
+        sol = sol[:, 0]
+    return sol, residuals, rank, s
+
+
+# ---- PCA -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PCAResult:
+    """Principal components of a tall matrix (names as scikit-learn's PCA attributes)."""
+
+    components: Array
+    """k x p: the principal axes, as rows, by decreasing explained variance; each row's
+    largest-magnitude entry is positive."""
+    explained_variance: Array
+    """k: the variance along each component (eigenvalues of the covariance, ddof=1)."""
+    explained_variance_ratio: Array
+    """k: each component's share of the total variance."""
+    mean: Array
+    """p: the column means subtracted before projecting."""
+    n_samples: int
+    """N, the number of rows."""
+    scores: Any = None
+    """The N x k projections ``(X - mean) @ components.T`` (a :class:`bigarr.memmap`), when
+    ``out_scores`` was given."""
+
+
+def pca(
+    x: Any,
+    k: int,
+    *,
+    out_scores: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> PCAResult:
+    """Exact PCA of a tall matrix: the covariance in one pass, its eigendecomposition in memory.
+
+    The covariance is merged as in :func:`cov` (numerically sound); its eigenvectors are the
+    principal axes. Eigenvalues far below the largest (ratio under about 1e-8) lose relative
+    accuracy, as any covariance-based PCA's do. The scores, when asked for, take a second pass.
+
+    Parameters
+    ----------
+    x
+        N x p observations in rows.
+    k
+        Number of components, 1 <= k <= p.
+    out_scores
+        Path of a new ``.npy`` file for the N x k scores (float32 for float32 data, else
+        float64).
+    overwrite
+        Replace an existing file at ``out_scores``.
+    budget, threads, progress
+        As :func:`gram`.
+
+    Returns
+    -------
+    PCAResult
+
+    Raises
+    ------
+    ArgumentError
+        If ``k`` is not an integer.
+    ShapeError
+        If ``k`` is not in [1, p], or ``x`` is not 2-d or has fewer than 2 rows.
+    BudgetError, DtypeError
+        As :func:`gram`.
+    """
+    nthreads = parse_threads(threads)
+    with _streams(x) as streams:
+        s = streams[0]
+        if s.ndim != 2 or s.shape[0] < 2:
+            raise ShapeError(f"Expected an N x p matrix with N >= 2. Got shape {s.shape}.")
+        p = _cols(s)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise ArgumentError(f"Expected k, the number of components, as an int. Got {k!r}.")
+        if not 1 <= k <= p:
+            raise ShapeError(f"Expected k, the number of components, in [1, {p}]. Got {k}.")
+        src = np.dtype(s.dtype)
+        n, mean, c = _moments(streams, budget=budget, threads=nthreads, progress=progress,
+                              what="pca")
+    covariance = c / (n - 1)
+    values, vectors = np.linalg.eigh(covariance)
+    order = np.argsort(values)[::-1]
+    values = np.clip(values[order], 0.0, None)
+    comps = vectors[:, order[:int(k)]].T
+    flip = np.sign(comps[np.arange(len(comps)), np.argmax(np.abs(comps), axis=1)])
+    comps = comps * np.where(flip == 0, 1.0, flip)[:, None]
+    total = values.sum()
+    ratio = values[:k] / total if total > 0 else np.zeros(int(k))
+    scores = None
+    if out_scores is not None:
+        dt = _float_out(src)
+        w = np.ascontiguousarray(comps.T, dtype=dt)
+        mu = mean.astype(dt)
+
+        def project(block: Array) -> Array:
+            res: Array = (np.asarray(block, dtype=dt) - mu) @ w
+            return res
+
+        with blas_limit(nthreads):
+            scores = map_blocks(project, x, out=out_scores, dtype=dt, budget=budget,
+                                threads=nthreads, progress=progress, overwrite=overwrite)
+    return PCAResult(comps, values[:k], ratio, mean, int(n), scores)
+
+
+# ---- matmul --------------------------------------------------------------------------------
+def matmul(
+    a: Any,
+    b: Any,
+    out: str | os.PathLike[str] | Array | None = None,
+    *,
+    dtype: Any = None,
+    overwrite: bool = False,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> Any:
+    """``a @ b`` for a tall ``a`` (a file) and a small in-memory ``b``, streamed into ``out``.
+
+    Each chunk of a's rows is multiplied by ``b`` on the engine's threads (map_blocks) and
+    written to ``out``.
+
+    Parameters
+    ----------
+    a
+        N x p (2-d): a file or any array the engine reads.
+    b
+        p x k or a p-vector, in memory.
+    out
+        A new file path, or an N x k array written in place. ``None``: the result is returned
+        in memory, and must fit in the budget.
+    dtype
+        Result dtype (default: ``numpy.result_type(a, b)``).
+    overwrite
+        Replace an existing file at ``out``.
+    budget, threads, progress
+        As :func:`gram`.
+
+    Returns
+    -------
+    bigarr.memmap or numpy.ndarray
+        The product.
+
+    Raises
+    ------
+    UnsupportedError
+        If ``b`` is a mapped file or other large operand (file x file products are not
+        implemented yet).
+    ShapeError
+        If the inner dimensions differ or ``a`` is not 2-d.
+    BudgetError
+        If ``out=None`` and the result does not fit the budget, or the plan does not.
+    """
+    if isinstance(b, (str, os.PathLike, np.memmap)):
+        raise UnsupportedError(
+            f"Expected b as a small in-memory array. Got {type(b).__name__}: products of "
+            "two files are not implemented yet; load b if it fits in memory.")
+    w = np.asarray(b)
+    nthreads = parse_threads(threads)
+    with _streams(a) as (s,):
+        if s.ndim != 2:
+            raise ShapeError(f"Expected a as a 2-d N x p matrix. Got shape {s.shape}.")
+        n, p = int(s.shape[0]), _cols(s)
+        src = np.dtype(s.dtype)
+    if w.ndim not in (1, 2) or w.shape[0] != p:
+        raise ShapeError(
+            f"matmul: a is {n} x {p}, so b must have {p} rows. Got b of shape {w.shape}.")
+    out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.result_type(src, w.dtype))
+    cols = 1 if w.ndim == 1 else int(w.shape[1])
+    total = parse_size(budget, name="budget")
+    if w.nbytes > total:
+        raise BudgetError(f"matmul: b takes {format_bytes(w.nbytes)}, more than the budget of "
+                          f"{format_bytes(total)}.")
+    result: Any = out
+    if out is None:
+        need = n * cols * out_dtype.itemsize
+        if need + w.nbytes >= total:
+            raise BudgetError(
+                f"matmul: the result ({n} x {cols} {out_dtype}, {format_bytes(need)}) does not "
+                f"fit in memory within the budget of {format_bytes(total)}: pass out= a path "
+                "to stream it to a file, or raise the budget.")
+        result = np.empty((n, cols) if w.ndim == 2 else (n,), dtype=out_dtype)
+        total -= need
+    return _write_product(a, w, result, out_dtype, budget=total - w.nbytes, threads=nthreads,
+                          progress=progress, overwrite=overwrite)
