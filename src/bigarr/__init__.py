@@ -28,7 +28,8 @@ files and arrays
 compute within a memory budget
     :func:`sum`, :func:`mean`, :func:`var`, :func:`std`, :func:`min`, :func:`max`,
     :func:`argmin`, :func:`argmax`, :func:`count_nonzero`, :func:`histogram`,
-    :func:`reduce_blocks`, :func:`map_blocks`; growing files: :class:`Appender`,
+    :func:`reduce_blocks`, :func:`map_blocks`; exact order statistics: :func:`quantile`,
+    :func:`percentile`, :func:`median` and their ``nan`` variants; growing files: :class:`Appender`,
     :func:`append`; :func:`check_complete` refuses outputs of interrupted runs.
 planning and reports
     :func:`plan_chunks`, :class:`ChunkPlan`, :class:`Chunk`, :class:`Residency`,
@@ -47,6 +48,14 @@ from __future__ import annotations
 
 from bigarr import errors
 from bigarr._compute.mapblocks import map_blocks
+from bigarr._compute.order import (
+    median,
+    nanmedian,
+    nanpercentile,
+    nanquantile,
+    percentile,
+    quantile,
+)
 from bigarr._compute.progress import ProgressEvent
 from bigarr._compute.reductions import (
     argmax,
@@ -100,12 +109,18 @@ __all__ = [
     "map_blocks",
     "max",
     "mean",
+    "median",
     "memmap",
     "min",
+    "nanmedian",
+    "nanpercentile",
+    "nanquantile",
     "open",
     "open_raw",
     "parse_size",
+    "percentile",
     "plan_chunks",
+    "quantile",
     "recover_commit",
     "reduce_blocks",
     "std",
