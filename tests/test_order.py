@@ -225,3 +225,54 @@ def test_median_axis0_peak_rss_within_budget(tmp_path: Path) -> None:
             view[:] = rng.standard_normal(view.shape, dtype=np.float32)
     peak = _peak(path, f"bigarr.median(a, axis=0, budget={budget}, threads=2, progress=False)")
     assert peak <= budget + (64 << 20), peak
+
+
+# ---- topk ----------------------------------------------------------------------------------
+def topk_oracle(x: np.ndarray[Any, Any], k: int, largest: bool) -> np.ndarray[Any, Any]:
+    """Indices by numpy's stable argsort: ascending; or descending numbers (ties to the lower
+    index, via a stable sort of the reversed array), NaNs after them in index order."""
+    if not largest:
+        return np.argsort(x, kind="stable")[:k]
+    nan = np.isnan(x) if x.dtype.kind == "f" else np.zeros(x.shape, bool)
+    numbers = np.flatnonzero(~nan)
+    rev = np.argsort(x[numbers][::-1], kind="stable")[::-1]
+    order = numbers[len(numbers) - 1 - rev]
+    return np.concatenate((order, np.flatnonzero(nan)))[:k]
+
+
+@pytest.mark.parametrize(("dtype", "kind"), MATRIX)
+def test_topk_equals_stable_sort(dtype: str, kind: str) -> None:
+    x = make(dtype, (401, 3), kind, seed=5)
+    for largest in (True, False):
+        for k in (0, 1, 7, 401):
+            values, index = bigarr.topk(x, k, axis=0, largest=largest, progress=False, threads=1)
+            for c in range(3):
+                want = topk_oracle(x[:, c], k, largest)
+                np.testing.assert_array_equal(index[:, c], want)
+                np.testing.assert_array_equal(values[:, c], x[want, c])
+            assert values.dtype == x.dtype and index.dtype == np.intp
+        values, index = bigarr.topk(x, 50, largest=largest, progress=False)
+        want = topk_oracle(x.reshape(-1), 50, largest)
+        np.testing.assert_array_equal(index, want)
+        np.testing.assert_array_equal(values, x.reshape(-1)[want])
+
+
+def test_topk_many_chunks_ties_across_chunks(tmp_path: Path) -> None:
+    """Few distinct values over many chunks: ties at the k-th value span chunks and must go to
+    the lowest indices, as in a stable sort."""
+    x = make("int16", (300_000,), "few", seed=2)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    for largest in (True, False):
+        values, index = bigarr.topk(path, 15_001, largest=largest, budget="8MiB",
+                                    progress=False)
+        np.testing.assert_array_equal(index, topk_oracle(x, 15_001, largest))
+        np.testing.assert_array_equal(values, x[index])
+
+
+def test_topk_refusals() -> None:
+    x = np.arange(10.0)
+    with pytest.raises(ShapeError, match="k <= 10"):
+        bigarr.topk(x, 11)
+    with pytest.raises(UnsupportedError, match="axis"):
+        bigarr.topk(x.reshape(2, 5), 1, axis=1)

@@ -29,8 +29,9 @@ compute within a memory budget
     :func:`sum`, :func:`mean`, :func:`var`, :func:`std`, :func:`min`, :func:`max`,
     :func:`argmin`, :func:`argmax`, :func:`count_nonzero`, :func:`histogram`,
     :func:`reduce_blocks`, :func:`map_blocks`; exact order statistics: :func:`quantile`,
-    :func:`percentile`, :func:`median` and their ``nan`` variants; growing files: :class:`Appender`,
-    :func:`append`; :func:`check_complete` refuses outputs of interrupted runs.
+    :func:`percentile`, :func:`median` and their ``nan`` variants, :func:`topk`; growing
+    files: :class:`Appender`, :func:`append`; :func:`check_complete` refuses outputs of
+    interrupted runs.
 planning and reports
     :func:`plan_chunks`, :class:`ChunkPlan`, :class:`Chunk`, :class:`Residency`,
     :class:`ChunkResidency`, :class:`DirtyRegions`, :class:`ProgressEvent`,
@@ -55,6 +56,7 @@ from bigarr._compute.order import (
     nanquantile,
     percentile,
     quantile,
+    topk,
 )
 from bigarr._compute.progress import ProgressEvent
 from bigarr._compute.reductions import (
@@ -129,6 +131,7 @@ __all__ = [
     "supported_hints",
     "to_dask",
     "to_zarr",
+    "topk",
     "var",
 ]
 

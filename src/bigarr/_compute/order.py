@@ -51,6 +51,7 @@ __all__ = [
     "nanquantile",
     "percentile",
     "quantile",
+    "topk",
 ]
 
 Array = np.ndarray[Any, Any]
@@ -536,3 +537,122 @@ def nanmedian(a: Any, *, axis: int | None = None, budget: int | str = DEFAULT_BU
 
 for _f in (quantile, percentile, nanquantile, nanpercentile, median, nanmedian):
     _f.__doc__ = (_f.__doc__ or "") + _DOC_ARGS
+
+
+# ---- top-k ---------------------------------------------------------------------------------
+def _rank_keys(block: Array, largest: bool) -> Array:
+    """Keys ordering values as a stable sort would rank them: ascending (or descending with
+    ``largest``), ``-0.0`` equal to ``0.0``, NaN after every number either way."""
+    if block.dtype.kind == "f":
+        isnan = np.isnan(block)
+        keys = _keys(block + block.dtype.type(0))  # -0.0 + 0.0 is 0.0: the zeros tie
+        if largest:
+            keys = ~keys
+        keys[isnan] = np.iinfo(keys.dtype).max
+        return keys
+    keys = _keys(block)
+    return ~keys if largest else keys
+
+
+def _best(keys: Array, index: Array, values: Array, k: int) -> tuple[Array, Array, Array]:
+    """The ``k`` smallest ``(key, index)`` pairs, ordered; ties go to the lower index."""
+    if keys.size > k:
+        kth = np.partition(keys, k - 1)[k - 1]
+        less = np.flatnonzero(keys < kth)
+        ties = np.flatnonzero(keys == kth)
+        ties = ties[np.argsort(index[ties], kind="stable")][: k - less.size]
+        sel = np.concatenate((less, ties))
+        keys, index, values = keys[sel], index[sel], values[sel]
+    order = np.lexsort((index, keys))
+    return keys[order], index[order], values[order]
+
+
+def topk(a: Any, k: int, *, axis: int | None = None, largest: bool = True,
+         budget: int | str = DEFAULT_BUDGET, threads: int | None = None,
+         progress: ProgressArg = None) -> tuple[Array, Array]:
+    """The ``k`` largest (or smallest) values and their indices, in one pass.
+
+    Exactly what a stable sort gives: ``largest=False`` returns the first ``k`` of
+    ``np.argsort(a, axis, kind="stable")`` (ascending, ties to the lower index); ``largest=True``
+    returns values descending, ties to the lower index as well. ``-0.0`` ties with ``0.0``;
+    NaN ranks after every number in both directions (it is returned only when fewer than ``k``
+    numbers exist). Each chunk keeps its best ``k`` (per column) with :func:`numpy.partition`;
+    the kept candidates merge in chunk order.
+
+    Parameters
+    ----------
+    a
+        A :class:`bigarr.memmap`, any numpy array, or the path of a ``.npy`` file; bool,
+        integer or floating.
+    k
+        How many, ``0 <= k <=`` the length reduced.
+    axis
+        ``None`` (flat C-order indices into all values) or ``0`` (per column: row indices).
+    largest
+        The largest values (default) or the smallest.
+    budget, threads, progress
+        As :func:`bigarr.sum`; the budget also holds the candidates (per column).
+
+    Returns
+    -------
+    values, indices
+        Shape ``(k,)`` for ``axis=None``; ``(k,) + a.shape[1:]`` for ``axis=0``. Indices are
+        ``intp``.
+
+    Raises
+    ------
+    ShapeError
+        If ``k`` is negative or larger than the length reduced.
+    DtypeError, UnsupportedError
+        As :func:`quantile`.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ArgumentError(f"Expected k as an int. Got {k!r}.")
+    k = int(k)
+    stream = parse_operand(a, by_key=False)
+    try:
+        dtype = np.dtype(stream.dtype)
+        _check_dtype(dtype, "topk")
+        shape = tuple(stream.shape)
+        if axis is not None and (isinstance(axis, bool) or not shape
+                                 or int(axis) % len(shape) != 0):
+            raise UnsupportedError(
+                f"Expected axis=None or axis=0 for an array of {len(shape)} dimensions. "
+                f"Got axis={axis!r}; transpose the file first for other axes.")
+        axis0 = axis is not None and len(shape) > 1
+        length = shape[0] if axis0 else stream.size
+        if not 0 <= k <= length:
+            raise ShapeError(
+                f"Expected 0 <= k <= {length} (the length reduced). Got k={k}.")
+        ncols = int(math.prod(shape[1:])) if axis0 else 1
+        out_shape = (k,) + (shape[1:] if axis0 else ())
+        if k == 0 or length == 0:
+            return np.zeros(out_shape, dtype=dtype), np.zeros(out_shape, dtype=np.intp)
+        row_size = int(math.prod(shape[1:])) if len(shape) > 1 else 1
+        kd = _key_dtype(dtype)
+        best: list[tuple[Array, Array, Array]] = [
+            (np.zeros(0, kd), np.zeros(0, np.intp), np.zeros(0, dtype)) for _ in range(ncols)]
+
+        def work(block: Array, row: int) -> list[tuple[Array, Array, Array]]:
+            b = _columns(block, axis0)
+            keys = _rank_keys(b, largest)
+            if axis0:
+                index = np.arange(row, row + b.shape[0], dtype=np.intp)
+                return [_best(keys[:, c], index, b[:, c], k) for c in range(ncols)]
+            index = np.arange(row * row_size, row * row_size + b.shape[0], dtype=np.intp)
+            return [_best(keys[:, 0], index, b[:, 0], k)]
+
+        def fold(part: list[tuple[Array, Array, Array]]) -> None:
+            for c, (keys, index, values) in enumerate(part):
+                old = best[c]
+                best[c] = _best(np.concatenate((old[0], keys)), np.concatenate((old[1], index)),
+                                np.concatenate((old[2], values)), k)
+
+        per = k * ncols * (kd.itemsize + 8 + dtype.itemsize)
+        _run_pass(stream, "topk", work, fold, budget=budget, threads=parse_threads(threads),
+                  progress=progress, fixed_bytes=per * (parse_threads(threads) + 4))
+        values = np.stack([v for _, _, v in best], axis=-1).reshape(out_shape)
+        indices = np.stack([i for _, i, _ in best], axis=-1).reshape(out_shape)
+        return values, indices
+    finally:
+        stream.close()
