@@ -276,3 +276,56 @@ def test_topk_refusals() -> None:
         bigarr.topk(x, 11)
     with pytest.raises(UnsupportedError, match="axis"):
         bigarr.topk(x.reshape(2, 5), 1, axis=1)
+
+
+# ---- sort ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("dtype", "kind"), MATRIX)
+def test_sort_equals_numpy(tmp_path: Path, dtype: str, kind: str) -> None:
+    """Many runs (a 2 MiB budget over up to 1.6 MB of data) merged into numpy's order."""
+    x = make(dtype, (200_000,), kind, seed=7)
+    out = tmp_path / "sorted.npy"
+    with bigarr.sort(x, out, budget="4MiB", progress=False) as got:
+        np.testing.assert_array_equal(got, np.sort(x))  # NaN equal to NaN, -0.0 to 0.0
+        assert got.dtype == x.dtype
+    assert np.array_equal(np.load(out), np.sort(x), equal_nan=True)  # a plain .npy
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sorted.npy"]  # no runs left
+
+
+def test_sort_removes_runs_and_output_on_failure(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: Any) -> None:
+        raise OSError("injected failure in the merge")
+
+    monkeypatch.setattr(order, "_merge", fail)
+    x = make("float32", (100_000,), "random")
+    with pytest.raises(OSError, match="injected"):
+        bigarr.sort(x, tmp_path / "s.npy", budget="4MiB", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sort_refusals(tmp_path: Path) -> None:
+    out = tmp_path / "s.npy"
+    out.write_bytes(b"keep")
+    with pytest.raises(FileExistsError):
+        bigarr.sort(np.arange(5), out, progress=False)
+    assert out.read_bytes() == b"keep"
+    with pytest.raises(UnsupportedError, match="by="):
+        bigarr.sort(np.zeros((3, 2)), tmp_path / "t.npy", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_sort_peak_rss_within_budget(tmp_path: Path) -> None:
+    """128 MiB of float64 (16 x the 8 MiB budget): the sort adds at most budget + 64 MiB."""
+    budget = 8 << 20
+    src = tmp_path / "big.npy"
+    with bigarr.create(src, ((128 << 20) // 8,), "float64", overwrite=True) as x:
+        for chunk, view in x.iter_chunks("8MiB", progress=False):
+            view[:] = np.random.default_rng(chunk.index).standard_normal(view.shape)
+    out = tmp_path / "sorted.npy"
+    peak = _peak(src, f"bigarr.sort(a, {str(out)!r}, budget={budget}, threads=2, "
+                      "progress=False).close()")
+    assert peak <= budget + (64 << 20), peak
+    got = np.load(out, mmap_mode="r")
+    assert bool(np.all(got[1:] >= got[:-1]))
+    assert float(got[0]) == float(bigarr.min(src, progress=False))

@@ -29,9 +29,9 @@ compute within a memory budget
     :func:`sum`, :func:`mean`, :func:`var`, :func:`std`, :func:`min`, :func:`max`,
     :func:`argmin`, :func:`argmax`, :func:`count_nonzero`, :func:`histogram`,
     :func:`reduce_blocks`, :func:`map_blocks`; exact order statistics: :func:`quantile`,
-    :func:`percentile`, :func:`median` and their ``nan`` variants, :func:`topk`; growing
-    files: :class:`Appender`, :func:`append`; :func:`check_complete` refuses outputs of
-    interrupted runs.
+    :func:`percentile`, :func:`median` and their ``nan`` variants, :func:`topk`,
+    :func:`sort`; growing files: :class:`Appender`, :func:`append`; :func:`check_complete`
+    refuses outputs of interrupted runs.
 planning and reports
     :func:`plan_chunks`, :class:`ChunkPlan`, :class:`Chunk`, :class:`Residency`,
     :class:`ChunkResidency`, :class:`DirtyRegions`, :class:`ProgressEvent`,
@@ -56,6 +56,7 @@ from bigarr._compute.order import (
     nanquantile,
     percentile,
     quantile,
+    sort,
     topk,
 )
 from bigarr._compute.progress import ProgressEvent
@@ -125,6 +126,7 @@ __all__ = [
     "quantile",
     "recover_commit",
     "reduce_blocks",
+    "sort",
     "std",
     "store",
     "sum",
