@@ -23,7 +23,7 @@ from hypothesis.extra import numpy as hnp
 
 import bigarr
 from bigarr._compute import order
-from bigarr.errors import BigArrError, DtypeError, ShapeError, UnsupportedError
+from bigarr.errors import BigArrError, BudgetError, DtypeError, ShapeError, UnsupportedError
 
 DTYPES = ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
           "float16", "float32", "float64"]
@@ -329,3 +329,30 @@ def test_sort_peak_rss_within_budget(tmp_path: Path) -> None:
     got = np.load(out, mmap_mode="r")
     assert bool(np.all(got[1:] >= got[:-1]))
     assert float(got[0]) == float(bigarr.min(src, progress=False))
+
+
+# ---- unique --------------------------------------------------------------------------------
+@pytest.mark.parametrize(("dtype", "kind"), MATRIX)
+def test_unique_equals_numpy(dtype: str, kind: str) -> None:
+    x = make(dtype, (3001, 3), kind, seed=11)
+    if kind == "random" and dtype not in ("bool", "int8", "uint8", "int16", "uint16"):
+        x = x % 97 if dtype.startswith(("int", "uint")) else np.round(x)  # bounded distinct
+    got, counts = bigarr.unique(x, return_counts=True, budget="8MiB", progress=False)
+    want, want_counts = np.unique(x, return_counts=True)
+    np.testing.assert_array_equal(got, want)  # NaNs collapse to one, last
+    np.testing.assert_array_equal(counts, want_counts)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(bigarr.unique(x, progress=False), want)
+
+
+def test_unique_many_chunks_and_the_budget(tmp_path: Path) -> None:
+    path = tmp_path / "ids.npy"
+    x = np.random.default_rng(4).integers(0, 5000, 1_000_000).astype(np.int64)
+    np.save(path, x)
+    got, counts = bigarr.unique(path, return_counts=True, budget="8MiB", progress=False)
+    want, want_counts = np.unique(x, return_counts=True)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(counts, want_counts)
+    y = np.arange(1_000_000, dtype=np.int64)  # a million distinct values: 16 MB with counts
+    with pytest.raises(BudgetError, match="distinct values"):
+        bigarr.unique(y, budget="8MiB", progress=False)

@@ -30,8 +30,8 @@ compute within a memory budget
     :func:`argmin`, :func:`argmax`, :func:`count_nonzero`, :func:`histogram`,
     :func:`reduce_blocks`, :func:`map_blocks`; exact order statistics: :func:`quantile`,
     :func:`percentile`, :func:`median` and their ``nan`` variants, :func:`topk`,
-    :func:`sort`; growing files: :class:`Appender`, :func:`append`; :func:`check_complete`
-    refuses outputs of interrupted runs.
+    :func:`sort`, :func:`unique`; growing files: :class:`Appender`, :func:`append`;
+    :func:`check_complete` refuses outputs of interrupted runs.
 planning and reports
     :func:`plan_chunks`, :class:`ChunkPlan`, :class:`Chunk`, :class:`Residency`,
     :class:`ChunkResidency`, :class:`DirtyRegions`, :class:`ProgressEvent`,
@@ -58,6 +58,7 @@ from bigarr._compute.order import (
     quantile,
     sort,
     topk,
+    unique,
 )
 from bigarr._compute.progress import ProgressEvent
 from bigarr._compute.reductions import (
@@ -134,6 +135,7 @@ __all__ = [
     "to_dask",
     "to_zarr",
     "topk",
+    "unique",
     "var",
 ]
 

@@ -60,6 +60,7 @@ from bigarr._plan.budget import DEFAULT_BUDGET
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import (
     ArgumentError,
+    BudgetError,
     DiskFullError,
     DtypeError,
     ShapeError,
@@ -75,6 +76,7 @@ __all__ = [
     "quantile",
     "sort",
     "topk",
+    "unique",
 ]
 
 Array = np.ndarray[Any, Any]
@@ -862,3 +864,76 @@ def _merge(runs: list[_Run], per_run: int, fd: int, offset: int, dtype: np.dtype
             r.buf = r.buf[c:]
             if not r.buf.size and r.read < r.size:
                 r.refill(per_run)
+
+
+# ---- unique --------------------------------------------------------------------------------
+def _merge_unique(values: Array, counts: Array) -> tuple[Array, Array]:
+    """Distinct values of ``values`` (numpy's order and NaN rule) with summed ``counts``."""
+    uniq, inverse = np.unique(values, return_inverse=True)
+    return uniq, np.bincount(inverse.reshape(-1), weights=counts,
+                             minlength=uniq.size).astype(np.intp)
+
+
+def unique(a: Any, *, return_counts: bool = False, budget: int | str = DEFAULT_BUDGET,
+           threads: int | None = None,
+           progress: ProgressArg = None) -> Array | tuple[Array, Array]:
+    """Sorted distinct values (and their counts), like :func:`numpy.unique` of all values.
+
+    One pass: each chunk's distinct values and counts (:func:`numpy.unique`) merge in chunk
+    order. The distinct values are held in memory, so this suits data with fewer distinct
+    values than the budget holds (categories, ids of a bounded range); when they outgrow a
+    quarter of the budget the run stops with :class:`~bigarr.errors.BudgetError`.
+
+    Parameters
+    ----------
+    a
+        A :class:`bigarr.memmap`, any numpy array, or the path of a ``.npy`` file; bool,
+        integer or floating (NaNs collapse to one, last, as numpy's ``equal_nan=True``).
+    return_counts
+        Also return how often each distinct value occurs (``intp``).
+    budget, threads, progress
+        As :func:`bigarr.sum`.
+
+    Returns
+    -------
+    values or (values, counts)
+        As :func:`numpy.unique` of the flattened array.
+
+    Raises
+    ------
+    BudgetError
+        If the distinct values (with counts, during a merge) outgrow the budget.
+    DtypeError
+        As :func:`quantile`.
+    """
+    stream = parse_operand(a, by_key=False)
+    try:
+        dtype = np.dtype(stream.dtype)
+        _check_dtype(dtype, "unique")
+        budget_bytes = parse_size(budget) if isinstance(budget, str) else int(budget)
+        limit = budget_bytes // 4
+        state: list[tuple[Array, Array]] = [(np.zeros(0, dtype), np.zeros(0, np.intp))]
+        if stream.size:
+            def work(block: Array, _row: int) -> tuple[Array, Array]:
+                uniq, counts = np.unique(block.reshape(-1), return_counts=True)
+                return uniq, counts.astype(np.intp)
+
+            def fold(part: tuple[Array, Array]) -> None:
+                old = state[0]
+                merged = _merge_unique(np.concatenate((old[0], part[0])),
+                                       np.concatenate((old[1], part[1])))
+                held = merged[0].size * (dtype.itemsize + 8)
+                if held > limit:
+                    raise BudgetError(
+                        f"unique holds its distinct values in memory: {held} bytes of them so "
+                        f"far, more than a quarter of the budget ({budget_bytes} bytes). Raise "
+                        "budget=, or sort the data first (bigarr.sort) and scan it.")
+                state[0] = merged
+
+            _run_pass(stream, "unique", work, fold, budget=budget,
+                      threads=parse_threads(threads), progress=progress,
+                      fixed_bytes=2 * limit)
+        values, counts = state[0]
+        return (values, counts) if return_counts else values
+    finally:
+        stream.close()
