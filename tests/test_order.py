@@ -216,10 +216,10 @@ def _peak(path: Path, op: str) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
 def test_median_axis0_peak_rss_within_budget(tmp_path: Path) -> None:
-    """128 MiB of float32 (16 x the 8 MiB budget): median(axis=0) adds at most budget + 64 MiB."""
-    budget = 8 << 20
+    """64 MiB of float32 (16 x the 4 MiB budget): median(axis=0) adds at most budget + 64 MiB."""
+    budget = 4 << 20
     path = tmp_path / "big.npy"
-    with bigarr.create(path, ((128 << 20) // 32, 8), "float32", overwrite=True) as x:
+    with bigarr.create(path, ((64 << 20) // 32, 8), "float32", overwrite=True) as x:
         for chunk, view in x.iter_chunks("8MiB", progress=False):
             rng = np.random.default_rng(chunk.index)
             view[:] = rng.standard_normal(view.shape, dtype=np.float32)
@@ -316,10 +316,10 @@ def test_sort_refusals(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
 def test_sort_peak_rss_within_budget(tmp_path: Path) -> None:
-    """128 MiB of float64 (16 x the 8 MiB budget): the sort adds at most budget + 64 MiB."""
-    budget = 8 << 20
+    """64 MiB of float64 (16 x the 4 MiB budget): the sort adds at most budget + 64 MiB."""
+    budget = 4 << 20
     src = tmp_path / "big.npy"
-    with bigarr.create(src, ((128 << 20) // 8,), "float64", overwrite=True) as x:
+    with bigarr.create(src, ((64 << 20) // 8,), "float64", overwrite=True) as x:
         for chunk, view in x.iter_chunks("8MiB", progress=False):
             view[:] = np.random.default_rng(chunk.index).standard_normal(view.shape)
     out = tmp_path / "sorted.npy"
