@@ -787,7 +787,8 @@ def sort(src: Any, out: str | os.PathLike[str], *, budget: int | str = DEFAULT_B
                 pwrite_all(fd, np.ascontiguousarray(part), 0)
 
             plan = plan_run("sort runs", [stream], budget=budget, threads=nthreads,
-                            layout="rows", temporaries=2.0)
+                            layout="rows", temporaries=3.0)  # the sorted copy, timsort's
+                            # half-size buffer, the copy waiting to be written
             LAST_PASSES[0] = 1
             with Progress(progress, total_bytes=plan.chunks.nbytes,
                           total_chunks=len(plan.chunks), desc="sort runs") as bar:
@@ -796,7 +797,7 @@ def sort(src: Any, out: str | os.PathLike[str], *, budget: int | str = DEFAULT_B
                     write_run(part)
             # merge passes: at most `fan_in` runs at once, each buffer at least _MIN_BUFFER
             # bytes (a step emits about one buffer); the last pass writes the output
-            fan_in = max(2, budget_bytes // 4 // _MIN_BUFFER)
+            fan_in = max(2, budget_bytes // 6 // _MIN_BUFFER)
             while len(runs) > fan_in:
                 merged: list[_Run] = []
                 for start in range(0, len(runs), fan_in):
@@ -834,9 +835,9 @@ _MIN_BUFFER = 64 << 10
 
 
 def _per_run(budget_bytes: int, runs: int, dtype: np.dtype[Any]) -> int:
-    """Values buffered per run: a quarter of the budget for the buffers (the merged block and
-    its sorted copy, and the chunk being written, take the rest)."""
-    return max(budget_bytes // 4 // max(runs, 1) // dtype.itemsize, 1)
+    """Values buffered per run: a sixth of the budget for the buffers (the merged block, its
+    sorted copy, the sort's work buffer and the bytes read take the rest)."""
+    return max(budget_bytes // 6 // max(runs, 1) // dtype.itemsize, 1)
 
 
 def _merge(runs: list[_Run], per_run: int, fd: int, offset: int, dtype: np.dtype[Any]) -> None:
