@@ -356,3 +356,14 @@ def test_unique_many_chunks_and_the_budget(tmp_path: Path) -> None:
     y = np.arange(1_000_000, dtype=np.int64)  # a million distinct values: 16 MB with counts
     with pytest.raises(BudgetError, match="distinct values"):
         bigarr.unique(y, budget="8MiB", progress=False)
+
+
+def test_wide_array_with_coarse_first_pass() -> None:
+    """300 columns at 8 MiB: pass 1 affords only 2**7 buckets per column, so the answer needs
+    refine passes; still numpy's, NaNs in every third column included."""
+    x = make("float32", (2000, 300), "random", seed=9)
+    x[::7, ::3] = np.nan
+    got = bigarr.nanquantile(x, [0.1, 0.5, 0.9], axis=0, budget="8MiB", progress=False)
+    assert same(got, np.nanquantile(x, [0.1, 0.5, 0.9], axis=0))
+    assert order.LAST_PASSES[0] >= 3
+    assert same(bigarr.median(x, axis=0, budget="8MiB", progress=False), np.median(x, axis=0))
