@@ -301,6 +301,12 @@ def test_sort_removes_runs_and_output_on_failure(tmp_path: Path,
     with pytest.raises(OSError, match="injected"):
         bigarr.sort(x, tmp_path / "s.npy", budget="4MiB", progress=False)
     assert list(tmp_path.iterdir()) == []
+    old = tmp_path / "old.npy"  # a failed overwrite leaves the old file as it was
+    np.save(old, np.arange(3))
+    with pytest.raises(OSError, match="injected"):
+        bigarr.sort(x, old, budget="4MiB", progress=False, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["old.npy"]
+    np.testing.assert_array_equal(np.load(old), np.arange(3))
 
 
 def test_sort_refusals(tmp_path: Path) -> None:

@@ -53,9 +53,10 @@ from bigarr._compute.runplan import block_info, parse_threads, plan_run
 from bigarr._core.array import memmap
 from bigarr._core.files import create
 from bigarr._core.files import open as open_npy
-from bigarr._os.durable import pwrite_all
+from bigarr._os.durable import datasync, fsync_dir, pwrite_all
 from bigarr._os.fileid import create_new, hidden_name
 from bigarr._os.geometry import parse_size
+from bigarr._os.paths import check_output
 from bigarr._plan.budget import DEFAULT_BUDGET
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import (
@@ -715,7 +716,8 @@ def sort(src: Any, out: str | os.PathLike[str], *, budget: int | str = DEFAULT_B
     :func:`numpy.sort` (NaN last).
 
     Sorted runs the budget holds are written to temporary files next to ``out`` (removed on
-    success and on failure), then merged k ways (see the module docstring): the data is read
+    success and on failure), then merged k ways into a hidden file renamed to ``out`` once
+    complete (a failed sort leaves what was at ``out``) (see the module docstring): the data is read
     twice and written twice.
 
     Parameters
@@ -752,6 +754,7 @@ def sort(src: Any, out: str | os.PathLike[str], *, budget: int | str = DEFAULT_B
     names: list[str] = []
     done = False
     created = False
+    building = ""
     try:
         dtype = np.dtype(stream.dtype)
         _check_dtype(dtype, "sort")
@@ -769,11 +772,15 @@ def sort(src: Any, out: str | os.PathLike[str], *, budget: int | str = DEFAULT_B
             raise DiskFullError(
                 f"Sorting needs {need} bytes of temporary runs next to {target}, but its file "
                 f"system has {free} bytes free. Free space, or choose an output elsewhere.")
-        result = create(target, (n,), dtype, overwrite=overwrite)
+        check_output(os.path.abspath(target), overwrite)  # refuse before any work
+        # the output is built under a hidden name and renamed over `out` once complete: a
+        # failed sort leaves what was at `out` untouched
+        building = hidden_name(target, "sorting")
+        result = create(building, (n,), dtype)
         created = True
         offset = int(result.offset)
         result.close()
-        fd_out = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
+        fd_out = os.open(building, os.O_WRONLY | os.O_CLOEXEC)
         try:
             # pass 1: sorted runs, one per chunk
             def sort_run(block: Array, _row: int) -> Array:
@@ -813,8 +820,12 @@ def sort(src: Any, out: str | os.PathLike[str], *, budget: int | str = DEFAULT_B
                 LAST_PASSES[0] += 1
             _merge(runs, _per_run(budget_bytes, len(runs), dtype), fd_out, offset, dtype)
             LAST_PASSES[0] += 1
+            datasync(fd_out)
         finally:
             os.close(fd_out)
+        check_output(os.path.abspath(target), overwrite)
+        os.replace(building, target)
+        fsync_dir(folder)
         done = True
     finally:
         for run in runs:
@@ -825,7 +836,7 @@ def sort(src: Any, out: str | os.PathLike[str], *, budget: int | str = DEFAULT_B
         stream.close()
         if created and not done:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(target)
+                os.unlink(building)
     return open_npy(target)
 
 
