@@ -29,9 +29,10 @@ compute within a memory budget
     :func:`sum`, :func:`mean`, :func:`var`, :func:`std`, :func:`min`, :func:`max`,
     :func:`argmin`, :func:`argmax`, :func:`count_nonzero`, :func:`histogram`,
     :func:`reduce_blocks`, :func:`map_blocks`; :func:`cov`, :func:`corrcoef` and the rest of
-    :mod:`bigarr.linalg` (``gram``, ``qr``, ``svd``, ``lstsq``, ``pca``, ``matmul``); growing
-    files: :class:`Appender`, :func:`append`; :func:`check_complete` refuses outputs of
-    interrupted runs.
+    :mod:`bigarr.linalg` (``gram``, ``qr``, ``svd``, ``lstsq``, ``pca``, ``matmul``); exact
+    order statistics: :func:`quantile`, :func:`percentile`, :func:`median` and their ``nan``
+    variants, :func:`topk`, :func:`sort`, :func:`unique`; growing files: :class:`Appender`,
+    :func:`append`; :func:`check_complete` refuses outputs of interrupted runs.
 lazy expressions
     :func:`lazy` (a :class:`LazyArray`), :func:`where`, :func:`compute` (several results
     sharing passes), ``.compute()``, ``.to_npy()``, ``.explain()`` (a :class:`LazyPlan`).
@@ -55,6 +56,17 @@ from bigarr._compute.lazy import LazyArray, lazy, where
 from bigarr._compute.lazyrun import LazyPlan, compute
 from bigarr._compute.linalg import corrcoef, cov
 from bigarr._compute.mapblocks import map_blocks
+from bigarr._compute.order import (
+    median,
+    nanmedian,
+    nanpercentile,
+    nanquantile,
+    percentile,
+    quantile,
+    sort,
+    topk,
+    unique,
+)
 from bigarr._compute.progress import ProgressEvent
 from bigarr._compute.reductions import (
     argmax,
@@ -115,20 +127,29 @@ __all__ = [
     "map_blocks",
     "max",
     "mean",
+    "median",
     "memmap",
     "min",
+    "nanmedian",
+    "nanpercentile",
+    "nanquantile",
     "open",
     "open_raw",
     "parse_size",
+    "percentile",
     "plan_chunks",
+    "quantile",
     "recover_commit",
     "reduce_blocks",
+    "sort",
     "std",
     "store",
     "sum",
     "supported_hints",
     "to_dask",
     "to_zarr",
+    "topk",
+    "unique",
     "var",
     "where",
 ]
