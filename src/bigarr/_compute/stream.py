@@ -172,7 +172,7 @@ class Residency:
         return self.resident_pages * self.page
 
 
-def residency(arr: Any, region: Region = None, *, budget: int | str = "64MiB") -> Residency:
+def residency(arr: Any, region: Region = None, *, budget: int | str = DEFAULT_BUDGET) -> Residency:
     """Report which pages of ``region`` are resident, overall and per chunk of a ``budget`` plan.
 
     Raises

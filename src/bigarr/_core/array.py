@@ -18,6 +18,7 @@ import numpy as np
 
 from bigarr._core.closing import closed_error, install_guards, lending
 from bigarr._os.modes import NUMPY_MODE
+from bigarr._plan.budget import DEFAULT_BUDGET
 from bigarr._plan.regions import Region, region_span
 from bigarr.errors import PickleError_, TruncatedFileError
 
@@ -350,7 +351,7 @@ class memmap(np.memmap):
         m.sync(region_span(self, region))
 
     # ---- chunking, hints and residency (bigarr._plan.chunks, bigarr._compute.stream) -------------
-    def plan(self, budget: int | str = "64MiB") -> ChunkPlan:
+    def plan(self, budget: int | str = DEFAULT_BUDGET) -> ChunkPlan:
         """Plan page-aligned chunks of this array that each fit ``budget`` bytes.
 
         Chunks are ranges along the slowest axis (axis 0 in C order, the last axis in Fortran
@@ -382,7 +383,7 @@ class memmap(np.memmap):
 
     def iter_chunks(
         self,
-        budget: int | str = "64MiB",
+        budget: int | str = DEFAULT_BUDGET,
         *,
         progress: ProgressArg = None,
         release: bool | None = None,
@@ -476,7 +477,7 @@ class memmap(np.memmap):
 
         return advise(self, hint, region)
 
-    def resident(self, region: Region = None, *, budget: int | str = "64MiB") -> Residency:
+    def resident(self, region: Region = None, *, budget: int | str = DEFAULT_BUDGET) -> Residency:
         """Report which pages of ``region`` are in memory (``mincore``), overall and per chunk.
 
         A page counts as resident when it is in the page cache, whether or not this process has
