@@ -23,6 +23,7 @@ from hypothesis.extra import numpy as hnp
 
 import bigarr
 from bigarr._compute import order
+from bigarr._compute import sort as sort_module
 from bigarr.errors import BigArrError, BudgetError, DtypeError, ShapeError, UnsupportedError
 
 DTYPES = ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -296,7 +297,7 @@ def test_sort_removes_runs_and_output_on_failure(tmp_path: Path,
     def fail(*args: Any) -> None:
         raise OSError("injected failure in the merge")
 
-    monkeypatch.setattr(order, "_merge", fail)
+    monkeypatch.setattr(sort_module, "_merge", fail)
     x = make("float32", (100_000,), "random")
     with pytest.raises(OSError, match="injected"):
         bigarr.sort(x, tmp_path / "s.npy", budget="4MiB", progress=False)

@@ -63,7 +63,6 @@ from bigarr._compute.order import (
     nanquantile,
     percentile,
     quantile,
-    sort,
     topk,
     unique,
 )
@@ -82,6 +81,7 @@ from bigarr._compute.reductions import (
     var,
 )
 from bigarr._compute.runplan import RunPlan
+from bigarr._compute.sort import sort
 from bigarr._compute.stream import ChunkResidency, Residency
 from bigarr._core.append import Appender, append
 from bigarr._core.array import memmap

@@ -13,18 +13,8 @@ float64 results agree with numpy.linalg to about 1e-12 on well-conditioned data.
 
 from __future__ import annotations
 
-from bigarr._compute.linalg import (
-    PCAResult,
-    SVDResult,
-    corrcoef,
-    cov,
-    gram,
-    lstsq,
-    matmul,
-    pca,
-    qr,
-    svd,
-)
+from bigarr._compute.linalg import PCAResult, corrcoef, cov, gram, matmul, pca
+from bigarr._compute.tsqr import SVDResult, lstsq, qr, svd
 
 __all__ = [
     "PCAResult",
