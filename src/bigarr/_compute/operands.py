@@ -186,6 +186,14 @@ class Stream:
         assert self.read is not None
         return self.read(key)
 
+    def whole(self) -> np.ndarray[Any, Any]:
+        """All of the stream's data as one array: the array itself when mapped or in memory,
+        read in full for zarr and dask (only for 0-d and empty operands, where numpy answers)."""
+        if self.array is not None:
+            return self.array
+        assert self.read is not None
+        return self.read(tuple(slice(0, n) for n in self.shape))
+
     def head(self, rows: int) -> np.ndarray[Any, Any]:
         """The first ``rows`` rows (all of a 0-d operand), read for a lazy source."""
         if self.ndim == 0:

@@ -284,12 +284,7 @@ def _operand(a: Any) -> Iterator[Stream]:
 
 def _plain(s: Stream | np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """All of a stream's data (only used for empty operands, where numpy decides)."""
-    if isinstance(s, np.ndarray):
-        return s
-    if s.array is not None:
-        return s.array
-    assert s.read is not None
-    return s.read(tuple(slice(0, n) for n in s.shape))
+    return s if isinstance(s, np.ndarray) else s.whole()
 
 
 def _is_empty(s: Stream) -> bool:

@@ -536,7 +536,7 @@ def _plan_in(src: Stream, dst: Stream | None, budget: int | str) -> RunPlan:
 
 def _stream_out(src: Stream, z: Any, budget: int | str, progress: ProgressArg) -> None:
     if src.ndim == 0:
-        z[()] = _plain(src)[()]
+        z[()] = src.whole()[()]
         return
     if src.size == 0:
         return
@@ -554,13 +554,6 @@ def _stream_out(src: Stream, z: Any, budget: int | str, progress: ProgressArg) -
                   desc="to_zarr") as bar:
         for _ in execute(plan, work, [src], progress=bar):
             pass
-
-
-def _plain(stream: Stream) -> np.ndarray[Any, Any]:
-    if stream.array is not None:
-        return stream.array
-    assert stream.read is not None
-    return stream.read(tuple(slice(0, n) for n in stream.shape))
 
 
 def _settle_zarr_io() -> None:
