@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import numpy as np
@@ -122,6 +122,24 @@ def _values(keys: Array, dtype: np.dtype[Any]) -> Array:
 
 
 # ---- running a pass ------------------------------------------------------------------------
+def _by_column(ranges: list[tuple[int, int, int, int]]) -> dict[int, list[int]]:
+    """Indices of ``ranges`` (``(column, lo, shift, _)``) grouped by their column."""
+    by_col: dict[int, list[int]] = {}
+    for i, (col, *_rest) in enumerate(ranges):
+        by_col.setdefault(col, []).append(i)
+    return by_col
+
+
+def _column_keys(b: Array, by_col: dict[int, list[int]],
+                 floating: bool) -> Iterator[tuple[list[int], Array]]:
+    """For each column with ranges: the range indices and the column's sort keys (NaNs
+    dropped: they are counted apart)."""
+    for col, idxs in by_col.items():
+        column = b[:, col]
+        keys = _keys(column)
+        yield idxs, (keys[~np.isnan(column)] if floating else keys)
+
+
 def _columns(block: Array, axis0: bool) -> Array:
     """A chunk's block as a 2-d (rows, columns) array: its columns, or one column of all."""
     if axis0:
@@ -256,18 +274,11 @@ def _refine(stream: Stream, ranges: list[tuple[int, int, int, int]], open_: list
         sub_bits -= 1
     plan = [(col, lo, shift, max(shift - sub_bits, 0)) for col, lo, shift, _ in ranges]
     totals = [np.zeros(1 << (shift - new), dtype=np.int64) for _, _, shift, new in plan]
-    by_col: dict[int, list[int]] = {}
-    for i, (col, *_rest) in enumerate(plan):
-        by_col.setdefault(col, []).append(i)
+    by_col = _by_column(plan)
 
     def work(block: Array, _row: int) -> list[tuple[int, Array]]:
-        b = _columns(block, axis0)
         out = []
-        for col, idxs in by_col.items():
-            column = b[:, col]
-            keys = _keys(column)
-            if floating:
-                keys = keys[~np.isnan(column)]
+        for idxs, keys in _column_keys(_columns(block, axis0), by_col, floating):
             for i in idxs:
                 _, lo, shift, new = plan[i]
                 sel = keys[_in_range(keys, lo, shift, kd)]
@@ -296,18 +307,11 @@ def _gather(stream: Stream, ranges: list[tuple[int, int, int, int]], open_: list
             threads: int, progress: ProgressArg, name: str, fixed: int) -> None:
     """Collect the keys inside each range; select each target's key exactly."""
     parts: list[list[Array]] = [[] for _ in ranges]
-    by_col: dict[int, list[int]] = {}
-    for i, (col, *_rest) in enumerate(ranges):
-        by_col.setdefault(col, []).append(i)
+    by_col = _by_column(ranges)
 
     def work(block: Array, _row: int) -> list[tuple[int, Array]]:
-        b = _columns(block, axis0)
         out = []
-        for col, idxs in by_col.items():
-            column = b[:, col]
-            keys = _keys(column)
-            if floating:
-                keys = keys[~np.isnan(column)]
+        for idxs, keys in _column_keys(_columns(block, axis0), by_col, floating):
             for i in idxs:
                 _, lo, shift, _count = ranges[i]
                 out.append((i, keys[_in_range(keys, lo, shift, kd)]))
