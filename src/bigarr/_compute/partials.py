@@ -173,29 +173,21 @@ class Sum(Kernel):
         return (np.add(a[0], b[0], out=a[0]),)  # tree states are used once: reuse the left
 
 
-class Mean(Kernel):
-    """Sum and count; a floating result accumulates as :class:`Sum` does, then divides."""
+class Mean(Sum):
+    """Sum and count; the sum accumulates as :class:`Sum`'s does, then divides."""
 
     def state_bytes(self, dtype: np.dtype[Any]) -> int:
         return _acc_size(dtype) + 8
 
-    def __init__(self, dtype: Any, out: np.dtype[Any]) -> None:
-        self.exact = out.kind not in "fc"
-        self.acc: Any = dtype if self.exact else _acc_dtype(out)
-
     def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
-        if not axes and self.acc is not None:  # nothing to add up within the block: a cast
-            s = _cast(block, self.acc)
-        else:
-            s = np.asarray(np.sum(block, axis=axes, keepdims=True, dtype=self.acc))
+        (s,) = super().partial(block, axes, chunk, origin)
         n = np.full(s.shape, math.prod(block.shape[i] for i in axes), dtype=np.int64)
         return s, n
 
     def combine(self, a: State, b: State) -> State:
-        if self.exact:
-            return a[0] + b[0], a[1] + b[1]
-        return np.add(a[0], b[0], out=a[0]), np.add(a[1], b[1], out=a[1])
+        (s,) = super().combine(a[:1], b[:1])
+        return s, (a[1] + b[1] if self.exact else np.add(a[1], b[1], out=a[1]))
 
     def finish(self, state: State) -> np.ndarray[Any, Any]:
         with np.errstate(invalid="ignore", divide="ignore"):
