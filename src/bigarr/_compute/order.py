@@ -479,7 +479,7 @@ _DOC_ARGS = """
     method
         ``"linear"`` (default), ``"lower"``, ``"higher"``, ``"nearest"`` or ``"midpoint"``.
     budget
-        Memory the computation may hold, in bytes or as a string such as ``"256MiB"``.
+        The most memory the computation may add, in bytes or as a string such as ``"256MiB"``.
     threads
         Worker threads (default: the CPUs available).
     progress
