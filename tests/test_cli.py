@@ -324,6 +324,8 @@ def test_demo_tiny(tmp_path: Path) -> None:
     # the demo once compared that with numpy's float64 mean, off by ~1e-5 of a std).
     mean_err = re.search(r"mean differs by (\S+) std", out)
     assert mean_err and float(mean_err.group(1)) < 1e-6, out
+    # The lazy pipeline's plans: mean+std, z, min+max, histogram (numpy's code takes 6).
+    assert "in 4 passes over the data" in out, out
     assert os.listdir(tmp_path) == []  # cleaned up without --keep
 
 
