@@ -169,8 +169,8 @@ class _Input:
         # O_DIRECT reads cached pages from the disk again, so only nearly cold chunks use it.
         # Any buffered read could start readahead into the chunks after it (see above), whose
         # pages O_DIRECT would then read a second time.
-        direct = (self.reader.can_direct
-                  and np.count_nonzero(resident) <= DIRECT_FRACTION * resident.size)
+        direct = bool(self.reader.can_direct
+                      and np.count_nonzero(resident) <= DIRECT_FRACTION * resident.size)
         return _Plan(start, stop, direct, drop)
 
     def restore(self) -> None:
