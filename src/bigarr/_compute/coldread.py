@@ -10,13 +10,21 @@ and the choice between the two ways of getting it is made here, once per chunk:
   or it is smaller than :data:`MIN_COLD_BYTES`. The block is the view into the mapping, and
   the engine prefetches and releases it as before.
 * **read**: the chunk's bytes are read with ``preadv`` into a reused, page-aligned buffer
-  (:class:`bigarr._os.pread.BufferPool`) through a descriptor of the run's own, whose kernel
-  readahead is off (each read is one large request for exactly the chunk). The pages the read
-  brought into the page cache are dropped again at once (``POSIX_FADV_DONTNEED``, only the
-  pages that were not resident before), so a cold scan leaves no more of the file cached than
-  it found. With ``BIGARR_COLD_READS=direct`` a chunk with no resident page is read with
-  ``O_DIRECT`` (no page cache, no copy), falling back to buffered reads where the file system
-  refuses it. The block is read-only, like the view of a read-only mapping it stands for.
+  (:class:`bigarr._os.pread.BufferPool`), in pieces of :data:`PIECE_BYTES` by :data:`READERS`
+  threads, so the disk always has requests queued. By default (``BIGARR_COLD_READS=direct``)
+  with ``O_DIRECT``: no page cache and no copy, so a cold scan leaves the cache as it found it;
+  only chunks with at most :data:`DIRECT_FRACTION` of their pages resident go this way (the
+  others' cached pages would be read from the disk again), and file systems that refuse
+  ``O_DIRECT`` (tmpfs, some network and FUSE file systems) get buffered reads. Buffered reads
+  (``BIGARR_COLD_READS=buffered``, or where ``O_DIRECT`` is refused) go through a descriptor
+  of the run's own with readahead off (``POSIX_FADV_RANDOM``), and each piece's pages that
+  were not cached when the run started are dropped again at once (``POSIX_FADV_DONTNEED``);
+  what readahead still brings in past them is dropped when the run ends. The block is
+  read-only, like the view of a read-only mapping it stands for.
+
+Measured here (issue 15, a shared 2-vCPU VM, 512 MiB): 4 threads reading 8 MiB pieces with
+``O_DIRECT`` reached 1.3-1.6x a 16 MiB ``readinto`` loop in 4 of 5 interleaved repeats, and
+buffered pieces 1.05-1.3x; see bench/README.md for the streaming numbers.
 
 Only inputs of a read-only mapping qualify (``bigarr.open(path)``, paths, re-mapped
 ``numpy.memmap`` files): a shared mapping's user may write through its blocks, and a private
@@ -31,7 +39,7 @@ reads the block itself. Buffers in use are at most the chunks in flight, which t
 plan already charges as the chunk's pages would have been; a buffer is reused only when
 nothing still points into it (a function that keeps its input block keeps correct data).
 
-``BIGARR_COLD_READS`` (read when a run starts): ``buffered`` (the default), ``direct``, or
+``BIGARR_COLD_READS`` (read when a run starts): ``direct`` (the default), ``buffered``, or
 ``off`` (always the mapping, as before this path existed; for comparisons).
 """
 
@@ -80,10 +88,10 @@ _MODES = ("buffered", "direct", "off")
 
 
 def cold_read_mode() -> str:
-    """The cold-read mode of runs started now: ``BIGARR_COLD_READS``, ``buffered`` by
+    """The cold-read mode of runs started now: ``BIGARR_COLD_READS``, ``direct`` by
     default (an unknown value counts as the default)."""
-    mode = os.environ.get("BIGARR_COLD_READS", "buffered").strip().lower()
-    return mode if mode in _MODES else "buffered"
+    mode = os.environ.get("BIGARR_COLD_READS", "direct").strip().lower()
+    return mode if mode in _MODES else "direct"
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +259,7 @@ class ColdReads:
 
     def __init__(self, inputs: dict[int, _Input]) -> None:
         self._inputs = inputs
-        self._io: ThreadPoolExecutor | None = None
+        self._io: ThreadPoolExecutor | None = None  # the reader threads, started on first use
         self._io_lock = threading.Lock()
 
     @classmethod
@@ -332,15 +340,19 @@ class ColdReads:
         return sum(e.reads for e in self._inputs.values())
 
     def close(self) -> None:
-        """Cancel queued reads, wait for those running, then free the buffers and close the
-        descriptors."""
+        """Cancel queued reads, wait for those running, stop the reader threads, then free the
+        buffers and close the descriptors."""
         with self._io_lock:
             io, self._io = self._io, None
         if io is not None:
             io.shutdown(wait=True, cancel_futures=True)
         for entry in self._inputs.values():
             with entry.lock:
-                entry.started.clear()
+                started, entry.started = list(entry.started.values()), {}
+            for read in started:
+                for piece in read.pieces:
+                    if not piece.cancel():
+                        piece.exception()  # wait: it is writing into the buffer
             entry.pool.clear()
             entry.restore()
             entry.reader.close()
