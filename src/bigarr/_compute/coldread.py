@@ -60,7 +60,7 @@ from bigarr._os.geometry import PAGE_SIZE, ByteSpan, align_down, align_up
 from bigarr._os.mapping import Mapping
 from bigarr._os.pread import Buffer, BufferPool, RangeReader
 from bigarr._plan.chunks import Chunk
-from bigarr.errors import UnsupportedError
+from bigarr.errors import MappingError, UnsupportedError
 
 __all__ = ["COLD_FRACTION", "MIN_COLD_BYTES", "ColdReads", "cold_read_mode"]
 
@@ -161,7 +161,8 @@ class _Input:
             return None
         lo = (align_down(span.start, PAGE_SIZE) - self.first) // PAGE_SIZE
         hi = (align_up(span.stop, PAGE_SIZE) - self.first) // PAGE_SIZE
-        resident = np.unpackbits(self.before, count=hi)[lo:].astype(bool)
+        bits = np.unpackbits(self.before[lo // 8:-(-hi // 8)])  # only this chunk's bytes
+        resident = bits[lo % 8:lo % 8 + hi - lo].astype(bool)
         if resident.size == 0 or np.count_nonzero(resident) >= COLD_FRACTION * resident.size:
             self.pool.clear()  # mapped pages take the place of idle buffers in the budget
             return None
@@ -289,7 +290,10 @@ class ColdReads:
                                      direct=mode == "direct")
             except (UnsupportedError, OSError):
                 continue
-            inputs[id(s)] = _Input(s, reader, max(1, in_flight))
+            try:
+                inputs[id(s)] = _Input(s, reader, max(1, in_flight))
+            except (UnsupportedError, MappingError):  # no mincore here: the mapping it is
+                reader.close()
         return cls(inputs) if inputs else None
 
     def _input(self, stream: Stream, chunk: Chunk) -> tuple[_Input, _Plan] | None:
