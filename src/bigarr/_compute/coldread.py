@@ -84,6 +84,15 @@ PIECE_BYTES = 8 << 20
 #: Threads reading pieces: the reads in flight.
 READERS = 4
 
+#: Runs of fewer chunks use the mapping. A read block is used only once all of it has arrived,
+#: so reads overlap computing only across chunks; with one or two chunks the mapping, whose
+#: page faults let the computation follow the disk page by page, was faster (issue 15: a
+#: 64 MiB file, one chunk at the default budget, 5 interleaved repeats on the shared VM,
+#: throughput over a 16 MiB ``readinto`` loop of the same repeat: mapping 0.40-2.68x,
+#: ``O_DIRECT`` 0.17-0.73x). Buffers cost too: faulting in a fresh 64 MiB buffer took about
+#: 140 ms there and freeing it 35 ms, paid once per run and spread over its chunks.
+MIN_COLD_CHUNKS = 4
+
 _MODES = ("buffered", "direct", "off")
 
 
@@ -264,12 +273,13 @@ class ColdReads:
         self._io_lock = threading.Lock()
 
     @classmethod
-    def for_run(cls, streams: Sequence[Stream], in_flight: int,
-                mode: str | None = None) -> ColdReads | None:
-        """The cold reads of a run over ``streams`` with ``in_flight`` chunks at once, or
-        ``None`` when no stream qualifies (or the mode is ``off``)."""
+    def for_run(cls, streams: Sequence[Stream], in_flight: int, mode: str | None = None, *,
+                chunks: int = MIN_COLD_CHUNKS) -> ColdReads | None:
+        """The cold reads of a run over ``streams`` with ``in_flight`` chunks at once and
+        ``chunks`` chunks in all, or ``None`` when no stream qualifies, the mode is ``off``,
+        or the run has fewer than :data:`MIN_COLD_CHUNKS` chunks."""
         mode = cold_read_mode() if mode is None else mode
-        if mode == "off":
+        if mode == "off" or chunks < MIN_COLD_CHUNKS:
             return None
         written: set[tuple[int, int]] = set()
         for s in streams:

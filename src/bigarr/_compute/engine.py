@@ -431,7 +431,7 @@ def _pooled(plan: RunPlan, work: Callable[[Chunk, list[np.ndarray[Any, Any]]], T
     window: deque[tuple[Chunk, Future[T]]] = deque()
     depth = max(1, plan.threads) + plan.prefetch
     # Input chunks not in memory are read rather than faulted in (bigarr._compute.coldread).
-    reads = ColdReads.for_run(streams, depth)
+    reads = ColdReads.for_run(streams, depth, chunks=len(todo))
 
     def one(chunk: Chunk) -> T:
         check_mapped(*(s.mapping for s in streams))  # a file cut under us: an error, not SIGBUS
