@@ -38,7 +38,7 @@ from harness import Context, case
 
 _BUDGET = "256MiB"
 _THREADS = 2
-_MAP_LIMITS = {"cold": "machine.disk_read"}
+_MAP_LIMITS = {"cold": "machine.disk_write", "warm": "machine.disk_write"}
 
 
 class _CgroupDirty:

@@ -119,7 +119,35 @@ def summarize(records: Sequence[dict[str, Any]], cases: dict[str, CaseSpec]) -> 
         row["limit_fraction"] = _ratio(
             _median(row, "throughput_gbs"), _median(limit_row, "throughput_gbs")
         )
+        if limit_row is not None:
+            row["limit_ratios"] = limit_ratios(keyed.get((row["case"], cache), []),
+                                               keyed.get((limit, limit_row["cache"]), []))
     return list(rows.values())
+
+
+def limit_ratios(runs: Sequence[dict[str, Any]],
+                 limits: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """A case's throughput against its limit case's, counted two ways (issue 15).
+
+    Per repeat: each ok run's throughput divided by that of the limit case's ok run of the
+    same repeat (runs go round-robin, so the two were minutes apart at most); the median,
+    min and max of those ratios, and how many reach 0.9. In aggregate: total bytes over total
+    time of the case's ok runs, against the same for the limit case. ``None`` without a pair.
+    """
+    def ok(r: dict[str, Any]) -> bool:
+        return bool(r["status"] == "ok" and r.get("wall_s") and r.get("bytes_processed"))
+
+    mine = {r["repeat"]: r for r in runs if ok(r)}
+    theirs = {r["repeat"]: r for r in limits if ok(r)}
+    pairs = [(mine[k], theirs[k]) for k in sorted(mine.keys() & theirs.keys())]
+    if not pairs:
+        return None
+    per = [(a["bytes_processed"] / a["wall_s"]) / (b["bytes_processed"] / b["wall_s"])
+           for a, b in pairs]
+    agg_a = sum(a["bytes_processed"] for a, _ in pairs) / sum(a["wall_s"] for a, _ in pairs)
+    agg_b = sum(b["bytes_processed"] for _, b in pairs) / sum(b["wall_s"] for _, b in pairs)
+    return {"repeats": len(pairs), "per_repeat": per, **_stats(per),
+            "at_least_0_9": sum(1 for v in per if v >= 0.9), "aggregate": agg_a / agg_b}
 
 
 def _fmt(value: float | None, spec: str = ".2f", scale: float = 1.0) -> str:
@@ -202,6 +230,26 @@ def to_markdown(rows: Sequence[Summary], title: str, preamble: Sequence[str]) ->
         out.append("")
     if notes:
         out += ["Failures and skips:", "", *notes, ""]
+    paired = [r for r in rows if r.get("limit_ratios")]
+    if paired:
+        out += [
+            "## limit ratios (per repeat and in aggregate)", "",
+            "| case | cache | limit | per-repeat median (min-max) | repeats >= 0.9 | aggregate |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in paired:
+            lr = r["limit_ratios"]
+            out.append(
+                f"| {r['case']} | {r['cache']} | {r['limit_case']} | {lr['median']:.2f} "
+                f"({lr['min']:.2f}-{lr['max']:.2f}) | {lr['at_least_0_9']}/{lr['repeats']} "
+                f"| {lr['aggregate']:.2f} |"
+            )
+        out += [
+            "",
+            "Per repeat: each run's throughput over the limit case's run of the same repeat. "
+            "Aggregate: total bytes over total time, against the same for the limit case.",
+            "",
+        ]
     out += [
         "Medians over successful runs. time/GB/s/read/written: the timed section; peak RSS: "
         "VmHWM of the run's own process; x: ratio to the group baseline's median (same cache "

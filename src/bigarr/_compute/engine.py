@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from bigarr._compute.coldread import ColdReads
 from bigarr._compute.operands import Stream
 from bigarr._compute.progress import Progress
 from bigarr._compute.runplan import RunPlan
@@ -64,12 +65,16 @@ _DONTNEED = parse_hint("dontneed")
 
 
 # ---- the prefetch and release policies -------------------------------------------------------
-def prefetch(streams: Sequence[Stream], chunk: Chunk, *, populate: bool) -> None:
+def prefetch(streams: Sequence[Stream], chunk: Chunk, *, populate: bool,
+             reads: ColdReads | None = None) -> None:
     """Read ahead the pages ``chunk``'s input blocks touch: ``WILLNEED``, then (``populate``)
-    ``POPULATE_READ`` to map them into the page tables from the calling thread."""
+    ``POPULATE_READ`` to map them into the page tables from the calling thread. Blocks the
+    cold-read path reads instead (``reads``) are queued for reading."""
     spans: list[tuple[Mapping, ByteSpan]] = []
     for stream in streams:
         if stream.output or stream.mapping is None:
+            continue
+        if reads is not None and reads.start(stream, chunk):
             continue
         for span in stream.page_spans(stream.block(chunk)):
             stream.mapping.advise(_WILLNEED, span)  # asynchronous readahead
@@ -425,14 +430,27 @@ def _pooled(plan: RunPlan, work: Callable[[Chunk, list[np.ndarray[Any, Any]]], T
             writeback: Writeback | None) -> Iterator[tuple[Chunk, T]]:
     window: deque[tuple[Chunk, Future[T]]] = deque()
     depth = max(1, plan.threads) + plan.prefetch
+    # Input chunks not in memory are read rather than faulted in (bigarr._compute.coldread).
+    reads = ColdReads.for_run(streams, depth, chunks=len(todo))
 
     def one(chunk: Chunk) -> T:
         check_mapped(*(s.mapping for s in streams))  # a file cut under us: an error, not SIGBUS
-        blocks = [s.block(chunk) for s in streams]
-        value = work(chunk, blocks)
+        if reads is None:
+            blocks = [s.block(chunk) for s in streams]
+            value = work(chunk, blocks)
+            behind = list(zip(streams, blocks, strict=True))
+        else:
+            blocks = []
+            try:
+                for s in streams:
+                    blocks.append(s.block(chunk) if s.output else reads.block(s, chunk))
+                value = work(chunk, blocks)
+            finally:  # read buffers go back to the pool, also after an error
+                behind = [(s, b) for s, b in zip(streams, blocks, strict=False)
+                          if not reads.done(s, b)]
+        del blocks
         if plan.release:
-            for stream, block in zip(streams, blocks, strict=True):
-                release(stream, block)
+            _release_all(behind)
         _finish(chunk, progress, writeback)
         return value
 
@@ -446,7 +464,7 @@ def _pooled(plan: RunPlan, work: Callable[[Chunk, list[np.ndarray[Any, Any]]], T
             if plan.prefetch:
                 # The first chunks start at once (their workers fault the pages in themselves);
                 # later ones are populated while the workers are still busy with those before.
-                prefetch(streams, chunk, populate=position >= plan.threads)
+                prefetch(streams, chunk, populate=position >= plan.threads, reads=reads)
             window.append((chunk, pool.submit(one, chunk)))
         while window:
             done, future = window.popleft()
@@ -456,3 +474,5 @@ def _pooled(plan: RunPlan, work: Callable[[Chunk, list[np.ndarray[Any, Any]]], T
             future.cancel()
         with contextlib.suppress(Exception):
             pool.shutdown(wait=True, cancel_futures=True)
+        if reads is not None:
+            reads.close()
