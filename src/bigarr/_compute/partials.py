@@ -21,15 +21,19 @@ their scratch memory is fixed per thread and can be planned.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
+from bigarr._compute.tiles import arg_flat, arg_rows, count_nonzero_rows, rows_reduce
 from bigarr._plan.chunks import Chunk
 
 __all__ = [
+    "FAST_KINDS",
     "SUB_BLOCK_BYTES",
+    "TILE_LEAVES",
     "Arg",
     "CountNonzero",
     "Extreme",
@@ -42,11 +46,55 @@ __all__ = [
     "VarInt",
     "fold",
     "merge",
+    "scratch",
+    "tile_elements",
 ]
 
-#: Largest temporary a kernel with temporaries makes at once, in bytes: sub-blocks hold at most
-#: this many bytes of float64 (or complex128) elements.
+#: The merge tree's leaf, in bytes of float64 (complex128) elements: a leaf holds at most
+#: ``SUB_BLOCK_BYTES // 16`` elements, and exact kernels cut blocks into sub-blocks that small.
 SUB_BLOCK_BYTES = 256 << 10
+
+#: dtype kinds of the fast exact kernels of :mod:`bigarr._compute.tiles` (bool, integers, real
+#: floats); a test empties it to run the general kernels.
+FAST_KINDS = "biuf"
+
+#: Leaves of float64 a kernel with temporaries summarises in one vectorised call (a *tile*; of
+#: complex128, half as many): its temporaries then hold at most ``TILE_LEAVES *
+#: SUB_BLOCK_BYTES // 2`` bytes, 512 KiB at the default, so a tile stays in a core's cache
+#: while numpy's per-call overhead is paid once per tile rather than once per leaf (issue 17:
+#: one call per leaf cost most of ``var``'s time). Each leaf's state is computed from the leaf
+#: alone, so the tile size changes speed, never bits.
+TILE_LEAVES = 4
+
+_scratch = threading.local()
+
+
+def _fast(block: np.ndarray[Any, Any]) -> bool:
+    """True for blocks the fast exact kernels take: C-contiguous, with rows, of FAST_KINDS."""
+    return bool(block.dtype.kind in FAST_KINDS and block.ndim and block.size
+                and block.flags.c_contiguous)
+
+
+def tile_elements(itemsize: int = 8) -> int:
+    """Elements of ``itemsize`` bytes one tile of temporaries holds (read at call time, so tests
+    that shrink :data:`SUB_BLOCK_BYTES` shrink tiles too)."""
+    return max(1, TILE_LEAVES * SUB_BLOCK_BYTES // 2 // max(1, itemsize))
+
+
+def scratch(shape: tuple[int, ...], dtype: Any) -> np.ndarray[Any, Any]:
+    """A temporary of ``shape`` and ``dtype`` in this thread's reused buffer.
+
+    Kernels write their tile-sized temporaries here instead of allocating each one (a fresh
+    allocation of a few hundred KiB is page-faulted in anew each time). The buffer belongs to
+    the calling thread and is valid until its next call; it grows to the largest tile asked for.
+    """
+    dt = np.dtype(dtype)
+    size = math.prod(shape) * dt.itemsize
+    buf: np.ndarray[Any, Any] | None = getattr(_scratch, "buf", None)
+    if buf is None or buf.nbytes < size:
+        buf = _scratch.buf = np.empty(max(size, 64), dtype=np.uint8)
+    out: np.ndarray[Any, Any] = buf[:size].view(dt).reshape(shape)
+    return out
 
 State = tuple[np.ndarray[Any, Any], ...]
 
@@ -214,21 +262,25 @@ class Var(Kernel):
 
     def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
-        acc = np.complex128 if block.dtype.kind == "c" else np.float64
+        acc = np.dtype(np.complex128 if block.dtype.kind == "c" else np.float64)
         n = math.prod(block.shape[i] for i in axes)
         first = tuple(slice(0, 1) if i in axes else slice(None) for i in range(block.ndim))
         shift = np.asarray(block[first], dtype=acc)
+        dev = scratch(block.shape, acc)  # the deviations, in this thread's reused buffer
         with np.errstate(invalid="ignore"):
-            dev = np.subtract(block, shift, dtype=acc)
-            mean = np.mean(dev, axis=axes, keepdims=True)
+            np.subtract(block, shift, out=dev, dtype=acc)
+            mean = np.add.reduce(dev, axis=axes, keepdims=True)
+            mean /= n
             dev -= mean
-            if dev.dtype.kind == "c":
-                m2 = np.sum(dev.real**2 + dev.imag**2, axis=axes, keepdims=True)
+            if acc.kind == "c":  # |dev|**2 as re**2 + im**2, squared in place
+                pairs = dev.view(np.float64).reshape((*dev.shape, 2))
+                np.multiply(pairs, pairs, out=pairs)
+                m2 = np.add.reduce(pairs, axis=(*axes, dev.ndim)).reshape(mean.shape)
             else:
                 np.multiply(dev, dev, out=dev)
-                m2 = np.sum(dev, axis=axes, keepdims=True)
+                m2 = np.add.reduce(dev, axis=axes, keepdims=True)
         count = np.full(mean.shape, n, dtype=np.int64)
-        return count, shift.reshape(mean.shape), np.asarray(mean), np.asarray(m2)
+        return count, shift.reshape(mean.shape), mean, np.asarray(m2)
 
     def combine(self, a: State, b: State) -> State:
         na, ka, ma, qa = a
@@ -256,6 +308,9 @@ class Extreme(Kernel):
 
     def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
+        if axes == (0,) and _fast(block):  # long inner loops (see tiles.rows_reduce)
+            ufunc = np.maximum if self.largest else np.minimum
+            return (rows_reduce(ufunc, block)[None],)
         fn = np.max if self.largest else np.min
         return (fn(block, axis=axes, keepdims=True),)
 
@@ -280,17 +335,34 @@ class Arg(Kernel):
         self.largest = largest
         self.shape = shape
 
+    def chunk_state(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
+                    origin: tuple[int, ...]) -> State:
+        """A C-contiguous chunk goes through :mod:`bigarr._compute.tiles` (one pass of tile
+        extremes, then a search of one tile per column); others through sub-blocks."""
+        if _fast(block):
+            tile = tile_elements()
+            if len(axes) == block.ndim:
+                return self._flat(block, arg_flat(block, self.largest, tile), origin)
+            columns = block.size // block.shape[0]
+            if axes == (0,) and 64 * columns <= tile:  # tiles of >= 64 rows: few tile extremes
+                value, index = arg_rows(block, self.largest, tile)
+                return value[None], (index + origin[0]).astype(np.intp)[None]
+        return super().chunk_state(block, axes, origin)
+
+    def _flat(self, block: np.ndarray[Any, Any], local: int, origin: tuple[int, ...]) -> State:
+        """The state of ``block``'s element at flat index ``local``, with its global index."""
+        coords = np.unravel_index(local, block.shape) if block.ndim else ()
+        value = block[coords] if block.ndim else block[()]
+        where = tuple(int(c) + o for c, o in zip(coords, origin, strict=True))
+        flat = int(np.ravel_multi_index(where, self.shape)) if where else 0
+        keep = (1,) * block.ndim
+        return np.full(keep, value, dtype=block.dtype), np.full(keep, flat, dtype=np.intp)
+
     def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
         fn = np.argmax if self.largest else np.argmin
         if len(axes) == block.ndim:  # axis=None: a flat index into the whole array (C order)
-            local = int(fn(block))
-            coords = np.unravel_index(local, block.shape) if block.ndim else ()
-            value = block[coords] if block.ndim else block[()]
-            where = tuple(int(c) + o for c, o in zip(coords, origin, strict=True))
-            flat = int(np.ravel_multi_index(where, self.shape)) if where else 0
-            keep = (1,) * block.ndim
-            return np.full(keep, value, dtype=block.dtype), np.full(keep, flat, dtype=np.intp)
+            return self._flat(block, int(fn(block)), origin)
         (axis,) = axes
         idx = fn(block, axis=axis, keepdims=True)
         value = np.take_along_axis(block, idx, axis=axis)
@@ -315,6 +387,17 @@ class CountNonzero(Kernel):
 
     def state_bytes(self, dtype: np.dtype[Any]) -> int:
         return 8
+
+    def chunk_state(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
+                    origin: tuple[int, ...]) -> State:
+        """A C-contiguous chunk is counted whole (numpy's own count makes no temporaries) or
+        by rows through a reused boolean tile; others in sub-blocks."""
+        if _fast(block):
+            if len(axes) == block.ndim:
+                return (np.full((1,) * block.ndim, np.count_nonzero(block), dtype=np.intp),)
+            if axes == (0,):
+                return (count_nonzero_rows(block, tile_elements())[None],)
+        return super().chunk_state(block, axes, origin)
 
     def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
@@ -535,7 +618,9 @@ class Tree:
         n = self.shape[d]
         short = j2 == J and n % L != 0
         runs = [(j1, j2 - 1 if short else j2, L)] + ([(j2 - 1, j2, n % L)] if short else [])
-        per = max(1, self.leaf // (L * math.prod(view.shape[:d]) * math.prod(self.shape[d + 1:])))
+        size = L * math.prod(view.shape[:d]) * math.prod(self.shape[d + 1:])
+        tile = tile_elements(16 if view.dtype.kind == "c" else 8)  # float64 (complex128) temps
+        per = max(1, (tile if self.kernel.sub_blocked else self.leaf) // size)
         copy = not view.flags.c_contiguous
         step = per if (copy or self.kernel.sub_blocked) else max(1, j2 - j1)
         red = tuple(i + 1 for i in sorted(self.axes) if i >= d)

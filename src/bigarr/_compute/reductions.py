@@ -58,6 +58,7 @@ from bigarr._compute.engine import execute
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.partials import (
     SUB_BLOCK_BYTES,
+    TILE_LEAVES,
     Arg,
     CountNonzero,
     Extreme,
@@ -97,9 +98,11 @@ __all__ = [
     "var",
 ]
 
-#: Scratch per thread the memory plan reserves for kernels with temporaries (a few sub-blocks of
-#: :data:`bigarr._compute.partials.SUB_BLOCK_BYTES`), in bytes.
-SCRATCH_BYTES = 4 * SUB_BLOCK_BYTES
+#: Scratch per thread the memory plan reserves for kernels with temporaries, in bytes: a tile
+#: of float64 or complex128 temporaries (``TILE_LEAVES * SUB_BLOCK_BYTES // 2``, see
+#: :data:`bigarr._compute.partials.TILE_LEAVES`) and as much again for the tile's states and a
+#: sub-block's copy.
+SCRATCH_BYTES = TILE_LEAVES * SUB_BLOCK_BYTES
 _DEFAULT_BUDGET = DEFAULT_BUDGET
 
 #: What a reduction returns, as in numpy: an array, or a numpy scalar for ``axis=None`` without
