@@ -1,22 +1,27 @@
 """The fast exact kernels of ``_compute/tiles.py`` against numpy, under hypothesis.
 
 Small tiles and few columns, so that blocks of a few hundred elements have many tiles, wide
-rows that do not divide the rows, ties across tiles, and NaN, inf and -0.0 anywhere.
+rows that do not divide the rows, ties across tiles, and NaN, inf and -0.0 anywhere. Run it
+deeper with ``ORACLE_EXAMPLES=1000``.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import bigarr
 from bigarr._compute import partials as _partials
 from bigarr._compute import tiles
+
+#: Examples per property (deeper: ``ORACLE_EXAMPLES=1000``, as for ``test_oracle.py``).
+deep = settings(max_examples=int(os.environ.get("ORACLE_EXAMPLES", "40")), deadline=None)
 
 DTYPES = [np.dtype(d) for d in ("bool", "int8", "uint16", "int64", "float16", "float32",
                                 "float64")]
@@ -42,7 +47,7 @@ def blocks(draw: Any) -> np.ndarray[Any, Any]:
 tile_sizes = st.sampled_from([1, 8, 24, 64, 4096])
 
 
-@settings(max_examples=200, deadline=None)
+@deep
 @given(blocks(), tile_sizes, st.booleans())
 def test_arg_rows_is_numpys_first_occurrence(block: np.ndarray[Any, Any], tile: int,
                                              largest: bool) -> None:
@@ -52,21 +57,21 @@ def test_arg_rows_is_numpys_first_occurrence(block: np.ndarray[Any, Any], tile: 
     np.testing.assert_array_equal(value, np.take_along_axis(block, want[None], axis=0)[0])
 
 
-@settings(max_examples=200, deadline=None)
+@deep
 @given(blocks(), tile_sizes, st.booleans())
 def test_arg_flat_is_numpys_first_occurrence(block: np.ndarray[Any, Any], tile: int,
                                              largest: bool) -> None:
     assert tiles.arg_flat(block, largest, tile) == (np.argmax if largest else np.argmin)(block)
 
 
-@settings(max_examples=200, deadline=None)
+@deep
 @given(blocks(), st.booleans())
 def test_rows_reduce_is_numpys_extreme(block: np.ndarray[Any, Any], largest: bool) -> None:
     got = tiles.rows_reduce(np.maximum if largest else np.minimum, block)
     np.testing.assert_array_equal(got, (np.max if largest else np.min)(block, axis=0))
 
 
-@settings(max_examples=200, deadline=None)
+@deep
 @given(blocks(), tile_sizes)
 def test_count_nonzero_rows_is_numpys(block: np.ndarray[Any, Any], tile: int) -> None:
     got = tiles.count_nonzero_rows(block, tile)
@@ -96,3 +101,64 @@ def test_fast_and_general_kernels_agree_over_many_chunks(monkeypatch: pytest.Mon
         want = getattr(np, name)(x, axis=axis)
         np.testing.assert_array_equal(fast, want)
         np.testing.assert_array_equal(general, want)
+
+
+@st.composite
+def histogram_cases(draw: Any) -> tuple[np.ndarray[Any, Any], int, Any]:
+    dtype = np.dtype(draw(st.sampled_from(["int8", "int16", "uint8", "int64", "float16",
+                                           "float32", "float64"])))
+    size = draw(st.integers(1, 400))
+    if dtype.kind == "f":
+        elements = st.floats(-1e4, 1e4, width=8 * min(dtype.itemsize, 4)) | st.sampled_from(
+            [0.1, 1 / 3, 2.5, -0.0, 7.0])
+    else:
+        info = np.iinfo(dtype)
+        elements = st.integers(int(info.min), int(info.max))
+    x = draw(hnp.arrays(dtype, size, elements=elements))
+    bins = draw(st.integers(1, 40))
+    given_range = draw(st.booleans())
+    if given_range:
+        lo = draw(st.floats(-2e4, 2e4))
+        hi = draw(st.floats(lo, lo + draw(st.sampled_from([0.0, 1e-3, 1.0, 3e4]))))
+        if draw(st.booleans()) and dtype.kind == "f":
+            x[draw(st.integers(0, size - 1))] = np.nan  # dropped with a given range
+        return x, bins, (lo, hi)
+    return x, bins, (x.min(), x.max())
+
+
+@deep
+@given(histogram_cases(), st.sampled_from([1, 7, 64, 1 << 16]))
+def test_uniform_counts_are_numpys(case: tuple[np.ndarray[Any, Any], int, Any],
+                                   tile: int) -> None:
+    x, bins, (lo, hi) = case
+    try:
+        want, edges = np.histogram(x, bins=bins, range=(lo, hi))
+    except ValueError:  # numpy refuses (float16 edges that cannot be told apart): so does bigarr
+        assume(False)
+    first, last = (lo - 0.5, hi + 0.5) if lo == hi else (lo, hi)
+    got = tiles.uniform_counts(x, first, last, bins, edges, tile)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_uniform_counts_follow_numpy_on_values_next_to_the_edges() -> None:
+    # Every float32 within a few ulps of each edge: where the index estimate needs numpy's
+    # corrections.
+    edges = np.histogram_bin_edges(np.zeros(0, np.float32), bins=7, range=(np.float32(-1.3),
+                                                                         np.float32(2.9)))
+    near = np.concatenate([_ulps_around(np.float32(e)) for e in edges])
+    want = np.histogram(near, bins=7, range=(np.float32(-1.3), np.float32(2.9)))[0]
+    got = tiles.uniform_counts(near, np.float32(-1.3), np.float32(2.9), 7, edges, 5)
+    np.testing.assert_array_equal(got, want)
+
+
+def _ulps_around(e: np.float32, k: int = 4) -> np.ndarray[Any, Any]:
+    bits = np.array([e], np.float32).view(np.int32)[0]
+    return np.arange(bits - k, bits + k + 1, dtype=np.int32).view(np.float32)
+
+
+def test_min_max_propagate_nan_like_numpy() -> None:
+    x = np.arange(1000, dtype=np.float32)
+    assert tiles.min_max(x, 64) == (0, 999)
+    x[517] = np.nan
+    low, high = tiles.min_max(x, 64)
+    assert np.isnan(low) and np.isnan(high)

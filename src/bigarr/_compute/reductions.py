@@ -69,6 +69,7 @@ from bigarr._compute.partials import (
     Var,
     VarInt,
     merge,
+    tile_elements,
 )
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import (
@@ -79,6 +80,7 @@ from bigarr._compute.runplan import (
     probe_temporaries,
     wants_block_info,
 )
+from bigarr._compute.tiles import min_max, uniform_counts
 from bigarr._os.geometry import ByteSpan
 from bigarr._plan.budget import DEFAULT_BUDGET
 from bigarr._plan.chunks import Chunk
@@ -642,17 +644,28 @@ def histogram(
         # numpy bins bool data as uint8 (False 0, True 1); so does every step here.
         data: Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]] = (
             (lambda b: b.astype(np.uint8)) if a.dtype == np.bool_ else (lambda b: b))
+        tile = tile_elements()
         if range is None and isinstance(bins, (int, np.integer)):
             # numpy's autodetected range is (a.min(), a.max()) as scalars of a's dtype; the same
-            # range gives the same edges and the same bin for every element. One pass finds both.
+            # range gives the same edges and the same bin for every element. One pass finds
+            # both (tile by tile: one read of each chunk), then a second pass counts.
             range = _reduce_blocks(
-                lambda b: (data(b).min(), data(b).max()),
+                lambda b: min_max(data(b).ravel(order="K"), tile),
                 lambda p, q: (np.minimum(p[0], q[0]), np.maximum(p[1], q[1])),  # NaN propagates
-                [a], budget=budget, threads=threads, progress=progress, temporaries=0.0,
+                [a], budget=budget, threads=threads, progress=progress, temporaries=None,
             )
         edges = np.histogram(data(np.zeros(0, dtype=a.dtype)), bins=bins, range=range)[1]
+        uniform = isinstance(bins, (int, np.integer)) and w is None and range is not None
+        if uniform:
+            assert range is not None
+            first, last = range  # numpy's outer edges (its _get_outer_edges), as it gets them
+            if first == last:
+                first, last = first - 0.5, last + 0.5
 
         def per_chunk(*blocks: np.ndarray[Any, Any]) -> Any:
+            if uniform:  # numpy's equal-bin path, step for step, tile by tile
+                flat = data(blocks[0]).ravel(order="K")
+                return uniform_counts(flat, first, last, int(bins), edges, tile)
             weight = blocks[1] if len(blocks) > 1 else None
             return np.histogram(data(blocks[0]), bins=bins, range=range, weights=weight)[0]
 

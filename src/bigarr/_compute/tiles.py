@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["arg_flat", "arg_rows", "count_nonzero_rows", "rows_reduce"]
+__all__ = ["arg_flat", "arg_rows", "count_nonzero_rows", "min_max", "rows_reduce", "uniform_counts"]
 
 #: Elements of one wide row: long enough for numpy's vectorised inner loops.
 _WIDE = 4096
@@ -148,3 +148,74 @@ def count_nonzero_rows(block: np.ndarray[Any, Any], tile: int) -> np.ndarray[Any
         else:
             counts += np.count_nonzero(m, axis=0)
     return counts.reshape(block.shape[1:])
+
+
+def min_max(flat: np.ndarray[Any, Any], tile: int) -> tuple[Any, Any]:
+    """``(flat.min(), flat.max())`` of a non-empty 1-d array in one pass over memory: both are
+    taken tile by tile, while the tile is in cache (NaN propagates, as numpy's)."""
+    step = max(1, tile)
+    lows, highs = [], []
+    for lo in range(0, flat.size, step):
+        t = flat[lo:lo + step]
+        lows.append(t.min())
+        highs.append(t.max())
+    return np.minimum.reduce(np.asarray(lows)), np.maximum.reduce(np.asarray(highs))
+
+
+def _unsigned_subtract(a: Any, b: Any) -> Any:
+    """``a - b`` exactly as numpy's histogram computes it (signed integers subtract into their
+    unsigned type, so an int16 range does not overflow); a copy of numpy's private helper."""
+    unsigned = {np.byte: np.ubyte, np.short: np.ushort, np.intc: np.uintc, np.int_: np.uint,
+                np.longlong: np.ulonglong}
+    dt = np.result_type(a, b)
+    target = unsigned.get(dt.type)
+    if target is None:
+        return np.subtract(a, b, dtype=dt)
+    return np.subtract(np.asarray(a, dtype=dt), np.asarray(b, dtype=dt), casting="unsafe",
+                       dtype=target)
+
+
+def uniform_counts(flat: np.ndarray[Any, Any], first: Any, last: Any, n: int,
+                   edges: np.ndarray[Any, Any], tile: int) -> np.ndarray[Any, Any]:
+    """Counts of ``n`` equal bins from ``first`` to ``last`` (numpy's outer edges, as its
+    ``_get_outer_edges`` returns them) with bin ``edges``, as ``np.histogram`` counts them.
+
+    numpy's own fast path for equal bins on the same values (so every element lands in numpy's
+    bin, rounding included), without its per-block compaction and fancy-index updates:
+    out-of-range elements (and NaN) go to an extra bin that is dropped, and numpy's two index
+    corrections (``value < edges[i]``: one down; else ``value >= edges[i + 1]`` and not the
+    last bin: one up) are taken from the first estimate at once, which gives numpy's indices
+    when the edges do not decrease (checked; otherwise numpy's steps are taken in order).
+    """
+    counts = np.zeros(n + 1, dtype=np.intp)
+    denom = _unsigned_subtract(last, first)
+    upper = np.append(edges[1:n], np.inf).astype(edges.dtype)  # no step up from the last bin
+    monotone = bool(np.all(edges[1:] >= edges[:-1]))
+    step = max(1, tile)
+    for lo in range(0, flat.size, step):
+        t = flat[lo:lo + step]
+        keep = t >= first
+        keep &= t <= last
+        kept = bool(keep.all())
+        values = t.astype(edges.dtype, copy=False)
+        if not kept:  # a kept value in their place, so every index below is in range
+            values = np.where(keep, values, values.dtype.type(edges[0]))
+        with np.errstate(invalid="ignore", over="ignore"):
+            f = _unsigned_subtract(values, first)
+            f /= denom
+            f *= n
+            np.minimum(f, n - 1, out=f)  # numpy's `indices[indices == n] -= 1`, before the cast
+            index = f.astype(np.intp)
+        if monotone:
+            down = values < np.take(edges, index)
+            up = values >= np.take(upper, index)
+            index += up.view(np.int8) - down.view(np.int8)
+        else:
+            index -= values < edges[index]
+            up = values >= edges[index + 1]
+            up &= index != n - 1
+            index += up
+        if not kept:
+            index[~keep] = n
+        counts += np.bincount(index, minlength=n + 1)
+    return counts[:n]
