@@ -655,7 +655,8 @@ def histogram(
                 [a], budget=budget, threads=threads, progress=progress, temporaries=None,
             )
         edges = np.histogram(data(np.zeros(0, dtype=a.dtype)), bins=bins, range=range)[1]
-        uniform = isinstance(bins, (int, np.integer)) and w is None and range is not None
+        n_equal = int(bins) if isinstance(bins, (int, np.integer)) else 0
+        uniform = n_equal > 0 and w is None and range is not None
         if uniform:
             assert range is not None
             first, last = range  # numpy's outer edges (its _get_outer_edges), as it gets them
@@ -665,7 +666,7 @@ def histogram(
         def per_chunk(*blocks: np.ndarray[Any, Any]) -> Any:
             if uniform:  # numpy's equal-bin path, step for step, tile by tile
                 flat = data(blocks[0]).ravel(order="K")
-                return uniform_counts(flat, first, last, int(bins), edges, tile)
+                return uniform_counts(flat, first, last, n_equal, edges, tile)
             weight = blocks[1] if len(blocks) > 1 else None
             return np.histogram(data(blocks[0]), bins=bins, range=range, weights=weight)[0]
 
