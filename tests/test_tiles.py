@@ -162,3 +162,23 @@ def test_min_max_propagate_nan_like_numpy() -> None:
     x[517] = np.nan
     low, high = tiles.min_max(x, 64)
     assert np.isnan(low) and np.isnan(high)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int16"])
+def test_var_through_wide_rows_agrees_with_numpy_and_the_general_kernel(
+        monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    # Column variances of few columns go through wide rows (partials.Var._wide): another
+    # fixed summation order, as accurate, and the same bits at every budget and thread count.
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((40_000, 12)) * 5 + 1e4).astype(dtype)
+    want = np.var(x.astype(np.float64), axis=0)
+    runs = [bigarr.var(x, axis=0, budget=budget, threads=threads, progress=False)
+            for budget, threads in (("8MiB", 2), ("64MiB", 1))]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    rtol = 1e-6 if dtype == "float32" else 1e-12  # a float32 result is rounded to float32
+    np.testing.assert_allclose(runs[0], want, rtol=rtol)
+    with monkeypatch.context() as mp:
+        mp.setattr(_partials, "_wide_rows", lambda block, axes: None)
+        general = bigarr.var(x, axis=0, budget="8MiB", threads=2, progress=False)
+    np.testing.assert_allclose(runs[0], general, rtol=rtol)
+    assert _partials._wide_rows(np.zeros((4, 512, 12), np.float32), (1,)) is not None

@@ -75,6 +75,31 @@ def _fast(block: np.ndarray[Any, Any]) -> bool:
                 and block.flags.c_contiguous)
 
 
+def _wide_rows(block: np.ndarray[Any, Any],
+               axes: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+    """``(p, n, c, k)`` when ``block`` (real, C-contiguous) is reduced along one axis of ``n``
+    with ``c`` kept elements after it, few enough that ``k >= 2`` rows make one wide row of at
+    most 1024 elements (``k`` divides ``n``); else None."""
+    if (len(axes) != 1 or block.dtype.kind not in "biuf" or not block.flags.c_contiguous
+            or axes[0] == block.ndim - 1):
+        return None
+    (a,) = axes
+    p, n, c = math.prod(block.shape[:a]), block.shape[a], math.prod(block.shape[a + 1:])
+    if c == 0 or n < 2:
+        return None
+    for k in range(min(n, 1024 // c), 1, -1):
+        if n % k == 0:
+            return p, n, c, k
+    return None
+
+
+def _repeat_columns(row: np.ndarray[Any, Any], k: int) -> np.ndarray[Any, Any]:
+    """``(p, 1, c)`` repeated ``k`` times along its last axis, as ``(p, 1, k * c)`` (the shift or
+    mean of one wide row; ``np.tile``'s result, without its Python overhead)."""
+    p, _, c = row.shape
+    return np.broadcast_to(row, (p, k, c)).reshape(p, 1, k * c)
+
+
 def tile_elements(itemsize: int = 8) -> int:
     """Elements of ``itemsize`` bytes one tile of temporaries holds (read at call time, so tests
     that shrink :data:`SUB_BLOCK_BYTES` shrink tiles too)."""
@@ -262,6 +287,9 @@ class Var(Kernel):
 
     def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
+        wide = _wide_rows(block, axes)
+        if wide is not None:
+            return self._wide(block, axes, *wide)
         acc = np.dtype(np.complex128 if block.dtype.kind == "c" else np.float64)
         n = math.prod(block.shape[i] for i in axes)
         first = tuple(slice(0, 1) if i in axes else slice(None) for i in range(block.ndim))
@@ -281,6 +309,31 @@ class Var(Kernel):
                 m2 = np.add.reduce(dev, axis=axes, keepdims=True)
         count = np.full(mean.shape, n, dtype=np.int64)
         return count, shift.reshape(mean.shape), mean, np.asarray(m2)
+
+    def _wide(self, block: np.ndarray[Any, Any], axes: tuple[int, ...], p: int, n: int, c: int,
+              k: int) -> State:
+        """:meth:`partial` of real data reduced along one axis with only kept axes after it
+        (a C-contiguous ``(p, n, c)`` block, reduced along ``n``), through wide rows.
+
+        numpy reduces such a block one row of ``c`` elements at a time, and broadcasts the
+        shift and the mean over rows as short; viewed as ``(p, n / k, k * c)`` every loop is
+        ``k`` times longer. The sums run over ``k`` interleaved sequences of rows, then add
+        those ``k`` partial sums: another fixed order, still sequential at worst.
+        """
+        keep = tuple(1 if i in axes else m for i, m in enumerate(block.shape))
+        rows = block.reshape(p, n // k, k * c)
+        shift = np.asarray(rows[:, :1, :c], dtype=np.float64)  # (p, 1, c)
+        dev = scratch(rows.shape, np.float64)
+        with np.errstate(invalid="ignore"):
+            np.copyto(dev, rows)  # a plain cast, then a subtraction in float64: both fast
+            dev -= _repeat_columns(shift, k)
+            mean = np.add.reduce(dev, axis=1).reshape(p, k, c).sum(axis=1, keepdims=True)
+            mean /= n
+            dev -= _repeat_columns(mean, k)
+            np.multiply(dev, dev, out=dev)
+            m2 = np.add.reduce(dev, axis=1).reshape(p, k, c).sum(axis=1)
+        count = np.full(keep, n, dtype=np.int64)
+        return count, shift.reshape(keep), mean.reshape(keep), m2.reshape(keep)
 
     def combine(self, a: State, b: State) -> State:
         na, ka, ma, qa = a
