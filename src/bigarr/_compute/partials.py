@@ -238,6 +238,13 @@ class Sum(Kernel):
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
         if not axes and self.acc is not None:  # nothing to add up within the block: a cast
             return (_cast(block, self.acc),)
+        wide = _wide_rows(block, axes)
+        if wide is not None:  # few kept columns: sum wide rows (long inner loops), then fold
+            p, n, c, k = wide
+            rows = np.sum(block.reshape(p, n // k, k * c), axis=1, dtype=self.acc)
+            total = rows.reshape(p, k, c).sum(axis=1, dtype=rows.dtype)
+            return (total.reshape(tuple(1 if i in axes else m
+                                        for i, m in enumerate(block.shape))),)
         return (np.asarray(np.sum(block, axis=axes, keepdims=True, dtype=self.acc)),)
 
     def combine(self, a: State, b: State) -> State:
@@ -296,7 +303,8 @@ class Var(Kernel):
         shift = np.asarray(block[first], dtype=acc)
         dev = scratch(block.shape, acc)  # the deviations, in this thread's reused buffer
         with np.errstate(invalid="ignore"):
-            np.subtract(block, shift, out=dev, dtype=acc)
+            np.copyto(dev, block, casting="unsafe")  # an exact cast, then a subtraction in
+            dev -= shift  # float64: twice as fast as numpy's mixed-type subtract
             mean = np.add.reduce(dev, axis=axes, keepdims=True)
             mean /= n
             dev -= mean
