@@ -14,20 +14,31 @@ Two merge orders:
   (complex128) whatever the data's precision.
 
 Kernels that need temporaries (``var``, ``std``, ``count_nonzero``) work through a block in
-sub-blocks (leaves) of at most :data:`SUB_BLOCK_BYTES` of float64 (complex128) temporaries, so
-their scratch memory is fixed per thread and can be planned.
+*tiles* of a few leaves (:data:`TILE_LEAVES`), with their float64 (complex128) temporaries in a
+reused per-thread buffer, or in sub-blocks of at most :data:`SUB_BLOCK_BYTES`, so their scratch
+memory is fixed per thread and can be planned. Blocks reduced along one axis with few kept
+columns after it are summed as *wide rows*, so numpy's inner loops are long. The buffer, the
+wide rows and the exact kernels' fast paths over the rows of a chunk live in
+:mod:`bigarr._compute.tiles`.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from bigarr._compute.tiles import arg_flat, arg_rows, count_nonzero_rows, rows_reduce
+from bigarr._compute.tiles import (
+    arg_flat,
+    arg_rows,
+    count_nonzero_rows,
+    repeat_columns,
+    rows_reduce,
+    scratch,
+)
+from bigarr._compute.tiles import wide_rows as _wide_rows
 from bigarr._plan.chunks import Chunk
 
 __all__ = [
@@ -46,7 +57,6 @@ __all__ = [
     "VarInt",
     "fold",
     "merge",
-    "scratch",
     "tile_elements",
 ]
 
@@ -66,38 +76,10 @@ FAST_KINDS = "biuf"
 #: alone, so the tile size changes speed, never bits.
 TILE_LEAVES = 4
 
-_scratch = threading.local()
-
-
 def _fast(block: np.ndarray[Any, Any]) -> bool:
     """True for blocks the fast exact kernels take: C-contiguous, with rows, of FAST_KINDS."""
     return bool(block.dtype.kind in FAST_KINDS and block.ndim and block.size
                 and block.flags.c_contiguous)
-
-
-def _wide_rows(block: np.ndarray[Any, Any],
-               axes: tuple[int, ...]) -> tuple[int, int, int, int] | None:
-    """``(p, n, c, k)`` when ``block`` (real, C-contiguous) is reduced along one axis of ``n``
-    with ``c`` kept elements after it, few enough that ``k >= 2`` rows make one wide row of at
-    most 1024 elements (``k`` divides ``n``); else None."""
-    if (len(axes) != 1 or block.dtype.kind not in "biuf" or not block.flags.c_contiguous
-            or axes[0] == block.ndim - 1):
-        return None
-    (a,) = axes
-    p, n, c = math.prod(block.shape[:a]), block.shape[a], math.prod(block.shape[a + 1:])
-    if c == 0 or n < 2:
-        return None
-    for k in range(min(n, 1024 // c), 1, -1):
-        if n % k == 0:
-            return p, n, c, k
-    return None
-
-
-def _repeat_columns(row: np.ndarray[Any, Any], k: int) -> np.ndarray[Any, Any]:
-    """``(p, 1, c)`` repeated ``k`` times along its last axis, as ``(p, 1, k * c)`` (the shift or
-    mean of one wide row; ``np.tile``'s result, without its Python overhead)."""
-    p, _, c = row.shape
-    return np.broadcast_to(row, (p, k, c)).reshape(p, 1, k * c)
 
 
 def tile_elements(itemsize: int = 8) -> int:
@@ -105,21 +87,6 @@ def tile_elements(itemsize: int = 8) -> int:
     that shrink :data:`SUB_BLOCK_BYTES` shrink tiles too)."""
     return max(1, TILE_LEAVES * SUB_BLOCK_BYTES // 2 // max(1, itemsize))
 
-
-def scratch(shape: tuple[int, ...], dtype: Any) -> np.ndarray[Any, Any]:
-    """A temporary of ``shape`` and ``dtype`` in this thread's reused buffer.
-
-    Kernels write their tile-sized temporaries here instead of allocating each one (a fresh
-    allocation of a few hundred KiB is page-faulted in anew each time). The buffer belongs to
-    the calling thread and is valid until its next call; it grows to the largest tile asked for.
-    """
-    dt = np.dtype(dtype)
-    size = math.prod(shape) * dt.itemsize
-    buf: np.ndarray[Any, Any] | None = getattr(_scratch, "buf", None)
-    if buf is None or buf.nbytes < size:
-        buf = _scratch.buf = np.empty(max(size, 64), dtype=np.uint8)
-    out: np.ndarray[Any, Any] = buf[:size].view(dt).reshape(shape)
-    return out
 
 State = tuple[np.ndarray[Any, Any], ...]
 
@@ -334,10 +301,10 @@ class Var(Kernel):
         dev = scratch(rows.shape, np.float64)
         with np.errstate(invalid="ignore"):
             np.copyto(dev, rows)  # a plain cast, then a subtraction in float64: both fast
-            dev -= _repeat_columns(shift, k)
+            dev -= repeat_columns(shift, k)
             mean = np.add.reduce(dev, axis=1).reshape(p, k, c).sum(axis=1, keepdims=True)
             mean /= n
-            dev -= _repeat_columns(mean, k)
+            dev -= repeat_columns(mean, k)
             np.multiply(dev, dev, out=dev)
             m2 = np.add.reduce(dev, axis=1).reshape(p, k, c).sum(axis=1)
         count = np.full(keep, n, dtype=np.int64)

@@ -14,19 +14,39 @@ numpy's exact answers with long inner loops instead:
   :func:`rows_reduce` (one pass over the data), then search only the first tile holding each
   column's extreme for its first occurrence, so ties and NaNs resolve exactly as numpy's
   ``argmax``/``argmin`` do (the first occurrence; the first NaN wins);
-* :func:`count_nonzero_rows` counts per column through a reused boolean tile summed as uint8.
+* :func:`count_nonzero_rows` counts per column through a reused boolean tile summed as uint8;
+* :func:`min_max` and :func:`uniform_counts` are ``histogram``'s two passes: both extremes in
+  one read, and numpy's equal-bin steps, tile by tile.
 
 Every function takes a C-contiguous block and allocates no more than a tile
 (:func:`bigarr._compute.partials.tile_elements` elements) at once, whatever the block's size.
+
+The floating kernels' helpers live here too: :func:`scratch`, each thread's reused buffer for
+tile-sized float64 temporaries, and :func:`wide_rows` / :func:`repeat_columns`, the wide-row
+view that ``sum``, ``mean`` and ``var`` take of a block with few kept columns.
 """
 
 from __future__ import annotations
 
+import math
+import threading
 from typing import Any
 
 import numpy as np
 
-__all__ = ["arg_flat", "arg_rows", "count_nonzero_rows", "min_max", "rows_reduce", "uniform_counts"]
+__all__ = [
+    "arg_flat",
+    "arg_rows",
+    "count_nonzero_rows",
+    "min_max",
+    "repeat_columns",
+    "rows_reduce",
+    "scratch",
+    "uniform_counts",
+    "wide_rows",
+]
+
+_scratch = threading.local()
 
 #: Elements of one wide row: long enough for numpy's vectorised inner loops.
 _WIDE = 4096
@@ -219,3 +239,45 @@ def uniform_counts(flat: np.ndarray[Any, Any], first: Any, last: Any, n: int,
             index[~keep] = n
         counts += np.bincount(index, minlength=n + 1)
     return counts[:n]
+
+
+# ---- tiles of float64 temporaries, wide rows -------------------------------------------------
+def scratch(shape: tuple[int, ...], dtype: Any) -> np.ndarray[Any, Any]:
+    """A temporary of ``shape`` and ``dtype`` in this thread's reused buffer.
+
+    Kernels write their tile-sized temporaries here instead of allocating each one (a fresh
+    allocation of a few hundred KiB is page-faulted in anew each time). The buffer belongs to
+    the calling thread and is valid until its next call; it grows to the largest tile asked for.
+    """
+    dt = np.dtype(dtype)
+    size = math.prod(shape) * dt.itemsize
+    buf: np.ndarray[Any, Any] | None = getattr(_scratch, "buf", None)
+    if buf is None or buf.nbytes < size:
+        buf = _scratch.buf = np.empty(max(size, 64), dtype=np.uint8)
+    out: np.ndarray[Any, Any] = buf[:size].view(dt).reshape(shape)
+    return out
+
+
+def wide_rows(block: np.ndarray[Any, Any],
+               axes: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+    """``(p, n, c, k)`` when ``block`` (real, C-contiguous) is reduced along one axis of ``n``
+    with ``c`` kept elements after it, few enough that ``k >= 2`` rows make one wide row of at
+    most 1024 elements (``k`` divides ``n``); else None."""
+    if (len(axes) != 1 or block.dtype.kind not in "biuf" or not block.flags.c_contiguous
+            or axes[0] == block.ndim - 1):
+        return None
+    (a,) = axes
+    p, n, c = math.prod(block.shape[:a]), block.shape[a], math.prod(block.shape[a + 1:])
+    if c == 0 or n < 2:
+        return None
+    for k in range(min(n, 1024 // c), 1, -1):
+        if n % k == 0:
+            return p, n, c, k
+    return None
+
+
+def repeat_columns(row: np.ndarray[Any, Any], k: int) -> np.ndarray[Any, Any]:
+    """``(p, 1, c)`` repeated ``k`` times along its last axis, as ``(p, 1, k * c)`` (the shift or
+    mean of one wide row; ``np.tile``'s result, without its Python overhead)."""
+    p, _, c = row.shape
+    return np.broadcast_to(row, (p, k, c)).reshape(p, 1, k * c)
