@@ -182,3 +182,17 @@ def test_var_through_wide_rows_agrees_with_numpy_and_the_general_kernel(
         general = bigarr.var(x, axis=0, budget="8MiB", threads=2, progress=False)
     np.testing.assert_allclose(runs[0], general, rtol=rtol)
     assert _partials._wide_rows(np.zeros((4, 512, 12), np.float32), (1,)) is not None
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_counting_by_edges_lands_where_numpy_does_at_every_edge(dtype: str) -> None:
+    # Values at each edge and one ulp either side, the range taken from the data (numpy's
+    # default): the path that compares with the edges, checked against np.histogram itself.
+    lo, hi = np.array([-3.1, 7.3], dtype=dtype)
+    edges = np.histogram_bin_edges(np.array([lo, hi]), bins=10)
+    near = np.concatenate([[np.nextafter(e, -np.inf), e, np.nextafter(e, np.inf)]
+                           for e in edges.astype(dtype)]).astype(dtype)
+    x = np.clip(near, lo, hi)
+    assert tiles._estimate_within_one(lo, hi, 10, edges)
+    want = np.histogram(x, bins=10)[0]
+    np.testing.assert_array_equal(tiles.uniform_counts(x, lo, hi, 10, edges, 1 << 16), want)
