@@ -1,16 +1,17 @@
 """Every reduction's throughput relative to ``sum`` on the same cached file (issue 17, point 3).
 
 Run: ``python bench/reduction_kernels.py [--size 1GiB] [--repeat 5] [--threads 2,1]
-[--dir DIR] [--keep]``. The file is float32 with 32 columns (``N x 32``), written once and read
-until it is in the page cache. Each repeat runs, for each thread count and for ``axis=0`` and
-``axis=None``, ``sum`` and then every other reduction back to back (``histogram`` only without
-an axis, with numpy's default 10 bins and no range: a range pass, then a counting pass), so
-each ratio compares runs seconds apart. A reduction's *ratio* in one repeat is ``sum``'s time
-over its own (1.0: as fast as ``sum``); the table shows the median ratio and its min-max over
-the repeats, and the median GB/s. The last column is the 2-thread speed-up over 1 thread
-(medians). CPU seconds (the process's user + system time) are recorded too, as a check on a
-shared machine where wall time depends on other jobs. Prints a Markdown table and writes it,
-with every run, as JSON next to the data; the file is deleted at the end unless ``--keep``.
+[--names var,std,...] [--dir DIR] [--keep]``. The file is float32 with 32 columns
+(``N x 32``), written once and read until it is in the page cache. Each repeat runs, for each
+thread count and for ``axis=0`` and ``axis=None``, ``sum`` and then every other reduction (or
+those of ``--names``) back to back (``histogram`` only without an axis, with numpy's default 10
+bins and no range: a range pass, then a counting pass), so each ratio compares runs seconds
+apart. A reduction's *ratio* in one repeat is ``sum``'s time over its own (1.0: as fast as
+``sum``); the table shows the median ratio and its min-max over the repeats, and the median
+GB/s. The last column is the 2-thread speed-up over 1 thread (medians). CPU seconds (the
+process's user + system time) are recorded too, as a check on a shared machine where wall time
+depends on other jobs. Prints a Markdown table and writes it, with every run, as JSON next to
+the data; the file is deleted at the end unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main() -> None:
     parser.add_argument("--size", type=bigarr.parse_size, default="1GiB")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", default="2,1")
+    parser.add_argument("--names", default=",".join(NAMES[1:]),
+                        help="reductions to compare with sum (comma-separated)")
     parser.add_argument("--dir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the data file")
     args = parser.parse_args()
@@ -76,6 +79,7 @@ def main() -> None:
     rows = args.size // 128
     path = folder / f"kernels-{rows}x32.npy"
     thread_counts = [int(t) for t in args.threads.split(",")]
+    names = ["sum"] + [n for n in args.names.split(",") if n and n != "sum"]
     try:
         if not path.exists():
             _build(path, rows)
@@ -85,14 +89,14 @@ def main() -> None:
         for r in range(args.repeat):
             for threads in thread_counts:
                 for axis in (0, None):
-                    for name in NAMES:
+                    for name in names:
                         if name == "histogram" and axis is not None:
                             continue
                         wall, cpu = _run(name, path, axis, threads)
                         runs.append({"repeat": r, "threads": threads, "axis": axis,
                                      "name": name, "wall_s": wall, "cpu_s": cpu})
             print(f"repeat {r + 1}/{args.repeat} done", file=sys.stderr, flush=True)
-        table = _table(runs, thread_counts, args.size)
+        table = _table(runs, thread_counts, args.size, names)
         print(table)
         (folder / "reduction_kernels.json").write_text(json.dumps(
             {"size": args.size, "rows": rows, "repeat": args.repeat, "runs": runs}, indent=1))
@@ -101,7 +105,8 @@ def main() -> None:
             path.unlink(missing_ok=True)
 
 
-def _table(runs: list[dict[str, Any]], thread_counts: list[int], nbytes: int) -> str:
+def _table(runs: list[dict[str, Any]], thread_counts: list[int], nbytes: int,
+           names: list[str]) -> str:
     def pick(threads: int, axis: int | None, name: str) -> list[dict[str, Any]]:
         return [x for x in runs if x["threads"] == threads and x["axis"] == axis
                 and x["name"] == name]
@@ -110,7 +115,7 @@ def _table(runs: list[dict[str, Any]], thread_counts: list[int], nbytes: int) ->
         f"{t} thread{'s' if t > 1 else ''}: x sum (min-max), GB/s" for t in thread_counts)
         + " | cpu x sum | 2t/1t |", "| --- | --- |" + " --- |" * (len(thread_counts) + 2)]
     for axis in (0, None):
-        for name in NAMES:
+        for name in names:
             if name == "histogram" and axis is not None:
                 continue
             cells, medians = [], {}
