@@ -48,9 +48,10 @@ def histogram(
     numpy's exactly, then a second pass counts (progress reports two runs). One pass cannot
     give numpy's counts: the edges depend on the global extremes, and which bin an element
     near an edge falls in depends on how numpy rounds that edge, so counts taken against
-    provisional bins cannot be rebinned exactly. Equal bins are counted with numpy's own
-    steps (its ``bincount`` path), tile by tile; edges given as a sequence, and weights, with
-    ``np.histogram`` per chunk.
+    provisional bins cannot be rebinned exactly. Equal bins are counted tile by tile in
+    numpy's bins (by comparison with each inner edge where rounding provably cannot move a
+    value across one, else with numpy's own ``bincount`` steps); edges given as a sequence,
+    and weights, with ``np.histogram`` per chunk.
 
     Parameters
     ----------
