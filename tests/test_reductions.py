@@ -281,7 +281,8 @@ def test_sub_blocks_bound_temporaries_when_one_slab_is_larger(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Regression: a block was cut along one axis only, so a slab larger than the sub-block
     # limit (a long row) became one whole float64 temporary, past the planned scratch.
-    limit = _partials.SUB_BLOCK_BYTES // 16
+    # (Leaves are summarised a tile of several leaves at a time: the bound is the tile.)
+    limit = _partials.tile_elements()
     sizes: list[int] = []
     partial = _partials.Var.partial
 
@@ -320,16 +321,19 @@ def test_wrong_calls_raise_argument_errors() -> None:
         assert isinstance(info.value, TypeError)
 
 
-@pytest.mark.parametrize("sub_blocked", [True, False])
+@pytest.mark.parametrize(("fast", "sub_blocked"), [(True, True), (False, True), (False, False)])
 def test_argmax_along_axis_0_makes_no_chunk_sized_copy(monkeypatch: pytest.MonkeyPatch,
-                                                       sub_blocked: bool) -> None:
+                                                       fast: bool, sub_blocked: bool) -> None:
     # Regression: numpy's argmax along any axis but the last copies its input, so each chunk
     # was copied whole (argmax(axis=0) peaked at 456 MiB with a 256 MiB budget). Arg now works
-    # in sub-blocks; with them switched off (the old kernel) the copy is seen again.
+    # through tile extremes (fast) or in sub-blocks; with both switched off (the old kernel)
+    # the copy is seen again.
     import tracemalloc
 
     monkeypatch.setattr(_partials, "SUB_BLOCK_BYTES", 256 << 10)
     monkeypatch.setattr(_partials.Arg, "sub_blocked", sub_blocked)
+    if not fast:
+        monkeypatch.setattr(_partials, "FAST_KINDS", "")
     x = np.random.default_rng(0).random((100_000, 32), dtype=np.float32)  # 12 MiB, one chunk
     tracemalloc.start()
     try:
@@ -338,7 +342,7 @@ def test_argmax_along_axis_0_makes_no_chunk_sized_copy(monkeypatch: pytest.Monke
     finally:
         tracemalloc.stop()
     np.testing.assert_array_equal(got, x.argmax(axis=0))
-    if sub_blocked:
+    if fast or sub_blocked:
         assert peak < 4 << 20, peak
     else:
         assert peak > x.nbytes // 2, peak

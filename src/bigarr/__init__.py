@@ -52,6 +52,7 @@ The command line: ``bigarr info|create|convert|verify|demo`` (``python -m bigarr
 from __future__ import annotations
 
 from bigarr import errors, linalg
+from bigarr._compute.histogram import histogram
 from bigarr._compute.lazy import LazyArray, lazy, where
 from bigarr._compute.lazyrun import LazyPlan, compute
 from bigarr._compute.linalg import corrcoef, cov
@@ -71,7 +72,6 @@ from bigarr._compute.reductions import (
     argmax,
     argmin,
     count_nonzero,
-    histogram,
     max,
     mean,
     min,

@@ -14,8 +14,12 @@ Two merge orders:
   (complex128) whatever the data's precision.
 
 Kernels that need temporaries (``var``, ``std``, ``count_nonzero``) work through a block in
-sub-blocks (leaves) of at most :data:`SUB_BLOCK_BYTES` of float64 (complex128) temporaries, so
-their scratch memory is fixed per thread and can be planned.
+*tiles* of a few leaves (:data:`TILE_LEAVES`), with their float64 (complex128) temporaries in a
+reused per-thread buffer, or in sub-blocks of at most :data:`SUB_BLOCK_BYTES`, so their scratch
+memory is fixed per thread and can be planned. Blocks reduced along one axis with few kept
+columns after it are summed as *wide rows*, so numpy's inner loops are long. The buffer, the
+wide rows and the exact kernels' fast paths over the rows of a chunk live in
+:mod:`bigarr._compute.tiles`.
 """
 
 from __future__ import annotations
@@ -26,10 +30,21 @@ from typing import Any
 
 import numpy as np
 
+from bigarr._compute.tiles import (
+    arg_flat,
+    arg_rows,
+    count_nonzero_rows,
+    repeat_columns,
+    rows_reduce,
+    scratch,
+)
+from bigarr._compute.tiles import wide_rows as _wide_rows
 from bigarr._plan.chunks import Chunk
 
 __all__ = [
+    "FAST_KINDS",
     "SUB_BLOCK_BYTES",
+    "TILE_LEAVES",
     "Arg",
     "CountNonzero",
     "Extreme",
@@ -42,11 +57,36 @@ __all__ = [
     "VarInt",
     "fold",
     "merge",
+    "tile_elements",
 ]
 
-#: Largest temporary a kernel with temporaries makes at once, in bytes: sub-blocks hold at most
-#: this many bytes of float64 (or complex128) elements.
+#: The merge tree's leaf, in bytes of float64 (complex128) elements: a leaf holds at most
+#: ``SUB_BLOCK_BYTES // 16`` elements, and exact kernels cut blocks into sub-blocks that small.
 SUB_BLOCK_BYTES = 256 << 10
+
+#: dtype kinds of the fast exact kernels of :mod:`bigarr._compute.tiles` (bool, integers, real
+#: floats); a test empties it to run the general kernels.
+FAST_KINDS = "biuf"
+
+#: Leaves of float64 a kernel with temporaries summarises in one vectorised call (a *tile*; of
+#: complex128, half as many): its temporaries then hold at most ``TILE_LEAVES *
+#: SUB_BLOCK_BYTES // 2`` bytes, 512 KiB at the default, so a tile stays in a core's cache
+#: while numpy's per-call overhead is paid once per tile rather than once per leaf (issue 17:
+#: one call per leaf cost most of ``var``'s time). Each leaf's state is computed from the leaf
+#: alone, so the tile size changes speed, never bits.
+TILE_LEAVES = 4
+
+def _fast(block: np.ndarray[Any, Any]) -> bool:
+    """True for blocks the fast exact kernels take: C-contiguous, with rows, of FAST_KINDS."""
+    return bool(block.dtype.kind in FAST_KINDS and block.ndim and block.size
+                and block.flags.c_contiguous)
+
+
+def tile_elements(itemsize: int = 8) -> int:
+    """Elements of ``itemsize`` bytes one tile of temporaries holds (read at call time, so tests
+    that shrink :data:`SUB_BLOCK_BYTES` shrink tiles too)."""
+    return max(1, TILE_LEAVES * SUB_BLOCK_BYTES // 2 // max(1, itemsize))
+
 
 State = tuple[np.ndarray[Any, Any], ...]
 
@@ -165,6 +205,13 @@ class Sum(Kernel):
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
         if not axes and self.acc is not None:  # nothing to add up within the block: a cast
             return (_cast(block, self.acc),)
+        wide = _wide_rows(block, axes)
+        if wide is not None:  # few kept columns: sum wide rows (long inner loops), then fold
+            p, n, c, k = wide
+            rows = np.sum(block.reshape(p, n // k, k * c), axis=1, dtype=self.acc)
+            total = rows.reshape(p, k, c).sum(axis=1, dtype=rows.dtype)
+            return (total.reshape(tuple(1 if i in axes else m
+                                        for i, m in enumerate(block.shape))),)
         return (np.asarray(np.sum(block, axis=axes, keepdims=True, dtype=self.acc)),)
 
     def combine(self, a: State, b: State) -> State:
@@ -214,21 +261,54 @@ class Var(Kernel):
 
     def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
-        acc = np.complex128 if block.dtype.kind == "c" else np.float64
+        wide = _wide_rows(block, axes)
+        if wide is not None:
+            return self._wide(block, axes, *wide)
+        acc = np.dtype(np.complex128 if block.dtype.kind == "c" else np.float64)
         n = math.prod(block.shape[i] for i in axes)
         first = tuple(slice(0, 1) if i in axes else slice(None) for i in range(block.ndim))
         shift = np.asarray(block[first], dtype=acc)
+        dev = scratch(block.shape, acc)  # the deviations, in this thread's reused buffer
         with np.errstate(invalid="ignore"):
-            dev = np.subtract(block, shift, dtype=acc)
-            mean = np.mean(dev, axis=axes, keepdims=True)
+            np.copyto(dev, block, casting="unsafe")  # an exact cast, then a subtraction in
+            dev -= shift  # float64: twice as fast as numpy's mixed-type subtract
+            mean = np.add.reduce(dev, axis=axes, keepdims=True)
+            mean /= n
             dev -= mean
-            if dev.dtype.kind == "c":
-                m2 = np.sum(dev.real**2 + dev.imag**2, axis=axes, keepdims=True)
+            if acc.kind == "c":  # |dev|**2 as re**2 + im**2, squared in place
+                pairs = dev.view(np.float64).reshape((*dev.shape, 2))
+                np.multiply(pairs, pairs, out=pairs)
+                m2 = np.add.reduce(pairs, axis=(*axes, dev.ndim)).reshape(mean.shape)
             else:
                 np.multiply(dev, dev, out=dev)
-                m2 = np.sum(dev, axis=axes, keepdims=True)
+                m2 = np.add.reduce(dev, axis=axes, keepdims=True)
         count = np.full(mean.shape, n, dtype=np.int64)
-        return count, shift.reshape(mean.shape), np.asarray(mean), np.asarray(m2)
+        return count, shift.reshape(mean.shape), mean, np.asarray(m2)
+
+    def _wide(self, block: np.ndarray[Any, Any], axes: tuple[int, ...], p: int, n: int, c: int,
+              k: int) -> State:
+        """:meth:`partial` of real data reduced along one axis with only kept axes after it
+        (a C-contiguous ``(p, n, c)`` block, reduced along ``n``), through wide rows.
+
+        numpy reduces such a block one row of ``c`` elements at a time, and broadcasts the
+        shift and the mean over rows as short; viewed as ``(p, n / k, k * c)`` every loop is
+        ``k`` times longer. The sums run over ``k`` interleaved sequences of rows, then add
+        those ``k`` partial sums: another fixed order, still sequential at worst.
+        """
+        keep = tuple(1 if i in axes else m for i, m in enumerate(block.shape))
+        rows = block.reshape(p, n // k, k * c)
+        shift = np.asarray(rows[:, :1, :c], dtype=np.float64)  # (p, 1, c)
+        dev = scratch(rows.shape, np.float64)
+        with np.errstate(invalid="ignore"):
+            np.copyto(dev, rows)  # a plain cast, then a subtraction in float64: both fast
+            dev -= repeat_columns(shift, k)
+            mean = np.add.reduce(dev, axis=1).reshape(p, k, c).sum(axis=1, keepdims=True)
+            mean /= n
+            dev -= repeat_columns(mean, k)
+            np.multiply(dev, dev, out=dev)
+            m2 = np.add.reduce(dev, axis=1).reshape(p, k, c).sum(axis=1)
+        count = np.full(keep, n, dtype=np.int64)
+        return count, shift.reshape(keep), mean.reshape(keep), m2.reshape(keep)
 
     def combine(self, a: State, b: State) -> State:
         na, ka, ma, qa = a
@@ -256,6 +336,9 @@ class Extreme(Kernel):
 
     def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
+        if axes == (0,) and _fast(block):  # long inner loops (see tiles.rows_reduce)
+            ufunc = np.maximum if self.largest else np.minimum
+            return (rows_reduce(ufunc, block)[None],)
         fn = np.max if self.largest else np.min
         return (fn(block, axis=axes, keepdims=True),)
 
@@ -280,17 +363,34 @@ class Arg(Kernel):
         self.largest = largest
         self.shape = shape
 
+    def chunk_state(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
+                    origin: tuple[int, ...]) -> State:
+        """A C-contiguous chunk goes through :mod:`bigarr._compute.tiles` (one pass of tile
+        extremes, then a search of one tile per column); others through sub-blocks."""
+        if _fast(block):
+            tile = tile_elements()
+            if len(axes) == block.ndim:
+                return self._flat(block, arg_flat(block, self.largest, tile), origin)
+            columns = block.size // block.shape[0]
+            if axes == (0,) and 64 * columns <= tile:  # tiles of >= 64 rows: few tile extremes
+                value, index = arg_rows(block, self.largest, tile)
+                return value[None], (index + origin[0]).astype(np.intp)[None]
+        return super().chunk_state(block, axes, origin)
+
+    def _flat(self, block: np.ndarray[Any, Any], local: int, origin: tuple[int, ...]) -> State:
+        """The state of ``block``'s element at flat index ``local``, with its global index."""
+        coords = np.unravel_index(local, block.shape) if block.ndim else ()
+        value = block[coords] if block.ndim else block[()]
+        where = tuple(int(c) + o for c, o in zip(coords, origin, strict=True))
+        flat = int(np.ravel_multi_index(where, self.shape)) if where else 0
+        keep = (1,) * block.ndim
+        return np.full(keep, value, dtype=block.dtype), np.full(keep, flat, dtype=np.intp)
+
     def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
         fn = np.argmax if self.largest else np.argmin
         if len(axes) == block.ndim:  # axis=None: a flat index into the whole array (C order)
-            local = int(fn(block))
-            coords = np.unravel_index(local, block.shape) if block.ndim else ()
-            value = block[coords] if block.ndim else block[()]
-            where = tuple(int(c) + o for c, o in zip(coords, origin, strict=True))
-            flat = int(np.ravel_multi_index(where, self.shape)) if where else 0
-            keep = (1,) * block.ndim
-            return np.full(keep, value, dtype=block.dtype), np.full(keep, flat, dtype=np.intp)
+            return self._flat(block, int(fn(block)), origin)
         (axis,) = axes
         idx = fn(block, axis=axis, keepdims=True)
         value = np.take_along_axis(block, idx, axis=axis)
@@ -315,6 +415,17 @@ class CountNonzero(Kernel):
 
     def state_bytes(self, dtype: np.dtype[Any]) -> int:
         return 8
+
+    def chunk_state(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
+                    origin: tuple[int, ...]) -> State:
+        """A C-contiguous chunk is counted whole (numpy's own count makes no temporaries) or
+        by rows through a reused boolean tile; others in sub-blocks."""
+        if _fast(block):
+            if len(axes) == block.ndim:
+                return (np.full((1,) * block.ndim, np.count_nonzero(block), dtype=np.intp),)
+            if axes == (0,):
+                return (count_nonzero_rows(block, tile_elements())[None],)
+        return super().chunk_state(block, axes, origin)
 
     def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
@@ -535,7 +646,9 @@ class Tree:
         n = self.shape[d]
         short = j2 == J and n % L != 0
         runs = [(j1, j2 - 1 if short else j2, L)] + ([(j2 - 1, j2, n % L)] if short else [])
-        per = max(1, self.leaf // (L * math.prod(view.shape[:d]) * math.prod(self.shape[d + 1:])))
+        size = L * math.prod(view.shape[:d]) * math.prod(self.shape[d + 1:])
+        tile = tile_elements(16 if view.dtype.kind == "c" else 8)  # float64 (complex128) temps
+        per = max(1, (tile if self.kernel.sub_blocked else self.leaf) // size)
         copy = not view.flags.c_contiguous
         step = per if (copy or self.kernel.sub_blocked) else max(1, j2 - j1)
         red = tuple(i + 1 for i in sorted(self.axes) if i >= d)

@@ -30,12 +30,15 @@ argmin, argmax     value, global index          smaller (larger) value; NaN (NaT
                                                 the lower index, as numpy's first occurrence
 count_nonzero      count                        add
 histogram          counts (after a min/max      add
-                   pass when no range is given)
+                   pass when no range is given:
+                   two passes)
 =================  ===========================  ==============================================
 
-The partial states themselves live in :mod:`bigarr._compute.partials`. Kernels that need temporaries
-(var, std, count_nonzero) work through each chunk in sub-blocks, so their scratch memory is
-fixed per thread (:data:`SCRATCH_BYTES`) and planned.
+The partial states themselves live in :mod:`bigarr._compute.partials`, the fast exact kernels
+(extremes, arg-extremes, nonzero counts and equal-bin counts over tiles of rows) in
+:mod:`bigarr._compute.tiles`. Kernels that need temporaries (var, std, count_nonzero) work
+through each chunk in tiles of a few leaves, so their scratch memory is fixed per thread
+(:data:`SCRATCH_BYTES`) and planned.
 Results have numpy's dtypes. Floating results accumulate in float64 (complex128) whatever the
 data's precision, so they are at least as accurate as numpy's (the README's accuracy contract;
 ``tests/test_oracle.py`` states and checks the rules). 0-d and zero-size inputs are computed by
@@ -48,7 +51,6 @@ import builtins
 import contextlib
 import functools
 import math
-import operator
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
@@ -58,6 +60,7 @@ from bigarr._compute.engine import execute
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.partials import (
     SUB_BLOCK_BYTES,
+    TILE_LEAVES,
     Arg,
     CountNonzero,
     Extreme,
@@ -81,13 +84,12 @@ from bigarr._compute.runplan import (
 from bigarr._os.geometry import ByteSpan
 from bigarr._plan.budget import DEFAULT_BUDGET
 from bigarr._plan.chunks import Chunk
-from bigarr.errors import ArgumentError, DtypeError, ShapeError, UnsupportedError
+from bigarr.errors import ArgumentError, DtypeError, ShapeError
 
 __all__ = [
     "argmax",
     "argmin",
     "count_nonzero",
-    "histogram",
     "max",
     "mean",
     "min",
@@ -97,9 +99,11 @@ __all__ = [
     "var",
 ]
 
-#: Scratch per thread the memory plan reserves for kernels with temporaries (a few sub-blocks of
-#: :data:`bigarr._compute.partials.SUB_BLOCK_BYTES`), in bytes.
-SCRATCH_BYTES = 4 * SUB_BLOCK_BYTES
+#: Scratch per thread the memory plan reserves for kernels with temporaries, in bytes: a tile
+#: of float64 or complex128 temporaries (``TILE_LEAVES * SUB_BLOCK_BYTES // 2``, see
+#: :data:`bigarr._compute.partials.TILE_LEAVES`) and as much again for the tile's states and a
+#: sub-block's copy.
+SCRATCH_BYTES = TILE_LEAVES * SUB_BLOCK_BYTES
 _DEFAULT_BUDGET = DEFAULT_BUDGET
 
 #: What a reduction returns, as in numpy: an array, or a numpy scalar for ``axis=None`` without
@@ -572,97 +576,6 @@ def count_nonzero(
         if axis is None and not keepdims:
             return int(res.reshape(-1)[0])
         return _shape_result(res, _axes(axis, res.ndim), keepdims, np.dtype(np.intp))
-
-
-def histogram(
-    a: Any,
-    bins: int | Sequence[float] = 10,
-    range: tuple[float, float] | None = None,
-    *,
-    density: bool = False,
-    weights: Any = None,
-    budget: int | str = _DEFAULT_BUDGET,
-    threads: int | None = None,
-    progress: ProgressArg = None,
-) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """Histogram of all elements, like :func:`numpy.histogram`, with the same bin edges.
-
-    With an integer ``bins`` and no ``range``, a first pass finds the minimum and maximum (as
-    numpy does), so the edges are numpy's exactly.
-
-    Parameters
-    ----------
-    a
-        The data (flattened).
-    bins
-        Number of equal-width bins (an int, or any 0-d integer such as ``np.array(10)``), or a
-        monotonic sequence of edges.
-    range
-        ``(low, high)`` of the bins; default: the data's minimum and maximum.
-    density
-        Return probability densities rather than counts.
-    weights
-        An array of ``a``'s shape (mapped or in memory) weighting each element.
-    budget, threads, progress
-        As :func:`sum`; the budget covers ``a`` and ``weights`` together.
-
-    Raises
-    ------
-    ArgumentError
-        For 0-d ``bins`` that are not integers (``2.5``), as numpy refuses them.
-    UnsupportedError
-        For string ``bins`` (``"auto"`` etc.), which need all the data at once.
-    ValueError
-        As numpy, for a range that is not finite or bins that are not increasing.
-    """
-    if isinstance(bins, str):
-        raise UnsupportedError(
-            f"Expected bins as an int or a sequence of edges. Got {bins!r}: estimators like "
-            "'auto' need all the data at once; compute edges first, e.g. with "
-            "np.histogram_bin_edges on a sample."
-        )
-    if np.ndim(bins) == 0:  # numpy treats any 0-d integer (np.array(10) too) as a count
-        try:
-            bins = operator.index(bins)  # type: ignore[arg-type]
-        except TypeError:
-            raise ArgumentError(
-                f"Expected bins as an integer, a string, or an array of edges. Got {bins!r}."
-            ) from None
-    with contextlib.ExitStack() as stack:
-        a = stack.enter_context(_operand(a))
-        w = None if weights is None else stack.enter_context(_operand(weights))
-        if _direct(a):
-            return cast(tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]], _numpy(
-                np.histogram, a, bins=bins, range=range, density=density,
-                weights=None if w is None else _plain(w)))
-        inputs = [a] if w is None else [a, w]
-        # numpy bins bool data as uint8 (False 0, True 1); so does every step here.
-        data: Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]] = (
-            (lambda b: b.astype(np.uint8)) if a.dtype == np.bool_ else (lambda b: b))
-        if range is None and isinstance(bins, (int, np.integer)):
-            # numpy's autodetected range is (a.min(), a.max()) as scalars of a's dtype; the same
-            # range gives the same edges and the same bin for every element. One pass finds both.
-            range = _reduce_blocks(
-                lambda b: (data(b).min(), data(b).max()),
-                lambda p, q: (np.minimum(p[0], q[0]), np.maximum(p[1], q[1])),  # NaN propagates
-                [a], budget=budget, threads=threads, progress=progress, temporaries=0.0,
-            )
-        edges = np.histogram(data(np.zeros(0, dtype=a.dtype)), bins=bins, range=range)[1]
-
-        def per_chunk(*blocks: np.ndarray[Any, Any]) -> Any:
-            weight = blocks[1] if len(blocks) > 1 else None
-            return np.histogram(data(blocks[0]), bins=bins, range=range, weights=weight)[0]
-
-        # np.histogram ravels its input (a copy of a chunk that is not C-contiguous) and, with
-        # bin edges given, sorts it: its temporaries are measured like any function's.
-        for s in inputs:
-            s.by_key = False
-        counts = _reduce_blocks(per_chunk, operator.add, inputs, budget=budget,
-                                threads=threads, progress=progress, temporaries=None)
-        if density:
-            db = np.diff(edges).astype(float)
-            return counts / db / counts.sum(), edges
-        return counts, edges
 
 
 def reduce_blocks(
