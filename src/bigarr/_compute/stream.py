@@ -50,6 +50,7 @@ from bigarr._compute.engine import execute
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import DEFAULT_PREFETCH, RunPlan, parse_prefetch, plan_run
+from bigarr._core.scratch import ChunkCheck
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan
 from bigarr._os.hints import Hint, parse_hint
 from bigarr._plan.budget import DEFAULT_BUDGET
@@ -292,6 +293,19 @@ def iter_chunks(
     return _walk(arr, mapping, stream, plan, progress=progress, pattern=pattern, desc=desc)
 
 
+def _checked(steps: Iterator[tuple[Chunk, Any]],
+             check: ChunkCheck) -> Iterator[tuple[Chunk, Any]]:
+    """``steps`` with a private mapping's scratch limit checked at each step: the growth of
+    each chunk's scratch pages, from any code that wrote into it, counts against it."""
+    try:
+        for chunk, view in steps:
+            check.handing(view)
+            yield chunk, view
+            check.returned()
+    finally:
+        steps.close()  # type: ignore[attr-defined]
+
+
 def _walk(
     arr: Any,
     mapping: Mapping,
@@ -312,8 +326,11 @@ def _walk(
             if pattern is not None:
                 mapping.advise(pattern, whole)
             # a view even for a 0-d array: arr[..., ] of the chunk's key
-            yield from execute(plan, lambda c, _blocks: arr[(*c.key, Ellipsis)], [stream],
-                               progress=bar)
+            steps = execute(plan, lambda c, _blocks: arr[(*c.key, Ellipsis)], [stream],
+                            progress=bar)
+            if mapping.access == "private" and ChunkCheck.needed(mapping):
+                steps = _checked(steps, ChunkCheck(mapping))
+            yield from steps
         finally:
             if pattern is not None and pattern.name in _PATTERN_HINTS and not mapping.closed:
                 mapping.advise(parse_hint("normal"), whole)

@@ -176,9 +176,12 @@ class memmap(np.memmap):
         if out is not None:
             kwargs["out"] = tuple(_plain(o) for o in out)
         # ufunc.at writes into its first input; every other method writes only into out=.
-        guard = _private_target(inputs[:1] if method == "at" else out)
+        targets = inputs[:1] if method == "at" else out
+        guard = _private_target(targets)
         if guard is not None:  # writing into a private mapping: exclude a concurrent commit
-            with guard:
+            from bigarr._core.scratch import checked_ufunc
+
+            with guard, checked_ufunc(targets, after=method == "at"):  # and a scratch_limit
                 result = getattr(ufunc, method)(*args, **kwargs)
         else:
             result = getattr(ufunc, method)(*args, **kwargs)
@@ -204,9 +207,10 @@ class memmap(np.memmap):
         m = self._bigarr
         if m is not None and m.access == "private":  # a commit must not drop a racing write
             from bigarr._core.private import write_lock
+            from bigarr._core.scratch import setitem
 
             with write_lock(m):
-                np.ndarray.__setitem__(self, index, value)
+                setitem(self, m, index, value)  # checked against a scratch_limit
             return
         np.ndarray.__setitem__(self, index, value)
 
@@ -645,6 +649,28 @@ class memmap(np.memmap):
         from bigarr._core.private import scratch_bytes
 
         return scratch_bytes(self, region)
+
+    def check_scratch(self) -> int:
+        """Count this private-mode mapping's scratch pages; refuse if over its ``scratch_limit``.
+
+        Catches edits no earlier check saw (plain numpy views written outside an
+        ``iter_chunks`` loop); see ``bigarr.open(..., scratch_limit=)``.
+
+        Returns
+        -------
+        int
+            Bytes of scratch pages of the whole mapping.
+
+        Raises
+        ------
+        ScratchLimitError
+            If they exceed the limit (the edits are kept: commit or discard them).
+        ModeError, ClosedError
+            If the array is not an open private-mode array.
+        """
+        from bigarr._core.scratch import check_scratch
+
+        return check_scratch(self)
 
     def track_writes(self, method: str = "auto") -> str:
         """Start tracking writes to this shared-mode array, or set a new mark if tracking.

@@ -119,6 +119,7 @@ __all__ = [
 ]
 
 _CHUNK = 16 << 20  # bytes compared or written per step; bounds temporary memory
+_SCAN = 1 << 20  # pagemap entries read per step (8 MiB, for 4 GiB of mapping)
 _PRESENT, _SWAPPED, _FILE_PAGE = 1 << 63, 1 << 62, 1 << 61
 _BACKENDS = ("pagemap", "compare")
 
@@ -335,7 +336,8 @@ def _runs(mask: np.ndarray[Any, Any]) -> Int64Runs:
     """Half-open ``[start, stop)`` index runs where ``mask`` is True, as an ``(n, 2)`` array."""
     if mask.size == 0:
         return _NO_RUNS
-    edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
+    zero = np.zeros(1, dtype=np.int8)
+    edges = np.diff(mask.astype(bool).view(np.int8), prepend=zero, append=zero)
     return np.stack([np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)], axis=1).astype(
         np.int64)
 
@@ -353,6 +355,13 @@ def _merge(runs: Int64Runs) -> Int64Runs:
     return np.stack([runs[first, 0], np.maximum.reduceat(runs[:, 1], first)], axis=1)
 
 
+def _copied(e: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """Which pagemap entries are scratch pages: present without the file bit, or swapped."""
+    copied = ((e & np.uint64(_PRESENT)) != 0) & ((e & np.uint64(_FILE_PAGE)) == 0)
+    out: np.ndarray[Any, np.dtype[np.bool_]] = copied | ((e & np.uint64(_SWAPPED)) != 0)
+    return out
+
+
 def _page_table(m: Mapping, span: ByteSpan) -> tuple[int, np.ndarray[Any, np.dtype[np.bool_]]]:
     """``(first page byte, mask)``: which pages of ``span`` (rounded outward) are scratch pages."""
     pages = span.outward(PAGE_SIZE).clip(ByteSpan(0, m.length))
@@ -360,12 +369,14 @@ def _page_table(m: Mapping, span: ByteSpan) -> tuple[int, np.ndarray[Any, np.dty
         return pages.start, np.zeros(0, dtype=bool)
     if dirty_backend() == "pagemap":
         try:
-            e = m.pagemap(pages)
+            # In steps of _SCAN pages: a 40 GiB mapping has 80 MiB of pagemap entries, and
+            # reading them whole cost 200 MiB of temporaries (issue 17).
+            masks = [_copied(m.pagemap(ByteSpan(lo, min(pages.stop, lo + _SCAN * PAGE_SIZE))))
+                     for lo in range(pages.start, pages.stop, _SCAN * PAGE_SIZE)]
         except UnsupportedError:
             pass
         else:
-            copied = ((e & np.uint64(_PRESENT)) != 0) & ((e & np.uint64(_FILE_PAGE)) == 0)
-            return pages.start, copied | ((e & np.uint64(_SWAPPED)) != 0)
+            return pages.start, np.concatenate(masks)
     npages = -(-pages.nbytes // PAGE_SIZE)
     mask = np.zeros(npages, dtype=bool)
     step = max(1, _CHUNK // PAGE_SIZE)
@@ -390,7 +401,8 @@ def _scratch_runs(m: Mapping, span: ByteSpan) -> Runs:
     first, mask = _page_table(m, span)
     if not mask.any():
         return []
-    edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
+    zero = np.zeros(1, dtype=np.int8)  # int8 throughout: a mask of 40 GiB of pages is 10 MiB
+    edges = np.diff(mask.view(np.int8), prepend=zero, append=zero)
     starts = np.maximum(first + np.flatnonzero(edges == 1) * PAGE_SIZE, span.start)
     stops = np.minimum(first + np.flatnonzero(edges == -1) * PAGE_SIZE, span.stop)
     keep = stops > starts
@@ -943,7 +955,15 @@ def commit(arr: Any, region: Region = None, *, journal: bool = False) -> int:
         finally:
             os.close(fd)
         _settle(m, span, runs, restore=False)
+        _recount(m)
     return written
+
+
+def _recount(m: Mapping) -> None:
+    """Tell a ``scratch_limit`` that pages were freed (it recounts them)."""
+    from bigarr._core.scratch import recount  # scratch.py builds on this module
+
+    recount(m)
 
 
 def discard(arr: Any, region: Region = None) -> int:
@@ -973,4 +993,5 @@ def discard(arr: Any, region: Region = None) -> int:
         runs = _scratch_runs(m, span)
         if runs:
             _settle(m, span, runs, restore=True)
+            _recount(m)
     return sum(len(ByteSpan(a, b).pages(PAGE_SIZE)) for a, b in runs) * PAGE_SIZE

@@ -61,7 +61,10 @@ __all__ = ["Mapping", "check_mapped"]
 _LINUX = sys.platform.startswith("linux")
 _DARWIN = sys.platform == "darwin"
 _MAP_FIXED = 0x10  # the same on Linux and the BSDs/macOS
-_MAP_NORESERVE = 0x4000 if _LINUX else (0x40 if _DARWIN else 0)
+# Python names MAP_NORESERVE only on some versions and platforms (3.11 on Linux does not); the
+# value is part of each kernel's ABI: 0x4000 on Linux, 0x40 on macOS, none elsewhere.
+_MAP_NORESERVE: int = getattr(mmap, "MAP_NORESERVE",
+                              0x4000 if _LINUX else (0x40 if _DARWIN else 0))
 _MS_SYNC = 4 if _LINUX else 0x10
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
@@ -69,6 +72,20 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 def _oserror(what: str, path: str) -> MappingError:
     err = ctypes.get_errno()
     return MappingError(err, f"{what} failed for {path}: {os.strerror(err)}")
+
+
+def _no_room_to_map(path: str, length: int) -> str:
+    """Why a private mapping was refused with ENOMEM: strict overcommit, or the address space."""
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            strict = f.read().strip() == "2"
+    except OSError:
+        strict = False
+    why = ("this kernel uses strict overcommit (vm.overcommit_memory=2), which ignores "
+           "MAP_NORESERVE and charges the whole mapping against its commit limit" if strict
+           else "the kernel refused to reserve it (address space or commit limit)")
+    return (f"Cannot map {length} bytes of {path} in private mode: {why}. Open it read-only or "
+            "shared, or map a smaller region with bigarr.open_raw(..., offset=, shape=).")
 
 
 class _Region:
@@ -152,9 +169,16 @@ class Mapping:
             )
         self.check_file()
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if access != "readonly" else 0)
-        share = mmap.MAP_PRIVATE if access == "private" else mmap.MAP_SHARED
+        # A writable private mapping is charged in full against the kernel's commit limit
+        # unless it reserves nothing: without MAP_NORESERVE, a file larger than RAM + swap
+        # cannot be opened in private mode at all (issue 17: ENOMEM from 24 GiB on a 24 GiB
+        # machine). Its scratch pages are then charged as they are made, and bounded by
+        # ``scratch_limit`` (bigarr._core.private), not by the kernel.
+        share = mmap.MAP_PRIVATE | _MAP_NORESERVE if access == "private" else mmap.MAP_SHARED
         addr = _libc.mmap(None, self.length, prot, share, self.fd, self.map_offset)
         if addr in (None, _MAP_FAILED):
+            if access == "private" and ctypes.get_errno() == errno.ENOMEM:
+                raise MappingError(errno.ENOMEM, _no_room_to_map(path, self.length))
             raise _oserror("mmap", path)
         self.addr = int(addr)
         region = _Region(self.addr, self.length, access != "readonly")
