@@ -76,7 +76,7 @@ from bigarr._formats.journal import (
     user_stacklevel,
 )
 from bigarr._formats.npy import read_header
-from bigarr._os.durable import datasync, fsync_dir, pwrite_all
+from bigarr._os.durable import Paced, datasync, fsync_dir
 from bigarr._os.fileid import (
     FileId,
     NotARegularFile,
@@ -554,11 +554,16 @@ def _writable_fd(m: Mapping) -> int:
 
 
 def _pwrite(fd: int, m: Mapping, runs: Runs) -> int:
-    """``pwrite`` each run from the mapping to the file, in ascending order; bytes written."""
+    """``pwrite`` each run from the mapping to the file, in ascending order; bytes written.
+
+    Paced (:class:`~bigarr._os.durable.Paced`): at most a window of the commit is dirty in the
+    page cache at a time, instead of all of it until the ``fdatasync`` (issue 17).
+    """
     root, base, total = m.root, m.map_offset, 0
+    paced = Paced(fd)
     for start, stop in runs:
         for pos in range(start, stop, _CHUNK):
-            pwrite_all(fd, root[pos : min(stop, pos + _CHUNK)], base + pos)
+            paced.write(root[pos : min(stop, pos + _CHUNK)], base + pos)
         total += stop - start
     return total
 
@@ -576,10 +581,15 @@ def journal_path(path: str) -> str:
     return commit_journal_path(path)
 
 
-def _write_all(fd: int, data: Any) -> None:
+def _write_all(fd: int, data: Any, paced: Paced | None = None) -> None:
+    """``os.write`` all of ``data``, in pieces of at most ``_CHUNK`` bytes paced by ``paced``."""
     view = memoryview(data).cast("B")
     while len(view):
-        view = view[os.write(fd, view) :]
+        at = os.lseek(fd, 0, os.SEEK_CUR) if paced is not None else 0
+        n = os.write(fd, view[:_CHUNK])
+        if paced is not None:
+            paced.wrote(at, n)
+        view = view[n:]
 
 
 def _pread_bytes(fd: int, nbytes: int, offset: int) -> bytes:
@@ -630,11 +640,12 @@ def _journaled_write(fd: int, m: Mapping, runs: Runs) -> int:
         for piece in (_JOURNAL_MAGIC, _LENGTH.pack(len(head)), head):
             digest.update(piece)
             _write_all(jfd, piece)
+        paced = Paced(jfd)  # the journal's dirty pages bounded too, like the commit's
         for start, stop in runs:
             record = _RECORD.pack(m.map_offset + start, stop - start)
             for part in (record, m.root[start:stop].data):
                 digest.update(part)
-                _write_all(jfd, part)
+                _write_all(jfd, part, paced)
         _write_all(jfd, _TRAILER + digest.digest())
         os.fsync(jfd)
     except BaseException as exc:  # the file is untouched: drop the unfinished journal
@@ -785,10 +796,11 @@ def _recover(target: str, fd: int | None) -> str | None:
             why = _why_not(journal, fd, target)
             if why is not None:
                 return _reject(jpath, target, why)
+            paced = Paced(fd)
             for offset, nbytes, body in journal.records:
                 for a in range(0, nbytes, _CHUNK):
                     chunk = os.pread(jfd, min(_CHUNK, nbytes - a), body + a)
-                    pwrite_all(fd, np.frombuffer(chunk, np.uint8), offset + a)
+                    paced.write(np.frombuffer(chunk, np.uint8), offset + a)
             datasync(fd)
             outcome = "replayed"
     finally:
