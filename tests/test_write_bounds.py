@@ -130,7 +130,7 @@ def test_two_gib_writes_stay_within_budget(tmp_path: Path, case: str) -> None:
     _check(tmp_path, case, 2 << 30)
 
 
-# ---- dirty page cache: the Paced writer -----------------------------------------------------------
+# ---- dirty page cache: the Paced writer ------------------------------------------------------
 def test_paced_writer_keeps_at_most_a_window_in_flight(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

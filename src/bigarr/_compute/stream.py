@@ -7,7 +7,10 @@ release-behind (``release=``)
     When the consumer asks for the next chunk, the finished one is dropped from this process's
     resident memory with ``MADV_DONTNEED``. On a read-only mapping that only unmaps clean pages
     (they stay in the page cache and re-fault from it if touched again). On a shared mapping the
-    chunk is first flushed (``msync(MS_SYNC)``), so nothing written is lost. On a private
+    chunk is first written back and waited for (``sync_file_range``; ``msync`` where that is
+    missing), so what the consumer wrote is on its way to disk, clean, and dropped: filling a
+    new file keeps both resident and dirty memory within the budget, and the writer runs at
+    the disk's pace (``close()`` or ``flush()`` make it durable). On a private
     (copy-on-write) mapping ``MADV_DONTNEED`` would throw the scratch edits away, so
     release-behind is off there and asking for it raises :class:`~bigarr.errors.HintError`.
     Default: on, except in private mode. With prefetch on, the helper thread does the release

@@ -19,6 +19,7 @@ journals) goes through these few functions, so what "durable" means is decided h
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import sys
 from collections import deque
@@ -28,7 +29,8 @@ import numpy as np
 
 from bigarr._os.libc import libc
 
-__all__ = ["Paced", "datasync", "fsync_dir", "pwrite_all", "start_writeback", "wait_writeback"]
+__all__ = ["Paced", "can_wait_writeback", "datasync", "fsync_dir", "pwrite_all", "start_writeback",
+           "wait_writeback"]
 
 PACE_WINDOW = 64 << 20
 """Bytes a :class:`Paced` writer leaves in flight (dirty or under writeback) by default."""
@@ -73,9 +75,23 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> None:
 
 
 def wait_writeback(fd: int, offset: int, nbytes: int) -> None:
-    """Write ``nbytes`` at ``offset`` of ``fd`` back to disk and wait for it (Linux only)."""
+    """Write ``nbytes`` at ``offset`` of ``fd`` back to disk and wait for it (Linux only).
+
+    Raises
+    ------
+    OSError
+        If the writeback failed (``EIO``; ``ENOSPC`` for a sparse file on a full disk).
+    """
     if nbytes and _sync_file_range is not None:
-        _sync_file_range(fd, offset, nbytes, _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER)
+        flags = _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER
+        if _sync_file_range(fd, offset, nbytes, flags) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"writeback failed: {os.strerror(err)}")
+
+
+def can_wait_writeback() -> bool:
+    """Whether :func:`wait_writeback` does anything here (Linux's ``sync_file_range``)."""
+    return _sync_file_range is not None
 
 
 class Paced:

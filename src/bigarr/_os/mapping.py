@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from bigarr._os.durable import can_wait_writeback, wait_writeback
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan, align_down
 from bigarr._os.hints import Hint
 from bigarr._os.libc import libc as _libc
@@ -326,6 +327,39 @@ class Mapping:
         self.check_file()
         if _libc.msync(rng[0], rng[1], _MS_SYNC) != 0:
             raise _oserror("msync", self.path)
+
+    def write_back(self, span: ByteSpan) -> None:
+        """Write the dirty pages of ``span`` to the file and wait (shared mode; else nothing).
+
+        ``sync_file_range`` on Linux: the pages are clean when it returns, so dropping them
+        from the mapping afterwards keeps the page cache's dirty memory bounded; but unlike
+        :meth:`sync` (``msync``, an ``fsync`` of the range) it commits no file-system journal
+        and flushes no disk cache, which per chunk cost a fill of a new file half its speed
+        and most of its kernel time (issue 17). Not a durability barrier: :meth:`sync` (and
+        ``close()``) are. Elsewhere it is :meth:`sync`.
+
+        Raises
+        ------
+        FileChangedError
+            If the file shrank below the mapping.
+        MappingError
+            If the writeback failed.
+        """
+        self.check_open()
+        if self.access != "shared":
+            return
+        if not can_wait_writeback():
+            self.sync(span)
+            return
+        rng = self._range(span, outward=True)
+        if rng is None:
+            return
+        self.check_file()
+        try:
+            wait_writeback(self.fd, self.map_offset + rng[0] - self.addr, rng[1])
+        except OSError as exc:
+            raise MappingError(exc.errno, f"writeback failed for {self.path}: "
+                                          f"{exc.strerror}") from None
 
     def residency(self, span: ByteSpan) -> np.ndarray[Any, np.dtype[np.bool_]]:
         """One bool per page of ``span`` (rounded outward): is the page in memory (mincore)?"""
