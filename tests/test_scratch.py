@@ -50,6 +50,10 @@ def test_limit_is_parsed_at_the_boundary(path: Path) -> None:
         bigarr.open(path, "shared", scratch_limit="1MiB")
     with pytest.raises(BudgetError, match="scratch_limit"):
         bigarr.open(path, "private", scratch_limit="lots")
+    with bigarr.open_raw(path, np.uint8, mode="private", scratch_limit=PAGE) as raw:
+        raw[:PAGE] = 1
+        with pytest.raises(ScratchLimitError):
+            raw[PAGE:PAGE + 1] = 1
 
 
 def test_basic_indexing_is_refused_before_the_write(x: bigarr.memmap, path: Path) -> None:

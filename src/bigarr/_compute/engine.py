@@ -13,9 +13,9 @@ that work it applies the three policies, each defined once, here:
   never release a chunk that is populated afterwards.
 * **Release** (:func:`release`). When a chunk is done (its work returned; for an iteration, when
   the consumer asks for the next chunk), the pages its input blocks touched are written back
-  if the mapping is shared (``sync_file_range``, waited for) and dropped from this process's resident set (``MADV_DONTNEED``);
-  never on a private mapping, where that would throw away copy-on-write edits. Non-contiguous
-  views release the pages of the parent they spanned.
+  if the mapping is shared (``sync_file_range``, waited for) and dropped from this process's
+  resident set (``MADV_DONTNEED``); never on a private mapping, where that would throw away
+  copy-on-write edits. Non-contiguous views release the pages of the parent they spanned.
 * **Flush** (:class:`Writeback`). Output blocks are written with ``pwrite`` into the output
   file's page cache (no mapping, no page faults), their writeback started at once
   (``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on Linux), and once ``flush_every`` bytes are

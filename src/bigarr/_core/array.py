@@ -398,10 +398,12 @@ class memmap(np.memmap):
 
         Each ``view`` is a :class:`bigarr.memmap` view of one planned chunk. A helper thread
         prefetches the next chunk while the loop works on this one, and finished chunks are
-        released behind the loop (flushed first in shared mode), so resident memory stays near
-        the budget for any array size. The loop variable may outlive the loop: ``x.close()``
-        after ``for chunk, view in x.iter_chunks(): ...`` works, and ``view`` then raises
-        :class:`~bigarr.errors.ClosedError`.
+        released behind the loop (in shared mode written back and waited for first, so filling
+        a file keeps resident and dirty memory within the budget), so resident memory stays near
+        the budget for any array size. In private mode with a ``scratch_limit``, each step
+        checks the chunk's new scratch pages against it. The loop variable may outlive the
+        loop: ``x.close()`` after ``for chunk, view in x.iter_chunks(): ...`` works, and
+        ``view`` then raises :class:`~bigarr.errors.ClosedError`.
 
         Parameters
         ----------

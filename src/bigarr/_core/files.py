@@ -527,12 +527,14 @@ def open_raw(
     order: str = "C",
     mode: str = "r",
     overwrite: bool = False,
+    scratch_limit: int | str | None = None,
 ) -> memmap:
     """Map a headerless binary file.
 
     ``shape=None`` maps everything from ``offset`` to the end as a 1-D array. With ``mode="w+"``
     a new preallocated file of ``offset`` + the array's bytes is created (never replacing an
-    existing path unless ``overwrite=True``), then opened in shared mode.
+    existing path unless ``overwrite=True``), then opened in shared mode. ``scratch_limit``
+    bounds private-mode edits as in :func:`open`.
 
     Raises
     ------
@@ -540,6 +542,7 @@ def open_raw(
         If the file is shorter than ``offset`` plus the array's bytes; checked before mapping.
     """
     access, creating = parse_mode(mode)
+    limit = parse_limit(scratch_limit, access)
     dt = check_dtype(dtype)
     target = file_path(path)
     if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
@@ -567,4 +570,5 @@ def open_raw(
             f"{offset + nbytes}."
         )
     mapping = Mapping(target, access, offset, offset + nbytes)
+    set_limit(mapping, limit)
     return memmap._attach(mapping, dims, dt, fmt_order, filename=target, offset=offset)
