@@ -26,6 +26,7 @@ import pytest
 
 import bigarr
 from bigarr._os import durable
+from bigarr._os.geometry import ByteSpan
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="VmHWM and clear_refs are Linux's")
@@ -189,3 +190,25 @@ def test_private_commit_is_paced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert x.commit(journal=journal) == 8 << 20
     assert sum(waited) >= (6 << 20) * (2 if journal else 1)  # all but a window, waited for
     assert np.load(path)[::4096].all()
+
+
+# ---- Mapping.write_back: what the release does in shared mode ------------------------------------
+def test_write_back_reaches_the_file_and_refuses_a_shrunk_one(tmp_path: Path) -> None:
+    path = tmp_path / "w.npy"
+    x = bigarr.create(path, (1 << 20,), np.uint8)
+    m = x._bigarr
+    assert m is not None
+    whole = ByteSpan(0, m.length)
+    x[:] = 3
+    m.write_back(whole)
+    x.advise("dontneed")  # dropped after the writeback: the data stays in the file
+    with open(path, "rb") as f:
+        f.seek(m.map_offset + m.data_start)
+        assert set(f.read(1 << 20)) == {3}
+    os.truncate(path, m.map_offset + m.data_start)  # another process cuts the file
+    with pytest.raises(bigarr.errors.FileChangedError):
+        m.write_back(whole)  # an error, not SIGBUS
+    with pytest.raises(bigarr.errors.FileChangedError):
+        x.close()  # closes, then reports the cut
+    with pytest.raises(bigarr.errors.ClosedError):
+        m.write_back(whole)
