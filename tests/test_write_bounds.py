@@ -15,6 +15,7 @@ commit writes through one.
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -212,3 +213,14 @@ def test_write_back_reaches_the_file_and_refuses_a_shrunk_one(tmp_path: Path) ->
         x.close()  # closes, then reports the cut
     with pytest.raises(bigarr.errors.ClosedError):
         m.write_back(whole)
+
+
+def test_a_failed_writeback_is_a_bigarr_error(tmp_path: Path) -> None:
+    # It was ignored: sync_file_range's result was never looked at.
+    if not durable.can_wait_writeback():
+        pytest.skip("no sync_file_range here")
+    fd = os.open(tmp_path / "r.bin", os.O_RDWR | os.O_CREAT)
+    os.close(fd)  # a descriptor that is no longer open: EBADF
+    with pytest.raises(bigarr.errors.MappingError, match="writeback") as info:
+        durable.wait_writeback(fd, 0, 4096)
+    assert isinstance(info.value, OSError) and info.value.errno == errno.EBADF

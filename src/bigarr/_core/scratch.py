@@ -34,7 +34,8 @@ assignment, each mapping keeps an *upper bound* of its scratch bytes (the last e
 every page each checked write spans since); only when that bound would pass the limit are the
 target's pages scanned (pages already copied cost nothing), and then the whole mapping. So a
 loop far from the limit costs no system calls, and one at the limit costs a scan of what it
-writes.
+writes. Where ``/proc/self/pagemap`` is missing (not Linux), counting compares pages with the
+file instead, which reads the whole mapping: there a limit costs time in proportion to the file.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from bigarr._os.libc import libc
+from bigarr.errors import MappingError
 
 __all__ = ["Paced", "can_wait_writeback", "datasync", "fsync_dir", "pwrite_all", "start_writeback",
            "wait_writeback"]
@@ -79,14 +80,15 @@ def wait_writeback(fd: int, offset: int, nbytes: int) -> None:
 
     Raises
     ------
-    OSError
+    MappingError
         If the writeback failed (``EIO``; ``ENOSPC`` for a sparse file on a full disk).
     """
     if nbytes and _sync_file_range is not None:
         flags = _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER
         if _sync_file_range(fd, offset, nbytes, flags) != 0:
             err = ctypes.get_errno()
-            raise OSError(err, f"writeback failed: {os.strerror(err)}")
+            raise MappingError(err, f"writeback of bytes {offset}-{offset + nbytes} failed: "
+                                    f"{os.strerror(err)}")
 
 
 def can_wait_writeback() -> bool:

@@ -357,9 +357,8 @@ class Mapping:
         self.check_file()
         try:
             wait_writeback(self.fd, self.map_offset + rng[0] - self.addr, rng[1])
-        except OSError as exc:
-            raise MappingError(exc.errno, f"writeback failed for {self.path}: "
-                                          f"{exc.strerror}") from None
+        except MappingError as exc:
+            raise MappingError(exc.errno, f"{exc.strerror} ({self.path})") from None
 
     def residency(self, span: ByteSpan) -> np.ndarray[Any, np.dtype[np.bool_]]:
         """One bool per page of ``span`` (rounded outward): is the page in memory (mincore)?"""
