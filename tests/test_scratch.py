@@ -156,3 +156,19 @@ def test_compare_backend_counts_differing_pages(
         with pytest.raises(ScratchLimitError):
             y[4:6] = -1
         assert y.check_scratch() == 4 * PAGE
+
+
+def test_a_mask_over_a_file_ending_mid_page(tmp_path: Path) -> None:
+    # numpy's own layout: data 128 bytes in, ending mid-page; the mask of the last, partial
+    # page must line up with the page table (it was one entry short: a broadcasting error).
+    p = tmp_path / "np.npy"
+    np.save(p, np.zeros((1000, 3), dtype=np.float32))  # 12,128 bytes
+    with bigarr.open(p, "private", scratch_limit=2 * PAGE) as y:
+        y[:50] = 1  # the first page
+        with pytest.raises(ScratchLimitError):
+            y[y[:, 0] == 0] = 2  # rows 50-999: the first page and two more
+        assert y.scratch_bytes() == PAGE
+    with bigarr.open(p, "private", scratch_limit=4 * PAGE) as y:
+        y[y[:, 0] == 0] = 2
+        y[[-1]] = 3
+        assert y.check_scratch() == 3 * PAGE and y[-1, 0] == 3

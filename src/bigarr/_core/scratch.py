@@ -192,7 +192,8 @@ def _fancy_pages(arr: np.ndarray[Any, Any], m: Mapping,
     if row == 0 or row > _ROW_PAGES * PAGE_SIZE:
         return None
     span = _target_span(m, arr)
-    mask = np.zeros(span.nbytes // PAGE_SIZE + 1, dtype=bool)
+    npages = -(-span.nbytes // PAGE_SIZE)  # the last page may be partial (the file's end)
+    mask = np.zeros(npages + 1, dtype=bool)
     base, p0 = m.offset_of(arr), span.start // PAGE_SIZE
     flat = idx.reshape(-1)
     for a in range(0, flat.size, _ROWS_STEP):
@@ -203,7 +204,7 @@ def _fancy_pages(arr: np.ndarray[Any, Any], m: Mapping,
         last = (base + (rows + 1) * row - 1) // PAGE_SIZE - p0
         for k in range(-(-row // PAGE_SIZE) + 1):
             mask[np.minimum(first + k, last)] = True
-    return span, mask[:span.nbytes // PAGE_SIZE]
+    return span, mask[:npages]
 
 
 def _basic(index: Any) -> bool:
