@@ -637,11 +637,11 @@ def test_a_crash_while_the_commit_journal_is_written_leaves_nothing(
         import os, bigarr
         from bigarr._core import private as _private
         real, seen = _private._write_all, []
-        def dying(fd, data):
+        def dying(fd, data, *paced):
             seen.append(1)
             if len(seen) > 3:
                 os._exit(9)  # half of the journal is written
-            real(fd, data)
+            real(fd, data, *paced)
         _private._write_all = dying
         a = bigarr.open({str(path)!r}, "private")
         a[0] = 1; a[PAGE * 4] = 2

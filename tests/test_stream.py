@@ -229,17 +229,17 @@ def test_a_failed_release_flush_reaches_the_consumer(
     from bigarr._os.mapping import Mapping
     from bigarr.errors import MappingError
 
-    original = Mapping.sync
+    original = Mapping.write_back  # the release writes back, then drops
     calls = []
 
     def failing(self: Mapping, span: Any) -> None:
         calls.append(span)
         if len(calls) == 2:
-            raise MappingError(errno.EIO, "msync failed: simulated I/O error")
+            raise MappingError(errno.EIO, "writeback failed: simulated I/O error")
         original(self, span)
 
     with bigarr.open(path, "r+") as a:
-        monkeypatch.setattr(Mapping, "sync", failing)
+        monkeypatch.setattr(Mapping, "write_back", failing)
         views = []
         with pytest.raises(MappingError, match="simulated"):
             for _c, v in a.iter_chunks("64KiB", progress=False):
@@ -247,7 +247,7 @@ def test_a_failed_release_flush_reaches_the_consumer(
                 v[...] = 1
         views.clear()
         del v
-        monkeypatch.setattr(Mapping, "sync", original)
+        monkeypatch.setattr(Mapping, "write_back", original)
     assert not _helpers()
 
 

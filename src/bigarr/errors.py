@@ -31,6 +31,7 @@ keeps working::
     ├── ArgumentError (TypeError)           an argument of a type bigarr cannot use
     ├── IncompleteOutputError (RuntimeError)  an output left behind by a run that did not finish
     ├── OutputLockedError (BlockingIOError)  another run (process or thread) is writing the output
+    ├── ScratchLimitError (MemoryError)     private-mode edits would exceed their scratch_limit
     ├── MissingExtraError (ImportError)     an optional extra (dask) is not installed
     └── UnsupportedError (NotImplementedError)  a feature this platform or kernel lacks
 
@@ -71,6 +72,7 @@ __all__ = [
     "PickleError_",
     "ReadOnlyError",
     "RegionError",
+    "ScratchLimitError",
     "ShapeError",
     "StaleJournalWarning",
     "TruncatedFileError",
@@ -216,6 +218,15 @@ class OutputLockedError(BigArrError, BlockingIOError):
 
     def __str__(self) -> str:
         return str(self.args[1])
+
+
+class ScratchLimitError(BigArrError, MemoryError):
+    """Private-mode edits would take (or took) the scratch pages past the ``scratch_limit``
+    given to :func:`bigarr.open`; ``commit()`` or ``discard()`` frees them.
+
+    Raised before the write for writes whose pages bigarr sees in advance, and at the next
+    check otherwise; see :mod:`bigarr._core.scratch` for which is which.
+    """
 
 
 class StaleJournalWarning(UserWarning):

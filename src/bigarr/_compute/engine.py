@@ -12,17 +12,18 @@ that work it applies the three policies, each defined once, here:
   not stop on page faults; it is issued *before* the chunk is submitted, so a fast worker can
   never release a chunk that is populated afterwards.
 * **Release** (:func:`release`). When a chunk is done (its work returned; for an iteration, when
-  the consumer asks for the next chunk), the pages its input blocks touched are flushed if the
-  mapping is shared (``msync``) and dropped from this process's resident set (``MADV_DONTNEED``);
-  never on a private mapping, where that would throw away copy-on-write edits. Non-contiguous
-  views release the pages of the parent they spanned.
+  the consumer asks for the next chunk), the pages its input blocks touched are written back
+  if the mapping is shared (``sync_file_range``, waited for) and dropped from this process's
+  resident set (``MADV_DONTNEED``); never on a private mapping, where that would throw away
+  copy-on-write edits. Non-contiguous views release the pages of the parent they spanned.
 * **Flush** (:class:`Writeback`). Output blocks are written with ``pwrite`` into the output
   file's page cache (no mapping, no page faults), their writeback started at once
   (``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on Linux), and once ``flush_every`` bytes are
   pending the oldest are waited for. Outputs that are not contiguous in their file (or private
   mappings, or in-memory arrays) are assigned through numpy; shared mappings among them are
-  flushed with ``msync`` and *then* released. When a run is journaled (``resume=True``), the
-  flush also ``fdatasync``'s the file and only then records the flushed chunks as done.
+  written back (``sync_file_range``) and *then* released, and made durable at the end of the
+  run. When a run is journaled (``resume=True``), the flush ``msync``'s them and
+  ``fdatasync``'s the files, and only then records the flushed chunks as done.
 
 Results are yielded in chunk order whatever the thread timing, so merging partial results is
 deterministic. At most ``threads + prefetch`` chunks are in flight.
@@ -84,7 +85,7 @@ def prefetch(streams: Sequence[Stream], chunk: Chunk, *, populate: bool,
 
 
 def release(stream: Stream, block: np.ndarray[Any, Any]) -> None:
-    """Drop a finished input block's pages (:meth:`Stream.release`: ``msync`` if shared, then
+    """Drop a finished input block's pages (:meth:`Stream.release`: written back if shared, then
     ``DONTNEED``; never on a private mapping)."""
     stream.release(block)
 
@@ -147,9 +148,11 @@ class Writeback:
         block[...] = value
         if mapping is not None and mapping.access == "shared" and block.size:
             # The block's bounding bytes: for a strided block (rows of a Fortran-ordered file)
-            # that includes other chunks' pages, which msync writes if dirty and DONTNEED
+            # that includes other chunks' pages, which the flush writes if dirty and DONTNEED
             # unmaps without losing anything (dirty shared pages stay in the page cache).
             entry.spans.append((mapping, extent(block, mapping)))
+            with self._lock:
+                self._fds.add(mapping.fd)  # made durable at the end (drain)
         entry.nbytes += block.nbytes
 
     def pwrite(self, entry: _Pending, fd: int, offset: int, data: np.ndarray[Any, Any]) -> None:
@@ -164,12 +167,14 @@ class Writeback:
     def mapped(self, chunk: int, stream: Stream, block: np.ndarray[Any, Any]) -> None:
         """Account for ``block`` of output ``stream`` having been written by other means
         (through its mapping, or into its file by a kernel copy): at the flush its pages are
-        ``msync``'d (which also writes the file's other dirty pages in the range), then
+        written back (which also writes the file's other dirty pages in the range), then
         dropped."""
         entry = self._entry(chunk)
         mapping = stream.mapping
         if mapping is not None and mapping.access == "shared" and block.size:
             entry.spans.append((mapping, extent(block, mapping)))
+            with self._lock:
+                self._fds.add(mapping.fd)  # made durable at the end (drain)
         entry.nbytes += block.nbytes
 
     def wrote(self, chunk: int, fd: int, offset: int, nbytes: int) -> None:
@@ -209,7 +214,7 @@ class Writeback:
             self.sync_files()
 
     def sync_files(self) -> None:
-        """``fdatasync`` every output file written with ``pwrite``."""
+        """``fdatasync`` every output file written (with ``pwrite`` or through a mapping)."""
         with self._lock:
             fds = sorted(self._fds)
         for fd in fds:
@@ -222,7 +227,12 @@ class Writeback:
             for fd, offset, nbytes in entry.ranges:
                 wait_writeback(fd, offset, nbytes)
             for mapping, span in entry.spans:
-                mapping.sync(span)  # flush THEN release: the data is on disk before the drop
+                # flush THEN release: the data is on disk before the drop (written back, and
+                # made durable by msync when the run is journaled; else at the end of the run)
+                if self.durable:
+                    mapping.sync(span)
+                else:
+                    mapping.write_back(span)
                 mapping.advise(_DONTNEED, span)
         if self.durable:
             if any(e.ranges for e in batch):

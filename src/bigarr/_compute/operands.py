@@ -243,15 +243,16 @@ class Stream:
     def release(self, block: np.ndarray[Any, Any]) -> None:
         """Release-behind: drop the pages ``block`` touched from this process's memory.
 
-        ``msync`` first on a shared mapping, then ``MADV_DONTNEED`` over each span widened by
-        :data:`FAULT_AROUND` on both sides; never on a private mapping (that would throw away
-        copy-on-write edits), never on an output.
+        Written back first on a shared mapping (:meth:`Mapping.write_back`: the pages are
+        clean, so the drop keeps dirty memory bounded), then ``MADV_DONTNEED`` over each span
+        widened by :data:`FAULT_AROUND` on both sides; never on a private mapping (that would
+        throw away copy-on-write edits), never on an output.
         """
         mapping = self.mapping
         if mapping is None or mapping.access == "private" or self.output:
             return
         for span in self.page_spans(block):
-            mapping.sync(span)  # a no-op unless shared
+            mapping.write_back(span)  # a no-op unless shared; close() makes it durable
             wide = ByteSpan(max(0, span.start - FAULT_AROUND),
                             min(mapping.length, span.stop + FAULT_AROUND))
             mapping.advise(_DONTNEED, wide)

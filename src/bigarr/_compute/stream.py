@@ -7,7 +7,10 @@ release-behind (``release=``)
     When the consumer asks for the next chunk, the finished one is dropped from this process's
     resident memory with ``MADV_DONTNEED``. On a read-only mapping that only unmaps clean pages
     (they stay in the page cache and re-fault from it if touched again). On a shared mapping the
-    chunk is first flushed (``msync(MS_SYNC)``), so nothing written is lost. On a private
+    chunk is first written back and waited for (``sync_file_range``; ``msync`` where that is
+    missing), so what the consumer wrote is on its way to disk, clean, and dropped: filling a
+    new file keeps both resident and dirty memory within the budget, and the writer runs at
+    the disk's pace (``close()`` or ``flush()`` make it durable). On a private
     (copy-on-write) mapping ``MADV_DONTNEED`` would throw the scratch edits away, so
     release-behind is off there and asking for it raises :class:`~bigarr.errors.HintError`.
     Default: on, except in private mode. With prefetch on, the helper thread does the release
@@ -50,6 +53,7 @@ from bigarr._compute.engine import execute
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import DEFAULT_PREFETCH, RunPlan, parse_prefetch, plan_run
+from bigarr._core.scratch import ChunkCheck
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan
 from bigarr._os.hints import Hint, parse_hint
 from bigarr._plan.budget import DEFAULT_BUDGET
@@ -292,6 +296,19 @@ def iter_chunks(
     return _walk(arr, mapping, stream, plan, progress=progress, pattern=pattern, desc=desc)
 
 
+def _checked(steps: Iterator[tuple[Chunk, Any]],
+             check: ChunkCheck) -> Iterator[tuple[Chunk, Any]]:
+    """``steps`` with a private mapping's scratch limit checked at each step: the growth of
+    each chunk's scratch pages, from any code that wrote into it, counts against it."""
+    try:
+        for chunk, view in steps:
+            check.handing(view)
+            yield chunk, view
+            check.returned()
+    finally:
+        steps.close()  # type: ignore[attr-defined]
+
+
 def _walk(
     arr: Any,
     mapping: Mapping,
@@ -312,8 +329,11 @@ def _walk(
             if pattern is not None:
                 mapping.advise(pattern, whole)
             # a view even for a 0-d array: arr[..., ] of the chunk's key
-            yield from execute(plan, lambda c, _blocks: arr[(*c.key, Ellipsis)], [stream],
-                               progress=bar)
+            steps = execute(plan, lambda c, _blocks: arr[(*c.key, Ellipsis)], [stream],
+                            progress=bar)
+            if mapping.access == "private" and ChunkCheck.needed(mapping):
+                steps = _checked(steps, ChunkCheck(mapping))
+            yield from steps
         finally:
             if pattern is not None and pattern.name in _PATTERN_HINTS and not mapping.closed:
                 mapping.advise(parse_hint("normal"), whole)

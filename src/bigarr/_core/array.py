@@ -176,9 +176,12 @@ class memmap(np.memmap):
         if out is not None:
             kwargs["out"] = tuple(_plain(o) for o in out)
         # ufunc.at writes into its first input; every other method writes only into out=.
-        guard = _private_target(inputs[:1] if method == "at" else out)
+        targets = inputs[:1] if method == "at" else out
+        guard = _private_target(targets)
         if guard is not None:  # writing into a private mapping: exclude a concurrent commit
-            with guard:
+            from bigarr._core.scratch import checked_ufunc
+
+            with guard, checked_ufunc(targets, after=method == "at"):  # and a scratch_limit
                 result = getattr(ufunc, method)(*args, **kwargs)
         else:
             result = getattr(ufunc, method)(*args, **kwargs)
@@ -204,9 +207,10 @@ class memmap(np.memmap):
         m = self._bigarr
         if m is not None and m.access == "private":  # a commit must not drop a racing write
             from bigarr._core.private import write_lock
+            from bigarr._core.scratch import setitem
 
             with write_lock(m):
-                np.ndarray.__setitem__(self, index, value)
+                setitem(self, m, index, value)  # checked against a scratch_limit
             return
         np.ndarray.__setitem__(self, index, value)
 
@@ -394,10 +398,12 @@ class memmap(np.memmap):
 
         Each ``view`` is a :class:`bigarr.memmap` view of one planned chunk. A helper thread
         prefetches the next chunk while the loop works on this one, and finished chunks are
-        released behind the loop (flushed first in shared mode), so resident memory stays near
-        the budget for any array size. The loop variable may outlive the loop: ``x.close()``
-        after ``for chunk, view in x.iter_chunks(): ...`` works, and ``view`` then raises
-        :class:`~bigarr.errors.ClosedError`.
+        released behind the loop (in shared mode written back and waited for first, so filling
+        a file keeps resident and dirty memory within the budget), so resident memory stays near
+        the budget for any array size. In private mode with a ``scratch_limit``, each step
+        checks the chunk's new scratch pages against it. The loop variable may outlive the
+        loop: ``x.close()`` after ``for chunk, view in x.iter_chunks(): ...`` works, and
+        ``view`` then raises :class:`~bigarr.errors.ClosedError`.
 
         Parameters
         ----------
@@ -645,6 +651,28 @@ class memmap(np.memmap):
         from bigarr._core.private import scratch_bytes
 
         return scratch_bytes(self, region)
+
+    def check_scratch(self) -> int:
+        """Count this private-mode mapping's scratch pages; refuse if over its ``scratch_limit``.
+
+        Catches edits no earlier check saw (plain numpy views written outside an
+        ``iter_chunks`` loop); see ``bigarr.open(..., scratch_limit=)``.
+
+        Returns
+        -------
+        int
+            Bytes of scratch pages of the whole mapping.
+
+        Raises
+        ------
+        ScratchLimitError
+            If they exceed the limit (the edits are kept: commit or discard them).
+        ModeError, ClosedError
+            If the array is not an open private-mode array.
+        """
+        from bigarr._core.scratch import check_scratch
+
+        return check_scratch(self)
 
     def track_writes(self, method: str = "auto") -> str:
         """Start tracking writes to this shared-mode array, or set a new mark if tracking.

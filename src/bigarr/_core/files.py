@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from bigarr._core.array import memmap
+from bigarr._core.scratch import parse_limit, set_limit
 from bigarr._formats.journal import check_complete, commit_journal_path, journal_path
 from bigarr._formats.npy import (
     NpyHeader,
@@ -457,7 +458,8 @@ def _header_of(path: str) -> NpyHeader:
         raise os_error(exc, path) from None
 
 
-def open(path: str | os.PathLike[str], mode: str = "r") -> memmap:
+def open(path: str | os.PathLike[str], mode: str = "r", *,
+         scratch_limit: int | str | None = None) -> memmap:
     """Open an existing ``.npy`` file (bigarr's or numpy's alignment) as a :class:`memmap`.
 
     Parameters
@@ -466,6 +468,12 @@ def open(path: str | os.PathLike[str], mode: str = "r") -> memmap:
         The file.
     mode
         ``"r"``/``"readonly"``, ``"shared"``/``"r+"`` or ``"private"``/``"c"``.
+    scratch_limit
+        Private mode only: the most memory scratch edits may take, in bytes or as a string
+        such as ``"2GiB"``; ``None`` for no limit. Edits past it raise
+        :class:`~bigarr.errors.ScratchLimitError` (a ``MemoryError``); which writes are
+        refused before they happen and which are caught after is listed in the README
+        ("Private mode").
 
     Raises
     ------
@@ -477,6 +485,13 @@ def open(path: str | os.PathLike[str], mode: str = "r") -> memmap:
         If the file is not a mappable ``.npy`` file; checked before mapping.
     ReadOnlyError
         For shared mode on a file that cannot be written.
+    ModeError
+        For an unknown mode, or a ``scratch_limit`` outside private mode.
+    BudgetError
+        For a ``scratch_limit`` that is not a positive size.
+    MappingError
+        If the OS refuses the mapping (a private mapping under strict overcommit,
+        ``vm.overcommit_memory=2``, is charged in full and can be refused).
 
     Warns
     -----
@@ -488,6 +503,7 @@ def open(path: str | os.PathLike[str], mode: str = "r") -> memmap:
     access, creating = parse_mode(mode)
     if creating:
         raise ModeError("open() maps existing files; use bigarr.create() to make a new one.")
+    limit = parse_limit(scratch_limit, access)
     target = file_path(path)
     header = _header_of(target)
     if os.path.lexists(journal_path(target)) or os.path.lexists(commit_journal_path(target)):
@@ -497,6 +513,7 @@ def open(path: str | os.PathLike[str], mode: str = "r") -> memmap:
         except IncompleteOutputError as exc:
             warnings.warn(str(exc), IncompleteOutputWarning, stacklevel=2)
     mapping = Mapping(target, access, header.data_offset, header.data_offset + header.nbytes)
+    set_limit(mapping, limit)
     return memmap._attach(mapping, header.shape, header.dtype, header.order,
                           filename=target, offset=header.data_offset)
 
@@ -510,12 +527,14 @@ def open_raw(
     order: str = "C",
     mode: str = "r",
     overwrite: bool = False,
+    scratch_limit: int | str | None = None,
 ) -> memmap:
     """Map a headerless binary file.
 
     ``shape=None`` maps everything from ``offset`` to the end as a 1-D array. With ``mode="w+"``
     a new preallocated file of ``offset`` + the array's bytes is created (never replacing an
-    existing path unless ``overwrite=True``), then opened in shared mode.
+    existing path unless ``overwrite=True``), then opened in shared mode. ``scratch_limit``
+    bounds private-mode edits as in :func:`open`.
 
     Raises
     ------
@@ -523,6 +542,7 @@ def open_raw(
         If the file is shorter than ``offset`` plus the array's bytes; checked before mapping.
     """
     access, creating = parse_mode(mode)
+    limit = parse_limit(scratch_limit, access)
     dt = check_dtype(dtype)
     target = file_path(path)
     if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
@@ -550,4 +570,5 @@ def open_raw(
             f"{offset + nbytes}."
         )
     mapping = Mapping(target, access, offset, offset + nbytes)
+    set_limit(mapping, limit)
     return memmap._attach(mapping, dims, dt, fmt_order, filename=target, offset=offset)

@@ -76,7 +76,7 @@ from bigarr._formats.journal import (
     user_stacklevel,
 )
 from bigarr._formats.npy import read_header
-from bigarr._os.durable import datasync, fsync_dir, pwrite_all
+from bigarr._os.durable import Paced, datasync, fsync_dir
 from bigarr._os.fileid import (
     FileId,
     NotARegularFile,
@@ -119,6 +119,7 @@ __all__ = [
 ]
 
 _CHUNK = 16 << 20  # bytes compared or written per step; bounds temporary memory
+_SCAN = 1 << 20  # pagemap entries read per step (8 MiB, for 4 GiB of mapping)
 _PRESENT, _SWAPPED, _FILE_PAGE = 1 << 63, 1 << 62, 1 << 61
 _BACKENDS = ("pagemap", "compare")
 
@@ -335,7 +336,8 @@ def _runs(mask: np.ndarray[Any, Any]) -> Int64Runs:
     """Half-open ``[start, stop)`` index runs where ``mask`` is True, as an ``(n, 2)`` array."""
     if mask.size == 0:
         return _NO_RUNS
-    edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
+    zero = np.zeros(1, dtype=np.int8)
+    edges = np.diff(mask.astype(bool).view(np.int8), prepend=zero, append=zero)
     return np.stack([np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)], axis=1).astype(
         np.int64)
 
@@ -353,6 +355,13 @@ def _merge(runs: Int64Runs) -> Int64Runs:
     return np.stack([runs[first, 0], np.maximum.reduceat(runs[:, 1], first)], axis=1)
 
 
+def _copied(e: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """Which pagemap entries are scratch pages: present without the file bit, or swapped."""
+    copied = ((e & np.uint64(_PRESENT)) != 0) & ((e & np.uint64(_FILE_PAGE)) == 0)
+    out: np.ndarray[Any, np.dtype[np.bool_]] = copied | ((e & np.uint64(_SWAPPED)) != 0)
+    return out
+
+
 def _page_table(m: Mapping, span: ByteSpan) -> tuple[int, np.ndarray[Any, np.dtype[np.bool_]]]:
     """``(first page byte, mask)``: which pages of ``span`` (rounded outward) are scratch pages."""
     pages = span.outward(PAGE_SIZE).clip(ByteSpan(0, m.length))
@@ -360,12 +369,14 @@ def _page_table(m: Mapping, span: ByteSpan) -> tuple[int, np.ndarray[Any, np.dty
         return pages.start, np.zeros(0, dtype=bool)
     if dirty_backend() == "pagemap":
         try:
-            e = m.pagemap(pages)
+            # In steps of _SCAN pages: a 40 GiB mapping has 80 MiB of pagemap entries, and
+            # reading them whole cost 200 MiB of temporaries (issue 17).
+            masks = [_copied(m.pagemap(ByteSpan(lo, min(pages.stop, lo + _SCAN * PAGE_SIZE))))
+                     for lo in range(pages.start, pages.stop, _SCAN * PAGE_SIZE)]
         except UnsupportedError:
             pass
         else:
-            copied = ((e & np.uint64(_PRESENT)) != 0) & ((e & np.uint64(_FILE_PAGE)) == 0)
-            return pages.start, copied | ((e & np.uint64(_SWAPPED)) != 0)
+            return pages.start, np.concatenate(masks)
     npages = -(-pages.nbytes // PAGE_SIZE)
     mask = np.zeros(npages, dtype=bool)
     step = max(1, _CHUNK // PAGE_SIZE)
@@ -390,7 +401,8 @@ def _scratch_runs(m: Mapping, span: ByteSpan) -> Runs:
     first, mask = _page_table(m, span)
     if not mask.any():
         return []
-    edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
+    zero = np.zeros(1, dtype=np.int8)  # int8 throughout: a mask of 40 GiB of pages is 10 MiB
+    edges = np.diff(mask.view(np.int8), prepend=zero, append=zero)
     starts = np.maximum(first + np.flatnonzero(edges == 1) * PAGE_SIZE, span.start)
     stops = np.minimum(first + np.flatnonzero(edges == -1) * PAGE_SIZE, span.stop)
     keep = stops > starts
@@ -542,11 +554,16 @@ def _writable_fd(m: Mapping) -> int:
 
 
 def _pwrite(fd: int, m: Mapping, runs: Runs) -> int:
-    """``pwrite`` each run from the mapping to the file, in ascending order; bytes written."""
+    """``pwrite`` each run from the mapping to the file, in ascending order; bytes written.
+
+    Paced (:class:`~bigarr._os.durable.Paced`): at most a window of the commit is dirty in the
+    page cache at a time, instead of all of it until the ``fdatasync`` (issue 17).
+    """
     root, base, total = m.root, m.map_offset, 0
+    paced = Paced(fd)
     for start, stop in runs:
         for pos in range(start, stop, _CHUNK):
-            pwrite_all(fd, root[pos : min(stop, pos + _CHUNK)], base + pos)
+            paced.write(root[pos : min(stop, pos + _CHUNK)], base + pos)
         total += stop - start
     return total
 
@@ -564,10 +581,15 @@ def journal_path(path: str) -> str:
     return commit_journal_path(path)
 
 
-def _write_all(fd: int, data: Any) -> None:
+def _write_all(fd: int, data: Any, paced: Paced | None = None) -> None:
+    """``os.write`` all of ``data``, in pieces of at most ``_CHUNK`` bytes paced by ``paced``."""
     view = memoryview(data).cast("B")
     while len(view):
-        view = view[os.write(fd, view) :]
+        at = os.lseek(fd, 0, os.SEEK_CUR) if paced is not None else 0
+        n = os.write(fd, view[:_CHUNK])
+        if paced is not None:
+            paced.wrote(at, n)
+        view = view[n:]
 
 
 def _pread_bytes(fd: int, nbytes: int, offset: int) -> bytes:
@@ -618,11 +640,12 @@ def _journaled_write(fd: int, m: Mapping, runs: Runs) -> int:
         for piece in (_JOURNAL_MAGIC, _LENGTH.pack(len(head)), head):
             digest.update(piece)
             _write_all(jfd, piece)
+        paced = Paced(jfd)  # the journal's dirty pages bounded too, like the commit's
         for start, stop in runs:
             record = _RECORD.pack(m.map_offset + start, stop - start)
             for part in (record, m.root[start:stop].data):
                 digest.update(part)
-                _write_all(jfd, part)
+                _write_all(jfd, part, paced)
         _write_all(jfd, _TRAILER + digest.digest())
         os.fsync(jfd)
     except BaseException as exc:  # the file is untouched: drop the unfinished journal
@@ -773,10 +796,11 @@ def _recover(target: str, fd: int | None) -> str | None:
             why = _why_not(journal, fd, target)
             if why is not None:
                 return _reject(jpath, target, why)
+            paced = Paced(fd)
             for offset, nbytes, body in journal.records:
                 for a in range(0, nbytes, _CHUNK):
                     chunk = os.pread(jfd, min(_CHUNK, nbytes - a), body + a)
-                    pwrite_all(fd, np.frombuffer(chunk, np.uint8), offset + a)
+                    paced.write(np.frombuffer(chunk, np.uint8), offset + a)
             datasync(fd)
             outcome = "replayed"
     finally:
@@ -943,7 +967,15 @@ def commit(arr: Any, region: Region = None, *, journal: bool = False) -> int:
         finally:
             os.close(fd)
         _settle(m, span, runs, restore=False)
+        _recount(m)
     return written
+
+
+def _recount(m: Mapping) -> None:
+    """Tell a ``scratch_limit`` that pages were freed (it recounts them)."""
+    from bigarr._core.scratch import recount  # scratch.py builds on this module
+
+    recount(m)
 
 
 def discard(arr: Any, region: Region = None) -> int:
@@ -973,4 +1005,5 @@ def discard(arr: Any, region: Region = None) -> int:
         runs = _scratch_runs(m, span)
         if runs:
             _settle(m, span, runs, restore=True)
+            _recount(m)
     return sum(len(ByteSpan(a, b).pages(PAGE_SIZE)) for a, b in runs) * PAGE_SIZE

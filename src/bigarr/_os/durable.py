@@ -8,6 +8,10 @@ journals) goes through these few functions, so what "durable" means is decided h
   (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, Linux only; a no-op elsewhere);
 * :func:`wait_writeback` waits until a range is written back (not a durability barrier: the
   disk's cache and the file's metadata are :func:`datasync`'s job);
+* :class:`Paced` keeps a long write's dirty page cache bounded: each piece's writeback starts
+  as it is written, and the writer waits for the oldest once more than a window is in flight
+  (a 1 GiB private commit left 1 GiB of system-wide Dirty memory until its ``fdatasync``,
+  issue 17);
 * :func:`datasync` makes a file's data durable (``fdatasync``; ``fsync`` where it is missing);
 * :func:`fsync_dir` makes a create, rename or unlink in a folder durable.
 """
@@ -15,15 +19,22 @@ journals) goes through these few functions, so what "durable" means is decided h
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import sys
+from collections import deque
 from typing import Any
 
 import numpy as np
 
 from bigarr._os.libc import libc
+from bigarr.errors import MappingError
 
-__all__ = ["datasync", "fsync_dir", "pwrite_all", "start_writeback", "wait_writeback"]
+__all__ = ["Paced", "can_wait_writeback", "datasync", "fsync_dir", "pwrite_all", "start_writeback",
+           "wait_writeback"]
+
+PACE_WINDOW = 64 << 20
+"""Bytes a :class:`Paced` writer leaves in flight (dirty or under writeback) by default."""
 
 _SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4  # SYNC_FILE_RANGE_*
 _sync_file_range = (getattr(libc, "sync_file_range", None)
@@ -65,6 +76,63 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> None:
 
 
 def wait_writeback(fd: int, offset: int, nbytes: int) -> None:
-    """Write ``nbytes`` at ``offset`` of ``fd`` back to disk and wait for it (Linux only)."""
+    """Write ``nbytes`` at ``offset`` of ``fd`` back to disk and wait for it (Linux only).
+
+    Raises
+    ------
+    MappingError
+        If the writeback failed (``EIO``; ``ENOSPC`` for a sparse file on a full disk).
+    """
     if nbytes and _sync_file_range is not None:
-        _sync_file_range(fd, offset, nbytes, _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER)
+        flags = _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER
+        if _sync_file_range(fd, offset, nbytes, flags) != 0:
+            err = ctypes.get_errno()
+            raise MappingError(err, f"writeback of bytes {offset}-{offset + nbytes} failed: "
+                                    f"{os.strerror(err)}")
+
+
+def can_wait_writeback() -> bool:
+    """Whether :func:`wait_writeback` does anything here (Linux's ``sync_file_range``)."""
+    return _sync_file_range is not None
+
+
+class Paced:
+    """Writes to one file with at most ``window`` bytes dirty or under writeback (Linux).
+
+    Each piece's writeback is started as soon as it is written (:func:`start_writeback`);
+    once more than ``window`` bytes are in flight, the writer waits for the oldest pieces
+    (:func:`wait_writeback`). The disk stays busy (a window is always queued) and the page
+    cache never holds more than ``window`` plus one piece of this writer's dirty data. Not a
+    durability barrier: call :func:`datasync` at the end. Elsewhere than Linux a no-op pacer.
+
+    Parameters
+    ----------
+    fd
+        The file written.
+    window
+        Bytes in flight before the writer waits, in bytes; ``None``: :data:`PACE_WINDOW`.
+    """
+
+    def __init__(self, fd: int, window: int | None = None) -> None:
+        self.fd = fd
+        self.window = PACE_WINDOW if window is None else window
+        self._flight: deque[tuple[int, int]] = deque()
+        self._bytes = 0
+
+    def write(self, data: np.ndarray[Any, Any], offset: int) -> None:
+        """:func:`pwrite_all` ``data`` at ``offset``, then pace."""
+        pwrite_all(self.fd, data, offset)
+        self.wrote(offset, data.nbytes)
+
+    def wrote(self, offset: int, nbytes: int) -> None:
+        """Account for ``nbytes`` written at ``offset`` by other means (``os.write``): start
+        their writeback, and wait for the oldest pieces beyond the window."""
+        if not nbytes or _sync_file_range is None:
+            return
+        start_writeback(self.fd, offset, nbytes)
+        self._flight.append((offset, nbytes))
+        self._bytes += nbytes
+        while self._bytes > self.window:
+            first, n = self._flight.popleft()
+            wait_writeback(self.fd, first, n)
+            self._bytes -= n

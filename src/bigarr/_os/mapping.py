@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from bigarr._os.durable import can_wait_writeback, wait_writeback
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan, align_down
 from bigarr._os.hints import Hint
 from bigarr._os.libc import libc as _libc
@@ -61,7 +62,10 @@ __all__ = ["Mapping", "check_mapped"]
 _LINUX = sys.platform.startswith("linux")
 _DARWIN = sys.platform == "darwin"
 _MAP_FIXED = 0x10  # the same on Linux and the BSDs/macOS
-_MAP_NORESERVE = 0x4000 if _LINUX else (0x40 if _DARWIN else 0)
+# Python names MAP_NORESERVE only on some versions and platforms (3.11 on Linux does not); the
+# value is part of each kernel's ABI: 0x4000 on Linux, 0x40 on macOS, none elsewhere.
+_MAP_NORESERVE: int = getattr(mmap, "MAP_NORESERVE",
+                              0x4000 if _LINUX else (0x40 if _DARWIN else 0))
 _MS_SYNC = 4 if _LINUX else 0x10
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
@@ -69,6 +73,20 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 def _oserror(what: str, path: str) -> MappingError:
     err = ctypes.get_errno()
     return MappingError(err, f"{what} failed for {path}: {os.strerror(err)}")
+
+
+def _no_room_to_map(path: str, length: int) -> str:
+    """Why a private mapping was refused with ENOMEM: strict overcommit, or the address space."""
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            strict = f.read().strip() == "2"
+    except OSError:
+        strict = False
+    why = ("this kernel uses strict overcommit (vm.overcommit_memory=2), which ignores "
+           "MAP_NORESERVE and charges the whole mapping against its commit limit" if strict
+           else "the kernel refused to reserve it (address space or commit limit)")
+    return (f"Cannot map {length} bytes of {path} in private mode: {why}. Open it read-only or "
+            "shared, or map a smaller region with bigarr.open_raw(..., offset=, shape=).")
 
 
 class _Region:
@@ -152,9 +170,16 @@ class Mapping:
             )
         self.check_file()
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if access != "readonly" else 0)
-        share = mmap.MAP_PRIVATE if access == "private" else mmap.MAP_SHARED
+        # A writable private mapping is charged in full against the kernel's commit limit
+        # unless it reserves nothing: without MAP_NORESERVE, a file larger than RAM + swap
+        # cannot be opened in private mode at all (issue 17: ENOMEM from 24 GiB on a 24 GiB
+        # machine). Its scratch pages are then charged as they are made, and bounded by
+        # ``scratch_limit`` (bigarr._core.private), not by the kernel.
+        share = mmap.MAP_PRIVATE | _MAP_NORESERVE if access == "private" else mmap.MAP_SHARED
         addr = _libc.mmap(None, self.length, prot, share, self.fd, self.map_offset)
         if addr in (None, _MAP_FAILED):
+            if access == "private" and ctypes.get_errno() == errno.ENOMEM:
+                raise MappingError(errno.ENOMEM, _no_room_to_map(path, self.length))
             raise _oserror("mmap", path)
         self.addr = int(addr)
         region = _Region(self.addr, self.length, access != "readonly")
@@ -302,6 +327,38 @@ class Mapping:
         self.check_file()
         if _libc.msync(rng[0], rng[1], _MS_SYNC) != 0:
             raise _oserror("msync", self.path)
+
+    def write_back(self, span: ByteSpan) -> None:
+        """Write the dirty pages of ``span`` to the file and wait (shared mode; else nothing).
+
+        ``sync_file_range`` on Linux: the pages are clean when it returns, so dropping them
+        from the mapping afterwards keeps the page cache's dirty memory bounded; but unlike
+        :meth:`sync` (``msync``, an ``fsync`` of the range) it commits no file-system journal
+        and flushes no disk cache, which per chunk cost a fill of a new file half its speed
+        and most of its kernel time (issue 17). Not a durability barrier: :meth:`sync` (and
+        ``close()``) are. Elsewhere it is :meth:`sync`.
+
+        Raises
+        ------
+        FileChangedError
+            If the file shrank below the mapping.
+        MappingError
+            If the writeback failed.
+        """
+        self.check_open()
+        if self.access != "shared":
+            return
+        if not can_wait_writeback():
+            self.sync(span)
+            return
+        rng = self._range(span, outward=True)
+        if rng is None:
+            return
+        self.check_file()
+        try:
+            wait_writeback(self.fd, self.map_offset + rng[0] - self.addr, rng[1])
+        except MappingError as exc:
+            raise MappingError(exc.errno, f"{exc.strerror} ({self.path})") from None
 
     def residency(self, span: ByteSpan) -> np.ndarray[Any, np.dtype[np.bool_]]:
         """One bool per page of ``span`` (rounded outward): is the page in memory (mincore)?"""
