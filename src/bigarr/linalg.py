@@ -14,6 +14,7 @@ float64 results agree with numpy.linalg to about 1e-12 on well-conditioned data.
 from __future__ import annotations
 
 from bigarr._compute.linalg import PCAResult, corrcoef, cov, gram, matmul, pca
+from bigarr._compute.randomized import randomized_svd
 from bigarr._compute.tsqr import SVDResult, lstsq, qr, svd
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "matmul",
     "pca",
     "qr",
+    "randomized_svd",
     "svd",
 ]
 

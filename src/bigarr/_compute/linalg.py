@@ -503,29 +503,46 @@ def pca(
     x: Any,
     k: int,
     *,
+    method: str = "exact",
     out_scores: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    n_oversamples: int = 10,
+    n_iter: int = 2,
+    random_state: Any = None,
+    tmpdir: str | os.PathLike[str] | None = None,
     budget: int | str = _DEFAULT_BUDGET,
     threads: int | None = None,
     progress: ProgressArg = None,
 ) -> PCAResult:
-    """Exact PCA of a tall matrix: the covariance in one pass, its eigendecomposition in memory.
+    """PCA of a matrix out of core, exact (tall-skinny) or randomized (wide or huge too).
 
-    The covariance is merged as in :func:`cov` (numerically sound); its eigenvectors are the
-    principal axes. Eigenvalues far below the largest (ratio under about 1e-8) lose relative
-    accuracy, as any covariance-based PCA's do. The scores, when asked for, take a second pass.
+    ``method="exact"``: the covariance in one pass, merged as in :func:`cov` (numerically
+    sound), and its eigendecomposition in memory (p x p: for p up to a few thousand).
+    Eigenvalues far below the largest (ratio under about 1e-8) lose relative accuracy, as any
+    covariance-based PCA's do.
+
+    ``method="randomized"``: :func:`bigarr.linalg.randomized_svd` of the centred X (centred
+    implicitly, sub-block by sub-block, after one pass of column moments), ``3 + 2 * n_iter``
+    passes, p x (k + n_oversamples) states only: for p too large for a p x p covariance. Its
+    accuracy is randomized_svd's (exact to working precision for a fast-decaying spectrum).
+
+    The scores, when asked for, take one more pass.
 
     Parameters
     ----------
     x
         N x p observations in rows.
     k
-        Number of components, 1 <= k <= p.
+        Number of components, 1 <= k <= p (randomized: k <= min(N, p)).
+    method
+        ``"exact"`` or ``"randomized"``.
     out_scores
         Path of a new ``.npy`` file for the N x k scores (float32 for float32 data, else
         float64).
     overwrite
         Replace an existing file at ``out_scores``.
+    n_oversamples, n_iter, random_state, tmpdir
+        For ``method="randomized"``, as :func:`bigarr.linalg.randomized_svd`.
     budget, threads, progress
         As :func:`gram`.
 
@@ -536,12 +553,14 @@ def pca(
     Raises
     ------
     ArgumentError
-        If ``k`` is not an integer.
+        If ``k`` is not an integer, or ``method`` is not one of the two.
     ShapeError
         If ``k`` is not in [1, p], or ``x`` is not 2-d or has fewer than 2 rows.
     BudgetError, DtypeError
         As :func:`gram`.
     """
+    if method not in ("exact", "randomized"):
+        raise ArgumentError(f"Expected method 'exact' or 'randomized'. Got {method!r}.")
     nthreads = parse_threads(threads)
     with _streams(x) as streams:
         s = streams[0]
@@ -553,17 +572,27 @@ def pca(
         if not 1 <= k <= p:
             raise ShapeError(f"Expected k, the number of components, in [1, {p}]. Got {k}.")
         src = np.dtype(s.dtype)
-        n, mean, c = _moments(streams, budget=budget, threads=nthreads, progress=progress,
-                              what="pca")
-    covariance = c / (n - 1)
-    values, vectors = np.linalg.eigh(covariance)
-    order = np.argsort(values)[::-1]
-    values = np.clip(values[order], 0.0, None)
-    comps = vectors[:, order[:int(k)]].T
-    flip = np.sign(comps[np.arange(len(comps)), np.argmax(np.abs(comps), axis=1)])
-    comps = comps * np.where(flip == 0, 1.0, flip)[:, None]
-    total = values.sum()
-    ratio = values[:k] / total if total > 0 else np.zeros(int(k))
+        if method == "exact":
+            n, mean, c = _moments(streams, budget=budget, threads=nthreads, progress=progress,
+                                  what="pca")
+    if method == "randomized":
+        from bigarr._compute.randomized import randomized_pca
+
+        res = randomized_pca(x, k, n_oversamples=n_oversamples, n_iter=n_iter,
+                             random_state=random_state, tmpdir=tmpdir, budget=budget,
+                             threads=nthreads, progress=progress)
+        comps, values, ratio, mean, n = (res.components, res.explained_variance,
+                                         res.explained_variance_ratio, res.mean, res.n_samples)
+    else:
+        values, vectors = np.linalg.eigh(c / (n - 1))
+        order = np.argsort(values)[::-1]
+        values = np.clip(values[order], 0.0, None)
+        comps = vectors[:, order[:int(k)]].T
+        flip = np.sign(comps[np.arange(len(comps)), np.argmax(np.abs(comps), axis=1)])
+        comps = comps * np.where(flip == 0, 1.0, flip)[:, None]
+        total = values.sum()
+        ratio = values[:k] / total if total > 0 else np.zeros(int(k))
+        values = values[:k]
     scores = None
     if out_scores is not None:
         dt = _float_out(src)
@@ -577,7 +606,7 @@ def pca(
         with blas_limit(nthreads):
             scores = map_blocks(project, x, out=out_scores, dtype=dt, budget=budget,
                                 threads=nthreads, progress=progress, overwrite=overwrite)
-    return PCAResult(comps, values[:k], ratio, mean, int(n), scores)
+    return PCAResult(comps, values, ratio, mean, int(n), scores)
 
 
 # ---- matmul --------------------------------------------------------------------------------

@@ -1,0 +1,157 @@
+"""bigarr.linalg.randomized_svd and pca(method="randomized") on matrices of known spectra.
+
+X = U diag(s) V.T with U, V random orthonormal and s chosen: with a fast-decaying spectrum
+the randomized answer is exact to working precision (1e-10 relative to s[0], vectors up to
+sign); with a slow (1/i) one, the spectral error ``||X - U S Vh||`` stays within 1.5 s[k], the
+documented tolerance (Halko et al.'s bound, a small multiple of the best possible s[k]). A
+2 MiB budget puts Q in a temporary file, so the TSQR orthonormalisation is exercised.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import bigarr
+from bigarr import linalg
+from bigarr.errors import ArgumentError, BudgetError, ShapeError
+
+KW: dict[str, Any] = {"threads": 2, "progress": False}
+
+
+def known(n: int, p: int, s: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray,
+                                                                  np.ndarray]:
+    rng = np.random.default_rng(seed)
+    u = np.linalg.qr(rng.standard_normal((n, len(s))))[0]
+    v = np.linalg.qr(rng.standard_normal((p, len(s))))[0]
+    return (u * s) @ v.T, u, v
+
+
+def _aligned(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """``got``'s rows with the signs of ``want``'s."""
+    signs = np.sign(np.sum(got * want, axis=1))
+    assert np.all(signs != 0)
+    return got * signs[:, None]
+
+
+@pytest.mark.parametrize("budget", ["64MiB", "2MiB"], ids=["q-in-memory", "q-in-a-file"])
+@pytest.mark.parametrize("shape", [(6000, 40), (300, 2000)], ids=["tall", "wide"])
+def test_fast_spectrum_is_exact(shape: tuple[int, int], budget: str, tmp_path: Path) -> None:
+    n, p = shape
+    s = 10.0 * 0.3 ** np.arange(min(n, p, 30))
+    x, u, v = known(n, p, s)
+    np.save(tmp_path / "x.npy", x)
+    res = linalg.randomized_svd(tmp_path / "x.npy", 5, random_state=1, budget=budget,
+                                out_u=tmp_path / "u.npy", **KW)
+    assert np.max(np.abs(res.S - s[:5])) / s[0] < 1e-10
+    vh = _aligned(res.Vh, v[:, :5].T)
+    assert np.max(np.abs(vh - v[:, :5].T)) < 1e-10
+    assert isinstance(res.U, bigarr.memmap) and res.U.shape == (n, 5)
+    ut = _aligned(np.asarray(res.U).T, u[:, :5].T)
+    assert np.max(np.abs(ut - u[:, :5].T)) < 1e-10
+    res.U.close()
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["u.npy", "x.npy"]
+
+
+def test_agrees_with_numpy_svd_and_u_in_memory() -> None:
+    x, _, _ = known(3000, 50, 2.0 ** -np.arange(50.0), seed=2)
+    u0, s0, vh0 = np.linalg.svd(x, full_matrices=False)
+    res = linalg.randomized_svd(x, 8, random_state=0, budget="64MiB", **KW)
+    assert np.max(np.abs(res.S - s0[:8])) / s0[0] < 1e-10
+    assert np.max(np.abs(_aligned(res.Vh, vh0[:8]) - vh0[:8])) < 1e-10
+    assert res.U is not None and res.U.dtype == np.float64
+    assert np.max(np.abs(_aligned(res.U.T, u0[:, :8].T) - u0[:, :8].T)) < 1e-10
+    rows = np.arange(8)
+    assert np.all(res.Vh[rows, np.argmax(np.abs(res.Vh), axis=1)] > 0)  # the sign convention
+
+
+def test_slow_spectrum_is_within_the_documented_bound() -> None:
+    s = 1.0 / np.arange(1, 201)
+    x, _, _ = known(4000, 200, s, seed=3)
+    k = 10
+    res = linalg.randomized_svd(x, k, random_state=0, budget="2MiB", **KW)
+    assert res.U is None  # Q went to a file: U only through out_u
+    res = linalg.randomized_svd(x, k, random_state=0, budget="64MiB", **KW)
+    err = np.linalg.norm(x - (res.U * res.S) @ res.Vh, 2)
+    assert s[k] <= err * (1 + 1e-12) and err <= 1.5 * s[k]
+    assert np.all(np.abs(res.S - s[:k]) <= 0.5 * s[k])
+    crude = linalg.randomized_svd(x, k, n_oversamples=0, n_iter=0, random_state=0,
+                                  budget="64MiB", **KW)
+    crude_err = np.linalg.norm(x - (crude.U * crude.S) @ crude.Vh, 2)
+    assert crude_err > err  # the power iterations matter: the test can fail
+
+
+def test_rank_deficient_sketch_in_a_file() -> None:
+    """Rank 3 < l = 13: the sketch's dependent directions are dropped, not inverted."""
+    s = np.array([5.0, 2.0, 1.0])
+    x, _, v = known(5000, 30, s, seed=4)
+    res = linalg.randomized_svd(x, 5, random_state=0, budget="2MiB", **KW)
+    assert np.max(np.abs(res.S[:3] - s)) < 1e-10 and np.all(res.S[3:] < 1e-10)
+    assert np.max(np.abs(_aligned(res.Vh[:3], v.T) - v.T)) < 1e-10
+
+
+def test_float32_tolerance() -> None:
+    """float32 data is computed in float64: exact for the float32 matrix (1e-10), and U is
+    float32 (its own rounding, 1e-6)."""
+    x, _, _ = known(4000, 30, 4.0 ** -np.arange(30.0), seed=5)
+    x32 = x.astype(np.float32)
+    u0, s0, _ = np.linalg.svd(x32.astype(np.float64), full_matrices=False)
+    res = linalg.randomized_svd(x32, 4, random_state=0, budget="64MiB", **KW)
+    assert np.max(np.abs(res.S - s0[:4])) / s0[0] < 1e-10
+    assert res.U is not None and res.U.dtype == np.float32
+    assert np.max(np.abs(_aligned(res.U.T, u0[:, :4].T) - u0[:, :4].T)) < 1e-6
+
+
+def test_random_state_is_reproducible() -> None:
+    x, _, _ = known(2000, 100, 1.0 / np.arange(1, 101), seed=6)
+    a = linalg.randomized_svd(x, 5, random_state=7, budget="64MiB", **KW)
+    b = linalg.randomized_svd(x, 5, random_state=7, budget="64MiB", **KW)
+    assert np.array_equal(a.S, b.S) and np.array_equal(a.Vh, b.Vh)
+
+
+def test_refusals() -> None:
+    x = np.ones((100, 10))
+    with pytest.raises(ShapeError, match=r"\[1, 10\]"):
+        linalg.randomized_svd(x, 11, **KW)
+    with pytest.raises(ArgumentError, match="n_iter"):
+        linalg.randomized_svd(x, 2, n_iter=-1, **KW)
+    with pytest.raises(ArgumentError, match="k, the number"):
+        linalg.randomized_svd(x, 2.0, **KW)  # type: ignore[arg-type]
+    with pytest.raises(ShapeError, match="N x p"):
+        linalg.randomized_svd(np.ones(10), 1, **KW)
+    with pytest.raises(BudgetError, match="budget"):
+        linalg.randomized_svd(np.ones((10, 100_000)), 5, budget="1MiB", **KW)
+
+
+@pytest.mark.parametrize("budget", ["64MiB", "2MiB"])
+def test_pca_randomized_matches_exact(budget: str, tmp_path: Path) -> None:
+    s = 10.0 * 0.3 ** np.arange(20)
+    x, _, _ = known(5000, 20, s, seed=8)
+    x = x + np.linspace(-3, 1e3, 20)  # far from zero: centring is implicit and exact
+    exact = linalg.pca(x, 4, budget="64MiB", **KW)
+    fast = linalg.pca(x, 4, method="randomized", random_state=0, budget=budget,
+                      out_scores=tmp_path / "s.npy", **KW)
+    assert np.max(np.abs(fast.mean - exact.mean)) < 1e-10 * np.max(np.abs(exact.mean))
+    assert np.max(np.abs(fast.explained_variance - exact.explained_variance)) \
+        < 1e-9 * exact.explained_variance[0]
+    assert np.max(np.abs(fast.explained_variance_ratio - exact.explained_variance_ratio)) < 1e-9
+    assert np.max(np.abs(fast.components - exact.components)) < 1e-8  # same sign convention
+    assert fast.scores is not None and fast.scores.shape == (5000, 4)
+    want = (x - x.mean(0)) @ exact.components.T
+    assert np.max(np.abs(np.asarray(fast.scores) - want)) < 1e-8 * np.max(np.abs(want))
+    fast.scores.close()
+    with pytest.raises(ArgumentError, match="method"):
+        linalg.pca(x, 4, method="fast", **KW)
+
+
+def test_pca_randomized_on_a_wide_matrix() -> None:
+    """p = 3000: the exact path would need a 3000 x 3000 covariance; randomized needs p x l."""
+    s = 5.0 * 0.2 ** np.arange(50)
+    x, _, _ = known(200, 3000, s, seed=9)
+    res = linalg.pca(x, 3, method="randomized", random_state=0, budget="4MiB", **KW)
+    want = np.linalg.svd(x - x.mean(0), compute_uv=False)[:3] ** 2 / 199
+    assert np.max(np.abs(res.explained_variance - want)) < 1e-10 * want[0]
+    assert res.components.shape == (3, 3000)
