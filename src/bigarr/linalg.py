@@ -13,19 +13,22 @@ float64 results agree with numpy.linalg to about 1e-12 on well-conditioned data.
 
 from __future__ import annotations
 
-from bigarr._compute.linalg import PCAResult, corrcoef, cov, gram, matmul, pca
+from bigarr._compute.linalg import PCAResult, corrcoef, cov, gram, pca
+from bigarr._compute.matmul import TilePlan, matmul, plan_tiles
 from bigarr._compute.randomized import randomized_svd
 from bigarr._compute.tsqr import SVDResult, lstsq, qr, svd
 
 __all__ = [
     "PCAResult",
     "SVDResult",
+    "TilePlan",
     "corrcoef",
     "cov",
     "gram",
     "lstsq",
     "matmul",
     "pca",
+    "plan_tiles",
     "qr",
     "randomized_svd",
     "svd",

@@ -12,7 +12,7 @@ cov, corrcoef,     count, column means, centred         Chan et al.'s pairwise u
 pca                cross-products ``(b - m).T @ (b-m)`` co-moments (never E[xx] - E[x]E[x])
 qr, svd, lstsq     R of ``qr(b)`` (TSQR)                R of ``qr([Ra; Rb])``
                    (in :mod:`bigarr._compute.tsqr`)
-matmul             (a map: each chunk's ``b @ w``)      rows written to ``out`` (map_blocks)
+matmul             (in :mod:`bigarr._compute.matmul`)
 =================  ===================================  =======================================
 
 Inside a chunk the kernels work through sub-blocks of rows, so the working memory per thread
@@ -63,7 +63,6 @@ __all__ = [
     "corrcoef",
     "cov",
     "gram",
-    "matmul",
     "pca",
 ]
 
@@ -607,85 +606,3 @@ def pca(
             scores = map_blocks(project, x, out=out_scores, dtype=dt, budget=budget,
                                 threads=nthreads, progress=progress, overwrite=overwrite)
     return PCAResult(comps, values, ratio, mean, int(n), scores)
-
-
-# ---- matmul --------------------------------------------------------------------------------
-def matmul(
-    a: Any,
-    b: Any,
-    out: str | os.PathLike[str] | Array | None = None,
-    *,
-    dtype: Any = None,
-    overwrite: bool = False,
-    budget: int | str = _DEFAULT_BUDGET,
-    threads: int | None = None,
-    progress: ProgressArg = None,
-) -> Any:
-    """``a @ b`` for a tall ``a`` (a file) and a small in-memory ``b``, streamed into ``out``.
-
-    Each chunk of a's rows is multiplied by ``b`` on the engine's threads (map_blocks) and
-    written to ``out``.
-
-    Parameters
-    ----------
-    a
-        N x p (2-d): a file or any array the engine reads.
-    b
-        p x k or a p-vector, in memory.
-    out
-        A new file path, or an N x k array written in place. ``None``: the result is returned
-        in memory, and must fit in the budget.
-    dtype
-        Result dtype (default: ``numpy.result_type(a, b)``).
-    overwrite
-        Replace an existing file at ``out``.
-    budget, threads, progress
-        As :func:`gram`.
-
-    Returns
-    -------
-    bigarr.memmap or numpy.ndarray
-        The product.
-
-    Raises
-    ------
-    UnsupportedError
-        If ``b`` is a mapped file or other large operand (file x file products are not
-        implemented yet).
-    ShapeError
-        If the inner dimensions differ or ``a`` is not 2-d.
-    BudgetError
-        If ``out=None`` and the result does not fit the budget, or the plan does not.
-    """
-    if isinstance(b, (str, os.PathLike, np.memmap)):
-        raise UnsupportedError(
-            f"Expected b as a small in-memory array. Got {type(b).__name__}: products of "
-            "two files are not implemented yet; load b if it fits in memory.")
-    w = np.asarray(b)
-    nthreads = parse_threads(threads)
-    with _streams(a) as (s,):
-        if s.ndim != 2:
-            raise ShapeError(f"Expected a as a 2-d N x p matrix. Got shape {s.shape}.")
-        n, p = int(s.shape[0]), _cols(s)
-        src = np.dtype(s.dtype)
-    if w.ndim not in (1, 2) or w.shape[0] != p:
-        raise ShapeError(
-            f"matmul: a is {n} x {p}, so b must have {p} rows. Got b of shape {w.shape}.")
-    out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.result_type(src, w.dtype))
-    cols = 1 if w.ndim == 1 else int(w.shape[1])
-    total = parse_size(budget, name="budget")
-    if w.nbytes > total:
-        raise BudgetError(f"matmul: b takes {format_bytes(w.nbytes)}, more than the budget of "
-                          f"{format_bytes(total)}.")
-    result: Any = out
-    if out is None:
-        need = n * cols * out_dtype.itemsize
-        if need + w.nbytes >= total:
-            raise BudgetError(
-                f"matmul: the result ({n} x {cols} {out_dtype}, {format_bytes(need)}) does not "
-                f"fit in memory within the budget of {format_bytes(total)}: pass out= a path "
-                "to stream it to a file, or raise the budget.")
-        result = np.empty((n, cols) if w.ndim == 2 else (n,), dtype=out_dtype)
-        total -= need
-    return _write_product(a, w, result, out_dtype, budget=total - w.nbytes, threads=nthreads,
-                          progress=progress, overwrite=overwrite)

@@ -40,79 +40,27 @@ from bigarr._compute.linalg import (
     _float_out,
     _run,
     _streams,
-    _sub_rows,
     _write_product,
     blas_limit,
 )
 from bigarr._compute.mapblocks import map_blocks
+from bigarr._compute.matmul import _product_rows, check_bytes, crossprod
 from bigarr._compute.operands import Stream
 from bigarr._compute.progress import ProgressArg
 from bigarr._compute.runplan import parse_threads
 from bigarr._compute.tsqr import SVDResult, _tsqr
 from bigarr._core.array import memmap
-from bigarr._os.geometry import format_bytes, parse_size
+from bigarr._os.geometry import parse_size
 from bigarr._plan.budget import DEFAULT_BUDGET
-from bigarr.errors import ArgumentError, BudgetError, ShapeError
+from bigarr.errors import ArgumentError, ShapeError
 
-__all__ = ["crossprod", "randomized_pca", "randomized_svd"]
+__all__ = ["randomized_pca", "randomized_svd"]
 
 _DEFAULT_BUDGET = DEFAULT_BUDGET
 #: Singular values of a sketch's R below this fraction of the largest are dropped.
 RANK_TOL = 1e-12
 #: A file Q is orthonormalised a second time when its sketch's condition exceeds this.
 REORTHONORMALIZE = 1e3
-
-
-def check_bytes(what: str, need: int, budget: int | str) -> int:
-    """``need`` bytes held in memory whatever the chunk size, refused above the budget.
-
-    Raises
-    ------
-    BudgetError
-        With both numbers.
-    """
-    total = parse_size(budget, name="budget")
-    if need > total:
-        raise BudgetError(
-            f"{what} keeps {format_bytes(need)} in memory whatever the chunk size, more than "
-            f"the budget of {format_bytes(total)}. Raise the budget, use fewer threads, or "
-            "fewer columns (a smaller k).")
-    return need
-
-
-def _product_rows(budget: int | str, threads: int, width: int) -> int:
-    """Rows per sub-block of a product: the sub-block sizes of
-    :func:`bigarr._compute.linalg._sub_rows`, without its floor of ``width`` rows (a QR's)."""
-    return max(1, _sub_rows(budget, threads, 1, 1) // max(1, width))
-
-
-def crossprod(a: Stream, b: Stream, *, mean: Array | None, budget: int | str, threads: int,
-              progress: ProgressArg, what: str) -> Array:
-    """``(a - mean).T @ b`` in float64 in one pass over two streams sharing their rows.
-
-    Each chunk's product is computed sub-block by sub-block (a float64 copy of a few MiB of
-    each operand per thread) and the p x k partial products are added in chunk order.
-    """
-    p, k = _cols(a), _cols(b)
-    if int(a.shape[0]) == 0:
-        return np.zeros((p, k))
-    fixed = check_bytes(what, (threads + 3) * p * k * 8, budget)
-    rows = _product_rows(budget, threads, p + k)
-
-    def kernel(blocks: list[Array]) -> Array:
-        xa = blocks[0].reshape(len(blocks[0]), -1)
-        xb = blocks[1].reshape(len(blocks[1]), -1)
-        out = np.zeros((p, k))
-        for lo in range(0, len(xa), rows):
-            sa = np.asarray(xa[lo:lo + rows], dtype=np.float64)
-            if mean is not None:
-                sa = sa - mean
-            out += sa.T @ np.asarray(xb[lo:lo + rows], dtype=np.float64)
-        return out
-
-    total: Array = _run(what, [a, b], kernel, np.add, budget=budget, threads=threads,
-                        progress=progress, scratch=2 * rows * (p + k) * 8, fixed=fixed)
-    return total
 
 
 def _product(x: Any, w: Array, out: Any, *, mean: Array | None, budget: int, threads: int,

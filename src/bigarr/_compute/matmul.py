@@ -1,0 +1,365 @@
+"""Matrix products out of core: :func:`matmul` of a file by a matrix, by a file, and ``a.T @ b``.
+
+Three cases, told apart by the operands' shapes and memory order only:
+
+``a @ b``, b fits a quarter of the budget
+    one pass over a's rows, each chunk's ``block @ b`` written to ``out`` (map_blocks);
+``a @ b``, b larger (both files larger than the budget)
+    a tiled product (:func:`plan_tiles`): b is cut into column panels of ``panel`` columns, each
+    the most that fits an eighth of the budget; each panel is read once (a strided view of b,
+    streamed by the engine, so only its pages are touched) and one pass over a's rows writes
+    the matching columns of ``out``. b is read once in all, a ``ceil(M / panel)`` times;
+    ``out`` is written once;
+``a.T @ b``, a and b two tall files (N x p and N x k)
+    one pass over both, each chunk's ``a_block.T @ b_block`` added (:func:`crossprod`); the
+    p x k result in memory (or written to ``out``). ``a.T`` is numpy's: pass the transposed
+    view of a mapped array (``bigarr.open(path).T``, ``np.load(path, mmap_mode="r").T``, or of
+    an in-memory array): a 2-d operand in Fortran order whose transpose is C-ordered.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bigarr._compute.engine import execute
+from bigarr._compute.linalg import (
+    Array,
+    _cols,
+    _run,
+    _streams,
+    _sub_rows,
+    _write_product,
+    blas_limit,
+)
+from bigarr._compute.mapblocks import map_blocks
+from bigarr._compute.operands import Stream
+from bigarr._compute.progress import Progress, ProgressArg
+from bigarr._compute.runplan import parse_threads, plan_run
+from bigarr._core.files import create
+from bigarr._os.geometry import format_bytes, parse_size
+from bigarr._plan.budget import DEFAULT_BUDGET
+from bigarr._plan.chunks import Chunk
+from bigarr.errors import BudgetError, ShapeError
+
+__all__ = ["TilePlan", "check_bytes", "crossprod", "matmul", "plan_tiles"]
+
+_DEFAULT_BUDGET = DEFAULT_BUDGET
+#: A panel's output rows are at most this many times as wide as a's rows: each pass is planned
+#: by a's chunks, and the output's share of the budget grows with that ratio.
+WIDEST = 8
+
+
+def check_bytes(what: str, need: int, budget: int | str) -> int:
+    """``need`` bytes held in memory whatever the chunk size, refused above the budget.
+
+    Raises
+    ------
+    BudgetError
+        With both numbers.
+    """
+    total = parse_size(budget, name="budget")
+    if need > total:
+        raise BudgetError(
+            f"{what} keeps {format_bytes(need)} in memory whatever the chunk size, more than "
+            f"the budget of {format_bytes(total)}. Raise the budget, use fewer threads, or "
+            "fewer columns (a smaller k).")
+    return need
+
+
+def _product_rows(budget: int | str, threads: int, width: int) -> int:
+    """Rows per sub-block of a product: the sub-block sizes of
+    :func:`bigarr._compute.linalg._sub_rows`, without its floor of ``width`` rows (a QR's)."""
+    return max(1, _sub_rows(budget, threads, 1, 1) // max(1, width))
+
+
+def crossprod(a: Stream, b: Stream, *, mean: Array | None, budget: int | str, threads: int,
+              progress: ProgressArg, what: str) -> Array:
+    """``(a - mean).T @ b`` in float64 in one pass over two streams sharing their rows.
+
+    Each chunk's product is computed sub-block by sub-block (a float64 copy of a few MiB of
+    each operand per thread) and the p x k partial products are added in chunk order.
+    """
+    p, k = _cols(a), _cols(b)
+    if int(a.shape[0]) == 0:
+        return np.zeros((p, k))
+    fixed = check_bytes(what, (threads + 3) * p * k * 8, budget)
+    rows = _product_rows(budget, threads, p + k)
+
+    def kernel(blocks: list[Array]) -> Array:
+        xa = blocks[0].reshape(len(blocks[0]), -1)
+        xb = blocks[1].reshape(len(blocks[1]), -1)
+        out = np.zeros((p, k))
+        for lo in range(0, len(xa), rows):
+            sa = np.asarray(xa[lo:lo + rows], dtype=np.float64)
+            if mean is not None:
+                sa = sa - mean
+            out += sa.T @ np.asarray(xb[lo:lo + rows], dtype=np.float64)
+        return out
+
+    total: Array = _run(what, [a, b], kernel, np.add, budget=budget, threads=threads,
+                        progress=progress, scratch=2 * rows * (p + k) * 8, fixed=fixed)
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class TilePlan:
+    """The schedule of a tiled ``a @ b`` (a: N x K, b: K x M), and the bytes it reads."""
+
+    panel: int
+    """Columns of b per panel (held in memory, with its product's rows)."""
+    passes: int
+    """Passes over a: one per panel, ``ceil(M / panel)``."""
+    read_bytes: int
+    """Bytes read in all: a once per pass, b once."""
+    write_bytes: int
+    """Bytes of ``out``, written once."""
+
+
+def plan_tiles(a_shape: tuple[int, int], b_shape: tuple[int, int], a_itemsize: int,
+               b_itemsize: int, out_itemsize: int, budget: int | str) -> TilePlan:
+    """The widest panel of b that fits an eighth of the budget (the rest streams a's rows and
+    writes out's) and whose output rows are at most :data:`WIDEST` times a's, and what the
+    schedule reads.
+
+    Raises
+    ------
+    BudgetError
+        If not even one column of b fits (K too large for the budget).
+    """
+    (n, k), (_, m) = a_shape, b_shape
+    total = parse_size(budget, name="budget")
+    panel = min(m, (total // 8) // max(1, k * max(b_itemsize, out_itemsize)),
+                max(1, WIDEST * k * a_itemsize // out_itemsize))
+    if panel < 1:
+        raise BudgetError(
+            f"matmul: one column of b ({k} values, {format_bytes(k * b_itemsize)}) does not "
+            f"fit an eighth of the budget of {format_bytes(total)}. Raise the budget.")
+    passes = math.ceil(m / panel)
+    return TilePlan(panel, passes, passes * n * k * a_itemsize + k * m * b_itemsize,
+                    n * m * out_itemsize)
+
+
+def _transposed(obj: Any) -> Any:
+    """``obj.T`` when ``obj`` is a 2-d Fortran-ordered view whose transpose is C-ordered
+    (``x.T`` of a tall C array), else ``None``."""
+    if (isinstance(obj, np.ndarray) and obj.ndim == 2 and obj.flags.f_contiguous
+            and not obj.flags.c_contiguous):
+        return obj.T
+    return None
+
+
+def _large(obj: Any, total: int) -> bool:
+    """Whether ``b`` is to be streamed rather than loaded: a file, or more than a quarter of
+    the budget."""
+    if isinstance(obj, (str, os.PathLike, np.memmap)):
+        return True
+    return bool(getattr(obj, "nbytes", 0) > total // 4) and not isinstance(obj, (list, tuple))
+
+
+def matmul(
+    a: Any,
+    b: Any,
+    out: str | os.PathLike[str] | Array | None = None,
+    *,
+    dtype: Any = None,
+    overwrite: bool = False,
+    budget: int | str = _DEFAULT_BUDGET,
+    threads: int | None = None,
+    progress: ProgressArg = None,
+) -> Any:
+    """``a @ b`` out of core: a file times a matrix or a file, or ``a.T @ b`` in one pass.
+
+    The cases (module docstring): a tall ``a`` times a small ``b`` in one pass; ``a @ b``
+    with ``b`` a file or larger than a quarter of the budget as a tiled product that reads b
+    once and a once per column panel of b (:func:`bigarr.linalg.plan_tiles` says how many);
+    ``a.T @ b`` for two tall operands sharing their N rows, in one pass, when ``a`` is the
+    transposed view of a C-ordered array (numpy's ``x.T``). Products are computed in the
+    result dtype, except ``a.T @ b``, accumulated in float64 (for float32 about 1e-6 relative
+    to the largest entry after rounding to float32).
+
+    Parameters
+    ----------
+    a
+        N x K (2-d): a file or any array the engine reads; or ``x.T`` of an N x p array.
+    b
+        K x M or a K-vector: in memory, a ``.npy`` path, or a mapped array.
+    out
+        A new file path, or an array of the result's shape written in place. ``None``: the
+        result is returned in memory, and must fit in the budget.
+    dtype
+        Result dtype (default: ``numpy.result_type(a, b)``).
+    overwrite
+        Replace an existing file at ``out``.
+    budget, threads, progress
+        As :func:`bigarr.linalg.gram`; every pass keeps to the budget.
+
+    Returns
+    -------
+    bigarr.memmap or numpy.ndarray
+        The product (``out`` when given).
+
+    Raises
+    ------
+    ShapeError
+        If the inner dimensions differ or ``a`` is not 2-d.
+    BudgetError
+        If ``out=None`` and the result does not fit the budget, or a plan does not.
+    """
+    nthreads = parse_threads(threads)
+    total = parse_size(budget, name="budget")
+    at = _transposed(a)
+    if at is not None and (_large(at, total) or _large(b, total)):
+        return _crossprod_out(at, b, out, dtype, budget=total, threads=nthreads,
+                              progress=progress, overwrite=overwrite)
+    with _streams(a) as (s,):
+        if s.ndim != 2:
+            raise ShapeError(f"Expected a as a 2-d N x p matrix. Got shape {s.shape}.")
+        n, p = int(s.shape[0]), _cols(s)
+        src = np.dtype(s.dtype)
+    bshape, bdtype = _shape_dtype(b)
+    if len(bshape) not in (1, 2) or bshape[0] != p:
+        raise ShapeError(
+            f"matmul: a is {n} x {p}, so b must have {p} rows. Got b of shape {bshape}.")
+    out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.result_type(src, bdtype))
+    cols = 1 if len(bshape) == 1 else int(bshape[1])
+    if _large(b, total):
+        tiles = plan_tiles((n, p), (p, cols), src.itemsize, bdtype.itemsize,
+                           out_dtype.itemsize, total)
+        if tiles.passes > 1:
+            return _tiled(a, b, out, out_dtype, tiles, (n, cols), vector=len(bshape) == 1,
+                          budget=total, threads=nthreads, progress=progress,
+                          overwrite=overwrite)
+        w = _load(b, bshape, bdtype, budget=total, threads=nthreads, progress=progress)
+    else:
+        w = np.asarray(b)
+    if w.nbytes > total:
+        raise BudgetError(f"matmul: b takes {format_bytes(w.nbytes)}, more than the budget of "
+                          f"{format_bytes(total)}.")
+    result: Any = out
+    rest = total - w.nbytes
+    if out is None:
+        result = _in_memory((n, cols) if w.ndim == 2 else (n,), out_dtype, rest)
+        rest -= result.nbytes
+    return _product_to(a, w, result, out_dtype, budget=rest, threads=nthreads,
+                       progress=progress, overwrite=overwrite)
+
+
+def _shape_dtype(b: Any) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    if isinstance(b, (str, os.PathLike)):
+        with _streams(b) as (s,):
+            return tuple(int(v) for v in s.shape), np.dtype(s.dtype)
+    arr = b if hasattr(b, "shape") and hasattr(b, "dtype") else np.asarray(b)
+    return tuple(int(v) for v in arr.shape), np.dtype(arr.dtype)
+
+
+def _in_memory(shape: tuple[int, ...], dtype: np.dtype[Any], room: int) -> Array:
+    need = math.prod(shape) * dtype.itemsize
+    if need >= room:
+        raise BudgetError(
+            f"matmul: the result ({' x '.join(map(str, shape))} {dtype}, {format_bytes(need)}) "
+            f"does not fit in memory within the budget ({format_bytes(room)} left): pass out= "
+            "a path to stream it to a file, or raise the budget.")
+    return np.empty(shape, dtype=dtype)
+
+
+def _tiled(a: Any, b: Any, out: Any, dtype: np.dtype[Any], tiles: TilePlan,
+           shape: tuple[int, int], *, vector: bool, budget: int, threads: int,
+           progress: ProgressArg, overwrite: bool) -> Any:
+    """``a @ b`` panel by panel of b's columns: each panel read once, one pass over a each."""
+    n, m = shape
+    if out is None:
+        result: Any = _in_memory((n, m) if not vector else (n,), dtype, budget // 2)
+        room = budget - result.nbytes
+    elif isinstance(out, np.ndarray):
+        result, room = out, budget
+    else:
+        result, room = create(out, (n, m) if not vector else (n,), dtype,
+                              overwrite=overwrite), budget
+    target = result
+    owned = isinstance(b, (str, os.PathLike))
+    from bigarr._core.files import open as open_npy
+
+    bsrc = open_npy(b) if owned else b
+    try:
+        for lo in range(0, m, tiles.panel):
+            hi = min(m, lo + tiles.panel)
+            rows_of_b = bsrc if vector else bsrc[:, lo:hi]
+            panel = np.empty((int(bsrc.shape[0]), hi - lo) if not vector else bsrc.shape,
+                             dtype=dtype)
+            map_blocks(_copy, rows_of_b, out=panel, dtype=dtype, budget=room - panel.nbytes,
+                       threads=threads, progress=progress)
+            dest = target if vector else target[:, lo:hi]
+            _product_to(a, panel, dest, dtype, budget=room - panel.nbytes, threads=threads,
+                        progress=progress, overwrite=False)
+            del panel
+    finally:
+        if owned:
+            bsrc.close(force=True)  # our own views of b (the panels) are done with
+    return result
+
+
+def _product_to(a: Any, w: Array, out: Any, dtype: np.dtype[Any], *, budget: int,
+                threads: int, progress: ProgressArg, overwrite: bool) -> Any:
+    """``a @ w`` into ``out``: a file or mapped array through map_blocks (written back and
+    flushed by the engine); an in-memory array (already counted by the caller) by a run whose
+    chunks write their rows straight into it."""
+    if not isinstance(out, np.ndarray) or isinstance(out, np.memmap):
+        return _write_product(a, w, out, dtype, budget=budget, threads=threads,
+                              progress=progress, overwrite=overwrite)
+    w = np.ascontiguousarray(w, dtype=dtype)
+    with _streams(a) as (s,):
+        plan = plan_run("matmul", [s], budget=budget, threads=threads, layout="rows",
+                        temporaries=float(dtype.itemsize * w.shape[-1]) / max(1, s.row_bytes))
+
+        def work(chunk: Chunk, blocks: list[Array]) -> None:
+            b = blocks[0].reshape(len(blocks[0]), -1)
+            out[chunk.rows.start:chunk.rows.stop] = np.asarray(b, dtype=dtype) @ w
+
+        chunks = plan.chunks
+        with blas_limit(threads), Progress(progress, total_bytes=chunks.nbytes,
+                                           total_chunks=len(chunks), desc="matmul") as bar:
+            for _ in execute(plan, work, [s], progress=bar):
+                pass
+    return out
+
+
+def _copy(block: Array) -> Array:
+    return block
+
+
+def _load(b: Any, shape: tuple[int, ...], dtype: np.dtype[Any], *, budget: int, threads: int,
+          progress: ProgressArg) -> Array:
+    """A file (or mapped array) that fits a quarter of the budget, read into memory by the
+    engine (its pages released behind)."""
+    w = np.empty(shape, dtype=dtype)
+    map_blocks(_copy, b, out=w, dtype=dtype, budget=budget - w.nbytes, threads=threads,
+               progress=progress)
+    return w
+
+
+def _crossprod_out(at: Any, b: Any, out: Any, dtype: Any, *, budget: int, threads: int,
+                   progress: ProgressArg, overwrite: bool) -> Any:
+    """``at.T @ b`` for ``at`` N x p and ``b`` N x k (or an N-vector), in one pass."""
+    with _streams(at, b) as (sa, sb):
+        if sa.ndim != 2:
+            raise ShapeError(f"Expected a.T of an N x p matrix. Got a of shape {sa.shape[::-1]}.")
+        src = np.result_type(sa.dtype, sb.dtype)
+        out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(src)
+        res = crossprod(sa, sb, mean=None, budget=budget, threads=threads, progress=progress,
+                        what="matmul(a.T, b)")
+        vector = sb.ndim == 1
+    result = res[:, 0] if vector else res
+    if out is None:
+        return result.astype(out_dtype, copy=False)
+    if isinstance(out, np.ndarray):
+        out[...] = result
+        return out
+    target = create(out, result.shape, out_dtype, overwrite=overwrite)
+    target[...] = result
+    target.flush()
+    return target
