@@ -9,6 +9,10 @@ documented tolerance (Halko et al.'s bound, a small multiple of the best possibl
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +159,61 @@ def test_pca_randomized_on_a_wide_matrix() -> None:
     want = np.linalg.svd(x - x.mean(0), compute_uv=False)[:3] ** 2 / 199
     assert np.max(np.abs(res.explained_variance - want)) < 1e-10 * want[0]
     assert res.components.shape == (3, 3000)
+
+
+# ---- memory --------------------------------------------------------------------------------
+_RSS = """
+import numpy as np, bigarr
+from bigarr import linalg
+def status(key):
+    return int(open('/proc/self/status').read().split(key + ':')[1].split()[0]) << 10
+P, C, T, B = {path!r}, {other!r}, {tmp!r}, {budget}
+with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')
+base = status('VmRSS')
+{op}
+print(status('VmHWM') - base)
+"""
+
+
+def _rss_file(path: Path, nbytes: int, cols: int) -> None:
+    x = np.lib.format.open_memmap(path, "w+", np.float32, (nbytes // (4 * cols), cols))
+    step = 1 << 16
+    for i in range(0, len(x), step):
+        x[i:i + step] = np.random.default_rng(i).standard_normal((len(x[i:i + step]), cols))
+    x.flush()
+    del x
+
+
+def _peak_rss(tmp_path: Path, budget: int, size: int, *, quick: bool) -> None:
+    path, other = tmp_path / "big.npy", tmp_path / "c.npy"
+    _rss_file(path, size, 64)
+    _rss_file(other, size // 8, 8)
+    ops = (
+        "linalg.randomized_svd(P, 5, random_state=0, tmpdir=T, budget=B, threads=2, "
+        "progress=False)",
+        "linalg.pca(P, 3, method='randomized', n_iter=1, tmpdir=T, budget=B, threads=2, "
+        "progress=False)",
+        "linalg.matmul(bigarr.open(P).T, C, budget=B, threads=2, progress=False)",
+    )
+    for op in ops[::2] if quick else ops:
+        script = _RSS.format(path=str(path), other=str(other), tmp=str(tmp_path),
+                             budget=budget, op=op)
+        out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], check=True,
+                             capture_output=True, text=True, env=os.environ.copy())
+        grown = int(out.stdout.split()[-1])
+        assert grown <= budget + (64 << 20), (op, grown)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_peak_rss_within_budget(tmp_path: Path) -> None:
+    """128 MiB of float32 (16x an 8 MiB budget; Q goes to a temporary file): randomized_svd
+    and matmul(a.T, b) (the slow test adds randomized PCA, at 32 MiB and 512 MiB)."""
+    _peak_rss(tmp_path, 8 << 20, 128 << 20, quick=True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_peak_rss_within_budget_512mib(tmp_path: Path) -> None:
+    """512 MiB of float32, 16x a 32 MiB budget."""
+    _peak_rss(tmp_path, 32 << 20, 512 << 20, quick=False)
