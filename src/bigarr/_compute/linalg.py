@@ -317,6 +317,76 @@ def _moments(streams: list[Stream], *, budget: int | str, threads: int,
     return count, mean + shift, co
 
 
+def _row_weights(fw: Array | None, aw: Array | None) -> tuple[Array, Array | None]:
+    """The weight of each row of a sub-block, ``fweights * aweights`` (as numpy), checked.
+
+    Raises
+    ------
+    DtypeError
+        For fweights that are not integers (numpy's TypeError).
+    ShapeError
+        For negative weights (numpy's ValueError).
+    """
+    f = None if fw is None else np.asarray(fw, dtype=np.float64)
+    a = None if aw is None else np.asarray(aw, dtype=np.float64)
+    if f is not None:
+        if not np.all(f == np.around(f)):
+            raise DtypeError("Expected fweights as integers (frequencies). Got fractions.")
+        if np.any(f < 0):
+            raise ShapeError("Expected fweights >= 0. Got a negative frequency.")
+    if a is not None and np.any(a < 0):
+        raise ShapeError("Expected aweights >= 0. Got a negative weight.")
+    if f is None:
+        assert a is not None
+        return a, a
+    return (f if a is None else f * a), a
+
+
+def _weighted_moments(streams: list[Stream], fw: Stream | None, aw: Stream | None, *,
+                      budget: int | str, threads: int, progress: ProgressArg,
+                      what: str) -> tuple[Moments, float]:
+    """Weighted count, means and centred cross-products (weights ``w = fweights * aweights``,
+    the count is ``sum(w)``), merged by the same Chan update; and ``sum(w * aweights)``, which
+    numpy's normalisation with aweights needs."""
+    p = sum(_cols(s) for s in streams)
+    nd = len(streams)
+    if int(streams[0].shape[0]) == 0:
+        return (0, np.zeros(p), np.zeros((p, p))), 0.0
+    fixed = _check_state(what, p, budget, threads, 3)
+    rows = _sub_rows(budget, threads, p, 3)
+    shift = _hstack([s.head(1) for s in streams], 0, 1, np.float64)[0]
+    shift[~np.isfinite(shift)] = 0.0
+
+    def kernel(blocks: list[Array]) -> tuple[Moments, float]:
+        state: Moments = (0, np.zeros(p), np.zeros((p, p)))
+        v2 = 0.0
+        for lo in range(0, len(blocks[0]), rows):
+            hi = min(lo + rows, len(blocks[0]))
+            w, a = _row_weights(None if fw is None else blocks[nd][lo:hi],
+                                None if aw is None else blocks[-1][lo:hi])
+            total = float(w.sum())
+            if a is not None:
+                v2 += float(w @ a)
+            if total == 0:
+                continue
+            sub = _hstack(blocks[:nd], lo, hi, np.float64)
+            sub -= shift
+            mean = (w @ sub) / total
+            sub -= mean
+            part = (total, mean, (sub * w[:, None]).T @ sub)
+            state = merge_moments(state, part)  # type: ignore[arg-type]
+        return state, v2
+
+    def combine(x: tuple[Moments, float], y: tuple[Moments, float]) -> tuple[Moments, float]:
+        return merge_moments(x[0], y[0]), x[1] + y[1]
+
+    weights = [s for s in (fw, aw) if s is not None]
+    (count, mean, co), v2 = _run(what, [*streams, *weights], kernel, combine, budget=budget,
+                                 threads=threads, progress=progress,
+                                 scratch=3 * rows * (p + 2) * 8, fixed=fixed)
+    return (count, mean + shift, co), v2
+
+
 def _check_rowvar(streams: list[Stream], rowvar: bool) -> None:
     """Refuse ``rowvar=True`` for 2-d data: rows as variables cannot stream.
 
@@ -338,9 +408,11 @@ def _cov_dtype(src: Sequence[np.dtype[Any]], dtype: Any) -> np.dtype[Any]:
     return out
 
 
-def _finish_cov(state: Moments, ddof: float) -> Array:
+def _finish_cov(state: Moments, ddof: float | None, fact: float | None = None) -> Array:
+    """The co-moments divided by ``count - ddof`` (or by ``fact``), numpy's warning and NaN
+    or inf when that is not positive."""
     n, _mean, c = state
-    fact = n - ddof
+    fact = n - (ddof or 0) if fact is None else fact
     if fact <= 0:
         warnings.warn("Degrees of freedom <= 0 for slice", RuntimeWarning, stacklevel=3)
         fact = 0.0
@@ -381,7 +453,11 @@ def cov(
     bias, ddof
         Normalise by ``N - ddof``; ``ddof`` defaults to 0 with ``bias`` and 1 without.
     fweights, aweights
-        Not supported (refused).
+        Integer frequency weights and observation weights, one per observation (N; in memory
+        or files, streamed with the data), exactly as numpy: the weights are
+        ``fweights * aweights``, the mean is weighted, and the normalisation is ``sum(w)``
+        (``ddof=0``), ``sum(w) - ddof`` (fweights only), or
+        ``sum(w) - ddof * sum(w * aweights) / sum(w)`` (with aweights).
     dtype
         Result dtype (default: float64, or wider when the data is).
     budget, threads, progress
@@ -395,26 +471,51 @@ def cov(
     Raises
     ------
     UnsupportedError
-        For ``rowvar=True`` with several rows, or weights.
+        For ``rowvar=True`` with several rows.
+    ShapeError
+        For weights that are not 1-d of length N, negative, or summing to zero (numpy's
+        ValueError, RuntimeError and ZeroDivisionError).
+    DtypeError
+        For fweights that are not integers (numpy's TypeError).
     BudgetError
         If the budget cannot hold the plan, or the p x p states alone exceed it.
     DtypeError, ShapeError
         As :func:`gram`.
     """
-    if fweights is not None or aweights is not None:
-        raise UnsupportedError(
-            "Expected fweights=None and aweights=None: weighted covariance is not supported "
-            "out of core yet. Weight the rows with map_blocks first, or use numpy on a sample.")
     if ddof is not None and ddof != int(ddof):
         raise ArgumentError(f"Expected ddof as an integer. Got {ddof!r}.")
     ddof = (0 if bias else 1) if ddof is None else int(ddof)
     nthreads = parse_threads(threads)
-    with _streams(*[a for a in (m, y) if a is not None]) as streams:
+    data = [a for a in (m, y) if a is not None]
+    weights = [w for w in (fweights, aweights) if w is not None]
+    with _streams(*data, *weights) as opened:
+        streams, ws = opened[:len(data)], opened[len(data):]
         _check_rowvar(streams, rowvar)
+        for name, w in zip(("fweights", "aweights") if fweights is not None else ("aweights",),
+                           ws, strict=False):
+            if w.ndim != 1:
+                raise ShapeError(f"Expected {name} as a 1-d array of one weight per "
+                                 f"observation. Got shape {w.shape}.")
         out_dtype = _cov_dtype([np.dtype(s.dtype) for s in streams], dtype)
-        state = _moments(streams, budget=budget, threads=nthreads, progress=progress,
-                         what="cov")
-    return _finish_cov(state, ddof).astype(out_dtype, copy=False).squeeze()
+        if not weights:
+            state = _moments(streams, budget=budget, threads=nthreads, progress=progress,
+                             what="cov")
+            return _finish_cov(state, ddof).astype(out_dtype, copy=False).squeeze()
+        fw = ws[0] if fweights is not None else None
+        aw = ws[-1] if aweights is not None else None
+        state, v2 = _weighted_moments(streams, fw, aw, budget=budget, threads=nthreads,
+                                      progress=progress, what="cov")
+    total = float(state[0])
+    if total == 0:
+        raise ShapeError("Weights sum to zero, can't be normalized (numpy raises "
+                         "ZeroDivisionError).")
+    if ddof == 0:
+        fact = total
+    elif aw is None:
+        fact = total - ddof
+    else:
+        fact = total - ddof * v2 / total
+    return _finish_cov(state, None, fact).astype(out_dtype, copy=False).squeeze()
 
 
 def corrcoef(
