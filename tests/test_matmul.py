@@ -7,6 +7,7 @@ column panels, so the tile schedule is exercised, not one panel.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,20 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, n
 
 def test_plan_tiles_reads_b_once_and_a_once_per_panel() -> None:
     plan = linalg.plan_tiles((6000, 200), (200, 300), 8, 8, 8, "1MiB")
+    assert plan.schedule == "b-columns"
     assert plan.panel == (1 << 20) // 8 // (200 * 8) == 81
     assert plan.passes == 4
     assert plan.read_bytes == 4 * 6000 * 200 * 8 + 200 * 300 * 8
     assert plan.write_bytes == 6000 * 300 * 8
     assert linalg.plan_tiles((10, 5), (5, 7), 4, 4, 4, "1MiB").passes == 1
+    # out's rows 20x a's: panels of a's rows, b re-read once per panel, a read once
+    plan = linalg.plan_tiles((3000, 100), (100, 2000), 4, 4, 4, "4MiB", threads=2)
+    assert plan.schedule == "a-rows"
+    assert plan.panel == (2 << 20) // (8 * (2 * 100 + 6 * 2000)) == 21
+    assert plan.read_bytes == 3000 * 100 * 4 + math.ceil(3000 / 21) * 100 * 2000 * 4
+    # a short a and a big b: re-reading a is cheaper than re-reading b
+    assert linalg.plan_tiles((100, 1000), (1000, 1000), 8, 8, 8, "1MiB").schedule \
+        == "b-columns"
     with pytest.raises(BudgetError, match="one column of b"):
         linalg.plan_tiles((10, 10**6), (10**6, 3), 8, 8, 8, "1MiB")
 
@@ -54,7 +64,7 @@ def test_file_times_file(files: tuple[Path, np.ndarray, np.ndarray], tmp_path: P
     assert _rel(got, a @ b) < 1e-10
     got.close()
     mapped = np.load(folder / "b.npy", mmap_mode="r")
-    got = linalg.matmul(folder / "a.npy", mapped, budget="128MiB", threads=2, progress=False)
+    got = linalg.matmul(folder / "a.npy", mapped, budget="64MiB", threads=2, progress=False)
     assert isinstance(got, np.ndarray) and _rel(got, a @ b) < 1e-10
     into = np.zeros((6000, 300))
     assert linalg.matmul(folder / "a.npy", b, into, **KW) is into
@@ -63,16 +73,26 @@ def test_file_times_file(files: tuple[Path, np.ndarray, np.ndarray], tmp_path: P
         linalg.matmul(folder / "a.npy", folder / "b.npy", **KW)
 
 
-def test_file_times_file_float32(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("n", "k", "m", "schedule"), [(3000, 400, 600, "b-columns"),
+                                                       (500, 100, 2000, "a-rows")])
+def test_file_times_file_float32(tmp_path: Path, n: int, k: int, m: int,
+                                 schedule: str) -> None:
     rng = np.random.default_rng(1)
-    a = rng.standard_normal((3000, 400)).astype(np.float32)
-    b = rng.standard_normal((400, 600)).astype(np.float32)
+    a = rng.standard_normal((n, k)).astype(np.float32)
+    b = rng.standard_normal((k, m)).astype(np.float32)
     np.save(tmp_path / "a.npy", a)
     np.save(tmp_path / "b.npy", b)
-    got = linalg.matmul(tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "o.npy", **KW)
+    budget = "4MiB"
+    plan = linalg.plan_tiles(a.shape, b.shape, 4, 4, 4, budget, threads=2)
+    assert plan.schedule == schedule and plan.passes > 1
+    got = linalg.matmul(tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "o.npy",
+                        budget=budget, threads=2, progress=False)
     assert got.dtype == np.float32
     assert _rel(got, a.astype(np.float64) @ b) < 1e-5
     got.close()
+    into = np.empty((n, m), np.float32)  # in memory, and b in memory (but large)
+    linalg.matmul(a, b, into, budget=budget, threads=2, progress=False)
+    assert _rel(into, a.astype(np.float64) @ b) < 1e-5
 
 
 def test_transposed_a_times_a_tall_file(files: tuple[Path, np.ndarray, np.ndarray],

@@ -110,38 +110,61 @@ def crossprod(a: Stream, b: Stream, *, mean: Array | None, budget: int | str, th
 class TilePlan:
     """The schedule of a tiled ``a @ b`` (a: N x K, b: K x M), and the bytes it reads."""
 
+    schedule: str
+    """``"b-columns"``: panels of b's columns in memory, one pass over a's rows per panel;
+    ``"a-rows"``: panels of a's rows in memory, one pass over b's rows per panel."""
     panel: int
-    """Columns of b per panel (held in memory, with its product's rows)."""
+    """Columns of b, or rows of a, per panel."""
     passes: int
-    """Passes over a: one per panel, ``ceil(M / panel)``."""
+    """Passes over the streamed operand (a for b-columns, b for a-rows), one per panel."""
     read_bytes: int
-    """Bytes read in all: a once per pass, b once."""
+    """Bytes read in all: the streamed operand once per pass, the other once."""
     write_bytes: int
     """Bytes of ``out``, written once."""
 
 
 def plan_tiles(a_shape: tuple[int, int], b_shape: tuple[int, int], a_itemsize: int,
-               b_itemsize: int, out_itemsize: int, budget: int | str) -> TilePlan:
-    """The widest panel of b that fits an eighth of the budget (the rest streams a's rows and
-    writes out's) and whose output rows are at most :data:`WIDEST` times a's, and what the
-    schedule reads.
+               b_itemsize: int, out_itemsize: int, budget: int | str,
+               threads: int = 1) -> TilePlan:
+    """The tile schedule of ``a @ b`` that reads the fewest bytes within the budget.
+
+    ``"b-columns"``: the widest panel of b's columns that fits an eighth of the budget (the
+    rest streams a's rows and writes out's columns); allowed only while out's rows are at most
+    :data:`WIDEST` times as wide as a's (each pass is planned by a's chunks, and writes to a
+    column panel of out touch whole rows of its pages). Reads a ``ceil(M / panel)`` times and
+    b once.
+
+    ``"a-rows"``: the most rows of a whose panel (twice: read, then transposed) and the
+    product's partial sums (one per chunk in flight, ``threads + 4``) fit half the budget;
+    each panel's rows of out are the sum over b's chunks of rows of ``a_panel[:, rows] @
+    b[rows]`` (:func:`crossprod` of the transposed panel and b), written once as whole rows.
+    Reads b ``ceil(N / panel)`` times and a once.
 
     Raises
     ------
     BudgetError
-        If not even one column of b fits (K too large for the budget).
+        If neither schedule fits a panel of one column or one row.
     """
     (n, k), (_, m) = a_shape, b_shape
     total = parse_size(budget, name="budget")
-    panel = min(m, (total // 8) // max(1, k * max(b_itemsize, out_itemsize)),
-                max(1, WIDEST * k * a_itemsize // out_itemsize))
-    if panel < 1:
+    a_bytes, b_bytes = n * k * a_itemsize, k * m * b_itemsize
+    options: list[TilePlan] = []
+    cols = min(m, (total // 8) // max(1, k * max(b_itemsize, out_itemsize)))
+    if cols >= 1 and m * out_itemsize <= WIDEST * k * a_itemsize:
+        passes = math.ceil(m / cols)
+        options.append(TilePlan("b-columns", cols, passes, passes * a_bytes + b_bytes,
+                                n * m * out_itemsize))
+    rows = min(n, (total // 2) // (8 * (2 * k + (max(1, threads) + 4) * m)))
+    if rows >= 1:
+        passes = math.ceil(n / rows)
+        options.append(TilePlan("a-rows", rows, passes, a_bytes + passes * b_bytes,
+                                n * m * out_itemsize))
+    if not options:
         raise BudgetError(
-            f"matmul: one column of b ({k} values, {format_bytes(k * b_itemsize)}) does not "
-            f"fit an eighth of the budget of {format_bytes(total)}. Raise the budget.")
-    passes = math.ceil(m / panel)
-    return TilePlan(panel, passes, passes * n * k * a_itemsize + k * m * b_itemsize,
-                    n * m * out_itemsize)
+            f"matmul: neither one column of b ({k} values) nor one row of a with its "
+            f"{m} partial sums per thread fits the budget of {format_bytes(total)}. Raise the "
+            "budget or use fewer threads.")
+    return min(options, key=lambda t: (t.read_bytes, t.schedule != "b-columns"))
 
 
 def _transposed(obj: Any) -> Any:
@@ -229,11 +252,10 @@ def matmul(
     cols = 1 if len(bshape) == 1 else int(bshape[1])
     if _large(b, total):
         tiles = plan_tiles((n, p), (p, cols), src.itemsize, bdtype.itemsize,
-                           out_dtype.itemsize, total)
-        if tiles.passes > 1:
-            return _tiled(a, b, out, out_dtype, tiles, (n, cols), vector=len(bshape) == 1,
-                          budget=total, threads=nthreads, progress=progress,
-                          overwrite=overwrite)
+                           out_dtype.itemsize, total, nthreads)
+        if len(bshape) == 2 and (tiles.passes > 1 or tiles.schedule == "a-rows"):
+            return _tiled(a, b, out, out_dtype, tiles, (n, cols), budget=total,
+                          threads=nthreads, progress=progress, overwrite=overwrite)
         w = _load(b, bshape, bdtype, budget=total, threads=nthreads, progress=progress)
     else:
         w = np.asarray(b)
@@ -268,39 +290,57 @@ def _in_memory(shape: tuple[int, ...], dtype: np.dtype[Any], room: int) -> Array
 
 
 def _tiled(a: Any, b: Any, out: Any, dtype: np.dtype[Any], tiles: TilePlan,
-           shape: tuple[int, int], *, vector: bool, budget: int, threads: int,
-           progress: ProgressArg, overwrite: bool) -> Any:
-    """``a @ b`` panel by panel of b's columns: each panel read once, one pass over a each."""
+           shape: tuple[int, int], *, budget: int, threads: int, progress: ProgressArg,
+           overwrite: bool) -> Any:
+    """``a @ b`` by the tile schedule (:func:`plan_tiles`), each panel read by the engine."""
     n, m = shape
     if out is None:
-        result: Any = _in_memory((n, m) if not vector else (n,), dtype, budget // 2)
+        result: Any = _in_memory((n, m), dtype, budget // 2)
         room = budget - result.nbytes
     elif isinstance(out, np.ndarray):
         result, room = out, budget
     else:
-        result, room = create(out, (n, m) if not vector else (n,), dtype,
-                              overwrite=overwrite), budget
-    target = result
-    owned = isinstance(b, (str, os.PathLike))
+        result, room = create(out, (n, m), dtype, overwrite=overwrite), budget
+    opened = [x for x in (a, b) if isinstance(x, (str, os.PathLike))]
     from bigarr._core.files import open as open_npy
 
-    bsrc = open_npy(b) if owned else b
+    src = {id(x): open_npy(x) for x in opened}
+    asrc, bsrc = src.get(id(a), a), src.get(id(b), b)
     try:
-        for lo in range(0, m, tiles.panel):
-            hi = min(m, lo + tiles.panel)
-            rows_of_b = bsrc if vector else bsrc[:, lo:hi]
-            panel = np.empty((int(bsrc.shape[0]), hi - lo) if not vector else bsrc.shape,
-                             dtype=dtype)
-            map_blocks(_copy, rows_of_b, out=panel, dtype=dtype, budget=room - panel.nbytes,
-                       threads=threads, progress=progress)
-            dest = target if vector else target[:, lo:hi]
-            _product_to(a, panel, dest, dtype, budget=room - panel.nbytes, threads=threads,
-                        progress=progress, overwrite=False)
-            del panel
+        for lo in range(0, m if tiles.schedule == "b-columns" else n, tiles.panel):
+            if tiles.schedule == "b-columns":
+                hi = min(m, lo + tiles.panel)
+                panel = _load(bsrc[:, lo:hi], (int(bsrc.shape[0]), hi - lo), dtype,
+                              budget=room, threads=threads, progress=progress)
+                _product_to(asrc, panel, result[:, lo:hi], dtype, budget=room - panel.nbytes,
+                            threads=threads, progress=progress, overwrite=False)
+                del panel
+            else:
+                hi = min(n, lo + tiles.panel)
+                rows = _load(asrc[lo:hi], (hi - lo, int(asrc.shape[1])), np.dtype(np.float64),
+                             budget=room, threads=threads, progress=progress)
+                panel_t = np.ascontiguousarray(rows.T)  # K x rows: shares b's rows
+                del rows
+                with _streams(panel_t, bsrc) as (sp, sb):
+                    part = crossprod(sp, sb, mean=None, budget=room - panel_t.nbytes,
+                                     threads=threads, progress=progress, what="matmul")
+                del panel_t
+                _copy_to(part.astype(dtype, copy=False), result[lo:hi], budget=room - part.nbytes,
+                         threads=threads, progress=progress)
     finally:
-        if owned:
-            bsrc.close(force=True)  # our own views of b (the panels) are done with
+        for x in src.values():
+            x.close(force=True)  # our own views of a and b (the panels) are done with
     return result
+
+
+def _copy_to(block: Array, dest: Any, *, budget: int, threads: int,
+             progress: ProgressArg) -> None:
+    """``dest[...] = block`` through the engine when ``dest`` is mapped (written back)."""
+    if isinstance(dest, np.ndarray) and not isinstance(dest, np.memmap):
+        dest[...] = block
+    else:
+        map_blocks(_copy, block, out=dest, dtype=block.dtype, budget=budget, threads=threads,
+                   progress=progress)
 
 
 def _product_to(a: Any, w: Array, out: Any, dtype: np.dtype[Any], *, budget: int,
@@ -313,12 +353,18 @@ def _product_to(a: Any, w: Array, out: Any, dtype: np.dtype[Any], *, budget: int
                               progress=progress, overwrite=overwrite)
     w = np.ascontiguousarray(w, dtype=dtype)
     with _streams(a) as (s,):
+        width = _cols(s) + (1 if w.ndim == 1 else int(w.shape[1]))
+        rows = _product_rows(budget, threads, width)
         plan = plan_run("matmul", [s], budget=budget, threads=threads, layout="rows",
-                        temporaries=float(dtype.itemsize * w.shape[-1]) / max(1, s.row_bytes))
+                        scratch_bytes=rows * width * dtype.itemsize)
 
         def work(chunk: Chunk, blocks: list[Array]) -> None:
+            # sub-blocks multiplied straight into out's rows: no chunk-sized temporaries
             b = blocks[0].reshape(len(blocks[0]), -1)
-            out[chunk.rows.start:chunk.rows.stop] = np.asarray(b, dtype=dtype) @ w
+            for lo in range(0, len(b), rows):
+                hi = min(len(b), lo + rows)
+                dest = out[chunk.rows.start + lo:chunk.rows.start + hi]
+                np.matmul(np.asarray(b[lo:hi], dtype=dtype), w, out=dest)
 
         chunks = plan.chunks
         with blas_limit(threads), Progress(progress, total_bytes=chunks.nbytes,
