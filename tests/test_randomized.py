@@ -217,3 +217,26 @@ def test_peak_rss_within_budget(tmp_path: Path) -> None:
 def test_peak_rss_within_budget_512mib(tmp_path: Path) -> None:
     """512 MiB of float32, 16x a 32 MiB budget."""
     _peak_rss(tmp_path, 32 << 20, 512 << 20, quick=False)
+
+
+def test_blas_threads_are_limited_in_every_pass(tmp_path: Path) -> None:
+    """Engine threads x BLAS threads <= cores in each pass of the new functions: the progress
+    callback runs on the consumer thread while a pass computes, and sees BLAS's limit."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    cores = len(os.sched_getaffinity(0))
+    seen: list[int] = []
+
+    def record(_event: Any) -> None:
+        seen.extend(i["num_threads"] for i in threadpoolctl.threadpool_info()
+                    if i["user_api"] == "blas")
+
+    x, _, _ = known(2000, 40, 0.5 ** np.arange(40.0))
+    np.save(tmp_path / "x.npy", x)
+    opts: dict[str, Any] = {"budget": "2MiB", "threads": cores, "progress": record}
+    linalg.pca(tmp_path / "x.npy", 3, method="randomized", n_iter=1,
+               out_scores=tmp_path / "s.npy", **opts).scores.close()
+    linalg.matmul(bigarr.open(tmp_path / "x.npy").T, tmp_path / "x.npy", **opts)
+    np.save(tmp_path / "b.npy", np.ones((40, 500)))
+    assert linalg.plan_tiles((2000, 40), (40, 500), 8, 8, 8, "2MiB", cores).passes > 1
+    linalg.matmul(tmp_path / "x.npy", tmp_path / "b.npy", tmp_path / "o.npy", **opts).close()
+    assert seen and max(seen) * cores <= max(cores, 1)

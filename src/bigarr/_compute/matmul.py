@@ -339,8 +339,9 @@ def _copy_to(block: Array, dest: Any, *, budget: int, threads: int,
     if isinstance(dest, np.ndarray) and not isinstance(dest, np.memmap):
         dest[...] = block
     else:
-        map_blocks(_copy, block, out=dest, dtype=block.dtype, budget=budget, threads=threads,
-                   progress=progress)
+        with blas_limit(threads):
+            map_blocks(_copy, block, out=dest, dtype=block.dtype, budget=budget,
+                       threads=threads, progress=progress)
 
 
 def _product_to(a: Any, w: Array, out: Any, dtype: np.dtype[Any], *, budget: int,
@@ -383,8 +384,9 @@ def _load(b: Any, shape: tuple[int, ...], dtype: np.dtype[Any], *, budget: int, 
     """A file (or mapped array) that fits a quarter of the budget, read into memory by the
     engine (its pages released behind)."""
     w = np.empty(shape, dtype=dtype)
-    map_blocks(_copy, b, out=w, dtype=dtype, budget=budget - w.nbytes, threads=threads,
-               progress=progress)
+    with blas_limit(threads):  # no BLAS in a copy; every run keeps the same rule all the same
+        map_blocks(_copy, b, out=w, dtype=dtype, budget=budget - w.nbytes, threads=threads,
+                   progress=progress)
     return w
 
 

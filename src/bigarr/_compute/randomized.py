@@ -299,7 +299,7 @@ def _column_moments(s: Stream, *, budget: int, threads: int,
     row (as :func:`bigarr._compute.linalg.cov` keeps them, for data far from zero)."""
     p = _cols(s)
     rows = _product_rows(budget, threads, 2 * p)
-    shift = np.asarray(s.head(1), dtype=np.float64).reshape(-1)
+    shift = np.array(s.head(1), dtype=np.float64).reshape(-1)  # a copy: head may be mapped
     shift[~np.isfinite(shift)] = 0.0
 
     def kernel(blocks: list[Array]) -> ColumnMoments:
