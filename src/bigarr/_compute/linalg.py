@@ -1,5 +1,9 @@
 """Linear algebra out of core, for tall-skinny matrices: N x p files with N huge and p small.
 
+(Siblings built on this module's plumbing: :mod:`bigarr._compute.tsqr` (the QR family),
+:mod:`bigarr._compute.randomized` (randomized SVD and PCA), :mod:`bigarr._compute.matmul`
+(products).)
+
 Everything here streams the rows of a file once through the engine
 (:func:`bigarr._compute.runplan.plan_run` and :func:`bigarr._compute.engine.execute`), with
 chunks of whole rows, and keeps only p x p states in memory:
@@ -10,9 +14,10 @@ function           per-chunk state                      merge
 gram               ``b.T @ b`` (syrk)                   add
 cov, corrcoef,     count, column means, centred         Chan et al.'s pairwise update for
 pca                cross-products ``(b - m).T @ (b-m)`` co-moments (never E[xx] - E[x]E[x])
+weighted cov       the same, weighted (``sum(w)`` as    the same update, and
+                   the count), and ``sum(w * aw)``      ``sum(w * aw)`` added
 qr, svd, lstsq     R of ``qr(b)`` (TSQR)                R of ``qr([Ra; Rb])``
                    (in :mod:`bigarr._compute.tsqr`)
-matmul             (in :mod:`bigarr._compute.matmul`)
 =================  ===================================  =======================================
 
 Inside a chunk the kernels work through sub-blocks of rows, so the working memory per thread
