@@ -240,3 +240,15 @@ def test_blas_threads_are_limited_in_every_pass(tmp_path: Path) -> None:
     assert linalg.plan_tiles((2000, 40), (40, 500), 8, 8, 8, "2MiB", cores).passes > 1
     linalg.matmul(tmp_path / "x.npy", tmp_path / "b.npy", tmp_path / "o.npy", **opts).close()
     assert seen and max(seen) * cores <= max(cores, 1)
+
+
+def test_pca_example_runs_randomized(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parent.parent / "examples" / "pca.py"
+    proc = subprocess.run([sys.executable, str(script), "--size", "8MiB", "--budget", "4MiB",
+                           "--threads", "2", "--dir", str(tmp_path), "--method", "randomized"],
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "summary: randomized PCA" in proc.stdout
+    angle = float(proc.stdout.split("to within ")[1].split()[0])
+    assert angle < 1.0, proc.stdout  # the true 3-d subspace, found by the randomized method
+    assert list(tmp_path.iterdir()) == []
