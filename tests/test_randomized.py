@@ -73,11 +73,9 @@ def test_agrees_with_numpy_svd_and_u_in_memory() -> None:
 
 
 def test_slow_spectrum_is_within_the_documented_bound() -> None:
-    s = 1.0 / np.arange(1, 201)
-    x, _, _ = known(4000, 200, s, seed=3)
+    s = 1.0 / np.arange(1, 101)
+    x, _, _ = known(1500, 100, s, seed=3)
     k = 10
-    res = linalg.randomized_svd(x, k, random_state=0, budget="2MiB", **KW)
-    assert res.U is None  # Q went to a file: U only through out_u
     res = linalg.randomized_svd(x, k, random_state=0, budget="64MiB", **KW)
     err = np.linalg.norm(x - (res.U * res.S) @ res.Vh, 2)
     assert s[k] <= err * (1 + 1e-12) and err <= 1.5 * s[k]
@@ -93,6 +91,7 @@ def test_rank_deficient_sketch_in_a_file() -> None:
     s = np.array([5.0, 2.0, 1.0])
     x, _, v = known(5000, 30, s, seed=4)
     res = linalg.randomized_svd(x, 5, random_state=0, budget="2MiB", **KW)
+    assert res.U is None  # Q went to a file: U only through out_u
     assert np.max(np.abs(res.S[:3] - s)) < 1e-10 and np.all(res.S[3:] < 1e-10)
     assert np.max(np.abs(_aligned(res.Vh[:3], v.T) - v.T)) < 1e-10
 
@@ -190,8 +189,8 @@ def _peak_rss(tmp_path: Path, budget: int, size: int, *, quick: bool) -> None:
     _rss_file(path, size, 64)
     _rss_file(other, size // 8, 8)
     ops = (
-        "linalg.randomized_svd(P, 5, random_state=0, tmpdir=T, budget=B, threads=2, "
-        "progress=False)",
+        "linalg.randomized_svd(P, 5, n_iter=1, random_state=0, tmpdir=T, budget=B, "
+        "threads=2, progress=False)",
         "linalg.pca(P, 3, method='randomized', n_iter=1, tmpdir=T, budget=B, threads=2, "
         "progress=False)",
         "linalg.matmul(bigarr.open(P).T, C, budget=B, threads=2, progress=False)",
@@ -232,12 +231,12 @@ def test_blas_threads_are_limited_in_every_pass(tmp_path: Path) -> None:
 
     x, _, _ = known(2000, 40, 0.5 ** np.arange(40.0))
     np.save(tmp_path / "x.npy", x)
-    opts: dict[str, Any] = {"budget": "2MiB", "threads": cores, "progress": record}
+    opts: dict[str, Any] = {"budget": "4MiB", "threads": cores, "progress": record}
     linalg.pca(tmp_path / "x.npy", 3, method="randomized", n_iter=1,
                out_scores=tmp_path / "s.npy", **opts).scores.close()
     linalg.matmul(bigarr.open(tmp_path / "x.npy").T, tmp_path / "x.npy", **opts)
     np.save(tmp_path / "b.npy", np.ones((40, 500)))
-    assert linalg.plan_tiles((2000, 40), (40, 500), 8, 8, 8, "2MiB", cores).passes > 1
+    assert linalg.plan_tiles((2000, 40), (40, 500), 8, 8, 8, "4MiB", cores).passes > 1
     linalg.matmul(tmp_path / "x.npy", tmp_path / "b.npy", tmp_path / "o.npy", **opts).close()
     assert seen and max(seen) * cores <= max(cores, 1)
 
