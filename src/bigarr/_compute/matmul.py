@@ -5,11 +5,12 @@ Three cases, told apart by the operands' shapes and memory order only:
 ``a @ b``, b fits a quarter of the budget
     one pass over a's rows, each chunk's ``block @ b`` written to ``out`` (map_blocks);
 ``a @ b``, b larger (both files larger than the budget)
-    a tiled product (:func:`plan_tiles`): b is cut into column panels of ``panel`` columns, each
-    the most that fits an eighth of the budget; each panel is read once (a strided view of b,
-    streamed by the engine, so only its pages are touched) and one pass over a's rows writes
-    the matching columns of ``out``. b is read once in all, a ``ceil(M / panel)`` times;
-    ``out`` is written once;
+    a tiled product; :func:`plan_tiles` picks the schedule that reads fewer bytes: panels of
+    b's columns (each the most that fits an eighth of the budget, read once as a strided view
+    of b streamed by the engine; one pass over a's rows per panel writes the matching columns
+    of ``out``), or panels of a's rows (a read once; one pass over b's rows per panel sums the
+    panel's rows of the product, written once as whole rows: the schedule for an ``out`` with
+    rows much wider than a's). ``out`` is written once either way;
 ``a.T @ b``, a and b two tall files (N x p and N x k)
     one pass over both, each chunk's ``a_block.T @ b_block`` added (:func:`crossprod`); the
     p x k result in memory (or written to ``out``). ``a.T`` is numpy's: pass the transposed
@@ -125,7 +126,7 @@ class TilePlan:
 
 def plan_tiles(a_shape: tuple[int, int], b_shape: tuple[int, int], a_itemsize: int,
                b_itemsize: int, out_itemsize: int, budget: int | str,
-               threads: int = 1) -> TilePlan:
+               threads: int | None = None) -> TilePlan:
     """The tile schedule of ``a @ b`` that reads the fewest bytes within the budget.
 
     ``"b-columns"``: the widest panel of b's columns that fits an eighth of the budget (the
@@ -140,11 +141,27 @@ def plan_tiles(a_shape: tuple[int, int], b_shape: tuple[int, int], a_itemsize: i
     b[rows]`` (:func:`crossprod` of the transposed panel and b), written once as whole rows.
     Reads b ``ceil(N / panel)`` times and a once.
 
+    Parameters
+    ----------
+    a_shape, b_shape
+        ``(N, K)`` and ``(K, M)``.
+    a_itemsize, b_itemsize, out_itemsize
+        Bytes per element of a, b and the result.
+    budget
+        The most memory the product may add, bytes or a string such as ``"256MiB"``.
+    threads
+        Worker threads, as :func:`matmul`'s (default: the CPUs available).
+
+    Returns
+    -------
+    TilePlan
+
     Raises
     ------
     BudgetError
         If neither schedule fits a panel of one column or one row.
     """
+    threads = parse_threads(threads)
     (n, k), (_, m) = a_shape, b_shape
     total = parse_size(budget, name="budget")
     a_bytes, b_bytes = n * k * a_itemsize, k * m * b_itemsize
@@ -198,8 +215,9 @@ def matmul(
     """``a @ b`` out of core: a file times a matrix or a file, or ``a.T @ b`` in one pass.
 
     The cases (module docstring): a tall ``a`` times a small ``b`` in one pass; ``a @ b``
-    with ``b`` a file or larger than a quarter of the budget as a tiled product that reads b
-    once and a once per column panel of b (:func:`bigarr.linalg.plan_tiles` says how many);
+    with ``b`` a file or larger than a quarter of the budget as a tiled product, panels of
+    b's columns (a re-read per panel) or of a's rows (b re-read per panel), whichever reads
+    fewer bytes (:func:`bigarr.linalg.plan_tiles` gives the schedule, passes and bytes);
     ``a.T @ b`` for two tall operands sharing their N rows, in one pass, when ``a`` is the
     transposed view of a C-ordered array (numpy's ``x.T``). Products are computed in the
     result dtype, except ``a.T @ b``, accumulated in float64 (for float32 about 1e-6 relative
