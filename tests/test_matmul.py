@@ -50,6 +50,9 @@ def test_plan_tiles_reads_b_once_and_a_once_per_panel() -> None:
     assert plan.schedule == "a-rows"
     assert plan.panel == (2 << 20) // (8 * (2 * 100 + 6 * 2000)) == 21
     assert plan.read_bytes == 3000 * 100 * 4 + math.ceil(3000 / 21) * 100 * 2000 * 4
+    # a small b (a file) that fits: one panel, one pass, however wide out's rows
+    plan = linalg.plan_tiles((200_000, 8), (8, 5000), 8, 8, 8, "64MiB", threads=2)
+    assert (plan.schedule, plan.passes) == ("b-columns", 1)
     # a short a and a big b: re-reading a is cheaper than re-reading b
     assert linalg.plan_tiles((100, 1000), (1000, 1000), 8, 8, 8, "1MiB").schedule \
         == "b-columns"

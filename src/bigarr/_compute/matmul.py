@@ -27,20 +27,20 @@ from typing import Any
 
 import numpy as np
 
-from bigarr._compute.engine import execute
+from bigarr._compute.engine import Writeback, execute
 from bigarr._compute.linalg import (
     Array,
     _cols,
     _run,
     _streams,
     _sub_rows,
-    _write_product,
     blas_limit,
 )
 from bigarr._compute.mapblocks import map_blocks
-from bigarr._compute.operands import Stream
+from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import parse_threads, plan_run
+from bigarr._core.array import memmap
 from bigarr._core.files import create
 from bigarr._os.geometry import format_bytes, parse_size
 from bigarr._plan.budget import DEFAULT_BUDGET
@@ -130,10 +130,10 @@ def plan_tiles(a_shape: tuple[int, int], b_shape: tuple[int, int], a_itemsize: i
     """The tile schedule of ``a @ b`` that reads the fewest bytes within the budget.
 
     ``"b-columns"``: the widest panel of b's columns that fits an eighth of the budget (the
-    rest streams a's rows and writes out's columns); allowed only while out's rows are at most
-    :data:`WIDEST` times as wide as a's (each pass is planned by a's chunks, and writes to a
-    column panel of out touch whole rows of its pages). Reads a ``ceil(M / panel)`` times and
-    b once.
+    rest streams a's rows and writes out's columns); with more than one panel, allowed only
+    while out's rows are at most :data:`WIDEST` times as wide as a's (each pass is planned by
+    a's chunks, and writes to a column panel of out touch whole rows of its pages). Reads a
+    ``ceil(M / panel)`` times and b once (one panel: b loaded, one pass, whole rows written).
 
     ``"a-rows"``: the most rows of a whose panel (twice: read, then transposed) and the
     product's partial sums (one per chunk in flight, ``threads + 4``) fit half the budget;
@@ -167,7 +167,7 @@ def plan_tiles(a_shape: tuple[int, int], b_shape: tuple[int, int], a_itemsize: i
     a_bytes, b_bytes = n * k * a_itemsize, k * m * b_itemsize
     options: list[TilePlan] = []
     cols = min(m, (total // 8) // max(1, k * max(b_itemsize, out_itemsize)))
-    if cols >= 1 and m * out_itemsize <= WIDEST * k * a_itemsize:
+    if cols >= m or (cols >= 1 and m * out_itemsize <= WIDEST * k * a_itemsize):
         passes = math.ceil(m / cols)
         options.append(TilePlan("b-columns", cols, passes, passes * a_bytes + b_bytes,
                                 n * m * out_itemsize))
@@ -364,32 +364,54 @@ def _copy_to(block: Array, dest: Any, *, budget: int, threads: int,
 
 def _product_to(a: Any, w: Array, out: Any, dtype: np.dtype[Any], *, budget: int,
                 threads: int, progress: ProgressArg, overwrite: bool) -> Any:
-    """``a @ w`` into ``out``: a file or mapped array through map_blocks (written back and
-    flushed by the engine); an in-memory array (already counted by the caller) by a run whose
-    chunks write their rows straight into it."""
-    if not isinstance(out, np.ndarray) or isinstance(out, np.memmap):
-        return _write_product(a, w, out, dtype, budget=budget, threads=threads,
-                              progress=progress, overwrite=overwrite)
+    """``a @ w`` into ``out`` (a new file path, a mapped array or view, or an in-memory array
+    already counted by the caller), in one run over a's rows and out's.
+
+    Each chunk's sub-blocks are multiplied straight into out's rows (``np.matmul(..., out=)``),
+    so nothing chunk-sized is allocated, however much wider out's rows are than a's; the chunks
+    are cut by the wider of the two rows, and a mapped out's pages are flushed and dropped by
+    the engine's writeback like any run's output.
+    """
     w = np.ascontiguousarray(w, dtype=dtype)
+    if isinstance(out, (str, os.PathLike)):
+        with _streams(a) as (s,):
+            n = int(s.shape[0])
+        out = create(out, (n, int(w.shape[1])) if w.ndim == 2 else (n,), dtype,
+                     overwrite=overwrite)
+    mapped = isinstance(out, np.memmap)
     with _streams(a) as (s,):
-        width = _cols(s) + (1 if w.ndim == 1 else int(w.shape[1]))
-        rows = _product_rows(budget, threads, width)
-        plan = plan_run("matmul", [s], budget=budget, threads=threads, layout="rows",
-                        scratch_bytes=rows * width * dtype.itemsize)
+        so = parse_operand(out, output=True, by_key=False) if mapped else None
+        try:
+            outs = [] if so is None else [so]
+            width = _cols(s) + (1 if w.ndim == 1 else int(w.shape[1]))
+            rows = _product_rows(budget, threads, width)
+            plan = plan_run("matmul", [s, *outs], budget=budget, threads=threads,
+                            layout="rows", scratch_bytes=rows * width * dtype.itemsize,
+                            flush_every=min(64 << 20, budget // 4) if mapped else 0)
+            writeback = Writeback(plan.flush_every) if so is not None else None
 
-        def work(chunk: Chunk, blocks: list[Array]) -> None:
-            # sub-blocks multiplied straight into out's rows: no chunk-sized temporaries
-            b = blocks[0].reshape(len(blocks[0]), -1)
-            for lo in range(0, len(b), rows):
-                hi = min(len(b), lo + rows)
-                dest = out[chunk.rows.start + lo:chunk.rows.start + hi]
-                np.matmul(np.asarray(b[lo:hi], dtype=dtype), w, out=dest)
+            def work(chunk: Chunk, blocks: list[Array]) -> None:
+                # sub-blocks multiplied straight into out's rows: no chunk-sized temporaries
+                b = blocks[0].reshape(len(blocks[0]), -1)
+                dest = blocks[1] if so is not None else out[chunk.rows.start:chunk.rows.stop]
+                for lo in range(0, len(b), rows):
+                    hi = min(len(b), lo + rows)
+                    np.matmul(np.asarray(b[lo:hi], dtype=dtype), w, out=dest[lo:hi])
+                if writeback is not None and so is not None:
+                    writeback.mapped(chunk.index, so, dest)
 
-        chunks = plan.chunks
-        with blas_limit(threads), Progress(progress, total_bytes=chunks.nbytes,
-                                           total_chunks=len(chunks), desc="matmul") as bar:
-            for _ in execute(plan, work, [s], progress=bar):
-                pass
+            chunks = plan.chunks
+            with blas_limit(threads), Progress(progress, total_bytes=chunks.nbytes,
+                                               total_chunks=len(chunks), desc="matmul") as bar:
+                for _ in execute(plan, work, [s, *outs], progress=bar, writeback=writeback):
+                    pass
+            if writeback is not None:
+                writeback.drain()
+        finally:
+            if so is not None:
+                so.close()
+    if mapped and not isinstance(out, memmap):
+        out.flush()  # a numpy.memmap written in place: its own mapping
     return out
 
 
