@@ -234,9 +234,8 @@ def randomized_svd(
         For non-real data.
     """
     return _randomized(x, k, n_oversamples, n_iter, random_state, center=False, want_u=True,
-                       out_u=out_u,
-                       overwrite=overwrite, tmpdir=tmpdir, budget=budget, threads=threads,
-                       progress=progress)[0]
+                       out_u=out_u, overwrite=overwrite, tmpdir=tmpdir, budget=budget,
+                       threads=threads, progress=progress)[0]
 
 
 def _randomized(x: Any, k: int, n_oversamples: int, n_iter: int, random_state: Any, *,
