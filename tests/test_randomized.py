@@ -235,9 +235,10 @@ def test_blas_threads_are_limited_in_every_pass(tmp_path: Path) -> None:
     linalg.pca(tmp_path / "x.npy", 3, method="randomized", n_iter=1,
                out_scores=tmp_path / "s.npy", **opts).scores.close()
     linalg.matmul(bigarr.open(tmp_path / "x.npy").T, tmp_path / "x.npy", **opts)
-    np.save(tmp_path / "b.npy", np.ones((40, 500)))
-    assert linalg.plan_tiles((2000, 40), (40, 500), 8, 8, 8, "4MiB", cores).passes > 1
-    linalg.matmul(tmp_path / "x.npy", tmp_path / "b.npy", tmp_path / "o.npy", **opts).close()
+    np.save(tmp_path / "a.npy", np.ones((2000, 400)))
+    np.save(tmp_path / "b.npy", np.ones((400, 500)))
+    assert linalg.plan_tiles((2000, 400), (400, 500), 8, 8, 8, "4MiB", cores).passes > 1
+    linalg.matmul(tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "o.npy", **opts).close()
     assert seen and max(seen) * cores <= max(cores, 1)
 
 
