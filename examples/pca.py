@@ -9,6 +9,7 @@ second pass.
 
     python examples/pca.py                              # 1 GiB of generated data
     python examples/pca.py --size 100GiB --dir /data/scratch   # many times RAM
+    python examples/pca.py --method randomized         # randomized SVD of the centred rows
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def main() -> None:
                         help="memory budget of each pass")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--components", type=int, default=LATENT)
+    parser.add_argument("--method", choices=("exact", "randomized"), default="exact",
+                        help="exact: the F x F covariance; randomized: Halko et al.'s "
+                             "randomized SVD of the centred rows (for many features)")
     args = parser.parse_args()
     if args.dir is not None and not os.path.isdir(args.dir):
         parser.error(f"--dir {args.dir} is not a directory")
@@ -76,7 +80,9 @@ def main() -> None:
         opts = {"budget": budget, "threads": args.threads}
         start = time.perf_counter()
 
-        result = bigarr.linalg.pca(x, k, out_scores=os.path.join(folder, "scores.npy"), **opts)
+        result = bigarr.linalg.pca(x, k, method=args.method, random_state=0,
+                                   out_scores=os.path.join(folder, "scores.npy"),
+                                   tmpdir=folder, **opts)
         components = result.components.T  # F x k, as columns
         scores = result.scores
         seconds = time.perf_counter() - start
@@ -89,8 +95,12 @@ def main() -> None:
         print(f"result: top {k} components explain {explained:.1%} of the variance "
               f"(eigenvalues {np.round(variances[:k], 1).tolist()}); they span the true "
               f"subspace to within {angle:.2f} degrees; scores {scores.shape} written")
-        moved = 2 * x.nbytes + scores.nbytes  # X read twice, scores written once
-        print(f"summary: PCA of {mib(x.nbytes)} in {seconds:.1f} s ({mib(moved / seconds)}/s "
+        # X read per pass (exact: covariance, scores; randomized: moments, 2 + 2 * n_iter for
+        # the SVD, scores), the scores written once
+        passes = 2 if args.method == "exact" else 8
+        moved = passes * x.nbytes + scores.nbytes
+        print(f"summary: {args.method} PCA of {mib(x.nbytes)} in {seconds:.1f} s "
+              f"({mib(moved / seconds)}/s "
               f"of reads and writes); peak RSS {mib(peak_rss())} = "
               f"{peak_rss() / x.nbytes:.2f}x the file size")
         scores.close()

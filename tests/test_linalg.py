@@ -138,8 +138,6 @@ def test_cov_refuses_rowvar_true_for_2d(tall: tuple[str, np.ndarray]) -> None:
 
 def test_cov_refusals() -> None:
     x = _data(100, 3)
-    with pytest.raises(UnsupportedError, match="weights"):
-        bigarr.cov(x, rowvar=False, fweights=np.ones(100, int), **KW)
     with pytest.raises(DtypeError, match="complex"):
         bigarr.cov(x + 1j, rowvar=False, **KW)
     with pytest.raises(ShapeError, match="rows"):
@@ -327,8 +325,8 @@ def test_matmul_streams_into_out(tall: tuple[str, np.ndarray], tmp_path: Path) -
     assert got.dtype == np.float32 and _rel(got, x @ w) < F32_RTOL
     with pytest.raises(ShapeError, match="6 rows"):
         linalg.matmul(path, np.ones((5, 2)), **KW)
-    with pytest.raises(UnsupportedError, match="two files"):
-        linalg.matmul(path, path, **KW)
+    with pytest.raises(ShapeError, match="6 rows"):
+        linalg.matmul(path, path, **KW)  # two files: b must be 6 x k
     with pytest.raises(BudgetError, match="out="):
         linalg.matmul(path, np.ones((6, 64)), budget="1MiB", threads=1, progress=False)
 
@@ -380,3 +378,54 @@ def test_peak_rss_within_budget(tmp_path: Path) -> None:
                              capture_output=True, text=True, env=os.environ.copy())
         grown = int(out.stdout.split()[-1])
         assert grown <= budget + (64 << 20), (op, grown)
+
+
+# ---- weighted cov --------------------------------------------------------------------------
+@pytest.mark.parametrize(("bias", "ddof"), [(False, None), (True, None), (False, 0),
+                                            (True, 2)])
+@pytest.mark.parametrize("kind", ["f", "a", "fa"])
+def test_weighted_cov_matches_numpy(tall: tuple[str, np.ndarray], tmp_path: Path, kind: str,
+                                    bias: bool, ddof: int | None) -> None:
+    path, x = tall
+    rng = np.random.default_rng(11)
+    fw = rng.integers(0, 4, len(x)) if "f" in kind else None
+    aw = rng.uniform(0, 2, len(x)) if "a" in kind else None
+    want = np.cov(x, rowvar=False, bias=bias, ddof=ddof, fweights=fw, aweights=aw)
+    if aw is not None:  # weights from a file too: they stream with the data
+        np.save(tmp_path / "aw.npy", aw)
+    got = bigarr.cov(path, rowvar=False, bias=bias, ddof=ddof, fweights=fw,
+                     aweights=None if aw is None else tmp_path / "aw.npy", **KW)
+    assert got.shape == want.shape and _rel(got, want) < 1e-10
+
+
+def test_weighted_cov_y_1d_and_far_from_zero() -> None:
+    rng = np.random.default_rng(12)
+    x = 1e9 + rng.standard_normal((30_000, 2))
+    y = rng.standard_normal(30_000)
+    aw = rng.uniform(0.5, 1.5, 30_000)
+    want = np.cov(x - 1e9, y, rowvar=False, aweights=aw)
+    assert _rel(bigarr.cov(x, y, rowvar=False, aweights=aw, **KW), want) < 1e-10
+    fw = rng.integers(1, 3, 30_000)
+    assert _rel(bigarr.cov(y, fweights=fw, **KW), np.cov(y, fweights=fw)) < 1e-10
+
+
+def test_weighted_cov_refusals_like_numpy(tall: tuple[str, np.ndarray]) -> None:
+    path, x = tall
+    n = len(x)
+    with pytest.raises(TypeError, match="integers"):
+        bigarr.cov(path, rowvar=False, fweights=np.full(n, 0.5), **KW)
+    with pytest.raises(ValueError, match=">= 0"):
+        bigarr.cov(path, rowvar=False, fweights=-np.ones(n, int), **KW)
+    with pytest.raises(ValueError, match=">= 0"):
+        bigarr.cov(path, rowvar=False, aweights=-np.ones(n), **KW)
+    with pytest.raises(ValueError, match="rows"):
+        bigarr.cov(path, rowvar=False, aweights=np.ones(n - 1), **KW)
+    with pytest.raises(ValueError, match="1-d"):
+        bigarr.cov(path, rowvar=False, aweights=np.ones((n, 2)), **KW)
+    with pytest.raises(ValueError, match="sum to zero"):
+        bigarr.cov(path, rowvar=False, aweights=np.zeros(n), **KW)
+    with pytest.warns(RuntimeWarning, match="Degrees of freedom"):
+        got = bigarr.cov(x[:, 0].copy(), fweights=np.r_[1, np.zeros(n - 1, int)], **KW)
+    with pytest.warns(RuntimeWarning):
+        want = np.cov(x[:, 0], fweights=np.r_[1, np.zeros(n - 1, int)])
+    np.testing.assert_array_equal(got, want)  # 0 / 0: NaN, as numpy

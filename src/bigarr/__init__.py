@@ -29,7 +29,8 @@ compute within a memory budget
     :func:`sum`, :func:`mean`, :func:`var`, :func:`std`, :func:`min`, :func:`max`,
     :func:`argmin`, :func:`argmax`, :func:`count_nonzero`, :func:`histogram`,
     :func:`reduce_blocks`, :func:`map_blocks`; :func:`cov`, :func:`corrcoef` and the rest of
-    :mod:`bigarr.linalg` (``gram``, ``qr``, ``svd``, ``lstsq``, ``pca``, ``matmul``); exact
+    :mod:`bigarr.linalg` (``gram``, ``qr``, ``svd``, ``randomized_svd``, ``lstsq``, ``pca``,
+    ``matmul``); exact
     order statistics: :func:`quantile`, :func:`percentile`, :func:`median` and their ``nan``
     variants, :func:`topk`, :func:`sort`, :func:`unique`; growing files: :class:`Appender`,
     :func:`append`; :func:`check_complete` refuses outputs of interrupted runs.

@@ -1,5 +1,9 @@
 """Linear algebra out of core, for tall-skinny matrices: N x p files with N huge and p small.
 
+(Siblings built on this module's plumbing: :mod:`bigarr._compute.tsqr` (the QR family),
+:mod:`bigarr._compute.randomized` (randomized SVD and PCA), :mod:`bigarr._compute.matmul`
+(products).)
+
 Everything here streams the rows of a file once through the engine
 (:func:`bigarr._compute.runplan.plan_run` and :func:`bigarr._compute.engine.execute`), with
 chunks of whole rows, and keeps only p x p states in memory:
@@ -10,9 +14,10 @@ function           per-chunk state                      merge
 gram               ``b.T @ b`` (syrk)                   add
 cov, corrcoef,     count, column means, centred         Chan et al.'s pairwise update for
 pca                cross-products ``(b - m).T @ (b-m)`` co-moments (never E[xx] - E[x]E[x])
+weighted cov       the same, weighted (``sum(w)`` as    the same update, and
+                   the count), and ``sum(w * aw)``      ``sum(w * aw)`` added
 qr, svd, lstsq     R of ``qr(b)`` (TSQR)                R of ``qr([Ra; Rb])``
                    (in :mod:`bigarr._compute.tsqr`)
-matmul             (a map: each chunk's ``b @ w``)      rows written to ``out`` (map_blocks)
 =================  ===================================  =======================================
 
 Inside a chunk the kernels work through sub-blocks of rows, so the working memory per thread
@@ -63,7 +68,6 @@ __all__ = [
     "corrcoef",
     "cov",
     "gram",
-    "matmul",
     "pca",
 ]
 
@@ -318,6 +322,76 @@ def _moments(streams: list[Stream], *, budget: int | str, threads: int,
     return count, mean + shift, co
 
 
+def _row_weights(fw: Array | None, aw: Array | None) -> tuple[Array, Array | None]:
+    """The weight of each row of a sub-block, ``fweights * aweights`` (as numpy), checked.
+
+    Raises
+    ------
+    DtypeError
+        For fweights that are not integers (numpy's TypeError).
+    ShapeError
+        For negative weights (numpy's ValueError).
+    """
+    f = None if fw is None else np.asarray(fw, dtype=np.float64)
+    a = None if aw is None else np.asarray(aw, dtype=np.float64)
+    if f is not None:
+        if not np.all(f == np.around(f)):
+            raise DtypeError("Expected fweights as integers (frequencies). Got fractions.")
+        if np.any(f < 0):
+            raise ShapeError("Expected fweights >= 0. Got a negative frequency.")
+    if a is not None and np.any(a < 0):
+        raise ShapeError("Expected aweights >= 0. Got a negative weight.")
+    if f is None:
+        assert a is not None
+        return a, a
+    return (f if a is None else f * a), a
+
+
+def _weighted_moments(streams: list[Stream], fw: Stream | None, aw: Stream | None, *,
+                      budget: int | str, threads: int, progress: ProgressArg,
+                      what: str) -> tuple[Moments, float]:
+    """Weighted count, means and centred cross-products (weights ``w = fweights * aweights``,
+    the count is ``sum(w)``), merged by the same Chan update; and ``sum(w * aweights)``, which
+    numpy's normalisation with aweights needs."""
+    p = sum(_cols(s) for s in streams)
+    nd = len(streams)
+    if int(streams[0].shape[0]) == 0:
+        return (0, np.zeros(p), np.zeros((p, p))), 0.0
+    fixed = _check_state(what, p, budget, threads, 3)
+    rows = _sub_rows(budget, threads, p, 3)
+    shift = _hstack([s.head(1) for s in streams], 0, 1, np.float64)[0]
+    shift[~np.isfinite(shift)] = 0.0
+
+    def kernel(blocks: list[Array]) -> tuple[Moments, float]:
+        state: Moments = (0, np.zeros(p), np.zeros((p, p)))
+        v2 = 0.0
+        for lo in range(0, len(blocks[0]), rows):
+            hi = min(lo + rows, len(blocks[0]))
+            w, a = _row_weights(None if fw is None else blocks[nd][lo:hi],
+                                None if aw is None else blocks[-1][lo:hi])
+            total = float(w.sum())
+            if a is not None:
+                v2 += float(w @ a)
+            if total == 0:
+                continue
+            sub = _hstack(blocks[:nd], lo, hi, np.float64)
+            sub -= shift
+            mean = (w @ sub) / total
+            sub -= mean
+            part = (total, mean, (sub * w[:, None]).T @ sub)
+            state = merge_moments(state, part)  # type: ignore[arg-type]
+        return state, v2
+
+    def combine(x: tuple[Moments, float], y: tuple[Moments, float]) -> tuple[Moments, float]:
+        return merge_moments(x[0], y[0]), x[1] + y[1]
+
+    weights = [s for s in (fw, aw) if s is not None]
+    (count, mean, co), v2 = _run(what, [*streams, *weights], kernel, combine, budget=budget,
+                                 threads=threads, progress=progress,
+                                 scratch=3 * rows * (p + 2) * 8, fixed=fixed)
+    return (count, mean + shift, co), v2
+
+
 def _check_rowvar(streams: list[Stream], rowvar: bool) -> None:
     """Refuse ``rowvar=True`` for 2-d data: rows as variables cannot stream.
 
@@ -339,9 +413,11 @@ def _cov_dtype(src: Sequence[np.dtype[Any]], dtype: Any) -> np.dtype[Any]:
     return out
 
 
-def _finish_cov(state: Moments, ddof: float) -> Array:
+def _finish_cov(state: Moments, ddof: float | None, fact: float | None = None) -> Array:
+    """The co-moments divided by ``count - ddof`` (or by ``fact``), numpy's warning and NaN
+    or inf when that is not positive."""
     n, _mean, c = state
-    fact = n - ddof
+    fact = n - (ddof or 0) if fact is None else fact
     if fact <= 0:
         warnings.warn("Degrees of freedom <= 0 for slice", RuntimeWarning, stacklevel=3)
         fact = 0.0
@@ -382,7 +458,11 @@ def cov(
     bias, ddof
         Normalise by ``N - ddof``; ``ddof`` defaults to 0 with ``bias`` and 1 without.
     fweights, aweights
-        Not supported (refused).
+        Integer frequency weights and observation weights, one per observation (N; in memory
+        or files, streamed with the data), exactly as numpy: the weights are
+        ``fweights * aweights``, the mean is weighted, and the normalisation is ``sum(w)``
+        (``ddof=0``), ``sum(w) - ddof`` (fweights only), or
+        ``sum(w) - ddof * sum(w * aweights) / sum(w)`` (with aweights).
     dtype
         Result dtype (default: float64, or wider when the data is).
     budget, threads, progress
@@ -396,26 +476,51 @@ def cov(
     Raises
     ------
     UnsupportedError
-        For ``rowvar=True`` with several rows, or weights.
+        For ``rowvar=True`` with several rows.
+    ShapeError
+        For weights that are not 1-d of length N, negative, or summing to zero (numpy's
+        ValueError, RuntimeError and ZeroDivisionError).
+    DtypeError
+        For fweights that are not integers (numpy's TypeError).
     BudgetError
         If the budget cannot hold the plan, or the p x p states alone exceed it.
     DtypeError, ShapeError
         As :func:`gram`.
     """
-    if fweights is not None or aweights is not None:
-        raise UnsupportedError(
-            "Expected fweights=None and aweights=None: weighted covariance is not supported "
-            "out of core yet. Weight the rows with map_blocks first, or use numpy on a sample.")
     if ddof is not None and ddof != int(ddof):
         raise ArgumentError(f"Expected ddof as an integer. Got {ddof!r}.")
     ddof = (0 if bias else 1) if ddof is None else int(ddof)
     nthreads = parse_threads(threads)
-    with _streams(*[a for a in (m, y) if a is not None]) as streams:
+    data = [a for a in (m, y) if a is not None]
+    weights = [w for w in (fweights, aweights) if w is not None]
+    with _streams(*data, *weights) as opened:
+        streams, ws = opened[:len(data)], opened[len(data):]
         _check_rowvar(streams, rowvar)
+        for name, w in zip(("fweights", "aweights") if fweights is not None else ("aweights",),
+                           ws, strict=False):
+            if w.ndim != 1:
+                raise ShapeError(f"Expected {name} as a 1-d array of one weight per "
+                                 f"observation. Got shape {w.shape}.")
         out_dtype = _cov_dtype([np.dtype(s.dtype) for s in streams], dtype)
-        state = _moments(streams, budget=budget, threads=nthreads, progress=progress,
-                         what="cov")
-    return _finish_cov(state, ddof).astype(out_dtype, copy=False).squeeze()
+        if not weights:
+            state = _moments(streams, budget=budget, threads=nthreads, progress=progress,
+                             what="cov")
+            return _finish_cov(state, ddof).astype(out_dtype, copy=False).squeeze()
+        fw = ws[0] if fweights is not None else None
+        aw = ws[-1] if aweights is not None else None
+        state, v2 = _weighted_moments(streams, fw, aw, budget=budget, threads=nthreads,
+                                      progress=progress, what="cov")
+    total = float(state[0])
+    if total == 0:
+        raise ShapeError("Weights sum to zero, can't be normalized (numpy raises "
+                         "ZeroDivisionError).")
+    if ddof == 0:
+        fact = total
+    elif aw is None:
+        fact = total - ddof
+    else:
+        fact = total - ddof * v2 / total
+    return _finish_cov(state, None, fact).astype(out_dtype, copy=False).squeeze()
 
 
 def corrcoef(
@@ -503,29 +608,46 @@ def pca(
     x: Any,
     k: int,
     *,
+    method: str = "exact",
     out_scores: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    n_oversamples: int = 10,
+    n_iter: int = 2,
+    random_state: Any = None,
+    tmpdir: str | os.PathLike[str] | None = None,
     budget: int | str = _DEFAULT_BUDGET,
     threads: int | None = None,
     progress: ProgressArg = None,
 ) -> PCAResult:
-    """Exact PCA of a tall matrix: the covariance in one pass, its eigendecomposition in memory.
+    """PCA of a matrix out of core, exact (tall-skinny) or randomized (wide or huge too).
 
-    The covariance is merged as in :func:`cov` (numerically sound); its eigenvectors are the
-    principal axes. Eigenvalues far below the largest (ratio under about 1e-8) lose relative
-    accuracy, as any covariance-based PCA's do. The scores, when asked for, take a second pass.
+    ``method="exact"``: the covariance in one pass, merged as in :func:`cov` (numerically
+    sound), and its eigendecomposition in memory (p x p: for p up to a few thousand).
+    Eigenvalues far below the largest (ratio under about 1e-8) lose relative accuracy, as any
+    covariance-based PCA's do.
+
+    ``method="randomized"``: :func:`bigarr.linalg.randomized_svd` of the centred X (centred
+    implicitly, sub-block by sub-block, after one pass of column moments), ``3 + 2 * n_iter``
+    passes, p x (k + n_oversamples) states only: for p too large for a p x p covariance. Its
+    accuracy is randomized_svd's (exact to working precision for a fast-decaying spectrum).
+
+    The scores, when asked for, take one more pass.
 
     Parameters
     ----------
     x
         N x p observations in rows.
     k
-        Number of components, 1 <= k <= p.
+        Number of components, 1 <= k <= p (randomized: k <= min(N, p)).
+    method
+        ``"exact"`` or ``"randomized"``.
     out_scores
         Path of a new ``.npy`` file for the N x k scores (float32 for float32 data, else
         float64).
     overwrite
         Replace an existing file at ``out_scores``.
+    n_oversamples, n_iter, random_state, tmpdir
+        For ``method="randomized"``, as :func:`bigarr.linalg.randomized_svd`.
     budget, threads, progress
         As :func:`gram`.
 
@@ -536,12 +658,14 @@ def pca(
     Raises
     ------
     ArgumentError
-        If ``k`` is not an integer.
+        If ``k`` is not an integer, or ``method`` is not one of the two.
     ShapeError
         If ``k`` is not in [1, p], or ``x`` is not 2-d or has fewer than 2 rows.
     BudgetError, DtypeError
         As :func:`gram`.
     """
+    if method not in ("exact", "randomized"):
+        raise ArgumentError(f"Expected method 'exact' or 'randomized'. Got {method!r}.")
     nthreads = parse_threads(threads)
     with _streams(x) as streams:
         s = streams[0]
@@ -553,17 +677,27 @@ def pca(
         if not 1 <= k <= p:
             raise ShapeError(f"Expected k, the number of components, in [1, {p}]. Got {k}.")
         src = np.dtype(s.dtype)
-        n, mean, c = _moments(streams, budget=budget, threads=nthreads, progress=progress,
-                              what="pca")
-    covariance = c / (n - 1)
-    values, vectors = np.linalg.eigh(covariance)
-    order = np.argsort(values)[::-1]
-    values = np.clip(values[order], 0.0, None)
-    comps = vectors[:, order[:int(k)]].T
-    flip = np.sign(comps[np.arange(len(comps)), np.argmax(np.abs(comps), axis=1)])
-    comps = comps * np.where(flip == 0, 1.0, flip)[:, None]
-    total = values.sum()
-    ratio = values[:k] / total if total > 0 else np.zeros(int(k))
+        if method == "exact":
+            n, mean, c = _moments(streams, budget=budget, threads=nthreads, progress=progress,
+                                  what="pca")
+    if method == "randomized":
+        from bigarr._compute.randomized import randomized_pca
+
+        res = randomized_pca(x, k, n_oversamples=n_oversamples, n_iter=n_iter,
+                             random_state=random_state, tmpdir=tmpdir, budget=budget,
+                             threads=nthreads, progress=progress)
+        comps, values, ratio, mean, n = (res.components, res.explained_variance,
+                                         res.explained_variance_ratio, res.mean, res.n_samples)
+    else:
+        values, vectors = np.linalg.eigh(c / (n - 1))
+        order = np.argsort(values)[::-1]
+        values = np.clip(values[order], 0.0, None)
+        comps = vectors[:, order[:int(k)]].T
+        flip = np.sign(comps[np.arange(len(comps)), np.argmax(np.abs(comps), axis=1)])
+        comps = comps * np.where(flip == 0, 1.0, flip)[:, None]
+        total = values.sum()
+        ratio = values[:k] / total if total > 0 else np.zeros(int(k))
+        values = values[:k]
     scores = None
     if out_scores is not None:
         dt = _float_out(src)
@@ -577,86 +711,4 @@ def pca(
         with blas_limit(nthreads):
             scores = map_blocks(project, x, out=out_scores, dtype=dt, budget=budget,
                                 threads=nthreads, progress=progress, overwrite=overwrite)
-    return PCAResult(comps, values[:k], ratio, mean, int(n), scores)
-
-
-# ---- matmul --------------------------------------------------------------------------------
-def matmul(
-    a: Any,
-    b: Any,
-    out: str | os.PathLike[str] | Array | None = None,
-    *,
-    dtype: Any = None,
-    overwrite: bool = False,
-    budget: int | str = _DEFAULT_BUDGET,
-    threads: int | None = None,
-    progress: ProgressArg = None,
-) -> Any:
-    """``a @ b`` for a tall ``a`` (a file) and a small in-memory ``b``, streamed into ``out``.
-
-    Each chunk of a's rows is multiplied by ``b`` on the engine's threads (map_blocks) and
-    written to ``out``.
-
-    Parameters
-    ----------
-    a
-        N x p (2-d): a file or any array the engine reads.
-    b
-        p x k or a p-vector, in memory.
-    out
-        A new file path, or an N x k array written in place. ``None``: the result is returned
-        in memory, and must fit in the budget.
-    dtype
-        Result dtype (default: ``numpy.result_type(a, b)``).
-    overwrite
-        Replace an existing file at ``out``.
-    budget, threads, progress
-        As :func:`gram`.
-
-    Returns
-    -------
-    bigarr.memmap or numpy.ndarray
-        The product.
-
-    Raises
-    ------
-    UnsupportedError
-        If ``b`` is a mapped file or other large operand (file x file products are not
-        implemented yet).
-    ShapeError
-        If the inner dimensions differ or ``a`` is not 2-d.
-    BudgetError
-        If ``out=None`` and the result does not fit the budget, or the plan does not.
-    """
-    if isinstance(b, (str, os.PathLike, np.memmap)):
-        raise UnsupportedError(
-            f"Expected b as a small in-memory array. Got {type(b).__name__}: products of "
-            "two files are not implemented yet; load b if it fits in memory.")
-    w = np.asarray(b)
-    nthreads = parse_threads(threads)
-    with _streams(a) as (s,):
-        if s.ndim != 2:
-            raise ShapeError(f"Expected a as a 2-d N x p matrix. Got shape {s.shape}.")
-        n, p = int(s.shape[0]), _cols(s)
-        src = np.dtype(s.dtype)
-    if w.ndim not in (1, 2) or w.shape[0] != p:
-        raise ShapeError(
-            f"matmul: a is {n} x {p}, so b must have {p} rows. Got b of shape {w.shape}.")
-    out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.result_type(src, w.dtype))
-    cols = 1 if w.ndim == 1 else int(w.shape[1])
-    total = parse_size(budget, name="budget")
-    if w.nbytes > total:
-        raise BudgetError(f"matmul: b takes {format_bytes(w.nbytes)}, more than the budget of "
-                          f"{format_bytes(total)}.")
-    result: Any = out
-    if out is None:
-        need = n * cols * out_dtype.itemsize
-        if need + w.nbytes >= total:
-            raise BudgetError(
-                f"matmul: the result ({n} x {cols} {out_dtype}, {format_bytes(need)}) does not "
-                f"fit in memory within the budget of {format_bytes(total)}: pass out= a path "
-                "to stream it to a file, or raise the budget.")
-        result = np.empty((n, cols) if w.ndim == 2 else (n,), dtype=out_dtype)
-        total -= need
-    return _write_product(a, w, result, out_dtype, budget=total - w.nbytes, threads=nthreads,
-                          progress=progress, overwrite=overwrite)
+    return PCAResult(comps, values, ratio, mean, int(n), scores)

@@ -1,0 +1,161 @@
+"""bigarr.linalg.matmul of two files (tiled) and ``a.T @ b`` of two tall files (one pass).
+
+numpy's ``a @ b`` is the oracle: float64 to 1e-10 relative; float32 to 1e-5 (products in the
+result dtype) and 1e-6 for ``a.T @ b`` (accumulated in float64). A 1 MiB budget forces several
+column panels, so the tile schedule is exercised, not one panel.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import bigarr
+from bigarr import linalg
+from bigarr.errors import BudgetError, ShapeError
+
+KW: dict[str, Any] = {"budget": "1MiB", "threads": 2, "progress": False}
+
+
+def _rel(a: Any, b: Any) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
+    """a: 6000 x 200 (9.2 MiB), b: 200 x 300 (0.5 MiB), both larger than a quarter budget."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path_factory.mktemp("mm")
+    a, b = rng.standard_normal((6000, 200)), rng.standard_normal((200, 300))
+    np.save(folder / "a.npy", a)
+    np.save(folder / "b.npy", b)
+    return folder, a, b
+
+
+def test_plan_tiles_reads_b_once_and_a_once_per_panel() -> None:
+    plan = linalg.plan_tiles((6000, 200), (200, 300), 8, 8, 8, "1MiB")
+    assert plan.schedule == "b-columns"
+    assert plan.panel == (1 << 20) // 8 // (200 * 8) == 81
+    assert plan.passes == 4
+    assert plan.read_bytes == 4 * 6000 * 200 * 8 + 200 * 300 * 8
+    assert plan.write_bytes == 6000 * 300 * 8
+    assert linalg.plan_tiles((10, 5), (5, 7), 4, 4, 4, "1MiB").passes == 1
+    # out's rows 20x a's: panels of a's rows, b re-read once per panel, a read once
+    plan = linalg.plan_tiles((3000, 100), (100, 2000), 4, 4, 4, "4MiB", threads=2)
+    assert plan.schedule == "a-rows"
+    assert plan.panel == (2 << 20) // (8 * (2 * 100 + 6 * 2000)) == 21
+    assert plan.read_bytes == 3000 * 100 * 4 + math.ceil(3000 / 21) * 100 * 2000 * 4
+    # a small b (a file) that fits: one panel, one pass, however wide out's rows
+    plan = linalg.plan_tiles((200_000, 8), (8, 5000), 8, 8, 8, "64MiB", threads=2)
+    assert (plan.schedule, plan.passes) == ("b-columns", 1)
+    # a short a and a big b: re-reading a is cheaper than re-reading b
+    assert linalg.plan_tiles((100, 1000), (1000, 1000), 8, 8, 8, "1MiB").schedule \
+        == "b-columns"
+    with pytest.raises(BudgetError, match="one column of b"):
+        linalg.plan_tiles((10, 10**6), (10**6, 3), 8, 8, 8, "1MiB")
+
+
+def test_file_times_file(files: tuple[Path, np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    folder, a, b = files
+    got = linalg.matmul(folder / "a.npy", folder / "b.npy", tmp_path / "o.npy", **KW)
+    assert isinstance(got, bigarr.memmap) and got.shape == (6000, 300)
+    assert _rel(got, a @ b) < 1e-10
+    got.close()
+    mapped = np.load(folder / "b.npy", mmap_mode="r")
+    got = linalg.matmul(folder / "a.npy", mapped, budget="64MiB", threads=2, progress=False)
+    assert isinstance(got, np.ndarray) and _rel(got, a @ b) < 1e-10
+    into = np.zeros((6000, 300))
+    assert linalg.matmul(folder / "a.npy", b, into, **KW) is into
+    assert _rel(into, a @ b) < 1e-10
+    with pytest.raises(BudgetError, match="out="):
+        linalg.matmul(folder / "a.npy", folder / "b.npy", **KW)
+
+
+@pytest.mark.parametrize(("n", "k", "m", "schedule"), [(3000, 400, 600, "b-columns"),
+                                                       (500, 100, 2000, "a-rows")])
+def test_file_times_file_float32(tmp_path: Path, n: int, k: int, m: int,
+                                 schedule: str) -> None:
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, k)).astype(np.float32)
+    b = rng.standard_normal((k, m)).astype(np.float32)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    budget = "4MiB"
+    plan = linalg.plan_tiles(a.shape, b.shape, 4, 4, 4, budget, threads=2)
+    assert plan.schedule == schedule and plan.passes > 1
+    got = linalg.matmul(tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "o.npy",
+                        budget=budget, threads=2, progress=False)
+    assert got.dtype == np.float32
+    assert _rel(got, a.astype(np.float64) @ b) < 1e-5
+    got.close()
+    into = np.empty((n, m), np.float32)  # in memory, and b in memory (but large)
+    linalg.matmul(a, b, into, budget=budget, threads=2, progress=False)
+    assert _rel(into, a.astype(np.float64) @ b) < 1e-5
+
+
+def test_transposed_a_times_a_tall_file(files: tuple[Path, np.ndarray, np.ndarray],
+                                        tmp_path: Path) -> None:
+    folder, a, _ = files
+    c = np.random.default_rng(2).standard_normal((6000, 7))
+    np.save(tmp_path / "c.npy", c)
+    at = bigarr.open(folder / "a.npy").T
+    got = linalg.matmul(at, tmp_path / "c.npy", **KW)
+    assert got.shape == (200, 7) and _rel(got, a.T @ c) < 1e-10
+    got = linalg.matmul(np.load(folder / "a.npy", mmap_mode="r").T,
+                        np.load(tmp_path / "c.npy", mmap_mode="r"), **KW)
+    assert _rel(got, a.T @ c) < 1e-10
+    v = linalg.matmul(at, c[:, 0].copy(), **KW)
+    assert v.shape == (200,) and _rel(v, a.T @ c[:, 0]) < 1e-10
+    out = linalg.matmul(at, tmp_path / "c.npy", tmp_path / "o.npy", **KW)
+    assert isinstance(out, bigarr.memmap) and _rel(out, a.T @ c) < 1e-10
+    out.close()
+    c32 = c.astype(np.float32)
+    got = linalg.matmul(a.astype(np.float32).T, c32, **KW)
+    assert got.dtype == np.float32
+    assert _rel(got, a.astype(np.float32).astype(np.float64).T @ c32) < 1e-6
+    with pytest.raises(ShapeError, match="rows"):
+        linalg.matmul(at, np.ones((5999, 2)), **KW)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_tiled_peak_rss_within_budget(tmp_path: Path) -> None:
+    """a: 128 MiB (16x an 8 MiB budget), b: 10 MiB (larger than the budget), by panels."""
+    a = np.lib.format.open_memmap(tmp_path / "a.npy", "w+", np.float32, (2048, 16384))
+    for i in range(0, 2048, 256):
+        a[i:i + 256] = np.random.default_rng(i).standard_normal((256, 16384), np.float32)
+    a.flush()
+    del a
+    np.save(tmp_path / "b.npy", np.ones((16384, 160), np.float32))
+    budget = 8 << 20
+    plan = linalg.plan_tiles((2048, 16384), (16384, 160), 4, 4, 4, budget, threads=2)
+    assert plan.passes > 1
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from bigarr import linalg
+        def status(key):
+            return int(open('/proc/self/status').read().split(key + ':')[1].split()[0]) << 10
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        base = status('VmRSS')
+        linalg.matmul({str(tmp_path / "a.npy")!r}, {str(tmp_path / "b.npy")!r},
+                      {str(tmp_path / "o.npy")!r}, budget={budget}, threads=2,
+                      progress=False).close()
+        print(status('VmHWM') - base)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
+                         text=True, env=os.environ.copy())
+    assert int(out.stdout.split()[-1]) <= budget + (64 << 20)
+    got = np.load(tmp_path / "o.npy", mmap_mode="r")
+    a = np.load(tmp_path / "a.npy", mmap_mode="r")
+    assert _rel(got[:64], a[:64].astype(np.float64).sum(axis=1, keepdims=True)
+                * np.ones(160)) < 1e-5
