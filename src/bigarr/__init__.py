@@ -81,7 +81,7 @@ from bigarr._compute.reductions import (
     var,
 )
 from bigarr._compute.runplan import RunPlan
-from bigarr._compute.sort import sort
+from bigarr._compute.sort import argsort, sort
 from bigarr._compute.stream import ChunkResidency, Residency
 from bigarr._core.append import Appender, append
 from bigarr._core.array import memmap
@@ -113,6 +113,7 @@ __all__ = [
     "append",
     "argmax",
     "argmin",
+    "argsort",
     "check_complete",
     "compute",
     "corrcoef",
