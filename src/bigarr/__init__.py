@@ -52,6 +52,7 @@ The command line: ``bigarr info|create|convert|verify|demo`` (``python -m bigarr
 from __future__ import annotations
 
 from bigarr import errors, linalg
+from bigarr._compute.gather import searchsorted, take
 from bigarr._compute.lazy import LazyArray, lazy, where
 from bigarr._compute.lazyrun import LazyPlan, compute
 from bigarr._compute.linalg import corrcoef, cov
@@ -142,11 +143,13 @@ __all__ = [
     "quantile",
     "recover_commit",
     "reduce_blocks",
+    "searchsorted",
     "sort",
     "std",
     "store",
     "sum",
     "supported_hints",
+    "take",
     "to_dask",
     "to_zarr",
     "topk",

@@ -293,7 +293,7 @@ def sort(src: Any, out: str | os.PathLike[str], *, by: Any = None,
     ``tmpdir``; removed on success and on failure), then merged k ways into a hidden file
     renamed to ``out`` once complete (a failed sort leaves what was at ``out``): the data is read
     twice and written twice (more merge passes only when the budget cannot buffer
-    every run at once; :data:`bigarr._compute.order.LAST_PASSES` counts them).
+    every run at once).
 
     Parameters
     ----------
