@@ -6,6 +6,9 @@ each NaN count: a stable sort must keep equal keys in index order.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -277,3 +280,88 @@ def test_searchsorted_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
             bigarr.searchsorted(tmp_path / "a.npy", many, side="right", budget="32MiB",
                                 progress=False),
             np.searchsorted(a, many, side="right"))
+
+
+# ---- resume --------------------------------------------------------------------------------
+_DIE_AT_FOURTH_RUN = """
+import os, signal, bigarr
+from bigarr._compute import runs
+new = runs.TempRuns.new
+count = [0]
+def dying(self, size, dtype):
+    count[0] += 1
+    if count[0] == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return new(self, size, dtype)
+runs.TempRuns.new = dying
+bigarr.sort({src!r}, {out!r}, budget="4MiB", threads=1, progress=False, resume=True,
+            tmpdir={tmp!r})
+"""
+
+
+def _killed_sort(src: Path, out: Path, tmp: Path) -> None:
+    code = _DIE_AT_FOURTH_RUN.format(src=str(src), out=str(out), tmp=str(tmp))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert len(list(tmp.iterdir())) == 3  # three durable runs survive the kill
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL, statx")
+def test_resume_reuses_runs_that_survive_kill_9(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    src, out, tmp = tmp_path / "x.npy", tmp_path / "s.npy", tmp_path / "tmp"
+    tmp.mkdir()
+    x = make("float64", (400_000,), "special", seed=9)
+    np.save(src, x)
+    calls = [0]
+    records = sort_module._Job.records
+
+    def counting(self: Any, block: Any, row: int) -> Any:
+        calls[0] += 1
+        return records(self, block, row)
+
+    monkeypatch.setattr(sort_module._Job, "records", counting)
+    with bigarr.sort(src, out, budget="4MiB", threads=1, progress=False) as whole:
+        np.testing.assert_array_equal(whole, np.sort(x))
+    nchunks, calls[0] = calls[0], 0
+    out.unlink()
+    assert nchunks > 4
+
+    _killed_sort(src, out, tmp)
+    assert not out.exists() and (tmp_path / "s.npy.bigarr-journal").exists()
+    with bigarr.sort(src, out, budget="4MiB", threads=1, progress=False, resume=True,
+                     tmpdir=tmp) as got:
+        np.testing.assert_array_equal(got, np.sort(x))
+    assert calls[0] == nchunks - 3  # the three journaled runs were reused
+    assert list(tmp.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy", "tmp", "x.npy"]
+
+    # a run replaced by a copy of itself is not the file the journal names: sorted again
+    out.unlink()
+    calls[0] = 0
+    _killed_sort(src, out, tmp)
+    victim = sorted(tmp.iterdir())[0]
+    data = victim.read_bytes()
+    victim.unlink()
+    victim.write_bytes(data)
+    with bigarr.sort(src, out, budget="4MiB", threads=1, progress=False, resume=True,
+                     tmpdir=tmp) as got:
+        np.testing.assert_array_equal(got, np.sort(x))
+    assert calls[0] == nchunks - 2
+    assert list(tmp.iterdir()) == []
+
+    # without resume, what a killed resumable sort left is removed and all is sorted again
+    out.unlink()
+    calls[0] = 0
+    _killed_sort(src, out, tmp)
+    with bigarr.sort(src, out, budget="4MiB", threads=1, progress=False, tmpdir=tmp) as got:
+        np.testing.assert_array_equal(got, np.sort(x))
+    assert calls[0] == nchunks
+    assert list(tmp.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy", "tmp", "x.npy"]
+
+
+def test_resume_needs_an_output() -> None:
+    with pytest.raises(ArgumentError, match="out="):
+        bigarr.argsort(np.arange(3), resume=True)

@@ -26,6 +26,7 @@ empties drops its bytes at once: a finished run holds no memory while the others
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -171,14 +172,22 @@ def free_bytes(folder: str) -> int:
 class TempRuns:
     """The temporary run files of one sort: created in ``folder``, removed by :meth:`close`.
 
-    ``anchor`` names the runs (hidden names derived from the output's name).
+    Runs are named after the output (``target``): next to it, as its own hidden names; in
+    another folder (``tmpdir=``), with a digest of the output's full path added, so sorts of
+    two outputs of the same name never share names (and never take each other's runs for
+    leftovers). :meth:`keep` leaves the files on disk at :meth:`close` (a resumable sort that
+    failed).
     """
 
-    def __init__(self, folder: str, anchor: str) -> None:
+    def __init__(self, folder: str, target: str) -> None:
         self.folder = folder
-        self.anchor = os.path.join(folder, os.path.basename(anchor) or "sort")
+        name = os.path.basename(target) or "sort"
+        if os.path.dirname(target) != folder:
+            name += "-" + hashlib.sha256(target.encode("utf8", "surrogateescape")).hexdigest()[:12]
+        self.anchor = os.path.join(folder, name)
         self.names: list[str] = []
         self.runs: list[Run] = []
+        self._keep = False
 
     def check_room(self, need: int, what: str, extra: int = 0, extra_where: str = "") -> None:
         """Refuse, before anything is written, when ``folder`` lacks ``need`` bytes (plus
@@ -195,10 +204,17 @@ class TempRuns:
         """A new, empty run file for ``size`` records."""
         name = hidden_name(self.anchor, "run")
         fd = create_new(name, mode=0o600)
+        return self.adopt(name, fd, size, dtype)
+
+    def adopt(self, name: str, fd: int, size: int, dtype: np.dtype[Any]) -> Run:
+        """Take the open run file ``fd`` at ``name`` into this sort's runs."""
         self.names.append(name)
         run = Run(fd, size, dtype)
         self.runs.append(run)
         return run
+
+    def name_of(self, run: Run) -> str:
+        return self.names[self.runs.index(run)]
 
     def discard(self, run: Run) -> None:
         """Close and remove one run (merged into another)."""
@@ -209,12 +225,17 @@ class TempRuns:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
 
+    def keep(self) -> None:
+        """Leave the run files on disk at :meth:`close`."""
+        self._keep = True
+
     def close(self) -> None:
         for run in self.runs:
             run.close()
-        for name in self.names:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
+        if not self._keep:
+            for name in self.names:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name)
         self.runs, self.names = [], []
 
     def __enter__(self) -> TempRuns:

@@ -47,12 +47,14 @@ from bigarr._compute.runs import (
     merge,
     per_run,
 )
+from bigarr._compute.sortjournal import RunJournal, fingerprint
 from bigarr._core.array import memmap
 from bigarr._core.files import create
 from bigarr._core.files import open as open_npy
 from bigarr._os.durable import datasync, fsync_dir, pwrite_all
-from bigarr._os.fileid import hidden_name
+from bigarr._os.fileid import hidden_name, remove_leftovers
 from bigarr._os.geometry import parse_size
+from bigarr._os.lock import OutputLock
 from bigarr._os.paths import check_output
 from bigarr._plan.budget import DEFAULT_BUDGET
 from bigarr.errors import ArgumentError, BudgetError, DiskFullError, RegionError, UnsupportedError
@@ -160,25 +162,31 @@ class _Job:
     def fan_in(self) -> int:
         return max(2, self.budget // MERGE_SHARE // MIN_BUFFER)
 
-    def run(self, plan: Any, temp: TempRuns, sink: Sink) -> None:
-        """Phase 1 then the merge passes, the last into ``sink``."""
+    def run(self, plan: Any, temp: TempRuns, sink: Sink, journal: RunJournal | None = None,
+            ) -> None:
+        """Phase 1 then the merge passes, the last into ``sink``; with a ``journal``, the runs
+        it holds are reused and each new run is recorded once durable."""
         nchunks = len(plan.chunks)
         dtype = self.fmt.dtype
-        runs: list[Run] = []
+        done = journal.adopt(dtype) if journal is not None and nchunks > 1 else {}
         LAST_PASSES[0] = 1
-        with Progress(self.progress, total_bytes=plan.chunks.nbytes, total_chunks=nchunks,
-                      desc=f"{self.name} runs") as bar:
+        todo = [c for c in plan.chunks if c.index not in done]
+        with Progress(self.progress, total_bytes=sum(c.nbytes for c in todo),
+                      total_chunks=len(todo), desc=f"{self.name} runs") as bar:
             for chunk, part in execute(plan, lambda c, b: self.records(b[0], c.rows.start),
-                                       [self.stream], progress=bar):
-                del chunk
+                                       [self.stream], progress=bar, skip=set(done)):
                 if nchunks == 1:
                     sink(part)  # the whole source in one run: it is the answer
                     return
                 run = temp.new(part.shape[0], dtype)
                 pwrite_all(run.fd, np.ascontiguousarray(part), 0)
-                runs.append(run)
                 del part
+                done[chunk.index] = run
+                if journal is not None:
+                    journal.finished(chunk.index, run)
+        runs = [done[i] for i in sorted(done)]  # in source order: the merge keeps ties in it
         fan_in = self.fan_in()
+        keep_runs = journal is not None and journal.resume  # resumable until the end
         while len(runs) > fan_in:
             merged: list[Run] = []
             for start in range(0, len(runs), fan_in):
@@ -194,7 +202,10 @@ class _Job:
                 merge(group, self.fmt, per_run(self.budget, len(group), dtype.itemsize),
                       to_run)
                 for r in group:
-                    temp.discard(r)
+                    if keep_runs:
+                        r.close()
+                    else:
+                        temp.discard(r)
                 merged.append(target)
             runs = merged
             LAST_PASSES[0] += 1
@@ -233,39 +244,48 @@ def _check_room(job: _Job, plan: Any, temp: TempRuns, out_bytes: int,
 
 
 def _to_file(job: _Job, plan: Any, temp: TempRuns, target: str, overwrite: bool,
-             shape: tuple[int, ...], dtype: np.dtype[Any],
-             pick: Callable[[Array], Array]) -> memmap:
-    """Run ``job`` into a new ``.npy`` at ``target`` (built hidden, renamed once complete)."""
+             shape: tuple[int, ...], dtype: np.dtype[Any], pick: Callable[[Array], Array],
+             resume: bool) -> memmap:
+    """Run ``job`` into a new ``.npy`` at ``target`` (built hidden, renamed once complete),
+    holding the output's lock; runs journaled with ``resume`` (:mod:`.sortjournal`)."""
     folder = os.path.dirname(target)
     _check_room(job, plan, temp, int(math.prod(shape)) * dtype.itemsize, folder)
     check_output(target, overwrite)  # refuse before any work
-    building = hidden_name(target, "sorting")
-    done = False
-    try:
-        result = create(building, shape, dtype)
-        offset = int(result.offset)
-        result.close()
-        fd = os.open(building, os.O_WRONLY | os.O_CLOEXEC)
+    with OutputLock(target):
+        chunks = [(c.rows.start, c.rows.stop) for c in plan.chunks]
+        journal = RunJournal(target, temp, fingerprint(job.stream, job.name, job.by,
+                                                       job.fmt.dtype, chunks, temp.folder),
+                             resume)
+        remove_leftovers(target, ("sorting",))  # outputs of killed sorts (we hold the lock)
+        building = hidden_name(target, "sorting")
+        done = False
         try:
-            written = [0]
+            result = create(building, shape, dtype)
+            offset = int(result.offset)
+            result.close()
+            fd = os.open(building, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                written = [0]
 
-            def sink(block: Array) -> None:
-                data = np.ascontiguousarray(pick(block))
-                pwrite_all(fd, data, offset + written[0])
-                written[0] += data.nbytes
+                def sink(block: Array) -> None:
+                    data = np.ascontiguousarray(pick(block))
+                    pwrite_all(fd, data, offset + written[0])
+                    written[0] += data.nbytes
 
-            job.run(plan, temp, sink)
-            datasync(fd)
+                job.run(plan, temp, sink, journal)
+                datasync(fd)
+            finally:
+                os.close(fd)
+            check_output(target, overwrite)
+            os.replace(building, target)
+            fsync_dir(folder)
+            done = True
+            journal.success()
         finally:
-            os.close(fd)
-        check_output(target, overwrite)
-        os.replace(building, target)
-        fsync_dir(folder)
-        done = True
-    finally:
-        if not done:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(building)
+            if not done:
+                journal.failure()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(building)
     return open_npy(target)
 
 
@@ -281,7 +301,7 @@ def _pick(fmt: Format, what: str, row_shape: tuple[int, ...]) -> Callable[[Array
 def sort(src: Any, out: str | os.PathLike[str], *, by: Any = None,
          budget: int | str = DEFAULT_BUDGET, threads: int | None = None,
          progress: ProgressArg = None, overwrite: bool = False,
-         tmpdir: str | os.PathLike[str] | None = None) -> memmap:
+         tmpdir: str | os.PathLike[str] | None = None, resume: bool = False) -> memmap:
     """Sort an array larger than memory into a new page-aligned ``.npy``.
 
     A 1-d source sorts its values like :func:`numpy.sort` (NaN last, ``-0.0`` equal to
@@ -310,6 +330,11 @@ def sort(src: Any, out: str | os.PathLike[str], *, by: Any = None,
         Replace an existing ``out``.
     tmpdir
         Folder for the temporary runs (default: the folder of ``out``).
+    resume
+        Keep the finished runs of phase 1 durable (``fdatasync``, journaled next to ``out``):
+        a run killed even by ``kill -9`` leaves them, and the next call of the same sort with
+        ``resume=True`` reuses every run still intact and sorts only the rest. Without it a
+        failed sort removes its runs.
 
     Returns
     -------
@@ -348,7 +373,7 @@ def sort(src: Any, out: str | os.PathLike[str], *, by: Any = None,
                 return open_npy(target)
             plan = job.plan()
             return _to_file(job, plan, temp, target, overwrite, shape, dtype,
-                            _pick(job.fmt, "p", shape[1:]))
+                            _pick(job.fmt, "p", shape[1:]), resume)
     finally:
         stream.close()
 
@@ -372,7 +397,8 @@ def _parse_sort_by(by: Any, shape: tuple[int, ...], name: str) -> list[int] | No
 def argsort(src: Any, out: str | os.PathLike[str] | None = None, *, by: Any = None,
             budget: int | str = DEFAULT_BUDGET, threads: int | None = None,
             progress: ProgressArg = None, overwrite: bool = False,
-            tmpdir: str | os.PathLike[str] | None = None) -> Array | memmap:
+            tmpdir: str | os.PathLike[str] | None = None,
+            resume: bool = False) -> Array | memmap:
     """Indices that sort an array larger than memory, stably: ``np.argsort(x, kind="stable")``.
 
     For a 1-d source, the order of its values (NaN last, ``-0.0`` equal to ``0.0``, ties in
@@ -386,9 +412,9 @@ def argsort(src: Any, out: str | os.PathLike[str] | None = None, *, by: Any = No
     out
         Path of an int64 ``.npy`` to write the indices to, or ``None`` to return them in
         memory (the indices then count against the budget).
-    by, budget, threads, progress, overwrite, tmpdir
+    by, budget, threads, progress, overwrite, tmpdir, resume
         As :func:`sort`; ``tmpdir`` defaults to the folder of ``out``, or the system's
-        temporary folder when ``out`` is None.
+        temporary folder when ``out`` is None; ``resume`` needs ``out``.
 
     Returns
     -------
@@ -403,6 +429,8 @@ def argsort(src: Any, out: str | os.PathLike[str] | None = None, *, by: Any = No
     ArgumentError, DiskFullError, FileExistsError, RegionError, UnsupportedError
         As :func:`sort`.
     """
+    if resume and out is None:
+        raise ArgumentError("resume=True keeps the sort's runs for the output file: pass out=.")
     stream = parse_operand(src, by_key=False)
     target = None if out is None else os.path.abspath(os.fspath(out))
     try:
@@ -433,7 +461,7 @@ def argsort(src: Any, out: str | os.PathLike[str] | None = None, *, by: Any = No
             plan = job.plan()
             if target is not None:
                 return _to_file(job, plan, temp, target, overwrite, (n,), np.dtype(np.int64),
-                                _pick(job.fmt, "i", ()))
+                                _pick(job.fmt, "i", ()), resume)
             _check_room(job, plan, temp, 0, None)
             result = np.empty(n, dtype=np.int64)
             pos = [0]
