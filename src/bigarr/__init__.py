@@ -31,8 +31,9 @@ compute within a memory budget
     :func:`reduce_blocks`, :func:`map_blocks`; :func:`cov`, :func:`corrcoef` and the rest of
     :mod:`bigarr.linalg` (``gram``, ``qr``, ``svd``, ``lstsq``, ``pca``, ``matmul``); exact
     order statistics: :func:`quantile`, :func:`percentile`, :func:`median` and their ``nan``
-    variants, :func:`topk`, :func:`sort`, :func:`unique`; growing files: :class:`Appender`,
-    :func:`append`; :func:`check_complete` refuses outputs of interrupted runs.
+    variants, :func:`topk`, :func:`sort` (values, or rows ``by=`` key columns),
+    :func:`argsort`, :func:`take`, :func:`searchsorted`, :func:`unique`; growing files:
+    :class:`Appender`, :func:`append`; :func:`check_complete` refuses outputs of interrupted runs.
 lazy expressions
     :func:`lazy` (a :class:`LazyArray`), :func:`where`, :func:`compute` (several results
     sharing passes), ``.compute()``, ``.to_npy()``, ``.explain()`` (a :class:`LazyPlan`).
