@@ -70,7 +70,7 @@ class Values:
         return int(np.searchsorted(buf, bound[0], side="right"))
 
     def sort(self, block: Array) -> Array:
-        return np.sort(block, kind="stable")
+        return np.sort(block)  # values: no order among equals to keep (see sort.py)
 
 
 class Records:
