@@ -17,7 +17,9 @@ What the runs hold (:mod:`bigarr._compute.runs`):
 
 Temporary runs go next to the output (or in ``tmpdir=``), are refused up front with both numbers
 when the file system lacks room (``statvfs``), and are removed on success and on failure. The
-output is built under a hidden name and renamed over ``out`` once complete.
+output is built under a hidden name and renamed over ``out`` once complete, under the output's
+lock. With ``resume=True`` the runs of phase 1 are made durable and journaled
+(:mod:`bigarr._compute.sortjournal`), so a killed sort restarts from the runs it finished.
 """
 
 from __future__ import annotations
