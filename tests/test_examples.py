@@ -22,7 +22,7 @@ SMALL = {"--size": "16MiB", "--budget": "4MiB", "--threads": "2"}
 #: image_stats, per-pixel partial states of 512 x 512 frames: 36 MiB for std's count, shift,
 #: mean and M2 in float64, the merged one and one per chunk in flight).
 BUDGET = {"image_stats.py": "48MiB"}
-CLEANS_UP = {"standardize.py", "pca.py", "image_stats.py"}
+CLEANS_UP = {"standardize.py", "pca.py", "image_stats.py", "rank_and_dedup.py"}
 #: The convention every example follows: its last words are one line "summary: ..." that
 #: states the result, the throughput and the peak RSS against the file size.
 _SUMMARY = re.compile(r"^summary: .*peak RSS", re.MULTILINE)

@@ -297,7 +297,7 @@ def test_sort_removes_runs_and_output_on_failure(tmp_path: Path,
     def fail(*args: Any) -> None:
         raise OSError("injected failure in the merge")
 
-    monkeypatch.setattr(sort_module, "_merge", fail)
+    monkeypatch.setattr(sort_module, "merge", fail)
     x = make("float32", (100_000,), "random")
     with pytest.raises(OSError, match="injected"):
         bigarr.sort(x, tmp_path / "s.npy", budget="4MiB", progress=False)

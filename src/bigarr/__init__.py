@@ -30,10 +30,10 @@ compute within a memory budget
     :func:`argmin`, :func:`argmax`, :func:`count_nonzero`, :func:`histogram`,
     :func:`reduce_blocks`, :func:`map_blocks`; :func:`cov`, :func:`corrcoef` and the rest of
     :mod:`bigarr.linalg` (``gram``, ``qr``, ``svd``, ``randomized_svd``, ``lstsq``, ``pca``,
-    ``matmul``); exact
-    order statistics: :func:`quantile`, :func:`percentile`, :func:`median` and their ``nan``
-    variants, :func:`topk`, :func:`sort`, :func:`unique`; growing files: :class:`Appender`,
-    :func:`append`; :func:`check_complete` refuses outputs of interrupted runs.
+    ``matmul``); exact order statistics: :func:`quantile`, :func:`percentile`, :func:`median` and their ``nan``
+    variants, :func:`topk`, :func:`sort` (values, or rows ``by=`` key columns),
+    :func:`argsort`, :func:`take`, :func:`searchsorted`, :func:`unique`; growing files:
+    :class:`Appender`, :func:`append`; :func:`check_complete` refuses outputs of interrupted runs.
 lazy expressions
     :func:`lazy` (a :class:`LazyArray`), :func:`where`, :func:`compute` (several results
     sharing passes), ``.compute()``, ``.to_npy()``, ``.explain()`` (a :class:`LazyPlan`).
@@ -53,6 +53,7 @@ The command line: ``bigarr info|create|convert|verify|demo`` (``python -m bigarr
 from __future__ import annotations
 
 from bigarr import errors, linalg
+from bigarr._compute.gather import searchsorted, take
 from bigarr._compute.histogram import histogram
 from bigarr._compute.lazy import LazyArray, lazy, where
 from bigarr._compute.lazyrun import LazyPlan, compute
@@ -82,7 +83,7 @@ from bigarr._compute.reductions import (
     var,
 )
 from bigarr._compute.runplan import RunPlan
-from bigarr._compute.sort import sort
+from bigarr._compute.sort import argsort, sort
 from bigarr._compute.stream import ChunkResidency, Residency
 from bigarr._core.append import Appender, append
 from bigarr._core.array import memmap
@@ -114,6 +115,7 @@ __all__ = [
     "append",
     "argmax",
     "argmin",
+    "argsort",
     "check_complete",
     "compute",
     "corrcoef",
@@ -142,11 +144,13 @@ __all__ = [
     "quantile",
     "recover_commit",
     "reduce_blocks",
+    "searchsorted",
     "sort",
     "std",
     "store",
     "sum",
     "supported_hints",
+    "take",
     "to_dask",
     "to_zarr",
     "topk",

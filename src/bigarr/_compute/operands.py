@@ -306,12 +306,15 @@ _DONTNEED = parse_hint("dontneed")
 _RANDOM = parse_hint("random")
 _NORMAL = parse_hint("normal")
 
-#: Bytes around a faulting page that Linux maps along with it when they are in the page cache
-#: ("fault-around", 64 KiB by default): a chunk's reads map up to this much of its neighbours'
-#: pages, so release-behind drops this much more on each side of every span. Without it, rows
-#: of a Fortran-ordered file (32 column runs per chunk) left 40% of each chunk mapped: 123 MiB
-#: at a 16 MiB budget. Dropping a neighbour's page only costs it a re-fault from the cache.
-FAULT_AROUND = 64 << 10
+#: Bytes around a faulting page that Linux may map along with it: "fault-around" maps up to
+#: 64 KiB of neighbouring cached pages, and on kernels with large page-cache folios (ext4 and
+#: xfs since 6.x) a fault maps the whole folio readahead made, up to 2 MiB (a PMD). A chunk's
+#: reads therefore map up to this much of its neighbours' pages, so release-behind drops this
+#: much more on each side of every span. With 64 KiB, rows of a Fortran-ordered file (32 column
+#: runs per chunk) left 40% of each chunk mapped (123 MiB at a 16 MiB budget), and a 1-d sort at
+#: a 4 MiB budget (340 KiB chunks) kept up to 9 MiB of its source mapped (issue 13; 4 MiB with
+#: 2 MiB). Dropping a neighbour's page only costs it a re-fault from the cache.
+FAULT_AROUND = 2 << 20
 
 
 def _module_class(obj: Any, module: str, name: str) -> bool:

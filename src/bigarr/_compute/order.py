@@ -103,8 +103,12 @@ def _keys(block: Array) -> Array:
     sign = kd.type(1 << (8 * kd.itemsize - 1))
     if kind == "i":
         return cast(Array, np.bitwise_xor(u, sign))
-    negative = u >= sign
-    return np.where(negative, ~u, u | sign)
+    # negatives flip every bit, positives the sign bit: XOR with the sign bit smeared across
+    # the word by an arithmetic shift (all ones for negatives), or-ed with the sign bit
+    smear: Array = np.right_shift(u.view(f"i{kd.itemsize}"), 8 * kd.itemsize - 1).view(kd)
+    smear |= sign
+    smear ^= u
+    return smear
 
 
 def _values(keys: Array, dtype: np.dtype[Any]) -> Array:
@@ -122,22 +126,32 @@ def _values(keys: Array, dtype: np.dtype[Any]) -> Array:
 
 
 # ---- running a pass ------------------------------------------------------------------------
-def _by_column(ranges: list[tuple[int, int, int, int]]) -> dict[int, list[int]]:
-    """Indices of ``ranges`` (``(column, lo, shift, _)``) grouped by their column."""
-    by_col: dict[int, list[int]] = {}
-    for i, (col, *_rest) in enumerate(ranges):
-        by_col.setdefault(col, []).append(i)
-    return by_col
+def _inside(b: Array, ranges: list[tuple[int, int, int, int]], kd: np.dtype[Any],
+            floating: bool) -> Iterator[tuple[range, Array, Array]]:
+    """The keys of each range's column in a block and which lie inside the range, vectorised
+    over ranges: for groups of at most as many ranges as the block has columns (so a group's
+    keys are no larger than the block), ``(range indices, keys, inside)`` with ``keys`` and
+    ``inside`` of shape (rows, ranges in the group); NaNs are never inside."""
+    width = max(b.shape[1], 1)
+    every = _keys(b)
+    valid = ~np.isnan(b) if floating else None
+    for start in range(0, len(ranges), width):
+        group = ranges[start:start + width]
+        cols = np.array([r[0] for r in group], dtype=np.intp)
+        shifts = np.array([r[2] for r in group], dtype=kd)
+        tops = np.array([r[1] for r in group], dtype=kd) >> shifts
+        whole = cols.size == width and bool(np.all(cols == np.arange(width)))
+        keys = every if whole else every[:, cols]
+        inside = cast(Array, np.right_shift(keys, shifts) == tops)
+        if valid is not None:
+            inside &= valid if whole else valid[:, cols]
+        yield range(start, start + len(group)), keys, inside
 
 
-def _column_keys(b: Array, by_col: dict[int, list[int]],
-                 floating: bool) -> Iterator[tuple[list[int], Array]]:
-    """For each column with ranges: the range indices and the column's sort keys (NaNs
-    dropped: they are counted apart)."""
-    for col, idxs in by_col.items():
-        column = b[:, col]
-        keys = _keys(column)
-        yield idxs, (keys[~np.isnan(column)] if floating else keys)
+def _selected(keys: Array, inside: Array) -> tuple[Array, Array]:
+    """The keys inside their range: ``(range of each, key)``, in no particular order."""
+    rows, which = np.nonzero(inside)
+    return which, keys[rows, which]
 
 
 def _columns(block: Array, axis0: bool) -> Array:
@@ -164,6 +178,12 @@ def _run_pass(stream: Stream, desc: str, work: Callable[[Array, int], Any],
                   desc=desc) as bar:
         for _chunk, part in execute(plan, run, [stream], progress=bar):
             fold(part)
+
+
+def _gathered_bytes(kd: np.dtype[Any]) -> int:
+    """Bytes a gathered key costs: the key and its range index, then both sorted by range with
+    the sort's order (three copies)."""
+    return 3 * (kd.itemsize + 8)
 
 
 class _Target:
@@ -237,7 +257,7 @@ def _order_statistics(
             t.below = int(cum[b - 1]) if b else 0
             t.lo, t.shift, t.count = b << shift0, shift0, int(counts[col, b])
             targets.append(t)
-    gather_limit = max(budget_bytes // 4 // (2 * kd.itemsize), 1024)
+    gather_limit = max(budget_bytes // 4 // _gathered_bytes(kd), 1024)
     while True:
         open_ = [t for t in targets if t.value is None and t.shift > 0]
         for t in targets:
@@ -249,7 +269,7 @@ def _order_statistics(
         if sum(r[3] for r in ranges) <= gather_limit:
             _gather(stream, ranges, open_, axis0, kd, floating,
                     budget=budget, threads=threads, progress=progress, name=name,
-                    fixed=sum(r[3] for r in ranges) * kd.itemsize * 2)
+                    fixed=sum(r[3] for r in ranges) * _gathered_bytes(kd))
             break
         _refine(stream, ranges, open_, axis0, kd, floating, budget=budget,
                 threads=threads, progress=progress, name=name, budget_bytes=budget_bytes)
@@ -260,11 +280,6 @@ def _order_statistics(
     return nans, result
 
 
-def _in_range(keys: Array, lo: int, shift: int, kd: np.dtype[Any]) -> Array:
-    shifted = cast(Array, np.right_shift(keys, kd.type(shift)))
-    return cast(Array, shifted == kd.type(lo >> shift))
-
-
 def _refine(stream: Stream, ranges: list[tuple[int, int, int, int]], open_: list[_Target],
             axis0: bool, kd: np.dtype[Any], floating: bool, *, budget: int | str,
             threads: int, progress: ProgressArg, name: str, budget_bytes: int) -> None:
@@ -273,63 +288,73 @@ def _refine(stream: Stream, ranges: list[tuple[int, int, int, int]], open_: list
     while sub_bits > 1 and len(ranges) * (8 << sub_bits) * (threads + 3) > budget_bytes // 4:
         sub_bits -= 1
     plan = [(col, lo, shift, max(shift - sub_bits, 0)) for col, lo, shift, _ in ranges]
-    totals = [np.zeros(1 << (shift - new), dtype=np.int64) for _, _, shift, new in plan]
-    by_col = _by_column(plan)
+    # every range's sub-histogram in one flat array: range i at [starts[i], starts[i] + sizes[i])
+    sizes = np.array([1 << (shift - new) for _, _, shift, new in plan], dtype=np.intp)
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.intp)
+    totals = np.zeros(int(sizes.sum()), dtype=np.int64)
+    los = np.array([lo for _, lo, _, _ in plan], dtype=kd)
+    news = np.array([new for *_, new in plan], dtype=kd)
 
     def work(block: Array, _row: int) -> list[tuple[int, Array]]:
-        out = []
-        for idxs, keys in _column_keys(_columns(block, axis0), by_col, floating):
-            for i in idxs:
-                _, lo, shift, new = plan[i]
-                sel = keys[_in_range(keys, lo, shift, kd)]
-                local = ((sel - kd.type(lo)) >> kd.type(new)).astype(np.intp)
-                out.append((i, np.bincount(local, minlength=1 << (shift - new))))
+        out: list[tuple[int, Array]] = []
+        for group, keys, inside in _inside(_columns(block, axis0), plan, kd, floating):
+            which, sel = _selected(keys, inside)
+            del keys, inside
+            which += group.start
+            local = ((sel - los[which]) >> news[which]).astype(np.intp) + starts[which]
+            lo = int(starts[group.start])
+            hi = int(starts[group.stop - 1] + sizes[group.stop - 1])
+            out.append((lo, np.bincount(local - lo, minlength=hi - lo)))
         return out
 
     def fold(part: list[tuple[int, Array]]) -> None:
-        for i, c in part:
-            totals[i] += c
+        for lo, counts in part:
+            totals[lo:lo + counts.size] += counts
 
     _run_pass(stream, f"{name} refine", work, fold, budget=budget, threads=threads,
-              progress=progress, fixed_bytes=sum(c.nbytes for c in totals) * (threads + 3))
+              progress=progress, fixed_bytes=totals.nbytes * (threads + 3))
     index = {(col, lo, shift): i for i, (col, lo, shift, _) in enumerate(plan)}
     for t in open_:
         i = index[(t.col, t.lo, t.shift)]
         new = plan[i][3]
-        cum = np.cumsum(totals[i])
+        mine = totals[starts[i]:starts[i] + sizes[i]]
+        cum = np.cumsum(mine)
         b = int(np.searchsorted(cum, t.rank - t.below, side="right"))
         t.below += int(cum[b - 1]) if b else 0
-        t.lo, t.shift, t.count = t.lo + (b << new), new, int(totals[i][b])
+        t.lo, t.shift, t.count = t.lo + (b << new), new, int(mine[b])
 
 
 def _gather(stream: Stream, ranges: list[tuple[int, int, int, int]], open_: list[_Target],
             axis0: bool, kd: np.dtype[Any], floating: bool, *, budget: int | str,
             threads: int, progress: ProgressArg, name: str, fixed: int) -> None:
     """Collect the keys inside each range; select each target's key exactly."""
-    parts: list[list[Array]] = [[] for _ in ranges]
-    by_col = _by_column(ranges)
+    parts: list[tuple[Array, Array]] = []
 
-    def work(block: Array, _row: int) -> list[tuple[int, Array]]:
-        out = []
-        for idxs, keys in _column_keys(_columns(block, axis0), by_col, floating):
-            for i in idxs:
-                _, lo, shift, _count = ranges[i]
-                out.append((i, keys[_in_range(keys, lo, shift, kd)]))
+    def work(block: Array, _row: int) -> list[tuple[Array, Array]]:
+        out: list[tuple[Array, Array]] = []
+        for group, keys, inside in _inside(_columns(block, axis0), ranges, kd, floating):
+            which, sel = _selected(keys, inside)
+            out.append((which + group.start, sel))
         return out
 
-    def fold(part: list[tuple[int, Array]]) -> None:
-        for i, keys in part:
-            if keys.size:
-                parts[i].append(keys)
+    def fold(part: list[tuple[Array, Array]]) -> None:
+        parts.extend(p for p in part if p[0].size)
 
     _run_pass(stream, f"{name} gather", work, fold, budget=budget, threads=threads,
               progress=progress, fixed_bytes=fixed)
+    which = np.concatenate([w for w, _ in parts]) if parts else np.zeros(0, np.intp)
+    keys = np.concatenate([k for _, k in parts]) if parts else np.zeros(0, kd)
+    parts.clear()
+    order = np.argsort(which, kind="stable")
+    which, keys = which[order], keys[order]
+    del order
+    bounds = np.searchsorted(which, np.arange(len(ranges) + 1))
     index = {(col, lo, shift): i for i, (col, lo, shift, _) in enumerate(ranges)}
     for t in open_:
         i = index[(t.col, t.lo, t.shift)]
-        keys = np.concatenate(parts[i]) if parts[i] else np.zeros(0, dtype=kd)
+        mine = keys[bounds[i]:bounds[i + 1]]
         k = t.rank - t.below
-        t.value = int(np.partition(keys, k)[k])
+        t.value = int(np.partition(mine, k)[k])
 
 
 # ---- the quantile family -------------------------------------------------------------------

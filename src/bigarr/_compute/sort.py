@@ -1,88 +1,344 @@
-"""An external sort out of core: sorted runs, then a k-way merge.
+"""External sorts out of core: :func:`sort` and :func:`argsort`.
 
-:func:`sort` (1-d sources) cuts the source into chunks the budget holds, sorts each on the
-engine's workers and writes it as a *run*, a raw file next to the output (hidden name, removed
-on success and failure); then a k-way merge reads a buffer of each run, emits every buffered
-value up to the smallest of the buffers' last values (one ``np.sort`` of sorted pieces), and
-refills the buffers it emptied. Two reads and two writes of the data, numpy's order (NaN last).
+Phase 1 cuts the source into whole-row chunks the budget holds (planned by
+:func:`~bigarr._compute.runplan.plan_run`, run by :func:`~bigarr._compute.engine.execute`),
+sorts each on the engine's workers and writes it as a *run*, a raw temporary file; the merge
+phase then merges the runs k ways (:func:`bigarr._compute.runs.merge`), in several passes when
+the budget cannot buffer every run at once, the last pass writing the output. Two reads and two
+writes of the data per pass; a source one chunk holds is sorted in memory and written once.
 
-Split from :mod:`bigarr._compute.order`, whose dtype check, ranking keys (:func:`_rank_keys`)
-and pass counter (:data:`LAST_PASSES`) it uses.
+What the runs hold (:mod:`bigarr._compute.runs`):
+
+* ``sort`` of a 1-d source: the values, in numpy's order (NaN last; ``-0.0`` equal to ``0.0``);
+* ``argsort``: records of the ranking keys of the key column(s) and the row index, whose order
+  is total: the indices are those of a *stable* argsort;
+* ``sort(by=)`` of an N-d source: those records with the row itself, so the rows come out in
+  the order of ``np.lexsort`` of the key columns (first key primary), stable.
+
+Temporary runs go next to the output (or in ``tmpdir=``), are refused up front with both numbers
+when the file system lacks room (``statvfs``), and are removed on success and on failure. The
+output is built under a hidden name and renamed over ``out`` once complete, under the output's
+lock. With ``resume=True`` the runs of phase 1 are made durable and journaled
+(:mod:`bigarr._compute.sortjournal`), so a killed sort restarts from the runs it finished.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-import shutil
+import tempfile
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from bigarr._compute.engine import execute
-from bigarr._compute.operands import parse_operand
-from bigarr._compute.order import LAST_PASSES, Array, _check_dtype, _rank_keys
+from bigarr._compute.operands import Stream, parse_operand
+from bigarr._compute.order import LAST_PASSES, Array, _check_dtype, _key_dtype, _rank_keys
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import parse_threads, plan_run
+from bigarr._compute.runs import (
+    MERGE_SHARE,
+    MIN_BUFFER,
+    Records,
+    Run,
+    TempRuns,
+    Values,
+    free_bytes,
+    merge,
+    per_run,
+)
+from bigarr._compute.sortjournal import RunJournal, fingerprint
 from bigarr._core.array import memmap
 from bigarr._core.files import create
 from bigarr._core.files import open as open_npy
 from bigarr._os.durable import datasync, fsync_dir, pwrite_all
-from bigarr._os.fileid import create_new, hidden_name
+from bigarr._os.fileid import hidden_name, remove_leftovers
 from bigarr._os.geometry import parse_size
+from bigarr._os.lock import OutputLock
 from bigarr._os.paths import check_output
 from bigarr._plan.budget import DEFAULT_BUDGET
-from bigarr.errors import DiskFullError, UnsupportedError
+from bigarr.errors import ArgumentError, BudgetError, DiskFullError, RegionError, UnsupportedError
 
-__all__ = ["sort"]
+__all__ = ["argsort", "sort"]
 
-
-# ---- external sort -------------------------------------------------------------------------
-class _Run:
-    """A sorted run on disk and the buffered part of it being merged."""
-
-    def __init__(self, fd: int, size: int, dtype: np.dtype[Any]) -> None:
-        self.fd, self.size, self.dtype = fd, size, dtype
-        self.read = 0  # elements read from the file
-        self.buf = np.zeros(0, dtype=dtype)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def refill(self, count: int) -> None:
-        n = min(count, self.size - self.read)
-        raw = os.pread(self.fd, n * self.dtype.itemsize, self.read * self.dtype.itemsize)
-        got = np.frombuffer(raw, dtype=self.dtype)
-        if got.size != n:
-            raise DiskFullError(f"A temporary run of the sort was shortened under the sort: "
-                                f"expected {n} values, read {got.size}.")
-        self.read += n
-        self.buf = got
+Sink = Callable[[Array], None]
+Format = Values | Records
 
 
-def sort(src: Any, out: str | os.PathLike[str], *, budget: int | str = DEFAULT_BUDGET,
-         threads: int | None = None, progress: ProgressArg = None,
-         overwrite: bool = False) -> memmap:
-    """Sort a 1-d array larger than memory into a new page-aligned ``.npy``, like
-    :func:`numpy.sort` (NaN last).
+# ---- parsing -------------------------------------------------------------------------------
+def parse_by(by: Any, shape: tuple[int, ...]) -> list[int]:
+    """The key columns of ``by`` (an int or a sequence of ints, first key primary), as indices
+    into a row flattened in C order.
 
-    Sorted runs the budget holds are written to temporary files next to ``out`` (removed on
-    success and on failure), then merged k ways into a hidden file renamed to ``out`` once
-    complete (a failed sort leaves what was at ``out``) (see the module docstring): the data is read
-    twice and written twice.
+    Raises
+    ------
+    ArgumentError
+        If ``by`` is not an int or a non-empty sequence of ints.
+    RegionError
+        If a column is out of range (an IndexError).
+    """
+    items = [by] if isinstance(by, (int, np.integer)) and not isinstance(by, bool) else by
+    if (isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not items
+            or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) for c in items)):
+        raise ArgumentError(
+            f"Expected by= as a column index or a non-empty sequence of them (first key "
+            f"primary). Got {by!r}.")
+    ncols = int(math.prod(shape[1:]))
+    cols = []
+    for c in items:
+        if not -ncols <= int(c) < ncols:
+            raise RegionError(
+                f"Expected key columns in [-{ncols}, {ncols}) for rows of {ncols} values "
+                f"(shape {shape}). Got by={by!r}.")
+        cols.append(int(c) % ncols)
+    return cols
+
+
+def _budget_bytes(budget: int | str) -> int:
+    return parse_size(budget) if isinstance(budget, str) else int(budget)
+
+
+# ---- the two phases ------------------------------------------------------------------------
+class _Job:
+    """One external sort: its source, record format, and the runs it makes."""
+
+    def __init__(self, stream: Stream, by: list[int] | None, rows: bool, *,
+                 budget: int, threads: int, progress: ProgressArg, name: str) -> None:
+        self.stream, self.budget, self.threads = stream, budget, threads
+        self.progress, self.name = progress, name
+        dtype = np.dtype(stream.dtype)
+        self.by = by
+        shape = tuple(stream.shape)
+        self.row_size = int(math.prod(shape[1:]))
+        row_bytes = max(self.row_size * dtype.itemsize, 1)
+        self.fmt: Format
+        if by is None:
+            self.fmt = Values(dtype)
+            # the sorted copy, timsort's half-size buffer, the copy waiting to be written
+            self.temporaries = 3.0
+        else:
+            kd = _key_dtype(dtype)
+            self.fmt = Records(kd, len(by), dtype if rows else None, self.row_size)
+            rec = self.fmt.dtype.itemsize
+            # per row: the keys (and a column's ranking temporaries), the order and the
+            # stable sort's buffer, the records, one field gathered into them, and the
+            # records waiting for the consumer to write them
+            per_row = ((len(by) + 3) * kd.itemsize + 16 + 2 * rec
+                       + (row_bytes if rows else 8))
+            self.temporaries = per_row / row_bytes
+
+    def records(self, block: Array, row: int) -> Array:
+        """A chunk's sorted run."""
+        if self.by is None:
+            # values alone: equal values are indistinguishable but for -0.0 against 0.0, whose
+            # order numpy's own sort leaves open too, so the fast (unstable) sort will do
+            return np.sort(block)
+        assert isinstance(self.fmt, Records)
+        flat = block.reshape(block.shape[0], -1)
+        keys = [_rank_keys(np.ascontiguousarray(flat[:, c]), False) for c in self.by]
+        order = np.argsort(keys[0], kind="stable") if len(keys) == 1 else np.lexsort(keys[::-1])
+        rec = np.empty(block.shape[0], dtype=self.fmt.dtype)
+        k = rec["k"]
+        for j, key in enumerate(keys):
+            k[:, j] = key[order]
+        del keys
+        rec["i"] = order
+        rec["i"] += row
+        if "p" in (self.fmt.dtype.names or ()):
+            rec["p"] = flat[order]
+        return rec
+
+    def plan(self) -> Any:
+        return plan_run(f"{self.name} runs", [self.stream], budget=self.budget,
+                        threads=self.threads, layout="rows", temporaries=self.temporaries)
+
+    def passes(self, nruns: int) -> int:
+        """Merge passes over ``nruns`` runs."""
+        fan_in = self.fan_in()
+        passes = 1
+        while nruns > fan_in:
+            nruns = math.ceil(nruns / fan_in)
+            passes += 1
+        return passes
+
+    def fan_in(self) -> int:
+        return max(2, self.budget // MERGE_SHARE // MIN_BUFFER)
+
+    def run(self, plan: Any, temp: TempRuns, sink: Sink, journal: RunJournal | None = None,
+            ) -> None:
+        """Phase 1 then the merge passes, the last into ``sink``; with a ``journal``, the runs
+        it holds are reused and each new run is recorded once durable."""
+        nchunks = len(plan.chunks)
+        dtype = self.fmt.dtype
+        done = journal.adopt(dtype) if journal is not None and nchunks > 1 else {}
+        LAST_PASSES[0] = 1
+        todo = [c for c in plan.chunks if c.index not in done]
+        with Progress(self.progress, total_bytes=sum(c.nbytes for c in todo),
+                      total_chunks=len(todo), desc=f"{self.name} runs") as bar:
+            for chunk, part in execute(plan, lambda c, b: self.records(b[0], c.rows.start),
+                                       [self.stream], progress=bar, skip=set(done)):
+                if nchunks == 1:
+                    sink(part)  # the whole source in one run: it is the answer
+                    return
+                run = temp.new(part.shape[0], dtype)
+                pwrite_all(run.fd, np.ascontiguousarray(part), 0)
+                del part
+                done[chunk.index] = run
+                if journal is not None:
+                    journal.finished(chunk.index, run)
+        runs = [done[i] for i in sorted(done)]  # in source order: the merge keeps ties in it
+        fan_in = self.fan_in()
+        keep_runs = journal is not None and journal.resume  # resumable until the end
+        while len(runs) > fan_in:
+            merged: list[Run] = []
+            for start in range(0, len(runs), fan_in):
+                group = runs[start:start + fan_in]
+                target = temp.new(sum(r.size for r in group), dtype)
+                written = [0]
+
+                def to_run(block: Array, fd: int = target.fd, written: list[int] = written,
+                           ) -> None:
+                    pwrite_all(fd, np.ascontiguousarray(block), written[0] * dtype.itemsize)
+                    written[0] += block.shape[0]
+
+                merge(group, self.fmt, per_run(self.budget, len(group), dtype.itemsize),
+                      to_run)
+                for r in group:
+                    if keep_runs:
+                        r.close()
+                    else:
+                        temp.discard(r)
+                merged.append(target)
+            runs = merged
+            LAST_PASSES[0] += 1
+        merge(runs, self.fmt, per_run(self.budget, len(runs), dtype.itemsize), sink)
+        LAST_PASSES[0] += 1
+
+
+def _temp_folder(tmpdir: str | os.PathLike[str] | None, target: str | None) -> str:
+    if tmpdir is not None:
+        folder = os.path.abspath(os.fspath(tmpdir))
+        if not os.path.isdir(folder):
+            raise ArgumentError(f"Expected tmpdir= to be an existing folder. Got {folder!r}.")
+        return folder
+    if target is not None:
+        return os.path.dirname(target)
+    return tempfile.gettempdir()
+
+
+def _check_room(job: _Job, plan: Any, temp: TempRuns, out_bytes: int,
+                out_folder: str | None) -> None:
+    """Refuse up front when the temporary runs (twice for a multi-pass merge) and the output
+    do not fit their file systems."""
+    nchunks = len(plan.chunks)
+    n = int(job.stream.shape[0]) if job.stream.ndim else 1
+    runs = 0 if nchunks <= 1 else n * job.fmt.dtype.itemsize
+    if runs and job.passes(nchunks) > 1:
+        runs *= 2  # a merged pass is written before the runs it merged are removed
+    same = out_folder is not None and os.stat(out_folder).st_dev == os.stat(temp.folder).st_dev
+    if out_folder is not None and not same:
+        free = free_bytes(out_folder)
+        if out_bytes > free:
+            raise DiskFullError(
+                f"{job.name} writes {out_bytes} bytes of output in {out_folder}, but its file "
+                f"system has {free} bytes free. Free space, or choose an output elsewhere.")
+    temp.check_room(runs, job.name, out_bytes if same else 0, out_folder or "")
+
+
+def _to_file(job: _Job, plan: Any, temp: TempRuns, target: str, overwrite: bool,
+             shape: tuple[int, ...], dtype: np.dtype[Any], pick: Callable[[Array], Array],
+             resume: bool) -> memmap:
+    """Run ``job`` into a new ``.npy`` at ``target`` (built hidden, renamed once complete),
+    holding the output's lock; runs journaled with ``resume`` (:mod:`.sortjournal`)."""
+    folder = os.path.dirname(target)
+    _check_room(job, plan, temp, int(math.prod(shape)) * dtype.itemsize, folder)
+    check_output(target, overwrite)  # refuse before any work
+    with OutputLock(target):
+        chunks = [(c.rows.start, c.rows.stop) for c in plan.chunks]
+        journal = RunJournal(target, temp, fingerprint(job.stream, job.name, job.by,
+                                                       job.fmt.dtype, chunks, temp.folder),
+                             resume)
+        remove_leftovers(target, ("sorting",))  # outputs of killed sorts (we hold the lock)
+        building = hidden_name(target, "sorting")
+        done = False
+        try:
+            result = create(building, shape, dtype)
+            offset = int(result.offset)
+            result.close()
+            fd = os.open(building, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                written = [0]
+
+                def sink(block: Array) -> None:
+                    data = np.ascontiguousarray(pick(block))
+                    pwrite_all(fd, data, offset + written[0])
+                    written[0] += data.nbytes
+
+                job.run(plan, temp, sink, journal)
+                datasync(fd)
+            finally:
+                os.close(fd)
+            check_output(target, overwrite)
+            os.replace(building, target)
+            fsync_dir(folder)
+            done = True
+            journal.success()
+        finally:
+            if not done:
+                journal.failure()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(building)
+    return open_npy(target)
+
+
+def _pick(fmt: Format, what: str, row_shape: tuple[int, ...]) -> Callable[[Array], Array]:
+    if isinstance(fmt, Values):
+        return lambda block: block
+    if what == "i":
+        return lambda block: block["i"]
+    return lambda block: block["p"].reshape((block.shape[0], *row_shape))
+
+
+# ---- public --------------------------------------------------------------------------------
+def sort(src: Any, out: str | os.PathLike[str], *, by: Any = None,
+         budget: int | str = DEFAULT_BUDGET, threads: int | None = None,
+         progress: ProgressArg = None, overwrite: bool = False,
+         tmpdir: str | os.PathLike[str] | None = None, resume: bool = False) -> memmap:
+    """Sort an array larger than memory into a new page-aligned ``.npy``.
+
+    A 1-d source sorts its values like :func:`numpy.sort` (NaN last, ``-0.0`` equal to
+    ``0.0``). An N-d source sorts whole rows by the key column(s) ``by``, stably: the result is
+    ``x[np.lexsort([x[:, c] for c in reversed(by)])]`` (numpy's ``lexsort`` takes its *last* key
+    as primary; ``by`` takes its first), NaN last in each key.
+
+    Sorted runs the budget holds are written to temporary files (next to ``out``, or in
+    ``tmpdir``; removed on success and on failure), then merged k ways into a hidden file
+    renamed to ``out`` once complete (a failed sort leaves what was at ``out``): the data is read
+    twice and written twice (more merge passes only when the budget cannot buffer
+    every run at once).
 
     Parameters
     ----------
     src
-        A 1-d :class:`bigarr.memmap`, numpy array or ``.npy`` path; bool, integer or floating.
+        A :class:`bigarr.memmap`, numpy array or ``.npy`` path; bool, integer or floating.
     out
         Path of the sorted ``.npy`` (created; an existing file only with ``overwrite``).
+    by
+        For sources of 2 or more dimensions: the key column (an int) or columns (a sequence,
+        first key primary), indexing a row flattened in C order. ``None`` for a 1-d source.
     budget, threads, progress
         As :func:`bigarr.sum`.
     overwrite
         Replace an existing ``out``.
+    tmpdir
+        Folder for the temporary runs (default: the folder of ``out``).
+    resume
+        Keep the finished runs of phase 1 durable (``fdatasync``, journaled next to ``out``):
+        a run killed even by ``kill -9`` leaves them, and the next call of the same sort with
+        ``resume=True`` reuses every run still intact and sorts only the rest. Without it a
+        failed sort removes its runs.
 
     Returns
     -------
@@ -91,141 +347,134 @@ def sort(src: Any, out: str | os.PathLike[str], *, budget: int | str = DEFAULT_B
 
     Raises
     ------
+    ArgumentError
+        If ``by`` is not an int or a sequence of ints, or is given for a 1-d source.
     BudgetError
-        If the budget cannot hold the run plan or one buffer per run (both numbers quoted).
+        If the budget cannot hold the run plan (both numbers quoted).
     DiskFullError
-        If the folder of ``out`` lacks room for the runs (both numbers quoted), before any is
-        written.
+        If the file system lacks room for the runs or the output (both numbers quoted), before
+        anything is written.
     FileExistsError
         If ``out`` exists and ``overwrite`` is False.
+    RegionError
+        If a key column is out of range (an IndexError).
     UnsupportedError
-        For sources of more than one dimension (sorting rows by key columns is not built yet).
+        For a source of 2 or more dimensions without ``by``.
     """
     stream = parse_operand(src, by_key=False)
-    target = os.fspath(out)
-    runs: list[_Run] = []
-    names: list[str] = []
-    done = False
-    created = False
-    building = ""
+    target = os.path.abspath(os.fspath(out))
     try:
         dtype = np.dtype(stream.dtype)
         _check_dtype(dtype, "sort")
-        if stream.ndim != 1:
-            raise UnsupportedError(
-                f"Expected a 1-d source. Got shape {tuple(stream.shape)}: sorting rows by key "
-                "columns (by=) is not implemented yet; sort a column, or use topk.")
-        n = int(stream.shape[0])
-        nthreads = parse_threads(threads)
-        budget_bytes = parse_size(budget) if isinstance(budget, str) else int(budget)
-        folder = os.path.dirname(os.path.abspath(target))
-        need = n * dtype.itemsize
-        free = shutil.disk_usage(folder).free
-        if need > free:
-            raise DiskFullError(
-                f"Sorting needs {need} bytes of temporary runs next to {target}, but its file "
-                f"system has {free} bytes free. Free space, or choose an output elsewhere.")
-        check_output(os.path.abspath(target), overwrite)  # refuse before any work
-        # the output is built under a hidden name and renamed over `out` once complete: a
-        # failed sort leaves what was at `out` untouched
-        building = hidden_name(target, "sorting")
-        result = create(building, (n,), dtype)
-        created = True
-        offset = int(result.offset)
-        result.close()
-        fd_out = os.open(building, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            # pass 1: sorted runs, one per chunk
-            def sort_run(block: Array, _row: int) -> Array:
-                return np.sort(block, kind="stable")
-
-            def write_run(part: Array) -> None:
-                name = hidden_name(target, "run")
-                fd = create_new(name, mode=0o600)
-                names.append(name)
-                runs.append(_Run(fd, part.size, dtype))
-                pwrite_all(fd, np.ascontiguousarray(part), 0)
-
-            plan = plan_run("sort runs", [stream], budget=budget, threads=nthreads,
-                            layout="rows", temporaries=3.0)  # the sorted copy, timsort's
-                            # half-size buffer, the copy waiting to be written
-            LAST_PASSES[0] = 1
-            with Progress(progress, total_bytes=plan.chunks.nbytes,
-                          total_chunks=len(plan.chunks), desc="sort runs") as bar:
-                for _chunk, part in execute(plan, lambda c, b: sort_run(b[0], 0), [stream],
-                                            progress=bar):
-                    write_run(part)
-            # merge passes: at most `fan_in` runs at once, each buffer at least _MIN_BUFFER
-            # bytes (a step emits about one buffer); the last pass writes the output
-            fan_in = max(2, budget_bytes // 6 // _MIN_BUFFER)
-            while len(runs) > fan_in:
-                merged: list[_Run] = []
-                for start in range(0, len(runs), fan_in):
-                    group = runs[start:start + fan_in]
-                    name = hidden_name(target, "run")
-                    fd = create_new(name, mode=0o600)
-                    names.append(name)
-                    merged.append(_Run(fd, sum(r.size for r in group), dtype))
-                    _merge(group, _per_run(budget_bytes, len(group), dtype), fd, 0, dtype)
-                    for r in group:
-                        r.close()
-                runs[:] = merged
-                LAST_PASSES[0] += 1
-            _merge(runs, _per_run(budget_bytes, len(runs), dtype), fd_out, offset, dtype)
-            LAST_PASSES[0] += 1
-            datasync(fd_out)
-        finally:
-            os.close(fd_out)
-        check_output(os.path.abspath(target), overwrite)
-        os.replace(building, target)
-        fsync_dir(folder)
-        done = True
+        shape = tuple(stream.shape)
+        cols = _parse_sort_by(by, shape, "sort")
+        job = _Job(stream, cols, rows=True, budget=_budget_bytes(budget),
+                   threads=parse_threads(threads), progress=progress, name="sort")
+        with TempRuns(_temp_folder(tmpdir, target), target) as temp:
+            if shape[0] == 0:
+                check_output(target, overwrite)
+                create(target, shape, dtype, overwrite=overwrite).close()
+                return open_npy(target)
+            plan = job.plan()
+            return _to_file(job, plan, temp, target, overwrite, shape, dtype,
+                            _pick(job.fmt, "p", shape[1:]), resume)
     finally:
-        for run in runs:
-            run.close()
-        for name in names:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
         stream.close()
-        if created and not done:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(building)
-    return open_npy(target)
 
 
-#: Smallest buffer per run in a merge (bytes); more runs than the budget holds at this size
-#: merge in several passes.
-_MIN_BUFFER = 64 << 10
+def _parse_sort_by(by: Any, shape: tuple[int, ...], name: str) -> list[int] | None:
+    if not shape:
+        raise UnsupportedError(f"{name} needs an array of at least one dimension. Got a 0-d "
+                               "array.")
+    if len(shape) == 1:
+        if by is not None:
+            raise ArgumentError(f"by= selects key columns of the rows of a 2-d (or more) "
+                                f"source. Got by={by!r} for a 1-d source; leave it out.")
+        return None
+    if by is None:
+        raise UnsupportedError(
+            f"Expected by= (the key column or columns) to {name} the rows of a source of shape "
+            f"{shape}; sorting along another axis is not supported.")
+    return parse_by(by, shape)
 
 
-def _per_run(budget_bytes: int, runs: int, dtype: np.dtype[Any]) -> int:
-    """Values buffered per run: a sixth of the budget for the buffers (the merged block, its
-    sorted copy, the sort's work buffer and the bytes read take the rest)."""
-    return max(budget_bytes // 6 // max(runs, 1) // dtype.itemsize, 1)
+def argsort(src: Any, out: str | os.PathLike[str] | None = None, *, by: Any = None,
+            budget: int | str = DEFAULT_BUDGET, threads: int | None = None,
+            progress: ProgressArg = None, overwrite: bool = False,
+            tmpdir: str | os.PathLike[str] | None = None,
+            resume: bool = False) -> Array | memmap:
+    """Indices that sort an array larger than memory, stably: ``np.argsort(x, kind="stable")``.
 
+    For a 1-d source, the order of its values (NaN last, ``-0.0`` equal to ``0.0``, ties in
+    index order). For an N-d source, the order of its rows by the key column(s) ``by`` as
+    :func:`sort` orders them. The indices are int64.
 
-def _merge(runs: list[_Run], per_run: int, fd: int, offset: int, dtype: np.dtype[Any]) -> None:
-    """Merge sorted runs into ``fd`` at ``offset``, block by block (module docstring)."""
-    for run in runs:
-        run.refill(per_run)
-    written = 0
-    while True:
-        live = [r for r in runs if r.buf.size]
-        if not live:
-            return
-        pending = [r for r in live if r.read < r.size]
-        if pending:
-            lasts = np.array([r.buf[-1] for r in pending], dtype=dtype)
-            bound = lasts[int(np.argmin(_rank_keys(lasts, False)))]
-            cuts = [int(np.searchsorted(r.buf, bound, side="right")) for r in live]
-        else:
-            cuts = [r.buf.size for r in live]
-        block = np.sort(np.concatenate([r.buf[:c] for r, c in zip(live, cuts, strict=True)]),
-                        kind="stable")
-        pwrite_all(fd, block, offset + written * dtype.itemsize)
-        written += block.size
-        del block
-        for r, c in zip(live, cuts, strict=True):
-            r.buf = r.buf[c:]
-            if not r.buf.size and r.read < r.size:
-                r.refill(per_run)
+    Parameters
+    ----------
+    src
+        A :class:`bigarr.memmap`, numpy array or ``.npy`` path; bool, integer or floating.
+    out
+        Path of an int64 ``.npy`` to write the indices to, or ``None`` to return them in
+        memory (the indices then count against the budget).
+    by, budget, threads, progress, overwrite, tmpdir, resume
+        As :func:`sort`; ``tmpdir`` defaults to the folder of ``out``, or the system's
+        temporary folder when ``out`` is None; ``resume`` needs ``out``.
+
+    Returns
+    -------
+    numpy.ndarray or bigarr.memmap
+        The indices in memory (``out=None``), or the ``out`` file opened read-only.
+
+    Raises
+    ------
+    BudgetError
+        If ``out`` is None and half the budget cannot hold the indices (use ``out=``), or the
+        budget cannot hold the run plan (both numbers quoted).
+    ArgumentError, DiskFullError, FileExistsError, RegionError, UnsupportedError
+        As :func:`sort`.
+    """
+    if resume and out is None:
+        raise ArgumentError("resume=True keeps the sort's runs for the output file: pass out=.")
+    stream = parse_operand(src, by_key=False)
+    target = None if out is None else os.path.abspath(os.fspath(out))
+    try:
+        dtype = np.dtype(stream.dtype)
+        _check_dtype(dtype, "argsort")
+        shape = tuple(stream.shape)
+        cols = _parse_sort_by(by, shape, "argsort")
+        n = shape[0]
+        budget_bytes = _budget_bytes(budget)
+        held = 0
+        if target is None:
+            held = n * 8
+            if held > budget_bytes // 2:
+                raise BudgetError(
+                    f"argsort's {n} indices take {held} bytes, more than half the budget "
+                    f"({budget_bytes} bytes) allows in memory. Pass out= (a .npy path) to "
+                    "write them to a file, or raise budget=.")
+        job = _Job(stream, cols if cols is not None else [0], rows=False,
+                   budget=budget_bytes - held, threads=parse_threads(threads),
+                   progress=progress, name="argsort")
+        with TempRuns(_temp_folder(tmpdir, target), target or "argsort") as temp:
+            if target is not None and n == 0:
+                check_output(target, overwrite)
+                create(target, (0,), np.int64, overwrite=overwrite).close()
+                return open_npy(target)
+            if n == 0:
+                return np.zeros(0, dtype=np.int64)
+            plan = job.plan()
+            if target is not None:
+                return _to_file(job, plan, temp, target, overwrite, (n,), np.dtype(np.int64),
+                                _pick(job.fmt, "i", ()), resume)
+            _check_room(job, plan, temp, 0, None)
+            result = np.empty(n, dtype=np.int64)
+            pos = [0]
+
+            def sink(block: Array) -> None:
+                result[pos[0]:pos[0] + block.shape[0]] = block["i"]
+                pos[0] += block.shape[0]
+
+            job.run(plan, temp, sink)
+            return result
+    finally:
+        stream.close()

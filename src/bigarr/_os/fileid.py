@@ -42,6 +42,7 @@ import secrets
 import shutil
 import stat
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,18 +238,20 @@ def create_unnamed(final: str, *, mode: int = 0o666) -> tuple[int, str | None]:
 
 
 def remove_leftovers(target: str, kinds: tuple[str, ...] = ("new",),
-                     keep: str | None = None) -> None:
+                     keep: str | Collection[str] | None = None) -> None:
     """Remove hidden files of ``target`` that a killed writer left behind.
 
     Removes ``.<name>.bigarr-<kind>-<16 hex>`` for each of ``kinds`` (``new``: a temporary
     being created or installed, or a zarr array being written; ``partial``: a ``map_blocks``
-    output being written; ``old``: a zarr array being replaced), except ``keep``; only regular
-    files with one link and directories (never a link), owned by this user, are removed, so a
-    planted link or another user's file is left alone. The caller must hold ``target``'s writer lock
+    output being written; ``old``: a zarr array being replaced; ``run``, ``sorting``: a sort's
+    runs and output), except ``keep`` (a path or paths); only regular files with one link and
+    directories (never a link), owned by this user, are removed, so a planted link or another
+    user's file is left alone. The caller must hold ``target``'s writer lock
     (the output lock, or the commit lock), so no live writer's file can be taken for a leftover.
     """
+    kept = {keep} if isinstance(keep, str) else set(keep or ())
     for path in leftovers(target, kinds):
-        if keep is not None and path == keep:
+        if path in kept:
             continue
         with contextlib.suppress(OSError):
             st = os.lstat(path)

@@ -1,0 +1,245 @@
+"""Sorted runs on disk and their k-way merge: the machinery of the external sorts.
+
+A *run* is a raw file of sorted *records* (no header) with a hidden name in the sort's
+temporary folder (next to the output, or ``tmpdir=``); :class:`TempRuns` owns those files:
+it checks the room for them up front (``statvfs``, both numbers quoted), creates them, and
+removes them when the sort ends, whether it succeeded or failed.
+
+Two record formats (:class:`Values`, :class:`Records`):
+
+values
+    the source's own values (a 1-d sort); ordered by numpy's sort order.
+records
+    a structured dtype ``(k, i[, p])``: the order-preserving unsigned keys of the key
+    columns (``k``, primary first; :func:`bigarr._compute.order._rank_keys`, so ``-0.0`` ties
+    with ``0.0`` and NaN sorts last), the row index (``i``, int64) and, to sort whole rows, the
+    row itself (``p``). ``(k, i)`` is unique, so the order of records is total and a stable
+    sort of rows is an ordinary sort of records.
+
+:func:`merge` reads a buffer of each run, emits every buffered record up to the smallest of the
+buffers' last records (the *bound*: no unread record can precede it), sorts that block (pieces
+concatenated in run order, so a stable sort by key alone keeps ``(k, i)`` order: earlier runs
+hold lower indices) and hands it to a sink, then refills the buffers it emptied. A buffer that
+empties drops its bytes at once: a finished run holds no memory while the others merge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bigarr._compute.order import _rank_keys
+from bigarr._os.fileid import create_new, hidden_name
+from bigarr.errors import DiskFullError
+
+__all__ = ["MIN_BUFFER", "Records", "Run", "TempRuns", "Values", "merge", "per_run"]
+
+Array = np.ndarray[Any, Any]
+Sink = Callable[[Array], None]
+
+#: Smallest buffer per run in a merge (bytes); more runs than the budget holds at this size
+#: merge in several passes.
+MIN_BUFFER = 64 << 10
+#: A merge holds the run buffers, the block cut from them, its sort order, its sorted copy and
+#: the piece handed to the sink: the buffers get this share of the budget.
+MERGE_SHARE = 6
+
+
+def per_run(budget_bytes: int, runs: int, itemsize: int) -> int:
+    """Records buffered per run: a sixth of the budget for all buffers (:data:`MERGE_SHARE`)."""
+    return max(budget_bytes // MERGE_SHARE // max(runs, 1) // itemsize, 1)
+
+
+class Values:
+    """Runs of the values themselves (a 1-d sort)."""
+
+    def __init__(self, dtype: np.dtype[Any]) -> None:
+        self.dtype = dtype
+
+    def first(self, a: Array) -> int:
+        """Index of the smallest record of ``a`` (the first of equals)."""
+        return int(np.argmin(_rank_keys(a, False)))
+
+    def count_le(self, buf: Array, bound: Array) -> int:
+        """Records of the sorted ``buf`` up to ``bound[0]`` (inclusive)."""
+        return int(np.searchsorted(buf, bound[0], side="right"))
+
+    def sort(self, block: Array) -> Array:
+        return np.sort(block)  # values: no order among equals to keep (see sort.py)
+
+
+class Records:
+    """Runs of ``(k, i[, p])`` records (module docstring)."""
+
+    def __init__(self, key_dtype: np.dtype[Any], nkeys: int, row: np.dtype[Any] | None,
+                 row_size: int) -> None:
+        fields: list[Any] = [("k", key_dtype, (nkeys,)), ("i", np.int64)]
+        if row is not None:
+            fields.append(("p", row, (row_size,)))
+        self.dtype = np.dtype(fields)
+        self.nkeys = nkeys
+
+    def order(self, rec: Array) -> Array:
+        """The stable order of ``rec`` by its keys (ties keep their place)."""
+        k = rec["k"]
+        if self.nkeys == 1:
+            return np.argsort(k[:, 0], kind="stable")
+        return np.lexsort([k[:, j] for j in range(self.nkeys - 1, -1, -1)])
+
+    def first(self, a: Array) -> int:
+        return int(self.order(a)[0])
+
+    def count_le(self, buf: Array, bound: Array) -> int:
+        """Records of the sorted ``buf`` not after ``bound[0]`` in ``(k, i)`` order."""
+        le = buf["i"] <= bound["i"][0]
+        k, bk = buf["k"], bound["k"][0]
+        for j in range(self.nkeys - 1, -1, -1):
+            le = (k[:, j] < bk[j]) | ((k[:, j] == bk[j]) & le)
+        return int(np.count_nonzero(le))
+
+    def sort(self, block: Array) -> Array:
+        return block[self.order(block)]
+
+
+Format = Values | Records
+
+
+class Run:
+    """A sorted run on disk and the buffered part of it being merged."""
+
+    def __init__(self, fd: int, size: int, dtype: np.dtype[Any]) -> None:
+        self.fd, self.size, self.dtype = fd, size, dtype
+        self.read = 0  # records read from the file
+        self.buf: Array = np.zeros(0, dtype=dtype)
+
+    def close(self) -> None:
+        self.buf = np.zeros(0, dtype=self.dtype)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def refill(self, count: int) -> None:
+        self.buf = np.zeros(0, dtype=self.dtype)  # drop the old bytes before reading new
+        n = min(count, self.size - self.read)
+        raw = os.pread(self.fd, n * self.dtype.itemsize, self.read * self.dtype.itemsize)
+        got = np.frombuffer(raw, dtype=self.dtype)
+        if got.size != n:
+            raise DiskFullError(f"A temporary run of the sort was shortened under the sort: "
+                                f"expected {n} records, read {got.size}.")
+        self.read += n
+        self.buf = got
+
+
+def merge(runs: list[Run], fmt: Format, per: int, sink: Sink) -> None:
+    """Merge sorted ``runs`` into ``sink``, block by block (module docstring)."""
+    for run in runs:
+        run.refill(per)
+    while True:
+        live = [r for r in runs if r.buf.size]
+        if not live:
+            return
+        pending = [r for r in live if r.read < r.size]
+        if pending:
+            lasts = np.concatenate([r.buf[-1:] for r in pending])
+            i = fmt.first(lasts)
+            bound = lasts[i:i + 1]
+            cuts = [fmt.count_le(r.buf, bound) for r in live]
+        else:
+            cuts = [r.buf.size for r in live]
+        block = fmt.sort(np.concatenate([r.buf[:c] for r, c in zip(live, cuts, strict=True)]))
+        sink(block)
+        del block
+        for r, c in zip(live, cuts, strict=True):
+            r.buf = r.buf[c:]
+            if not r.buf.size:
+                if r.read < r.size:
+                    r.refill(per)
+                else:
+                    r.close()
+
+
+def free_bytes(folder: str) -> int:
+    """Bytes an unprivileged writer may still use in ``folder``'s file system."""
+    st = os.statvfs(folder)
+    return int(st.f_bavail) * int(st.f_frsize)
+
+
+class TempRuns:
+    """The temporary run files of one sort: created in ``folder``, removed by :meth:`close`.
+
+    Runs are named after the output (``target``): next to it, as its own hidden names; in
+    another folder (``tmpdir=``), with a digest of the output's full path added, so sorts of
+    two outputs of the same name never share names (and never take each other's runs for
+    leftovers). :meth:`keep` leaves the files on disk at :meth:`close` (a resumable sort that
+    failed).
+    """
+
+    def __init__(self, folder: str, target: str) -> None:
+        self.folder = folder
+        name = os.path.basename(target) or "sort"
+        if os.path.dirname(target) != folder:
+            name += "-" + hashlib.sha256(target.encode("utf8", "surrogateescape")).hexdigest()[:12]
+        self.anchor = os.path.join(folder, name)
+        self.names: list[str] = []
+        self.runs: list[Run] = []
+        self._keep = False
+
+    def check_room(self, need: int, what: str, extra: int = 0, extra_where: str = "") -> None:
+        """Refuse, before anything is written, when ``folder`` lacks ``need`` bytes (plus
+        ``extra`` for an output on the same file system)."""
+        free = free_bytes(self.folder)
+        if need + extra > free:
+            also = f" and {extra} bytes of output in {extra_where}" if extra else ""
+            raise DiskFullError(
+                f"{what} needs {need} bytes of temporary runs in {self.folder}{also}, but that "
+                f"file system has {free} bytes free. Free space, or pass tmpdir= (a folder "
+                "on another file system).")
+
+    def new(self, size: int, dtype: np.dtype[Any]) -> Run:
+        """A new, empty run file for ``size`` records."""
+        name = hidden_name(self.anchor, "run")
+        fd = create_new(name, mode=0o600)
+        return self.adopt(name, fd, size, dtype)
+
+    def adopt(self, name: str, fd: int, size: int, dtype: np.dtype[Any]) -> Run:
+        """Take the open run file ``fd`` at ``name`` into this sort's runs."""
+        self.names.append(name)
+        run = Run(fd, size, dtype)
+        self.runs.append(run)
+        return run
+
+    def name_of(self, run: Run) -> str:
+        return self.names[self.runs.index(run)]
+
+    def discard(self, run: Run) -> None:
+        """Close and remove one run (merged into another)."""
+        run.close()
+        i = self.runs.index(run)
+        del self.runs[i]
+        name = self.names.pop(i)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+    def keep(self) -> None:
+        """Leave the run files on disk at :meth:`close`."""
+        self._keep = True
+
+    def close(self) -> None:
+        for run in self.runs:
+            run.close()
+        if not self._keep:
+            for name in self.names:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name)
+        self.runs, self.names = [], []
+
+    def __enter__(self) -> TempRuns:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

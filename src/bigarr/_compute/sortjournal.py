@@ -1,0 +1,139 @@
+"""Resumable external sorts: the journal of a sort's finished runs.
+
+A sort to a file with ``resume=True`` keeps the resume journal of its output
+(:mod:`bigarr._formats.journal`, ``<out>.bigarr-journal``, the same file format and rules as
+``map_blocks``) with a header of kind ``"sort-runs"``:
+
+``run``
+    the sort's fingerprint: the operation (``sort``/``argsort``), the key columns, the record
+    dtype, the source's identity (a file's path, size and modification time; an in-memory
+    array's digest), the chunk boundaries of phase 1 and the temporary folder;
+``target.runs``
+    for each phase-1 chunk whose run is durable: the run file's hidden name, its identity
+    (:class:`bigarr._os.fileid.FileId`: device, inode, birth time, generation) and its record
+    count.
+
+A run is recorded only after ``fdatasync``; the journal is rewritten (a new file, synced, renamed
+over the old) for each record. A killed sort (``kill -9``) leaves its runs and journal; the next
+run of the same sort with ``resume=True`` takes every run whose file is still the very file
+recorded (identity and size) and sorts only the other chunks. Anything else that killed sorts of
+this output left (runs the journal does not name, a hidden output) is removed, under the
+output's lock. A finished sort removes its journal and runs; a failed one without ``resume``
+removes them too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from typing import Any
+
+import numpy as np
+
+from bigarr._compute.mapblocks import _identity
+from bigarr._compute.operands import Stream
+from bigarr._compute.runs import Run, TempRuns
+from bigarr._formats.journal import Journal, canonical, journal_path, read_journal
+from bigarr._os.durable import datasync
+from bigarr._os.fileid import FileId, file_id, open_regular, remove_leftovers
+
+__all__ = ["KIND", "RunJournal", "fingerprint"]
+
+KIND = "sort-runs"
+
+
+def _source_identity(stream: Stream) -> Any:
+    """A file's path, size and mtime; an in-memory array's digest (never a lazy source's)."""
+    if stream.mapping is None and stream.array is not None:
+        arr = np.ascontiguousarray(stream.array)
+        digest = hashlib.sha256(arr.reshape(-1).view(np.uint8).data).hexdigest()
+        return ["ndarray", list(arr.shape), arr.dtype.str, digest]
+    if stream.mapping is None:
+        return ["unresumable", os.getpid(), id(stream)]
+    return _identity(stream)
+
+
+def fingerprint(stream: Stream, name: str, by: list[int] | None, dtype: np.dtype[Any],
+                chunks: list[tuple[int, int]], folder: str) -> dict[str, Any]:
+    """What makes two sorts the same sort (module docstring)."""
+    return {"op": name, "by": by, "record": str(dtype.descr), "source": _source_identity(stream),
+            "chunks": [list(c) for c in chunks], "folder": folder}
+
+
+class RunJournal:
+    """The finished runs of one sort to ``target`` (module docstring); the caller holds the
+    output's lock."""
+
+    def __init__(self, target: str, temp: TempRuns, run: dict[str, Any], resume: bool) -> None:
+        self.target, self.temp, self.run, self.resume = target, temp, run, resume
+        self.entries: dict[str, list[Any]] = {}
+        self.journal: Journal | None = None
+
+    def _header(self) -> dict[str, Any]:
+        return {"kind": KIND, "run": self.run, "target": {"runs": self.entries}}
+
+    def adopt(self, dtype: np.dtype[Any]) -> dict[int, Run]:
+        """The durable runs of an interrupted run of this sort (with ``resume``), opened; and
+        the leftovers of killed sorts of this output removed."""
+        old = read_journal(journal_path(self.target))
+        adopted: dict[int, Run] = {}
+        ours = (old is not None and old.version == 2 and isinstance(old.header, dict)
+                and old.header.get("kind") == KIND)
+        if ours and self.resume and old is not None and old.header.get("run") == canonical(
+                self.run):
+            runs = old.header.get("target", {}).get("runs", {})
+            for key, entry in (runs.items() if isinstance(runs, dict) else ()):
+                run = self._open(key, entry, dtype)
+                if run is not None:
+                    adopted[int(key)] = run
+                    self.entries[key] = entry
+        remove_leftovers(self.temp.anchor, ("run",),
+                         keep=[self.temp.name_of(r) for r in adopted.values()])
+        if self.resume:
+            self.journal = Journal.create(self.target, self._header(), durable=True)
+        elif ours:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(journal_path(self.target))
+        return adopted
+
+    def _open(self, key: Any, entry: Any, dtype: np.dtype[Any]) -> Run | None:
+        if not (isinstance(key, str) and key.isdecimal() and isinstance(entry, list)
+                and len(entry) == 3 and isinstance(entry[0], str) and isinstance(entry[2], int)):
+            return None
+        name, ident, size = entry
+        if os.path.basename(name) != name or not name.startswith("."):
+            return None  # a run is a hidden name in the temporary folder, nothing else
+        path = os.path.join(self.temp.folder, name)
+        try:
+            fd = open_regular(path)
+        except OSError:
+            return None
+        if fd is None:
+            return None
+        if file_id(fd) != FileId.from_json(ident) or os.fstat(fd).st_size != size * dtype.itemsize:
+            os.close(fd)
+            return None
+        return self.temp.adopt(path, fd, size, dtype)
+
+    def finished(self, index: int, run: Run) -> None:
+        """Record chunk ``index``'s run as durable (with ``resume``; else nothing)."""
+        if self.journal is None:
+            return
+        datasync(run.fd)
+        name = os.path.basename(self.temp.name_of(run))
+        self.entries[str(index)] = [name, file_id(run.fd).to_json(), run.size]
+        self.journal.close()
+        self.journal = Journal.create(self.target, self._header(), durable=True)
+
+    def success(self) -> None:
+        if self.journal is not None:
+            self.journal.remove()
+            self.journal = None
+
+    def failure(self) -> None:
+        """Keep the runs and the journal for a resumed run (with ``resume``)."""
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+            self.temp.keep()
