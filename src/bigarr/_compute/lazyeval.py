@@ -1,0 +1,315 @@
+"""Evaluating a lazy expression (:mod:`bigarr._compute.lazy`) on one chunk of rows, and the
+reductions' kernels.
+
+:func:`evaluate` walks an expression over one chunk's blocks (:class:`Env`): leaves are the
+chunk's blocks (or used whole), reductions computed in earlier passes are values, elementwise
+nodes call their function. Scans along axis 0 need what came before the chunk, their *carry*
+(:class:`Carries`): ``cumsum``/``cumprod`` the running total (product) of the rows before it,
+``diff`` the last ``n`` rows before it. A chunk computes its own block first (its local cumsum,
+say), then takes its predecessor's carry, publishes its own (the predecessor's combined with
+its last row) and only then adds the carry in. Chunks are handed to the engine's workers in
+order (a FIFO pool), so the chunk a worker waits for is always running or done; the wait is
+for one small addition, not for the predecessor's whole work.
+
+The kernels are those of :mod:`bigarr._compute.partials` (the same states and merges as
+:func:`bigarr.sum` and friends) and a few more for the reductions only lazy expressions have:
+``prod``, ``any``/``all`` and the nan variants.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bigarr._compute.lazy import Const, Filter, Index, Leaf, Node, Op, Reduce, Scan, rowed
+from bigarr._compute.partials import (
+    Arg,
+    CountNonzero,
+    Extreme,
+    Kernel,
+    Mean,
+    State,
+    Sum,
+    Var,
+)
+from bigarr._plan.chunks import Chunk
+from bigarr.errors import BigArrError
+
+__all__ = ["Carries", "Env", "evaluate", "finish", "kernel", "numpy_reduce"]
+
+Array = np.ndarray[Any, Any]
+
+
+# ---- the carries of scans --------------------------------------------------------------------
+class Carries:
+    """The carry of each scan at each chunk boundary, handed from chunk to chunk in order."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.values: dict[tuple[int, int], Any] = {}
+        self.failed = False
+
+    def take(self, node: Node, row: int) -> Any:
+        """The carry of ``node`` into the chunk starting at ``row`` (None at row 0), waiting
+        for the chunk before to publish it."""
+        if row == 0:
+            return None
+        with self.cond:
+            while (id(node), row) not in self.values:
+                if self.failed:
+                    raise _Abandoned("an earlier chunk failed")
+                self.cond.wait(0.5)
+            return self.values.pop((id(node), row))
+
+    def give(self, node: Node, row: int, value: Any) -> None:
+        with self.cond:
+            self.values[(id(node), row)] = value
+            self.cond.notify_all()
+
+    def fail(self) -> None:
+        with self.cond:
+            self.failed = True
+            self.cond.notify_all()
+
+
+class _Abandoned(BigArrError, RuntimeError):
+    """A chunk waited for the carry of a chunk that failed (its error is the one reported)."""
+
+
+# ---- evaluation of one block -----------------------------------------------------------------
+@dataclass
+class Env:
+    """What a chunk's evaluation reads."""
+
+    blocks: dict[int, Array]
+    """Streamed leaves' blocks of this chunk."""
+    whole: dict[int, Array]
+    """Leaves used whole."""
+    values: dict[int, Array]
+    """Results of reductions computed in earlier passes."""
+    rows: slice | None
+    """The chunk's rows (None: everything whole)."""
+    carries: Carries | None = None
+    """The scans' carries (None: a probe, or everything whole, with nothing before it)."""
+    memo: dict[tuple[int, bool], Any] = field(default_factory=dict)
+
+
+def evaluate(node: Node, is_rowed: bool, env: Env) -> Any:
+    """``node``'s value on ``env``'s chunk (``is_rowed``: cut by the chunk's rows)."""
+    key = (id(node), is_rowed)
+    if key in env.memo:
+        return env.memo[key]
+    chunked = is_rowed and env.rows is not None
+    out: Any
+    if isinstance(node, Leaf):
+        out = env.blocks[id(node)] if chunked else env.whole[id(node)]
+    elif isinstance(node, Const):
+        out = node.value[env.rows] if chunked and np.ndim(node.value) else node.value
+    elif isinstance(node, Reduce):
+        value = env.values[id(node)]
+        out = value[env.rows] if chunked and value.ndim and 0 not in node.axes else value
+    elif isinstance(node, Index):
+        out = np.asarray(evaluate(node.child, is_rowed, env))[(slice(None), *node.key)]
+    elif isinstance(node, Filter):
+        child = np.asarray(evaluate(node.child, is_rowed, env))
+        mask = np.asarray(evaluate(node.mask, is_rowed, env))
+        out = child[mask]
+    elif isinstance(node, Scan):
+        child = np.asarray(evaluate(node.child, is_rowed, env))
+        out = _scan(node, child, env if chunked else None)
+    else:
+        assert isinstance(node, Op)
+        args = [evaluate(a, is_rowed and rowed(node, a), env) for a in node.args]
+        with np.errstate(all="ignore"):
+            out = node.func(*args, **dict(node.kwargs))
+    env.memo[key] = out
+    return out
+
+
+def _scan(node: Scan, child: Array, env: Env | None) -> Array:
+    carries = None if env is None else env.carries
+    assert env is None or env.rows is not None
+    start = 0 if env is None or env.rows is None else env.rows.start
+    stop = 0 if env is None or env.rows is None else env.rows.stop
+    if node.kind == "diff":
+        if carries is None:
+            joined = child
+        else:
+            before = carries.take(node, start)
+            joined = child if before is None else np.concatenate([before, child])
+            carries.give(node, stop, joined[max(0, len(joined) - node.n):].copy())
+        return np.diff(joined, n=node.n, axis=0)
+    fn, op = (np.cumsum, np.add) if node.kind == "cumsum" else (np.cumprod, np.multiply)
+    with np.errstate(all="ignore"):
+        local = np.asarray(fn(child, axis=0, dtype=node.dtype))
+        if carries is None:
+            return local
+        before = carries.take(node, start)
+        if before is None:
+            carries.give(node, stop, local[-1:].copy() if len(local) else None)
+            return local
+        carries.give(node, stop, op(before, local[-1:]) if len(local) else before)
+        return np.asarray(op(local, before, out=local))
+
+
+# ---- the reductions' kernels -----------------------------------------------------------------
+def _nan_to(block: Array, value: Any) -> Array:
+    if block.dtype.kind not in "fc":
+        return block
+    return np.where(np.isnan(block), block.dtype.type(value), block)
+
+
+class _Prod(Sum):
+    """Products; a floating product is accumulated in float64 (complex128)."""
+
+    def partial(self, block: Array, axes: tuple[int, ...], chunk: Chunk | None,
+                origin: tuple[int, ...]) -> State:
+        with np.errstate(all="ignore"):
+            return (np.asarray(np.prod(block, axis=axes, keepdims=True, dtype=self.acc)),)
+
+    def combine(self, a: State, b: State) -> State:
+        with np.errstate(all="ignore"):
+            return (a[0] * b[0],)
+
+
+class _Truth(Kernel):
+    """``any`` / ``all``."""
+
+    def __init__(self, anyof: bool) -> None:
+        self.anyof = anyof
+
+    def state_bytes(self, dtype: np.dtype[Any]) -> int:
+        return 1
+
+    def partial(self, block: Array, axes: tuple[int, ...], chunk: Chunk | None,
+                origin: tuple[int, ...]) -> State:
+        fn = np.any if self.anyof else np.all
+        return (np.asarray(fn(block, axis=axes, keepdims=True)),)
+
+    def combine(self, a: State, b: State) -> State:
+        return ((a[0] | b[0]) if self.anyof else (a[0] & b[0]),)
+
+
+class _NanSum(Sum):
+    sub_blocked = True
+
+    def partial(self, block: Array, axes: tuple[int, ...], chunk: Chunk | None,
+                origin: tuple[int, ...]) -> State:
+        return super().partial(_nan_to(block, 0), axes, chunk, origin)
+
+
+class _NanMean(Mean):
+    sub_blocked = True
+
+    def partial(self, block: Array, axes: tuple[int, ...], chunk: Chunk | None,
+                origin: tuple[int, ...]) -> State:
+        (s,) = Sum.partial(self, _nan_to(block, 0), axes, chunk, origin)
+        if block.dtype.kind in "fc":
+            n = np.sum(~np.isnan(block), axis=axes, keepdims=True, dtype=np.int64)
+        else:
+            n = np.full(s.shape, math.prod(block.shape[i] for i in axes), dtype=np.int64)
+        return s, np.asarray(n)
+
+
+class _NanVar(Var):
+    """Var's state over the non-NaN values (shifted by the block's mean of them)."""
+
+    def partial(self, block: Array, axes: tuple[int, ...], chunk: Chunk | None,
+                origin: tuple[int, ...]) -> State:
+        if block.dtype.kind not in "fc":
+            return super().partial(block, axes, chunk, origin)
+        acc = np.complex128 if block.dtype.kind == "c" else np.float64
+        ok = ~np.isnan(block)
+        n = np.sum(ok, axis=axes, keepdims=True, dtype=np.int64)
+        with np.errstate(all="ignore"):
+            data = np.where(ok, block, 0).astype(acc)
+            mean = np.sum(data, axis=axes, keepdims=True) / np.maximum(n, 1)
+            dev = np.where(ok, data - mean, 0)
+            if dev.dtype.kind == "c":
+                m2 = np.sum(dev.real**2 + dev.imag**2, axis=axes, keepdims=True)
+            else:
+                m2 = np.sum(dev * dev, axis=axes, keepdims=True)
+        return np.asarray(n), np.zeros(mean.shape, acc), np.asarray(mean), np.asarray(m2)
+
+    def finish(self, state: State) -> Array:
+        n = state[0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.asarray(state[3] / (n - self.ddof))
+        return np.where(n - self.ddof > 0, out, np.nan)
+
+
+class _NanExtreme(Extreme):
+    def partial(self, block: Array, axes: tuple[int, ...], chunk: Chunk | None,
+                origin: tuple[int, ...]) -> State:
+        if block.dtype.kind not in "fc":
+            return super().partial(block, axes, chunk, origin)
+        # all-NaN slices: NaN, which the next combine (fmin/fmax) drops for any number
+        filled = _nan_to(block, -np.inf if self.largest else np.inf)
+        out = np.asarray((np.max if self.largest else np.min)(filled, axis=axes, keepdims=True))
+        allnan = np.all(np.isnan(block), axis=axes, keepdims=True)
+        return (np.where(allnan, np.nan, out).astype(block.dtype),)
+
+    def combine(self, a: State, b: State) -> State:
+        return ((np.fmax if self.largest else np.fmin)(a[0], b[0]),)
+
+
+def kernel(r: Reduce, shape: tuple[int, ...]) -> Kernel:
+    """The kernel of reduction ``r`` of an expression of ``shape``."""
+    kind = r.kind
+    if kind in ("sum", "nansum", "prod"):
+        cls = {"sum": Sum, "nansum": _NanSum, "prod": _Prod}[kind]
+        return cls(r.out_dtype, r.dtype)  # dtype= as given, and the result's dtype
+    if kind in ("mean", "nanmean"):
+        return (Mean if kind == "mean" else _NanMean)(r.out_dtype, r.dtype)
+    if kind in ("var", "std"):
+        return Var(r.ddof)
+    if kind in ("nanvar", "nanstd"):
+        return _NanVar(r.ddof)
+    if kind in ("argmin", "argmax"):
+        return Arg(kind == "argmax", shape)
+    if kind in ("any", "all"):
+        return _Truth(kind == "any")
+    if kind == "count_nonzero":
+        return CountNonzero()
+    if kind in ("nanmin", "nanmax"):
+        return _NanExtreme(kind == "nanmax")
+    return Extreme(kind == "max")
+
+
+def finish(r: Reduce, k: Kernel, state: State) -> Array:
+    """The result of ``r`` from its merged state."""
+    res = k.finish(state)
+    if r.kind in ("std", "nanstd"):
+        res = np.sqrt(res)
+    with np.errstate(all="ignore"):
+        res = np.asarray(res).astype(r.dtype, copy=False)
+    return res.reshape(r.shape)
+
+
+def numpy_reduce(r: Reduce, value: Any) -> Array:
+    """numpy's own ``r`` of a whole value (nothing to stream)."""
+    import warnings
+
+    fn = getattr(np, r.kind)
+    kwargs: dict[str, Any] = {"keepdims": r.keepdims}
+    if r.kind in ("argmin", "argmax") or r.q is not None or r.kind.endswith("median"):
+        kwargs["axis"] = r.axis
+    else:
+        kwargs["axis"] = r.axes
+    from bigarr._compute.lazy import REDUCTIONS
+
+    takes_dtype, takes_ddof = REDUCTIONS.get(r.kind, (False, False))
+    if takes_dtype:
+        kwargs["dtype"] = r.out_dtype
+    if takes_ddof:
+        kwargs["ddof"] = r.ddof
+    if r.q is not None:
+        kwargs["method"] = r.method
+    args = (np.asarray(value),) if r.q is None else (np.asarray(value), r.q)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.asarray(fn(*args, **kwargs), dtype=r.dtype)
