@@ -593,9 +593,9 @@ class LazyArray:
                                    "only on evaluation): to_npy it first.")
         shape = tuple(1 if i in axes else n for i, n in enumerate(self.node.shape)) \
             if keepdims else tuple(n for i, n in enumerate(self.node.shape) if i not in axes)
+        given = int(axis) if arg and isinstance(axis, (int, np.integer)) else None
         return LazyArray(Reduce(shape, out, self.node, kind, axes, keepdims, ddof,
-                                None if dtype is None else np.dtype(dtype),
-                                axis=int(axis) if arg and isinstance(axis, (int, np.integer)) else None))
+                                None if dtype is None else np.dtype(dtype), axis=given))
 
     sum = _reduce_method("sum")
     prod = _reduce_method("prod")
