@@ -208,7 +208,12 @@ def frame(node: Node, memo: dict[int, Frame] | None = None) -> Frame:
         out = ("mask", id(node.mask), frame(node.child, memo))
     elif isinstance(node, Scan):
         inner = frame(node.child, memo)
-        out = ("lag", node.n, inner) if node.kind == "diff" else inner
+        if node.kind != "diff":
+            out = inner
+        elif inner is not None and inner[0] == "lag":  # diff of a diff: one lag of both
+            out = ("lag", node.n + inner[1], inner[2])
+        else:
+            out = ("lag", node.n, inner)
     elif isinstance(node, Index):
         out = frame(node.child, memo)
     elif isinstance(node, Reduce):
