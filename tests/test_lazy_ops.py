@@ -461,3 +461,43 @@ def _count_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
         monkeypatch.setattr(module, "execute", counted)
     return runs
+
+
+# ---- to_zarr, to_dask ------------------------------------------------------------------------
+def test_to_zarr(tmp_path: Path) -> None:
+    zarr = pytest.importorskip("zarr")
+    a = _data(10, (30000, 4), "float32", False, "C")
+    np.save(tmp_path / "x.npy", a)
+    x = bigarr.lazy(tmp_path / "x.npy")
+    z = ((x - x.mean(axis=0)) * 2).to_zarr(tmp_path / "z.zarr", budget=BUDGET, progress=False,
+                                           chunks=(1000, 4))
+    _close(z[:], (a - a.mean(axis=0, dtype=np.float64).astype(np.float32)) * 2)
+    kept = x[x[:, 1] > 0].to_zarr(tmp_path / "k.zarr", progress=False)
+    _close(zarr.open_array(tmp_path / "k.zarr")[:], a[a[:, 1] > 0])
+    assert kept.shape == (int((a[:, 1] > 0).sum()), 4)
+    assert sorted(os.listdir(tmp_path)) == ["k.zarr", "x.npy", "z.zarr"]  # staging removed
+
+
+def test_to_dask_by_reference(tmp_path: Path) -> None:
+    pytest.importorskip("dask.array")
+    import pickle
+
+    sizes = []
+    for rows in (10000, 100000):
+        a = _data(11, (rows, 4), "float64", True, "C")
+        np.save(tmp_path / "x.npy", a)
+        x = bigarr.lazy(tmp_path / "x.npy")
+        kept = x[x[:, 0] > 0]
+        exprs = [((x - x.nanmean(axis=0)) / x.nanstd(axis=0)), x @ np.ones((4, 2)),
+                 np.diff(x, axis=0).cumsum(axis=0), kept.sum(axis=0), x.argmax(axis=0)]
+        b = a[a[:, 0] > 0]
+        wants = [(a - np.nanmean(a, 0)) / np.nanstd(a, 0), a @ np.ones((4, 2)),
+                 np.diff(a, axis=0).cumsum(axis=0), b.sum(axis=0), a.argmax(axis=0)]
+        for e, want in zip(exprs, wants, strict=True):
+            dz = e.to_dask(block_bytes=(rows * 32) // 4)  # four blocks, whatever the rows
+            _close(dz.compute(scheduler="threads"), want)
+        graph = exprs[0].to_dask(block_bytes=(rows * 32) // 4).__dask_graph__()
+        sizes.append(len(pickle.dumps(dict(graph))))
+    assert sizes[1] < 1.1 * sizes[0] and sizes[1] < 20000  # ten times the data, same graph
+    with pytest.raises(UnsupportedError):
+        bigarr.lazy(tmp_path / "x.npy").median(axis=0).to_dask()

@@ -88,6 +88,7 @@ from bigarr._core.array import memmap
 from bigarr._core.files import create, open, open_raw
 from bigarr._core.private import DirtyRegions, recover_commit
 from bigarr._formats.journal import check_complete
+from bigarr._interop import lazyexport as _lazyexport  # noqa: F401  (LazyArray.to_zarr/to_dask)
 from bigarr._interop.dask import store, to_dask
 from bigarr._interop.zarr import from_zarr, to_zarr
 from bigarr._os.geometry import PAGE_SIZE, parse_size

@@ -34,21 +34,40 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from bigarr._compute.lazynodes import (
+    ORDER_STATISTICS,
+    REDUCTIONS,
+    SCANS,
+    Const,
+    Filter,
+    Frame,
+    Index,
+    Leaf,
+    Node,
+    Op,
+    Reduce,
+    Scan,
+    frame,
+    plain,
+    rowed,
+    unknown_rows,
+)
 from bigarr._compute.operands import parse_operand
 from bigarr._compute.reductions import _axes, _numpy_dtype
 from bigarr.errors import ArgumentError, ShapeError, UnsupportedError
 
 __all__ = [
+    "EXPORTERS",
     "ORDER_STATISTICS",
     "REDUCTIONS",
     "SCANS",
     "Const",
     "Filter",
+    "Frame",
     "Index",
     "LazyArray",
     "Leaf",
@@ -58,195 +77,12 @@ __all__ = [
     "Scan",
     "frame",
     "lazy",
+    "plain",
+    "register_exporter",
+    "rowed",
+    "unknown_rows",
     "where",
 ]
-
-#: The reductions, each with whether numpy's takes ``dtype=`` and ``ddof=``.
-REDUCTIONS: dict[str, tuple[bool, bool]] = {
-    "sum": (True, False), "prod": (True, False), "mean": (True, False), "var": (True, True),
-    "std": (True, True), "min": (False, False), "max": (False, False),
-    "argmin": (False, False), "argmax": (False, False), "any": (False, False),
-    "all": (False, False), "count_nonzero": (False, False), "nansum": (True, False),
-    "nanmean": (True, False), "nanvar": (True, True), "nanstd": (True, True),
-    "nanmin": (False, False), "nanmax": (False, False),
-}
-#: Exact order statistics, computed by :mod:`bigarr._compute.order` in passes of their own.
-ORDER_STATISTICS = ("quantile", "nanquantile", "percentile", "nanpercentile", "median",
-                    "nanmedian")
-#: Scans along axis 0, with state carried from chunk to chunk.
-SCANS = ("cumsum", "cumprod", "diff")
-
-
-@dataclass(frozen=True, eq=False)
-class Node:
-    """One node of an expression DAG (identity is the object: a node used twice is one node)."""
-
-    shape: tuple[int, ...]
-    """Shape of the node's value (for a filter's rows: the most there can be)."""
-    dtype: np.dtype[Any]
-    """dtype of the node's value."""
-
-
-@dataclass(frozen=True, eq=False)
-class Leaf(Node):
-    """An input array, read chunk by chunk."""
-
-    source: Any = None
-    """What was given to :func:`lazy` (a path, an array)."""
-    name: str = ""
-    """A short description for plans."""
-
-
-@dataclass(frozen=True, eq=False)
-class Const(Node):
-    """A scalar or an in-memory array used whole (broadcast)."""
-
-    value: Any = None
-    """The value (a Python scalar keeps numpy's weak-scalar dtype rules)."""
-
-
-@dataclass(frozen=True, eq=False)
-class Op(Node):
-    """``func(*args, **kwargs)`` applied elementwise (a ufunc, ``np.where``, ``astype``), or
-    row by row (``rowwise``: ``x @ w``, ``np.diff(x, axis=1)``)."""
-
-    func: Callable[..., Any] = np.positive
-    """The elementwise function."""
-    args: tuple[Node, ...] = ()
-    """Its operands."""
-    kwargs: tuple[tuple[str, Any], ...] = ()
-    """Its keyword arguments."""
-    label: str = ""
-    """Its name in plans."""
-    rowwise: bool = False
-    """The function maps each row to a row (so every operand with the node's rows is cut by
-    rows, whatever its dimensions)."""
-
-
-@dataclass(frozen=True, eq=False)
-class Index(Node):
-    """``child[:, *key]``: a selection along the axes after the first (rows are kept whole)."""
-
-    child: Node = field(default_factory=lambda: Const((), np.dtype(bool)))
-    """The indexed node."""
-    key: tuple[Any, ...] = ()
-    """The index of the axes after the first."""
-
-
-@dataclass(frozen=True, eq=False)
-class Reduce(Node):
-    """A reduction of ``child`` over ``axes``; its (small) result is computed in a pass."""
-
-    child: Node = field(default_factory=lambda: Const((), np.dtype(bool)))
-    """The reduced node."""
-    kind: str = "sum"
-    """A name of :data:`REDUCTIONS` or :data:`ORDER_STATISTICS`."""
-    axes: tuple[int, ...] = ()
-    """The reduced axes (normalised, sorted)."""
-    keepdims: bool = False
-    """Keep reduced axes as length 1."""
-    ddof: float = 0
-    """Delta degrees of freedom (``var``, ``std`` and nan variants)."""
-    out_dtype: np.dtype[Any] | None = None
-    """``dtype=`` of the reduction, as numpy's."""
-    q: Any = None
-    """The quantiles (percentiles) of an order statistic."""
-    method: str = "linear"
-    """The quantile method of an order statistic."""
-    axis: int | None = None
-    """``axis`` as given (None or an int), for the functions that take only those."""
-
-
-@dataclass(frozen=True, eq=False)
-class Scan(Node):
-    """``cumsum``, ``cumprod`` or ``diff`` of ``child`` along axis 0, carried across chunks."""
-
-    child: Node = field(default_factory=lambda: Const((), np.dtype(bool)))
-    """The scanned node."""
-    kind: str = "cumsum"
-    """A name of :data:`SCANS`."""
-    n: int = 1
-    """The order of ``diff``."""
-    out_dtype: np.dtype[Any] | None = None
-    """``dtype=`` of ``cumsum`` / ``cumprod``."""
-
-
-@dataclass(frozen=True, eq=False)
-class Filter(Node):
-    """``child[mask]``: the rows of ``child`` where the 1-d boolean ``mask`` is true."""
-
-    child: Node = field(default_factory=lambda: Const((), np.dtype(bool)))
-    """The filtered node."""
-    mask: Node = field(default_factory=lambda: Const((), np.dtype(bool)))
-    """The rows' mask."""
-
-
-# ---- row frames ----------------------------------------------------------------------------
-Frame = tuple[Any, ...] | None
-
-
-def rowed(node: Node, arg: Node) -> bool:
-    """Whether ``arg`` (an operand of ``node``) is cut by ``node``'s rows, not broadcast."""
-    if isinstance(node, (Filter, Scan, Index)):  # the child's rows are the node's, shifted
-        return bool(arg.shape) and bool(node.shape)
-    if not arg.shape or not node.shape or arg.shape[0] != node.shape[0]:
-        return False
-    if isinstance(node, Op) and node.rowwise:
-        return True
-    return len(arg.shape) == len(node.shape)
-
-
-def frame(node: Node, memo: dict[int, Frame] | None = None) -> Frame:
-    """The rows ``node``'s chunks hold (see the module docstring): None for a value used whole,
-    ``("rows", n)`` for the rows of inputs of ``n`` rows, ``("lag", k, inner)`` for ``inner``'s
-    rows but the first ``k``, ``("mask", id, inner)`` for the rows a mask keeps."""
-    memo = {} if memo is None else memo
-    if id(node) in memo:
-        return memo[id(node)]
-    out: Frame
-    if isinstance(node, Filter):
-        out = ("mask", id(node.mask), frame(node.child, memo))
-    elif isinstance(node, Scan):
-        inner = frame(node.child, memo)
-        if node.kind != "diff":
-            out = inner
-        elif inner is not None and inner[0] == "lag":  # diff of a diff: one lag of both
-            out = ("lag", node.n + inner[1], inner[2])
-        else:
-            out = ("lag", node.n, inner)
-    elif isinstance(node, Index):
-        out = frame(node.child, memo)
-    elif isinstance(node, Reduce):
-        inner = frame(node.child, memo)
-        out = inner if node.shape and node.child.shape and 0 not in node.axes else None
-    elif isinstance(node, Op):
-        found = {frame(a, memo) for a in node.args if rowed(node, a)} - {None}
-        if len(found) > 1 and node.shape[0] != 1:
-            raise ShapeError(
-                f"Expected operands of {node.label} over the same rows. Got rows of different "
-                "origins (a filter x[mask], a diff along axis 0, or plain rows), which numpy "
-                "could not align either: filter (or diff) every operand the same way."
-            )
-        out = found.pop() if found else None
-    else:
-        out = ("rows", node.shape[0]) if node.shape else None
-    memo[id(node)] = out
-    return out
-
-
-def unknown_rows(fr: Frame) -> bool:
-    """True when a frame's number of rows is known only on evaluation (a filter inside)."""
-    while fr is not None and fr[0] != "rows":
-        if fr[0] == "mask":
-            return True
-        fr = fr[2]
-    return False
-
-
-def plain(fr: Frame) -> bool:
-    """True for a frame of inputs' rows as they are (or a value used whole)."""
-    return fr is None or fr[0] == "rows"
-
 
 def _describe(source: Any) -> str:
     if isinstance(source, (str, os.PathLike)):
@@ -751,12 +587,51 @@ class LazyArray:
         return to_npy(self, path, budget=budget, threads=threads, progress=progress,
                       overwrite=overwrite)
 
+    def to_zarr(self, store_or_path: Any, *, budget: int | str | None = None,
+                threads: int | None = None, progress: Any = None, overwrite: bool = False,
+                **zarr_options: Any) -> Any:
+        """Evaluate into a new zarr array (``zarr_options`` as :func:`bigarr.to_zarr`'s:
+        ``chunks``, ``shards``, ``compressors``, ``fill_value``, ``zarr_format``).
+
+        The result is evaluated into a hidden ``.npy`` file next to a local destination (in
+        the temporary directory for other stores), streamed into zarr by
+        :func:`bigarr.to_zarr` and deleted: one more write and read of the result than
+        :meth:`to_npy`, for any expression (filters included).
+        """
+        return _export("zarr", self, store_or_path, budget=budget, threads=threads,
+                       progress=progress, overwrite=overwrite, **zarr_options)
+
+    def to_dask(self, *, block_bytes: int | str | None = None) -> Any:
+        """The expression as a dask array whose inputs are files by reference
+        (:func:`bigarr.to_dask`): the graph holds paths and offsets, never data, so it runs
+        on ``LocalCluster(processes=True)`` or any cluster that sees the same files.
+        Reductions, scans and filters become dask's own; order statistics are refused (dask
+        has no exact quantile)."""
+        return _export("dask", self, block_bytes=block_bytes)
+
     def explain(self, *, budget: int | str | None = None, threads: int | None = None) -> Any:
         """The plan of :meth:`compute`: passes over each input, what each computes, chunk
         sizes and predicted peak memory (``.passes`` is their number)."""
         from bigarr._compute.lazyrun import explain
 
         return explain(self, budget=budget, threads=threads)
+
+
+#: Exporters registered by the interop layer (which this layer may not import): ``"zarr"``
+#: and ``"dask"``, each ``exporter(expr, *args, **kwargs)``.
+EXPORTERS: dict[str, Callable[..., Any]] = {}
+
+
+def register_exporter(name: str, exporter: Callable[..., Any]) -> None:
+    """Make ``LazyArray.to_<name>`` call ``exporter`` (the interop modules register theirs)."""
+    EXPORTERS[name] = exporter
+
+
+def _export(name: str, expr: LazyArray, *args: Any, **kwargs: Any) -> Any:
+    exporter = EXPORTERS.get(name)
+    if exporter is None:  # only when the interop module was never imported
+        raise UnsupportedError(f"to_{name} needs bigarr's interop layer: import bigarr first.")
+    return exporter(expr, *args, **kwargs)
 
 
 def lazy(source: Any) -> LazyArray:

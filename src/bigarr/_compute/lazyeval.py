@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bigarr._compute.lazy import Const, Filter, Index, Leaf, Node, Op, Reduce, Scan, rowed
+from bigarr._compute.lazynodes import Const, Filter, Index, Leaf, Node, Op, Reduce, Scan, rowed
 from bigarr._compute.partials import (
     Arg,
     CountNonzero,
@@ -300,7 +300,7 @@ def numpy_reduce(r: Reduce, value: Any) -> Array:
         kwargs["axis"] = r.axis
     else:
         kwargs["axis"] = r.axes
-    from bigarr._compute.lazy import REDUCTIONS
+    from bigarr._compute.lazynodes import REDUCTIONS
 
     takes_dtype, takes_ddof = REDUCTIONS.get(r.kind, (False, False))
     if takes_dtype:

@@ -29,11 +29,12 @@ from typing import Any
 import numpy as np
 
 from bigarr._compute.engine import execute
-from bigarr._compute.lazy import (
+from bigarr._compute.lazy import LazyArray
+from bigarr._compute.lazyeval import Carries, Env, evaluate, finish, kernel, numpy_reduce
+from bigarr._compute.lazynodes import (
     ORDER_STATISTICS,
     Filter,
     Index,
-    LazyArray,
     Leaf,
     Node,
     Op,
@@ -44,7 +45,6 @@ from bigarr._compute.lazy import (
     rowed,
     unknown_rows,
 )
-from bigarr._compute.lazyeval import Carries, Env, evaluate, finish, kernel, numpy_reduce
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.partials import merge
 from bigarr._compute.progress import Progress, ProgressArg
