@@ -34,8 +34,11 @@ compute within a memory budget
     variants, :func:`topk`, :func:`sort`, :func:`unique`; growing files: :class:`Appender`,
     :func:`append`; :func:`check_complete` refuses outputs of interrupted runs.
 lazy expressions
-    :func:`lazy` (a :class:`LazyArray`), :func:`where`, :func:`compute` (several results
-    sharing passes), ``.compute()``, ``.to_npy()``, ``.explain()`` (a :class:`LazyPlan`).
+    :func:`lazy` (a :class:`LazyArray`: operators, ufuncs, numpy functions, reductions with
+    nan variants, ``cumsum``/``cumprod``/``diff`` along the rows, ``x[mask]``, ``x @ w``,
+    ``quantile``/``median``), :func:`where`, :func:`compute` (several results sharing
+    passes), ``.compute()``, ``.to_npy()``, ``.to_zarr()``, ``.to_dask()``, ``.explain()``
+    (a :class:`LazyPlan`).
 planning and reports
     :func:`plan_chunks`, :class:`ChunkPlan`, :class:`Chunk`, :class:`Residency`,
     :class:`ChunkResidency`, :class:`DirtyRegions`, :class:`ProgressEvent`,
