@@ -19,13 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bigarr
-from bigarr._compute import lazyrun, mapblocks
+from bigarr._compute import lazyeval, lazyrun, mapblocks
 from bigarr._compute.lazy import REDUCTIONS
 from bigarr._plan import budget as budget_module
 from bigarr.errors import BudgetError, ShapeError, UnsupportedError
 
 BUDGET = "3MiB"
-SETTINGS = settings(max_examples=40, deadline=None,
+SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,
                                            HealthCheck.function_scoped_fixture])
 KW: dict[str, Any] = {"budget": BUDGET, "threads": 2, "progress": False}
@@ -48,9 +48,11 @@ def _data(seed: int, shape: tuple[int, ...], dtype: str, nan: bool,
 
 @pytest.fixture(autouse=True)
 def small_chunks() -> Iterator[None]:
-    """Chunks down to 4 KiB, so that arrays of a few hundred KiB run in many chunks."""
+    """Chunks down to 4 KiB, so that arrays of a few hundred KiB run in many chunks, and
+    tiles of 8 KiB within them (tests/test_lazy.py runs whole chunks at once)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(budget_module, "MIN_CHUNK_BYTES", 4096)
+        mp.setattr(lazyeval, "TILE_BYTES", 8192)
         yield
 
 
@@ -402,7 +404,7 @@ def test_numpy_functions_dispatch(tmp_path: Path) -> None:
 # ---- passes confirmed by the bytes read from a cold file -------------------------------------
 _IO = textwrap.dedent("""
     import os, numpy as np, bigarr
-    from bigarr._compute import lazyrun, mapblocks
+    from bigarr._compute import lazyeval, lazyrun, mapblocks
     def read():
         return int(open('/proc/self/io').read().split('read_bytes:')[1].split()[0])
     def evict():

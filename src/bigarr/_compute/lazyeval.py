@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ from bigarr._compute.partials import (
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import BigArrError
 
-__all__ = ["Carries", "Env", "evaluate", "finish", "kernel", "numpy_reduce"]
+__all__ = ["TILE_BYTES", "Carries", "Env", "evaluate", "finish", "kernel", "numpy_reduce", "tiles"]
 
 Array = np.ndarray[Any, Any]
 
@@ -81,6 +82,22 @@ class _Abandoned(BigArrError, RuntimeError):
 
 
 # ---- evaluation of one block -----------------------------------------------------------------
+#: Bytes of input rows evaluated at once within a chunk: an elementwise chain's temporaries are
+#: this size (a few times over), so they stay in the CPU's caches instead of streaming
+#: chunk-sized temporaries through memory. Set to 0 to evaluate whole chunks at once.
+TILE_BYTES = 512 << 10
+
+
+def tiles(n: int, blocks: Sequence[Array]) -> list[tuple[int, int]]:
+    """Row spans ``(start, stop)`` of a chunk of ``n`` rows, each about :data:`TILE_BYTES` of
+    the ``blocks``' rows together (one span when tiling is off or the chunk is small)."""
+    row_bytes = sum(b.nbytes // max(len(b), 1) for b in blocks if b.ndim)
+    if TILE_BYTES <= 0 or row_bytes * n <= 2 * TILE_BYTES:
+        return [(0, n)]
+    step = max(1, TILE_BYTES // max(row_bytes, 1))
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
 @dataclass
 class Env:
     """What a chunk's evaluation reads."""

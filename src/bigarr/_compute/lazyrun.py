@@ -30,7 +30,15 @@ import numpy as np
 
 from bigarr._compute.engine import execute
 from bigarr._compute.lazy import LazyArray
-from bigarr._compute.lazyeval import Carries, Env, evaluate, finish, kernel, numpy_reduce
+from bigarr._compute.lazyeval import (
+    Carries,
+    Env,
+    evaluate,
+    finish,
+    kernel,
+    numpy_reduce,
+    tiles,
+)
 from bigarr._compute.lazynodes import (
     ORDER_STATISTICS,
     Filter,
@@ -325,6 +333,48 @@ class _Pass:
         return self._evaluate(rows, list(blocks), None)
 
     def _evaluate(self, rows: slice, blocks: list[Array], carries: Carries | None) -> list[Any]:
+        """Every item's part of the chunk ``rows``, evaluated tile by tile (see :func:`tiles`):
+        outputs are written tile by tile into one buffer of the chunk's rows, reductions'
+        states of the tiles combined (or, along kept axes, placed side by side)."""
+        spans = tiles(rows.stop - rows.start, blocks)
+        if len(spans) == 1:
+            return self._evaluate_tile(rows, blocks, carries)
+        parts: list[Any] = [None] * len(self.items)
+        pieces: list[list[Array]] = [[] for _ in self.items]
+        for t0, t1 in spans:
+            got = self._evaluate_tile(slice(rows.start + t0, rows.start + t1),
+                                      [b[t0:t1] for b in blocks], carries)
+            for i, (it, part) in enumerate(zip(self.items, got, strict=True)):
+                node = it.node
+                if part is None:
+                    continue
+                if not isinstance(node, Reduce):
+                    if plain(it.frame):
+                        if parts[i] is None:
+                            parts[i] = np.empty((rows.stop - rows.start, *node.shape[1:]),
+                                                node.dtype)
+                        parts[i][t0:t1] = part
+                    else:
+                        pieces[i].append(part)
+                elif parts[i] is None:
+                    parts[i] = part
+                elif 0 in node.axes:
+                    parts[i] = self.kernels[id(node)].combine(parts[i], part)
+                else:
+                    pieces[i].append(part)
+        for i, it in enumerate(self.items):
+            if not pieces[i]:
+                continue
+            if isinstance(it.node, Reduce):
+                first = [parts[i], *pieces[i]]
+                parts[i] = tuple(np.concatenate([p[k] for p in first])
+                                 for k in range(len(first[0])))
+            else:
+                parts[i] = np.concatenate(pieces[i])
+        return parts
+
+    def _evaluate_tile(self, rows: slice, blocks: list[Array],
+                       carries: Carries | None) -> list[Any]:
         env = Env(dict(zip(self.ids, blocks, strict=True)), self.whole, self.values, rows,
                   carries)
         out: list[Any] = []
@@ -597,19 +647,30 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
         row_shape = root.shape[1:]
         rows_known = plain(item.frame)
 
+        def tile(rows: slice, blocks: Sequence[Array], carry: Carries | None) -> Array:
+            env = Env(dict(zip(ids, blocks, strict=True)), whole, values, rows, carry)
+            value = np.asarray(evaluate(root, True, env))
+            if not rows_known:
+                return np.asarray(value, dtype=root.dtype)
+            return np.broadcast_to(value, (rows.stop - rows.start, *row_shape))
+
         def block(*blocks: Array, block_info: dict[str, Any]) -> Array:
             rows = slice(*block_info["rows"])
-            env = Env(dict(zip(ids, blocks, strict=True)), whole, values, rows,
-                      None if block_info["probe"] else carries)
+            carry = None if block_info["probe"] else carries
             try:
-                value = np.asarray(evaluate(root, True, env))
+                spans = tiles(rows.stop - rows.start, blocks)
+                if not rows_known:
+                    return np.concatenate([tile(slice(rows.start + a, rows.start + b),
+                                                [x[a:b] for x in blocks], carry)
+                                           for a, b in spans])
+                out = np.empty((rows.stop - rows.start, *row_shape), dtype=root.dtype)
+                for a, b in spans:  # tile by tile into the chunk's buffer
+                    out[a:b] = tile(slice(rows.start + a, rows.start + b),
+                                    [x[a:b] for x in blocks], carry)
+                return out
             except BaseException:
                 carries.fail()
                 raise
-            if not rows_known:
-                return np.asarray(value, dtype=root.dtype)
-            return np.asarray(np.broadcast_to(value, (rows.stop - rows.start, *row_shape)),
-                              dtype=root.dtype)
 
         sources = [item.rows[i].source for i in ids]
         first = sources[0]
