@@ -49,10 +49,12 @@ def _data(seed: int, shape: tuple[int, ...], dtype: str, nan: bool,
 @pytest.fixture(autouse=True)
 def small_chunks() -> Iterator[None]:
     """Chunks down to 4 KiB, so that arrays of a few hundred KiB run in many chunks, and
-    tiles of 8 KiB within them (tests/test_lazy.py runs whole chunks at once)."""
+    tiles of 8 KiB within them, and numexpr where installed (tests/test_lazy.py runs whole
+    chunks with numpy)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(budget_module, "MIN_CHUNK_BYTES", 4096)
         mp.setattr(lazyeval, "TILE_BYTES", 8192)
+        mp.setattr(lazyeval, "NUMEXPR_MIN_OPS", 1)  # numexpr for every chain, when installed
         yield
 
 
