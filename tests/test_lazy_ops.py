@@ -505,3 +505,24 @@ def test_to_dask_by_reference(tmp_path: Path) -> None:
     assert sizes[1] < 1.1 * sizes[0] and sizes[1] < 20000  # ten times the data, same graph
     with pytest.raises(UnsupportedError):
         bigarr.lazy(tmp_path / "x.npy").median(axis=0).to_dask()
+
+
+def test_floating_reductions_are_the_same_bits_at_every_budget(tmp_path: Path) -> None:
+    # Floating sums, means and variances merge in bigarr.sum's fixed tree: the same bits as
+    # the eager functions, whatever the budget, threads and tiles.
+    a = _data(12, (30000, 5), "float32", True, "C")
+    np.save(tmp_path / "x.npy", a)
+    x = bigarr.lazy(tmp_path / "x.npy")
+    for budget, threads, tile in (("3MiB", 1, 0), ("5MiB", 2, 8192), ("64MiB", 2, 1 << 19)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(lazyeval, "TILE_BYTES", tile)
+            got = bigarr.compute(x.sum(axis=0), x.std(axis=0, ddof=1), x.mean(),
+                                 np.nansum(x * 2, axis=0), budget=budget, threads=threads,
+                                 progress=False)
+        want = (bigarr.sum(a, axis=0, progress=False),
+                bigarr.std(a, axis=0, ddof=1, progress=False), bigarr.mean(a, progress=False))
+        for g, w in zip(got[:3], want, strict=True):
+            assert np.array_equal(g, w, equal_nan=True), (budget, g, w)
+        if budget == "3MiB":
+            first = got[3]
+        assert np.array_equal(got[3], first)

@@ -18,6 +18,7 @@ The kernels are those of :mod:`bigarr._compute.partials` (the same states and me
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import weakref
@@ -99,14 +100,18 @@ class _Abandoned(BigArrError, RuntimeError):
 TILE_BYTES = 512 << 10
 
 
-def tiles(n: int, blocks: Sequence[Array]) -> list[tuple[int, int]]:
-    """Row spans ``(start, stop)`` of a chunk of ``n`` rows, each about :data:`TILE_BYTES` of
-    the ``blocks``' rows together (one span when tiling is off or the chunk is small)."""
+def tiles(n: int, blocks: Sequence[Array], start: int = 0,
+          align: int = 1) -> list[tuple[int, int]]:
+    """Row spans ``(a, b)`` of a chunk of ``n`` rows starting at row ``start``, each about
+    :data:`TILE_BYTES` of the ``blocks``' rows together, cut at multiples of ``align`` rows
+    of the whole array (one span when tiling is off or the chunk is small)."""
     row_bytes = sum(b.nbytes // max(len(b), 1) for b in blocks if b.ndim)
     if TILE_BYTES <= 0 or row_bytes * n <= 2 * TILE_BYTES:
         return [(0, n)]
     step = max(1, TILE_BYTES // max(row_bytes, 1))
-    return [(a, min(a + step, n)) for a in range(0, n, step)]
+    step = max(align, step // align * align)
+    cuts = [0, *range(step - start % step, n, step), n]
+    return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
 
 
 @dataclass
@@ -388,14 +393,14 @@ def kernel(r: Reduce, shape: tuple[int, ...]) -> Kernel:
     return Extreme(kind == "max")
 
 
-def finish(r: Reduce, k: Kernel, state: State) -> Array:
-    """The result of ``r`` from its merged state."""
-    res = k.finish(state)
+def finish(r: Reduce, k: Kernel, state: State | None, done: Array | None = None) -> Array:
+    """The result of ``r`` from its merged state (or ``done``, its kernel's finished one)."""
+    res: Any = k.finish(state) if state is not None else done
     if r.kind in ("std", "nanstd"):
         res = np.sqrt(res)
     with np.errstate(all="ignore"):
-        res = np.asarray(res).astype(r.dtype, copy=False)
-    return res.reshape(r.shape)
+        out: Array = np.asarray(res).astype(r.dtype, copy=False)
+    return out.reshape(r.shape)
 
 
 def numpy_reduce(r: Reduce, value: Any) -> Array:

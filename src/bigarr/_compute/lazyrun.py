@@ -54,7 +54,7 @@ from bigarr._compute.lazynodes import (
     unknown_rows,
 )
 from bigarr._compute.operands import Stream, parse_operand
-from bigarr._compute.partials import merge
+from bigarr._compute.partials import Tree, merge
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.reductions import SCRATCH_BYTES
 from bigarr._compute.runplan import RunPlan, parse_threads, plan_run, probe_temporaries
@@ -300,6 +300,17 @@ class _Pass:
         self.whole = {i: opened.array(leaf) for i, leaf in whole.items()}
         self.kernels = {id(it.node): kernel(it.node, it.expr.shape) for it in items
                         if isinstance(it.node, Reduce)}
+        # Floating reductions of plain rows merge in the fixed tree of bigarr.sum and friends:
+        # the same bits as theirs, whatever the budget, threads and tiles.
+        self.trees = {id(it.node): Tree(self.kernels[id(it.node)], it.expr.shape,
+                                        it.node.axes, "C")
+                      for it in items if isinstance(it.node, Reduce)
+                      and not self.kernels[id(it.node)].exact and plain(it.frame)
+                      and it.expr.shape}
+        # Tiles only where a chain of operations makes temporaries, cut on the trees' leaves
+        # (a tile ending inside a leaf would hand the leaf over in pieces).
+        self.fuses = any(isinstance(it.expr, (Op, Scan, Filter)) for it in items)
+        self.align = max((t.L for t in self.trees.values() if t.d == 0), default=1)
         self.reserve = 0
         """Bytes reserved for results whose rows are known only on evaluation (filters)."""
         nthreads = threads
@@ -336,7 +347,8 @@ class _Pass:
         """Every item's part of the chunk ``rows``, evaluated tile by tile (see :func:`tiles`):
         outputs are written tile by tile into one buffer of the chunk's rows, reductions'
         states of the tiles combined (or, along kept axes, placed side by side)."""
-        spans = tiles(rows.stop - rows.start, blocks)
+        spans = tiles(rows.stop - rows.start, blocks, rows.start, self.align) \
+            if self.fuses else [(0, rows.stop - rows.start)]
         if len(spans) == 1:
             return self._evaluate_tile(rows, blocks, carries)
         parts: list[Any] = [None] * len(self.items)
@@ -358,6 +370,8 @@ class _Pass:
                         pieces[i].append(part)
                 elif parts[i] is None:
                     parts[i] = part
+                elif id(node) in self.trees:
+                    parts[i] = parts[i] + part
                 elif 0 in node.axes:
                     parts[i] = self.kernels[id(node)].combine(parts[i], part)
                 else:
@@ -365,7 +379,7 @@ class _Pass:
         for i, it in enumerate(self.items):
             if not pieces[i]:
                 continue
-            if isinstance(it.node, Reduce):
+            if isinstance(it.node, Reduce) and id(it.node) not in self.trees:
                 first = [parts[i], *pieces[i]]
                 parts[i] = tuple(np.concatenate([p[k] for p in first])
                                  for k in range(len(first[0])))
@@ -384,6 +398,12 @@ class _Pass:
             if isinstance(node, Reduce):
                 if value.ndim and value.shape[0] == 0:  # no rows here (filtered, diffed)
                     out.append(None)
+                    continue
+                if id(node) in self.trees:
+                    shape = it.expr.shape
+                    value = np.broadcast_to(value, (rows.stop - rows.start, *shape[1:]))
+                    key = (rows, *(slice(0, n) for n in shape[1:]))
+                    out.append(self.trees[id(node)].parts(key, 0, value))
                     continue
                 start = max(rows.start - _lag(it.frame), 0)
                 origin = tuple(start if i == 0 else 0 for i in range(value.ndim))
@@ -453,6 +473,9 @@ class _Pass:
                         continue
                     if not isinstance(node, Reduce) or part is None:
                         continue
+                    if id(node) in self.trees:
+                        self.trees[id(node)].add(part)
+                        continue
                     if id(node) not in states:
                         states[id(node)] = [np.empty(seen[id(node)].shape, dtype=p.dtype)
                                             for p in part]
@@ -463,7 +486,10 @@ class _Pass:
                           part)
         for it in self.items:
             node = it.node
-            if isinstance(node, Reduce):
+            if isinstance(node, Reduce) and id(node) in self.trees:
+                results[id(node)] = finish(node, self.kernels[id(node)], None,
+                                           self.trees[id(node)].finish())
+            elif isinstance(node, Reduce):
                 if id(node) not in states:  # no rows at all (a filter kept none): numpy's
                     empty = np.empty((0, *it.expr.shape[1:]), dtype=it.expr.dtype)
                     results[id(node)] = numpy_reduce(node, empty)
@@ -646,6 +672,7 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
         ids = list(item.rows)
         row_shape = root.shape[1:]
         rows_known = plain(item.frame)
+        fuses = isinstance(root, (Op, Scan, Filter))
 
         def tile(rows: slice, blocks: Sequence[Array], carry: Carries | None) -> Array:
             env = Env(dict(zip(ids, blocks, strict=True)), whole, values, rows, carry)
@@ -658,7 +685,8 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
             rows = slice(*block_info["rows"])
             carry = None if block_info["probe"] else carries
             try:
-                spans = tiles(rows.stop - rows.start, blocks)
+                spans = tiles(rows.stop - rows.start, blocks) if fuses else \
+                    [(0, rows.stop - rows.start)]
                 if not rows_known:
                     return np.concatenate([tile(slice(rows.start + a, rows.start + b),
                                                 [x[a:b] for x in blocks], carry)
