@@ -30,6 +30,9 @@ Standardize ``z = (x - x.mean(0)) / x.std(0)`` into a new ``.npy``:
     Expert code: pass 1 sums and sums of squares (float64) over 64 MiB chunks, pass 2
     ``numexpr.evaluate("(x - m) / s", out=...)`` per 64 MiB chunk into ``open_memmap``.
 
+A six-operation chain into a file, ``np.sqrt(abs((x - M) / S * 2.0 + 1.0)) - 0.5`` (one pass),
+evaluated on whole chunks, in tiles (the default), and in tiles with numexpr.
+
 Per-column sum, min, max and std: ``one compute`` (``bigarr.compute`` of the four, one pass)
 against ``four reductions`` (``bigarr.sum``, ``min``, ``max``, ``std``, four passes).
 """
@@ -113,6 +116,18 @@ STANDARDIZE = {
         "out.flush(); del out"),
 }
 
+_CHAIN = ("x = bigarr.lazy(P)\n"
+          "z = np.sqrt(abs((x - M) / S * 2.0 + 1.0)) - 0.5\n"
+          "z.to_npy(OUT, budget=B, threads=2, overwrite=True, progress=False).close()")
+_CHAIN_SETUP = ("import bigarr\nfrom bigarr._compute import lazyeval\n"
+                "M = np.full(32, 7, np.float32); S = np.full(32, 3, np.float32)\n")
+CHAIN = {
+    "chain: whole chunks": (_CHAIN_SETUP + "lazyeval.TILE_BYTES = 0; lazyeval.NUMEXPR = False",
+                            _CHAIN),
+    "chain: tiles": (_CHAIN_SETUP + "lazyeval.NUMEXPR = False", _CHAIN),
+    "chain: tiles + numexpr": (_CHAIN_SETUP + "lazyeval.NUMEXPR = True", _CHAIN),
+}
+
 STATS = {
     "one compute": ("import bigarr",
                     "x = bigarr.lazy(P)\n"
@@ -172,7 +187,7 @@ def main() -> None:
     rows = max(1, plan.steps[-1].chunk_bytes // 128)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     results: dict[str, list[tuple[float, int]] | str] = {}
-    cases = [("standardize", STANDARDIZE), ("stats", STATS)]
+    cases = [("standardize", STANDARDIZE), ("chain", CHAIN), ("stats", STATS)]
     for _group, table in cases:
         for name, (setup, work) in table.items():
             if only and name not in only:
