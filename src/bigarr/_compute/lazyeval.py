@@ -171,8 +171,9 @@ def evaluate(node: Node, is_rowed: bool, env: Env) -> Any:
 #: Use numexpr (``pip install 'bigarr[fast]'``) for floating elementwise chains: None (default)
 #: when it is installed, False never, True always (ImportError without it).
 NUMEXPR: bool | None = None
-#: Smallest chain (operations) worth handing to numexpr: on 2 cores, (x - m) / s (two) ran
-#: faster with numpy in tiles; a chain of six ran 1.8x faster with numexpr (bench/README.md).
+#: Smallest chain (operations) worth handing to numexpr: on 2 cores a chain of six ran 1.9-2.6x
+#: faster with numexpr than with numpy in tiles (bench/README.md), while (x - m) / s (two) was
+#: no faster in an in-memory trial.
 NUMEXPR_MIN_OPS = 4
 _NE_BINARY: dict[Any, str] = {np.add: "+", np.subtract: "-", np.multiply: "*", np.true_divide: "/"}
 _NE_UNARY: dict[Any, str] = {np.negative: "-", np.sqrt: "sqrt", np.exp: "exp", np.log: "log",
