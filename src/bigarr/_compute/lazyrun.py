@@ -14,8 +14,19 @@ order, so a reduction's result is known (and held in memory, broadcast) when a l
 it. Within an item, a leaf is streamed by rows when its axis 0 is the result's axis 0; a leaf
 that broadcasts along the rows (fewer dimensions, or one row) is used whole.
 
+Within a chunk, expressions with operations are evaluated in tiles of about
+:data:`~bigarr._compute.lazyeval.TILE_BYTES` of input rows, so a chain's temporaries stay in
+the CPU's caches. Floating reductions of plain rows (sums, means, variances and their nan
+variants) merge in :class:`~bigarr._compute.partials.Tree`, the fixed pairwise tree of
+:func:`bigarr.sum` and friends, so they are the same bits at every budget, thread count and
+tile size; a mean next to a variance of the same values is read off the variance's state.
+Other reductions merge chunk by chunk. Order statistics are computed by
+:mod:`bigarr._compute.order` in passes of their own (counted as two in plans: most data needs
+two).
+
 A file output (:meth:`LazyArray.to_npy`) is written by :func:`bigarr.map_blocks` in its own
-final pass, with its resumable, crash-safe publishing.
+final pass, with its crash-safe publishing; a result whose rows are known only on evaluation
+(a filter) or fewer than the inputs' (a diff) grows a :class:`bigarr.Appender` in chunk order.
 """
 
 from __future__ import annotations
@@ -309,6 +320,17 @@ class _Pass:
                       and it.expr.shape}
         # Tiles only where a chain of operations makes temporaries, cut on the trees' leaves
         # (a tile ending inside a leaf would hand the leaf over in pieces).
+        # A mean next to a var/std of the same values and axes is read off the variance's
+        # state (its shift plus mean): one kernel less per chunk.
+        self.derived: dict[int, int] = {}
+        for it in items:
+            for other in items:
+                a, b = it.node, other.node
+                if isinstance(a, Reduce) and isinstance(b, Reduce) and a.kind == "mean" \
+                        and a.out_dtype is None and b.kind in ("var", "std") \
+                        and it.expr is other.expr and a.axes == b.axes \
+                        and id(a) in self.trees and id(b) in self.trees:
+                    self.derived[id(a)] = id(b)
         self.fuses = any(isinstance(it.expr, (Op, Scan, Filter)) for it in items)
         self.align = max((t.L for t in self.trees.values() if t.d == 0), default=1)
         self.reserve = 0
@@ -396,8 +418,8 @@ class _Pass:
             value = np.asarray(evaluate(it.expr, True, env))
             node = it.node
             if isinstance(node, Reduce):
-                if value.ndim and value.shape[0] == 0:  # no rows here (filtered, diffed)
-                    out.append(None)
+                if (value.ndim and value.shape[0] == 0) or id(node) in self.derived:
+                    out.append(None)  # no rows here (filtered, diffed), or read off a var
                     continue
                 if id(node) in self.trees:
                     shape = it.expr.shape
@@ -486,7 +508,12 @@ class _Pass:
                           part)
         for it in self.items:
             node = it.node
-            if isinstance(node, Reduce) and id(node) in self.trees:
+            if isinstance(node, Reduce) and id(node) in self.derived:
+                var = self.trees[self.derived[id(node)]]
+                assert var.result is not None
+                _n, shift, mean, _m2 = var.result
+                results[id(node)] = finish(node, self.kernels[id(node)], None, shift + mean)
+            elif isinstance(node, Reduce) and id(node) in self.trees:
                 results[id(node)] = finish(node, self.kernels[id(node)], None,
                                            self.trees[id(node)].finish())
             elif isinstance(node, Reduce):
