@@ -343,14 +343,15 @@ class LazyArray:
         if name == "where" and len(args) + len(kwargs) == 3:
             return where(*args, **kwargs)
         # anything else: numpy on the computed values, as numpy does for objects with __array__
-        def plain(a: Any) -> Any:
+        def computed(a: Any) -> Any:
             if isinstance(a, LazyArray):
                 return np.asarray(a)
             if isinstance(a, (list, tuple)):
-                return type(a)(plain(b) for b in a)
+                return type(a)(computed(b) for b in a)
             return a
 
-        return func(*(plain(a) for a in args), **{k: plain(v) for k, v in kwargs.items()})
+        return func(*(computed(a) for a in args),
+                    **{k: computed(v) for k, v in kwargs.items()})
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray[Any, Any]:
         out = self.compute()
@@ -544,8 +545,6 @@ class LazyArray:
         shape = tuple(max(s - n, 0) if i == ax else s for i, s in enumerate(self.node.shape))
         if ax:
             return _op(np.diff, (self,), "diff", shape=shape, rowwise=True, n=int(n), axis=ax)
-        if unknown_rows(frame(self.node)):
-            pass  # a filter's rows: the diff's are its own, known on evaluation
         dtype = np.diff(np.ones((2, *(1,) * (self.ndim - 1)), dtype=self.dtype), axis=0).dtype
         return LazyArray(Scan(shape, dtype, self.node, "diff", int(n)))
 
