@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bigarr
-from bigarr._compute import lazyrun, mapblocks
+from bigarr._compute import lazyeval, lazyrun, mapblocks
 from bigarr._plan import budget as budget_module
 from bigarr.errors import BudgetError, ShapeError, UnsupportedError
 
@@ -117,6 +117,8 @@ def test_random_expressions_match_numpy(tree: tuple[str, Callable[[Any], Any]], 
     with tempfile.TemporaryDirectory() as d, pytest.MonkeyPatch.context() as mp:
         # chunks down to 4 KiB, so that even small arrays are cut into several
         mp.setattr(budget_module, "MIN_CHUNK_BYTES", 4096)
+        mp.setattr(lazyeval, "TILE_BYTES", 0)  # whole chunks (test_lazy_ops.py: tiles)
+        mp.setattr(lazyeval, "NUMEXPR", False)  # numpy (test_lazy_ops.py: numexpr)
         src: Any = a
         if as_file:
             src = os.path.join(d, "x.npy")

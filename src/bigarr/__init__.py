@@ -35,8 +35,11 @@ compute within a memory budget
     :func:`argsort`, :func:`take`, :func:`searchsorted`, :func:`unique`; growing files:
     :class:`Appender`, :func:`append`; :func:`check_complete` refuses outputs of interrupted runs.
 lazy expressions
-    :func:`lazy` (a :class:`LazyArray`), :func:`where`, :func:`compute` (several results
-    sharing passes), ``.compute()``, ``.to_npy()``, ``.explain()`` (a :class:`LazyPlan`).
+    :func:`lazy` (a :class:`LazyArray`: operators, ufuncs, numpy functions, reductions with
+    nan variants, ``cumsum``/``cumprod``/``diff`` along the rows, ``x[mask]``, ``x @ w``,
+    ``quantile``/``median``), :func:`where`, :func:`compute` (several results sharing
+    passes), ``.compute()``, ``.to_npy()``, ``.to_zarr()``, ``.to_dask()``, ``.explain()``
+    (a :class:`LazyPlan`).
 planning and reports
     :func:`plan_chunks`, :class:`ChunkPlan`, :class:`Chunk`, :class:`Residency`,
     :class:`ChunkResidency`, :class:`DirtyRegions`, :class:`ProgressEvent`,
@@ -90,6 +93,7 @@ from bigarr._core.array import memmap
 from bigarr._core.files import create, open, open_raw
 from bigarr._core.private import DirtyRegions, recover_commit
 from bigarr._formats.journal import check_complete
+from bigarr._interop import lazyexport as _lazyexport  # noqa: F401  (LazyArray.to_zarr/to_dask)
 from bigarr._interop.dask import store, to_dask
 from bigarr._interop.zarr import from_zarr, to_zarr
 from bigarr._os.geometry import PAGE_SIZE, parse_size

@@ -1,10 +1,13 @@
 """Lazy array expressions: write numpy, run out of core.
 
 ``bigarr.lazy(source)`` wraps an array (a ``.npy`` path, a bigarr or numpy memmap, a zarr array,
-an ndarray) in a :class:`LazyArray`. Operators, numpy ufuncs (through ``__array_ufunc__``),
-``astype``, ``clip``, :func:`where`, column slices and reductions (``sum``, ``mean``, ``var``,
-``std``, ``min``, ``max``) build a DAG of :class:`Node` values; nothing is read until the
-expression is evaluated (``.compute()``, ``.to_npy()``, :func:`bigarr.compute`).
+an ndarray) in a :class:`LazyArray`. Operators, numpy ufuncs (through ``__array_ufunc__``) and
+numpy functions (through ``__array_function__``: ``np.sum(x)``, ``np.where``, ``np.cumsum``,
+...), ``astype``, ``clip``, :func:`where`, column slices, ``x @ w`` for a small in-memory ``w``,
+reductions (:data:`REDUCTIONS`), scans along the rows (``cumsum``, ``cumprod``, ``diff``), row
+filtering (``x[mask]``) and order statistics (``quantile``, ``median`` and nan variants) build a
+DAG of :class:`Node` values; nothing is read until the expression is evaluated (``.compute()``,
+``.to_npy()``, :func:`bigarr.compute`).
 
 Evaluation (:mod:`bigarr._compute.lazyrun`) runs in passes over the inputs' rows (axis 0):
 reductions an expression needs are computed first, all reductions of the same depth sharing one
@@ -13,96 +16,73 @@ temporaries. A reduction's result is small and held in memory; it broadcasts int
 expressions like any numpy array.
 
 The nodes are plain frozen values: a :class:`Leaf` (an input), a :class:`Const` (a scalar or a
-small array held whole), an :class:`Op` (a function of its arguments applied elementwise), an
-:class:`Index` (a selection along the axes after the first), and a :class:`Reduce`.
+small array held whole), an :class:`Op` (a function of its arguments applied elementwise, or row
+by row), an :class:`Index` (a selection along the axes after the first), a :class:`Reduce`, a
+:class:`Scan` (``cumsum``, ``cumprod``, ``diff`` along axis 0, with state carried from chunk to
+chunk) and a :class:`Filter` (the rows where a boolean mask is true).
+
+*Row frames.* Chunks of every streamed expression are cut by the rows of its inputs; a node's
+rows either are those rows (a plain frame), or lag them (``diff`` drops ``n`` leading rows), or
+are the rows a mask keeps (a filter, whose length is known only on evaluation: its
+``LazyArray.shape[0]`` is ``nan``, as dask's unknown lengths). Elementwise operations combine
+only operands of one frame (:func:`frame`); anything else is refused when it is built.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from bigarr._compute.lazynodes import (
+    ORDER_STATISTICS,
+    REDUCTIONS,
+    SCANS,
+    Const,
+    Filter,
+    Frame,
+    Index,
+    Leaf,
+    Node,
+    Op,
+    Reduce,
+    Scan,
+    frame,
+    plain,
+    rowed,
+    unknown_rows,
+)
 from bigarr._compute.operands import parse_operand
 from bigarr._compute.reductions import _axes, _numpy_dtype
 from bigarr.errors import ArgumentError, ShapeError, UnsupportedError
 
-__all__ = ["Const", "Index", "LazyArray", "Leaf", "Node", "Op", "Reduce", "lazy", "where"]
-
-
-@dataclass(frozen=True, eq=False)
-class Node:
-    """One node of an expression DAG (identity is the object: a node used twice is one node)."""
-
-    shape: tuple[int, ...]
-    """Shape of the node's value."""
-    dtype: np.dtype[Any]
-    """dtype of the node's value."""
-
-
-@dataclass(frozen=True, eq=False)
-class Leaf(Node):
-    """An input array, read chunk by chunk."""
-
-    source: Any = None
-    """What was given to :func:`lazy` (a path, an array)."""
-    name: str = ""
-    """A short description for plans."""
-
-
-@dataclass(frozen=True, eq=False)
-class Const(Node):
-    """A scalar or an in-memory array used whole (broadcast)."""
-
-    value: Any = None
-    """The value (a Python scalar keeps numpy's weak-scalar dtype rules)."""
-
-
-@dataclass(frozen=True, eq=False)
-class Op(Node):
-    """``func(*args, **kwargs)`` applied elementwise (a ufunc, ``np.where``, ``astype``)."""
-
-    func: Callable[..., Any] = np.positive
-    """The elementwise function."""
-    args: tuple[Node, ...] = ()
-    """Its operands."""
-    kwargs: tuple[tuple[str, Any], ...] = ()
-    """Its keyword arguments."""
-    label: str = ""
-    """Its name in plans."""
-
-
-@dataclass(frozen=True, eq=False)
-class Index(Node):
-    """``child[:, *key]``: a selection along the axes after the first (rows are kept whole)."""
-
-    child: Node = field(default_factory=lambda: Const((), np.dtype(bool)))
-    """The indexed node."""
-    key: tuple[Any, ...] = ()
-    """The index of the axes after the first."""
-
-
-@dataclass(frozen=True, eq=False)
-class Reduce(Node):
-    """A reduction of ``child`` over ``axes``; its (small) result is computed in a pass."""
-
-    child: Node = field(default_factory=lambda: Const((), np.dtype(bool)))
-    """The reduced node."""
-    kind: str = "sum"
-    """``sum``, ``mean``, ``var``, ``std``, ``min`` or ``max``."""
-    axes: tuple[int, ...] = ()
-    """The reduced axes (normalised, sorted)."""
-    keepdims: bool = False
-    """Keep reduced axes as length 1."""
-    ddof: float = 0
-    """Delta degrees of freedom (``var``, ``std``)."""
-    out_dtype: np.dtype[Any] | None = None
-    """``dtype=`` of the reduction, as numpy's."""
-
+__all__ = [
+    "EXPORTERS",
+    "ORDER_STATISTICS",
+    "REDUCTIONS",
+    "SCANS",
+    "Const",
+    "Filter",
+    "Frame",
+    "Index",
+    "LazyArray",
+    "Leaf",
+    "Node",
+    "Op",
+    "Reduce",
+    "Scan",
+    "frame",
+    "lazy",
+    "plain",
+    "register_exporter",
+    "rowed",
+    "unknown_rows",
+    "where",
+]
 
 def _describe(source: Any) -> str:
     if isinstance(source, (str, os.PathLike)):
@@ -142,20 +122,33 @@ def _probe(node: Node) -> Any:
     return np.ones((1,) * len(node.shape), dtype=node.dtype)
 
 
-def _op(func: Callable[..., Any], args: Sequence[Any], label: str,
-        **kwargs: Any) -> LazyArray:
-    nodes = tuple(_node(a) for a in args)
-    try:
-        shape = np.broadcast_shapes(*(n.shape for n in nodes))
-    except ValueError:
-        raise ShapeError(
-            f"Expected operands that broadcast together. Got shapes "
-            f"{', '.join(str(n.shape) for n in nodes)} for {label}."
-        ) from None
+def _quiet(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dtype = np.asarray(func(*(_probe(n) for n in nodes), **kwargs)).dtype
-    return LazyArray(Op(tuple(shape), dtype, func, nodes, tuple(kwargs.items()), label))
+        return func(*args, **kwargs)
+
+
+def _op(func: Callable[..., Any], args: Sequence[Any], label: str, *,
+        shape: tuple[int, ...] | None = None, rowwise: bool = False,
+        **kwargs: Any) -> LazyArray:
+    nodes = tuple(_node(a) for a in args)
+    if shape is None:
+        try:
+            shape = tuple(np.broadcast_shapes(*(n.shape for n in nodes)))
+        except ValueError:
+            raise ShapeError(
+                f"Expected operands that broadcast together. Got shapes "
+                f"{', '.join(str(n.shape) for n in nodes)} for {label}."
+            ) from None
+    if rowwise:
+        probes = [np.ones((2, *n.shape[1:]), dtype=n.dtype) if n.shape else _probe(n)
+                  for n in nodes]
+    else:
+        probes = [_probe(n) for n in nodes]
+    dtype = np.asarray(_quiet(func, *probes, **kwargs)).dtype
+    node = Op(tuple(shape), dtype, func, nodes, tuple(kwargs.items()), label, rowwise)
+    frame(node)  # refuses operands over rows of different origins
+    return LazyArray(node)
 
 
 def _binary(func: Callable[..., Any]) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -169,13 +162,42 @@ def _binary(func: Callable[..., Any]) -> tuple[Callable[..., Any], Callable[...,
 
 
 def _reduce_method(kind: str) -> Callable[..., LazyArray]:
-    def method(self: LazyArray, axis: int | Sequence[int] | None = None, dtype: Any = None, *,
-               keepdims: bool = False, ddof: float = 0) -> LazyArray:
-        return self._reduce(kind, axis, dtype, keepdims, ddof)
+    takes_dtype, takes_ddof = REDUCTIONS[kind]
+    method: Callable[..., LazyArray]
+    if takes_ddof:
+        def method(self: LazyArray, axis: int | Sequence[int] | None = None, dtype: Any = None,
+                   *, keepdims: bool = False, ddof: float = 0) -> LazyArray:
+            return self._reduce(kind, axis, dtype, keepdims, ddof)
+    elif takes_dtype:
+        def method(self: LazyArray, axis: int | Sequence[int] | None = None, dtype: Any = None,
+                   *, keepdims: bool = False) -> LazyArray:
+            return self._reduce(kind, axis, dtype, keepdims, 0)
+    else:
+        def method(self: LazyArray, axis: int | Sequence[int] | None = None, *,
+                   keepdims: bool = False) -> LazyArray:
+            return self._reduce(kind, axis, None, keepdims, 0)
 
     method.__name__ = kind
     method.__doc__ = (f"Lazy :func:`numpy.{kind}` over ``axis`` (None, int or tuple), with "
-                      "``dtype``, ``keepdims`` (and ``ddof`` for var/std).")
+                      "``keepdims``" + (", ``dtype``" if takes_dtype else "")
+                      + (" and ``ddof``" if takes_ddof else "") + ".")
+    return method
+
+
+def _order_method(kind: str) -> Callable[..., LazyArray]:
+    method: Callable[..., LazyArray]
+    if kind.endswith("median"):
+        def method(self: LazyArray, axis: int | None = None, *,
+                   keepdims: bool = False) -> LazyArray:
+            return self._order(kind, None, axis, "linear", keepdims)
+    else:
+        def method(self: LazyArray, q: Any, axis: int | None = None, *,
+                   method: str = "linear", keepdims: bool = False) -> LazyArray:
+            return self._order(kind, q, axis, method, keepdims)
+
+    method.__name__ = kind
+    method.__doc__ = (f"Lazy exact :func:`numpy.{kind}` (computed by :func:`bigarr.{kind}` in "
+                      "passes of its own) of an input or a column selection of one.")
     return method
 
 
@@ -193,8 +215,11 @@ class LazyArray:
 
     # ---- what it is ------------------------------------------------------------------------
     @property
-    def shape(self) -> tuple[int, ...]:
-        """Shape of the result."""
+    def shape(self) -> tuple[Any, ...]:
+        """Shape of the result; a filter's number of rows, known only on evaluation, is
+        ``nan`` (as dask's unknown lengths)."""
+        if self.node.shape and unknown_rows(frame(self.node)):
+            return (math.nan, *self.node.shape[1:])
         return self.node.shape
 
     @property
@@ -208,14 +233,16 @@ class LazyArray:
         return len(self.node.shape)
 
     @property
-    def size(self) -> int:
-        """Number of elements."""
+    def size(self) -> Any:
+        """Number of elements (``nan`` when the rows are known only on evaluation)."""
+        if self.node.shape and unknown_rows(frame(self.node)):
+            return math.nan
         return int(np.prod(self.node.shape, dtype=np.int64))
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the result."""
-        return self.size * self.dtype.itemsize
+        """Bytes of the result (at most this many for a filter's)."""
+        return int(np.prod(self.node.shape, dtype=np.int64)) * self.dtype.itemsize
 
     def __repr__(self) -> str:
         return f"LazyArray(shape={self.shape}, dtype={self.dtype})"
@@ -228,7 +255,9 @@ class LazyArray:
     def __len__(self) -> int:
         if not self.shape:
             raise ShapeError("len() of a 0-d LazyArray.")
-        return self.shape[0]
+        if unknown_rows(frame(self.node)):
+            raise ShapeError("len() of a filtered LazyArray is known only once it is computed.")
+        return self.shape[0]  # type: ignore[no-any-return]
 
     # ---- elementwise -----------------------------------------------------------------------
     __add__, __radd__ = _binary(np.add)
@@ -263,14 +292,66 @@ class LazyArray:
     def __invert__(self) -> LazyArray:
         return _op(np.invert, (self,), "invert")
 
+    def __matmul__(self, other: Any) -> LazyArray:
+        """``x @ w`` for a small in-memory ``w`` (1-d or 2-d), row by row in the chunk pass."""
+        if isinstance(other, LazyArray) or (not hasattr(other, "shape") \
+                and not isinstance(other, (list, tuple))):
+            raise UnsupportedError(
+                "Expected x @ w with w a small in-memory array. Got a "
+                f"{type(other).__name__}: compute it first (or use bigarr.linalg.gram)."
+            )
+        w = np.asarray(other)
+        if self.ndim != 2 or w.ndim not in (1, 2) or w.shape[0] != self.node.shape[1]:
+            raise ShapeError(f"Expected x of 2 dimensions and w of 1 or 2 with x.shape[1] == "
+                             f"w.shape[0]. Got {self.shape} @ {w.shape}.")
+
+        def matmul(a: Any) -> Any:
+            return np.matmul(a, w)
+
+        shape = (self.node.shape[0], *w.shape[1:])
+        return _op(matmul, (self,), f"matmul by {w.shape}", shape=shape, rowwise=True)
+
+    def __rmatmul__(self, other: Any) -> LazyArray:
+        raise UnsupportedError("Expected x @ w with the LazyArray on the left; w @ x reduces "
+                               "over the rows: use (x * w[:, None]).sum(axis=0) or "
+                               "bigarr.linalg.")
+
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any,
                         **kwargs: Any) -> Any:
+        if ufunc is np.matmul and method == "__call__" and not kwargs and len(inputs) == 2:
+            if inputs[0] is self:
+                return self @ inputs[1]
+            return self.__rmatmul__(inputs[0])
         if method != "__call__" or "out" in kwargs or ufunc.nout != 1:
             raise UnsupportedError(
                 f"Expected a plain elementwise call of a ufunc with one output on a LazyArray. "
                 f"Got {ufunc.__name__}.{method} with {sorted(kwargs)}: compute() first."
             )
         return _op(ufunc, inputs, ufunc.__name__, **kwargs)
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        name = getattr(func, "__name__", "")
+        if name in ("shape", "ndim", "size"):
+            return getattr(lazy(args[0]), name)
+        if name in REDUCTIONS or name in SCANS or name in ORDER_STATISTICS \
+                or name in ("clip", "astype"):
+            if kwargs.get("out") is not None:
+                raise UnsupportedError(f"np.{name}(..., out=) of a LazyArray: compute() first.")
+            kwargs = {k: v for k, v in kwargs.items() if k != "out"}
+            target = lazy(args[0])
+            return getattr(target, name)(*args[1:], **kwargs)
+        if name == "where" and len(args) + len(kwargs) == 3:
+            return where(*args, **kwargs)
+        # anything else: numpy on the computed values, as numpy does for objects with __array__
+        def computed(a: Any) -> Any:
+            if isinstance(a, LazyArray):
+                return np.asarray(a)
+            if isinstance(a, (list, tuple)):
+                return type(a)(computed(b) for b in a)
+            return a
+
+        return func(*(computed(a) for a in args),
+                    **{k: computed(v) for k, v in kwargs.items()})
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray[Any, Any]:
         out = self.compute()
@@ -294,43 +375,178 @@ class LazyArray:
 
     def __getitem__(self, key: Any) -> LazyArray:
         items = key if isinstance(key, tuple) else (key,)
-        if not self.shape or not items or not (isinstance(items[0], slice)
-                                               and items[0] == slice(None)):
-            raise UnsupportedError(
-                f"Expected an index that keeps every row, x[:, cols]. Got {key!r}: row selection "
-                "is not supported on LazyArray yet."
-            )
-        rest = items[1:]
-        if any(i is None or i is Ellipsis for i in rest):
+        if not self.shape or not items:
+            raise UnsupportedError(f"Expected an index of a LazyArray with rows. Got {key!r}.")
+        first, rest = items[0], items[1:]
+        out = self
+        if not (isinstance(first, slice) and first == slice(None)):
+            out = self._filter(first, key)
+        if not rest:
+            return out
+        if any(i is None or i is Ellipsis or isinstance(i, LazyArray) for i in rest):
             raise UnsupportedError(f"Expected slices, ints or one list of columns. Got {key!r}.")
-        probe = np.empty((0, *self.shape[1:]), dtype=np.uint8)
+        probe = np.empty((0, *self.node.shape[1:]), dtype=np.uint8)
         try:
             shape = probe[(slice(None), *rest)].shape
         except IndexError as exc:
             raise ShapeError(f"Index {key!r} of shape {self.shape}: {exc}") from None
-        return LazyArray(Index((self.shape[0], *shape[1:]), self.dtype, self.node,
+        return LazyArray(Index((out.node.shape[0], *shape[1:]), self.dtype, out.node,
                                tuple(rest)))
+
+    def _filter(self, mask: Any, key: Any) -> LazyArray:
+        if isinstance(mask, LazyArray):
+            m = mask.node
+        elif isinstance(mask, (np.ndarray, list)) and not isinstance(mask, np.memmap):
+            m = _node(np.asarray(mask))
+        else:
+            raise UnsupportedError(
+                f"Expected x[:, cols] or x[mask] with a boolean mask over the rows. Got "
+                f"{key!r}: row slices and integer rows are not supported on LazyArray."
+            )
+        if m.dtype != np.bool_ or len(m.shape) != 1 or m.shape[0] != self.node.shape[0]:
+            raise ShapeError(f"Expected a 1-d boolean mask of {self.node.shape[0]} rows. Got "
+                             f"{m.shape} {m.dtype}.")
+        node = Filter(self.node.shape, self.dtype, self.node, m)
+        if frame(self.node) != frame(m):
+            raise ShapeError("Expected a mask over the same rows as the filtered array (built "
+                             "from the same inputs, filtered and diffed the same way).")
+        return LazyArray(node)
 
     # ---- reductions ------------------------------------------------------------------------
     def _reduce(self, kind: str, axis: int | Sequence[int] | None, dtype: Any,
                 keepdims: bool, ddof: float) -> LazyArray:
+        takes_dtype, takes_ddof = REDUCTIONS[kind]
+        arg = kind in ("argmin", "argmax")
+        if arg and axis is not None and (isinstance(axis, bool)
+                                         or not isinstance(axis, (int, np.integer))):
+            raise ArgumentError(f"Expected axis as an int or None for {kind}. Got {axis!r}.")
         axes = _axes(axis, self.ndim)
-        fn = getattr(np, kind)
-        kwargs: dict[str, Any] = {} if kind in ("min", "max") else {"dtype": dtype}
-        if kind in ("var", "std"):
+        kwargs: dict[str, Any] = {"dtype": dtype} if takes_dtype else {}
+        if takes_ddof:
             kwargs["ddof"] = ddof
-        out = _numpy_dtype(fn, np.empty((1,) * self.ndim, dtype=self.dtype), **kwargs)
-        shape = tuple(1 if i in axes else n for i, n in enumerate(self.shape)) if keepdims \
-            else tuple(n for i, n in enumerate(self.shape) if i not in axes)
+        out = _numpy_dtype(getattr(np, kind), np.empty((1,) * self.ndim, dtype=self.dtype),
+                           **kwargs)
+        fr = frame(self.node)
+        if not plain(fr) and self.ndim and 0 not in axes:
+            raise UnsupportedError(f"{kind} keeping axis 0 of a filtered or diffed expression "
+                                   "is not supported: reduce over axis 0 too, or to_npy first.")
+        if arg and unknown_rows(fr):
+            raise UnsupportedError(f"{kind} of a filtered expression (its row numbers are known "
+                                   "only on evaluation): to_npy it first.")
+        shape = tuple(1 if i in axes else n for i, n in enumerate(self.node.shape)) \
+            if keepdims else tuple(n for i, n in enumerate(self.node.shape) if i not in axes)
+        given = int(axis) if arg and isinstance(axis, (int, np.integer)) else None
         return LazyArray(Reduce(shape, out, self.node, kind, axes, keepdims, ddof,
-                                None if dtype is None else np.dtype(dtype)))
+                                None if dtype is None else np.dtype(dtype), axis=given))
 
     sum = _reduce_method("sum")
+    prod = _reduce_method("prod")
     mean = _reduce_method("mean")
     var = _reduce_method("var")
     std = _reduce_method("std")
     min = _reduce_method("min")
     max = _reduce_method("max")
+    argmin = _reduce_method("argmin")
+    argmax = _reduce_method("argmax")
+    any = _reduce_method("any")
+    all = _reduce_method("all")
+    count_nonzero = _reduce_method("count_nonzero")
+    nansum = _reduce_method("nansum")
+    nanmean = _reduce_method("nanmean")
+    nanvar = _reduce_method("nanvar")
+    nanstd = _reduce_method("nanstd")
+    nanmin = _reduce_method("nanmin")
+    nanmax = _reduce_method("nanmax")
+
+    def _order(self, kind: str, q: Any, axis: int | None, method: str,
+               keepdims: bool) -> LazyArray:
+        base = self.node.child if isinstance(self.node, Index) else self.node
+        if not isinstance(base, Leaf):
+            raise UnsupportedError(
+                f"Expected {kind} of an input or of a column selection of one (x[:, cols]). Got "
+                "an expression: write it to a file with .to_npy() first, then take its "
+                f"{kind}."
+            )
+        if axis is not None and (isinstance(axis, bool) or not isinstance(axis, (int, np.integer))):
+            raise ArgumentError(f"Expected axis as an int or None for {kind}. Got {axis!r}.")
+        if isinstance(self.node, Index) and not all(isinstance(k, (slice, int, np.integer))
+                                                    for k in self.node.key):
+            raise UnsupportedError(f"Expected {kind} of x[:, a:b] or x[:, i] (a view). Got a "
+                                   "list of columns: take each column's on its own.")
+        if axis is not None and int(axis) % max(self.ndim, 1) != 0:
+            raise UnsupportedError(f"Expected axis=None or axis=0 for {kind}. Got {axis!r}.")
+        axes = _axes(axis, self.ndim)
+        qs = None if q is None else np.asarray(q)
+        fn = getattr(np, kind)
+        sample = np.zeros((1,) * self.ndim, dtype=self.dtype)
+        kw: dict[str, Any] = {"axis": axis, "keepdims": keepdims}
+        if qs is not None:
+            kw["method"] = method
+        try:
+            res = _quiet(fn, sample, qs, **kw) if qs is not None else _quiet(fn, sample, **kw)
+        except (TypeError, ValueError) as exc:
+            raise ArgumentError(f"{kind} of {self.dtype} data: {exc}") from None
+        red = tuple(1 if i in axes else n for i, n in enumerate(self.node.shape)) if keepdims \
+            else tuple(n for i, n in enumerate(self.node.shape) if i not in axes)
+        shape = (*(qs.shape if qs is not None else ()), *red)
+        return LazyArray(Reduce(shape, np.asarray(res).dtype, self.node, kind, axes, keepdims,
+                                q=qs, method=method, axis=None if axis is None else int(axis)))
+
+    quantile = _order_method("quantile")
+    nanquantile = _order_method("nanquantile")
+    percentile = _order_method("percentile")
+    nanpercentile = _order_method("nanpercentile")
+    median = _order_method("median")
+    nanmedian = _order_method("nanmedian")
+
+    # ---- scans -----------------------------------------------------------------------------
+    def _scan_axis(self, kind: str, axis: int | None) -> int:
+        if axis is None:
+            if self.ndim != 1:
+                raise UnsupportedError(f"{kind} with axis=None flattens: pass axis=0 (or "
+                                       "another axis) for an array of more than 1 dimension.")
+            return 0
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+            raise ArgumentError(f"Expected axis as an int or None for {kind}. Got {axis!r}.")
+        if not -self.ndim <= axis < self.ndim:
+            raise np.exceptions.AxisError(int(axis), self.ndim)
+        return int(axis) % self.ndim
+
+    def _accumulate(self, kind: str, axis: int | None, dtype: Any) -> LazyArray:
+        ax = self._scan_axis(kind, axis)
+        fn = getattr(np, kind)
+        if ax:
+            return _op(fn, (self,), kind, shape=self.node.shape, rowwise=True, axis=ax,
+                       dtype=dtype)
+        out = np.asarray(_quiet(fn, np.ones((1,) * self.ndim, dtype=self.dtype), axis=0,
+                                dtype=dtype)).dtype
+        return LazyArray(Scan(self.node.shape, out, self.node, kind, 1,
+                              None if dtype is None else np.dtype(dtype)))
+
+    def cumsum(self, axis: int | None = None, dtype: Any = None) -> LazyArray:
+        """Lazy :func:`numpy.cumsum`; along axis 0 the running total is carried from chunk to
+        chunk (chunks take their predecessor's total in order; see ``explain()``)."""
+        return self._accumulate("cumsum", axis, dtype)
+
+    def cumprod(self, axis: int | None = None, dtype: Any = None) -> LazyArray:
+        """Lazy :func:`numpy.cumprod`, carried along axis 0 as :meth:`cumsum`."""
+        return self._accumulate("cumprod", axis, dtype)
+
+    def diff(self, n: int = 1, axis: int = -1) -> LazyArray:
+        """Lazy :func:`numpy.diff` (``n``-th difference, numpy's default ``axis=-1``); along
+        axis 0 each chunk takes the last ``n`` rows of its predecessor."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ArgumentError(f"Expected n as a non-negative int. Got {n!r}.")
+        if not self.ndim:
+            raise ShapeError("diff requires input that is at least one dimensional.")
+        ax = self._scan_axis("diff", axis)
+        if n == 0:
+            return self
+        shape = tuple(max(s - n, 0) if i == ax else s for i, s in enumerate(self.node.shape))
+        if ax:
+            return _op(np.diff, (self,), "diff", shape=shape, rowwise=True, n=int(n), axis=ax)
+        dtype = np.diff(np.ones((2, *(1,) * (self.ndim - 1)), dtype=self.dtype), axis=0).dtype
+        return LazyArray(Scan(shape, dtype, self.node, "diff", int(n)))
 
     # ---- evaluation ------------------------------------------------------------------------
     def compute(self, *, budget: int | str | None = None, threads: int | None = None,
@@ -341,7 +557,8 @@ class LazyArray:
         ------
         BudgetError
             If the result itself is larger than the budget (write it with :meth:`to_npy`),
-            or the passes cannot fit it.
+            or the passes cannot fit it; a filter's result is refused as soon as its rows
+            outgrow the budget.
         """
         from bigarr._compute.lazyrun import compute
 
@@ -353,6 +570,9 @@ class LazyArray:
                threads: int | None = None, progress: Any = None,
                overwrite: bool = False) -> Any:
         """Evaluate into a new page-aligned ``.npy`` file; return it as a read-only memmap.
+
+        A result whose rows are known only on evaluation (a filter, ``x[mask]``) grows the
+        file through :class:`bigarr.Appender`, chunk by chunk in order.
 
         Raises
         ------
@@ -366,12 +586,51 @@ class LazyArray:
         return to_npy(self, path, budget=budget, threads=threads, progress=progress,
                       overwrite=overwrite)
 
+    def to_zarr(self, store_or_path: Any, *, budget: int | str | None = None,
+                threads: int | None = None, progress: Any = None, overwrite: bool = False,
+                **zarr_options: Any) -> Any:
+        """Evaluate into a new zarr array (``zarr_options`` as :func:`bigarr.to_zarr`'s:
+        ``chunks``, ``shards``, ``compressors``, ``fill_value``, ``zarr_format``).
+
+        The result is evaluated into a hidden ``.npy`` file next to a local destination (in
+        the temporary directory for other stores), streamed into zarr by
+        :func:`bigarr.to_zarr` and deleted: one more write and read of the result than
+        :meth:`to_npy`, for any expression (filters included).
+        """
+        return _export("zarr", self, store_or_path, budget=budget, threads=threads,
+                       progress=progress, overwrite=overwrite, **zarr_options)
+
+    def to_dask(self, *, block_bytes: int | str | None = None) -> Any:
+        """The expression as a dask array whose inputs are files by reference
+        (:func:`bigarr.to_dask`): the graph holds paths and offsets, never data, so it runs
+        on ``LocalCluster(processes=True)`` or any cluster that sees the same files.
+        Reductions, scans and filters become dask's own; order statistics are refused (dask
+        has no exact quantile)."""
+        return _export("dask", self, block_bytes=block_bytes)
+
     def explain(self, *, budget: int | str | None = None, threads: int | None = None) -> Any:
         """The plan of :meth:`compute`: passes over each input, what each computes, chunk
         sizes and predicted peak memory (``.passes`` is their number)."""
         from bigarr._compute.lazyrun import explain
 
         return explain(self, budget=budget, threads=threads)
+
+
+#: Exporters registered by the interop layer (which this layer may not import): ``"zarr"``
+#: and ``"dask"``, each ``exporter(expr, *args, **kwargs)``.
+EXPORTERS: dict[str, Callable[..., Any]] = {}
+
+
+def register_exporter(name: str, exporter: Callable[..., Any]) -> None:
+    """Make ``LazyArray.to_<name>`` call ``exporter`` (the interop modules register theirs)."""
+    EXPORTERS[name] = exporter
+
+
+def _export(name: str, expr: LazyArray, *args: Any, **kwargs: Any) -> Any:
+    exporter = EXPORTERS.get(name)
+    if exporter is None:  # only when the interop module was never imported
+        raise UnsupportedError(f"to_{name} needs bigarr's interop layer: import bigarr first.")
+    return exporter(expr, *args, **kwargs)
 
 
 def lazy(source: Any) -> LazyArray:
@@ -392,6 +651,3 @@ def lazy(source: Any) -> LazyArray:
 def where(condition: Any, x: Any, y: Any) -> LazyArray:
     """Lazy :func:`numpy.where` with three arguments: ``x`` where ``condition``, else ``y``."""
     return _op(np.where, (condition, x, y), "where")
-
-
-

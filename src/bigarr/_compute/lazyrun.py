@@ -14,8 +14,19 @@ order, so a reduction's result is known (and held in memory, broadcast) when a l
 it. Within an item, a leaf is streamed by rows when its axis 0 is the result's axis 0; a leaf
 that broadcasts along the rows (fewer dimensions, or one row) is used whole.
 
+Within a chunk, expressions with operations are evaluated in tiles of about
+:data:`~bigarr._compute.lazyeval.TILE_BYTES` of input rows, so a chain's temporaries stay in
+the CPU's caches. Floating reductions of plain rows (sums, means, variances and their nan
+variants) merge in :class:`~bigarr._compute.partials.Tree`, the fixed pairwise tree of
+:func:`bigarr.sum` and friends, so they are the same bits at every budget, thread count and
+tile size; a mean next to a variance of the same values is read off the variance's state.
+Other reductions merge chunk by chunk. Order statistics are computed by
+:mod:`bigarr._compute.order` in passes of their own (counted as two in plans: most data needs
+two).
+
 A file output (:meth:`LazyArray.to_npy`) is written by :func:`bigarr.map_blocks` in its own
-final pass, with its resumable, crash-safe publishing.
+final pass, with its crash-safe publishing; a result whose rows are known only on evaluation
+(a filter) or fewer than the inputs' (a diff) grows a :class:`bigarr.Appender` in chunk order.
 """
 
 from __future__ import annotations
@@ -29,16 +40,39 @@ from typing import Any
 import numpy as np
 
 from bigarr._compute.engine import execute
-from bigarr._compute.lazy import Const, Index, LazyArray, Leaf, Node, Op, Reduce
+from bigarr._compute.lazy import LazyArray
+from bigarr._compute.lazyeval import (
+    Carries,
+    Env,
+    evaluate,
+    finish,
+    kernel,
+    numpy_reduce,
+    tiles,
+)
+from bigarr._compute.lazynodes import (
+    ORDER_STATISTICS,
+    Filter,
+    Index,
+    Leaf,
+    Node,
+    Op,
+    Reduce,
+    Scan,
+    frame,
+    plain,
+    rowed,
+    unknown_rows,
+)
 from bigarr._compute.operands import Stream, parse_operand
-from bigarr._compute.partials import Extreme, Kernel, Mean, State, Sum, Var, merge
+from bigarr._compute.partials import Tree, merge
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.reductions import SCRATCH_BYTES
 from bigarr._compute.runplan import RunPlan, parse_threads, plan_run, probe_temporaries
 from bigarr._os.geometry import format_bytes, parse_size
 from bigarr._plan.budget import DEFAULT_BUDGET
 from bigarr._plan.chunks import Chunk
-from bigarr.errors import ArgumentError, BudgetError
+from bigarr.errors import ArgumentError, BudgetError, UnsupportedError
 
 __all__ = ["LazyPlan", "PassPlan", "compute", "explain", "to_npy"]
 
@@ -83,8 +117,12 @@ class LazyPlan:
         for i, p in enumerate(self.steps, 1):
             lines.append(f"pass {i}: reads {', '.join(p.inputs)}")
             lines.append(f"  computes {'; '.join(p.computes)}")
-            lines.append(f"  {p.chunks} chunk(s) of {format_bytes(p.chunk_bytes)}, predicted "
-                         f"peak {format_bytes(p.peak_bytes)}")
+            if p.chunks:
+                lines.append(f"  {p.chunks} chunk(s) of {format_bytes(p.chunk_bytes)}, "
+                             f"predicted peak {format_bytes(p.peak_bytes)}")
+            else:
+                lines.append("  chunks planned by the order statistic itself, within the "
+                             "budget")
         if self.in_memory:
             lines.append(f"in memory: {'; '.join(self.in_memory)}")
         return "\n".join(lines)
@@ -96,7 +134,9 @@ class LazyPlan:
 def _children(node: Node) -> tuple[Node, ...]:
     if isinstance(node, Op):
         return node.args
-    if isinstance(node, (Index, Reduce)):
+    if isinstance(node, Filter):
+        return (node.child, node.mask)
+    if isinstance(node, (Index, Reduce, Scan)):
         return (node.child,)
     return ()
 
@@ -109,96 +149,45 @@ def _depth(node: Node, memo: dict[int, int]) -> int:
     return memo[id(node)]
 
 
-def _reductions(node: Node, out: dict[int, Reduce]) -> None:
-    if isinstance(node, Reduce):
-        if id(node) in out:
-            return
-        out[id(node)] = node
+def _walk(node: Node, seen: set[int], out: list[Node]) -> None:
+    """The nodes of ``node``'s expression, reductions' insides included, each once."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    out.append(node)
     for c in _children(node):
-        _reductions(c, out)
+        _walk(c, seen, out)
 
 
-def _arg_rowed(rowed: bool, node: Node, arg: Node) -> bool:
-    """Whether ``arg``'s axis 0 is ``node``'s (streamed by rows) rather than broadcast."""
-    return (rowed and len(arg.shape) == len(node.shape) and len(arg.shape) > 0
-            and arg.shape[0] == node.shape[0])
+def _reductions(node: Node, out: dict[int, Reduce]) -> None:
+    nodes: list[Node] = []
+    _walk(node, set(), nodes)
+    out.update({id(n): n for n in nodes if isinstance(n, Reduce) and id(n) not in out})
 
 
-def _leaves(node: Node, rowed: bool, rows: dict[int, Leaf], whole: dict[int, Leaf]) -> None:
-    """Sort the leaves of ``node``'s expression (reductions are values) into streamed and whole."""
+def _leaves(node: Node, is_rowed: bool, rows: dict[int, Leaf], whole: dict[int, Leaf],
+            scans: dict[int, Scan], seen: set[tuple[int, bool]]) -> None:
+    """Sort the leaves of ``node``'s expression (reductions are values) into streamed and whole;
+    collect its streamed scans."""
+    if (id(node), is_rowed) in seen:
+        return
+    seen.add((id(node), is_rowed))
     if isinstance(node, Leaf):
-        (rows if rowed else whole)[id(node)] = node
-    elif isinstance(node, Op):
-        for a in node.args:
-            _leaves(a, _arg_rowed(rowed, node, a), rows, whole)
-    elif isinstance(node, Index):
-        _leaves(node.child, rowed, rows, whole)
+        (rows if is_rowed else whole)[id(node)] = node
+    elif not isinstance(node, Reduce):
+        if isinstance(node, Scan) and is_rowed:
+            scans[id(node)] = node
+        for a in _children(node):
+            _leaves(a, is_rowed and rowed(node, a), rows, whole, scans, seen)
 
 
-# ---- evaluation of one block ---------------------------------------------------------------
-@dataclass
-class _Env:
-    blocks: dict[int, Array]
-    """Streamed leaves' blocks of this chunk."""
-    whole: dict[int, Array]
-    """Leaves used whole."""
-    values: dict[int, Array]
-    """Results of reductions computed in earlier passes."""
-    rows: slice | None
-    """The chunk's rows (None: everything whole)."""
-
-
-def _eval(node: Node, rowed: bool, env: _Env, memo: dict[tuple[int, bool], Any]) -> Any:
-    key = (id(node), rowed)
-    if key in memo:
-        return memo[key]
-    chunked = rowed and env.rows is not None
-    out: Any
-    if isinstance(node, Leaf):
-        out = env.blocks[id(node)] if chunked else env.whole[id(node)]
-    elif isinstance(node, Const):
-        out = node.value[env.rows] if chunked and np.ndim(node.value) else node.value
-    elif isinstance(node, Reduce):
-        value = env.values[id(node)]
-        out = value[env.rows] if chunked and value.ndim else value
-    elif isinstance(node, Index):
-        out = np.asarray(_eval(node.child, rowed, env, memo))[(slice(None), *node.key)]
-    else:
-        assert isinstance(node, Op)
-        args = [_eval(a, _arg_rowed(rowed, node, a), env, memo) for a in node.args]
-        with np.errstate(all="ignore"):
-            out = node.func(*args, **dict(node.kwargs))
-    memo[key] = out
-    return out
-
-
-def _kernel(r: Reduce) -> Kernel:
-    if r.kind == "sum":
-        return Sum(r.out_dtype, r.dtype)  # dtype= as given, and the result's dtype
-    if r.kind == "mean":
-        return Mean(r.out_dtype, r.dtype)
-    if r.kind in ("var", "std"):
-        return Var(r.ddof)
-    return Extreme(r.kind == "max")
-
-
-def _finish(r: Reduce, kernel: Kernel, state: State) -> Array:
-    res = kernel.finish(state)
-    if r.kind == "std":
-        res = np.sqrt(res)
-    res = np.asarray(res).astype(r.dtype, copy=False)
-    return res.reshape(r.shape)
-
-
-def _numpy_reduce(r: Reduce, value: Any) -> Array:
-    fn = getattr(np, r.kind)
-    kwargs: dict[str, Any] = {"axis": r.axes, "keepdims": r.keepdims}
-    if r.kind not in ("min", "max"):
-        kwargs["dtype"] = r.out_dtype
-    if r.kind in ("var", "std"):
-        kwargs["ddof"] = r.ddof
-    with np.errstate(all="ignore"):
-        return np.asarray(fn(np.asarray(value), **kwargs), dtype=r.dtype)
+def _lag(fr: Any) -> int:
+    """Rows a frame drops in front of its inputs' (diffs)."""
+    lag = 0
+    while fr is not None and fr[0] != "rows":
+        lag += fr[1] if fr[0] == "lag" else 0
+        fr = fr[2]
+    return lag
 
 
 # ---- items and passes ----------------------------------------------------------------------
@@ -210,21 +199,32 @@ class _Item:
     """What is streamed: the reduction's child, or the root."""
     rows: dict[int, Leaf]
     whole: dict[int, Leaf]
+    scans: dict[int, Scan]
+    frame: Any
+    """The rows the expression's chunks hold (:func:`bigarr._compute.lazy.frame`)."""
 
     @property
     def label(self) -> str:
         n = self.node
         if isinstance(n, Reduce):
-            return f"{n.kind}(axis={n.axes}) of {self.expr.shape}"
+            q = "" if n.q is None else f" q={np.asarray(n.q).tolist()}"
+            return f"{n.kind}(axis={n.axes}{q}) of {self.expr.shape}"
+        if unknown_rows(self.frame):
+            return f"output (? x {n.shape[1:]}) {n.dtype}, rows filtered"
         return f"output {n.shape} {n.dtype}"
+
+    @property
+    def order(self) -> bool:
+        return isinstance(self.node, Reduce) and self.node.kind in ORDER_STATISTICS
 
 
 def _item(node: Node) -> _Item:
     expr = node.child if isinstance(node, Reduce) else node
     rows: dict[int, Leaf] = {}
     whole: dict[int, Leaf] = {}
-    _leaves(expr, len(expr.shape) > 0, rows, whole)
-    return _Item(node, expr, rows, whole)
+    scans: dict[int, Scan] = {}
+    _leaves(expr, len(expr.shape) > 0, rows, whole, scans, set())
+    return _Item(node, expr, rows, whole, scans, frame(expr))
 
 
 def _schedule(roots: Sequence[Node]) -> list[list[_Item]]:
@@ -242,16 +242,20 @@ def _schedule(roots: Sequence[Node]) -> list[list[_Item]]:
     return [levels[k] for k in sorted(levels)]
 
 
-def _groups(items: list[_Item]) -> tuple[list[list[_Item]], list[_Item]]:
-    """Items that stream, grouped by their number of rows; and items computed whole."""
+def _groups(items: list[_Item]) -> tuple[list[list[_Item]], list[_Item], list[_Item]]:
+    """Items that stream, grouped by their inputs' number of rows; items computed whole; and
+    order statistics (passes of their own)."""
     by_rows: dict[int, list[_Item]] = {}
     whole: list[_Item] = []
+    order: list[_Item] = []
     for it in items:
-        if it.rows and math.prod(it.expr.shape) > 0:
-            by_rows.setdefault(it.expr.shape[0], []).append(it)
+        if it.order and math.prod(it.expr.shape) > 0:
+            order.append(it)
+        elif it.rows and math.prod(next(iter(it.rows.values())).shape) > 0:
+            by_rows.setdefault(next(iter(it.rows.values())).shape[0], []).append(it)
         else:
             whole.append(it)
-    return list(by_rows.values()), whole
+    return list(by_rows.values()), whole, order
 
 
 class _Opened:
@@ -281,6 +285,13 @@ class _Opened:
             s.close()
 
 
+_CARRY_NOTE = {
+    "cumsum": "running total carried from chunk to chunk in order",
+    "cumprod": "running product carried from chunk to chunk in order",
+    "diff": "each chunk takes its predecessor's last rows",
+}
+
+
 class _Pass:
     """One planned pass: the items of a group, their streams, and the run plan."""
 
@@ -289,6 +300,7 @@ class _Pass:
         self.items = items
         self.to_file = to_file
         self.values = values
+        self.budget = budget
         leaves: dict[int, Leaf] = {}
         whole: dict[int, Leaf] = {}
         for it in items:
@@ -297,8 +309,32 @@ class _Pass:
         self.ids = list(leaves)
         self.streams = [opened.stream(leaves[i]) for i in self.ids]
         self.whole = {i: opened.array(leaf) for i, leaf in whole.items()}
-        self.kernels = {id(it.node): _kernel(it.node) for it in items
+        self.kernels = {id(it.node): kernel(it.node, it.expr.shape) for it in items
                         if isinstance(it.node, Reduce)}
+        # Floating reductions of plain rows merge in the fixed tree of bigarr.sum and friends:
+        # the same bits as theirs, whatever the budget, threads and tiles.
+        self.trees = {id(it.node): Tree(self.kernels[id(it.node)], it.expr.shape,
+                                        it.node.axes, "C")
+                      for it in items if isinstance(it.node, Reduce)
+                      and not self.kernels[id(it.node)].exact and plain(it.frame)
+                      and it.expr.shape}
+        # Tiles only where a chain of operations makes temporaries, cut on the trees' leaves
+        # (a tile ending inside a leaf would hand the leaf over in pieces).
+        # A mean next to a var/std of the same values and axes is read off the variance's
+        # state (its shift plus mean): one kernel less per chunk.
+        self.derived: dict[int, int] = {}
+        for it in items:
+            for other in items:
+                a, b = it.node, other.node
+                if isinstance(a, Reduce) and isinstance(b, Reduce) and a.kind == "mean" \
+                        and a.out_dtype is None and b.kind in ("var", "std") \
+                        and it.expr is other.expr and a.axes == b.axes \
+                        and id(a) in self.trees and id(b) in self.trees:
+                    self.derived[id(a)] = id(b)
+        self.fuses = any(isinstance(it.expr, (Op, Scan, Filter)) for it in items)
+        self.align = max((t.L for t in self.trees.values() if t.d == 0), default=1)
+        self.reserve = 0
+        """Bytes reserved for results whose rows are known only on evaluation (filters)."""
         nthreads = threads
         fixed = 0
         scratch = 0
@@ -313,8 +349,12 @@ class _Pass:
                     fixed += (nthreads + 2) * keep * per
                 if k.sub_blocked:
                     scratch = SCRATCH_BYTES
-            elif not to_file:  # the result in memory; a file output is a stream (map_blocks')
+            elif not to_file and not unknown_rows(it.frame):
+                # the result in memory; a file output is a stream (map_blocks')
                 fixed += math.prod(node.shape) * node.dtype.itemsize
+            elif not to_file:  # a filter's result: as much as the rows could be, at most half
+                self.reserve += min(math.prod(node.shape) * node.dtype.itemsize, budget // 2)
+        fixed += self.reserve
         per_byte, per_call = probe_temporaries(self._probe_fn, self.streams)
         self.plan: RunPlan = plan_run("lazy", self.streams, budget=budget, threads=nthreads,
                                       layout="rows", temporaries=per_byte,
@@ -323,17 +363,72 @@ class _Pass:
 
     def _probe_fn(self, *blocks: Array) -> Any:
         rows = slice(0, blocks[0].shape[0]) if blocks and blocks[0].ndim else slice(0, 0)
-        return self._evaluate(rows, list(blocks))
+        return self._evaluate(rows, list(blocks), None)
 
-    def _evaluate(self, rows: slice, blocks: list[Array]) -> list[Any]:
-        env = _Env(dict(zip(self.ids, blocks, strict=True)), self.whole, self.values, rows)
-        memo: dict[tuple[int, bool], Any] = {}
+    def _evaluate(self, rows: slice, blocks: list[Array], carries: Carries | None) -> list[Any]:
+        """Every item's part of the chunk ``rows``, evaluated tile by tile (see :func:`tiles`):
+        outputs are written tile by tile into one buffer of the chunk's rows, reductions'
+        states of the tiles combined (or, along kept axes, placed side by side)."""
+        spans = tiles(rows.stop - rows.start, blocks, rows.start, self.align) \
+            if self.fuses else [(0, rows.stop - rows.start)]
+        if len(spans) == 1:
+            return self._evaluate_tile(rows, blocks, carries)
+        parts: list[Any] = [None] * len(self.items)
+        pieces: list[list[Array]] = [[] for _ in self.items]
+        for t0, t1 in spans:
+            got = self._evaluate_tile(slice(rows.start + t0, rows.start + t1),
+                                      [b[t0:t1] for b in blocks], carries)
+            for i, (it, part) in enumerate(zip(self.items, got, strict=True)):
+                node = it.node
+                if part is None:
+                    continue
+                if not isinstance(node, Reduce):
+                    if plain(it.frame):
+                        if parts[i] is None:
+                            parts[i] = np.empty((rows.stop - rows.start, *node.shape[1:]),
+                                                node.dtype)
+                        parts[i][t0:t1] = part
+                    else:
+                        pieces[i].append(part)
+                elif parts[i] is None:
+                    parts[i] = part
+                elif id(node) in self.trees:
+                    parts[i] = parts[i] + part
+                elif 0 in node.axes:
+                    parts[i] = self.kernels[id(node)].combine(parts[i], part)
+                else:
+                    pieces[i].append(part)
+        for i, it in enumerate(self.items):
+            if not pieces[i]:
+                continue
+            if isinstance(it.node, Reduce) and id(it.node) not in self.trees:
+                first = [parts[i], *pieces[i]]
+                parts[i] = tuple(np.concatenate([p[k] for p in first])
+                                 for k in range(len(first[0])))
+            else:
+                parts[i] = np.concatenate(pieces[i])
+        return parts
+
+    def _evaluate_tile(self, rows: slice, blocks: list[Array],
+                       carries: Carries | None) -> list[Any]:
+        env = Env(dict(zip(self.ids, blocks, strict=True)), self.whole, self.values, rows,
+                  carries)
         out: list[Any] = []
         for it in self.items:
-            value = np.asarray(_eval(it.expr, True, env, memo))
+            value = np.asarray(evaluate(it.expr, True, env))
             node = it.node
             if isinstance(node, Reduce):
-                origin = tuple(rows.start if i == 0 else 0 for i in range(value.ndim))
+                if (value.ndim and value.shape[0] == 0) or id(node) in self.derived:
+                    out.append(None)  # no rows here (filtered, diffed), or read off a var
+                    continue
+                if id(node) in self.trees:
+                    shape = it.expr.shape
+                    value = np.broadcast_to(value, (rows.stop - rows.start, *shape[1:]))
+                    key = (rows, *(slice(0, n) for n in shape[1:]))
+                    out.append(self.trees[id(node)].parts(key, 0, value))
+                    continue
+                start = max(rows.start - _lag(it.frame), 0)
+                origin = tuple(start if i == 0 else 0 for i in range(value.ndim))
                 out.append(self.kernels[id(node)].chunk_state(value, node.axes, origin))
             else:
                 out.append(value)
@@ -341,39 +436,67 @@ class _Pass:
 
     def describe(self) -> PassPlan:
         p = self.plan
-        return PassPlan(tuple(s.name or s.kind for s in self.streams),
-                        tuple(it.label + (" to a file" if self.to_file and not
-                                          isinstance(it.node, Reduce) else "")
-                              for it in self.items), p.memory.chunk_bytes,
-                        len(p.chunks), p.peak_bytes)
+        notes = []
+        for it in self.items:
+            label = it.label + (" to a file" if self.to_file and not
+                                isinstance(it.node, Reduce) else "")
+            for scan in it.scans.values():
+                label += f" [{scan.kind} along axis 0: {_CARRY_NOTE[scan.kind]}]"
+            notes.append(label)
+        return PassPlan(tuple(s.name or s.kind for s in self.streams), tuple(notes),
+                        p.memory.chunk_bytes, len(p.chunks), p.peak_bytes)
 
     def run(self, progress: ProgressArg, results: dict[int, Array]) -> None:
         states: dict[int, list[Array]] = {}
         seen: dict[int, Array] = {}
         outs: dict[int, Array] = {}
+        grown: dict[int, list[Array]] = {}
+        carries = Carries()
         for it in self.items:
             if isinstance(it.node, Reduce):
                 shape = tuple(1 if i in it.node.axes else n
                               for i, n in enumerate(it.expr.shape))
                 seen[id(it.node)] = np.zeros(shape, dtype=bool)
-            else:
+            elif plain(it.frame):
                 outs[id(it.node)] = np.empty(it.node.shape, dtype=it.node.dtype)
+            else:
+                grown[id(it.node)] = []
 
         def work(chunk: Chunk, blocks: list[Array]) -> list[Any]:
-            got = self._evaluate(chunk.rows, blocks)
+            try:
+                got = self._evaluate(chunk.rows, blocks, carries)
+            except BaseException:
+                carries.fail()
+                raise
             for it, value in zip(self.items, got, strict=True):
                 if id(it.node) in outs:  # disjoint rows: written by the worker
                     out = outs[id(it.node)]
                     out[chunk.rows] = np.broadcast_to(value, out[chunk.rows].shape)
             return got
 
+        held = 0
         chunks = self.plan.chunks
         with Progress(progress, total_bytes=chunks.nbytes, total_chunks=len(chunks),
                       desc="lazy") as bar:
             for chunk, parts in execute(self.plan, work, self.streams, progress=bar):
                 for it, part in zip(self.items, parts, strict=True):
                     node = it.node
-                    if not isinstance(node, Reduce):
+                    if id(node) in grown:
+                        grown[id(node)].append(part)
+                        held += part.nbytes if unknown_rows(it.frame) else 0
+                        if held > self.reserve:
+                            carries.fail()
+                            raise BudgetError(
+                                f"The filtered result outgrew the memory its pass could leave "
+                                f"it: {held} bytes so far, more than {self.reserve} bytes (of "
+                                f"the budget of {self.budget} bytes). Write it to a file with "
+                                ".to_npy(path), or raise budget=."
+                            )
+                        continue
+                    if not isinstance(node, Reduce) or part is None:
+                        continue
+                    if id(node) in self.trees:
+                        self.trees[id(node)].add(part)
                         continue
                     if id(node) not in states:
                         states[id(node)] = [np.empty(seen[id(node)].shape, dtype=p.dtype)
@@ -385,20 +508,69 @@ class _Pass:
                           part)
         for it in self.items:
             node = it.node
-            if isinstance(node, Reduce):
-                results[id(node)] = _finish(node, self.kernels[id(node)],
-                                            tuple(states[id(node)]))
+            if isinstance(node, Reduce) and id(node) in self.derived:
+                var = self.trees[self.derived[id(node)]]
+                assert var.result is not None
+                _n, shift, mean, _m2 = var.result
+                results[id(node)] = finish(node, self.kernels[id(node)], None, shift + mean)
+            elif isinstance(node, Reduce) and id(node) in self.trees:
+                results[id(node)] = finish(node, self.kernels[id(node)], None,
+                                           self.trees[id(node)].finish())
+            elif isinstance(node, Reduce):
+                if id(node) not in states:  # no rows at all (a filter kept none): numpy's
+                    empty = np.empty((0, *it.expr.shape[1:]), dtype=it.expr.dtype)
+                    results[id(node)] = numpy_reduce(node, empty)
+                else:
+                    results[id(node)] = finish(node, self.kernels[id(node)],
+                                               tuple(states[id(node)]))
+            elif id(node) in grown:
+                parts = grown.pop(id(node))
+                results[id(node)] = (np.concatenate(parts) if parts else
+                                     np.empty((0, *node.shape[1:]), node.dtype))
             else:
                 results[id(node)] = outs[id(node)]
 
 
 def _in_memory(it: _Item, opened: _Opened, values: dict[int, Array]) -> Array:
     whole = {i: opened.array(leaf) for i, leaf in {**it.rows, **it.whole}.items()}
-    env = _Env({}, whole, values, None)
-    value = _eval(it.expr, False, env, {})
+    env = Env({}, whole, values, None)
+    value = evaluate(it.expr, False, env)
     if isinstance(it.node, Reduce):
-        return _numpy_reduce(it.node, value)
+        return numpy_reduce(it.node, value)
+    if not plain(it.frame):
+        return np.asarray(value, dtype=it.node.dtype)
     return np.asarray(np.broadcast_to(value, it.node.shape), dtype=it.node.dtype).copy()
+
+
+#: Passes an order statistic takes on most data (a histogram, then a gather); piled-up data
+#: takes more (:mod:`bigarr._compute.order`).
+ORDER_PASSES = 2
+
+
+def _order_statistic(it: _Item, opened: _Opened, budget: int, threads: int | None,
+                     progress: ProgressArg) -> Array:
+    """An order statistic of an input (or a view of one), by :mod:`bigarr._compute.order`."""
+    from bigarr._compute import order
+
+    node = it.node
+    assert isinstance(node, Reduce)
+    expr = it.expr
+    leaf = expr.child if isinstance(expr, Index) else expr
+    assert isinstance(leaf, Leaf)
+    stream = opened.stream(leaf)
+    source: Any = stream.array if stream.array is not None else leaf.source
+    if isinstance(expr, Index):
+        if stream.array is None:
+            raise UnsupportedError(f"{node.kind} of a column selection of a {leaf.name}: "
+                                   "select the columns from a .npy file or memmap.")
+        source = stream.array[(slice(None), *expr.key)]
+    fn = getattr(order, node.kind)
+    args = () if node.q is None else (node.q,)
+    res = np.asarray(fn(source, *args, **({} if node.q is None else {"method": node.method}),
+                        axis=node.axis, budget=budget, threads=threads, progress=progress))
+    if node.keepdims:
+        res = res.reshape(node.shape)
+    return np.asarray(res, dtype=node.dtype)
 
 
 def _budget(budget: int | str | None) -> int:
@@ -427,7 +599,19 @@ def _run(roots: list[Node], budget: int, threads: int | None, progress: Progress
     try:
         for level in _schedule([r for r in roots]):
             level = [it for it in level if id(it.node) not in skip]
-            streamed, whole = _groups(level)
+            streamed, whole, stats = _groups(level)
+            for it in stats:  # passes of their own, data-dependent in number
+                for k in range(ORDER_PASSES):
+                    leaf = it.expr.child if isinstance(it.expr, Index) else it.expr
+                    assert isinstance(leaf, Leaf)
+                    stream = opened.stream(leaf)
+                    steps.append(PassPlan(
+                        (stream.name or stream.kind,),
+                        (f"{it.label}: exact order statistic, "
+                         f"{'histogram' if k == 0 else 'gather'} pass (passes of its own: two "
+                         "on most data, more when values pile up)",), 0, 0, budget))
+                values[id(it.node)] = (np.zeros(it.node.shape, it.node.dtype) if dry else
+                                       _order_statistic(it, opened, budget, threads, progress))
             for group in streamed:
                 p = _Pass(group, opened, values, budget, nthreads, to_file=to_file)
                 steps.append(p.describe())
@@ -462,6 +646,8 @@ def compute(*exprs: Any, budget: int | str | None = None, threads: int | None = 
     roots = _roots(exprs)
     nbytes = _budget(budget)
     for r in roots:
+        if r.shape and unknown_rows(frame(r)):
+            continue  # checked as it grows
         size = math.prod(r.shape) * r.dtype.itemsize
         if size > nbytes:
             raise BudgetError(
@@ -490,6 +676,7 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
            overwrite: bool = False) -> Any:
     """Evaluate ``expr`` into a new ``.npy`` file (see :meth:`LazyArray.to_npy`)."""
     from bigarr._compute.mapblocks import map_blocks
+    from bigarr._core.append import Appender
     from bigarr._core.files import create
     from bigarr._core.files import open as open_npy
 
@@ -497,39 +684,65 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
     nbytes = _budget(budget)
     item = _item(root)
     streamed = (not isinstance(root, Reduce) and bool(item.rows)
-                and math.prod(root.shape) > 0)
+                and math.prod(next(iter(item.rows.values())).shape) > 0)
     values, _ = _run([root], nbytes, threads, progress, dry=False,
                      skip=frozenset({id(root)} if streamed else ()))
     if not streamed:
         value = values[id(root)]
-        with create(path, root.shape, root.dtype, overwrite=overwrite) as m:
+        with create(path, value.shape, root.dtype, overwrite=overwrite) as m:
             m[...] = value
         return open_npy(path)
     opened = _Opened()
+    carries = Carries()
     try:
         whole = {i: opened.array(leaf) for i, leaf in item.whole.items()}
         ids = list(item.rows)
         row_shape = root.shape[1:]
+        rows_known = plain(item.frame)
+        fuses = isinstance(root, (Op, Scan, Filter))
+
+        def tile(rows: slice, blocks: Sequence[Array], carry: Carries | None) -> Array:
+            env = Env(dict(zip(ids, blocks, strict=True)), whole, values, rows, carry)
+            value = np.asarray(evaluate(root, True, env))
+            if not rows_known:
+                return np.asarray(value, dtype=root.dtype)
+            return np.broadcast_to(value, (rows.stop - rows.start, *row_shape))
 
         def block(*blocks: Array, block_info: dict[str, Any]) -> Array:
             rows = slice(*block_info["rows"])
-            env = _Env(dict(zip(ids, blocks, strict=True)), whole, values, rows)
-            value = np.asarray(_eval(root, True, env, {}))
-            return np.asarray(np.broadcast_to(value, (rows.stop - rows.start, *row_shape)),
-                              dtype=root.dtype)
+            carry = None if block_info["probe"] else carries
+            try:
+                spans = tiles(rows.stop - rows.start, blocks) if fuses else \
+                    [(0, rows.stop - rows.start)]
+                if not rows_known:
+                    return np.concatenate([tile(slice(rows.start + a, rows.start + b),
+                                                [x[a:b] for x in blocks], carry)
+                                           for a, b in spans])
+                out = np.empty((rows.stop - rows.start, *row_shape), dtype=root.dtype)
+                for a, b in spans:  # tile by tile into the chunk's buffer
+                    out[a:b] = tile(slice(rows.start + a, rows.start + b),
+                                    [x[a:b] for x in blocks], carry)
+                return out
+            except BaseException:
+                carries.fail()
+                raise
 
         sources = [item.rows[i].source for i in ids]
         first = sources[0]
         if isinstance(first, (str, os.PathLike)):
             first = os.fspath(first)
-        written = map_blocks(block, first, *sources[1:], out=path, dtype=root.dtype,
-                             budget=nbytes, threads=threads, progress=progress,
-                             overwrite=overwrite)
+        if rows_known:
+            written = map_blocks(block, first, *sources[1:], out=path, dtype=root.dtype,
+                                 budget=nbytes, threads=threads, progress=progress,
+                                 overwrite=overwrite)
+            written_path = written.filename
+            written.close()
+            return open_npy(written_path if written_path is not None else path)
+        # rows known only on evaluation (a filter), or fewer than the inputs' (a diff): the
+        # file grows chunk by chunk, in chunk order
+        with Appender(path, dtype=root.dtype, row_shape=row_shape, overwrite=overwrite) as app:
+            map_blocks(block, first, *sources[1:], out=app, budget=nbytes, threads=threads,
+                       progress=progress)
     finally:
         opened.close()
-    written_path = written.filename
-    written.close()
-    return open_npy(written_path if written_path is not None else path)
-
-
-
+    return open_npy(path)

@@ -1,0 +1,226 @@
+"""Lazy expressions (issue 12): standardize-to-file against peers, and statistics in one pass.
+
+Run: ``python bench/lazy_bench.py [--size 512MiB] [--budget 256MiB] [--runs 3] [--dir DIR]
+[--cold] [--only NAME,...] [--json FILE]``. Linux only (peak RSS from ``/proc/self/status``).
+
+The input is a numpy-written float32 ``.npy`` of N x 32 (``--size`` bytes). Each measurement
+runs in its own subprocess, so each peak is its own: the time is from just before the work to
+just after ``os.sync()`` (so written data reached the disk), the peak is the growth of VmHWM
+over the resident memory just before the work (the peak counter is reset with
+``/proc/self/clear_refs``). ``--cold`` evicts the input from the page cache before each run
+(``posix_fadvise(DONTNEED)``); otherwise the input is warm (read once before the first run).
+Two threads everywhere (the issue's machine and this one have 2 cores).
+
+Standardize ``z = (x - x.mean(0)) / x.std(0)`` into a new ``.npy``:
+
+``bigarr``
+    ``bigarr.lazy(P)``, ``z.to_npy(...)``: two passes, tiles of 512 KiB within chunks.
+``bigarr (whole chunks)``
+    The same with tiling off (``lazyeval.TILE_BYTES = 0``): chunk-sized temporaries.
+``dask``
+    ``da.from_array(np.load(P, mmap_mode='r'), chunks=(R, 32))`` with ``R`` the rows of
+    bigarr's chunk, the same expression, ``da.store`` into ``open_memmap`` (threads scheduler).
+``blosc2``
+    ``blosc2.lazyexpr("(x - mean(x, axis=0)) / std(x, axis=0)", operands={"x": memmap})``,
+    the operand being the ``np.load(mmap_mode='r')`` memmap; ``compute()`` gives an in-memory
+    (compressed) NDArray, copied into ``open_memmap`` by 64 MiB row slices.
+``numpy``
+    ``(a - a.mean(0)) / a.std(0)`` on the memmap, ``np.save``.
+``numexpr loop``
+    Expert code: pass 1 sums and sums of squares (float64) over 64 MiB chunks, pass 2
+    ``numexpr.evaluate("(x - m) / s", out=...)`` per 64 MiB chunk into ``open_memmap``.
+
+A six-operation chain into a file, ``np.sqrt(abs((x - M) / S * 2.0 + 1.0)) - 0.5`` (one pass),
+evaluated on whole chunks, in tiles (the default), and in tiles with numexpr.
+
+Per-column sum, min, max and std: ``one compute`` (``bigarr.compute`` of the four, one pass)
+against ``four reductions`` (``bigarr.sum``, ``min``, ``max``, ``std``, four passes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+PRELUDE = """
+import os, time, numpy as np
+def status(key):
+    return int(open('/proc/self/status').read().split(key + ':')[1].split()[0]) << 10
+P, OUT, B, R = {path!r}, {out!r}, {budget}, {rows}
+{setup}
+if {cold}:
+    fd = os.open(P, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)
+with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')
+base = status('VmRSS')
+t0 = time.perf_counter()
+{work}
+os.sync()
+print(time.perf_counter() - t0, status('VmHWM') - base)
+"""
+
+STANDARDIZE = {
+    "bigarr": ("import bigarr",
+               "x = bigarr.lazy(P)\n"
+               "z = (x - x.mean(axis=0)) / x.std(axis=0)\n"
+               "z.to_npy(OUT, budget=B, threads=2, overwrite=True, progress=False).close()"),
+    "bigarr (whole chunks)": (
+        "import bigarr\nfrom bigarr._compute import lazyeval\nlazyeval.TILE_BYTES = 0",
+        "x = bigarr.lazy(P)\n"
+        "z = (x - x.mean(axis=0)) / x.std(axis=0)\n"
+        "z.to_npy(OUT, budget=B, threads=2, overwrite=True, progress=False).close()"),
+    "dask": ("import dask, dask.array as da\ndask.config.set(scheduler='threads', num_workers=2)",
+             "a = np.load(P, mmap_mode='r')\n"
+             "x = da.from_array(a, chunks=(R, a.shape[1]))\n"
+             "z = (x - x.mean(axis=0)) / x.std(axis=0)\n"
+             "out = np.lib.format.open_memmap(OUT, 'w+', z.dtype, z.shape)\n"
+             "da.store(z, out, lock=False)\n"
+             "out.flush(); del out"),
+    "blosc2": ("import blosc2\nblosc2.set_nthreads(2)",
+               "a = np.load(P, mmap_mode='r')\n"
+               "e = blosc2.lazyexpr('(x - mean(x, axis=0)) / std(x, axis=0)', "
+               "operands={'x': a})\n"
+               "r = e.compute()\n"
+               "out = np.lib.format.open_memmap(OUT, 'w+', r.dtype, r.shape)\n"
+               "step = (64 << 20) // (a.shape[1] * 4)\n"
+               "for i in range(0, a.shape[0], step):\n"
+               "    out[i:i + step] = r[i:i + step]\n"
+               "out.flush(); del out"),
+    "numpy": ("",
+              "a = np.load(P, mmap_mode='r')\n"
+              "np.save(OUT, (a - a.mean(axis=0)) / a.std(axis=0))"),
+    "numexpr loop": (
+        "import numexpr as ne\nne.set_num_threads(2)",
+        "a = np.load(P, mmap_mode='r')\n"
+        "n, k = a.shape\n"
+        "step = (64 << 20) // (k * 4)\n"
+        "s = np.zeros(k); ss = np.zeros(k)\n"
+        "for i in range(0, n, step):\n"
+        "    c = a[i:i + step].astype(np.float64)\n"
+        "    s += c.sum(axis=0); ss += np.einsum('ij,ij->j', c, c)\n"
+        "m = (s / n).astype(np.float32)\n"
+        "sd = np.sqrt(ss / n - (s / n) ** 2).astype(np.float32)\n"
+        "out = np.lib.format.open_memmap(OUT, 'w+', np.float32, (n, k))\n"
+        "for i in range(0, n, step):\n"
+        "    x = a[i:i + step]\n"
+        "    ne.evaluate('(x - m) / sd', local_dict={'x': x, 'm': m, 'sd': sd},\n"
+        "                out=out[i:i + step])\n"
+        "out.flush(); del out"),
+}
+
+_CHAIN = ("x = bigarr.lazy(P)\n"
+          "z = np.sqrt(abs((x - M) / S * 2.0 + 1.0)) - 0.5\n"
+          "z.to_npy(OUT, budget=B, threads=2, overwrite=True, progress=False).close()")
+_CHAIN_SETUP = ("import bigarr\nfrom bigarr._compute import lazyeval\n"
+                "M = np.full(32, 7, np.float32); S = np.full(32, 3, np.float32)\n")
+CHAIN = {
+    "chain: whole chunks": (_CHAIN_SETUP + "lazyeval.TILE_BYTES = 0; lazyeval.NUMEXPR = False",
+                            _CHAIN),
+    "chain: tiles": (_CHAIN_SETUP + "lazyeval.NUMEXPR = False", _CHAIN),
+    "chain: tiles + numexpr": (_CHAIN_SETUP + "lazyeval.NUMEXPR = True", _CHAIN),
+}
+
+STATS = {
+    "one compute": ("import bigarr",
+                    "x = bigarr.lazy(P)\n"
+                    "bigarr.compute(x.sum(axis=0), x.min(axis=0), x.max(axis=0), "
+                    "x.std(axis=0), budget=B, threads=2, progress=False)"),
+    "four reductions": ("import bigarr",
+                        "kw = dict(axis=0, budget=B, threads=2, progress=False)\n"
+                        "bigarr.sum(P, **kw); bigarr.min(P, **kw); bigarr.max(P, **kw)\n"
+                        "bigarr.std(P, **kw)"),
+}
+
+
+def _run(name: str, setup: str, work: str, args: argparse.Namespace, path: Path,
+         rows: int) -> tuple[float, int] | str:
+    code = PRELUDE.format(path=str(path), out=str(path.with_name("out.npy")),
+                          budget=args.budget, rows=rows, setup=setup, cold=args.cold,
+                          work=work)
+    env = dict(os.environ)
+    src = Path(__file__).resolve().parent.parent / "src"
+    env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=env, timeout=3600)
+    if proc.returncode:
+        return f"failed: {proc.stderr.strip().splitlines()[-1][:80]}"
+    seconds, peak = proc.stdout.split()[-2:]
+    return float(seconds), int(peak)
+
+
+def main() -> None:
+    import bigarr
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=bigarr.parse_size, default="512MiB")
+    parser.add_argument("--budget", type=bigarr.parse_size, default="256MiB")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--dir", default=None)
+    parser.add_argument("--cold", action="store_true")
+    parser.add_argument("--only", default="")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    folder = Path(args.dir or tempfile.mkdtemp(prefix="bigarr-lazy-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    n = args.size // 128
+    path = folder / "x.npy"
+    if not path.exists() or np.load(path, mmap_mode="r").shape != (n, 32):
+        x = np.lib.format.open_memmap(path, "w+", np.float32, (n, 32))
+        rng = np.random.default_rng(0)
+        for i in range(0, n, 1 << 18):
+            block = x[i:i + (1 << 18)]
+            block[:] = rng.standard_normal(block.shape, dtype=np.float32) * 3 + 7
+        x.flush()
+        del x
+    if not args.cold:
+        np.load(path, mmap_mode="r").sum()  # warm: in the page cache
+    x = bigarr.lazy(path)
+    plan = ((x - x.mean(axis=0)) / x.std(axis=0)).explain(budget=args.budget, threads=2)
+    rows = max(1, plan.steps[-1].chunk_bytes // 128)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    results: dict[str, list[tuple[float, int]] | str] = {}
+    cases = [("standardize", STANDARDIZE), ("chain", CHAIN), ("stats", STATS)]
+    for _group, table in cases:
+        for name, (setup, work) in table.items():
+            if only and name not in only:
+                continue
+            got: list[tuple[float, int]] = []
+            for _ in range(args.runs):
+                r = _run(name, setup, work, args, path, rows)
+                if isinstance(r, str):
+                    results[name] = r
+                    break
+                got.append(r)
+            else:
+                results[name] = got
+            print(_line(name, results[name]), flush=True)
+    with_out = path.with_name("out.npy")
+    if with_out.exists():
+        with_out.unlink()
+    print(f"\n{args.size >> 20} MiB float32 N x 32, budget {args.budget >> 20} MiB, 2 threads, "
+          f"{'cold' if args.cold else 'warm'} input, {args.runs} runs, chunk rows {rows}; "
+          f"bigarr plan:\n{plan}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"size": args.size, "budget": args.budget, "cold": args.cold, "runs": args.runs,
+             "results": results}, indent=1))
+
+
+def _line(name: str, res: list[tuple[float, int]] | str) -> str:
+    if isinstance(res, str):
+        return f"| {name} | {res} | |"
+    ts = [t for t, _ in res]
+    ps = [p / 2**20 for _, p in res]
+    return (f"| {name} | {min(ts):.2f}-{max(ts):.2f} s | {min(ps):.0f}-{max(ps):.0f} MiB |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Lazy expressions (:class:`bigarr.LazyArray`) out to zarr and dask.
+
+The compute layer may not import this one, so these register themselves as the
+``LazyArray.to_zarr`` / ``LazyArray.to_dask`` implementations
+(:func:`bigarr._compute.lazy.register_exporter`) when ``bigarr`` is imported.
+
+``to_zarr`` evaluates the expression into a hidden ``.npy`` file (next to a local destination,
+so on the same file system; in the temporary directory for other stores) with
+:meth:`LazyArray.to_npy`, streams it into zarr with :func:`bigarr.to_zarr` and deletes it.
+
+``to_dask`` translates the expression node by node into dask.array: inputs that are files
+(paths, bigarr arrays) become :func:`bigarr.to_dask` arrays *by reference* (the graph holds a
+:class:`~bigarr._interop.dask.FileRegion`, never data, and its size depends on the number of
+blocks, not on their bytes); elementwise nodes are dask's ufuncs or ``map_blocks``; reductions,
+scans and filters are dask's own functions. In-memory inputs (ndarrays) are embedded as they
+are, as dask's ``from_array`` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from bigarr._compute.lazy import LazyArray, register_exporter
+from bigarr._compute.lazynodes import (
+    ORDER_STATISTICS,
+    REDUCTIONS,
+    Const,
+    Filter,
+    Index,
+    Leaf,
+    Node,
+    Op,
+    Reduce,
+    Scan,
+    rowed,
+)
+from bigarr._core.array import memmap
+from bigarr._interop.dask import DEFAULT_READ_CHUNK, _dask_array, to_dask
+from bigarr._interop.zarr import _local_path, to_zarr
+from bigarr._os.fileid import hidden_name
+from bigarr.errors import UnsupportedError
+
+__all__ = ["lazy_to_dask", "lazy_to_zarr"]
+
+
+def lazy_to_zarr(expr: LazyArray, store_or_path: Any, *, budget: int | str | None = None,
+                 threads: int | None = None, progress: Any = None, overwrite: bool = False,
+                 **zarr_options: Any) -> Any:
+    """:meth:`LazyArray.to_zarr` (see the module docstring)."""
+    from bigarr._plan.budget import DEFAULT_BUDGET
+
+    local = _local_path(store_or_path)
+    target = os.path.abspath(local) if local is not None else \
+        os.path.join(tempfile.gettempdir(), "lazy")
+    tmp = hidden_name(target.rstrip(os.sep), "stage")
+    try:
+        staged = expr.to_npy(tmp, budget=budget, threads=threads, progress=progress)
+        staged.close()
+        return to_zarr(tmp, store_or_path, overwrite=overwrite, progress=progress,
+                       budget=DEFAULT_BUDGET if budget is None else budget, **zarr_options)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _leaf(leaf: Leaf, da: Any, block_bytes: int | str) -> Any:
+    src = leaf.source
+    if isinstance(src, (str, os.PathLike, memmap)):
+        return to_dask(src, block_bytes=block_bytes)
+    if hasattr(src, "dask"):  # already a dask array
+        return src
+    if isinstance(src, np.memmap) and isinstance(src.filename, str) \
+            and src.filename.endswith(".npy") and src.base is not None:
+        with contextlib.suppress(Exception):  # a whole .npy mapping: by reference too
+            ref = to_dask(src.filename, block_bytes=block_bytes)
+            if ref.shape == src.shape and ref.dtype == src.dtype:
+                return ref
+    return da.from_array(np.asarray(src) if not hasattr(src, "chunks") else src)
+
+
+def _translate(node: Node, da: Any, block_bytes: int | str, memo: dict[int, Any]) -> Any:
+    if id(node) in memo:
+        return memo[id(node)]
+    out: Any
+    if isinstance(node, Leaf):
+        out = _leaf(node, da, block_bytes)
+    elif isinstance(node, Const):
+        out = node.value
+    elif isinstance(node, Index):
+        out = _translate(node.child, da, block_bytes, memo)[(slice(None), *node.key)]
+    elif isinstance(node, Filter):
+        child = _translate(node.child, da, block_bytes, memo)
+        mask = _translate(node.mask, da, block_bytes, memo)
+        out = child[mask]
+    elif isinstance(node, Scan):
+        child = _translate(node.child, da, block_bytes, memo)
+        if node.kind == "diff":
+            out = da.diff(child, n=node.n, axis=0)
+        else:
+            out = getattr(da, node.kind)(child, axis=0, dtype=node.out_dtype)
+    elif isinstance(node, Reduce):
+        out = _reduce(node, _translate(node.child, da, block_bytes, memo), da)
+    else:
+        assert isinstance(node, Op)
+        args = [_translate(a, da, block_bytes, memo) for a in node.args]
+        kwargs = dict(node.kwargs)
+        if isinstance(node.func, np.ufunc):
+            out = node.func(*args, **kwargs)
+        elif node.rowwise:  # whole rows per block: columns in one block
+            first = next(a for a, n in zip(args, node.args, strict=True) if rowed(node, n))
+            whole = [a.rechunk({i: -1 for i in range(1, a.ndim)}) if hasattr(a, "rechunk")
+                     and a.ndim > 1 else a for a in args]
+            row_chunks = first.rechunk({i: -1 for i in range(1, first.ndim)}).chunks[0]
+            out = da.map_blocks(node.func, *whole, dtype=node.dtype,
+                                chunks=(row_chunks, *((n,) for n in node.shape[1:])),
+                                drop_axis=[] if len(node.shape) == first.ndim else
+                                list(range(len(node.shape), first.ndim)),
+                                **kwargs)
+        else:
+            out = da.map_blocks(node.func, *args, dtype=node.dtype, **kwargs)
+    memo[id(node)] = out
+    return out
+
+
+def _reduce(node: Reduce, child: Any, da: Any) -> Any:
+    if node.kind in ORDER_STATISTICS:
+        raise UnsupportedError(f"to_dask of {node.kind}: dask has no exact order statistics. "
+                               "Compute it with bigarr first (it is small), then use its value.")
+    fn = getattr(da, node.kind)
+    takes_dtype, takes_ddof = REDUCTIONS[node.kind]
+    kwargs: dict[str, Any] = {"keepdims": node.keepdims}
+    if node.kind in ("argmin", "argmax"):
+        kwargs["axis"] = node.axis
+    else:
+        kwargs["axis"] = node.axes
+    if takes_dtype and node.out_dtype is not None:
+        kwargs["dtype"] = node.out_dtype
+    if takes_ddof:
+        kwargs["ddof"] = node.ddof
+    if node.kind == "count_nonzero" and node.keepdims:  # dask's has no keepdims
+        del kwargs["keepdims"]
+        res = fn(child, **kwargs)
+        return res.reshape(node.shape)
+    return fn(child, **kwargs).astype(node.dtype)
+
+
+def lazy_to_dask(expr: LazyArray, *, block_bytes: int | str | None = None) -> Any:
+    """:meth:`LazyArray.to_dask` (see the module docstring)."""
+    da = _dask_array()
+    return _translate(expr.node, da, DEFAULT_READ_CHUNK if block_bytes is None else block_bytes,
+                      {})
+
+
+register_exporter("zarr", lazy_to_zarr)
+register_exporter("dask", lazy_to_dask)
