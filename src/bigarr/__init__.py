@@ -30,8 +30,8 @@ compute within a memory budget
     :func:`argmin`, :func:`argmax`, :func:`count_nonzero`, :func:`histogram`,
     :func:`reduce_blocks`, :func:`map_blocks`; :func:`cov`, :func:`corrcoef` and the rest of
     :mod:`bigarr.linalg` (``gram``, ``qr``, ``svd``, ``randomized_svd``, ``lstsq``, ``pca``,
-    ``matmul``); exact order statistics: :func:`quantile`, :func:`percentile`, :func:`median` and their ``nan``
-    variants, :func:`topk`, :func:`sort` (values, or rows ``by=`` key columns),
+    ``matmul``); exact order statistics: :func:`quantile`, :func:`percentile`, :func:`median`
+    and their ``nan`` variants, :func:`topk`, :func:`sort` (values, or rows ``by=`` key columns),
     :func:`argsort`, :func:`take`, :func:`searchsorted`, :func:`unique`; growing files:
     :class:`Appender`, :func:`append`; :func:`check_complete` refuses outputs of interrupted runs.
 lazy expressions
