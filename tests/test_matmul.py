@@ -203,3 +203,21 @@ def test_matmul_existing_out_without_overwrite_is_refused_untouched(tmp_path: Pa
     with pytest.raises(FileExistsError):
         linalg.matmul(np.ones((4, 3)), np.ones((3, 1)), out=str(keep))
     np.testing.assert_array_equal(np.load(keep), np.arange(4.0))
+
+
+@pytest.mark.parametrize("bshape", [(0, 2), (0,)])
+def test_matmul_inner_dimension_zero_is_zeros(tmp_path: Path, bshape: tuple[int, ...]) -> None:
+    """Regression: an inner dimension of 0 returned uninitialised memory."""
+    a, b = np.ones((5, 0)), np.ones(bshape)
+    want = a @ b
+    got = linalg.matmul(a, b)
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    pa, pb = tmp_path / "a.npy", tmp_path / "b.npy"
+    np.save(pa, a)
+    np.save(pb, b)
+    np.testing.assert_array_equal(linalg.matmul(str(pa), str(pb)), want)
+    out = linalg.matmul(str(pa), b, out=str(tmp_path / "o.npy"))
+    np.testing.assert_array_equal(np.asarray(out), want)
+    dest = np.full(want.shape, 7.0)
+    np.testing.assert_array_equal(linalg.matmul(a, b, out=dest), want)

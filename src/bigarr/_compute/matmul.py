@@ -275,6 +275,9 @@ def matmul(
             f"matmul: a is {n} x {p}, so b must have {p} rows. Got b of shape {bshape}.")
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.result_type(src, bdtype))
     cols = 1 if len(bshape) == 1 else int(bshape[1])
+    if p == 0:  # an empty sum: zeros, as numpy (no chunk of a has a byte to run on)
+        return _zeros((n, cols) if len(bshape) == 2 else (n,), out_dtype, out, total,
+                      overwrite=overwrite)
     if _large(b, total):
         tiles = plan_tiles((n, p), (p, cols), src.itemsize, bdtype.itemsize,
                            out_dtype.itemsize, total, nthreads)
@@ -323,6 +326,23 @@ def _to_new_file(out: str | os.PathLike[str], shape: tuple[int, ...], dtype: np.
             raise
         fsync_dir(target)
     return open_npy(target, "shared")
+
+
+def _zeros(shape: tuple[int, ...], dtype: np.dtype[Any], out: Any, total: int, *,
+           overwrite: bool) -> Any:
+    """The product of an inner dimension of 0: zeros, in memory, in ``out`` or a new file."""
+    if out is None:
+        res = _in_memory(shape, dtype, total)
+        res[...] = 0
+        return res
+    if isinstance(out, np.ndarray):
+        if out.shape != shape:
+            raise ShapeError(f"matmul: expected out of shape {shape}. Got {out.shape}.")
+        out[...] = 0
+        if isinstance(out, np.memmap):
+            out.flush()
+        return out
+    return _to_new_file(out, shape, dtype, overwrite, lambda arr: None)  # created as zeros
 
 
 def _shape_dtype(b: Any) -> tuple[tuple[int, ...], np.dtype[Any]]:
