@@ -262,6 +262,7 @@ def test_randomized_svd_bad_random_state_is_argument_error(state: Any) -> None:
         linalg.randomized_svd(x, 2, random_state=state, **KW)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's, on NaN arithmetic
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("budget", ["256MiB", "2MiB"])
 def test_randomized_svd_non_finite_data_is_a_bigarr_error(bad: float, budget: str) -> None:
