@@ -159,3 +159,65 @@ def test_tiled_peak_rss_within_budget(tmp_path: Path) -> None:
     a = np.load(tmp_path / "a.npy", mmap_mode="r")
     assert _rel(got[:64], a[:64].astype(np.float64).sum(axis=1, keepdims=True)
                 * np.ones(160)) < 1e-5
+
+
+def test_matmul_out_naming_its_own_input_keeps_the_data(tmp_path: Path) -> None:
+    """Regression: out= the input's own path zeroed the input before reading it."""
+    x = np.random.default_rng(1).standard_normal((2000, 6))
+    path = tmp_path / "X.npy"
+    np.save(path, x)
+    got = linalg.matmul(str(path), np.eye(6), out=str(path), overwrite=True)
+    np.testing.assert_array_equal(np.asarray(got), x)
+    np.testing.assert_array_equal(np.load(path), x)
+
+
+def test_matmul_tiled_out_naming_its_own_input_keeps_the_data(tmp_path: Path) -> None:
+    """Regression: the tiled product (b a file) also created out before opening a by path."""
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((300, 64)), rng.standard_normal((64, 512))
+    assert linalg.plan_tiles(a.shape, b.shape, 8, 8, 8, "1MiB").passes == 2
+    pa, pb = tmp_path / "a.npy", tmp_path / "b.npy"
+    np.save(pa, a)
+    np.save(pb, b)
+    got = linalg.matmul(str(pa), str(pb), out=str(pa), overwrite=True, budget="1MiB")
+    np.testing.assert_allclose(np.asarray(got), a @ b, rtol=1e-12, atol=1e-12)
+
+
+def test_matmul_refused_leaves_existing_out_and_no_new_file(tmp_path: Path) -> None:
+    """Regression: a BudgetError destroyed an existing out, or left a zero-filled new one."""
+    src = tmp_path / "X200k.npy"
+    np.save(src, np.ones((200_000, 6)))
+    keep = tmp_path / "keep.npy"
+    np.save(keep, np.arange(5.0))
+    with pytest.raises(BudgetError):
+        linalg.matmul(str(src), np.ones((6, 2)), out=str(keep), overwrite=True, budget="64KiB")
+    np.testing.assert_array_equal(np.load(keep), np.arange(5.0))
+    with pytest.raises(BudgetError):
+        linalg.matmul(str(src), np.ones((6, 2)), out=str(tmp_path / "new.npy"), budget="64KiB")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["X200k.npy", "keep.npy"]
+
+
+def test_matmul_existing_out_without_overwrite_is_refused_untouched(tmp_path: Path) -> None:
+    keep = tmp_path / "keep.npy"
+    np.save(keep, np.arange(4.0))
+    with pytest.raises(FileExistsError):
+        linalg.matmul(np.ones((4, 3)), np.ones((3, 1)), out=str(keep))
+    np.testing.assert_array_equal(np.load(keep), np.arange(4.0))
+
+
+@pytest.mark.parametrize("bshape", [(0, 2), (0,)])
+def test_matmul_inner_dimension_zero_is_zeros(tmp_path: Path, bshape: tuple[int, ...]) -> None:
+    """Regression: an inner dimension of 0 returned uninitialised memory."""
+    a, b = np.ones((5, 0)), np.ones(bshape)
+    want = a @ b
+    got = linalg.matmul(a, b)
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    pa, pb = tmp_path / "a.npy", tmp_path / "b.npy"
+    np.save(pa, a)
+    np.save(pb, b)
+    np.testing.assert_array_equal(linalg.matmul(str(pa), str(pb)), want)
+    out = linalg.matmul(str(pa), b, out=str(tmp_path / "o.npy"))
+    np.testing.assert_array_equal(np.asarray(out), want)
+    dest = np.full(want.shape, 7.0)
+    np.testing.assert_array_equal(linalg.matmul(a, b, out=dest), want)

@@ -21,7 +21,7 @@ import pytest
 
 import bigarr
 from bigarr import linalg
-from bigarr.errors import ArgumentError, BudgetError, ShapeError
+from bigarr.errors import ArgumentError, BudgetError, NonFiniteError, ShapeError
 
 KW: dict[str, Any] = {"threads": 2, "progress": False}
 
@@ -252,3 +252,38 @@ def test_pca_example_runs_randomized(tmp_path: Path) -> None:
     angle = float(proc.stdout.split("to within ")[1].split()[0])
     assert angle < 1.0, proc.stdout  # the true 3-d subspace, found by the randomized method
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("state", ["x", -1, 1.5])
+def test_randomized_svd_bad_random_state_is_argument_error(state: Any) -> None:
+    """Regression: random_state='x' escaped as a bare TypeError, -1 as a bare ValueError."""
+    x = np.random.default_rng(0).standard_normal((40, 5))
+    with pytest.raises(ArgumentError, match="random_state"):
+        linalg.randomized_svd(x, 2, random_state=state, **KW)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's, on NaN arithmetic
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("budget", ["256MiB", "2MiB"])
+def test_randomized_svd_non_finite_data_is_a_bigarr_error(bad: float, budget: str) -> None:
+    """Regression: NaN/inf data escaped as numpy's LinAlgError. Now a NonFiniteError, which is
+    still a numpy LinAlgError (what bigarr.linalg.svd raises for such data, as numpy does)."""
+    x = np.random.default_rng(0).standard_normal((20_000, 6))
+    x[123, 2] = bad
+    with pytest.raises(NonFiniteError, match="NaN or inf"):
+        linalg.randomized_svd(x, 2, budget=budget, **KW)
+    with pytest.raises(np.linalg.LinAlgError):
+        linalg.randomized_svd(x, 2, budget=budget, **KW)
+    with pytest.raises(NonFiniteError):
+        linalg.pca(x, 2, method="randomized", budget=budget, **KW)
+
+
+def test_randomized_svd_tmpdir_must_be_a_folder(tmp_path: Path) -> None:
+    """Regression: tmpdir= a file or a missing folder escaped as NotADirectoryError or
+    FileNotFoundError; it is checked as bigarr.sort checks its tmpdir=."""
+    x = np.random.default_rng(0).standard_normal((40, 5))
+    afile = tmp_path / "f.npy"
+    afile.write_bytes(b"")
+    for bad in (afile, tmp_path / "missing"):
+        with pytest.raises(ArgumentError, match="tmpdir"):
+            linalg.randomized_svd(x, 2, tmpdir=bad, **KW)

@@ -14,6 +14,8 @@ keeps working::
     ├── RegionError (IndexError)            a region outside the array, or not expressible
     ├── HintError (ValueError)              an unknown access hint, or one refused in this mode
     ├── BudgetError (ValueError)            a memory plan that cannot fit its budget
+    ├── NonFiniteError (numpy.linalg.LinAlgError, a ValueError)  NaN or inf data a
+    │                                       decomposition cannot use
     ├── ClosedError (ValueError)            use of a closed array (like I/O on a closed file)
     ├── MappingBusyError (BufferError)      close() while other views still point into the mapping
     ├── ReadOnlyError (PermissionError)     writing through a read-only file or mapping
@@ -44,6 +46,8 @@ from __future__ import annotations
 
 import errno as _errno
 
+from numpy.linalg import LinAlgError as _LinAlgError
+
 __all__ = [
     "AccessDeniedError",
     "ArgumentError",
@@ -65,6 +69,7 @@ __all__ = [
     "MappingError",
     "MissingExtraError",
     "ModeError",
+    "NonFiniteError",
     "NotADirError",
     "NotAFileError",
     "PathError",
@@ -129,6 +134,14 @@ class HintError(BigArrError, ValueError):
 
 class BudgetError(BigArrError, ValueError):
     """A memory plan that cannot fit within its budget; the message quotes both numbers."""
+
+
+class NonFiniteError(BigArrError, _LinAlgError):
+    """The data hold NaN or inf values where a decomposition needs finite ones.
+
+    Also a :class:`numpy.linalg.LinAlgError` (so a ``ValueError``), as numpy's ``svd`` and
+    :func:`bigarr.linalg.svd` raise for such data.
+    """
 
 
 class ClosedError(BigArrError, ValueError):

@@ -20,8 +20,10 @@ Three cases, told apart by the operands' shapes and memory order only:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +43,13 @@ from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import parse_threads, plan_run
 from bigarr._core.array import memmap
-from bigarr._core.files import create
+from bigarr._core.files import create_held, file_path, publish
+from bigarr._core.files import open as open_npy
+from bigarr._os.durable import fsync_dir
+from bigarr._os.fileid import hidden_name, remove_leftovers
 from bigarr._os.geometry import format_bytes, parse_size
+from bigarr._os.lock import OutputLock
+from bigarr._os.paths import check_output
 from bigarr._plan.budget import DEFAULT_BUDGET
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import BudgetError, ShapeError
@@ -268,6 +275,9 @@ def matmul(
             f"matmul: a is {n} x {p}, so b must have {p} rows. Got b of shape {bshape}.")
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.result_type(src, bdtype))
     cols = 1 if len(bshape) == 1 else int(bshape[1])
+    if p == 0:  # an empty sum: zeros, as numpy (no chunk of a has a byte to run on)
+        return _zeros((n, cols) if len(bshape) == 2 else (n,), out_dtype, out, total,
+                      overwrite=overwrite)
     if _large(b, total):
         tiles = plan_tiles((n, p), (p, cols), src.itemsize, bdtype.itemsize,
                            out_dtype.itemsize, total, nthreads)
@@ -287,6 +297,52 @@ def matmul(
         rest -= result.nbytes
     return _product_to(a, w, result, out_dtype, budget=rest, threads=nthreads,
                        progress=progress, overwrite=overwrite)
+
+
+def _to_new_file(out: str | os.PathLike[str], shape: tuple[int, ...], dtype: np.dtype[Any],
+                 overwrite: bool, write: Callable[[memmap], None]) -> memmap:
+    """A new file at ``out`` written by ``write``, installed only once it is complete.
+
+    As :func:`bigarr.map_blocks` writes a new output: the output's lock is held throughout,
+    the file is created under a hidden name next to ``out`` and renamed over it at the end.
+    So an ``out`` that is also an input (opened by path inside ``write``) is read intact, and
+    a run that fails (a budget refused, an error) leaves an existing ``out`` as it was and no
+    new file behind.
+    """
+    target = file_path(out)
+    with OutputLock(target):
+        existing = check_output(target, overwrite)  # a regular file at most, with overwrite
+        remove_leftovers(target)  # what a killed writer of this output left: ours to remove
+        tmp = hidden_name(target, "new")
+        arr = create_held(tmp, shape, dtype, direct=True)
+        try:
+            write(arr)
+            arr.close(force=True)  # flushes (msync) the written pages
+            publish(tmp, target, overwrite=existing == "file")
+        except BaseException:
+            arr.close(force=True)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(target)
+    return open_npy(target, "shared")
+
+
+def _zeros(shape: tuple[int, ...], dtype: np.dtype[Any], out: Any, total: int, *,
+           overwrite: bool) -> Any:
+    """The product of an inner dimension of 0: zeros, in memory, in ``out`` or a new file."""
+    if out is None:
+        res = _in_memory(shape, dtype, total)
+        res[...] = 0
+        return res
+    if isinstance(out, np.ndarray):
+        if out.shape != shape:
+            raise ShapeError(f"matmul: expected out of shape {shape}. Got {out.shape}.")
+        out[...] = 0
+        if isinstance(out, np.memmap):
+            out.flush()
+        return out
+    return _to_new_file(out, shape, dtype, overwrite, lambda arr: None)  # created as zeros
 
 
 def _shape_dtype(b: Any) -> tuple[tuple[int, ...], np.dtype[Any]]:
@@ -318,7 +374,11 @@ def _tiled(a: Any, b: Any, out: Any, dtype: np.dtype[Any], tiles: TilePlan,
     elif isinstance(out, np.ndarray):
         result, room = out, budget
     else:
-        result, room = create(out, (n, m), dtype, overwrite=overwrite), budget
+        def write(arr: memmap) -> None:
+            _tiled(a, b, arr, dtype, tiles, shape, budget=budget, threads=threads,
+                   progress=progress, overwrite=False)
+
+        return _to_new_file(out, (n, m), dtype, overwrite, write)
     opened = [x for x in (a, b) if isinstance(x, (str, os.PathLike))]
     from bigarr._core.files import open as open_npy
 
@@ -373,17 +433,29 @@ def _product_to(a: Any, w: Array, out: Any, dtype: np.dtype[Any], *, budget: int
     the engine's writeback like any run's output.
     """
     w = np.ascontiguousarray(w, dtype=dtype)
+    width = (1 if w.ndim == 1 else int(w.shape[1]))
     if isinstance(out, (str, os.PathLike)):
         with _streams(a) as (s,):
             n = int(s.shape[0])
-        out = create(out, (n, int(w.shape[1])) if w.ndim == 2 else (n,), dtype,
-                     overwrite=overwrite)
+            width += _cols(s)
+            rows = _product_rows(budget, threads, width)
+            # refused before out is touched: the plan without out's stream already too large
+            plan_run("matmul", [s], budget=budget, threads=threads, layout="rows",
+                     scratch_bytes=rows * width * dtype.itemsize,
+                     flush_every=min(64 << 20, budget // 4))
+
+        def write(arr: memmap) -> None:
+            _product_to(a, w, arr, dtype, budget=budget, threads=threads, progress=progress,
+                        overwrite=False)
+
+        return _to_new_file(out, (n, int(w.shape[1])) if w.ndim == 2 else (n,), dtype,
+                            overwrite, write)
     mapped = isinstance(out, np.memmap)
     with _streams(a) as (s,):
         so = parse_operand(out, output=True, by_key=False) if mapped else None
         try:
             outs = [] if so is None else [so]
-            width = _cols(s) + (1 if w.ndim == 1 else int(w.shape[1]))
+            width += _cols(s)
             rows = _product_rows(budget, threads, width)
             plan = plan_run("matmul", [s, *outs], budget=budget, threads=threads,
                             layout="rows", scratch_bytes=rows * width * dtype.itemsize,
@@ -447,7 +519,7 @@ def _crossprod_out(at: Any, b: Any, out: Any, dtype: Any, *, budget: int, thread
     if isinstance(out, np.ndarray):
         out[...] = result
         return out
-    target = create(out, result.shape, out_dtype, overwrite=overwrite)
-    target[...] = result
-    target.flush()
-    return target
+    def write(arr: memmap) -> None:
+        arr[...] = result
+
+    return _to_new_file(out, tuple(result.shape), out_dtype, overwrite, write)

@@ -48,11 +48,12 @@ from bigarr._compute.matmul import _product_rows, check_bytes, crossprod
 from bigarr._compute.operands import Stream
 from bigarr._compute.progress import ProgressArg
 from bigarr._compute.runplan import parse_threads
+from bigarr._compute.sort import _temp_folder
 from bigarr._compute.tsqr import SVDResult, _tsqr
 from bigarr._core.array import memmap
 from bigarr._os.geometry import parse_size
 from bigarr._plan.budget import DEFAULT_BUDGET
-from bigarr.errors import ArgumentError, ShapeError
+from bigarr.errors import ArgumentError, NonFiniteError, ShapeError
 
 __all__ = ["randomized_pca", "randomized_svd"]
 
@@ -118,6 +119,25 @@ def _parse_count(value: Any, name: str) -> int:
     return int(value)
 
 
+def _parse_random_state(random_state: Any) -> np.random.Generator:
+    """The generator of Omega; anything :func:`numpy.random.default_rng` refuses is an
+    ArgumentError (numpy raises TypeError or ValueError)."""
+    try:
+        return np.random.default_rng(random_state)
+    except (TypeError, ValueError) as exc:
+        raise ArgumentError(
+            "Expected random_state as None, a non-negative int (or a sequence of them), a "
+            f"numpy SeedSequence, BitGenerator or Generator. Got {random_state!r} ({exc})."
+        ) from None
+
+
+def _non_finite(what: str) -> NonFiniteError:
+    return NonFiniteError(
+        f"{what}: x holds NaN or inf values (or values whose products overflow), so its sketch "
+        "is not finite and it has no SVD. Replace them first (for example with "
+        "bigarr.map_blocks(np.nan_to_num, x, out=...)).")
+
+
 def _sign_fix(u: Array | None, vh: Array) -> tuple[Array | None, Array]:
     """Each row of ``vh`` with its largest-magnitude entry positive (and ``u``'s columns to
     match): a deterministic sign for singular vectors."""
@@ -126,7 +146,8 @@ def _sign_fix(u: Array | None, vh: Array) -> tuple[Array | None, Array]:
     return (None if u is None else u * flip), vh * flip[:, None]
 
 
-def _sketch(x: Any, s: Stream, k: int, n_oversamples: int, n_iter: int, random_state: Any,
+def _sketch(x: Any, s: Stream, k: int, n_oversamples: int, n_iter: int,
+            random_state: np.random.Generator,
             mean: Array | None, *, budget: int, threads: int, progress: ProgressArg,
             tmpdir: str | os.PathLike[str] | None) -> tuple[Array, Array, Array, Any]:
     """The randomized range finder and the small SVD: ``(U_B[:, :k], S[:k], Vh[:k], Q)``.
@@ -136,7 +157,7 @@ def _sketch(x: Any, s: Stream, k: int, n_oversamples: int, n_iter: int, random_s
     n, p = int(s.shape[0]), _cols(s)
     ell = min(k + n_oversamples, n, p)
     check_bytes("randomized_svd", (threads + 5) * p * ell * 8, budget)
-    omega = np.random.default_rng(random_state).standard_normal((p, ell))
+    omega = random_state.standard_normal((p, ell))
     q_bytes = n * ell * 8
     if q_bytes <= budget // 4:
         q: Any = np.empty((n, ell))
@@ -158,6 +179,8 @@ def _sketch(x: Any, s: Stream, k: int, n_oversamples: int, n_iter: int, random_s
     with _streams(x, q) as (sx, sq):
         bt = crossprod(sx, sq, mean=mean, budget=rest, threads=threads, progress=progress,
                        what="randomized_svd")
+    if not np.isfinite(bt).all():
+        raise _non_finite("randomized_svd")
     ub, sv, vh = np.linalg.svd(bt.T, full_matrices=False)
     return ub[:, :k], sv[:k], vh[:k], q
 
@@ -225,7 +248,12 @@ def randomized_svd(
     Raises
     ------
     ArgumentError
-        If ``k``, ``n_oversamples`` or ``n_iter`` are not integers (non-negative).
+        If ``k``, ``n_oversamples`` or ``n_iter`` are not integers (non-negative), if
+        :func:`numpy.random.default_rng` refuses ``random_state``, or if ``tmpdir`` is not an
+        existing folder.
+    NonFiniteError
+        If ``x`` holds NaN or inf values (its sketch is not finite); also a
+        ``numpy.linalg.LinAlgError``, as :func:`bigarr.linalg.svd` raises for such data.
     ShapeError
         If ``k`` is not in [1, min(N, p)], or ``x`` is not 2-d.
     BudgetError
@@ -245,6 +273,8 @@ def _randomized(x: Any, k: int, n_oversamples: int, n_iter: int, random_state: A
     nthreads = parse_threads(threads)
     total = parse_size(budget, name="budget")
     n_over, iters = _parse_count(n_oversamples, "n_oversamples"), _parse_count(n_iter, "n_iter")
+    rng = _parse_random_state(random_state)
+    folder_in = None if tmpdir is None else _temp_folder(tmpdir, None)  # as bigarr.sort's
     with _streams(x) as (s,):
         if s.ndim != 2:
             raise ShapeError(f"Expected an N x p matrix. Got shape {s.shape}.")
@@ -254,10 +284,15 @@ def _randomized(x: Any, k: int, n_oversamples: int, n_iter: int, random_state: A
         moments = _column_moments(s, budget=total, threads=nthreads, progress=progress) \
             if center else None
         mean = None if moments is None else moments[1]
-        with tempfile.TemporaryDirectory(dir=tmpdir, prefix="bigarr-rsvd-") as folder:
-            ub, sv, vh, q = _sketch(x, s, kk, n_over, iters, random_state, mean,
-                                    budget=total, threads=nthreads, progress=progress,
-                                    tmpdir=folder)
+        with tempfile.TemporaryDirectory(dir=folder_in, prefix="bigarr-rsvd-") as folder:
+            try:
+                ub, sv, vh, q = _sketch(x, s, kk, n_over, iters, rng, mean,
+                                        budget=total, threads=nthreads, progress=progress,
+                                        tmpdir=folder)
+            except np.linalg.LinAlgError as exc:  # a NaN in a small SVD of the sketch
+                if isinstance(exc, NonFiniteError):
+                    raise
+                raise _non_finite("randomized_svd") from None
             u_small, vh = _sign_fix(ub, vh)
             assert u_small is not None
             u: Any = None
