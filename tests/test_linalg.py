@@ -429,3 +429,13 @@ def test_weighted_cov_refusals_like_numpy(tall: tuple[str, np.ndarray]) -> None:
     with pytest.warns(RuntimeWarning):
         want = np.cov(x[:, 0], fweights=np.r_[1, np.zeros(n - 1, int)])
     np.testing.assert_array_equal(got, want)  # 0 / 0: NaN, as numpy
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_svd_of_non_finite_data_is_a_bigarr_error_and_numpys(bad: float) -> None:
+    # svd once let numpy's bare LinAlgError ("SVD did not converge") escape for such data.
+    x = np.random.default_rng(0).standard_normal((500, 4))
+    x[123, 2] = bad
+    with pytest.raises(bigarr.errors.NonFiniteError) as info:
+        bigarr.linalg.svd(x, budget="1MiB", progress=False)
+    assert isinstance(info.value, np.linalg.LinAlgError)

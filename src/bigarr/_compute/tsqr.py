@@ -29,7 +29,7 @@ from bigarr._compute.operands import Stream
 from bigarr._compute.progress import ProgressArg
 from bigarr._compute.runplan import parse_threads
 from bigarr._plan.budget import DEFAULT_BUDGET
-from bigarr.errors import ShapeError, UnsupportedError
+from bigarr.errors import NonFiniteError, ShapeError, UnsupportedError
 
 __all__ = ["SVDResult", "lstsq", "qr", "svd"]
 
@@ -223,6 +223,8 @@ def svd(
     ------
     UnsupportedError
         For ``full_matrices=True``.
+    NonFiniteError
+        For data holding NaN or inf (also numpy's ``LinAlgError``).
     ShapeError
         For N < p, or with ``out_u`` for X without full column rank.
     BudgetError, DtypeError
@@ -241,6 +243,10 @@ def svd(
                 "use numpy.linalg.svd, which fits in memory for so few rows.")
         r = _tsqr(streams, budget=budget, threads=nthreads, progress=progress, what="svd")
         src = np.dtype(streams[0].dtype)
+    if not np.isfinite(r).all():  # R of data with NaN or inf; numpy's svd would not converge
+        raise NonFiniteError(
+            "Expected finite data for the SVD. Got NaN or inf values (R of the data is not "
+            "finite); drop or replace them first, for example with bigarr.map_blocks.")
     if not compute_uv:
         s: Array = np.linalg.svd(r, compute_uv=False)
         return s
