@@ -343,6 +343,31 @@ def test_filter_refusals(tmp_path: Path) -> None:
     _close(x[np.asarray(a[:, 0] > 0)].sum(axis=0).compute(**KW), a[a[:, 0] > 0].sum(axis=0))
 
 
+def test_failed_filter_or_diff_to_npy_keeps_the_old_file_regression(tmp_path: Path) -> None:
+    # Regression: to_npy(overwrite=True) of a filter or a diff grew an Appender at the user's
+    # name, so a run failing mid-way replaced the old file with a partial prefix of rows.
+    n = 200_000
+    np.save(tmp_path / "i.npy", np.full(n, 2, np.int64))
+    e = np.ones(n, np.int64)
+    e[150_000] = -1  # integers to negative powers: numpy raises, in a late chunk
+    np.save(tmp_path / "e.npy", e)
+    old = np.arange(7)
+    i, ee = bigarr.lazy(tmp_path / "i.npy"), bigarr.lazy(tmp_path / "e.npy")
+    for expr in ((i ** ee)[i > 0], np.diff(i ** ee)):
+        np.save(tmp_path / "p.npy", old)
+        with pytest.raises(ValueError, match="negative"):
+            expr.to_npy(tmp_path / "p.npy", overwrite=True, budget="1MiB", threads=1,
+                        progress=False)
+        np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), old)
+        assert sorted(os.listdir(tmp_path)) == ["e.npy", "i.npy", "p.npy"]  # no partial left
+    for expr, want in ((i[i > 0], np.full(n, 2)), (np.diff(i), np.zeros(n - 1, np.int64))):
+        with expr.to_npy(tmp_path / "p.npy", overwrite=True, **KW) as m:  # replaced when done
+            np.testing.assert_array_equal(m, want)
+        with pytest.raises(FileExistsError):
+            expr.to_npy(tmp_path / "p.npy", **KW)
+    assert sorted(os.listdir(tmp_path)) == ["e.npy", "i.npy", "p.npy"]
+
+
 # ---- x @ w -----------------------------------------------------------------------------------
 @SETTINGS
 @given(rows=st.one_of(st.integers(1, 40), st.integers(3000, 12000)), cols=st.integers(1, 5),

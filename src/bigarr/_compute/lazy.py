@@ -572,7 +572,9 @@ class LazyArray:
         """Evaluate into a new page-aligned ``.npy`` file; return it as a read-only memmap.
 
         A result whose rows are known only on evaluation (a filter, ``x[mask]``) grows the
-        file through :class:`bigarr.Appender`, chunk by chunk in order.
+        file through :class:`bigarr.Appender`, chunk by chunk in order. Either way the file
+        is written under a hidden name and given ``path`` only once complete: a run that fails
+        leaves an older file at ``path`` as it was.
 
         Raises
         ------

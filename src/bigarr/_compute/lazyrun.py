@@ -26,11 +26,14 @@ two).
 
 A file output (:meth:`LazyArray.to_npy`) is written by :func:`bigarr.map_blocks` in its own
 final pass, with its crash-safe publishing; a result whose rows are known only on evaluation
-(a filter) or fewer than the inputs' (a diff) grows a :class:`bigarr.Appender` in chunk order.
+(a filter) or fewer than the inputs' (a diff) grows a :class:`bigarr.Appender` in chunk order,
+under a hidden name installed at the user's only once complete (a failed run leaves an older
+file intact and no partial one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -69,7 +72,12 @@ from bigarr._compute.partials import Tree, merge
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.reductions import SCRATCH_BYTES
 from bigarr._compute.runplan import RunPlan, parse_threads, plan_run, probe_temporaries
+from bigarr._formats.journal import journal_path
+from bigarr._os.durable import fsync_dir
+from bigarr._os.fileid import hidden_name, remove_leftovers
 from bigarr._os.geometry import format_bytes, parse_size
+from bigarr._os.lock import OutputLock
+from bigarr._os.paths import check_output
 from bigarr._plan.budget import DEFAULT_BUDGET
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import ArgumentError, BudgetError, UnsupportedError
@@ -677,7 +685,7 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
     """Evaluate ``expr`` into a new ``.npy`` file (see :meth:`LazyArray.to_npy`)."""
     from bigarr._compute.mapblocks import map_blocks
     from bigarr._core.append import Appender
-    from bigarr._core.files import create
+    from bigarr._core.files import create, file_path, publish
     from bigarr._core.files import open as open_npy
 
     root = expr.node
@@ -739,10 +747,25 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
             written.close()
             return open_npy(written_path if written_path is not None else path)
         # rows known only on evaluation (a filter), or fewer than the inputs' (a diff): the
-        # file grows chunk by chunk, in chunk order
-        with Appender(path, dtype=root.dtype, row_shape=row_shape, overwrite=overwrite) as app:
-            map_blocks(block, first, *sources[1:], out=app, budget=nbytes, threads=threads,
-                       progress=progress)
+        # file grows chunk by chunk, in chunk order, under a hidden name, and is installed
+        # at the user's name only once complete (as map_blocks' files are): a run that fails
+        # leaves an older file intact and no partial one under its name.
+        target = file_path(path)
+        with OutputLock(target):
+            existing = check_output(target, overwrite)
+            remove_leftovers(target, ("partial",))  # killed runs' (this run holds the lock)
+            partial = hidden_name(target, "partial")
+            try:
+                with Appender(partial, dtype=root.dtype, row_shape=row_shape) as app:
+                    map_blocks(block, first, *sources[1:], out=app, budget=nbytes,
+                               threads=threads, progress=progress)
+                publish(partial, target, overwrite=existing == "file")
+                fsync_dir(target)
+            except BaseException:
+                for name in (partial, journal_path(partial)):  # nothing can resume it
+                    with contextlib.suppress(OSError):
+                        os.unlink(name)
+                raise
     finally:
         opened.close()
-    return open_npy(path)
+    return open_npy(target)
