@@ -239,6 +239,36 @@ def test_cumsum_to_file_is_one_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert runs == ["map_blocks", "map_blocks"]
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int32", "int64"])
+def test_cumsum_cumprod_are_numpys_bits_at_every_budget_regression(tmp_path: Path,
+                                                                   dtype: str) -> None:
+    # Regression: the carry was added to each chunk's (tile's) own cumsum afterwards, which
+    # rounds differently from numpy's sequential scan (most float elements differed, and
+    # differently at each budget). The carry now goes into the first row before the scan.
+    a = _data(13, (60000, 2), dtype, False, "C")
+    if a.dtype.kind == "f":
+        a = (a / 8).astype(dtype)
+    np.save(tmp_path / "x.npy", a)
+    x = bigarr.lazy(tmp_path / "x.npy")
+    grow = (1 + x / 4096) if a.dtype.kind == "f" else x
+    cases = [(x.cumsum(axis=0), _numpy(lambda: np.cumsum(a, axis=0))),
+             (x.cumsum(axis=0, dtype=np.float64), np.cumsum(a, axis=0, dtype=np.float64)),
+             (grow.cumprod(axis=0), _numpy(lambda: np.cumprod(
+                 (1 + a / 4096) if a.dtype.kind == "f" else a, axis=0)))]
+    for budget, threads, tile in (("3MiB", 1, 0), ("3MiB", 2, 8192), ("5MiB", 2, 1 << 19),
+                                  ("64MiB", 2, 0)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(lazyeval, "TILE_BYTES", tile)
+            for expr, want in cases:
+                got = expr.compute(budget=budget, threads=threads, progress=False)
+                assert got.dtype == want.dtype
+                assert np.array_equal(got, want, equal_nan=a.dtype.kind == "f"), \
+                    (budget, threads, tile, int((got != want).sum()))
+            with x.cumsum(axis=0).to_npy(tmp_path / "c.npy", budget=budget, threads=threads,
+                                         progress=False, overwrite=True) as m:
+                assert np.array_equal(m, cases[0][1], equal_nan=a.dtype.kind == "f")
+
+
 def test_a_failing_chunk_does_not_hang_the_scan(tmp_path: Path) -> None:
     # Regression guard: chunks waiting for the carry of a failed chunk give up.
     a = _data(5, (40000, 4), "float64", False, "C")

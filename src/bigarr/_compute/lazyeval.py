@@ -5,11 +5,12 @@ reductions' kernels.
 chunk's blocks (or used whole), reductions computed in earlier passes are values, elementwise
 nodes call their function. Scans along axis 0 need what came before the chunk, their *carry*
 (:class:`Carries`): ``cumsum``/``cumprod`` the running total (product) of the rows before it,
-``diff`` the last ``n`` rows before it. A chunk computes its own block first (its local cumsum,
-say), then takes its predecessor's carry, publishes its own (the predecessor's combined with
-its last row) and only then adds the carry in. Chunks are handed to the engine's workers in
-order (a FIFO pool), so the chunk a worker waits for is always running or done; the wait is
-for one small addition, not for the predecessor's whole work.
+``diff`` the last ``n`` rows before it. A chunk evaluates the scanned expression first, then
+takes its predecessor's carry; ``cumsum``/``cumprod`` combine it into the block's first row and
+scan the block (exactly numpy's sequence of roundings, so the result is numpy's bit for bit at
+every budget, thread count and tile size), then publish their last row. Chunks are handed to the
+engine's workers in order (a FIFO pool), so the chunk a worker waits for is always running or
+done; the wait is for the predecessor's scan, not for its whole work.
 
 The kernels are those of :mod:`bigarr._compute.partials` (the same states and merges as
 :func:`bigarr.sum` and friends) and a few more for the reductions only lazy expressions have:
@@ -259,15 +260,21 @@ def _scan(node: Scan, child: Array, env: Env | None) -> Array:
         return np.diff(joined, n=node.n, axis=0)
     fn, op = (np.cumsum, np.add) if node.kind == "cumsum" else (np.cumprod, np.multiply)
     with np.errstate(all="ignore"):
-        local = np.asarray(fn(child, axis=0, dtype=node.dtype))
         if carries is None:
-            return local
+            return np.asarray(fn(child, axis=0, dtype=node.dtype))
+        # numpy's scan along axis 0 is sequential (row i is row i-1 combined with x[i], rounded
+        # to the dtype at every step): the carry goes into the first row *before* the scan, so
+        # each chunk (tile) continues numpy's own sequence bit for bit. (Adding the carry to
+        # the block's scan afterwards rounds differently, and differently at every budget.)
         before = carries.take(node, start)
-        if before is None:
-            carries.give(node, stop, local[-1:].copy() if len(local) else None)
-            return local
-        carries.give(node, stop, op(before, local[-1:]) if len(local) else before)
-        return np.asarray(op(local, before, out=local))
+        if before is None or not len(child):
+            local = np.asarray(fn(child, axis=0, dtype=node.dtype))
+        else:
+            work = np.array(child, dtype=node.dtype)  # a copy, in the scan's dtype
+            work[:1] = op(before, work[:1])
+            local = np.asarray(fn(work, axis=0, dtype=node.dtype, out=work))
+        carries.give(node, stop, local[-1:].copy() if len(local) else before)
+        return local
 
 
 # ---- the reductions' kernels -----------------------------------------------------------------
