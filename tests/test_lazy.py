@@ -145,7 +145,6 @@ def test_random_expressions_match_numpy(tree: tuple[str, Callable[[Any], Any]], 
         # chunks down to 4 KiB, so that even small arrays are cut into several
         mp.setattr(budget_module, "MIN_CHUNK_BYTES", 4096)
         mp.setattr(lazyeval, "TILE_BYTES", 0)  # whole chunks (test_lazy_ops.py: tiles)
-        mp.setattr(lazyeval, "NUMEXPR", False)  # numpy (test_lazy_ops.py: numexpr)
         src: Any = a
         if as_file:
             src = os.path.join(d, "x.npy")

@@ -24,7 +24,7 @@ from bigarr._compute import lazyeval, lazyrun, mapblocks
 from bigarr._compute.lazy import REDUCTIONS
 from bigarr._os.geometry import parse_size
 from bigarr._plan import budget as budget_module
-from bigarr.errors import BudgetError, ShapeError, UnsupportedError
+from bigarr.errors import BudgetError, MissingExtraError, ModeError, ShapeError, UnsupportedError
 
 BUDGET = "3MiB"
 SETTINGS = settings(max_examples=25, deadline=None,
@@ -72,12 +72,12 @@ def _data(seed: int, shape: tuple[int, ...], dtype: str, nan: bool,
 @pytest.fixture(autouse=True)
 def small_chunks() -> Iterator[None]:
     """Chunks down to 4 KiB, so that arrays of a few hundred KiB run in many chunks, and
-    tiles of 8 KiB within them, and numexpr where installed (tests/test_lazy.py runs whole
-    chunks with numpy)."""
+    tiles of 8 KiB within them (tests/test_lazy.py runs whole chunks); every chain goes to
+    numexpr when a test asks for backend="numexpr"."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(budget_module, "MIN_CHUNK_BYTES", 4096)
         mp.setattr(lazyeval, "TILE_BYTES", 8192)
-        mp.setattr(lazyeval, "NUMEXPR_MIN_OPS", 1)  # numexpr for every chain, when installed
+        mp.setattr(lazyeval, "NUMEXPR_MIN_OPS", 1)  # numexpr for every chain, when asked
         yield
 
 
@@ -479,6 +479,35 @@ def test_numpy_functions_dispatch(tmp_path: Path) -> None:
         assert isinstance(lazy_result, bigarr.LazyArray), fn
         _close(lazy_result.compute(**KW), _numpy(lambda fn=fn, args=args: fn(a, **args)))
     assert np.allclose(x, a, equal_nan=True)  # anything else: numpy on the computed values
+
+
+def test_numexpr_is_opt_in_and_the_default_is_numpys_bits_regression(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: with numexpr installed, floating chains went to numexpr by default, whose
+    # float32 arithmetic and transcendental functions differ from numpy's (170781 elements of
+    # np.exp(X) * 2 - X + 1 differed; tanh by up to 3e-3 relative). numpy is the default now.
+    a = (np.random.default_rng(14).standard_normal((200_000, 2)) * 3).astype(np.float32)
+    x = bigarr.lazy(a)
+    exprs = [(lambda v: np.exp(v) * 2 - v + 1), (lambda v: np.tanh(v * 0.5) + v / 3 - 1)]
+    for f in exprs:
+        got = f(x).compute(**KW)
+        want = f(a)
+        assert got.dtype == want.dtype and np.array_equal(got, want), \
+            int((got != want).sum())
+        assert np.array_equal(f(x).compute(**KW, backend="numpy"), want)
+    with pytest.raises(ModeError):
+        x.compute(**KW, backend="numba")
+    try:
+        import numexpr  # noqa: F401
+    except ImportError:
+        with pytest.raises(MissingExtraError, match="bigarr\\[fast\\]"):
+            (x * 2).compute(**KW, backend="numexpr")
+        return
+    for f in exprs:  # opt-in: close to numpy, not necessarily its bits
+        _close(f(x).compute(**KW, backend="numexpr"), f(a), single=True)
+    monkeypatch.setitem(sys.modules, "numexpr", None)  # as if it were not installed
+    with pytest.raises(MissingExtraError, match="bigarr\\[fast\\]"):
+        (x * 2).compute(**KW, backend="numexpr")
 
 
 # ---- passes confirmed by the bytes read from a cold file -------------------------------------

@@ -550,11 +550,19 @@ class LazyArray:
 
     # ---- evaluation ------------------------------------------------------------------------
     def compute(self, *, budget: int | str | None = None, threads: int | None = None,
-                progress: Any = None) -> np.ndarray[Any, Any] | np.generic:
+                progress: Any = None,
+                backend: str | None = None) -> np.ndarray[Any, Any] | np.generic:
         """Evaluate into a numpy array (a numpy scalar for a 0-d result).
+
+        ``backend``: ``"numpy"`` (None, the default: numpy's results bit for bit) or
+        ``"numexpr"`` (opt-in, ``pip install 'bigarr[fast]'``: floating chains of four
+        operations or more go to numexpr, faster, but its results may differ from numpy's in
+        the last bits).
 
         Raises
         ------
+        ModeError, MissingExtraError
+            For an unknown ``backend``, or ``"numexpr"`` without numexpr installed.
         BudgetError
             If the result itself is larger than the budget (write it with :meth:`to_npy`),
             or the passes cannot fit it; a filter's result is refused as soon as its rows
@@ -563,18 +571,18 @@ class LazyArray:
         from bigarr._compute.lazyrun import compute
 
         result: np.ndarray[Any, Any] | np.generic = compute(
-            self, budget=budget, threads=threads, progress=progress)[0]
+            self, budget=budget, threads=threads, progress=progress, backend=backend)[0]
         return result
 
     def to_npy(self, path: str | os.PathLike[str], *, budget: int | str | None = None,
                threads: int | None = None, progress: Any = None,
-               overwrite: bool = False) -> Any:
+               overwrite: bool = False, backend: str | None = None) -> Any:
         """Evaluate into a new page-aligned ``.npy`` file; return it as a read-only memmap.
 
         A result whose rows are known only on evaluation (a filter, ``x[mask]``) grows the
         file through :class:`bigarr.Appender`, chunk by chunk in order. Either way the file
         is written under a hidden name and given ``path`` only once complete: a run that fails
-        leaves an older file at ``path`` as it was.
+        leaves an older file at ``path`` as it was. ``backend`` as in :meth:`compute`.
 
         Raises
         ------
@@ -586,7 +594,7 @@ class LazyArray:
         from bigarr._compute.lazyrun import to_npy
 
         return to_npy(self, path, budget=budget, threads=threads, progress=progress,
-                      overwrite=overwrite)
+                      overwrite=overwrite, backend=backend)
 
     def to_zarr(self, store_or_path: Any, *, budget: int | str | None = None,
                 threads: int | None = None, progress: Any = None, overwrite: bool = False,
@@ -610,12 +618,14 @@ class LazyArray:
         has no exact quantile)."""
         return _export("dask", self, block_bytes=block_bytes)
 
-    def explain(self, *, budget: int | str | None = None, threads: int | None = None) -> Any:
+    def explain(self, *, budget: int | str | None = None, threads: int | None = None,
+                backend: str | None = None) -> Any:
         """The plan of :meth:`compute`: passes over each input, what each computes, chunk
-        sizes and predicted peak memory (``.passes`` is their number)."""
+        sizes and predicted peak memory (``.passes`` is their number); ``backend`` as in
+        :meth:`compute` (numexpr's temporaries differ)."""
         from bigarr._compute.lazyrun import explain
 
-        return explain(self, budget=budget, threads=threads)
+        return explain(self, budget=budget, threads=threads, backend=backend)
 
 
 #: Exporters registered by the interop layer (which this layer may not import): ``"zarr"``

@@ -41,10 +41,10 @@ from bigarr._compute.partials import (
     Var,
 )
 from bigarr._plan.chunks import Chunk
-from bigarr.errors import BigArrError
+from bigarr.errors import BigArrError, MissingExtraError, ModeError
 
 __all__ = [
-    "NUMEXPR",
+    "BACKENDS",
     "TILE_BYTES",
     "Carries",
     "Env",
@@ -52,6 +52,7 @@ __all__ = [
     "finish",
     "kernel",
     "numpy_reduce",
+    "parse_backend",
     "tiles",
 ]
 
@@ -129,6 +130,8 @@ class Env:
     """The chunk's rows (None: everything whole)."""
     carries: Carries | None = None
     """The scans' carries (None: a probe, or everything whole, with nothing before it)."""
+    numexpr: bool = False
+    """Hand floating chains to numexpr (``backend="numexpr"``); numpy's bits otherwise."""
     memo: dict[tuple[int, bool], Any] = field(default_factory=dict)
 
 
@@ -157,7 +160,7 @@ def evaluate(node: Node, is_rowed: bool, env: Env) -> Any:
         out = _scan(node, child, env if chunked else None)
     else:
         assert isinstance(node, Op)
-        plan = _numexpr_plan(node, is_rowed)
+        plan = _numexpr_plan(node, is_rowed) if env.numexpr else None
         if plan is not None:
             out = _numexpr_eval(node, plan, env)
         else:
@@ -169,9 +172,11 @@ def evaluate(node: Node, is_rowed: bool, env: Env) -> Any:
 
 
 # ---- the optional numexpr backend ------------------------------------------------------------
-#: Use numexpr (``pip install 'bigarr[fast]'``) for floating elementwise chains: None (default)
-#: when it is installed, False never, True always (ImportError without it).
-NUMEXPR: bool | None = None
+#: The evaluation backends: ``"numpy"`` (the default: numpy's own functions, so the results are
+#: numpy's bits) and ``"numexpr"`` (opt-in, ``pip install 'bigarr[fast]'``: floating chains of
+#: :data:`NUMEXPR_MIN_OPS` operations or more go to numexpr, faster, but its ``exp``,
+#: ``tanh``, ... and float32 arithmetic differ from numpy's in the last bits).
+BACKENDS = ("numpy", "numexpr")
 #: Smallest chain (operations) worth handing to numexpr: on 2 cores a chain of six ran 1.9-2.6x
 #: faster with numexpr than with numpy in tiles (bench/README.md), while (x - m) / s (two) was
 #: no faster in an in-memory trial.
@@ -183,15 +188,32 @@ _NE_UNARY: dict[Any, str] = {np.negative: "-", np.sqrt: "sqrt", np.exp: "exp", n
 _NE_PLANS: weakref.WeakKeyDictionary[Node, dict[bool, Any]] = weakref.WeakKeyDictionary()
 
 
-def _numexpr() -> Any:
-    if NUMEXPR is False:
-        return None
+def parse_backend(backend: str | None) -> bool:
+    """Whether ``backend`` (None or a name of :data:`BACKENDS`) asks for numexpr.
+
+    Raises
+    ------
+    ModeError
+        For a name not in :data:`BACKENDS`.
+    MissingExtraError
+        For ``"numexpr"`` when numexpr is not installed.
+    """
+    if backend is None or backend == "numpy":
+        return False
+    if backend != "numexpr":
+        raise ModeError(f"Expected backend as one of {', '.join(map(repr, BACKENDS))} or None. "
+                        f"Got {backend!r}.")
     try:
-        import numexpr
+        import numexpr  # noqa: F401
     except ImportError:
-        if NUMEXPR:
-            raise
-        return None
+        raise MissingExtraError("backend='numexpr' needs numexpr: pip install "
+                                "'bigarr[fast]'.") from None
+    return True
+
+
+def _numexpr() -> Any:
+    import numexpr
+
     return numexpr
 
 
@@ -199,8 +221,6 @@ def _numexpr_plan(node: Op, is_rowed: bool) -> tuple[str, list[tuple[str, Node, 
     """numexpr's expression for the floating chain rooted at ``node`` and its terminals
     (evaluated by numpy, passed as variables), or None (not a chain numexpr computes with
     numpy's dtypes, or too short to gain)."""
-    if _numexpr() is None:
-        return None
     cached = _NE_PLANS.setdefault(node, {})
     if is_rowed in cached:
         return cached[is_rowed]  # type: ignore[no-any-return]
