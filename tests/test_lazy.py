@@ -241,6 +241,17 @@ def test_readme_chunk_mean_regression(xfile: Any, tmp_path: Path) -> None:
         assert not np.allclose(per_chunk, want, atol=1e-3)  # the old example's chunk means
 
 
+def test_reduction_of_no_columns_regression() -> None:
+    # Regression (hypothesis: centre0(cols(cols(x))) of 2 columns): a floating reduction of an
+    # expression with rows but no columns built a fixed tree of no elements and divided by 0.
+    a = np.arange(6, dtype=np.float64).reshape(3, 2)
+    x = bigarr.lazy(a)[:, 1:][:, 1:]
+    b = a[:, 1:][:, 1:]
+    _close((x - x.mean(axis=0)).compute(progress=False), b - b.mean(axis=0))
+    _close(x.sum(axis=0).compute(progress=False), b.sum(axis=0))
+    _close(x.std(axis=0).compute(progress=False), b.std(axis=0))
+
+
 def test_random_expressions_legitimate_refusal_regression(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     # Regression: hypothesis found sqrt(|2x - 1 + x|) of 5000 x 3 F-order bools in a file,

@@ -328,7 +328,7 @@ class _Pass:
                                         it.node.axes, "C")
                       for it in items if isinstance(it.node, Reduce)
                       and not self.kernels[id(it.node)].exact and plain(it.frame)
-                      and it.expr.shape}
+                      and math.prod(it.expr.shape) > 0}  # (no tree of no elements)
         # Tiles only where a chain of operations makes temporaries, cut on the trees' leaves
         # (a tile ending inside a leaf would hand the leaf over in pieces).
         # A mean next to a var/std of the same values and axes is read off the variance's
