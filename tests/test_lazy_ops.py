@@ -24,7 +24,14 @@ from bigarr._compute import lazyeval, lazyrun, mapblocks
 from bigarr._compute.lazy import REDUCTIONS
 from bigarr._os.geometry import parse_size
 from bigarr._plan import budget as budget_module
-from bigarr.errors import BudgetError, MissingExtraError, ModeError, ShapeError, UnsupportedError
+from bigarr.errors import (
+    ArgumentError,
+    BudgetError,
+    MissingExtraError,
+    ModeError,
+    ShapeError,
+    UnsupportedError,
+)
 
 BUDGET = "3MiB"
 SETTINGS = settings(max_examples=25, deadline=None,
@@ -396,6 +403,34 @@ def test_failed_filter_or_diff_to_npy_keeps_the_old_file_regression(tmp_path: Pa
         with pytest.raises(FileExistsError):
             expr.to_npy(tmp_path / "p.npy", **KW)
     assert sorted(os.listdir(tmp_path)) == ["e.npy", "i.npy", "p.npy"]
+
+
+def test_zero_size_reductions_raise_shape_error_regression(tmp_path: Path) -> None:
+    # Regression: min/argmax of no rows (or of a filter that kept none) raised numpy's bare
+    # ValueError from lazyeval.numpy_reduce; the eager functions raise ShapeError.
+    empty = bigarr.lazy(np.zeros((0, 3)))
+    np.save(tmp_path / "x.npy", np.ones((5000, 3)))
+    x = bigarr.lazy(tmp_path / "x.npy")
+    none = x[x[:, 0] < 0]
+    for expr in (empty.min(axis=0), empty.argmax(axis=0), empty.max(), np.nanmin(empty),
+                 none.min(), none.max(axis=0), (none * 2).min(axis=0)):
+        with pytest.raises(ShapeError, match="of an array of shape"):
+            expr.compute(**KW)
+    with pytest.raises(ShapeError):
+        bigarr.min(np.zeros((0, 3)), axis=0)  # the eager one, for comparison
+    _close(empty.sum(axis=0).compute(**KW), np.zeros(3))  # reductions with identity: numpy's
+    _close(none.sum(axis=0).compute(**KW), np.zeros(3))
+
+
+def test_matmul_by_strings_refused_when_built_regression() -> None:
+    # Regression: x @ w with w of strings raised numpy's UFuncTypeError from lazy.py.
+    x = bigarr.lazy(np.ones((10, 3)))
+    for w in (np.array([["a"], ["b"], ["c"]]), np.array(["a", "b", "c"])):
+        with pytest.raises(ArgumentError, match="matmul") as info:
+            x @ w
+        assert isinstance(info.value, TypeError)
+    with pytest.raises(ArgumentError):
+        x + np.array(["a", "b", "c"])
 
 
 # ---- x @ w -----------------------------------------------------------------------------------

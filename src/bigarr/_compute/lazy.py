@@ -145,7 +145,13 @@ def _op(func: Callable[..., Any], args: Sequence[Any], label: str, *,
                   for n in nodes]
     else:
         probes = [_probe(n) for n in nodes]
-    dtype = np.asarray(_quiet(func, *probes, **kwargs)).dtype
+    try:
+        dtype = np.asarray(_quiet(func, *probes, **kwargs)).dtype
+    except TypeError as exc:  # numpy's UFuncTypeError and friends, refused when built
+        raise ArgumentError(
+            f"Expected operands numpy can combine in {label}. Got dtypes "
+            f"{', '.join(str(n.dtype) for n in nodes)}: {exc}"
+        ) from None
     node = Op(tuple(shape), dtype, func, nodes, tuple(kwargs.items()), label, rowwise)
     frame(node)  # refuses operands over rows of different origins
     return LazyArray(node)
@@ -293,7 +299,13 @@ class LazyArray:
         return _op(np.invert, (self,), "invert")
 
     def __matmul__(self, other: Any) -> LazyArray:
-        """``x @ w`` for a small in-memory ``w`` (1-d or 2-d), row by row in the chunk pass."""
+        """``x @ w`` for a small in-memory ``w`` (1-d or 2-d), row by row in the chunk pass.
+
+        Raises
+        ------
+        ArgumentError
+            When built, for a ``w`` whose dtype numpy cannot multiply with ``x``'s (strings).
+        """
         if isinstance(other, LazyArray) or (not hasattr(other, "shape") \
                 and not isinstance(other, (list, tuple))):
             raise UnsupportedError(
@@ -563,6 +575,9 @@ class LazyArray:
         ------
         ModeError, MissingExtraError
             For an unknown ``backend``, or ``"numexpr"`` without numexpr installed.
+        ShapeError
+            For a zero-size reduction without identity (``min``, ``argmax``, ... of no rows,
+            or of a filter that kept none), as :func:`bigarr.min`.
         BudgetError
             If the result itself is larger than the budget (write it with :meth:`to_npy`),
             or the passes cannot fit it; a filter's result is refused as soon as its rows

@@ -41,7 +41,7 @@ from bigarr._compute.partials import (
     Var,
 )
 from bigarr._plan.chunks import Chunk
-from bigarr.errors import BigArrError, MissingExtraError, ModeError
+from bigarr.errors import BigArrError, MissingExtraError, ModeError, ShapeError
 
 __all__ = [
     "BACKENDS",
@@ -432,7 +432,13 @@ def finish(r: Reduce, k: Kernel, state: State | None, done: Array | None = None)
 
 
 def numpy_reduce(r: Reduce, value: Any) -> Array:
-    """numpy's own ``r`` of a whole value (nothing to stream)."""
+    """numpy's own ``r`` of a whole value (nothing to stream).
+
+    Raises
+    ------
+    ShapeError
+        For a zero-size reduction without identity (``min``, ``argmax``, ... of no rows).
+    """
     import warnings
 
     fn = getattr(np, r.kind)
@@ -453,4 +459,11 @@ def numpy_reduce(r: Reduce, value: Any) -> Array:
     args = (np.asarray(value),) if r.q is None else (np.asarray(value), r.q)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return np.asarray(fn(*args, **kwargs), dtype=r.dtype)
+        try:
+            return np.asarray(fn(*args, **kwargs), dtype=r.dtype)
+        except ValueError as exc:
+            if args[0].size:
+                raise
+            # a zero-size reduction without identity (min, argmax, ... of no rows, or of a
+            # filter that kept none): as the eager bigarr.min and friends
+            raise ShapeError(f"{r.kind} of an array of shape {args[0].shape}: {exc}") from None
