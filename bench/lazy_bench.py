@@ -118,14 +118,15 @@ STANDARDIZE = {
 
 _CHAIN = ("x = bigarr.lazy(P)\n"
           "z = np.sqrt(abs((x - M) / S * 2.0 + 1.0)) - 0.5\n"
-          "z.to_npy(OUT, budget=B, threads=2, overwrite=True, progress=False).close()")
+          "z.to_npy(OUT, budget=B, threads=2, overwrite=True, progress=False,\n"
+          "         backend=BACKEND).close()")
 _CHAIN_SETUP = ("import bigarr\nfrom bigarr._compute import lazyeval\n"
                 "M = np.full(32, 7, np.float32); S = np.full(32, 3, np.float32)\n")
 CHAIN = {
-    "chain: whole chunks": (_CHAIN_SETUP + "lazyeval.TILE_BYTES = 0; lazyeval.NUMEXPR = False",
+    "chain: whole chunks": (_CHAIN_SETUP + "lazyeval.TILE_BYTES = 0; BACKEND = 'numpy'",
                             _CHAIN),
-    "chain: tiles": (_CHAIN_SETUP + "lazyeval.NUMEXPR = False", _CHAIN),
-    "chain: tiles + numexpr": (_CHAIN_SETUP + "lazyeval.NUMEXPR = True", _CHAIN),
+    "chain: tiles": (_CHAIN_SETUP + "BACKEND = 'numpy'", _CHAIN),
+    "chain: tiles + numexpr": (_CHAIN_SETUP + "BACKEND = 'numexpr'", _CHAIN),
 }
 
 STATS = {

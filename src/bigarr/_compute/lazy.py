@@ -145,7 +145,13 @@ def _op(func: Callable[..., Any], args: Sequence[Any], label: str, *,
                   for n in nodes]
     else:
         probes = [_probe(n) for n in nodes]
-    dtype = np.asarray(_quiet(func, *probes, **kwargs)).dtype
+    try:
+        dtype = np.asarray(_quiet(func, *probes, **kwargs)).dtype
+    except TypeError as exc:  # numpy's UFuncTypeError and friends, refused when built
+        raise ArgumentError(
+            f"Expected operands numpy can combine in {label}. Got dtypes "
+            f"{', '.join(str(n.dtype) for n in nodes)}: {exc}"
+        ) from None
     node = Op(tuple(shape), dtype, func, nodes, tuple(kwargs.items()), label, rowwise)
     frame(node)  # refuses operands over rows of different origins
     return LazyArray(node)
@@ -293,7 +299,13 @@ class LazyArray:
         return _op(np.invert, (self,), "invert")
 
     def __matmul__(self, other: Any) -> LazyArray:
-        """``x @ w`` for a small in-memory ``w`` (1-d or 2-d), row by row in the chunk pass."""
+        """``x @ w`` for a small in-memory ``w`` (1-d or 2-d), row by row in the chunk pass.
+
+        Raises
+        ------
+        ArgumentError
+            When built, for a ``w`` whose dtype numpy cannot multiply with ``x``'s (strings).
+        """
         if isinstance(other, LazyArray) or (not hasattr(other, "shape") \
                 and not isinstance(other, (list, tuple))):
             raise UnsupportedError(
@@ -550,11 +562,22 @@ class LazyArray:
 
     # ---- evaluation ------------------------------------------------------------------------
     def compute(self, *, budget: int | str | None = None, threads: int | None = None,
-                progress: Any = None) -> np.ndarray[Any, Any] | np.generic:
+                progress: Any = None,
+                backend: str | None = None) -> np.ndarray[Any, Any] | np.generic:
         """Evaluate into a numpy array (a numpy scalar for a 0-d result).
+
+        ``backend``: ``"numpy"`` (None, the default: numpy's results bit for bit) or
+        ``"numexpr"`` (opt-in, ``pip install 'bigarr[fast]'``: floating chains of four
+        operations or more go to numexpr, faster, but its results may differ from numpy's in
+        the last bits).
 
         Raises
         ------
+        ModeError, MissingExtraError
+            For an unknown ``backend``, or ``"numexpr"`` without numexpr installed.
+        ShapeError
+            For a zero-size reduction without identity (``min``, ``argmax``, ... of no rows,
+            or of a filter that kept none), as :func:`bigarr.min`.
         BudgetError
             If the result itself is larger than the budget (write it with :meth:`to_npy`),
             or the passes cannot fit it; a filter's result is refused as soon as its rows
@@ -563,16 +586,18 @@ class LazyArray:
         from bigarr._compute.lazyrun import compute
 
         result: np.ndarray[Any, Any] | np.generic = compute(
-            self, budget=budget, threads=threads, progress=progress)[0]
+            self, budget=budget, threads=threads, progress=progress, backend=backend)[0]
         return result
 
     def to_npy(self, path: str | os.PathLike[str], *, budget: int | str | None = None,
                threads: int | None = None, progress: Any = None,
-               overwrite: bool = False) -> Any:
+               overwrite: bool = False, backend: str | None = None) -> Any:
         """Evaluate into a new page-aligned ``.npy`` file; return it as a read-only memmap.
 
         A result whose rows are known only on evaluation (a filter, ``x[mask]``) grows the
-        file through :class:`bigarr.Appender`, chunk by chunk in order.
+        file through :class:`bigarr.Appender`, chunk by chunk in order. Either way the file
+        is written under a hidden name and given ``path`` only once complete: a run that fails
+        leaves an older file at ``path`` as it was. ``backend`` as in :meth:`compute`.
 
         Raises
         ------
@@ -584,7 +609,7 @@ class LazyArray:
         from bigarr._compute.lazyrun import to_npy
 
         return to_npy(self, path, budget=budget, threads=threads, progress=progress,
-                      overwrite=overwrite)
+                      overwrite=overwrite, backend=backend)
 
     def to_zarr(self, store_or_path: Any, *, budget: int | str | None = None,
                 threads: int | None = None, progress: Any = None, overwrite: bool = False,
@@ -608,12 +633,14 @@ class LazyArray:
         has no exact quantile)."""
         return _export("dask", self, block_bytes=block_bytes)
 
-    def explain(self, *, budget: int | str | None = None, threads: int | None = None) -> Any:
+    def explain(self, *, budget: int | str | None = None, threads: int | None = None,
+                backend: str | None = None) -> Any:
         """The plan of :meth:`compute`: passes over each input, what each computes, chunk
-        sizes and predicted peak memory (``.passes`` is their number)."""
+        sizes and predicted peak memory (``.passes`` is their number); ``backend`` as in
+        :meth:`compute` (numexpr's temporaries differ)."""
         from bigarr._compute.lazyrun import explain
 
-        return explain(self, budget=budget, threads=threads)
+        return explain(self, budget=budget, threads=threads, backend=backend)
 
 
 #: Exporters registered by the interop layer (which this layer may not import): ``"zarr"``

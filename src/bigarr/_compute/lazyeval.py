@@ -5,11 +5,12 @@ reductions' kernels.
 chunk's blocks (or used whole), reductions computed in earlier passes are values, elementwise
 nodes call their function. Scans along axis 0 need what came before the chunk, their *carry*
 (:class:`Carries`): ``cumsum``/``cumprod`` the running total (product) of the rows before it,
-``diff`` the last ``n`` rows before it. A chunk computes its own block first (its local cumsum,
-say), then takes its predecessor's carry, publishes its own (the predecessor's combined with
-its last row) and only then adds the carry in. Chunks are handed to the engine's workers in
-order (a FIFO pool), so the chunk a worker waits for is always running or done; the wait is
-for one small addition, not for the predecessor's whole work.
+``diff`` the last ``n`` rows before it. A chunk evaluates the scanned expression first, then
+takes its predecessor's carry; ``cumsum``/``cumprod`` combine it into the block's first row and
+scan the block (exactly numpy's sequence of roundings, so the result is numpy's bit for bit at
+every budget, thread count and tile size), then publish their last row. Chunks are handed to the
+engine's workers in order (a FIFO pool), so the chunk a worker waits for is always running or
+done; the wait is for the predecessor's scan, not for its whole work.
 
 The kernels are those of :mod:`bigarr._compute.partials` (the same states and merges as
 :func:`bigarr.sum` and friends) and a few more for the reductions only lazy expressions have:
@@ -40,10 +41,10 @@ from bigarr._compute.partials import (
     Var,
 )
 from bigarr._plan.chunks import Chunk
-from bigarr.errors import BigArrError
+from bigarr.errors import BigArrError, MissingExtraError, ModeError, ShapeError
 
 __all__ = [
-    "NUMEXPR",
+    "BACKENDS",
     "TILE_BYTES",
     "Carries",
     "Env",
@@ -51,6 +52,7 @@ __all__ = [
     "finish",
     "kernel",
     "numpy_reduce",
+    "parse_backend",
     "tiles",
 ]
 
@@ -128,6 +130,8 @@ class Env:
     """The chunk's rows (None: everything whole)."""
     carries: Carries | None = None
     """The scans' carries (None: a probe, or everything whole, with nothing before it)."""
+    numexpr: bool = False
+    """Hand floating chains to numexpr (``backend="numexpr"``); numpy's bits otherwise."""
     memo: dict[tuple[int, bool], Any] = field(default_factory=dict)
 
 
@@ -156,7 +160,7 @@ def evaluate(node: Node, is_rowed: bool, env: Env) -> Any:
         out = _scan(node, child, env if chunked else None)
     else:
         assert isinstance(node, Op)
-        plan = _numexpr_plan(node, is_rowed)
+        plan = _numexpr_plan(node, is_rowed) if env.numexpr else None
         if plan is not None:
             out = _numexpr_eval(node, plan, env)
         else:
@@ -168,9 +172,11 @@ def evaluate(node: Node, is_rowed: bool, env: Env) -> Any:
 
 
 # ---- the optional numexpr backend ------------------------------------------------------------
-#: Use numexpr (``pip install 'bigarr[fast]'``) for floating elementwise chains: None (default)
-#: when it is installed, False never, True always (ImportError without it).
-NUMEXPR: bool | None = None
+#: The evaluation backends: ``"numpy"`` (the default: numpy's own functions, so the results are
+#: numpy's bits) and ``"numexpr"`` (opt-in, ``pip install 'bigarr[fast]'``: floating chains of
+#: :data:`NUMEXPR_MIN_OPS` operations or more go to numexpr, faster, but its ``exp``,
+#: ``tanh``, ... and float32 arithmetic differ from numpy's in the last bits).
+BACKENDS = ("numpy", "numexpr")
 #: Smallest chain (operations) worth handing to numexpr: on 2 cores a chain of six ran 1.9-2.6x
 #: faster with numexpr than with numpy in tiles (bench/README.md), while (x - m) / s (two) was
 #: no faster in an in-memory trial.
@@ -182,15 +188,32 @@ _NE_UNARY: dict[Any, str] = {np.negative: "-", np.sqrt: "sqrt", np.exp: "exp", n
 _NE_PLANS: weakref.WeakKeyDictionary[Node, dict[bool, Any]] = weakref.WeakKeyDictionary()
 
 
-def _numexpr() -> Any:
-    if NUMEXPR is False:
-        return None
+def parse_backend(backend: str | None) -> bool:
+    """Whether ``backend`` (None or a name of :data:`BACKENDS`) asks for numexpr.
+
+    Raises
+    ------
+    ModeError
+        For a name not in :data:`BACKENDS`.
+    MissingExtraError
+        For ``"numexpr"`` when numexpr is not installed.
+    """
+    if backend is None or backend == "numpy":
+        return False
+    if backend != "numexpr":
+        raise ModeError(f"Expected backend as one of {', '.join(map(repr, BACKENDS))} or None. "
+                        f"Got {backend!r}.")
     try:
-        import numexpr
+        import numexpr  # noqa: F401
     except ImportError:
-        if NUMEXPR:
-            raise
-        return None
+        raise MissingExtraError("backend='numexpr' needs numexpr: pip install "
+                                "'bigarr[fast]'.") from None
+    return True
+
+
+def _numexpr() -> Any:
+    import numexpr
+
     return numexpr
 
 
@@ -198,8 +221,6 @@ def _numexpr_plan(node: Op, is_rowed: bool) -> tuple[str, list[tuple[str, Node, 
     """numexpr's expression for the floating chain rooted at ``node`` and its terminals
     (evaluated by numpy, passed as variables), or None (not a chain numexpr computes with
     numpy's dtypes, or too short to gain)."""
-    if _numexpr() is None:
-        return None
     cached = _NE_PLANS.setdefault(node, {})
     if is_rowed in cached:
         return cached[is_rowed]  # type: ignore[no-any-return]
@@ -259,15 +280,21 @@ def _scan(node: Scan, child: Array, env: Env | None) -> Array:
         return np.diff(joined, n=node.n, axis=0)
     fn, op = (np.cumsum, np.add) if node.kind == "cumsum" else (np.cumprod, np.multiply)
     with np.errstate(all="ignore"):
-        local = np.asarray(fn(child, axis=0, dtype=node.dtype))
         if carries is None:
-            return local
+            return np.asarray(fn(child, axis=0, dtype=node.dtype))
+        # numpy's scan along axis 0 is sequential (row i is row i-1 combined with x[i], rounded
+        # to the dtype at every step): the carry goes into the first row *before* the scan, so
+        # each chunk (tile) continues numpy's own sequence bit for bit. (Adding the carry to
+        # the block's scan afterwards rounds differently, and differently at every budget.)
         before = carries.take(node, start)
-        if before is None:
-            carries.give(node, stop, local[-1:].copy() if len(local) else None)
-            return local
-        carries.give(node, stop, op(before, local[-1:]) if len(local) else before)
-        return np.asarray(op(local, before, out=local))
+        if before is None or not len(child):
+            local = np.asarray(fn(child, axis=0, dtype=node.dtype))
+        else:
+            work = np.array(child, dtype=node.dtype)  # a copy, in the scan's dtype
+            work[:1] = op(before, work[:1])
+            local = np.asarray(fn(work, axis=0, dtype=node.dtype, out=work))
+        carries.give(node, stop, local[-1:].copy() if len(local) else before)
+        return local
 
 
 # ---- the reductions' kernels -----------------------------------------------------------------
@@ -405,7 +432,13 @@ def finish(r: Reduce, k: Kernel, state: State | None, done: Array | None = None)
 
 
 def numpy_reduce(r: Reduce, value: Any) -> Array:
-    """numpy's own ``r`` of a whole value (nothing to stream)."""
+    """numpy's own ``r`` of a whole value (nothing to stream).
+
+    Raises
+    ------
+    ShapeError
+        For a zero-size reduction without identity (``min``, ``argmax``, ... of no rows).
+    """
     import warnings
 
     fn = getattr(np, r.kind)
@@ -426,4 +459,11 @@ def numpy_reduce(r: Reduce, value: Any) -> Array:
     args = (np.asarray(value),) if r.q is None else (np.asarray(value), r.q)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return np.asarray(fn(*args, **kwargs), dtype=r.dtype)
+        try:
+            return np.asarray(fn(*args, **kwargs), dtype=r.dtype)
+        except ValueError as exc:
+            if args[0].size:
+                raise
+            # a zero-size reduction without identity (min, argmax, ... of no rows, or of a
+            # filter that kept none): as the eager bigarr.min and friends
+            raise ShapeError(f"{r.kind} of an array of shape {args[0].shape}: {exc}") from None

@@ -26,11 +26,14 @@ two).
 
 A file output (:meth:`LazyArray.to_npy`) is written by :func:`bigarr.map_blocks` in its own
 final pass, with its crash-safe publishing; a result whose rows are known only on evaluation
-(a filter) or fewer than the inputs' (a diff) grows a :class:`bigarr.Appender` in chunk order.
+(a filter) or fewer than the inputs' (a diff) grows a :class:`bigarr.Appender` in chunk order,
+under a hidden name installed at the user's only once complete (a failed run leaves an older
+file intact and no partial one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -48,6 +51,7 @@ from bigarr._compute.lazyeval import (
     finish,
     kernel,
     numpy_reduce,
+    parse_backend,
     tiles,
 )
 from bigarr._compute.lazynodes import (
@@ -69,7 +73,12 @@ from bigarr._compute.partials import Tree, merge
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.reductions import SCRATCH_BYTES
 from bigarr._compute.runplan import RunPlan, parse_threads, plan_run, probe_temporaries
+from bigarr._formats.journal import journal_path
+from bigarr._os.durable import fsync_dir
+from bigarr._os.fileid import hidden_name, remove_leftovers
 from bigarr._os.geometry import format_bytes, parse_size
+from bigarr._os.lock import OutputLock
+from bigarr._os.paths import check_output
 from bigarr._plan.budget import DEFAULT_BUDGET
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import ArgumentError, BudgetError, UnsupportedError
@@ -296,8 +305,10 @@ class _Pass:
     """One planned pass: the items of a group, their streams, and the run plan."""
 
     def __init__(self, items: list[_Item], opened: _Opened, values: dict[int, Array],
-                 budget: int, threads: int, to_file: bool = False) -> None:
+                 budget: int, threads: int, to_file: bool = False,
+                 numexpr: bool = False) -> None:
         self.items = items
+        self.numexpr = numexpr
         self.to_file = to_file
         self.values = values
         self.budget = budget
@@ -317,7 +328,7 @@ class _Pass:
                                         it.node.axes, "C")
                       for it in items if isinstance(it.node, Reduce)
                       and not self.kernels[id(it.node)].exact and plain(it.frame)
-                      and it.expr.shape}
+                      and math.prod(it.expr.shape) > 0}  # (no tree of no elements)
         # Tiles only where a chain of operations makes temporaries, cut on the trees' leaves
         # (a tile ending inside a leaf would hand the leaf over in pieces).
         # A mean next to a var/std of the same values and axes is read off the variance's
@@ -412,7 +423,7 @@ class _Pass:
     def _evaluate_tile(self, rows: slice, blocks: list[Array],
                        carries: Carries | None) -> list[Any]:
         env = Env(dict(zip(self.ids, blocks, strict=True)), self.whole, self.values, rows,
-                  carries)
+                  carries, self.numexpr)
         out: list[Any] = []
         for it in self.items:
             value = np.asarray(evaluate(it.expr, True, env))
@@ -531,9 +542,10 @@ class _Pass:
                 results[id(node)] = outs[id(node)]
 
 
-def _in_memory(it: _Item, opened: _Opened, values: dict[int, Array]) -> Array:
+def _in_memory(it: _Item, opened: _Opened, values: dict[int, Array],
+               numexpr: bool = False) -> Array:
     whole = {i: opened.array(leaf) for i, leaf in {**it.rows, **it.whole}.items()}
-    env = Env({}, whole, values, None)
+    env = Env({}, whole, values, None, None, numexpr)
     value = evaluate(it.expr, False, env)
     if isinstance(it.node, Reduce):
         return numpy_reduce(it.node, value)
@@ -588,9 +600,10 @@ def _roots(exprs: Sequence[Any]) -> list[Node]:
 
 def _run(roots: list[Node], budget: int, threads: int | None, progress: ProgressArg,
          dry: bool, skip: frozenset[int] = frozenset(),
-         to_file: bool = False) -> tuple[dict[int, Array], LazyPlan]:
+         to_file: bool = False, numexpr: bool = False) -> tuple[dict[int, Array], LazyPlan]:
     """Evaluate (or, ``dry``, only plan) ``roots``; ``skip`` names output roots left out;
-    ``to_file`` plans outputs as :meth:`LazyArray.to_npy` writes them (planning only)."""
+    ``to_file`` plans outputs as :meth:`LazyArray.to_npy` writes them (planning only);
+    ``numexpr``: the numexpr backend (:data:`~bigarr._compute.lazyeval.BACKENDS`)."""
     nthreads = parse_threads(threads)
     values: dict[int, Array] = {}
     steps: list[PassPlan] = []
@@ -613,7 +626,8 @@ def _run(roots: list[Node], budget: int, threads: int | None, progress: Progress
                 values[id(it.node)] = (np.zeros(it.node.shape, it.node.dtype) if dry else
                                        _order_statistic(it, opened, budget, threads, progress))
             for group in streamed:
-                p = _Pass(group, opened, values, budget, nthreads, to_file=to_file)
+                p = _Pass(group, opened, values, budget, nthreads, to_file=to_file,
+                          numexpr=numexpr)
                 steps.append(p.describe())
                 if dry:  # later passes cannot be planned without results: stand-ins
                     for it in group:
@@ -623,7 +637,7 @@ def _run(roots: list[Node], budget: int, threads: int | None, progress: Progress
             for it in whole:
                 memory.append(it.label)
                 values[id(it.node)] = (np.zeros(it.node.shape, it.node.dtype) if dry
-                                       else _in_memory(it, opened, values))
+                                       else _in_memory(it, opened, values, numexpr))
     finally:
         opened.close()
     return values, LazyPlan(tuple(steps), tuple(memory), budget)
@@ -631,20 +645,25 @@ def _run(roots: list[Node], budget: int, threads: int | None, progress: Progress
 
 # ---- public entry points -------------------------------------------------------------------
 def compute(*exprs: Any, budget: int | str | None = None, threads: int | None = None,
-            progress: ProgressArg = None) -> tuple[Any, ...]:
+            progress: ProgressArg = None, backend: str | None = None) -> tuple[Any, ...]:
     """Evaluate several lazy expressions together, sharing passes over their inputs.
 
     ``bigarr.compute(x.sum(0), x.min(), x.std(0))`` reads ``x`` once. Returns a tuple of numpy
-    arrays (numpy scalars for 0-d results), one per expression.
+    arrays (numpy scalars for 0-d results), one per expression. ``backend``: ``"numpy"`` (None,
+    the default: numpy's results bit for bit) or ``"numexpr"`` (opt-in: floating chains go to
+    numexpr, faster, and may differ from numpy in the last bits).
 
     Raises
     ------
+    ModeError, MissingExtraError
+        For an unknown ``backend``, or ``"numexpr"`` without numexpr installed.
     BudgetError
         If a result is larger than the budget (write it with ``.to_npy``), or a pass cannot
         fit the budget; before anything runs.
     """
     roots = _roots(exprs)
     nbytes = _budget(budget)
+    numexpr = parse_backend(backend)
     for r in roots:
         if r.shape and unknown_rows(frame(r)):
             continue  # checked as it grows
@@ -654,7 +673,7 @@ def compute(*exprs: Any, budget: int | str | None = None, threads: int | None = 
                 f"The result {r.shape} {r.dtype} needs {size} bytes, more than the budget of "
                 f"{nbytes} bytes. Write it to a file with .to_npy(path), or raise budget=."
             )
-    values, _ = _run(roots, nbytes, threads, progress, dry=False)
+    values, _ = _run(roots, nbytes, threads, progress, dry=False, numexpr=numexpr)
     out: list[Any] = []
     for r in roots:
         v = values[id(r)]
@@ -663,30 +682,32 @@ def compute(*exprs: Any, budget: int | str | None = None, threads: int | None = 
 
 
 def explain(expr: LazyArray, *, budget: int | str | None = None,
-            threads: int | None = None) -> LazyPlan:
+            threads: int | None = None, backend: str | None = None) -> LazyPlan:
     """The plan of :meth:`LazyArray.compute` (nothing is read but probe rows), or of
     :meth:`LazyArray.to_npy` for a result larger than the budget."""
     nbytes = _budget(budget)
     to_file = expr.nbytes > nbytes
-    return _run(_roots([expr]), nbytes, threads, False, dry=True, to_file=to_file)[1]
+    return _run(_roots([expr]), nbytes, threads, False, dry=True, to_file=to_file,
+                numexpr=parse_backend(backend))[1]
 
 
 def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str | None = None,
            threads: int | None = None, progress: ProgressArg = None,
-           overwrite: bool = False) -> Any:
+           overwrite: bool = False, backend: str | None = None) -> Any:
     """Evaluate ``expr`` into a new ``.npy`` file (see :meth:`LazyArray.to_npy`)."""
     from bigarr._compute.mapblocks import map_blocks
     from bigarr._core.append import Appender
-    from bigarr._core.files import create
+    from bigarr._core.files import create, file_path, publish
     from bigarr._core.files import open as open_npy
 
     root = expr.node
     nbytes = _budget(budget)
+    numexpr = parse_backend(backend)
     item = _item(root)
     streamed = (not isinstance(root, Reduce) and bool(item.rows)
                 and math.prod(next(iter(item.rows.values())).shape) > 0)
     values, _ = _run([root], nbytes, threads, progress, dry=False,
-                     skip=frozenset({id(root)} if streamed else ()))
+                     skip=frozenset({id(root)} if streamed else ()), numexpr=numexpr)
     if not streamed:
         value = values[id(root)]
         with create(path, value.shape, root.dtype, overwrite=overwrite) as m:
@@ -702,7 +723,7 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
         fuses = isinstance(root, (Op, Scan, Filter))
 
         def tile(rows: slice, blocks: Sequence[Array], carry: Carries | None) -> Array:
-            env = Env(dict(zip(ids, blocks, strict=True)), whole, values, rows, carry)
+            env = Env(dict(zip(ids, blocks, strict=True)), whole, values, rows, carry, numexpr)
             value = np.asarray(evaluate(root, True, env))
             if not rows_known:
                 return np.asarray(value, dtype=root.dtype)
@@ -739,10 +760,25 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
             written.close()
             return open_npy(written_path if written_path is not None else path)
         # rows known only on evaluation (a filter), or fewer than the inputs' (a diff): the
-        # file grows chunk by chunk, in chunk order
-        with Appender(path, dtype=root.dtype, row_shape=row_shape, overwrite=overwrite) as app:
-            map_blocks(block, first, *sources[1:], out=app, budget=nbytes, threads=threads,
-                       progress=progress)
+        # file grows chunk by chunk, in chunk order, under a hidden name, and is installed
+        # at the user's name only once complete (as map_blocks' files are): a run that fails
+        # leaves an older file intact and no partial one under its name.
+        target = file_path(path)
+        with OutputLock(target):
+            existing = check_output(target, overwrite)
+            remove_leftovers(target, ("partial",))  # killed runs' (this run holds the lock)
+            partial = hidden_name(target, "partial")
+            try:
+                with Appender(partial, dtype=root.dtype, row_shape=row_shape) as app:
+                    map_blocks(block, first, *sources[1:], out=app, budget=nbytes,
+                               threads=threads, progress=progress)
+                publish(partial, target, overwrite=existing == "file")
+                fsync_dir(target)
+            except BaseException:
+                for name in (partial, journal_path(partial)):  # nothing can resume it
+                    with contextlib.suppress(OSError):
+                        os.unlink(name)
+                raise
     finally:
         opened.close()
-    return open_npy(path)
+    return open_npy(target)
