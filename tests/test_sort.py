@@ -6,6 +6,7 @@ each NaN count: a stable sort must keep equal keys in index order.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from bigarr.errors import (
     DtypeError,
     RegionError,
     ShapeError,
+    StaleJournalWarning,
     UnsupportedError,
 )
 from test_order import DTYPES, KINDS, make
@@ -360,6 +362,41 @@ def test_resume_reuses_runs_that_survive_kill_9(tmp_path: Path,
     assert calls[0] == nchunks
     assert list(tmp.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy", "tmp", "x.npy"]
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_does_not_reuse_runs_of_a_replaced_source_with_same_size_and_mtime(
+        tmp_path: Path) -> None:
+    # regression: the source's identity was path, size and mtime only, so a file renamed into
+    # place with the same size and the old mtime resumed from the old file's runs
+    src, out = tmp_path / "src.npy", tmp_path / "sorted.npy"
+    old = np.random.default_rng(1).random(400_000)
+    new = np.random.default_rng(2).random(400_000)
+    np.save(src, old)
+
+    def stop(event: Any) -> None:
+        stop.n += 1  # type: ignore[attr-defined]
+        if stop.n == 8:  # type: ignore[attr-defined]
+            raise _Stop
+
+    stop.n = 0  # type: ignore[attr-defined]
+    with pytest.raises(_Stop):
+        bigarr.sort(src, out, budget="4MiB", threads=1, resume=True, progress=stop)
+    assert (tmp_path / "sorted.npy.bigarr-journal").exists()
+    st = src.stat()
+    np.save(tmp_path / "other.npy", new)
+    os.replace(tmp_path / "other.npy", src)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert src.stat().st_size == st.st_size and src.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.warns(StaleJournalWarning, match="another"):
+        got = bigarr.sort(src, out, budget="4MiB", threads=1, resume=True, progress=False)
+    with got:
+        np.testing.assert_array_equal(got, np.sort(new))
+    assert not (tmp_path / "sorted.npy.bigarr-journal").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sorted.npy", "src.npy"]
 
 
 def test_resume_needs_an_output() -> None:
