@@ -225,6 +225,21 @@ def test_take_refusals(tmp_path: Path) -> None:
         bigarr.take(np.zeros((10, 1000)), np.zeros(1000, int), budget="4MiB", progress=False)
 
 
+def test_take_sort_argsort_budget_none_means_the_default_budget(tmp_path: Path) -> None:
+    # regression: budget=None raised TypeError from a private int(budget) helper
+    x = make("float64", (1000, 2), "special", seed=3)
+    idx = np.array([5, -1, 0, 5])
+    assert np.array_equal(bits(bigarr.take(x, idx, budget=None, progress=False)),
+                          bits(np.take(x, idx, axis=0)))
+    assert np.array_equal(bigarr.argsort(x[:, 0], budget=None, progress=False),
+                          np.argsort(x[:, 0], kind="stable"))
+    with bigarr.sort(x[:, 0], tmp_path / "s.npy", budget=None, progress=False) as s:
+        assert np.array_equal(bits(s), bits(np.sort(x[:, 0])))
+    for bad in (1.5, -3, True):  # int(budget) used to accept these silently
+        with pytest.raises(BudgetError):
+            bigarr.take(x, idx, budget=bad, progress=False)  # type: ignore[arg-type]
+
+
 # ---- searchsorted --------------------------------------------------------------------------
 @pytest.mark.parametrize(("dtype", "kind"), [("float32", "special"), ("int8", "few"),
                                              ("uint64", "random"), ("float16", "equal"),

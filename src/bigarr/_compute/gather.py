@@ -36,9 +36,9 @@ from bigarr._core.files import create
 from bigarr._core.files import open as open_npy
 from bigarr._os.durable import datasync, fsync_dir, pwrite_all
 from bigarr._os.fileid import hidden_name
-from bigarr._os.geometry import PAGE_SIZE, parse_size
+from bigarr._os.geometry import PAGE_SIZE
 from bigarr._os.paths import check_output
-from bigarr._plan.budget import DEFAULT_BUDGET
+from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
 from bigarr.errors import ArgumentError, BudgetError, DtypeError, RegionError, ShapeError
 
 __all__ = ["searchsorted", "take"]
@@ -48,13 +48,9 @@ __all__ = ["searchsorted", "take"]
 _FAULT_AROUND = 64 << 10
 
 
-def _budget_bytes(budget: int | str) -> int:
-    return parse_size(budget) if isinstance(budget, str) else int(budget)
-
-
 # ---- take ----------------------------------------------------------------------------------
 def take(src: Any, indices: Any, out: str | os.PathLike[str] | None = None, *,
-         budget: int | str = DEFAULT_BUDGET, threads: int | None = None,
+         budget: int | str | None = DEFAULT_BUDGET, threads: int | None = None,
          progress: ProgressArg = None, overwrite: bool = False) -> Array | memmap:
     """Rows of ``src`` by index, like ``np.take(src, indices, axis=0)``, out of core.
 
@@ -111,7 +107,7 @@ def take(src: Any, indices: Any, out: str | os.PathLike[str] | None = None, *,
         row_shape = tuple(source.shape[1:])
         dtype = np.dtype(source.dtype)
         row_bytes = max(int(math.prod(row_shape)) * dtype.itemsize, 1)
-        budget_bytes = _budget_bytes(budget)
+        budget_bytes = parse_budget(budget)
         held = 0
         if target is None:
             held = m * row_bytes
@@ -219,7 +215,7 @@ def _take_to_file(plan: Any, index: Stream, gather: Any, target: str, overwrite:
 
 # ---- searchsorted --------------------------------------------------------------------------
 def searchsorted(sorted_src: Any, v: Any, side: str = "left", *,
-                 budget: int | str = DEFAULT_BUDGET, threads: int | None = None,
+                 budget: int | str | None = DEFAULT_BUDGET, threads: int | None = None,
                  progress: ProgressArg = None) -> np.intp | Array:
     """Insertion points of ``v`` into a sorted 1-d file, like :func:`numpy.searchsorted`.
 
@@ -304,7 +300,7 @@ def _bisect(stream: Stream, qkeys: Array, common: np.dtype[Any], side: str) -> A
 
 
 def _scan(stream: Stream, qkeys: Array, common: np.dtype[Any], side: str, *,
-          budget: int | str, threads: int, progress: ProgressArg) -> Array:
+          budget: int | str | None, threads: int, progress: ProgressArg) -> Array:
     """One pass: per chunk, the values before each (sorted) query, summed."""
     order = np.argsort(qkeys, kind="stable")
     sq = qkeys[order]

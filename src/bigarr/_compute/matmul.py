@@ -42,8 +42,8 @@ from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import parse_threads, plan_run
 from bigarr._core.array import memmap
 from bigarr._core.files import create
-from bigarr._os.geometry import format_bytes, parse_size
-from bigarr._plan.budget import DEFAULT_BUDGET
+from bigarr._os.geometry import format_bytes
+from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import BudgetError, ShapeError
 
@@ -63,7 +63,7 @@ def check_bytes(what: str, need: int, budget: int | str) -> int:
     BudgetError
         With both numbers.
     """
-    total = parse_size(budget, name="budget")
+    total = parse_budget(budget)
     if need > total:
         raise BudgetError(
             f"{what} keeps {format_bytes(need)} in memory whatever the chunk size, more than "
@@ -163,7 +163,7 @@ def plan_tiles(a_shape: tuple[int, int], b_shape: tuple[int, int], a_itemsize: i
     """
     threads = parse_threads(threads)
     (n, k), (_, m) = a_shape, b_shape
-    total = parse_size(budget, name="budget")
+    total = parse_budget(budget)
     a_bytes, b_bytes = n * k * a_itemsize, k * m * b_itemsize
     options: list[TilePlan] = []
     cols = min(m, (total // 8) // max(1, k * max(b_itemsize, out_itemsize)))
@@ -252,7 +252,7 @@ def matmul(
         If ``out=None`` and the result does not fit the budget, or a plan does not.
     """
     nthreads = parse_threads(threads)
-    total = parse_size(budget, name="budget")
+    total = parse_budget(budget)
     at = _transposed(a)
     if at is not None and (_large(at, total) or _large(b, total)):
         return _crossprod_out(at, b, out, dtype, budget=total, threads=nthreads,

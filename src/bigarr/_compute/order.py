@@ -42,8 +42,7 @@ from bigarr._compute.engine import execute
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import block_info, parse_threads, plan_run
-from bigarr._os.geometry import parse_size
-from bigarr._plan.budget import DEFAULT_BUDGET
+from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import (
     ArgumentError,
@@ -212,7 +211,7 @@ def _order_statistics(
     bits = 8 * kd.itemsize
     shape = stream.shape
     ncols = int(math.prod(shape[1:])) if axis0 and len(shape) > 1 else 1
-    budget_bytes = parse_size(budget) if isinstance(budget, str) else int(budget)
+    budget_bytes = parse_budget(budget)
     floating = dtype.kind == "f"
     # pass 1: counts of the top bits, per column; its partials are planned as fixed memory
     nb_bits = min(bits, _BITS_PER_PASS)
@@ -741,7 +740,7 @@ def unique(a: Any, *, return_counts: bool = False, budget: int | str = DEFAULT_B
     try:
         dtype = np.dtype(stream.dtype)
         _check_dtype(dtype, "unique")
-        budget_bytes = parse_size(budget) if isinstance(budget, str) else int(budget)
+        budget_bytes = parse_budget(budget)
         limit = budget_bytes // 4
         state: list[tuple[Array, Array]] = [(np.zeros(0, dtype), np.zeros(0, np.intp))]
         if stream.size:

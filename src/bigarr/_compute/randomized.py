@@ -50,8 +50,7 @@ from bigarr._compute.progress import ProgressArg
 from bigarr._compute.runplan import parse_threads
 from bigarr._compute.tsqr import SVDResult, _tsqr
 from bigarr._core.array import memmap
-from bigarr._os.geometry import parse_size
-from bigarr._plan.budget import DEFAULT_BUDGET
+from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
 from bigarr.errors import ArgumentError, ShapeError
 
 __all__ = ["randomized_pca", "randomized_svd"]
@@ -243,7 +242,7 @@ def _randomized(x: Any, k: int, n_oversamples: int, n_iter: int, random_state: A
                 budget: int | str, threads: int | None,
                 progress: ProgressArg) -> tuple[SVDResult, Any]:
     nthreads = parse_threads(threads)
-    total = parse_size(budget, name="budget")
+    total = parse_budget(budget)
     n_over, iters = _parse_count(n_oversamples, "n_oversamples"), _parse_count(n_iter, "n_iter")
     with _streams(x) as (s,):
         if s.ndim != 2:
