@@ -16,7 +16,7 @@ import bigarr
 from bigarr._compute import partials as _partials
 from bigarr._compute import reductions as _reductions
 from bigarr._plan import budget as _budget
-from bigarr.errors import BudgetError, UnsupportedError
+from bigarr.errors import AxisError, BigArrError, BudgetError, UnsupportedError
 
 FUNCS = ["sum", "mean", "var", "std", "min", "max", "argmin", "argmax", "count_nonzero"]
 
@@ -346,3 +346,21 @@ def test_argmax_along_axis_0_makes_no_chunk_sized_copy(monkeypatch: pytest.Monke
         assert peak < 4 << 20, peak
     else:
         assert peak > x.nbytes // 2, peak
+
+
+@pytest.mark.parametrize("name", ["sum", "mean", "std", "var", "min", "max", "argmax",
+                                  "count_nonzero"])
+@pytest.mark.parametrize("axis", [2, -3, (0, 2)])
+def test_axis_out_of_range_is_a_bigarr_axis_error(name: str, axis: Any) -> None:
+    # regression: numpy's AxisError escaped, not a BigArrError
+    x = np.arange(12.0).reshape(3, 4)
+    if name == "argmax" and isinstance(axis, tuple):
+        return
+    with pytest.raises(np.exceptions.AxisError) as want:
+        getattr(np, name)(x, axis=axis)
+    with pytest.raises(AxisError) as info:
+        getattr(bigarr, name)(x, axis=axis, progress=False)
+    err = info.value
+    assert isinstance(err, BigArrError) and isinstance(err, np.exceptions.AxisError)
+    assert isinstance(err, ValueError) and isinstance(err, IndexError)
+    assert str(err) == str(want.value)

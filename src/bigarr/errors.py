@@ -12,6 +12,7 @@ keeps working::
     ├── ShapeError (ValueError)             negative, non-integer or overflowing shapes
     ├── ModeError (ValueError)              unknown mode, or a mode that cannot apply here
     ├── RegionError (IndexError)            a region outside the array, or not expressible
+    ├── AxisError (numpy.exceptions.AxisError: ValueError, IndexError)  an axis out of range
     ├── HintError (ValueError)              an unknown access hint, or one refused in this mode
     ├── BudgetError (ValueError)            a memory plan that cannot fit its budget
     ├── ClosedError (ValueError)            use of a closed array (like I/O on a closed file)
@@ -44,9 +45,12 @@ from __future__ import annotations
 
 import errno as _errno
 
+import numpy as _np
+
 __all__ = [
     "AccessDeniedError",
     "ArgumentError",
+    "AxisError",
     "BigArrError",
     "BudgetError",
     "ClosedError",
@@ -121,6 +125,12 @@ class ModeError(BigArrError, ValueError):
 
 class RegionError(BigArrError, IndexError):
     """A region that lies outside the array or cannot be expressed as a byte range."""
+
+
+class AxisError(BigArrError, _np.exceptions.AxisError):
+    """An ``axis`` out of range for the array's dimensions, as numpy's ``AxisError`` (so also a
+    ``ValueError`` and an ``IndexError``); ``axis`` and ``ndim`` are set as numpy sets them.
+    """
 
 
 class HintError(BigArrError, ValueError):

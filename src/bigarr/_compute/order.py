@@ -46,6 +46,7 @@ from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import (
     ArgumentError,
+    AxisError,
     BudgetError,
     DtypeError,
     ShapeError,
@@ -405,7 +406,9 @@ def _family(a: Any, q: Any, axis: int | None, method: str, *, nan: bool, percent
         if axis is not None:
             if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
                 raise ArgumentError(f"Expected axis as 0 or None. Got {axis!r}.")
-            if not shape or int(axis) % len(shape) != 0:
+            if not -len(shape) <= int(axis) < len(shape):  # axis=2 of 2-d is not axis 0
+                raise AxisError(int(axis), len(shape))
+            if int(axis) % len(shape) != 0:
                 raise UnsupportedError(
                     f"Expected axis=None or axis=0 for an array of {len(shape)} dimensions. "
                     f"Got axis={axis!r}: only whole-array and per-column order statistics run "
@@ -517,6 +520,8 @@ _DOC_ARGS = """
         For dtypes other than bool, integer and floating, or where numpy refuses the dtype.
     ShapeError
         Where numpy raises ValueError (``q`` out of range).
+    AxisError
+        For an ``axis`` out of range (a numpy AxisError: ValueError and IndexError).
     UnsupportedError
         For another ``axis`` or ``method``.
 """
@@ -641,7 +646,7 @@ def topk(a: Any, k: int, *, axis: int | None = None, largest: bool = True,
     ------
     ShapeError
         If ``k`` is negative or larger than the length reduced.
-    DtypeError, UnsupportedError
+    AxisError, DtypeError, UnsupportedError
         As :func:`quantile`.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
@@ -652,6 +657,9 @@ def topk(a: Any, k: int, *, axis: int | None = None, largest: bool = True,
         dtype = np.dtype(stream.dtype)
         _check_dtype(dtype, "topk")
         shape = tuple(stream.shape)
+        if (axis is not None and not isinstance(axis, bool) and isinstance(axis, (int, np.integer))
+                and not -len(shape) <= int(axis) < len(shape)):  # axis=2 of 2-d is not axis 0
+            raise AxisError(int(axis), len(shape))
         if axis is not None and (isinstance(axis, bool) or not shape
                                  or int(axis) % len(shape) != 0):
             raise UnsupportedError(
