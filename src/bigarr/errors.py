@@ -30,6 +30,8 @@ keeps working::
     ├── FileChangedError (OSError)          the file shrank or changed under an open array
     ├── PickleError_ (TypeError)            an array that cannot be pickled by reference
     ├── ArgumentError (TypeError)           an argument of a type bigarr cannot use
+    ├── ArgumentValueError (ValueError)     an argument's value refused, where numpy raises
+    │                                       ValueError (histogram bins=0, a range not finite)
     ├── IncompleteOutputError (RuntimeError)  an output left behind by a run that did not finish
     ├── OutputLockedError (BlockingIOError)  another run (process or thread) is writing the output
     ├── ScratchLimitError (MemoryError)     private-mode edits would exceed their scratch_limit
@@ -50,6 +52,7 @@ import numpy as _np
 __all__ = [
     "AccessDeniedError",
     "ArgumentError",
+    "ArgumentValueError",
     "AxisError",
     "BigArrError",
     "BudgetError",
@@ -210,6 +213,13 @@ class PickleError_(BigArrError, TypeError):
 
 class ArgumentError(BigArrError, TypeError):
     """An argument of a type bigarr cannot use (for example ``progress=42``)."""
+
+
+class ArgumentValueError(BigArrError, ValueError):
+    """An argument of the right type whose value bigarr refuses where numpy raises
+    ``ValueError`` (``histogram`` with ``bins=0``, or a ``range`` that is not finite or not
+    increasing); the message keeps numpy's meaning.
+    """
 
 
 class IncompleteOutputError(BigArrError, RuntimeError):
