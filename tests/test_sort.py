@@ -225,6 +225,60 @@ def test_take_refusals(tmp_path: Path) -> None:
         bigarr.take(np.zeros((10, 1000)), np.zeros(1000, int), budget="4MiB", progress=False)
 
 
+def test_take_from_zarr_and_dask_equals_numpy() -> None:
+    zarr = pytest.importorskip("zarr")
+    da = pytest.importorskip("dask.array")
+    x = make("float32", (5000, 3), "special", seed=8)
+    idx = np.random.default_rng(2).integers(-5000, 5000, 1000)
+    idx[:4] = [0, 4999, -1, 0]
+    z = zarr.create_array(zarr.storage.MemoryStore(), shape=x.shape, chunks=(64, 2),
+                          dtype=x.dtype)
+    z[:] = x
+    for src in (z, da.from_array(x, chunks=(97, 3))):
+        got = bigarr.take(src, idx, budget="4MiB", progress=False)
+        assert np.array_equal(bits(got), bits(np.take(x, idx, axis=0)))
+        assert bigarr.take(src, np.zeros(0, int), progress=False).shape == (0, 3)
+        with pytest.raises(RegionError):
+            bigarr.take(src, [5000], progress=False)
+    # wide rows: a read spans at most a sub-batch (89 rows here), less than a block (96 rows)
+    w = make("float32", (600, 8192), "random", seed=9)
+    zw = zarr.create_array(zarr.storage.MemoryStore(), shape=w.shape, chunks=(96, 8192),
+                           dtype=w.dtype)
+    zw[:] = w
+    idx = np.random.default_rng(3).integers(0, 600, 50)
+    got = bigarr.take(zw, idx, budget="24MiB", threads=1, progress=False)
+    assert np.array_equal(got, w[idx])
+
+
+_TAKE_ZARR_RSS = """
+import os, sys
+import numpy as np, zarr, bigarr
+def hwm():
+    return int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) << 10
+z = zarr.create_array(sys.argv[1], shape=(32 << 10, 1024), chunks=(256, 1024), dtype="f8",
+                      compressors=None)
+for i in range(0, z.shape[0], 1024):
+    z[i:i + 1024] = np.full((1024, 1024), float(i))
+del z
+z = zarr.open_array(sys.argv[1], mode="r")
+open('/proc/self/clear_refs', 'w').write('5')
+base = hwm()
+r = bigarr.take(z, [5, 30000, 5], budget="16MiB", progress=False)
+assert r[:, 0].tolist() == [0.0, 29696.0, 0.0], r[:, 0]
+print(hwm() - base)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="VmHWM reset: Linux")
+def test_take_from_zarr_reads_only_the_rows_needed_within_budget(tmp_path: Path) -> None:
+    # regression: take read a zarr or dask source whole (256 MiB here) whatever the budget
+    pytest.importorskip("zarr")
+    res = subprocess.run([sys.executable, "-c", _TAKE_ZARR_RSS, str(tmp_path / "a.zarr")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout.split()[-1]) <= (16 << 20) + (64 << 20), res.stdout
+
+
 def test_take_sort_argsort_budget_none_means_the_default_budget(tmp_path: Path) -> None:
     # regression: budget=None raised TypeError from a private int(budget) helper
     x = make("float64", (1000, 2), "special", seed=3)

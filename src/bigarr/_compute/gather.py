@@ -5,7 +5,9 @@ take
     in that order (so the reads of a mapped source go forward through the file, page by page,
     in sub-batches whose pages are released as soon as they are copied: a chunk never holds
     more than a sub-batch of the source's pages), then scattered back into the order asked for
-    and written to the output in chunk order.
+    and written to the output in chunk order. A zarr or dask source is read the same way, by
+    row ranges that each lie in one of its blocks along axis 0 and span at most a sub-batch:
+    only the blocks holding asked-for rows are read, never the whole array.
 searchsorted
     Few queries: a vectorised binary search that reads one value per query per step, about
     ``log2(n)`` pages per query. Many queries (when that would touch more pages than a scan):
@@ -61,7 +63,8 @@ def take(src: Any, indices: Any, out: str | os.PathLike[str] | None = None, *,
     Parameters
     ----------
     src
-        A :class:`bigarr.memmap`, numpy array or ``.npy`` path (of any dtype).
+        A :class:`bigarr.memmap`, numpy array, ``.npy`` path, zarr or dask array (of any
+        dtype); of zarr and dask, only the blocks holding asked-for rows are read.
     indices
         A 1-d integer array, memmap or ``.npy`` path; negative indices count from the end, as
         numpy's.
@@ -100,8 +103,7 @@ def take(src: Any, indices: Any, out: str | os.PathLike[str] | None = None, *,
             raise DtypeError(f"Expected integer indices. Got dtype {index.dtype}.")
         if source.ndim == 0:
             raise ShapeError("take needs a source of at least one dimension. Got a 0-d array.")
-        # zarr and dask sources are read whole: take suits the mapped and in-memory ones
-        source_array = np.asarray(source.whole()) if source.array is None else source.array
+        source_array = source.array  # None for zarr and dask: read by row ranges (_read_rows)
         n = int(source.shape[0])
         m = int(index.shape[0])
         row_shape = tuple(source.shape[1:])
@@ -121,12 +123,19 @@ def take(src: Any, indices: Any, out: str | os.PathLike[str] | None = None, *,
         # per index: int64 copy, order, sorted copy; the gathered rows, the rows in output
         # order and those waiting to be written
         temporaries = (24 + 3 * row_bytes) / isz
-        # a sub-batch of scattered rows maps its rows' pages and what fault-around maps
-        per_row_pages = row_bytes + PAGE_SIZE + _FAULT_AROUND
+        # a sub-batch of scattered rows maps its rows' pages and what fault-around maps; of a
+        # zarr or dask source, a read holds the rows it spans and, while it runs, the one
+        # block (chunk-row-block) it falls in, decoded or computed whole
+        per_row_pages = row_bytes + PAGE_SIZE + _FAULT_AROUND if source_array is not None \
+            else row_bytes
         scratch = max(per_row_pages * 8, (budget_bytes - held) // 8 // max(nthreads, 1))
         sub = max(scratch // per_row_pages, 1)
+        grid = np.asarray(source.grid if source.grid is not None else (0, n), np.int64)
+        block_bytes = 0 if source_array is not None \
+            else int(np.diff(grid).max(initial=0)) * row_bytes
         plan = plan_run("take", [index], budget=budget_bytes - held, threads=nthreads,
-                        layout="rows", temporaries=temporaries, scratch_bytes=scratch)
+                        layout="rows", temporaries=temporaries,
+                        scratch_bytes=scratch + block_bytes)
 
         def gather(block: Array) -> Array:
             idx = block.astype(np.int64)
@@ -138,11 +147,14 @@ def take(src: Any, indices: Any, out: str | os.PathLike[str] | None = None, *,
             ordered = idx[order]
             del idx
             rows = np.empty((ordered.size, *row_shape), dtype=dtype)
-            for s in range(0, ordered.size, sub):
-                part = ordered[s:s + sub]
-                rows[s:s + part.size] = source_array[part]
-                if source.mapping is not None:
-                    source.release(source_array[int(part[0]):int(part[-1]) + 1])
+            if source_array is None:
+                _read_rows(source, grid, ordered, rows, sub)
+            else:
+                for s in range(0, ordered.size, sub):
+                    part = ordered[s:s + sub]
+                    rows[s:s + part.size] = source_array[part]
+                    if source.mapping is not None:
+                        source.release(source_array[int(part[0]):int(part[-1]) + 1])
             result = np.empty_like(rows)
             result[order] = rows
             return result
@@ -168,6 +180,25 @@ def take(src: Any, indices: Any, out: str | os.PathLike[str] | None = None, *,
     finally:
         index.close()
         source.close()
+
+
+def _read_rows(source: Stream, grid: Array, ordered: Array, rows: Array, sub: int) -> None:
+    """Rows ``ordered`` (sorted) of a zarr or dask source into ``rows``: one read per run of
+    indices that lies in one block of the source's grid and spans at most ``sub`` rows, so
+    only the blocks holding asked-for rows are read, and a read never holds more than ``sub``
+    rows besides the block being decoded."""
+    assert source.read is not None
+    block = np.searchsorted(grid, ordered, side="right") - 1
+    s = 0
+    while s < ordered.size:
+        lo = int(ordered[s])
+        # this read's indices: in lo's block, and below lo + sub
+        stop = min(int(grid[block[s] + 1]), lo + sub)
+        e = int(np.searchsorted(ordered, stop, side="left"))
+        part = source.read((slice(lo, int(ordered[e - 1]) + 1),))
+        rows[s:e] = part[ordered[s:e] - lo]
+        del part
+        s = e
 
 
 def _run(plan: Any, index: Stream, gather: Any, sink: Any, progress: ProgressArg) -> None:
