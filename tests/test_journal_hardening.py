@@ -32,7 +32,7 @@ import pytest
 import bigarr
 from bigarr import errors
 from bigarr._core import private as _private
-from bigarr._formats.journal import journal_path, read_journal
+from bigarr._formats.journal import input_identity, journal_path, read_journal
 
 PAGE = bigarr.PAGE_SIZE
 # A budget under the inputs' 320 KB, so that in-memory inputs are cut into several chunks.
@@ -966,3 +966,48 @@ def test_a_folder_that_refuses_new_files_gives_bigarr_errors(sealed: Path) -> No
                                                               match="journal"):
         bigarr.map_blocks(lambda b: b + 1, np.zeros(PAGE * 4 + 3, np.uint8), out=target,
                           progress=False)
+
+
+def test_input_identity_tells_a_renamed_in_file_with_same_size_and_mtime(tmp_path: Path) -> None:
+    # regression: path, size and mtime alone named a replaced input the same, so map_blocks and
+    # sort resumed with the old file's results
+    src = tmp_path / "x.npy"
+    np.save(src, np.arange(1000.0))
+    before = input_identity(str(src))
+    st = src.stat()
+    np.save(tmp_path / "y.npy", -np.arange(1000.0))
+    os.replace(tmp_path / "y.npy", src)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert before[:3] == input_identity(str(src))[:3]  # the old identity could not tell them
+    assert before != input_identity(str(src))
+    assert input_identity(str(src)) == input_identity(str(src))
+
+
+def test_map_blocks_resume_refuses_a_renamed_in_input_with_same_size_and_mtime(
+        tmp_path: Path) -> None:
+    src, out = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(src, np.arange(200_000.0))
+
+    class Stop(Exception):
+        pass
+
+    seen = [0]
+
+    def stop(event: Any) -> None:
+        seen[0] += 1
+        if seen[0] == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        bigarr.map_blocks(lambda b: b * 2, src, out=out, budget="1MiB", threads=1,
+                          resume=True, progress=stop)
+    st = src.stat()
+    new = np.random.default_rng(0).random(200_000)
+    np.save(tmp_path / "z.npy", new)
+    os.replace(tmp_path / "z.npy", src)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.warns(errors.StaleJournalWarning):
+        got = bigarr.map_blocks(lambda b: b * 2, src, out=out, budget="1MiB", threads=1,
+                                resume=True, progress=False)
+    with got:
+        np.testing.assert_array_equal(got, new * 2)

@@ -21,7 +21,7 @@ import bigarr
 from bigarr._compute import lazyeval, lazyrun, mapblocks
 from bigarr._os.geometry import parse_size
 from bigarr._plan import budget as budget_module
-from bigarr.errors import BudgetError, ShapeError, UnsupportedError
+from bigarr.errors import AxisError, BigArrError, BudgetError, ShapeError, UnsupportedError
 
 BUDGET = "3MiB"  # small: with one thread, arrays of a few hundred KiB run in several chunks
 TREE_BUDGET = "1536KiB"  # with 4 KiB chunks allowed: chunks of 30-400 KiB
@@ -347,3 +347,14 @@ def test_explain_a_result_larger_than_the_budget(tmp_path: Path,
     with z.to_npy(tmp_path / "z.npy", budget=BUDGET, threads=1, progress=False) as m:
         _close(m, np.zeros_like(a))
     assert len(runs) == plan.passes
+
+
+def test_lazy_axis_out_of_range_is_a_bigarr_axis_error() -> None:
+    # regression: numpy's AxisError escaped from lazy reductions and scans
+    x = bigarr.lazy(np.arange(12.0).reshape(3, 4))
+    for make in (lambda: x.sum(axis=2), lambda: x.max(axis=(0, 2)), lambda: x.mean(axis=-3),
+                 lambda: x.cumsum(axis=2), lambda: x.median(axis=2)):
+        with pytest.raises(AxisError) as info:
+            bigarr.compute(make())
+        assert isinstance(info.value, BigArrError)
+        assert isinstance(info.value, np.exceptions.AxisError)

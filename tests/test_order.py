@@ -24,7 +24,14 @@ from hypothesis.extra import numpy as hnp
 import bigarr
 from bigarr._compute import order
 from bigarr._compute import sort as sort_module
-from bigarr.errors import BigArrError, BudgetError, DtypeError, ShapeError, UnsupportedError
+from bigarr.errors import (
+    AxisError,
+    BigArrError,
+    BudgetError,
+    DtypeError,
+    ShapeError,
+    UnsupportedError,
+)
 
 DTYPES = ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
           "float16", "float32", "float64"]
@@ -374,3 +381,18 @@ def test_wide_array_with_coarse_first_pass() -> None:
     assert same(got, np.nanquantile(x, [0.1, 0.5, 0.9], axis=0))
     assert order.LAST_PASSES[0] >= 3
     assert same(bigarr.median(x, axis=0, budget="8MiB", progress=False), np.median(x, axis=0))
+
+
+def test_order_statistics_axis_out_of_range_is_an_axis_error_not_axis_0() -> None:
+    # regression: axis=2 of a 2-d array was taken modulo ndim, so it silently meant axis=0
+    x = np.arange(12.0).reshape(3, 4)
+    for call in (lambda: bigarr.median(x, axis=2, progress=False),
+                 lambda: bigarr.quantile(x, 0.5, axis=-3, progress=False),
+                 lambda: bigarr.topk(x, 1, axis=2, progress=False)):
+        with pytest.raises(AxisError) as info:
+            call()
+        assert isinstance(info.value, BigArrError)
+        assert isinstance(info.value, np.exceptions.AxisError)
+    with pytest.raises(np.exceptions.AxisError):
+        np.median(x, axis=2)
+    assert np.array_equal(bigarr.median(x, axis=-2, progress=False), np.median(x, axis=-2))

@@ -16,7 +16,13 @@ import bigarr
 from bigarr._compute import partials as _partials
 from bigarr._compute import reductions as _reductions
 from bigarr._plan import budget as _budget
-from bigarr.errors import BudgetError, UnsupportedError
+from bigarr.errors import (
+    ArgumentValueError,
+    AxisError,
+    BigArrError,
+    BudgetError,
+    UnsupportedError,
+)
 
 FUNCS = ["sum", "mean", "var", "std", "min", "max", "argmin", "argmax", "count_nonzero"]
 
@@ -346,3 +352,56 @@ def test_argmax_along_axis_0_makes_no_chunk_sized_copy(monkeypatch: pytest.Monke
         assert peak < 4 << 20, peak
     else:
         assert peak > x.nbytes // 2, peak
+
+
+@pytest.mark.parametrize("name", ["sum", "mean", "std", "var", "min", "max", "argmax",
+                                  "count_nonzero"])
+@pytest.mark.parametrize("axis", [2, -3, (0, 2)])
+def test_axis_out_of_range_is_a_bigarr_axis_error(name: str, axis: Any) -> None:
+    # regression: numpy's AxisError escaped, not a BigArrError
+    x = np.arange(12.0).reshape(3, 4)
+    if name == "argmax" and isinstance(axis, tuple):
+        return
+    with pytest.raises(np.exceptions.AxisError) as want:
+        getattr(np, name)(x, axis=axis)
+    with pytest.raises(AxisError) as info:
+        getattr(bigarr, name)(x, axis=axis, progress=False)
+    err = info.value
+    assert isinstance(err, BigArrError) and isinstance(err, np.exceptions.AxisError)
+    assert isinstance(err, ValueError) and isinstance(err, IndexError)
+    assert str(err) == str(want.value)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"bins": 0}, {"bins": -1}, {"bins": [0, 1, 0.5]}, {"bins": [[0, 1]]},
+    {"range": (0, np.nan)}, {"range": (-np.inf, 1)}, {"range": (1, 0)},
+])
+def test_histogram_bad_bins_or_range_is_a_bigarr_value_error_before_reading(
+        tmp_path: Path, kwargs: dict[str, Any]) -> None:
+    # regression: numpy's bare ValueError escaped, after the data had been read
+    x = np.arange(50_000.0)
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(ValueError) as want:
+        np.histogram(x, **kwargs)
+    events: list[Any] = []
+    with pytest.raises(ArgumentValueError) as info:
+        bigarr.histogram(tmp_path / "x.npy", **kwargs, budget="256KiB", progress=events.append)
+    assert isinstance(info.value, BigArrError) and isinstance(info.value, ValueError)
+    assert str(want.value) in str(info.value)  # numpy's meaning
+    assert events == []  # refused before any data was read
+
+
+@pytest.mark.parametrize("data", [
+    np.array([0.0, np.nan, 1.0] * 10_000), np.array([0.0, np.inf, 1.0] * 10_000),
+    np.array([-np.inf, 1.0] * 10_000), np.array([-65504, 0, 65504] * 10_000, np.float16),
+    np.array([0.0, np.nan]),
+])
+def test_histogram_of_data_without_finite_bins_is_a_bigarr_value_error(
+        data: np.ndarray[Any, Any]) -> None:
+    # regression: NaN/inf data (no range) and float16 spanning +-65504 raised a bare ValueError
+    with pytest.raises(ValueError) as want, np.errstate(all="ignore"):
+        np.histogram(data)
+    with pytest.raises(ArgumentValueError) as info:
+        bigarr.histogram(data, budget="256KiB", progress=False)
+    assert isinstance(info.value, BigArrError) and isinstance(info.value, ValueError)
+    assert str(want.value).split(" of ")[-1].split(".")[0] in str(info.value)

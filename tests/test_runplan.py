@@ -81,6 +81,16 @@ def test_one_default_budget() -> None:
         assert inspect.signature(fn).parameters["budget"].default == _budget.DEFAULT_BUDGET
 
 
+def test_parse_budget_is_the_one_parser_and_none_is_the_default() -> None:
+    assert _budget.parse_budget(None) == _budget.DEFAULT_BUDGET
+    assert _budget.parse_budget("4MiB") == 4 << 20
+    assert _budget.parse_budget(np.int64(1 << 20)) == 1 << 20  # type: ignore[arg-type]
+    for bad in (1.5, -1, 0, True, "lots"):
+        with pytest.raises(BudgetError):
+            _budget.parse_budget(bad)  # type: ignore[arg-type]
+    assert float(bigarr.sum(np.arange(10.0), budget=None)) == 45.0
+
+
 # ---- temporaries -------------------------------------------------------------------------
 def test_temporaries_are_measured_per_input_byte() -> None:
     block = np.ones((8192, 32), np.float32)  # 1 MiB

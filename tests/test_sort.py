@@ -6,6 +6,7 @@ each NaN count: a stable sort must keep equal keys in index order.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from bigarr.errors import (
     DtypeError,
     RegionError,
     ShapeError,
+    StaleJournalWarning,
     UnsupportedError,
 )
 from test_order import DTYPES, KINDS, make
@@ -223,6 +225,75 @@ def test_take_refusals(tmp_path: Path) -> None:
         bigarr.take(np.zeros((10, 1000)), np.zeros(1000, int), budget="4MiB", progress=False)
 
 
+def test_take_from_zarr_and_dask_equals_numpy() -> None:
+    zarr = pytest.importorskip("zarr")
+    da = pytest.importorskip("dask.array")
+    x = make("float32", (5000, 3), "special", seed=8)
+    idx = np.random.default_rng(2).integers(-5000, 5000, 1000)
+    idx[:4] = [0, 4999, -1, 0]
+    z = zarr.create_array(zarr.storage.MemoryStore(), shape=x.shape, chunks=(64, 2),
+                          dtype=x.dtype)
+    z[:] = x
+    for src in (z, da.from_array(x, chunks=(97, 3))):
+        got = bigarr.take(src, idx, budget="4MiB", progress=False)
+        assert np.array_equal(bits(got), bits(np.take(x, idx, axis=0)))
+        assert bigarr.take(src, np.zeros(0, int), progress=False).shape == (0, 3)
+        with pytest.raises(RegionError):
+            bigarr.take(src, [5000], progress=False)
+    # wide rows: a read spans at most a sub-batch (89 rows here), less than a block (96 rows)
+    w = make("float32", (600, 8192), "random", seed=9)
+    zw = zarr.create_array(zarr.storage.MemoryStore(), shape=w.shape, chunks=(96, 8192),
+                           dtype=w.dtype)
+    zw[:] = w
+    idx = np.random.default_rng(3).integers(0, 600, 50)
+    got = bigarr.take(zw, idx, budget="24MiB", threads=1, progress=False)
+    assert np.array_equal(got, w[idx])
+
+
+_TAKE_ZARR_RSS = """
+import os, sys
+import numpy as np, zarr, bigarr
+def hwm():
+    return int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) << 10
+z = zarr.create_array(sys.argv[1], shape=(32 << 10, 1024), chunks=(256, 1024), dtype="f8",
+                      compressors=None)
+for i in range(0, z.shape[0], 1024):
+    z[i:i + 1024] = np.full((1024, 1024), float(i))
+del z
+z = zarr.open_array(sys.argv[1], mode="r")
+open('/proc/self/clear_refs', 'w').write('5')
+base = hwm()
+r = bigarr.take(z, [5, 30000, 5], budget="16MiB", progress=False)
+assert r[:, 0].tolist() == [0.0, 29696.0, 0.0], r[:, 0]
+print(hwm() - base)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="VmHWM reset: Linux")
+def test_take_from_zarr_reads_only_the_rows_needed_within_budget(tmp_path: Path) -> None:
+    # regression: take read a zarr or dask source whole (256 MiB here) whatever the budget
+    pytest.importorskip("zarr")
+    res = subprocess.run([sys.executable, "-c", _TAKE_ZARR_RSS, str(tmp_path / "a.zarr")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout.split()[-1]) <= (16 << 20) + (64 << 20), res.stdout
+
+
+def test_take_sort_argsort_budget_none_means_the_default_budget(tmp_path: Path) -> None:
+    # regression: budget=None raised TypeError from a private int(budget) helper
+    x = make("float64", (1000, 2), "special", seed=3)
+    idx = np.array([5, -1, 0, 5])
+    assert np.array_equal(bits(bigarr.take(x, idx, budget=None, progress=False)),
+                          bits(np.take(x, idx, axis=0)))
+    assert np.array_equal(bigarr.argsort(x[:, 0], budget=None, progress=False),
+                          np.argsort(x[:, 0], kind="stable"))
+    with bigarr.sort(x[:, 0], tmp_path / "s.npy", budget=None, progress=False) as s:
+        assert np.array_equal(bits(s), bits(np.sort(x[:, 0])))
+    for bad in (1.5, -3, True):  # int(budget) used to accept these silently
+        with pytest.raises(BudgetError):
+            bigarr.take(x, idx, budget=bad, progress=False)  # type: ignore[arg-type]
+
+
 # ---- searchsorted --------------------------------------------------------------------------
 @pytest.mark.parametrize(("dtype", "kind"), [("float32", "special"), ("int8", "few"),
                                              ("uint64", "random"), ("float16", "equal"),
@@ -360,6 +431,41 @@ def test_resume_reuses_runs_that_survive_kill_9(tmp_path: Path,
     assert calls[0] == nchunks
     assert list(tmp.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy", "tmp", "x.npy"]
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_does_not_reuse_runs_of_a_replaced_source_with_same_size_and_mtime(
+        tmp_path: Path) -> None:
+    # regression: the source's identity was path, size and mtime only, so a file renamed into
+    # place with the same size and the old mtime resumed from the old file's runs
+    src, out = tmp_path / "src.npy", tmp_path / "sorted.npy"
+    old = np.random.default_rng(1).random(400_000)
+    new = np.random.default_rng(2).random(400_000)
+    np.save(src, old)
+
+    def stop(event: Any) -> None:
+        stop.n += 1  # type: ignore[attr-defined]
+        if stop.n == 8:  # type: ignore[attr-defined]
+            raise _Stop
+
+    stop.n = 0  # type: ignore[attr-defined]
+    with pytest.raises(_Stop):
+        bigarr.sort(src, out, budget="4MiB", threads=1, resume=True, progress=stop)
+    assert (tmp_path / "sorted.npy.bigarr-journal").exists()
+    st = src.stat()
+    np.save(tmp_path / "other.npy", new)
+    os.replace(tmp_path / "other.npy", src)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert src.stat().st_size == st.st_size and src.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.warns(StaleJournalWarning, match="another"):
+        got = bigarr.sort(src, out, budget="4MiB", threads=1, resume=True, progress=False)
+    with got:
+        np.testing.assert_array_equal(got, np.sort(new))
+    assert not (tmp_path / "sorted.npy.bigarr-journal").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sorted.npy", "src.npy"]
 
 
 def test_resume_needs_an_output() -> None:

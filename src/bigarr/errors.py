@@ -12,6 +12,7 @@ keeps working::
     ├── ShapeError (ValueError)             negative, non-integer or overflowing shapes
     ├── ModeError (ValueError)              unknown mode, or a mode that cannot apply here
     ├── RegionError (IndexError)            a region outside the array, or not expressible
+    ├── AxisError (numpy.exceptions.AxisError: ValueError, IndexError)  an axis out of range
     ├── HintError (ValueError)              an unknown access hint, or one refused in this mode
     ├── BudgetError (ValueError)            a memory plan that cannot fit its budget
     ├── NonFiniteError (numpy.linalg.LinAlgError, a ValueError)  NaN or inf data a
@@ -31,6 +32,8 @@ keeps working::
     ├── FileChangedError (OSError)          the file shrank or changed under an open array
     ├── PickleError_ (TypeError)            an array that cannot be pickled by reference
     ├── ArgumentError (TypeError)           an argument of a type bigarr cannot use
+    ├── ArgumentValueError (ValueError)     an argument's value refused, where numpy raises
+    │                                       ValueError (histogram bins=0, a range not finite)
     ├── IncompleteOutputError (RuntimeError)  an output left behind by a run that did not finish
     ├── OutputLockedError (BlockingIOError)  another run (process or thread) is writing the output
     ├── ScratchLimitError (MemoryError)     private-mode edits would exceed their scratch_limit
@@ -46,11 +49,14 @@ from __future__ import annotations
 
 import errno as _errno
 
+import numpy as _np
 from numpy.linalg import LinAlgError as _LinAlgError
 
 __all__ = [
     "AccessDeniedError",
     "ArgumentError",
+    "ArgumentValueError",
+    "AxisError",
     "BigArrError",
     "BudgetError",
     "ClosedError",
@@ -126,6 +132,12 @@ class ModeError(BigArrError, ValueError):
 
 class RegionError(BigArrError, IndexError):
     """A region that lies outside the array or cannot be expressed as a byte range."""
+
+
+class AxisError(BigArrError, _np.exceptions.AxisError):
+    """An ``axis`` out of range for the array's dimensions, as numpy's ``AxisError`` (so also a
+    ``ValueError`` and an ``IndexError``); ``axis`` and ``ndim`` are set as numpy sets them.
+    """
 
 
 class HintError(BigArrError, ValueError):
@@ -213,6 +225,13 @@ class PickleError_(BigArrError, TypeError):
 
 class ArgumentError(BigArrError, TypeError):
     """An argument of a type bigarr cannot use (for example ``progress=42``)."""
+
+
+class ArgumentValueError(BigArrError, ValueError):
+    """An argument of the right type whose value bigarr refuses where numpy raises
+    ``ValueError`` (``histogram`` with ``bins=0``, or a ``range`` that is not finite or not
+    increasing); the message keeps numpy's meaning.
+    """
 
 
 class IncompleteOutputError(BigArrError, RuntimeError):

@@ -5,7 +5,9 @@ take
     in that order (so the reads of a mapped source go forward through the file, page by page,
     in sub-batches whose pages are released as soon as they are copied: a chunk never holds
     more than a sub-batch of the source's pages), then scattered back into the order asked for
-    and written to the output in chunk order.
+    and written to the output in chunk order. A zarr or dask source is read the same way, by
+    row ranges that each lie in one of its blocks along axis 0 and span at most a sub-batch:
+    only the blocks holding asked-for rows are read, never the whole array.
 searchsorted
     Few queries: a vectorised binary search that reads one value per query per step, about
     ``log2(n)`` pages per query. Many queries (when that would touch more pages than a scan):
@@ -36,9 +38,9 @@ from bigarr._core.files import create
 from bigarr._core.files import open as open_npy
 from bigarr._os.durable import datasync, fsync_dir, pwrite_all
 from bigarr._os.fileid import hidden_name
-from bigarr._os.geometry import PAGE_SIZE, parse_size
+from bigarr._os.geometry import PAGE_SIZE
 from bigarr._os.paths import check_output
-from bigarr._plan.budget import DEFAULT_BUDGET
+from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
 from bigarr.errors import ArgumentError, BudgetError, DtypeError, RegionError, ShapeError
 
 __all__ = ["searchsorted", "take"]
@@ -48,13 +50,9 @@ __all__ = ["searchsorted", "take"]
 _FAULT_AROUND = 64 << 10
 
 
-def _budget_bytes(budget: int | str) -> int:
-    return parse_size(budget) if isinstance(budget, str) else int(budget)
-
-
 # ---- take ----------------------------------------------------------------------------------
 def take(src: Any, indices: Any, out: str | os.PathLike[str] | None = None, *,
-         budget: int | str = DEFAULT_BUDGET, threads: int | None = None,
+         budget: int | str | None = DEFAULT_BUDGET, threads: int | None = None,
          progress: ProgressArg = None, overwrite: bool = False) -> Array | memmap:
     """Rows of ``src`` by index, like ``np.take(src, indices, axis=0)``, out of core.
 
@@ -65,7 +63,8 @@ def take(src: Any, indices: Any, out: str | os.PathLike[str] | None = None, *,
     Parameters
     ----------
     src
-        A :class:`bigarr.memmap`, numpy array or ``.npy`` path (of any dtype).
+        A :class:`bigarr.memmap`, numpy array, ``.npy`` path, zarr or dask array (of any
+        dtype); of zarr and dask, only the blocks holding asked-for rows are read.
     indices
         A 1-d integer array, memmap or ``.npy`` path; negative indices count from the end, as
         numpy's.
@@ -104,14 +103,13 @@ def take(src: Any, indices: Any, out: str | os.PathLike[str] | None = None, *,
             raise DtypeError(f"Expected integer indices. Got dtype {index.dtype}.")
         if source.ndim == 0:
             raise ShapeError("take needs a source of at least one dimension. Got a 0-d array.")
-        # zarr and dask sources are read whole: take suits the mapped and in-memory ones
-        source_array = np.asarray(source.whole()) if source.array is None else source.array
+        source_array = source.array  # None for zarr and dask: read by row ranges (_read_rows)
         n = int(source.shape[0])
         m = int(index.shape[0])
         row_shape = tuple(source.shape[1:])
         dtype = np.dtype(source.dtype)
         row_bytes = max(int(math.prod(row_shape)) * dtype.itemsize, 1)
-        budget_bytes = _budget_bytes(budget)
+        budget_bytes = parse_budget(budget)
         held = 0
         if target is None:
             held = m * row_bytes
@@ -125,12 +123,19 @@ def take(src: Any, indices: Any, out: str | os.PathLike[str] | None = None, *,
         # per index: int64 copy, order, sorted copy; the gathered rows, the rows in output
         # order and those waiting to be written
         temporaries = (24 + 3 * row_bytes) / isz
-        # a sub-batch of scattered rows maps its rows' pages and what fault-around maps
-        per_row_pages = row_bytes + PAGE_SIZE + _FAULT_AROUND
+        # a sub-batch of scattered rows maps its rows' pages and what fault-around maps; of a
+        # zarr or dask source, a read holds the rows it spans and, while it runs, the one
+        # block (chunk-row-block) it falls in, decoded or computed whole
+        per_row_pages = row_bytes + PAGE_SIZE + _FAULT_AROUND if source_array is not None \
+            else row_bytes
         scratch = max(per_row_pages * 8, (budget_bytes - held) // 8 // max(nthreads, 1))
         sub = max(scratch // per_row_pages, 1)
+        grid = np.asarray(source.grid if source.grid is not None else (0, n), np.int64)
+        block_bytes = 0 if source_array is not None \
+            else int(np.diff(grid).max(initial=0)) * row_bytes
         plan = plan_run("take", [index], budget=budget_bytes - held, threads=nthreads,
-                        layout="rows", temporaries=temporaries, scratch_bytes=scratch)
+                        layout="rows", temporaries=temporaries,
+                        scratch_bytes=scratch + block_bytes)
 
         def gather(block: Array) -> Array:
             idx = block.astype(np.int64)
@@ -142,11 +147,14 @@ def take(src: Any, indices: Any, out: str | os.PathLike[str] | None = None, *,
             ordered = idx[order]
             del idx
             rows = np.empty((ordered.size, *row_shape), dtype=dtype)
-            for s in range(0, ordered.size, sub):
-                part = ordered[s:s + sub]
-                rows[s:s + part.size] = source_array[part]
-                if source.mapping is not None:
-                    source.release(source_array[int(part[0]):int(part[-1]) + 1])
+            if source_array is None:
+                _read_rows(source, grid, ordered, rows, sub)
+            else:
+                for s in range(0, ordered.size, sub):
+                    part = ordered[s:s + sub]
+                    rows[s:s + part.size] = source_array[part]
+                    if source.mapping is not None:
+                        source.release(source_array[int(part[0]):int(part[-1]) + 1])
             result = np.empty_like(rows)
             result[order] = rows
             return result
@@ -172,6 +180,25 @@ def take(src: Any, indices: Any, out: str | os.PathLike[str] | None = None, *,
     finally:
         index.close()
         source.close()
+
+
+def _read_rows(source: Stream, grid: Array, ordered: Array, rows: Array, sub: int) -> None:
+    """Rows ``ordered`` (sorted) of a zarr or dask source into ``rows``: one read per run of
+    indices that lies in one block of the source's grid and spans at most ``sub`` rows, so
+    only the blocks holding asked-for rows are read, and a read never holds more than ``sub``
+    rows besides the block being decoded."""
+    assert source.read is not None
+    block = np.searchsorted(grid, ordered, side="right") - 1
+    s = 0
+    while s < ordered.size:
+        lo = int(ordered[s])
+        # this read's indices: in lo's block, and below lo + sub
+        stop = min(int(grid[block[s] + 1]), lo + sub)
+        e = int(np.searchsorted(ordered, stop, side="left"))
+        part = source.read((slice(lo, int(ordered[e - 1]) + 1),))
+        rows[s:e] = part[ordered[s:e] - lo]
+        del part
+        s = e
 
 
 def _run(plan: Any, index: Stream, gather: Any, sink: Any, progress: ProgressArg) -> None:
@@ -219,7 +246,7 @@ def _take_to_file(plan: Any, index: Stream, gather: Any, target: str, overwrite:
 
 # ---- searchsorted --------------------------------------------------------------------------
 def searchsorted(sorted_src: Any, v: Any, side: str = "left", *,
-                 budget: int | str = DEFAULT_BUDGET, threads: int | None = None,
+                 budget: int | str | None = DEFAULT_BUDGET, threads: int | None = None,
                  progress: ProgressArg = None) -> np.intp | Array:
     """Insertion points of ``v`` into a sorted 1-d file, like :func:`numpy.searchsorted`.
 
@@ -304,7 +331,7 @@ def _bisect(stream: Stream, qkeys: Array, common: np.dtype[Any], side: str) -> A
 
 
 def _scan(stream: Stream, qkeys: Array, common: np.dtype[Any], side: str, *,
-          budget: int | str, threads: int, progress: ProgressArg) -> Array:
+          budget: int | str | None, threads: int, progress: ProgressArg) -> Array:
     """One pass: per chunk, the values before each (sorted) query, summed."""
     order = np.argsort(qkeys, kind="stable")
     sq = qkeys[order]

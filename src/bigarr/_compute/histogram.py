@@ -25,7 +25,7 @@ from bigarr._compute.reductions import (
     _reduce_blocks,
 )
 from bigarr._compute.tiles import min_max, uniform_counts
-from bigarr.errors import ArgumentError, UnsupportedError
+from bigarr.errors import ArgumentError, ArgumentValueError, ShapeError, UnsupportedError
 
 __all__ = ["histogram"]
 
@@ -73,10 +73,14 @@ def histogram(
     ------
     ArgumentError
         For 0-d ``bins`` that are not integers (``2.5``), as numpy refuses them.
+    ArgumentValueError
+        Where numpy raises ValueError (it is one), with numpy's meaning: ``bins`` not
+        positive, edges not 1-d or not increasing, a ``range`` not finite or with ``max`` below
+        ``min`` (all refused before any data is read), and, with no ``range``, data whose
+        extremes are not finite (NaN or inf) or too far apart for finite bins of its dtype
+        (float16 spanning its whole range).
     UnsupportedError
         For string ``bins`` (``"auto"`` etc.), which need all the data at once.
-    ValueError
-        As numpy, for a range that is not finite or bins that are not increasing.
     """
     if isinstance(bins, str):
         raise UnsupportedError(
@@ -94,16 +98,22 @@ def histogram(
     with contextlib.ExitStack() as stack:
         a = stack.enter_context(_operand(a))
         w = None if weights is None else stack.enter_context(_operand(weights))
+        # numpy's own checks of bins and range, on no data: refused before any data is read
+        _edges(np.zeros(0, np.uint8 if a.dtype == np.bool_ else a.dtype), bins, range, "")
         if _direct(a):
-            return cast(tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]], _numpy(
-                np.histogram, a, bins=bins, range=range, density=density,
-                weights=None if w is None else _plain(w)))
+            try:
+                return cast(tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]], _numpy(
+                    np.histogram, a, bins=bins, range=range, density=density,
+                    weights=None if w is None else _plain(w)))
+            except ShapeError as exc:  # numpy's ValueError, for the data's range
+                raise ArgumentValueError(str(exc)) from None
         inputs = [a] if w is None else [a, w]
         # numpy bins bool data as uint8 (False 0, True 1); so does every step here.
         data: Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]] = (
             (lambda b: b.astype(np.uint8)) if a.dtype == np.bool_ else (lambda b: b))
         tile = tile_elements()
-        if range is None and isinstance(bins, (int, np.integer)):
+        auto = range is None and isinstance(bins, (int, np.integer))
+        if auto:
             # numpy's autodetected range is (a.min(), a.max()) as scalars of a's dtype; the same
             # range gives the same edges and the same bin for every element. One pass finds
             # both (tile by tile: one read of each chunk), then a second pass counts.
@@ -112,7 +122,9 @@ def histogram(
                 lambda p, q: (np.minimum(p[0], q[0]), np.maximum(p[1], q[1])),  # NaN propagates
                 [a], budget=budget, threads=threads, progress=progress, temporaries=None,
             )
-        edges = np.histogram(data(np.zeros(0, dtype=a.dtype)), bins=bins, range=range)[1]
+        edges = _edges(data(np.zeros(0, dtype=a.dtype)), bins, range,
+                       " (the range found in the data, its minimum and maximum; pass a "
+                       "finite range= that fits the dtype)" if auto else "")
         n_equal = int(bins) if isinstance(bins, (int, np.integer)) else 0
         uniform = n_equal > 0 and w is None and range is not None
         if uniform:
@@ -138,3 +150,14 @@ def histogram(
             db = np.diff(edges).astype(float)
             return counts / db / counts.sum(), edges
         return counts, edges
+
+
+def _edges(empty: np.ndarray[Any, Any], bins: Any, range: Any, note: str) -> np.ndarray[Any, Any]:
+    """numpy's bin edges for ``bins`` and ``range`` (computed on no data); numpy's ValueError
+    (bins not positive or not increasing, a range not finite or reversed, bins too narrow for
+    the dtype) as :class:`ArgumentValueError`, with its message."""
+    try:
+        with np.errstate(all="ignore"):
+            return np.histogram(empty, bins=bins, range=range)[1]
+    except ValueError as exc:
+        raise ArgumentValueError(f"histogram: {exc}{note}") from None

@@ -58,7 +58,7 @@ from bigarr._compute.lazynodes import (
 )
 from bigarr._compute.operands import parse_operand
 from bigarr._compute.reductions import _axes, _numpy_dtype
-from bigarr.errors import ArgumentError, ShapeError, UnsupportedError
+from bigarr.errors import ArgumentError, AxisError, ShapeError, UnsupportedError
 
 __all__ = [
     "EXPORTERS",
@@ -521,7 +521,7 @@ class LazyArray:
         if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
             raise ArgumentError(f"Expected axis as an int or None for {kind}. Got {axis!r}.")
         if not -self.ndim <= axis < self.ndim:
-            raise np.exceptions.AxisError(int(axis), self.ndim)
+            raise AxisError(int(axis), self.ndim)
         return int(axis) % self.ndim
 
     def _accumulate(self, kind: str, axis: int | None, dtype: Any) -> LazyArray:

@@ -76,10 +76,10 @@ from bigarr._compute.runplan import RunPlan, parse_threads, plan_run, probe_temp
 from bigarr._formats.journal import journal_path
 from bigarr._os.durable import fsync_dir
 from bigarr._os.fileid import hidden_name, remove_leftovers
-from bigarr._os.geometry import format_bytes, parse_size
+from bigarr._os.geometry import format_bytes
 from bigarr._os.lock import OutputLock
 from bigarr._os.paths import check_output
-from bigarr._plan.budget import DEFAULT_BUDGET
+from bigarr._plan.budget import parse_budget
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import ArgumentError, BudgetError, UnsupportedError
 
@@ -585,10 +585,6 @@ def _order_statistic(it: _Item, opened: _Opened, budget: int, threads: int | Non
     return np.asarray(res, dtype=node.dtype)
 
 
-def _budget(budget: int | str | None) -> int:
-    return parse_size(DEFAULT_BUDGET if budget is None else budget, name="budget")
-
-
 def _roots(exprs: Sequence[Any]) -> list[Node]:
     roots = []
     for e in exprs:
@@ -662,7 +658,7 @@ def compute(*exprs: Any, budget: int | str | None = None, threads: int | None = 
         fit the budget; before anything runs.
     """
     roots = _roots(exprs)
-    nbytes = _budget(budget)
+    nbytes = parse_budget(budget)
     numexpr = parse_backend(backend)
     for r in roots:
         if r.shape and unknown_rows(frame(r)):
@@ -685,7 +681,7 @@ def explain(expr: LazyArray, *, budget: int | str | None = None,
             threads: int | None = None, backend: str | None = None) -> LazyPlan:
     """The plan of :meth:`LazyArray.compute` (nothing is read but probe rows), or of
     :meth:`LazyArray.to_npy` for a result larger than the budget."""
-    nbytes = _budget(budget)
+    nbytes = parse_budget(budget)
     to_file = expr.nbytes > nbytes
     return _run(_roots([expr]), nbytes, threads, False, dry=True, to_file=to_file,
                 numexpr=parse_backend(backend))[1]
@@ -701,7 +697,7 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
     from bigarr._core.files import open as open_npy
 
     root = expr.node
-    nbytes = _budget(budget)
+    nbytes = parse_budget(budget)
     numexpr = parse_backend(backend)
     item = _item(root)
     streamed = (not isinstance(root, Reduce) and bool(item.rows)

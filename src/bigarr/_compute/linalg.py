@@ -52,8 +52,8 @@ from bigarr._compute.mapblocks import map_blocks
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import default_threads, parse_threads, plan_run
-from bigarr._os.geometry import format_bytes, parse_size
-from bigarr._plan.budget import DEFAULT_BUDGET
+from bigarr._os.geometry import format_bytes
+from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import (
     ArgumentError,
@@ -139,7 +139,7 @@ def _cols(s: Stream) -> int:
 def _sub_rows(budget: int | str, threads: int, width: int, copies: int) -> int:
     """Rows per sub-block: a fixed slice of the budget per thread, at least ``width`` rows
     (so a QR step reduces as many rows as it adds)."""
-    share = parse_size(budget, name="budget") // max(1, 8 * threads * copies)
+    share = parse_budget(budget) // max(1, 8 * threads * copies)
     nbytes = min(SUB_BLOCK_MAX, max(SUB_BLOCK_MIN, share))
     return max(1, width, nbytes // (8 * max(1, width)))
 
@@ -153,7 +153,7 @@ def _check_state(what: str, width: int, budget: int | str, threads: int, states:
         If they alone exceed the budget (both numbers quoted).
     """
     need = (threads + states) * width * width * 8
-    total = parse_size(budget, name="budget")
+    total = parse_budget(budget)
     if need > total:
         raise BudgetError(
             f"{what} of {width} columns keeps {threads + states} matrices of {width} x {width} "

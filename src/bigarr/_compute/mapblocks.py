@@ -230,12 +230,13 @@ def map_blocks(
     resume
         Journal durable chunks and, when a journal of the same run exists, skip them. A run is
         "the same" when the chunk boundaries, the output's dtype and order, every mapped
-        input's path, size and modification time, the values of the operands passed whole,
-        the function (its code, defaults, closure and the globals it reads; see ``token``),
-        and the output file (its identity, not its name) and the region of it written match;
-        in-memory inputs with rows are identified only by shape and dtype, so resuming
-        with other in-memory data is the caller's mistake. A journal of another run is not
-        used: it is reported with a ``StaleJournalWarning`` and the run starts over.
+        input's path, size, modification time and identity (device, inode, birth time), the
+        values of the operands passed whole, the function (its code, defaults, closure and the
+        globals it reads; see ``token``), and the output file (its identity, not its name) and
+        the region of it written match; in-memory inputs with rows are identified only by
+        shape and dtype, so resuming with other in-memory data is the caller's mistake. A
+        journal of another run is not used: it is reported with a ``StaleJournalWarning`` and
+        the run starts over.
         ``func`` must be deterministic for the resumed output to equal an uninterrupted one.
     overwrite
         Replace an existing file at ``out``.

@@ -47,10 +47,10 @@ from bigarr._core.files import create_held, file_path, publish
 from bigarr._core.files import open as open_npy
 from bigarr._os.durable import fsync_dir
 from bigarr._os.fileid import hidden_name, remove_leftovers
-from bigarr._os.geometry import format_bytes, parse_size
+from bigarr._os.geometry import format_bytes
 from bigarr._os.lock import OutputLock
 from bigarr._os.paths import check_output
-from bigarr._plan.budget import DEFAULT_BUDGET
+from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import BudgetError, ShapeError
 
@@ -70,7 +70,7 @@ def check_bytes(what: str, need: int, budget: int | str) -> int:
     BudgetError
         With both numbers.
     """
-    total = parse_size(budget, name="budget")
+    total = parse_budget(budget)
     if need > total:
         raise BudgetError(
             f"{what} keeps {format_bytes(need)} in memory whatever the chunk size, more than "
@@ -170,7 +170,7 @@ def plan_tiles(a_shape: tuple[int, int], b_shape: tuple[int, int], a_itemsize: i
     """
     threads = parse_threads(threads)
     (n, k), (_, m) = a_shape, b_shape
-    total = parse_size(budget, name="budget")
+    total = parse_budget(budget)
     a_bytes, b_bytes = n * k * a_itemsize, k * m * b_itemsize
     options: list[TilePlan] = []
     cols = min(m, (total // 8) // max(1, k * max(b_itemsize, out_itemsize)))
@@ -259,7 +259,7 @@ def matmul(
         If ``out=None`` and the result does not fit the budget, or a plan does not.
     """
     nthreads = parse_threads(threads)
-    total = parse_size(budget, name="budget")
+    total = parse_budget(budget)
     at = _transposed(a)
     if at is not None and (_large(at, total) or _large(b, total)):
         return _crossprod_out(at, b, out, dtype, budget=total, threads=nthreads,

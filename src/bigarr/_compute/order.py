@@ -42,11 +42,11 @@ from bigarr._compute.engine import execute
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import block_info, parse_threads, plan_run
-from bigarr._os.geometry import parse_size
-from bigarr._plan.budget import DEFAULT_BUDGET
+from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import (
     ArgumentError,
+    AxisError,
     BudgetError,
     DtypeError,
     ShapeError,
@@ -212,7 +212,7 @@ def _order_statistics(
     bits = 8 * kd.itemsize
     shape = stream.shape
     ncols = int(math.prod(shape[1:])) if axis0 and len(shape) > 1 else 1
-    budget_bytes = parse_size(budget) if isinstance(budget, str) else int(budget)
+    budget_bytes = parse_budget(budget)
     floating = dtype.kind == "f"
     # pass 1: counts of the top bits, per column; its partials are planned as fixed memory
     nb_bits = min(bits, _BITS_PER_PASS)
@@ -406,7 +406,9 @@ def _family(a: Any, q: Any, axis: int | None, method: str, *, nan: bool, percent
         if axis is not None:
             if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
                 raise ArgumentError(f"Expected axis as 0 or None. Got {axis!r}.")
-            if not shape or int(axis) % len(shape) != 0:
+            if not -len(shape) <= int(axis) < len(shape):  # axis=2 of 2-d is not axis 0
+                raise AxisError(int(axis), len(shape))
+            if int(axis) % len(shape) != 0:
                 raise UnsupportedError(
                     f"Expected axis=None or axis=0 for an array of {len(shape)} dimensions. "
                     f"Got axis={axis!r}: only whole-array and per-column order statistics run "
@@ -518,6 +520,8 @@ _DOC_ARGS = """
         For dtypes other than bool, integer and floating, or where numpy refuses the dtype.
     ShapeError
         Where numpy raises ValueError (``q`` out of range).
+    AxisError
+        For an ``axis`` out of range (a numpy AxisError: ValueError and IndexError).
     UnsupportedError
         For another ``axis`` or ``method``.
 """
@@ -642,7 +646,7 @@ def topk(a: Any, k: int, *, axis: int | None = None, largest: bool = True,
     ------
     ShapeError
         If ``k`` is negative or larger than the length reduced.
-    DtypeError, UnsupportedError
+    AxisError, DtypeError, UnsupportedError
         As :func:`quantile`.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
@@ -653,6 +657,9 @@ def topk(a: Any, k: int, *, axis: int | None = None, largest: bool = True,
         dtype = np.dtype(stream.dtype)
         _check_dtype(dtype, "topk")
         shape = tuple(stream.shape)
+        if (axis is not None and not isinstance(axis, bool) and isinstance(axis, (int, np.integer))
+                and not -len(shape) <= int(axis) < len(shape)):  # axis=2 of 2-d is not axis 0
+            raise AxisError(int(axis), len(shape))
         if axis is not None and (isinstance(axis, bool) or not shape
                                  or int(axis) % len(shape) != 0):
             raise UnsupportedError(
@@ -741,7 +748,7 @@ def unique(a: Any, *, return_counts: bool = False, budget: int | str = DEFAULT_B
     try:
         dtype = np.dtype(stream.dtype)
         _check_dtype(dtype, "unique")
-        budget_bytes = parse_size(budget) if isinstance(budget, str) else int(budget)
+        budget_bytes = parse_budget(budget)
         limit = budget_bytes // 4
         state: list[tuple[Array, Array]] = [(np.zeros(0, dtype), np.zeros(0, np.intp))]
         if stream.size:

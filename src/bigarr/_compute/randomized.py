@@ -51,8 +51,7 @@ from bigarr._compute.runplan import parse_threads
 from bigarr._compute.sort import _temp_folder
 from bigarr._compute.tsqr import SVDResult, _tsqr
 from bigarr._core.array import memmap
-from bigarr._os.geometry import parse_size
-from bigarr._plan.budget import DEFAULT_BUDGET
+from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
 from bigarr.errors import ArgumentError, NonFiniteError, ShapeError
 
 __all__ = ["randomized_pca", "randomized_svd"]
@@ -271,7 +270,7 @@ def _randomized(x: Any, k: int, n_oversamples: int, n_iter: int, random_state: A
                 budget: int | str, threads: int | None,
                 progress: ProgressArg) -> tuple[SVDResult, Any]:
     nthreads = parse_threads(threads)
-    total = parse_size(budget, name="budget")
+    total = parse_budget(budget)
     n_over, iters = _parse_count(n_oversamples, "n_oversamples"), _parse_count(n_iter, "n_iter")
     rng = _parse_random_state(random_state)
     folder_in = None if tmpdir is None else _temp_folder(tmpdir, None)  # as bigarr.sort's

@@ -84,7 +84,7 @@ from bigarr._compute.runplan import (
 from bigarr._os.geometry import ByteSpan
 from bigarr._plan.budget import DEFAULT_BUDGET
 from bigarr._plan.chunks import Chunk
-from bigarr.errors import ArgumentError, DtypeError, ShapeError
+from bigarr.errors import ArgumentError, AxisError, DtypeError, ShapeError
 
 __all__ = [
     "argmax",
@@ -120,8 +120,8 @@ def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
     ------
     ArgumentError
         For any other form, a list included (numpy refuses lists too).
-    numpy.exceptions.AxisError
-        For an axis out of range, as numpy.
+    AxisError
+        For an axis out of range (a numpy.exceptions.AxisError), as numpy.
     ShapeError
         For a repeated axis.
     """
@@ -134,7 +134,7 @@ def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
         if isinstance(ax, bool) or not isinstance(ax, (int, np.integer)):
             raise ArgumentError(f"Expected axis as an int, a tuple of ints or None. Got {axis!r}.")
         if not -ndim <= ax < ndim:
-            raise np.exceptions.AxisError(int(ax), ndim)
+            raise AxisError(int(ax), ndim)
         out.append(int(ax) % ndim)
     if len(set(out)) != len(out):
         raise ShapeError(f"Expected distinct axes. Got {axis!r}.")
@@ -268,8 +268,8 @@ def _numpy(fn: Callable[..., Any], a: Any, **kwargs: Any) -> ArrayOrScalar:
     try:
         result: ArrayOrScalar = fn(_plain(a), **kwargs)
         return result
-    except np.exceptions.AxisError:
-        raise
+    except np.exceptions.AxisError as exc:
+        raise AxisError(str(exc)) from None
     except TypeError as exc:
         raise DtypeError(f"{fn.__name__} of an array of {np.dtype(a.dtype)}: {exc}") from None
     except ValueError as exc:

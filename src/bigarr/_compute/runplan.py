@@ -369,7 +369,7 @@ def plan_run(
     operation: str,
     streams: Sequence[Stream],
     *,
-    budget: int | str = DEFAULT_BUDGET,
+    budget: int | str | None = DEFAULT_BUDGET,
     threads: int,
     prefetch: int = DEFAULT_PREFETCH,
     layout: Literal["keys", "rows"] = "rows",

@@ -55,10 +55,9 @@ from bigarr._core.files import create
 from bigarr._core.files import open as open_npy
 from bigarr._os.durable import datasync, fsync_dir, pwrite_all
 from bigarr._os.fileid import hidden_name, remove_leftovers
-from bigarr._os.geometry import parse_size
 from bigarr._os.lock import OutputLock
 from bigarr._os.paths import check_output
-from bigarr._plan.budget import DEFAULT_BUDGET
+from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
 from bigarr.errors import ArgumentError, BudgetError, DiskFullError, RegionError, UnsupportedError
 
 __all__ = ["argsort", "sort"]
@@ -94,10 +93,6 @@ def parse_by(by: Any, shape: tuple[int, ...]) -> list[int]:
                 f"(shape {shape}). Got by={by!r}.")
         cols.append(int(c) % ncols)
     return cols
-
-
-def _budget_bytes(budget: int | str) -> int:
-    return parse_size(budget) if isinstance(budget, str) else int(budget)
 
 
 # ---- the two phases ------------------------------------------------------------------------
@@ -303,7 +298,7 @@ def _pick(fmt: Format, what: str, row_shape: tuple[int, ...]) -> Callable[[Array
 
 # ---- public --------------------------------------------------------------------------------
 def sort(src: Any, out: str | os.PathLike[str], *, by: Any = None,
-         budget: int | str = DEFAULT_BUDGET, threads: int | None = None,
+         budget: int | str | None = DEFAULT_BUDGET, threads: int | None = None,
          progress: ProgressArg = None, overwrite: bool = False,
          tmpdir: str | os.PathLike[str] | None = None, resume: bool = False) -> memmap:
     """Sort an array larger than memory into a new page-aligned ``.npy``.
@@ -368,7 +363,7 @@ def sort(src: Any, out: str | os.PathLike[str], *, by: Any = None,
         _check_dtype(dtype, "sort")
         shape = tuple(stream.shape)
         cols = _parse_sort_by(by, shape, "sort")
-        job = _Job(stream, cols, rows=True, budget=_budget_bytes(budget),
+        job = _Job(stream, cols, rows=True, budget=parse_budget(budget),
                    threads=parse_threads(threads), progress=progress, name="sort")
         with TempRuns(_temp_folder(tmpdir, target), target) as temp:
             if shape[0] == 0:
@@ -399,7 +394,7 @@ def _parse_sort_by(by: Any, shape: tuple[int, ...], name: str) -> list[int] | No
 
 
 def argsort(src: Any, out: str | os.PathLike[str] | None = None, *, by: Any = None,
-            budget: int | str = DEFAULT_BUDGET, threads: int | None = None,
+            budget: int | str | None = DEFAULT_BUDGET, threads: int | None = None,
             progress: ProgressArg = None, overwrite: bool = False,
             tmpdir: str | os.PathLike[str] | None = None,
             resume: bool = False) -> Array | memmap:
@@ -443,7 +438,7 @@ def argsort(src: Any, out: str | os.PathLike[str] | None = None, *, by: Any = No
         shape = tuple(stream.shape)
         cols = _parse_sort_by(by, shape, "argsort")
         n = shape[0]
-        budget_bytes = _budget_bytes(budget)
+        budget_bytes = parse_budget(budget)
         held = 0
         if target is None:
             held = n * 8

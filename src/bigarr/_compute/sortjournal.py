@@ -6,8 +6,9 @@ A sort to a file with ``resume=True`` keeps the resume journal of its output
 
 ``run``
     the sort's fingerprint: the operation (``sort``/``argsort``), the key columns, the record
-    dtype, the source's identity (a file's path, size and modification time; an in-memory
-    array's digest), the chunk boundaries of phase 1 and the temporary folder;
+    dtype, the source's identity (a file's :func:`~bigarr._formats.journal.input_identity`:
+    path, size, mtime and FileId; an in-memory array's digest), the chunk boundaries of phase 1
+    and the temporary folder;
 ``target.runs``
     for each phase-1 chunk whose run is durable: the run file's hidden name, its identity
     (:class:`bigarr._os.fileid.FileId`: device, inode, birth time, generation) and its record
@@ -16,10 +17,12 @@ A sort to a file with ``resume=True`` keeps the resume journal of its output
 A run is recorded only after ``fdatasync``; the journal is rewritten (a new file, synced, renamed
 over the old) for each record. A killed sort (``kill -9``) leaves its runs and journal; the next
 run of the same sort with ``resume=True`` takes every run whose file is still the very file
-recorded (identity and size) and sorts only the other chunks. Anything else that killed sorts of
-this output left (runs the journal does not name, a hidden output) is removed, under the
-output's lock. A finished sort removes its journal and runs; a failed one without ``resume``
-removes them too.
+recorded (identity and size) and sorts only the other chunks. A journal of another sort (another
+source file, even one renamed into place with the same size and mtime) is not used: with
+``resume=True`` it is reported with a ``StaleJournalWarning``, as by ``map_blocks``. Anything
+else that killed sorts of this output left (runs the journal does not name, a hidden output) is
+removed, under the output's lock. A finished sort removes its journal and runs; a failed one
+without ``resume`` removes them too.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -34,9 +38,16 @@ import numpy as np
 from bigarr._compute.mapblocks import _identity
 from bigarr._compute.operands import Stream
 from bigarr._compute.runs import Run, TempRuns
-from bigarr._formats.journal import Journal, canonical, journal_path, read_journal
+from bigarr._formats.journal import (
+    Journal,
+    canonical,
+    journal_path,
+    read_journal,
+    user_stacklevel,
+)
 from bigarr._os.durable import datasync
 from bigarr._os.fileid import FileId, file_id, open_regular, remove_leftovers
+from bigarr.errors import StaleJournalWarning
 
 __all__ = ["KIND", "RunJournal", "fingerprint"]
 
@@ -44,7 +55,8 @@ KIND = "sort-runs"
 
 
 def _source_identity(stream: Stream) -> Any:
-    """A file's path, size and mtime; an in-memory array's digest (never a lazy source's)."""
+    """A file's input identity (path, size, mtime, FileId); an in-memory array's digest (never
+    a lazy source's)."""
     if stream.mapping is None and stream.array is not None:
         arr = np.ascontiguousarray(stream.array)
         digest = hashlib.sha256(arr.reshape(-1).view(np.uint8).data).hexdigest()
@@ -80,9 +92,17 @@ class RunJournal:
         adopted: dict[int, Run] = {}
         ours = (old is not None and old.version == 2 and isinstance(old.header, dict)
                 and old.header.get("kind") == KIND)
-        if ours and self.resume and old is not None and old.header.get("run") == canonical(
-                self.run):
-            runs = old.header.get("target", {}).get("runs", {})
+        same = ours and old is not None and old.header.get("run") == canonical(self.run)
+        recorded = ours and old is not None and isinstance(old.header.get("target"), dict) \
+            and bool(old.header["target"].get("runs"))
+        if self.resume and recorded and not same:
+            warnings.warn(f"Not resuming from {journal_path(self.target)}: it journals another "
+                          "sort (another source, key, chunking or folder). Its runs are "
+                          "removed and the sort starts over.", StaleJournalWarning,
+                          stacklevel=user_stacklevel())
+        if same and self.resume and old is not None:
+            target = old.header.get("target")
+            runs = target.get("runs", {}) if isinstance(target, dict) else {}
             for key, entry in (runs.items() if isinstance(runs, dict) else ()):
                 run = self._open(key, entry, dtype)
                 if run is not None:

@@ -15,9 +15,9 @@ A chunked run that writes a file (``map_blocks(..., out=path)``) keeps a journal
   (``kind "file"``, with the partial's random name), the byte offset, shape and strides of the
   view written in place (``"in-place"``), or the Appender file and the rows it held when the
   run began (``"append"``). ``run`` is the fingerprint of the run: output shape, dtype and
-  order, the chunk boundaries, each input file's path, size and modification time, the
-  operands passed whole, and the function (:func:`bigarr._compute.token.function_token`, or the
-  caller's ``token=``).
+  order, the chunk boundaries, each input file's path, size, modification time and identity
+  (:func:`input_identity`), the operands passed whole, and the function
+  (:func:`bigarr._compute.token.function_token`, or the caller's ``token=``).
 * A journal is trusted only if its target is the very file being written *and* its run is
   this run; otherwise none of its fields is used (see ``map_blocks``: it is reported with a
   :class:`~bigarr.errors.StaleJournalWarning` and replaced, or the run is refused when
@@ -70,6 +70,7 @@ from bigarr._os.fileid import (
     NotARegularFile,
     create_unnamed,
     discard_unnamed,
+    file_id,
     install,
     open_regular,
     path_id,
@@ -114,9 +115,19 @@ def journal_path(output: str) -> str:
 
 
 def input_identity(path: str) -> list[Any]:
-    """What identifies an input file's contents cheaply: path, size and mtime (ns)."""
-    st = os.stat(path)
-    return [path, st.st_size, st.st_mtime_ns]
+    """What identifies an input file's contents cheaply: path, size, mtime (ns) and the file's
+    identity (:class:`~bigarr._os.fileid.FileId`: device, inode, birth time, generation).
+
+    The identity matters: a file replaced by a rename with another of the same size, its mtime
+    set back (``os.utime``, ``cp -p``, ``rsync -t``), has the same path, size and mtime but is
+    another inode, and resuming from its journal would mix the old file's results into the new.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+        return [path, st.st_size, st.st_mtime_ns, file_id(fd).to_json()]
+    finally:
+        os.close(fd)
 
 
 def canonical(value: Any) -> Any:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from bigarr._os.geometry import PAGE_SIZE, align_up, format_bytes, parse_size
 from bigarr.errors import BudgetError
 
-__all__ = ["DEFAULT_BUDGET", "MIN_CHUNK_BYTES", "MemoryPlan", "plan_memory"]
+__all__ = ["DEFAULT_BUDGET", "MIN_CHUNK_BYTES", "MemoryPlan", "parse_budget", "plan_memory"]
 
 #: The default ``budget=`` of every chunked operation: the most memory it may add, in bytes.
 DEFAULT_BUDGET = 256 << 20
@@ -54,6 +54,18 @@ DEFAULT_BUDGET = 256 << 20
 #: chunk costs tens of microseconds of Python and a few syscalls, so a budget that only allows
 #: chunks this small is a mistake rather than a plan.
 MIN_CHUNK_BYTES = 64 << 10
+
+
+def parse_budget(budget: int | str | None) -> int:
+    """The one parser of ``budget=``: bytes (an int, numpy's too), a string like ``"256MiB"``,
+    or None for :data:`DEFAULT_BUDGET`; in bytes.
+
+    Raises
+    ------
+    BudgetError
+        If ``budget`` is not a positive size (a float, a bool, a negative number, ...).
+    """
+    return parse_size(DEFAULT_BUDGET if budget is None else budget, name="budget")
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +174,7 @@ class MemoryPlan:
 
 
 def plan_memory(
-    budget: int | str,
+    budget: int | str | None,
     *,
     threads: int,
     prefetch: int,
@@ -210,7 +222,7 @@ def plan_memory(
         If ``budget`` is not a size, or cannot hold one chunk of ``min_chunk`` bytes per stream
         and chunk in flight; the message quotes the bytes needed and the budget.
     """
-    total = parse_size(budget, name="budget")
+    total = parse_budget(budget)
     in_flight = max(1, threads) + max(0, prefetch)
     streams = max(1, streams)
     dirty_of = None if isinstance(dirty_bytes, int) else dirty_bytes
