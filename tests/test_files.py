@@ -319,3 +319,40 @@ def test_unreadable_file_is_access_denied_not_a_bare_permission_error(
                 if module is not builtins:
                     with pytest.raises(errors.AccessDeniedError):
                         bigarr.open_raw(npy_path, "u1", mode=mode)
+
+
+# ---- written_in_order: the sequential outputs' one protocol (sort, argsort, take) ---------------
+def test_written_in_order_installs_only_a_complete_file(tmp_path: Path) -> None:
+    from bigarr._core.files import written_in_order
+
+    target = str(tmp_path / "out.npy")
+    np.save(target, np.arange(3.0))
+    data = np.arange(12, dtype=np.int32).reshape(6, 2)
+    with pytest.raises(RuntimeError), written_in_order(
+            target, (6, 2), np.dtype(np.int32), overwrite=True, kind="test") as sink:
+        sink(data[:2])
+        raise RuntimeError("the writer failed half way")
+    assert np.array_equal(np.load(target), np.arange(3.0))  # the old file, untouched
+    assert sorted(os.listdir(tmp_path)) == ["out.npy"]  # and no hidden file left
+    with pytest.raises(bigarr.errors.ShapeError), written_in_order(
+            target, (6, 2), np.dtype(np.int32), overwrite=True, kind="test") as sink:
+        sink(data[:5])  # a short output is never installed
+    assert np.array_equal(np.load(target), np.arange(3.0))
+    with written_in_order(target, (6, 2), np.dtype(np.int32), overwrite=True,
+                          kind="test") as sink:
+        sink(data[:4])
+        sink(data[4:])
+    assert np.array_equal(np.load(target), data)
+    assert sorted(os.listdir(tmp_path)) == ["out.npy"]
+
+
+def test_written_in_order_never_clobbers_a_file_that_appeared(tmp_path: Path) -> None:
+    from bigarr._core.files import written_in_order
+
+    target = str(tmp_path / "new.npy")
+    with pytest.raises(FileExistsError), written_in_order(
+            target, (2,), np.dtype(np.float64), overwrite=False, kind="test") as sink:
+        sink(np.ones(2))
+        np.save(target, np.zeros(5))  # someone else's file, created meanwhile
+    assert np.array_equal(np.load(target), np.zeros(5))
+    assert sorted(os.listdir(tmp_path)) == ["new.npy"]

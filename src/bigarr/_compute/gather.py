@@ -21,7 +21,6 @@ equal to ``0.0``), through the ranking keys of :mod:`bigarr._compute.order`.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from typing import Any, Literal
@@ -34,11 +33,11 @@ from bigarr._compute.order import Array, _check_dtype, _rank_keys
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import parse_threads, plan_run
 from bigarr._core.array import memmap
-from bigarr._core.files import create
 from bigarr._core.files import open as open_npy
-from bigarr._os.durable import datasync, fsync_dir, pwrite_all
-from bigarr._os.fileid import hidden_name
+from bigarr._core.files import written_in_order
+from bigarr._os.fileid import remove_leftovers
 from bigarr._os.geometry import PAGE_SIZE
+from bigarr._os.lock import OutputLock
 from bigarr._os.paths import check_output
 from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
 from bigarr.errors import ArgumentError, BudgetError, DtypeError, RegionError, ShapeError
@@ -213,34 +212,11 @@ def _run(plan: Any, index: Stream, gather: Any, sink: Any, progress: ProgressArg
 def _take_to_file(plan: Any, index: Stream, gather: Any, target: str, overwrite: bool,
                   shape: tuple[int, ...], dtype: np.dtype[Any],
                   progress: ProgressArg) -> memmap:
-    check_output(target, overwrite)
-    building = hidden_name(target, "take")
-    done = False
-    try:
-        result = create(building, shape, dtype)
-        offset = int(result.offset)
-        result.close()
-        fd = os.open(building, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            written = [0]
-
-            def sink(part: Array) -> None:
-                data = np.ascontiguousarray(part)
-                pwrite_all(fd, data, offset + written[0])
-                written[0] += data.nbytes
-
+    check_output(target, overwrite)  # refuse before taking the lock
+    with OutputLock(target):
+        remove_leftovers(target, ("take",))  # outputs of killed takes (we hold the lock)
+        with written_in_order(target, shape, dtype, overwrite=overwrite, kind="take") as sink:
             _run(plan, index, gather, sink, progress)
-            datasync(fd)
-        finally:
-            os.close(fd)
-        check_output(target, overwrite)
-        os.replace(building, target)
-        fsync_dir(os.path.dirname(target))
-        done = True
-    finally:
-        if not done:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(building)
     return open_npy(target)
 
 

@@ -24,7 +24,6 @@ lock. With ``resume=True`` the runs of phase 1 are made durable and journaled
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import tempfile
@@ -51,10 +50,10 @@ from bigarr._compute.runs import (
 )
 from bigarr._compute.sortjournal import RunJournal, fingerprint
 from bigarr._core.array import memmap
-from bigarr._core.files import create
+from bigarr._core.files import create, written_in_order
 from bigarr._core.files import open as open_npy
-from bigarr._os.durable import datasync, fsync_dir, pwrite_all
-from bigarr._os.fileid import hidden_name, remove_leftovers
+from bigarr._os.durable import pwrite_all
+from bigarr._os.fileid import remove_leftovers
 from bigarr._os.lock import OutputLock
 from bigarr._os.paths import check_output
 from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
@@ -256,35 +255,14 @@ def _to_file(job: _Job, plan: Any, temp: TempRuns, target: str, overwrite: bool,
                                                        job.fmt.dtype, chunks, temp.folder),
                              resume)
         remove_leftovers(target, ("sorting",))  # outputs of killed sorts (we hold the lock)
-        building = hidden_name(target, "sorting")
-        done = False
         try:
-            result = create(building, shape, dtype)
-            offset = int(result.offset)
-            result.close()
-            fd = os.open(building, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                written = [0]
-
-                def sink(block: Array) -> None:
-                    data = np.ascontiguousarray(pick(block))
-                    pwrite_all(fd, data, offset + written[0])
-                    written[0] += data.nbytes
-
-                job.run(plan, temp, sink, journal)
-                datasync(fd)
-            finally:
-                os.close(fd)
-            check_output(target, overwrite)
-            os.replace(building, target)
-            fsync_dir(folder)
-            done = True
-            journal.success()
-        finally:
-            if not done:
-                journal.failure()
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(building)
+            with written_in_order(target, shape, dtype, overwrite=overwrite,
+                                  kind="sorting") as sink:
+                job.run(plan, temp, lambda block: sink(pick(block)), journal)
+        except BaseException:
+            journal.failure()
+            raise
+        journal.success()
     return open_npy(target)
 
 

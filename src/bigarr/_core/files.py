@@ -13,7 +13,7 @@ import errno
 import os
 import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ from bigarr._formats.npy import (
     parse_order,
     read_header,
 )
-from bigarr._os.durable import fsync_dir
+from bigarr._os.durable import datasync, fsync_dir, pwrite_all
 from bigarr._os.fileid import (
     create_new,
     hidden_name,
@@ -323,6 +323,59 @@ def publish(tmp: str, path: str, *, overwrite: bool) -> None:
             os.unlink(tmp)
     except OSError as exc:
         raise os_error(exc, path, writing=True) from None
+
+
+@contextlib.contextmanager
+def written_in_order(target: str, shape: tuple[int, ...], dtype: np.dtype[Any], *,
+                     overwrite: bool, kind: str) -> Iterator[Callable[[Any], None]]:
+    """A new ``.npy`` at ``target``, written front to back through the yielded *sink*.
+
+    The one owner of the sequential outputs (``sort``, ``argsort``, ``take``): the file is
+    built under a hidden name next to ``target`` (``kind`` names the writer), each array given
+    to the sink is appended with ``pwrite``, and once the block exits the data are synced, the
+    file is published (:func:`publish`: never over a file that appeared meanwhile unless
+    ``overwrite`` allowed replacing it) and the folder synced. If the block raises, the hidden
+    file is removed and ``target`` is left as it was. The caller holds the output's lock.
+
+    Raises
+    ------
+    FileExistsError_, NotAFileError
+        As :func:`bigarr._os.paths.check_output`, before anything is written.
+    ShapeError
+        If the sink was given fewer or more bytes than ``shape`` and ``dtype`` hold.
+    """
+    existing = check_output(target, overwrite)
+    building = hidden_name(target, kind)
+    done = False
+    try:
+        result = create(building, shape, dtype)
+        offset, nbytes = int(result.offset), int(result.nbytes)
+        result.close()
+        fd = os.open(building, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            written = 0
+
+            def sink(block: Any) -> None:
+                nonlocal written
+                data = np.ascontiguousarray(block)
+                if written + data.nbytes > nbytes:
+                    raise ShapeError(f"{target}: more data than its shape {shape} holds")
+                pwrite_all(fd, data, offset + written)
+                written += data.nbytes
+
+            yield sink
+            if written != nbytes:
+                raise ShapeError(f"{target}: {written} of its {nbytes} data bytes were written")
+            datasync(fd)
+        finally:
+            os.close(fd)
+        publish(building, target, overwrite=existing == "file")
+        fsync_dir(target)
+        done = True
+    finally:
+        if not done:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(building)
 
 
 def _fill(fd: int, offset: int, nbytes: int, dtype: np.dtype[Any], fill: Any) -> None:
