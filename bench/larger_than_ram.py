@@ -316,12 +316,15 @@ def main() -> int:
             if err and err.startswith("MemoryError"):
                 err = f"{err.split(':')[0]} (would need about {size / 2**30:.1f} GiB more)"
             wall = res.get("wall_s")
-            row = {"step": name, "wall_s": wall, "gbs": moved / wall / 1e9 if wall else None,
+            # a failed step moved an unknown part of its bytes: no rate for it
+            row = {"step": name, "wall_s": wall,
+                   "gbs": moved / wall / 1e9 if wall and not err else None,
                    "peak_rss_mib": res.get("rss", 0) / 2**20 if "rss" in res else None,
                    "max_dirty_mib": res["dirty"] / 2**20,
                    "check": err or _check(res.get("value"), value)}
             table.append(row)
-            print(f"| {name} | {wall or 0:.2f} | {row['gbs'] or 0:.2f} | "
+            rate = "-" if row["gbs"] is None else f"{row['gbs']:.2f}"
+            print(f"| {name} | {wall or 0:.2f} | {rate} | "
                   f"{row['peak_rss_mib'] or 0:.0f} | {row['max_dirty_mib']:.0f} | "
                   f"{row['check']} |", flush=True)
     except KeyboardInterrupt:
