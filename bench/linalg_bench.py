@@ -136,7 +136,11 @@ def _kernel_info(env: dict[str, str]) -> list[dict[str, Any]]:
             "print(json.dumps(threadpoolctl.threadpool_info()))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, check=False)
-    return list(json.loads(proc.stdout)) if proc.returncode == 0 else []
+    kernels = list(json.loads(proc.stdout)) if proc.returncode == 0 else []
+    for k in kernels:  # the library's file name, not where this machine keeps it
+        if "filepath" in k:
+            k["filepath"] = os.path.basename(k["filepath"])
+    return kernels
 
 
 def _make(path: Path, size: int) -> int:
