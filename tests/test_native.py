@@ -233,8 +233,8 @@ def test_histogram_of_a_file_takes_the_native_path(tmp_path: Path,
     calls: list[int] = []
     real = native.hist_uniform
 
-    def spy(*args: Any) -> bool:
-        took = real(*args)
+    def spy(*args: Any, **kwargs: Any) -> bool:
+        took = real(*args, **kwargs)
         calls.append(int(took))
         return took
 
@@ -245,3 +245,28 @@ def test_histogram_of_a_file_takes_the_native_path(tmp_path: Path,
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
     assert calls and all(calls)
+
+
+@needs_native
+def test_a_library_built_from_other_source_is_never_called(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stale build (new Python code, old extension) could take other arguments: refused.
+    assert native._load() is not None
+    monkeypatch.setattr(native, "ABI", native.ABI + 1)
+    assert native._load() is None
+
+
+@needs_native
+@deep
+@given(st.sampled_from(["bool", "int8", "uint16", "int32", "int64", "float32", "float64"]),
+       st.integers(1, 50), st.sampled_from([8, 31, 32, 33, 65]), st.integers(0, 9))
+def test_nonzero_counts_per_column_are_numpys(dtype: str, rows: int, cols: int,
+                                              seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-1, 2, size=(rows, cols)).astype(dtype)
+    if x.dtype.kind == "f":
+        x[rng.random(x.shape) < 0.2] = -0.0
+        x[rng.random(x.shape) < 0.1] = np.nan
+    got = native.count_rows(x)
+    assert got is not None
+    np.testing.assert_array_equal(got, np.count_nonzero(x, axis=0))

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["available", "hist_uniform", "lib", "sum_blocks", "var_blocks"]
+__all__ = ["available", "count_rows", "hist_uniform", "lib", "sum_blocks", "var_blocks"]
 
-_DOUBLE_P = ctypes.POINTER(ctypes.c_double)
+#: The interface version this module calls (``ABI`` in ``_native.c``).
+ABI = 1
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _F8 = ctypes.c_double
@@ -33,20 +34,32 @@ def _load() -> ctypes.CDLL | None:
         return None
     try:
         dll = ctypes.CDLL(spec.origin)
-    except OSError:
+        dll.bigarr_native_abi.restype = ctypes.c_int64
+        if dll.bigarr_native_abi() != ABI:
+            return None  # built from another version's source: never call it
+        _declare(dll)
+    except (OSError, AttributeError):  # not loadable, or built from another version's source
         return None
+    return dll
+
+
+def _declare(dll: ctypes.CDLL) -> None:
+    """Set the argument types of every kernel (AttributeError: one is missing)."""
     for code in ("f4", "f8"):
         getattr(dll, f"sum_cols_{code}").argtypes = [_PTR, _I64, _I64, _I64, _PTR]
         getattr(dll, f"sum_flat_{code}").argtypes = [_PTR, _I64, _I64, _PTR]
         getattr(dll, f"var_cols_{code}").argtypes = [_PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR]
         getattr(dll, f"var_flat_{code}").argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _PTR]
+    for name in ("hist_edges_f4_f4", "hist_edges_f4_f8", "hist_edges_f8_f8"):
+        getattr(dll, name).argtypes = [_PTR, _I64, _F8, _F8, _I64, _PTR, _PTR]
+    for code in ("f4", "f8", "u1", "u2", "u4", "u8"):
+        getattr(dll, f"count_cols_{code}").argtypes = [_PTR, _I64, _I64, _PTR]
     for name in ("hist_f4_f4", "hist_f4_f8", "hist_f8_f8"):
         getattr(dll, name).argtypes = [_PTR, _I64, _F8, _F8, _F8, _F8, _I64, ctypes.c_int,
-                                       _PTR, _PTR, _PTR]
+                                       ctypes.c_int, _F8, _PTR, _PTR, _PTR]
     for fn in ("sum_cols", "sum_flat", "var_cols", "var_flat"):
         for code in ("f4", "f8"):
             getattr(dll, f"{fn}_{code}").restype = None
-    return dll
 
 
 #: The loaded kernels, or None (numpy kernels everywhere).
@@ -136,22 +149,50 @@ def var_blocks(block: np.ndarray[Any, Any],
     return shift.reshape(keep), mean.reshape(keep), m2.reshape(keep)
 
 
+def count_rows(block: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:
+    """``np.count_nonzero(block, axis=0)`` of a C-contiguous real or bool ``block`` with at least
+    one row, as ``block.shape[1:]`` (intp); None where the native kernel does not apply."""
+    if lib is None or not block.flags.c_contiguous or block.ndim < 1 or block.size == 0:
+        return None
+    kind, size = block.dtype.kind, block.dtype.itemsize
+    if kind == "f" and size in (4, 8):
+        code = f"f{size}"
+    elif kind in "biu" and size in (1, 2, 4, 8):
+        code = f"u{size}"  # any set bit is nonzero: read as unsigned integers of that size
+    else:
+        return None
+    n = block.shape[0]
+    c = block.size // n
+    if c < MIN_COLUMNS:
+        return None
+    counts = np.zeros(c, dtype=np.int64)
+    getattr(lib, f"count_cols_{code}")(_ptr(block), n, c, _ptr(counts))
+    return counts.astype(np.intp, copy=False).reshape(block.shape[1:])
+
+
+#: Rows of counts the histogram kernel spreads elements over (``HISTS`` in ``_native.c``).
+_HISTS = 4
+
+
 def hist_uniform(flat: np.ndarray[Any, Any], first: Any, last: Any, denom: Any, n: int,
                  edges: np.ndarray[Any, Any], upper: np.ndarray[Any, Any],
-                 counts: np.ndarray[Any, Any]) -> bool:
+                 counts: np.ndarray[Any, Any], fast: bool = False,
+                 by_edges: bool = False) -> bool:
     """Add the counts of ``n`` equal bins of a contiguous float32/float64 ``flat`` to ``counts``
-    (int64), as ``numpy.histogram`` bins them: kept where ``first <= v <= last`` compared in
-    numpy's promoted type, bin index ``((v - first) / denom) * n`` in numpy's dtypes (``denom``
-    is numpy's ``last - first``, whose type may widen the division),
-    then numpy's one-down / one-up corrections against ``edges`` and ``upper`` (``edges[1:n]``
-    followed by +inf), which must not decrease. False (nothing added) where the native kernel
+    (``n`` entries at least), as ``numpy.histogram`` bins them: kept where ``first <= v <=
+    last`` compared in numpy's promoted type, bin index ``((v - first) / denom) * n`` in numpy's
+    dtypes (``denom`` is numpy's ``last - first``, whose type may widen the division), then
+    numpy's one-down / one-up corrections against ``edges`` and ``upper`` (``edges[1:n]``
+    followed by +inf), which must not decrease. With ``fast``, the index estimate is a product
+    with ``n / denom`` in float64 instead: only for bins where rounding cannot move either
+    estimate by more than one bin (the caller's check), so the corrections give numpy's bin;
+    with ``by_edges`` too (few bins), each bin is counted by comparing with every inner edge,
+    which under the same check is numpy's bin. False (nothing added) where the native kernel
     does not apply: other dtypes, or operands that numpy would promote past the edges' dtype.
     """
     code = _usable(flat)
     ecode = _CODES.get(edges.dtype)
     if code is None or ecode is None or lib is None or (code, ecode) == ("f8", "f4"):
-        return False
-    if counts.dtype != np.int64 or not counts.flags.c_contiguous or counts.size < n:
         return False
     with np.errstate(all="ignore"):
         if np.result_type(edges.dtype, first) != edges.dtype:
@@ -165,8 +206,18 @@ def hist_uniform(flat: np.ndarray[Any, Any], first: Any, last: Any, denom: Any, 
     if not all(np.isfinite(v) for v in (lo, hi, e_first, f_denom)) or f_denom <= 0:
         return False
     e = np.ascontiguousarray(edges)
+    exact = flat.dtype.type(lo) == lo and flat.dtype.type(hi) == hi  # bounds in the data's type
+    if fast and by_edges and exact and np.isfinite(edges[1:n]).all():
+        above = np.zeros(n + 1, dtype=np.int64)
+        getattr(lib, f"hist_edges_{code}_{ecode}")(_ptr(flat), flat.size, lo, hi, n, _ptr(e),
+                                                    _ptr(above))
+        counts[:n] += (above[:n] - above[1:]).astype(counts.dtype, copy=False)
+        return True
     u = np.ascontiguousarray(upper, dtype=edges.dtype)
+    rows = np.zeros((_HISTS, n), dtype=np.int64)
     wide = int(quotient.itemsize > edges.dtype.itemsize)
     getattr(lib, f"hist_{code}_{ecode}")(_ptr(flat), flat.size, lo, hi, e_first, f_denom, n,
-                                          wide, _ptr(e), _ptr(u), _ptr(counts))
+                                          wide, int(fast), n / f_denom, _ptr(e), _ptr(u),
+                                          _ptr(rows))
+    counts[:n] += rows.sum(axis=0).astype(counts.dtype, copy=False)
     return True

@@ -152,6 +152,9 @@ def arg_flat(block: np.ndarray[Any, Any], largest: bool, tile: int) -> int:
 
 def count_nonzero_rows(block: np.ndarray[Any, Any], tile: int) -> np.ndarray[Any, Any]:
     """``np.count_nonzero(block, axis=0)`` of a C-contiguous block, as ``block.shape[1:]``."""
+    counted = native.count_rows(block)  # one pass, no temporaries
+    if counted is not None:
+        return counted
     n = block.shape[0]
     rows2 = block.reshape(n, -1)
     c = rows2.shape[1]
@@ -255,9 +258,11 @@ def uniform_counts(flat: np.ndarray[Any, Any], first: Any, last: Any, n: int,
     denom = _unsigned_subtract(last, first)
     upper = np.append(edges[1:n], np.inf).astype(edges.dtype)  # no step up from the last bin
     monotone = bool(np.all(edges[1:] >= edges[:-1]))
-    if monotone and native.hist_uniform(flat, first, last, denom, n, edges, upper, counts):
+    within = monotone and _estimate_within_one(first, last, n, edges)
+    by_edges = within and n <= _COUNT_BINS
+    if monotone and native.hist_uniform(flat, first, last, denom, n, edges, upper, counts,
+                                        fast=within, by_edges=by_edges):
         return counts[:n]  # the same steps, fused in one pass
-    by_edges = monotone and n <= _COUNT_BINS and _estimate_within_one(first, last, n, edges)
     step = max(1, tile)
     for lo in range(0, flat.size, step):
         t = flat[lo:lo + step]
