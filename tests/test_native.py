@@ -270,3 +270,20 @@ def test_nonzero_counts_per_column_are_numpys(dtype: str, rows: int, cols: int,
     got = native.count_rows(x)
     assert got is not None
     np.testing.assert_array_equal(got, np.count_nonzero(x, axis=0))
+
+
+@needs_native
+@deep
+@given(st.sampled_from([np.float32, np.float64]), st.integers(1, 60),
+       st.sampled_from([8, 9, 32, 33, 70]), st.booleans(), st.integers(0, 99))
+def test_arg_extremes_per_column_are_numpys_first_occurrence(dtype: Any, rows: int, cols: int,
+                                                             largest: bool, seed: int) -> None:
+    # few distinct values: ties (the first wins) and NaN (the first NaN wins) everywhere
+    pool = np.array([0.0, -0.0, 1.0, -1.0, 2.5, np.inf, -np.inf, np.nan], dtype=dtype)
+    x = np.random.default_rng(seed).choice(pool, size=(rows, cols))
+    found = native.arg_rows(x, largest)
+    assert found is not None
+    value, index = found
+    want = (np.argmax if largest else np.argmin)(x, axis=0)
+    np.testing.assert_array_equal(index, want)
+    np.testing.assert_array_equal(value, x[want, np.arange(cols)])

@@ -205,6 +205,44 @@ static inline double lanes_total(const double *a)
         }                                                                                   \
     }
 
+/* ---- arg-extremes per column ------------------------------------------------------------- */
+
+/* Per column of an (n, c) C-contiguous block (n < 2^31): the first row holding the largest
+ * (smallest, when !largest) value, numpy's argmax (argmin): strict comparisons keep the first
+ * of ties, and the first NaN wins over everything and is never replaced. value[j] is that
+ * element, index[j] its row. */
+#define DEF_ARG_COLS(NAME, T)                                                               \
+    KERNEL void NAME(const T *restrict x, int64_t n, int64_t c, int largest,                \
+                     T *restrict value, int64_t *restrict index)                            \
+    {                                                                                       \
+        for (int64_t j0 = 0; j0 < c; j0 += COLS) {                                          \
+            const int64_t w = c - j0 < COLS ? c - j0 : COLS;                                \
+            T best[COLS];                                                                   \
+            int32_t at[COLS];                                                               \
+            for (int64_t j = 0; j < w; j++) {                                               \
+                best[j] = x[j0 + j];                                                        \
+                at[j] = 0;                                                                  \
+            }                                                                               \
+            for (int64_t i = 1; i < n; i++) {                                               \
+                const T *restrict r = x + i * c + j0;                                       \
+                for (int64_t j = 0; j < w; j++) {                                           \
+                    const T v = r[j], b = best[j];                                          \
+                    const int better = largest ? (v > b) : (v < b);                         \
+                    const int take = better | ((v != v) & (b == b));                        \
+                    best[j] = take ? v : b;                                                 \
+                    at[j] = take ? (int32_t)i : at[j];                                      \
+                }                                                                           \
+            }                                                                               \
+            for (int64_t j = 0; j < w; j++) {                                               \
+                value[j0 + j] = best[j];                                                    \
+                index[j0 + j] = at[j];                                                      \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+DEF_ARG_COLS(arg_cols_f4, float)
+DEF_ARG_COLS(arg_cols_f8, double)
+
 /* ---- equal-bin histograms, numpy's arithmetic -------------------------------------------- */
 
 /* Counts of n equal bins of the m values of x, as numpy.histogram's equal-bin path computes

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["available", "count_rows", "hist_uniform", "lib", "sum_blocks", "var_blocks"]
+__all__ = ["arg_rows", "available", "count_rows", "hist_uniform", "lib", "sum_blocks", "var_blocks"]
 
 #: The interface version this module calls (``ABI`` in ``_native.c``).
 ABI = 1
@@ -52,6 +52,8 @@ def _declare(dll: ctypes.CDLL) -> None:
         getattr(dll, f"var_flat_{code}").argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _PTR]
     for name in ("hist_edges_f4_f4", "hist_edges_f4_f8", "hist_edges_f8_f8"):
         getattr(dll, name).argtypes = [_PTR, _I64, _F8, _F8, _I64, _PTR, _PTR]
+    for code in ("f4", "f8"):
+        getattr(dll, f"arg_cols_{code}").argtypes = [_PTR, _I64, _I64, ctypes.c_int, _PTR, _PTR]
     for code in ("f4", "f8", "u1", "u2", "u4", "u8"):
         getattr(dll, f"count_cols_{code}").argtypes = [_PTR, _I64, _I64, _PTR]
     for name in ("hist_f4_f4", "hist_f4_f8", "hist_f8_f8"):
@@ -147,6 +149,25 @@ def var_blocks(block: np.ndarray[Any, Any],
     else:
         return None
     return shift.reshape(keep), mean.reshape(keep), m2.reshape(keep)
+
+
+def arg_rows(block: np.ndarray[Any, Any],
+             largest: bool) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
+    """numpy's ``argmax`` (``argmin``) along axis 0 of a C-contiguous float32/float64 ``block``
+    with at least one row, and the values there, each as ``block.shape[1:]``; None where the
+    native kernel does not apply."""
+    code = _usable(block)
+    if code is None or lib is None or block.ndim < 1 or not 0 < block.shape[0] < 2**31:
+        return None
+    n = block.shape[0]
+    c = block.size // n
+    if c < MIN_COLUMNS:
+        return None
+    value = np.empty(c, dtype=block.dtype)
+    index = np.empty(c, dtype=np.int64)
+    getattr(lib, f"arg_cols_{code}")(_ptr(block), n, c, int(largest), _ptr(value), _ptr(index))
+    shape = block.shape[1:]
+    return value.reshape(shape), index.astype(np.intp, copy=False).reshape(shape)
 
 
 def count_rows(block: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:

@@ -105,6 +105,9 @@ def arg_rows(block: np.ndarray[Any, Any], largest: bool,
     Returns ``(value, index)``, each of ``block.shape[1:]``: ``index`` is the row (within the
     block) numpy's ``argmax`` (``argmin``) gives, and ``value`` the element there.
     """
+    found = native.arg_rows(block, largest)  # one pass, no temporaries
+    if found is not None:
+        return found
     ufunc = np.maximum if largest else np.minimum
     arg = np.argmax if largest else np.argmin
     n = block.shape[0]
