@@ -287,3 +287,16 @@ def test_arg_extremes_per_column_are_numpys_first_occurrence(dtype: Any, rows: i
     want = (np.argmax if largest else np.argmin)(x, axis=0)
     np.testing.assert_array_equal(index, want)
     np.testing.assert_array_equal(value, x[want, np.arange(cols)])
+
+
+@needs_native
+@deep
+@given(st.sampled_from([np.float32, np.float64]), st.integers(1, 80), st.integers(0, 99))
+def test_both_extremes_in_one_pass_are_numpys(dtype: Any, size: int, seed: int) -> None:
+    pool = np.array([0.0, -0.0, 1.0, -1.0, 2.5, 7.0, np.inf, -np.inf, np.nan], dtype=dtype)
+    rng = np.random.default_rng(seed)
+    x = rng.choice(pool if seed % 2 else pool[:-1], size=size)  # half the cases without NaN
+    both = native.min_max(x)
+    assert both is not None
+    np.testing.assert_array_equal(both[0], x.min())
+    np.testing.assert_array_equal(both[1], x.max())

@@ -243,6 +243,43 @@ static inline double lanes_total(const double *a)
 DEF_ARG_COLS(arg_cols_f4, float)
 DEF_ARG_COLS(arg_cols_f8, double)
 
+/* ---- both extremes of a run ---------------------------------------------------------------- */
+
+/* lo = min, hi = max of m > 0 contiguous values, NaN when any value is NaN (numpy's min and
+ * max propagate NaN), in LANES interleaved extremes. Returns 1 when a NaN was seen. */
+#define DEF_MIN_MAX(NAME, T)                                                                \
+    KERNEL int NAME(const T *restrict x, int64_t m, T *restrict lo, T *restrict hi)        \
+    {                                                                                       \
+        /* a NaN replaces a lane's extreme and then stays (nothing compares below it) */    \
+        T a[LANES], b[LANES];                                                               \
+        for (int l = 0; l < LANES; l++) a[l] = b[l] = x[0];                                 \
+        int64_t i = 0;                                                                      \
+        for (; i + LANES <= m; i += LANES)                                                  \
+            for (int l = 0; l < LANES; l++) {                                               \
+                const T v = x[i + l];                                                       \
+                a[l] = (v < a[l]) | (v != v) ? v : a[l];                                    \
+                b[l] = (v > b[l]) | (v != v) ? v : b[l];                                    \
+            }                                                                               \
+        for (; i < m; i++) {                                                                \
+            const T v = x[i];                                                               \
+            a[0] = (v < a[0]) | (v != v) ? v : a[0];                                        \
+            b[0] = (v > b[0]) | (v != v) ? v : b[0];                                        \
+        }                                                                                   \
+        T s = a[0], t = b[0];                                                               \
+        int any = 0;                                                                        \
+        for (int l = 0; l < LANES; l++) {                                                   \
+            any |= a[l] != a[l];                                                            \
+            s = a[l] < s ? a[l] : s;                                                        \
+            t = b[l] > t ? b[l] : t;                                                        \
+        }                                                                                   \
+        *lo = s;                                                                            \
+        *hi = t;                                                                            \
+        return any;                                                                         \
+    }
+
+DEF_MIN_MAX(min_max_f4, float)
+DEF_MIN_MAX(min_max_f8, double)
+
 /* ---- equal-bin histograms, numpy's arithmetic -------------------------------------------- */
 
 /* Counts of n equal bins of the m values of x, as numpy.histogram's equal-bin path computes

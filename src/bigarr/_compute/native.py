@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["arg_rows", "available", "count_rows", "hist_uniform", "lib", "sum_blocks", "var_blocks"]
+__all__ = ["arg_rows", "available", "count_rows", "hist_uniform", "lib", "min_max", "sum_blocks",
+           "var_blocks"]
 
 #: The interface version this module calls (``ABI`` in ``_native.c``).
 ABI = 1
@@ -53,6 +54,8 @@ def _declare(dll: ctypes.CDLL) -> None:
     for name in ("hist_edges_f4_f4", "hist_edges_f4_f8", "hist_edges_f8_f8"):
         getattr(dll, name).argtypes = [_PTR, _I64, _F8, _F8, _I64, _PTR, _PTR]
     for code in ("f4", "f8"):
+        getattr(dll, f"min_max_{code}").argtypes = [_PTR, _I64, _PTR, _PTR]
+        getattr(dll, f"min_max_{code}").restype = ctypes.c_int
         getattr(dll, f"arg_cols_{code}").argtypes = [_PTR, _I64, _I64, ctypes.c_int, _PTR, _PTR]
     for code in ("f4", "f8", "u1", "u2", "u4", "u8"):
         getattr(dll, f"count_cols_{code}").argtypes = [_PTR, _I64, _I64, _PTR]
@@ -168,6 +171,20 @@ def arg_rows(block: np.ndarray[Any, Any],
     getattr(lib, f"arg_cols_{code}")(_ptr(block), n, c, int(largest), _ptr(value), _ptr(index))
     shape = block.shape[1:]
     return value.reshape(shape), index.astype(np.intp, copy=False).reshape(shape)
+
+
+def min_max(flat: np.ndarray[Any, Any]) -> tuple[Any, Any] | None:
+    """``(flat.min(), flat.max())`` of a contiguous, non-empty float32/float64 ``flat`` in one
+    pass, as numpy scalars (both NaN when any value is NaN, as numpy's); None where the native
+    kernel does not apply."""
+    code = _usable(flat)
+    if code is None or lib is None or flat.ndim != 1:
+        return None
+    lo, hi = np.empty(1, dtype=flat.dtype), np.empty(1, dtype=flat.dtype)
+    if getattr(lib, f"min_max_{code}")(_ptr(flat), flat.size, _ptr(lo), _ptr(hi)):
+        nan = flat.dtype.type(np.nan)
+        return nan, nan
+    return lo[0], hi[0]
 
 
 def count_rows(block: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:

@@ -181,6 +181,9 @@ def count_nonzero_rows(block: np.ndarray[Any, Any], tile: int) -> np.ndarray[Any
 def min_max(flat: np.ndarray[Any, Any], tile: int) -> tuple[Any, Any]:
     """``(flat.min(), flat.max())`` of a non-empty 1-d array in one pass over memory: both are
     taken tile by tile, while the tile is in cache (NaN propagates, as numpy's)."""
+    both = native.min_max(flat)  # one pass, no temporaries
+    if both is not None:
+        return both
     step = max(1, tile)
     lows, highs = [], []
     for lo in range(0, flat.size, step):
