@@ -200,7 +200,8 @@ def test_standardize_two_passes(xfile: Any, tmp_path: Path,
     x = bigarr.lazy(path)
     z = (x - x.mean(axis=0)) / x.std(axis=0)
     plan = z.explain(budget=BUDGET, threads=1)
-    assert plan.passes == 2 and plan.steps[0].chunks > 1
+    assert plan.passes == 2 and plan.steps[1].chunks > 1  # streamed (the statistics' pass
+    # may take the file whole when their kernels need no scratch)
     assert "mean" in str(plan) and "std" in str(plan)
     runs = _count_runs(monkeypatch)
     got = z.compute(budget=BUDGET, threads=1, progress=False)

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bigarr
+from bigarr._compute import native as _native
 from bigarr._compute import partials as _partials
 from bigarr._compute import reductions as _reductions
 from bigarr._plan import budget as _budget
@@ -250,15 +251,23 @@ def test_reduce_blocks_folds_in_chunk_order(tmp_path: Path) -> None:
     assert bigarr.reduce_blocks(len, lambda p, q: p + q, x[:0], progress=False) == 0
 
 
-def test_impossible_budget_is_refused_with_both_numbers() -> None:
+@pytest.mark.parametrize("native", [False, True])
+def test_impossible_budget_is_refused_with_both_numbers(monkeypatch: pytest.MonkeyPatch,
+                                                        native: bool) -> None:
+    # numpy's variance kernel needs scratch per thread; the native one needs none
+    if not native:
+        monkeypatch.setattr(_native, "lib", None)
+    elif not _native.available():
+        pytest.skip("the native kernels are not built")
     x = np.ones(1000)
     with pytest.raises(BudgetError) as info:
         bigarr.var(x, budget="10KiB", threads=2, progress=False)
     message = str(info.value)
     assert "10240 bytes" in message  # the budget
+    scratch = 0 if native else _reductions.SCRATCH_BYTES
     plan = _budget.plan_memory("1GiB", threads=2, prefetch=1, streams=1,
-                               scratch_bytes=_reductions.SCRATCH_BYTES, min_chunk=4096)
-    need = 4096 * plan.in_flight + _reductions.SCRATCH_BYTES * 2
+                               scratch_bytes=scratch, min_chunk=4096)
+    need = 4096 * plan.in_flight + scratch * 2
     # What the plan needs: chunks and scratch, plus (by design, since the budget counts
     # everything the operation adds) a few hundred bytes of partial results.
     quoted = int(re.search(r"needs at least (\d+) bytes", message).group(1))  # type: ignore[union-attr]
@@ -287,7 +296,9 @@ def test_sub_blocks_bound_temporaries_when_one_slab_is_larger(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Regression: a block was cut along one axis only, so a slab larger than the sub-block
     # limit (a long row) became one whole float64 temporary, past the planned scratch.
-    # (Leaves are summarised a tile of several leaves at a time: the bound is the tile.)
+    # (Leaves are summarised a tile of several leaves at a time: the bound is the tile.) The
+    # native kernel has no temporaries and takes whole views; this is about numpy's.
+    monkeypatch.setattr(_native, "lib", None)
     limit = _partials.tile_elements()
     sizes: list[int] = []
     partial = _partials.Var.partial

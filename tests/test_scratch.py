@@ -54,6 +54,14 @@ def test_limit_is_parsed_at_the_boundary(path: Path) -> None:
         raw[:PAGE] = 1
         with pytest.raises(ScratchLimitError):
             raw[PAGE:PAGE + 1] = 1
+    # numpy's constructor, with bigarr's keyword: the same limit in mode "c"
+    with bigarr.memmap(path, np.uint8, mode="c", scratch_limit=2 * PAGE) as mm:
+        mm[:2 * PAGE] = 1
+        with pytest.raises(ScratchLimitError):
+            mm[2 * PAGE] = 1
+        assert mm.scratch_bytes() == 2 * PAGE
+    with pytest.raises(ModeError, match="private"):
+        bigarr.memmap(path, np.uint8, mode="r", scratch_limit="1MiB")
 
 
 def test_basic_indexing_is_refused_before_the_write(x: bigarr.memmap, path: Path) -> None:

@@ -590,8 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bigarr", description="Memory-mapped numpy arrays for data far "
                      "larger than RAM: inspect, create, convert and verify .npy files.")
     from bigarr import __version__
+    from bigarr._compute import native
 
-    parser.add_argument("--version", action="version", version=f"bigarr {__version__}")
+    kernels = "native" if native.available() else "numpy (no native build, or BIGARR_NATIVE=0)"
+    parser.add_argument("--version", action="version",
+                        version=f"bigarr {__version__}; reduction kernels: {kernels}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_Parser)
 

@@ -359,6 +359,8 @@ class _NanMean(Mean):
 class _NanVar(Var):
     """Var's state over the non-NaN values (shifted by the block's mean of them)."""
 
+    native = False
+
     def partial(self, block: Array, axes: tuple[int, ...], chunk: Chunk | None,
                 origin: tuple[int, ...]) -> State:
         if block.dtype.kind not in "fc":

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from bigarr._compute import native
 from bigarr._compute.tiles import (
     arg_flat,
     arg_rows,
@@ -115,6 +116,11 @@ class Kernel:
 
     sub_blocked = False
     exact = True
+
+    def scratch_free(self, dtype: np.dtype[Any]) -> bool:
+        """True when :meth:`partial` needs no temporaries for blocks of ``dtype``: :class:`Tree`
+        may then hand it many leaves at once."""
+        return not self.sub_blocked
 
     def state_bytes(self, dtype: np.dtype[Any]) -> int:
         """Bytes of partial state per kept element (all the state's arrays together), for the
@@ -205,6 +211,10 @@ class Sum(Kernel):
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
         if not axes and self.acc is not None:  # nothing to add up within the block: a cast
             return (_cast(block, self.acc),)
+        if not self.exact and self.acc == np.float64 and block.dtype.kind == "f":
+            total = native.sum_blocks(block, axes)  # one pass, float64 accumulators
+            if total is not None:
+                return (total,)
         wide = _wide_rows(block, axes)
         if wide is not None:  # few kept columns: sum wide rows (long inner loops), then fold
             p, n, c, k = wide
@@ -252,15 +262,27 @@ class Var(Kernel):
 
     sub_blocked = True
     exact = False
+    #: Whether :meth:`partial` may use the native kernel (a subclass that changes what a block
+    #: contributes, such as ``nanvar``'s, turns it off).
+    native = True
 
     def state_bytes(self, dtype: np.dtype[Any]) -> int:
         return 8 + 3 * (16 if dtype.kind == "c" else 8)
+
+    def scratch_free(self, dtype: np.dtype[Any]) -> bool:
+        return self.native and native.available() and dtype in (np.float32, np.float64)
 
     def __init__(self, ddof: float) -> None:
         self.ddof = ddof
 
     def partial(self, block: np.ndarray[Any, Any], axes: tuple[int, ...],
                 chunk: Chunk | None, origin: tuple[int, ...]) -> State:
+        if self.native and block.dtype.kind == "f":
+            got = native.var_blocks(block, axes)  # two passes per leaf, in cache; no temporaries
+            if got is not None:
+                shift, mean, m2 = got
+                size = math.prod(block.shape[i] for i in axes)
+                return np.full(mean.shape, size, dtype=np.int64), shift, mean, m2
         wide = _wide_rows(block, axes)
         if wide is not None:
             return self._wide(block, axes, *wide)
@@ -648,9 +670,10 @@ class Tree:
         runs = [(j1, j2 - 1 if short else j2, L)] + ([(j2 - 1, j2, n % L)] if short else [])
         size = L * math.prod(view.shape[:d]) * math.prod(self.shape[d + 1:])
         tile = tile_elements(16 if view.dtype.kind == "c" else 8)  # float64 (complex128) temps
-        per = max(1, (tile if self.kernel.sub_blocked else self.leaf) // size)
+        sub = not self.kernel.scratch_free(view.dtype)
+        per = max(1, (tile if sub else self.leaf) // size)
         copy = not view.flags.c_contiguous
-        step = per if (copy or self.kernel.sub_blocked) else max(1, j2 - j1)
+        step = per if (copy or sub) else max(1, j2 - j1)
         red = tuple(i + 1 for i in sorted(self.axes) if i >= d)
         states: list[State] = []
         for ja, jb, length in runs:
@@ -708,7 +731,7 @@ class Tree:
         ``log2(slabs)`` slab states are held at once; its unfinished nodes are handed on.
         """
         d, n = self.d, view.shape[k]
-        vector = view.flags.c_contiguous and not self.kernel.sub_blocked
+        vector = view.flags.c_contiguous and self.kernel.scratch_free(view.dtype)
         batch = max(1, self.leaf // self._slab_state_size(k)) if vector else 1
         local = _Fold(self.kernel, self.shape[k]) if k in self.axes else None
         out: list[Part] = []

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from bigarr._compute import native
+
 __all__ = [
     "arg_flat",
     "arg_rows",
@@ -103,6 +105,9 @@ def arg_rows(block: np.ndarray[Any, Any], largest: bool,
     Returns ``(value, index)``, each of ``block.shape[1:]``: ``index`` is the row (within the
     block) numpy's ``argmax`` (``argmin``) gives, and ``value`` the element there.
     """
+    found = native.arg_rows(block, largest)  # one pass, no temporaries
+    if found is not None:
+        return found
     ufunc = np.maximum if largest else np.minimum
     arg = np.argmax if largest else np.argmin
     n = block.shape[0]
@@ -150,6 +155,9 @@ def arg_flat(block: np.ndarray[Any, Any], largest: bool, tile: int) -> int:
 
 def count_nonzero_rows(block: np.ndarray[Any, Any], tile: int) -> np.ndarray[Any, Any]:
     """``np.count_nonzero(block, axis=0)`` of a C-contiguous block, as ``block.shape[1:]``."""
+    counted = native.count_rows(block)  # one pass, no temporaries
+    if counted is not None:
+        return counted
     n = block.shape[0]
     rows2 = block.reshape(n, -1)
     c = rows2.shape[1]
@@ -173,6 +181,9 @@ def count_nonzero_rows(block: np.ndarray[Any, Any], tile: int) -> np.ndarray[Any
 def min_max(flat: np.ndarray[Any, Any], tile: int) -> tuple[Any, Any]:
     """``(flat.min(), flat.max())`` of a non-empty 1-d array in one pass over memory: both are
     taken tile by tile, while the tile is in cache (NaN propagates, as numpy's)."""
+    both = native.min_max(flat)  # one pass, no temporaries
+    if both is not None:
+        return both
     step = max(1, tile)
     lows, highs = [], []
     for lo in range(0, flat.size, step):
@@ -253,7 +264,11 @@ def uniform_counts(flat: np.ndarray[Any, Any], first: Any, last: Any, n: int,
     denom = _unsigned_subtract(last, first)
     upper = np.append(edges[1:n], np.inf).astype(edges.dtype)  # no step up from the last bin
     monotone = bool(np.all(edges[1:] >= edges[:-1]))
-    by_edges = monotone and n <= _COUNT_BINS and _estimate_within_one(first, last, n, edges)
+    within = monotone and _estimate_within_one(first, last, n, edges)
+    by_edges = within and n <= _COUNT_BINS
+    if monotone and native.hist_uniform(flat, first, last, denom, n, edges, upper, counts,
+                                        fast=within, by_edges=by_edges):
+        return counts[:n]  # the same steps, fused in one pass
     step = max(1, tile)
     for lo in range(0, flat.size, step):
         t = flat[lo:lo + step]

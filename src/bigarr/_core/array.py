@@ -81,6 +81,10 @@ class memmap(np.memmap):
         The array's shape; ``None`` maps everything after ``offset`` as a 1-D array.
     order
         ``"C"`` or ``"F"``.
+    scratch_limit
+        Keyword-only, bigarr's: for ``mode="c"``, the most scratch memory (bytes, or a string
+        such as ``"2GiB"``) edits may take, as :func:`bigarr.open`'s; edits past it raise
+        :class:`~bigarr.errors.ScratchLimitError` before the memory is used.
 
     Attributes
     ----------
@@ -96,7 +100,10 @@ class memmap(np.memmap):
     Raises
     ------
     ModeError, ShapeError, DtypeError
-        For a bad mode, shape, order, offset or dtype.
+        For a bad mode, shape, order, offset or dtype, or a ``scratch_limit`` outside
+        ``mode="c"``.
+    BudgetError
+        For a ``scratch_limit`` that is not a positive size.
     FileMissingError, NotAFileError, AccessDeniedError, ReadOnlyError
         For a path that is missing, not a regular file, or cannot be read (or written).
     TruncatedFileError
@@ -115,10 +122,12 @@ class memmap(np.memmap):
         offset: int = 0,
         shape: int | tuple[int, ...] | None = None,
         order: str = "C",
+        *,
+        scratch_limit: int | str | None = None,
     ) -> memmap:
         from bigarr._core.npmemmap import new_memmap
 
-        arr = new_memmap(filename, dtype, mode, offset, shape, order)
+        arr = new_memmap(filename, dtype, mode, offset, shape, order, scratch_limit)
         return arr if cls is memmap else arr.view(cls)
 
     @classmethod

@@ -53,6 +53,7 @@ import numpy as np
 
 from bigarr._core.array import memmap
 from bigarr._core.files import _atomic_file, file_path, preallocate
+from bigarr._core.scratch import parse_limit, set_limit
 from bigarr._formats.npy import check_dtype, check_shape, parse_order
 from bigarr._os.mapping import Mapping
 from bigarr._os.modes import Access, parse_mode
@@ -243,7 +244,7 @@ def _from_file_object(fobj: Any, dt: np.dtype[Any], access: Access, offset: int,
 
 
 def new_memmap(filename: Any, dtype: Any, mode: str, offset: Any, shape: Any,
-               order: str) -> memmap:
+               order: str, scratch_limit: int | str | None = None) -> memmap:
     """Build a :class:`bigarr.memmap` exactly as ``numpy.memmap(...)`` builds its arrays.
 
     See the module docstring for the contract and bigarr's deliberate differences.
@@ -268,6 +269,7 @@ def new_memmap(filename: Any, dtype: Any, mode: str, offset: Any, shape: Any,
         For a file object without a file descriptor.
     """
     access, creating = parse_mode(mode)
+    limit = parse_limit(scratch_limit, access)
     short = "w+" if creating else _SHORT[access]
     dt = check_dtype(dtype)
     if creating and shape is None:
@@ -279,6 +281,7 @@ def new_memmap(filename: Any, dtype: Any, mode: str, offset: Any, shape: Any,
     else:
         mapping, dims, label = _from_path(filename, dt, access, creating, first, shape,
                                           fmt_order)
+    set_limit(mapping, limit)
     arr = memmap._attach(mapping, dims, dt, fmt_order, filename=label, offset=first)
     arr.mode = short
     return arr

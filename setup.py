@@ -1,0 +1,19 @@
+"""Build hook for the optional native kernels; all other metadata is in pyproject.toml.
+
+``bigarr._compute._native`` is an *optional* extension: when no C compiler is available the
+install still succeeds, and bigarr uses its numpy kernels instead (slower, same results within
+rounding). ``python -m bigarr --version`` tells which are in use; ``BIGARR_NATIVE=0`` turns them off.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "bigarr._compute._native",
+            sources=["src/bigarr/_compute/_native.c"],
+            extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math", "-std=c99"],
+            optional=True,
+        )
+    ]
+)

@@ -1,0 +1,390 @@
+/* bigarr's native reduction kernels: one pass over memory, float64 accumulators.
+ *
+ * numpy has no fused kernel for these: a float32 sum in float64 casts through a buffer, a
+ * variance takes about six passes with temporaries, and an equal-bin histogram about a dozen.
+ * Each function here reads its block once (a variance re-reads each leaf while it is still in
+ * the core's cache) and allocates nothing. They are called through ctypes, which releases the
+ * GIL, so threads scale. Every loop has a fixed order, defined by the block's shape alone, so
+ * results are the same bits whatever the chunking. No -ffast-math: rounding is IEEE, step by
+ * step, and the histogram's index arithmetic is numpy's, operation for operation.
+ *
+ * The module is built as an optional extension; bigarr falls back to numpy when it is absent
+ * (see bigarr/_compute/native.py, its one owner on the Python side).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+
+/* The kernels' interface version: bigarr/_compute/native.py refuses a library built from
+ * another version's source (a stale build beside newer Python code), so a changed signature can
+ * never be called with the old arguments. Bump it with any change to a signature. */
+#define ABI 1
+int64_t bigarr_native_abi(void) { return ABI; }
+
+#define LANES 16
+
+/* The lanes' total, pairwise in a fixed order. */
+static inline double lanes_total(const double *a)
+{
+    double t[LANES];
+    for (int k = 0; k < LANES; k++) t[k] = a[k];
+    for (int w = LANES / 2; w >= 1; w /= 2)
+        for (int k = 0; k < w; k++) t[k] = t[k] + t[k + w];
+    return t[0];
+}
+
+/* Each kernel is compiled twice, for AVX2 and for the baseline, and the loader picks the one the
+ * CPU runs (GCC's function multiversioning; one body, so the same source gives the same
+ * arithmetic: FMA is not among the targets, and contraction is off). */
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
+#define KERNEL __attribute__((target_clones("avx2", "default")))
+#else
+#define KERNEL
+#endif
+
+/* ---- sums ------------------------------------------------------------------------------ */
+
+/* Column sums of each of p C-contiguous (n, c) blocks: out[q * c + j] = sum_i x[q, i, j]. */
+#define DEF_SUM_COLS(NAME, T)                                                               \
+    KERNEL void NAME(const T *restrict x, int64_t p, int64_t n, int64_t c, double *restrict out)   \
+    {                                                                                       \
+        for (int64_t q = 0; q < p; q++) {                                                   \
+            const T *restrict b = x + q * n * c;                                            \
+            double *restrict o = out + q * c;                                               \
+            for (int64_t j = 0; j < c; j++) o[j] = 0.0;                                     \
+            for (int64_t i = 0; i < n; i++) {                                               \
+                const T *restrict r = b + i * c;                                            \
+                for (int64_t j = 0; j < c; j++) o[j] += (double)r[j];                       \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+/* Sum of each of p contiguous runs of m elements, in LANES interleaved sums, then a fixed
+ * pairwise add of the lanes and the tail. */
+#define DEF_SUM_FLAT(NAME, T)                                                               \
+    KERNEL void NAME(const T *restrict x, int64_t p, int64_t m, double *restrict out)              \
+    {                                                                                       \
+        for (int64_t q = 0; q < p; q++) {                                                   \
+            const T *restrict b = x + q * m;                                                \
+            double a[LANES] = {0};                                                          \
+            int64_t i = 0;                                                                  \
+            for (; i + LANES <= m; i += LANES)                                              \
+                for (int k = 0; k < LANES; k++) a[k] += (double)b[i + k];                   \
+            double s = lanes_total(a);                                                         \
+            for (; i < m; i++) s += (double)b[i];                                           \
+            out[q] = s;                                                                     \
+        }                                                                                   \
+    }
+
+/* ---- variances: shift, mean of the shifted data, and M2, per block ---------------------- */
+
+/* One pass takes S1 = sum(d) and S2 = sum(d^2) of the deviations d = x - shift (shift: the
+ * group's first element, so d is small and, for float32 data, exact in double); then mean =
+ * S1 / n and m2 = S2 - S1 * mean. That subtraction cancels the part of S2 that the shift's
+ * distance from the mean contributes: where it would cancel more than 15/16 of S2 (the first
+ * element is an outlier, about four standard deviations out), or the sums are not finite, the
+ * group's m2 is recomputed as sum((d - mean)^2), a second pass over data still in cache. So m2's
+ * rounding error is at most 16 times that of a float64 sum, whatever the data's offset. */
+#define KEEP (15.0 / 16.0)
+
+/* Per column of each (n, c) block, COLS columns at a time (sums held in registers). */
+#define COLS 32
+#define DEF_VAR_COLS(NAME, T)                                                               \
+    KERNEL void NAME(const T *restrict x, int64_t p, int64_t n, int64_t c,                  \
+                     double *restrict shift, double *restrict mean, double *restrict m2)    \
+    {                                                                                       \
+        for (int64_t q = 0; q < p; q++) {                                                   \
+            const T *restrict b = x + q * n * c;                                            \
+            for (int64_t j0 = 0; j0 < c; j0 += COLS) {                                      \
+                const int64_t w = c - j0 < COLS ? c - j0 : COLS;                            \
+                double k[COLS], s1[COLS] = {0}, s2[COLS] = {0};                             \
+                for (int64_t j = 0; j < w; j++) k[j] = (double)b[j0 + j];                   \
+                if (w == COLS) {                                                            \
+                    for (int64_t i = 0; i < n; i++) {                                       \
+                        const T *restrict r = b + i * c + j0;                               \
+                        for (int j = 0; j < COLS; j++) {                                    \
+                            const double d = (double)r[j] - k[j];                           \
+                            s1[j] += d;                                                     \
+                            s2[j] += d * d;                                                 \
+                        }                                                                   \
+                    }                                                                       \
+                } else {                                                                    \
+                    for (int64_t i = 0; i < n; i++) {                                       \
+                        const T *restrict r = b + i * c + j0;                               \
+                        for (int64_t j = 0; j < w; j++) {                                   \
+                            const double d = (double)r[j] - k[j];                           \
+                            s1[j] += d;                                                     \
+                            s2[j] += d * d;                                                 \
+                        }                                                                   \
+                    }                                                                       \
+                }                                                                           \
+                for (int64_t j = 0; j < w; j++) {                                           \
+                    const double mu = s1[j] / (double)n;                                    \
+                    double q2 = s2[j] - s1[j] * mu;                                         \
+                    if (!(s1[j] * mu <= KEEP * s2[j])) {                                    \
+                        q2 = 0.0;                                                           \
+                        for (int64_t i = 0; i < n; i++) {                                   \
+                            const double d = ((double)b[i * c + j0 + j] - k[j]) - mu;       \
+                            q2 += d * d;                                                    \
+                        }                                                                   \
+                    }                                                                       \
+                    shift[q * c + j0 + j] = k[j];                                           \
+                    mean[q * c + j0 + j] = mu;                                              \
+                    m2[q * c + j0 + j] = q2;                                                \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+/* The same over each contiguous run of m elements as one group, in LANES interleaved sums. */
+#define DEF_VAR_FLAT(NAME, T)                                                               \
+    KERNEL void NAME(const T *restrict x, int64_t p, int64_t m, double *restrict shift,     \
+                     double *restrict mean, double *restrict m2)                            \
+    {                                                                                       \
+        for (int64_t q = 0; q < p; q++) {                                                   \
+            const T *restrict b = x + q * m;                                                \
+            const double k = (double)b[0];                                                  \
+            double a[LANES] = {0}, v[LANES] = {0};                                          \
+            int64_t i = 0;                                                                  \
+            for (; i + LANES <= m; i += LANES)                                              \
+                for (int l = 0; l < LANES; l++) {                                           \
+                    const double d = (double)b[i + l] - k;                                  \
+                    a[l] += d;                                                              \
+                    v[l] += d * d;                                                          \
+                }                                                                           \
+            double s1 = lanes_total(a), s2 = lanes_total(v);                                \
+            for (; i < m; i++) {                                                            \
+                const double d = (double)b[i] - k;                                          \
+                s1 += d;                                                                    \
+                s2 += d * d;                                                                \
+            }                                                                               \
+            const double mu = s1 / (double)m;                                               \
+            double q2 = s2 - s1 * mu;                                                       \
+            if (!(s1 * mu <= KEEP * s2)) {                                                  \
+                double u[LANES] = {0};                                                      \
+                for (i = 0; i + LANES <= m; i += LANES)                                     \
+                    for (int l = 0; l < LANES; l++) {                                       \
+                        const double d = ((double)b[i + l] - k) - mu;                       \
+                        u[l] += d * d;                                                      \
+                    }                                                                       \
+                q2 = lanes_total(u);                                                        \
+                for (; i < m; i++) {                                                        \
+                    const double d = ((double)b[i] - k) - mu;                               \
+                    q2 += d * d;                                                            \
+                }                                                                           \
+            }                                                                               \
+            shift[q] = k;                                                                   \
+            mean[q] = mu;                                                                   \
+            m2[q] = q2;                                                                     \
+        }                                                                                   \
+    }
+
+/* ---- nonzero counts per column ------------------------------------------------------------ */
+
+/* counts[j] += #{i: x[i, j] != 0} over an (n, c) C-contiguous block; integers and bools are
+ * read as unsigned integers of their size, floats as floats (so -0.0 is zero and NaN is not). */
+#define DEF_COUNT_COLS(NAME, T)                                                             \
+    KERNEL void NAME(const T *restrict x, int64_t n, int64_t c, int64_t *restrict counts)   \
+    {                                                                                       \
+        for (int64_t j0 = 0; j0 < c; j0 += COLS) {                                          \
+            const int64_t w = c - j0 < COLS ? c - j0 : COLS;                                \
+            int64_t t[COLS] = {0};                                                          \
+            if (w == COLS) {                                                                \
+                for (int64_t i = 0; i < n; i++) {                                           \
+                    const T *restrict r = x + i * c + j0;                                   \
+                    for (int j = 0; j < COLS; j++) t[j] += (r[j] != 0);                     \
+                }                                                                           \
+            } else {                                                                        \
+                for (int64_t i = 0; i < n; i++) {                                           \
+                    const T *restrict r = x + i * c + j0;                                   \
+                    for (int64_t j = 0; j < w; j++) t[j] += (r[j] != 0);                    \
+                }                                                                           \
+            }                                                                               \
+            for (int64_t j = 0; j < w; j++) counts[j0 + j] += t[j];                         \
+        }                                                                                   \
+    }
+
+/* ---- arg-extremes per column ------------------------------------------------------------- */
+
+/* Per column of an (n, c) C-contiguous block (n < 2^31): the first row holding the largest
+ * (smallest, when !largest) value, numpy's argmax (argmin): strict comparisons keep the first
+ * of ties, and the first NaN wins over everything and is never replaced. value[j] is that
+ * element, index[j] its row. */
+#define DEF_ARG_COLS(NAME, T)                                                               \
+    KERNEL void NAME(const T *restrict x, int64_t n, int64_t c, int largest,                \
+                     T *restrict value, int64_t *restrict index)                            \
+    {                                                                                       \
+        for (int64_t j0 = 0; j0 < c; j0 += COLS) {                                          \
+            const int64_t w = c - j0 < COLS ? c - j0 : COLS;                                \
+            T best[COLS];                                                                   \
+            int32_t at[COLS];                                                               \
+            for (int64_t j = 0; j < w; j++) {                                               \
+                best[j] = x[j0 + j];                                                        \
+                at[j] = 0;                                                                  \
+            }                                                                               \
+            for (int64_t i = 1; i < n; i++) {                                               \
+                const T *restrict r = x + i * c + j0;                                       \
+                for (int64_t j = 0; j < w; j++) {                                           \
+                    const T v = r[j], b = best[j];                                          \
+                    const int better = largest ? (v > b) : (v < b);                         \
+                    const int take = better | ((v != v) & (b == b));                        \
+                    best[j] = take ? v : b;                                                 \
+                    at[j] = take ? (int32_t)i : at[j];                                      \
+                }                                                                           \
+            }                                                                               \
+            for (int64_t j = 0; j < w; j++) {                                               \
+                value[j0 + j] = best[j];                                                    \
+                index[j0 + j] = at[j];                                                      \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+DEF_ARG_COLS(arg_cols_f4, float)
+DEF_ARG_COLS(arg_cols_f8, double)
+
+/* ---- both extremes of a run ---------------------------------------------------------------- */
+
+/* lo = min, hi = max of m > 0 contiguous values, NaN when any value is NaN (numpy's min and
+ * max propagate NaN), in LANES interleaved extremes. Returns 1 when a NaN was seen. */
+#define DEF_MIN_MAX(NAME, T)                                                                \
+    KERNEL int NAME(const T *restrict x, int64_t m, T *restrict lo, T *restrict hi)        \
+    {                                                                                       \
+        /* a NaN replaces a lane's extreme and then stays (nothing compares below it) */    \
+        T a[LANES], b[LANES];                                                               \
+        for (int l = 0; l < LANES; l++) a[l] = b[l] = x[0];                                 \
+        int64_t i = 0;                                                                      \
+        for (; i + LANES <= m; i += LANES)                                                  \
+            for (int l = 0; l < LANES; l++) {                                               \
+                const T v = x[i + l];                                                       \
+                a[l] = (v < a[l]) | (v != v) ? v : a[l];                                    \
+                b[l] = (v > b[l]) | (v != v) ? v : b[l];                                    \
+            }                                                                               \
+        for (; i < m; i++) {                                                                \
+            const T v = x[i];                                                               \
+            a[0] = (v < a[0]) | (v != v) ? v : a[0];                                        \
+            b[0] = (v > b[0]) | (v != v) ? v : b[0];                                        \
+        }                                                                                   \
+        T s = a[0], t = b[0];                                                               \
+        int any = 0;                                                                        \
+        for (int l = 0; l < LANES; l++) {                                                   \
+            any |= a[l] != a[l];                                                            \
+            s = a[l] < s ? a[l] : s;                                                        \
+            t = b[l] > t ? b[l] : t;                                                        \
+        }                                                                                   \
+        *lo = s;                                                                            \
+        *hi = t;                                                                            \
+        return any;                                                                         \
+    }
+
+DEF_MIN_MAX(min_max_f4, float)
+DEF_MIN_MAX(min_max_f8, double)
+
+/* ---- equal-bin histograms, numpy's arithmetic -------------------------------------------- */
+
+/* Counts of n equal bins of the m values of x, as numpy.histogram's equal-bin path computes
+ * them, with edges of type E (the bin dtype) that do not decrease:
+ *   kept:   lo <= v <= hi (lo, hi: numpy's outer edges, already in the comparison type);
+ *   index:  numpy's estimate f = ((E)v - first) / denom * n, the subtraction in E, the division
+ *           and product in E, or in double when `wide` (numpy divides by a float64 denominator
+ *           in float64), clipped to n - 1, truncated;
+ *           or, when `fast`, ((double)(E)v - first) * scale in double, for scale = n / denom:
+ *           the caller sets it only where rounding cannot move numpy's estimate, nor this one,
+ *           more than one bin from the bin the edges define, so that after the corrections
+ *           below both land in that bin;
+ *   then one down where (E)v < edges[index], one up where (E)v >= upper[index]
+ *   (upper = edges[1:n] followed by +inf, so never up from the last bin).
+ * counts holds HISTS rows of n: element i is counted in row i % HISTS, so that runs of equal
+ * bins do not wait on one counter (the caller adds the rows). */
+#define HISTS 4
+#define DEF_HIST(NAME, T, E)                                                                \
+    KERNEL void NAME(const T *restrict x, int64_t m, double lo, double hi, double first_d,  \
+                     double denom_d, int64_t n, int wide, int fast, double scale,           \
+                     const E *restrict edges, const E *restrict upper,                      \
+                     int64_t *restrict counts)                                              \
+    {                                                                                       \
+        const E first = (E)first_d, denom = (E)denom_d, bins = (E)n, last = (E)(n - 1);     \
+        for (int64_t i = 0; i < m; i++) {                                                   \
+            const double w = (double)x[i];                                                  \
+            if (!(w >= lo && w <= hi)) continue;                                            \
+            const E v = (E)x[i];                                                            \
+            int64_t k;                                                                      \
+            if (fast) {                                                                     \
+                double f = ((double)v - first_d) * scale;                                   \
+                if (f > (double)(n - 1)) f = (double)(n - 1);                               \
+                k = (int64_t)f;                                                             \
+            } else if (wide) {                                                              \
+                double f = ((double)(E)(v - first) / denom_d) * (double)n;                  \
+                if (f > (double)(n - 1)) f = (double)(n - 1);                               \
+                k = (int64_t)f;                                                             \
+            } else {                                                                        \
+                E f = (E)((E)((E)(v - first) / denom) * bins);                              \
+                if (f > last) f = last;                                                     \
+                k = (int64_t)f;                                                             \
+            }                                                                               \
+            if (k < 0) k = 0;                                                               \
+            k += (v >= upper[k]) - (v < edges[k]);                                          \
+            if (k < 0) k = 0; /* unreachable for edges that do not decrease; memory safety */ \
+            if (k >= n) k = n - 1;                                                          \
+            counts[(i % HISTS) * n + k] += 1;                                               \
+        }                                                                                   \
+    }
+
+/* With few bins, and rounding that cannot move numpy's estimate more than one bin from the bin
+ * the edges define (the caller's check), numpy's bin of a kept v is #{e in 1..n-1: edges[e] <=
+ * v}: counted by comparing with each inner edge, BLOCK values at a time, in loops the compiler
+ * vectorises (no per-element index, no scattered increments). above[e] (n + 1 entries) gains
+ * #{kept v >= edges[e]} for e in 1..n-1, and above[0] the kept count. */
+#define BLOCK 2048
+#define DEF_HIST_EDGES(NAME, T, E)                                                          \
+    KERNEL void NAME(const T *restrict x, int64_t m, double lo_d, double hi_d, int64_t n,   \
+                     const E *restrict edges, int64_t *restrict above)                      \
+    {                                                                                       \
+        const T lo = (T)lo_d, hi = (T)hi_d; /* exact: the caller checks */                  \
+        const E out = (E)-INFINITY; /* below every inner edge: a value not kept */          \
+        E v[BLOCK];                                                                         \
+        for (int64_t i0 = 0; i0 < m; i0 += BLOCK) {                                         \
+            const int64_t w = m - i0 < BLOCK ? m - i0 : BLOCK;                              \
+            const T *restrict b = x + i0;                                                   \
+            int32_t kept = 0;                                                               \
+            for (int64_t i = 0; i < w; i++) {                                               \
+                const int32_t k = (b[i] >= lo) & (b[i] <= hi);                              \
+                v[i] = k ? (E)b[i] : out;                                                   \
+                kept += k;                                                                  \
+            }                                                                               \
+            above[0] += kept;                                                               \
+            for (int64_t e = 1; e < n; e++) {                                               \
+                const E edge = edges[e];                                                    \
+                int32_t t = 0;                                                              \
+                for (int64_t i = 0; i < w; i++) t += v[i] >= edge;                          \
+                above[e] += t;                                                              \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+DEF_HIST_EDGES(hist_edges_f4_f4, float, float)
+DEF_HIST_EDGES(hist_edges_f4_f8, float, double)
+DEF_HIST_EDGES(hist_edges_f8_f8, double, double)
+DEF_SUM_COLS(sum_cols_f4, float)
+DEF_SUM_COLS(sum_cols_f8, double)
+DEF_SUM_FLAT(sum_flat_f4, float)
+DEF_SUM_FLAT(sum_flat_f8, double)
+DEF_VAR_COLS(var_cols_f4, float)
+DEF_VAR_COLS(var_cols_f8, double)
+DEF_VAR_FLAT(var_flat_f4, float)
+DEF_VAR_FLAT(var_flat_f8, double)
+DEF_COUNT_COLS(count_cols_f4, float)
+DEF_COUNT_COLS(count_cols_f8, double)
+DEF_COUNT_COLS(count_cols_u1, uint8_t)
+DEF_COUNT_COLS(count_cols_u2, uint16_t)
+DEF_COUNT_COLS(count_cols_u4, uint32_t)
+DEF_COUNT_COLS(count_cols_u8, uint64_t)
+DEF_HIST(hist_f4_f4, float, float)
+DEF_HIST(hist_f4_f8, float, double)
+DEF_HIST(hist_f8_f8, double, double)
+
+/* A module with no methods: Python loads it only to find this file, then calls the kernels
+ * through ctypes (which releases the GIL). */
+static struct PyModuleDef native_module = {PyModuleDef_HEAD_INIT, "_native", NULL, -1, NULL};
+
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&native_module); }

@@ -1,0 +1,261 @@
+"""The native reduction kernels (``_native.c``): loading them, and calling them on numpy arrays.
+
+The one owner of the optional C extension on the Python side. :data:`lib` is the loaded library,
+or None when the extension was not built (no compiler at install time) or is switched off with
+the environment variable ``BIGARR_NATIVE=0``; every caller then takes its numpy kernel. The
+functions are called through :mod:`ctypes`, which releases the GIL for the call, so reductions
+scale with threads. Each wrapper takes only the layouts and dtypes its C function handles and
+returns None for anything else, so callers fall back per block.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+from typing import Any
+
+import numpy as np
+
+__all__ = ["arg_rows", "available", "count_rows", "hist_uniform", "lib", "min_max", "sum_blocks",
+           "var_blocks"]
+
+#: The interface version this module calls (``ABI`` in ``_native.c``).
+ABI = 1
+_I64 = ctypes.c_int64
+_PTR = ctypes.c_void_p
+_F8 = ctypes.c_double
+
+
+def _load() -> ctypes.CDLL | None:
+    if os.environ.get("BIGARR_NATIVE", "1").strip().lower() in ("0", "off", "false", "no"):
+        return None
+    spec = importlib.util.find_spec("bigarr._compute._native")
+    if spec is None or not spec.origin:
+        return None
+    try:
+        dll = ctypes.CDLL(spec.origin)
+        dll.bigarr_native_abi.restype = ctypes.c_int64
+        if dll.bigarr_native_abi() != ABI:
+            return None  # built from another version's source: never call it
+        _declare(dll)
+    except (OSError, AttributeError):  # not loadable, or built from another version's source
+        return None
+    return dll
+
+
+def _declare(dll: ctypes.CDLL) -> None:
+    """Set the argument types of every kernel (AttributeError: one is missing)."""
+    for code in ("f4", "f8"):
+        getattr(dll, f"sum_cols_{code}").argtypes = [_PTR, _I64, _I64, _I64, _PTR]
+        getattr(dll, f"sum_flat_{code}").argtypes = [_PTR, _I64, _I64, _PTR]
+        getattr(dll, f"var_cols_{code}").argtypes = [_PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR]
+        getattr(dll, f"var_flat_{code}").argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _PTR]
+    for name in ("hist_edges_f4_f4", "hist_edges_f4_f8", "hist_edges_f8_f8"):
+        getattr(dll, name).argtypes = [_PTR, _I64, _F8, _F8, _I64, _PTR, _PTR]
+    for code in ("f4", "f8"):
+        getattr(dll, f"min_max_{code}").argtypes = [_PTR, _I64, _PTR, _PTR]
+        getattr(dll, f"min_max_{code}").restype = ctypes.c_int
+        getattr(dll, f"arg_cols_{code}").argtypes = [_PTR, _I64, _I64, ctypes.c_int, _PTR, _PTR]
+    for code in ("f4", "f8", "u1", "u2", "u4", "u8"):
+        getattr(dll, f"count_cols_{code}").argtypes = [_PTR, _I64, _I64, _PTR]
+    for name in ("hist_f4_f4", "hist_f4_f8", "hist_f8_f8"):
+        getattr(dll, name).argtypes = [_PTR, _I64, _F8, _F8, _F8, _F8, _I64, ctypes.c_int,
+                                       ctypes.c_int, _F8, _PTR, _PTR, _PTR]
+    for fn in ("sum_cols", "sum_flat", "var_cols", "var_flat"):
+        for code in ("f4", "f8"):
+            getattr(dll, f"{fn}_{code}").restype = None
+
+
+#: The loaded kernels, or None (numpy kernels everywhere).
+lib: ctypes.CDLL | None = _load()
+
+_CODES = {np.dtype(np.float32): "f4", np.dtype(np.float64): "f8"}
+
+
+def available() -> bool:
+    """True when the native kernels are in use."""
+    return lib is not None
+
+
+def _ptr(a: np.ndarray[Any, Any]) -> int:
+    return int(a.ctypes.data)
+
+
+def _columns(block: np.ndarray[Any, Any], axes: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """``(p, n, c)`` when ``block`` (C-contiguous) reduces along the axes ``axes`` that are
+    exactly one contiguous run ``a .. b`` of its axes: ``p`` groups before, ``n`` reduced
+    elements per group and column, ``c`` kept elements after (1 when the run reaches the end).
+    """
+    if not axes or list(axes) != list(range(axes[0], axes[-1] + 1)):
+        return None
+    a, b = axes[0], axes[-1] + 1
+    shape = block.shape
+    p = int(np.prod(shape[:a], dtype=np.int64))
+    n = int(np.prod(shape[a:b], dtype=np.int64))
+    c = int(np.prod(shape[b:], dtype=np.int64))
+    return p, n, c
+
+
+def _usable(block: np.ndarray[Any, Any]) -> str | None:
+    if lib is None or not block.flags.c_contiguous or block.size == 0:
+        return None
+    return _CODES.get(block.dtype)
+
+
+#: Fewest kept columns for the per-column kernels: below this, each row's inner loop is too
+#: short to vectorise, and numpy's own loops are as fast.
+MIN_COLUMNS = 8
+
+
+def sum_blocks(block: np.ndarray[Any, Any],
+               axes: tuple[int, ...]) -> np.ndarray[Any, Any] | None:
+    """Sums of a C-contiguous float32/float64 ``block`` over ``axes`` in float64, with the
+    reduced axes kept as length 1; None where the native kernel does not apply."""
+    code = _usable(block)
+    geo = _columns(block, axes) if code else None
+    if geo is None or lib is None:
+        return None
+    p, n, c = geo
+    keep = tuple(1 if i in axes else m for i, m in enumerate(block.shape))
+    if n == 0:
+        return None
+    out = np.empty(p * c, dtype=np.float64)
+    if c == 1:
+        getattr(lib, f"sum_flat_{code}")(_ptr(block), p, n, _ptr(out))
+    elif c >= MIN_COLUMNS:
+        getattr(lib, f"sum_cols_{code}")(_ptr(block), p, n, c, _ptr(out))
+    else:
+        return None
+    return out.reshape(keep)
+
+
+def var_blocks(block: np.ndarray[Any, Any],
+               axes: tuple[int, ...]) -> tuple[np.ndarray[Any, Any], ...] | None:
+    """``(shift, mean, m2)`` of a C-contiguous float32/float64 ``block`` over ``axes`` (shift: the
+    first element along the reduced axes; mean and m2 of the shifted values), each with the
+    reduced axes kept as length 1; None where the native kernel does not apply."""
+    code = _usable(block)
+    geo = _columns(block, axes) if code else None
+    if geo is None or lib is None:
+        return None
+    p, n, c = geo
+    if n == 0:
+        return None
+    keep = tuple(1 if i in axes else m for i, m in enumerate(block.shape))
+    shift, mean, m2 = (np.empty(p * c, dtype=np.float64) for _ in range(3))
+    if c == 1:
+        getattr(lib, f"var_flat_{code}")(_ptr(block), p, n, _ptr(shift), _ptr(mean), _ptr(m2))
+    elif c >= MIN_COLUMNS:
+        getattr(lib, f"var_cols_{code}")(_ptr(block), p, n, c, _ptr(shift), _ptr(mean),
+                                         _ptr(m2))
+    else:
+        return None
+    return shift.reshape(keep), mean.reshape(keep), m2.reshape(keep)
+
+
+def arg_rows(block: np.ndarray[Any, Any],
+             largest: bool) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
+    """numpy's ``argmax`` (``argmin``) along axis 0 of a C-contiguous float32/float64 ``block``
+    with at least one row, and the values there, each as ``block.shape[1:]``; None where the
+    native kernel does not apply."""
+    code = _usable(block)
+    if code is None or lib is None or block.ndim < 1 or not 0 < block.shape[0] < 2**31:
+        return None
+    n = block.shape[0]
+    c = block.size // n
+    if c < MIN_COLUMNS:
+        return None
+    value = np.empty(c, dtype=block.dtype)
+    index = np.empty(c, dtype=np.int64)
+    getattr(lib, f"arg_cols_{code}")(_ptr(block), n, c, int(largest), _ptr(value), _ptr(index))
+    shape = block.shape[1:]
+    return value.reshape(shape), index.astype(np.intp, copy=False).reshape(shape)
+
+
+def min_max(flat: np.ndarray[Any, Any]) -> tuple[Any, Any] | None:
+    """``(flat.min(), flat.max())`` of a contiguous, non-empty float32/float64 ``flat`` in one
+    pass, as numpy scalars (both NaN when any value is NaN, as numpy's); None where the native
+    kernel does not apply."""
+    code = _usable(flat)
+    if code is None or lib is None or flat.ndim != 1:
+        return None
+    lo, hi = np.empty(1, dtype=flat.dtype), np.empty(1, dtype=flat.dtype)
+    if getattr(lib, f"min_max_{code}")(_ptr(flat), flat.size, _ptr(lo), _ptr(hi)):
+        nan = flat.dtype.type(np.nan)
+        return nan, nan
+    return lo[0], hi[0]
+
+
+def count_rows(block: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:
+    """``np.count_nonzero(block, axis=0)`` of a C-contiguous real or bool ``block`` with at least
+    one row, as ``block.shape[1:]`` (intp); None where the native kernel does not apply."""
+    if lib is None or not block.flags.c_contiguous or block.ndim < 1 or block.size == 0:
+        return None
+    kind, size = block.dtype.kind, block.dtype.itemsize
+    if kind == "f" and size in (4, 8):
+        code = f"f{size}"
+    elif kind in "biu" and size in (1, 2, 4, 8):
+        code = f"u{size}"  # any set bit is nonzero: read as unsigned integers of that size
+    else:
+        return None
+    n = block.shape[0]
+    c = block.size // n
+    if c < MIN_COLUMNS:
+        return None
+    counts = np.zeros(c, dtype=np.int64)
+    getattr(lib, f"count_cols_{code}")(_ptr(block), n, c, _ptr(counts))
+    return counts.astype(np.intp, copy=False).reshape(block.shape[1:])
+
+
+#: Rows of counts the histogram kernel spreads elements over (``HISTS`` in ``_native.c``).
+_HISTS = 4
+
+
+def hist_uniform(flat: np.ndarray[Any, Any], first: Any, last: Any, denom: Any, n: int,
+                 edges: np.ndarray[Any, Any], upper: np.ndarray[Any, Any],
+                 counts: np.ndarray[Any, Any], fast: bool = False,
+                 by_edges: bool = False) -> bool:
+    """Add the counts of ``n`` equal bins of a contiguous float32/float64 ``flat`` to ``counts``
+    (``n`` entries at least), as ``numpy.histogram`` bins them: kept where ``first <= v <=
+    last`` compared in numpy's promoted type, bin index ``((v - first) / denom) * n`` in numpy's
+    dtypes (``denom`` is numpy's ``last - first``, whose type may widen the division), then
+    numpy's one-down / one-up corrections against ``edges`` and ``upper`` (``edges[1:n]``
+    followed by +inf), which must not decrease. With ``fast``, the index estimate is a product
+    with ``n / denom`` in float64 instead: only for bins where rounding cannot move either
+    estimate by more than one bin (the caller's check), so the corrections give numpy's bin;
+    with ``by_edges`` too (few bins), each bin is counted by comparing with every inner edge,
+    which under the same check is numpy's bin. False (nothing added) where the native kernel
+    does not apply: other dtypes, or operands that numpy would promote past the edges' dtype.
+    """
+    code = _usable(flat)
+    ecode = _CODES.get(edges.dtype)
+    if code is None or ecode is None or lib is None or (code, ecode) == ("f8", "f4"):
+        return False
+    with np.errstate(all="ignore"):
+        if np.result_type(edges.dtype, first) != edges.dtype:
+            return False  # numpy's subtraction would run wider than the edges' dtype
+        quotient = np.result_type(edges.dtype, denom)
+        compare = np.result_type(flat.dtype, first, last)
+        if quotient not in _CODES or compare not in _CODES:
+            return False
+        lo, hi = float(compare.type(first)), float(compare.type(last))
+        e_first, f_denom = float(edges.dtype.type(first)), float(quotient.type(denom))
+    if not all(np.isfinite(v) for v in (lo, hi, e_first, f_denom)) or f_denom <= 0:
+        return False
+    e = np.ascontiguousarray(edges)
+    exact = flat.dtype.type(lo) == lo and flat.dtype.type(hi) == hi  # bounds in the data's type
+    if fast and by_edges and exact and np.isfinite(edges[1:n]).all():
+        above = np.zeros(n + 1, dtype=np.int64)
+        getattr(lib, f"hist_edges_{code}_{ecode}")(_ptr(flat), flat.size, lo, hi, n, _ptr(e),
+                                                    _ptr(above))
+        counts[:n] += (above[:n] - above[1:]).astype(counts.dtype, copy=False)
+        return True
+    u = np.ascontiguousarray(upper, dtype=edges.dtype)
+    rows = np.zeros((_HISTS, n), dtype=np.int64)
+    wide = int(quotient.itemsize > edges.dtype.itemsize)
+    getattr(lib, f"hist_{code}_{ecode}")(_ptr(flat), flat.size, lo, hi, e_first, f_denom, n,
+                                          wide, int(fast), n / f_denom, _ptr(e), _ptr(u),
+                                          _ptr(rows))
+    counts[:n] += rows.sum(axis=0).astype(counts.dtype, copy=False)
+    return True

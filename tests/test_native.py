@@ -1,0 +1,302 @@
+"""The native reduction kernels (``_compute/_native.c``) against numpy, and their fallback.
+
+numpy is the oracle: sums and variances in float64 agree with numpy's float64 computation to
+within a few units of float64 rounding (their order differs), on edge shapes, NaN, inf, -0.0
+and data on a large offset; equal-bin histograms are numpy's counts exactly, values on and next
+to every edge included. The native results are the same bits whatever the budget and threads,
+and the numpy kernels (``BIGARR_NATIVE=0``, or no compiler at install time) give the same
+answers within rounding.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import bigarr
+from bigarr._compute import native, tiles
+from bigarr._plan import budget as _budget
+
+deep = settings(max_examples=int(os.environ.get("ORACLE_EXAMPLES", "40")), deadline=None)
+
+needs_native = pytest.mark.skipif(not native.available(),
+                                  reason="the native kernels are not built or are turned off")
+
+
+def _compiler() -> bool:
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return shutil.which(cc) is not None
+
+
+def test_native_kernels_are_built_where_a_compiler_is() -> None:
+    # An install with a C compiler builds them (the extension is optional only so that an
+    # install without one still works); a silent build failure would leave the slow kernels.
+    if os.environ.get("BIGARR_NATIVE", "1") == "0" or not _compiler():
+        pytest.skip("no C compiler, or the native kernels are turned off")
+    assert native.available()
+
+
+def test_switched_off_by_the_environment() -> None:
+    env = {**os.environ, "BIGARR_NATIVE": "0"}
+    version = subprocess.run([sys.executable, "-m", "bigarr", "--version"], env=env,
+                             capture_output=True, text=True, check=True).stdout
+    assert "numpy" in version
+
+
+# ---- sums and variances of blocks -------------------------------------------------------------
+VALUES = st.one_of(
+    st.floats(-1e6, 1e6, allow_nan=False, width=32),
+    st.sampled_from([0.0, -0.0, 1.0, -1.0, np.nan, np.inf, -np.inf]),
+)
+
+
+@st.composite
+def blocks(draw: Any) -> tuple[np.ndarray[Any, Any], tuple[int, ...]]:
+    dtype = draw(st.sampled_from([np.dtype(np.float32), np.dtype(np.float64)]))
+    p = draw(st.integers(1, 4))
+    n = draw(st.integers(1, 70))
+    c = draw(st.sampled_from([1, 8, 9, 31, 32, 33, 70]))
+    block = draw(hnp.arrays(dtype, (p, n, c), elements=VALUES))
+    offset = draw(st.sampled_from([0.0, 1e3, 1e7]))
+    block = (block + dtype.type(offset)).astype(dtype)
+    axes = draw(st.sampled_from([(1,), (1, 2)]))
+    return block, axes
+
+
+def _close(got: np.ndarray[Any, Any], want: np.ndarray[Any, Any], scale: Any) -> None:
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    fin = np.isfinite(want)
+    np.testing.assert_array_equal(got[~fin & ~np.isnan(want)], want[~fin & ~np.isnan(want)])
+    np.testing.assert_allclose(got[fin], want[fin], rtol=1e-12, atol=1e-12 * float(scale))
+
+
+@needs_native
+@deep
+@given(blocks())
+def test_sum_blocks_is_numpys_float64_sum(case: Any) -> None:
+    block, axes = case
+    got = native.sum_blocks(block, axes)
+    if block.shape[2] > 1 and block.shape[2] < native.MIN_COLUMNS and axes == (1,):
+        assert got is None  # too few columns: numpy's loops
+        return
+    assert got is not None
+    with np.errstate(invalid="ignore"):
+        want = np.sum(block, axis=axes, keepdims=True, dtype=np.float64)
+        scale = np.nan_to_num(np.abs(block.astype(np.float64)), posinf=0).sum()
+    _close(got, want, scale)
+
+
+@needs_native
+@deep
+@given(blocks())
+def test_var_blocks_give_numpys_mean_and_variance(case: Any) -> None:
+    block, axes = case
+    got = native.var_blocks(block, axes)
+    if block.shape[2] > 1 and block.shape[2] < native.MIN_COLUMNS and axes == (1,):
+        assert got is None
+        return
+    assert got is not None
+    shift, mean, m2 = got
+    n = int(np.prod([block.shape[a] for a in axes]))
+    with np.errstate(invalid="ignore", over="ignore"):
+        wide = block.astype(np.float64)
+        want_mean = wide.mean(axis=axes, keepdims=True)
+        want_var = wide.var(axis=axes, keepdims=True)
+        first = wide[:, :1, :1] if axes == (1, 2) else wide[:, :1, :]
+        np.testing.assert_array_equal(shift, first)
+        finite = np.isfinite(wide).all(axis=axes, keepdims=True)
+        spread = np.where(finite, np.abs(wide - want_mean), 0).max(axis=axes, keepdims=True)
+        got_mean = shift + mean
+        got_var = m2 / n
+    assert np.isnan(got_var[~finite]).all()  # an inf or NaN anywhere: NaN, as numpy's var
+    assert np.isnan(want_var[~finite]).all()
+    f = finite
+    np.testing.assert_allclose(got_mean[f], want_mean[f], rtol=1e-12,
+                               atol=1e-12 * (1 + float(spread.max(initial=0))))
+    np.testing.assert_allclose(got_var[f], want_var[f], rtol=1e-9,
+                               atol=1e-12 * (1 + float(spread.max(initial=0))) ** 2)
+
+
+@needs_native
+def test_variance_is_accurate_far_from_zero() -> None:
+    # 1e9 + noise in float64: the shift keeps the deviations exact, as the Chan merge needs.
+    rng = np.random.default_rng(0)
+    x = (1e9 + rng.standard_normal((4, 512, 32))).astype(np.float64)
+    _shift, _mean, m2 = native.var_blocks(x, (1,)) or (None, None, None)
+    assert m2 is not None
+    want = np.array([[np.var(x[q, :, j] - 1e9) for j in range(32)] for q in range(4)])
+    np.testing.assert_allclose((m2 / 512)[:, 0, :], want, rtol=1e-9)
+
+
+def test_layouts_the_kernels_do_not_take_fall_back() -> None:
+    x = np.ones((4, 5, 6), dtype=np.float32)
+    assert native.sum_blocks(x, (0, 2)) is None  # reduced axes not one run
+    assert native.var_blocks(x.astype(np.int32), (1,)) is None  # not floating
+    assert native.var_blocks(np.asfortranarray(x), (1,)) is None  # not C-contiguous
+    assert native.sum_blocks(x.astype(np.complex64), (1,)) is None
+
+
+# ---- end to end --------------------------------------------------------------------------------
+@needs_native
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_reductions_native_and_numpy_kernels_agree(tmp_path: Path, order: str, dtype: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_budget, "MIN_CHUNK_BYTES", 4096)  # small budgets: many chunks
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((40_000, 12)) * 3 + 100).astype(dtype)
+    x[5, 3] = -0.0
+    x = np.asfortranarray(x) if order == "F" else x
+    path = tmp_path / "x.npy"
+    arr = bigarr.create(path, x.shape, x.dtype, order=order)
+    arr[...] = x
+    arr.close()
+    runs: dict[tuple[str, int | None], Any] = {}
+    for name in ("sum", "mean", "var", "std"):
+        for axis in (0, 1, None):
+            budgets = (("8MiB", 1), ("16MiB", 2)) if axis == 1 else (("256KiB", 1), ("512KiB", 2))
+            results = [getattr(bigarr, name)(path, axis=axis, budget=b, threads=t,
+                                              progress=False)
+                       for b, t in (*budgets, ("64MiB", 2))]
+            for r in results[1:]:  # the same bits whatever the chunks and threads
+                np.testing.assert_array_equal(r, results[0])
+            want = getattr(np, name)(x.astype(np.float64), axis=axis)
+            np.testing.assert_allclose(results[0], want, rtol=1e-6 if dtype == "float32"
+                                       else 1e-12)
+            runs[(name, axis)] = results[0]
+    monkeypatch.setattr(native, "lib", None)  # numpy's kernels: the same answers, in rounding
+    for (name, axis), got in runs.items():
+        slow = getattr(bigarr, name)(path, axis=axis, budget="16MiB", progress=False)
+        np.testing.assert_allclose(slow, got, rtol=1e-6 if dtype == "float32" else 1e-12)
+
+
+# ---- histograms ---------------------------------------------------------------------------------
+@st.composite
+def binned(draw: Any) -> tuple[np.ndarray[Any, Any], int, bool]:
+    dtype = draw(st.sampled_from([np.dtype(np.float32), np.dtype(np.float64)]))
+    base = draw(hnp.arrays(dtype, draw(st.integers(2, 400)),
+                           elements=st.floats(-1e4, 1e4, allow_nan=False, width=32)))
+    scale = draw(st.sampled_from([1.0, 1e-3, 1e5]))
+    base = (base * dtype.type(scale)).astype(dtype)
+    n = draw(st.integers(1, 600))
+    assume(base.min() < base.max())
+    try:
+        edges = np.histogram_bin_edges(base, n)
+    except ValueError:  # too many bins for the range: numpy refuses, as bigarr does
+        assume(False)
+    e = edges.astype(dtype)
+    x = np.concatenate([base, e, np.nextafter(e, dtype.type(np.inf)),
+                        np.nextafter(e, dtype.type(-np.inf))])
+    x = x[(x >= base.min()) & (x <= base.max())]
+    if draw(st.booleans()):
+        x = np.append(x, np.array([np.nan, np.inf, -np.inf], dtype=dtype))
+    np.random.default_rng(draw(st.integers(0, 9))).shuffle(x)
+    return x, n, draw(st.booleans())
+
+
+@needs_native
+@deep
+@given(binned())
+def test_equal_bins_are_numpys_counts_on_every_edge(case: Any) -> None:
+    x, n, given_range = case
+    finite = x[np.isfinite(x)]
+    auto = (finite.min(), finite.max())  # numpy's own outer edges: scalars of x's dtype
+    rng = (float(auto[0]), float(auto[1])) if given_range else auto
+    counts, edges = np.histogram(x, n, range=rng)
+    upper = np.append(edges[1:n], np.inf).astype(edges.dtype)
+    got = np.zeros(n + 1, dtype=np.int64)
+    denom = tiles._unsigned_subtract(rng[1], rng[0])
+    assert native.hist_uniform(x, rng[0], rng[1], denom, n, edges, upper, got)
+    np.testing.assert_array_equal(got[:n], counts)
+
+
+@needs_native
+def test_histogram_of_a_file_takes_the_native_path(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(300_000) * 7).astype(np.float32)
+    path = tmp_path / "h.npy"
+    arr = bigarr.create(path, x.shape, x.dtype)
+    arr[...] = x
+    arr.close()
+    calls: list[int] = []
+    real = native.hist_uniform
+
+    def spy(*args: Any, **kwargs: Any) -> bool:
+        took = real(*args, **kwargs)
+        calls.append(int(took))
+        return took
+
+    monkeypatch.setattr(native, "hist_uniform", spy)
+    for bins, rng_ in ((10, None), (251, None), (64, (-3.0, 5.5))):
+        got = bigarr.histogram(path, bins, range=rng_, budget="1MiB", progress=False)
+        want = np.histogram(x, bins, range=rng_)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    assert calls and all(calls)
+
+
+@needs_native
+def test_a_library_built_from_other_source_is_never_called(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stale build (new Python code, old extension) could take other arguments: refused.
+    assert native._load() is not None
+    monkeypatch.setattr(native, "ABI", native.ABI + 1)
+    assert native._load() is None
+
+
+@needs_native
+@deep
+@given(st.sampled_from(["bool", "int8", "uint16", "int32", "int64", "float32", "float64"]),
+       st.integers(1, 50), st.sampled_from([8, 31, 32, 33, 65]), st.integers(0, 9))
+def test_nonzero_counts_per_column_are_numpys(dtype: str, rows: int, cols: int,
+                                              seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-1, 2, size=(rows, cols)).astype(dtype)
+    if x.dtype.kind == "f":
+        x[rng.random(x.shape) < 0.2] = -0.0
+        x[rng.random(x.shape) < 0.1] = np.nan
+    got = native.count_rows(x)
+    assert got is not None
+    np.testing.assert_array_equal(got, np.count_nonzero(x, axis=0))
+
+
+@needs_native
+@deep
+@given(st.sampled_from([np.float32, np.float64]), st.integers(1, 60),
+       st.sampled_from([8, 9, 32, 33, 70]), st.booleans(), st.integers(0, 99))
+def test_arg_extremes_per_column_are_numpys_first_occurrence(dtype: Any, rows: int, cols: int,
+                                                             largest: bool, seed: int) -> None:
+    # few distinct values: ties (the first wins) and NaN (the first NaN wins) everywhere
+    pool = np.array([0.0, -0.0, 1.0, -1.0, 2.5, np.inf, -np.inf, np.nan], dtype=dtype)
+    x = np.random.default_rng(seed).choice(pool, size=(rows, cols))
+    found = native.arg_rows(x, largest)
+    assert found is not None
+    value, index = found
+    want = (np.argmax if largest else np.argmin)(x, axis=0)
+    np.testing.assert_array_equal(index, want)
+    np.testing.assert_array_equal(value, x[want, np.arange(cols)])
+
+
+@needs_native
+@deep
+@given(st.sampled_from([np.float32, np.float64]), st.integers(1, 80), st.integers(0, 99))
+def test_both_extremes_in_one_pass_are_numpys(dtype: Any, size: int, seed: int) -> None:
+    pool = np.array([0.0, -0.0, 1.0, -1.0, 2.5, 7.0, np.inf, -np.inf, np.nan], dtype=dtype)
+    rng = np.random.default_rng(seed)
+    x = rng.choice(pool if seed % 2 else pool[:-1], size=size)  # half the cases without NaN
+    both = native.min_max(x)
+    assert both is not None
+    np.testing.assert_array_equal(both[0], x.min())
+    np.testing.assert_array_equal(both[1], x.max())
