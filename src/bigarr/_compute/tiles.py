@@ -210,6 +210,11 @@ def _unsigned_subtract(a: Any, b: Any) -> Any:
 #: and a count, against about a dozen passes for an index per element and ``bincount``).
 _COUNT_BINS = 16
 
+#: The same for the native kernel, whose compare passes run in cache, vectorised: up to about 40
+#: bins they beat its index per element (measured: 10 bins 3.6 GB/s, 20 bins 3.0, 32 bins 1.7,
+#: 48 bins 1.0, against 0.8 by index, per thread on float32).
+_NATIVE_COUNT_BINS = 40
+
 
 def _estimate_within_one(first: Any, last: Any, n: int, edges: np.ndarray[Any, Any]) -> bool:
     """True when numpy's first index estimate is within one bin of every value's true bin.
@@ -267,7 +272,8 @@ def uniform_counts(flat: np.ndarray[Any, Any], first: Any, last: Any, n: int,
     within = monotone and _estimate_within_one(first, last, n, edges)
     by_edges = within and n <= _COUNT_BINS
     if monotone and native.hist_uniform(flat, first, last, denom, n, edges, upper, counts,
-                                        fast=within, by_edges=by_edges):
+                                        fast=within,
+                                        by_edges=within and n <= _NATIVE_COUNT_BINS):
         return counts[:n]  # the same steps, fused in one pass
     step = max(1, tile)
     for lo in range(0, flat.size, step):
