@@ -68,6 +68,7 @@ from bigarr._compute.lazynodes import (
     rowed,
     unknown_rows,
 )
+from bigarr._compute.lazyrows import window_stream
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.partials import Tree, merge
 from bigarr._compute.progress import Progress, ProgressArg
@@ -276,7 +277,10 @@ class _Opened:
 
     def stream(self, leaf: Leaf) -> Stream:
         if id(leaf) not in self.streams:
-            self.streams[id(leaf)] = parse_operand(leaf.source, by_key=False)
+            stream = parse_operand(leaf.source, by_key=False)
+            if leaf.window is not None:
+                stream = window_stream(stream, leaf.window)
+            self.streams[id(leaf)] = stream
         return self.streams[id(leaf)]
 
     def array(self, leaf: Leaf) -> Array:
@@ -570,7 +574,8 @@ def _order_statistic(it: _Item, opened: _Opened, budget: int, threads: int | Non
     leaf = expr.child if isinstance(expr, Index) else expr
     assert isinstance(leaf, Leaf)
     stream = opened.stream(leaf)
-    source: Any = stream.array if stream.array is not None else leaf.source
+    source: Any = stream.array if stream.array is not None else \
+        (stream if leaf.window is not None else leaf.source)
     if isinstance(expr, Index):
         if stream.array is None:
             raise UnsupportedError(f"{node.kind} of a column selection of a {leaf.name}: "
@@ -744,10 +749,9 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
                 carries.fail()
                 raise
 
-        sources = [item.rows[i].source for i in ids]
+        # the leaves' streams (windows of rows applied), handed over as they are
+        sources: list[Any] = [opened.stream(item.rows[i]) for i in ids]
         first = sources[0]
-        if isinstance(first, (str, os.PathLike)):
-            first = os.fspath(first)
         if rows_known:
             written = map_blocks(block, first, *sources[1:], out=path, dtype=root.dtype,
                                  budget=nbytes, threads=threads, progress=progress,

@@ -39,6 +39,7 @@ from bigarr._compute.lazynodes import (
     Scan,
     rowed,
 )
+from bigarr._compute.lazyrows import window_slice
 from bigarr._core.array import memmap
 from bigarr._interop.dask import DEFAULT_READ_CHUNK, _dask_array, to_dask
 from bigarr._interop.zarr import _local_path, to_zarr
@@ -89,10 +90,13 @@ def _translate(node: Node, da: Any, block_bytes: int | str, memo: dict[int, Any]
     out: Any
     if isinstance(node, Leaf):
         out = _leaf(node, da, block_bytes)
+        if node.window is not None:  # a row slice pushed down to the input
+            out = out[window_slice(node.window)]
     elif isinstance(node, Const):
         out = node.value
     elif isinstance(node, Index):
-        out = _translate(node.child, da, block_bytes, memo)[(slice(None), *node.key)]
+        rows = slice(None) if node.rows is None else node.rows
+        out = _translate(node.child, da, block_bytes, memo)[(rows, *node.key)]
     elif isinstance(node, Filter):
         child = _translate(node.child, da, block_bytes, memo)
         mask = _translate(node.mask, da, block_bytes, memo)
