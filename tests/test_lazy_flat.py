@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ _CHAINS = [
     ("astype", lambda x, m, s: (x - m).astype(np.float64) * s),
     ("size-1", lambda x, m, s: x + np.ones((1,) * x.ndim, x.dtype)),
     ("two inputs", lambda x, m, s: x * x - m),
+    # t is read twice: never overwritten in place, however the chain runs
+    ("shared", lambda x, m, s: (lambda t: (t + 1) * t - t / s)(x * 2 - m)),
+    ("deep", lambda x, m, s: -(((x + m) * s - m) / s + 1) ** 2),
 ]
 
 
@@ -75,6 +79,23 @@ def test_wide_views_give_numpys_bits(chain: Any, rows: int, row_shape: tuple[int
 def test_other_expressions_are_not_flat(build: Any) -> None:
     x = bigarr.lazy(np.ones((6, 4)))
     assert lazyflat.flat_plan(build(x).node) is None
+
+
+def test_chains_run_in_place_into_one_buffer() -> None:
+    a = _value((4096, 32), "float32", 3)
+    expr = np.sqrt(abs((bigarr.lazy(a) - 7) / 3 * 2.0 + 1.0)) - 0.5
+    flat = lazyflat.flat_plan(expr.node)
+    assert flat is not None
+    env = Env({i: a for i in _item(expr.node).rows}, {}, {}, slice(0, 4096))
+    out = np.empty((4096, 32), np.float32)
+    tracemalloc.start()
+    try:
+        flat.run(env, 4096, out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < a.nbytes // 4  # no temporary of the tile's size (six, one per operation)
+    np.testing.assert_array_equal(out, np.sqrt(abs((a - 7) / 3 * 2.0 + 1.0)) - 0.5)
 
 
 def test_flat_outputs_and_reductions_match_numpy(tmp_path: Path,

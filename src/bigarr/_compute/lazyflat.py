@@ -12,8 +12,10 @@ operands. So a tile of ``r`` contiguous rows of ``k`` values is viewed as ``(r /
 runs with an inner loop ``g * k`` elements long (:data:`WIDE_ELEMENTS`); the result is viewed
 back as ``(r, k)``. Scalars stay as they are (numpy's weak-scalar dtype rules are unchanged).
 
-The root operation writes into the caller's buffer when given one (``out=``): a file output's
-chunk is then filled in place, tile by tile, without a copy of each tile's result.
+The chain is computed in place (:func:`into`): the root operation writes into the caller's
+buffer (``out=``; a file output's chunk, filled tile by tile without a copy of each tile's
+result) or a per-thread scratch buffer, and the single-use operations below it run in that
+buffer too, so a chain makes no tile-sized temporaries.
 
 :func:`flat_plan` decides once per expression whether it qualifies: every operation
 elementwise with the root's shape, every input cut by rows of exactly the root's shape, every
@@ -25,6 +27,7 @@ axis 0, a broadcast within rows) is evaluated as it always was.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -32,7 +35,7 @@ import numpy as np
 from bigarr._compute.lazyeval import Env, evaluate
 from bigarr._compute.lazynodes import Const, Leaf, Node, Op, rowed
 
-__all__ = ["WIDE_ELEMENTS", "Flat", "cached", "flat_plan", "into"]
+__all__ = ["WIDE_ELEMENTS", "Flat", "cached", "flat_plan", "into", "uses"]
 
 Array = np.ndarray[Any, Any]
 
@@ -55,6 +58,10 @@ class Flat:
         self.k = math.prod(self.row_shape)
         self.group = max(1, -(-WIDE_ELEMENTS // max(self.k, 1)))
         self.wide: dict[tuple[int, int], Array] = {}
+        self.count = uses(root)
+        self.scratch = threading.local()
+        """Per worker thread: a buffer the value is computed into when no ``out`` is given
+        (a reduction's operand, consumed before the thread's next tile)."""
 
     def _widened(self, node: Node, value: Any, g: int) -> Array:
         key = (id(node), g)
@@ -83,27 +90,78 @@ class Flat:
             env.memo[(i, True)] = b.reshape(wide)
         for i, node in self.values.items():
             env.memo[(i, False)] = self._widened(node, evaluate(node, False, env), g)
-        if out is not None and out.flags.c_contiguous:
-            target = out.reshape(wide)
-            into(self.root, env, target)
-            return out
-        value = np.asarray(evaluate(self.root, True, env))
-        return np.broadcast_to(value, wide).reshape(rows, *self.row_shape) \
-            if value.shape != wide else value.reshape(rows, *self.row_shape)
+        if out is None or not out.flags.c_contiguous:
+            size = rows * self.k
+            buf = getattr(self.scratch, "buf", None)
+            if buf is None or buf.size < size:
+                buf = self.scratch.buf = np.empty(size, self.root.dtype)
+            value = buf[:size].reshape(rows, *self.row_shape)
+            into(self.root, env, value.reshape(wide), self.count)
+            if out is not None:
+                out[...] = value
+                return out
+            return value
+        into(self.root, env, out.reshape(wide), self.count)
+        return out
 
 
-def into(root: Node, env: Env, out: Array) -> None:
-    """Evaluate ``root`` (cut by ``env``'s rows) into ``out``: its ufunc writes there directly
-    (no copy of the result) when it is one (and the backend is numpy's: numexpr takes whole
-    chains); otherwise the value is copied in."""
-    if not env.numexpr and isinstance(root, Op) and isinstance(root.func, np.ufunc) \
-            and root.func.nout == 1 and not root.rowwise and root.dtype == out.dtype \
-            and "out" not in dict(root.kwargs):
-        args = [evaluate(a, rowed(root, a), env) for a in root.args]
-        with np.errstate(all="ignore"):
-            root.func(*args, out=out, **dict(root.kwargs))
+def uses(root: Node) -> dict[int, int]:
+    """How many times each node of ``root``'s expression is an operand (of distinct parents)."""
+    count: dict[int, int] = {}
+    seen: set[int] = set()
+
+    def walk(node: Node) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, Op):
+            for a in node.args:
+                count[id(a)] = count.get(id(a), 0) + 1
+                walk(a)
+
+    walk(root)
+    return count
+
+
+def _in_place(node: Node, out: Array, shape: tuple[int, ...]) -> bool:
+    """``node`` is a ufunc whose value can be written into ``out`` (the root's rows of the
+    root's ``shape``, in the root's dtype)."""
+    return (isinstance(node, Op) and isinstance(node.func, np.ufunc) and node.func.nout == 1
+            and not node.rowwise and node.dtype == out.dtype and node.shape == shape
+            and "out" not in dict(node.kwargs))
+
+
+def into(root: Node, env: Env, out: Array, count: dict[int, int] | None = None) -> None:
+    """Evaluate ``root`` (cut by ``env``'s rows) into ``out``.
+
+    A ufunc writes there directly (no copy of the result), and so does the chain below it:
+    an operand that is itself a ufunc of the same dtype and shape, used only there (``count``,
+    from :func:`uses`), is computed into ``out`` first and the operation then runs in place
+    (``np.divide(out, s, out=out)``), so a chain of ``n`` operations makes no tile-sized
+    temporaries instead of ``n`` (each a fresh allocation, whose pages the kernel hands out
+    and takes back). Only single-use values are overwritten, never a value another operand
+    reads, so the result is numpy's, bit for bit. numexpr (``env.numexpr``) takes whole
+    chains instead, copied in.
+    """
+    if env.numexpr or not _in_place(root, out, root.shape):
+        out[...] = np.asarray(evaluate(root, True, env))
         return
-    out[...] = np.asarray(evaluate(root, True, env))
+    count = uses(root) if count is None else count
+    node = root
+    steps: list[tuple[Op, int]] = []  # (operation, its operand computed in place, or -1)
+    while True:
+        assert isinstance(node, Op)
+        k = next((i for i, a in enumerate(node.args) if count.get(id(a), 0) == 1
+                  and rowed(node, a) and _in_place(a, out, root.shape)), -1)
+        steps.append((node, k))
+        if k < 0:
+            break
+        node = node.args[k]
+    with np.errstate(all="ignore"):
+        for op, k in reversed(steps):  # innermost first
+            args = [out if i == k else evaluate(a, rowed(op, a), env)
+                    for i, a in enumerate(op.args)]
+            op.func(*args, out=out, **dict(op.kwargs))
 
 
 def flat_plan(root: Node) -> Flat | None:

@@ -54,7 +54,7 @@ from bigarr._compute.lazyeval import (
     parse_backend,
     tiles,
 )
-from bigarr._compute.lazyflat import flat_plan, into
+from bigarr._compute.lazyflat import flat_plan, into, uses
 from bigarr._compute.lazynodes import (
     ORDER_STATISTICS,
     Filter,
@@ -733,6 +733,7 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
         fuses = isinstance(root, (Op, Scan, Filter))
 
         flat = flat_plan(root) if rows_known else None
+        count = uses(root)
 
         def tile(rows: slice, blocks: Sequence[Array], carry: Carries | None,
                  out: Array | None = None) -> Array:
@@ -742,7 +743,7 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
             if out is None:
                 return np.asarray(evaluate(root, True, env), dtype=root.dtype)
             if flat is None or flat.run(env, rows.stop - rows.start, out) is None:
-                into(root, env, out)
+                into(root, env, out, count)
             return out
 
         def block(*blocks: Array, block_info: dict[str, Any]) -> Array:
