@@ -639,10 +639,12 @@ class LazyArray:
         """Evaluate into a new zarr array (``zarr_options`` as :func:`bigarr.to_zarr`'s:
         ``chunks``, ``shards``, ``compressors``, ``fill_value``, ``zarr_format``).
 
-        The result is evaluated into a hidden ``.npy`` file next to a local destination (in
-        the temporary directory for other stores), streamed into zarr by
-        :func:`bigarr.to_zarr` and deleted: one more write and read of the result than
-        :meth:`to_npy`, for any expression (filters included).
+        After the passes for the reductions it needs, :func:`bigarr.to_zarr` pulls the
+        result's rows in batches of whole zarr chunks, each evaluated from the inputs' rows
+        as it is written: the result is written once and never staged. A result whose rows
+        are known only on evaluation (a filter) or are not the inputs' (a ``diff`` along axis
+        0) is evaluated into a hidden ``.npy`` file first (next to a local destination; in
+        the temporary directory for other stores), streamed into zarr and deleted.
         """
         return _export("zarr", self, store_or_path, budget=budget, threads=threads,
                        progress=progress, overwrite=overwrite, **zarr_options)
