@@ -3,7 +3,8 @@
 ``bigarr.lazy(source)`` wraps an array (a ``.npy`` path, a bigarr or numpy memmap, a zarr array,
 an ndarray) in a :class:`LazyArray`. Operators, numpy ufuncs (through ``__array_ufunc__``) and
 numpy functions (through ``__array_function__``: ``np.sum(x)``, ``np.where``, ``np.cumsum``,
-...), ``astype``, ``clip``, :func:`where`, column slices, ``x @ w`` for a small in-memory ``w``,
+...), ``astype``, ``clip``, :func:`where`, row slices (``x[a:b:step]``, ``x[i]``, pushed down to
+the inputs by :mod:`bigarr._compute.lazyrows`), column slices, ``x @ w`` for a small ``w``,
 reductions (:data:`REDUCTIONS`), scans along the rows (``cumsum``, ``cumprod``, ``diff``), row
 filtering (``x[mask]``) and order statistics (``quantile``, ``median`` and nan variants) build a
 DAG of :class:`Node` values; nothing is read until the expression is evaluated (``.compute()``,
@@ -56,6 +57,7 @@ from bigarr._compute.lazynodes import (
     rowed,
     unknown_rows,
 )
+from bigarr._compute.lazyrows import parse_row, take_rows
 from bigarr._compute.operands import parse_operand
 from bigarr._compute.reductions import _axes, _numpy_dtype
 from bigarr.errors import ArgumentError, AxisError, ShapeError, UnsupportedError
@@ -391,19 +393,39 @@ class LazyArray:
             raise UnsupportedError(f"Expected an index of a LazyArray with rows. Got {key!r}.")
         first, rest = items[0], items[1:]
         out = self
-        if not (isinstance(first, slice) and first == slice(None)):
+        row: int | None = None
+        if isinstance(first, slice) and first == slice(None):
+            pass  # all rows
+        elif isinstance(first, slice) or (isinstance(first, (int, np.integer))
+                                          and not isinstance(first, (bool, np.bool_))):
+            if unknown_rows(frame(self.node)):
+                raise UnsupportedError(
+                    f"Expected a row index of an expression over its inputs' rows. Got {key!r} "
+                    "of a filtered expression (its rows are known only on evaluation): "
+                    ".to_npy() it first and index the file.")
+            window = parse_row(first, self.node.shape[0])
+            if isinstance(first, slice):
+                if window != (0, 1, self.node.shape[0]):
+                    out = LazyArray(take_rows(self.node, window))
+            else:
+                row = window[0]
+                out = LazyArray(take_rows(self.node, window))
+        else:
             out = self._filter(first, key)
-        if not rest:
-            return out
-        if any(i is None or i is Ellipsis or isinstance(i, LazyArray) for i in rest):
-            raise UnsupportedError(f"Expected slices, ints or one list of columns. Got {key!r}.")
-        probe = np.empty((0, *self.node.shape[1:]), dtype=np.uint8)
-        try:
-            shape = probe[(slice(None), *rest)].shape
-        except IndexError as exc:
-            raise ShapeError(f"Index {key!r} of shape {self.shape}: {exc}") from None
-        return LazyArray(Index((out.node.shape[0], *shape[1:]), self.dtype, out.node,
-                               tuple(rest)))
+        if rest:
+            if any(i is None or i is Ellipsis or isinstance(i, LazyArray) for i in rest):
+                raise UnsupportedError(
+                    f"Expected slices, ints or one list of columns. Got {key!r}.")
+            probe = np.empty((0, *self.node.shape[1:]), dtype=np.uint8)
+            try:
+                shape = probe[(slice(None), *rest)].shape
+            except IndexError as exc:
+                raise ShapeError(f"Index {key!r} of shape {self.shape}: {exc}") from None
+            out = LazyArray(Index((out.node.shape[0], *shape[1:]), self.dtype, out.node,
+                                  tuple(rest)))
+        if row is not None:  # x[i]: the one row of the window, taken whole
+            out = LazyArray(Index(out.node.shape[1:], self.dtype, out.node, (), 0))
+        return out
 
     def _filter(self, mask: Any, key: Any) -> LazyArray:
         if isinstance(mask, LazyArray):
@@ -412,8 +434,8 @@ class LazyArray:
             m = _node(np.asarray(mask))
         else:
             raise UnsupportedError(
-                f"Expected x[:, cols] or x[mask] with a boolean mask over the rows. Got "
-                f"{key!r}: row slices and integer rows are not supported on LazyArray."
+                f"Expected x[a:b], x[i], x[:, cols] or x[mask] with a boolean mask over the "
+                f"rows. Got {key!r}."
             )
         if m.dtype != np.bool_ or len(m.shape) != 1 or m.shape[0] != self.node.shape[0]:
             raise ShapeError(f"Expected a 1-d boolean mask of {self.node.shape[0]} rows. Got "
@@ -617,10 +639,12 @@ class LazyArray:
         """Evaluate into a new zarr array (``zarr_options`` as :func:`bigarr.to_zarr`'s:
         ``chunks``, ``shards``, ``compressors``, ``fill_value``, ``zarr_format``).
 
-        The result is evaluated into a hidden ``.npy`` file next to a local destination (in
-        the temporary directory for other stores), streamed into zarr by
-        :func:`bigarr.to_zarr` and deleted: one more write and read of the result than
-        :meth:`to_npy`, for any expression (filters included).
+        After the passes for the reductions it needs, :func:`bigarr.to_zarr` pulls the
+        result's rows in batches of whole zarr chunks, each evaluated from the inputs' rows
+        as it is written: the result is written once and never staged. A result whose rows
+        are known only on evaluation (a filter) or are not the inputs' (a ``diff`` along axis
+        0) is evaluated into a hidden ``.npy`` file first (next to a local destination; in
+        the temporary directory for other stores), streamed into zarr and deleted.
         """
         return _export("zarr", self, store_or_path, budget=budget, threads=threads,
                        progress=progress, overwrite=overwrite, **zarr_options)

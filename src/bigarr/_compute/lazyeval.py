@@ -148,7 +148,12 @@ def evaluate(node: Node, is_rowed: bool, env: Env) -> Any:
         out = node.value[env.rows] if chunked and np.ndim(node.value) else node.value
     elif isinstance(node, Reduce):
         value = env.values[id(node)]
-        out = value[env.rows] if chunked and value.ndim and 0 not in node.axes else value
+        # cut by the chunk's rows when the parent cuts it (it keeps axis 0, or its result
+        # lines up with the rows of another input: ``y + x.mean(0)`` for y of x.shape[1] rows)
+        out = value[env.rows] if chunked and value.ndim else value
+    elif isinstance(node, Index) and node.rows is not None:  # of a value used whole
+        out = np.asarray(evaluate(node.child, False, env))[(node.rows, *node.key)]
+        out = out[env.rows] if chunked and out.ndim else out
     elif isinstance(node, Index):
         out = np.asarray(evaluate(node.child, is_rowed, env))[(slice(None), *node.key)]
     elif isinstance(node, Filter):

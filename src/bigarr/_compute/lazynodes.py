@@ -71,6 +71,9 @@ class Leaf(Node):
     """What was given to :func:`lazy` (a path, an array)."""
     name: str = ""
     """A short description for plans."""
+    window: tuple[int, int, int] | None = None
+    """The rows of ``source`` this leaf is, as ``(start, step, count)`` (a row slice pushed
+    down to the input, :mod:`bigarr._compute.lazyrows`), or None for all of them."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,12 +104,18 @@ class Op(Node):
 
 @dataclass(frozen=True, eq=False)
 class Index(Node):
-    """``child[:, *key]``: a selection along the axes after the first (rows are kept whole)."""
+    """``child[:, *key]``: a selection along the axes after the first (rows are kept whole);
+    or, with ``rows``, ``child[rows, *key]`` of a child's whole value (a reduction's result, a
+    single row)."""
 
     child: Node = field(default_factory=lambda: Const((), np.dtype(bool)))
     """The indexed node."""
     key: tuple[Any, ...] = ()
     """The index of the axes after the first."""
+    rows: slice | int | None = None
+    """A selection along axis 0 of the child's whole value (the child is then evaluated whole,
+    never cut by rows), or None. Row slices of streamed rows are pushed down to the inputs
+    instead (:mod:`bigarr._compute.lazyrows`)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,6 +172,8 @@ Frame = tuple[Any, ...] | None
 
 def rowed(node: Node, arg: Node) -> bool:
     """Whether ``arg`` (an operand of ``node``) is cut by ``node``'s rows, not broadcast."""
+    if isinstance(node, Index) and node.rows is not None:  # a value, used whole
+        return False
     if isinstance(node, (Filter, Scan, Index)):  # the child's rows are the node's, shifted
         return bool(arg.shape) and bool(node.shape)
     if not arg.shape or not node.shape or arg.shape[0] != node.shape[0]:
@@ -191,7 +202,7 @@ def frame(node: Node, memo: dict[int, Frame] | None = None) -> Frame:
         else:
             out = ("lag", node.n, inner)
     elif isinstance(node, Index):
-        out = frame(node.child, memo)
+        out = frame(node.child, memo) if node.rows is None else None
     elif isinstance(node, Reduce):
         inner = frame(node.child, memo)
         out = inner if node.shape and node.child.shape and 0 not in node.axes else None

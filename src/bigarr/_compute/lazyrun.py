@@ -54,6 +54,7 @@ from bigarr._compute.lazyeval import (
     parse_backend,
     tiles,
 )
+from bigarr._compute.lazyflat import flat_plan, into, uses
 from bigarr._compute.lazynodes import (
     ORDER_STATISTICS,
     Filter,
@@ -68,6 +69,7 @@ from bigarr._compute.lazynodes import (
     rowed,
     unknown_rows,
 )
+from bigarr._compute.lazyrows import window_stream
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.partials import Tree, merge
 from bigarr._compute.progress import Progress, ProgressArg
@@ -276,7 +278,10 @@ class _Opened:
 
     def stream(self, leaf: Leaf) -> Stream:
         if id(leaf) not in self.streams:
-            self.streams[id(leaf)] = parse_operand(leaf.source, by_key=False)
+            stream = parse_operand(leaf.source, by_key=False)
+            if leaf.window is not None:
+                stream = window_stream(stream, leaf.window)
+            self.streams[id(leaf)] = stream
         return self.streams[id(leaf)]
 
     def array(self, leaf: Leaf) -> Array:
@@ -343,6 +348,8 @@ class _Pass:
                         and id(a) in self.trees and id(b) in self.trees:
                     self.derived[id(a)] = id(b)
         self.fuses = any(isinstance(it.expr, (Op, Scan, Filter)) for it in items)
+        # purely elementwise chains over narrow rows run on wide views (lazyflat.py)
+        self.flat = {id(it.node): f for it in items if (f := flat_plan(it.expr)) is not None}
         self.align = max((t.L for t in self.trees.values() if t.d == 0), default=1)
         self.reserve = 0
         """Bytes reserved for results whose rows are known only on evaluation (filters)."""
@@ -426,7 +433,13 @@ class _Pass:
                   carries, self.numexpr)
         out: list[Any] = []
         for it in self.items:
-            value = np.asarray(evaluate(it.expr, True, env))
+            flat = self.flat.get(id(it.node))
+            value = None
+            if flat is not None:  # on wide views, in an env of its own (its memo is theirs)
+                own = Env(env.blocks, self.whole, self.values, rows, carries, self.numexpr)
+                value = flat.run(own, rows.stop - rows.start)
+            if value is None:
+                value = np.asarray(evaluate(it.expr, True, env))
             node = it.node
             if isinstance(node, Reduce):
                 if (value.ndim and value.shape[0] == 0) or id(node) in self.derived:
@@ -570,7 +583,8 @@ def _order_statistic(it: _Item, opened: _Opened, budget: int, threads: int | Non
     leaf = expr.child if isinstance(expr, Index) else expr
     assert isinstance(leaf, Leaf)
     stream = opened.stream(leaf)
-    source: Any = stream.array if stream.array is not None else leaf.source
+    source: Any = stream.array if stream.array is not None else \
+        (stream if leaf.window is not None else leaf.source)
     if isinstance(expr, Index):
         if stream.array is None:
             raise UnsupportedError(f"{node.kind} of a column selection of a {leaf.name}: "
@@ -718,12 +732,19 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
         rows_known = plain(item.frame)
         fuses = isinstance(root, (Op, Scan, Filter))
 
-        def tile(rows: slice, blocks: Sequence[Array], carry: Carries | None) -> Array:
+        flat = flat_plan(root) if rows_known else None
+        count = uses(root)
+
+        def tile(rows: slice, blocks: Sequence[Array], carry: Carries | None,
+                 out: Array | None = None) -> Array:
+            """The tile's value (rows known only on evaluation); or, given ``out`` (the
+            tile's rows of the chunk's buffer), written there."""
             env = Env(dict(zip(ids, blocks, strict=True)), whole, values, rows, carry, numexpr)
-            value = np.asarray(evaluate(root, True, env))
-            if not rows_known:
-                return np.asarray(value, dtype=root.dtype)
-            return np.broadcast_to(value, (rows.stop - rows.start, *row_shape))
+            if out is None:
+                return np.asarray(evaluate(root, True, env), dtype=root.dtype)
+            if flat is None or flat.run(env, rows.stop - rows.start, out) is None:
+                into(root, env, out, count)
+            return out
 
         def block(*blocks: Array, block_info: dict[str, Any]) -> Array:
             rows = slice(*block_info["rows"])
@@ -737,17 +758,16 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
                                            for a, b in spans])
                 out = np.empty((rows.stop - rows.start, *row_shape), dtype=root.dtype)
                 for a, b in spans:  # tile by tile into the chunk's buffer
-                    out[a:b] = tile(slice(rows.start + a, rows.start + b),
-                                    [x[a:b] for x in blocks], carry)
+                    tile(slice(rows.start + a, rows.start + b), [x[a:b] for x in blocks],
+                         carry, out[a:b])
                 return out
             except BaseException:
                 carries.fail()
                 raise
 
-        sources = [item.rows[i].source for i in ids]
+        # the leaves' streams (windows of rows applied), handed over as they are
+        sources: list[Any] = [opened.stream(item.rows[i]) for i in ids]
         first = sources[0]
-        if isinstance(first, (str, os.PathLike)):
-            first = os.fspath(first)
         if rows_known:
             written = map_blocks(block, first, *sources[1:], out=path, dtype=root.dtype,
                                  budget=nbytes, threads=threads, progress=progress,

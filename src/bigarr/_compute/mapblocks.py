@@ -291,7 +291,7 @@ def map_blocks(
         n = first.shape[0]
         args: list[Any] = [first]
         for obj in inputs[1:]:
-            if isinstance(obj, (str, os.PathLike)) or _split_by_rows(obj, first):
+            if isinstance(obj, (str, os.PathLike, Stream)) or _split_by_rows(obj, first):
                 stream = parse_operand(obj, by_key=False)
                 opened.append(stream)
                 if stream.ndim == 0 or stream.shape[0] != n:

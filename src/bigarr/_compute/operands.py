@@ -390,7 +390,8 @@ def parse_operand(obj: Any, *, output: bool = False, by_key: bool = True) -> Str
     ----------
     obj
         A ``.npy`` path, a bigarr array, a numpy.memmap (or ``np.load(mmap_mode=...)`` array),
-        a view of any of these, a zarr or dask array, or any array-like.
+        a view of any of these, a zarr or dask array, or any array-like; or a :class:`Stream`
+        already parsed, returned as it is (closed by whoever closes it).
     output
         The run writes this operand: paths are opened shared, and nothing is re-mapped (the
         caller's own object must see the writes).
@@ -404,6 +405,9 @@ def parse_operand(obj: Any, *, output: bool = False, by_key: bool = True) -> Str
     ClosedError
         For a closed bigarr array.
     """
+    if isinstance(obj, Stream):  # already parsed (lazy expressions' windows of rows)
+        obj.by_key = by_key
+        return obj
     if isinstance(obj, (str, os.PathLike)):
         from bigarr._core.files import open as open_npy
 

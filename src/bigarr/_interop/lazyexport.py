@@ -4,9 +4,13 @@ The compute layer may not import this one, so these register themselves as the
 ``LazyArray.to_zarr`` / ``LazyArray.to_dask`` implementations
 (:func:`bigarr._compute.lazy.register_exporter`) when ``bigarr`` is imported.
 
-``to_zarr`` evaluates the expression into a hidden ``.npy`` file (next to a local destination,
-so on the same file system; in the temporary directory for other stores) with
-:meth:`LazyArray.to_npy`, streams it into zarr with :func:`bigarr.to_zarr` and deletes it.
+``to_zarr`` computes the reductions the expression needs (in passes, as ``compute``), then
+hands :func:`bigarr.to_zarr` the expression's rows as a lazy source: each batch of whole zarr
+chunks is evaluated from the inputs' rows as zarr writes it, so the result is written once,
+chunk-aligned, and never staged. A result whose rows are known only on evaluation (a filter)
+or are not the inputs' (a ``diff``) is evaluated into a hidden ``.npy`` file first (next to a
+local destination; in the temporary directory for other stores) with
+:meth:`LazyArray.to_npy`, streamed into zarr and deleted.
 
 ``to_dask`` translates the expression node by node into dask.array: inputs that are files
 (paths, bigarr arrays) become :func:`bigarr.to_dask` arrays *by reference* (the graph holds a
@@ -19,6 +23,7 @@ are, as dask's ``from_array`` does.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from typing import Any
@@ -26,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from bigarr._compute.lazy import LazyArray, register_exporter
+from bigarr._compute.lazyeval import Carries, Env, tiles
+from bigarr._compute.lazyflat import flat_plan, into, uses
 from bigarr._compute.lazynodes import (
     ORDER_STATISTICS,
     REDUCTIONS,
@@ -37,8 +44,12 @@ from bigarr._compute.lazynodes import (
     Op,
     Reduce,
     Scan,
+    plain,
     rowed,
 )
+from bigarr._compute.lazyrows import window_slice
+from bigarr._compute.lazyrun import _item, _Opened, _run
+from bigarr._compute.operands import Stream
 from bigarr._core.array import memmap
 from bigarr._interop.dask import DEFAULT_READ_CHUNK, _dask_array, to_dask
 from bigarr._interop.zarr import _local_path, to_zarr
@@ -52,20 +63,104 @@ def lazy_to_zarr(expr: LazyArray, store_or_path: Any, *, budget: int | str | Non
                  threads: int | None = None, progress: Any = None, overwrite: bool = False,
                  **zarr_options: Any) -> Any:
     """:meth:`LazyArray.to_zarr` (see the module docstring)."""
-    from bigarr._plan.budget import DEFAULT_BUDGET
+    from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
 
+    nbytes = parse_budget(DEFAULT_BUDGET if budget is None else budget)
+    root = expr.node
+    item = _item(root)
+    unit = None
+    if not isinstance(root, Reduce) and item.rows and plain(item.frame) \
+            and math.prod(root.shape) > 0:
+        unit = _zarr_rows(root, zarr_options)
+    if unit is not None:
+        # the rows of the result are the inputs' rows: computed batch by batch as zarr asks
+        values, _ = _run([root], nbytes, threads, progress, dry=False,
+                         skip=frozenset({id(root)}), numexpr=False)
+        opened = _Opened()
+        try:
+            return to_zarr(_computed(root, item, opened, values, unit), store_or_path,
+                           overwrite=overwrite, progress=progress, budget=nbytes,
+                           **zarr_options)
+        finally:
+            opened.close()
     local = _local_path(store_or_path)
     target = os.path.abspath(local) if local is not None else \
         os.path.join(tempfile.gettempdir(), "lazy")
     tmp = hidden_name(target.rstrip(os.sep), "stage")
     try:
-        staged = expr.to_npy(tmp, budget=budget, threads=threads, progress=progress)
+        staged = expr.to_npy(tmp, budget=nbytes, threads=threads, progress=progress)
         staged.close()
         return to_zarr(tmp, store_or_path, overwrite=overwrite, progress=progress,
-                       budget=DEFAULT_BUDGET if budget is None else budget, **zarr_options)
+                       budget=nbytes, **zarr_options)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _zarr_rows(root: Node, options: dict[str, Any]) -> int | None:
+    """Rows of one zarr chunk (or shard) of the result with these ``options`` (zarr's own
+    choice for ``chunks="auto"``, asked on a throwaway in-memory array, as
+    :func:`bigarr.to_zarr` asks it), or None when zarr refuses them (the staged path then
+    reports the refusal as :func:`bigarr.to_zarr` does)."""
+    import zarr
+
+    known = ("chunks", "shards", "compressors", "fill_value", "zarr_format")
+    settings = {k: v for k, v in options.items() if k in known and v is not None}
+    settings.setdefault("chunks", "auto")
+    if set(options) - set(known):
+        return None
+    try:
+        probe = zarr.create_array(zarr.storage.MemoryStore(), shape=root.shape,
+                                  dtype=root.dtype, **settings)
+        return int((probe.shards or probe.chunks)[0])
+    except Exception:  # any refusal: to_zarr's own checks and messages on the staged path
+        return None
+
+
+def _rows(stream: Stream, rows: slice) -> np.ndarray[Any, Any]:
+    if stream.array is not None:
+        return stream.array[rows]
+    assert stream.read is not None
+    return stream.read((rows,))
+
+
+def _computed(root: Node, item: Any, opened: _Opened, values: dict[int, Any],
+              unit: int) -> Stream:
+    """The rows of ``root`` as a lazy :class:`Stream` (as a zarr or dask source is): each batch
+    :func:`bigarr.to_zarr` asks for is evaluated from the inputs' rows, tile by tile (on wide
+    views, in place: :mod:`bigarr._compute.lazyflat`), and the inputs' pages are released
+    behind it (the engine sees only this stream, so it cannot). ``unit``: rows of a zarr
+    chunk, the stream's grid."""
+    ids = list(item.rows)
+    streams = [opened.stream(item.rows[i]) for i in ids]
+    whole = {i: opened.array(leaf) for i, leaf in item.whole.items()}
+    flat = flat_plan(root)
+    count = uses(root)
+    carries = Carries()
+    row_shape = root.shape[1:]
+
+    def read(key: tuple[slice, ...]) -> np.ndarray[Any, Any]:
+        rows = key[0] if key else slice(0, root.shape[0])
+        n = rows.stop - rows.start
+        blocks = [_rows(s, rows) for s in streams]
+        out = np.empty((n, *row_shape), dtype=root.dtype)
+        try:
+            for a, b in tiles(n, blocks):
+                env = Env(dict(zip(ids, [x[a:b] for x in blocks], strict=True)), whole,
+                          values, slice(rows.start + a, rows.start + b), carries)
+                if flat is None or flat.run(env, b - a, out[a:b]) is None:
+                    into(root, env, out[a:b], count)
+        except BaseException:
+            carries.fail()
+            raise
+        for s, block in zip(streams, blocks, strict=True):
+            s.release(block)
+        return out[(slice(None), *key[1:])]
+
+    n = root.shape[0]
+    grid = (*range(0, n, max(1, unit)), n)  # batches of whole zarr chunks
+    return Stream(None, None, "lazy", read=read, lazy_shape=root.shape,
+                  lazy_dtype=root.dtype, grid=grid, name="lazy expression")
 
 
 def _leaf(leaf: Leaf, da: Any, block_bytes: int | str) -> Any:
@@ -89,10 +184,13 @@ def _translate(node: Node, da: Any, block_bytes: int | str, memo: dict[int, Any]
     out: Any
     if isinstance(node, Leaf):
         out = _leaf(node, da, block_bytes)
+        if node.window is not None:  # a row slice pushed down to the input
+            out = out[window_slice(node.window)]
     elif isinstance(node, Const):
         out = node.value
     elif isinstance(node, Index):
-        out = _translate(node.child, da, block_bytes, memo)[(slice(None), *node.key)]
+        rows = slice(None) if node.rows is None else node.rows
+        out = _translate(node.child, da, block_bytes, memo)[(rows, *node.key)]
     elif isinstance(node, Filter):
         child = _translate(node.child, da, block_bytes, memo)
         mask = _translate(node.mask, da, block_bytes, memo)

@@ -1,0 +1,91 @@
+"""LazyArray.to_zarr streams the expression straight into zarr (issue 12), never staged."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import bigarr
+from bigarr._compute import lazy as lazy_module
+
+zarr = pytest.importorskip("zarr")
+
+
+def _no_staging(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("staged through to_npy")
+
+    monkeypatch.setattr(lazy_module.LazyArray, "to_npy", refuse)
+
+
+@pytest.mark.parametrize("chunks", [None, (1000, 7), (333, 3)])
+def test_expressions_stream_into_zarr_chunk_aligned(tmp_path: Path, chunks: Any,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    a = np.random.default_rng(0).standard_normal((20000, 7)).astype(np.float32)
+    np.save(tmp_path / "a.npy", a)
+    x = bigarr.lazy(tmp_path / "a.npy")
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    want = z.compute(budget="64MiB", progress=False)
+    _no_staging(monkeypatch)
+    opts = {} if chunks is None else {"chunks": chunks}
+    out = z.to_zarr(tmp_path / "z.zarr", budget="4MiB", progress=False, **opts)
+    np.testing.assert_array_equal(out[:], want)
+    np.testing.assert_array_equal(
+        x.cumsum(axis=0).to_zarr(tmp_path / "c.zarr", budget="4MiB", progress=False)[:],
+        np.cumsum(a, axis=0))
+    got = x[5:-3:4, 1:].to_zarr(tmp_path / "s.zarr", budget="4MiB", progress=False, **opts
+                                if chunks is None else {"chunks": (100, 6)})
+    np.testing.assert_array_equal(got[:], a[5:-3:4, 1:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "c.zarr", "s.zarr",
+                                                           "z.zarr"]
+
+
+def test_filters_are_staged_and_bad_options_refused(tmp_path: Path) -> None:
+    a = np.random.default_rng(1).standard_normal((5000, 3))
+    x = bigarr.lazy(a)
+    got = x[x[:, 0] > 0].to_zarr(tmp_path / "f.zarr", progress=False)
+    np.testing.assert_array_equal(got[:], a[a[:, 0] > 0])
+    with pytest.raises(ValueError):
+        (x * 2).to_zarr(tmp_path / "g.zarr", chunks=(10,), progress=False)
+
+
+_RSS = textwrap.dedent("""
+    import numpy as np, bigarr
+    def status(key):
+        return int(open('/proc/self/status').read().split(key + ':')[1].split()[0]) << 10
+    x = bigarr.lazy({path!r})
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    base = status('VmRSS')
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    z.to_zarr({out!r}, budget={budget}, compressors=None, chunks=(4096, 32), progress=False)
+    print(status('VmHWM') - base)
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_to_zarr_peak_rss(tmp_path: Path) -> None:
+    budget, rows = 4 << 20, (64 << 20) // 128  # 64 MiB file: 16x the budget
+    x = np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.float32, (rows, 32))
+    for i in range(0, rows, 1 << 17):
+        x[i:i + (1 << 17)] = np.arange(32, dtype=np.float32) + np.float32(i % 997)
+    x.flush()
+    del x
+    code = _RSS.format(path=str(tmp_path / "x.npy"), out=str(tmp_path / "z.zarr"),
+                       budget=budget)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak = int(proc.stdout.split()[-1])
+    assert peak <= budget + (64 << 20), f"peak {peak >> 20} MiB at a 4 MiB budget"
+    print(f"peak {peak >> 20} MiB")
+    z = zarr.open_array(str(tmp_path / "z.zarr"), mode="r")
+    assert z.shape == (rows, 32) and abs(float(z[:1000].mean())) < 5
