@@ -304,3 +304,25 @@ def test_outputs_written_through_a_mapping_start_their_writeback_when_done(
     del out, view
     x.close()
     assert float(np.load(tmp_path / "o.npy")[: 1 << 15].sum()) == 7 * (1 << 15) * 16
+
+
+def test_a_sort_output_is_written_under_the_flush_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The sequential outputs (sort, argsort, take) were pwritten whole and synced once at the
+    # end: all of the output dirty at once. Now through a Paced writer, like a commit.
+    if durable._sync_file_range is None:
+        pytest.skip("no sync_file_range: pacing is a no-op here")
+    monkeypatch.setattr(durable, "WRITE_WINDOW", 1 << 20)
+    waited: list[int] = []
+    real_wait = durable.wait_writeback
+
+    def wait(fd: int, offset: int, nbytes: int) -> None:
+        waited.append(nbytes)
+        real_wait(fd, offset, nbytes)
+
+    monkeypatch.setattr(durable, "wait_writeback", wait)
+    values = np.random.default_rng(3).standard_normal(1 << 21).astype(np.float32)  # 8 MiB
+    with bigarr.sort(values, tmp_path / "s.npy", budget="4MiB", progress=False) as out:
+        np.testing.assert_array_equal(np.asarray(out), np.sort(values))
+    assert sum(waited) >= 6 << 20  # all but about a window waited for as it was written
