@@ -238,6 +238,7 @@ def plot(rows: list[dict[str, Any]], path: Path, budget: str) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return False
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -254,19 +255,18 @@ def plot(rows: list[dict[str, Any]], path: Path, budget: str) -> bool:
         line = ax_t.errorbar(gib, sec, yerr=err, marker="o", capsize=3, label=op)
         ax_t.plot(gib, sec[0] * gib / gib[0], ls=":", color=line[0].get_color(), lw=1)
         ax_m.plot(gib, [r["peak_rss_mib_median"] for r in mine], marker="o", label=op)
-    ticks = sorted({r["bytes"] for r in rows})
-    for ax in (ax_t, ax_m):
-        ax.set_xticks([b / 2**30 for b in ticks], [label(b) for b in ticks], fontsize=8)
-        ax.minorticks_off()
     ax_t.set(xscale="log", yscale="log", xlabel="data size", ylabel="time (s)",
              title="time (dotted: linear in size)")
     ax_m.set(xscale="log", xlabel="data size", ylabel="peak RSS growth (MiB)",
              title=f"VmHWM minus RSS at the start, budget {budget}")
     ax_m.axhline(parse_size(budget) / 2**20, color="grey", ls="--", lw=1, label="budget")
     ax_m.set_ylim(bottom=0)
+    ticks = sorted({r["bytes"] for r in rows})
     for ax in (ax_t, ax_m):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xticks([b / 2**30 for b in ticks], [label(b) for b in ticks], fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -332,7 +332,15 @@ def main(argv: list[str] | None = None) -> int:
     results = BENCH / "results"
     results.mkdir(exist_ok=True)
     stem = results / args.out  # an absolute --out is used as it is
-    command = "python bench/scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    given = list(argv if argv is not None else sys.argv[1:])
+    for i, arg in enumerate(given):  # the data folder is this machine's, not the command's
+        if arg == "--data-dir" and i + 1 < len(given):
+            given[i : i + 2] = []
+            break
+        if arg.startswith("--data-dir="):
+            given[i : i + 1] = []
+            break
+    command = "python bench/scaling.py " + " ".join(given)
     record = {
         "command": command.strip(),
         "config": {"sizes": sizes, "ops": ops, "repeat": args.repeat, "budget": args.budget,
