@@ -175,7 +175,7 @@ def test_private_commit_is_paced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     # dirty at once (3.0 GB of system Dirty for 1.08 GB committed).
     if durable._sync_file_range is None:
         pytest.skip("no sync_file_range: pacing is a no-op here")
-    monkeypatch.setattr(durable, "PACE_WINDOW", 1 << 20)
+    monkeypatch.setattr(durable, "WRITE_WINDOW", 1 << 20)
     waited: list[int] = []
     real_wait = durable.wait_writeback
 
@@ -222,3 +222,107 @@ def test_a_failed_writeback_is_a_bigarr_error() -> None:
     with pytest.raises(bigarr.errors.MappingError, match="writeback") as info:
         durable.wait_writeback(-1, 0, 4096)  # no such descriptor: EBADF
     assert isinstance(info.value, OSError) and info.value.errno == errno.EBADF
+
+
+# ---- the flush policy: one window, writeback started as soon as a chunk is done ---------------
+def test_the_flush_window_is_one_number_every_writer_uses() -> None:
+    assert durable.flush_window() == durable.WRITE_WINDOW
+    assert durable.flush_window(64 << 20) == 16 << 20  # a quarter of a small budget
+    assert durable.flush_window(1 << 40) == durable.WRITE_WINDOW
+    assert durable.Paced(-1).window == durable.WRITE_WINDOW
+    from bigarr._compute.engine import Writeback
+    from bigarr._compute.mapblocks import _default_flush
+
+    assert Writeback().every == durable.WRITE_WINDOW
+    assert _default_flush(256 << 20) == durable.flush_window(256 << 20)
+
+
+def test_a_filled_chunk_is_queued_for_writeback_when_the_consumer_moves_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Issue 17 point 2: the finished chunk's writeback began only when the helper thread got
+    # to its release, after the one before had been written and dropped, so the disk idled
+    # between chunks. Now it is started before the consumer gets the next chunk.
+    from bigarr._os.mapping import Mapping
+
+    events: list[tuple[str, int]] = []
+    real_start, real_wait = Mapping.start_write_back, Mapping.write_back
+
+    def start(self: Mapping, span: ByteSpan) -> None:
+        events.append(("start", span.start))
+        real_start(self, span)
+
+    def wait(self: Mapping, span: ByteSpan) -> None:
+        events.append(("wait", span.start))
+        real_wait(self, span)
+
+    monkeypatch.setattr(Mapping, "start_write_back", start)
+    monkeypatch.setattr(Mapping, "write_back", wait)
+    x = bigarr.create(tmp_path / "f.npy", (1 << 20, 8), np.float32)  # 32 MiB
+    starts, rows = [], []
+    for chunk, view in x.iter_chunks(8 << 20, progress=False):
+        events.append(("got", chunk.index))
+        view[:] = chunk.index
+        starts.append(view.ctypes.data - x._bigarr.addr)  # type: ignore[union-attr]
+        rows.append(chunk.rows.start)
+    x.close()
+    got = [i for kind, i in events if kind == "got"]
+    assert len(got) >= 4
+    for i, at in enumerate(starts[:-1]):
+        began = events.index(("start", at))
+        assert began < events.index(("got", i + 1))  # queued before the next chunk is handed out
+        assert began < events.index(("wait", at))  # and only then waited for
+    data = np.load(tmp_path / "f.npy", mmap_mode="r")
+    assert [float(data[r, 0]) for r in rows] == list(map(float, range(len(got))))
+
+
+def test_outputs_written_through_a_mapping_start_their_writeback_when_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bigarr._compute.engine import Writeback
+    from bigarr._compute.operands import parse_operand
+    from bigarr._os.mapping import Mapping
+
+    started: list[int] = []
+    real = Mapping.start_write_back
+
+    def start(self: Mapping, span: ByteSpan) -> None:
+        started.append(span.nbytes)
+        real(self, span)
+
+    monkeypatch.setattr(Mapping, "start_write_back", start)
+    x = bigarr.create(tmp_path / "o.npy", (1 << 16, 16), np.float32)  # 4 MiB
+    out = parse_operand(x, output=True, by_key=False)
+    wb = Writeback(64 << 20)  # nothing is waited for: the window is larger than the output
+    view = x[: 1 << 15]
+    view[:] = 7
+    wb.mapped(0, out, view)
+    assert started == []
+    wb.chunk_done(0)
+    assert sum(started) >= view.nbytes  # started at once, not when the window overflows
+    wb.drain()
+    del out, view
+    x.close()
+    assert float(np.load(tmp_path / "o.npy")[: 1 << 15].sum()) == 7 * (1 << 15) * 16
+
+
+def test_a_sort_output_is_written_under_the_flush_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The sequential outputs (sort, argsort, take) were pwritten whole and synced once at the
+    # end: all of the output dirty at once. Now through a Paced writer, like a commit.
+    if durable._sync_file_range is None:
+        pytest.skip("no sync_file_range: pacing is a no-op here")
+    monkeypatch.setattr(durable, "WRITE_WINDOW", 1 << 20)
+    waited: list[int] = []
+    real_wait = durable.wait_writeback
+
+    def wait(fd: int, offset: int, nbytes: int) -> None:
+        waited.append(nbytes)
+        real_wait(fd, offset, nbytes)
+
+    monkeypatch.setattr(durable, "wait_writeback", wait)
+    values = np.random.default_rng(3).standard_normal(1 << 21).astype(np.float32)  # 8 MiB
+    with bigarr.sort(values, tmp_path / "s.npy", budget="4MiB", progress=False) as out:
+        np.testing.assert_array_equal(np.asarray(out), np.sort(values))
+    assert sum(waited) >= 6 << 20  # all but about a window waited for as it was written

@@ -16,14 +16,18 @@ that work it applies the three policies, each defined once, here:
   if the mapping is shared (``sync_file_range``, waited for) and dropped from this process's
   resident set (``MADV_DONTNEED``); never on a private mapping, where that would throw away
   copy-on-write edits. Non-contiguous views release the pages of the parent they spanned.
-* **Flush** (:class:`Writeback`). Output blocks are written with ``pwrite`` into the output
+* **Flush** (:class:`Writeback`, with the window of :func:`bigarr._os.durable.flush_window`,
+  the policy's one tuned place). Output blocks are written with ``pwrite`` into the output
   file's page cache (no mapping, no page faults), their writeback started at once
   (``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on Linux), and once ``flush_every`` bytes are
   pending the oldest are waited for. Outputs that are not contiguous in their file (or private
-  mappings, or in-memory arrays) are assigned through numpy; shared mappings among them are
-  written back (``sync_file_range``) and *then* released, and made durable at the end of the
-  run. When a run is journaled (``resume=True``), the flush ``msync``'s them and
-  ``fdatasync``'s the files, and only then records the flushed chunks as done.
+  mappings, or in-memory arrays) are assigned through numpy; shared mappings among them (and
+  outputs filled by a kernel copy) have their writeback started when their chunk is done,
+  are waited for and *then* released, and made durable at the end of the run. An iteration
+  over a shared mapping does the same per chunk: the finished chunk's writeback starts when
+  the consumer moves on, so it queues behind the one being waited for. When a run is
+  journaled (``resume=True``), the flush ``msync``'s them and ``fdatasync``'s the files,
+  and only then records the flushed chunks as done.
 
 Results are yielded in chunk order whatever the thread timing, so merging partial results is
 deterministic. At most ``threads + prefetch`` chunks are in flight.
@@ -47,7 +51,7 @@ from bigarr._compute.coldread import ColdReads
 from bigarr._compute.operands import Stream
 from bigarr._compute.progress import Progress
 from bigarr._compute.runplan import RunPlan
-from bigarr._os.durable import datasync, pwrite_all, start_writeback, wait_writeback
+from bigarr._os.durable import datasync, flush_window, pwrite_all, start_writeback, wait_writeback
 from bigarr._os.geometry import ByteSpan
 from bigarr._os.hints import parse_hint
 from bigarr._os.mapping import Mapping, check_mapped
@@ -105,7 +109,8 @@ class Writeback:
     ----------
     every
         Most output bytes left pending: beyond it, the oldest chunks are flushed (their
-        writeback waited for).
+        writeback waited for). ``None``: the flush policy's window
+        (:func:`bigarr._os.durable.flush_window`), as for every writer.
     durable
         Also ``fdatasync`` the output files at each flush, then call ``on_durable``.
     on_durable
@@ -114,12 +119,12 @@ class Writeback:
 
     def __init__(
         self,
-        every: int,
+        every: int | None = None,
         *,
         durable: bool = False,
         on_durable: Callable[[list[int]], None] | None = None,
     ) -> None:
-        self.every = max(1, every)
+        self.every = flush_window() if every is None else max(1, every)
         self.durable = durable
         self.on_durable = on_durable
         self._lock = threading.Lock()
@@ -196,6 +201,9 @@ class Writeback:
         """
         with self._lock:
             entry = self._open.pop(chunk, None) or _Pending(chunk, 0)
+        for mapping, span in entry.spans:  # written through a mapping: start it now, too
+            mapping.start_write_back(span)
+        with self._lock:
             self._pending.append(entry)
             self._pending_bytes += entry.nbytes
             batch: list[_Pending] = []
@@ -419,6 +427,8 @@ def _inline(plan: RunPlan, work: Callable[[Chunk, list[np.ndarray[Any, Any]]], T
             yield chunk, work(chunk, blocks)
             if plan.release:
                 pairs = [(s, b) for s, b in zip(streams, blocks, strict=True) if not s.output]
+                for s, b in pairs:  # the disk starts on it while the last one is waited for
+                    s.start_release(b)
                 if helper is not None:
                     behind.append(_Behind(pairs))
                     helper.put("release", behind[-1])

@@ -75,7 +75,7 @@ from bigarr._formats.journal import (
     target_id,
     user_stacklevel,
 )
-from bigarr._os.durable import fsync_dir
+from bigarr._os.durable import flush_window, fsync_dir
 from bigarr._os.fileid import FileId, file_id, hidden_name, path_id, remove_leftovers
 from bigarr._os.geometry import ByteSpan, parse_size
 from bigarr._os.lock import OutputLock
@@ -350,8 +350,8 @@ def map_blocks(
 
 
 def _default_flush(budget: int) -> int:
-    """The default flush threshold of a budget (bytes): 64 MiB or a quarter, whichever is less."""
-    return min(64 << 20, budget // 4)
+    """The default flush threshold of a budget (bytes): the flush policy's window."""
+    return flush_window(budget)
 
 
 def _max_chunk(plan: ChunkPlan, row_bytes: int | None) -> int:

@@ -45,7 +45,7 @@ from bigarr._compute.runplan import parse_threads, plan_run
 from bigarr._core.array import memmap
 from bigarr._core.files import create_held, file_path, publish
 from bigarr._core.files import open as open_npy
-from bigarr._os.durable import fsync_dir
+from bigarr._os.durable import flush_window, fsync_dir
 from bigarr._os.fileid import hidden_name, remove_leftovers
 from bigarr._os.geometry import format_bytes
 from bigarr._os.lock import OutputLock
@@ -442,7 +442,7 @@ def _product_to(a: Any, w: Array, out: Any, dtype: np.dtype[Any], *, budget: int
             # refused before out is touched: the plan without out's stream already too large
             plan_run("matmul", [s], budget=budget, threads=threads, layout="rows",
                      scratch_bytes=rows * width * dtype.itemsize,
-                     flush_every=min(64 << 20, budget // 4))
+                     flush_every=flush_window(budget))
 
         def write(arr: memmap) -> None:
             _product_to(a, w, arr, dtype, budget=budget, threads=threads, progress=progress,
@@ -459,7 +459,7 @@ def _product_to(a: Any, w: Array, out: Any, dtype: np.dtype[Any], *, budget: int
             rows = _product_rows(budget, threads, width)
             plan = plan_run("matmul", [s, *outs], budget=budget, threads=threads,
                             layout="rows", scratch_bytes=rows * width * dtype.itemsize,
-                            flush_every=min(64 << 20, budget // 4) if mapped else 0)
+                            flush_every=flush_window(budget) if mapped else 0)
             writeback = Writeback(plan.flush_every) if so is not None else None
 
             def work(chunk: Chunk, blocks: list[Array]) -> None:

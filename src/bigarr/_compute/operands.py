@@ -240,6 +240,15 @@ class Stream:
         return self.mapping.map_offset + span.start
 
     # ---- page policies (the engine's release-behind and read pattern live here) ---------
+    def start_release(self, block: np.ndarray[Any, Any]) -> None:
+        """Start writing back the pages ``block`` touched (shared mappings), without waiting;
+        :meth:`release` later waits for them and drops the pages."""
+        mapping = self.mapping
+        if mapping is None or mapping.access != "shared" or self.output:
+            return
+        for span in self.page_spans(block):
+            mapping.start_write_back(span)
+
     def release(self, block: np.ndarray[Any, Any]) -> None:
         """Release-behind: drop the pages ``block`` touched from this process's memory.
 

@@ -8,6 +8,8 @@ journals) goes through these few functions, so what "durable" means is decided h
   (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, Linux only; a no-op elsewhere);
 * :func:`wait_writeback` waits until a range is written back (not a durability barrier: the
   disk's cache and the file's metadata are :func:`datasync`'s job);
+* :func:`flush_window` is the flush policy's one tuned place: how many written bytes a writer
+  leaves in flight before it waits (every writer: :class:`Paced`, the engine's ``Writeback``);
 * :class:`Paced` keeps a long write's dirty page cache bounded: each piece's writeback starts
   as it is written, and the writer waits for the oldest once more than a window is in flight
   (a 1 GiB private commit left 1 GiB of system-wide Dirty memory until its ``fdatasync``,
@@ -30,15 +32,38 @@ import numpy as np
 from bigarr._os.libc import libc
 from bigarr.errors import MappingError
 
-__all__ = ["Paced", "can_wait_writeback", "datasync", "fsync_dir", "pwrite_all", "start_writeback",
-           "wait_writeback"]
+__all__ = ["WRITE_WINDOW", "Paced", "can_wait_writeback", "datasync", "flush_window", "fsync_dir",
+           "pwrite_all", "start_writeback", "wait_writeback"]
 
-PACE_WINDOW = 64 << 20
-"""Bytes a :class:`Paced` writer leaves in flight (dirty or under writeback) by default."""
+WRITE_WINDOW = 64 << 20
+"""The flush policy's one tuned number: output bytes a writer leaves in flight (written, and
+dirty or under writeback) before it waits for the oldest. 64 MiB keeps a virtio disk's queue
+full (16 requests of its 4 MiB largest) while bounding the page cache's dirty memory; see
+:func:`flush_window`."""
 
 _SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4  # SYNC_FILE_RANGE_*
 _sync_file_range = (getattr(libc, "sync_file_range", None)
                     if sys.platform.startswith("linux") and libc is not None else None)
+
+
+def flush_window(budget: int | None = None) -> int:
+    """The flush policy, decided here once: bytes of output a writer may leave written but not
+    yet waited for (bytes).
+
+    :data:`WRITE_WINDOW`, or a quarter of ``budget`` (bytes) when that is less, so that a small
+    budget still bounds what it leaves dirty. Every writer applies it the same way: each
+    piece's writeback is started as soon as it is written (:func:`start_writeback`), and once
+    more than the window is in flight the writer waits for the oldest pieces
+    (:func:`wait_writeback`), so the disk always has a window queued and never idles between
+    flushes, while dirty memory stays within the window plus the pieces being written. Users:
+    :class:`Paced` (private commits, journals, ``written_in_order``), the engine's
+    ``Writeback`` (``map_blocks``, ``matmul``, ``from_zarr``, lazy ``to_npy``) and, per chunk,
+    the release-behind of a shared mapping in ``iter_chunks`` (one chunk queued while the one
+    before is waited for).
+    """
+    if budget is None:
+        return WRITE_WINDOW
+    return max(1, min(WRITE_WINDOW, budget // 4))
 
 
 def fsync_dir(path: str) -> None:
@@ -110,12 +135,12 @@ class Paced:
     fd
         The file written.
     window
-        Bytes in flight before the writer waits, in bytes; ``None``: :data:`PACE_WINDOW`.
+        Bytes in flight before the writer waits, in bytes; ``None``: :func:`flush_window`.
     """
 
     def __init__(self, fd: int, window: int | None = None) -> None:
         self.fd = fd
-        self.window = PACE_WINDOW if window is None else window
+        self.window = flush_window() if window is None else window
         self._flight: deque[tuple[int, int]] = deque()
         self._bytes = 0
 

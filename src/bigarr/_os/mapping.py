@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from bigarr._os.durable import can_wait_writeback, wait_writeback
+from bigarr._os.durable import can_wait_writeback, start_writeback, wait_writeback
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan, align_down
 from bigarr._os.hints import Hint
 from bigarr._os.libc import libc as _libc
@@ -327,6 +327,18 @@ class Mapping:
         self.check_file()
         if _libc.msync(rng[0], rng[1], _MS_SYNC) != 0:
             raise _oserror("msync", self.path)
+
+    def start_write_back(self, span: ByteSpan) -> None:
+        """Start writing the dirty pages of ``span`` to the file, without waiting (shared mode
+        on Linux; else nothing). :meth:`write_back` later waits for them: started at once, a
+        chunk's writeback queues behind the previous one's, so the disk never idles between
+        them."""
+        self.check_open()
+        if self.access != "shared":
+            return
+        rng = self._range(span, outward=True)
+        if rng is not None:
+            start_writeback(self.fd, self.map_offset + rng[0] - self.addr, rng[1])
 
     def write_back(self, span: ByteSpan) -> None:
         """Write the dirty pages of ``span`` to the file and wait (shared mode; else nothing).
