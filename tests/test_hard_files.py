@@ -465,6 +465,29 @@ def test_appender_reserves_only_what_fits_on_a_small_disk(tmp_path: Path) -> Non
         assert np.load(mnt / "a.npy").sum() == 1 << 20
 
 
+def test_a_sparse_file_on_a_full_disk_is_refused_for_writing_not_a_sigbus(
+        tmp_path: Path) -> None:
+    # Regression: numpy's open_memmap writes sparse files; opened shared on a full disk, the
+    # first write into a hole killed the process with SIGBUS.
+    with tmpfs(tmp_path / "mnt", "4m") as mnt:
+        path = mnt / "sparse.npy"
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(1 << 18,))
+        with open(mnt / "fill", "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"x" * 65536)
+                f.flush()
+        with pytest.raises(errors.DiskFullError, match="sparse"):
+            bigarr.open(path, "shared")
+        with pytest.raises(errors.DiskFullError, match="sparse"):
+            bigarr.open_raw(path, np.float64, mode="r+", offset=4096)
+        with bigarr.open(path) as x:  # reading is fine
+            assert x.shape == (1 << 18,)
+        os.unlink(mnt / "fill")
+        with bigarr.open(path, "shared") as x:  # with room, it opens
+            x[:] = 1.0
+        assert np.load(path).sum() == 1 << 18
+
+
 def test_failed_map_blocks_without_resume_leaves_no_partial_file(tmp_path: Path) -> None:
     # Regression (issue 11.8): a failed run without resume left a full-size hidden partial file.
     src = tmp_path / "src.npy"
