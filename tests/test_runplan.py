@@ -112,6 +112,26 @@ def test_temporaries_are_measured_per_input_byte() -> None:
                                         half.nbytes)[0] < 0.1
 
 
+def test_one_time_costs_of_a_first_call_are_not_temporaries() -> None:
+    # Regression: a thread's tile buffer, grown on its first use, was measured as temporaries,
+    # so the first lazy argmin of an int8 file in a process was refused at a 4 MiB budget
+    # ("73 bytes of temporaries per chunk byte") that the same call met the second time.
+    block = np.ones((8192, 32), np.float32)  # 1 MiB
+    half = block[:4096]
+    cache: list[Any] = []
+
+    def cached(b: np.ndarray[Any, Any]) -> Any:
+        if not cache:
+            cache.append(np.ones(4 << 20, np.uint8))  # kept for later calls, as tiles.scratch
+        return float(b.sum())
+
+    per_byte, per_call = _runplan.measure_temporaries(cached, [block], block.nbytes, [half],
+                                                      half.nbytes)
+    assert per_byte < 0.1 and per_call < 1 << 20
+    cache.clear()
+    assert _runplan.measure_temporaries(cached, [block], block.nbytes)[0] < 0.1
+
+
 def test_budget_counts_the_function_s_temporaries(npy: Path) -> None:
     # The same budget gives smaller chunks to a function that makes temporaries.
     seen: dict[str, list[int]] = {"light": [], "heavy": []}
