@@ -344,8 +344,11 @@ class Mapping:
         if rng is None:
             return True
         if _libc.madvise(rng[0], rng[1], hint.advice) != 0:
-            if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            err = ctypes.get_errno()
+            if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                 return False  # a hint this kernel (or this file system) lacks: a no-op
+            if err == errno.EFAULT:  # populate_* past the end of a file cut under the mapping
+                self.check_file()
             raise _oserror(f"madvise({hint.name})", self.path)
         return True
 
