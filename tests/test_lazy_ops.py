@@ -702,3 +702,17 @@ def test_filter_scan_matmul_to_file_peak_rss(tmp_path: Path) -> None:
     assert peak <= budget + (64 << 20), f"peak {peak >> 20} MiB at an 8 MiB budget"
     z = np.load(tmp_path / "z.npy", mmap_mode="r")
     assert z.shape[1] == 4 and 0 < z.shape[0] < rows
+
+
+def test_diff_of_a_negative_order_is_numpy_s_value_error() -> None:
+    # Regression: numpy raises ValueError ("order must be non-negative"); bigarr raised its
+    # ArgumentError, a TypeError, which `except ValueError` does not catch.
+    x = bigarr.lazy(np.arange(12.0).reshape(4, 3))
+    with pytest.raises(ValueError):
+        np.diff(np.arange(12.0).reshape(4, 3), n=-1, axis=0)
+    for axis in (0, 1):
+        with pytest.raises(ValueError, match="non-negative") as info:
+            np.diff(x, n=-1, axis=axis)
+        assert isinstance(info.value, bigarr.errors.BigArrError)
+    with pytest.raises(ArgumentError):
+        x.diff(n=1.5)

@@ -58,7 +58,13 @@ from bigarr._compute.lazynodes import (
 )
 from bigarr._compute.operands import parse_operand
 from bigarr._compute.reductions import _axes, _numpy_dtype
-from bigarr.errors import ArgumentError, AxisError, ShapeError, UnsupportedError
+from bigarr.errors import (
+    ArgumentError,
+    ArgumentValueError,
+    AxisError,
+    ShapeError,
+    UnsupportedError,
+)
 
 __all__ = [
     "EXPORTERS",
@@ -547,8 +553,11 @@ class LazyArray:
     def diff(self, n: int = 1, axis: int = -1) -> LazyArray:
         """Lazy :func:`numpy.diff` (``n``-th difference, numpy's default ``axis=-1``); along
         axis 0 each chunk takes the last ``n`` rows of its predecessor."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
             raise ArgumentError(f"Expected n as a non-negative int. Got {n!r}.")
+        if n < 0:  # numpy's ValueError: "order must be non-negative"
+            raise ArgumentValueError(f"Expected n as a non-negative int (order must be "
+                                     f"non-negative). Got {n!r}.")
         if not self.ndim:
             raise ShapeError("diff requires input that is at least one dimensional.")
         ax = self._scan_axis("diff", axis)
