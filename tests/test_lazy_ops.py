@@ -716,3 +716,20 @@ def test_diff_of_a_negative_order_is_numpy_s_value_error() -> None:
         assert isinstance(info.value, bigarr.errors.BigArrError)
     with pytest.raises(ArgumentError):
         x.diff(n=1.5)
+
+
+def test_numpy_arguments_a_lazy_method_lacks_are_bigarr_errors() -> None:
+    # Regression: np.sum(x, where=m), np.diff(x, prepend=0), np.quantile(x, q, weights=w) of a
+    # LazyArray raised a bare TypeError from the lazy method's signature.
+    x = bigarr.lazy(np.arange(12.0).reshape(4, 3))
+    calls: list[Callable[[], Any]] = [
+        lambda: np.sum(x, where=np.ones((4, 3), bool)),
+        lambda: np.diff(x, axis=0, prepend=0),
+        lambda: np.quantile(x, 0.5, weights=np.ones(12), method="inverted_cdf"),
+        lambda: np.std(x, correction=1),
+    ]
+    for call in calls:
+        with pytest.raises(ArgumentError, match="does not take"):
+            call()
+    assert np.array_equal(np.cumsum(x, axis=0, dtype=np.float32).compute(),
+                          np.cumsum(np.arange(12.0).reshape(4, 3), axis=0, dtype=np.float32))

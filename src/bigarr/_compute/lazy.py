@@ -30,6 +30,7 @@ only operands of one frame (:func:`frame`); anything else is refused when it is 
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import warnings
@@ -357,7 +358,15 @@ class LazyArray:
                 raise UnsupportedError(f"np.{name}(..., out=) of a LazyArray: compute() first.")
             kwargs = {k: v for k, v in kwargs.items() if k != "out"}
             target = lazy(args[0])
-            return getattr(target, name)(*args[1:], **kwargs)
+            method = getattr(target, name)
+            try:  # numpy's arguments the lazy version lacks (where=, prepend=, weights=, ...)
+                inspect.signature(method).bind(*args[1:], **kwargs)
+            except TypeError as exc:
+                raise ArgumentError(
+                    f"np.{name} of a LazyArray does not take these arguments ({exc}); compute() "
+                    "first, or see the lazy method's signature."
+                ) from None
+            return method(*args[1:], **kwargs)
         if name == "where" and len(args) + len(kwargs) == 3:
             return where(*args, **kwargs)
         # anything else: numpy on the computed values, as numpy does for objects with __array__
