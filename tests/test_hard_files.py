@@ -488,6 +488,26 @@ def test_a_sparse_file_on_a_full_disk_is_refused_for_writing_not_a_sigbus(
         assert np.load(path).sum() == 1 << 18
 
 
+def test_a_full_disk_error_names_the_output_never_a_hidden_file(tmp_path: Path) -> None:
+    # Regression: map_blocks, lazy to_npy, take and matmul build their output under a hidden
+    # name; DiskFullError named that (".out.npy.bigarr-partial-..."), not the user's path.
+    src = tmp_path / "src.npy"
+    np.save(src, np.ones((1 << 18, 2)))  # 4 MiB
+    with tmpfs(tmp_path / "mnt", "2m") as mnt:
+        out = mnt / "out.npy"
+        writers: list[Callable[[], Any]] = [
+            lambda: bigarr.map_blocks(lambda b: b * 2, src, out=out, progress=False),
+            lambda: (bigarr.lazy(src) * 2).to_npy(out, progress=False),
+            lambda: bigarr.take(src, np.arange(1 << 18), out, progress=False),
+            lambda: bigarr.linalg.matmul(src, np.ones((2, 2)), out=out, progress=False),
+        ]
+        for write in writers:
+            with pytest.raises(errors.DiskFullError) as info:
+                write()
+            assert str(out) in str(info.value) and "bigarr-" not in str(info.value)
+        assert os.listdir(mnt) == []
+
+
 def test_failed_map_blocks_without_resume_leaves_no_partial_file(tmp_path: Path) -> None:
     # Regression (issue 11.8): a failed run without resume left a full-size hidden partial file.
     src = tmp_path / "src.npy"
