@@ -366,7 +366,7 @@ class _Pass:
             elif not to_file:  # a filter's result: as much as the rows could be, at most half
                 self.reserve += min(math.prod(node.shape) * node.dtype.itemsize, budget // 2)
         fixed += self.reserve
-        per_byte, per_call = probe_temporaries(self._probe_fn, self.streams)
+        per_byte, per_call = probe_temporaries(self._probe_fn, self.streams, warm=True)
         self.plan: RunPlan = plan_run("lazy", self.streams, budget=budget, threads=nthreads,
                                       layout="rows", temporaries=per_byte,
                                       scratch_bytes=scratch + per_call, fixed_bytes=fixed,
