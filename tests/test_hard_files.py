@@ -508,6 +508,19 @@ def test_a_full_disk_error_names_the_output_never_a_hidden_file(tmp_path: Path) 
         assert os.listdir(mnt) == []
 
 
+def test_convert_on_a_full_disk_prints_the_bigarr_message_as_it_is(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Regression: convert set the DiskFullError's filename, so its str() became
+    # "[Errno 28] No room on disk for out.npy: ...: '.../out.npy'".
+    src = tmp_path / "src.npy"
+    np.save(src, np.ones((1 << 18, 2)))  # 4 MiB
+    with tmpfs(tmp_path / "mnt", "2m") as mnt:
+        status, err = cli(capsys, "convert", str(src), str(mnt / "out.npy"), "--no-progress")
+        assert status == 1
+        line = one_line(err)
+        assert "[Errno" not in line and line.count("out.npy") == 1 and "No room" in line
+
+
 def test_failed_map_blocks_without_resume_leaves_no_partial_file(tmp_path: Path) -> None:
     # Regression (issue 11.8): a failed run without resume left a full-size hidden partial file.
     src = tmp_path / "src.npy"
