@@ -489,8 +489,9 @@ def test_a_sparse_file_on_a_full_disk_is_refused_for_writing_not_a_sigbus(
 
 
 def test_a_full_disk_error_names_the_output_never_a_hidden_file(tmp_path: Path) -> None:
-    # Regression: map_blocks, lazy to_npy, take and matmul build their output under a hidden
-    # name; DiskFullError named that (".out.npy.bigarr-partial-..."), not the user's path.
+    # Regression: map_blocks, lazy to_npy (a filter's too), take and matmul build their output
+    # under a hidden name; DiskFullError named that (".out.npy.bigarr-partial-..."), not the
+    # user's path.
     src = tmp_path / "src.npy"
     np.save(src, np.ones((1 << 18, 2)))  # 4 MiB
     with tmpfs(tmp_path / "mnt", "2m") as mnt:
@@ -498,6 +499,7 @@ def test_a_full_disk_error_names_the_output_never_a_hidden_file(tmp_path: Path) 
         writers: list[Callable[[], Any]] = [
             lambda: bigarr.map_blocks(lambda b: b * 2, src, out=out, progress=False),
             lambda: (bigarr.lazy(src) * 2).to_npy(out, progress=False),
+            lambda: bigarr.lazy(src)[bigarr.lazy(src)[:, 0] > 0].to_npy(out, progress=False),
             lambda: bigarr.take(src, np.arange(1 << 18), out, progress=False),
             lambda: bigarr.linalg.matmul(src, np.ones((2, 2)), out=out, progress=False),
         ]
