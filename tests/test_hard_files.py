@@ -465,6 +465,64 @@ def test_appender_reserves_only_what_fits_on_a_small_disk(tmp_path: Path) -> Non
         assert np.load(mnt / "a.npy").sum() == 1 << 20
 
 
+def test_a_sparse_file_on_a_full_disk_is_refused_for_writing_not_a_sigbus(
+        tmp_path: Path) -> None:
+    # Regression: numpy's open_memmap writes sparse files; opened shared on a full disk, the
+    # first write into a hole killed the process with SIGBUS.
+    with tmpfs(tmp_path / "mnt", "4m") as mnt:
+        path = mnt / "sparse.npy"
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(1 << 18,))
+        with open(mnt / "fill", "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"x" * 65536)
+                f.flush()
+        with pytest.raises(errors.DiskFullError, match="sparse"):
+            bigarr.open(path, "shared")
+        with pytest.raises(errors.DiskFullError, match="sparse"):
+            bigarr.open_raw(path, np.float64, mode="r+", offset=4096)
+        with bigarr.open(path) as x:  # reading is fine
+            assert x.shape == (1 << 18,)
+        os.unlink(mnt / "fill")
+        with bigarr.open(path, "shared") as x:  # with room, it opens
+            x[:] = 1.0
+        assert np.load(path).sum() == 1 << 18
+
+
+def test_a_full_disk_error_names_the_output_never_a_hidden_file(tmp_path: Path) -> None:
+    # Regression: map_blocks, lazy to_npy (a filter's too), take and matmul build their output
+    # under a hidden name; DiskFullError named that (".out.npy.bigarr-partial-..."), not the
+    # user's path.
+    src = tmp_path / "src.npy"
+    np.save(src, np.ones((1 << 18, 2)))  # 4 MiB
+    with tmpfs(tmp_path / "mnt", "2m") as mnt:
+        out = mnt / "out.npy"
+        writers: list[Callable[[], Any]] = [
+            lambda: bigarr.map_blocks(lambda b: b * 2, src, out=out, progress=False),
+            lambda: (bigarr.lazy(src) * 2).to_npy(out, progress=False),
+            lambda: bigarr.lazy(src)[bigarr.lazy(src)[:, 0] > 0].to_npy(out, progress=False),
+            lambda: bigarr.take(src, np.arange(1 << 18), out, progress=False),
+            lambda: bigarr.linalg.matmul(src, np.ones((2, 2)), out=out, progress=False),
+        ]
+        for write in writers:
+            with pytest.raises(errors.DiskFullError) as info:
+                write()
+            assert str(out) in str(info.value) and "bigarr-" not in str(info.value)
+        assert os.listdir(mnt) == []
+
+
+def test_convert_on_a_full_disk_prints_the_bigarr_message_as_it_is(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Regression: convert set the DiskFullError's filename, so its str() became
+    # "[Errno 28] No room on disk for out.npy: ...: '.../out.npy'".
+    src = tmp_path / "src.npy"
+    np.save(src, np.ones((1 << 18, 2)))  # 4 MiB
+    with tmpfs(tmp_path / "mnt", "2m") as mnt:
+        status, err = cli(capsys, "convert", str(src), str(mnt / "out.npy"), "--no-progress")
+        assert status == 1
+        line = one_line(err)
+        assert "[Errno" not in line and line.count("out.npy") == 1 and "No room" in line
+
+
 def test_failed_map_blocks_without_resume_leaves_no_partial_file(tmp_path: Path) -> None:
     # Regression (issue 11.8): a failed run without resume left a full-size hidden partial file.
     src = tmp_path / "src.npy"

@@ -225,3 +225,17 @@ def test_populate_read_maps_the_outward_pages_and_dontneed_unmaps_them(tmp_path:
         mapped = _mapped(a)
         assert not mapped[gone.start:gone.stop].any()
         assert mapped[want.start:gone.start].all() and mapped[gone.stop:want.stop].all()
+
+
+def test_populate_read_past_the_end_of_a_file_cut_under_it(tmp_path: Path) -> None:
+    # Regression: the kernel's EFAULT for pages past the new end surfaced as a MappingError
+    # "Bad address"; a file cut under the mapping is a FileChangedError everywhere else.
+    if "populate_read" not in bigarr.supported_hints():
+        pytest.skip("no MADV_POPULATE_READ here")
+    path = tmp_path / "cut.npy"
+    np.save(path, np.ones(1 << 18))
+    with bigarr.open(path) as x:
+        os.truncate(path, 2 * PAGE_SIZE)
+        with pytest.raises(bigarr.errors.FileChangedError, match="shrank"):
+            x.advise("populate_read")
+        x.close(force=True)

@@ -702,3 +702,34 @@ def test_filter_scan_matmul_to_file_peak_rss(tmp_path: Path) -> None:
     assert peak <= budget + (64 << 20), f"peak {peak >> 20} MiB at an 8 MiB budget"
     z = np.load(tmp_path / "z.npy", mmap_mode="r")
     assert z.shape[1] == 4 and 0 < z.shape[0] < rows
+
+
+def test_diff_of_a_negative_order_is_numpy_s_value_error() -> None:
+    # Regression: numpy raises ValueError ("order must be non-negative"); bigarr raised its
+    # ArgumentError, a TypeError, which `except ValueError` does not catch.
+    x = bigarr.lazy(np.arange(12.0).reshape(4, 3))
+    with pytest.raises(ValueError):
+        np.diff(np.arange(12.0).reshape(4, 3), n=-1, axis=0)
+    for axis in (0, 1):
+        with pytest.raises(ValueError, match="non-negative") as info:
+            np.diff(x, n=-1, axis=axis)
+        assert isinstance(info.value, bigarr.errors.BigArrError)
+    with pytest.raises(ArgumentError):
+        x.diff(n=1.5)
+
+
+def test_numpy_arguments_a_lazy_method_lacks_are_bigarr_errors() -> None:
+    # Regression: np.sum(x, where=m), np.diff(x, prepend=0), np.quantile(x, q, weights=w) of a
+    # LazyArray raised a bare TypeError from the lazy method's signature.
+    x = bigarr.lazy(np.arange(12.0).reshape(4, 3))
+    calls: list[Callable[[], Any]] = [
+        lambda: np.sum(x, where=np.ones((4, 3), bool)),
+        lambda: np.diff(x, axis=0, prepend=0),
+        lambda: np.quantile(x, 0.5, weights=np.ones(12), method="inverted_cdf"),
+        lambda: np.std(x, correction=1),
+    ]
+    for call in calls:
+        with pytest.raises(ArgumentError, match="does not take"):
+            call()
+    assert np.array_equal(np.cumsum(x, axis=0, dtype=np.float32).compute(),
+                          np.cumsum(np.arange(12.0).reshape(4, 3), axis=0, dtype=np.float32))

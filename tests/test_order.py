@@ -179,6 +179,17 @@ def test_hypothesis_quantile(x: np.ndarray[Any, Any], q: list[float], method: st
         assert same(got, want)
 
 
+def test_unknown_quantile_method_is_a_value_error() -> None:
+    # Regression: numpy raises ValueError for a method it does not know; bigarr raised
+    # UnsupportedError (a NotImplementedError), which `except ValueError` misses.
+    x = np.arange(10.0)
+    with pytest.raises(ValueError):
+        np.quantile(x, 0.5, method="bogus")
+    with pytest.raises(ValueError, match="bogus") as info:
+        bigarr.quantile(x, 0.5, method="bogus", progress=False)
+    assert isinstance(info.value, BigArrError)
+
+
 def test_refusals() -> None:
     x = np.arange(10.0)
     with pytest.raises(UnsupportedError, match="method"):

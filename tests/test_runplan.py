@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,38 @@ def test_temporaries_are_measured_per_input_byte() -> None:
     assert 3.5 <= per_byte <= 7 and per_call < 1 << 20
     assert _runplan.measure_temporaries(views, [block], block.nbytes, [half],
                                         half.nbytes)[0] < 0.1
+
+
+def test_one_time_costs_of_a_first_call_are_not_temporaries() -> None:
+    # Regression: a thread's tile buffer, grown on its first use, was measured as temporaries,
+    # so the first lazy argmin of an int8 file in a process was refused at a 4 MiB budget
+    # ("73 bytes of temporaries per chunk byte") that the same call met the second time.
+    block = np.ones((8192, 32), np.float32)  # 1 MiB
+    half = block[:4096]
+    cache: list[Any] = []
+
+    def cached(b: np.ndarray[Any, Any]) -> Any:
+        if not cache:
+            cache.append(np.ones(4 << 20, np.uint8))  # kept for later calls, as tiles.scratch
+        return float(b.sum())
+
+    per_byte, per_call = _runplan.measure_temporaries(cached, [block], block.nbytes, [half],
+                                                      half.nbytes, warm=True)
+    assert per_byte < 0.1 and per_call < 1 << 20
+    cache.clear()
+    assert _runplan.measure_temporaries(cached, [block], block.nbytes, warm=True)[0] < 0.1
+
+
+def test_the_first_lazy_run_in_a_process_meets_the_budget_later_runs_meet(
+        tmp_path: Path) -> None:
+    # The same regression end to end: a fresh process (no thread has a tile buffer yet).
+    path = tmp_path / "i1.npy"
+    np.save(path, (np.arange(15_000) % 251 - 125).astype(np.int8).reshape(5000, 3))
+    code = (f"import bigarr; x = bigarr.lazy({str(path)!r}); "
+            "print(x.argmin(axis=0).compute(budget='4MiB', progress=False))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-500:]
 
 
 def test_budget_counts_the_function_s_temporaries(npy: Path) -> None:

@@ -101,6 +101,38 @@ def test_masks_and_row_indices_count_only_their_pages(x: bigarr.memmap) -> None:
         x[np.array([3])] = 5
 
 
+def test_in_place_methods_and_numpy_functions_are_checked(x: bigarr.memmap) -> None:
+    # Regression: x.fill(0), np.copyto(x, v), x.sort(), np.dot(..., out=x) and np.put/place/
+    # putmask pass through bigarr (its methods and __array_function__) but were not checked:
+    # a fill of a private file larger than RAM went to the OOM killer despite scratch_limit.
+    refused_before = [
+        lambda: x.fill(0), lambda: x[:20].fill(0), lambda: np.copyto(x, 0),
+        lambda: x[:20].sort(axis=0), lambda: x[:20].partition(1, axis=0),
+        lambda: x[:20].byteswap(inplace=True),
+        lambda: np.dot(np.ones((20, 1), np.float32), np.ones((1, ROW // 4), np.float32),
+                       out=x[:20]),
+    ]
+    for write in refused_before:
+        with pytest.raises(ScratchLimitError, match="Nothing was written"):
+            write()
+        assert x.scratch_bytes() == 0
+    assert x[19, 3] == 19
+    x[:8].fill(-1)
+    np.copyto(x[8:16], 7)
+    assert x.scratch_bytes() == 16 * PAGE and x[7, 0] == -1 and x[15, 0] == 7
+    assert x[16:].byteswap().dtype == x.dtype  # a copy: nothing written, nothing checked
+    refused_after = [
+        lambda: np.put(x, np.arange(0, x.size, ROW // 4), -2),
+        lambda: np.place(x, x > 200, -3), lambda: np.putmask(x, x > 200, -4),
+        lambda: x.put(np.arange(0, x.size, ROW // 4), -5),
+    ]
+    for write in refused_after:
+        with pytest.raises(ScratchLimitError, match="edits are kept"):
+            write()
+        x.discard(slice(16, None))
+        assert x.scratch_bytes() == 16 * PAGE
+
+
 def test_other_fancy_indexes_are_caught_after_the_write(x: bigarr.memmap) -> None:
     x[:10] = -1
     with pytest.raises(ScratchLimitError, match="edits are kept"):

@@ -506,8 +506,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             shutil.rmtree(args.dst, ignore_errors=True)  # chunks of a run that did not finish
             if not fresh:
                 os.mkdir(args.dst)  # it was an empty directory: leave it as it was
-        if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
+        if (isinstance(exc, OSError) and not isinstance(exc, BigArrError) and exc.strerror
+                and exc.filename is None):
             exc.filename = args.dst  # e.g. ENOSPC from zarr's writes names no file
+            # (a bigarr error's message names its file already: a filename would turn its
+            # str() into "[Errno 28] ...: 'path'")
         raise
 
 

@@ -40,7 +40,7 @@ from bigarr._os.geometry import PAGE_SIZE
 from bigarr._os.lock import OutputLock
 from bigarr._os.paths import check_output
 from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
-from bigarr.errors import ArgumentError, BudgetError, DtypeError, RegionError, ShapeError
+from bigarr.errors import ArgumentValueError, BudgetError, DtypeError, RegionError, ShapeError
 
 __all__ = ["searchsorted", "take"]
 
@@ -250,15 +250,15 @@ def searchsorted(sorted_src: Any, v: Any, side: str = "left", *,
 
     Raises
     ------
-    ArgumentError
-        For a ``side`` other than ``"left"`` or ``"right"``.
+    ArgumentValueError
+        For a ``side`` other than ``"left"`` or ``"right"`` (a ``ValueError``, as numpy's).
     ShapeError
         If ``sorted_src`` is not 1-d.
     DtypeError
         For dtypes other than bool, integer and floating.
     """
-    if side not in ("left", "right"):
-        raise ArgumentError(f"Expected side='left' or 'right'. Got side={side!r}.")
+    if side not in ("left", "right"):  # numpy's ValueError
+        raise ArgumentValueError(f"Expected side='left' or 'right'. Got side={side!r}.")
     stream = parse_operand(sorted_src, by_key=False)
     try:
         if stream.ndim != 1:

@@ -31,6 +31,7 @@ only operands of one frame (:func:`frame`); anything else is refused when it is 
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import warnings
@@ -60,7 +61,13 @@ from bigarr._compute.lazynodes import (
 from bigarr._compute.lazyrows import parse_row, take_rows
 from bigarr._compute.operands import parse_operand
 from bigarr._compute.reductions import _axes, _numpy_dtype
-from bigarr.errors import ArgumentError, AxisError, ShapeError, UnsupportedError
+from bigarr.errors import (
+    ArgumentError,
+    ArgumentValueError,
+    AxisError,
+    ShapeError,
+    UnsupportedError,
+)
 
 __all__ = [
     "EXPORTERS",
@@ -353,7 +360,15 @@ class LazyArray:
                 raise UnsupportedError(f"np.{name}(..., out=) of a LazyArray: compute() first.")
             kwargs = {k: v for k, v in kwargs.items() if k != "out"}
             target = lazy(args[0])
-            return getattr(target, name)(*args[1:], **kwargs)
+            method = getattr(target, name)
+            try:  # numpy's arguments the lazy version lacks (where=, prepend=, weights=, ...)
+                inspect.signature(method).bind(*args[1:], **kwargs)
+            except TypeError as exc:
+                raise ArgumentError(
+                    f"np.{name} of a LazyArray does not take these arguments ({exc}); compute() "
+                    "first, or see the lazy method's signature."
+                ) from None
+            return method(*args[1:], **kwargs)
         if name == "where" and len(args) + len(kwargs) == 3:
             return where(*args, **kwargs)
         # anything else: numpy on the computed values, as numpy does for objects with __array__
@@ -569,8 +584,11 @@ class LazyArray:
     def diff(self, n: int = 1, axis: int = -1) -> LazyArray:
         """Lazy :func:`numpy.diff` (``n``-th difference, numpy's default ``axis=-1``); along
         axis 0 each chunk takes the last ``n`` rows of its predecessor."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
             raise ArgumentError(f"Expected n as a non-negative int. Got {n!r}.")
+        if n < 0:  # numpy's ValueError: "order must be non-negative"
+            raise ArgumentValueError(f"Expected n as a non-negative int (order must be "
+                                     f"non-negative). Got {n!r}.")
         if not self.ndim:
             raise ShapeError("diff requires input that is at least one dimensional.")
         ax = self._scan_axis("diff", axis)

@@ -34,6 +34,7 @@ file intact and no partial one).
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 from collections.abc import Sequence
@@ -83,7 +84,7 @@ from bigarr._os.lock import OutputLock
 from bigarr._os.paths import check_output
 from bigarr._plan.budget import parse_budget
 from bigarr._plan.chunks import Chunk
-from bigarr.errors import ArgumentError, BudgetError, UnsupportedError
+from bigarr.errors import ArgumentError, BudgetError, DiskFullError, UnsupportedError
 
 __all__ = ["LazyPlan", "PassPlan", "compute", "explain", "to_npy"]
 
@@ -373,7 +374,7 @@ class _Pass:
             elif not to_file:  # a filter's result: as much as the rows could be, at most half
                 self.reserve += min(math.prod(node.shape) * node.dtype.itemsize, budget // 2)
         fixed += self.reserve
-        per_byte, per_call = probe_temporaries(self._probe_fn, self.streams)
+        per_byte, per_call = probe_temporaries(self._probe_fn, self.streams, warm=True)
         self.plan: RunPlan = plan_run("lazy", self.streams, budget=budget, threads=nthreads,
                                       layout="rows", temporaries=per_byte,
                                       scratch_bytes=scratch + per_call, fixed_bytes=fixed,
@@ -790,10 +791,14 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
                                threads=threads, progress=progress)
                 publish(partial, target, overwrite=existing == "file")
                 fsync_dir(target)
-            except BaseException:
+            except BaseException as exc:
                 for name in (partial, journal_path(partial)):  # nothing can resume it
                     with contextlib.suppress(OSError):
                         os.unlink(name)
+                if isinstance(exc, DiskFullError) and partial in str(exc):
+                    # the Appender names the file it grows; the user knows only the target
+                    raise DiskFullError(str(exc).replace(partial, target),
+                                        exc.errno or errno.ENOSPC) from None
                 raise
     finally:
         opened.close()

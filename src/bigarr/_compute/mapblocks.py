@@ -550,7 +550,7 @@ class _Job:
                     # that the next run of this output cannot find (no nested temporary)
                     outarr = create_held(partial, shape,
                                          dtype if dtype is not None else sample.dtype,
-                                         order=order, direct=True)
+                                         order=order, direct=True, name=target)
                     assert outarr._bigarr is not None
                     header["target"]["id"] = file_id(outarr._bigarr.fd).to_json()
                     journal.close()

@@ -314,7 +314,7 @@ def _to_new_file(out: str | os.PathLike[str], shape: tuple[int, ...], dtype: np.
         existing = check_output(target, overwrite)  # a regular file at most, with overwrite
         remove_leftovers(target)  # what a killed writer of this output left: ours to remove
         tmp = hidden_name(target, "new")
-        arr = create_held(tmp, shape, dtype, direct=True)
+        arr = create_held(tmp, shape, dtype, direct=True, name=target)
         try:
             write(arr)
             arr.close(force=True)  # flushes (msync) the written pages

@@ -46,6 +46,7 @@ from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import (
     ArgumentError,
+    ArgumentValueError,
     AxisError,
     BudgetError,
     DtypeError,
@@ -388,10 +389,22 @@ def _neighbours(n: int, q: Any, method: str, weak: bool) -> tuple[list[int], Any
     return [int(prev), int(prev) + 1], typed(v - prev)
 
 
+# numpy's quantile methods this module does not implement (a method outside both lists is a
+# ValueError, as numpy's)
+_NUMPY_METHODS = ("inverted_cdf", "averaged_inverted_cdf", "closest_observation",
+                  "interpolated_inverted_cdf", "hazen", "weibull", "median_unbiased",
+                  "normal_unbiased")
+
+
 def _family(a: Any, q: Any, axis: int | None, method: str, *, nan: bool, percent: bool,
             median: bool, budget: int | str, threads: int | None, progress: ProgressArg,
             name: str) -> ArrayOrScalar:
     """quantile, percentile, median and their nan-variants (see the module docstring)."""
+    if method not in _METHODS and method not in _NUMPY_METHODS:  # numpy's ValueError
+        raise ArgumentValueError(
+            f"Expected method as one of {', '.join(_METHODS)} (numpy's other methods are not "
+            f"implemented out of core). Got {method!r}, which is not a method numpy knows."
+        )
     if method not in _METHODS:
         raise UnsupportedError(
             f"Expected method as one of {', '.join(_METHODS)}. Got {method!r}: the other "

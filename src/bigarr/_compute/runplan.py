@@ -190,7 +190,7 @@ def _traced_peak(func: Callable[..., Any], probes: Sequence[Any]) -> int:
 
 def measure_temporaries(func: Callable[..., Any], probes: Sequence[Any], input_bytes: int,
                         halves: Sequence[Any] | None = None,
-                        half_bytes: int = 0) -> tuple[float, int]:
+                        half_bytes: int = 0, *, warm: bool = False) -> tuple[float, int]:
     """What ``func`` allocates at its peak (result included): bytes per byte of input, and a
     fixed cost per call in bytes.
 
@@ -200,11 +200,19 @@ def measure_temporaries(func: Callable[..., Any], probes: Sequence[Any], input_b
     half, of ``half_bytes`` input bytes) it is called twice, and the slope between the two
     calls is the cost per byte while the rest is a fixed cost per call (Python objects, a
     histogram's bins, numpy's work in blocks of a fixed size). A fixed cost up to
-    :data:`PROBE_SLACK` is not charged. If tracing is already on (the caller's own), its peak
+    :data:`PROBE_SLACK` is not charged. With ``warm``, one untraced call on ``probes``
+    comes first, so one-time costs of a first call (a thread's reused buffers, caches) are not
+    taken for temporaries; for bigarr's own kernels only, since a user's function may count its
+    calls. If tracing is already on (the caller's own), its peak
     is reset around each call. The results are discarded.
     """
     if input_bytes <= 0:
         return 0.0, 0
+    if warm:
+        # A first call pays one-time costs that are no temporaries: a thread's reused tile
+        # buffer (tiles.scratch, charged by the plan on its own), caches, imports. Measured
+        # cold, they made the first run in a process refuse a budget it met the second time.
+        func(*probes)
     peak = _traced_peak(func, probes)
     if halves is None or half_bytes >= input_bytes:
         return max(0, peak - PROBE_SLACK) / input_bytes, 0
@@ -479,7 +487,8 @@ def plan_run(
 
 
 def probe_temporaries(func: Callable[..., Any], streams: Sequence[Stream],
-                      args: Sequence[Any] | None = None) -> tuple[float, int]:
+                      args: Sequence[Any] | None = None, *,
+                      warm: bool = False) -> tuple[float, int]:
     """Measure ``func``'s temporaries on the first rows of ``streams`` (see
     :func:`measure_temporaries`): bytes per byte of the largest stream's block, and bytes per
     call.
@@ -488,7 +497,8 @@ def probe_temporaries(func: Callable[..., Any], streams: Sequence[Stream],
     charged per byte; the memory plan caps that charge at the array's size.
 
     ``args`` are the function's arguments with each chunked stream in its place (others passed
-    as they are); by default the streams themselves.
+    as they are); by default the streams themselves. ``warm``: see
+    :func:`measure_temporaries`.
     """
     chunked = [s for s in streams if s.ndim and not s.output]
     if not chunked:
@@ -510,7 +520,7 @@ def probe_temporaries(func: Callable[..., Any], streams: Sequence[Stream],
     if nbytes == 0:
         return 0.0, 0
     if whole:  # the whole input: one call, charged per byte (capped at the array's size)
-        per_byte = measure_temporaries(func, probes, nbytes)[0]
+        per_byte = measure_temporaries(func, probes, nbytes, warm=warm)[0]
         return math.ceil(per_byte * 8) / 8, 0
     got = heads[id(primary)].shape[0] if heads[id(primary)].ndim else 0
     halves = None
@@ -522,7 +532,8 @@ def probe_temporaries(func: Callable[..., Any], streams: Sequence[Stream],
             halves = [cut[id(s)] for s in chunked]
         else:
             halves = [cut[id(a)] if isinstance(a, Stream) and id(a) in cut else a for a in args]
-    per_byte, per_call = measure_temporaries(func, probes, nbytes, halves, half_bytes)
+    per_byte, per_call = measure_temporaries(func, probes, nbytes, halves, half_bytes,
+                                             warm=warm)
     # Rounded up to 1/8 and 64 KiB: the plan (and a resumed run's chunk boundaries, which its
     # journal checks) must not move with the allocator's small jitter between runs.
     return math.ceil(per_byte * 8) / 8, -(-per_call // (64 << 10)) * (64 << 10)

@@ -202,7 +202,14 @@ class memmap(np.memmap):
 
     def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
         self._check_open()
-        return super().__array_function__(func, types, args, kwargs)
+        from bigarr._core.scratch import checked_ufunc, function_writes
+
+        before, after = function_writes(func, args, kwargs)  # np.copyto(x, v), out=x, ...
+        guard = _private_target(before + after)
+        if guard is None:
+            return super().__array_function__(func, types, args, kwargs)
+        with guard, checked_ufunc(before, after=False), checked_ufunc(after, after=True):
+            return super().__array_function__(func, types, args, kwargs)
 
     def __getitem__(self, index: Any) -> Any:
         self._check_open()

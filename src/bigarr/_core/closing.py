@@ -56,6 +56,11 @@ _DATA_DUNDERS = (
 )
 
 
+# ndarray methods that write into the array (bigarr._core.scratch.WRITING_METHODS, repeated
+# here because scratch.py is imported only when a private array writes).
+_WRITING = frozenset({"fill", "sort", "partition", "byteswap", "setfield", "put"})
+
+
 def _guard_method(name: str, owner: str) -> Any:
     impl = getattr(np.ndarray, name)
 
@@ -63,6 +68,10 @@ def _guard_method(name: str, owner: str) -> Any:
         m = self._bigarr
         if m is not None and m.closed:
             raise closed_error(m)
+        if m is not None and name in _WRITING and m.access == "private":
+            from bigarr._core.scratch import call_method  # x.fill(0): a scratch_limit's too
+
+            return call_method(self, m, impl, name, args, kwargs)
         return impl(self, *args, **kwargs)
 
     method.__name__ = name

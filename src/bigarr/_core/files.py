@@ -184,8 +184,8 @@ def _free(path: str) -> int | None:
 
 
 @contextlib.contextmanager
-def _atomic_file(path: str, overwrite: bool, *, locked: bool = False,
-                 direct: bool = False) -> Iterator[tuple[int, str | None]]:
+def _atomic_file(path: str, overwrite: bool, *, locked: bool = False, direct: bool = False,
+                 name: str | None = None) -> Iterator[tuple[int, str | None]]:
     """Yield ``(fd, name)`` of a new file that becomes ``path`` only if the block succeeds.
 
     The new file has no name while it is written where the kernel allows (``O_TMPFILE``; the
@@ -200,7 +200,8 @@ def _atomic_file(path: str, overwrite: bool, *, locked: bool = False,
 
     ``direct`` creates the file at ``path`` itself (which must not exist): for names that are
     already bigarr's own hidden names, which a journal names before they exist, so the caller
-    finds and removes what a crash leaves (``map_blocks``' partial file).
+    finds and removes what a crash leaves (``map_blocks``' partial file); errors then name
+    ``name``, the output the hidden file stands for, never the hidden name.
 
     Raises
     ------
@@ -216,7 +217,7 @@ def _atomic_file(path: str, overwrite: bool, *, locked: bool = False,
         existing = check_output(path, overwrite)
         if not direct:
             remove_leftovers(path)
-        fd, tmp = _open_new(path, direct)
+        fd, tmp = _open_new(path, direct, name or path)
         done = False
         try:
             try:
@@ -226,7 +227,7 @@ def _atomic_file(path: str, overwrite: bool, *, locked: bool = False,
                 fd = _publish_new(handed, tmp, path, existing == "file", direct)
                 done = True
             except OSError as exc:
-                raise os_error(exc, path, writing=True) from None
+                raise os_error(exc, name or path, writing=True) from None
             fsync_dir(path)
         finally:
             if fd >= 0:
@@ -239,8 +240,9 @@ def _atomic_file(path: str, overwrite: bool, *, locked: bool = False,
             lock.release()
 
 
-def _open_new(path: str, direct: bool) -> tuple[int, str | None]:
-    """Open the new file of :func:`_atomic_file`: ``(fd, its name, or None if unnamed)``."""
+def _open_new(path: str, direct: bool, name: str) -> tuple[int, str | None]:
+    """Open the new file of :func:`_atomic_file`: ``(fd, its name, or None if unnamed)``;
+    errors name ``name``."""
     folder = os.path.dirname(path) or "."
     try:
         if not direct and unnamed_supported(path):
@@ -255,10 +257,10 @@ def _open_new(path: str, direct: bool) -> tuple[int, str | None]:
     except OSError as exc:  # name the user's path, not the hidden temporary one
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise ReadOnlyError(
-                exc.errno, f"Cannot create {path}: {exc.strerror} in {os.path.abspath(folder)}; "
+                exc.errno, f"Cannot create {name}: {exc.strerror} in {os.path.abspath(folder)}; "
                 "choose a directory you can write to."
             ) from None
-        raise os_error(exc, path, writing=True) from None
+        raise os_error(exc, name, writing=True) from None
 
 
 def _publish_new(fd: int, tmp: str | None, path: str, overwrite: bool, direct: bool) -> int:
@@ -349,7 +351,7 @@ def written_in_order(target: str, shape: tuple[int, ...], dtype: np.dtype[Any], 
     building = hidden_name(target, kind)
     done = False
     try:
-        result = create(building, shape, dtype)
+        result = create_held(building, shape, dtype, locked=False, name=target)
         offset, nbytes = int(result.offset), int(result.nbytes)
         result.close()
         fd = os.open(building, os.O_WRONLY | os.O_CLOEXEC)
@@ -442,10 +444,11 @@ def create(
 
 def create_held(path: str, shape: int | tuple[int, ...], dtype: Any, *, fill: Any = None,
                 order: str = "C", align: int | None = None, overwrite: bool = False,
-                locked: bool = True, direct: bool = False) -> memmap:
+                locked: bool = True, direct: bool = False, name: str | None = None) -> memmap:
     """:func:`create` for a writer that holds ``path``'s output lock already (``locked``), or
     that creates one of bigarr's own hidden names in place (``direct``, see
-    :func:`_atomic_file`).
+    :func:`_atomic_file`). ``name``: the output a hidden ``path`` stands for, which errors
+    (a full disk) name instead of the hidden name.
 
     Raises
     ------
@@ -457,8 +460,8 @@ def create_held(path: str, shape: int | tuple[int, ...], dtype: Any, *, fill: An
     fortran = parse_order(order) == "F"
     header = build_header(dims, dt, fortran, align=_parse_align(align))
     nbytes = int(np.prod(dims, dtype=object)) * dt.itemsize
-    with _atomic_file(path, overwrite, locked=locked, direct=direct) as (fd, _tmp):
-        _write_npy(fd, path, header, nbytes, dt, fill)
+    with _atomic_file(path, overwrite, locked=locked, direct=direct, name=name) as (fd, _tmp):
+        _write_npy(fd, name or path, header, nbytes, dt, fill)
     return open(path, "shared")
 
 

@@ -15,11 +15,13 @@ enforced at the points bigarr sees:
 * **before the write** (nothing is written when it refuses): item assignment on a bigarr array
   with basic indexing (``x[a:b] = v``, ``view[:] = v``, ``x[i, j] = v``), with a boolean mask
   over leading axes (``x[x > 3] = 3``) or integer row indices (``x[[1, 5]] = v``) of a
-  C-contiguous array, and ufuncs writing into one (``np.add(x, 1, out=x)``, ``x += 1``): the
-  pages written are known in advance;
+  C-contiguous array, ufuncs writing into one (``np.add(x, 1, out=x)``, ``x += 1``), numpy
+  functions with ``out=`` one, ``np.copyto`` and the in-place methods ``fill``, ``sort``,
+  ``partition``, ``byteswap(inplace=True)``, ``setfield``: the pages written are known in
+  advance;
 * **right after the write** (the edit is made, and kept: commit or discard it): item
   assignment with other fancy indexes (``x[rows, cols] = v``), whose pages are not known
-  without evaluating the index, and ``ufunc.at``;
+  without evaluating the index, ``ufunc.at``, ``x.put`` and ``np.put``/``place``/``putmask``;
 * **at each step of** ``x.iter_chunks()``: the chunk just handed out is scanned, so writes
   into it from any code (plain numpy views, numba, C) are counted, once per chunk;
 * **on demand**: :func:`check_scratch` (``x.check_scratch()``) scans the whole mapping.
@@ -57,8 +59,9 @@ from bigarr.errors import ModeError, ScratchLimitError
 if TYPE_CHECKING:
     from bigarr._os.mapping import Mapping
 
-__all__ = ["ChunkCheck", "after_write", "before_write", "check_scratch", "checked_ufunc",
-           "parse_limit", "recount", "set_limit", "setitem"]
+__all__ = ["WRITING_METHODS", "ChunkCheck", "after_write", "before_write", "call_method",
+           "check_scratch", "checked_ufunc", "function_writes", "parse_limit", "recount",
+           "set_limit", "setitem"]
 
 
 @dataclass(slots=True)
@@ -248,13 +251,67 @@ def setitem(arr: np.ndarray[Any, Any], m: Mapping, index: Any, value: Any) -> No
 def checked_ufunc(targets: Any, *, after: bool) -> Iterator[None]:
     """Check a ufunc's writes into private mappings: its ``out=`` arrays before it runs, or
     (``after``, for ``ufunc.at``, whose indices pick the elements) the array after it ran."""
-    mapped = [(o._bigarr, np.ndarray.view(o, np.ndarray)) for o in targets or ()
-              if getattr(o, "_bigarr", None) is not None and o._bigarr in _STATE]
+    mapped = _mapped(targets)
     for m, target in mapped if not after else ():
         before_write(m, target)
     yield
     for m, target in mapped if after else ():
         after_write(m, target)
+
+
+#: ndarray methods that write into the array they are called on: checked before the write
+#: (they write the whole array), except ``put``, whose indices pick the elements (after it).
+WRITING_METHODS = frozenset({"fill", "sort", "partition", "byteswap", "setfield", "put"})
+
+#: numpy functions that write into their first argument, whose elements an index or a mask
+#: picks (checked after the write); ``np.copyto`` writes all of it (before, unless ``where=``).
+_WRITES_FIRST = ("copyto", "put", "place", "putmask", "fill_diagonal", "put_along_axis")
+
+
+def _mapped(targets: Any) -> list[tuple[Mapping, np.ndarray[Any, Any]]]:
+    """The private mappings with a limit among ``targets`` (bigarr arrays), with plain views."""
+    return [(o._bigarr, np.ndarray.view(o, np.ndarray)) for o in targets or ()
+            if getattr(o, "_bigarr", None) is not None and o._bigarr in _STATE]
+
+
+def call_method(arr: Any, m: Mapping, impl: Any, name: str, args: Any, kwargs: Any) -> Any:
+    """``arr.name(*args, **kwargs)`` (one of :data:`WRITING_METHODS`) on a private mapping:
+    under its write lock, checked against its scratch limit.
+
+    Raises
+    ------
+    ScratchLimitError
+        See :func:`before_write` and :func:`after_write`.
+    """
+    from bigarr._core.private import write_lock
+
+    if name == "byteswap" and not (args[0] if args else kwargs.get("inplace", False)):
+        return impl(arr, *args, **kwargs)  # a copy: nothing is written into arr
+    target = np.ndarray.view(arr, np.ndarray)
+    with write_lock(m):
+        if m in _STATE and name != "put":
+            before_write(m, target)
+        result = impl(arr, *args, **kwargs)
+        if m in _STATE and name == "put":
+            after_write(m, target)
+    return result
+
+
+def function_writes(func: Any, args: Any, kwargs: Any) -> tuple[list[Any], list[Any]]:
+    """The bigarr arrays a numpy function call writes into: ``(before, after)`` -- those whose
+    pages are all written (``out=``, ``np.copyto`` without ``where=``), checked before the
+    call, and those an index or mask picks elements of, checked after it."""
+    out = kwargs.get("out")
+    before = list(out) if isinstance(out, tuple) else [out] if out is not None else []
+    after: list[Any] = []
+    name = getattr(func, "__name__", "")
+    if args and name in _WRITES_FIRST and getattr(func, "__module__", "").startswith("numpy"):
+        if name == "copyto" and kwargs.get("where", True) is True and len(args) < 4:
+            before.append(args[0])
+        else:
+            after.append(args[0])
+    keep = [o for o in before if getattr(o, "_bigarr", None) is not None]
+    return keep, [o for o in after if getattr(o, "_bigarr", None) is not None]
 
 
 def after_write(m: Mapping, target: np.ndarray[Any, Any] | None) -> None:

@@ -369,7 +369,7 @@ def _target_region(target: Any, shape: tuple[int, ...], dtype: np.dtype[Any],
             # A new file is written under a hidden name and renamed by the last task, so a run
             # that fails never leaves a half-written file under the requested name.
             tmp = hidden_name(final, "tmp")  # (a kind no other writer sweeps: see fileid)
-            create_held(tmp, shape, dtype, order=order, direct=True).close()
+            create_held(tmp, shape, dtype, order=order, direct=True, name=final).close()
             region = _region_of_path(tmp)
         elif not os.access(final, os.W_OK):
             raise ReadOnlyError(f"{final} is not writable; store() needs to write into it.")

@@ -49,6 +49,7 @@ from bigarr._os.modes import Access
 from bigarr._os.paths import os_error
 from bigarr.errors import (
     AccessDeniedError,
+    DiskFullError,
     FileChangedError,
     HintError,
     MappingBusyError,
@@ -87,6 +88,36 @@ def _no_room_to_map(path: str, length: int) -> str:
            else "the kernel refused to reserve it (address space or commit limit)")
     return (f"Cannot map {length} bytes of {path} in private mode: {why}. Open it read-only or "
             "shared, or map a smaller region with bigarr.open_raw(..., offset=, shape=).")
+
+
+def _room_for_holes(fd: int, path: str) -> None:
+    """Refuse a shared (writable) mapping of a sparse file whose holes the disk cannot hold.
+
+    A write through a mapping into a hole needs a disk block; on a full disk the kernel cannot
+    report that to the writer and kills the process with SIGBUS. Files bigarr creates are
+    preallocated, but ``.npy`` files numpy wrote (``open_memmap``) or ``truncate`` made are
+    sparse. Their holes are not allocated here (a sparse file larger than the disk is a
+    legitimate thing to map and edit in a few places), but a file whose holes exceed the
+    space free now is refused, so that a full disk is an exception at open, not a crash at
+    the first write. Space taken by others after the open is not covered (as a file cut by
+    another process is not).
+    """
+    try:
+        st = os.fstat(fd)
+        if st.st_blocks * 512 >= st.st_size:
+            return
+        vfs = os.statvfs(fd)
+    except (OSError, AttributeError):  # no st_blocks or statvfs on this platform
+        return
+    missing = st.st_size - st.st_blocks * 512  # at most this many bytes need blocks
+    free = vfs.f_bavail * vfs.f_frsize
+    if vfs.f_blocks and missing > free:
+        raise DiskFullError(
+            f"{path} is sparse: up to {missing} of its bytes have no disk blocks yet, and the "
+            f"file system has {free} bytes free for them. A write into a hole through a shared "
+            "mapping would crash the process (SIGBUS) once the disk is full, so bigarr refuses "
+            "to map it for writing. Free some space, or open it read-only or in private mode."
+        )
 
 
 class _Region:
@@ -169,6 +200,8 @@ class Mapping:
                 "bigarr maps files through the POSIX mmap call; this platform has none."
             )
         self.check_file()
+        if access == "shared":
+            _room_for_holes(self.fd, path)
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if access != "readonly" else 0)
         # A writable private mapping is charged in full against the kernel's commit limit
         # unless it reserves nothing: without MAP_NORESERVE, a file larger than RAM + swap
@@ -311,8 +344,11 @@ class Mapping:
         if rng is None:
             return True
         if _libc.madvise(rng[0], rng[1], hint.advice) != 0:
-            if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            err = ctypes.get_errno()
+            if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                 return False  # a hint this kernel (or this file system) lacks: a no-op
+            if err == errno.EFAULT:  # populate_* past the end of a file cut under the mapping
+                self.check_file()
             raise _oserror(f"madvise({hint.name})", self.path)
         return True
 
