@@ -25,7 +25,14 @@ from bigarr._compute.reductions import (
     _reduce_blocks,
 )
 from bigarr._compute.tiles import min_max, uniform_counts
-from bigarr.errors import ArgumentError, ArgumentValueError, ShapeError, UnsupportedError
+from bigarr._plan.budget import parse_budget
+from bigarr.errors import (
+    ArgumentError,
+    ArgumentValueError,
+    BudgetError,
+    ShapeError,
+    UnsupportedError,
+)
 
 __all__ = ["histogram"]
 
@@ -95,6 +102,8 @@ def histogram(
             raise ArgumentError(
                 f"Expected bins as an integer, a string, or an array of edges. Got {bins!r}."
             ) from None
+    if np.ndim(bins) == 1:  # edges given: numpy checks and copies them whole, as does each chunk
+        _check_edges_fit(np.size(bins), budget)
     with contextlib.ExitStack() as stack:
         a = stack.enter_context(_operand(a))
         w = None if weights is None else stack.enter_context(_operand(weights))
@@ -107,6 +116,8 @@ def histogram(
                     weights=None if w is None else _plain(w)))
             except ShapeError as exc:  # numpy's ValueError, for the data's range
                 raise ArgumentValueError(str(exc)) from None
+            except IndexError:  # numpy's bin index overflows: a range wider than the dtype
+                raise _too_wide() from None
         inputs = [a] if w is None else [a, w]
         # numpy bins bool data as uint8 (False 0, True 1); so does every step here.
         data: Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]] = (
@@ -132,6 +143,10 @@ def histogram(
             first, last = range  # numpy's outer edges (its _get_outer_edges), as it gets them
             if first == last:
                 first, last = first - 0.5, last + 0.5
+            with np.errstate(over="ignore"):
+                if edges.dtype.kind == "f" and not np.isfinite(
+                        np.subtract(last, first, dtype=edges.dtype)):
+                    raise _too_wide()
 
         def per_chunk(*blocks: np.ndarray[Any, Any]) -> Any:
             if uniform:  # numpy's equal-bin path, step for step, tile by tile
@@ -150,6 +165,37 @@ def histogram(
             db = np.diff(edges).astype(float)
             return counts / db / counts.sum(), edges
         return counts, edges
+
+
+#: Copies of an array of edges numpy's histogram holds at once (its checks, the edges as float,
+#: a chunk's ``searchsorted`` against them, and the counts): what a long array of edges costs.
+_EDGE_COPIES = 4
+
+
+def _check_edges_fit(n_edges: int, budget: int | str | None) -> None:
+    """Refuse, before anything is copied, edges whose copies alone exceed the budget.
+
+    Raises
+    ------
+    BudgetError
+        With both numbers.
+    """
+    total = parse_budget(budget)
+    need = _EDGE_COPIES * 8 * int(n_edges)
+    if need > total:
+        raise BudgetError(
+            f"histogram with {n_edges} edges needs at least {need} bytes for them ({_EDGE_COPIES} "
+            f"float64 copies: numpy's checks, the counts and each chunk's search), but the budget "
+            f"is {total} bytes. Raise budget= to at least {need}, or pass fewer edges."
+        )
+
+
+def _too_wide() -> ArgumentValueError:
+    """The error for a range whose width overflows its dtype (data at +-1e308): numpy's own
+    histogram fails there with an IndexError from an overflowed bin index."""
+    return ArgumentValueError(
+        "histogram: the range is wider than the largest finite number of the bins' dtype, so "
+        "no bin has a finite width; pass a narrower range= (or scale the data)")
 
 
 def _edges(empty: np.ndarray[Any, Any], bins: Any, range: Any, note: str) -> np.ndarray[Any, Any]:
