@@ -383,7 +383,7 @@ def test_resume_reuses_runs_that_survive_kill_9(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     src, out, tmp = tmp_path / "x.npy", tmp_path / "s.npy", tmp_path / "tmp"
     tmp.mkdir()
-    x = make("float64", (400_000,), "special", seed=9)
+    x = make("float64", (800_000,), "special", seed=9)
     np.save(src, x)
     calls = [0]
     records = sort_module._Job.records
@@ -442,8 +442,8 @@ def test_resume_does_not_reuse_runs_of_a_replaced_source_with_same_size_and_mtim
     # regression: the source's identity was path, size and mtime only, so a file renamed into
     # place with the same size and the old mtime resumed from the old file's runs
     src, out = tmp_path / "src.npy", tmp_path / "sorted.npy"
-    old = np.random.default_rng(1).random(400_000)
-    new = np.random.default_rng(2).random(400_000)
+    old = np.random.default_rng(1).random(800_000)
+    new = np.random.default_rng(2).random(800_000)
     np.save(src, old)
 
     def stop(event: Any) -> None:

@@ -28,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -45,14 +47,12 @@ Sink = Callable[[Array], None]
 #: Smallest buffer per run in a merge (bytes); more runs than the budget holds at this size
 #: merge in several passes.
 MIN_BUFFER = 64 << 10
-#: A merge holds the run buffers, the block cut from them, its sort order, its sorted copy and
-#: the piece handed to the sink: the buffers get this share of the budget.
-MERGE_SHARE = 6
 
 
-def per_run(budget_bytes: int, runs: int, itemsize: int) -> int:
-    """Records buffered per run: a sixth of the budget for all buffers (:data:`MERGE_SHARE`)."""
-    return max(budget_bytes // MERGE_SHARE // max(runs, 1) // itemsize, 1)
+def per_run(budget_bytes: int, runs: int, itemsize: int, share: int) -> int:
+    """Records buffered per run: ``1/share`` of the budget for all buffers (:meth:`Values.share`,
+    :meth:`Records.share`)."""
+    return max(budget_bytes // share // max(runs, 1) // itemsize, 1)
 
 
 class Values:
@@ -70,7 +70,17 @@ class Values:
         return int(np.searchsorted(buf, bound[0], side="right"))
 
     def sort(self, block: Array) -> Array:
-        return np.sort(block)  # values: no order among equals to keep (see sort.py)
+        """``block`` (a fresh concatenation, owned) sorted in place: values have no order among
+        equals to keep (see sort.py), so numpy's fast unstable sort will do."""
+        block.sort()
+        return block
+
+    @staticmethod
+    def share(threads: int) -> int:
+        """Budget shares of a merge whose buffers take one: each of ``threads`` blocks in
+        flight (as large as all buffers together at most, sorted in place), and one spare for
+        the cut's temporaries."""
+        return threads + 2
 
 
 class Records:
@@ -105,6 +115,12 @@ class Records:
     def sort(self, block: Array) -> Array:
         return block[self.order(block)]
 
+    @staticmethod
+    def share(threads: int) -> int:
+        """As :meth:`Values.share`; each block in flight is held with its sort order (int64,
+        no larger than a record) and its sorted copy."""
+        return 3 * threads + 3
+
 
 Format = Values | Records
 
@@ -135,32 +151,50 @@ class Run:
         self.buf = got
 
 
-def merge(runs: list[Run], fmt: Format, per: int, sink: Sink) -> None:
-    """Merge sorted ``runs`` into ``sink``, block by block (module docstring)."""
+def merge(runs: list[Run], fmt: Format, per: int, sink: Sink, threads: int = 1) -> None:
+    """Merge sorted ``runs`` into ``sink``, block by block (module docstring).
+
+    With ``threads`` > 1 the blocks, which are independent once cut, are sorted on that many
+    worker threads (numpy's sorts release the GIL) while this thread reads the runs, cuts the
+    next blocks and hands the sorted ones to ``sink`` in order: at most ``threads`` blocks are
+    in flight.
+    """
     for run in runs:
         run.refill(per)
-    while True:
-        live = [r for r in runs if r.buf.size]
-        if not live:
-            return
-        pending = [r for r in live if r.read < r.size]
-        if pending:
-            lasts = np.concatenate([r.buf[-1:] for r in pending])
-            i = fmt.first(lasts)
-            bound = lasts[i:i + 1]
-            cuts = [fmt.count_le(r.buf, bound) for r in live]
-        else:
-            cuts = [r.buf.size for r in live]
-        block = fmt.sort(np.concatenate([r.buf[:c] for r, c in zip(live, cuts, strict=True)]))
-        sink(block)
-        del block
-        for r, c in zip(live, cuts, strict=True):
-            r.buf = r.buf[c:]
-            if not r.buf.size:
-                if r.read < r.size:
-                    r.refill(per)
-                else:
-                    r.close()
+    with contextlib.ExitStack() as stack:
+        pool = (stack.enter_context(ThreadPoolExecutor(threads, "bigarr-merge"))
+                if threads > 1 else None)
+        flight: deque[Future[Array]] = deque()
+        while True:
+            live = [r for r in runs if r.buf.size]
+            if not live:
+                break
+            if len(flight) >= threads:  # before the next block is cut: threads blocks at most
+                sink(flight.popleft().result())
+            pending = [r for r in live if r.read < r.size]
+            if pending:
+                lasts = np.concatenate([r.buf[-1:] for r in pending])
+                i = fmt.first(lasts)
+                bound = lasts[i:i + 1]
+                cuts = [fmt.count_le(r.buf, bound) for r in live]
+            else:
+                cuts = [r.buf.size for r in live]
+            block = np.concatenate([r.buf[:c] for r, c in zip(live, cuts, strict=True)])
+            for r, c in zip(live, cuts, strict=True):
+                r.buf = r.buf[c:]
+                if not r.buf.size:
+                    if r.read < r.size:
+                        r.refill(per)
+                    else:
+                        r.close()
+            if pool is None:
+                sink(fmt.sort(block))
+                del block
+                continue
+            flight.append(pool.submit(fmt.sort, block))
+            del block
+        while flight:
+            sink(flight.popleft().result())
 
 
 def free_bytes(folder: str) -> int:

@@ -38,7 +38,6 @@ from bigarr._compute.order import LAST_PASSES, Array, _check_dtype, _key_dtype, 
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import parse_threads, plan_run
 from bigarr._compute.runs import (
-    MERGE_SHARE,
     MIN_BUFFER,
     Records,
     Run,
@@ -110,8 +109,9 @@ class _Job:
         self.fmt: Format
         if by is None:
             self.fmt = Values(dtype)
-            # the sorted copy, timsort's half-size buffer, the copy waiting to be written
-            self.temporaries = 3.0
+            # the sorted copy (numpy's unstable sort works in place), which is also the copy
+            # waiting to be written
+            self.temporaries = 1.0
         else:
             kd = _key_dtype(dtype)
             self.fmt = Records(kd, len(by), dtype if rows else None, self.row_size)
@@ -158,7 +158,16 @@ class _Job:
         return passes
 
     def fan_in(self) -> int:
-        return max(2, self.budget // MERGE_SHARE // MIN_BUFFER)
+        return max(2, self.budget // self.share() // MIN_BUFFER)
+
+    def share(self) -> int:
+        """Budget shares of a merge whose run buffers take one (:meth:`Values.share`)."""
+        return self.fmt.share(max(self.threads, 1))
+
+    def merge(self, runs: list[Run], sink: Sink) -> None:
+        size = self.fmt.dtype.itemsize
+        merge(runs, self.fmt, per_run(self.budget, len(runs), size, self.share()), sink,
+              threads=max(self.threads, 1))
 
     def run(self, plan: Any, temp: TempRuns, sink: Sink, journal: RunJournal | None = None,
             ) -> None:
@@ -197,8 +206,7 @@ class _Job:
                     pwrite_all(fd, np.ascontiguousarray(block), written[0] * dtype.itemsize)
                     written[0] += block.shape[0]
 
-                merge(group, self.fmt, per_run(self.budget, len(group), dtype.itemsize),
-                      to_run)
+                self.merge(group, to_run)
                 for r in group:
                     if keep_runs:
                         r.close()
@@ -207,7 +215,7 @@ class _Job:
                 merged.append(target)
             runs = merged
             LAST_PASSES[0] += 1
-        merge(runs, self.fmt, per_run(self.budget, len(runs), dtype.itemsize), sink)
+        self.merge(runs, sink)
         LAST_PASSES[0] += 1
 
 
