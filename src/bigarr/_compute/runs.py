@@ -250,6 +250,13 @@ class TempRuns:
     def name_of(self, run: Run) -> str:
         return self.names[self.runs.index(run)]
 
+    def forget(self, run: Run) -> None:
+        """Close one run and leave its file (it is not this sort's to remove)."""
+        run.close()
+        i = self.runs.index(run)
+        del self.runs[i]
+        del self.names[i]
+
     def discard(self, run: Run) -> None:
         """Close and remove one run (merged into another)."""
         run.close()
