@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -144,14 +145,18 @@ def main() -> None:
         folder = Path(tmp)
         floats, ints = generate(folder, args.size)
         runs: dict[str, list[dict[str, float]]] = {c: [] for c in cases}
+        load = [os.getloadavg()[0]]
         for _ in range(args.repeat):
             for case in cases:
                 runs[case].append(run(case, floats, ints, folder, args.budget))
         (folder / "sorted.npy").unlink(missing_ok=True)
+        load.append(os.getloadavg()[0])
         report(runs, args.size, args.budget)
+        print(f"\nLoad average (1 min) at the start and the end: {load[0]:.1f}, {load[1]:.1f} "
+              f"on {os.cpu_count()} CPUs")
         out = Path(args.dir or ".") / "order_stats.json"
-        out.write_text(json.dumps({"size": args.size, "budget": args.budget, "runs": runs},
-                                  indent=1), encoding="utf8")
+        out.write_text(json.dumps({"size": args.size, "budget": args.budget, "runs": runs,
+                                   "load": load}, indent=1), encoding="utf8")
         print(f"\nJSON: {out}")
 
 
