@@ -29,7 +29,7 @@ from bigarr._formats.npy import (
     parse_order,
     read_header,
 )
-from bigarr._os.durable import datasync, fsync_dir, pwrite_all
+from bigarr._os.durable import Paced, datasync, fsync_dir
 from bigarr._os.fileid import (
     create_new,
     hidden_name,
@@ -332,7 +332,9 @@ def written_in_order(target: str, shape: tuple[int, ...], dtype: np.dtype[Any], 
 
     The one owner of the sequential outputs (``sort``, ``argsort``, ``take``): the file is
     built under a hidden name next to ``target`` (``kind`` names the writer), each array given
-    to the sink is appended with ``pwrite``, and once the block exits the data are synced, the
+    to the sink is appended with ``pwrite`` and paced (:class:`~bigarr._os.durable.Paced`: its
+    writeback starts at once, so the disk works while the writer computes, and the page cache
+    holds a bounded window of its dirty data), and once the block exits the data are synced, the
     file is published (:func:`publish`: never over a file that appeared meanwhile unless
     ``overwrite`` allowed replacing it) and the folder synced. If the block raises, the hidden
     file is removed and ``target`` is left as it was. The caller holds the output's lock.
@@ -354,13 +356,14 @@ def written_in_order(target: str, shape: tuple[int, ...], dtype: np.dtype[Any], 
         fd = os.open(building, os.O_WRONLY | os.O_CLOEXEC)
         try:
             written = 0
+            paced = Paced(fd)
 
             def sink(block: Any) -> None:
                 nonlocal written
                 data = np.ascontiguousarray(block)
                 if written + data.nbytes > nbytes:
                     raise ShapeError(f"{target}: more data than its shape {shape} holds")
-                pwrite_all(fd, data, offset + written)
+                paced.write(data, offset + written)
                 written += data.nbytes
 
             yield sink
