@@ -19,12 +19,14 @@ records
 :func:`merge` reads a buffer of each run, emits every buffered record up to the smallest of the
 buffers' last records (the *bound*: no unread record can precede it), sorts that block (pieces
 concatenated in run order, so a stable sort by key alone keeps ``(k, i)`` order: earlier runs
-hold lower indices) and hands it to a sink, then refills the buffers it emptied. A buffer that
-empties drops its bytes at once: a finished run holds no memory while the others merge.
+hold lower indices) and hands it to a sink, then tops up the buffers it left at most half full. A
+buffer that empties drops its bytes at once: a finished run holds no memory while the others
+merge.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import os
@@ -105,12 +107,13 @@ class Records:
         return int(self.order(a)[0])
 
     def count_le(self, buf: Array, bound: Array) -> int:
-        """Records of the sorted ``buf`` not after ``bound[0]`` in ``(k, i)`` order."""
-        le = buf["i"] <= bound["i"][0]
-        k, bk = buf["k"], bound["k"][0]
-        for j in range(self.nkeys - 1, -1, -1):
-            le = (k[:, j] < bk[j]) | ((k[:, j] == bk[j]) & le)
-        return int(np.count_nonzero(le))
+        """Records of the sorted ``buf`` not after ``bound[0]`` in ``(k, i)`` order: a binary
+        search (a scan of the whole buffer at every step made the merge cost grow with the
+        number of runs)."""
+        k, i = buf["k"], buf["i"]
+        target = (tuple(bound["k"][0].tolist()), int(bound["i"][0]))
+        return bisect.bisect_right(range(buf.shape[0]), target,
+                                   key=lambda j: (tuple(k[j].tolist()), int(i[j])))
 
     def sort(self, block: Array) -> Array:
         return block[self.order(block)]
@@ -140,15 +143,31 @@ class Run:
             self.fd = -1
 
     def refill(self, count: int) -> None:
-        self.buf = np.zeros(0, dtype=self.dtype)  # drop the old bytes before reading new
-        n = min(count, self.size - self.read)
+        """Top the buffer up to ``count`` records (what is left of it, then the next ones)."""
+        keep = self.buf
+        self.buf = np.zeros(0, dtype=self.dtype)
+        n = min(count - keep.shape[0], self.size - self.read)
+        if n <= 0:
+            self.buf = keep
+            return
         raw = os.pread(self.fd, n * self.dtype.itemsize, self.read * self.dtype.itemsize)
         got = np.frombuffer(raw, dtype=self.dtype)
         if got.size != n:
             raise DiskFullError(f"A temporary run of the sort was shortened under the sort: "
                                 f"expected {n} records, read {got.size}.")
         self.read += n
-        self.buf = got
+        self.buf = _concat([keep, got], self.dtype) if keep.size else got
+
+
+def _concat(pieces: list[Array], dtype: np.dtype[Any]) -> Array:
+    """``np.concatenate(pieces)``, without numpy's promotion of structured dtypes (which took
+    more time than the copy, pair by pair of fields, at every step of a merge of records)."""
+    out = np.empty(sum(p.shape[0] for p in pieces), dtype=dtype)
+    at = 0
+    for p in pieces:
+        out[at:at + p.shape[0]] = p
+        at += p.shape[0]
+    return out
 
 
 def merge(runs: list[Run], fmt: Format, per: int, sink: Sink, threads: int = 1) -> None:
@@ -173,20 +192,22 @@ def merge(runs: list[Run], fmt: Format, per: int, sink: Sink, threads: int = 1) 
                 sink(flight.popleft().result())
             pending = [r for r in live if r.read < r.size]
             if pending:
-                lasts = np.concatenate([r.buf[-1:] for r in pending])
+                lasts = _concat([r.buf[-1:] for r in pending], fmt.dtype)
                 i = fmt.first(lasts)
                 bound = lasts[i:i + 1]
                 cuts = [fmt.count_le(r.buf, bound) for r in live]
             else:
                 cuts = [r.buf.size for r in live]
-            block = np.concatenate([r.buf[:c] for r, c in zip(live, cuts, strict=True)])
+            block = _concat([r.buf[:c] for r, c in zip(live, cuts, strict=True)], fmt.dtype)
             for r, c in zip(live, cuts, strict=True):
                 r.buf = r.buf[c:]
-                if not r.buf.size:
-                    if r.read < r.size:
-                        r.refill(per)
-                    else:
-                        r.close()
+                if r.read < r.size and r.buf.shape[0] <= per // 2:
+                    # topped up, not only refilled once empty: with every buffer at least
+                    # half full, the bound (the smallest of their last records) lets each
+                    # run give a large share of its buffer, not one run its whole buffer
+                    r.refill(per)
+                elif not r.buf.size:
+                    r.close()
             if pool is None:
                 sink(fmt.sort(block))
                 del block
