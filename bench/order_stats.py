@@ -1,6 +1,7 @@
 """Exact order statistics against the machine and numpy: sort, median, unique (issue 13).
 
-Run: ``python bench/order_stats.py [--size 256MiB] [--budget 64MiB] [--repeat 3] [--dir DIR]``.
+Run: ``python bench/order_stats.py [--size 256MiB] [--budget 64MiB] [--repeat 3] [--dir DIR]
+[--only CASE,...]``.
 Each measurement runs in its own subprocess, with the page cache dropped for the data files
 first (``posix_fadvise(DONTNEED)``: cold reads), and reports wall time, peak RSS growth
 (``VmHWM`` over the resident memory just before the operation, reset with
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -134,24 +136,36 @@ def main() -> None:
     parser.add_argument("--budget", type=bigarr.parse_size, default="64MiB")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", help="where the data goes (default: a temporary directory)")
+    parser.add_argument("--only", help="comma-separated cases to run (default: all); the "
+                        "sort's ratio needs 'machine read+write' and 'bigarr.sort'")
     args = parser.parse_args()
     try:
         import dask  # noqa: F401
         cases = list(CASES)
     except ImportError:
         cases = [c for c in CASES if not c.startswith("dask")]
+    if args.only:
+        wanted = [c.strip() for c in args.only.split(",")]
+        unknown = [c for c in wanted if c not in CASES]
+        if unknown:
+            parser.error(f"unknown cases {unknown}; choose from {list(CASES)}")
+        cases = [c for c in cases if c in wanted]
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="order-bench-") as tmp:
         folder = Path(tmp)
         floats, ints = generate(folder, args.size)
         runs: dict[str, list[dict[str, float]]] = {c: [] for c in cases}
+        load = [os.getloadavg()[0]]
         for _ in range(args.repeat):
             for case in cases:
                 runs[case].append(run(case, floats, ints, folder, args.budget))
         (folder / "sorted.npy").unlink(missing_ok=True)
+        load.append(os.getloadavg()[0])
         report(runs, args.size, args.budget)
+        print(f"\nLoad average (1 min) at the start and the end: {load[0]:.1f}, {load[1]:.1f} "
+              f"on {os.cpu_count()} CPUs")
         out = Path(args.dir or ".") / "order_stats.json"
-        out.write_text(json.dumps({"size": args.size, "budget": args.budget, "runs": runs},
-                                  indent=1), encoding="utf8")
+        out.write_text(json.dumps({"size": args.size, "budget": args.budget, "runs": runs,
+                                   "load": load}, indent=1), encoding="utf8")
         print(f"\nJSON: {out}")
 
 
@@ -161,8 +175,8 @@ def report(runs: dict[str, list[dict[str, float]]], size: int, budget: int) -> N
           f"min-max of {len(next(iter(runs.values())))} runs, cold page cache\n")
     print("| case | seconds | peak RSS MiB | read MiB | written MiB | passes | ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    limit = [r["seconds"] for r in runs["machine read+write"] if "seconds" in r]
-    sort_passes = [r["passes"] for r in runs["bigarr.sort"] if r.get("passes")]
+    limit = [r["seconds"] for r in runs.get("machine read+write", []) if "seconds" in r]
+    sort_passes = [r["passes"] for r in runs.get("bigarr.sort", []) if r.get("passes")]
     per_pass = min(limit) if limit else float("nan")
     peers = {"bigarr.sort": None, "np.sort (in RAM)": "bigarr.sort",
              "np.sort (memmap)": "bigarr.sort", "np.median (memmap)": "bigarr.median",
@@ -178,7 +192,7 @@ def report(runs: dict[str, list[dict[str, float]]], size: int, budget: int) -> N
             ratio = (f"{span([s / (per_pass * max(sort_passes)) for s in secs], '.2f')}x the "
                      f"machine's limit for {max(sort_passes)} passes")
         elif peers.get(case):
-            mine = [r["seconds"] for r in runs[str(peers[case])] if "seconds" in r]
+            mine = [r["seconds"] for r in runs.get(str(peers[case]), []) if "seconds" in r]
             if mine:
                 ratio = f"{span([s / min(mine) for s in secs], '.1f')}x bigarr's time"
         passes = [r["passes"] for r in ok if r.get("passes") is not None]

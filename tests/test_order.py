@@ -312,11 +312,11 @@ def test_sort_equals_numpy(tmp_path: Path, dtype: str, kind: str) -> None:
 
 def test_sort_removes_runs_and_output_on_failure(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    def fail(*args: Any) -> None:
+    def fail(*args: Any, **kwargs: Any) -> None:
         raise OSError("injected failure in the merge")
 
     monkeypatch.setattr(sort_module, "merge", fail)
-    x = make("float32", (100_000,), "random")
+    x = make("float32", (400_000,), "random")
     with pytest.raises(OSError, match="injected"):
         bigarr.sort(x, tmp_path / "s.npy", budget="4MiB", progress=False)
     assert list(tmp_path.iterdir()) == []

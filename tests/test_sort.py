@@ -23,6 +23,7 @@ import bigarr
 from bigarr._compute import gather, order
 from bigarr._compute import runs as runs_module
 from bigarr._compute import sort as sort_module
+from bigarr._formats.journal import journal_path, read_journal
 from bigarr.errors import (
     ArgumentError,
     ArgumentValueError,
@@ -387,7 +388,7 @@ def test_resume_reuses_runs_that_survive_kill_9(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     src, out, tmp = tmp_path / "x.npy", tmp_path / "s.npy", tmp_path / "tmp"
     tmp.mkdir()
-    x = make("float64", (400_000,), "special", seed=9)
+    x = make("float64", (800_000,), "special", seed=9)
     np.save(src, x)
     calls = [0]
     records = sort_module._Job.records
@@ -437,6 +438,75 @@ def test_resume_reuses_runs_that_survive_kill_9(tmp_path: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy", "tmp", "x.npy"]
 
 
+_DIE_AFTER_FIRST_MERGE_PASS = """
+import os, signal, bigarr
+from bigarr._compute import sort, sortjournal
+sort.MIN_BUFFER = 1 << 40  # a fan-in of 2: several merge passes
+finished = sortjournal.RunJournal.pass_finished
+def dying(self, number, runs):
+    finished(self, number, runs)
+    os.kill(os.getpid(), signal.SIGKILL)
+sortjournal.RunJournal.pass_finished = dying
+bigarr.sort({src!r}, {out!r}, budget="4MiB", threads=1, progress=False, resume=True,
+            tmpdir={tmp!r})
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL, statx")
+def test_resume_starts_from_a_finished_merge_pass(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sort killed after its first merge pass resumes from that pass: no chunk is sorted
+    again and two passes fewer run; the answer is numpy's and nothing is left behind."""
+    src, out, tmp = tmp_path / "x.npy", tmp_path / "s.npy", tmp_path / "tmp"
+    tmp.mkdir()
+    x = make("float64", (800_000,), "special", seed=4)
+    np.save(src, x)
+    monkeypatch.setattr(sort_module, "MIN_BUFFER", 1 << 40)
+    calls = [0]
+    records = sort_module._Job.records
+
+    def counting(self: Any, block: Any, row: int) -> Any:
+        calls[0] += 1
+        return records(self, block, row)
+
+    monkeypatch.setattr(sort_module._Job, "records", counting)
+    with bigarr.sort(src, out, budget="4MiB", threads=1, progress=False) as whole:
+        np.testing.assert_array_equal(whole, np.sort(x))
+    passes, calls[0] = order.LAST_PASSES[0], 0
+    out.unlink()
+    assert passes >= 4
+
+    code = _DIE_AFTER_FIRST_MERGE_PASS.format(src=str(src), out=str(out), tmp=str(tmp))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    left = len(list(tmp.iterdir()))
+    assert left >= 2 and (tmp_path / "s.npy.bigarr-journal").exists()
+    with bigarr.sort(src, out, budget="4MiB", threads=1, progress=False, resume=True,
+                     tmpdir=tmp) as got:
+        np.testing.assert_array_equal(got, np.sort(x))
+    assert calls[0] == 0 and order.LAST_PASSES[0] == passes - 2
+    assert list(tmp.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy", "tmp", "x.npy"]
+
+    # a merged run replaced by a copy of itself: the pass is not used, all is sorted again
+    out.unlink()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    journal = read_journal(journal_path(str(out)))
+    assert journal is not None
+    victim = tmp / journal.header["target"]["merged"]["runs"][0][0]
+    data = victim.read_bytes()
+    victim.unlink()
+    victim.write_bytes(data)
+    with bigarr.sort(src, out, budget="4MiB", threads=1, progress=False, resume=True,
+                     tmpdir=tmp) as got:
+        np.testing.assert_array_equal(got, np.sort(x))
+    assert calls[0] > 0 and order.LAST_PASSES[0] == passes
+    assert list(tmp.iterdir()) == []
+
+
 class _Stop(Exception):
     pass
 
@@ -446,8 +516,8 @@ def test_resume_does_not_reuse_runs_of_a_replaced_source_with_same_size_and_mtim
     # regression: the source's identity was path, size and mtime only, so a file renamed into
     # place with the same size and the old mtime resumed from the old file's runs
     src, out = tmp_path / "src.npy", tmp_path / "sorted.npy"
-    old = np.random.default_rng(1).random(400_000)
-    new = np.random.default_rng(2).random(400_000)
+    old = np.random.default_rng(1).random(800_000)
+    new = np.random.default_rng(2).random(800_000)
     np.save(src, old)
 
     def stop(event: Any) -> None:

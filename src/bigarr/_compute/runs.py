@@ -19,16 +19,20 @@ records
 :func:`merge` reads a buffer of each run, emits every buffered record up to the smallest of the
 buffers' last records (the *bound*: no unread record can precede it), sorts that block (pieces
 concatenated in run order, so a stable sort by key alone keeps ``(k, i)`` order: earlier runs
-hold lower indices) and hands it to a sink, then refills the buffers it emptied. A buffer that
-empties drops its bytes at once: a finished run holds no memory while the others merge.
+hold lower indices) and hands it to a sink, then tops up the buffers it left at most half full. A
+buffer that empties drops its bytes at once: a finished run holds no memory while the others
+merge.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -45,14 +49,12 @@ Sink = Callable[[Array], None]
 #: Smallest buffer per run in a merge (bytes); more runs than the budget holds at this size
 #: merge in several passes.
 MIN_BUFFER = 64 << 10
-#: A merge holds the run buffers, the block cut from them, its sort order, its sorted copy and
-#: the piece handed to the sink: the buffers get this share of the budget.
-MERGE_SHARE = 6
 
 
-def per_run(budget_bytes: int, runs: int, itemsize: int) -> int:
-    """Records buffered per run: a sixth of the budget for all buffers (:data:`MERGE_SHARE`)."""
-    return max(budget_bytes // MERGE_SHARE // max(runs, 1) // itemsize, 1)
+def per_run(budget_bytes: int, runs: int, itemsize: int, share: int) -> int:
+    """Records buffered per run: ``1/share`` of the budget for all buffers (:meth:`Values.share`,
+    :meth:`Records.share`)."""
+    return max(budget_bytes // share // max(runs, 1) // itemsize, 1)
 
 
 class Values:
@@ -70,7 +72,17 @@ class Values:
         return int(np.searchsorted(buf, bound[0], side="right"))
 
     def sort(self, block: Array) -> Array:
-        return np.sort(block)  # values: no order among equals to keep (see sort.py)
+        """``block`` (a fresh concatenation, owned) sorted in place: values have no order among
+        equals to keep (see sort.py), so numpy's fast unstable sort will do."""
+        block.sort()
+        return block
+
+    @staticmethod
+    def share(threads: int) -> int:
+        """Budget shares of a merge whose buffers take one: each of ``threads`` blocks in
+        flight (as large as all buffers together at most, sorted in place), and one spare for
+        the cut's temporaries."""
+        return threads + 2
 
 
 class Records:
@@ -95,15 +107,22 @@ class Records:
         return int(self.order(a)[0])
 
     def count_le(self, buf: Array, bound: Array) -> int:
-        """Records of the sorted ``buf`` not after ``bound[0]`` in ``(k, i)`` order."""
-        le = buf["i"] <= bound["i"][0]
-        k, bk = buf["k"], bound["k"][0]
-        for j in range(self.nkeys - 1, -1, -1):
-            le = (k[:, j] < bk[j]) | ((k[:, j] == bk[j]) & le)
-        return int(np.count_nonzero(le))
+        """Records of the sorted ``buf`` not after ``bound[0]`` in ``(k, i)`` order: a binary
+        search (a scan of the whole buffer at every step made the merge cost grow with the
+        number of runs)."""
+        k, i = buf["k"], buf["i"]
+        target = (tuple(bound["k"][0].tolist()), int(bound["i"][0]))
+        return bisect.bisect_right(range(buf.shape[0]), target,
+                                   key=lambda j: (tuple(k[j].tolist()), int(i[j])))
 
     def sort(self, block: Array) -> Array:
         return block[self.order(block)]
+
+    @staticmethod
+    def share(threads: int) -> int:
+        """As :meth:`Values.share`; each block in flight is held with its sort order (int64,
+        no larger than a record) and its sorted copy."""
+        return 3 * threads + 3
 
 
 Format = Values | Records
@@ -124,43 +143,79 @@ class Run:
             self.fd = -1
 
     def refill(self, count: int) -> None:
-        self.buf = np.zeros(0, dtype=self.dtype)  # drop the old bytes before reading new
-        n = min(count, self.size - self.read)
+        """Top the buffer up to ``count`` records (what is left of it, then the next ones)."""
+        keep = self.buf
+        self.buf = np.zeros(0, dtype=self.dtype)
+        n = min(count - keep.shape[0], self.size - self.read)
+        if n <= 0:
+            self.buf = keep
+            return
         raw = os.pread(self.fd, n * self.dtype.itemsize, self.read * self.dtype.itemsize)
         got = np.frombuffer(raw, dtype=self.dtype)
         if got.size != n:
             raise DiskFullError(f"A temporary run of the sort was shortened under the sort: "
                                 f"expected {n} records, read {got.size}.")
         self.read += n
-        self.buf = got
+        self.buf = _concat([keep, got], self.dtype) if keep.size else got
 
 
-def merge(runs: list[Run], fmt: Format, per: int, sink: Sink) -> None:
-    """Merge sorted ``runs`` into ``sink``, block by block (module docstring)."""
+def _concat(pieces: list[Array], dtype: np.dtype[Any]) -> Array:
+    """``np.concatenate(pieces)``, without numpy's promotion of structured dtypes (which took
+    more time than the copy, pair by pair of fields, at every step of a merge of records)."""
+    out = np.empty(sum(p.shape[0] for p in pieces), dtype=dtype)
+    at = 0
+    for p in pieces:
+        out[at:at + p.shape[0]] = p
+        at += p.shape[0]
+    return out
+
+
+def merge(runs: list[Run], fmt: Format, per: int, sink: Sink, threads: int = 1) -> None:
+    """Merge sorted ``runs`` into ``sink``, block by block (module docstring).
+
+    With ``threads`` > 1 the blocks, which are independent once cut, are sorted on that many
+    worker threads (numpy's sorts release the GIL) while this thread reads the runs, cuts the
+    next blocks and hands the sorted ones to ``sink`` in order: at most ``threads`` blocks are
+    in flight.
+    """
     for run in runs:
         run.refill(per)
-    while True:
-        live = [r for r in runs if r.buf.size]
-        if not live:
-            return
-        pending = [r for r in live if r.read < r.size]
-        if pending:
-            lasts = np.concatenate([r.buf[-1:] for r in pending])
-            i = fmt.first(lasts)
-            bound = lasts[i:i + 1]
-            cuts = [fmt.count_le(r.buf, bound) for r in live]
-        else:
-            cuts = [r.buf.size for r in live]
-        block = fmt.sort(np.concatenate([r.buf[:c] for r, c in zip(live, cuts, strict=True)]))
-        sink(block)
-        del block
-        for r, c in zip(live, cuts, strict=True):
-            r.buf = r.buf[c:]
-            if not r.buf.size:
-                if r.read < r.size:
+    with contextlib.ExitStack() as stack:
+        pool = (stack.enter_context(ThreadPoolExecutor(threads, "bigarr-merge"))
+                if threads > 1 else None)
+        flight: deque[Future[Array]] = deque()
+        while True:
+            live = [r for r in runs if r.buf.size]
+            if not live:
+                break
+            if len(flight) >= threads:  # before the next block is cut: threads blocks at most
+                sink(flight.popleft().result())
+            pending = [r for r in live if r.read < r.size]
+            if pending:
+                lasts = _concat([r.buf[-1:] for r in pending], fmt.dtype)
+                i = fmt.first(lasts)
+                bound = lasts[i:i + 1]
+                cuts = [fmt.count_le(r.buf, bound) for r in live]
+            else:
+                cuts = [r.buf.size for r in live]
+            block = _concat([r.buf[:c] for r, c in zip(live, cuts, strict=True)], fmt.dtype)
+            for r, c in zip(live, cuts, strict=True):
+                r.buf = r.buf[c:]
+                if r.read < r.size and r.buf.shape[0] <= per // 2:
+                    # topped up, not only refilled once empty: with every buffer at least
+                    # half full, the bound (the smallest of their last records) lets each
+                    # run give a large share of its buffer, not one run its whole buffer
                     r.refill(per)
-                else:
+                elif not r.buf.size:
                     r.close()
+            if pool is None:
+                sink(fmt.sort(block))
+                del block
+                continue
+            flight.append(pool.submit(fmt.sort, block))
+            del block
+        while flight:
+            sink(flight.popleft().result())
 
 
 def free_bytes(folder: str) -> int:
@@ -215,6 +270,13 @@ class TempRuns:
 
     def name_of(self, run: Run) -> str:
         return self.names[self.runs.index(run)]
+
+    def forget(self, run: Run) -> None:
+        """Close one run and leave its file (it is not this sort's to remove)."""
+        run.close()
+        i = self.runs.index(run)
+        del self.runs[i]
+        del self.names[i]
 
     def discard(self, run: Run) -> None:
         """Close and remove one run (merged into another)."""

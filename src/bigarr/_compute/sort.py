@@ -18,8 +18,9 @@ What the runs hold (:mod:`bigarr._compute.runs`):
 Temporary runs go next to the output (or in ``tmpdir=``), are refused up front with both numbers
 when the file system lacks room (``statvfs``), and are removed on success and on failure. The
 output is built under a hidden name and renamed over ``out`` once complete, under the output's
-lock. With ``resume=True`` the runs of phase 1 are made durable and journaled
-(:mod:`bigarr._compute.sortjournal`), so a killed sort restarts from the runs it finished.
+lock. With ``resume=True`` the runs of phase 1, and the runs of each finished intermediate merge
+pass, are made durable and journaled (:mod:`bigarr._compute.sortjournal`), so a killed sort
+restarts from the runs it finished, or from the last merge pass it finished.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from bigarr._compute.order import LAST_PASSES, Array, _check_dtype, _key_dtype, 
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import parse_threads, plan_run
 from bigarr._compute.runs import (
-    MERGE_SHARE,
     MIN_BUFFER,
     Records,
     Run,
@@ -110,8 +110,9 @@ class _Job:
         self.fmt: Format
         if by is None:
             self.fmt = Values(dtype)
-            # the sorted copy, timsort's half-size buffer, the copy waiting to be written
-            self.temporaries = 3.0
+            # the sorted copy (numpy's unstable sort works in place), which is also the copy
+            # waiting to be written
+            self.temporaries = 1.0
         else:
             kd = _key_dtype(dtype)
             self.fmt = Records(kd, len(by), dtype if rows else None, self.row_size)
@@ -158,33 +159,38 @@ class _Job:
         return passes
 
     def fan_in(self) -> int:
-        return max(2, self.budget // MERGE_SHARE // MIN_BUFFER)
+        return max(2, self.budget // self.share() // MIN_BUFFER)
+
+    def share(self) -> int:
+        """Budget shares of a merge whose run buffers take one (:meth:`Values.share`)."""
+        return self.fmt.share(max(self.threads, 1))
+
+    def merge(self, runs: list[Run], sink: Sink) -> None:
+        size = self.fmt.dtype.itemsize
+        merge(runs, self.fmt, per_run(self.budget, len(runs), size, self.share()), sink,
+              threads=max(self.threads, 1))
 
     def run(self, plan: Any, temp: TempRuns, sink: Sink, journal: RunJournal | None = None,
             ) -> None:
         """Phase 1 then the merge passes, the last into ``sink``; with a ``journal``, the runs
-        it holds are reused and each new run is recorded once durable."""
+        it holds (of phase 1, or of a finished merge pass) are reused, and each new run and
+        each finished intermediate pass is recorded once durable."""
         nchunks = len(plan.chunks)
         dtype = self.fmt.dtype
         done = journal.adopt(dtype) if journal is not None and nchunks > 1 else {}
-        LAST_PASSES[0] = 1
-        todo = [c for c in plan.chunks if c.index not in done]
-        with Progress(self.progress, total_bytes=sum(c.nbytes for c in todo),
-                      total_chunks=len(todo), desc=f"{self.name} runs") as bar:
-            for chunk, part in execute(plan, lambda c, b: self.records(b[0], c.rows.start),
-                                       [self.stream], progress=bar, skip=set(done)):
-                if nchunks == 1:
-                    sink(part)  # the whole source in one run: it is the answer
-                    return
-                run = temp.new(part.shape[0], dtype)
-                pwrite_all(run.fd, np.ascontiguousarray(part), 0)
-                del part
-                done[chunk.index] = run
-                if journal is not None:
-                    journal.finished(chunk.index, run)
-        runs = [done[i] for i in sorted(done)]  # in source order: the merge keeps ties in it
+        runs: list[Run]
+        if journal is not None and journal.adopted_pass:
+            runs = journal.adopted_merged  # phase 1 and earlier passes are done
+            number = journal.adopted_pass
+            LAST_PASSES[0] = 0
+        else:
+            LAST_PASSES[0] = 1
+            number = 1
+            if self._phase1(plan, temp, sink, journal, done):
+                return
+            runs = [done[i] for i in sorted(done)]  # in source order: the merge keeps ties
         fan_in = self.fan_in()
-        keep_runs = journal is not None and journal.resume  # resumable until the end
+        resumable = journal is not None and journal.resume
         while len(runs) > fan_in:
             merged: list[Run] = []
             for start in range(0, len(runs), fan_in):
@@ -197,18 +203,43 @@ class _Job:
                     pwrite_all(fd, np.ascontiguousarray(block), written[0] * dtype.itemsize)
                     written[0] += block.shape[0]
 
-                merge(group, self.fmt, per_run(self.budget, len(group), dtype.itemsize),
-                      to_run)
+                self.merge(group, to_run)
                 for r in group:
-                    if keep_runs:
-                        r.close()
+                    if resumable:
+                        r.close()  # journaled: kept until this pass is
                     else:
                         temp.discard(r)
                 merged.append(target)
+            number += 1
+            if journal is not None and resumable:
+                journal.pass_finished(number, merged)
+                for r in runs:
+                    temp.discard(r)
             runs = merged
             LAST_PASSES[0] += 1
-        merge(runs, self.fmt, per_run(self.budget, len(runs), dtype.itemsize), sink)
+        self.merge(runs, sink)
         LAST_PASSES[0] += 1
+
+    def _phase1(self, plan: Any, temp: TempRuns, sink: Sink, journal: RunJournal | None,
+                done: dict[int, Run]) -> bool:
+        """Sort the chunks not ``done`` into runs (added to ``done``); True when the source
+        was one chunk, sorted straight into ``sink``."""
+        nchunks = len(plan.chunks)
+        todo = [c for c in plan.chunks if c.index not in done]
+        with Progress(self.progress, total_bytes=sum(c.nbytes for c in todo),
+                      total_chunks=len(todo), desc=f"{self.name} runs") as bar:
+            for chunk, part in execute(plan, lambda c, b: self.records(b[0], c.rows.start),
+                                       [self.stream], progress=bar, skip=set(done)):
+                if nchunks == 1:
+                    sink(part)  # the whole source in one run: it is the answer
+                    return True
+                run = temp.new(part.shape[0], self.fmt.dtype)
+                pwrite_all(run.fd, np.ascontiguousarray(part), 0)
+                del part
+                done[chunk.index] = run
+                if journal is not None:
+                    journal.finished(chunk.index, run)
+        return False
 
 
 def _temp_folder(tmpdir: str | os.PathLike[str] | None, target: str | None) -> str:
@@ -308,10 +339,11 @@ def sort(src: Any, out: str | os.PathLike[str], *, by: Any = None,
     tmpdir
         Folder for the temporary runs (default: the folder of ``out``).
     resume
-        Keep the finished runs of phase 1 durable (``fdatasync``, journaled next to ``out``):
-        a run killed even by ``kill -9`` leaves them, and the next call of the same sort with
-        ``resume=True`` reuses every run still intact and sorts only the rest. Without it a
-        failed sort removes its runs.
+        Keep the finished runs of phase 1, and of each finished intermediate merge pass (when
+        the budget cannot merge all runs at once), durable (``fdatasync``, journaled next to
+        ``out``): a run killed even by ``kill -9`` leaves them, and the next call of the same
+        sort with ``resume=True`` reuses every run still intact and sorts only the rest, or
+        starts from the last finished merge pass. Without it a failed sort removes its runs.
 
     Returns
     -------

@@ -334,8 +334,9 @@ def written_in_order(target: str, shape: tuple[int, ...], dtype: np.dtype[Any], 
 
     The one owner of the sequential outputs (``sort``, ``argsort``, ``take``): the file is
     built under a hidden name next to ``target`` (``kind`` names the writer), each array given
-    to the sink is appended with ``pwrite`` under the flush policy
-    (:class:`~bigarr._os.durable.Paced`), and once the block exits the data are synced, the
+    to the sink is appended with ``pwrite`` and paced (:class:`~bigarr._os.durable.Paced`: its
+    writeback starts at once, so the disk works while the writer computes, and the page cache
+    holds a bounded window of its dirty data), and once the block exits the data are synced, the
     file is published (:func:`publish`: never over a file that appeared meanwhile unless
     ``overwrite`` allowed replacing it) and the folder synced. If the block raises, the hidden
     file is removed and ``target`` is left as it was. The caller holds the output's lock.
