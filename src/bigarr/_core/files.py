@@ -29,12 +29,15 @@ from bigarr._formats.npy import (
     parse_order,
     read_header,
 )
-from bigarr._os.durable import datasync, fsync_dir, pwrite_all
+from bigarr._os.durable import fsync_dir, pwrite_all
 from bigarr._os.fileid import (
+    FileId,
     create_new,
+    file_id,
     hidden_name,
     install,
     link_unnamed,
+    path_id,
     remove_leftovers,
     rename_noreplace,
     unnamed_supported,
@@ -59,7 +62,8 @@ from bigarr.errors import (
     TruncatedFileError,
 )
 
-__all__ = ["create", "create_held", "file_path", "open", "open_raw", "parse_order", "preallocate"]
+__all__ = ["NewOutput", "create", "create_held", "file_path", "open", "open_raw", "parse_order",
+           "preallocate"]
 
 _FILL_BLOCK = 16 << 20  # bytes written per pwrite when filling a new file
 
@@ -325,6 +329,118 @@ def publish(tmp: str, path: str, *, overwrite: bool) -> None:
         raise os_error(exc, path, writing=True) from None
 
 
+class NewOutput:
+    """The one output protocol: a new file that appears at ``target`` only once complete.
+
+    Every writer of a new output goes through it (``create``'s hidden-name files,
+    :func:`written_in_order`, ``map_blocks``, ``matmul``, lazy ``to_npy``): the output's lock
+    is held (taken here unless ``locked``: the caller holds it already), what may be replaced
+    is decided once (:func:`bigarr._os.paths.check_output`: a regular file, with
+    ``overwrite``), the file is built under a hidden name next to ``target``
+    (:meth:`build`, which also sweeps what killed writers of ``target`` left), and
+    :meth:`publish` syncs it, installs it at ``target`` (:func:`publish`: never over a file
+    that appeared meanwhile unless ``overwrite`` allowed replacing it) and syncs the folder.
+    Leaving the block without publishing removes the hidden file (unless it was built with
+    ``keep``: a resumable run's partial file, which its journal names), and only if it is
+    still the file this writer created there (:meth:`created`, by identity), never another
+    one that took its name.
+
+    Raises
+    ------
+    FileExistsError_, NotAFileError, FileMissingError, PathError
+        As :func:`~bigarr._os.paths.check_output`, before anything is written.
+    OutputLockedError
+        If another writer holds ``target``'s output lock.
+    """
+
+    def __init__(self, target: str, *, overwrite: bool, locked: bool = False) -> None:
+        self.target = target
+        self._lock = None if locked else OutputLock(target)
+        try:
+            self.replaces = check_output(target, overwrite) == "file"
+        except BaseException:
+            self.close()
+            raise
+        self.building: str | None = None
+        """The hidden name the file is built under (once :meth:`build` chose it)."""
+        self.identity: FileId | None = None
+        """The identity of the file this writer created at :attr:`building`, if it did."""
+        self._keep = False
+        self._published = False
+
+    def build(self, kind: str, *, sweep: tuple[str, ...] = ("new",), adopt: str | None = None,
+              keep: bool = False) -> str:
+        """The hidden name to build the file under: ``adopt`` (a partial file a journal names)
+        or a new one of ``kind``. What killed writers of ``target`` left under the hidden
+        names of ``sweep`` is removed first (this writer holds the lock; ``adopt`` is kept).
+        ``keep``: a failed run leaves the file for a resumed one."""
+        self.building = adopt if adopt is not None else hidden_name(self.target, kind)
+        self._keep = keep
+        if sweep:
+            remove_leftovers(self.target, sweep, keep=self.building)
+        return self.building
+
+    def created(self, fd: int) -> FileId:
+        """Record the identity of the file created (open as ``fd``) at :attr:`building`."""
+        self.identity = file_id(fd)
+        return self.identity
+
+    def publish(self) -> None:
+        """Sync the finished file, install it at ``target`` and sync the folder.
+
+        Raises
+        ------
+        FileExistsError_, NotAFileError
+            If something appeared at ``target`` meanwhile (without ``overwrite``).
+        ReadOnlyError, PathError
+            If the OS refuses the sync, rename or link.
+        """
+        assert self.building is not None, "build() names the file first"
+        try:
+            fd = os.open(self.building, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise os_error(exc, self.target, writing=True) from None
+        publish(self.building, self.target, overwrite=self.replaces)
+        self._published = True
+        fsync_dir(self.target)
+
+    def discard(self) -> None:
+        """Remove the hidden file, if it is still the one this writer created (or, when its
+        identity was not recorded, a regular file with one link, as leftovers are)."""
+        if self.building is None or self._published:
+            return
+        with contextlib.suppress(OSError):
+            st = os.lstat(self.building)
+            if not stat.S_ISREG(st.st_mode):
+                return
+            if self.identity is not None:
+                if path_id(self.building) != self.identity:
+                    return  # another file took the name: not ours to delete
+            elif st.st_nlink != 1:
+                return
+            os.unlink(self.building)
+
+    def close(self) -> None:
+        """Release the output's lock (if this object took it)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> NewOutput:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if not self._keep:
+                self.discard()
+        finally:
+            self.close()
+
+
 @contextlib.contextmanager
 def written_in_order(target: str, shape: tuple[int, ...], dtype: np.dtype[Any], *,
                      overwrite: bool, kind: str) -> Iterator[Callable[[Any], None]]:
@@ -344,12 +460,12 @@ def written_in_order(target: str, shape: tuple[int, ...], dtype: np.dtype[Any], 
     ShapeError
         If the sink was given fewer or more bytes than ``shape`` and ``dtype`` hold.
     """
-    existing = check_output(target, overwrite)
-    building = hidden_name(target, kind)
-    done = False
-    try:
-        result = create(building, shape, dtype)
+    with NewOutput(target, overwrite=overwrite, locked=True) as output:
+        building = output.build(kind, sweep=())
+        result = create_held(building, shape, dtype, direct=True)
         offset, nbytes = int(result.offset), int(result.nbytes)
+        assert result._bigarr is not None
+        output.created(result._bigarr.fd)
         result.close()
         fd = os.open(building, os.O_WRONLY | os.O_CLOEXEC)
         try:
@@ -366,16 +482,9 @@ def written_in_order(target: str, shape: tuple[int, ...], dtype: np.dtype[Any], 
             yield sink
             if written != nbytes:
                 raise ShapeError(f"{target}: {written} of its {nbytes} data bytes were written")
-            datasync(fd)
         finally:
             os.close(fd)
-        publish(building, target, overwrite=existing == "file")
-        fsync_dir(target)
-        done = True
-    finally:
-        if not done:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(building)
+        output.publish()
 
 
 def _fill(fd: int, offset: int, nbytes: int, dtype: np.dtype[Any], fill: Any) -> None:
