@@ -385,6 +385,21 @@ class NewOutput:
         self.identity = file_id(fd)
         return self.identity
 
+    def create(self, shape: tuple[int, ...], dtype: Any, *, order: str = "C") -> memmap:
+        """Create the ``.npy`` file at :attr:`building` (preallocated, as :func:`create`),
+        record its identity, and open it in shared mode.
+
+        Raises
+        ------
+        DiskFullError, ReadOnlyError, DtypeError, ShapeError
+            As :func:`create`.
+        """
+        assert self.building is not None, "build() names the file first"
+        arr = create_held(self.building, shape, dtype, order=order, direct=True)
+        assert arr._bigarr is not None
+        self.created(arr._bigarr.fd)
+        return arr
+
     def publish(self) -> None:
         """Sync the finished file, install it at ``target`` and sync the folder.
 
@@ -462,10 +477,8 @@ def written_in_order(target: str, shape: tuple[int, ...], dtype: np.dtype[Any], 
     """
     with NewOutput(target, overwrite=overwrite, locked=True) as output:
         building = output.build(kind, sweep=())
-        result = create_held(building, shape, dtype, direct=True)
+        result = output.create(shape, dtype)
         offset, nbytes = int(result.offset), int(result.nbytes)
-        assert result._bigarr is not None
-        output.created(result._bigarr.fd)
         result.close()
         fd = os.open(building, os.O_WRONLY | os.O_CLOEXEC)
         try:
