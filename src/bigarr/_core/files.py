@@ -63,7 +63,7 @@ from bigarr.errors import (
 )
 
 __all__ = ["NewOutput", "create", "create_held", "file_path", "open", "open_raw", "parse_order",
-           "preallocate"]
+           "preallocate", "remove_partial"]
 
 _FILL_BLOCK = 16 << 20  # bytes written per pwrite when filling a new file
 
@@ -424,20 +424,10 @@ class NewOutput:
         fsync_dir(self.target)
 
     def discard(self) -> None:
-        """Remove the hidden file, if it is still the one this writer created (or, when its
-        identity was not recorded, a regular file with one link, as leftovers are)."""
-        if self.building is None or self._published:
-            return
-        with contextlib.suppress(OSError):
-            st = os.lstat(self.building)
-            if not stat.S_ISREG(st.st_mode):
-                return
-            if self.identity is not None:
-                if path_id(self.building) != self.identity:
-                    return  # another file took the name: not ours to delete
-            elif st.st_nlink != 1:
-                return
-            os.unlink(self.building)
+        """Remove the hidden file, if it is still the one this writer created (see
+        :func:`remove_partial`)."""
+        if self.building is not None and not self._published:
+            remove_partial(self.building, self.identity)
 
     def close(self) -> None:
         """Release the output's lock (if this object took it)."""
@@ -454,6 +444,27 @@ class NewOutput:
                 self.discard()
         finally:
             self.close()
+
+
+def remove_partial(path: str, named: FileId | None) -> None:
+    """Delete an output's abandoned hidden file, only if it is the file ``named`` (its
+    identity, as a journal or the writer recorded it); with no identity recorded, only a
+    regular file with one link (as :func:`bigarr._os.fileid.remove_leftovers` does). A file
+    that took the name since (a planted link, another writer's file) is left alone."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        return
+    if named is not None:
+        if path_id(path) != named:
+            return  # not the file the journal described: not ours to delete
+    elif st.st_nlink != 1:
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    fsync_dir(path)
 
 
 @contextlib.contextmanager
