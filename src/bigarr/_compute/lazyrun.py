@@ -33,7 +33,6 @@ file intact and no partial one).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -73,12 +72,7 @@ from bigarr._compute.partials import Tree, merge
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.reductions import SCRATCH_BYTES
 from bigarr._compute.runplan import RunPlan, parse_threads, plan_run, probe_temporaries
-from bigarr._formats.journal import journal_path
-from bigarr._os.durable import fsync_dir
-from bigarr._os.fileid import hidden_name, remove_leftovers
 from bigarr._os.geometry import format_bytes
-from bigarr._os.lock import OutputLock
-from bigarr._os.paths import check_output
 from bigarr._plan.budget import parse_budget
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import ArgumentError, BudgetError, UnsupportedError
@@ -693,7 +687,7 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
     """Evaluate ``expr`` into a new ``.npy`` file (see :meth:`LazyArray.to_npy`)."""
     from bigarr._compute.mapblocks import map_blocks
     from bigarr._core.append import Appender
-    from bigarr._core.files import create, file_path, publish
+    from bigarr._core.files import NewOutput, file_path
     from bigarr._core.files import open as open_npy
 
     root = expr.node
@@ -706,8 +700,11 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
                      skip=frozenset({id(root)} if streamed else ()), numexpr=numexpr)
     if not streamed:
         value = values[id(root)]
-        with create(path, value.shape, root.dtype, overwrite=overwrite) as m:
-            m[...] = value
+        with NewOutput(file_path(path), overwrite=overwrite) as output:
+            output.build("new")
+            with output.create(value.shape, root.dtype) as m:
+                m[...] = value
+            output.publish()
         return open_npy(path)
     opened = _Opened()
     carries = Carries()
@@ -760,21 +757,15 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
         # at the user's name only once complete (as map_blocks' files are): a run that fails
         # leaves an older file intact and no partial one under its name.
         target = file_path(path)
-        with OutputLock(target):
-            existing = check_output(target, overwrite)
-            remove_leftovers(target, ("partial",))  # killed runs' (this run holds the lock)
-            partial = hidden_name(target, "partial")
-            try:
-                with Appender(partial, dtype=root.dtype, row_shape=row_shape) as app:
-                    map_blocks(block, first, *sources[1:], out=app, budget=nbytes,
-                               threads=threads, progress=progress)
-                publish(partial, target, overwrite=existing == "file")
-                fsync_dir(target)
-            except BaseException:
-                for name in (partial, journal_path(partial)):  # nothing can resume it
-                    with contextlib.suppress(OSError):
-                        os.unlink(name)
-                raise
+        with NewOutput(target, overwrite=overwrite) as output:
+            # killed runs' partials are swept (this run holds the lock); a failed run's
+            # partial and its journal are removed (nothing can resume it)
+            partial = output.build("partial", sweep=("partial",))
+            with Appender(partial, dtype=root.dtype, row_shape=row_shape) as app:
+                output.created(app.fileno())
+                map_blocks(block, first, *sources[1:], out=app, budget=nbytes,
+                           threads=threads, progress=progress)
+            output.publish()
     finally:
         opened.close()
     return open_npy(target)

@@ -425,9 +425,11 @@ class NewOutput:
 
     def discard(self) -> None:
         """Remove the hidden file, if it is still the one this writer created (see
-        :func:`remove_partial`)."""
-        if self.building is not None and not self._published:
-            remove_partial(self.building, self.identity)
+        :func:`remove_partial`), and any journal of it."""
+        if (self.building is not None and not self._published
+                and remove_partial(self.building, self.identity)):
+            with contextlib.suppress(OSError):  # an Appender's journal of the hidden file
+                    os.unlink(journal_path(self.building))
 
     def close(self) -> None:
         """Release the output's lock (if this object took it)."""
@@ -446,25 +448,33 @@ class NewOutput:
             self.close()
 
 
-def remove_partial(path: str, named: FileId | None) -> None:
+def remove_partial(path: str, named: FileId | None) -> bool:
     """Delete an output's abandoned hidden file, only if it is the file ``named`` (its
     identity, as a journal or the writer recorded it); with no identity recorded, only a
     regular file with one link (as :func:`bigarr._os.fileid.remove_leftovers` does). A file
-    that took the name since (a planted link, another writer's file) is left alone."""
+    that took the name since (a planted link, another writer's file) is left alone.
+
+    Returns True if nothing is left at ``path`` that belongs to the output.
+    """
     try:
         st = os.lstat(path)
+    except FileNotFoundError:
+        return True
     except OSError:
-        return
+        return False
     if not stat.S_ISREG(st.st_mode):
-        return
+        return False
     if named is not None:
         if path_id(path) != named:
-            return  # not the file the journal described: not ours to delete
+            return False  # not the file the journal described: not ours to delete
     elif st.st_nlink != 1:
-        return
-    with contextlib.suppress(OSError):
+        return False
+    try:
         os.unlink(path)
+    except OSError:
+        return False
     fsync_dir(path)
+    return True
 
 
 @contextlib.contextmanager
