@@ -67,6 +67,7 @@ from bigarr._compute.lazynodes import (
     rowed,
     unknown_rows,
 )
+from bigarr._compute.lazyresume import check_resumable, resume_token
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.partials import Tree, merge
 from bigarr._compute.progress import Progress, ProgressArg
@@ -683,8 +684,13 @@ def explain(expr: LazyArray, *, budget: int | str | None = None,
 
 def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str | None = None,
            threads: int | None = None, progress: ProgressArg = None,
-           overwrite: bool = False, backend: str | None = None) -> Any:
-    """Evaluate ``expr`` into a new ``.npy`` file (see :meth:`LazyArray.to_npy`)."""
+           overwrite: bool = False, backend: str | None = None, resume: bool = False) -> Any:
+    """Evaluate ``expr`` into a new ``.npy`` file (see :meth:`LazyArray.to_npy`).
+
+    ``resume``: the final pass is a resumable :func:`bigarr.map_blocks` run whose journal is
+    tied to the inputs' identities and the expression's token
+    (:func:`bigarr._compute.lazyresume.resume_token`).
+    """
     from bigarr._compute.mapblocks import map_blocks
     from bigarr._core.append import Appender
     from bigarr._core.files import NewOutput, file_path
@@ -696,6 +702,8 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
     item = _item(root)
     streamed = (not isinstance(root, Reduce) and bool(item.rows)
                 and math.prod(next(iter(item.rows.values())).shape) > 0)
+    if resume and streamed:
+        check_resumable(root, plain(item.frame))
     values, _ = _run([root], nbytes, threads, progress, dry=False,
                      skip=frozenset({id(root)} if streamed else ()), numexpr=numexpr)
     if not streamed:
@@ -746,9 +754,10 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
         if isinstance(first, (str, os.PathLike)):
             first = os.fspath(first)
         if rows_known:
+            token = resume_token(root, opened.stream, numexpr) if resume else None
             written = map_blocks(block, first, *sources[1:], out=path, dtype=root.dtype,
                                  budget=nbytes, threads=threads, progress=progress,
-                                 overwrite=overwrite)
+                                 overwrite=overwrite, resume=resume, token=token)
             written_path = written.filename
             written.close()
             return open_npy(written_path if written_path is not None else path)
@@ -769,3 +778,4 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
     finally:
         opened.close()
     return open_npy(target)
+

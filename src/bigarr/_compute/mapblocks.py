@@ -157,17 +157,19 @@ def map_blocks(func: Callable[..., Any], *inputs: Any, out: str | os.PathLike[st
                dtype: Any = ..., budget: int | str = ..., threads: int | None = ...,
                progress: ProgressArg = ..., resume: bool = ..., overwrite: bool = ...,
                order: str = ..., flush_every: int | str | None = ..., prefetch: int = ...,
-               ) -> memmap: ...
+               token: str | None = ...) -> memmap: ...
 @overload
 def map_blocks(func: Callable[..., Any], *inputs: Any, out: Appender, dtype: Any = ...,
                budget: int | str = ..., threads: int | None = ..., progress: ProgressArg = ...,
                resume: bool = ..., overwrite: bool = ..., order: str = ...,
-               flush_every: int | str | None = ..., prefetch: int = ...) -> Appender: ...
+               flush_every: int | str | None = ..., prefetch: int = ...,
+               token: str | None = ...) -> Appender: ...
 @overload
 def map_blocks(func: Callable[..., Any], *inputs: Any, out: _Out, dtype: Any = ...,
                budget: int | str = ..., threads: int | None = ..., progress: ProgressArg = ...,
                resume: bool = ..., overwrite: bool = ..., order: str = ...,
-               flush_every: int | str | None = ..., prefetch: int = ...) -> _Out: ...
+               flush_every: int | str | None = ..., prefetch: int = ...,
+               token: str | None = ...) -> _Out: ...
 def map_blocks(
     func: Callable[..., Any],
     *inputs: Any,
