@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import random
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import pytest
 import bigarr
 from bigarr._formats.journal import journal_path, read_journal
 from bigarr.errors import StaleJournalWarning, UnsupportedError
+from test_resume import _kill_after as kill_after
 
 ROWS = 40_000
 COLS = 16
@@ -64,12 +63,6 @@ def _start(tmp_path: Path, src: Path, out: Path, log: Path, *, resume: bool,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _records(log: Path) -> list[list[int]]:
-    if not log.exists():
-        return []
-    return [[int(c) for c in line.split()] for line in log.read_text().splitlines()]
-
-
 def _expr(src: Path, scale: float = 2.0) -> bigarr.LazyArray:
     x = bigarr.lazy(src)
     return (x - x.mean(0)) / x.std(0) * scale + 1
@@ -95,17 +88,9 @@ def _logged_run(monkeypatch: pytest.MonkeyPatch, src: Path, out: Path, *,
     return seen
 
 
-def _kill_after(tmp_path: Path, src: Path, out: Path, records: int) -> None:
-    log = tmp_path / "run.log"
-    proc = _start(tmp_path, src, out, log, resume=True)
-    deadline = time.monotonic() + 60
-    while len(_records(log)) < records:
-        assert proc.poll() is None, proc.communicate()[1]
-        assert time.monotonic() < deadline
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+def _kill_after(tmp_path: Path, src: Path, out: Path, chunks: int) -> None:
+    log = tmp_path / "run.log"  # a line of chunk numbers per journal record
+    kill_after(_start(tmp_path, src, out, log, resume=True), log, chunks)
 
 
 def _crc(path: Path) -> int:
@@ -121,7 +106,7 @@ def test_lazy_to_npy_resumes_after_kill_and_matches_a_clean_run(
 
     out = tmp_path / "out.npy"
     seed = random.randrange(1 << 30)
-    kill_at = random.Random(seed).randint(1, 25)  # of about 30 records
+    kill_at = random.Random(seed).randint(1, 25)  # chunks journaled, of about 35
     _kill_after(tmp_path, src, out, kill_at)
     assert not out.exists(), seed  # the output's name appears only once complete
     parsed = read_journal(journal_path(str(out)))
