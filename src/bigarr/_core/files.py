@@ -200,7 +200,8 @@ def _atomic_file(path: str, overwrite: bool, *, locked: bool = False,
     ``path``'s output lock as this writer does (unless ``locked``: the caller holds it). What
     may be replaced is decided by :func:`bigarr._os.paths.check_output` (a regular file, with
     ``overwrite``); the file is published with ``rename`` over that file, or with ``link``
-    (which never clobbers) where nothing was.
+    (which never clobbers) where nothing was. The lock, the check, the sweep, the hidden name,
+    its publishing and its removal on failure are :class:`NewOutput`'s.
 
     ``direct`` creates the file at ``path`` itself (which must not exist): for names that are
     already bigarr's own hidden names, which a journal names before they exist, so the caller
@@ -215,19 +216,23 @@ def _atomic_file(path: str, overwrite: bool, *, locked: bool = False,
     ReadOnlyError, DiskFullError
         If the directory cannot be written, or the disk fills.
     """
-    lock = None if locked or direct else OutputLock(path)
-    try:
-        existing = check_output(path, overwrite)
-        if not direct:
-            remove_leftovers(path)
-        fd, tmp = _open_new(path, direct)
+    with contextlib.ExitStack() as stack:
+        output: NewOutput | None = None
+        if direct:
+            check_output(path, overwrite)
+        else:  # the output protocol: lock, check, sweep of "new" leftovers, hidden name
+            output = stack.enter_context(NewOutput(path, overwrite=overwrite, locked=locked))
+            output.build("new")
+        fd, tmp = _open_new(path, output)
+        if output is not None and tmp is not None:
+            output.created(fd)
         done = False
         try:
             try:
                 yield fd, tmp
                 os.fsync(fd)
                 handed, fd = fd, -1
-                fd = _publish_new(handed, tmp, path, existing == "file", direct)
+                fd = _publish_new(handed, tmp, path, output)
                 done = True
             except OSError as exc:
                 raise os_error(exc, path, writing=True) from None
@@ -235,26 +240,25 @@ def _atomic_file(path: str, overwrite: bool, *, locked: bool = False,
         finally:
             if fd >= 0:
                 os.close(fd)
-            if tmp is not None and not done:
+            if direct and not done:  # (a hidden file of NewOutput's is removed by it)
                 with contextlib.suppress(OSError):  # cannot be removed: the next writer will
-                    os.unlink(tmp)
-    finally:
-        if lock is not None:
-            lock.release()
+                    os.unlink(path)
 
 
-def _open_new(path: str, direct: bool) -> tuple[int, str | None]:
-    """Open the new file of :func:`_atomic_file`: ``(fd, its name, or None if unnamed)``."""
+def _open_new(path: str, output: NewOutput | None) -> tuple[int, str | None]:
+    """Open the new file of :func:`_atomic_file`: ``(fd, its name, or None if unnamed)``;
+    at ``path`` itself without ``output`` (``direct``)."""
     folder = os.path.dirname(path) or "."
     try:
-        if not direct and unnamed_supported(path):
+        if output is not None and unnamed_supported(path):
             try:
                 return os.open(folder, getattr(os, "O_TMPFILE", 0) | os.O_RDWR
                                | getattr(os, "O_CLOEXEC", 0), 0o666), None
             except OSError as exc:  # this file system has no unnamed files: a hidden name
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                     raise
-        tmp = path if direct else hidden_name(path, "new")
+        tmp = path if output is None else output.building
+        assert tmp is not None
         return create_new(tmp), tmp
     except OSError as exc:  # name the user's path, not the hidden temporary one
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -265,17 +269,17 @@ def _open_new(path: str, direct: bool) -> tuple[int, str | None]:
         raise os_error(exc, path, writing=True) from None
 
 
-def _publish_new(fd: int, tmp: str | None, path: str, overwrite: bool, direct: bool) -> int:
+def _publish_new(fd: int, tmp: str | None, path: str, output: NewOutput | None) -> int:
     """Name the finished file of :func:`_atomic_file` ``path``. Takes ``fd`` over: returns the
     descriptor still to close (-1 for none), and closes it itself if it raises."""
-    if direct:
+    if output is None:  # direct: it has its name already
         return fd
     if tmp is not None:
         os.close(fd)
-        publish(tmp, path, overwrite=overwrite)
+        output.publish()
         return -1
     try:
-        replace = overwrite and check_output(path, True) == "file"
+        replace = output.replaces and check_output(path, True) == "file"
         if not replace:
             link_unnamed(fd, path)  # atomic, and never clobbers
     except FileExistsError:
