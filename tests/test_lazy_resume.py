@@ -29,7 +29,7 @@ WORKER = textwrap.dedent("""
     import bigarr
     from bigarr._formats import journal
 
-    src, out, log, resume, scale = sys.argv[1:]
+    src, out, log, resume, scale, mode = sys.argv[1:]
     record = journal.Journal.record
 
     def logged(self, chunks, rows=None):
@@ -41,7 +41,10 @@ WORKER = textwrap.dedent("""
 
     journal.Journal.record = logged
     x = bigarr.lazy(src)
-    expr = (x - x.mean(0)) / x.std(0) * float(scale) + 1
+    if mode == "filter":
+        expr = x[x[:, 0] > -2.5] * float(scale)
+    else:
+        expr = (x - x.mean(0)) / x.std(0) * float(scale) + 1
     expr.to_npy(out, budget="4MiB", threads=2, progress=False, resume=resume == "1").close()
 """)
 
@@ -55,21 +58,23 @@ def _source(tmp_path: Path) -> Path:
 
 
 def _start(tmp_path: Path, src: Path, out: Path, log: Path, *, resume: bool,
-           scale: str = "2.0") -> subprocess.Popen[str]:
+           scale: str = "2.0", mode: str = "standardize") -> subprocess.Popen[str]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     return subprocess.Popen([sys.executable, str(script), str(src), str(out), str(log),
-                             "1" if resume else "0", scale],
+                             "1" if resume else "0", scale, mode],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _expr(src: Path, scale: float = 2.0) -> bigarr.LazyArray:
+def _expr(src: Path, scale: float = 2.0, mode: str = "standardize") -> bigarr.LazyArray:
     x = bigarr.lazy(src)
+    if mode == "filter":
+        return x[x[:, 0] > -2.5] * scale
     return (x - x.mean(0)) / x.std(0) * scale + 1
 
 
 def _logged_run(monkeypatch: pytest.MonkeyPatch, src: Path, out: Path, *,
-                scale: float = 2.0) -> list[int]:
+                scale: float = 2.0, mode: str = "standardize") -> list[int]:
     """Run in this process (resume=True); the chunks each journal record names."""
     from bigarr._formats import journal
 
@@ -82,15 +87,16 @@ def _logged_run(monkeypatch: pytest.MonkeyPatch, src: Path, out: Path, *,
         seen.extend(chunks)
 
     monkeypatch.setattr(journal.Journal, "record", logged)
-    _expr(src, scale).to_npy(out, budget="4MiB", threads=2, progress=False,
+    _expr(src, scale, mode).to_npy(out, budget="4MiB", threads=2, progress=False,
                              resume=True).close()
     monkeypatch.undo()
     return seen
 
 
-def _kill_after(tmp_path: Path, src: Path, out: Path, chunks: int) -> None:
+def _kill_after(tmp_path: Path, src: Path, out: Path, chunks: int,
+                mode: str = "standardize") -> None:
     log = tmp_path / "run.log"  # a line of chunk numbers per journal record
-    kill_after(_start(tmp_path, src, out, log, resume=True), log, chunks)
+    kill_after(_start(tmp_path, src, out, log, resume=True, mode=mode), log, chunks)
 
 
 def _crc(path: Path) -> int:
@@ -135,14 +141,45 @@ def test_a_journal_of_another_expression_is_not_trusted(
     np.testing.assert_allclose(np.load(out), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_resume_is_refused_up_front_where_chunks_cannot_be_resumed(tmp_path: Path) -> None:
+def test_filtered_output_resumes_after_kill_and_matches_a_clean_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _source(tmp_path)
+    clean = tmp_path / "clean.npy"
+    total = sorted(_logged_run(monkeypatch, src, clean, mode="filter"))
+    assert len(total) > 4 and total == list(range(len(total)))
+    out = tmp_path / "out.npy"
+    seed = random.randrange(1 << 30)
+    _kill_after(tmp_path, src, out, random.Random(seed).randint(1, len(total) // 2), "filter")
+    assert not out.exists(), seed
+    pointer = read_journal(journal_path(str(out)))
+    assert pointer is not None and pointer.header["kind"] == "lazy-append", seed
+    partial = tmp_path / pointer.header["target"]["partial"]
+    appends = read_journal(journal_path(str(partial)))
+    assert appends is not None and appends.done, seed
+    prefix = 0
+    while prefix in appends.done:
+        prefix += 1
+
+    again = _logged_run(monkeypatch, src, out, mode="filter")
+    assert min(again) == prefix, seed  # the journaled prefix of appends is kept
+    assert _crc(out) == _crc(clean), seed
+    np.testing.assert_array_equal(np.load(out), np.load(clean))
+    assert not Path(journal_path(str(out))).exists()
+    assert not list(tmp_path.glob(".out.npy.bigarr-*"))
+
+
+def test_resume_is_refused_up_front_for_scans_in_the_written_expression(
+        tmp_path: Path) -> None:
     x = np.arange(40, dtype=np.float64).reshape(20, 2)
     lx = bigarr.lazy(x)
-    with pytest.raises(UnsupportedError, match="filter"):
-        lx[x[:, 0] > 3].to_npy(tmp_path / "f.npy", resume=True)
     with pytest.raises(UnsupportedError, match="cumsum"):
         (lx.cumsum(0) + 1).to_npy(tmp_path / "c.npy", resume=True)
+    with pytest.raises(UnsupportedError, match="diff"):
+        np.diff(lx, axis=0).to_npy(tmp_path / "d.npy", resume=True)
     assert not list(tmp_path.iterdir())
     # a scan inside a reduction runs in an earlier pass: resumable
     with (lx - lx.cumsum(0).max(0)).to_npy(tmp_path / "r.npy", resume=True) as m:
         np.testing.assert_array_equal(m, x - x.cumsum(0).max(0))
+    with lx[x[:, 0] > 3].to_npy(tmp_path / "f.npy", resume=True) as m:  # a filter
+        np.testing.assert_array_equal(m, x[x[:, 0] > 3])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npy", "r.npy"]

@@ -607,6 +607,7 @@ class LazyArray:
         size, modification time and identity; in-memory arrays by their bytes, up to 16 MiB),
         the expression, its constants and functions, the backend, the budget's chunks and the
         partial file are the same; otherwise a ``StaleJournalWarning`` and the run starts over.
+        A filtered result resumes its appends after the last journaled commit.
 
         Raises
         ------
@@ -615,8 +616,8 @@ class LazyArray:
         BudgetError
             If the passes cannot fit the budget (both numbers quoted), before anything runs.
         UnsupportedError
-            For ``resume=True`` on a result whose rows are known only on evaluation (a filter
-            or ``diff``) or with a ``cumsum``/``cumprod`` in the written expression, before
+            For ``resume=True`` with a ``cumsum``, ``cumprod`` or ``diff`` along the rows in
+            the written expression (each chunk needs all the chunks before it), before
             anything runs.
         """
         from bigarr._compute.lazyrun import to_npy

@@ -67,7 +67,7 @@ from bigarr._compute.lazynodes import (
     rowed,
     unknown_rows,
 )
-from bigarr._compute.lazyresume import check_resumable, resume_token
+from bigarr._compute.lazyresume import appended, check_resumable, resume_token
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.partials import Tree, merge
 from bigarr._compute.progress import Progress, ProgressArg
@@ -692,7 +692,6 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
     (:func:`bigarr._compute.lazyresume.resume_token`).
     """
     from bigarr._compute.mapblocks import map_blocks
-    from bigarr._core.append import Appender
     from bigarr._core.files import NewOutput, file_path
     from bigarr._core.files import open as open_npy
 
@@ -703,7 +702,7 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
     streamed = (not isinstance(root, Reduce) and bool(item.rows)
                 and math.prod(next(iter(item.rows.values())).shape) > 0)
     if resume and streamed:
-        check_resumable(root, plain(item.frame))
+        check_resumable(root)
     values, _ = _run([root], nbytes, threads, progress, dry=False,
                      skip=frozenset({id(root)} if streamed else ()), numexpr=numexpr)
     if not streamed:
@@ -753,8 +752,8 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
         first = sources[0]
         if isinstance(first, (str, os.PathLike)):
             first = os.fspath(first)
+        token = resume_token(root, opened.stream, numexpr) if resume else None
         if rows_known:
-            token = resume_token(root, opened.stream, numexpr) if resume else None
             written = map_blocks(block, first, *sources[1:], out=path, dtype=root.dtype,
                                  budget=nbytes, threads=threads, progress=progress,
                                  overwrite=overwrite, resume=resume, token=token)
@@ -766,15 +765,10 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
         # at the user's name only once complete (as map_blocks' files are): a run that fails
         # leaves an older file intact and no partial one under its name.
         target = file_path(path)
-        with NewOutput(target, overwrite=overwrite) as output:
-            # killed runs' partials are swept (this run holds the lock); a failed run's
-            # partial and its journal are removed (nothing can resume it)
-            partial = output.build("partial", sweep=("partial",))
-            with Appender(partial, dtype=root.dtype, row_shape=row_shape) as app:
-                output.created(app.fileno())
-                map_blocks(block, first, *sources[1:], out=app, budget=nbytes,
-                           threads=threads, progress=progress)
-            output.publish()
+        appended(target, overwrite=overwrite, token=token, dtype=root.dtype,
+                 row_shape=row_shape, fill=lambda app: map_blocks(
+                     block, first, *sources[1:], out=app, budget=nbytes, threads=threads,
+                     progress=progress, resume=resume, token=token))
     finally:
         opened.close()
     return open_npy(target)
