@@ -6,6 +6,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -183,3 +184,21 @@ def test_resume_is_refused_up_front_for_scans_in_the_written_expression(
     with lx[x[:, 0] > 3].to_npy(tmp_path / "f.npy", resume=True) as m:  # a filter
         np.testing.assert_array_equal(m, x[x[:, 0] > 3])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npy", "r.npy"]
+
+
+def test_a_run_without_resume_clears_an_interrupted_filtered_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _source(tmp_path)
+    out = tmp_path / "out.npy"
+    _kill_after(tmp_path, src, out, 2, "filter")
+    assert Path(journal_path(str(out))).exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no stale journal is reported without resume
+        _expr(src, mode="filter").to_npy(out, budget="4MiB", progress=False).close()
+    x = np.load(src)
+    np.testing.assert_array_equal(np.load(out), x[x[:, 0] > -2.5] * 2.0)
+    assert not Path(journal_path(str(out))).exists()
+    assert not list(tmp_path.glob(".out.npy.bigarr-*"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bigarr.open(out).close()  # no journal left to warn of

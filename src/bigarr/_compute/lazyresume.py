@@ -93,7 +93,7 @@ def appended(target: str, *, overwrite: bool, token: str | None, dtype: Any,
     if it is the file the journal names).
     """
     with NewOutput(target, overwrite=overwrite) as output:
-        adopt = None if token is None else _adoptable(target, token)
+        adopt = _adoptable(target, token)
         partial = output.build("partial", sweep=("partial",), adopt=adopt,
                                keep=token is not None)
         pointer: Journal | None = None
@@ -113,21 +113,26 @@ def appended(target: str, *, overwrite: bool, token: str | None, dtype: Any,
             os.unlink(journal_path(target))
 
 
-def _adoptable(target: str, token: str) -> str | None:
-    """The partial file an interrupted run of this very call left, if its journal says so."""
+def _adoptable(target: str, token: str | None) -> str | None:
+    """The partial file an interrupted run of this very call left, if its journal says so
+    (``token``: resuming). A journal of another run, or any when not resuming, is removed
+    with the partial it names (only if it is that file) and that partial's journal."""
     old = read_journal(journal_path(target))
-    if old is None:
-        return None
+    if old is None or old.header.get("kind") != _KIND:
+        return None  # nothing of ours (a map_blocks journal is map_blocks' to judge)
     partial = _partial_named(target, old)
     named = target_id(old)
-    if (old.header.get("kind") == _KIND and old.header.get("run") == canonical(token)
+    if (token is not None and old.header.get("run") == canonical(token)
             and partial is not None and named is not None and path_id(partial) == named):
         return partial
-    warnings.warn(f"Not resuming from {journal_path(target)}: it records another run (other "
-                  "inputs, expression or chunks) or another partial file. The run starts over.",
-                  StaleJournalWarning, stacklevel=user_stacklevel())
-    if partial is not None and old.header.get("kind") == _KIND:
+    if token is not None:
+        warnings.warn(f"Not resuming from {journal_path(target)}: it records another run "
+                      "(other inputs, expression or chunks) or another partial file. The run "
+                      "starts over.", StaleJournalWarning, stacklevel=user_stacklevel())
+    if partial is not None:
         remove_partial(partial, named)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(journal_path(partial))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(journal_path(target))
     return None
