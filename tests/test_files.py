@@ -356,3 +356,72 @@ def test_written_in_order_never_clobbers_a_file_that_appeared(tmp_path: Path) ->
         np.save(target, np.zeros(5))  # someone else's file, created meanwhile
     assert np.array_equal(np.load(target), np.zeros(5))
     assert sorted(os.listdir(tmp_path)) == ["new.npy"]
+
+
+# ---- the output protocol (files.NewOutput) -----------------------------------------------------
+def _hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_new_output_publishes_only_when_complete(tmp_path: Path) -> None:
+    from bigarr._core.files import NewOutput
+
+    target = tmp_path / "out.npy"
+    np.save(target, np.arange(3))
+    with NewOutput(str(target), overwrite=True) as output:
+        output.build("new")
+        with output.create((4,), np.int64) as m:
+            m[...] = 7
+        assert np.load(target).tolist() == [0, 1, 2]  # not yet
+        output.publish()
+    assert np.load(target).tolist() == [7, 7, 7, 7]
+    assert _hidden(tmp_path) == []
+
+
+def test_new_output_failure_leaves_the_old_file_and_no_hidden_one(tmp_path: Path) -> None:
+    from bigarr._core.files import NewOutput
+
+    target = tmp_path / "out.npy"
+    np.save(target, np.arange(3))
+    with pytest.raises(RuntimeError), NewOutput(str(target), overwrite=True) as output:
+        output.build("partial")
+        output.create((4,), np.int64).close()
+        raise RuntimeError("the run failed")
+    assert np.load(target).tolist() == [0, 1, 2]
+    assert _hidden(tmp_path) == []
+    with NewOutput(str(target), overwrite=True):  # the lock was released
+        pass
+
+
+def test_new_output_never_removes_a_file_that_took_its_hidden_name(tmp_path: Path) -> None:
+    from bigarr._core.files import NewOutput
+
+    target = tmp_path / "out.npy"
+    with pytest.raises(RuntimeError), NewOutput(str(target), overwrite=False) as output:
+        building = output.build("partial")
+        output.create((4,), np.int64).close()
+        other = tmp_path / "other"
+        other.write_bytes(b"not ours")
+        os.replace(other, building)  # another file, same name: not the one created
+        raise RuntimeError("the run failed")
+    assert Path(building).read_bytes() == b"not ours"
+    assert not target.exists()
+
+
+def test_new_output_keeps_a_resumable_partial_and_refuses_a_file_that_appeared(
+        tmp_path: Path) -> None:
+    from bigarr._core.files import NewOutput
+
+    target = tmp_path / "out.npy"
+    with pytest.raises(RuntimeError), NewOutput(str(target), overwrite=False) as output:
+        kept = output.build("partial", keep=True)
+        output.create((2,), np.int64).close()
+        raise RuntimeError("killed, resumable")
+    assert os.path.exists(kept)
+    with NewOutput(str(target), overwrite=False) as output:
+        output.build("partial", adopt=kept)
+        target.write_bytes(b"appeared meanwhile")
+        with pytest.raises(errors.FileExistsError_, match="appeared"):
+            output.publish()
+    assert target.read_bytes() == b"appeared meanwhile"
+    assert not os.path.exists(kept)  # a failed publish of an adopted partial: not resumable

@@ -31,6 +31,7 @@ import pytest
 
 import bigarr
 from bigarr import errors
+from bigarr._core import commitjournal as _commitjournal
 from bigarr._core import private as _private
 from bigarr._formats.journal import input_identity, journal_path, read_journal
 
@@ -389,10 +390,12 @@ def test_appender_resume_rolls_back_only_its_own_rows(tmp_path: Path) -> None:
 
 _CRASH_AFTER_JOURNAL = """
     import os, bigarr
+    from bigarr._core import commitjournal as _commitjournal
+    from bigarr._core import dirtypages as _dirtypages
     from bigarr._core import private as _private
     def crash(fd, m, runs):
         os._exit(9)  # the journal is durable; the file has none of the commit yet
-    _private._pwrite = crash
+    _commitjournal.write_runs = crash
     a = bigarr.open({path!r}, "private")
     a[0] = 1; a[{far}] = 2
     a.commit(journal=True)
@@ -467,8 +470,8 @@ def test_a_crafted_journal_naming_the_file_still_cannot_write_outside_its_data(
     original = path.read_bytes()
     fd = os.open(path, os.O_RDONLY)
     try:
-        honest = _private._identity(fd, PAGE, 2 * PAGE)  # the file's true identity
-        lie = _private._identity(fd, 0, 2 * PAGE)
+        honest = _commitjournal._identity(fd, PAGE, 2 * PAGE)  # the file's true identity
+        lie = _commitjournal._identity(fd, 0, 2 * PAGE)
     finally:
         os.close(fd)
     header, records = {
@@ -635,14 +638,16 @@ def test_a_crash_while_the_commit_journal_is_written_leaves_nothing(
     bigarr.create(path, (PAGE * 8,), np.uint8).close()
     res = run_py(f"""
         import os, bigarr
+        from bigarr._core import commitjournal as _commitjournal
+        from bigarr._core import dirtypages as _dirtypages
         from bigarr._core import private as _private
-        real, seen = _private._write_all, []
+        real, seen = _commitjournal._write_all, []
         def dying(fd, data, *paced):
             seen.append(1)
             if len(seen) > 3:
                 os._exit(9)  # half of the journal is written
             real(fd, data, *paced)
-        _private._write_all = dying
+        _commitjournal._write_all = dying
         a = bigarr.open({str(path)!r}, "private")
         a[0] = 1; a[PAGE * 4] = 2
         a.commit(journal=True)
@@ -833,14 +838,16 @@ def test_a_recovery_never_runs_beside_another_process_s_commit(tmp_path: Path) -
     script = tmp_path / "committer.py"
     script.write_text(textwrap.dedent(f"""
         import os, time, bigarr
+        from bigarr._core import commitjournal as _commitjournal
+        from bigarr._core import dirtypages as _dirtypages
         from bigarr._core import private as _private
-        real = _private._pwrite
+        real = _commitjournal.write_runs
         def slow(fd, m, runs):
             open({str(ready)!r}, "w").close()  # the journal is durable now
             while not os.path.exists({str(go)!r}):
                 time.sleep(0.005)
             return real(fd, m, runs)
-        _private._pwrite = slow
+        _commitjournal.write_runs = slow
         a = bigarr.open({str(path)!r}, "private")
         a[0] = 1; a[{PAGE * 4}] = 2
         a.commit(journal=True)

@@ -21,6 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bigarr
+from bigarr._core import commitjournal as _commitjournal
+from bigarr._core import dirtypages as _dirtypages
 from bigarr._core import private as _private
 from bigarr.errors import (
     ClosedError,
@@ -31,12 +33,12 @@ from bigarr.errors import (
 )
 
 PAGE = bigarr.PAGE_SIZE
-BACKENDS = ["pagemap", "compare"] if _private._pagemap_works() else ["compare"]
+BACKENDS = ["pagemap", "compare"] if _dirtypages._pagemap_works() else ["compare"]
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setattr(_private, "BACKEND", request.param)
+    monkeypatch.setattr(_dirtypages, "BACKEND", request.param)
     yield request.param
 
 
@@ -248,13 +250,13 @@ def test_commit_writes_only_scratch_pages(
     _make(tmp_path / "a.npy", "bigarr", np.zeros(PAGE * 100 // 4, dtype=np.float32))
     arr = bigarr.open(tmp_path / "a.npy", "private")
     calls: list[tuple[int, int]] = []
-    real = _private._pwrite
+    real = _commitjournal.write_runs
 
     def spy(fd: int, m: Any, runs: list[tuple[int, int]]) -> int:
         calls.extend((m.map_offset + a, b - a) for a, b in runs)
         return real(fd, m, runs)
 
-    monkeypatch.setattr(_private, "_pwrite", spy)
+    monkeypatch.setattr(_commitjournal, "write_runs", spy)
     rows = [3, 4, 50, 99]  # pages 0, 0, 12, 24 (1024 float32 per page)
     for r in rows:
         arr[r * 250] = 1.0
@@ -394,8 +396,10 @@ def test_commits_of_one_file_from_two_arrays(tmp_path: Path) -> None:
 # ---- journaled commit and crashes --------------------------------------------------------------
 _CRASHER = """
     import os, bigarr, numpy as np
+    from bigarr._core import commitjournal as _commitjournal
+    from bigarr._core import dirtypages as _dirtypages
     from bigarr._core import private as _private
-    real, calls = _private._pwrite, []
+    real, calls = _commitjournal.write_runs, []
     def crash(fd, m, runs):
         for run in runs:
             if len(calls) >= {after}:
@@ -403,7 +407,7 @@ _CRASHER = """
             calls.append(run)
             real(fd, m, [run])
         return 0
-    _private._pwrite = crash
+    _commitjournal.write_runs = crash
     a = bigarr.open({path!r}, "private")
     a[0] = 1; a[{far}] = 2
     a.commit(journal={journal})
@@ -498,7 +502,7 @@ def test_journaled_commit_on_a_full_disk_is_a_bigarr_error_and_touches_nothing(
     def full(fd: int, data: Any) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(_private, "_write_all", full)
+    monkeypatch.setattr(_commitjournal, "_write_all", full)
     with pytest.raises(DiskFullError, match="journal"):
         arr.commit(journal=True)
     assert not os.path.exists(_private.journal_path(str(path)))
@@ -524,11 +528,11 @@ def test_commit_refuses_a_replaced_file(tmp_path: Path) -> None:
 
 
 def test_dirty_backend_is_selectable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_private, "BACKEND", "compare")
-    assert _private.dirty_backend() == "compare"
-    monkeypatch.setattr(_private, "BACKEND", "bogus")
+    monkeypatch.setattr(_dirtypages, "BACKEND", "compare")
+    assert _dirtypages.dirty_backend() == "compare"
+    monkeypatch.setattr(_dirtypages, "BACKEND", "bogus")
     with pytest.raises(ModeError, match="backend"):
-        _private.dirty_backend()
+        _dirtypages.dirty_backend()
 
 
 def test_drop_pages_is_refused_on_shared_mappings(tmp_path: Path) -> None:
@@ -549,16 +553,16 @@ def test_rows_and_merge_match_a_naive_model(
     size = arr.size
     runs = np.array([(min(a, size), min(a + n, size)) for a, n in picks],
                     dtype=np.int64).reshape(-1, 2)
-    merged = _private._merge(runs)
+    merged = _dirtypages._merge(runs)
     flat = np.zeros(size, dtype=bool)
     for a, b in runs.tolist():
         flat[a:b] = True
-    np.testing.assert_array_equal(_private._runs(flat), merged)  # merge == runs of the union
+    np.testing.assert_array_equal(_dirtypages._runs(flat), merged)  # merge == runs of the union
     rows = np.zeros(shape[0], dtype=bool)
     index = np.arange(size)
     row_of = index // shape[1] if order == "C" else index % shape[0]
     rows[row_of[flat]] = True
-    np.testing.assert_array_equal(_private._rows_of(arr, merged), _private._runs(rows))
+    np.testing.assert_array_equal(_dirtypages._rows_of(arr, merged), _dirtypages._runs(rows))
 
 
 def test_portable_path_without_pagemap_or_madvise(
@@ -567,7 +571,7 @@ def test_portable_path_without_pagemap_or_madvise(
     """The non-Linux path: pages compared with the file, dropped by re-mapping them (MAP_FIXED)."""
     from bigarr._os import mapping as _mapping
 
-    monkeypatch.setattr(_private, "BACKEND", "compare")
+    monkeypatch.setattr(_dirtypages, "BACKEND", "compare")
     monkeypatch.setattr(_mapping, "_LINUX", False)
     original = np.arange(30_000, dtype=np.int32)
     _make(tmp_path / "p.npy", "numpy", original)
@@ -583,7 +587,7 @@ def test_portable_path_without_pagemap_or_madvise(
     assert (disk[20_000:20_010] == -2).all() and disk[10] == 10
     assert not arr.dirty() and arr.scratch_bytes() == 0
     np.testing.assert_array_equal(np.asarray(arr), disk)
-    if _private._pagemap_works():  # the copies really are gone, not merely equal
+    if _dirtypages._pagemap_works():  # the copies really are gone, not merely equal
         entries = arr._bigarr.pagemap(bigarr._os.geometry.ByteSpan(0, arr._bigarr.length))
         copied = (entries >> np.uint64(63)) & ~(entries >> np.uint64(61)) & np.uint64(1)
         assert not copied.any()

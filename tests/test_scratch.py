@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import bigarr
-from bigarr._core import private as _private
+from bigarr._core import dirtypages as _dirtypages
 from bigarr.errors import BigArrError, BudgetError, ModeError, ScratchLimitError
 
 PAGE = bigarr.PAGE_SIZE
@@ -190,7 +190,7 @@ def test_without_a_limit_nothing_is_checked(path: Path) -> None:
 def test_compare_backend_counts_differing_pages(
     path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_private, "BACKEND", "compare")
+    monkeypatch.setattr(_dirtypages, "BACKEND", "compare")
     with bigarr.open(path, "private", scratch_limit=4 * PAGE) as y:
         y[:4] = -1
         with pytest.raises(ScratchLimitError):

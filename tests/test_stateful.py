@@ -26,6 +26,7 @@ from hypothesis.stateful import (
 )
 
 import bigarr
+from bigarr._core import commitjournal as _commitjournal
 from bigarr._core import private as _private
 
 ROWS, COLS = 37, 300  # 1200-byte rows: regions end inside pages, pages hold parts of rows
@@ -131,12 +132,12 @@ class MappedVersusModel(RuleBasedStateMachine):
         assert self.scratch is not None
         stop = min(ROWS, start + length)
         self.write_rows(start, stop - start, value)
-        real = _private._pwrite
+        real = _commitjournal.write_runs
 
         def crash(fd: int, m: Any, runs: Any) -> int:
             raise Interrupted
 
-        _private._pwrite = crash
+        _commitjournal.write_runs = crash
         try:
             self.arr.commit(slice(start, stop), journal=True)
         except Interrupted:
@@ -144,7 +145,7 @@ class MappedVersusModel(RuleBasedStateMachine):
         else:  # nothing to commit: no journal
             assert not os.path.lexists(_private.journal_path(str(self.path)))
         finally:
-            _private._pwrite = real
+            _commitjournal.write_runs = real
         assert np.array_equal(np.load(self.path), self.model)  # all or nothing: nothing yet
 
     @precondition(lambda self: self.mode == "private")

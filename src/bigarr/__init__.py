@@ -90,8 +90,9 @@ from bigarr._compute.sort import argsort, sort
 from bigarr._compute.stream import ChunkResidency, Residency
 from bigarr._core.append import Appender, append
 from bigarr._core.array import memmap
+from bigarr._core.commitjournal import recover_commit
+from bigarr._core.dirtypages import DirtyRegions
 from bigarr._core.files import create, open, open_raw
-from bigarr._core.private import DirtyRegions, recover_commit
 from bigarr._formats.journal import check_complete
 from bigarr._interop import lazyexport as _lazyexport  # noqa: F401  (LazyArray.to_zarr/to_dask)
 from bigarr._interop.dask import store, to_dask

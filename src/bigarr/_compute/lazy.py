@@ -631,7 +631,8 @@ class LazyArray:
 
     def to_npy(self, path: str | os.PathLike[str], *, budget: int | str | None = None,
                threads: int | None = None, progress: Any = None,
-               overwrite: bool = False, backend: str | None = None) -> Any:
+               overwrite: bool = False, backend: str | None = None,
+               resume: bool = False) -> Any:
         """Evaluate into a new page-aligned ``.npy`` file; return it as a read-only memmap.
 
         A result whose rows are known only on evaluation (a filter, ``x[mask]``) grows the
@@ -639,17 +640,30 @@ class LazyArray:
         is written under a hidden name and given ``path`` only once complete: a run that fails
         leaves an older file at ``path`` as it was. ``backend`` as in :meth:`compute`.
 
+        With ``resume=True`` the pass that writes the file journals its durable chunks as
+        :func:`bigarr.map_blocks` does; after a crash (even ``kill -9``) the same call with
+        ``resume=True`` recomputes any reductions the expression needs, then writes only the
+        chunks not recorded. The journal is used only if the inputs are the same files (path,
+        size, modification time and identity; in-memory arrays by their bytes, up to 16 MiB),
+        the expression, its constants and functions, the backend, the budget's chunks and the
+        partial file are the same; otherwise a ``StaleJournalWarning`` and the run starts over.
+        A filtered result resumes its appends after the last journaled commit.
+
         Raises
         ------
         FileExistsError_
             If ``path`` exists and ``overwrite`` is not set.
         BudgetError
             If the passes cannot fit the budget (both numbers quoted), before anything runs.
+        UnsupportedError
+            For ``resume=True`` with a ``cumsum``, ``cumprod`` or ``diff`` along the rows in
+            the written expression (each chunk needs all the chunks before it), before
+            anything runs.
         """
         from bigarr._compute.lazyrun import to_npy
 
         return to_npy(self, path, budget=budget, threads=threads, progress=progress,
-                      overwrite=overwrite, backend=backend)
+                      overwrite=overwrite, backend=backend, resume=resume)
 
     def to_zarr(self, store_or_path: Any, *, budget: int | str | None = None,
                 threads: int | None = None, progress: Any = None, overwrite: bool = False,

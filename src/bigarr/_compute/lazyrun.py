@@ -33,8 +33,6 @@ file intact and no partial one).
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import math
 import os
 from collections.abc import Sequence
@@ -70,21 +68,17 @@ from bigarr._compute.lazynodes import (
     rowed,
     unknown_rows,
 )
+from bigarr._compute.lazyresume import appended, check_resumable, resume_token
 from bigarr._compute.lazyrows import window_stream
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.partials import Tree, merge
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.reductions import SCRATCH_BYTES
 from bigarr._compute.runplan import RunPlan, parse_threads, plan_run, probe_temporaries
-from bigarr._formats.journal import journal_path
-from bigarr._os.durable import fsync_dir
-from bigarr._os.fileid import hidden_name, remove_leftovers
 from bigarr._os.geometry import format_bytes
-from bigarr._os.lock import OutputLock
-from bigarr._os.paths import check_output
 from bigarr._plan.budget import parse_budget
 from bigarr._plan.chunks import Chunk
-from bigarr.errors import ArgumentError, BudgetError, DiskFullError, UnsupportedError
+from bigarr.errors import ArgumentError, BudgetError, UnsupportedError
 
 __all__ = ["LazyPlan", "PassPlan", "compute", "explain", "to_npy"]
 
@@ -704,11 +698,15 @@ def explain(expr: LazyArray, *, budget: int | str | None = None,
 
 def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str | None = None,
            threads: int | None = None, progress: ProgressArg = None,
-           overwrite: bool = False, backend: str | None = None) -> Any:
-    """Evaluate ``expr`` into a new ``.npy`` file (see :meth:`LazyArray.to_npy`)."""
+           overwrite: bool = False, backend: str | None = None, resume: bool = False) -> Any:
+    """Evaluate ``expr`` into a new ``.npy`` file (see :meth:`LazyArray.to_npy`).
+
+    ``resume``: the final pass is a resumable :func:`bigarr.map_blocks` run whose journal is
+    tied to the inputs' identities and the expression's token
+    (:func:`bigarr._compute.lazyresume.resume_token`).
+    """
     from bigarr._compute.mapblocks import map_blocks
-    from bigarr._core.append import Appender
-    from bigarr._core.files import create, file_path, publish
+    from bigarr._core.files import NewOutput, file_path
     from bigarr._core.files import open as open_npy
 
     root = expr.node
@@ -717,12 +715,17 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
     item = _item(root)
     streamed = (not isinstance(root, Reduce) and bool(item.rows)
                 and math.prod(next(iter(item.rows.values())).shape) > 0)
+    if resume and streamed:
+        check_resumable(root)
     values, _ = _run([root], nbytes, threads, progress, dry=False,
                      skip=frozenset({id(root)} if streamed else ()), numexpr=numexpr)
     if not streamed:
         value = values[id(root)]
-        with create(path, value.shape, root.dtype, overwrite=overwrite) as m:
-            m[...] = value
+        with NewOutput(file_path(path), overwrite=overwrite) as output:
+            output.build("new")
+            with output.create(value.shape, root.dtype) as m:
+                m[...] = value
+            output.publish()
         return open_npy(path)
     opened = _Opened()
     carries = Carries()
@@ -769,10 +772,11 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
         # the leaves' streams (windows of rows applied), handed over as they are
         sources: list[Any] = [opened.stream(item.rows[i]) for i in ids]
         first = sources[0]
+        token = resume_token(root, opened.stream, numexpr) if resume else None
         if rows_known:
             written = map_blocks(block, first, *sources[1:], out=path, dtype=root.dtype,
                                  budget=nbytes, threads=threads, progress=progress,
-                                 overwrite=overwrite)
+                                 overwrite=overwrite, resume=resume, token=token)
             written_path = written.filename
             written.close()
             return open_npy(written_path if written_path is not None else path)
@@ -781,25 +785,11 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
         # at the user's name only once complete (as map_blocks' files are): a run that fails
         # leaves an older file intact and no partial one under its name.
         target = file_path(path)
-        with OutputLock(target):
-            existing = check_output(target, overwrite)
-            remove_leftovers(target, ("partial",))  # killed runs' (this run holds the lock)
-            partial = hidden_name(target, "partial")
-            try:
-                with Appender(partial, dtype=root.dtype, row_shape=row_shape) as app:
-                    map_blocks(block, first, *sources[1:], out=app, budget=nbytes,
-                               threads=threads, progress=progress)
-                publish(partial, target, overwrite=existing == "file")
-                fsync_dir(target)
-            except BaseException as exc:
-                for name in (partial, journal_path(partial)):  # nothing can resume it
-                    with contextlib.suppress(OSError):
-                        os.unlink(name)
-                if isinstance(exc, DiskFullError) and partial in str(exc):
-                    # the Appender names the file it grows; the user knows only the target
-                    raise DiskFullError(str(exc).replace(partial, target),
-                                        exc.errno or errno.ENOSPC) from None
-                raise
+        appended(target, overwrite=overwrite, token=token, dtype=root.dtype,
+                 row_shape=row_shape, fill=lambda app: map_blocks(
+                     block, first, *sources[1:], out=app, budget=nbytes, threads=threads,
+                     progress=progress, resume=resume, token=token))
     finally:
         opened.close()
     return open_npy(target)
+

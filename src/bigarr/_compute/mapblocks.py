@@ -63,7 +63,7 @@ from bigarr._compute.runplan import (
 from bigarr._compute.token import function_token
 from bigarr._core.append import Appender
 from bigarr._core.array import memmap
-from bigarr._core.files import create_held, file_path, parse_order, publish
+from bigarr._core.files import NewOutput, file_path, parse_order, remove_partial
 from bigarr._core.files import open as open_npy
 from bigarr._formats.journal import (
     Journal,
@@ -75,12 +75,11 @@ from bigarr._formats.journal import (
     target_id,
     user_stacklevel,
 )
-from bigarr._os.durable import flush_window, fsync_dir
-from bigarr._os.fileid import FileId, file_id, hidden_name, path_id, remove_leftovers
+from bigarr._os.durable import flush_window
+from bigarr._os.fileid import file_id
 from bigarr._os.geometry import ByteSpan, parse_size
 from bigarr._os.lock import OutputLock
 from bigarr._os.mapping import check_mapped
-from bigarr._os.paths import check_output
 from bigarr._plan.budget import DEFAULT_BUDGET
 from bigarr._plan.chunks import Chunk, ChunkPlan
 from bigarr.errors import (
@@ -159,17 +158,19 @@ def map_blocks(func: Callable[..., Any], *inputs: Any, out: str | os.PathLike[st
                dtype: Any = ..., budget: int | str = ..., threads: int | None = ...,
                progress: ProgressArg = ..., resume: bool = ..., overwrite: bool = ...,
                order: str = ..., flush_every: int | str | None = ..., prefetch: int = ...,
-               ) -> memmap: ...
+               token: str | None = ...) -> memmap: ...
 @overload
 def map_blocks(func: Callable[..., Any], *inputs: Any, out: Appender, dtype: Any = ...,
                budget: int | str = ..., threads: int | None = ..., progress: ProgressArg = ...,
                resume: bool = ..., overwrite: bool = ..., order: str = ...,
-               flush_every: int | str | None = ..., prefetch: int = ...) -> Appender: ...
+               flush_every: int | str | None = ..., prefetch: int = ...,
+               token: str | None = ...) -> Appender: ...
 @overload
 def map_blocks(func: Callable[..., Any], *inputs: Any, out: _Out, dtype: Any = ...,
                budget: int | str = ..., threads: int | None = ..., progress: ProgressArg = ...,
                resume: bool = ..., overwrite: bool = ..., order: str = ...,
-               flush_every: int | str | None = ..., prefetch: int = ...) -> _Out: ...
+               flush_every: int | str | None = ..., prefetch: int = ...,
+               token: str | None = ...) -> _Out: ...
 def map_blocks(
     func: Callable[..., Any],
     *inputs: Any,
@@ -453,7 +454,9 @@ class _Job:
     # ---- outputs ---------------------------------------------------------------------------
     def to_new_file(self, target: str, dtype: Any, overwrite: bool, order: str) -> memmap:
         """Write the run into a new file at ``target`` (the caller holds its OutputLock)."""
-        return self._to_new_file(target, dtype, overwrite, order)
+        with NewOutput(target, overwrite=overwrite, locked=True) as output:
+            self._fill_new_file(output, dtype, order)
+        return open_npy(target, "shared")
 
     def _adopt_partial(self, target: str, old: Parsed | None,
                        run: dict[str, Any]) -> tuple[memmap | None, str | None]:
@@ -501,34 +504,37 @@ class _Job:
             return None, partial
         return outarr, None
 
-    def _to_new_file(self, target: str, dtype: Any, overwrite: bool, order: str) -> memmap:
-        existing = check_output(target, overwrite)  # a regular file at most, with overwrite
+    def _fill_new_file(self, output: NewOutput, dtype: Any, order: str) -> None:
+        """Write the run into the file ``output`` builds: a new partial file, or the partial
+        of an interrupted run of the same call that the journal names (``resume``)."""
+        target = output.target
         run = self.fingerprint("file", {"dtype": None if dtype is None else np.dtype(dtype).str,
                                         "order": order})
         old = read_journal(journal_path(target))
         outarr, doomed = self._adopt_partial(target, old, run)
         journal: Journal | None = None
         skip: set[int] = set()
-        created: str | None = None
+        # What killed runs of this output left (partials no journal names any more, a copied
+        # partial that is not the file its journal names, temporaries) is swept when the
+        # name is chosen: this run holds the output's lock, so none of them is a live writer's.
         if outarr is not None:
             assert old is not None
-            partial = os.path.join(os.path.dirname(target), old.header["target"]["partial"])
+            output.build("partial", sweep=("new", "partial"), keep=True,
+                         adopt=os.path.join(os.path.dirname(target),
+                                            old.header["target"]["partial"]))
+            output.identity = target_id(old)  # checked by _adopt_partial
             journal = self.journal(target, old.header, old.done)
             skip = set(journal.done)
         else:
             if doomed is not None:
-                _remove_partial(doomed, None if old is None else target_id(old))
-            partial = hidden_name(target, "partial")
+                remove_partial(doomed, None if old is None else target_id(old))
+            partial = output.build("partial", sweep=("new", "partial"), keep=self.resume)
             header: dict[str, Any] = {"kind": "file", "run": run, "target": {
                 "partial": os.path.basename(partial), "id": None}}
             # The journal names the partial before it exists, so a crash at any point leaves
             # nothing the next run of this output cannot find and delete. Without resume it
             # only has to outlive the process, not the machine: it is not synced.
             journal = self.journal(target, header, durable=self.resume)
-        # What killed runs of this output left (partials no journal names any more, a copied
-        # partial that is not the file its journal names, temporaries): this run holds the
-        # output's lock, so none of them is a live writer's.
-        remove_leftovers(target, ("new", "partial"), keep=partial)
         try:
             todo = [c for c in self.plan.chunks if c.index not in skip]
             with self._bar(todo) as bar:
@@ -545,14 +551,12 @@ class _Job:
                     if sample.ndim == 0:
                         raise ShapeError("Expected func to return rows. Got a scalar.")
                     shape = (self.plan.shape[0] if self.plan.shape else 0, *sample.shape[1:])
-                    created = partial
                     # created in place: the journal names it already, so nothing is left
                     # that the next run of this output cannot find (no nested temporary)
-                    outarr = create_held(partial, shape,
-                                         dtype if dtype is not None else sample.dtype,
-                                         order=order, direct=True, name=target)
-                    assert outarr._bigarr is not None
-                    header["target"]["id"] = file_id(outarr._bigarr.fd).to_json()
+                    outarr = output.create(shape, dtype if dtype is not None else sample.dtype,
+                                           order=order)
+                    assert output.identity is not None
+                    header["target"]["id"] = output.identity.to_json()
                     journal.close()
                     journal = self.journal(target, header, durable=self.resume)
                 out = parse_operand(outarr, output=True, by_key=False)
@@ -568,19 +572,14 @@ class _Job:
                 self._write_all(out, writeback, skip, bar, row_shape)
             journal.complete()
             outarr.close(force=True)  # the only other views are the engine's own blocks
-            publish(partial, target, overwrite=existing == "file")
-            fsync_dir(target)
+            output.publish()
         except BaseException:
             if outarr is not None:
                 outarr.close(force=True)
-            if not self.resume:  # nothing can resume it: leave no hidden file behind
-                if created is not None:
-                    with contextlib.suppress(OSError):
-                        os.unlink(created)
+            if not self.resume:  # nothing can resume it: NewOutput removes the partial file
                 journal.remove()
             raise
         journal.remove()
-        return open_npy(target, "shared")
 
     def in_place(self, array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         out = parse_operand(array, output=True, by_key=False)
@@ -753,22 +752,6 @@ def _partial_named(target: str, old: Parsed) -> str | None:
     if m is None or m.group("name") != os.path.basename(target):
         return None
     return os.path.join(os.path.dirname(target), name)
-
-
-def _remove_partial(path: str, named: FileId | None) -> None:
-    """Delete an abandoned partial file, unless the journal named another file by identity."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return
-    if named is not None:
-        if not os.path.isfile(path) or os.path.islink(path) or path_id(path) != named:
-            return  # not the file the journal described: not ours to delete
-    elif not (os.path.isfile(path) and not os.path.islink(path) and st.st_nlink == 1):
-        return
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-    fsync_dir(path)
 
 
 def _row_bytes_of(app: Appender) -> int:

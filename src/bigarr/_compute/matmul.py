@@ -20,7 +20,6 @@ Three cases, told apart by the operands' shapes and memory order only:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -43,13 +42,10 @@ from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import parse_threads, plan_run
 from bigarr._core.array import memmap
-from bigarr._core.files import create_held, file_path, publish
+from bigarr._core.files import NewOutput, file_path
 from bigarr._core.files import open as open_npy
-from bigarr._os.durable import flush_window, fsync_dir
-from bigarr._os.fileid import hidden_name, remove_leftovers
+from bigarr._os.durable import flush_window
 from bigarr._os.geometry import format_bytes
-from bigarr._os.lock import OutputLock
-from bigarr._os.paths import check_output
 from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import BudgetError, ShapeError
@@ -310,21 +306,14 @@ def _to_new_file(out: str | os.PathLike[str], shape: tuple[int, ...], dtype: np.
     new file behind.
     """
     target = file_path(out)
-    with OutputLock(target):
-        existing = check_output(target, overwrite)  # a regular file at most, with overwrite
-        remove_leftovers(target)  # what a killed writer of this output left: ours to remove
-        tmp = hidden_name(target, "new")
-        arr = create_held(tmp, shape, dtype, direct=True, name=target)
+    with NewOutput(target, overwrite=overwrite) as output:
+        output.build("new")
+        arr = output.create(shape, dtype)
         try:
             write(arr)
+        finally:
             arr.close(force=True)  # flushes (msync) the written pages
-            publish(tmp, target, overwrite=existing == "file")
-        except BaseException:
-            arr.close(force=True)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(target)
+        output.publish()
     return open_npy(target, "shared")
 
 

@@ -46,6 +46,7 @@ from bigarr._compute.linalg import (
 from bigarr._compute.mapblocks import map_blocks
 from bigarr._compute.matmul import _product_rows, check_bytes, crossprod
 from bigarr._compute.operands import Stream
+from bigarr._compute.partials import Var
 from bigarr._compute.progress import ProgressArg
 from bigarr._compute.runplan import parse_threads
 from bigarr._compute.sort import _temp_folder
@@ -313,17 +314,21 @@ ColumnMoments = tuple[int, Array, Array]
 """Count, column means and column sums of squared deviations (float64)."""
 
 
+_CHAN = Var(ddof=0)
+"""The one owner of Chan et al.'s parallel update (:meth:`bigarr._compute.partials.Var.combine`)."""
+
+
 def _merge_columns(a: ColumnMoments, b: ColumnMoments) -> ColumnMoments:
-    """Chan et al.'s update, column by column: ``M2 = M2a + M2b + d**2 * na * nb / n``."""
-    na, ma, qa = a
-    nb, mb, qb = b
-    if na == 0:
+    """Two states merged column by column by :data:`_CHAN` (with a shift of 0: the moments
+    are already relative to the first row); an empty side is the other state, exactly."""
+    if a[0] == 0:
         return b
-    if nb == 0:
+    if b[0] == 0:
         return a
-    n = na + nb
-    d = mb - ma
-    return n, ma + d * (nb / n), qa + qb + d * d * (na * nb / n)
+    zero = np.zeros(())
+    n, _shift, mean, m2 = _CHAN.combine((np.asarray(a[0]), zero, a[1], a[2]),
+                                        (np.asarray(b[0]), zero, b[1], b[2]))
+    return int(n), mean, m2
 
 
 def _column_moments(s: Stream, *, budget: int, threads: int,

@@ -25,15 +25,17 @@ state) is the caller's to put in ``token=``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
 import types
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["function_token", "value_token"]
+__all__ = ["expression_token", "function_token", "value_token"]
 
 _DEPTH = 4  # how deep global functions called by the function are followed
 _HASH_LIMIT = 16 << 20  # bytes of an array value digested; a larger one is never trusted
@@ -164,4 +166,43 @@ def function_token(func: Any) -> str:
     """
     parts: list[str] = []
     _describe(func, parts, _DEPTH, set())
+    return hashlib.sha256("\n".join(parts).encode("utf8", "backslashreplace")).hexdigest()
+
+
+def expression_token(root: Any, leaf: Callable[[Any], Any]) -> str:
+    """A hex digest naming what a lazy expression computes, for resume journals.
+
+    The expression is a DAG of frozen dataclass nodes (:mod:`bigarr._compute.lazynodes`); each
+    node is described by its class and fields: child nodes by their place in the walk (a node
+    used twice is one node), functions by :func:`function_token`, other values by
+    :func:`value_token`, and the node with a ``source`` field (an input) by ``leaf(node)``,
+    which names the input's identity (a file's :func:`~bigarr._formats.journal.input_identity`,
+    an array's bytes).
+    """
+    seen: dict[int, int] = {}
+    parts: list[str] = []
+
+    def describe(value: Any) -> str:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return f"#{visit(value)}"
+        if isinstance(value, tuple):
+            return "(" + ",".join(describe(v) for v in value) + ")"
+        if isinstance(value, np.dtype):
+            return f"dtype:{value!r}"
+        if callable(value) and not isinstance(value, (type, np.ndarray, np.generic)):
+            return "function:" + function_token(value)
+        return value_token(value)
+
+    def visit(node: Any) -> int:
+        if id(node) not in seen:
+            fields = [f"{type(node).__name__}"]
+            for f in dataclasses.fields(node):
+                value = getattr(node, f.name)
+                fields.append(f"{f.name}=" + (value_token(leaf(node)) if f.name == "source"
+                                              else describe(value)))
+            parts.append(";".join(fields))
+            seen[id(node)] = len(parts) - 1
+        return seen[id(node)]
+
+    visit(root)
     return hashlib.sha256("\n".join(parts).encode("utf8", "backslashreplace")).hexdigest()

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from bigarr._compute.progress import ProgressArg
     from bigarr._compute.stream import Residency
-    from bigarr._core.private import DirtyRegions
+    from bigarr._core.dirtypages import DirtyRegions
     from bigarr._os.mapping import Mapping
     from bigarr._plan.chunks import Chunk, ChunkPlan
 

@@ -29,12 +29,15 @@ from bigarr._formats.npy import (
     parse_order,
     read_header,
 )
-from bigarr._os.durable import Paced, datasync, fsync_dir
+from bigarr._os.durable import Paced, fsync_dir
 from bigarr._os.fileid import (
+    FileId,
     create_new,
+    file_id,
     hidden_name,
     install,
     link_unnamed,
+    path_id,
     remove_leftovers,
     rename_noreplace,
     unnamed_supported,
@@ -59,7 +62,8 @@ from bigarr.errors import (
     TruncatedFileError,
 )
 
-__all__ = ["create", "create_held", "file_path", "open", "open_raw", "parse_order", "preallocate"]
+__all__ = ["NewOutput", "create", "create_held", "file_path", "open", "open_raw", "parse_order",
+           "preallocate", "remove_partial"]
 
 _FILL_BLOCK = 16 << 20  # bytes written per pwrite when filling a new file
 
@@ -196,7 +200,8 @@ def _atomic_file(path: str, overwrite: bool, *, locked: bool = False, direct: bo
     ``path``'s output lock as this writer does (unless ``locked``: the caller holds it). What
     may be replaced is decided by :func:`bigarr._os.paths.check_output` (a regular file, with
     ``overwrite``); the file is published with ``rename`` over that file, or with ``link``
-    (which never clobbers) where nothing was.
+    (which never clobbers) where nothing was. The lock, the check, the sweep, the hidden name,
+    its publishing and its removal on failure are :class:`NewOutput`'s.
 
     ``direct`` creates the file at ``path`` itself (which must not exist): for names that are
     already bigarr's own hidden names, which a journal names before they exist, so the caller
@@ -212,19 +217,23 @@ def _atomic_file(path: str, overwrite: bool, *, locked: bool = False, direct: bo
     ReadOnlyError, DiskFullError
         If the directory cannot be written, or the disk fills.
     """
-    lock = None if locked or direct else OutputLock(path)
-    try:
-        existing = check_output(path, overwrite)
-        if not direct:
-            remove_leftovers(path)
-        fd, tmp = _open_new(path, direct, name or path)
+    with contextlib.ExitStack() as stack:
+        output: NewOutput | None = None
+        if direct:
+            check_output(path, overwrite)
+        else:  # the output protocol: lock, check, sweep of "new" leftovers, hidden name
+            output = stack.enter_context(NewOutput(path, overwrite=overwrite, locked=locked))
+            output.build("new")
+        fd, tmp = _open_new(path, output, name or path)
+        if output is not None and tmp is not None:
+            output.created(fd)
         done = False
         try:
             try:
                 yield fd, tmp
                 os.fsync(fd)
                 handed, fd = fd, -1
-                fd = _publish_new(handed, tmp, path, existing == "file", direct)
+                fd = _publish_new(handed, tmp, path, output)
                 done = True
             except OSError as exc:
                 raise os_error(exc, name or path, writing=True) from None
@@ -232,27 +241,25 @@ def _atomic_file(path: str, overwrite: bool, *, locked: bool = False, direct: bo
         finally:
             if fd >= 0:
                 os.close(fd)
-            if tmp is not None and not done:
+            if direct and not done:  # (a hidden file of NewOutput's is removed by it)
                 with contextlib.suppress(OSError):  # cannot be removed: the next writer will
-                    os.unlink(tmp)
-    finally:
-        if lock is not None:
-            lock.release()
+                    os.unlink(path)
 
 
-def _open_new(path: str, direct: bool, name: str) -> tuple[int, str | None]:
+def _open_new(path: str, output: NewOutput | None, name: str) -> tuple[int, str | None]:
     """Open the new file of :func:`_atomic_file`: ``(fd, its name, or None if unnamed)``;
-    errors name ``name``."""
+    at ``path`` itself without ``output`` (``direct``); errors name ``name``."""
     folder = os.path.dirname(path) or "."
     try:
-        if not direct and unnamed_supported(path):
+        if output is not None and unnamed_supported(path):
             try:
                 return os.open(folder, getattr(os, "O_TMPFILE", 0) | os.O_RDWR
                                | getattr(os, "O_CLOEXEC", 0), 0o666), None
             except OSError as exc:  # this file system has no unnamed files: a hidden name
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                     raise
-        tmp = path if direct else hidden_name(path, "new")
+        tmp = path if output is None else output.building
+        assert tmp is not None
         return create_new(tmp), tmp
     except OSError as exc:  # name the user's path, not the hidden temporary one
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -263,17 +270,17 @@ def _open_new(path: str, direct: bool, name: str) -> tuple[int, str | None]:
         raise os_error(exc, name, writing=True) from None
 
 
-def _publish_new(fd: int, tmp: str | None, path: str, overwrite: bool, direct: bool) -> int:
+def _publish_new(fd: int, tmp: str | None, path: str, output: NewOutput | None) -> int:
     """Name the finished file of :func:`_atomic_file` ``path``. Takes ``fd`` over: returns the
     descriptor still to close (-1 for none), and closes it itself if it raises."""
-    if direct:
+    if output is None:  # direct: it has its name already
         return fd
     if tmp is not None:
         os.close(fd)
-        publish(tmp, path, overwrite=overwrite)
+        output.publish()
         return -1
     try:
-        replace = overwrite and check_output(path, True) == "file"
+        replace = output.replaces and check_output(path, True) == "file"
         if not replace:
             link_unnamed(fd, path)  # atomic, and never clobbers
     except FileExistsError:
@@ -327,6 +334,155 @@ def publish(tmp: str, path: str, *, overwrite: bool) -> None:
         raise os_error(exc, path, writing=True) from None
 
 
+class NewOutput:
+    """The one output protocol: a new file that appears at ``target`` only once complete.
+
+    Every writer of a new output goes through it (``create``'s hidden-name files,
+    :func:`written_in_order`, ``map_blocks``, ``matmul``, lazy ``to_npy``): the output's lock
+    is held (taken here unless ``locked``: the caller holds it already), what may be replaced
+    is decided once (:func:`bigarr._os.paths.check_output`: a regular file, with
+    ``overwrite``), the file is built under a hidden name next to ``target``
+    (:meth:`build`, which also sweeps what killed writers of ``target`` left), and
+    :meth:`publish` syncs it, installs it at ``target`` (:func:`publish`: never over a file
+    that appeared meanwhile unless ``overwrite`` allowed replacing it) and syncs the folder.
+    Leaving the block without publishing removes the hidden file (unless it was built with
+    ``keep``: a resumable run's partial file, which its journal names), and only if it is
+    still the file this writer created there (:meth:`created`, by identity), never another
+    one that took its name.
+
+    Raises
+    ------
+    FileExistsError_, NotAFileError, FileMissingError, PathError
+        As :func:`~bigarr._os.paths.check_output`, before anything is written.
+    OutputLockedError
+        If another writer holds ``target``'s output lock.
+    """
+
+    def __init__(self, target: str, *, overwrite: bool, locked: bool = False) -> None:
+        self.target = target
+        self._lock = None if locked else OutputLock(target)
+        try:
+            self.replaces = check_output(target, overwrite) == "file"
+        except BaseException:
+            self.close()
+            raise
+        self.building: str | None = None
+        """The hidden name the file is built under (once :meth:`build` chose it)."""
+        self.identity: FileId | None = None
+        """The identity of the file this writer created at :attr:`building`, if it did."""
+        self._keep = False
+        self._published = False
+
+    def build(self, kind: str, *, sweep: tuple[str, ...] = ("new",), adopt: str | None = None,
+              keep: bool = False) -> str:
+        """The hidden name to build the file under: ``adopt`` (a partial file a journal names)
+        or a new one of ``kind``. What killed writers of ``target`` left under the hidden
+        names of ``sweep`` is removed first (this writer holds the lock; ``adopt`` is kept).
+        ``keep``: a failed run leaves the file for a resumed one."""
+        self.building = adopt if adopt is not None else hidden_name(self.target, kind)
+        self._keep = keep
+        if sweep:
+            remove_leftovers(self.target, sweep, keep=self.building)
+        return self.building
+
+    def created(self, fd: int) -> FileId:
+        """Record the identity of the file created (open as ``fd``) at :attr:`building`."""
+        self.identity = file_id(fd)
+        return self.identity
+
+    def create(self, shape: tuple[int, ...], dtype: Any, *, order: str = "C") -> memmap:
+        """Create the ``.npy`` file at :attr:`building` (preallocated, as :func:`create`),
+        record its identity, and open it in shared mode.
+
+        Raises
+        ------
+        DiskFullError, ReadOnlyError, DtypeError, ShapeError
+            As :func:`create`.
+        """
+        assert self.building is not None, "build() names the file first"
+        arr = create_held(self.building, shape, dtype, order=order, direct=True,
+                          name=self.target)
+        assert arr._bigarr is not None
+        self.created(arr._bigarr.fd)
+        return arr
+
+    def publish(self) -> None:
+        """Sync the finished file, install it at ``target`` and sync the folder.
+
+        Raises
+        ------
+        FileExistsError_, NotAFileError
+            If something appeared at ``target`` meanwhile (without ``overwrite``).
+        ReadOnlyError, PathError
+            If the OS refuses the sync, rename or link.
+        """
+        assert self.building is not None, "build() names the file first"
+        try:
+            fd = os.open(self.building, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise os_error(exc, self.target, writing=True) from None
+        publish(self.building, self.target, overwrite=self.replaces)
+        self._published = True
+        fsync_dir(self.target)
+
+    def discard(self) -> None:
+        """Remove the hidden file, if it is still the one this writer created (see
+        :func:`remove_partial`), and any journal of it."""
+        if (self.building is not None and not self._published
+                and remove_partial(self.building, self.identity)):
+            with contextlib.suppress(OSError):  # an Appender's journal of the hidden file
+                    os.unlink(journal_path(self.building))
+
+    def close(self) -> None:
+        """Release the output's lock (if this object took it)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> NewOutput:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if not self._keep:
+                self.discard()
+        finally:
+            self.close()
+
+
+def remove_partial(path: str, named: FileId | None) -> bool:
+    """Delete an output's abandoned hidden file, only if it is the file ``named`` (its
+    identity, as a journal or the writer recorded it); with no identity recorded, only a
+    regular file with one link (as :func:`bigarr._os.fileid.remove_leftovers` does). A file
+    that took the name since (a planted link, another writer's file) is left alone.
+
+    Returns True if nothing is left at ``path`` that belongs to the output.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    if named is not None:
+        if path_id(path) != named:
+            return False  # not the file the journal described: not ours to delete
+    elif st.st_nlink != 1:
+        return False
+    try:
+        os.unlink(path)
+    except OSError:
+        return False
+    fsync_dir(path)
+    return True
+
+
 @contextlib.contextmanager
 def written_in_order(target: str, shape: tuple[int, ...], dtype: np.dtype[Any], *,
                      overwrite: bool, kind: str) -> Iterator[Callable[[Any], None]]:
@@ -348,11 +504,9 @@ def written_in_order(target: str, shape: tuple[int, ...], dtype: np.dtype[Any], 
     ShapeError
         If the sink was given fewer or more bytes than ``shape`` and ``dtype`` hold.
     """
-    existing = check_output(target, overwrite)
-    building = hidden_name(target, kind)
-    done = False
-    try:
-        result = create_held(building, shape, dtype, locked=False, name=target)
+    with NewOutput(target, overwrite=overwrite, locked=True) as output:
+        building = output.build(kind, sweep=())
+        result = output.create(shape, dtype)
         offset, nbytes = int(result.offset), int(result.nbytes)
         result.close()
         fd = os.open(building, os.O_WRONLY | os.O_CLOEXEC)
@@ -371,16 +525,9 @@ def written_in_order(target: str, shape: tuple[int, ...], dtype: np.dtype[Any], 
             yield sink
             if written != nbytes:
                 raise ShapeError(f"{target}: {written} of its {nbytes} data bytes were written")
-            datasync(fd)
         finally:
             os.close(fd)
-        publish(building, target, overwrite=existing == "file")
-        fsync_dir(target)
-        done = True
-    finally:
-        if not done:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(building)
+        output.publish()
 
 
 def _fill(fd: int, offset: int, nbytes: int, dtype: np.dtype[Any], fill: Any) -> None:

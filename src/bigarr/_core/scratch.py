@@ -30,8 +30,8 @@ Writes that bypass all of these (a plain ``np.asarray(x)`` view written outside 
 ``iter_chunks`` loop) are found only at the next check; between checks they can exceed the
 limit. ``commit()`` and ``discard()`` free scratch pages and recount.
 
-The count. Exact counts come from ``/proc/self/pagemap`` (:func:`bigarr._core.private
-._page_table`; 3-6 ms per GiB of mapping here, read in 8 MiB steps). To avoid a scan per
+The count. Exact counts come from ``/proc/self/pagemap`` (:func:`bigarr._core.dirtypages
+.page_table`; 3-6 ms per GiB of mapping here, read in 8 MiB steps). To avoid a scan per
 assignment, each mapping keeps an *upper bound* of its scratch bytes (the last exact count plus
 every page each checked write spans since); only when that bound would pass the limit are the
 target's pages scanned (pages already copied cost nothing), and then the whole mapping. So a
@@ -51,7 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bigarr._core.private import _page_table, _private_mapping
+from bigarr._core.dirtypages import page_table
+from bigarr._core.private import _private_mapping
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan, format_bytes, parse_size
 from bigarr._plan.regions import extent
 from bigarr.errors import ModeError, ScratchLimitError
@@ -98,7 +99,7 @@ def parse_limit(value: int | str | None, access: str) -> int | None:
 
 def _count(m: Mapping, span: ByteSpan | None = None) -> int:
     """Exact scratch bytes (whole pages) of ``span`` of the mapping (all of it by default)."""
-    _first, mask = _page_table(m, ByteSpan(0, m.length) if span is None else span)
+    _first, mask = page_table(m, ByteSpan(0, m.length) if span is None else span)
     return int(np.count_nonzero(mask)) * PAGE_SIZE
 
 
@@ -157,7 +158,7 @@ def _reserve(m: Mapping, span: ByteSpan,
             return
         fresh = 0
         if most:
-            _first, copied = _page_table(m, span)
+            _first, copied = page_table(m, span)
             hit = ~copied if pages is None else pages & ~copied
             fresh = int(np.count_nonzero(hit)) * PAGE_SIZE
         if fresh == 0 or st.bound + fresh <= st.limit:

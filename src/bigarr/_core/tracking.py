@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bigarr._core.private import DirtyRegions, regions_from
+from bigarr._core.dirtypages import DirtyRegions, regions_from
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan
 from bigarr._os.libc import libc as _libc
 from bigarr._plan.regions import Region, region_span

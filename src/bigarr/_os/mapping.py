@@ -422,7 +422,7 @@ class Mapping:
             raise _oserror("mincore", self.path)
         return (vec & 1).astype(bool)
 
-    # ---- private-mode scratch pages (used by bigarr._core.private) -------------------------------
+    # ---- private-mode scratch pages (used by bigarr._core.private and .dirtypages) ---------------
     def pagemap(self, span: ByteSpan) -> np.ndarray[Any, np.dtype[np.uint64]]:
         """Raw ``/proc/self/pagemap`` entries (8 bytes each), one per page of ``span``.
 
