@@ -300,3 +300,15 @@ def test_both_extremes_in_one_pass_are_numpys(dtype: Any, size: int, seed: int) 
     assert both is not None
     np.testing.assert_array_equal(both[0], x.min())
     np.testing.assert_array_equal(both[1], x.max())
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8", "<f4", "<f8"])
+def test_nonzero_counts_of_byte_swapped_floats_treat_minus_zero_as_zero(dtype: str) -> None:
+    # -0.0 byte-swapped is a denormal when read in native order: never counted as nonzero
+    x = np.zeros((5, 16), dtype=dtype)
+    x[1, 3], x[2, 5], x[3, 6] = -0.0, np.nan, 1.5
+    want = np.count_nonzero(x, axis=0)
+    got = native.count_rows(x)
+    if got is not None:
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(bigarr.count_nonzero(x, axis=0, progress=False), want)

@@ -193,7 +193,7 @@ def count_rows(block: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:
     if lib is None or not block.flags.c_contiguous or block.ndim < 1 or block.size == 0:
         return None
     kind, size = block.dtype.kind, block.dtype.itemsize
-    if kind == "f" and size in (4, 8):
+    if kind == "f" and size in (4, 8) and block.dtype.isnative:  # '>f4' -0.0 reads nonzero
         code = f"f{size}"
     elif kind in "biu" and size in (1, 2, 4, 8):
         code = f"u{size}"  # any set bit is nonzero: read as unsigned integers of that size
