@@ -145,6 +145,9 @@ def test_layouts_the_kernels_do_not_take_fall_back() -> None:
     assert native.var_blocks(x.astype(np.int32), (1,)) is None  # not floating
     assert native.var_blocks(np.asfortranarray(x), (1,)) is None  # not C-contiguous
     assert native.sum_blocks(x.astype(np.complex64), (1,)) is None
+    for axes in ((-1,), (-2, -1), (3,)):  # not normalised: never read as another geometry
+        assert native.sum_blocks(x, axes) is None
+        assert native.var_blocks(x, axes) is None
 
 
 # ---- end to end --------------------------------------------------------------------------------

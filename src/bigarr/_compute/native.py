@@ -89,6 +89,8 @@ def _columns(block: np.ndarray[Any, Any], axes: tuple[int, ...]) -> tuple[int, i
     """
     if not axes or list(axes) != list(range(axes[0], axes[-1] + 1)):
         return None
+    if axes[0] < 0 or axes[-1] >= block.ndim:  # (-1,) would pass as a run and read past the end
+        return None
     a, b = axes[0], axes[-1] + 1
     shape = block.shape
     p = int(np.prod(shape[:a], dtype=np.int64))
