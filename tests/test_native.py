@@ -315,3 +315,17 @@ def test_nonzero_counts_of_byte_swapped_floats_treat_minus_zero_as_zero(dtype: s
     if got is not None:
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(bigarr.count_nonzero(x, axis=0, progress=False), want)
+
+
+@pytest.mark.parametrize("rng", [(0.0, 462.11903732807633), (0.1, 2.0)])
+def test_few_bins_of_float32_data_with_a_float64_range_not_exact_in_float32(
+        rng: tuple[float, float]) -> None:
+    # float32 values just outside a float64 range that float32 cannot hold: not counted
+    lo, hi = np.float64(rng[0]), np.float64(rng[1])
+    x = np.array([lo, hi, 1.0], dtype=np.float32)
+    x = np.concatenate([x, np.nextafter(x, np.float32(np.inf)), np.nextafter(x, np.float32(0))])
+    for bins in (1, 3, 16, 40):
+        want = np.histogram(x, bins, range=(lo, hi))
+        got = bigarr.histogram(x, bins, range=(lo, hi), progress=False)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])

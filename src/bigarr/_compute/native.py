@@ -246,7 +246,9 @@ def hist_uniform(flat: np.ndarray[Any, Any], first: Any, last: Any, denom: Any, 
     if not all(np.isfinite(v) for v in (lo, hi, e_first, f_denom)) or f_denom <= 0:
         return False
     e = np.ascontiguousarray(edges)
-    exact = flat.dtype.type(lo) == lo and flat.dtype.type(hi) == hi  # bounds in the data's type
+    # bounds in the data's type (compared as Python floats: a float32 scalar == a Python float
+    # casts the float to float32, and every rounded bound would pass)
+    exact = float(flat.dtype.type(lo)) == lo and float(flat.dtype.type(hi)) == hi
     if fast and by_edges and exact and np.isfinite(edges[1:n]).all():
         above = np.zeros(n + 1, dtype=np.int64)
         getattr(lib, f"hist_edges_{code}_{ecode}")(_ptr(flat), flat.size, lo, hi, n, _ptr(e),
