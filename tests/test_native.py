@@ -329,3 +329,18 @@ def test_few_bins_of_float32_data_with_a_float64_range_not_exact_in_float32(
         got = bigarr.histogram(x, bins, range=(lo, hi), progress=False)
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_variance_that_overflows_is_numpys_inf_not_nan(dtype: Any) -> None:
+    # S2 and S1 * mean both overflow to inf: their difference is NaN, numpy's variance is inf
+    big = 3e38 if dtype == np.float32 else 1e300
+    col = np.array([big, -big, 1.0, 1.5e154 if dtype == np.float64 else 2.0], dtype=dtype)
+    x = np.tile(col[:, None], (1, 16))  # columns (per-column kernel) and rows (flat kernel)
+    with np.errstate(all="ignore"):
+        want = np.var(x.astype(np.float64), axis=0).astype(dtype)
+        for axis, block in ((0, x), (1, np.ascontiguousarray(x.T))):
+            np.testing.assert_array_equal(bigarr.var(block, axis=axis, progress=False), want)
+        got = native.var_blocks(x, (0,))
+    if got is not None and dtype == np.float64:  # float32's squares fit in float64
+        assert np.isinf(got[2]).all()
