@@ -344,3 +344,15 @@ def test_variance_that_overflows_is_numpys_inf_not_nan(dtype: Any) -> None:
         got = native.var_blocks(x, (0,))
     if got is not None and dtype == np.float64:  # float32's squares fit in float64
         assert np.isinf(got[2]).all()
+
+
+@pytest.mark.parametrize("rng", [(0.0, 1e-308), (-1e-310, 2e-310)])
+@pytest.mark.parametrize("bins", [3, 216])
+def test_equal_bins_of_a_subnormal_range_are_numpys(rng: tuple[float, float], bins: int) -> None:
+    # bins / (last - first) overflows to inf: the fast estimate's scale must not be used
+    e = np.histogram_bin_edges(np.zeros(0), bins, range=rng)
+    x = np.concatenate([e, np.nextafter(e, 1), np.nextafter(e, -1)])
+    want = np.histogram(x, bins, range=rng)
+    got = bigarr.histogram(x, bins, range=rng, progress=False)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])

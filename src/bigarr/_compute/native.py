@@ -245,6 +245,8 @@ def hist_uniform(flat: np.ndarray[Any, Any], first: Any, last: Any, denom: Any, 
         e_first, f_denom = float(edges.dtype.type(first)), float(quotient.type(denom))
     if not all(np.isfinite(v) for v in (lo, hi, e_first, f_denom)) or f_denom <= 0:
         return False
+    if not np.isfinite(n / f_denom):  # a subnormal range: the fast estimate's scale is inf
+        fast = False
     e = np.ascontiguousarray(edges)
     # bounds in the data's type (compared as Python floats: a float32 scalar == a Python float
     # casts the float to float32, and every rounded bound would pass)
