@@ -356,3 +356,15 @@ def test_equal_bins_of_a_subnormal_range_are_numpys(rng: tuple[float, float], bi
     got = bigarr.histogram(x, bins, range=rng, progress=False)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_histogram_kernel_refuses_bins_its_arrays_do_not_hold() -> None:
+    # n = 0 made the kernel clip a bin to -1 and write before its counts; short edges were read
+    # past their end
+    x = np.linspace(0, 1, 50)
+    e = np.linspace(0.0, 1.0, 5)
+    up = np.append(e[1:4], np.inf)
+    counts = np.zeros(5, dtype=np.int64)
+    assert not native.hist_uniform(x, 0.0, 1.0, 1.0, 0, e, up, counts)
+    assert not native.hist_uniform(x, 0.0, 1.0, 1.0, 40, e, up, counts)
+    assert not counts.any()
