@@ -368,3 +368,20 @@ def test_histogram_kernel_refuses_bins_its_arrays_do_not_hold() -> None:
     assert not native.hist_uniform(x, 0.0, 1.0, 1.0, 0, e, up, counts)
     assert not native.hist_uniform(x, 0.0, 1.0, 1.0, 40, e, up, counts)
     assert not counts.any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_misaligned_blocks_are_never_passed_to_c(dtype: Any) -> None:
+    # a C pointer to a misaligned element is undefined behaviour (the compiler may assume an
+    # element's alignment): such blocks take numpy's kernels, with numpy's answers
+    buf = bytearray(8 * 40 * np.dtype(dtype).itemsize + 8)
+    x = np.frombuffer(buf, dtype=dtype, count=8 * 40, offset=1).reshape(40, 8)
+    assert x.flags.c_contiguous and not x.flags.aligned
+    assert native.count_rows(x) is None
+    if x.dtype.kind == "f":
+        assert native.sum_blocks(x, (0,)) is None and native.var_blocks(x, (0,)) is None
+        assert native.arg_rows(x, True) is None and native.min_max(x.ravel()) is None
+    np.testing.assert_array_equal(bigarr.count_nonzero(x, axis=0, progress=False),
+                                  np.count_nonzero(x, axis=0))
+    np.testing.assert_array_equal(bigarr.sum(x, axis=0, progress=False),
+                                  np.sum(x, axis=0, dtype=None if x.dtype.kind == "i" else float))

@@ -100,8 +100,8 @@ def _columns(block: np.ndarray[Any, Any], axes: tuple[int, ...]) -> tuple[int, i
 
 
 def _usable(block: np.ndarray[Any, Any]) -> str | None:
-    if lib is None or not block.flags.c_contiguous or block.size == 0:
-        return None
+    if lib is None or not block.flags.c_contiguous or not block.flags.aligned or block.size == 0:
+        return None  # C may assume an element's alignment: a misaligned pointer is undefined
     return _CODES.get(block.dtype)
 
 
@@ -192,7 +192,8 @@ def min_max(flat: np.ndarray[Any, Any]) -> tuple[Any, Any] | None:
 def count_rows(block: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:
     """``np.count_nonzero(block, axis=0)`` of a C-contiguous real or bool ``block`` with at least
     one row, as ``block.shape[1:]`` (intp); None where the native kernel does not apply."""
-    if lib is None or not block.flags.c_contiguous or block.ndim < 1 or block.size == 0:
+    if (lib is None or not block.flags.c_contiguous or not block.flags.aligned or block.ndim < 1
+            or block.size == 0):
         return None
     kind, size = block.dtype.kind, block.dtype.itemsize
     if kind == "f" and size in (4, 8) and block.dtype.isnative:  # '>f4' -0.0 reads nonzero
