@@ -146,13 +146,14 @@ def var_blocks(block: np.ndarray[Any, Any],
         return None
     keep = tuple(1 if i in axes else m for i, m in enumerate(block.shape))
     shift, mean, m2 = (np.empty(p * c, dtype=np.float64) for _ in range(3))
+    # Any column count (not only MIN_COLUMNS and up): Var tells the planner its float32/float64
+    # blocks need no scratch (Var.scratch_free), so numpy's kernel, with its block-sized
+    # temporaries, would run past the budget.
     if c == 1:
         getattr(lib, f"var_flat_{code}")(_ptr(block), p, n, _ptr(shift), _ptr(mean), _ptr(m2))
-    elif c >= MIN_COLUMNS:
+    else:
         getattr(lib, f"var_cols_{code}")(_ptr(block), p, n, c, _ptr(shift), _ptr(mean),
                                          _ptr(m2))
-    else:
-        return None
     return shift.reshape(keep), mean.reshape(keep), m2.reshape(keep)
 
 
