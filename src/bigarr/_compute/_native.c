@@ -83,8 +83,9 @@ static inline double lanes_total(const double *a)
  * group's first element, so d is small and, for float32 data, exact in double); then mean =
  * S1 / n and m2 = S2 - S1 * mean. That subtraction cancels the part of S2 that the shift's
  * distance from the mean contributes: where it would cancel more than 15/16 of S2 (the first
- * element is an outlier, about four standard deviations out), or the sums are not finite, the
- * group's m2 is recomputed as sum((d - mean)^2), a second pass over data still in cache. So m2's
+ * element is an outlier, about four standard deviations out), or m2 is not finite (an S2 that
+ * overflowed: inf - inf is NaN where numpy's variance is inf), the group's m2 is recomputed as
+ * sum((d - mean)^2), a second pass over data still in cache. So m2's
  * rounding error is at most 16 times that of a float64 sum, whatever the data's offset. */
 #define KEEP (15.0 / 16.0)
 
@@ -122,7 +123,7 @@ static inline double lanes_total(const double *a)
                 for (int64_t j = 0; j < w; j++) {                                           \
                     const double mu = s1[j] / (double)n;                                    \
                     double q2 = s2[j] - s1[j] * mu;                                         \
-                    if (!(s1[j] * mu <= KEEP * s2[j])) {                                    \
+                    if (!(s1[j] * mu <= KEEP * s2[j]) || !isfinite(q2)) {                                    \
                         q2 = 0.0;                                                           \
                         for (int64_t i = 0; i < n; i++) {                                   \
                             const double d = ((double)b[i * c + j0 + j] - k[j]) - mu;       \
@@ -161,7 +162,7 @@ static inline double lanes_total(const double *a)
             }                                                                               \
             const double mu = s1 / (double)m;                                               \
             double q2 = s2 - s1 * mu;                                                       \
-            if (!(s1 * mu <= KEEP * s2)) {                                                  \
+            if (!(s1 * mu <= KEEP * s2) || !isfinite(q2)) {                                                  \
                 double u[LANES] = {0};                                                      \
                 for (i = 0; i + LANES <= m; i += LANES)                                     \
                     for (int l = 0; l < LANES; l++) {                                       \

@@ -89,6 +89,8 @@ def _columns(block: np.ndarray[Any, Any], axes: tuple[int, ...]) -> tuple[int, i
     """
     if not axes or list(axes) != list(range(axes[0], axes[-1] + 1)):
         return None
+    if axes[0] < 0 or axes[-1] >= block.ndim:  # (-1,) would pass as a run and read past the end
+        return None
     a, b = axes[0], axes[-1] + 1
     shape = block.shape
     p = int(np.prod(shape[:a], dtype=np.int64))
@@ -98,8 +100,8 @@ def _columns(block: np.ndarray[Any, Any], axes: tuple[int, ...]) -> tuple[int, i
 
 
 def _usable(block: np.ndarray[Any, Any]) -> str | None:
-    if lib is None or not block.flags.c_contiguous or block.size == 0:
-        return None
+    if lib is None or not block.flags.c_contiguous or not block.flags.aligned or block.size == 0:
+        return None  # C may assume an element's alignment: a misaligned pointer is undefined
     return _CODES.get(block.dtype)
 
 
@@ -144,13 +146,14 @@ def var_blocks(block: np.ndarray[Any, Any],
         return None
     keep = tuple(1 if i in axes else m for i, m in enumerate(block.shape))
     shift, mean, m2 = (np.empty(p * c, dtype=np.float64) for _ in range(3))
+    # Any column count (not only MIN_COLUMNS and up): Var tells the planner its float32/float64
+    # blocks need no scratch (Var.scratch_free), so numpy's kernel, with its block-sized
+    # temporaries, would run past the budget.
     if c == 1:
         getattr(lib, f"var_flat_{code}")(_ptr(block), p, n, _ptr(shift), _ptr(mean), _ptr(m2))
-    elif c >= MIN_COLUMNS:
+    else:
         getattr(lib, f"var_cols_{code}")(_ptr(block), p, n, c, _ptr(shift), _ptr(mean),
                                          _ptr(m2))
-    else:
-        return None
     return shift.reshape(keep), mean.reshape(keep), m2.reshape(keep)
 
 
@@ -190,10 +193,11 @@ def min_max(flat: np.ndarray[Any, Any]) -> tuple[Any, Any] | None:
 def count_rows(block: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:
     """``np.count_nonzero(block, axis=0)`` of a C-contiguous real or bool ``block`` with at least
     one row, as ``block.shape[1:]`` (intp); None where the native kernel does not apply."""
-    if lib is None or not block.flags.c_contiguous or block.ndim < 1 or block.size == 0:
+    if (lib is None or not block.flags.c_contiguous or not block.flags.aligned or block.ndim < 1
+            or block.size == 0):
         return None
     kind, size = block.dtype.kind, block.dtype.itemsize
-    if kind == "f" and size in (4, 8):
+    if kind == "f" and size in (4, 8) and block.dtype.isnative:  # '>f4' -0.0 reads nonzero
         code = f"f{size}"
     elif kind in "biu" and size in (1, 2, 4, 8):
         code = f"u{size}"  # any set bit is nonzero: read as unsigned integers of that size
@@ -230,6 +234,8 @@ def hist_uniform(flat: np.ndarray[Any, Any], first: Any, last: Any, denom: Any, 
     """
     code = _usable(flat)
     ecode = _CODES.get(edges.dtype)
+    if n < 1 or edges.ndim != 1 or edges.size < n + 1 or np.size(upper) < n or counts.size < n:
+        return False  # the kernel reads edges[:n], upper[:n] and writes n counts: never past them
     if code is None or ecode is None or lib is None or (code, ecode) == ("f8", "f4"):
         return False
     with np.errstate(all="ignore"):
@@ -243,8 +249,12 @@ def hist_uniform(flat: np.ndarray[Any, Any], first: Any, last: Any, denom: Any, 
         e_first, f_denom = float(edges.dtype.type(first)), float(quotient.type(denom))
     if not all(np.isfinite(v) for v in (lo, hi, e_first, f_denom)) or f_denom <= 0:
         return False
+    if not np.isfinite(n / f_denom):  # a subnormal range: the fast estimate's scale is inf
+        fast = False
     e = np.ascontiguousarray(edges)
-    exact = flat.dtype.type(lo) == lo and flat.dtype.type(hi) == hi  # bounds in the data's type
+    # bounds in the data's type (compared as Python floats: a float32 scalar == a Python float
+    # casts the float to float32, and every rounded bound would pass)
+    exact = float(flat.dtype.type(lo)) == lo and float(flat.dtype.type(hi)) == hi
     if fast and by_edges and exact and np.isfinite(edges[1:n]).all():
         above = np.zeros(n + 1, dtype=np.int64)
         getattr(lib, f"hist_edges_{code}_{ecode}")(_ptr(flat), flat.size, lo, hi, n, _ptr(e),
