@@ -412,3 +412,48 @@ def test_variance_of_few_columns_stays_within_its_budget(tmp_path: Path) -> None
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
                          text=True, check=True, env=dict(os.environ)).stdout
     assert int(out.split()[-1]) <= (32 + 64) * 2**20
+
+
+def test_variance_over_axes_the_kernel_cannot_take_keeps_its_scratch_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # axis=(0, 2) is not one run of axes: the native kernel declines, so numpy's kernel runs,
+    # and it must get tile-sized groups of leaves (and the plan its scratch), not whole views
+    from bigarr._compute import partials as _partials
+
+    assert not _partials.Var(0).scratch_free(np.dtype(np.float64), (0, 2))
+    sizes: list[int] = []
+    real = _partials.Var.partial
+
+    def recording(self: Any, block: Any, *args: Any) -> Any:
+        sizes.append(block.size)
+        return real(self, block, *args)
+
+    monkeypatch.setattr(_partials.Var, "partial", recording)
+    x = np.random.default_rng(6).normal(size=(40_000, 5, 5))
+    got = bigarr.var(x, axis=(0, 2), budget="8MiB", threads=1, progress=False)
+    np.testing.assert_allclose(got, np.var(x, axis=(0, 2)), rtol=1e-12)
+    assert max(sizes) <= _partials.tile_elements()
+
+
+@needs_native
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's VmHWM")
+def test_variance_over_axes_the_kernel_cannot_take_stays_within_its_budget(
+        tmp_path: Path) -> None:
+    # (2M, 5, 5) float64 over axis=(0, 2): was 199 MiB of growth at a 32 MiB budget
+    path = tmp_path / "c55.npy"
+    arr = bigarr.create(path, (2_000_000, 5, 5), np.float64)
+    for i in range(0, arr.shape[0], 200_000):
+        arr[i:i + 200_000] = 1.5
+    arr.close()
+    code = ("import sys, bigarr\n"
+            "def status(key):\n"
+            "    text = open('/proc/self/status').read()\n"
+            "    return int(text.split(key + ':')[1].split()[0]) << 10\n"
+            "open('/proc/self/clear_refs', 'w').write('5')\n"
+            "base = status('VmRSS')\n"
+            "bigarr.var(sys.argv[1], axis=(0, 2), budget='32MiB', threads=1, progress=False)\n"
+            "print(status('VmHWM') - base)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, check=True, env=dict(os.environ)).stdout
+    assert int(out.split()[-1]) <= (32 + 64) * 2**20

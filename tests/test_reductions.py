@@ -428,3 +428,16 @@ def test_histogram_of_data_without_finite_bins_is_a_bigarr_value_error(
         bigarr.histogram(data, budget="256KiB", progress=False)
     assert isinstance(info.value, BigArrError) and isinstance(info.value, ValueError)
     assert str(want.value).split(" of ")[-1].split(".")[0] in str(info.value)
+
+
+def test_histogram_whose_numpy_edges_overflow_is_numpys(tmp_path: Path) -> None:
+    # a float32 range near float32's largest number: numpy's own edges hold a NaN (and numpy
+    # still counts); bigarr indexed with the NaN edge and raised a bare IndexError
+    data = np.random.default_rng(8).standard_normal(50_000) * 1e38
+    rng = (np.float32(-3e38), np.float32(3e38))
+    with np.errstate(all="ignore"):
+        want = np.histogram(data, 1, range=rng)
+    got = bigarr.histogram(_stored(data, "bigarr", tmp_path), 1, range=rng, budget="256KiB",
+                           progress=False)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])

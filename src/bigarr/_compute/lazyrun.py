@@ -360,7 +360,7 @@ class _Pass:
                 fixed += keep * (per + 1 + 8)
                 if 0 in node.axes:
                     fixed += (nthreads + 2) * keep * per
-                if not k.scratch_free(it.expr.dtype):
+                if not k.scratch_free(it.expr.dtype, tuple(node.axes)):
                     scratch = SCRATCH_BYTES
             elif not to_file and not unknown_rows(it.frame):
                 # the result in memory; a file output is a stream (map_blocks')

@@ -117,9 +117,10 @@ class Kernel:
     sub_blocked = False
     exact = True
 
-    def scratch_free(self, dtype: np.dtype[Any]) -> bool:
-        """True when :meth:`partial` needs no temporaries for blocks of ``dtype``: :class:`Tree`
-        may then hand it many leaves at once."""
+    def scratch_free(self, dtype: np.dtype[Any], axes: tuple[int, ...] | None = None) -> bool:
+        """True when :meth:`partial` needs no temporaries for blocks of ``dtype`` reduced along
+        ``axes`` (None: whatever the axes): :class:`Tree` may then hand it many leaves at once,
+        and the plan reserves no scratch for it."""
         return not self.sub_blocked
 
     def state_bytes(self, dtype: np.dtype[Any]) -> int:
@@ -269,8 +270,12 @@ class Var(Kernel):
     def state_bytes(self, dtype: np.dtype[Any]) -> int:
         return 8 + 3 * (16 if dtype.kind == "c" else 8)
 
-    def scratch_free(self, dtype: np.dtype[Any]) -> bool:
-        return self.native and native.available() and dtype in (np.float32, np.float64)
+    def scratch_free(self, dtype: np.dtype[Any], axes: tuple[int, ...] | None = None) -> bool:
+        # the native kernel's cases: real float32/float64 in native byte order, reduced along
+        # one run of adjacent axes (anything else runs numpy's kernel, with temporaries)
+        run = axes is None or not axes or list(axes) == list(range(min(axes), max(axes) + 1))
+        return (self.native and native.available() and run and dtype.isnative
+                and dtype in (np.float32, np.float64))
 
     def __init__(self, ddof: float) -> None:
         self.ddof = ddof
@@ -670,11 +675,13 @@ class Tree:
         runs = [(j1, j2 - 1 if short else j2, L)] + ([(j2 - 1, j2, n % L)] if short else [])
         size = L * math.prod(view.shape[:d]) * math.prod(self.shape[d + 1:])
         tile = tile_elements(16 if view.dtype.kind == "c" else 8)  # float64 (complex128) temps
-        sub = not self.kernel.scratch_free(view.dtype)
+        red = tuple(i + 1 for i in sorted(self.axes) if i >= d)
+        # groups of many leaves only for a kernel that takes them without temporaries (the
+        # native one; it also needs aligned data)
+        sub = not (self.kernel.scratch_free(view.dtype, red) and view.flags.aligned)
         per = max(1, (tile if sub else self.leaf) // size)
         copy = not view.flags.c_contiguous
         step = per if (copy or sub) else max(1, j2 - j1)
-        red = tuple(i + 1 for i in sorted(self.axes) if i >= d)
         states: list[State] = []
         for ja, jb, length in runs:
             for g in range(ja, jb, step):
@@ -731,7 +738,9 @@ class Tree:
         ``log2(slabs)`` slab states are held at once; its unfinished nodes are handed on.
         """
         d, n = self.d, view.shape[k]
-        vector = view.flags.c_contiguous and self.kernel.scratch_free(view.dtype)
+        red = tuple(i + 1 for i in sorted(self.axes) if i >= d)
+        vector = (view.flags.c_contiguous and view.flags.aligned
+                  and self.kernel.scratch_free(view.dtype, red))
         batch = max(1, self.leaf // self._slab_state_size(k)) if vector else 1
         local = _Fold(self.kernel, self.shape[k]) if k in self.axes else None
         out: list[Part] = []

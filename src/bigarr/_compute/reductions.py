@@ -185,7 +185,7 @@ def _reduce(
     elif shape:  # each chunk's state is as large as the result: one per chunk in flight
         prefetch = 0 if kept * per_kept > SCRATCH_BYTES else 1  # large: no extra in flight
         fixed += (nthreads + prefetch + 1) * kept * per_kept
-    scratch = 0 if kernel.scratch_free(stream.dtype) else SCRATCH_BYTES  # per thread
+    scratch = 0 if kernel.scratch_free(stream.dtype, axes) else SCRATCH_BYTES  # per thread
     plan = plan_run(desc, [stream], budget=budget, threads=nthreads, layout="keys",
                     prefetch=prefetch, scratch_bytes=scratch,
                     temporaries=temporaries, fixed_bytes=fixed)

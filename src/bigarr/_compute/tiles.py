@@ -266,6 +266,13 @@ def uniform_counts(flat: np.ndarray[Any, Any], first: Any, last: Any, n: int,
     when the edges do not decrease (checked; otherwise numpy's steps are taken in order).
     """
     counts = np.zeros(n + 1, dtype=np.intp)
+    if edges.dtype.kind == "f" and not np.isfinite(edges).all():
+        # numpy's own edges overflowed (a float32 range near its largest number gives a NaN
+        # edge): numpy's histogram, tile by tile, whatever it makes of them
+        for lo in range(0, flat.size, max(1, tile)):
+            with np.errstate(all="ignore"):
+                counts[:n] += np.histogram(flat[lo:lo + tile], bins=n, range=(first, last))[0]
+        return counts[:n]
     denom = _unsigned_subtract(last, first)
     upper = np.append(edges[1:n], np.inf).astype(edges.dtype)  # no step up from the last bin
     monotone = bool(np.all(edges[1:] >= edges[:-1]))
