@@ -105,6 +105,18 @@ def _usable(block: np.ndarray[Any, Any]) -> str | None:
     return _CODES.get(block.dtype)
 
 
+def _reduced(block: np.ndarray[Any, Any],
+             axes: tuple[int, ...]) -> tuple[str, int, int, int, tuple[int, ...]] | None:
+    """``(code, p, n, c, keep)`` of a block the reducing kernels take (see :func:`_columns`;
+    ``keep``: the result's shape, reduced axes kept as length 1), or None."""
+    code = _usable(block)
+    geo = _columns(block, axes) if code else None
+    if code is None or geo is None or geo[1] == 0:
+        return None
+    keep = tuple(1 if i in axes else m for i, m in enumerate(block.shape))
+    return code, *geo, keep
+
+
 #: Fewest kept columns for the per-column kernels: below this, each row's inner loop is too
 #: short to vectorise, and numpy's own loops are as fast.
 MIN_COLUMNS = 8
@@ -114,14 +126,10 @@ def sum_blocks(block: np.ndarray[Any, Any],
                axes: tuple[int, ...]) -> np.ndarray[Any, Any] | None:
     """Sums of a C-contiguous float32/float64 ``block`` over ``axes`` in float64, with the
     reduced axes kept as length 1; None where the native kernel does not apply."""
-    code = _usable(block)
-    geo = _columns(block, axes) if code else None
-    if geo is None or lib is None:
+    got = _reduced(block, axes)
+    if got is None or lib is None:
         return None
-    p, n, c = geo
-    keep = tuple(1 if i in axes else m for i, m in enumerate(block.shape))
-    if n == 0:
-        return None
+    code, p, n, c, keep = got
     out = np.empty(p * c, dtype=np.float64)
     if c == 1:
         getattr(lib, f"sum_flat_{code}")(_ptr(block), p, n, _ptr(out))
@@ -137,14 +145,10 @@ def var_blocks(block: np.ndarray[Any, Any],
     """``(shift, mean, m2)`` of a C-contiguous float32/float64 ``block`` over ``axes`` (shift: the
     first element along the reduced axes; mean and m2 of the shifted values), each with the
     reduced axes kept as length 1; None where the native kernel does not apply."""
-    code = _usable(block)
-    geo = _columns(block, axes) if code else None
-    if geo is None or lib is None:
+    got = _reduced(block, axes)
+    if got is None or lib is None:
         return None
-    p, n, c = geo
-    if n == 0:
-        return None
-    keep = tuple(1 if i in axes else m for i, m in enumerate(block.shape))
+    code, p, n, c, keep = got
     shift, mean, m2 = (np.empty(p * c, dtype=np.float64) for _ in range(3))
     # Any column count (not only MIN_COLUMNS and up): Var tells the planner its float32/float64
     # blocks need no scratch (Var.scratch_free), so numpy's kernel, with its block-sized
