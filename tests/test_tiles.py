@@ -196,3 +196,12 @@ def test_counting_by_edges_lands_where_numpy_does_at_every_edge(dtype: str) -> N
     assert tiles._estimate_within_one(lo, hi, 10, edges)
     want = np.histogram(x, bins=10)[0]
     np.testing.assert_array_equal(tiles.uniform_counts(x, lo, hi, 10, edges, 1 << 16), want)
+
+
+@deep
+@given(blocks(), st.integers(0, 200))
+def test_count_nonzero_all_is_numpys(block: np.ndarray[Any, Any], extra: int) -> None:
+    # rows of 64 elements through the native count (when built), the rest by numpy
+    flat = np.concatenate([block.reshape(-1)] * (1 + extra // 50))
+    assert tiles.count_nonzero_all(flat) == np.count_nonzero(flat)
+    assert tiles.count_nonzero_all(block) == np.count_nonzero(block)

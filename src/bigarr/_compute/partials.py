@@ -34,6 +34,7 @@ from bigarr._compute import native
 from bigarr._compute.tiles import (
     arg_flat,
     arg_rows,
+    count_nonzero_all,
     count_nonzero_rows,
     repeat_columns,
     rows_reduce,
@@ -449,7 +450,7 @@ class CountNonzero(Kernel):
         by rows through a reused boolean tile; others in sub-blocks."""
         if _fast(block):
             if len(axes) == block.ndim:
-                return (np.full((1,) * block.ndim, np.count_nonzero(block), dtype=np.intp),)
+                return (np.full((1,) * block.ndim, count_nonzero_all(block), dtype=np.intp),)
             if axes == (0,):
                 return (count_nonzero_rows(block, tile_elements())[None],)
         return super().chunk_state(block, axes, origin)

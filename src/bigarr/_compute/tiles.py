@@ -39,6 +39,7 @@ from bigarr._compute import native
 __all__ = [
     "arg_flat",
     "arg_rows",
+    "count_nonzero_all",
     "count_nonzero_rows",
     "min_max",
     "repeat_columns",
@@ -176,6 +177,18 @@ def count_nonzero_rows(block: np.ndarray[Any, Any], tile: int) -> np.ndarray[Any
         else:
             counts += np.count_nonzero(m, axis=0)
     return counts.reshape(block.shape[1:])
+
+
+def count_nonzero_all(block: np.ndarray[Any, Any]) -> int:
+    """``np.count_nonzero(block)`` of a C-contiguous block: the native per-column count over
+    rows of 64 elements (one vectorised pass; numpy's own count of floats runs at about half
+    the speed of a sum), numpy's for the rest and where the native kernel does not apply."""
+    flat = block.reshape(-1)
+    main = flat.size - flat.size % 64
+    counted = native.count_rows(flat[:main].reshape(-1, 64)) if main else None
+    if counted is None:
+        return int(np.count_nonzero(block))
+    return int(counted.sum()) + int(np.count_nonzero(flat[main:]))
 
 
 def min_max(flat: np.ndarray[Any, Any], tile: int) -> tuple[Any, Any]:
