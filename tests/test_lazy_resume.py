@@ -22,23 +22,28 @@ from test_resume import _kill_after as kill_after
 ROWS = 40_000
 COLS = 16
 
-# The worker logs each journal record (the chunks made durable) and slows the run down there,
-# so the test can kill it after a random number of records. The library is not changed: the
-# hook wraps Journal.record in the worker process only.
+# The worker logs each journal record (the chunks made durable). Once it has logged ``hold``
+# chunks it stops there, as if descheduled, until the test kills it: the kill lands at the
+# chosen point however loaded the machine is (a run that merely slowed down could finish first).
+# The library is not changed: the hook wraps Journal.record in the worker process only.
 WORKER = textwrap.dedent("""
     import sys, time
     import bigarr
     from bigarr._formats import journal
 
-    src, out, log, resume, scale, mode = sys.argv[1:]
+    src, out, log, resume, scale, mode, hold = sys.argv[1:]
     record = journal.Journal.record
+    logged_chunks = 0
 
     def logged(self, chunks, rows=None):
+        global logged_chunks
         chunks = list(chunks)
         record(self, chunks, rows)
         with open(log, "a") as fh:
             fh.write(" ".join(map(str, chunks)) + "\\n")
-        time.sleep(0.02)
+        logged_chunks += len(chunks)
+        while logged_chunks >= int(hold) > 0:
+            time.sleep(1)  # wait here for the kill
 
     journal.Journal.record = logged
     x = bigarr.lazy(src)
@@ -59,11 +64,12 @@ def _source(tmp_path: Path) -> Path:
 
 
 def _start(tmp_path: Path, src: Path, out: Path, log: Path, *, resume: bool,
-           scale: str = "2.0", mode: str = "standardize") -> subprocess.Popen[str]:
+           scale: str = "2.0", mode: str = "standardize",
+           hold: int = 0) -> subprocess.Popen[str]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     return subprocess.Popen([sys.executable, str(script), str(src), str(out), str(log),
-                             "1" if resume else "0", scale, mode],
+                             "1" if resume else "0", scale, mode, str(hold)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -97,7 +103,8 @@ def _logged_run(monkeypatch: pytest.MonkeyPatch, src: Path, out: Path, *,
 def _kill_after(tmp_path: Path, src: Path, out: Path, chunks: int,
                 mode: str = "standardize") -> None:
     log = tmp_path / "run.log"  # a line of chunk numbers per journal record
-    kill_after(_start(tmp_path, src, out, log, resume=True, mode=mode), log, chunks)
+    proc = _start(tmp_path, src, out, log, resume=True, mode=mode, hold=chunks)
+    kill_after(proc, log, chunks)
 
 
 def _crc(path: Path) -> int:
@@ -113,7 +120,8 @@ def test_lazy_to_npy_resumes_after_kill_and_matches_a_clean_run(
 
     out = tmp_path / "out.npy"
     seed = random.randrange(1 << 30)
-    kill_at = random.Random(seed).randint(1, 25)  # chunks journaled, of about 35
+    # chunks journaled before the kill; the chunk count follows the planner, so draw from it
+    kill_at = random.Random(seed).randint(1, len(total) - 2)
     _kill_after(tmp_path, src, out, kill_at)
     assert not out.exists(), seed  # the output's name appears only once complete
     parsed = read_journal(journal_path(str(out)))
