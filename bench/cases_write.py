@@ -1,8 +1,8 @@
 """Durable writes against the disk's write limit (issue 15 item 2, issue 17 point 2).
 
 Every case writes the dataset's bytes into a new file and is timed until they are durable,
-with ``machine.disk_write`` (``cases_coldread.py``: 16 MiB ``pwrite`` calls, then
-``fdatasync``) as its limit. Run them together with it, so the "limit ratios" table divides
+with ``machine.disk_write`` (``cases_coldread.py``: 16 MiB ``O_DIRECT`` writes, two in flight,
+then ``fdatasync``) as its limit. Run them together with it, so the "limit ratios" table divides
 each run by the ``disk_write`` run of its own repeat::
 
     python bench/run.py --size 1GiB --repeat 5 --cache cold --only machine.disk_write \\

@@ -36,7 +36,7 @@ from harness_core import (
     parse_size,
     registered_cases,
 )
-from harness_data import expected_sum, register_dataset, write_pattern
+from harness_data import expected_sum, pattern_block, register_dataset, write_pattern
 from harness_machine import (
     cold_read_throughput,
     memory_bandwidth,
@@ -67,5 +67,6 @@ __all__ = [
     "sequential_read",
     "threaded_sum",
     "warm",
+    "pattern_block",
     "write_pattern",
 ]
