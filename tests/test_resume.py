@@ -21,7 +21,7 @@ from bigarr.errors import IncompleteOutputError
 ROWS = 200_000
 
 WORKER = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     import numpy as np
     import bigarr
 
@@ -29,11 +29,18 @@ WORKER = textwrap.dedent("""
 
     # block_info["probe"] marks the call on a probe block that measures the function's
     # temporaries before the run (its result is discarded): not a chunk, so not logged.
+    # Once the log holds BIGARR_TEST_HOLD calls, each call stops there (as if descheduled)
+    # until the test kills the run, so the kill lands at the chosen point on any machine. (The
+    # environment is not part of the function's identity: a resumed run without it is the
+    # same function.)
     def func(block, block_info):
         if not block_info["probe"]:
             with open(log, "a") as fh:  # one line per call: the chunk's first row
                 fh.write(f"{int(block[0, 0])}\\n")
             time.sleep(0.01)
+            hold = int(os.environ.get("BIGARR_TEST_HOLD", "0"))
+            while hold and len(open(log).read().split()) >= hold:
+                time.sleep(1)  # wait here for the kill
         return np.sqrt(block) * 3 + 1
 
     def keep(block, block_info):
@@ -74,13 +81,14 @@ def _prepare(out: Path, mode: str) -> None:
 
 
 def _start(tmp_path: Path, src: Path, out: Path, log: Path, resume: bool, mode: str,
-           budget: str = "2MiB") -> subprocess.Popen[str]:
+           budget: str = "2MiB", hold: int = 0) -> subprocess.Popen[str]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
+    env = {**os.environ, "BIGARR_TEST_HOLD": str(hold)}
     return subprocess.Popen(
         [sys.executable, str(script), str(src), str(out), str(log), "1" if resume else "0",
          mode, budget],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
 
 
@@ -125,7 +133,7 @@ def test_resume_after_kill_matches_a_clean_run(tmp_path: Path, mode: str, seed: 
     # One log for both runs: the log's path is a global the function reads, so it is part of
     # the function's identity (another path would be another function, not resumed).
     log = tmp_path / "run.log"
-    _kill_after(_start(tmp_path, src, out, log, True, mode), log, kill_at)
+    _kill_after(_start(tmp_path, src, out, log, True, mode, hold=kill_at), log, kill_at)
     before = len(_calls(log))
 
     # The interrupted output is detectable as incomplete.
@@ -162,8 +170,8 @@ def test_without_resume_a_crash_leaves_no_output_and_reruns_everything(tmp_path:
     src = _source(tmp_path)
     expected, nchunks = _clean_run(tmp_path, src, "file")
     out = tmp_path / "out.npy"
-    _kill_after(_start(tmp_path, src, out, tmp_path / "first.log", False, "file"),
-                tmp_path / "first.log", nchunks // 2)
+    _kill_after(_start(tmp_path, src, out, tmp_path / "first.log", False, "file",
+                       hold=nchunks // 2), tmp_path / "first.log", nchunks // 2)
     assert not out.exists()
     log = tmp_path / "second.log"
     _finish(_start(tmp_path, src, out, log, True, "file"))
@@ -175,7 +183,7 @@ def test_a_journal_of_another_run_is_not_trusted(tmp_path: Path) -> None:
     src = _source(tmp_path)
     out = tmp_path / "out.npy"
     first = tmp_path / "first.log"
-    _kill_after(_start(tmp_path, src, out, first, True, "file"), first, 6)
+    _kill_after(_start(tmp_path, src, out, first, True, "file", hold=6), first, 6)
     assert read_journal(journal_path(str(out))) is not None
     log = tmp_path / "second.log"
     # Another budget cuts other chunks: the old journal does not describe this run.
@@ -190,7 +198,7 @@ def test_in_place_output_without_resume_is_marked_incomplete(tmp_path: Path) -> 
     out = tmp_path / "out.npy"
     _prepare(out, "inplace")
     first = tmp_path / "first.log"
-    _kill_after(_start(tmp_path, src, out, first, False, "inplace"), first, 4)
+    _kill_after(_start(tmp_path, src, out, first, False, "inplace", hold=4), first, 4)
     with pytest.raises(IncompleteOutputError, match="interrupted"):
         bigarr.check_complete(out)
 
