@@ -253,8 +253,10 @@ def quantile(a: Any, q: Any, *, axis: int | None = None, method: str = "linear",
              progress: ProgressArg = None) -> ArrayOrScalar:
     """Exact quantiles, equal to :func:`numpy.quantile`'s, without sorting the array.
 
-    Two passes typically (a histogram of order-preserving keys, then a gather of the few
-    values in the buckets holding the answer); NaN anywhere in a column gives NaN, as numpy.
+    One pass on most data of one column (or ``axis=None``): a histogram of order-preserving
+    keys that also gathers the values in windows a small sample places around each answer;
+    otherwise (many columns, a misleading sample) a second pass gathers the few values in the
+    buckets holding the answer. NaN anywhere in a column gives NaN, as numpy.
     """
     return _family(a, q, axis, method, nan=False, percent=False, median=False, budget=budget,
                    threads=threads, progress=progress, name="quantile")
