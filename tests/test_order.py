@@ -147,13 +147,16 @@ def test_small_budget_refines_and_stays_exact(tmp_path: Path, dtype: str, kind: 
 
 
 def test_pass_counts() -> None:
-    """Random data: a histogram pass and a gather pass. All-equal float64: one bucket narrowed
-    16 bits at a time until it is one key wide, never gathered."""
+    """Random data: one pass (the sampled window held the median; see test_order_native).
+    All-equal float64 in several columns (no windows): one bucket narrowed 16 bits at a time
+    until it is one key wide, never gathered."""
     x = make("float64", (400_000,), "random")
     assert same(bigarr.median(x, budget="8MiB", progress=False), np.median(x))
-    assert order.LAST_PASSES[0] == 2
+    assert order.LAST_PASSES[0] == 1
     x[:] = 1.5
-    assert same(bigarr.median(x, budget="16MiB", threads=2, progress=False), np.median(x))
+    y = x.reshape(-1, 2)
+    assert same(bigarr.median(y, axis=0, budget="32MiB", threads=2, progress=False),
+                np.median(y, axis=0))
     assert order.LAST_PASSES[0] == 4  # 16 bits in pass 1, then 48 bits in three passes
     y = make("int8", (100_000,), "random")
     assert same(bigarr.quantile(y, 0.3, progress=False), np.quantile(y, 0.3))
@@ -244,6 +247,9 @@ def test_median_axis0_peak_rss_within_budget(tmp_path: Path) -> None:
             view[:] = rng.standard_normal(view.shape, dtype=np.float32)
     peak = _peak(path, f"bigarr.median(a, axis=0, budget={budget}, threads=2, progress=False)")
     assert peak <= budget + (64 << 20), peak
+    # all values: the one pass with its sampled window (16 MiB: room for the window's keys)
+    peak = _peak(path, f"bigarr.median(a, budget={4 * budget}, threads=2, progress=False)")
+    assert peak <= 4 * budget + (64 << 20), peak
 
 
 # ---- topk ----------------------------------------------------------------------------------

@@ -384,6 +384,152 @@ DEF_HIST(hist_f4_f4, float, float)
 DEF_HIST(hist_f4_f8, float, double)
 DEF_HIST(hist_f8_f8, double, double)
 
+/* ==== order statistics (bigarr/_compute/orderscan.py) ===================================== */
+
+/* Exact quantiles narrow by counting order-preserving unsigned keys: a value's raw bits u of
+ * width BITS become key(u), whose unsigned order is numpy's sort order:
+ *   mode 0 (bool, unsigned): u;   mode 1 (signed): u ^ SIGN;
+ *   mode 2 (float): u ^ (SIGN | (all ones when u's sign bit is set)), and a float is NaN when
+ *   (u & ~SIGN) > inf (the bits of +inf): NaNs are counted apart and never keyed.
+ * The kernels read raw words (native byte order: the caller checks), allocate nothing, and
+ * take any block (rows, cols) C-contiguous; element (i, j) belongs to column j. */
+#define ORD_KEY(U, BITS, MODE, u)                                                           \
+    ((MODE) == 0 ? (U)(u)                                                                   \
+     : (MODE) == 1 ? (U)((u) ^ ((U)1 << ((BITS) - 1)))                                      \
+     : (U)((u) ^ ((U)((U)0 - (U)((u) >> ((BITS) - 1))) | ((U)1 << ((BITS) - 1)))))
+#define ORD_NAN(U, BITS, MODE, u, inf) ((MODE) == 2 && (U)((u) & ~((U)1 << ((BITS) - 1))) > (inf))
+
+/* hist[j * 2^(BITS - shift) + (key >> shift)] += 1 for every non-NaN element of column j,
+ * nans[j] += 1 for every NaN. */
+#define ORD_HIST_LOOP(U, BITS, MODE)                                                        \
+    for (int64_t i = 0; i < rows; i++) {                                                    \
+        const U *restrict r = x + i * cols;                                                 \
+        for (int64_t j = 0; j < cols; j++) {                                                \
+            const U u = r[j];                                                               \
+            if (ORD_NAN(U, BITS, MODE, u, inf)) {                                           \
+                nans[j] += 1;                                                               \
+                continue;                                                                   \
+            }                                                                               \
+            hist[j * nb + (int64_t)(ORD_KEY(U, BITS, MODE, u) >> shift)] += 1;              \
+        }                                                                                   \
+    }
+#define DEF_ORD_HIST(NAME, U, BITS)                                                         \
+    KERNEL void NAME(const U *restrict x, int64_t rows, int64_t cols, int mode, U inf,      \
+                     int shift, int64_t *restrict hist, int64_t *restrict nans)             \
+    {                                                                                       \
+        const int64_t nb = (int64_t)1 << (BITS - shift);                                    \
+        if (mode == 0) { ORD_HIST_LOOP(U, BITS, 0) }                                        \
+        else if (mode == 1) { ORD_HIST_LOOP(U, BITS, 1) }                                   \
+        else { ORD_HIST_LOOP(U, BITS, 2) }                                                  \
+    }
+
+/* Key ranges: column j's ranges are r in [rstart[j], rstart[j + 1]), each the keys
+ * [rlo[r], rhi[r]], disjoint within a column. A non-NaN element whose key lies in range r is
+ *   refined (sub != NULL): sub[soff[r] + ((key - rlo[r]) >> sshift[r])] += 1, or
+ *   gathered (sub == NULL): out[n] = key, outr[n] = r (when outr is not NULL) while n < cap;
+ *   n counts every one, so *nout > cap tells the caller the buffer was too small (nothing
+ *   past cap is written). */
+#define ORD_RANGES_LOOP(U, BITS, MODE)                                                      \
+    for (int64_t i = 0; i < rows; i++) {                                                    \
+        const U *restrict row = x + i * cols;                                               \
+        for (int64_t j = 0; j < cols; j++) {                                                \
+            const U u = row[j];                                                             \
+            if (ORD_NAN(U, BITS, MODE, u, inf)) continue;                                   \
+            const U k = ORD_KEY(U, BITS, MODE, u);                                          \
+            for (int64_t r = rstart[j]; r < rstart[j + 1]; r++) {                           \
+                if ((U)(k - rlo[r]) > (U)(rhi[r] - rlo[r])) continue;                       \
+                if (sub) {                                                                  \
+                    sub[soff[r] + (int64_t)((U)(k - rlo[r]) >> sshift[r])] += 1;            \
+                } else {                                                                    \
+                    if (n < cap) {                                                          \
+                        out[n] = k;                                                         \
+                        if (outr) outr[n] = (int32_t)r;                                     \
+                    }                                                                       \
+                    n++;                                                                    \
+                }                                                                           \
+                break;                                                                      \
+            }                                                                               \
+        }                                                                                   \
+    }
+#define DEF_ORD_RANGES(NAME, U, BITS)                                                       \
+    KERNEL void NAME(const U *restrict x, int64_t rows, int64_t cols, int mode, U inf,      \
+                     const int64_t *restrict rstart, const U *restrict rlo,                 \
+                     const U *restrict rhi, const int32_t *restrict sshift,                 \
+                     const int64_t *restrict soff, int64_t *restrict sub, U *restrict out,  \
+                     int32_t *restrict outr, int64_t cap, int64_t *restrict nout)           \
+    {                                                                                       \
+        int64_t n = 0;                                                                      \
+        if (mode == 0) { ORD_RANGES_LOOP(U, BITS, 0) }                                      \
+        else if (mode == 1) { ORD_RANGES_LOOP(U, BITS, 1) }                                 \
+        else { ORD_RANGES_LOOP(U, BITS, 2) }                                                \
+        *nout = n;                                                                          \
+    }
+
+/* One column of m values (a flat block), in one sweep: hist[key >> shift] += 1 for every
+ * non-NaN value and *nans += 1 for every NaN, as ord_hist; and for nw windows (keys
+ * [wlo[w], wlo[w] + wspan[w]], disjoint): below[w] += 1 for every key under window w, and every
+ * key inside a window is written to out while fewer than cap were; *nout is their count, or
+ * cap + 1 when there were more (out has room for cap + 1 keys: the caller's contract). */
+#define ORD_SCAN_LOOP(U, BITS, MODE, NW)                                                    \
+    for (int64_t i = 0; i < m; i++) {                                                       \
+        const U u = x[i];                                                                   \
+        if (ORD_NAN(U, BITS, MODE, u, inf)) {                                               \
+            nn += 1;                                                                        \
+            continue;                                                                       \
+        }                                                                                   \
+        const U k = ORD_KEY(U, BITS, MODE, u);                                              \
+        hist[k >> shift] += 1;                                                              \
+        if (NW == 1) {                                                                      \
+            b0 += k < lo0;                                                                  \
+            if ((U)(k - lo0) <= span0) { /* rare: a branch beats a compaction's chain */    \
+                if (n < cap) out[n] = k;                                                    \
+                n++;                                                                        \
+            }                                                                               \
+        } else if (NW > 1) {                                                                \
+            for (int64_t w = 0; w < nw; w++) {                                              \
+                below[w] += k < wlo[w];                                                     \
+                if ((U)(k - wlo[w]) <= wspan[w]) {                                          \
+                    if (n < cap) out[n] = k;                                                \
+                    n++;                                                                    \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+    }
+#define ORD_SCAN_MODE(U, BITS, MODE)                                                        \
+    if (nw == 0) { ORD_SCAN_LOOP(U, BITS, MODE, 0) }                                        \
+    else if (nw == 1) { ORD_SCAN_LOOP(U, BITS, MODE, 1) }                                   \
+    else { ORD_SCAN_LOOP(U, BITS, MODE, 2) }
+#define DEF_ORD_SCAN(NAME, U, BITS)                                                         \
+    KERNEL void NAME(const U *restrict x, int64_t m, int mode, U inf, int shift,            \
+                     int64_t *restrict hist, int64_t *restrict nans, int64_t nw,            \
+                     const U *restrict wlo, const U *restrict wspan,                        \
+                     int64_t *restrict below, U *restrict out, int64_t cap,                 \
+                     int64_t *restrict nout)                                                \
+    {                                                                                       \
+        int64_t nn = 0, n = 0, b0 = 0;                                                      \
+        const U lo0 = nw ? wlo[0] : 0, span0 = nw ? wspan[0] : 0;                           \
+        if (mode == 0) { ORD_SCAN_MODE(U, BITS, 0) }                                        \
+        else if (mode == 1) { ORD_SCAN_MODE(U, BITS, 1) }                                   \
+        else { ORD_SCAN_MODE(U, BITS, 2) }                                                  \
+        *nans += nn;                                                                        \
+        if (nw == 1) below[0] += b0;                                                        \
+        if (nw) *nout = n > cap ? cap + 1 : n;                                              \
+    }
+
+DEF_ORD_SCAN(ord_scan_u1, uint8_t, 8)
+DEF_ORD_SCAN(ord_scan_u2, uint16_t, 16)
+DEF_ORD_SCAN(ord_scan_u4, uint32_t, 32)
+DEF_ORD_SCAN(ord_scan_u8, uint64_t, 64)
+DEF_ORD_HIST(ord_hist_u1, uint8_t, 8)
+DEF_ORD_HIST(ord_hist_u2, uint16_t, 16)
+DEF_ORD_HIST(ord_hist_u4, uint32_t, 32)
+DEF_ORD_HIST(ord_hist_u8, uint64_t, 64)
+DEF_ORD_RANGES(ord_ranges_u1, uint8_t, 8)
+DEF_ORD_RANGES(ord_ranges_u2, uint16_t, 16)
+DEF_ORD_RANGES(ord_ranges_u4, uint32_t, 32)
+DEF_ORD_RANGES(ord_ranges_u8, uint64_t, 64)
+/* ==== end of order statistics ============================================================ */
+
 /* A module with no methods: Python loads it only to find this file, then calls the kernels
  * through ctypes (which releases the GIL). */
 static struct PyModuleDef native_module = {PyModuleDef_HEAD_INIT, "_native", NULL, -1, NULL};

@@ -29,7 +29,8 @@ import numpy as np
 
 from bigarr._compute.engine import execute
 from bigarr._compute.operands import Stream, parse_operand
-from bigarr._compute.order import Array, _check_dtype, _rank_keys
+from bigarr._compute.order import Array, _rank_keys
+from bigarr._compute.orderscan import _check_dtype
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import parse_threads, plan_run
 from bigarr._core.array import memmap

@@ -2,22 +2,9 @@
 
 Quantiles without sorting the array
 -----------------------------------
-Every value of a bool, integer or floating dtype maps to an unsigned integer *key* of the same
-width whose order is numpy's sort order (:func:`_keys`): integers by flipping the sign bit,
-floats by flipping the sign bit of positives and every bit of negatives. ``-0.0`` keys just
-below ``0.0`` (they compare equal, so either is numpy's answer); NaNs are counted apart and
-never keyed. Keys make every histogram bucket exact:
-
-1. pass 1 streams the data once and counts NaNs and keys by their top bits, per column;
-2. for each order statistic numpy would read (ranks ``k`` and ``k + 1`` of each ``q``) the
-   cumulative counts give the bucket holding it and its rank inside the bucket;
-3. if the buckets hold few enough values for the budget, pass 2 gathers the keys in those
-   buckets and :func:`numpy.partition` selects each statistic exactly; otherwise a pass
-   histograms the next bits inside those buckets only, and so on (a bucket one key wide needs
-   no gathering at all).
-
-Random data takes two passes; data piled into one bucket (all equal, few distinct values)
-takes a pass per 16 bits of key at most. With the order statistics known, the final answer is
+The passes live in :mod:`bigarr._compute.orderscan`: order-preserving integer keys, histograms
+of their top bits, a sampled window gathered in the same pass, and an exact selection in the
+final bucket (one pass on most data). With the order statistics known, the final answer is
 computed by numpy itself on the two neighbours of each ``q`` (with the ``q`` that gives numpy's
 own interpolation weight), so dtypes, rounding and the NaN rules are numpy's exactly.
 
@@ -33,17 +20,24 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
 
-from bigarr._compute.engine import execute
-from bigarr._compute.operands import Stream, parse_operand
-from bigarr._compute.progress import Progress, ProgressArg
-from bigarr._compute.runplan import block_info, parse_threads, plan_run
+from bigarr._compute.operands import parse_operand
+from bigarr._compute.orderscan import (
+    LAST_PASSES,
+    _check_dtype,
+    _columns,
+    _key_dtype,
+    _keys,
+    _order_statistics,
+    _run_pass,
+)
+from bigarr._compute.progress import ProgressArg
+from bigarr._compute.runplan import parse_threads
 from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
-from bigarr._plan.chunks import Chunk
 from bigarr.errors import (
     ArgumentError,
     ArgumentValueError,
@@ -68,295 +62,6 @@ __all__ = [
 Array = np.ndarray[Any, Any]
 #: What the quantile family returns, as numpy: an array, or a numpy scalar.
 ArrayOrScalar = np.ndarray[Any, Any] | np.generic
-
-#: Passes over the data made by the last quantile-family call in this process (diagnostic).
-LAST_PASSES: list[int] = [0]
-#: Bits of key resolved by one histogram pass (at most).
-_BITS_PER_PASS = 16
-
-
-def _temporaries(dtype: np.dtype[Any]) -> float:
-    """Bytes the pass kernels allocate per byte of chunk: keys and their float bit-twiddling
-    (about 4 copies), the NaN mask and intp bucket indices with their masked copy."""
-    return 4.0 + 18.0 / max(dtype.itemsize, 1)
-
-
-# ---- keys ----------------------------------------------------------------------------------
-def _check_dtype(dtype: np.dtype[Any], name: str) -> None:
-    if dtype.kind not in "biuf":
-        raise DtypeError(
-            f"{name} works on bool, integer and floating arrays. Got dtype {dtype}: convert "
-            "first (e.g. with map_blocks), or use numpy on data that fits in memory."
-        )
-
-
-def _key_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
-    return np.dtype(f"u{dtype.itemsize}")
-
-
-def _keys(block: Array) -> Array:
-    """Unsigned keys of ``block``'s values, ordered as numpy sorts them (NaN keys: undefined)."""
-    kd = _key_dtype(block.dtype)
-    kind = block.dtype.kind
-    u = np.ascontiguousarray(block).view(kd)
-    if kind in "bu":
-        return u
-    sign = kd.type(1 << (8 * kd.itemsize - 1))
-    if kind == "i":
-        return cast(Array, np.bitwise_xor(u, sign))
-    # negatives flip every bit, positives the sign bit: XOR with the sign bit smeared across
-    # the word by an arithmetic shift (all ones for negatives), or-ed with the sign bit
-    smear: Array = np.right_shift(u.view(f"i{kd.itemsize}"), 8 * kd.itemsize - 1).view(kd)
-    smear |= sign
-    smear ^= u
-    return smear
-
-
-def _values(keys: Array, dtype: np.dtype[Any]) -> Array:
-    """The values of ``keys`` (the inverse of :func:`_keys`)."""
-    kd = _key_dtype(dtype)
-    keys = np.asarray(keys, dtype=kd)
-    kind = dtype.kind
-    if kind in "bu":
-        return keys.view(dtype)
-    sign = kd.type(1 << (8 * kd.itemsize - 1))
-    if kind == "i":
-        return cast(Array, np.bitwise_xor(keys, sign)).view(dtype)
-    positive = keys >= sign
-    return np.where(positive, keys ^ sign, ~keys).astype(kd).view(dtype)
-
-
-# ---- running a pass ------------------------------------------------------------------------
-def _inside(b: Array, ranges: list[tuple[int, int, int, int]], kd: np.dtype[Any],
-            floating: bool) -> Iterator[tuple[range, Array, Array]]:
-    """The keys of each range's column in a block and which lie inside the range, vectorised
-    over ranges: for groups of at most as many ranges as the block has columns (so a group's
-    keys are no larger than the block), ``(range indices, keys, inside)`` with ``keys`` and
-    ``inside`` of shape (rows, ranges in the group); NaNs are never inside."""
-    width = max(b.shape[1], 1)
-    every = _keys(b)
-    valid = ~np.isnan(b) if floating else None
-    for start in range(0, len(ranges), width):
-        group = ranges[start:start + width]
-        cols = np.array([r[0] for r in group], dtype=np.intp)
-        shifts = np.array([r[2] for r in group], dtype=kd)
-        tops = np.array([r[1] for r in group], dtype=kd) >> shifts
-        whole = cols.size == width and bool(np.all(cols == np.arange(width)))
-        keys = every if whole else every[:, cols]
-        inside = cast(Array, np.right_shift(keys, shifts) == tops)
-        if valid is not None:
-            inside &= valid if whole else valid[:, cols]
-        yield range(start, start + len(group)), keys, inside
-
-
-def _selected(keys: Array, inside: Array) -> tuple[Array, Array]:
-    """The keys inside their range: ``(range of each, key)``, in no particular order."""
-    rows, which = np.nonzero(inside)
-    return which, keys[rows, which]
-
-
-def _columns(block: Array, axis0: bool) -> Array:
-    """A chunk's block as a 2-d (rows, columns) array: its columns, or one column of all."""
-    if axis0:
-        return block.reshape(block.shape[0], -1) if block.ndim != 1 else block[:, None]
-    return block.reshape(-1, 1)
-
-
-def _run_pass(stream: Stream, desc: str, work: Callable[[Array, int], Any],
-              fold: Callable[[Any], None], *, budget: int | str, threads: int,
-              progress: ProgressArg, fixed_bytes: int) -> None:
-    """One pass of ``work(block, first_row)`` over whole-row chunks, ``fold``-ed in order."""
-    plan = plan_run(desc, [stream], budget=budget, threads=threads, layout="rows",
-                    temporaries=_temporaries(np.dtype(stream.dtype)), fixed_bytes=fixed_bytes)
-
-    def run(chunk: Chunk, blocks: list[Array]) -> Any:
-        info = block_info(chunk, stream.shape)
-        return work(blocks[0], int(info["rows"][0]))
-
-    chunks = plan.chunks
-    LAST_PASSES[0] += 1
-    with Progress(progress, total_bytes=chunks.nbytes, total_chunks=len(chunks),
-                  desc=desc) as bar:
-        for _chunk, part in execute(plan, run, [stream], progress=bar):
-            fold(part)
-
-
-def _gathered_bytes(kd: np.dtype[Any]) -> int:
-    """Bytes a gathered key costs: the key and its range index, then both sorted by range with
-    the sort's order (three copies)."""
-    return 3 * (kd.itemsize + 8)
-
-
-class _Target:
-    """One order statistic being searched: column, rank among the column's sorted non-NaN
-    values; narrowed to keys ``[lo, lo + 2**shift)`` holding ``count`` values, ``below`` of the
-    column's values lying under ``lo``."""
-
-    __slots__ = ("below", "col", "count", "lo", "rank", "shift", "value")
-
-    def __init__(self, col: int, rank: int) -> None:
-        self.col, self.rank = col, rank
-        self.lo, self.shift, self.below, self.count = 0, 0, 0, 0
-        self.value: int | None = None
-
-
-def _order_statistics(
-    stream: Stream, axis0: bool, want: Callable[[Array], list[list[int]]], *,
-    budget: int | str, threads: int, progress: ProgressArg, name: str,
-) -> tuple[Array, list[dict[int, Any]]]:
-    """Per column: the NaN count, and the value at each rank ``want(nan_counts)`` asks for.
-
-    Returns the NaN counts and, per column, ``{rank: value}`` (numpy scalars of the dtype).
-    """
-    dtype = np.dtype(stream.dtype)
-    kd = _key_dtype(dtype)
-    bits = 8 * kd.itemsize
-    shape = stream.shape
-    ncols = int(math.prod(shape[1:])) if axis0 and len(shape) > 1 else 1
-    budget_bytes = parse_budget(budget)
-    floating = dtype.kind == "f"
-    # pass 1: counts of the top bits, per column; its partials are planned as fixed memory
-    nb_bits = min(bits, _BITS_PER_PASS)
-    while nb_bits > 1 and ncols * (8 << nb_bits) * (threads + 3) > budget_bytes // 4:
-        nb_bits -= 1
-    nbuckets = 1 << nb_bits
-    shift0 = bits - nb_bits
-    counts = np.zeros((ncols, nbuckets), dtype=np.int64)
-    nans = np.zeros(ncols, dtype=np.int64)
-    offsets = (np.arange(ncols, dtype=np.intp) * nbuckets)[None, :]
-
-    def histogram(block: Array, _row: int) -> tuple[Array, Array]:
-        b = _columns(block, axis0)
-        idx = (_keys(b) >> kd.type(shift0)).astype(np.intp) if shift0 else \
-            _keys(b).astype(np.intp)
-        idx += offsets
-        if floating:
-            isnan = np.isnan(b)
-            nan_count = isnan.sum(axis=0)
-            idx = idx[~isnan]
-        else:
-            nan_count = np.zeros(ncols, dtype=np.int64)
-        part = np.bincount(idx.ravel(), minlength=ncols * nbuckets)
-        return nan_count, part.reshape(ncols, nbuckets)
-
-    def fold1(part: tuple[Array, Array]) -> None:
-        nans.__iadd__(part[0])
-        counts.__iadd__(part[1])
-
-    fixed = ncols * (8 << nb_bits) * (threads + 3)
-    _run_pass(stream, f"{name} pass 1", histogram, fold1, budget=budget, threads=threads,
-              progress=progress, fixed_bytes=fixed)
-    wanted = want(nans)
-    targets: list[_Target] = []
-    for col, col_ranks in enumerate(wanted):
-        if not col_ranks:
-            continue
-        cum = np.cumsum(counts[col])
-        for rank in sorted(set(col_ranks)):
-            t = _Target(col, rank)
-            b = int(np.searchsorted(cum, rank, side="right"))
-            t.below = int(cum[b - 1]) if b else 0
-            t.lo, t.shift, t.count = b << shift0, shift0, int(counts[col, b])
-            targets.append(t)
-    gather_limit = max(budget_bytes // 4 // _gathered_bytes(kd), 1024)
-    while True:
-        open_ = [t for t in targets if t.value is None and t.shift > 0]
-        for t in targets:
-            if t.value is None and t.shift == 0:
-                t.value = t.lo  # a bucket one key wide: its key is the value
-        if not open_:
-            break
-        ranges = sorted({(t.col, t.lo, t.shift, t.count) for t in open_})
-        if sum(r[3] for r in ranges) <= gather_limit:
-            _gather(stream, ranges, open_, axis0, kd, floating,
-                    budget=budget, threads=threads, progress=progress, name=name,
-                    fixed=sum(r[3] for r in ranges) * _gathered_bytes(kd))
-            break
-        _refine(stream, ranges, open_, axis0, kd, floating, budget=budget,
-                threads=threads, progress=progress, name=name, budget_bytes=budget_bytes)
-    result: list[dict[int, Any]] = [{} for _ in range(ncols)]
-    for t in targets:
-        assert t.value is not None
-        result[t.col][t.rank] = _values(np.array([t.value], dtype=kd), dtype)[0]
-    return nans, result
-
-
-def _refine(stream: Stream, ranges: list[tuple[int, int, int, int]], open_: list[_Target],
-            axis0: bool, kd: np.dtype[Any], floating: bool, *, budget: int | str,
-            threads: int, progress: ProgressArg, name: str, budget_bytes: int) -> None:
-    """Histogram the next bits of the keys inside each range; narrow each target's range."""
-    sub_bits = _BITS_PER_PASS
-    while sub_bits > 1 and len(ranges) * (8 << sub_bits) * (threads + 3) > budget_bytes // 4:
-        sub_bits -= 1
-    plan = [(col, lo, shift, max(shift - sub_bits, 0)) for col, lo, shift, _ in ranges]
-    # every range's sub-histogram in one flat array: range i at [starts[i], starts[i] + sizes[i])
-    sizes = np.array([1 << (shift - new) for _, _, shift, new in plan], dtype=np.intp)
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.intp)
-    totals = np.zeros(int(sizes.sum()), dtype=np.int64)
-    los = np.array([lo for _, lo, _, _ in plan], dtype=kd)
-    news = np.array([new for *_, new in plan], dtype=kd)
-
-    def work(block: Array, _row: int) -> list[tuple[int, Array]]:
-        out: list[tuple[int, Array]] = []
-        for group, keys, inside in _inside(_columns(block, axis0), plan, kd, floating):
-            which, sel = _selected(keys, inside)
-            del keys, inside
-            which += group.start
-            local = ((sel - los[which]) >> news[which]).astype(np.intp) + starts[which]
-            lo = int(starts[group.start])
-            hi = int(starts[group.stop - 1] + sizes[group.stop - 1])
-            out.append((lo, np.bincount(local - lo, minlength=hi - lo)))
-        return out
-
-    def fold(part: list[tuple[int, Array]]) -> None:
-        for lo, counts in part:
-            totals[lo:lo + counts.size] += counts
-
-    _run_pass(stream, f"{name} refine", work, fold, budget=budget, threads=threads,
-              progress=progress, fixed_bytes=totals.nbytes * (threads + 3))
-    index = {(col, lo, shift): i for i, (col, lo, shift, _) in enumerate(plan)}
-    for t in open_:
-        i = index[(t.col, t.lo, t.shift)]
-        new = plan[i][3]
-        mine = totals[starts[i]:starts[i] + sizes[i]]
-        cum = np.cumsum(mine)
-        b = int(np.searchsorted(cum, t.rank - t.below, side="right"))
-        t.below += int(cum[b - 1]) if b else 0
-        t.lo, t.shift, t.count = t.lo + (b << new), new, int(mine[b])
-
-
-def _gather(stream: Stream, ranges: list[tuple[int, int, int, int]], open_: list[_Target],
-            axis0: bool, kd: np.dtype[Any], floating: bool, *, budget: int | str,
-            threads: int, progress: ProgressArg, name: str, fixed: int) -> None:
-    """Collect the keys inside each range; select each target's key exactly."""
-    parts: list[tuple[Array, Array]] = []
-
-    def work(block: Array, _row: int) -> list[tuple[Array, Array]]:
-        out: list[tuple[Array, Array]] = []
-        for group, keys, inside in _inside(_columns(block, axis0), ranges, kd, floating):
-            which, sel = _selected(keys, inside)
-            out.append((which + group.start, sel))
-        return out
-
-    def fold(part: list[tuple[Array, Array]]) -> None:
-        parts.extend(p for p in part if p[0].size)
-
-    _run_pass(stream, f"{name} gather", work, fold, budget=budget, threads=threads,
-              progress=progress, fixed_bytes=fixed)
-    which = np.concatenate([w for w, _ in parts]) if parts else np.zeros(0, np.intp)
-    keys = np.concatenate([k for _, k in parts]) if parts else np.zeros(0, kd)
-    parts.clear()
-    order = np.argsort(which, kind="stable")
-    which, keys = which[order], keys[order]
-    del order
-    bounds = np.searchsorted(which, np.arange(len(ranges) + 1))
-    index = {(col, lo, shift): i for i, (col, lo, shift, _) in enumerate(ranges)}
-    for t in open_:
-        i = index[(t.col, t.lo, t.shift)]
-        mine = keys[bounds[i]:bounds[i + 1]]
-        k = t.rank - t.below
-        t.value = int(np.partition(mine, k)[k])
-
 
 # ---- the quantile family -------------------------------------------------------------------
 _METHODS = ("linear", "lower", "higher", "nearest", "midpoint")
@@ -468,8 +173,11 @@ def _family(a: Any, q: Any, axis: int | None, method: str, *, nan: bool, percent
                 out.append(sorted({r for ranks, _ in plans[n] for r in ranks}))
             return out
 
+        # where the wanted ranks lie among the sorted values, for pass 1's sampled windows
+        fracs = [0.5] if median else [float(f) for f in np.clip(np.asarray(qflat, float), 0, 1)]
         nans, values = _order_statistics(stream, axis0, want, budget=budget,
-                                         threads=nthreads, progress=progress, name=name)
+                                         threads=nthreads, progress=progress, name=name,
+                                         fracs=fracs)
         ncols = len(values)
         res = np.empty((len(qflat), ncols), dtype=probe.dtype)
         for n, per_q in plans.items():
@@ -545,8 +253,10 @@ def quantile(a: Any, q: Any, *, axis: int | None = None, method: str = "linear",
              progress: ProgressArg = None) -> ArrayOrScalar:
     """Exact quantiles, equal to :func:`numpy.quantile`'s, without sorting the array.
 
-    Two passes typically (a histogram of order-preserving keys, then a gather of the few
-    values in the buckets holding the answer); NaN anywhere in a column gives NaN, as numpy.
+    One pass on most data of one column (or ``axis=None``): a histogram of order-preserving
+    keys that also gathers the values in windows a small sample places around each answer;
+    otherwise (many columns, a misleading sample) a second pass gathers the few values in the
+    buckets holding the answer. NaN anywhere in a column gives NaN, as numpy.
     """
     return _family(a, q, axis, method, nan=False, percent=False, median=False, budget=budget,
                    threads=threads, progress=progress, name="quantile")

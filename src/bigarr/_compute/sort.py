@@ -35,7 +35,8 @@ import numpy as np
 
 from bigarr._compute.engine import execute
 from bigarr._compute.operands import Stream, parse_operand
-from bigarr._compute.order import LAST_PASSES, Array, _check_dtype, _key_dtype, _rank_keys
+from bigarr._compute.order import Array, _rank_keys
+from bigarr._compute.orderscan import LAST_PASSES, _check_dtype, _key_dtype
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import parse_threads, plan_run
 from bigarr._compute.runs import (
