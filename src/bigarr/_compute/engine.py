@@ -17,9 +17,11 @@ that work it applies the three policies, each defined once, here:
   resident set (``MADV_DONTNEED``); never on a private mapping, where that would throw away
   copy-on-write edits. Non-contiguous views release the pages of the parent they spanned.
 * **Flush** (:class:`Writeback`, with the window of :func:`bigarr._os.durable.flush_window`,
-  the policy's one tuned place). Output blocks are written with ``pwrite`` into the output
-  file's page cache (no mapping, no page faults), their writeback started at once
-  (``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on Linux), and once ``flush_every`` bytes are
+  the policy's one tuned place). Output blocks are handed to the output file's
+  :class:`~bigarr._os.sink.Sink` (no mapping, no page faults): a new file's are written with
+  ``O_DIRECT`` from bounded staging buffers (``Writeback(direct=True)``), others with
+  ``pwrite`` into the page cache, their writeback started at once
+  (``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on Linux); once ``flush_every`` bytes are
   pending the oldest are waited for. Outputs that are not contiguous in their file (or private
   mappings, or in-memory arrays) are assigned through numpy; shared mappings among them (and
   outputs filled by a kernel copy) have their writeback started when their chunk is done,
