@@ -110,5 +110,5 @@ def from_zarr_raw(ctx: Context) -> dict[str, Any]:
 @case("write.from_zarr_zstd", group="write", peer="bigarr.from_zarr (zstd chunks)",
       data=("zarr",), limit=_LIMIT, caches=("cold",), sample_dirty=True)
 def from_zarr_zstd(ctx: Context) -> dict[str, Any]:
-    """``bigarr.from_zarr`` of zstd chunks (decoded, written with ``pwrite``)."""
+    """``bigarr.from_zarr`` of zstd chunks (decoded, written by the O_DIRECT output sink)."""
     return _from_zarr(ctx, "zarr")

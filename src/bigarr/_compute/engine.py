@@ -17,9 +17,11 @@ that work it applies the three policies, each defined once, here:
   resident set (``MADV_DONTNEED``); never on a private mapping, where that would throw away
   copy-on-write edits. Non-contiguous views release the pages of the parent they spanned.
 * **Flush** (:class:`Writeback`, with the window of :func:`bigarr._os.durable.flush_window`,
-  the policy's one tuned place). Output blocks are written with ``pwrite`` into the output
-  file's page cache (no mapping, no page faults), their writeback started at once
-  (``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on Linux), and once ``flush_every`` bytes are
+  the policy's one tuned place). Output blocks are handed to the output file's
+  :class:`~bigarr._os.sink.Sink` (no mapping, no page faults): a new file's are written with
+  ``O_DIRECT`` from bounded staging buffers (``Writeback(direct=True)``), others with
+  ``pwrite`` into the page cache, their writeback started at once
+  (``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on Linux); once ``flush_every`` bytes are
   pending the oldest are waited for. Outputs that are not contiguous in their file (or private
   mappings, or in-memory arrays) are assigned through numpy; shared mappings among them (and
   outputs filled by a kernel copy) have their writeback started when their chunk is done,
@@ -51,10 +53,11 @@ from bigarr._compute.coldread import ColdReads
 from bigarr._compute.operands import Stream
 from bigarr._compute.progress import Progress
 from bigarr._compute.runplan import RunPlan
-from bigarr._os.durable import datasync, flush_window, pwrite_all, start_writeback, wait_writeback
+from bigarr._os.durable import datasync, flush_window, start_writeback, wait_writeback
 from bigarr._os.geometry import ByteSpan
 from bigarr._os.hints import parse_hint
 from bigarr._os.mapping import Mapping, check_mapped
+from bigarr._os.sink import Sink, Written
 from bigarr._plan.chunks import Chunk
 from bigarr._plan.regions import extent
 from bigarr.errors import BigArrError
@@ -99,6 +102,7 @@ class _Pending:
     chunk: int
     nbytes: int
     ranges: list[tuple[int, int, int]] = field(default_factory=list)  # fd, offset, nbytes
+    written: list[Written] = field(default_factory=list)  # through a Sink
     spans: list[tuple[Mapping, ByteSpan]] = field(default_factory=list)
 
 
@@ -115,6 +119,12 @@ class Writeback:
         Also ``fdatasync`` the output files at each flush, then call ``on_durable``.
     on_durable
         Called with the indices of the chunks whose output is durable (the journal).
+    direct
+        The outputs are new files that nothing else maps or reads while the run writes them:
+        contiguous blocks go through a :class:`~bigarr._os.sink.Sink` with ``O_DIRECT``
+        (staging memory at most ``every`` bytes, which the plan holds for unflushed output),
+        buffered where the file system refuses it. Otherwise they are written buffered, their
+        writeback started at once. Call :meth:`close` when the run ends, however it ends.
     """
 
     def __init__(
@@ -123,10 +133,13 @@ class Writeback:
         *,
         durable: bool = False,
         on_durable: Callable[[list[int]], None] | None = None,
+        direct: bool = False,
     ) -> None:
         self.every = flush_window() if every is None else max(1, every)
         self.durable = durable
         self.on_durable = on_durable
+        self.direct = direct
+        self._sinks: dict[int, Sink] = {}  # by descriptor
         self._lock = threading.Lock()
         self._open: dict[int, _Pending] = {}
         self._pending: list[_Pending] = []
@@ -148,7 +161,9 @@ class Writeback:
         if mapping is not None and mapping.access == "shared" and offset is not None:
             data = np.ascontiguousarray(np.broadcast_to(np.asarray(value, block.dtype),
                                                         block.shape))
-            self.pwrite(entry, mapping.fd, offset, data)
+            sink = self.sink(mapping.fd, mapping.path)
+            entry.written.append(sink.write(data, offset))
+            entry.nbytes += data.nbytes
             return
         block[...] = value
         if mapping is not None and mapping.access == "shared" and block.size:
@@ -160,14 +175,23 @@ class Writeback:
                 self._fds.add(mapping.fd)  # made durable at the end (drain)
         entry.nbytes += block.nbytes
 
-    def pwrite(self, entry: _Pending, fd: int, offset: int, data: np.ndarray[Any, Any]) -> None:
-        """Write a contiguous array's bytes at ``offset`` of ``fd`` and start their writeback."""
-        pwrite_all(fd, data, offset)
-        start_writeback(fd, offset, data.nbytes)
-        entry.ranges.append((fd, offset, data.nbytes))
-        entry.nbytes += data.nbytes
+    def sink(self, fd: int, path: str | None = None) -> Sink:
+        """The run's :class:`~bigarr._os.sink.Sink` for output file ``fd`` (made at first use:
+        ``O_DIRECT`` if the run was made ``direct``)."""
         with self._lock:
-            self._fds.add(fd)
+            sink = self._sinks.get(fd)
+            if sink is None:
+                sink = self._sinks[fd] = Sink(fd, path, direct=self.direct, staging=self.every)
+                self._fds.add(fd)
+            return sink
+
+    def close(self) -> None:
+        """End the run's sinks (their writer threads, descriptors and staging buffers).
+        Idempotent; call it however the run ends (after :meth:`drain` when it succeeded)."""
+        with self._lock:
+            sinks, self._sinks = list(self._sinks.values()), {}
+        for sink in sinks:
+            sink.close()
 
     def mapped(self, chunk: int, stream: Stream, block: np.ndarray[Any, Any]) -> None:
         """Account for ``block`` of output ``stream`` having been written by other means
@@ -214,12 +238,13 @@ class Writeback:
         self._flush(batch)
 
     def drain(self) -> None:
-        """Flush everything pending (the end of a run)."""
+        """Flush everything pending and end the sinks (the end of a run)."""
         with self._lock:
             batch, self._pending, self._pending_bytes = self._pending, [], 0
         self._flush(batch)
         if not self.durable:
             self.sync_files()
+        self.close()
 
     def sync_files(self) -> None:
         """``fdatasync`` every output file written (with ``pwrite`` or through a mapping)."""
@@ -232,6 +257,8 @@ class Writeback:
         if not batch:
             return
         for entry in batch:
+            for written in entry.written:
+                written.wait()
             for fd, offset, nbytes in entry.ranges:
                 wait_writeback(fd, offset, nbytes)
             for mapping, span in entry.spans:
@@ -243,7 +270,7 @@ class Writeback:
                     mapping.write_back(span)
                 mapping.advise(_DONTNEED, span)
         if self.durable:
-            if any(e.ranges for e in batch):
+            if any(e.ranges or e.written for e in batch):
                 self.sync_files()  # the file's metadata (extents, size) as well as its data
             if self.on_durable is not None:
                 self.on_durable([e.chunk for e in batch])

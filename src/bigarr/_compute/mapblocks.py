@@ -513,6 +513,7 @@ class _Job:
         old = read_journal(journal_path(target))
         outarr, doomed = self._adopt_partial(target, old, run)
         journal: Journal | None = None
+        writeback: Writeback | None = None
         skip: set[int] = set()
         # What killed runs of this output left (partials no journal names any more, a copied
         # partial that is not the file its journal names, temporaries) is swept when the
@@ -560,7 +561,8 @@ class _Job:
                     journal.close()
                     journal = self.journal(target, header, durable=self.resume)
                 out = parse_operand(outarr, output=True, by_key=False)
-                writeback = Writeback(self.every, durable=self.resume,
+                # a new file nothing else maps: outputs go to the disk with O_DIRECT
+                writeback = Writeback(self.every, durable=self.resume, direct=True,
                                       on_durable=journal.record if self.resume else None)
                 row_shape = outarr.shape[1:]
                 if first is not None:
@@ -574,6 +576,8 @@ class _Job:
             outarr.close(force=True)  # the only other views are the engine's own blocks
             output.publish()
         except BaseException:
+            if writeback is not None:
+                writeback.close()  # its writer threads finish before the file goes
             if outarr is not None:
                 outarr.close(force=True)
             if not self.resume:  # nothing can resume it: NewOutput removes the partial file

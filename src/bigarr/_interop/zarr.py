@@ -709,7 +709,8 @@ def _stream_in(z: Any, out: memmap, budget: int | str, progress: ProgressArg) ->
     fast = _raw_chunks(z)
     row_bytes = out.nbytes // out.shape[0]
     # One batch may be written but not yet on disk while the next one is read.
-    writeback = Writeback(plan.memory.chunk_bytes)
+    # (a new file nothing else maps or reads: its pwrites go to the disk with O_DIRECT)
+    writeback = Writeback(plan.memory.chunk_bytes, direct=True)
     # the mapping's own descriptor: the new file may have no name yet (O_TMPFILE)
     mapping = out._bigarr
     fd = os.dup(mapping.fd) if mapping is not None else os.open(
@@ -733,6 +734,7 @@ def _stream_in(z: Any, out: memmap, budget: int | str, progress: ProgressArg) ->
                 pass
             writeback.drain()
     finally:
+        writeback.close()
         os.close(fd)
 
 

@@ -1,0 +1,173 @@
+"""The output sink (bigarr._os.sink): O_DIRECT writes of finished arrays into a new file, with
+buffered head and tail bytes, a bounded staging pool, and a buffered fallback."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import bigarr
+from bigarr._os import sink as sink_mod
+from bigarr._os.sink import DIRECT_ALIGN, Sink
+
+
+def _new_file(path: Path, size: int) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.ftruncate(fd, size)
+    return fd
+
+
+def _write_pieces(fd: int, path: Path, pieces: list[tuple[int, bytes]], **kw: Any) -> Sink:
+    with Sink(fd, str(path), **kw) as sink:
+        pending = [sink.write(np.frombuffer(data, np.uint8), at) for at, data in pieces]
+        for written in pending:
+            written.wait()
+        sink.sync()
+    return sink
+
+
+def _pieces(size: int, seed: int) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """Random bytes cut at random (mostly unaligned) offsets, in a shuffled order."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    cuts = sorted({0, size, *map(int, rng.integers(0, size, 9)), 3 * DIRECT_ALIGN})
+    pieces = [(a, data[a:b]) for a, b in itertools.pairwise(cuts) if b > a]
+    order = rng.permutation(len(pieces))
+    return data, [pieces[i] for i in order]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_direct_writes_equal_the_bytes_given(tmp_path: Path, seed: int) -> None:
+    size = 5 * DIRECT_ALIGN * 7 + 1234  # not a multiple of the alignment: a buffered tail
+    data, pieces = _pieces(size, seed)
+    path = tmp_path / "out.bin"
+    fd = _new_file(path, size)
+    try:
+        sink = _write_pieces(fd, path, pieces, staging=2 * DIRECT_ALIGN)  # tiny pieces
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data
+    assert sink._made <= sink._nbuf  # the staging pool stayed within its bound
+
+
+def test_pieces_larger_than_the_staging_pool(tmp_path: Path) -> None:
+    """One array of many staging pieces: the writer waits for buffers, memory stays bounded."""
+    size = 40 * DIRECT_ALIGN + 100
+    data = np.arange(size, dtype=np.uint32).astype(np.uint8).tobytes()
+    path = tmp_path / "big.bin"
+    fd = _new_file(path, size + 50)
+    try:
+        sink = _write_pieces(fd, path, [(50, data)], staging=4 * DIRECT_ALIGN)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"\0" * 50 + data
+    assert sink._made <= sink._nbuf <= 4
+
+
+def test_direct_is_used_on_a_disk_file_system(tmp_path: Path) -> None:
+    path = tmp_path / "d.bin"
+    fd = _new_file(path, DIRECT_ALIGN)
+    try:
+        with Sink(fd, str(path)) as sink:
+            if not sink.direct:
+                pytest.skip("this file system refuses O_DIRECT")
+            sink.write(np.full(DIRECT_ALIGN, 7, np.uint8), 0).wait()
+        with Sink(fd, str(path), direct=False) as plain:
+            assert not plain.direct
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"\7" * DIRECT_ALIGN
+
+
+def test_refused_at_open_falls_back_to_buffered(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sink_mod, "_reopen_direct", lambda fd, path: None)
+    size = 3 * DIRECT_ALIGN + 17
+    data, pieces = _pieces(size, 2)
+    path = tmp_path / "b.bin"
+    fd = _new_file(path, size)
+    try:
+        sink = _write_pieces(fd, path, pieces)
+    finally:
+        os.close(fd)
+    assert not sink.direct
+    assert path.read_bytes() == data
+
+
+def test_refused_at_the_first_write_falls_back_to_buffered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some file systems open with O_DIRECT but refuse the write itself (EINVAL)."""
+    path = tmp_path / "e.bin"
+    size = 6 * DIRECT_ALIGN + 5
+    data, pieces = _pieces(size, 3)
+    fd = _new_file(path, size)
+    real = os.pwrite
+    direct_fds: set[int] = set()
+
+    def refusing(f: int, buf: Any, at: int) -> int:
+        if f in direct_fds:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(f, buf, at)
+
+    monkeypatch.setattr(os, "pwrite", refusing)
+    try:
+        with Sink(fd, str(path), staging=2 * DIRECT_ALIGN) as sink:
+            if sink._direct_fd is None:
+                pytest.skip("this file system refuses O_DIRECT at open")
+            direct_fds.add(sink._direct_fd)
+            for written in [sink.write(np.frombuffer(d, np.uint8), at) for at, d in pieces]:
+                written.wait()
+            assert not sink.direct
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data
+
+
+@pytest.mark.parametrize("where", ["tmp", "shm"])
+def test_map_blocks_through_the_sink_equals_numpy(tmp_path: Path, where: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows of 24 bytes (no chunk boundary on a page), a tail, a small budget: many chunks,
+    each with buffered head and tail bytes; on tmpfs too (/dev/shm)."""
+    folder = tmp_path
+    if where == "shm":
+        if not os.path.isdir("/dev/shm") or not os.access("/dev/shm", os.W_OK):
+            pytest.skip("no /dev/shm")
+        folder = Path(os.environ.get("BIGARR_TEST_SHM", "/dev/shm")) / f"bigarr-sink-{os.getpid()}"
+        folder.mkdir(exist_ok=True)
+    writes: list[bool] = []
+    original = Sink.write
+
+    def spy(self: Sink, data: Any, offset: int) -> Any:
+        writes.append(self.direct)
+        return original(self, data, offset)
+
+    monkeypatch.setattr(Sink, "write", spy)
+    try:
+        x = np.random.default_rng(5).standard_normal((40_009, 3))
+        src = folder / "x.npy"
+        np.save(src, x)
+        out = folder / "y.npy"
+        y = bigarr.map_blocks(lambda b: b * 3 - 1, str(src), out=str(out), budget="2MiB",
+                              threads=2, progress=False)
+        try:
+            np.testing.assert_array_equal(np.asarray(y), x * 3 - 1)
+        finally:
+            y.close()
+        np.testing.assert_array_equal(np.load(out), x * 3 - 1)
+        assert len(writes) > 4  # every chunk went through the sink
+        if where == "tmp":
+            with Sink(os.open(out, os.O_RDONLY), str(out)) as probe:
+                can = probe.direct
+            os.close(probe.fd)
+            assert all(writes) == can
+    finally:
+        if where == "shm":
+            for p in folder.iterdir():
+                p.unlink()
+            folder.rmdir()
