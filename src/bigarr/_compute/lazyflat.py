@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from bigarr._compute.fused import compile_chain
 from bigarr._compute.lazyeval import Env, evaluate
 from bigarr._compute.lazynodes import Const, Leaf, Node, Op, rowed
 
@@ -62,6 +63,9 @@ class Flat:
         self.scratch = threading.local()
         """Per worker thread: a buffer the value is computed into when no ``out`` is given
         (a reduction's operand, consumed before the thread's next tile)."""
+        self.native = compile_chain(root, leaves, values)
+        """The chain as a program of the native fused kernel (:mod:`bigarr._compute.fused`),
+        or None (numpy's ufuncs on wide views)."""
 
     def _widened(self, node: Node, value: Any, g: int) -> Array:
         key = (id(node), g)
@@ -75,10 +79,27 @@ class Flat:
             self.wide[key] = got
         return got
 
+    def _buffer(self, rows: int) -> Array:
+        """This thread's scratch buffer, as ``rows`` rows of the root's."""
+        size = rows * self.k
+        buf = getattr(self.scratch, "buf", None)
+        if buf is None or buf.size < size:
+            buf = self.scratch.buf = np.empty(size, self.root.dtype)
+        return buf[:size].reshape(rows, *self.row_shape)
+
     def run(self, env: Env, rows: int, out: Array | None = None) -> Array | None:
         """The root's value on ``env``'s tile of ``rows`` rows (written into ``out`` when
         given, and returned), or None when this tile cannot be viewed wide (rows not a
         multiple of the group, blocks not C-contiguous): evaluate it as usual then."""
+        if self.native is not None:
+            target = out if out is not None and out.flags.c_contiguous \
+                and out.flags.aligned and out.flags.writeable and out.dtype == self.root.dtype \
+                else self._buffer(rows)
+            if self.native.run(env, rows, target):
+                if out is not None and target is not out:
+                    out[...] = target
+                    return out
+                return target
         g = math.gcd(rows, self.group)
         if g < 2:
             return None
@@ -91,11 +112,7 @@ class Flat:
         for i, node in self.values.items():
             env.memo[(i, False)] = self._widened(node, evaluate(node, False, env), g)
         if out is None or not out.flags.c_contiguous:
-            size = rows * self.k
-            buf = getattr(self.scratch, "buf", None)
-            if buf is None or buf.size < size:
-                buf = self.scratch.buf = np.empty(size, self.root.dtype)
-            value = buf[:size].reshape(rows, *self.row_shape)
+            value = self._buffer(rows)
             into(self.root, env, value.reshape(wide), self.count)
             if out is not None:
                 out[...] = value
