@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -90,6 +91,8 @@ class Program:
         self.adv[0] = 1
         for slot, _ in leaves:
             self.adv[slot] = 1
+        self.args = (int(self.code.ctypes.data), len(self.code), int(self.adv.ctypes.data))
+        """The program's and the slots' kinds' addresses (fixed: computed once)."""
         self.filled: dict[int, Array] = {}
         """Each value used whole, repeated to one block (the same in every chunk of a run)."""
         self.local = threading.local()
@@ -107,6 +110,12 @@ class Program:
             reps = self.block // flat.size if flat.size > 1 else self.block
             self.filled[slot] = np.ascontiguousarray(np.tile(flat, reps))
 
+    def takes(self, blocks: Sequence[Array]) -> bool:
+        """Whether the kernel reads these inputs' blocks: C-contiguous, aligned arrays of the
+        chain's dtype."""
+        return all(b.dtype == self.dtype and b.flags.c_contiguous and b.flags.aligned
+                   for b in blocks)
+
     def run(self, env: Env, rows: int, out: Array) -> bool:
         """Compute the chain on ``env``'s tile of ``rows`` rows into ``out`` (C-contiguous, of
         the chain's dtype and ``rows * k`` elements); False (nothing written) when the tile's
@@ -115,9 +124,8 @@ class Program:
         if lib is None:
             return False
         blocks = [env.blocks[i] for _, i in self.leaves]
-        for b in blocks:
-            if b.dtype != self.dtype or not b.flags.c_contiguous or not b.flags.aligned:
-                return False
+        if not self.takes(blocks):
+            return False
         n = rows * self.k
         if out.size != n or any(b.size != n for b in blocks):
             return False
@@ -133,11 +141,12 @@ class Program:
             for slot, value in self.filled.items():
                 slots[slot] = int(value.ctypes.data)
             local.slots = slots
-        slots[0] = int(out.ctypes.data)
+            local.address = int(slots.ctypes.data)
+        slots[0] = out.__array_interface__["data"][0]
         for (slot, _), b in zip(self.leaves, blocks, strict=True):
-            slots[slot] = int(b.ctypes.data)
-        got = lib(int(self.code.ctypes.data), len(self.code), int(slots.ctypes.data),
-                  int(self.adv.ctypes.data), self.nslots, n, self.block)
+            slots[slot] = b.__array_interface__["data"][0]
+        code, nops, adv = self.args
+        got = lib(code, nops, local.address, adv, self.nslots, n, self.block)
         if got != 0:  # never: the program was checked when compiled
             raise RuntimeError(f"fused kernel refused its program ({got})")
         with _lock:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -86,6 +87,12 @@ class Flat:
         if buf is None or buf.size < size:
             buf = self.scratch.buf = np.empty(size, self.root.dtype)
         return buf[:size].reshape(rows, *self.row_shape)
+
+    def fused(self, blocks: Sequence[Array]) -> bool:
+        """Whether the native kernel takes a chunk of these blocks (then it needs no tiles:
+        it works through the chunk in blocks of its own, with no temporaries of the tile's
+        size)."""
+        return self.native is not None and self.native.takes(blocks)
 
     def run(self, env: Env, rows: int, out: Array | None = None) -> Array | None:
         """The root's value on ``env``'s tile of ``rows`` rows (written into ``out`` when
