@@ -33,6 +33,7 @@ import numpy as np
 from bigarr._compute import native
 from bigarr._compute.lazyeval import Env, evaluate
 from bigarr._compute.lazynodes import Const, Leaf, Node, Op, rowed
+from bigarr.errors import BigArrError
 
 __all__ = ["BINARY", "BLOCK_ELEMENTS", "COMPARE", "LOGIC", "UNARY", "Program", "calls",
            "compile_chain"]
@@ -105,10 +106,11 @@ class Program:
             value = node.value if weak and isinstance(node, Const) else \
                 np.asarray(evaluate(node, False, env))
             with np.errstate(all="ignore"):  # (numpy's cast of a weak scalar: inf beyond)
-                flat = np.asarray(value, dtype=node.dtype if node.dtype == _BOOL else
-                                  self.dtype).reshape(-1)
+                flat = np.asarray(value, dtype=_BOOL if node.dtype == _BOOL and not weak
+                                  else self.dtype).reshape(-1)  # (a Python bool: a number)
             reps = self.block // flat.size if flat.size > 1 else self.block
-            self.filled[slot] = np.ascontiguousarray(np.tile(flat, reps))
+            # never replaced once there: another thread may hold its address already
+            self.filled.setdefault(slot, np.ascontiguousarray(np.tile(flat, reps)))
 
     def takes(self, blocks: Sequence[Array]) -> bool:
         """Whether the kernel reads these inputs' blocks: C-contiguous, aligned arrays of the
@@ -118,8 +120,9 @@ class Program:
 
     def run(self, env: Env, rows: int, out: Array) -> bool:
         """Compute the chain on ``env``'s tile of ``rows`` rows into ``out`` (C-contiguous, of
-        the chain's dtype and ``rows * k`` elements); False (nothing written) when the tile's
-        blocks are not C-contiguous, aligned arrays of the chain's dtype."""
+        the chain's dtype and ``rows * k`` elements, sharing no memory with the inputs); False
+        (nothing written) when the tile's blocks are not C-contiguous, aligned arrays of the
+        chain's dtype."""
         lib = native.fused_kernel(self.dtype)
         if lib is None:
             return False
@@ -127,8 +130,8 @@ class Program:
         if not self.takes(blocks):
             return False
         n = rows * self.k
-        if out.size != n or any(b.size != n for b in blocks):
-            return False
+        if out.size != n or any(b.size != n or np.may_share_memory(b, out) for b in blocks):
+            return False  # (the kernel's pointers are restrict: no output over an input)
         self._fill(env)
         local = self.local
         slots = getattr(local, "slots", None)
@@ -148,10 +151,14 @@ class Program:
         code, nops, adv = self.args
         got = lib(code, nops, local.address, adv, self.nslots, n, self.block)
         if got != 0:  # never: the program was checked when compiled
-            raise RuntimeError(f"fused kernel refused its program ({got})")
+            raise _Refused(f"The native fused kernel refused its program (code {got}).")
         with _lock:
             _calls[0] += 1
         return True
+
+
+class _Refused(BigArrError, RuntimeError):
+    """The kernel refused a program (an opcode or slot out of range: a bug, never data)."""
 
 
 def _weak(node: Node) -> bool:
