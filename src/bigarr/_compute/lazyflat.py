@@ -20,7 +20,9 @@ buffer too, so a chain makes no tile-sized temporaries.
 :func:`flat_plan` decides once per expression whether it qualifies: every operation
 elementwise with the root's shape, every input cut by rows of exactly the root's shape, every
 value used whole (a reduction's result, a small array) a row vector of the root's row shape or
-a single element. Anything else (a column selection, ``x @ w``, a scan, a reduction keeping
+a single element. A 1-d chain qualifies too, but only when the native fused kernel
+(:mod:`bigarr._compute.fused`, which runs a qualifying float chain in one pass) takes it: its
+inner loops are long already. Anything else (a column selection, ``x @ w``, a scan, a reduction keeping
 axis 0, a broadcast within rows) is evaluated as it always was.
 """
 
@@ -191,7 +193,7 @@ def into(root: Node, env: Env, out: Array, count: dict[int, int] | None = None) 
 def flat_plan(root: Node) -> Flat | None:
     """A :class:`Flat` for ``root`` when it is a purely elementwise chain over rows of its
     own shape (see the module docstring), else None."""
-    if not isinstance(root, Op) or root.rowwise or len(root.shape) < 2 \
+    if not isinstance(root, Op) or root.rowwise or len(root.shape) < 1 \
             or math.prod(root.shape[1:]) >= WIDE_ELEMENTS or 0 in root.shape:
         return None
     shape, rest = root.shape, root.shape[1:]
@@ -225,7 +227,9 @@ def flat_plan(root: Node) -> Flat | None:
 
     if not walk(root, True) or not leaves:
         return None
-    return Flat(root, leaves, values)
+    flat = Flat(root, leaves, values)
+    # a 1-d chain has long inner loops already: taken only for the native fused kernel
+    return flat if len(shape) > 1 or flat.native is not None else None
 
 
 def cached(plans: dict[int, Flat | None], root: Node) -> Flat | None:
