@@ -12,7 +12,8 @@ setup(
         Extension(
             "bigarr._compute._native",
             sources=["src/bigarr/_compute/_native.c"],
-            extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math", "-std=c99"],
+            extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno",
+                                "-std=c99"],
             optional=True,
         )
     ]

@@ -48,6 +48,11 @@ printed (the issue's target: at least 0.7). They write nothing, so their time st
 ``os.sync()`` (which waits for every dirty page of the machine, other jobs' included; each case
 therefore syncs once before its clock starts, so it does not pay for what earlier cases left).
 
+The evaluator alone (``kernel: six ops (fused)`` and friends): one chunk of the plan's rows,
+in memory, through the chain's evaluator ten times on one thread, with the native fused kernel
+(``fused``, whole chunks) and without it (``numpy``: numpy's ufuncs on wide views, tile by tile);
+the CPU time per chunk and the input bytes per CPU second are printed.
+
 Per-column sum, min, max and std: ``one compute`` (``bigarr.compute`` of the four, one pass)
 against ``four reductions`` (``bigarr.sum``, ``min``, ``max``, ``std``, four passes).
 """
@@ -189,6 +194,38 @@ BANDWIDTH = {
         "threaded_sum(arr, 2)"),
 }
 
+# The kernel alone: one chunk (R rows, in memory) through the chain's evaluator, the way a
+# pass evaluates it (tiles of lazyeval.TILE_BYTES when the native kernel does not take it,
+# whole otherwise), ten times, one thread; "numpy" is the same with the native program off.
+_KERNEL_SETUP = """
+import bigarr
+from bigarr._compute import lazyeval, lazyflat
+from bigarr._compute.lazyeval import Env
+from bigarr._compute.lazyrun import _item
+a = np.ascontiguousarray(np.load(P, mmap_mode='r')[:R])
+M = np.full(32, 7, np.float32); S = np.full(32, 3, np.float32)
+lx = bigarr.lazy(a)
+expr = {expr}
+flat = lazyflat.flat_plan(expr.node)
+if not {native}:
+    flat.native = None
+ids = list(_item(expr.node).rows)
+out = np.empty_like(a)
+spans = [(0, R)] if flat.fused([a]) else lazyeval.tiles(R, [a])
+def once():
+    for t0, t1 in spans:
+        env = Env({{j: a[t0:t1] for j in ids}}, {{}}, {{}}, slice(t0, t1))
+        flat.run(env, t1 - t0, out[t0:t1])
+once()
+"""
+_SIX = "np.sqrt(abs((lx - M) / S * 2.0 + 1.0)) - 0.5"
+KERNEL = {
+    f"kernel: {name} ({how})": (_KERNEL_SETUP.format(expr=expr, native=how == "fused"),
+                               "for _ in range(10):\n    once()")
+    for name, expr in (("six ops", _SIX), ("two ops", "(lx - M) / S"))
+    for how in ("fused", "numpy")
+}
+
 STATS = {
     "one compute": ("import bigarr",
                     "x = bigarr.lazy(P)\n"
@@ -210,7 +247,7 @@ def _run(name: str, setup: str, work: str, args: argparse.Namespace, path: Path,
          rows: int) -> tuple[float, int] | str:
     code = PRELUDE.format(path=str(path), out=str(path.with_name("out.npy")),
                           budget=args.budget, rows=rows, setup=setup, cold=args.cold,
-                          work=work, sync=name not in BANDWIDTH)
+                          work=work, sync=name not in BANDWIDTH and name not in KERNEL)
     env = dict(os.environ)
     src = Path(__file__).resolve().parent.parent / "src"
     here = Path(__file__).resolve().parent  # the harness's helpers (machine limits)
@@ -256,7 +293,7 @@ def main() -> None:
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     results: dict[str, list[tuple[float, int]] | str] = {}
     cases = [("standardize", STANDARDIZE), ("pass 2", PASS2), ("chain", CHAIN),
-             ("bandwidth", BANDWIDTH), ("stats", STATS)]
+             ("bandwidth", BANDWIDTH), ("kernel", KERNEL), ("stats", STATS)]
     for _group, table in cases:
         for name, (setup, work) in table.items():
             if only and name not in only:
@@ -285,6 +322,10 @@ def main() -> None:
         print(f"pass 2: bigarr at {p2['pass 2: numexpr loop'] / p2['pass 2: bigarr']:.2f}x the "
               f"numexpr loop's speed (best runs); CPU {cpu['pass 2: bigarr']:.2f} s against "
               f"{cpu['pass 2: numexpr loop']:.2f} s")
+    for name in KERNEL:
+        if CPU.get(name):
+            print(f"{name}: {min(CPU[name]) / 10 * 1e3:.1f} ms CPU per chunk of {rows} rows "
+                  f"({rows * 128 / (min(CPU[name]) / 10) / 1e9:.2f} GB/s of input per core)")
     with_out = path.with_name("out.npy")
     if with_out.exists():
         with_out.unlink()

@@ -530,6 +530,136 @@ DEF_ORD_RANGES(ord_ranges_u4, uint32_t, 32)
 DEF_ORD_RANGES(ord_ranges_u8, uint64_t, 64)
 /* ==== end of order statistics ============================================================ */
 
+/* ---- fused elementwise programs (lazy expressions; bigarr/_compute/fused.py) ------------ */
+
+/* numpy has no fused kernel: a chain of n operations over a tile is n passes, each reading and
+ * writing the tile. Here a chain is a small program (FUSED_WIDTH int64 per instruction: opcode,
+ * destination slot, up to three operand slots) run over blocks of `block` elements, so every
+ * intermediate stays in registers of one block (in L1) and the data is read and written once.
+ * A slot is a pointer: with adv[s] set it advances with the block (the inputs and the output,
+ * contiguous, of element type T); otherwise it is the same block-long buffer for every block
+ * (intermediates; scalars and row vectors, repeated to `block` elements by the caller, which
+ * makes `block` a multiple of the row length). Each operation is numpy's, operation for
+ * operation in the same type (no contraction, no fast-math, IEEE sqrt), so results are numpy's
+ * bits; comparisons write 0/1 bytes, read by the logical operations and `where`. Returns 0, or
+ * -1 for an unknown opcode or too many slots (nothing is then guaranteed about the output). */
+enum {
+    F_ADD = 1, F_SUB, F_MUL, F_DIV, F_MIN, F_MAX, F_NEG, F_ABS, F_SQRT, F_SQUARE, F_COPY,
+    F_LT, F_LE, F_GT, F_GE, F_EQ, F_NE, F_AND, F_OR, F_XOR, F_NOT, F_WHERE
+};
+#define FUSED_WIDTH 5
+#define FUSED_SLOTS 64
+
+#if defined(__GNUC__)
+#define INLINE static inline __attribute__((always_inline))
+#else
+#define INLINE static inline
+#endif
+
+#define DEF_FUSED_LOOPS(T, S)                                                               \
+    INLINE void f_bin_##S(int op, T *restrict d, const T *restrict a, const T *restrict b,  \
+                          int64_t m)                                                        \
+    {                                                                                       \
+        switch (op) {                                                                       \
+        case F_ADD: for (int64_t i = 0; i < m; i++) d[i] = a[i] + b[i]; break;              \
+        case F_SUB: for (int64_t i = 0; i < m; i++) d[i] = a[i] - b[i]; break;              \
+        case F_MUL: for (int64_t i = 0; i < m; i++) d[i] = a[i] * b[i]; break;              \
+        case F_DIV: for (int64_t i = 0; i < m; i++) d[i] = a[i] / b[i]; break;              \
+        /* numpy's: NaN propagates (either operand), and of equal values (0 and -0) b */    \
+        case F_MIN:                                                                         \
+            for (int64_t i = 0; i < m; i++) d[i] = (a[i] < b[i] || a[i] != a[i]) ? a[i] : b[i]; \
+            break;                                                                          \
+        case F_MAX:                                                                         \
+            for (int64_t i = 0; i < m; i++) d[i] = (a[i] > b[i] || a[i] != a[i]) ? a[i] : b[i]; \
+            break;                                                                          \
+        }                                                                                   \
+    }                                                                                       \
+    INLINE void f_un_##S(int op, T *restrict d, const T *restrict a, int64_t m)             \
+    {                                                                                       \
+        switch (op) {                                                                       \
+        case F_NEG: for (int64_t i = 0; i < m; i++) d[i] = -a[i]; break;                    \
+        case F_ABS: for (int64_t i = 0; i < m; i++) d[i] = S##_fabs(a[i]); break;           \
+        case F_SQRT: for (int64_t i = 0; i < m; i++) d[i] = S##_sqrt(a[i]); break;          \
+        case F_SQUARE: for (int64_t i = 0; i < m; i++) d[i] = a[i] * a[i]; break;           \
+        case F_COPY: for (int64_t i = 0; i < m; i++) d[i] = a[i]; break;                    \
+        }                                                                                   \
+    }                                                                                       \
+    INLINE void f_cmp_##S(int op, uint8_t *restrict d, const T *restrict a,                 \
+                          const T *restrict b, int64_t m)                                   \
+    {                                                                                       \
+        switch (op) {                                                                       \
+        case F_LT: for (int64_t i = 0; i < m; i++) d[i] = a[i] < b[i]; break;               \
+        case F_LE: for (int64_t i = 0; i < m; i++) d[i] = a[i] <= b[i]; break;              \
+        case F_GT: for (int64_t i = 0; i < m; i++) d[i] = a[i] > b[i]; break;               \
+        case F_GE: for (int64_t i = 0; i < m; i++) d[i] = a[i] >= b[i]; break;              \
+        case F_EQ: for (int64_t i = 0; i < m; i++) d[i] = a[i] == b[i]; break;              \
+        case F_NE: for (int64_t i = 0; i < m; i++) d[i] = a[i] != b[i]; break;              \
+        }                                                                                   \
+    }                                                                                       \
+    INLINE void f_where_##S(T *restrict d, const uint8_t *restrict c, const T *restrict a,  \
+                            const T *restrict b, int64_t m)                                 \
+    {                                                                                       \
+        for (int64_t i = 0; i < m; i++) d[i] = c[i] ? a[i] : b[i];                          \
+    }
+
+INLINE float f4_fabs(float v) { return fabsf(v); }
+INLINE double f8_fabs(double v) { return fabs(v); }
+INLINE float f4_sqrt(float v) { return sqrtf(v); }
+INLINE double f8_sqrt(double v) { return sqrt(v); }
+DEF_FUSED_LOOPS(float, f4)
+DEF_FUSED_LOOPS(double, f8)
+
+INLINE void f_logic(int op, uint8_t *restrict d, const uint8_t *restrict a,
+                    const uint8_t *restrict b, int64_t m)
+{
+    switch (op) {
+    case F_AND: for (int64_t i = 0; i < m; i++) d[i] = a[i] & b[i]; break;
+    case F_OR: for (int64_t i = 0; i < m; i++) d[i] = a[i] | b[i]; break;
+    case F_XOR: for (int64_t i = 0; i < m; i++) d[i] = a[i] ^ b[i]; break;
+    case F_NOT: for (int64_t i = 0; i < m; i++) d[i] = !a[i]; break;
+    }
+}
+
+#define DEF_FUSED(NAME, T, S)                                                               \
+    KERNEL int64_t NAME(const int64_t *prog, int64_t nops, void *const *slots,              \
+                        const int64_t *adv, int64_t nslots, int64_t n, int64_t block)       \
+    {                                                                                       \
+        void *p[FUSED_SLOTS];                                                               \
+        if (nslots > FUSED_SLOTS || block < 1) return -1;                                   \
+        for (int64_t q = 0; q < nops; q++) {                                                \
+            const int64_t *ins = prog + FUSED_WIDTH * q;                                    \
+            if (ins[0] < F_ADD || ins[0] > F_WHERE) return -1;                              \
+            for (int k = 1; k < FUSED_WIDTH; k++)                                           \
+                if (ins[k] < 0 || ins[k] >= nslots) return -1;                              \
+        }                                                                                   \
+        for (int64_t i0 = 0; i0 < n; i0 += block) {                                         \
+            const int64_t m = n - i0 < block ? n - i0 : block;                              \
+            for (int64_t s = 0; s < nslots; s++)                                            \
+                p[s] = adv[s] ? (void *)((T *)slots[s] + i0) : slots[s];                    \
+            for (int64_t q = 0; q < nops; q++) {                                            \
+                const int64_t *ins = prog + FUSED_WIDTH * q;                                \
+                const int op = (int)ins[0];                                                 \
+                void *d = p[ins[1]], *a = p[ins[2]], *b = p[ins[3]], *c = p[ins[4]];        \
+                if (op <= F_MAX)                                                            \
+                    f_bin_##S(op, (T *)d, (const T *)a, (const T *)b, m);                   \
+                else if (op <= F_COPY)                                                      \
+                    f_un_##S(op, (T *)d, (const T *)a, m);                                  \
+                else if (op <= F_NE)                                                        \
+                    f_cmp_##S(op, (uint8_t *)d, (const T *)a, (const T *)b, m);             \
+                else if (op <= F_NOT)                                                       \
+                    f_logic(op, (uint8_t *)d, (const uint8_t *)a, (const uint8_t *)b, m);   \
+                else                                                                        \
+                    f_where_##S((T *)d, (const uint8_t *)a, (const T *)b, (const T *)c, m); \
+            }                                                                               \
+        }                                                                                   \
+        return 0;                                                                           \
+    }
+
+DEF_FUSED(fused_f4, float, f4)
+DEF_FUSED(fused_f8, double, f8)
+
+/* ---- end of fused elementwise programs --------------------------------------------------- */
+
 /* A module with no methods: Python loads it only to find this file, then calls the kernels
  * through ctypes (which releases the GIL). */
 static struct PyModuleDef native_module = {PyModuleDef_HEAD_INIT, "_native", NULL, -1, NULL};

@@ -20,7 +20,9 @@ buffer too, so a chain makes no tile-sized temporaries.
 :func:`flat_plan` decides once per expression whether it qualifies: every operation
 elementwise with the root's shape, every input cut by rows of exactly the root's shape, every
 value used whole (a reduction's result, a small array) a row vector of the root's row shape or
-a single element. Anything else (a column selection, ``x @ w``, a scan, a reduction keeping
+a single element. A 1-d chain qualifies too, but only when the native fused kernel
+(:mod:`bigarr._compute.fused`, which runs a qualifying float chain in one pass) takes it: its
+inner loops are long already. Anything else (a column selection, ``x @ w``, a scan, a reduction keeping
 axis 0, a broadcast within rows) is evaluated as it always was.
 """
 
@@ -28,10 +30,12 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from bigarr._compute.fused import compile_chain
 from bigarr._compute.lazyeval import Env, evaluate
 from bigarr._compute.lazynodes import Const, Leaf, Node, Op, rowed
 
@@ -62,6 +66,9 @@ class Flat:
         self.scratch = threading.local()
         """Per worker thread: a buffer the value is computed into when no ``out`` is given
         (a reduction's operand, consumed before the thread's next tile)."""
+        self.native = compile_chain(root, leaves, values)
+        """The chain as a program of the native fused kernel (:mod:`bigarr._compute.fused`),
+        or None (numpy's ufuncs on wide views)."""
 
     def _widened(self, node: Node, value: Any, g: int) -> Array:
         key = (id(node), g)
@@ -75,10 +82,33 @@ class Flat:
             self.wide[key] = got
         return got
 
+    def _buffer(self, rows: int) -> Array:
+        """This thread's scratch buffer, as ``rows`` rows of the root's."""
+        size = rows * self.k
+        buf = getattr(self.scratch, "buf", None)
+        if buf is None or buf.size < size:
+            buf = self.scratch.buf = np.empty(size, self.root.dtype)
+        return buf[:size].reshape(rows, *self.row_shape)
+
+    def fused(self, blocks: Sequence[Array]) -> bool:
+        """Whether the native kernel takes a chunk of these blocks (then it needs no tiles:
+        it works through the chunk in blocks of its own, with no temporaries of the tile's
+        size)."""
+        return self.native is not None and self.native.takes(blocks)
+
     def run(self, env: Env, rows: int, out: Array | None = None) -> Array | None:
         """The root's value on ``env``'s tile of ``rows`` rows (written into ``out`` when
         given, and returned), or None when this tile cannot be viewed wide (rows not a
         multiple of the group, blocks not C-contiguous): evaluate it as usual then."""
+        if self.native is not None:
+            target = out if out is not None and out.flags.c_contiguous \
+                and out.flags.aligned and out.flags.writeable and out.dtype == self.root.dtype \
+                else self._buffer(rows)
+            if self.native.run(env, rows, target):
+                if out is not None and target is not out:
+                    out[...] = target
+                    return out
+                return target
         g = math.gcd(rows, self.group)
         if g < 2:
             return None
@@ -91,11 +121,7 @@ class Flat:
         for i, node in self.values.items():
             env.memo[(i, False)] = self._widened(node, evaluate(node, False, env), g)
         if out is None or not out.flags.c_contiguous:
-            size = rows * self.k
-            buf = getattr(self.scratch, "buf", None)
-            if buf is None or buf.size < size:
-                buf = self.scratch.buf = np.empty(size, self.root.dtype)
-            value = buf[:size].reshape(rows, *self.row_shape)
+            value = self._buffer(rows)
             into(self.root, env, value.reshape(wide), self.count)
             if out is not None:
                 out[...] = value
@@ -167,7 +193,7 @@ def into(root: Node, env: Env, out: Array, count: dict[int, int] | None = None) 
 def flat_plan(root: Node) -> Flat | None:
     """A :class:`Flat` for ``root`` when it is a purely elementwise chain over rows of its
     own shape (see the module docstring), else None."""
-    if not isinstance(root, Op) or root.rowwise or len(root.shape) < 2 \
+    if not isinstance(root, Op) or root.rowwise or len(root.shape) < 1 \
             or math.prod(root.shape[1:]) >= WIDE_ELEMENTS or 0 in root.shape:
         return None
     shape, rest = root.shape, root.shape[1:]
@@ -201,7 +227,9 @@ def flat_plan(root: Node) -> Flat | None:
 
     if not walk(root, True) or not leaves:
         return None
-    return Flat(root, leaves, values)
+    flat = Flat(root, leaves, values)
+    # a 1-d chain has long inner loops already: taken only for the native fused kernel
+    return flat if len(shape) > 1 or flat.native is not None else None
 
 
 def cached(plans: dict[int, Flat | None], root: Node) -> Flat | None:

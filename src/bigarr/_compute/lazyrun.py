@@ -754,8 +754,9 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
             rows = slice(*block_info["rows"])
             carry = None if block_info["probe"] else carries
             try:
-                spans = tiles(rows.stop - rows.start, blocks) if fuses else \
-                    [(0, rows.stop - rows.start)]
+                whole = not fuses or (flat is not None and flat.fused(blocks))  # (fused.py)
+                spans = [(0, rows.stop - rows.start)] if whole else \
+                    tiles(rows.stop - rows.start, blocks)
                 if not rows_known:
                     return np.concatenate([tile(slice(rows.start + a, rows.start + b),
                                                 [x[a:b] for x in blocks], carry)

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["arg_rows", "available", "count_rows", "hist_uniform", "lib", "min_max", "sum_blocks",
-           "var_blocks"]
+__all__ = ["arg_rows", "available", "count_rows", "fused_kernel", "hist_uniform", "lib", "min_max",
+           "sum_blocks", "var_blocks"]
 
 #: The interface version this module calls (``ABI`` in ``_native.c``).
 ABI = 1
@@ -69,6 +69,32 @@ def _declare(dll: ctypes.CDLL) -> None:
 
 #: The loaded kernels, or None (numpy kernels everywhere).
 lib: ctypes.CDLL | None = _load()
+
+
+def _fused(dll: ctypes.CDLL | None) -> dict[np.dtype[Any], Any]:
+    """The fused elementwise kernels by dtype (none from a build that lacks them: the other
+    kernels stay in use)."""
+    if dll is None:
+        return {}
+    got = {}
+    try:
+        for dtype, code in ((np.dtype(np.float32), "f4"), (np.dtype(np.float64), "f8")):
+            fn = getattr(dll, f"fused_{code}")
+            fn.argtypes = [_PTR, _I64, _PTR, _PTR, _I64, _I64, _I64]
+            fn.restype = ctypes.c_int64
+            got[dtype] = fn
+    except AttributeError:
+        return {}
+    return got
+
+
+_FUSED = _fused(lib)
+
+
+def fused_kernel(dtype: np.dtype[Any]) -> Any:
+    """The native fused elementwise kernel for ``dtype`` (see :mod:`bigarr._compute.fused`),
+    or None (another dtype, or no native kernels)."""
+    return _FUSED.get(dtype) if lib is not None else None
 
 _CODES = {np.dtype(np.float32): "f4", np.dtype(np.float64): "f8"}
 

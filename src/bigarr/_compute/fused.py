@@ -1,0 +1,287 @@
+"""Native fused evaluation of elementwise chains (the ``fused_f4`` / ``fused_f8`` kernels of
+``_native.c``): the common case of :mod:`bigarr._compute.lazyflat`.
+
+numpy has no fused kernel: a chain of ``n`` operations over a tile is ``n`` passes over it,
+each reading and writing the whole tile (and calling into the ufunc machinery). When a purely
+elementwise chain (:func:`bigarr._compute.lazyflat.flat_plan`) is made only of operations the
+kernel knows (:data:`BINARY`, :data:`UNARY`, :data:`COMPARE`, :data:`LOGIC` and ``where``),
+all in one floating dtype (float32 or float64, native byte order), :func:`compile_chain` turns it
+into a small program: one instruction per operation, whose operands are *slots*: the output,
+the inputs' rows (read where they are), intermediates, and the values used whole (scalars and
+row vectors of the row's length, repeated to one block). The kernel runs the whole program on
+one block of :data:`BLOCK_ELEMENTS` elements at a time, so intermediates stay in the core's
+first-level cache, and the data is read once and written once.
+
+Each operation is numpy's in the same dtype (IEEE arithmetic, no contraction, ``sqrt`` by the
+instruction, ``minimum``/``maximum`` propagating NaN and giving the second operand of equal
+values as numpy does; Python scalars cast to the chain's dtype as numpy's weak scalars are), so
+the result is numpy's, bit for bit (NaN payloads aside). Anything else (integers, bools read
+from inputs, mixed dtypes, ``astype``, ``clip``, ``power``, ...), a stale or missing native
+build, or ``BIGARR_NATIVE=0``: no program, and the numpy path of :mod:`bigarr._compute.lazyflat`
+runs as before. The kernel is called through ctypes, which releases the GIL, so threads scale.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from bigarr._compute import native
+from bigarr._compute.lazyeval import Env, evaluate
+from bigarr._compute.lazynodes import Const, Leaf, Node, Op, rowed
+from bigarr.errors import BigArrError
+
+__all__ = ["BINARY", "BLOCK_ELEMENTS", "COMPARE", "LOGIC", "UNARY", "Program", "calls",
+           "compile_chain"]
+
+Array = np.ndarray[Any, Any]
+
+#: Elements per block of the kernel (rounded down to whole rows): every intermediate of a
+#: block stays in the core's first-level cache (2048 float32 values are 8 KiB).
+BLOCK_ELEMENTS = 2048
+#: The kernel's opcodes (``enum`` in ``_native.c``).
+BINARY: dict[Any, int] = {np.add: 1, np.subtract: 2, np.multiply: 3, np.true_divide: 4,
+                          np.minimum: 5, np.maximum: 6}
+UNARY: dict[Any, int] = {np.negative: 7, np.absolute: 8, np.sqrt: 9, np.square: 10,
+                         np.positive: 11}
+COMPARE: dict[Any, int] = {np.less: 12, np.less_equal: 13, np.greater: 14,
+                           np.greater_equal: 15, np.equal: 16, np.not_equal: 17}
+LOGIC: dict[Any, int] = {np.logical_and: 18, np.bitwise_and: 18, np.logical_or: 19,
+                         np.bitwise_or: 19, np.logical_xor: 20, np.bitwise_xor: 20,
+                         np.logical_not: 21, np.invert: 21}
+_WHERE = 22
+#: Most slots a program may use (``FUSED_SLOTS`` in ``_native.c``).
+MAX_SLOTS = 64
+_BOOL = np.dtype(np.bool_)
+_WEAK = (int, float, bool)
+
+_lock = threading.Lock()
+_calls = [0]
+
+
+def calls() -> int:
+    """How many times the native fused kernel has run in this process (tests and benches read
+    it to tell that the fused path was taken)."""
+    return _calls[0]
+
+
+class Program:
+    """One elementwise chain as a program of the native kernel (module docstring)."""
+
+    def __init__(self, dtype: np.dtype[Any], k: int, code: list[tuple[int, int, int, int, int]],
+                 leaves: list[tuple[int, int]], consts: list[tuple[int, Node, bool]],
+                 temps: int, nslots: int) -> None:
+        self.dtype = dtype
+        self.k = k
+        """Elements per row."""
+        self.block = k * max(1, BLOCK_ELEMENTS // k)
+        """Elements per block: whole rows, so a row vector repeated to it lines up."""
+        self.code = np.array(code, dtype=np.int64).reshape(-1, 5)
+        self.leaves = leaves
+        """``(slot, leaf id)`` of the inputs' rows."""
+        self.consts = consts
+        """``(slot, node, weak)`` of the values used whole (``weak``: a Python scalar)."""
+        self.temps = temps
+        """The intermediates' slots: ``1 + len(leaves) + len(consts)`` on."""
+        self.nslots = nslots
+        self.adv = np.zeros(nslots, dtype=np.int64)
+        self.adv[0] = 1
+        for slot, _ in leaves:
+            self.adv[slot] = 1
+        self.args = (int(self.code.ctypes.data), len(self.code), int(self.adv.ctypes.data))
+        """The program's and the slots' kinds' addresses (fixed: computed once)."""
+        self.filled: dict[int, Array] = {}
+        """Each value used whole, repeated to one block (the same in every chunk of a run)."""
+        self.local = threading.local()
+        """Per worker thread: the intermediates' buffers and the slots' addresses."""
+
+    def _fill(self, env: Env) -> None:
+        for slot, node, weak in self.consts:
+            if slot in self.filled:
+                continue
+            value = node.value if weak and isinstance(node, Const) else \
+                np.asarray(evaluate(node, False, env))
+            with np.errstate(all="ignore"):  # (numpy's cast of a weak scalar: inf beyond)
+                flat = np.asarray(value, dtype=_BOOL if node.dtype == _BOOL and not weak
+                                  else self.dtype).reshape(-1)  # (a Python bool: a number)
+            reps = self.block // flat.size if flat.size > 1 else self.block
+            # never replaced once there: another thread may hold its address already
+            self.filled.setdefault(slot, np.ascontiguousarray(np.tile(flat, reps)))
+
+    def takes(self, blocks: Sequence[Array]) -> bool:
+        """Whether the kernel reads these inputs' blocks: C-contiguous, aligned arrays of the
+        chain's dtype."""
+        return all(b.dtype == self.dtype and b.flags.c_contiguous and b.flags.aligned
+                   for b in blocks)
+
+    def run(self, env: Env, rows: int, out: Array) -> bool:
+        """Compute the chain on ``env``'s tile of ``rows`` rows into ``out`` (C-contiguous, of
+        the chain's dtype and ``rows * k`` elements, sharing no memory with the inputs); False
+        (nothing written) when the tile's blocks are not C-contiguous, aligned arrays of the
+        chain's dtype."""
+        lib = native.fused_kernel(self.dtype)
+        if lib is None:
+            return False
+        blocks = [env.blocks[i] for _, i in self.leaves]
+        if not self.takes(blocks):
+            return False
+        n = rows * self.k
+        if out.size != n or any(b.size != n or np.may_share_memory(b, out) for b in blocks):
+            return False  # (the kernel's pointers are restrict: no output over an input)
+        self._fill(env)
+        local = self.local
+        slots = getattr(local, "slots", None)
+        if slots is None:
+            local.buf = np.empty(max(self.temps, 1) * self.block * 8, dtype=np.uint8)
+            slots = np.zeros(self.nslots, dtype=np.uint64)
+            base = int(local.buf.ctypes.data)
+            for t in range(self.temps):
+                slots[self.nslots - self.temps + t] = base + t * self.block * 8
+            for slot, value in self.filled.items():
+                slots[slot] = int(value.ctypes.data)
+            local.slots = slots
+            local.address = int(slots.ctypes.data)
+        slots[0] = out.__array_interface__["data"][0]
+        for (slot, _), b in zip(self.leaves, blocks, strict=True):
+            slots[slot] = b.__array_interface__["data"][0]
+        code, nops, adv = self.args
+        got = lib(code, nops, local.address, adv, self.nslots, n, self.block)
+        if got != 0:  # never: the program was checked when compiled
+            raise _Refused(f"The native fused kernel refused its program (code {got}).")
+        with _lock:
+            _calls[0] += 1
+        return True
+
+
+class _Refused(BigArrError, RuntimeError):
+    """The kernel refused a program (an opcode or slot out of range: a bug, never data)."""
+
+
+def _weak(node: Node) -> bool:
+    """A Python scalar (cast to the other operand's dtype, as numpy's weak scalars are)."""
+    return isinstance(node, Const) and type(node.value) in _WEAK and \
+        (type(node.value) is not int or abs(node.value) <= 2**53)
+
+
+def compile_chain(root: Op, leaves: set[int], values: dict[int, Node]) -> Program | None:
+    """The program of the purely elementwise chain ``root`` (``leaves``: the inputs cut by rows;
+    ``values``: the values used whole that are not scalars, as
+    :func:`bigarr._compute.lazyflat.flat_plan` found them), or None when the kernel cannot
+    compute it with numpy's bits (module docstring) or no kernel is loaded."""
+    dtype = root.dtype
+    if native.fused_kernel(dtype) is None or not dtype.isnative:
+        return None
+    k = math.prod(root.shape[1:])
+    if k < 1:
+        return None
+    leaf_slots: dict[int, int] = {}
+    const_slots: dict[int, tuple[int, Node, bool]] = {}
+    ops: list[tuple[Op, list[tuple[str, Any]]]] = []  # postorder, operands by (kind, key)
+    done: dict[int, int] = {}
+
+    class _No(Exception):
+        pass
+
+    def operand(node: Node, is_rowed: bool, want: np.dtype[Any]) -> tuple[str, Any]:
+        if is_rowed:
+            if isinstance(node, Leaf) and id(node) in leaves:
+                if node.dtype != want or want != dtype:
+                    raise _No  # (a bool input: its bytes are not the chain's elements)
+                leaf_slots.setdefault(id(node), len(leaf_slots))
+                return ("leaf", id(node))
+            if isinstance(node, Op):
+                if node.dtype != want:
+                    raise _No
+                walk(node)
+                return ("op", id(node))
+            raise _No
+        weak = _weak(node)
+        if (weak and want == _BOOL) or (not weak and node.dtype != want):
+            raise _No  # another dtype used whole (bools used whole are bytes, as the kernel's)
+        if not weak and node.shape and id(node) not in values:
+            raise _No
+        const_slots.setdefault(id(node), (len(const_slots), node, weak))
+        return ("const", id(node))
+
+    def walk(node: Op) -> None:
+        if id(node) in done:
+            return
+        if node.kwargs or node.rowwise or node.shape != root.shape:
+            raise _No
+        f, args = node.func, node.args
+        if (f in BINARY and len(args) == 2) or (f in UNARY and len(args) == 1):
+            want = dtype
+        elif f in COMPARE and len(args) == 2 and node.dtype == _BOOL:
+            a, b = args
+            want = b.dtype if _weak(a) else a.dtype
+            if want != dtype:
+                raise _No
+        elif f in LOGIC and len(args) == (1 if LOGIC[f] == 21 else 2) and node.dtype == _BOOL:
+            want = _BOOL
+        elif f is np.where and len(args) == 3:
+            want = dtype
+        else:
+            raise _No
+        if f not in COMPARE and f not in LOGIC and node.dtype != dtype:
+            raise _No
+        got = []
+        for i, a in enumerate(args):
+            w = _BOOL if f is np.where and i == 0 else want
+            got.append(operand(a, rowed(node, a), w))
+        done[id(node)] = len(ops)
+        ops.append((node, got))
+
+    try:
+        walk(root)
+    except _No:
+        return None
+    first_const = 1 + len(leaf_slots)
+    first_temp = first_const + len(const_slots)
+    # intermediates: a fresh slot per operation, freed after its last use (never the slot of
+    # one of the operation's own operands, so no loop reads and writes the same buffer)
+    remaining: dict[int, int] = {}
+    for _, got in ops:
+        for kind, key in got:
+            if kind == "op":
+                remaining[key] = remaining.get(key, 0) + 1
+    free: list[int] = []
+    temps = 0
+    where: dict[int, int] = {}
+    code: list[tuple[int, int, int, int, int]] = []
+    for index, (node, got) in enumerate(ops):
+        srcs = []
+        for kind, key in got:
+            if kind == "leaf":
+                srcs.append(1 + leaf_slots[key])
+            elif kind == "const":
+                srcs.append(first_const + const_slots[key][0])
+            else:
+                srcs.append(where[key])
+        if index == len(ops) - 1:
+            dst = 0
+        elif free:
+            dst = free.pop()
+        else:
+            dst = first_temp + temps
+            temps += 1
+        for kind, key in got:
+            if kind == "op":
+                remaining[key] -= 1
+                if remaining[key] == 0:
+                    free.append(where[key])
+        where[id(node)] = dst
+        f = node.func
+        op = _WHERE if f is np.where else \
+            {**BINARY, **UNARY, **COMPARE, **LOGIC}[f]
+        srcs += [srcs[0]] * (3 - len(srcs))
+        code.append((op, dst, srcs[0], srcs[1], srcs[2]))
+    nslots = first_temp + temps
+    if nslots > MAX_SLOTS:
+        return None
+    return Program(dtype, k, code, [(1 + s, i) for i, s in leaf_slots.items()],
+                   [(first_const + s, node, weak) for s, node, weak in const_slots.values()],
+                   temps, nslots)

@@ -1,0 +1,211 @@
+"""The native fused elementwise kernel (fused.py, ``fused_f4``/``fused_f8`` in _native.c):
+numpy's bits on random chains, and the fallback to numpy's ufuncs where it does not apply."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import bigarr
+from bigarr._compute import fused, lazyflat, native
+from bigarr._compute.lazyeval import Env
+from bigarr._compute.lazyrun import _item
+
+needs_native = pytest.mark.skipif(native.fused_kernel(np.dtype(np.float32)) is None,
+                                  reason="the native kernels are not built or are turned off")
+
+_SPECIAL = [0.0, -0.0, 1.0, -1.0, np.nan, -np.nan, np.inf, -np.inf, 1e-40, 3e38, -2.5, 7.0]
+_BIN = [np.add, np.subtract, np.multiply, np.true_divide, np.minimum, np.maximum]
+_UN = [np.negative, np.absolute, np.sqrt, np.square, np.positive]
+_CMP = [np.less, np.less_equal, np.greater, np.greater_equal, np.equal, np.not_equal]
+_LOGIC = [np.logical_and, np.logical_or, np.logical_xor, np.bitwise_and, np.bitwise_or]
+_SCALARS = [0.0, -0.0, 2.0, 0.1, -3, 7, True, np.inf, np.nan, 1e300]
+
+
+def _where(c: Any, a: Any, b: Any) -> Any:
+    lazy = any(isinstance(v, bigarr.LazyArray) for v in (c, a, b))
+    return bigarr.where(c, a, b) if lazy else np.where(c, a, b)
+
+
+def _floats(leaves: Any) -> Any:
+    def grow(inner: Any) -> Any:
+        return st.one_of(
+            st.tuples(st.just("bin"), st.sampled_from(_BIN), inner, inner),
+            st.tuples(st.just("un"), st.sampled_from(_UN), inner),
+            st.tuples(st.just("where"), _bools(inner), inner, inner),
+        )
+    return st.recursive(leaves, grow, max_leaves=6)
+
+
+def _bools(floats: Any) -> Any:
+    cmp = st.tuples(st.just("cmp"), st.sampled_from(_CMP), floats, floats)
+    return st.one_of(cmp, st.tuples(st.just("logic"), st.sampled_from(_LOGIC), cmp, cmp),
+                     st.tuples(st.just("not"), cmp))
+
+
+_LEAVES = st.one_of(st.just(("x",)), st.just(("y",)), st.just(("m",)),
+                    st.tuples(st.just("s"), st.sampled_from(_SCALARS)))
+RECIPES = st.tuples(st.sampled_from(_BIN), _floats(_LEAVES))
+
+
+def _build(recipe: Any, env: dict[str, Any]) -> Any:
+    kind = recipe[0]
+    if kind in ("x", "y", "m"):
+        return env[kind]
+    if kind == "s":
+        return recipe[1]
+    if kind in ("bin", "cmp", "logic"):
+        return recipe[1](_build(recipe[2], env), _build(recipe[3], env))
+    if kind == "un":
+        return recipe[1](_build(recipe[2], env))
+    if kind == "not":
+        return ~_build(recipe[1], env)
+    return _where(*(_build(r, env) for r in recipe[1:]))
+
+
+def _scalars_only(recipe: Any) -> bool:
+    if recipe[0] in ("x", "y", "m"):
+        return False
+    return recipe[0] == "s" or all(_scalars_only(r) for r in recipe[1:] if isinstance(r, tuple))
+
+
+def _scalar_op(recipe: Any) -> bool:
+    """Whether some operation of ``recipe`` has only Python scalars below it (or, for a
+    ``where``, as both of its values)."""
+    if recipe[0] in ("x", "y", "m", "s"):
+        return False
+    if recipe[0] == "where" and _scalars_only(recipe[2]) and _scalars_only(recipe[3]):
+        return True
+    return _scalars_only(recipe) or any(_scalar_op(r) for r in recipe[1:] if isinstance(r, tuple))
+
+
+def _data(shape: tuple[int, ...], dtype: str, seed: int) -> np.ndarray[Any, Any]:
+    rng = np.random.default_rng(seed)
+    a = (rng.standard_normal(shape) * 5).astype(dtype)
+    special = rng.random(shape) < 0.2
+    a[special] = rng.choice(np.array(_SPECIAL, dtype=dtype), int(special.sum()))
+    return a
+
+
+def assert_same_bits(got: np.ndarray[Any, Any], want: np.ndarray[Any, Any]) -> None:
+    """Equal values, NaN where numpy has NaN, and the same sign everywhere else (-0.0)."""
+    assert got.shape == want.shape and got.dtype == want.dtype
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    u = np.dtype(f"u{want.dtype.itemsize}")
+    np.testing.assert_array_equal(got[~nan].view(u), want[~nan].view(u))
+
+
+@needs_native
+@settings(max_examples=int(os.environ.get("ORACLE_EXAMPLES", "40")), deadline=None)
+@given(recipe=RECIPES, rows=st.integers(2, 300),
+       k=st.sampled_from([0, 1, 3, 32, 100]), dtype=st.sampled_from(["float32", "float64"]),
+       into=st.booleans(), seed=st.integers(0, 1000))
+def test_random_chains_give_numpys_bits(recipe: Any, rows: int, k: int, dtype: str,
+                                        into: bool, seed: int) -> None:
+    top, tree = recipe
+    shape = (rows, k) if k else (rows,)  # k = 0: a 1-d chain (m is then one element)
+    x, y = _data(shape, dtype, seed), _data(shape, dtype, seed + 1)
+    m = _data(shape[1:] or (1,), dtype, seed + 2)
+    root = ("bin", top, ("x",), tree)
+    with np.errstate(all="ignore"):
+        try:
+            want = np.asarray(_build(root, {"x": x, "y": y, "m": m}))
+        except TypeError:  # numpy refuses it (-True, True - True)
+            assume(False)
+        lx, ly = bigarr.lazy(x), bigarr.lazy(y)
+        expr = _build(root, {"x": lx, "y": ly, "m": m})
+    flat = lazyflat.flat_plan(expr.node)
+    if flat is None:  # a 1-d chain is taken only for the native kernel
+        assert not k and _scalar_op(root)
+        return
+    # (an operation on Python scalars alone makes a numpy scalar, of a strong type: float32
+    # chains then mix dtypes, and numpy's ufuncs run them)
+    assert flat.native is not None or _scalar_op(root)
+    item = _item(expr.node)
+    env = Env({i: x if i == id(lx.node) else y for i in item.rows}, {}, {}, slice(0, rows))
+    out = np.empty(want.shape, want.dtype) if into else None
+    before = fused.calls()
+    got = flat.run(env, rows, out)
+    if flat.native is None:
+        assert fused.calls() == before
+        if got is None:  # rows not a multiple of lazyflat's group: evaluated as usual
+            return
+    else:
+        assert got is not None and fused.calls() == before + 1
+    assert_same_bits(got, want)
+    if out is not None:
+        assert got is out
+
+
+@needs_native
+def test_minimum_maximum_of_zeros_and_nan_are_numpys() -> None:
+    a = np.array([[0.0, -0.0, np.nan, 1.0, -np.inf, np.nan]] * 4, np.float32)
+    b = np.array([[-0.0, 0.0, 1.0, np.nan, np.nan, -np.inf]] * 4, np.float32)
+    for f in (np.minimum, np.maximum):
+        got = f(bigarr.lazy(a), bigarr.lazy(b)).compute(progress=False)
+        assert_same_bits(got, f(a, b))
+
+
+@needs_native
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_standardize_to_file_takes_the_fused_path_in_c_order(tmp_path: Path, order: str) -> None:
+    a = np.asarray(_data((5003, 32), "float32", 0), order=order)
+    a[np.isnan(a) | np.isinf(a)] = 1.0
+    np.save(tmp_path / "x.npy", a)
+    x = bigarr.lazy(tmp_path / "x.npy")
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    m, s = (v.compute(progress=False) for v in (mean, std))
+    before = fused.calls()
+    with ((x - mean) / std).to_npy(tmp_path / "z.npy", budget="4MiB", threads=2,
+                                   progress=False) as z:
+        assert_same_bits(np.asarray(z), (a - m) / s)
+    # an F-order file's rows are not contiguous: numpy's ufuncs run them, to the same bits
+    taken = order == "C"
+    assert (fused.calls() > before) == taken
+    chain = (np.sqrt(abs((x - m) / s * 2.0 + 1.0)) - 0.5).max(axis=0)
+    before = fused.calls()
+    got = chain.compute(budget="4MiB", threads=2, progress=False)
+    assert (fused.calls() > before) == taken
+    assert_same_bits(got, (np.sqrt(abs((a - m) / s * 2.0 + 1.0)) - 0.5).max(axis=0))
+
+
+@pytest.mark.parametrize("build", [
+    lambda x: x.astype(np.float64) * 2,             # another dtype inside the chain
+    lambda x: np.clip(x, 0, 1),                      # an operation the kernel does not know
+    lambda x: x * np.float64(2.0),                  # a strong float64 scalar: float64 math
+    lambda x: _where(x > 0, x, np.ones(4, np.float64)),  # a vector of another dtype
+    lambda x: (x > 0) * 1.0,                         # a bool used as a number
+])
+def test_other_chains_fall_back_to_numpy(build: Any) -> None:
+    a = _data((6, 4), "float32", 1)
+    with np.errstate(all="ignore"):
+        expr = build(bigarr.lazy(a))
+        want = np.asarray(build(a))
+    flat = lazyflat.flat_plan(expr.node)
+    assert flat is not None and flat.native is None
+    assert_same_bits(expr.compute(progress=False), want)
+
+
+def test_integers_fall_back_to_numpy() -> None:
+    a = np.arange(24, dtype=np.int32).reshape(6, 4)
+    flat = lazyflat.flat_plan((bigarr.lazy(a) * 3 + 1).node)
+    assert flat is not None and flat.native is None
+
+
+def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # BIGARR_NATIVE=0 loads no library (native.lib is None): no program, numpy's ufuncs
+    monkeypatch.setattr(native, "lib", None)
+    a = np.ones((64, 8), np.float32)
+    expr = (bigarr.lazy(a) - 1) * 2
+    flat = lazyflat.flat_plan(expr.node)
+    assert flat is not None and flat.native is None
+    before = fused.calls()
+    assert (expr.compute(progress=False) == 0).all()
+    assert fused.calls() == before
