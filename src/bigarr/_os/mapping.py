@@ -43,7 +43,7 @@ import numpy as np
 
 from bigarr._os.cachestat import cached_pages
 from bigarr._os.durable import can_wait_writeback, start_writeback, wait_writeback
-from bigarr._os.geometry import PAGE_SIZE, ByteSpan, align_down
+from bigarr._os.geometry import PAGE_SIZE, TABLE_SPAN, ByteSpan, align_down, align_up
 from bigarr._os.hints import Hint
 from bigarr._os.libc import libc as _libc
 from bigarr._os.modes import Access
@@ -286,6 +286,21 @@ class Mapping:
         if pages.nbytes == 0 or self.addr == 0:
             return None
         return self.addr + pages.start, pages.nbytes
+
+    def table_span(self, span: ByteSpan) -> ByteSpan:
+        """``span`` widened to whole page-table units (:data:`~bigarr._os.geometry.TABLE_SPAN`
+        of virtual address space, 2 MiB here), clipped to the mapping.
+
+        Every page that touching ``span`` can map lies inside it (fault-around and large
+        folios never cross a page table), and dropping whole units never splits a huge (PMD)
+        mapping of a file's 2 MiB folio: Linux places a mapping of 2 MiB or more at an address
+        congruent to its file offset modulo 2 MiB, so these units are the file's folios.
+        """
+        if self.addr == 0:
+            return span.clip(ByteSpan(0, self.length))
+        start = align_down(self.addr + span.start, TABLE_SPAN) - self.addr
+        stop = align_up(self.addr + span.stop, TABLE_SPAN) - self.addr
+        return ByteSpan(max(0, start), max(0, stop)).clip(ByteSpan(0, self.length))
 
     def check_open(self) -> None:
         """Raise :class:`~bigarr.errors.ClosedError` if the mapping has been closed."""
