@@ -450,6 +450,19 @@ class Mapping:
             raise _oserror("mincore", self.path)
         return (vec & 1).astype(bool)
 
+    def all_cached(self, span: ByteSpan) -> bool:
+        """True when every page of ``span`` (rounded outward) is in the page cache, by
+        ``cachestat``; ``False`` when some are not, or where that cannot be told cheaply.
+
+        A private mapping's copied pages are not the file's: only its file pages count.
+        """
+        self.check_open()
+        rng = self._range(span, outward=True)
+        if rng is None:
+            return True
+        cached = cached_pages(self.fd, self.map_offset + rng[0] - self.addr, rng[1])
+        return cached is not None and cached >= -(-rng[1] // PAGE_SIZE)
+
     # ---- private-mode scratch pages (used by bigarr._core.private and .dirtypages) ---------------
     def pagemap(self, span: ByteSpan) -> np.ndarray[Any, np.dtype[np.uint64]]:
         """Raw ``/proc/self/pagemap`` entries (8 bytes each), one per page of ``span``.
