@@ -7,8 +7,10 @@ Groups:
     (the naive mapping every bigarr case is compared with), ``np.fromfile``
     (load everything, then sum) and a ``readinto`` loop over a reused buffer.
 ``machine``
-    The limits: float32 ``sum`` over resident memory with 1 and 2 threads, and
-    a cold sequential read of the raw file.
+    The limits: float32 ``sum`` over resident memory with 1 and 2 threads, the same
+    2-thread sum over a fresh whole-file mapping of the warm ``.npy`` file
+    (``machine.map_bw_2t``: what mapped warm data can reach), and a cold sequential read of
+    the raw file.
 ``cgroup``
     The memmap and fromfile sums again, inside a 128 MiB memory cgroup: the
     mapping passes (clean file pages are reclaimable), the full load is
@@ -107,6 +109,24 @@ def mem_bw_1t(ctx: Context) -> dict[str, Any]:
 def mem_bw_2t(ctx: Context) -> dict[str, Any]:
     """float32 ``sum`` over a resident 512 MiB array, split over two threads."""
     return _bandwidth(ctx, 2)
+
+
+@case(
+    "machine.map_bw_2t",
+    group="machine",
+    peer="numpy sum, fresh mmap",
+    baseline="machine.mem_bw_2t",
+    data=("npy",),
+    caches=("warm",),
+)
+def map_bw_2t(ctx: Context) -> dict[str, Any]:
+    """float32 ``sum`` over a fresh whole-file mapping of the warm file, split over two
+    threads: the ceiling for mapped warm data (page-table setup included)."""
+    with ctx.timer():
+        m = np.load(ctx.path("npy"), mmap_mode="r")
+        total = threaded_sum(m, 2)
+        del m
+    return {"checksum": total, "threads": 2}
 
 
 @case("machine.disk_read", group="machine", peer="os.readinto", data=("raw",), caches=("cold",))

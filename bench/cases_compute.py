@@ -186,6 +186,41 @@ def reduce_bigarr(ctx: Context) -> dict[str, Any]:
     return {"checksum": total}
 
 
+@case("compute_reduce.bigarr_sum_1t", group="compute_reduce", peer="bigarr.sum, 1 thread",
+      baseline="baseline.memmap_sum", caches=("warm",), limit="machine.mem_bw_1t",
+      params={"budget": _BUDGET, "threads": 1})
+def reduce_bigarr_1t(ctx: Context) -> dict[str, Any]:
+    """``bigarr.sum(x, threads=1, budget='256MiB')``."""
+    return reduce_bigarr(ctx)
+
+
+def _reduce_rows(ctx: Context) -> dict[str, Any]:
+    import bigarr
+
+    with ctx.timer(), bigarr.open(ctx.path("npy")) as x:
+        rows = x.reshape(-1, 32)
+        total = float(bigarr.sum(rows, axis=0, budget=ctx.params["budget"],
+                                 threads=ctx.params["threads"], progress=False).sum())
+        del rows
+    return {"checksum": total}
+
+
+@case("compute_reduce.bigarr_sum_ax0", group="compute_reduce",
+      peer="bigarr.sum(axis=0), 2 threads", baseline="baseline.memmap_sum", caches=("warm",),
+      limit="machine.mem_bw_2t", params={"budget": _BUDGET, "threads": _THREADS})
+def reduce_bigarr_ax0(ctx: Context) -> dict[str, Any]:
+    """``bigarr.sum(x.reshape(-1, 32), axis=0, threads=2, budget='256MiB')``."""
+    return _reduce_rows(ctx)
+
+
+@case("compute_reduce.bigarr_sum_ax0_1t", group="compute_reduce",
+      peer="bigarr.sum(axis=0), 1 thread", baseline="baseline.memmap_sum", caches=("warm",),
+      limit="machine.mem_bw_1t", params={"budget": _BUDGET, "threads": 1})
+def reduce_bigarr_ax0_1t(ctx: Context) -> dict[str, Any]:
+    """``bigarr.sum(x.reshape(-1, 32), axis=0, threads=1, budget='256MiB')``."""
+    return _reduce_rows(ctx)
+
+
 @case("compute_reduce.dask_sum", group="compute_reduce", peer="dask.array, 2 threads",
       baseline="compute_reduce.bigarr_sum", caches=("warm",), limit="machine.mem_bw_2t",
       params={"budget": _BUDGET, "threads": _THREADS})

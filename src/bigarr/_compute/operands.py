@@ -254,7 +254,8 @@ class Stream:
 
         Written back first on a shared mapping (:meth:`Mapping.write_back`: the pages are
         clean, so the drop keeps dirty memory bounded), then ``MADV_DONTNEED`` over each span
-        widened by :data:`FAULT_AROUND` on both sides; never on a private mapping (that would
+        widened to whole page tables (:meth:`Mapping.table_span`, see :data:`FAULT_AROUND`);
+        never on a private mapping (that would
         throw away copy-on-write edits), never on an output.
         """
         mapping = self.mapping
@@ -262,9 +263,7 @@ class Stream:
             return
         for span in self.page_spans(block):
             mapping.write_back(span)  # a no-op unless shared; close() makes it durable
-            wide = ByteSpan(max(0, span.start - FAULT_AROUND),
-                            min(mapping.length, span.stop + FAULT_AROUND))
-            mapping.advise(_DONTNEED, wide)
+            mapping.advise(_DONTNEED, mapping.table_span(span))
 
     def scattered(self, block: np.ndarray[Any, Any]) -> bool:
         """True when ``block`` is separate runs of a mapped file, pages apart (rows of a
@@ -318,11 +317,14 @@ _NORMAL = parse_hint("normal")
 #: Bytes around a faulting page that Linux may map along with it: "fault-around" maps up to
 #: 64 KiB of neighbouring cached pages, and on kernels with large page-cache folios (ext4 and
 #: xfs since 6.x) a fault maps the whole folio readahead made, up to 2 MiB (a PMD). A chunk's
-#: reads therefore map up to this much of its neighbours' pages, so release-behind drops this
-#: much more on each side of every span. With 64 KiB, rows of a Fortran-ordered file (32 column
-#: runs per chunk) left 40% of each chunk mapped (123 MiB at a 16 MiB budget), and a 1-d sort at
-#: a 4 MiB budget (340 KiB chunks) kept up to 9 MiB of its source mapped (issue 13; 4 MiB with
-#: 2 MiB). Dropping a neighbour's page only costs it a re-fault from the cache.
+#: reads therefore map up to this much of its neighbours' pages, but never across a page
+#: table's 2 MiB of address space, so release-behind drops every span widened to whole
+#: page-table units (:meth:`bigarr._os.mapping.Mapping.table_span`, at most this much on each
+#: side); a drop of part of a unit would split a huge mapping of the file's folio. With 64 KiB
+#: either side, rows of a Fortran-ordered file (32 column runs per chunk) left 40% of each
+#: chunk mapped (123 MiB at a 16 MiB budget), and a 1-d sort at a 4 MiB budget (340 KiB
+#: chunks) kept up to 9 MiB of its source mapped (issue 13; 4 MiB with 2 MiB). Dropping a
+#: neighbour's page only costs it a re-fault from the cache.
 FAULT_AROUND = 2 << 20
 
 

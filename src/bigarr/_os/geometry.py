@@ -21,6 +21,7 @@ from bigarr.errors import BudgetError, RegionError
 __all__ = [
     "ByteSpan",
     "PAGE_SIZE",
+    "TABLE_SPAN",
     "align_down",
     "align_up",
     "default_alignment",
@@ -30,6 +31,25 @@ __all__ = [
 
 #: The virtual-memory page size of this machine, in bytes.
 PAGE_SIZE: int = mmap.PAGESIZE
+
+
+def _table_span() -> int:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
+            size = int(f.read())
+    except (OSError, ValueError):
+        size = 0
+    # 2 MiB with 4 KiB pages; where the PMD is far larger (512 MiB with 64 KiB pages) dropping
+    # whole units would cost too many re-faults, so 2 MiB stands in (still a page multiple).
+    return size if PAGE_SIZE <= size <= 32 << 20 else max(PAGE_SIZE, 2 << 20)
+
+
+#: Bytes of address space one page table maps (a PMD entry: 2 MiB with 4 KiB pages). A page
+#: fault never maps pages across such a boundary (fault-around and large page-cache folios stay
+#: within one page table), and a file's 2 MiB folio is mapped by one PMD entry only when the
+#: whole unit is mapped; dropping part of one splits it into 512 small entries. Release-behind
+#: therefore drops whole units (:meth:`bigarr._os.mapping.Mapping.table_span`).
+TABLE_SPAN: int = _table_span()
 
 
 def default_alignment() -> int:

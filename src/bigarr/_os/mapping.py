@@ -41,8 +41,9 @@ from typing import Any
 
 import numpy as np
 
+from bigarr._os.cachestat import cached_pages
 from bigarr._os.durable import can_wait_writeback, start_writeback, wait_writeback
-from bigarr._os.geometry import PAGE_SIZE, ByteSpan, align_down
+from bigarr._os.geometry import PAGE_SIZE, TABLE_SPAN, ByteSpan, align_down, align_up
 from bigarr._os.hints import Hint
 from bigarr._os.libc import libc as _libc
 from bigarr._os.modes import Access
@@ -286,6 +287,21 @@ class Mapping:
             return None
         return self.addr + pages.start, pages.nbytes
 
+    def table_span(self, span: ByteSpan) -> ByteSpan:
+        """``span`` widened to whole page-table units (:data:`~bigarr._os.geometry.TABLE_SPAN`
+        of virtual address space, 2 MiB here), clipped to the mapping.
+
+        Every page that touching ``span`` can map lies inside it (fault-around and large
+        folios never cross a page table), and dropping whole units never splits a huge (PMD)
+        mapping of a file's 2 MiB folio: Linux places a mapping of 2 MiB or more at an address
+        congruent to its file offset modulo 2 MiB, so these units are the file's folios.
+        """
+        if self.addr == 0:
+            return span.clip(ByteSpan(0, self.length))
+        start = align_down(self.addr + span.start, TABLE_SPAN) - self.addr
+        stop = align_up(self.addr + span.stop, TABLE_SPAN) - self.addr
+        return ByteSpan(max(0, start), max(0, stop)).clip(ByteSpan(0, self.length))
+
     def check_open(self) -> None:
         """Raise :class:`~bigarr.errors.ClosedError` if the mapping has been closed."""
         if self.closed:
@@ -409,18 +425,43 @@ class Mapping:
             raise MappingError(exc.errno, f"{exc.strerror} ({self.path})") from None
 
     def residency(self, span: ByteSpan) -> np.ndarray[Any, np.dtype[np.bool_]]:
-        """One bool per page of ``span`` (rounded outward): is the page in memory (mincore)?"""
+        """One bool per page of ``span`` (rounded outward): is the page in memory (mincore)?
+
+        A read-only or shared mapping shows only page-cache pages, so where ``cachestat``
+        (:func:`bigarr._os.cachestat.cached_pages`) finds all or none of the range's pages
+        cached, that is the answer, without ``mincore``'s page-by-page look-up of the parts
+        of the range that are not in the page tables (60 times slower on a warm 2 GiB file
+        released behind a scan). A private mapping's copied pages are not in the file's
+        cache: it always asks ``mincore``.
+        """
         self.check_open()
         rng = self._range(span, outward=True)
         if rng is None:
             return np.zeros(0, dtype=bool)
         npages = -(-rng[1] // PAGE_SIZE)
+        if self.access != "private":
+            cached = cached_pages(self.fd, self.map_offset + rng[0] - self.addr, rng[1])
+            if cached is not None and cached in (0, npages):
+                return np.full(npages, cached != 0, dtype=bool)
         if _libc is None or not hasattr(_libc, "mincore"):
             raise UnsupportedError("mincore is not available on this platform.")
         vec = np.zeros(npages, dtype=np.uint8)
         if _libc.mincore(rng[0], rng[1], vec.ctypes.data) != 0:
             raise _oserror("mincore", self.path)
         return (vec & 1).astype(bool)
+
+    def all_cached(self, span: ByteSpan) -> bool:
+        """True when every page of ``span`` (rounded outward) is in the page cache, by
+        ``cachestat``; ``False`` when some are not, or where that cannot be told cheaply.
+
+        A private mapping's copied pages are not the file's: only its file pages count.
+        """
+        self.check_open()
+        rng = self._range(span, outward=True)
+        if rng is None:
+            return True
+        cached = cached_pages(self.fd, self.map_offset + rng[0] - self.addr, rng[1])
+        return cached is not None and cached >= -(-rng[1] // PAGE_SIZE)
 
     # ---- private-mode scratch pages (used by bigarr._core.private and .dirtypages) ---------------
     def pagemap(self, span: ByteSpan) -> np.ndarray[Any, np.dtype[np.uint64]]:
