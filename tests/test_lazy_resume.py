@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -210,3 +211,42 @@ def test_a_run_without_resume_clears_an_interrupted_filtered_run(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bigarr.open(out).close()  # no journal left to warn of
+
+
+@pytest.mark.parametrize("mode", ["plain", "filter"])
+def test_an_input_rewritten_in_place_with_its_mtime_set_back_is_not_trusted(
+        tmp_path: Path, mode: str) -> None:
+    # regression: `cp -p new.npy in.npy` (or `rsync --inplace -t`) rewrites the same inode and
+    # sets the mtime back, so path, size, mtime and inode all matched the journal's, and the
+    # resumed run kept chunks computed from the old contents
+    src, out = tmp_path / "in.npy", tmp_path / "out.npy"
+    x = np.arange(200_000, dtype=np.float64).reshape(-1, 4)
+    np.save(src, x)
+
+    def expr() -> bigarr.LazyArray:
+        lx = bigarr.lazy(src)
+        return lx[lx[:, 0] % 3 > 0] * 2 if mode == "filter" else lx * 2
+
+    class Stop(Exception):
+        pass
+
+    seen = [0]
+
+    def stop(event: Any) -> None:
+        seen[0] += 1
+        if seen[0] == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        expr().to_npy(out, budget="1MiB", threads=1, resume=True, progress=stop)
+    assert read_journal(journal_path(str(out))) is not None
+    st = src.stat()
+    with open(src, "r+b") as f:  # the same inode, rewritten: other data of the same size
+        f.seek(st.st_size - x.nbytes)
+        f.write((x + 1).tobytes())
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.warns(StaleJournalWarning):
+        got = expr().to_npy(out, budget="1MiB", threads=1, resume=True, progress=False)
+    y = x + 1
+    with got:
+        np.testing.assert_array_equal(got, y[y[:, 0] % 3 > 0] * 2 if mode == "filter" else y * 2)

@@ -644,7 +644,8 @@ class LazyArray:
         :func:`bigarr.map_blocks` does; after a crash (even ``kill -9``) the same call with
         ``resume=True`` recomputes any reductions the expression needs, then writes only the
         chunks not recorded. The journal is used only if the inputs are the same files (path,
-        size, modification time and identity; in-memory arrays by their bytes, up to 16 MiB),
+        size, modification and change times and identity; in-memory arrays by their bytes, up
+        to 16 MiB),
         the expression, its constants and functions, the backend, the budget's chunks and the
         partial file are the same; otherwise a ``StaleJournalWarning`` and the run starts over.
         A filtered result resumes its appends after the last journaled commit.

@@ -66,7 +66,7 @@ def check_resumable(root: Node) -> None:
 def resume_token(root: Node, stream_of: Callable[[Leaf], Stream], numexpr: bool) -> str:
     """What a resumed ``to_npy`` must match besides map_blocks' own fingerprint: the
     expression (:func:`~bigarr._compute.token.expression_token`), with every input named by
-    its identity (a file's path, size, mtime and FileId and the view's offset and strides; an
+    its identity (a file's path, size, mtime, ctime and FileId and the view's offset and strides; an
     in-memory array's bytes, or nothing stable for other sources, which are never resumed),
     and the backend."""
 
@@ -74,7 +74,7 @@ def resume_token(root: Node, stream_of: Callable[[Leaf], Stream], numexpr: bool)
         s = stream_of(node)
         strides = None if s.array is None else list(s.array.strides)
         if s.mapping is not None:
-            return [*input_identity(s.mapping.path), s.plan_offset(), strides]
+            return [*input_identity(s.mapping.path, s.mapping.fd), s.plan_offset(), strides]
         if s.array is not None:
             return value_token(s.array)
         return ["unresumable", os.getpid(), id(s)]
