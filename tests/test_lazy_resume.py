@@ -250,3 +250,35 @@ def test_an_input_rewritten_in_place_with_its_mtime_set_back_is_not_trusted(
     y = x + 1
     with got:
         np.testing.assert_array_equal(got, y[y[:, 0] % 3 > 0] * 2 if mode == "filter" else y * 2)
+
+
+@pytest.mark.parametrize("first,then", [("filter", "plain"), ("plain", "filter")])
+def test_a_finished_run_leaves_no_journal_of_an_interrupted_run_of_another_kind(
+        tmp_path: Path, first: str, then: str) -> None:
+    # regression: a filtered run after an interrupted plain one left the plain run's journal
+    # beside the finished output; a plain run after an interrupted filtered one left the
+    # journal of the filtered run's (deleted) partial file under a hidden name for good
+    src, out = tmp_path / "in.npy", tmp_path / "out.npy"
+    x = np.arange(200_000, dtype=np.float64).reshape(-1, 4)
+    np.save(src, x)
+
+    def expr(mode: str) -> bigarr.LazyArray:
+        lx = bigarr.lazy(src)
+        return lx[lx[:, 0] % 3 > 0] * 2 if mode == "filter" else lx * 2
+
+    class Stop(Exception):
+        pass
+
+    seen = [0]
+
+    def stop(event: Any) -> None:
+        seen[0] += 1
+        if seen[0] == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        expr(first).to_npy(out, budget="1MiB", threads=1, resume=True, progress=stop)
+    assert len(list(tmp_path.iterdir())) > 2
+    expr(then).to_npy(out, budget="1MiB", threads=1, progress=False).close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy", "out.npy"]
+    np.testing.assert_array_equal(np.load(out), np.asarray(expr(then).compute()))

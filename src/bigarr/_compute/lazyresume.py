@@ -106,6 +106,14 @@ def appended(target: str, *, overwrite: bool, token: str | None, dtype: Any,
                         "partial": os.path.basename(partial), "id": me.to_json()}})
                 fill(app)
             output.publish()
+            if pointer is not None:
+                pointer.close()
+                pointer = None
+            # (still holding the lock) the pointer of this run, or a journal of an interrupted
+            # run of another kind (map_blocks' of a plain result, whose partial the sweep
+            # removed): neither describes anything now
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(journal_path(target))
         except DiskFullError as exc:
             if partial not in str(exc):
                 raise
@@ -115,9 +123,6 @@ def appended(target: str, *, overwrite: bool, token: str | None, dtype: Any,
         finally:
             if pointer is not None:
                 pointer.close()
-    if token is not None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(journal_path(target))
 
 
 def _adoptable(target: str, token: str | None) -> str | None:
