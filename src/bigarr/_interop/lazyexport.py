@@ -54,6 +54,7 @@ from bigarr._core.array import memmap
 from bigarr._interop.dask import DEFAULT_READ_CHUNK, _dask_array, to_dask
 from bigarr._interop.zarr import _local_path, to_zarr
 from bigarr._os.fileid import hidden_name
+from bigarr._os.mapping import check_mapped
 from bigarr.errors import UnsupportedError
 
 __all__ = ["lazy_to_dask", "lazy_to_zarr"]
@@ -142,6 +143,7 @@ def _computed(root: Node, item: Any, opened: _Opened, values: dict[int, Any],
     def read(key: tuple[slice, ...]) -> np.ndarray[Any, Any]:
         rows = key[0] if key else slice(0, root.shape[0])
         n = rows.stop - rows.start
+        check_mapped(*(s.mapping for s in streams))  # a file cut under us: an error, not SIGBUS
         blocks = [_rows(s, rows) for s in streams]
         out = np.empty((n, *row_shape), dtype=root.dtype)
         try:
