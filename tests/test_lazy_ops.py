@@ -649,6 +649,19 @@ def test_to_dask_by_reference(tmp_path: Path) -> None:
         bigarr.lazy(tmp_path / "x.npy").median(axis=0).to_dask()
 
 
+def test_to_dask_of_a_view_of_a_numpy_memmap_is_the_view(tmp_path: Path) -> None:
+    # regression: a numpy memmap view of a whole .npy file with the file's shape and dtype
+    # (reversed, transposed, or mapped in the other order) went into the graph as the file
+    pytest.importorskip("dask.array")
+    a = np.arange(16.0).reshape(4, 4)
+    np.save(tmp_path / "x.npy", a)
+    m = np.load(tmp_path / "x.npy", mmap_mode="r")
+    other = np.memmap(tmp_path / "x.npy", np.float64, "r", offset=128, shape=(4, 4), order="F")
+    for view in (m[::-1], m.T, m[:, ::-1], other, m):
+        np.testing.assert_array_equal(bigarr.lazy(view).to_dask().compute(), view)
+    assert bigarr.lazy(m).to_dask().name.startswith("bigarr-")  # the whole file: by reference
+
+
 def test_floating_reductions_are_the_same_bits_at_every_budget(tmp_path: Path) -> None:
     # Floating sums, means and variances merge in bigarr.sum's fixed tree: the same bits as
     # the eager functions, whatever the budget, threads and tiles.

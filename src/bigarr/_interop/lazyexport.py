@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import mmap
 import os
 import tempfile
 from typing import Any
@@ -51,6 +52,7 @@ from bigarr._compute.lazyrows import window_slice
 from bigarr._compute.lazyrun import _item, _Opened, _run
 from bigarr._compute.operands import Stream
 from bigarr._core.array import memmap
+from bigarr._core.files import _header_of
 from bigarr._interop.dask import DEFAULT_READ_CHUNK, _dask_array, to_dask
 from bigarr._interop.zarr import _local_path, to_zarr
 from bigarr._os.fileid import hidden_name
@@ -171,12 +173,15 @@ def _leaf(leaf: Leaf, da: Any, block_bytes: int | str) -> Any:
         return to_dask(src, block_bytes=block_bytes)
     if hasattr(src, "dask"):  # already a dask array
         return src
-    if isinstance(src, np.memmap) and isinstance(src.filename, str) \
-            and src.filename.endswith(".npy") and src.base is not None:
+    name = getattr(src, "filename", None)  # (np.load gives the path as it was given)
+    if isinstance(src, np.memmap) and isinstance(name, (str, os.PathLike)) \
+            and os.fspath(name).endswith(".npy") and isinstance(src.base, mmap.mmap):
         with contextlib.suppress(Exception):  # a whole .npy mapping: by reference too
-            ref = to_dask(src.filename, block_bytes=block_bytes)
-            if ref.shape == src.shape and ref.dtype == src.dtype:
-                return ref
+            head = _header_of(os.fspath(name))  # (a view, or another layout: by value)
+            order = src.flags.f_contiguous if head.fortran_order else src.flags.c_contiguous
+            if (order and src.offset == head.data_offset and head.shape == src.shape
+                    and head.dtype == src.dtype):
+                return to_dask(name, block_bytes=block_bytes)
     return da.from_array(np.asarray(src) if not hasattr(src, "chunks") else src)
 
 
