@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -660,6 +661,22 @@ def test_to_dask_of_a_view_of_a_numpy_memmap_is_the_view(tmp_path: Path) -> None
     for view in (m[::-1], m.T, m[:, ::-1], other, m):
         np.testing.assert_array_equal(bigarr.lazy(view).to_dask().compute(), view)
     assert bigarr.lazy(m).to_dask().name.startswith("bigarr-")  # the whole file: by reference
+
+
+def test_a_numpy_memmap_whose_file_was_replaced_is_read_as_numpy_sees_it(
+        tmp_path: Path) -> None:
+    # regression: a numpy memmap was re-mapped from its file *name*, so once another file
+    # took the name (a rename, as every bigarr output is installed) bigarr read that file
+    a = np.arange(4096.0).reshape(512, 8)
+    np.save(tmp_path / "x.npy", a)
+    m = np.load(tmp_path / "x.npy", mmap_mode="r")
+    np.save(tmp_path / "y.npy", -a)
+    os.replace(tmp_path / "y.npy", tmp_path / "x.npy")
+    assert bigarr.sum(m) == a.sum()
+    np.testing.assert_array_equal(bigarr.lazy(m).sum(axis=0).compute(), a.sum(axis=0))
+    np.testing.assert_array_equal((bigarr.lazy(m) * 2).compute(), a * 2)
+    if importlib.util.find_spec("dask") is not None:
+        np.testing.assert_array_equal(bigarr.lazy(m).to_dask().compute(), a)
 
 
 def test_floating_reductions_are_the_same_bits_at_every_budget(tmp_path: Path) -> None:

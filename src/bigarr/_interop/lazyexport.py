@@ -56,7 +56,7 @@ from bigarr._core.files import _header_of
 from bigarr._interop.dask import DEFAULT_READ_CHUNK, _dask_array, to_dask
 from bigarr._interop.zarr import _local_path, to_zarr
 from bigarr._os.fileid import hidden_name
-from bigarr._os.mapping import check_mapped
+from bigarr._os.mapping import check_mapped, mapped_file
 from bigarr.errors import UnsupportedError
 
 __all__ = ["lazy_to_dask", "lazy_to_zarr"]
@@ -179,8 +179,10 @@ def _leaf(leaf: Leaf, da: Any, block_bytes: int | str) -> Any:
         with contextlib.suppress(Exception):  # a whole .npy mapping: by reference too
             head = _header_of(os.fspath(name))  # (a view, or another layout: by value)
             order = src.flags.f_contiguous if head.fortran_order else src.flags.c_contiguous
+            st = os.stat(name)  # (a file replaced at the name since: by value)
             if (order and src.offset == head.data_offset and head.shape == src.shape
-                    and head.dtype == src.dtype):
+                    and head.dtype == src.dtype and src.size
+                    and mapped_file(src.ctypes.data) in (None, (st.st_dev, st.st_ino))):
                 return to_dask(name, block_bytes=block_bytes)
     return da.from_array(np.asarray(src) if not hasattr(src, "chunks") else src)
 
