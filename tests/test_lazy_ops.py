@@ -679,6 +679,28 @@ def test_a_numpy_memmap_whose_file_was_replaced_is_read_as_numpy_sees_it(
         np.testing.assert_array_equal(bigarr.lazy(m).to_dask().compute(), a)
 
 
+def test_an_input_replaced_by_another_shape_or_dtype_is_a_file_changed_error(
+        tmp_path: Path) -> None:
+    # regression: lazy(path) records the file's shape and dtype; a file saved at the path
+    # since with others gave numpy's ValueErrors, an AssertionError, or (a shorter file) rows
+    # of uninitialised memory in the result
+    path = tmp_path / "x.npy"
+    np.save(path, np.arange(100.0).reshape(50, 2))
+    x = bigarr.lazy(path)
+    exprs = [x * 2, x.sum(axis=0), x[x[:, 0] > 3], x.cumsum(axis=0), x.argmax(), x[10:20] + 1]
+    for new in (np.arange(10.0).reshape(5, 2), np.arange(100, dtype=np.int32).reshape(50, 2),
+                np.arange(150.0).reshape(50, 3)):
+        np.save(path, new)
+        for e in exprs:
+            with pytest.raises(bigarr.errors.FileChangedError, match="changed since"):
+                e.compute()
+        with pytest.raises(bigarr.errors.FileChangedError):
+            (x * 2).to_npy(tmp_path / "o.npy", overwrite=True)
+        if importlib.util.find_spec("dask") is not None:
+            with pytest.raises(bigarr.errors.FileChangedError):
+                (x * 2).to_dask()
+
+
 def test_floating_reductions_are_the_same_bits_at_every_budget(tmp_path: Path) -> None:
     # Floating sums, means and variances merge in bigarr.sum's fixed tree: the same bits as
     # the eager functions, whatever the budget, threads and tiles.

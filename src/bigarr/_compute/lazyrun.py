@@ -78,7 +78,7 @@ from bigarr._compute.runplan import RunPlan, parse_threads, plan_run, probe_temp
 from bigarr._os.geometry import format_bytes
 from bigarr._plan.budget import parse_budget
 from bigarr._plan.chunks import Chunk
-from bigarr.errors import ArgumentError, BudgetError, UnsupportedError
+from bigarr.errors import ArgumentError, BudgetError, FileChangedError, UnsupportedError
 
 __all__ = ["LazyPlan", "PassPlan", "compute", "explain", "to_npy"]
 
@@ -276,6 +276,12 @@ class _Opened:
             stream = parse_operand(leaf.source, by_key=False)
             if leaf.window is not None:
                 stream = window_stream(stream, leaf.window)
+            if tuple(stream.shape) != leaf.shape or stream.dtype != leaf.dtype:
+                stream.close()  # (a file replaced at its path since lazy() read its header)
+                raise FileChangedError(
+                    f"{leaf.name} changed since the expression was built: it holds "
+                    f"{tuple(stream.shape)} {stream.dtype}, the expression was built for "
+                    f"{leaf.shape} {leaf.dtype}. Build the expression again.")
             self.streams[id(leaf)] = stream
         return self.streams[id(leaf)]
 

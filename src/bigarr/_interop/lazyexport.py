@@ -57,7 +57,7 @@ from bigarr._interop.dask import DEFAULT_READ_CHUNK, _dask_array, to_dask
 from bigarr._interop.zarr import _local_path, to_zarr
 from bigarr._os.fileid import hidden_name
 from bigarr._os.mapping import check_mapped, mapped_file
-from bigarr.errors import UnsupportedError
+from bigarr.errors import FileChangedError, UnsupportedError
 
 __all__ = ["lazy_to_dask", "lazy_to_zarr"]
 
@@ -195,6 +195,11 @@ def _translate(node: Node, da: Any, block_bytes: int | str, memo: dict[int, Any]
         out = _leaf(node, da, block_bytes)
         if node.window is not None:  # a row slice pushed down to the input
             out = out[window_slice(node.window)]
+        if tuple(out.shape) != node.shape or out.dtype != node.dtype:
+            raise FileChangedError(  # (a file replaced at its path since lazy() read it)
+                f"{node.name} changed since the expression was built: it holds "
+                f"{tuple(out.shape)} {out.dtype}, the expression was built for {node.shape} "
+                f"{node.dtype}. Build the expression again.")
     elif isinstance(node, Const):
         out = node.value
     elif isinstance(node, Index):
