@@ -701,6 +701,31 @@ def test_an_input_replaced_by_another_shape_or_dtype_is_a_file_changed_error(
                 (x * 2).to_dask()
 
 
+def test_clip_with_one_bound_and_operands_numpy_refuses(tmp_path: Path) -> None:
+    # regression: clip's default None bound became an object-dtype operand, so x.clip(max=5)
+    # (and np.clip(x, None, 5), x + None) built an object expression that failed on compute
+    # with a bare TypeError; int8 data + 300 (NEP 50) and int ** -1 raised numpy's bare
+    # OverflowError and ValueError when built
+    b = np.arange(-20, 20, dtype=np.int8).reshape(20, 2)
+    x = bigarr.lazy(b)
+    w = np.array([1, 2], np.int16)
+    for got, want in ((x.clip(max=5), b.clip(max=5)), (x.clip(3), b.clip(3)),
+                      (np.clip(x, None, 5.5), np.clip(b, None, 5.5)),
+                      (x.clip(), np.clip(b, None, None)), (x.clip(None, w), b.clip(None, w))):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got.compute(), want)
+    with x.clip(max=5).to_npy(tmp_path / "c.npy") as m:
+        np.testing.assert_array_equal(m, b.clip(max=5))
+    with pytest.raises(ArgumentError):
+        x + None
+    with pytest.raises(OverflowError) as over:
+        x + 300
+    assert isinstance(over.value, bigarr.errors.BigArrError)
+    with pytest.raises(ValueError) as value:
+        x ** -1
+    assert isinstance(value.value, bigarr.errors.BigArrError)
+
+
 def test_floating_reductions_are_the_same_bits_at_every_budget(tmp_path: Path) -> None:
     # Floating sums, means and variances merge in bigarr.sum's fixed tree: the same bits as
     # the eager functions, whatever the budget, threads and tiles.
