@@ -33,6 +33,7 @@ file intact and no partial one).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -584,13 +585,15 @@ def _order_statistic(it: _Item, opened: _Opened, budget: int, threads: int | Non
     leaf = expr.child if isinstance(expr, Index) else expr
     assert isinstance(leaf, Leaf)
     stream = opened.stream(leaf)
-    source: Any = stream.array if stream.array is not None else \
-        (stream if leaf.window is not None else leaf.source)
+    # the leaf's stream itself, its mapping with it (a plain array view would be read as data
+    # in memory: every page of the file resident, whatever the budget); order closes what it
+    # is given, so a copy that owns nothing (the leaf's stays open for later passes)
+    source = dataclasses.replace(stream, owned=[])
     if isinstance(expr, Index):
         if stream.array is None:
             raise UnsupportedError(f"{node.kind} of a column selection of a {leaf.name}: "
                                    "select the columns from a .npy file or memmap.")
-        source = stream.array[(slice(None), *expr.key)]
+        source.array = stream.array[(slice(None), *expr.key)]
     fn = getattr(order, node.kind)
     args = () if node.q is None else (node.q,)
     res = np.asarray(fn(source, *args, **({} if node.q is None else {"method": node.method}),
