@@ -726,6 +726,20 @@ def test_clip_with_one_bound_and_operands_numpy_refuses(tmp_path: Path) -> None:
     assert isinstance(value.value, bigarr.errors.BigArrError)
 
 
+def test_to_dask_of_count_nonzero_without_keepdims() -> None:
+    # regression: keepdims=False was passed on to dask's count_nonzero, which takes no
+    # keepdims: a bare TypeError from dask
+    pytest.importorskip("dask.array")
+    a = np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 3.0]])
+    x = bigarr.lazy(a)
+    for axis in (None, 0, (0, 1), -1):
+        for keepdims in (False, True):
+            want = np.count_nonzero(a, axis=axis, keepdims=keepdims)
+            got = x.count_nonzero(axis=axis, keepdims=keepdims).to_dask().compute()
+            np.testing.assert_array_equal(got, want)
+            assert np.asarray(got).dtype == np.asarray(want).dtype
+
+
 def test_floating_reductions_are_the_same_bits_at_every_budget(tmp_path: Path) -> None:
     # Floating sums, means and variances merge in bigarr.sum's fixed tree: the same bits as
     # the eager functions, whatever the budget, threads and tiles.

@@ -254,10 +254,9 @@ def _reduce(node: Reduce, child: Any, da: Any) -> Any:
         kwargs["dtype"] = node.out_dtype
     if takes_ddof:
         kwargs["ddof"] = node.ddof
-    if node.kind == "count_nonzero" and node.keepdims:  # dask's has no keepdims
+    if node.kind == "count_nonzero":  # dask's has no keepdims (not even keepdims=False)
         del kwargs["keepdims"]
-        res = fn(child, **kwargs)
-        return res.reshape(node.shape)
+        return fn(child, **kwargs).reshape(node.shape).astype(node.dtype)
     return fn(child, **kwargs).astype(node.dtype)
 
 
