@@ -282,3 +282,29 @@ def test_a_finished_run_leaves_no_journal_of_an_interrupted_run_of_another_kind(
     expr(then).to_npy(out, budget="1MiB", threads=1, progress=False).close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy", "out.npy"]
     np.testing.assert_array_equal(np.load(out), np.asarray(expr(then).compute()))
+
+
+def test_an_interrupted_filtered_run_leaves_the_older_output_complete(tmp_path: Path) -> None:
+    # regression: the journal of an interrupted resumable filtered run (overwrite=True) made
+    # the older, complete file at the output's name incomplete for check_complete and open
+    src, out = tmp_path / "in.npy", tmp_path / "out.npy"
+    x = np.arange(200_000, dtype=np.float64).reshape(-1, 4)
+    np.save(src, x)
+    np.save(out, np.zeros(3))
+
+    class Stop(Exception):
+        pass
+
+    def stop(event: Any) -> None:
+        raise Stop
+
+    lx = bigarr.lazy(src)
+    with pytest.raises(Stop):
+        lx[lx[:, 0] % 3 > 0].to_npy(out, budget="1MiB", threads=1, resume=True, overwrite=True,
+                                    progress=stop)
+    assert read_journal(journal_path(str(out))) is not None
+    bigarr.check_complete(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with bigarr.open(out) as m:
+            np.testing.assert_array_equal(m, np.zeros(3))

@@ -414,8 +414,9 @@ def check_complete(path: str | os.PathLike[str]) -> None:
     parsed = read_journal(journal)
     if parsed is not None and parsed.version == 2:
         kind = parsed.header.get("kind")
-        if kind == "file" and os.path.exists(target):
-            return  # a new-file run only renames a complete file onto the name
+        if kind in ("file", "lazy-append") and os.path.exists(target):
+            return  # a new-file run (lazy to_npy's appended one too) only renames a complete
+            #         file onto the name
         if kind in ("in-place", "append"):
             named = target_id(parsed)
             if named is None or named != path_id(target):
