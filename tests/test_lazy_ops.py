@@ -381,6 +381,15 @@ def test_filter_refusals(tmp_path: Path) -> None:
     _close(x[np.asarray(a[:, 0] > 0)].sum(axis=0).compute(**KW), a[a[:, 0] > 0].sum(axis=0))
 
 
+def test_row_numbers_are_refused_as_unsupported_not_as_a_bad_mask() -> None:
+    # regression: x[[1, 2]] (numpy's fancy indexing of rows) was a ShapeError about a boolean
+    # mask of the wrong shape
+    x = bigarr.lazy(np.arange(20.0).reshape(10, 2))
+    for key in ([1, 2], np.array([3, 0]), (np.array([1]), 0)):
+        with pytest.raises(UnsupportedError, match="fancy"):
+            x[key]
+
+
 def test_failed_filter_or_diff_to_npy_keeps_the_old_file_regression(tmp_path: Path) -> None:
     # Regression: to_npy(overwrite=True) of a filter or a diff grew an Appender at the user's
     # name, so a run failing mid-way replaced the old file with a partial prefix of rows.

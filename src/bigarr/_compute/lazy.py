@@ -472,6 +472,10 @@ class LazyArray:
                 f"Expected x[a:b], x[i], x[:, cols] or x[mask] with a boolean mask over the "
                 f"rows. Got {key!r}."
             )
+        if m.dtype.kind in "iu":  # numpy's fancy indexing of rows, not a filter
+            raise UnsupportedError(
+                f"Expected x[mask] with a boolean mask over the rows. Got row numbers {key!r} "
+                "(fancy indexing): use a boolean mask, or bigarr.take on the file.")
         if m.dtype != np.bool_ or len(m.shape) != 1 or m.shape[0] != self.node.shape[0]:
             raise ShapeError(f"Expected a 1-d boolean mask of {self.node.shape[0]} rows. Got "
                              f"{m.shape} {m.dtype}.")
