@@ -62,6 +62,8 @@ OPS = {
                 "chunks=(4096,) + getattr(a, 'shape', (N, 32))[1:], budget=B, progress=False)"),
     "from_zarr": ("bigarr.from_zarr(a, D + '/back.npy', overwrite=True, budget=B, "
                   "progress=False).close()"),
+    "lazy median": ("bigarr.lazy(a)[:, 1].median().compute(budget=B, threads=2, "
+                    "progress=False)"),
 }
 
 _SCRIPT = """
@@ -161,6 +163,7 @@ DEFAULT = [
     ("dask", "sum", "C"),                # issue: 2115 MiB
     ("bigarr", "to_zarr", "F"),
     ("zarr", "from_zarr", "C"),          # a zarr source (issue: 536 MiB for 244 MiB of data)
+    ("path", "lazy median", "C"),        # regression: 256 MiB (every page of the file)
 ]
 
 

@@ -187,6 +187,12 @@ _TRUNCATE_MID_RUN = {
             os.truncate('in.npy', 8192)
         bigarr.to_zarr('in.npy', 'o.zarr', chunks=(1024, 8), budget='1MiB', progress=cut)
     """,
+    "lazy_to_zarr": """
+        def cut(event):
+            os.truncate('in.npy', 8192)
+        (bigarr.lazy('in.npy') * 2).to_zarr('o.zarr', chunks=(1024, 8), budget='1MiB',
+                                             threads=1, progress=cut)
+    """,
 }
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -380,6 +381,15 @@ def test_filter_refusals(tmp_path: Path) -> None:
     _close(x[np.asarray(a[:, 0] > 0)].sum(axis=0).compute(**KW), a[a[:, 0] > 0].sum(axis=0))
 
 
+def test_row_numbers_are_refused_as_unsupported_not_as_a_bad_mask() -> None:
+    # regression: x[[1, 2]] (numpy's fancy indexing of rows) was a ShapeError about a boolean
+    # mask of the wrong shape
+    x = bigarr.lazy(np.arange(20.0).reshape(10, 2))
+    for key in ([1, 2], np.array([3, 0]), (np.array([1]), 0)):
+        with pytest.raises(UnsupportedError, match="fancy"):
+            x[key]
+
+
 def test_failed_filter_or_diff_to_npy_keeps_the_old_file_regression(tmp_path: Path) -> None:
     # Regression: to_npy(overwrite=True) of a filter or a diff grew an Appender at the user's
     # name, so a run failing mid-way replaced the old file with a partial prefix of rows.
@@ -647,6 +657,96 @@ def test_to_dask_by_reference(tmp_path: Path) -> None:
     assert sizes[1] < 1.1 * sizes[0] and sizes[1] < 20000  # ten times the data, same graph
     with pytest.raises(UnsupportedError):
         bigarr.lazy(tmp_path / "x.npy").median(axis=0).to_dask()
+
+
+def test_to_dask_of_a_view_of_a_numpy_memmap_is_the_view(tmp_path: Path) -> None:
+    # regression: a numpy memmap view of a whole .npy file with the file's shape and dtype
+    # (reversed, transposed, or mapped in the other order) went into the graph as the file
+    pytest.importorskip("dask.array")
+    a = np.arange(16.0).reshape(4, 4)
+    np.save(tmp_path / "x.npy", a)
+    m = np.load(tmp_path / "x.npy", mmap_mode="r")
+    other = np.memmap(tmp_path / "x.npy", np.float64, "r", offset=128, shape=(4, 4), order="F")
+    for view in (m[::-1], m.T, m[:, ::-1], other, m):
+        np.testing.assert_array_equal(bigarr.lazy(view).to_dask().compute(), view)
+    assert bigarr.lazy(m).to_dask().name.startswith("bigarr-")  # the whole file: by reference
+
+
+def test_a_numpy_memmap_whose_file_was_replaced_is_read_as_numpy_sees_it(
+        tmp_path: Path) -> None:
+    # regression: a numpy memmap was re-mapped from its file *name*, so once another file
+    # took the name (a rename, as every bigarr output is installed) bigarr read that file
+    a = np.arange(4096.0).reshape(512, 8)
+    np.save(tmp_path / "x.npy", a)
+    m = np.load(tmp_path / "x.npy", mmap_mode="r")
+    np.save(tmp_path / "y.npy", -a)
+    os.replace(tmp_path / "y.npy", tmp_path / "x.npy")
+    assert bigarr.sum(m) == a.sum()
+    np.testing.assert_array_equal(bigarr.lazy(m).sum(axis=0).compute(), a.sum(axis=0))
+    np.testing.assert_array_equal((bigarr.lazy(m) * 2).compute(), a * 2)
+    if importlib.util.find_spec("dask") is not None:
+        np.testing.assert_array_equal(bigarr.lazy(m).to_dask().compute(), a)
+
+
+def test_an_input_replaced_by_another_shape_or_dtype_is_a_file_changed_error(
+        tmp_path: Path) -> None:
+    # regression: lazy(path) records the file's shape and dtype; a file saved at the path
+    # since with others gave numpy's ValueErrors, an AssertionError, or (a shorter file) rows
+    # of uninitialised memory in the result
+    path = tmp_path / "x.npy"
+    np.save(path, np.arange(100.0).reshape(50, 2))
+    x = bigarr.lazy(path)
+    exprs = [x * 2, x.sum(axis=0), x[x[:, 0] > 3], x.cumsum(axis=0), x.argmax(), x[10:20] + 1]
+    for new in (np.arange(10.0).reshape(5, 2), np.arange(100, dtype=np.int32).reshape(50, 2),
+                np.arange(150.0).reshape(50, 3)):
+        np.save(path, new)
+        for e in exprs:
+            with pytest.raises(bigarr.errors.FileChangedError, match="changed since"):
+                e.compute()
+        with pytest.raises(bigarr.errors.FileChangedError):
+            (x * 2).to_npy(tmp_path / "o.npy", overwrite=True)
+        if importlib.util.find_spec("dask") is not None:
+            with pytest.raises(bigarr.errors.FileChangedError):
+                (x * 2).to_dask()
+
+
+def test_clip_with_one_bound_and_operands_numpy_refuses(tmp_path: Path) -> None:
+    # regression: clip's default None bound became an object-dtype operand, so x.clip(max=5)
+    # (and np.clip(x, None, 5), x + None) built an object expression that failed on compute
+    # with a bare TypeError; int8 data + 300 (NEP 50) and int ** -1 raised numpy's bare
+    # OverflowError and ValueError when built
+    b = np.arange(-20, 20, dtype=np.int8).reshape(20, 2)
+    x = bigarr.lazy(b)
+    w = np.array([1, 2], np.int16)
+    for got, want in ((x.clip(max=5), b.clip(max=5)), (x.clip(3), b.clip(3)),
+                      (np.clip(x, None, 5.5), np.clip(b, None, 5.5)),
+                      (x.clip(), np.clip(b, None, None)), (x.clip(None, w), b.clip(None, w))):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got.compute(), want)
+    with x.clip(max=5).to_npy(tmp_path / "c.npy") as m:
+        np.testing.assert_array_equal(m, b.clip(max=5))
+    with pytest.raises(ArgumentError):
+        x + None
+    with pytest.raises(OverflowError) as over:
+        x + 300
+    assert isinstance(over.value, bigarr.errors.BigArrError)
+    with pytest.raises(ValueError) as value:
+        x ** -1
+    assert isinstance(value.value, bigarr.errors.BigArrError)
+
+
+def test_to_dask_of_count_nonzero_without_keepdims() -> None:
+    # regression: keepdims=False was passed on to dask's count_nonzero, which takes no
+    # keepdims: a bare TypeError from dask
+    pytest.importorskip("dask.array")
+    a = np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 3.0]])
+    x = bigarr.lazy(a)
+    for axis in (None, 0, (0, 1), -1):
+        for keepdims in (False, True):
+            want = np.count_nonzero(a, axis=axis, keepdims=keepdims)
+            got = x.count_nonzero(axis=axis, keepdims=keepdims).to_dask().compute()
+            np.testing.assert_array_equal(got, want)
+            assert np.asarray(got).dtype == np.asarray(want).dtype
 
 
 def test_floating_reductions_are_the_same_bits_at_every_budget(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -210,3 +211,100 @@ def test_a_run_without_resume_clears_an_interrupted_filtered_run(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bigarr.open(out).close()  # no journal left to warn of
+
+
+@pytest.mark.parametrize("mode", ["plain", "filter"])
+def test_an_input_rewritten_in_place_with_its_mtime_set_back_is_not_trusted(
+        tmp_path: Path, mode: str) -> None:
+    # regression: `cp -p new.npy in.npy` (or `rsync --inplace -t`) rewrites the same inode and
+    # sets the mtime back, so path, size, mtime and inode all matched the journal's, and the
+    # resumed run kept chunks computed from the old contents
+    src, out = tmp_path / "in.npy", tmp_path / "out.npy"
+    x = np.arange(200_000, dtype=np.float64).reshape(-1, 4)
+    np.save(src, x)
+
+    def expr() -> bigarr.LazyArray:
+        lx = bigarr.lazy(src)
+        return lx[lx[:, 0] % 3 > 0] * 2 if mode == "filter" else lx * 2
+
+    class Stop(Exception):
+        pass
+
+    seen = [0]
+
+    def stop(event: Any) -> None:
+        seen[0] += 1
+        if seen[0] == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        expr().to_npy(out, budget="1MiB", threads=1, resume=True, progress=stop)
+    assert read_journal(journal_path(str(out))) is not None
+    st = src.stat()
+    with open(src, "r+b") as f:  # the same inode, rewritten: other data of the same size
+        f.seek(st.st_size - x.nbytes)
+        f.write((x + 1).tobytes())
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.warns(StaleJournalWarning):
+        got = expr().to_npy(out, budget="1MiB", threads=1, resume=True, progress=False)
+    y = x + 1
+    with got:
+        np.testing.assert_array_equal(got, y[y[:, 0] % 3 > 0] * 2 if mode == "filter" else y * 2)
+
+
+@pytest.mark.parametrize("first,then", [("filter", "plain"), ("plain", "filter")])
+def test_a_finished_run_leaves_no_journal_of_an_interrupted_run_of_another_kind(
+        tmp_path: Path, first: str, then: str) -> None:
+    # regression: a filtered run after an interrupted plain one left the plain run's journal
+    # beside the finished output; a plain run after an interrupted filtered one left the
+    # journal of the filtered run's (deleted) partial file under a hidden name for good
+    src, out = tmp_path / "in.npy", tmp_path / "out.npy"
+    x = np.arange(200_000, dtype=np.float64).reshape(-1, 4)
+    np.save(src, x)
+
+    def expr(mode: str) -> bigarr.LazyArray:
+        lx = bigarr.lazy(src)
+        return lx[lx[:, 0] % 3 > 0] * 2 if mode == "filter" else lx * 2
+
+    class Stop(Exception):
+        pass
+
+    seen = [0]
+
+    def stop(event: Any) -> None:
+        seen[0] += 1
+        if seen[0] == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        expr(first).to_npy(out, budget="1MiB", threads=1, resume=True, progress=stop)
+    assert len(list(tmp_path.iterdir())) > 2
+    expr(then).to_npy(out, budget="1MiB", threads=1, progress=False).close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy", "out.npy"]
+    np.testing.assert_array_equal(np.load(out), np.asarray(expr(then).compute()))
+
+
+def test_an_interrupted_filtered_run_leaves_the_older_output_complete(tmp_path: Path) -> None:
+    # regression: the journal of an interrupted resumable filtered run (overwrite=True) made
+    # the older, complete file at the output's name incomplete for check_complete and open
+    src, out = tmp_path / "in.npy", tmp_path / "out.npy"
+    x = np.arange(200_000, dtype=np.float64).reshape(-1, 4)
+    np.save(src, x)
+    np.save(out, np.zeros(3))
+
+    class Stop(Exception):
+        pass
+
+    def stop(event: Any) -> None:
+        raise Stop
+
+    lx = bigarr.lazy(src)
+    with pytest.raises(Stop):
+        lx[lx[:, 0] % 3 > 0].to_npy(out, budget="1MiB", threads=1, resume=True, overwrite=True,
+                                    progress=stop)
+    assert read_journal(journal_path(str(out))) is not None
+    bigarr.check_complete(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with bigarr.open(out) as m:
+            np.testing.assert_array_equal(m, np.zeros(3))

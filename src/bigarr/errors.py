@@ -55,6 +55,7 @@ from numpy.linalg import LinAlgError as _LinAlgError
 __all__ = [
     "AccessDeniedError",
     "ArgumentError",
+    "ArgumentOverflowError",
     "ArgumentValueError",
     "AxisError",
     "BigArrError",
@@ -232,6 +233,11 @@ class ArgumentValueError(BigArrError, ValueError):
     ``ValueError`` (``histogram`` with ``bins=0``, or a ``range`` that is not finite or not
     increasing); the message keeps numpy's meaning.
     """
+
+
+class ArgumentOverflowError(BigArrError, OverflowError):
+    """An argument whose value does not fit where numpy raises ``OverflowError`` (a Python
+    integer out of the bounds of an integer array's dtype, NEP 50: ``int8 data + 300``)."""
 
 
 class IncompleteOutputError(BigArrError, RuntimeError):

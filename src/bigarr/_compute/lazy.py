@@ -63,6 +63,7 @@ from bigarr._compute.operands import parse_operand
 from bigarr._compute.reductions import _axes, _numpy_dtype
 from bigarr.errors import (
     ArgumentError,
+    ArgumentOverflowError,
     ArgumentValueError,
     AxisError,
     ShapeError,
@@ -111,6 +112,8 @@ def _node(obj: Any) -> Node:
     """``obj`` as a node: lazy arrays are theirs, arrays with elements become leaves."""
     if isinstance(obj, LazyArray):
         return obj.node
+    if obj is None:  # a Python object, as numpy takes it (x + None is numpy's TypeError)
+        return Const((), np.dtype(object), None)
     if isinstance(obj, (bool, int, float, complex)):
         return Const((), np.result_type(obj), obj)
     if isinstance(obj, (np.ndarray, np.generic)) and np.ndim(obj) == 0:
@@ -161,9 +164,20 @@ def _op(func: Callable[..., Any], args: Sequence[Any], label: str, *,
             f"Expected operands numpy can combine in {label}. Got dtypes "
             f"{', '.join(str(n.dtype) for n in nodes)}: {exc}"
         ) from None
+    except OverflowError as exc:  # NEP 50: a Python int out of an integer dtype's bounds
+        raise ArgumentOverflowError(f"{label} of {', '.join(str(n.dtype) for n in nodes)}: "
+                                    f"{exc}") from None
+    except ValueError as exc:  # numpy's refusals of values (integers to negative powers)
+        raise ArgumentValueError(f"{label} of {', '.join(str(n.dtype) for n in nodes)}: "
+                                 f"{exc}") from None
     node = Op(tuple(shape), dtype, func, nodes, tuple(kwargs.items()), label, rowwise)
     frame(node)  # refuses operands over rows of different origins
     return LazyArray(node)
+
+
+def _clip_above(a: Any, hi: Any) -> Any:
+    """``numpy.clip(a, None, hi)`` (its bounds are positional in an :class:`Op`)."""
+    return np.clip(a, None, hi)
 
 
 def _binary(func: Callable[..., Any]) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -399,7 +413,13 @@ class LazyArray:
         return _op(cast, (self,), f"astype({target})")
 
     def clip(self, min: Any = None, max: Any = None) -> LazyArray:
-        """Clip elementwise to ``[min, max]``, as :func:`numpy.clip`."""
+        """Clip elementwise to ``[min, max]``, as :func:`numpy.clip` (None: no bound)."""
+        if min is None and max is None:
+            return _op(np.clip, (self,), "clip", a_min=None, a_max=None)
+        if min is None:
+            return _op(_clip_above, (self, max), "clip")
+        if max is None:
+            return _op(np.clip, (self, min), "clip", a_max=None)
         return _op(np.clip, (self, min, max), "clip")
 
     def __getitem__(self, key: Any) -> LazyArray:
@@ -452,6 +472,10 @@ class LazyArray:
                 f"Expected x[a:b], x[i], x[:, cols] or x[mask] with a boolean mask over the "
                 f"rows. Got {key!r}."
             )
+        if m.dtype.kind in "iu":  # numpy's fancy indexing of rows, not a filter
+            raise UnsupportedError(
+                f"Expected x[mask] with a boolean mask over the rows. Got row numbers {key!r} "
+                "(fancy indexing): use a boolean mask, or bigarr.take on the file.")
         if m.dtype != np.bool_ or len(m.shape) != 1 or m.shape[0] != self.node.shape[0]:
             raise ShapeError(f"Expected a 1-d boolean mask of {self.node.shape[0]} rows. Got "
                              f"{m.shape} {m.dtype}.")
@@ -644,7 +668,8 @@ class LazyArray:
         :func:`bigarr.map_blocks` does; after a crash (even ``kill -9``) the same call with
         ``resume=True`` recomputes any reductions the expression needs, then writes only the
         chunks not recorded. The journal is used only if the inputs are the same files (path,
-        size, modification time and identity; in-memory arrays by their bytes, up to 16 MiB),
+        size, modification and change times and identity; in-memory arrays by their bytes, up
+        to 16 MiB),
         the expression, its constants and functions, the backend, the budget's chunks and the
         partial file are the same; otherwise a ``StaleJournalWarning`` and the run starts over.
         A filtered result resumes its appends after the last journaled commit.

@@ -66,7 +66,7 @@ def check_resumable(root: Node) -> None:
 def resume_token(root: Node, stream_of: Callable[[Leaf], Stream], numexpr: bool) -> str:
     """What a resumed ``to_npy`` must match besides map_blocks' own fingerprint: the
     expression (:func:`~bigarr._compute.token.expression_token`), with every input named by
-    its identity (a file's path, size, mtime and FileId and the view's offset and strides; an
+    its identity (a file's path, size, mtime, ctime and FileId and the view's offset and strides; an
     in-memory array's bytes, or nothing stable for other sources, which are never resumed),
     and the backend."""
 
@@ -74,7 +74,7 @@ def resume_token(root: Node, stream_of: Callable[[Leaf], Stream], numexpr: bool)
         s = stream_of(node)
         strides = None if s.array is None else list(s.array.strides)
         if s.mapping is not None:
-            return [*input_identity(s.mapping.path), s.plan_offset(), strides]
+            return [*input_identity(s.mapping.path, s.mapping.fd), s.plan_offset(), strides]
         if s.array is not None:
             return value_token(s.array)
         return ["unresumable", os.getpid(), id(s)]
@@ -106,6 +106,14 @@ def appended(target: str, *, overwrite: bool, token: str | None, dtype: Any,
                         "partial": os.path.basename(partial), "id": me.to_json()}})
                 fill(app)
             output.publish()
+            if pointer is not None:
+                pointer.close()
+                pointer = None
+            # (still holding the lock) the pointer of this run, or a journal of an interrupted
+            # run of another kind (map_blocks' of a plain result, whose partial the sweep
+            # removed): neither describes anything now
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(journal_path(target))
         except DiskFullError as exc:
             if partial not in str(exc):
                 raise
@@ -115,9 +123,6 @@ def appended(target: str, *, overwrite: bool, token: str | None, dtype: Any,
         finally:
             if pointer is not None:
                 pointer.close()
-    if token is not None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(journal_path(target))
 
 
 def _adoptable(target: str, token: str | None) -> str | None:

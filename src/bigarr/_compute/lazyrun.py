@@ -33,6 +33,7 @@ file intact and no partial one).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -78,7 +79,7 @@ from bigarr._compute.runplan import RunPlan, parse_threads, plan_run, probe_temp
 from bigarr._os.geometry import format_bytes
 from bigarr._plan.budget import parse_budget
 from bigarr._plan.chunks import Chunk
-from bigarr.errors import ArgumentError, BudgetError, UnsupportedError
+from bigarr.errors import ArgumentError, BudgetError, FileChangedError, UnsupportedError
 
 __all__ = ["LazyPlan", "PassPlan", "compute", "explain", "to_npy"]
 
@@ -276,6 +277,12 @@ class _Opened:
             stream = parse_operand(leaf.source, by_key=False)
             if leaf.window is not None:
                 stream = window_stream(stream, leaf.window)
+            if tuple(stream.shape) != leaf.shape or stream.dtype != leaf.dtype:
+                stream.close()  # (a file replaced at its path since lazy() read its header)
+                raise FileChangedError(
+                    f"{leaf.name} changed since the expression was built: it holds "
+                    f"{tuple(stream.shape)} {stream.dtype}, the expression was built for "
+                    f"{leaf.shape} {leaf.dtype}. Build the expression again.")
             self.streams[id(leaf)] = stream
         return self.streams[id(leaf)]
 
@@ -578,13 +585,15 @@ def _order_statistic(it: _Item, opened: _Opened, budget: int, threads: int | Non
     leaf = expr.child if isinstance(expr, Index) else expr
     assert isinstance(leaf, Leaf)
     stream = opened.stream(leaf)
-    source: Any = stream.array if stream.array is not None else \
-        (stream if leaf.window is not None else leaf.source)
+    # the leaf's stream itself, its mapping with it (a plain array view would be read as data
+    # in memory: every page of the file resident, whatever the budget); order closes what it
+    # is given, so a copy that owns nothing (the leaf's stays open for later passes)
+    source = dataclasses.replace(stream, owned=[])
     if isinstance(expr, Index):
         if stream.array is None:
             raise UnsupportedError(f"{node.kind} of a column selection of a {leaf.name}: "
                                    "select the columns from a .npy file or memmap.")
-        source = stream.array[(slice(None), *expr.key)]
+        source.array = stream.array[(slice(None), *expr.key)]
     fn = getattr(order, node.kind)
     args = () if node.q is None else (node.q,)
     res = np.asarray(fn(source, *args, **({} if node.q is None else {"method": node.method}),

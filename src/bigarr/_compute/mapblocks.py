@@ -99,7 +99,7 @@ _Out = TypeVar("_Out", bound="np.ndarray[Any, Any]")
 
 def _identity(stream: Stream) -> list[Any]:
     if stream.mapping is not None:
-        return [*input_identity(stream.mapping.path), stream.plan_offset()]
+        return [*input_identity(stream.mapping.path, stream.mapping.fd), stream.plan_offset()]
     return [stream.kind, list(stream.shape), stream.dtype.str]
 
 

@@ -40,7 +40,7 @@ import numpy as np
 from bigarr._core.array import memmap
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan
 from bigarr._os.hints import parse_hint
-from bigarr._os.mapping import Mapping
+from bigarr._os.mapping import Mapping, mapped_file
 from bigarr._plan.chunks import Chunk
 from bigarr._plan.regions import extent
 
@@ -359,7 +359,22 @@ def _remap_numpy_memmap(obj: np.memmap[Any, Any]) -> Stream | None:
         return None
     from bigarr._core.files import open_raw
 
+    # the file numpy mapped, not another that took its name since (a file replaced by a
+    # rename: numpy's mapping still shows the old one); where that cannot be checked, by name
+    mapped = mapped_file(mm_addr)
+    if mapped is not None:
+        try:
+            st = os.stat(filename)
+        except OSError:
+            return None
+        if (st.st_dev, st.st_ino) != mapped:
+            return None
     raw = open_raw(filename, np.uint8, (high - low,), offset=mm_start + low)
+    assert raw._bigarr is not None
+    st = os.fstat(raw._bigarr.fd)
+    if mapped is not None and (st.st_dev, st.st_ino) != mapped:  # replaced meanwhile
+        raw.close()
+        return None
     plain = raw.view(np.ndarray)
     view: np.ndarray[Any, Any] = np.ndarray(obj.shape, obj.dtype, buffer=plain,
                                             offset=first - low, strides=obj.strides)

@@ -7,8 +7,8 @@ A sort to a file with ``resume=True`` keeps the resume journal of its output
 ``run``
     the sort's fingerprint: the operation (``sort``/``argsort``), the key columns, the record
     dtype, the source's identity (a file's :func:`~bigarr._formats.journal.input_identity`:
-    path, size, mtime and FileId; an in-memory array's digest), the chunk boundaries of phase 1
-    and the temporary folder;
+    path, size, mtime, ctime and FileId; an in-memory array's digest), the chunk boundaries of
+    phase 1 and the temporary folder;
 ``target.runs``
     for each phase-1 chunk whose run is durable: the run file's hidden name, its identity
     (:class:`bigarr._os.fileid.FileId`: device, inode, birth time, generation) and its record
@@ -60,8 +60,8 @@ KIND = "sort-runs"
 
 
 def _source_identity(stream: Stream) -> Any:
-    """A file's input identity (path, size, mtime, FileId); an in-memory array's digest (never
-    a lazy source's)."""
+    """A file's input identity (path, size, mtime, ctime, FileId); an in-memory array's digest
+    (never a lazy source's)."""
     if stream.mapping is None and stream.array is not None:
         arr = np.ascontiguousarray(stream.array)
         digest = hashlib.sha256(arr.reshape(-1).view(np.uint8).data).hexdigest()

@@ -15,8 +15,8 @@ A chunked run that writes a file (``map_blocks(..., out=path)``) keeps a journal
   (``kind "file"``, with the partial's random name), the byte offset, shape and strides of the
   view written in place (``"in-place"``), or the Appender file and the rows it held when the
   run began (``"append"``). ``run`` is the fingerprint of the run: output shape, dtype and
-  order, the chunk boundaries, each input file's path, size, modification time and identity
-  (:func:`input_identity`), the operands passed whole, and the function
+  order, the chunk boundaries, each input file's path, size, modification and change times and
+  identity (:func:`input_identity`), the operands passed whole, and the function
   (:func:`bigarr._compute.token.function_token`, or the caller's ``token=``).
 * A journal is trusted only if its target is the very file being written *and* its run is
   this run; otherwise none of its fields is used (see ``map_blocks``: it is reported with a
@@ -114,20 +114,27 @@ def journal_path(output: str) -> str:
     return output + JOURNAL_SUFFIX
 
 
-def input_identity(path: str) -> list[Any]:
-    """What identifies an input file's contents cheaply: path, size, mtime (ns) and the file's
-    identity (:class:`~bigarr._os.fileid.FileId`: device, inode, birth time, generation).
+def input_identity(path: str, fd: int | None = None) -> list[Any]:
+    """What identifies an input file's contents cheaply: path, size, mtime and ctime (ns) and
+    the file's identity (:class:`~bigarr._os.fileid.FileId`: device, inode, birth time,
+    generation); of the open file ``fd`` when given (the one the run reads), else of ``path``.
 
     The identity matters: a file replaced by a rename with another of the same size, its mtime
     set back (``os.utime``, ``cp -p``, ``rsync -t``), has the same path, size and mtime but is
     another inode, and resuming from its journal would mix the old file's results into the new.
+    The ctime matters too: ``cp -p`` (or ``rsync --inplace -t``) over an existing file rewrites
+    that same inode and sets its mtime to the source's, but no one can set a ctime back.
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
+    own = fd is None
+    if fd is None:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_NONBLOCK", 0))
     try:
         st = os.fstat(fd)
-        return [path, st.st_size, st.st_mtime_ns, file_id(fd).to_json()]
+        return [path, st.st_size, st.st_mtime_ns, file_id(fd).to_json(), st.st_ctime_ns]
     finally:
-        os.close(fd)
+        if own:
+            os.close(fd)
 
 
 def canonical(value: Any) -> Any:
@@ -407,8 +414,9 @@ def check_complete(path: str | os.PathLike[str]) -> None:
     parsed = read_journal(journal)
     if parsed is not None and parsed.version == 2:
         kind = parsed.header.get("kind")
-        if kind == "file" and os.path.exists(target):
-            return  # a new-file run only renames a complete file onto the name
+        if kind in ("file", "lazy-append") and os.path.exists(target):
+            return  # a new-file run (lazy to_npy's appended one too) only renames a complete
+            #         file onto the name
         if kind in ("in-place", "append"):
             named = target_id(parsed)
             if named is None or named != path_id(target):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import mmap
 import os
 import tempfile
 from typing import Any
@@ -51,10 +52,12 @@ from bigarr._compute.lazyrows import window_slice
 from bigarr._compute.lazyrun import _item, _Opened, _run
 from bigarr._compute.operands import Stream
 from bigarr._core.array import memmap
+from bigarr._core.files import _header_of
 from bigarr._interop.dask import DEFAULT_READ_CHUNK, _dask_array, to_dask
 from bigarr._interop.zarr import _local_path, to_zarr
 from bigarr._os.fileid import hidden_name
-from bigarr.errors import UnsupportedError
+from bigarr._os.mapping import check_mapped, mapped_file
+from bigarr.errors import FileChangedError, UnsupportedError
 
 __all__ = ["lazy_to_dask", "lazy_to_zarr"]
 
@@ -142,6 +145,7 @@ def _computed(root: Node, item: Any, opened: _Opened, values: dict[int, Any],
     def read(key: tuple[slice, ...]) -> np.ndarray[Any, Any]:
         rows = key[0] if key else slice(0, root.shape[0])
         n = rows.stop - rows.start
+        check_mapped(*(s.mapping for s in streams))  # a file cut under us: an error, not SIGBUS
         blocks = [_rows(s, rows) for s in streams]
         out = np.empty((n, *row_shape), dtype=root.dtype)
         try:
@@ -169,12 +173,17 @@ def _leaf(leaf: Leaf, da: Any, block_bytes: int | str) -> Any:
         return to_dask(src, block_bytes=block_bytes)
     if hasattr(src, "dask"):  # already a dask array
         return src
-    if isinstance(src, np.memmap) and isinstance(src.filename, str) \
-            and src.filename.endswith(".npy") and src.base is not None:
+    name = getattr(src, "filename", None)  # (np.load gives the path as it was given)
+    if isinstance(src, np.memmap) and isinstance(name, (str, os.PathLike)) \
+            and os.fspath(name).endswith(".npy") and isinstance(src.base, mmap.mmap):
         with contextlib.suppress(Exception):  # a whole .npy mapping: by reference too
-            ref = to_dask(src.filename, block_bytes=block_bytes)
-            if ref.shape == src.shape and ref.dtype == src.dtype:
-                return ref
+            head = _header_of(os.fspath(name))  # (a view, or another layout: by value)
+            order = src.flags.f_contiguous if head.fortran_order else src.flags.c_contiguous
+            st = os.stat(name)  # (a file replaced at the name since: by value)
+            if (order and src.offset == head.data_offset and head.shape == src.shape
+                    and head.dtype == src.dtype and src.size
+                    and mapped_file(src.ctypes.data) in (None, (st.st_dev, st.st_ino))):
+                return to_dask(name, block_bytes=block_bytes)
     return da.from_array(np.asarray(src) if not hasattr(src, "chunks") else src)
 
 
@@ -186,6 +195,11 @@ def _translate(node: Node, da: Any, block_bytes: int | str, memo: dict[int, Any]
         out = _leaf(node, da, block_bytes)
         if node.window is not None:  # a row slice pushed down to the input
             out = out[window_slice(node.window)]
+        if tuple(out.shape) != node.shape or out.dtype != node.dtype:
+            raise FileChangedError(  # (a file replaced at its path since lazy() read it)
+                f"{node.name} changed since the expression was built: it holds "
+                f"{tuple(out.shape)} {out.dtype}, the expression was built for {node.shape} "
+                f"{node.dtype}. Build the expression again.")
     elif isinstance(node, Const):
         out = node.value
     elif isinstance(node, Index):
@@ -240,10 +254,9 @@ def _reduce(node: Reduce, child: Any, da: Any) -> Any:
         kwargs["dtype"] = node.out_dtype
     if takes_ddof:
         kwargs["ddof"] = node.ddof
-    if node.kind == "count_nonzero" and node.keepdims:  # dask's has no keepdims
+    if node.kind == "count_nonzero":  # dask's has no keepdims (not even keepdims=False)
         del kwargs["keepdims"]
-        res = fn(child, **kwargs)
-        return res.reshape(node.shape)
+        return fn(child, **kwargs).reshape(node.shape).astype(node.dtype)
     return fn(child, **kwargs).astype(node.dtype)
 
 

@@ -244,13 +244,16 @@ def remove_leftovers(target: str, kinds: tuple[str, ...] = ("new",),
     Removes ``.<name>.bigarr-<kind>-<16 hex>`` for each of ``kinds`` (``new``: a temporary
     being created or installed, or a zarr array being written; ``partial``: a ``map_blocks``
     output being written; ``old``: a zarr array being replaced; ``run``, ``sorting``: a sort's
-    runs and output), except ``keep`` (a path or paths); only regular files with one link and
-    directories (never a link), owned by this user, are removed, so a planted link or another
-    user's file is left alone. The caller must hold ``target``'s writer lock
-    (the output lock, or the commit lock), so no live writer's file can be taken for a leftover.
+    runs and output), and the journal of each (``<hidden name>.bigarr-journal``: an
+    Appender's, of a filtered lazy output's partial file), except ``keep`` (a path or paths,
+    their journals kept too); only regular files with one link and directories (never a
+    link), owned by this user, are removed, so a planted link or another user's file is left
+    alone. The caller must hold ``target``'s writer lock (the output lock, or the commit
+    lock), so no live writer's file can be taken for a leftover.
     """
     kept = {keep} if isinstance(keep, str) else set(keep or ())
-    for path in leftovers(target, kinds):
+    kept |= {k + _JOURNAL for k in kept}
+    for path in leftovers(target, kinds, journals=True):
         if path in kept:
             continue
         with contextlib.suppress(OSError):
@@ -263,11 +266,16 @@ def remove_leftovers(target: str, kinds: tuple[str, ...] = ("new",),
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def leftovers(target: str, kinds: tuple[str, ...] = ("new",)) -> list[str]:
-    """Paths of hidden ``.<name>.bigarr-<kind>-<16 hex>`` names of ``target`` (one listdir)."""
+_JOURNAL = ".bigarr-journal"  # bigarr._formats.journal.JOURNAL_SUFFIX (a layer above)
+
+
+def leftovers(target: str, kinds: tuple[str, ...] = ("new",), *,
+              journals: bool = False) -> list[str]:
+    """Paths of hidden ``.<name>.bigarr-<kind>-<16 hex>`` names of ``target`` (one listdir);
+    with ``journals``, their journals' names too."""
     folder, name = os.path.split(target)
     pattern = re.compile(re.escape(f".{_stem(name)}.bigarr-") + f"({'|'.join(kinds)})"
-                         + "-[0-9a-f]{16}")
+                         + "-[0-9a-f]{16}" + (f"({re.escape(_JOURNAL)})?" if journals else ""))
     try:
         entries = os.listdir(folder or ".")
     except OSError:

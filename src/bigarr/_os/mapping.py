@@ -59,7 +59,7 @@ from bigarr.errors import (
     UnsupportedError,
 )
 
-__all__ = ["Mapping", "check_mapped"]
+__all__ = ["Mapping", "check_mapped", "mapped_file"]
 
 _LINUX = sys.platform.startswith("linux")
 _DARWIN = sys.platform == "darwin"
@@ -633,3 +633,20 @@ def check_mapped(*mappings: Mapping | None) -> None:
     for mapping in mappings:
         if mapping is not None and mapping.length:
             mapping.check_file()
+
+
+def mapped_file(addr: int) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the file mapped at address ``addr`` of this process (from
+    ``/proc/self/maps``), or None where that cannot be told (no ``/proc``; an anonymous
+    mapping is ``(0, 0)``)."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                low, _, high = fields[0].partition(b"-")
+                if int(low, 16) <= addr < int(high, 16):
+                    major, _, minor = fields[3].partition(b":")
+                    return os.makedev(int(major, 16), int(minor, 16)), int(fields[4])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
