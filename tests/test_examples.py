@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -104,10 +105,16 @@ def test_standardize_accumulates_in_float64(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("script", sorted(CLEANS_UP))
 @pytest.mark.parametrize("args", [["--size", "abc"], ["--budget", "-1"], ["--dir", "missing"]])
-def test_example_bad_arguments_are_usage_errors(script: str, args: list[str],
-                                                tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True,
-                          text=True, cwd=tmp_path, timeout=60, check=False)
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert f"{script}: error: " in proc.stderr
+def test_example_bad_arguments_are_usage_errors(script: str, args: list[str], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # Run as __main__ in this process (argparse refuses before any work; any other exception
+    # escapes and fails the test, as a traceback would in a subprocess).
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLES / script), *args])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(EXAMPLES / script), run_name="__main__")
+    err = capsys.readouterr().err
+    assert info.value.code == 2, err
+    assert "Traceback" not in err
+    assert f"{script}: error: " in err
