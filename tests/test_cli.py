@@ -329,22 +329,24 @@ def test_demo_tiny(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []  # cleaned up without --keep
 
 
-def test_demo_keep_and_disk_check(tmp_path: Path) -> None:
+def test_demo_keep_and_disk_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     proc = run("demo", "--size", "1MiB", "--dir", str(tmp_path), "--keep", "--no-progress",
                "--threads", "1", "--budget", "4MiB")  # 4 (was 2): histogram temporaries count
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(tmp_path)) == ["features.npy", "z_bigarr.npy"]
-    proc = run("demo", "--size", "100TiB", "--dir", str(tmp_path / "big"))
-    assert proc.returncode == 1
-    assert_one_line_error(proc.stderr)
-    assert "free" in proc.stderr
+    status, _, err = cli(capsys, "demo", "--size", "100TiB", "--dir", str(tmp_path / "big"))
+    assert status == 1
+    assert_one_line_error(err)
+    assert "free" in err
 
 
-def test_demo_refuses_a_tiny_budget_before_generating(tmp_path: Path) -> None:
-    proc = run("demo", "--size", "1MiB", "--dir", str(tmp_path), "--budget", "64KiB")
-    assert proc.returncode == 1
-    assert_one_line_error(proc.stderr)
-    assert "budget" in proc.stderr
+def test_demo_refuses_a_tiny_budget_before_generating(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = cli(capsys, "demo", "--size", "1MiB", "--dir", str(tmp_path), "--budget",
+                         "64KiB")
+    assert status == 1
+    assert_one_line_error(err)
+    assert "budget" in err
     assert os.listdir(tmp_path) == []
 
 
@@ -540,15 +542,17 @@ def test_create_in_a_directory_without_write_permission(
     assert "bigarr-tmp" not in err
 
 
-def test_demo_never_overwrites_or_deletes_a_users_file(tmp_path: Path) -> None:
+def test_demo_never_overwrites_or_deletes_a_users_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Regression: with --dir, the demo wrote its input over an existing features.npy and its
     # cleanup deleted it.
     mine = tmp_path / "features.npy"
     np.save(mine, np.arange(5))
-    proc = run("demo", "--size", "1MiB", "--dir", str(tmp_path), "--no-progress")
-    assert proc.returncode == 1
-    assert_one_line_error(proc.stderr)
-    assert "features.npy" in proc.stderr
+    status, _, err = cli(capsys, "demo", "--size", "1MiB", "--dir", str(tmp_path),
+                         "--no-progress")
+    assert status == 1
+    assert_one_line_error(err)
+    assert "features.npy" in err
     assert np.array_equal(np.load(mine), np.arange(5))
     assert os.listdir(tmp_path) == ["features.npy"]
 
