@@ -277,14 +277,33 @@ def test_convert_errors(tmp_path: Path, case: str, capsys: pytest.CaptureFixture
     assert np.array_equal(np.load(tmp_path / "c.npy"), np.ones(3))
 
 
-# ---- errors in a real process: one line, no traceback -------------------------------------------
-@pytest.mark.parametrize("args", [
+# ---- errors: one line, no traceback, in this process and in a real one -------------------------
+_ERRORS = [
     ["info", "missing.npy"], ["verify", "missing.npy"], ["info", "corrupt.npy"],
     ["verify", "corrupt.npy"], ["info", "."], ["create", "x.npy", "--shape", "-1"],
     ["create", "x.npy", "--shape=-1,3"], ["nosuchcommand"], [],
     ["demo", "--size", "tiny"], ["verify", "corrupt.npy", "--checksum", "md5"],
-])
-def test_errors_are_one_line_without_traceback(tmp_path: Path, args: list[str]) -> None:
+]
+#: One case per subcommand (and the parser's own errors) also runs as ``python -m bigarr``:
+#: the process's exit path (status, nothing printed at exit) is the same for the others.
+_IN_A_PROCESS = [0, 3, 5, 7, 8, 9]
+
+
+@pytest.mark.parametrize("args", _ERRORS)
+def test_errors_are_one_line_without_traceback(tmp_path: Path, args: list[str],
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "corrupt.npy").write_bytes(b"\x93NUMPY\x01\x00\x20\x00{'descr': '<f8', 'sh")
+    monkeypatch.chdir(tmp_path)
+    status, out, err = cli(capsys, *args)
+    assert status != 0
+    assert_one_line_error(err)
+    assert out == ""
+
+
+@pytest.mark.parametrize("args", [_ERRORS[i] for i in _IN_A_PROCESS])
+def test_errors_in_a_real_process_are_one_line_without_traceback(tmp_path: Path,
+                                                                 args: list[str]) -> None:
     (tmp_path / "corrupt.npy").write_bytes(b"\x93NUMPY\x01\x00\x20\x00{'descr': '<f8', 'sh")
     proc = run(*args, cwd=tmp_path)
     assert proc.returncode != 0
