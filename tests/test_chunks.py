@@ -33,12 +33,15 @@ def _check_plan(plan: ChunkPlan) -> None:
         assert len(c.key) == plan.ndim
         assert all(s.step is None and 0 <= s.start < s.stop <= n
                    for s, n in zip(c.key, shape, strict=True))
-        cells = flat[c.key]
-        np.add.at(seen, cells.ravel(), 1)
-        # The span is exactly the chunk's bytes, contiguous and in file order.
+        cells = flat[c.key]  # a box of distinct indices: += counts each once
+        seen[cells.ravel()] += 1
+        # The span is exactly the chunk's bytes, contiguous and in file order. (The flat index
+        # grows along every axis, so the box's least and greatest are its two corners.)
+        first = int(flat[tuple(s.start for s in c.key)])
+        last = int(flat[tuple(s.stop - 1 for s in c.key)])
         assert c.span.start == prev_stop
-        assert c.span.start == cells.min() * plan.itemsize
-        assert c.span.stop == (cells.max() + 1) * plan.itemsize
+        assert c.span.start == first * plan.itemsize
+        assert c.span.stop == (last + 1) * plan.itemsize
         assert c.nbytes == cells.size * plan.itemsize
         prev_stop = c.span.stop
         # Within budget.

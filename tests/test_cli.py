@@ -277,14 +277,33 @@ def test_convert_errors(tmp_path: Path, case: str, capsys: pytest.CaptureFixture
     assert np.array_equal(np.load(tmp_path / "c.npy"), np.ones(3))
 
 
-# ---- errors in a real process: one line, no traceback -------------------------------------------
-@pytest.mark.parametrize("args", [
+# ---- errors: one line, no traceback, in this process and in a real one -------------------------
+_ERRORS = [
     ["info", "missing.npy"], ["verify", "missing.npy"], ["info", "corrupt.npy"],
     ["verify", "corrupt.npy"], ["info", "."], ["create", "x.npy", "--shape", "-1"],
     ["create", "x.npy", "--shape=-1,3"], ["nosuchcommand"], [],
     ["demo", "--size", "tiny"], ["verify", "corrupt.npy", "--checksum", "md5"],
-])
-def test_errors_are_one_line_without_traceback(tmp_path: Path, args: list[str]) -> None:
+]
+#: One case per subcommand (and the parser's own errors) also runs as ``python -m bigarr``:
+#: the process's exit path (status, nothing printed at exit) is the same for the others.
+_IN_A_PROCESS = [0, 3, 5, 7, 8, 9]
+
+
+@pytest.mark.parametrize("args", _ERRORS)
+def test_errors_are_one_line_without_traceback(tmp_path: Path, args: list[str],
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "corrupt.npy").write_bytes(b"\x93NUMPY\x01\x00\x20\x00{'descr': '<f8', 'sh")
+    monkeypatch.chdir(tmp_path)
+    status, out, err = cli(capsys, *args)
+    assert status != 0
+    assert_one_line_error(err)
+    assert out == ""
+
+
+@pytest.mark.parametrize("args", [_ERRORS[i] for i in _IN_A_PROCESS])
+def test_errors_in_a_real_process_are_one_line_without_traceback(tmp_path: Path,
+                                                                 args: list[str]) -> None:
     (tmp_path / "corrupt.npy").write_bytes(b"\x93NUMPY\x01\x00\x20\x00{'descr': '<f8', 'sh")
     proc = run(*args, cwd=tmp_path)
     assert proc.returncode != 0
@@ -329,22 +348,24 @@ def test_demo_tiny(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []  # cleaned up without --keep
 
 
-def test_demo_keep_and_disk_check(tmp_path: Path) -> None:
+def test_demo_keep_and_disk_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     proc = run("demo", "--size", "1MiB", "--dir", str(tmp_path), "--keep", "--no-progress",
                "--threads", "1", "--budget", "4MiB")  # 4 (was 2): histogram temporaries count
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(tmp_path)) == ["features.npy", "z_bigarr.npy"]
-    proc = run("demo", "--size", "100TiB", "--dir", str(tmp_path / "big"))
-    assert proc.returncode == 1
-    assert_one_line_error(proc.stderr)
-    assert "free" in proc.stderr
+    status, _, err = cli(capsys, "demo", "--size", "100TiB", "--dir", str(tmp_path / "big"))
+    assert status == 1
+    assert_one_line_error(err)
+    assert "free" in err
 
 
-def test_demo_refuses_a_tiny_budget_before_generating(tmp_path: Path) -> None:
-    proc = run("demo", "--size", "1MiB", "--dir", str(tmp_path), "--budget", "64KiB")
-    assert proc.returncode == 1
-    assert_one_line_error(proc.stderr)
-    assert "budget" in proc.stderr
+def test_demo_refuses_a_tiny_budget_before_generating(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = cli(capsys, "demo", "--size", "1MiB", "--dir", str(tmp_path), "--budget",
+                         "64KiB")
+    assert status == 1
+    assert_one_line_error(err)
+    assert "budget" in err
     assert os.listdir(tmp_path) == []
 
 
@@ -540,15 +561,17 @@ def test_create_in_a_directory_without_write_permission(
     assert "bigarr-tmp" not in err
 
 
-def test_demo_never_overwrites_or_deletes_a_users_file(tmp_path: Path) -> None:
+def test_demo_never_overwrites_or_deletes_a_users_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Regression: with --dir, the demo wrote its input over an existing features.npy and its
     # cleanup deleted it.
     mine = tmp_path / "features.npy"
     np.save(mine, np.arange(5))
-    proc = run("demo", "--size", "1MiB", "--dir", str(tmp_path), "--no-progress")
-    assert proc.returncode == 1
-    assert_one_line_error(proc.stderr)
-    assert "features.npy" in proc.stderr
+    status, _, err = cli(capsys, "demo", "--size", "1MiB", "--dir", str(tmp_path),
+                         "--no-progress")
+    assert status == 1
+    assert_one_line_error(err)
+    assert "features.npy" in err
     assert np.array_equal(np.load(mine), np.arange(5))
     assert os.listdir(tmp_path) == ["features.npy"]
 

@@ -9,6 +9,7 @@ called, never at import time.
 from __future__ import annotations
 
 import ast
+import functools
 import pathlib
 
 import bigarr
@@ -18,6 +19,7 @@ ROOT = pathlib.Path(bigarr.__file__).parent
 UPWARD_ALLOWED = {"bigarr._core.array"}
 
 
+@functools.cache  # parsed once for the three tests (none changes the trees)
 def _modules() -> dict[str, ast.Module]:
     out = {}
     for f in sorted(ROOT.rglob("*.py")):

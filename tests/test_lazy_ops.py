@@ -770,35 +770,19 @@ def test_floating_reductions_are_the_same_bits_at_every_budget(tmp_path: Path) -
         assert np.array_equal(got[3], first)
 
 
-_RSS = textwrap.dedent("""
-    import numpy as np, bigarr
-    def status(key):
-        return int(open('/proc/self/status').read().split(key + ':')[1].split()[0]) << 10
-    x = bigarr.lazy({path!r})
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')
-    base = status('VmRSS')
-    kept = x[x[:, 0] > 16]
-    z = np.diff((kept - kept.mean(axis=0)).cumsum(axis=0), axis=0) @ np.ones((32, 4), np.float32)
-    z.to_npy({out!r}, budget={budget}, threads=2, progress=False).close()
-    print(status('VmHWM') - base)
-""")
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
-def test_filter_scan_matmul_to_file_peak_rss(tmp_path: Path) -> None:
+def test_filter_scan_matmul_to_file_peak_rss(tmp_path: Path,
+                                            peak_rss: Callable[..., list[int]]) -> None:
     budget, rows = 8 << 20, (128 << 20) // 128  # 128 MiB file: 16x the budget
     x = np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.float32, (rows, 32))
     for i in range(0, rows, 1 << 17):
         x[i:i + (1 << 17)] = np.arange(32, dtype=np.float32) + np.float32(i % 31)
     x.flush()
     del x
-    code = _RSS.format(path=str(tmp_path / "x.npy"), out=str(tmp_path / "z.npy"),
-                       budget=budget)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    peak = int(proc.stdout.split()[-1])
+    [peak] = peak_rss("import numpy as np, bigarr\nx = bigarr.lazy(sys.argv[1])", """
+        kept = x[x[:, 0] > 16]
+        z = np.diff((kept - kept.mean(axis=0)).cumsum(axis=0), axis=0) @ np.ones((32, 4), 'f4')
+        z.to_npy(sys.argv[2], budget=int(sys.argv[3]), threads=2, progress=False).close()
+    """, args=(str(tmp_path / "x.npy"), str(tmp_path / "z.npy"), str(budget)))
     assert peak <= budget + (64 << 20), f"peak {peak >> 20} MiB at an 8 MiB budget"
     z = np.load(tmp_path / "z.npy", mmap_mode="r")
     assert z.shape[1] == 4 and 0 < z.shape[0] < rows

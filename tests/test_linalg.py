@@ -10,9 +10,7 @@ exercised, not just one block.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -346,22 +344,7 @@ def test_public_names() -> None:
 
 
 # ---- memory --------------------------------------------------------------------------------
-_RSS = """
-import numpy as np, bigarr
-from bigarr import linalg
-def status(key):
-    return int(open('/proc/self/status').read().split(key + ':')[1].split()[0]) << 10
-P, B = {path!r}, {budget}
-with open('/proc/self/clear_refs', 'w') as f:
-    f.write('5')
-base = status('VmRSS')
-{op}
-print(status('VmHWM') - base)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
-def test_peak_rss_within_budget(tmp_path: Path) -> None:
+def test_peak_rss_within_budget(tmp_path: Path, peak_rss: Callable[..., list[int]]) -> None:
     """128 MiB of float32 (16x the 8 MiB budget): cov and qr stay within budget + 64 MiB."""
     path = tmp_path / "big.npy"
     x = np.lib.format.open_memmap(path, "w+", np.float32, ((128 << 20) // 64, 16))
@@ -371,12 +354,10 @@ def test_peak_rss_within_budget(tmp_path: Path) -> None:
     x.flush()
     del x
     budget = 8 << 20
-    for op in ("bigarr.cov(P, rowvar=False, budget=B, threads=2, progress=False)",
-               "linalg.qr(P, budget=B, threads=2, progress=False)"):
-        script = _RSS.format(path=str(path), budget=budget, op=op)
-        out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], check=True,
-                             capture_output=True, text=True, env=os.environ.copy())
-        grown = int(out.stdout.split()[-1])
+    ops = ("bigarr.cov(P, rowvar=False, budget=B, threads=2, progress=False)",
+           "linalg.qr(P, budget=B, threads=2, progress=False)")
+    setup = f"import bigarr\nfrom bigarr import linalg\nP, B = {str(path)!r}, {budget}"
+    for op, grown in zip(ops, peak_rss(setup, *ops), strict=True):  # one interpreter
         assert grown <= budget + (64 << 20), (op, grown)
 
 

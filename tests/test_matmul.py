@@ -8,10 +8,7 @@ column panels, so the tile schedule is exercised, not one panel.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +124,8 @@ def test_transposed_a_times_a_tall_file(files: tuple[Path, np.ndarray, np.ndarra
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
-def test_tiled_peak_rss_within_budget(tmp_path: Path) -> None:
+def test_tiled_peak_rss_within_budget(tmp_path: Path,
+                                      peak_rss: Callable[..., list[int]]) -> None:
     """a: 128 MiB (16x an 8 MiB budget), b: 10 MiB (larger than the budget), by panels."""
     a = np.lib.format.open_memmap(tmp_path / "a.npy", "w+", np.float32, (2048, 16384))
     for i in range(0, 2048, 256):
@@ -139,22 +136,11 @@ def test_tiled_peak_rss_within_budget(tmp_path: Path) -> None:
     budget = 8 << 20
     plan = linalg.plan_tiles((2048, 16384), (16384, 160), 4, 4, 4, budget, threads=2)
     assert plan.passes > 1
-    script = textwrap.dedent(f"""
-        import numpy as np
-        from bigarr import linalg
-        def status(key):
-            return int(open('/proc/self/status').read().split(key + ':')[1].split()[0]) << 10
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-        base = status('VmRSS')
-        linalg.matmul({str(tmp_path / "a.npy")!r}, {str(tmp_path / "b.npy")!r},
-                      {str(tmp_path / "o.npy")!r}, budget={budget}, threads=2,
+    [grown] = peak_rss("from bigarr import linalg", """
+        linalg.matmul(sys.argv[1], sys.argv[2], sys.argv[3], budget=int(sys.argv[4]), threads=2,
                       progress=False).close()
-        print(status('VmHWM') - base)
-    """)
-    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
-                         text=True, env=os.environ.copy())
-    assert int(out.stdout.split()[-1]) <= budget + (64 << 20)
+    """, args=(*(str(tmp_path / n) for n in ("a.npy", "b.npy", "o.npy")), str(budget)))
+    assert grown <= budget + (64 << 20)
     got = np.load(tmp_path / "o.npy", mmap_mode="r")
     a = np.load(tmp_path / "a.npy", mmap_mode="r")
     assert _rel(got[:64], a[:64].astype(np.float64).sum(axis=1, keepdims=True)

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -392,8 +393,8 @@ def test_misaligned_blocks_are_never_passed_to_c(dtype: Any) -> None:
 
 @needs_native
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's VmHWM")
-def test_variance_of_few_columns_stays_within_its_budget(tmp_path: Path) -> None:
+def test_variance_of_few_columns_stays_within_its_budget(
+        tmp_path: Path, peak_rss: Callable[..., list[int]]) -> None:
     # (N, 4) float64 along axis 0: the native kernel used to decline fewer than MIN_COLUMNS
     # columns while Var reserved no scratch for numpy's kernel (203 MiB more at budget 32 MiB)
     path = tmp_path / "c4.npy"
@@ -401,7 +402,7 @@ def test_variance_of_few_columns_stays_within_its_budget(tmp_path: Path) -> None
     for i in range(0, arr.shape[0], 1_000_000):
         arr[i:i + 1_000_000] = 1.5
     arr.close()
-    assert _var_growth(path, "0") <= (32 + 64) * 2**20
+    assert _var_growth(peak_rss, path, "0") <= (32 + 64) * 2**20
 
 
 def test_variance_over_axes_the_kernel_cannot_take_keeps_its_scratch_bounded(
@@ -427,29 +428,20 @@ def test_variance_over_axes_the_kernel_cannot_take_keeps_its_scratch_bounded(
 
 @needs_native
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's VmHWM")
 def test_variance_over_axes_the_kernel_cannot_take_stays_within_its_budget(
-        tmp_path: Path) -> None:
+        tmp_path: Path, peak_rss: Callable[..., list[int]]) -> None:
     # (2M, 5, 5) float64 over axis=(0, 2): was 199 MiB of growth at a 32 MiB budget
     path = tmp_path / "c55.npy"
     arr = bigarr.create(path, (2_000_000, 5, 5), np.float64)
     for i in range(0, arr.shape[0], 200_000):
         arr[i:i + 200_000] = 1.5
     arr.close()
-    assert _var_growth(path, "(0, 2)") <= (32 + 64) * 2**20
+    assert _var_growth(peak_rss, path, "(0, 2)") <= (32 + 64) * 2**20
 
 
-def _var_growth(path: Path, axis: str) -> int:
+def _var_growth(peak_rss: Callable[..., list[int]], path: Path, axis: str) -> int:
     """Peak RSS growth (VmHWM over the RSS before) of ``bigarr.var(path, axis=...)`` at a
     32 MiB budget, in a fresh interpreter."""
-    code = ("import sys, bigarr\n"
-            "def status(key):\n"
-            "    text = open('/proc/self/status').read()\n"
-            "    return int(text.split(key + ':')[1].split()[0]) << 10\n"
-            "open('/proc/self/clear_refs', 'w').write('5')\n"
-            "base = status('VmRSS')\n"
-            f"bigarr.var(sys.argv[1], axis={axis}, budget='32MiB', threads=1, progress=False)\n"
-            "print(status('VmHWM') - base)\n")
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                         text=True, check=True, env=dict(os.environ)).stdout
-    return int(out.split()[-1])
+    return peak_rss("import bigarr", f"""
+        bigarr.var(sys.argv[1], axis={axis}, budget='32MiB', threads=1, progress=False)
+    """, args=(str(path),))[0]

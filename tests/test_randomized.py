@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,30 +161,18 @@ def test_pca_randomized_on_a_wide_matrix() -> None:
 
 
 # ---- memory --------------------------------------------------------------------------------
-_RSS = """
-import numpy as np, bigarr
-from bigarr import linalg
-def status(key):
-    return int(open('/proc/self/status').read().split(key + ':')[1].split()[0]) << 10
-P, C, T, B = {path!r}, {other!r}, {tmp!r}, {budget}
-with open('/proc/self/clear_refs', 'w') as f:
-    f.write('5')
-base = status('VmRSS')
-{op}
-print(status('VmHWM') - base)
-"""
-
-
 def _rss_file(path: Path, nbytes: int, cols: int) -> None:
     x = np.lib.format.open_memmap(path, "w+", np.float32, (nbytes // (4 * cols), cols))
     step = 1 << 16
     for i in range(0, len(x), step):
-        x[i:i + step] = np.random.default_rng(i).standard_normal((len(x[i:i + step]), cols))
+        x[i:i + step] = np.random.default_rng(i).standard_normal((len(x[i:i + step]), cols),
+                                                                 np.float32)
     x.flush()
     del x
 
 
-def _peak_rss(tmp_path: Path, budget: int, size: int, *, quick: bool) -> None:
+def _peak_rss(peak_rss: Callable[..., list[int]], tmp_path: Path, budget: int, size: int, *,
+              quick: bool) -> None:
     path, other = tmp_path / "big.npy", tmp_path / "c.npy"
     _rss_file(path, size, 64)
     _rss_file(other, size // 8, 8)
@@ -195,27 +183,24 @@ def _peak_rss(tmp_path: Path, budget: int, size: int, *, quick: bool) -> None:
         "progress=False)",
         "linalg.matmul(bigarr.open(P).T, C, budget=B, threads=2, progress=False)",
     )
-    for op in ops[::2] if quick else ops:
-        script = _RSS.format(path=str(path), other=str(other), tmp=str(tmp_path),
-                             budget=budget, op=op)
-        out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], check=True,
-                             capture_output=True, text=True, env=os.environ.copy())
-        grown = int(out.stdout.split()[-1])
+    ops = ops[::2] if quick else ops
+    setup = (f"import bigarr\nfrom bigarr import linalg\n"
+             f"P, C, T, B = {str(path)!r}, {str(other)!r}, {str(tmp_path)!r}, {budget}")
+    for op, grown in zip(ops, peak_rss(setup, *ops), strict=True):  # one interpreter
         assert grown <= budget + (64 << 20), (op, grown)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
-def test_peak_rss_within_budget(tmp_path: Path) -> None:
+def test_peak_rss_within_budget(tmp_path: Path, peak_rss: Callable[..., list[int]]) -> None:
     """128 MiB of float32 (16x an 8 MiB budget; Q goes to a temporary file): randomized_svd
     and matmul(a.T, b) (the slow test adds randomized PCA, at 32 MiB and 512 MiB)."""
-    _peak_rss(tmp_path, 8 << 20, 128 << 20, quick=True)
+    _peak_rss(peak_rss, tmp_path, 8 << 20, 128 << 20, quick=True)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
-def test_peak_rss_within_budget_512mib(tmp_path: Path) -> None:
+def test_peak_rss_within_budget_512mib(tmp_path: Path,
+                                       peak_rss: Callable[..., list[int]]) -> None:
     """512 MiB of float32, 16x a 32 MiB budget."""
-    _peak_rss(tmp_path, 32 << 20, 512 << 20, quick=False)
+    _peak_rss(peak_rss, tmp_path, 32 << 20, 512 << 20, quick=False)
 
 
 def test_blas_threads_are_limited_in_every_pass(tmp_path: Path) -> None:

@@ -112,20 +112,38 @@ def _kill_after(proc: subprocess.Popen[str], log: Path, calls: int) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-def _clean_run(tmp_path: Path, src: Path, mode: str,
-               budget: str = "2MiB") -> tuple[np.ndarray, int]:
-    out = tmp_path / f"clean-{mode}-{budget}.npy"
-    log = tmp_path / f"clean-{mode}-{budget}.log"
-    _prepare(out, mode)
-    _finish(_start(tmp_path, src, out, log, False, mode, budget))
-    return np.load(out), len(_calls(log))
+_CLEAN: dict[tuple[str, str], tuple[np.ndarray, int]] = {}
 
 
-@pytest.mark.parametrize(("mode", "seed"), [("file", 0), ("file", 1), ("file", 2),
-                                             ("inplace", 3), ("append", 4)])
-def test_resume_after_kill_matches_a_clean_run(tmp_path: Path, mode: str, seed: int) -> None:
+@pytest.fixture(scope="module")
+def clean_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the clean runs write; each (mode, budget) runs once per module (the source's
+    values are the same in every test, so its result and chunk count are too)."""
+    _CLEAN.clear()
+    return tmp_path_factory.mktemp("clean")
+
+
+def _clean_run(folder: Path, mode: str, budget: str = "2MiB") -> tuple[np.ndarray, int]:
+    if (mode, budget) not in _CLEAN:
+        src = folder / "src.npy" if (folder / "src.npy").exists() else _source(folder)
+        out = folder / f"clean-{mode}-{budget}.npy"
+        log = folder / f"clean-{mode}-{budget}.log"
+        _prepare(out, mode)
+        _finish(_start(folder, src, out, log, False, mode, budget))
+        _CLEAN[mode, budget] = np.load(out), len(_calls(log))
+    return _CLEAN[mode, budget]
+
+
+@pytest.mark.parametrize(("mode", "seed"), [
+    ("file", 0), ("inplace", 3), ("append", 4),
+    # more kill points of the same file-mode path (the crash matrix kills it at others too)
+    pytest.param("file", 1, marks=pytest.mark.slow),
+    pytest.param("file", 2, marks=pytest.mark.slow),
+])
+def test_resume_after_kill_matches_a_clean_run(tmp_path: Path, clean_folder: Path, mode: str,
+                                               seed: int) -> None:
     src = _source(tmp_path)
-    expected, nchunks = _clean_run(tmp_path, src, mode)
+    expected, nchunks = _clean_run(clean_folder, mode)
     assert nchunks > 8
     out = tmp_path / "out.npy"
     _prepare(out, mode)
@@ -166,9 +184,10 @@ def test_resume_after_kill_matches_a_clean_run(tmp_path: Path, mode: str, seed: 
     assert not _partials(out)
 
 
-def test_without_resume_a_crash_leaves_no_output_and_reruns_everything(tmp_path: Path) -> None:
+def test_without_resume_a_crash_leaves_no_output_and_reruns_everything(
+        tmp_path: Path, clean_folder: Path) -> None:
     src = _source(tmp_path)
-    expected, nchunks = _clean_run(tmp_path, src, "file")
+    expected, nchunks = _clean_run(clean_folder, "file")
     out = tmp_path / "out.npy"
     _kill_after(_start(tmp_path, src, out, tmp_path / "first.log", False, "file",
                        hold=nchunks // 2), tmp_path / "first.log", nchunks // 2)
@@ -179,7 +198,7 @@ def test_without_resume_a_crash_leaves_no_output_and_reruns_everything(tmp_path:
     np.testing.assert_array_equal(np.load(out), expected)
 
 
-def test_a_journal_of_another_run_is_not_trusted(tmp_path: Path) -> None:
+def test_a_journal_of_another_run_is_not_trusted(tmp_path: Path, clean_folder: Path) -> None:
     src = _source(tmp_path)
     out = tmp_path / "out.npy"
     first = tmp_path / "first.log"
@@ -188,7 +207,7 @@ def test_a_journal_of_another_run_is_not_trusted(tmp_path: Path) -> None:
     log = tmp_path / "second.log"
     # Another budget cuts other chunks: the old journal does not describe this run.
     _finish(_start(tmp_path, src, out, log, True, "file", budget="3MiB"))
-    expected, nchunks = _clean_run(tmp_path, src, "file", "3MiB")
+    expected, nchunks = _clean_run(clean_folder, "file", "3MiB")
     assert len(_calls(log)) == nchunks  # every chunk of the new plan
     np.testing.assert_array_equal(np.load(out), expected)
 
