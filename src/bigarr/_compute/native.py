@@ -11,6 +11,7 @@ returns None for anything else, so callers fall back per block.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import os
 from typing import Any
@@ -234,6 +235,23 @@ def _ceil_to(values: np.ndarray[Any, Any], dtype: np.dtype[Any]) -> np.ndarray[A
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def _thresholds(dtype: str, lo: float, hi: float, inner: bytes) -> np.ndarray[Any, Any]:
+    """The ``n + 1`` thresholds of :func:`hist_uniform`'s count by edges, in the data's
+    ``dtype``: ``lo``, each inner edge (float64 bytes) rounded up and clipped to ``lo ..`` the
+    next value above ``hi``, and that value. Computed once per histogram, not once per chunk
+    (read-only)."""
+    dt = np.dtype(dtype)
+    bounds = _ceil_to(np.array([lo, hi]), dt)
+    top = bounds[1] if float(bounds[1]) > hi else np.nextafter(bounds[1], dt.type(np.inf))
+    edges = np.frombuffer(inner, dtype=np.float64)
+    t = np.empty(edges.size + 2, dtype=dt)
+    t[0], t[-1] = bounds[0], top
+    t[1:-1] = np.clip(_ceil_to(edges, dt), bounds[0], top)
+    t.flags.writeable = False
+    return t
+
+
 def hist_uniform(flat: np.ndarray[Any, Any], first: Any, last: Any, denom: Any, n: int,
                  edges: np.ndarray[Any, Any], upper: np.ndarray[Any, Any],
                  counts: np.ndarray[Any, Any], fast: bool = False,
@@ -281,12 +299,7 @@ def hist_uniform(flat: np.ndarray[Any, Any], first: Any, last: Any, denom: Any, 
         # kept v (lo <= v <= hi) is in bin #{inner edges <= v}; thresholds clipped to
         # [lo, next above hi] keep that for kept values, count values below lo nowhere and
         # values above hi (and only those) at every threshold, so they cancel
-        dt = flat.dtype
-        bounds = _ceil_to(np.array([lo, hi]), dt)
-        top = bounds[1] if float(bounds[1]) > hi else np.nextafter(bounds[1], dt.type(np.inf))
-        t = np.empty(n + 1, dtype=dt)
-        t[0], t[n] = bounds[0], top
-        t[1:n] = np.clip(_ceil_to(inner, dt), bounds[0], top)
+        t = _thresholds(flat.dtype.str, lo, hi, inner.tobytes())
         above = hist_above(flat, t)
         assert above is not None  # flat is usable (checked above)
         counts[:n] += (above[:n] - above[1:]).astype(counts.dtype, copy=False)
