@@ -289,15 +289,17 @@ DEF_MIN_MAX(min_max_f8, double)
 
 /* Counts of n equal bins of the m values of x, as numpy.histogram's equal-bin path computes
  * them, with edges of type E (the bin dtype) that do not decrease:
- *   kept:   lo <= v <= hi (lo, hi: numpy's outer edges, already in the comparison type, which
- *           double holds exactly);
+ *   kept:   lo <= v <= hi compared in T (lo, hi: numpy's outer edges in the comparison type,
+ *           rounded inward to values of T by the caller: the same comparison);
  *   index:  numpy's estimate f = ((E)v - first) / denom * n, the subtraction in E, the division
  *           and product in E, or in double when `wide` (numpy divides by a float64 denominator
  *           in float64), clipped to n - 1, truncated;
- *           or, when `fast`, ((double)(E)v - first) * scale in double, for scale = n / denom:
- *           the caller sets it only where rounding cannot move numpy's estimate, nor this one,
- *           more than one bin from the bin the edges define, so that after the corrections
- *           below both land in that bin;
+ *           or, when `fast`, ((E)v - first) * scale in E (in double for more than 2^24 bins),
+ *           for scale = n / denom: the caller sets it only where rounding cannot move numpy's
+ *           estimate, nor this one, more than one bin from the bin the edges define (both
+ *           round alike), so that after the corrections below both land in that bin; and
+ *           where the estimate is more than `margin` bins (a bound on both roundings, under a
+ *           quarter) from a whole number, its floor is that bin, so no correction is needed;
  *   then one down where (E)v < edges[index], one up where (E)v >= upper[index]
  *   (upper = edges[1:n] followed by +inf, so never up from the last bin).
  * A value not kept (NaN too) goes to an extra bin n, where edges[n] and upper[n] must be NaN
@@ -322,6 +324,10 @@ DEF_MIN_MAX(min_max_f8, double)
         const int32_t out = (int32_t)n;                                                     \
         /* a margin of a quarter bin or more: no estimate is sure */                        \
         const int32_t sure = margin < 0.25 ? 0 : UNSURE;                                    \
+        const T lo_t = (T)lo, hi_t = (T)hi; /* values of T: the caller rounds them inward */ \
+        /* the estimate in E where E holds every bin number exactly (float32: 2^24) */       \
+        const int narrow = n <= (1 << 24);                                                  \
+        const E scale_e = (E)scale, margin_e = (E)margin;                                   \
         int32_t idx[VBLOCK];                                                                \
         /* rows of n + 2 from bin -1 (where nothing lands for edges that do not decrease: */ \
         /* memory safety without a branch) to the extra bin n */                            \
@@ -331,9 +337,22 @@ DEF_MIN_MAX(min_max_f8, double)
             const int64_t w = m - i0 < VBLOCK ? m - i0 : VBLOCK;                            \
             const T *restrict b = x + i0;                                                   \
             /* NaN and inf compare out and are clipped to 0 before the conversion */         \
-            if (fast) {                                                                     \
+            if (fast && narrow) { /* in E: 8 float32 lanes where E is float */              \
                 for (int64_t i = 0; i < w; i++) {                                           \
-                    const double d = (double)b[i];                                          \
+                    const E f = ((E)b[i] - first) * scale_e;                                \
+                    E g = f > last ? last : f, a = f - margin_e, c = f + margin_e;          \
+                    g = g >= (E)0 ? g : (E)0;                                               \
+                    a = a > last ? last : a;                                                \
+                    a = a >= (E)0 ? a : (E)0;                                               \
+                    c = c > last ? last : c;                                                \
+                    c = c >= (E)0 ? c : (E)0;                                               \
+                    /* sure: the estimate's floor is the bin, margin either side */         \
+                    const int32_t k = (int32_t)g, ka = (int32_t)a, kc = (int32_t)c;         \
+                    const int32_t kk = k | (ka == kc ? sure : UNSURE);                      \
+                    idx[i] = (b[i] >= lo_t) & (b[i] <= hi_t) ? kk : out;                    \
+                }                                                                           \
+            } else if (fast) {                                                              \
+                for (int64_t i = 0; i < w; i++) {                                           \
                     const double f = ((double)(E)b[i] - first_d) * scale;                   \
                     double g = f > lastd ? lastd : f, a = f - margin, c = f + margin;       \
                     g = g >= 0.0 ? g : 0.0;                                                 \
@@ -341,26 +360,23 @@ DEF_MIN_MAX(min_max_f8, double)
                     a = a >= 0.0 ? a : 0.0;                                                 \
                     c = c > lastd ? lastd : c;                                              \
                     c = c >= 0.0 ? c : 0.0;                                                 \
-                    /* sure: the estimate's floor is the bin, margin either side */         \
                     const int32_t k = (int32_t)g, ka = (int32_t)a, kc = (int32_t)c;         \
                     const int32_t kk = k | (ka == kc ? sure : UNSURE);                      \
-                    idx[i] = (d >= lo) & (d <= hi) ? kk : out;                              \
+                    idx[i] = (b[i] >= lo_t) & (b[i] <= hi_t) ? kk : out;                    \
                 }                                                                           \
             } else if (wide) {                                                              \
                 for (int64_t i = 0; i < w; i++) {                                           \
-                    const double d = (double)b[i];                                          \
                     double f = ((double)(E)((E)b[i] - first) / denom_d) * (double)n;        \
                     f = f > lastd ? lastd : f;                                              \
                     f = f >= 0.0 ? f : 0.0;                                                 \
-                    idx[i] = (d >= lo) & (d <= hi) ? (int32_t)f | UNSURE : out;                      \
+                    idx[i] = (b[i] >= lo_t) & (b[i] <= hi_t) ? (int32_t)f | UNSURE : out;                      \
                 }                                                                           \
             } else {                                                                        \
                 for (int64_t i = 0; i < w; i++) {                                           \
-                    const double d = (double)b[i];                                          \
                     E f = (E)((E)((E)((E)b[i] - first) / denom) * bins);                    \
                     f = f > last ? last : f;                                                \
                     f = f >= (E)0 ? f : (E)0;                                               \
-                    idx[i] = (d >= lo) & (d <= hi) ? (int32_t)f | UNSURE : out;                      \
+                    idx[i] = (b[i] >= lo_t) & (b[i] <= hi_t) ? (int32_t)f | UNSURE : out;                      \
                 }                                                                           \
             }                                                                               \
             int64_t i = 0;                                                                  \

@@ -64,7 +64,7 @@ def histogram(
     how numpy rounds that edge, so counts taken against provisional bins cannot be rebinned
     exactly. Pass ``range=`` to count in one pass. Equal bins of float32/float64 data are
     counted by the native kernels where rounding provably cannot move a value across an edge
-    (up to 56 bins, as the number of values at or above each edge, in one vectorised pass;
+    (up to 32 bins, as the number of values at or above each edge, in one vectorised pass;
     beyond, by a bin index per element), else with numpy's own equal-bin steps; edges given as
     a sequence, and weights, with ``np.histogram`` per chunk.
 

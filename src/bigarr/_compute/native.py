@@ -311,9 +311,12 @@ def hist_uniform(flat: np.ndarray[Any, Any], first: Any, last: Any, denom: Any, 
     rows = np.zeros((_HISTS, n + 2), dtype=np.uint32)  # bins -1 (never hit) to n
     wide = int(quotient.itemsize > edges.dtype.itemsize)
     kernel = getattr(lib, f"hist_{code}_{ecode}")
+    # the bounds rounded inward to the data's dtype: v >= lo_t is v >= lo, v <= hi_t is v <= hi
+    lo_t = float(_ceil_to(np.array([lo]), flat.dtype)[0])
+    hi_t = -float(_ceil_to(np.array([-hi]), flat.dtype)[0])
     for lo_i in range(0, flat.size, _CALL_ELEMENTS):
         part = flat[lo_i:lo_i + _CALL_ELEMENTS]
-        kernel(_ptr(part), part.size, lo, hi, e_first, f_denom, n, wide, int(fast), n / f_denom,
+        kernel(_ptr(part), part.size, lo_t, hi_t, e_first, f_denom, n, wide, int(fast), n / f_denom,
                margin, _ptr(e), _ptr(u), _ptr(rows))
         counts[:n] += rows[:, 1:n + 1].sum(axis=0, dtype=np.int64).astype(counts.dtype, copy=False)
         rows[...] = 0
