@@ -305,8 +305,9 @@ DEF_MIN_MAX(min_max_f8, double)
  * A value not kept (NaN too) goes to an extra bin n, where edges[n] and upper[n] must be NaN
  * (no correction moves it). In blocks of VBLOCK values: first every estimate (a loop the
  * compiler vectorises), then the corrections, then the increments. counts holds HISTS rows of
- * n + 2 uint32, bins -1 to n (the caller splits x so that none overflows): element i is counted in row
- * i % HISTS, so that runs of equal bins do not wait on one counter (the caller adds the rows). */
+ * n + 2 uint32, bins -1 to n (the caller splits x so that none overflows; n < 2^30, below
+ * the UNSURE flag): element i is counted in row i % HISTS, so that runs of equal bins do not
+ * wait on one counter (the caller adds the rows). */
 #define HISTS 4
 #define UNSURE (1 << 30)
 /* Element i's bin from its estimate idx[i]: numpy's corrections where the estimate is flagged
@@ -369,14 +370,17 @@ DEF_MIN_MAX(min_max_f8, double)
                     double f = ((double)(E)((E)b[i] - first) / denom_d) * (double)n;        \
                     f = f > lastd ? lastd : f;                                              \
                     f = f >= 0.0 ? f : 0.0;                                                 \
-                    idx[i] = (b[i] >= lo_t) & (b[i] <= hi_t) ? (int32_t)f | UNSURE : out;                      \
+                    const int32_t k = (int32_t)f, kk = (k < out ? k : out - 1) | UNSURE;    \
+                    idx[i] = (b[i] >= lo_t) & (b[i] <= hi_t) ? kk : out;                    \
                 }                                                                           \
             } else {                                                                        \
                 for (int64_t i = 0; i < w; i++) {                                           \
                     E f = (E)((E)((E)((E)b[i] - first) / denom) * bins);                    \
                     f = f > last ? last : f;                                                \
                     f = f >= (E)0 ? f : (E)0;                                               \
-                    idx[i] = (b[i] >= lo_t) & (b[i] <= hi_t) ? (int32_t)f | UNSURE : out;                      \
+                    /* numpy's `indices[indices == n] -= 1`: n - 1 rounds up to n in float32 */ \
+                    const int32_t k = (int32_t)f, kk = (k < out ? k : out - 1) | UNSURE;    \
+                    idx[i] = (b[i] >= lo_t) & (b[i] <= hi_t) ? kk : out;                    \
                 }                                                                           \
             }                                                                               \
             int64_t i = 0;                                                                  \

@@ -274,7 +274,7 @@ def hist_uniform(flat: np.ndarray[Any, Any], first: Any, last: Any, denom: Any, 
     """
     code = _usable(flat)
     ecode = _CODES.get(edges.dtype)
-    if (n < 1 or n >= 2**31 - 1 or edges.ndim != 1 or edges.size < n + 1 or np.size(upper) < n
+    if (n < 1 or n >= 2**30 or edges.ndim != 1 or edges.size < n + 1 or np.size(upper) < n
             or counts.size < n):
         return False  # the kernel reads edges[:n], upper[:n] and writes n counts: never past them
     if code is None or ecode is None or lib is None or (code, ecode) == ("f8", "f4"):
