@@ -219,13 +219,147 @@ def test_equal_bins_are_numpys_counts_on_every_edge(case: Any) -> None:
     denom = tiles._unsigned_subtract(rng[1], rng[0])
     within = tiles._estimate_within_one(rng[0], rng[1], n, edges)
     # numpy's own estimate always; where rounding cannot move it past one bin, a float64
-    # product, and comparison with every inner edge: all must give numpy's counts
-    modes = [(False, False)] + ([(True, False), (True, True)] if within else [])
-    for fast, by_edges in modes:
+    # product, and comparison with every inner edge
+    # (and, by index, with or without the shortcut that skips the corrections of estimates
+    # far from a whole number): all must give numpy's counts
+    margin = tiles._sure_margin(rng[0], rng[1], n, edges)
+    modes = [(False, False, 1.0)] + (
+        [(True, False, 1.0), (True, False, margin), (True, True, 1.0)] if within else [])
+    for fast, by_edges, sure in modes:
         got = np.zeros(n + 1, dtype=np.int64)
         assert native.hist_uniform(x, rng[0], rng[1], denom, n, edges, upper, got, fast=fast,
-                                   by_edges=by_edges)
+                                   by_edges=by_edges, margin=sure)
         np.testing.assert_array_equal(got[:n], counts)
+
+
+def _ulps(values: np.ndarray[Any, Any], k: int) -> np.ndarray[Any, Any]:
+    """Every value of ``values``' dtype within ``k`` ulps of each of them."""
+    out = [values]
+    up = down = values
+    for _ in range(k):
+        up = np.nextafter(up, values.dtype.type(np.inf))
+        down = np.nextafter(down, values.dtype.type(-np.inf))
+        out += [up, down]
+    return np.concatenate(out)
+
+
+_SPECIAL = [0.0, -0.0, 1.0, -1.0, 1e-40, -1e-40, 5e-324, 3.4e38, -3.4e38, 1e300, np.inf,
+            -np.inf, np.nan]
+
+
+@needs_native
+@deep
+@given(st.sampled_from([np.float32, np.float64]),
+       st.sampled_from([1, 7, 8, 9, 2047, 2048, 2049, 4100]), st.integers(1, 14),
+       st.integers(0, 99))
+def test_counts_at_or_above_thresholds_are_numpys(dtype: Any, size: int, k: int,
+                                                   seed: int) -> None:
+    # IEEE comparisons in the data's dtype: -0.0 >= 0.0, NaN never counted (as a value or as
+    # a threshold), infinities and subnormals compared exactly; sizes around the vector and
+    # block lengths, thresholds in any order and fewer or more than one group
+    rng = np.random.default_rng(seed)
+    with np.errstate(over="ignore"):
+        pool = np.array(_SPECIAL, dtype=dtype)
+    pool = np.concatenate([pool, _ulps(pool[np.isfinite(pool)], 1),
+                           rng.standard_normal(20).astype(dtype)])
+    x = rng.choice(pool, size=size)
+    t = rng.choice(pool, size=k)
+    got = native.hist_above(x, t)
+    assert got is not None
+    np.testing.assert_array_equal(got, [np.count_nonzero(x >= v) for v in t])
+
+
+@st.composite
+def near_edges(draw: Any) -> tuple[np.ndarray[Any, Any], int, tuple[Any, Any]]:
+    """Data on, and a few ulps either side of, every edge of n equal bins over a range that is
+    wide, narrow or a few ulps wide, on small or large offsets (where numpy's rounding moves
+    values across edges), plus values outside it, NaN, infinities and -0.0."""
+    dtype = np.dtype(draw(st.sampled_from([np.float32, np.float64])))
+    n = draw(st.sampled_from([1, 2, 3, 10, 17, 32, 33, 100, 1000, 4096]))
+    lo = dtype.type(draw(st.sampled_from([0.0, -0.0, -1.0, 0.1, 100.0, -3e3, 1e6, 1.5e7])))
+    width = draw(st.sampled_from(["ulps", "narrow", "wide"]))
+    if width == "ulps":
+        hi = lo
+        for _ in range(draw(st.integers(1, 40))):
+            hi = np.nextafter(hi, dtype.type(np.inf))
+    else:
+        hi = dtype.type(lo + dtype.type(1e-3 if width == "narrow" else 40.0))
+    assume(hi > lo)
+    typed = draw(st.booleans())  # numpy scalars of the data's dtype, or Python floats
+    rng_ = (lo, hi) if typed else (float(lo), float(hi))
+    try:
+        edges = np.histogram_bin_edges(np.zeros(0, dtype), n, range=rng_)
+    except ValueError:  # too many bins for the range: numpy refuses, as bigarr does
+        assume(False)
+    e = edges.astype(dtype)
+    seed = draw(st.integers(0, 99))
+    inside = lo + (hi - lo) * np.random.default_rng(seed).random(300).astype(dtype)
+    with np.errstate(over="ignore"):
+        special = np.array(_SPECIAL, dtype=dtype)
+    x = np.concatenate([_ulps(e[np.isfinite(e)], 2), inside.astype(dtype), special])
+    np.random.default_rng(seed).shuffle(x)
+    return x, n, rng_
+
+
+@needs_native
+@deep
+@given(near_edges())
+def test_equal_bins_by_every_native_path_are_numpys_next_to_each_edge(case: Any) -> None:
+    x, n, rng_ = case
+    want, edges = np.histogram(x, n, range=rng_)
+    first, last = rng_
+    got = tiles.uniform_counts(x, first, last, n, edges, 1 << 16)
+    np.testing.assert_array_equal(got, want)
+    # each native path that applies, not only the one uniform_counts picks
+    upper = np.append(edges[1:n], np.inf).astype(edges.dtype)
+    denom = tiles._unsigned_subtract(last, first)
+    within = tiles._estimate_within_one(first, last, n, edges)
+    margin = tiles._sure_margin(first, last, n, edges)
+    for fast, by_edges in [(False, False)] + ([(True, False), (True, True)] if within else []):
+        counts = np.zeros(n, dtype=np.int64)
+        if native.hist_uniform(x, first, last, denom, n, edges, upper, counts, fast=fast,
+                               by_edges=by_edges, margin=margin):
+            np.testing.assert_array_equal(counts, want)
+
+
+def test_bins_a_few_subnormal_steps_wide_are_numpys() -> None:
+    # float32 edges over 0 .. 20 subnormal steps, 17 bins, coincide in places: rounding there
+    # is absolute, numpy's estimate is more than one bin off, and counting by the edges gave
+    # other counts (before the bound on rounding required bins far wider than the smallest
+    # normal number)
+    lo = hi = np.float32(0.0)
+    for _ in range(20):
+        hi = np.nextafter(hi, np.float32(np.inf))
+    e = np.histogram_bin_edges(np.zeros(0, np.float32), 17, range=(lo, hi))
+    x = np.concatenate([_ulps(e, 1), np.arange(21, dtype=np.int32).view(np.float32)])
+    x = np.tile(x, 4000)  # past the size numpy's own histogram is called for directly
+    want = np.histogram(x, 17, range=(lo, hi))
+    got = bigarr.histogram(x, 17, range=(lo, hi), budget="1MiB", progress=False)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+@needs_native
+def test_few_equal_bins_count_by_thresholds_and_more_by_index(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 10 bins (numpy's default): one compare-and-count pass, no index per element; 100 bins:
+    # the native index kernel (the rows it fills are uint32, flushed to int64 counts)
+    x = (np.random.default_rng(5).standard_normal(50_000) * 3 + 100).astype(np.float32)
+    above: list[int] = []
+    real = native.hist_above
+
+    def spy(flat: Any, thresholds: Any) -> Any:
+        above.append(thresholds.size)
+        return real(flat, thresholds)
+
+    monkeypatch.setattr(native, "hist_above", spy)
+    for bins in (10, 100):
+        got = bigarr.histogram(x[:, None].repeat(4, axis=1), bins, range=(80.0, 120.0),
+                               budget="1MiB", progress=False)
+        want = np.histogram(x[:, None].repeat(4, axis=1), bins, range=(80.0, 120.0))
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    assert above and set(above) == {11}  # only the 10-bin run, with its 11 thresholds
 
 
 @needs_native

@@ -328,6 +328,20 @@ def test_histogram_finds_its_range_in_one_pass() -> None:
     np.testing.assert_array_equal(edges, want_edges)
 
 
+def test_histogram_names_its_two_passes_and_takes_one_with_a_range() -> None:
+    # The documented 2-pass plan (numpy's edges need the data's extremes), visible in progress
+    # events; with range= given, one pass.
+    from bigarr._compute.histogram import PASSES
+
+    x = np.random.default_rng(7).normal(size=(3000, 7))
+    events: list[Any] = []
+    bigarr.histogram(x, bins=10, budget="64KiB", progress=events.append)
+    assert [e.desc for e in events if e.kind == "start"] == list(PASSES)
+    events.clear()
+    bigarr.histogram(x, bins=10, range=(-1.0, 1.0), budget="64KiB", progress=events.append)
+    assert [e.desc for e in events if e.kind == "start"] == ["histogram"]
+
+
 def test_wrong_calls_raise_argument_errors() -> None:
     x = np.arange(12.0).reshape(3, 4)
     for call in (lambda: bigarr.sum(x, axis="rows"), lambda: bigarr.argmax(x, axis=(0, 1)),

@@ -15,11 +15,12 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 /* The kernels' interface version: bigarr/_compute/native.py refuses a library built from
  * another version's source (a stale build beside newer Python code), so a changed signature can
  * never be called with the old arguments. Bump it with any change to a signature. */
-#define ABI 1
+#define ABI 3
 int64_t bigarr_native_abi(void) { return ABI; }
 
 #define LANES 16
@@ -281,91 +282,165 @@ DEF_ARG_COLS(arg_cols_f8, double)
 DEF_MIN_MAX(min_max_f4, float)
 DEF_MIN_MAX(min_max_f8, double)
 
-/* ---- equal-bin histograms, numpy's arithmetic -------------------------------------------- */
+/* ---- equal-bin histograms, numpy's counts ------------------------------------------------ */
+
+/* Values per block (8 KiB of float32, 16 KiB of float64: in the first-level cache). */
+#define VBLOCK 2048
 
 /* Counts of n equal bins of the m values of x, as numpy.histogram's equal-bin path computes
  * them, with edges of type E (the bin dtype) that do not decrease:
- *   kept:   lo <= v <= hi (lo, hi: numpy's outer edges, already in the comparison type);
+ *   kept:   lo <= v <= hi compared in T (lo, hi: numpy's outer edges in the comparison type,
+ *           rounded inward to values of T by the caller: the same comparison);
  *   index:  numpy's estimate f = ((E)v - first) / denom * n, the subtraction in E, the division
  *           and product in E, or in double when `wide` (numpy divides by a float64 denominator
  *           in float64), clipped to n - 1, truncated;
- *           or, when `fast`, ((double)(E)v - first) * scale in double, for scale = n / denom:
- *           the caller sets it only where rounding cannot move numpy's estimate, nor this one,
- *           more than one bin from the bin the edges define, so that after the corrections
- *           below both land in that bin;
+ *           or, when `fast`, ((E)v - first) * scale in E (in double for more than 2^24 bins),
+ *           for scale = n / denom: the caller sets it only where rounding cannot move numpy's
+ *           estimate, nor this one, more than one bin from the bin the edges define (both
+ *           round alike), so that after the corrections below both land in that bin; and
+ *           where the estimate is more than `margin` bins (a bound on both roundings, under a
+ *           quarter) from a whole number, its floor is that bin, so no correction is needed;
  *   then one down where (E)v < edges[index], one up where (E)v >= upper[index]
  *   (upper = edges[1:n] followed by +inf, so never up from the last bin).
- * counts holds HISTS rows of n: element i is counted in row i % HISTS, so that runs of equal
- * bins do not wait on one counter (the caller adds the rows). */
+ * A value not kept (NaN too) goes to an extra bin n, where edges[n] and upper[n] must be NaN
+ * (no correction moves it). In blocks of VBLOCK values: first every estimate (a loop the
+ * compiler vectorises), then the corrections, then the increments. counts holds HISTS rows of
+ * n + 2 uint32, bins -1 to n (the caller splits x so that none overflows; n < 2^30, below
+ * the UNSURE flag): element i is counted in row i % HISTS, so that runs of equal bins do not
+ * wait on one counter (the caller adds the rows). */
 #define HISTS 4
+#define UNSURE (1 << 30)
+/* Element i's bin from its estimate idx[i]: numpy's corrections where the estimate is flagged
+ * UNSURE (a kept value; the flag off), the estimate itself otherwise. */
+#define CORRECTED(i, E) (idx[i] & UNSURE ? FIX(i, idx[i] & ~UNSURE, E) : idx[i])
+#define FIX(i, k, E) ((k) + ((E)b[i] >= upper[k]) - ((E)b[i] < edges[k]))
 #define DEF_HIST(NAME, T, E)                                                                \
     KERNEL void NAME(const T *restrict x, int64_t m, double lo, double hi, double first_d,  \
-                     double denom_d, int64_t n, int wide, int fast, double scale,           \
+                     double denom_d, int64_t n, int wide, int fast, double scale, double margin, \
                      const E *restrict edges, const E *restrict upper,                      \
-                     int64_t *restrict counts)                                              \
+                     uint32_t *restrict counts)                                             \
     {                                                                                       \
         const E first = (E)first_d, denom = (E)denom_d, bins = (E)n, last = (E)(n - 1);     \
-        for (int64_t i = 0; i < m; i++) {                                                   \
-            const double w = (double)x[i];                                                  \
-            if (!(w >= lo && w <= hi)) continue;                                            \
-            const E v = (E)x[i];                                                            \
-            int64_t k;                                                                      \
-            if (fast) {                                                                     \
-                double f = ((double)v - first_d) * scale;                                   \
-                if (f > (double)(n - 1)) f = (double)(n - 1);                               \
-                k = (int64_t)f;                                                             \
-            } else if (wide) {                                                              \
-                double f = ((double)(E)(v - first) / denom_d) * (double)n;                  \
-                if (f > (double)(n - 1)) f = (double)(n - 1);                               \
-                k = (int64_t)f;                                                             \
-            } else {                                                                        \
-                E f = (E)((E)((E)(v - first) / denom) * bins);                              \
-                if (f > last) f = last;                                                     \
-                k = (int64_t)f;                                                             \
-            }                                                                               \
-            if (k < 0) k = 0;                                                               \
-            k += (v >= upper[k]) - (v < edges[k]);                                          \
-            if (k < 0) k = 0; /* unreachable for edges that do not decrease; memory safety */ \
-            if (k >= n) k = n - 1;                                                          \
-            counts[(i % HISTS) * n + k] += 1;                                               \
-        }                                                                                   \
-    }
-
-/* With few bins, and rounding that cannot move numpy's estimate more than one bin from the bin
- * the edges define (the caller's check), numpy's bin of a kept v is #{e in 1..n-1: edges[e] <=
- * v}: counted by comparing with each inner edge, BLOCK values at a time, in loops the compiler
- * vectorises (no per-element index, no scattered increments). above[e] (n + 1 entries) gains
- * #{kept v >= edges[e]} for e in 1..n-1, and above[0] the kept count. */
-#define BLOCK 2048
-#define DEF_HIST_EDGES(NAME, T, E)                                                          \
-    KERNEL void NAME(const T *restrict x, int64_t m, double lo_d, double hi_d, int64_t n,   \
-                     const E *restrict edges, int64_t *restrict above)                      \
-    {                                                                                       \
-        const T lo = (T)lo_d, hi = (T)hi_d; /* exact: the caller checks */                  \
-        const E out = (E)-INFINITY; /* below every inner edge: a value not kept */          \
-        E v[BLOCK];                                                                         \
-        for (int64_t i0 = 0; i0 < m; i0 += BLOCK) {                                         \
-            const int64_t w = m - i0 < BLOCK ? m - i0 : BLOCK;                              \
+        const double lastd = (double)(n - 1);                                               \
+        const int32_t out = (int32_t)n;                                                     \
+        /* a margin of a quarter bin or more: no estimate is sure */                        \
+        const int32_t sure = margin < 0.25 ? 0 : UNSURE;                                    \
+        const T lo_t = (T)lo, hi_t = (T)hi; /* values of T: the caller rounds them inward */ \
+        /* the estimate in E where E holds every bin number exactly (float32: 2^24) */       \
+        const int narrow = n <= (1 << 24);                                                  \
+        const E scale_e = (E)scale, margin_e = (E)margin;                                   \
+        int32_t idx[VBLOCK];                                                                \
+        /* rows of n + 2 from bin -1 (where nothing lands for edges that do not decrease: */ \
+        /* memory safety without a branch) to the extra bin n */                            \
+        uint32_t *restrict r0 = counts + 1, *restrict r1 = r0 + (n + 2);                    \
+        uint32_t *restrict r2 = r1 + (n + 2), *restrict r3 = r2 + (n + 2);                  \
+        for (int64_t i0 = 0; i0 < m; i0 += VBLOCK) {                                        \
+            const int64_t w = m - i0 < VBLOCK ? m - i0 : VBLOCK;                            \
             const T *restrict b = x + i0;                                                   \
-            int32_t kept = 0;                                                               \
-            for (int64_t i = 0; i < w; i++) {                                               \
-                const int32_t k = (b[i] >= lo) & (b[i] <= hi);                              \
-                v[i] = k ? (E)b[i] : out;                                                   \
-                kept += k;                                                                  \
+            /* NaN and inf compare out and are clipped to 0 before the conversion */         \
+            if (fast && narrow) { /* in E: 8 float32 lanes where E is float */              \
+                for (int64_t i = 0; i < w; i++) {                                           \
+                    const E f = ((E)b[i] - first) * scale_e;                                \
+                    E g = f > last ? last : f, a = f - margin_e, c = f + margin_e;          \
+                    g = g >= (E)0 ? g : (E)0;                                               \
+                    a = a > last ? last : a;                                                \
+                    a = a >= (E)0 ? a : (E)0;                                               \
+                    c = c > last ? last : c;                                                \
+                    c = c >= (E)0 ? c : (E)0;                                               \
+                    /* sure: the estimate's floor is the bin, margin either side */         \
+                    const int32_t k = (int32_t)g, ka = (int32_t)a, kc = (int32_t)c;         \
+                    const int32_t kk = k | (ka == kc ? sure : UNSURE);                      \
+                    idx[i] = (b[i] >= lo_t) & (b[i] <= hi_t) ? kk : out;                    \
+                }                                                                           \
+            } else if (fast) {                                                              \
+                for (int64_t i = 0; i < w; i++) {                                           \
+                    const double f = ((double)(E)b[i] - first_d) * scale;                   \
+                    double g = f > lastd ? lastd : f, a = f - margin, c = f + margin;       \
+                    g = g >= 0.0 ? g : 0.0;                                                 \
+                    a = a > lastd ? lastd : a;                                              \
+                    a = a >= 0.0 ? a : 0.0;                                                 \
+                    c = c > lastd ? lastd : c;                                              \
+                    c = c >= 0.0 ? c : 0.0;                                                 \
+                    const int32_t k = (int32_t)g, ka = (int32_t)a, kc = (int32_t)c;         \
+                    const int32_t kk = k | (ka == kc ? sure : UNSURE);                      \
+                    idx[i] = (b[i] >= lo_t) & (b[i] <= hi_t) ? kk : out;                    \
+                }                                                                           \
+            } else if (wide) {                                                              \
+                for (int64_t i = 0; i < w; i++) {                                           \
+                    double f = ((double)(E)((E)b[i] - first) / denom_d) * (double)n;        \
+                    f = f > lastd ? lastd : f;                                              \
+                    f = f >= 0.0 ? f : 0.0;                                                 \
+                    const int32_t k = (int32_t)f, kk = (k < out ? k : out - 1) | UNSURE;    \
+                    idx[i] = (b[i] >= lo_t) & (b[i] <= hi_t) ? kk : out;                    \
+                }                                                                           \
+            } else {                                                                        \
+                for (int64_t i = 0; i < w; i++) {                                           \
+                    E f = (E)((E)((E)((E)b[i] - first) / denom) * bins);                    \
+                    f = f > last ? last : f;                                                \
+                    f = f >= (E)0 ? f : (E)0;                                               \
+                    /* numpy's `indices[indices == n] -= 1`: n - 1 rounds up to n in float32 */ \
+                    const int32_t k = (int32_t)f, kk = (k < out ? k : out - 1) | UNSURE;    \
+                    idx[i] = (b[i] >= lo_t) & (b[i] <= hi_t) ? kk : out;                    \
+                }                                                                           \
             }                                                                               \
-            above[0] += kept;                                                               \
-            for (int64_t e = 1; e < n; e++) {                                               \
-                const E edge = edges[e];                                                    \
-                int32_t t = 0;                                                              \
-                for (int64_t i = 0; i < w; i++) t += v[i] >= edge;                          \
-                above[e] += t;                                                              \
+            int64_t i = 0;                                                                  \
+            for (; i + HISTS <= w; i += HISTS) {                                            \
+                r0[CORRECTED(i, E)]++;                                                      \
+                r1[CORRECTED(i + 1, E)]++;                                                  \
+                r2[CORRECTED(i + 2, E)]++;                                                  \
+                r3[CORRECTED(i + 3, E)]++;                                                  \
+            }                                                                               \
+            for (; i < w; i++) r0[CORRECTED(i, E)]++;                                       \
+        }                                                                                   \
+    }
+
+/* above[j] += #{i: x[i] >= t[j]} for the k thresholds t (any order; a NaN threshold counts
+ * nothing), IEEE comparisons in the data's type (-0.0 == 0.0, NaN never counted). With few equal
+ * bins this is the whole histogram: the caller passes the thresholds lo, each inner edge
+ * rounded up to the data's type (clipped to lo .. next above hi) and the value next above hi,
+ * so that a count of a kept value's bin is a difference of two neighbouring counts (see
+ * native.hist_uniform). Counted VBLOCK values at a time (they stay in the core's first-level
+ * cache), GROUP thresholds per sweep over them, each in its own vector of per-lane counters:
+ * a compare and a subtract per threshold and vector, no per-element index, no scattered
+ * increments, no dependency between the counters. */
+#define VBYTES 32
+#define GROUP 6
+#define DEF_HIST_ABOVE(NAME, T, I)                                                          \
+    typedef T NAME##_vt __attribute__((vector_size(VBYTES)));                               \
+    typedef I NAME##_vi __attribute__((vector_size(VBYTES)));                               \
+    KERNEL void NAME(const T *restrict x, int64_t m, const T *restrict t, int64_t k,        \
+                     int64_t *restrict above)                                               \
+    {                                                                                       \
+        enum { L = VBYTES / sizeof(T) };                                                    \
+        for (int64_t i0 = 0; i0 < m; i0 += VBLOCK) {                                        \
+            const int64_t w = m - i0 < VBLOCK ? m - i0 : VBLOCK;                            \
+            const int64_t wv = w - w % L;                                                   \
+            const T *restrict b = x + i0;                                                   \
+            for (int64_t j0 = 0; j0 < k; j0 += GROUP) {                                     \
+                NAME##_vt e[GROUP];                                                         \
+                NAME##_vi c[GROUP];                                                         \
+                for (int g = 0; g < GROUP; g++) {                                           \
+                    const T tg = j0 + g < k ? t[j0 + g] : (T)NAN;                           \
+                    e[g] = (NAME##_vt){0} + tg; /* every lane */                            \
+                    c[g] = (NAME##_vi){0};                                                  \
+                }                                                                           \
+                for (int64_t i = 0; i < wv; i += L) {                                       \
+                    NAME##_vt v;                                                            \
+                    memcpy(&v, b + i, sizeof v);                                            \
+                    for (int g = 0; g < GROUP; g++) c[g] -= (NAME##_vi)(v >= e[g]);         \
+                }                                                                           \
+                for (int g = 0; g < GROUP && j0 + g < k; g++) {                             \
+                    int64_t s = 0;                                                          \
+                    for (int l = 0; l < L; l++) s += c[g][l];                               \
+                    for (int64_t i = wv; i < w; i++) s += b[i] >= t[j0 + g];                \
+                    above[j0 + g] += s;                                                     \
+                }                                                                           \
             }                                                                               \
         }                                                                                   \
     }
 
-DEF_HIST_EDGES(hist_edges_f4_f4, float, float)
-DEF_HIST_EDGES(hist_edges_f4_f8, float, double)
-DEF_HIST_EDGES(hist_edges_f8_f8, double, double)
+DEF_HIST_ABOVE(hist_above_f4, float, int32_t)
+DEF_HIST_ABOVE(hist_above_f8, double, int64_t)
 DEF_SUM_COLS(sum_cols_f4, float)
 DEF_SUM_COLS(sum_cols_f8, double)
 DEF_SUM_FLAT(sum_flat_f4, float)

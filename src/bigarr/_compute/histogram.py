@@ -1,8 +1,10 @@
-"""``histogram``: numpy's counts and edges, streamed in two passes (range, then counts).
+"""``histogram``: numpy's counts and edges, streamed in two passes (range, then counts), or
+one when the range is given.
 
 The counts are added chunk by chunk (:func:`bigarr._compute.reductions._reduce_blocks`); equal
-bins are counted by :func:`bigarr._compute.tiles.uniform_counts` (numpy's own equal-bin steps,
-tile by tile), edges given as a sequence and weights by ``np.histogram`` per chunk.
+bins are counted by :func:`bigarr._compute.tiles.uniform_counts` (the native kernels, or numpy's
+own equal-bin steps, tile by tile), edges given as a sequence and weights by ``np.histogram``
+per chunk.
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ from bigarr.errors import (
     UnsupportedError,
 )
 
-__all__ = ["histogram"]
+__all__ = ["PASSES", "histogram"]
+
+#: The names of the two runs (in progress events) of a histogram with an integer ``bins`` and
+#: no ``range``: the documented 2-pass plan, the range first, then the counts.
+PASSES = ("histogram pass 1 of 2: range (min, max)", "histogram pass 2 of 2: counts")
 
 
 def histogram(
@@ -50,15 +56,17 @@ def histogram(
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """Histogram of all elements, like :func:`numpy.histogram`, with the same bin edges.
 
-    With an integer ``bins`` and no ``range``, the data is read twice: a first pass finds the
-    minimum and maximum (as numpy does; both in one read of each chunk), so the edges are
-    numpy's exactly, then a second pass counts (progress reports two runs). One pass cannot
-    give numpy's counts: the edges depend on the global extremes, and which bin an element
-    near an edge falls in depends on how numpy rounds that edge, so counts taken against
-    provisional bins cannot be rebinned exactly. Equal bins are counted tile by tile in
-    numpy's bins (by comparison with each inner edge where rounding provably cannot move a
-    value across one, else with numpy's own ``bincount`` steps); edges given as a sequence,
-    and weights, with ``np.histogram`` per chunk.
+    With an integer ``bins`` and no ``range``, the plan is two passes, by design: a first pass
+    finds the minimum and maximum (as numpy does; both in one read of each chunk, at the speed
+    of a ``sum``), so the edges are numpy's exactly, then a second pass counts; progress reports
+    the two runs by name (:data:`PASSES`). One pass cannot give numpy's counts: the edges
+    depend on the global extremes, and which bin an element near an edge falls in depends on
+    how numpy rounds that edge, so counts taken against provisional bins cannot be rebinned
+    exactly. Pass ``range=`` to count in one pass. Equal bins of float32/float64 data are
+    counted by the native kernels where rounding provably cannot move a value across an edge
+    (up to 32 bins, as the number of values at or above each edge, in one vectorised pass;
+    beyond, by a bin index per element), else with numpy's own equal-bin steps; edges given as
+    a sequence, and weights, with ``np.histogram`` per chunk.
 
     Parameters
     ----------
@@ -132,6 +140,7 @@ def histogram(
                 lambda b: min_max(data(b).ravel(order="K"), tile),
                 lambda p, q: (np.minimum(p[0], q[0]), np.maximum(p[1], q[1])),  # NaN propagates
                 [a], budget=budget, threads=threads, progress=progress, temporaries=None,
+                desc=PASSES[0],
             )
         edges = _edges(data(np.zeros(0, dtype=a.dtype)), bins, range,
                        " (the range found in the data, its minimum and maximum; pass a "
@@ -160,7 +169,8 @@ def histogram(
         for s in inputs:
             s.by_key = False
         counts = _reduce_blocks(per_chunk, operator.add, inputs, budget=budget,
-                                threads=threads, progress=progress, temporaries=None)
+                                threads=threads, progress=progress, temporaries=None,
+                                desc=PASSES[1] if auto else "histogram")
         if density:
             db = np.diff(edges).astype(float)
             return counts / db / counts.sum(), edges

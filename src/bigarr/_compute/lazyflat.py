@@ -22,8 +22,8 @@ elementwise with the root's shape, every input cut by rows of exactly the root's
 value used whole (a reduction's result, a small array) a row vector of the root's row shape or
 a single element. A 1-d chain qualifies too, but only when the native fused kernel
 (:mod:`bigarr._compute.fused`, which runs a qualifying float chain in one pass) takes it: its
-inner loops are long already. Anything else (a column selection, ``x @ w``, a scan, a reduction keeping
-axis 0, a broadcast within rows) is evaluated as it always was.
+inner loops are long already. Anything else (a column selection, ``x @ w``, a scan, a
+reduction keeping axis 0, a broadcast within rows) is evaluated as it always was.
 """
 
 from __future__ import annotations

@@ -11,17 +11,18 @@ returns None for anything else, so callers fall back per block.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import os
 from typing import Any
 
 import numpy as np
 
-__all__ = ["arg_rows", "available", "count_rows", "fused_kernel", "hist_uniform", "lib", "min_max",
-           "sum_blocks", "var_blocks"]
+__all__ = ["arg_rows", "available", "count_rows", "fused_kernel", "hist_above", "hist_uniform",
+           "lib", "min_max", "sum_blocks", "var_blocks"]
 
 #: The interface version this module calls (``ABI`` in ``_native.c``).
-ABI = 1
+ABI = 3
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _F8 = ctypes.c_double
@@ -51,8 +52,8 @@ def _declare(dll: ctypes.CDLL) -> None:
         getattr(dll, f"sum_flat_{code}").argtypes = [_PTR, _I64, _I64, _PTR]
         getattr(dll, f"var_cols_{code}").argtypes = [_PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR]
         getattr(dll, f"var_flat_{code}").argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _PTR]
-    for name in ("hist_edges_f4_f4", "hist_edges_f4_f8", "hist_edges_f8_f8"):
-        getattr(dll, name).argtypes = [_PTR, _I64, _F8, _F8, _I64, _PTR, _PTR]
+    for code in ("f4", "f8"):
+        getattr(dll, f"hist_above_{code}").argtypes = [_PTR, _I64, _PTR, _I64, _PTR]
     for code in ("f4", "f8"):
         getattr(dll, f"min_max_{code}").argtypes = [_PTR, _I64, _PTR, _PTR]
         getattr(dll, f"min_max_{code}").restype = ctypes.c_int
@@ -61,7 +62,7 @@ def _declare(dll: ctypes.CDLL) -> None:
         getattr(dll, f"count_cols_{code}").argtypes = [_PTR, _I64, _I64, _PTR]
     for name in ("hist_f4_f4", "hist_f4_f8", "hist_f8_f8"):
         getattr(dll, name).argtypes = [_PTR, _I64, _F8, _F8, _F8, _F8, _I64, ctypes.c_int,
-                                       ctypes.c_int, _F8, _PTR, _PTR, _PTR]
+                                       ctypes.c_int, _F8, _F8, _PTR, _PTR, _PTR]
     for fn in ("sum_cols", "sum_flat", "var_cols", "var_flat"):
         for code in ("f4", "f8"):
             getattr(dll, f"{fn}_{code}").restype = None
@@ -245,11 +246,42 @@ def count_rows(block: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:
 #: Rows of counts the histogram kernel spreads elements over (``HISTS`` in ``_native.c``).
 _HISTS = 4
 
+#: Most elements per call of the index kernel: each of its uint32 rows of counts gets at most a
+#: quarter of them, so none overflows.
+_CALL_ELEMENTS = 1 << 31
+
+
+def _ceil_to(values: np.ndarray[Any, Any], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    """The smallest value of ``dtype`` at or above each float64 of ``values``, so that for any
+    ``v`` of ``dtype``, ``v >= values[i]`` (compared in float64) is ``v >= out[i]``."""
+    with np.errstate(over="ignore"):
+        out = values.astype(dtype)
+    low = out.astype(np.float64) < values
+    out[low] = np.nextafter(out[low], dtype.type(np.inf))
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _thresholds(dtype: str, lo: float, hi: float, inner: bytes) -> np.ndarray[Any, Any]:
+    """The ``n + 1`` thresholds of :func:`hist_uniform`'s count by edges, in the data's
+    ``dtype``: ``lo``, each inner edge (float64 bytes) rounded up and clipped to ``lo ..`` the
+    next value above ``hi``, and that value. Computed once per histogram, not once per chunk
+    (read-only)."""
+    dt = np.dtype(dtype)
+    bounds = _ceil_to(np.array([lo, hi]), dt)
+    top = bounds[1] if float(bounds[1]) > hi else np.nextafter(bounds[1], dt.type(np.inf))
+    edges = np.frombuffer(inner, dtype=np.float64)
+    t = np.empty(edges.size + 2, dtype=dt)
+    t[0], t[-1] = bounds[0], top
+    t[1:-1] = np.clip(_ceil_to(edges, dt), bounds[0], top)
+    t.flags.writeable = False
+    return t
+
 
 def hist_uniform(flat: np.ndarray[Any, Any], first: Any, last: Any, denom: Any, n: int,
                  edges: np.ndarray[Any, Any], upper: np.ndarray[Any, Any],
                  counts: np.ndarray[Any, Any], fast: bool = False,
-                 by_edges: bool = False) -> bool:
+                 by_edges: bool = False, margin: float = 1.0) -> bool:
     """Add the counts of ``n`` equal bins of a contiguous float32/float64 ``flat`` to ``counts``
     (``n`` entries at least), as ``numpy.histogram`` bins them: kept where ``first <= v <=
     last`` compared in numpy's promoted type, bin index ``((v - first) / denom) * n`` in numpy's
@@ -257,14 +289,19 @@ def hist_uniform(flat: np.ndarray[Any, Any], first: Any, last: Any, denom: Any, 
     numpy's one-down / one-up corrections against ``edges`` and ``upper`` (``edges[1:n]``
     followed by +inf), which must not decrease. With ``fast``, the index estimate is a product
     with ``n / denom`` in float64 instead: only for bins where rounding cannot move either
-    estimate by more than one bin (the caller's check), so the corrections give numpy's bin;
-    with ``by_edges`` too (few bins), each bin is counted by comparing with every inner edge,
-    which under the same check is numpy's bin. False (nothing added) where the native kernel
-    does not apply: other dtypes, or operands that numpy would promote past the edges' dtype.
+    estimate by more than one bin (the caller's check), so the corrections give numpy's bin.
+    With ``by_edges`` too (few bins), the bin of a kept value is the number of inner edges at or
+    below it, which under the same check is numpy's bin: counted with no index at all, as the
+    number of values at or above each of ``n + 1`` thresholds of the data's dtype (``first``,
+    each inner edge rounded up to the data's dtype, and the next value above ``last``), one
+    vectorised compare-and-count each (:func:`hist_above`).
+    False (nothing added) where the native kernel does not apply: other dtypes, or operands
+    that numpy would promote past the edges' dtype.
     """
     code = _usable(flat)
     ecode = _CODES.get(edges.dtype)
-    if n < 1 or edges.ndim != 1 or edges.size < n + 1 or np.size(upper) < n or counts.size < n:
+    if (n < 1 or n >= 2**30 or edges.ndim != 1 or edges.size < n + 1 or np.size(upper) < n
+            or counts.size < n):
         return False  # the kernel reads edges[:n], upper[:n] and writes n counts: never past them
     if code is None or ecode is None or lib is None or (code, ecode) == ("f8", "f4"):
         return False
@@ -281,21 +318,46 @@ def hist_uniform(flat: np.ndarray[Any, Any], first: Any, last: Any, denom: Any, 
         return False
     if not np.isfinite(n / f_denom):  # a subnormal range: the fast estimate's scale is inf
         fast = False
-    e = np.ascontiguousarray(edges)
-    # bounds in the data's type (compared as Python floats: a float32 scalar == a Python float
-    # casts the float to float32, and every rounded bound would pass)
-    exact = float(flat.dtype.type(lo)) == lo and float(flat.dtype.type(hi)) == hi
-    if fast and by_edges and exact and np.isfinite(edges[1:n]).all():
-        above = np.zeros(n + 1, dtype=np.int64)
-        getattr(lib, f"hist_edges_{code}_{ecode}")(_ptr(flat), flat.size, lo, hi, n, _ptr(e),
-                                                    _ptr(above))
+    if not fast or not 0 < margin < 0.5:
+        margin = 1.0  # no estimate is sure: numpy's corrections for every kept value
+    inner = edges[1:n].astype(np.float64)
+    if fast and by_edges and np.isfinite(inner).all():
+        # kept v (lo <= v <= hi) is in bin #{inner edges <= v}; thresholds clipped to
+        # [lo, next above hi] keep that for kept values, count values below lo nowhere and
+        # values above hi (and only those) at every threshold, so they cancel
+        t = _thresholds(flat.dtype.str, lo, hi, inner.tobytes())
+        above = hist_above(flat, t)
+        assert above is not None  # flat is usable (checked above)
         counts[:n] += (above[:n] - above[1:]).astype(counts.dtype, copy=False)
         return True
-    u = np.ascontiguousarray(upper, dtype=edges.dtype)
-    rows = np.zeros((_HISTS, n), dtype=np.int64)
+    e = np.empty(n + 1, dtype=edges.dtype)  # the extra bin n, for values not kept: NaN edges,
+    e[:n], e[n] = edges[:n], np.nan       # so no correction moves them
+    u = np.empty(n + 1, dtype=edges.dtype)
+    u[:n], u[n] = upper[:n], np.nan
+    rows = np.zeros((_HISTS, n + 2), dtype=np.uint32)  # bins -1 (never hit) to n
     wide = int(quotient.itemsize > edges.dtype.itemsize)
-    getattr(lib, f"hist_{code}_{ecode}")(_ptr(flat), flat.size, lo, hi, e_first, f_denom, n,
-                                          wide, int(fast), n / f_denom, _ptr(e), _ptr(u),
-                                          _ptr(rows))
-    counts[:n] += rows.sum(axis=0).astype(counts.dtype, copy=False)
+    kernel = getattr(lib, f"hist_{code}_{ecode}")
+    # the bounds rounded inward to the data's dtype: v >= lo_t is v >= lo, v <= hi_t is v <= hi
+    lo_t = float(_ceil_to(np.array([lo]), flat.dtype)[0])
+    hi_t = -float(_ceil_to(np.array([-hi]), flat.dtype)[0])
+    for lo_i in range(0, flat.size, _CALL_ELEMENTS):
+        part = flat[lo_i:lo_i + _CALL_ELEMENTS]
+        kernel(_ptr(part), part.size, lo_t, hi_t, e_first, f_denom, n, wide, int(fast), n / f_denom,
+               margin, _ptr(e), _ptr(u), _ptr(rows))
+        counts[:n] += rows[:, 1:n + 1].sum(axis=0, dtype=np.int64).astype(counts.dtype, copy=False)
+        rows[...] = 0
     return True
+
+
+def hist_above(flat: np.ndarray[Any, Any], thresholds: np.ndarray[Any, Any]
+               ) -> np.ndarray[Any, Any] | None:
+    """``[count_nonzero(flat >= t) for t in thresholds]`` (int64) of a contiguous
+    float32/float64 ``flat`` and ``thresholds`` of its dtype, in one pass: IEEE comparisons, so
+    NaN is never counted and ``-0.0 >= 0.0``; None where the native kernel does not apply."""
+    code = _usable(flat)
+    if code is None or lib is None or flat.ndim != 1 or thresholds.ndim != 1:
+        return None
+    t = np.ascontiguousarray(thresholds, dtype=flat.dtype)
+    above = np.zeros(t.size, dtype=np.int64)
+    getattr(lib, f"hist_above_{code}")(_ptr(flat), flat.size, _ptr(t), t.size, _ptr(above))
+    return above

@@ -653,9 +653,10 @@ def _reduce_blocks(
     progress: ProgressArg,
     temporaries: float | None,
     scratch_bytes: int = 0,
+    desc: str = "reduce",
 ) -> Any:
     """:func:`reduce_blocks` over parsed streams (not closed here); ``temporaries=None``
-    measures ``func``'s on a probe block."""
+    measures ``func``'s on a probe block; ``desc`` names the run in progress events."""
     first = streams[0]
     if len(streams) == 1:
         first.by_key = True
@@ -691,7 +692,7 @@ def _reduce_blocks(
     started = False
     chunks = plan.chunks
     with Progress(progress, total_bytes=chunks.nbytes, total_chunks=len(chunks),
-                  desc="reduce") as bar:
+                  desc=desc) as bar:
         for _chunk, part in execute(plan, work, streams, progress=bar):
             total = part if not started else combine(total, part)
             started = True
