@@ -30,6 +30,7 @@ from bigarr.errors import (
     BudgetError,
     MissingExtraError,
     ModeError,
+    RegionError,
     ShapeError,
     UnsupportedError,
 )
@@ -376,8 +377,12 @@ def test_filter_refusals(tmp_path: Path) -> None:
         x[m].sum(axis=1)
     with pytest.raises(UnsupportedError):
         x[m][3:5]
-    with pytest.raises(ShapeError):
+    with pytest.raises(IndexError):  # as numpy: a mask that does not fit the rows
         x[np.ones(3, bool)]
+    with pytest.raises(RegionError):
+        x[np.ones(200000, np.float32)]
+    with pytest.raises(IndexError):
+        np.arange(5)[np.ones(3, bool)]  # numpy's own behaviour, the oracle
     _close(x[np.asarray(a[:, 0] > 0)].sum(axis=0).compute(**KW), a[a[:, 0] > 0].sum(axis=0))
 
 

@@ -132,7 +132,8 @@ class ModeError(BigArrError, ValueError):
 
 
 class RegionError(BigArrError, IndexError):
-    """A region that lies outside the array or cannot be expressed as a byte range."""
+    """A region that lies outside the array or cannot be expressed as a byte range, or an index
+    (a row mask) that does not fit the array."""
 
 
 class AxisError(BigArrError, _np.exceptions.AxisError):

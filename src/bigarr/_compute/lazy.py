@@ -66,6 +66,7 @@ from bigarr.errors import (
     ArgumentOverflowError,
     ArgumentValueError,
     AxisError,
+    RegionError,
     ShapeError,
     UnsupportedError,
 )
@@ -477,8 +478,9 @@ class LazyArray:
                 f"Expected x[mask] with a boolean mask over the rows. Got row numbers {key!r} "
                 "(fancy indexing): use a boolean mask, or bigarr.take on the file.")
         if m.dtype != np.bool_ or len(m.shape) != 1 or m.shape[0] != self.node.shape[0]:
-            raise ShapeError(f"Expected a 1-d boolean mask of {self.node.shape[0]} rows. Got "
-                             f"{m.shape} {m.dtype}.")
+            # numpy's IndexError for a mask that does not fit, as a RegionError
+            raise RegionError(f"Expected a 1-d boolean mask of {self.node.shape[0]} rows. Got "
+                              f"{m.shape} {m.dtype}.")
         node = Filter(self.node.shape, self.dtype, self.node, m)
         if frame(self.node) != frame(m):
             raise ShapeError("Expected a mask over the same rows as the filtered array (built "
