@@ -64,6 +64,7 @@ __all__ = [
     "path_id",
     "remove_leftovers",
     "rename_noreplace",
+    "reopen",
     "unnamed_supported",
 ]
 
@@ -477,3 +478,20 @@ class NotARegularFile(Exception):
         super().__init__(f"{path} is {what}")
         self.path = path
         self.what = what
+
+
+def reopen(fd: int, path: str | None, flags: int) -> int | None:
+    """A new descriptor of the file ``fd`` is open on, opened with ``flags`` (``O_CLOEXEC``
+    added): through ``/proc/self/fd``, else by ``path``, and only if it is the same file (by
+    identity: a path may name another file by now). None where neither way opens it."""
+    for name in (f"/proc/self/fd/{fd}", path):
+        if name is None:
+            continue
+        try:
+            new = os.open(name, flags | _CLOEXEC)
+        except OSError:
+            continue
+        if os.path.samestat(os.fstat(new), os.fstat(fd)):
+            return new
+        os.close(new)  # the path now names another file
+    return None

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from bigarr._os.fileid import reopen
 from bigarr._os.geometry import PAGE_SIZE, align_down, align_up
 from bigarr.errors import FileChangedError, UnsupportedError
 
@@ -145,18 +146,10 @@ class RangeReader:
 
     @staticmethod
     def _reopen(fd: int, path: str | None, flags: int) -> int:
-        flags |= os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
-        for name in (f"/proc/self/fd/{fd}", path):
-            if name is None:
-                continue
-            try:
-                new = os.open(name, flags)
-            except OSError:
-                continue
-            if os.path.samestat(os.fstat(new), os.fstat(fd)):
-                return new
-            os.close(new)  # the path now names another file
-        raise UnsupportedError("The file cannot be re-opened for reading by range.")
+        new = reopen(fd, path, flags | os.O_RDONLY)
+        if new is None:
+            raise UnsupportedError("The file cannot be re-opened for reading by range.")
+        return new
 
     @property
     def can_direct(self) -> bool:

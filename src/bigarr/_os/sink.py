@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from bigarr._os.durable import pwrite_all, start_writeback, wait_writeback
+from bigarr._os.fileid import reopen
 from bigarr._os.geometry import PAGE_SIZE, align_down, align_up
 from bigarr._os.pread import Buffer
 
@@ -235,17 +236,4 @@ class Sink:
 
 def _reopen_direct(fd: int, path: str | None) -> int | None:
     """A second descriptor of ``fd``'s file opened with ``O_DIRECT``; None where refused."""
-    if not _O_DIRECT:
-        return None
-    flags = os.O_WRONLY | _O_DIRECT | getattr(os, "O_CLOEXEC", 0)
-    for name in (f"/proc/self/fd/{fd}", path):
-        if name is None:
-            continue
-        try:
-            new = os.open(name, flags)
-        except OSError:
-            continue
-        if os.path.samestat(os.fstat(new), os.fstat(fd)):
-            return new
-        os.close(new)  # the path now names another file
-    return None
+    return reopen(fd, path, os.O_WRONLY | _O_DIRECT) if _O_DIRECT else None
