@@ -112,6 +112,28 @@ def _crc(path: Path) -> int:
     return zlib.crc32(np.load(path).tobytes())
 
 
+def _doubled(src: Path, mode: str) -> bigarr.LazyArray:
+    """``src`` times 2, or its rows whose first value is not a multiple of 3 (``"filter"``)."""
+    lx = bigarr.lazy(src)
+    return lx[lx[:, 0] % 3 > 0] * 2 if mode == "filter" else lx * 2
+
+
+def _interrupt(expr: bigarr.LazyArray, out: Path) -> None:
+    """A resumable ``to_npy`` of ``expr`` stopped by an exception at its fourth progress event."""
+    class Stop(Exception):
+        pass
+
+    seen = [0]
+
+    def stop(event: Any) -> None:
+        seen[0] += 1
+        if seen[0] == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        expr.to_npy(out, budget="1MiB", threads=1, resume=True, progress=stop)
+
+
 def test_lazy_to_npy_resumes_after_kill_and_matches_a_clean_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = _source(tmp_path)
@@ -223,22 +245,7 @@ def test_an_input_rewritten_in_place_with_its_mtime_set_back_is_not_trusted(
     x = np.arange(200_000, dtype=np.float64).reshape(-1, 4)
     np.save(src, x)
 
-    def expr() -> bigarr.LazyArray:
-        lx = bigarr.lazy(src)
-        return lx[lx[:, 0] % 3 > 0] * 2 if mode == "filter" else lx * 2
-
-    class Stop(Exception):
-        pass
-
-    seen = [0]
-
-    def stop(event: Any) -> None:
-        seen[0] += 1
-        if seen[0] == 4:
-            raise Stop
-
-    with pytest.raises(Stop):
-        expr().to_npy(out, budget="1MiB", threads=1, resume=True, progress=stop)
+    _interrupt(_doubled(src, mode), out)
     assert read_journal(journal_path(str(out))) is not None
     st = src.stat()
     with open(src, "r+b") as f:  # the same inode, rewritten: other data of the same size
@@ -246,7 +253,7 @@ def test_an_input_rewritten_in_place_with_its_mtime_set_back_is_not_trusted(
         f.write((x + 1).tobytes())
     os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
     with pytest.warns(StaleJournalWarning):
-        got = expr().to_npy(out, budget="1MiB", threads=1, resume=True, progress=False)
+        got = _doubled(src, mode).to_npy(out, budget="1MiB", threads=1, resume=True, progress=False)
     y = x + 1
     with got:
         np.testing.assert_array_equal(got, y[y[:, 0] % 3 > 0] * 2 if mode == "filter" else y * 2)
@@ -262,26 +269,11 @@ def test_a_finished_run_leaves_no_journal_of_an_interrupted_run_of_another_kind(
     x = np.arange(200_000, dtype=np.float64).reshape(-1, 4)
     np.save(src, x)
 
-    def expr(mode: str) -> bigarr.LazyArray:
-        lx = bigarr.lazy(src)
-        return lx[lx[:, 0] % 3 > 0] * 2 if mode == "filter" else lx * 2
-
-    class Stop(Exception):
-        pass
-
-    seen = [0]
-
-    def stop(event: Any) -> None:
-        seen[0] += 1
-        if seen[0] == 4:
-            raise Stop
-
-    with pytest.raises(Stop):
-        expr(first).to_npy(out, budget="1MiB", threads=1, resume=True, progress=stop)
+    _interrupt(_doubled(src, first), out)
     assert len(list(tmp_path.iterdir())) > 2
-    expr(then).to_npy(out, budget="1MiB", threads=1, progress=False).close()
+    _doubled(src, then).to_npy(out, budget="1MiB", threads=1, progress=False).close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy", "out.npy"]
-    np.testing.assert_array_equal(np.load(out), np.asarray(expr(then).compute()))
+    np.testing.assert_array_equal(np.load(out), np.asarray(_doubled(src, then).compute()))
 
 
 def test_an_interrupted_filtered_run_leaves_the_older_output_complete(tmp_path: Path) -> None:
