@@ -46,6 +46,7 @@ from typing import Any, TypeVar, overload
 
 import numpy as np
 
+from bigarr._compute import placed
 from bigarr._compute.engine import Writeback, execute
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.progress import Progress, ProgressArg
@@ -443,13 +444,34 @@ class _Job:
                    row_shape: tuple[int, ...] | None) -> None:
         streams = [*self.streams, out]
 
-        def work(chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> None:
-            res = _check_rows(self.call(chunk, blocks[:-1]), chunk, row_shape)
-            writeback.write(chunk.index, out, blocks[-1], res)
+        # A new file's results are placed where its O_DIRECT writes can take them without a
+        # copy (bigarr._compute.placed), and lent to the sink: func's results are not changed
+        # after it returns them.
+        lend = writeback.direct
+        placing = lend and placed.available()
 
-        for _ in execute(self.run, work, streams, progress=bar, writeback=writeback, skip=skip):
-            pass
-        writeback.drain()
+        def work(chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> None:
+            skew = out.file_offset(blocks[-1]) if placing else None
+            with placed.results(skew):
+                res = self.call(chunk, blocks[:-1])
+            res = _check_rows(res, chunk, row_shape)
+            writeback.write(chunk.index, out, blocks[-1], res, lend=lend)
+            del res
+
+        if placing:
+            # Results live until written: one per worker being computed, and up to the flush
+            # window's worth waiting for the disk (both counted by the plan). Freed ones are
+            # kept for the next results, so no result faults in and zeroes fresh pages.
+            biggest = _max_chunk(self.plan, out.row_bytes)
+            placed.keep(self.run.threads + 1 + self.every // max(1, biggest))
+        try:
+            for _ in execute(self.run, work, streams, progress=bar, writeback=writeback,
+                             skip=skip):
+                pass
+            writeback.drain()
+        finally:
+            if placing:
+                placed.trim()
 
     # ---- outputs ---------------------------------------------------------------------------
     def to_new_file(self, target: str, dtype: Any, overwrite: bool, order: str) -> memmap:
