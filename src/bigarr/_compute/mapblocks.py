@@ -196,7 +196,9 @@ def map_blocks(
     whole to every call. The rule depends on shapes only, never on the budget. ``func`` must
     return the chunk's rows of the result, or any number of rows when ``out`` is an
     :class:`~bigarr.Appender`. It runs on several threads at once, so it must not depend on
-    call order.
+    call order, and it must not change an array after returning it: into a new file, results
+    are written to the disk from their own memory after ``func`` returns, with no copy (its
+    large arrays are allocated page-aligned for that, see ``bench/README.md``).
 
     If ``func`` has a ``block_info`` parameter it is also passed, as a keyword, where its block
     lies (as in dask): a dict with ``"chunk"`` (the chunk's index), ``"rows"`` (the global
@@ -589,7 +591,13 @@ class _Job:
                 row_shape = outarr.shape[1:]
                 if first is not None:
                     chunk, res = first
-                    writeback.write(chunk.index, out, out.block(chunk), res)
+                    block = out.block(chunk)
+                    if placed.available():  # computed before the file existed: placed now
+                        # (one copy, but the sink then needs no staging buffers at all)
+                        with placed.results(out.file_offset(block)):
+                            res = np.array(res, dtype=block.dtype, order="C")
+                    writeback.write(chunk.index, out, block, res, lend=True)
+                    del res, block
                     writeback.chunk_done(chunk.index)
                     bar.advance(chunk.index, chunk.nbytes)
                     skip.add(chunk.index)

@@ -16,8 +16,9 @@ result written at that offset then has its page-aligned middle page-aligned in m
 (:func:`keep`: a worker's next result reuses the pages of one already written, which the plan
 counts as the function's temporaries), and unmapped at the end of the run (:func:`trim`).
 
-Where the extension was not built, or this numpy has no memory handlers (before 1.22), or
-``BIGARR_PLACED=0``, :func:`results` does nothing and the sink copies, as before.
+Where the extension was not built, or this numpy has no memory handlers (before 1.22), nothing
+is placed and the sink copies, as before; ``BIGARR_PLACED=0`` asks for that too (when a run
+starts: :func:`available`).
 """
 
 from __future__ import annotations
@@ -49,8 +50,6 @@ class _Placed:
 
 
 def _load() -> _Placed | None:
-    if os.environ.get("BIGARR_PLACED", "1").strip().lower() in ("0", "off", "false", "no"):
-        return None
     spec = importlib.util.find_spec("bigarr._compute._alloc")
     try:
         from numpy._core import multiarray as ma  # numpy 2
@@ -109,9 +108,10 @@ _placed = _load()
 
 
 def available() -> bool:
-    """True where :func:`results` places arrays (the extension is built and numpy has memory
-    handlers)."""
-    return _placed is not None
+    """True where :func:`results` places arrays: the extension is built, numpy has memory
+    handlers, and ``BIGARR_PLACED`` is not ``0`` (read at each call: a run decides once)."""
+    off = os.environ.get("BIGARR_PLACED", "1").strip().lower() in ("0", "off", "false", "no")
+    return _placed is not None and not off
 
 
 @contextlib.contextmanager
