@@ -75,3 +75,24 @@ def test_map_blocks_lends_placed_results_to_the_sink(tmp_path: Path,
     if sinks[0].direct:
         assert all(sink._made == 0 for sink in sinks)  # no staging buffer was needed
     assert placed.cached() == 0  # the run's kept mappings are gone
+
+
+def test_placing_switched_off_copies_and_gives_the_same_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``BIGARR_PLACED=0``: results are ordinary numpy arrays, the sink copies them; same bytes."""
+    monkeypatch.setenv("BIGARR_PLACED", "0")
+    assert not placed.available()
+    owned: list[bool] = []
+    original = Sink.write
+
+    def spy(self: Sink, data: Any, offset: int, *, lend: bool = False) -> Any:
+        owned.append(placed.owns(data))
+        return original(self, data, offset, lend=lend)
+
+    monkeypatch.setattr(Sink, "write", spy)
+    x = np.random.default_rng(4).standard_normal((200_000, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    bigarr.map_blocks(lambda b: b * 2 + 1, str(tmp_path / "x.npy"), out=str(tmp_path / "y.npy"),
+                      budget="16MiB", threads=2, progress=False).close()
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), x * 2 + 1)
+    assert owned and not any(owned)
