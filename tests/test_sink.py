@@ -143,9 +143,9 @@ def test_map_blocks_through_the_sink_equals_numpy(tmp_path: Path, where: str,
     writes: list[bool] = []
     original = Sink.write
 
-    def spy(self: Sink, data: Any, offset: int) -> Any:
+    def spy(self: Sink, data: Any, offset: int, **kw: Any) -> Any:
         writes.append(self.direct)
-        return original(self, data, offset)
+        return original(self, data, offset, **kw)
 
     monkeypatch.setattr(Sink, "write", spy)
     try:
@@ -171,3 +171,41 @@ def test_map_blocks_through_the_sink_equals_numpy(tmp_path: Path, where: str,
             for p in folder.iterdir():
                 p.unlink()
             folder.rmdir()
+
+
+def test_lent_arrays_are_written_from_their_own_memory(tmp_path: Path) -> None:
+    """A lent array whose page-aligned middle is page-aligned in memory takes no staging buffer;
+    one that is not aligned (or not lent) is copied; the file holds the same bytes either way."""
+    import mmap
+
+    size, at = 6 * DIRECT_ALIGN + 700, 300  # a buffered head and tail around the middle
+    rng = np.random.default_rng(9)
+    data = rng.integers(0, 256, size, dtype=np.uint8)
+    mem = mmap.mmap(-1, size + 2 * DIRECT_ALIGN)  # page-aligned memory: place data at `at`
+    aligned = np.frombuffer(mem, np.uint8)[at: at + size]
+    aligned[:] = data
+    unaligned = np.frombuffer(mem, np.uint8)[at + 16: at + 16 + size]
+    path = tmp_path / "out.bin"
+    fd = _new_file(path, 4 * size)
+    try:
+        with Sink(fd, str(path)) as sink:
+            lent = sink.write(aligned, at, lend=True)
+            lent.wait()
+            made = sink._made  # no staging buffer for the lent, aligned array
+            unaligned[:] = data  # (overwrites the memory `aligned` viewed: it was written)
+            copied = sink.write(unaligned, size + at, lend=True)
+            kept = sink.write(data.copy(), 3 * size, lend=False)
+            copied.wait()
+            kept.wait()
+            direct = sink.direct
+            sink.sync()
+    finally:
+        os.close(fd)
+    del aligned, unaligned
+    mem.close()
+    body = path.read_bytes()
+    assert body[at: at + size] == data.tobytes()
+    assert body[size + at: 2 * size + at] == data.tobytes()
+    assert body[3 * size: 4 * size] == data.tobytes()
+    if direct:
+        assert made == 0
