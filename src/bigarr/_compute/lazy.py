@@ -510,7 +510,7 @@ class LazyArray:
         fr = frame(self.node)
         shape = tuple(1 if i in axes else n for i, n in enumerate(self.node.shape)) \
             if keepdims else tuple(n for i, n in enumerate(self.node.shape) if i not in axes)
-        if self.ndim > 1 and 0 not in axes:
+        if self.ndim and 0 not in axes:
             # Row-local: each row's result needs only that row, so it is computed chunk by
             # chunk like an elementwise operation (fused into the pass that reads the rows,
             # written to a file when large), by numpy's own function on the chunk's rows:
@@ -518,7 +518,7 @@ class LazyArray:
             if arg:
                 kwargs["axis"] = int(axis)  # type: ignore[arg-type]
             else:
-                kwargs["axis"] = axes if len(axes) > 1 else axes[0]
+                kwargs["axis"] = axes if len(axes) != 1 else axes[0]
             return _op(getattr(np, kind), (self,), f"{kind}(axis={kwargs['axis']})",
                        shape=shape, rowwise=True, keepdims=keepdims, **kwargs)
         if arg and unknown_rows(fr):
