@@ -47,6 +47,7 @@ from bigarr._compute.engine import execute
 from bigarr._compute.operands import Stream
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import block_info, plan_run
+from bigarr._os.hints import parse_hint
 from bigarr._plan.budget import parse_budget
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import DtypeError
@@ -55,6 +56,7 @@ Array = np.ndarray[Any, Any]
 
 #: Passes over the data made by the last quantile-family call in this process (diagnostic).
 LAST_PASSES: list[int] = [0]
+_WILLNEED = parse_hint("willneed")
 #: Bits of key resolved by one histogram pass (at most).
 _BITS_PER_PASS = 16
 
@@ -233,6 +235,27 @@ class _Windows:
         self.fill += got[1].size
 
 
+def _half_width(n: int, m: int, nfracs: int, room: int) -> float | None:
+    """Each window's half-width, as a share of the ``n`` values, for ``m`` sampled (non-NaN)
+    values and ``nfracs`` quantiles: a third of the ``room`` (in keys) split between the
+    windows (values piled on a window's edges may fill it further), and no wider than needed
+    (each key gathered costs time); None when that is under :data:`_SIGMAS` standard errors."""
+    sigma = 0.5 / math.sqrt(m)  # the standard error of a sample quantile, at most
+    delta = min(0.5, room / n / (2 * nfracs) / 3, _MAX_SIGMAS * sigma)
+    return None if delta < _SIGMAS * sigma else delta
+
+
+def _windows_fit(stream: Stream, nfracs: int, room: int) -> bool:
+    """True when pass 1 over ``stream`` (all its values as one column) samples windows for
+    ``nfracs`` quantiles with room for ``room`` keys: a contiguous array with enough values
+    for the sample and the windows (before the sample's NaNs are known)."""
+    a = stream.array
+    if a is None or not nfracs or not (a.flags.c_contiguous or a.flags.f_contiguous):
+        return False
+    size = min(_SAMPLE, a.size // 16)
+    return size >= _MIN_SAMPLE and _half_width(a.size, size, nfracs, room) is not None
+
+
 def _sample_windows(stream: Stream, fracs: list[float], kd: np.dtype[Any],
                     room: int) -> _Windows | None:
     """Windows of keys around the ``fracs`` quantiles of a sample of ``stream``'s values, each
@@ -240,16 +263,21 @@ def _sample_windows(stream: Stream, fracs: list[float], kd: np.dtype[Any],
     ``room`` values; None when a sample cannot place them (a lazy or non-contiguous operand,
     too little data, too little room)."""
     a = stream.array
-    if a is None or not fracs or not (a.flags.c_contiguous or a.flags.f_contiguous):
+    if not _windows_fit(stream, len(fracs), room) or a is None:
         return None
     flat = a.ravel(order="K")  # a view: quantiles do not care in which order values come
     n = flat.size
     size = min(_SAMPLE, n // 16)
-    if size < _MIN_SAMPLE:
-        return None
     piece = -(-size // _PIECES)
     starts = np.linspace(0, n - piece, _PIECES).astype(np.int64)
     views = [flat[int(i):int(i) + piece] for i in starts]
+    if stream.mapping is not None:
+        # every piece's readahead at once, before the first is touched: the disk works on all
+        # of them together, where faulting the pieces in one after another waits for each in
+        # turn (64 seeks: 0.7-2 s of a cold 1 GiB scan of 1-3 s on the shared test VM)
+        for view in views:
+            for span in stream.page_spans(view):
+                stream.mapping.advise(_WILLNEED, span)
     sample = np.concatenate(views)
     for view in views:
         stream.release(view)  # the sampled pages of a mapped file leave this process again
@@ -259,12 +287,8 @@ def _sample_windows(stream: Stream, fracs: list[float], kd: np.dtype[Any],
     m = keys.size
     if m < _MIN_SAMPLE:
         return None
-    # each window's half-width, as a share of the values: a third of the room split between
-    # the windows (values piled on a window's edges may fill it further), and no wider than
-    # needed (each key gathered costs time)
-    sigma = 0.5 / math.sqrt(m)  # the standard error of a sample quantile, at most
-    delta = min(0.5, room / n / (2 * len(fracs)) / 3, _MAX_SIGMAS * sigma)
-    if delta < _SIGMAS * sigma:
+    delta = _half_width(n, m, len(fracs), room)
+    if delta is None:
         return None
     bounds: list[tuple[int, int]] = []
     for p in sorted(set(fracs)):
@@ -314,6 +338,27 @@ def _select_in_windows(win: _Windows, targets: list[_Target]) -> None:
     if win.dead:
         return
     keys = win.keys[:win.fill]
+    # A target whose pass-1 bucket lies inside a window: its bucket's keys were all gathered,
+    # and the histogram says how many lie below the bucket; so only the bucket's keys (a
+    # small share of the gathered ones on most data) are picked out and partitioned.
+    kd = keys.dtype
+    ends = win.lo.astype(np.uint64) + win.span.astype(np.uint64)
+    buckets: dict[tuple[int, int], list[_Target]] = {}
+    for t in targets:
+        if t.value is None and any(int(lo) <= t.lo and t.lo + (1 << t.shift) - 1 <= int(end)
+                                   for lo, end in zip(win.lo, ends, strict=True)):
+            buckets.setdefault((t.lo, t.shift), []).append(t)
+    for (lo, shift), ts in buckets.items():
+        off: Array = keys - kd.type(lo)  # unsigned: keys under lo wrap to the top
+        mine = keys[(off >> kd.type(shift)) == 0]
+        if mine.size != ts[0].count:  # never: the histogram counted the same keys
+            continue
+        ks = sorted({t.rank - t.below for t in ts})
+        mine.partition(ks)
+        for t in ts:
+            t.value = int(mine[t.rank - t.below])
+    if all(t.value is not None for t in targets):
+        return
     held = [0] * win.lo.size  # keys gathered per window, counted in slices (small masks)
     for w, (lo, span) in enumerate(zip(win.lo, win.span, strict=True)):
         for start in range(0, keys.size, 1 << 20):
@@ -336,6 +381,53 @@ def _select_in_windows(win: _Windows, targets: list[_Target]) -> None:
 
 
 # ---- the passes --------------------------------------------------------------------------
+def _pass1_bits(bits: int, ncols: int, threads: int, budget_bytes: int) -> int:
+    """Bits of key pass 1 resolves: its histograms per column (one per thread in flight, and
+    the total) fit a quarter of the budget."""
+    nb_bits = min(bits, _BITS_PER_PASS)
+    while nb_bits > 1 and ncols * (8 << nb_bits) * (threads + 3) > budget_bytes // 4:
+        nb_bits -= 1
+    return nb_bits
+
+
+def planned_passes(stream: Stream, axis0: bool, nfracs: int, *, budget: int | str,
+                   threads: int) -> tuple[int, int | None]:
+    """The passes an order-statistics call over ``stream`` takes on most data (values not
+    piled into few buckets), before reading it: ``(passes, fallback)``.
+
+    ``fallback`` is None without sampled windows, else the passes when the sample misleads
+    (pass 1, then a gather). One pass where pass 1's buckets are single keys (keys of 16 bits
+    or fewer) or where a sampled window is planned (one-column contiguous operands with room);
+    otherwise two (a histogram, then a gather); data piled up takes more (see the module
+    docstring), which no plan can know before reading it."""
+    dtype = np.dtype(stream.dtype)
+    bits = 8 * _key_dtype(dtype).itemsize
+    shape = stream.shape
+    ncols = int(math.prod(shape[1:])) if axis0 and len(shape) > 1 else 1
+    budget_bytes = parse_budget(budget)
+    if _pass1_bits(bits, ncols, threads, budget_bytes) == bits:
+        return 1, None
+    room = budget_bytes // 4 // (bits // 8)
+    if ncols == 1 and _windows_fit(stream, nfracs, room):
+        return 1, 2
+    return 2, None
+
+
+def pass_steps(stream: Stream, axis0: bool, nfracs: int, budget: int | str,
+               threads: int) -> list[str]:
+    """What each pass of :func:`planned_passes` does, one line per pass (for plans)."""
+    passes, fallback = planned_passes(stream, axis0, nfracs, budget=budget, threads=threads)
+    if fallback is not None:
+        return [f"exact order statistic, one pass: a histogram, gathering the values in a "
+                f"sampled window around the answer ({fallback} passes when the sample "
+                "misleads: then a gather pass; more when values pile up)"]
+    if passes == 1:
+        return ["exact order statistic, one histogram pass (its buckets are single values)"]
+    return [f"exact order statistic, {step} pass (passes of its own: two on most data, more "
+            "when values pile up)" for step in ("histogram", "gather")]
+
+
+
 def _order_statistics(
     stream: Stream, axis0: bool, want: Callable[[Array], list[list[int]]], *,
     budget: int | str, threads: int, progress: ProgressArg, name: str,
@@ -356,9 +448,7 @@ def _order_statistics(
     floating = dtype.kind == "f"
     native = _native(dtype)
     # pass 1: counts of the top bits, per column; its partials are planned as fixed memory
-    nb_bits = min(bits, _BITS_PER_PASS)
-    while nb_bits > 1 and ncols * (8 << nb_bits) * (threads + 3) > budget_bytes // 4:
-        nb_bits -= 1
+    nb_bits = _pass1_bits(bits, ncols, threads, budget_bytes)
     nbuckets = 1 << nb_bits
     shift0 = bits - nb_bits
     counts = np.zeros((ncols, nbuckets), dtype=np.int64)
