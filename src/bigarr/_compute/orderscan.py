@@ -37,6 +37,7 @@ Passes run through the engine (:func:`bigarr._compute.runplan.plan_run` and
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -348,15 +349,22 @@ def _select_in_windows(win: _Windows, targets: list[_Target]) -> None:
         if t.value is None and any(int(lo) <= t.lo and t.lo + (1 << t.shift) - 1 <= int(end)
                                    for lo, end in zip(win.lo, ends, strict=True)):
             buckets.setdefault((t.lo, t.shift), []).append(t)
+    step = 1 << 16  # slices: small temporaries, reused (no fresh memory to fault in)
+    off = np.empty(min(step, keys.size), dtype=kd)
     for (lo, shift), ts in buckets.items():
-        off: Array = keys - kd.type(lo)  # unsigned: keys under lo wrap to the top
-        mine = keys[(off >> kd.type(shift)) == 0]
-        if mine.size != ts[0].count:  # never: the histogram counted the same keys
+        picked = []
+        for start in range(0, keys.size, step):
+            part = keys[start:start + step]
+            o = off[:part.size]
+            np.subtract(part, kd.type(lo), out=o)  # unsigned: keys under lo wrap to the top
+            np.right_shift(o, kd.type(shift), out=o)
+            picked.append(part[o == 0])
+        sel = np.concatenate(picked) if picked else keys[:0]
+        if sel.size != ts[0].count:  # never: the histogram counted the same keys
             continue
-        ks = sorted({t.rank - t.below for t in ts})
-        mine.partition(ks)
+        sel.partition(sorted({t.rank - t.below for t in ts}))
         for t in ts:
-            t.value = int(mine[t.rank - t.below])
+            t.value = int(sel[t.rank - t.below])
     if all(t.value is not None for t in targets):
         return
     held = [0] * win.lo.size  # keys gathered per window, counted in slices (small masks)
@@ -458,25 +466,43 @@ def _order_statistics(
     if ncols == 1 and fracs and shift0:  # (narrower keys: pass 1's buckets are exact)
         win = _sample_windows(stream, fracs, kd, budget_bytes // 4 // kd.itemsize)
 
-    def histogram(block: Array, _row: int) -> tuple[Array, Array, tuple[Array, Array] | None]:
+    # the native kernels add into their thread's own counts, and gather into its own scratch:
+    # no fresh arrays per chunk (first touches of fresh memory cost more than the kernel at
+    # times on a busy machine, where each new page may wait for the page cache's reclaim)
+    local = threading.local()
+    accs: list[tuple[Array, Array]] = []
+    lock = threading.Lock()
+
+    def mine(size: int) -> tuple[Array, Array, Array]:
+        got: tuple[Array, Array, Array] | None = getattr(local, "acc", None)
+        if got is None:
+            got = (np.zeros((ncols, nbuckets), dtype=np.int64), np.zeros(ncols, dtype=np.int64),
+                   np.empty(0, dtype=kd))
+            with lock:
+                accs.append(got[:2])
+        if win is not None and got[2].size < min(size, win.keys.size) + 1:
+            got = local.acc = (got[0], got[1], np.empty(min(size, win.keys.size) + 1, dtype=kd))
+        local.acc = got
+        return got
+
+    def histogram(block: Array, _row: int) -> tuple[Array | None, Array | None,
+                                                    tuple[Array, Array] | None]:
         b = _columns(block, axis0)
         if native:
             b = np.ascontiguousarray(b)
-            part = np.zeros((ncols, nbuckets), dtype=np.int64)
-            nan_count = np.zeros(ncols, dtype=np.int64)
+            part, nan_count, out = mine(b.size)
             if ncols == 1:
                 if win is None:
                     if ordnative.scan(b, shift0, part, nan_count) is not None:
-                        return nan_count, part, None
+                        return None, None, None
                 else:
                     below = np.zeros(win.lo.size, dtype=np.int64)
-                    out = np.empty(min(b.size, win.keys.size) + 1, dtype=kd)
                     n = ordnative.scan(b, shift0, part, nan_count,
                                        windows=(win.lo, win.span, below, out))
                     if n is not None:
-                        return nan_count, part, (below, out[:n]) if n < out.size else None
+                        return None, None, (below, out[:n].copy()) if n < out.size else None
             elif ordnative.hist(b, shift0, part, nan_count):
-                return nan_count, part, None
+                return None, None, None
         keys = _keys(b)
         idx = (keys >> kd.type(shift0)).astype(np.intp) if shift0 else keys.astype(np.intp)
         idx += offsets
@@ -491,9 +517,10 @@ def _order_statistics(
         got = _window_keys(b, keys, win, kd) if win is not None else None
         return nan_count, part.reshape(ncols, nbuckets), got
 
-    def fold1(part: tuple[Array, Array, tuple[Array, Array] | None]) -> None:
-        nans.__iadd__(part[0])
-        counts.__iadd__(part[1])
+    def fold1(part: tuple[Array | None, Array | None, tuple[Array, Array] | None]) -> None:
+        if part[0] is not None and part[1] is not None:
+            nans.__iadd__(part[0])
+            counts.__iadd__(part[1])
         if win is not None:
             win.add(part[2])
 
@@ -503,6 +530,10 @@ def _order_statistics(
     _run_pass(stream, f"{name} pass 1", histogram, fold1, budget=budget, threads=threads,
               progress=progress, fixed_bytes=fixed,
               temporaries=_NATIVE_TEMPORARIES if native else None)
+    for part, nan_count in accs:
+        counts += part
+        nans += nan_count
+    accs.clear()
     wanted = want(nans)
     targets: list[_Target] = []
     for col, col_ranks in enumerate(wanted):
