@@ -19,9 +19,14 @@ one-column operand (64 pieces spread evenly over the data, at most 1/16 of it) e
 each wanted order statistic lies; pass 1 then also gathers the keys inside a window of buckets
 around each estimate, wide enough (many standard errors of the sample's quantile) and as wide
 as a quarter of the budget allows. When pass 1's counts show a statistic's bucket inside a
-window whose keys were all gathered, it is selected there exactly and needs no second pass;
-otherwise (an unrepresentative sample, a window overflowing its room) the steps above follow.
-Counts and selection are exact either way: the sample only chooses what to gather.
+window whose keys were all gathered, it is selected there exactly and needs no second pass
+(where the statistic's whole pass-1 bucket lies inside the window, only that bucket's keys
+are partitioned, the histogram giving the rank below it); otherwise (an unrepresentative
+sample, a window overflowing its room) the steps above follow. Counts and selection are exact
+either way: the sample only chooses what to gather. The sample's 64 pieces are read ahead all
+at once (``WILLNEED``) before the first is touched, so a cold disk serves them together.
+:func:`planned_passes` tells plans (``explain()``) the count before any data is read: one pass
+where a window is planned (two when the sample misleads), two without one.
 
 Random data takes one pass (two without the sample: many columns, lazy sources, small data);
 data piled into one bucket (all equal, few distinct values) takes a pass per 16 bits of key at
