@@ -129,6 +129,47 @@ def test_ranges_kernel_equals_numpy(b: np.ndarray[Any, Any], data: st.DataObject
                                       np.bincount(local, minlength=sizes[r]))
 
 
+@needs_native
+@pytest.mark.parametrize("dtype", ["int8", "int32", "uint64", "float16", "float32", "float64"])
+@pytest.mark.parametrize("size", [1023, 1024, 2049, 5000])
+def test_scan_kernel_over_several_tiles(dtype: str, size: int) -> None:
+    """The scan kernel works in tiles of 1024 values: full and partial tiles, 1 and 3 windows,
+    every 8-flag group, and a room that fills up mid-tile."""
+    rng = np.random.default_rng(size)
+    x = make(dtype, (size,), "special", seed=size).reshape(-1, 1)
+    if x.dtype.kind == "f":
+        x[rng.integers(0, size, 7)] = -np.nan  # NaNs keyed below everything
+    kd = orderscan._key_dtype(x.dtype)
+    bits = 8 * kd.itemsize
+    keys, valid = keys_of(x)
+    flat = keys[valid]
+    shift = max(bits - 16, 0)
+    want = np.bincount((flat >> kd.type(shift)).astype(np.intp), minlength=1 << (bits - shift))
+    edges = np.sort(rng.choice(flat, 6)) if flat.size else np.zeros(6, kd)
+    top = kd.type((1 << bits) - 1)
+    for lo, hi in ((edges[0:2:2], edges[1:2:2]), (edges[0::2], edges[1::2]),
+                   (np.array([0], kd), np.array([top], kd))):  # all keys but the NaNs'
+        keep = np.concatenate(([True], lo[1:] > hi[:-1]))
+        lo, hi = lo[keep], hi[keep]
+        inside = np.zeros(flat.shape, dtype=bool)
+        for w in range(lo.size):
+            inside |= (flat >= lo[w]) & (flat <= hi[w])
+        for room in (flat.size, int(inside.sum()), max(int(inside.sum()) - 1, 0)):
+            counts = np.zeros((1, want.size), dtype=np.int64)
+            nans = np.zeros(1, dtype=np.int64)
+            below = np.zeros(lo.size, dtype=np.int64)
+            out = np.empty(room + 1, dtype=kd)
+            n = ordnative.scan(x, shift, counts, nans, windows=(lo, hi - lo, below, out))
+            np.testing.assert_array_equal(counts[0], want)
+            assert nans[0] == (~valid).sum()
+            for w in range(lo.size):
+                assert below[w] == np.count_nonzero(flat < lo[w])
+            if inside.sum() <= room:
+                np.testing.assert_array_equal(out[:n], flat[inside])  # in the values' order
+            else:
+                assert n == room + 1
+
+
 @pytest.mark.parametrize("dtype", ["int32", "int64", "uint64", "float16", "float32", "float64"])
 @pytest.mark.parametrize("kind", ["special", "few", "equal", "sorted"])
 def test_window_pass_equals_numpy(dtype: str, kind: str) -> None:
@@ -158,12 +199,18 @@ def test_one_pass_on_random_data_and_the_native_path_is_taken(
                             or _real(*a, **k))
     assert same(bigarr.median(x, budget="8MiB", progress=False), np.median(x))
     assert order.LAST_PASSES[0] == 1
+    lazy = bigarr.lazy(x)
+    plan = lazy.median().explain(budget="8MiB")  # the plan says so, and what a miss costs
+    assert plan.passes == 1 and "2 passes when the sample misleads" in str(plan)
     if ordnative.available():
         assert calls and set(calls) == {"scan"}
     calls.clear()
     y = x.reshape(-1, 4)  # several columns: no windows, a histogram pass and a gather pass
     assert same(bigarr.median(y, axis=0, budget="8MiB", progress=False), np.median(y, axis=0))
     assert order.LAST_PASSES[0] == 2
+    assert bigarr.lazy(y).median(axis=0).explain(budget="8MiB").passes == 2
+    assert bigarr.lazy(x[:1000]).median().explain(budget="8MiB").passes == 2  # no sample
+    assert bigarr.lazy(x.astype(np.int16)).median().explain(budget="8MiB").passes == 1
     if ordnative.available():
         assert set(calls) == {"hist", "ranges"}
 

@@ -544,28 +544,68 @@ DEF_HIST(hist_f8_f8, double, double)
  * non-NaN value and *nans += 1 for every NaN, as ord_hist; and for nw windows (keys
  * [wlo[w], wlo[w] + wspan[w]], disjoint): below[w] += 1 for every key under window w, and every
  * key inside a window is written to out while fewer than cap were; *nout is their count, or
- * cap + 1 when there were more (out has room for cap + 1 keys: the caller's contract). */
+ * cap + 1 when there were more (out has room for cap + 1 keys: the caller's contract).
+ *
+ * Tile by tile (ORD_TILE values; the tile's keys, buckets and flags on the stack): a first
+ * loop without branches or scattered stores, which the compiler vectorises (the AVX2 clone
+ * takes 8 floats a step), makes each value's key, its bucket (0 for a NaN, taken back after
+ * the tile) and whether it lies in a window, and counts the NaNs and the keys under the
+ * windows; then the one scalar part, the histogram's increments, runs over the buckets; then
+ * the keys inside the windows are copied out, 8 flags at a time (8 zero flags, most of them
+ * when the windows are narrow, cost one test). The counts, and the keys in their order, are
+ * those of a plain loop over the values. */
+#define ORD_TILE 1024
 #define ORD_SCAN_LOOP(U, BITS, MODE, NW)                                                    \
-    for (int64_t i = 0; i < m; i++) {                                                       \
-        const U u = x[i];                                                                   \
-        if (ORD_NAN(U, BITS, MODE, u, inf)) {                                               \
-            nn += 1;                                                                        \
-            continue;                                                                       \
-        }                                                                                   \
-        const U k = ORD_KEY(U, BITS, MODE, u);                                              \
-        hist[k >> shift] += 1;                                                              \
-        if (NW == 1) {                                                                      \
-            b0 += k < lo0;                                                                  \
-            if ((U)(k - lo0) <= span0) { /* rare: a branch beats a compaction's chain */    \
-                if (n < cap) out[n] = k;                                                    \
-                n++;                                                                        \
+    for (int64_t i0 = 0; i0 < m; i0 += ORD_TILE) {                                          \
+        const int64_t t = m - i0 < ORD_TILE ? m - i0 : ORD_TILE;                            \
+        const U *restrict xs = x + i0;                                                      \
+        uint32_t tn = 0, ti = 0, tb = 0;                                                    \
+        for (int64_t i = 0; i < t; i++) {                                                   \
+            const U u = xs[i];                                                              \
+            const U good = (U)((U)ORD_NAN(U, BITS, MODE, u, inf) - (U)1); /* 0: a NaN */   \
+            const U k = ORD_KEY(U, BITS, MODE, u);                                          \
+            ks[i] = k;                                                                      \
+            idx[i] = (uint32_t)((k >> shift) & good);                                       \
+            tn += (uint32_t)(~good & 1);                                                    \
+            if (NW == 1) {                                                                  \
+                const U in = (U)((U)(k - lo0) <= span0) & good;                             \
+                ok[i] = (uint8_t)in;                                                        \
+                ti += (uint32_t)in;                                                         \
+                tb += (uint32_t)((U)(k < lo0) & good);                                      \
+            } else if (NW > 1) {                                                            \
+                ok[i] = (uint8_t)(good & 1);                                                \
             }                                                                               \
-        } else if (NW > 1) {                                                                \
+        }                                                                                   \
+        for (int64_t i = 0; i < t; i++) hist[idx[i]] += 1;                                  \
+        hist[0] -= tn;                                                                      \
+        nn += tn;                                                                           \
+        if (NW == 1) b0 += tb;                                                              \
+        if (NW > 1) {                                                                       \
+            for (int64_t i = 0; i < t; i++) hit[i] = 0;                                     \
             for (int64_t w = 0; w < nw; w++) {                                              \
-                below[w] += k < wlo[w];                                                     \
-                if ((U)(k - wlo[w]) <= wspan[w]) {                                          \
-                    if (n < cap) out[n] = k;                                                \
+                const U lo = wlo[w], sp = wspan[w];                                         \
+                uint32_t wb = 0;                                                            \
+                for (int64_t i = 0; i < t; i++) {                                           \
+                    wb += (uint32_t)(ks[i] < lo) & ok[i];                                   \
+                    hit[i] |= (uint8_t)((U)(ks[i] - lo) <= sp);                             \
+                }                                                                           \
+                below[w] += wb;                                                             \
+            }                                                                               \
+            for (int64_t i = 0; i < t; i++) {                                               \
+                ok[i] &= hit[i];                                                            \
+                ti += ok[i];                                                                \
+            }                                                                               \
+        }                                                                                   \
+        if (NW >= 1 && ti) {                                                                \
+            for (int64_t i = t; i < ((t + 7) & ~(int64_t)7); i++) ok[i] = 0;                \
+            for (int64_t i = 0; i < t; i += 8) {                                            \
+                uint64_t f;                                                                 \
+                memcpy(&f, ok + i, 8);                                                      \
+                while (f) {                                                                 \
+                    const int j = __builtin_ctzll(f) >> 3;                                  \
+                    if (n < cap) out[n] = ks[i + j];                                        \
                     n++;                                                                    \
+                    f &= f - 1;                                                             \
                 }                                                                           \
             }                                                                               \
         }                                                                                   \
@@ -583,6 +623,9 @@ DEF_HIST(hist_f8_f8, double, double)
     {                                                                                       \
         int64_t nn = 0, n = 0, b0 = 0;                                                      \
         const U lo0 = nw ? wlo[0] : 0, span0 = nw ? wspan[0] : 0;                           \
+        U ks[ORD_TILE];                                                                     \
+        uint32_t idx[ORD_TILE];                                                             \
+        uint8_t ok[ORD_TILE + 8], hit[ORD_TILE];                                            \
         if (mode == 0) { ORD_SCAN_MODE(U, BITS, 0) }                                        \
         else if (mode == 1) { ORD_SCAN_MODE(U, BITS, 1) }                                   \
         else { ORD_SCAN_MODE(U, BITS, 2) }                                                  \

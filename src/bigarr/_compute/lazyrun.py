@@ -569,9 +569,36 @@ def _in_memory(it: _Item, opened: _Opened, values: dict[int, Array],
     return np.asarray(np.broadcast_to(value, it.node.shape), dtype=it.node.dtype).copy()
 
 
-#: Passes an order statistic takes on most data (a histogram, then a gather); piled-up data
-#: takes more (:mod:`bigarr._compute.order`).
-ORDER_PASSES = 2
+def _order_source(it: _Item, opened: _Opened) -> Stream:
+    """The stream an order statistic reads: its input's, or a view of it (a column
+    selection), as a copy that owns nothing (the leaf's stays open for later passes)."""
+    node = it.node
+    assert isinstance(node, Reduce)
+    expr = it.expr
+    leaf = expr.child if isinstance(expr, Index) else expr
+    assert isinstance(leaf, Leaf)
+    stream = opened.stream(leaf)
+    # its mapping with it (a plain array view would be read as data in memory: every page of
+    # the file resident, whatever the budget)
+    source = dataclasses.replace(stream, owned=[])
+    if isinstance(expr, Index):
+        if stream.array is None:
+            raise UnsupportedError(f"{node.kind} of a column selection of a {leaf.name}: "
+                                   "select the columns from a .npy file or memmap.")
+        source.array = stream.array[(slice(None), *expr.key)]
+    return source
+
+
+def _order_passes(it: _Item, opened: _Opened, budget: int, threads: int) -> list[PassPlan]:
+    """An order statistic's passes on most data (:func:`~bigarr._compute.orderscan.pass_steps`)."""
+    from bigarr._compute.orderscan import pass_steps
+
+    node, source = it.node, _order_source(it, opened)
+    assert isinstance(node, Reduce)
+    steps = pass_steps(source, node.axis is not None and len(source.shape) > 1,
+                       1 if node.q is None else int(np.size(node.q)), budget, threads)
+    return [PassPlan((source.name or source.kind,), (f"{it.label}: {step}",), 0, 0, budget)
+            for step in steps]
 
 
 def _order_statistic(it: _Item, opened: _Opened, budget: int, threads: int | None,
@@ -581,19 +608,7 @@ def _order_statistic(it: _Item, opened: _Opened, budget: int, threads: int | Non
 
     node = it.node
     assert isinstance(node, Reduce)
-    expr = it.expr
-    leaf = expr.child if isinstance(expr, Index) else expr
-    assert isinstance(leaf, Leaf)
-    stream = opened.stream(leaf)
-    # the leaf's stream itself, its mapping with it (a plain array view would be read as data
-    # in memory: every page of the file resident, whatever the budget); order closes what it
-    # is given, so a copy that owns nothing (the leaf's stays open for later passes)
-    source = dataclasses.replace(stream, owned=[])
-    if isinstance(expr, Index):
-        if stream.array is None:
-            raise UnsupportedError(f"{node.kind} of a column selection of a {leaf.name}: "
-                                   "select the columns from a .npy file or memmap.")
-        source.array = stream.array[(slice(None), *expr.key)]
+    source = _order_source(it, opened)
     fn = getattr(order, node.kind)
     args = () if node.q is None else (node.q,)
     res = np.asarray(fn(source, *args, **({} if node.q is None else {"method": node.method}),
@@ -628,15 +643,7 @@ def _run(roots: list[Node], budget: int, threads: int | None, progress: Progress
             level = [it for it in level if id(it.node) not in skip]
             streamed, whole, stats = _groups(level)
             for it in stats:  # passes of their own, data-dependent in number
-                for k in range(ORDER_PASSES):
-                    leaf = it.expr.child if isinstance(it.expr, Index) else it.expr
-                    assert isinstance(leaf, Leaf)
-                    stream = opened.stream(leaf)
-                    steps.append(PassPlan(
-                        (stream.name or stream.kind,),
-                        (f"{it.label}: exact order statistic, "
-                         f"{'histogram' if k == 0 else 'gather'} pass (passes of its own: two "
-                         "on most data, more when values pile up)",), 0, 0, budget))
+                steps.extend(_order_passes(it, opened, budget, nthreads))
                 values[id(it.node)] = (np.zeros(it.node.shape, it.node.dtype) if dry else
                                        _order_statistic(it, opened, budget, threads, progress))
             for group in streamed:

@@ -19,9 +19,14 @@ one-column operand (64 pieces spread evenly over the data, at most 1/16 of it) e
 each wanted order statistic lies; pass 1 then also gathers the keys inside a window of buckets
 around each estimate, wide enough (many standard errors of the sample's quantile) and as wide
 as a quarter of the budget allows. When pass 1's counts show a statistic's bucket inside a
-window whose keys were all gathered, it is selected there exactly and needs no second pass;
-otherwise (an unrepresentative sample, a window overflowing its room) the steps above follow.
-Counts and selection are exact either way: the sample only chooses what to gather.
+window whose keys were all gathered, it is selected there exactly and needs no second pass
+(where the statistic's whole pass-1 bucket lies inside the window, only that bucket's keys
+are partitioned, the histogram giving the rank below it); otherwise (an unrepresentative
+sample, a window overflowing its room) the steps above follow. Counts and selection are exact
+either way: the sample only chooses what to gather. The sample's 64 pieces are read ahead all
+at once (``WILLNEED``) before the first is touched, so a cold disk serves them together.
+:func:`planned_passes` tells plans (``explain()``) the count before any data is read: one pass
+where a window is planned (two when the sample misleads), two without one.
 
 Random data takes one pass (two without the sample: many columns, lazy sources, small data);
 data piled into one bucket (all equal, few distinct values) takes a pass per 16 bits of key at
@@ -37,6 +42,7 @@ Passes run through the engine (:func:`bigarr._compute.runplan.plan_run` and
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -47,6 +53,7 @@ from bigarr._compute.engine import execute
 from bigarr._compute.operands import Stream
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import block_info, plan_run
+from bigarr._os.hints import parse_hint
 from bigarr._plan.budget import parse_budget
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import DtypeError
@@ -55,6 +62,7 @@ Array = np.ndarray[Any, Any]
 
 #: Passes over the data made by the last quantile-family call in this process (diagnostic).
 LAST_PASSES: list[int] = [0]
+_WILLNEED = parse_hint("willneed")
 #: Bits of key resolved by one histogram pass (at most).
 _BITS_PER_PASS = 16
 
@@ -233,6 +241,27 @@ class _Windows:
         self.fill += got[1].size
 
 
+def _half_width(n: int, m: int, nfracs: int, room: int) -> float | None:
+    """Each window's half-width, as a share of the ``n`` values, for ``m`` sampled (non-NaN)
+    values and ``nfracs`` quantiles: a third of the ``room`` (in keys) split between the
+    windows (values piled on a window's edges may fill it further), and no wider than needed
+    (each key gathered costs time); None when that is under :data:`_SIGMAS` standard errors."""
+    sigma = 0.5 / math.sqrt(m)  # the standard error of a sample quantile, at most
+    delta = min(0.5, room / n / (2 * nfracs) / 3, _MAX_SIGMAS * sigma)
+    return None if delta < _SIGMAS * sigma else delta
+
+
+def _windows_fit(stream: Stream, nfracs: int, room: int) -> bool:
+    """True when pass 1 over ``stream`` (all its values as one column) samples windows for
+    ``nfracs`` quantiles with room for ``room`` keys: a contiguous array with enough values
+    for the sample and the windows (before the sample's NaNs are known)."""
+    a = stream.array
+    if a is None or not nfracs or not (a.flags.c_contiguous or a.flags.f_contiguous):
+        return False
+    size = min(_SAMPLE, a.size // 16)
+    return size >= _MIN_SAMPLE and _half_width(a.size, size, nfracs, room) is not None
+
+
 def _sample_windows(stream: Stream, fracs: list[float], kd: np.dtype[Any],
                     room: int) -> _Windows | None:
     """Windows of keys around the ``fracs`` quantiles of a sample of ``stream``'s values, each
@@ -240,16 +269,21 @@ def _sample_windows(stream: Stream, fracs: list[float], kd: np.dtype[Any],
     ``room`` values; None when a sample cannot place them (a lazy or non-contiguous operand,
     too little data, too little room)."""
     a = stream.array
-    if a is None or not fracs or not (a.flags.c_contiguous or a.flags.f_contiguous):
+    if not _windows_fit(stream, len(fracs), room) or a is None:
         return None
     flat = a.ravel(order="K")  # a view: quantiles do not care in which order values come
     n = flat.size
     size = min(_SAMPLE, n // 16)
-    if size < _MIN_SAMPLE:
-        return None
     piece = -(-size // _PIECES)
     starts = np.linspace(0, n - piece, _PIECES).astype(np.int64)
     views = [flat[int(i):int(i) + piece] for i in starts]
+    if stream.mapping is not None:
+        # every piece's readahead at once, before the first is touched: the disk works on all
+        # of them together, where faulting the pieces in one after another waits for each in
+        # turn (64 seeks: 0.7-2 s of a cold 1 GiB scan of 1-3 s on the shared test VM)
+        for view in views:
+            for span in stream.page_spans(view):
+                stream.mapping.advise(_WILLNEED, span)
     sample = np.concatenate(views)
     for view in views:
         stream.release(view)  # the sampled pages of a mapped file leave this process again
@@ -259,12 +293,8 @@ def _sample_windows(stream: Stream, fracs: list[float], kd: np.dtype[Any],
     m = keys.size
     if m < _MIN_SAMPLE:
         return None
-    # each window's half-width, as a share of the values: a third of the room split between
-    # the windows (values piled on a window's edges may fill it further), and no wider than
-    # needed (each key gathered costs time)
-    sigma = 0.5 / math.sqrt(m)  # the standard error of a sample quantile, at most
-    delta = min(0.5, room / n / (2 * len(fracs)) / 3, _MAX_SIGMAS * sigma)
-    if delta < _SIGMAS * sigma:
+    delta = _half_width(n, m, len(fracs), room)
+    if delta is None:
         return None
     bounds: list[tuple[int, int]] = []
     for p in sorted(set(fracs)):
@@ -314,6 +344,34 @@ def _select_in_windows(win: _Windows, targets: list[_Target]) -> None:
     if win.dead:
         return
     keys = win.keys[:win.fill]
+    # A target whose pass-1 bucket lies inside a window: its bucket's keys were all gathered,
+    # and the histogram says how many lie below the bucket; so only the bucket's keys (a
+    # small share of the gathered ones on most data) are picked out and partitioned.
+    kd = keys.dtype
+    ends = win.lo.astype(np.uint64) + win.span.astype(np.uint64)
+    buckets: dict[tuple[int, int], list[_Target]] = {}
+    for t in targets:
+        if t.value is None and any(int(lo) <= t.lo and t.lo + (1 << t.shift) - 1 <= int(end)
+                                   for lo, end in zip(win.lo, ends, strict=True)):
+            buckets.setdefault((t.lo, t.shift), []).append(t)
+    step = 1 << 16  # slices: small temporaries, reused (no fresh memory to fault in)
+    off = np.empty(min(step, keys.size), dtype=kd)
+    for (lo, shift), ts in buckets.items():
+        picked = []
+        for start in range(0, keys.size, step):
+            part = keys[start:start + step]
+            o = off[:part.size]
+            np.subtract(part, kd.type(lo), out=o)  # unsigned: keys under lo wrap to the top
+            np.right_shift(o, kd.type(shift), out=o)
+            picked.append(part[o == 0])
+        sel = np.concatenate(picked) if picked else keys[:0]
+        if sel.size != ts[0].count:  # never: the histogram counted the same keys
+            continue
+        sel.partition(sorted({t.rank - t.below for t in ts}))
+        for t in ts:
+            t.value = int(sel[t.rank - t.below])
+    if all(t.value is not None for t in targets):
+        return
     held = [0] * win.lo.size  # keys gathered per window, counted in slices (small masks)
     for w, (lo, span) in enumerate(zip(win.lo, win.span, strict=True)):
         for start in range(0, keys.size, 1 << 20):
@@ -336,6 +394,53 @@ def _select_in_windows(win: _Windows, targets: list[_Target]) -> None:
 
 
 # ---- the passes --------------------------------------------------------------------------
+def _pass1_bits(bits: int, ncols: int, threads: int, budget_bytes: int) -> int:
+    """Bits of key pass 1 resolves: its histograms per column (one per thread in flight, and
+    the total) fit a quarter of the budget."""
+    nb_bits = min(bits, _BITS_PER_PASS)
+    while nb_bits > 1 and ncols * (8 << nb_bits) * (threads + 3) > budget_bytes // 4:
+        nb_bits -= 1
+    return nb_bits
+
+
+def planned_passes(stream: Stream, axis0: bool, nfracs: int, *, budget: int | str,
+                   threads: int) -> tuple[int, int | None]:
+    """The passes an order-statistics call over ``stream`` takes on most data (values not
+    piled into few buckets), before reading it: ``(passes, fallback)``.
+
+    ``fallback`` is None without sampled windows, else the passes when the sample misleads
+    (pass 1, then a gather). One pass where pass 1's buckets are single keys (keys of 16 bits
+    or fewer) or where a sampled window is planned (one-column contiguous operands with room);
+    otherwise two (a histogram, then a gather); data piled up takes more (see the module
+    docstring), which no plan can know before reading it."""
+    dtype = np.dtype(stream.dtype)
+    bits = 8 * _key_dtype(dtype).itemsize
+    shape = stream.shape
+    ncols = int(math.prod(shape[1:])) if axis0 and len(shape) > 1 else 1
+    budget_bytes = parse_budget(budget)
+    if _pass1_bits(bits, ncols, threads, budget_bytes) == bits:
+        return 1, None
+    room = budget_bytes // 4 // (bits // 8)
+    if ncols == 1 and _windows_fit(stream, nfracs, room):
+        return 1, 2
+    return 2, None
+
+
+def pass_steps(stream: Stream, axis0: bool, nfracs: int, budget: int | str,
+               threads: int) -> list[str]:
+    """What each pass of :func:`planned_passes` does, one line per pass (for plans)."""
+    passes, fallback = planned_passes(stream, axis0, nfracs, budget=budget, threads=threads)
+    if fallback is not None:
+        return [f"exact order statistic, one pass: a histogram, gathering the values in a "
+                f"sampled window around the answer ({fallback} passes when the sample "
+                "misleads: then a gather pass; more when values pile up)"]
+    if passes == 1:
+        return ["exact order statistic, one histogram pass (its buckets are single values)"]
+    return [f"exact order statistic, {step} pass (passes of its own: two on most data, more "
+            "when values pile up)" for step in ("histogram", "gather")]
+
+
+
 def _order_statistics(
     stream: Stream, axis0: bool, want: Callable[[Array], list[list[int]]], *,
     budget: int | str, threads: int, progress: ProgressArg, name: str,
@@ -356,9 +461,7 @@ def _order_statistics(
     floating = dtype.kind == "f"
     native = _native(dtype)
     # pass 1: counts of the top bits, per column; its partials are planned as fixed memory
-    nb_bits = min(bits, _BITS_PER_PASS)
-    while nb_bits > 1 and ncols * (8 << nb_bits) * (threads + 3) > budget_bytes // 4:
-        nb_bits -= 1
+    nb_bits = _pass1_bits(bits, ncols, threads, budget_bytes)
     nbuckets = 1 << nb_bits
     shift0 = bits - nb_bits
     counts = np.zeros((ncols, nbuckets), dtype=np.int64)
@@ -368,25 +471,43 @@ def _order_statistics(
     if ncols == 1 and fracs and shift0:  # (narrower keys: pass 1's buckets are exact)
         win = _sample_windows(stream, fracs, kd, budget_bytes // 4 // kd.itemsize)
 
-    def histogram(block: Array, _row: int) -> tuple[Array, Array, tuple[Array, Array] | None]:
+    # the native kernels add into their thread's own counts, and gather into its own scratch:
+    # no fresh arrays per chunk (first touches of fresh memory cost more than the kernel at
+    # times on a busy machine, where each new page may wait for the page cache's reclaim)
+    local = threading.local()
+    accs: list[tuple[Array, Array]] = []
+    lock = threading.Lock()
+
+    def mine(size: int) -> tuple[Array, Array, Array]:
+        got: tuple[Array, Array, Array] | None = getattr(local, "acc", None)
+        if got is None:
+            got = (np.zeros((ncols, nbuckets), dtype=np.int64), np.zeros(ncols, dtype=np.int64),
+                   np.empty(0, dtype=kd))
+            with lock:
+                accs.append(got[:2])
+        if win is not None and got[2].size < min(size, win.keys.size) + 1:
+            got = local.acc = (got[0], got[1], np.empty(min(size, win.keys.size) + 1, dtype=kd))
+        local.acc = got
+        return got
+
+    def histogram(block: Array, _row: int) -> tuple[Array | None, Array | None,
+                                                    tuple[Array, Array] | None]:
         b = _columns(block, axis0)
         if native:
             b = np.ascontiguousarray(b)
-            part = np.zeros((ncols, nbuckets), dtype=np.int64)
-            nan_count = np.zeros(ncols, dtype=np.int64)
+            part, nan_count, out = mine(b.size)
             if ncols == 1:
                 if win is None:
                     if ordnative.scan(b, shift0, part, nan_count) is not None:
-                        return nan_count, part, None
+                        return None, None, None
                 else:
                     below = np.zeros(win.lo.size, dtype=np.int64)
-                    out = np.empty(min(b.size, win.keys.size) + 1, dtype=kd)
                     n = ordnative.scan(b, shift0, part, nan_count,
                                        windows=(win.lo, win.span, below, out))
                     if n is not None:
-                        return nan_count, part, (below, out[:n]) if n < out.size else None
+                        return None, None, (below, out[:n].copy()) if n < out.size else None
             elif ordnative.hist(b, shift0, part, nan_count):
-                return nan_count, part, None
+                return None, None, None
         keys = _keys(b)
         idx = (keys >> kd.type(shift0)).astype(np.intp) if shift0 else keys.astype(np.intp)
         idx += offsets
@@ -401,9 +522,10 @@ def _order_statistics(
         got = _window_keys(b, keys, win, kd) if win is not None else None
         return nan_count, part.reshape(ncols, nbuckets), got
 
-    def fold1(part: tuple[Array, Array, tuple[Array, Array] | None]) -> None:
-        nans.__iadd__(part[0])
-        counts.__iadd__(part[1])
+    def fold1(part: tuple[Array | None, Array | None, tuple[Array, Array] | None]) -> None:
+        if part[0] is not None and part[1] is not None:
+            nans.__iadd__(part[0])
+            counts.__iadd__(part[1])
         if win is not None:
             win.add(part[2])
 
@@ -413,6 +535,10 @@ def _order_statistics(
     _run_pass(stream, f"{name} pass 1", histogram, fold1, budget=budget, threads=threads,
               progress=progress, fixed_bytes=fixed,
               temporaries=_NATIVE_TEMPORARIES if native else None)
+    for part, nan_count in accs:
+        counts += part
+        nans += nan_count
+    accs.clear()
     wanted = want(nans)
     targets: list[_Target] = []
     for col, col_ranks in enumerate(wanted):
