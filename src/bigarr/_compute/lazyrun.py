@@ -71,8 +71,9 @@ from bigarr._compute.lazynodes import (
 )
 from bigarr._compute.lazyresume import appended, check_resumable, resume_token
 from bigarr._compute.lazyrows import window_stream
+from bigarr._compute.multistat import Joint, joint_groups
 from bigarr._compute.operands import Stream, parse_operand
-from bigarr._compute.partials import Tree, merge
+from bigarr._compute.partials import State, Tree, merge
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.reductions import SCRATCH_BYTES
 from bigarr._compute.runplan import RunPlan, parse_threads, plan_run, probe_temporaries
@@ -349,6 +350,15 @@ class _Pass:
                         and it.expr is other.expr and a.axes == b.axes \
                         and id(a) in self.trees and id(b) in self.trees:
                     self.derived[id(a)] = id(b)
+        # sum, min, max and var/std of the same values: one kernel, one sweep (multistat.py);
+        # the group's tree stands under its first member, the others hand in nothing
+        self.joints = {keys[0]: (keys, tree) for keys, tree in
+                       joint_groups(items, self.kernels, set(self.derived))}
+        self.joined = {k for keys, _tree in self.joints.values() for k in keys[1:]}
+        for keys, tree in self.joints.values():
+            for member in keys[1:]:
+                self.trees.pop(member, None)
+            self.trees[keys[0]] = tree
         self.fuses = any(isinstance(it.expr, (Op, Scan, Filter)) for it in items)
         # purely elementwise chains over narrow rows run on wide views (lazyflat.py)
         self.flat = {id(it.node): f for it in items if (f := flat_plan(it.expr)) is not None}
@@ -435,6 +445,9 @@ class _Pass:
                   carries, self.numexpr)
         out: list[Any] = []
         for it in self.items:
+            if id(it.node) in self.joined:
+                out.append(None)  # in its group's joint tree
+                continue
             flat = self.flat.get(id(it.node))
             value = None
             if flat is not None:  # on wide views, in an env of its own (its memo is theirs)
@@ -532,12 +545,19 @@ class _Pass:
                                    for i in range(len(it.expr.shape)))
                     merge(self.kernels[id(node)], states[id(node)], seen[id(node)], target,
                           part)
+        joined: dict[int, State] = {}
+        for keys, tree in self.joints.values():
+            assert tree.result is not None and isinstance(tree.kernel, Joint)
+            joined.update(zip(keys, tree.kernel.split(tree.result), strict=True))
         for it in self.items:
             node = it.node
-            if isinstance(node, Reduce) and id(node) in self.derived:
-                var = self.trees[self.derived[id(node)]]
-                assert var.result is not None
-                _n, shift, mean, _m2 = var.result
+            if isinstance(node, Reduce) and id(node) in joined:
+                results[id(node)] = finish(node, self.kernels[id(node)], joined[id(node)])
+            elif isinstance(node, Reduce) and id(node) in self.derived:
+                var_id = self.derived[id(node)]
+                state = joined[var_id] if var_id in joined else self.trees[var_id].result
+                assert state is not None
+                _n, shift, mean, _m2 = state
                 results[id(node)] = finish(node, self.kernels[id(node)], None, shift + mean)
             elif isinstance(node, Reduce) and id(node) in self.trees:
                 results[id(node)] = finish(node, self.kernels[id(node)], None,
