@@ -178,3 +178,26 @@ def test_where_the_sweep_does_not_apply_members_run_alone(shape: tuple[int, ...]
     for got, want in zip(go(True), go(False), strict=True):
         _same(got, want)
     np.testing.assert_array_equal(go(True)[1], a.max(axis=axis))
+
+
+@needs_native
+def test_repeated_reductions_in_a_group_are_each_right() -> None:
+    # two members of one role share a sweep but not its arrays (a sum combines in place)
+    a = np.random.default_rng(7).standard_normal((9000, 12))
+    x = bigarr.lazy(a)
+
+    def go(joint: bool) -> list[np.ndarray[Any, Any]]:
+        multistat.ENABLED = joint
+        try:
+            return list(bigarr.compute(x.sum(axis=0), x.sum(axis=0), x.min(axis=0),
+                                       x.min(axis=0), x.var(axis=0), x.std(axis=0),
+                                       budget="1MiB", threads=2, progress=False))
+        finally:
+            multistat.ENABLED = True
+
+    joint = go(True)
+    for got, want in zip(joint, go(False), strict=True):
+        _same(got, want)
+    _same(joint[0], joint[1])
+    np.testing.assert_allclose(joint[0], a.sum(axis=0), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(joint[5] ** 2, a.var(axis=0), rtol=1e-12)

@@ -82,14 +82,18 @@ class Joint(Kernel):
         if got is None:  # each member's own kernel: what it computes alone
             return tuple(s for k in self.members for s in k.partial(block, axes, chunk, origin))
         state: list[np.ndarray[Any, Any]] = []
+        taken: set[str] = set()
         for r in self.roles:
+            assert r is not None
+            # a second member of one role (x.sum(0) twice) gets copies: Sum combines in place
+            copy = r in taken
+            taken.add(r)
             if r == "var":
                 size = math.prod(block.shape[i] for i in axes)
-                state += [np.full(got["m2"].shape, size, dtype=np.int64), got["shift"],
-                          got["mean"], got["m2"]]
+                state += [np.full(got["m2"].shape, size, dtype=np.int64),
+                          *(np.array(got[k], copy=copy) for k in ("shift", "mean", "m2"))]
             else:
-                assert r is not None
-                state.append(got[r])
+                state.append(np.array(got[r], copy=copy))
         return tuple(state)
 
     def combine(self, a: State, b: State) -> State:
