@@ -339,8 +339,17 @@ class _Pass:
                       and math.prod(it.expr.shape) > 0}  # (no tree of no elements)
         # Tiles only where a chain of operations makes temporaries, cut on the trees' leaves
         # (a tile ending inside a leaf would hand the leaf over in pieces).
-        # A mean next to a var/std of the same values and axes is read off the variance's
-        # state (its shift plus mean): one kernel less per chunk.
+        # sum, mean, min, max and var/std of the same values: one kernel, one sweep
+        # (multistat.py); the group's tree stands under its first member, the others hand in
+        # nothing
+        self.joints = {keys[0]: (keys, tree) for keys, tree in joint_groups(items, self.kernels)}
+        self.joined = {k for keys, _tree in self.joints.values() for k in keys[1:]}
+        for keys, tree in self.joints.values():
+            for member in keys[1:]:
+                self.trees.pop(member, None)
+            self.trees[keys[0]] = tree
+        # Otherwise, a mean next to a var/std of the same values and axes is read off the
+        # variance's state (its shift plus mean): one kernel less per chunk.
         self.derived: dict[int, int] = {}
         for it in items:
             for other in items:
@@ -348,17 +357,9 @@ class _Pass:
                 if isinstance(a, Reduce) and isinstance(b, Reduce) and a.kind == "mean" \
                         and a.out_dtype is None and b.kind in ("var", "std") \
                         and it.expr is other.expr and a.axes == b.axes \
-                        and id(a) in self.trees and id(b) in self.trees:
+                        and id(a) in self.trees and id(b) in self.trees \
+                        and id(a) not in self.joints and id(b) not in self.joints:
                     self.derived[id(a)] = id(b)
-        # sum, min, max and var/std of the same values: one kernel, one sweep (multistat.py);
-        # the group's tree stands under its first member, the others hand in nothing
-        self.joints = {keys[0]: (keys, tree) for keys, tree in
-                       joint_groups(items, self.kernels, set(self.derived))}
-        self.joined = {k for keys, _tree in self.joints.values() for k in keys[1:]}
-        for keys, tree in self.joints.values():
-            for member in keys[1:]:
-                self.trees.pop(member, None)
-            self.trees[keys[0]] = tree
         self.fuses = any(isinstance(it.expr, (Op, Scan, Filter)) for it in items)
         # purely elementwise chains over narrow rows run on wide views (lazyflat.py)
         self.flat = {id(it.node): f for it in items if (f := flat_plan(it.expr)) is not None}

@@ -9,8 +9,9 @@ the tree is each member's own combine. The tree has the members' shape, axes and
 the native call gives, leaf by leaf, the bits of the members' own kernels, so each result is
 the same bits as when its reduction runs alone (a test holds it to that).
 
-Members are the kernels whose native leaf kernels the joint one reproduces: :class:`Sum` with
-float64 accumulators, :class:`Var` (``var``, ``std``) with its native kernel, and
+Members are the kernels whose native leaf kernels the joint one reproduces: :class:`Sum` and
+:class:`Mean` with float64 accumulators (a mean so joined is its own, numpy's with inf too,
+not read off a variance's state), :class:`Var` (``var``, ``std``) with its native kernel, and
 :class:`Extreme` (``min``, ``max``), over float32 or float64 data in native byte order. Where
 the native call does not apply to a block (fewer than ``native.MIN_COLUMNS`` kept columns
 after the reduced axes, no native build), each member summarises the block with its own
@@ -27,7 +28,7 @@ import numpy as np
 
 from bigarr._compute import native
 from bigarr._compute.lazynodes import Reduce, plain
-from bigarr._compute.partials import Extreme, Kernel, State, Sum, Tree, Var
+from bigarr._compute.partials import Extreme, Kernel, Mean, State, Sum, Tree, Var
 from bigarr._plan.chunks import Chunk
 
 __all__ = ["ENABLED", "Joint", "joint_groups", "role"]
@@ -37,11 +38,12 @@ ENABLED = True
 
 
 def role(k: Kernel) -> str | None:
-    """The statistic a member kernel computes (``"sum"``, ``"var"``, ``"min"``, ``"max"``), or
-    None for a kernel the joint one cannot take (exact classes only: a subclass changes what a
-    block contributes)."""
-    if type(k) is Sum and not k.exact and np.dtype(k.acc) == np.float64:
-        return "sum"
+    """The statistic a member kernel computes (``"sum"``, ``"mean"``, ``"var"``, ``"min"``,
+    ``"max"``), or None for a kernel the joint one cannot take (exact classes only: a subclass
+    changes what a block contributes)."""
+    if isinstance(k, Sum) and type(k) in (Sum, Mean) and not k.exact \
+            and np.dtype(k.acc) == np.float64:
+        return "sum" if type(k) is Sum else "mean"
     if type(k) is Var and k.native:
         return "var"
     if type(k) is Extreme:
@@ -58,9 +60,9 @@ class Joint(Kernel):
     def __init__(self, members: Sequence[Kernel]) -> None:
         self.members = list(members)
         self.roles = [role(k) for k in self.members]
-        self.want = frozenset(r for r in self.roles if r is not None)
-        self.widths = [4 if r == "var" else 1 for r in self.roles]
-        """Arrays in each member's state (Var: count, shift, mean, M2)."""
+        self.want = frozenset("sum" if r == "mean" else r for r in self.roles if r is not None)
+        self.widths = [{"var": 4, "mean": 2}.get(r or "", 1) for r in self.roles]
+        """Arrays in each member's state (Var: count, shift, mean, M2; Mean: sum, count)."""
 
     def scratch_free(self, dtype: np.dtype[Any], axes: tuple[int, ...] | None = None) -> bool:
         return all(k.scratch_free(dtype, axes) for k in self.members)
@@ -83,15 +85,20 @@ class Joint(Kernel):
             return tuple(s for k in self.members for s in k.partial(block, axes, chunk, origin))
         state: list[np.ndarray[Any, Any]] = []
         taken: set[str] = set()
+        size = math.prod(block.shape[i] for i in axes)
         for r in self.roles:
             assert r is not None
-            # a second member of one role (x.sum(0) twice) gets copies: Sum combines in place
-            copy = r in taken
-            taken.add(r)
+            # a second user of one array (x.sum(0) twice, or a sum and a mean) gets copies:
+            # sums combine in place
+            key = "sum" if r == "mean" else r
+            copy = key in taken
+            taken.add(key)
             if r == "var":
-                size = math.prod(block.shape[i] for i in axes)
                 state += [np.full(got["m2"].shape, size, dtype=np.int64),
                           *(np.array(got[k], copy=copy) for k in ("shift", "mean", "m2"))]
+            elif r == "mean":
+                total = np.array(got["sum"], copy=copy)
+                state += [total, np.full(total.shape, size, dtype=np.int64)]
             else:
                 state.append(np.array(got[r], copy=copy))
         return tuple(state)
@@ -101,13 +108,13 @@ class Joint(Kernel):
                      for s in k.combine(x, y))
 
 
-def joint_groups(items: Sequence[Any], kernels: dict[int, Kernel],
-                 skip: set[int]) -> list[tuple[list[int], Tree]]:
+def joint_groups(items: Sequence[Any],
+                 kernels: dict[int, Kernel]) -> list[tuple[list[int], Tree]]:
     """Which reductions of a pass join, and their joint trees.
 
     ``items`` are the pass's items (``.node``, ``.expr``, ``.frame``: see
     :mod:`bigarr._compute.lazyrun`), ``kernels`` their reductions' kernels by ``id`` of the
-    node, ``skip`` the ids of reductions read off another's state. Candidates are reductions of
+    node. Candidates are reductions of
     plain rows of a non-empty float32/float64 expression whose kernel :func:`role` takes and
     needs no scratch; those of the same expression (by identity) and axes join. Returned, per
     group of two or more: the members' node ids in item order, and the joint tree (``C`` order,
@@ -118,7 +125,7 @@ def joint_groups(items: Sequence[Any], kernels: dict[int, Kernel],
     by: dict[tuple[int, tuple[int, ...]], list[Any]] = {}
     for it in items:
         node, expr = it.node, it.expr
-        if not isinstance(node, Reduce) or id(node) in skip or not plain(it.frame):
+        if not isinstance(node, Reduce) or not plain(it.frame):
             continue
         k, dtype = kernels[id(node)], expr.dtype
         if (role(k) is None or math.prod(expr.shape) == 0 or not dtype.isnative
