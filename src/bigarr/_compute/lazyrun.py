@@ -19,7 +19,9 @@ Within a chunk, expressions with operations are evaluated in tiles of about
 the CPU's caches. Floating reductions of plain rows (sums, means, variances and their nan
 variants) merge in :class:`~bigarr._compute.partials.Tree`, the fixed pairwise tree of
 :func:`bigarr.sum` and friends, so they are the same bits at every budget, thread count and
-tile size; a mean next to a variance of the same values is read off the variance's state.
+tile size. Sums, means, extremes and variances of the same float values and axes join into
+one kernel and one tree, one native sweep per leaf (:mod:`bigarr._compute.multistat`);
+otherwise a mean next to a variance of the same values is read off the variance's state.
 Other reductions merge chunk by chunk. Order statistics are computed by
 :mod:`bigarr._compute.order` in passes of their own (counted as two in plans: most data needs
 two).
