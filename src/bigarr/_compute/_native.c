@@ -20,7 +20,7 @@
 /* The kernels' interface version: bigarr/_compute/native.py refuses a library built from
  * another version's source (a stale build beside newer Python code), so a changed signature can
  * never be called with the old arguments. Bump it with any change to a signature. */
-#define ABI 3
+#define ABI 4
 int64_t bigarr_native_abi(void) { return ABI; }
 
 #define LANES 16
@@ -783,3 +783,100 @@ DEF_FUSED(fused_f8, double, f8)
 static struct PyModuleDef native_module = {PyModuleDef_HEAD_INIT, "_native", NULL, -1, NULL};
 
 PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&native_module); }
+
+/* ==== several statistics in one sweep (lazy reductions; bigarr/_compute/multistat.py) ======== */
+
+/* bigarr.compute(x.sum(0), x.min(0), x.max(0), x.std(0)) reads each chunk once, but four
+ * kernels over a chunk of tens of MiB are four sweeps through memory. This one sweeps each
+ * (n, c) block once and gives, per column, what sum_cols, var_cols and numpy's min and max give:
+ * the same arithmetic, operation for operation and in the same order (per column: the rows in
+ * order), so the same bits. A row's columns go STAT_COLS at a time (a whole row of the usual
+ * N x 32; narrower column groups re-read the block with a stride and measured 3x slower),
+ * their five accumulators in the first-level cache. The extremes are kept in double: exact for
+ * float32, and the loop then works in one vector width.
+ *
+ * The extremes are numpy's: lo = lo < e ? lo : e, so of equal values the later one stays (of
+ * -0.0 and 0.0, numpy's min and max give the later one), and likewise the tree's combine
+ * (np.minimum(left, right)). NaN is not tracked in that loop (one instruction per extreme): a
+ * column holding a NaN has a NaN sum, and only such a column is searched again, its extremes
+ * set to its first NaN (numpy's min and max propagate NaN). Any output pointer may be NULL: that statistic is then
+ * not written (var's three go together: with m2 NULL, shift and mean are not written either). */
+#define STAT_COLS 32
+#define DEF_STATS_COLS(NAME, T)                                                             \
+    KERNEL void NAME(const T *restrict x, int64_t p, int64_t n, int64_t c,                  \
+                     double *restrict sum, double *restrict shift, double *restrict mean,   \
+                     double *restrict m2, T *restrict lo, T *restrict hi)                   \
+    {                                                                                       \
+        for (int64_t q = 0; q < p; q++) {                                                   \
+            const T *restrict b = x + q * n * c;                                            \
+            for (int64_t j0 = 0; j0 < c; j0 += STAT_COLS) {                                 \
+                const int64_t w = c - j0 < STAT_COLS ? c - j0 : STAT_COLS;                  \
+                double t[STAT_COLS] = {0}, k[STAT_COLS] = {0};                              \
+                double s1[STAT_COLS] = {0}, s2[STAT_COLS] = {0};                            \
+                double a[STAT_COLS], z[STAT_COLS];                                          \
+                for (int64_t j = 0; j < w; j++) {                                           \
+                    k[j] = (double)b[j0 + j];                                               \
+                    a[j] = z[j] = (double)b[j0 + j];                                        \
+                }                                                                           \
+                if (w == STAT_COLS) {                                                       \
+                    for (int64_t i = 0; i < n; i++) {                                       \
+                        const T *restrict r = b + i * c + j0;                               \
+                        for (int j = 0; j < STAT_COLS; j++) {                               \
+                            const T v = r[j];                                               \
+                            const double d = (double)v - k[j];                              \
+                            t[j] += (double)v;                                              \
+                            s1[j] += d;                                                     \
+                            s2[j] += d * d;                                                 \
+                            const double e = (double)v;                                     \
+                            a[j] = a[j] < e ? a[j] : e;                                     \
+                            z[j] = z[j] > e ? z[j] : e;                                     \
+                        }                                                                   \
+                    }                                                                       \
+                } else {                                                                    \
+                    for (int64_t i = 0; i < n; i++) {                                       \
+                        const T *restrict r = b + i * c + j0;                               \
+                        for (int64_t j = 0; j < w; j++) {                                   \
+                            const T v = r[j];                                               \
+                            const double d = (double)v - k[j];                              \
+                            t[j] += (double)v;                                              \
+                            s1[j] += d;                                                     \
+                            s2[j] += d * d;                                                 \
+                            const double e = (double)v;                                     \
+                            a[j] = a[j] < e ? a[j] : e;                                     \
+                            z[j] = z[j] > e ? z[j] : e;                                     \
+                        }                                                                   \
+                    }                                                                       \
+                }                                                                           \
+                for (int64_t j = 0; j < w; j++) {                                           \
+                    const int64_t o = q * c + j0 + j;                                       \
+                    if (sum) sum[o] = t[j];                                                 \
+                    if (m2) { /* var_cols' finish, with its second pass where it takes one */ \
+                        const double mu = s1[j] / (double)n;                                \
+                        double q2 = s2[j] - s1[j] * mu;                                     \
+                        if (!(s1[j] * mu <= KEEP * s2[j]) || !isfinite(q2)) {               \
+                            q2 = 0.0;                                                       \
+                            for (int64_t i = 0; i < n; i++) {                               \
+                                const double d = ((double)b[i * c + j0 + j] - k[j]) - mu;   \
+                                q2 += d * d;                                                \
+                            }                                                               \
+                        }                                                                   \
+                        shift[o] = k[j];                                                    \
+                        mean[o] = mu;                                                       \
+                        m2[o] = q2;                                                         \
+                    }                                                                       \
+                    if (t[j] != t[j]) /* a NaN sum: a NaN in the column, or inf - inf */    \
+                        for (int64_t i = 0; i < n; i++) {                                   \
+                            const T v = b[i * c + j0 + j];                                  \
+                            if (v != v) { a[j] = z[j] = v; break; }                         \
+                        }                                                                   \
+                    if (lo) lo[o] = (T)a[j];                                                \
+                    if (hi) hi[o] = (T)z[j];                                                \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+DEF_STATS_COLS(stats_cols_f4, float)
+DEF_STATS_COLS(stats_cols_f8, double)
+
+/* ==== end of several statistics in one sweep ================================================ */

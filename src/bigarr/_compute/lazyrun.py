@@ -19,7 +19,9 @@ Within a chunk, expressions with operations are evaluated in tiles of about
 the CPU's caches. Floating reductions of plain rows (sums, means, variances and their nan
 variants) merge in :class:`~bigarr._compute.partials.Tree`, the fixed pairwise tree of
 :func:`bigarr.sum` and friends, so they are the same bits at every budget, thread count and
-tile size; a mean next to a variance of the same values is read off the variance's state.
+tile size. Sums, means, extremes and variances of the same float values and axes join into
+one kernel and one tree, one native sweep per leaf (:mod:`bigarr._compute.multistat`);
+otherwise a mean next to a variance of the same values is read off the variance's state.
 Other reductions merge chunk by chunk. Order statistics are computed by
 :mod:`bigarr._compute.order` in passes of their own (counted as two in plans: most data needs
 two).
@@ -71,8 +73,9 @@ from bigarr._compute.lazynodes import (
 )
 from bigarr._compute.lazyresume import appended, check_resumable, resume_token
 from bigarr._compute.lazyrows import window_stream
+from bigarr._compute.multistat import Joint, joint_groups
 from bigarr._compute.operands import Stream, parse_operand
-from bigarr._compute.partials import Tree, merge
+from bigarr._compute.partials import State, Tree, merge
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.reductions import SCRATCH_BYTES
 from bigarr._compute.runplan import RunPlan, parse_threads, plan_run, probe_temporaries
@@ -338,8 +341,17 @@ class _Pass:
                       and math.prod(it.expr.shape) > 0}  # (no tree of no elements)
         # Tiles only where a chain of operations makes temporaries, cut on the trees' leaves
         # (a tile ending inside a leaf would hand the leaf over in pieces).
-        # A mean next to a var/std of the same values and axes is read off the variance's
-        # state (its shift plus mean): one kernel less per chunk.
+        # sum, mean, min, max and var/std of the same values: one kernel, one sweep
+        # (multistat.py); the group's tree stands under its first member, the others hand in
+        # nothing
+        self.joints = {keys[0]: (keys, tree) for keys, tree in joint_groups(items, self.kernels)}
+        self.joined = {k for keys, _tree in self.joints.values() for k in keys[1:]}
+        for keys, tree in self.joints.values():
+            for member in keys[1:]:
+                self.trees.pop(member, None)
+            self.trees[keys[0]] = tree
+        # Otherwise, a mean next to a var/std of the same values and axes is read off the
+        # variance's state (its shift plus mean): one kernel less per chunk.
         self.derived: dict[int, int] = {}
         for it in items:
             for other in items:
@@ -347,7 +359,8 @@ class _Pass:
                 if isinstance(a, Reduce) and isinstance(b, Reduce) and a.kind == "mean" \
                         and a.out_dtype is None and b.kind in ("var", "std") \
                         and it.expr is other.expr and a.axes == b.axes \
-                        and id(a) in self.trees and id(b) in self.trees:
+                        and id(a) in self.trees and id(b) in self.trees \
+                        and id(a) not in self.joints and id(b) not in self.joints:
                     self.derived[id(a)] = id(b)
         self.fuses = any(isinstance(it.expr, (Op, Scan, Filter)) for it in items)
         # purely elementwise chains over narrow rows run on wide views (lazyflat.py)
@@ -435,6 +448,9 @@ class _Pass:
                   carries, self.numexpr)
         out: list[Any] = []
         for it in self.items:
+            if id(it.node) in self.joined:
+                out.append(None)  # in its group's joint tree
+                continue
             flat = self.flat.get(id(it.node))
             value = None
             if flat is not None:  # on wide views, in an env of its own (its memo is theirs)
@@ -532,12 +548,19 @@ class _Pass:
                                    for i in range(len(it.expr.shape)))
                     merge(self.kernels[id(node)], states[id(node)], seen[id(node)], target,
                           part)
+        joined: dict[int, State] = {}
+        for keys, tree in self.joints.values():
+            assert tree.result is not None and isinstance(tree.kernel, Joint)
+            joined.update(zip(keys, tree.kernel.split(tree.result), strict=True))
         for it in self.items:
             node = it.node
-            if isinstance(node, Reduce) and id(node) in self.derived:
-                var = self.trees[self.derived[id(node)]]
-                assert var.result is not None
-                _n, shift, mean, _m2 = var.result
+            if isinstance(node, Reduce) and id(node) in joined:
+                results[id(node)] = finish(node, self.kernels[id(node)], joined[id(node)])
+            elif isinstance(node, Reduce) and id(node) in self.derived:
+                var_id = self.derived[id(node)]
+                state = joined[var_id] if var_id in joined else self.trees[var_id].result
+                assert state is not None
+                _n, shift, mean, _m2 = state
                 results[id(node)] = finish(node, self.kernels[id(node)], None, shift + mean)
             elif isinstance(node, Reduce) and id(node) in self.trees:
                 results[id(node)] = finish(node, self.kernels[id(node)], None,

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 __all__ = ["arg_rows", "available", "count_rows", "fused_kernel", "hist_above", "hist_uniform",
-           "lib", "min_max", "sum_blocks", "var_blocks"]
+           "lib", "min_max", "stats_blocks", "sum_blocks", "var_blocks"]
 
 #: The interface version this module calls (``ABI`` in ``_native.c``).
-ABI = 3
+ABI = 4
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _F8 = ctypes.c_double
@@ -361,3 +361,50 @@ def hist_above(flat: np.ndarray[Any, Any], thresholds: np.ndarray[Any, Any]
     above = np.zeros(t.size, dtype=np.int64)
     getattr(lib, f"hist_above_{code}")(_ptr(flat), flat.size, _ptr(t), t.size, _ptr(above))
     return above
+
+
+# ---- several statistics in one sweep (multistat.py) ----------------------------------------
+def _stats(dll: ctypes.CDLL | None) -> dict[str, Any]:
+    """The one-sweep statistics kernels by dtype code (none from a build that lacks them)."""
+    if dll is None:
+        return {}
+    got = {}
+    try:
+        for code in ("f4", "f8"):
+            fn = getattr(dll, f"stats_cols_{code}")
+            fn.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR]
+            fn.restype = None
+            got[code] = fn
+    except AttributeError:
+        return {}
+    return got
+
+
+_STATS = _stats(lib)
+
+
+def stats_blocks(block: np.ndarray[Any, Any], axes: tuple[int, ...], want: frozenset[str]
+                 ) -> dict[str, np.ndarray[Any, Any]] | None:
+    """Several per-column statistics of a C-contiguous float32/float64 ``block`` over ``axes``
+    in one sweep, each with the reduced axes kept as length 1: of ``want``, ``"sum"`` (float64,
+    :func:`sum_blocks`' bits), ``"var"`` (``shift``, ``mean``, ``m2``: :func:`var_blocks`'
+    bits), ``"min"`` and ``"max"`` (the block's dtype, numpy's, NaN propagated). None where the
+    kernel does not apply (fewer than :data:`MIN_COLUMNS` kept columns after the reduced axes,
+    where :func:`sum_blocks` takes another kernel)."""
+    got = _reduced(block, axes)
+    if got is None or not _STATS:
+        return None
+    code, p, n, c, keep = got
+    if c < MIN_COLUMNS:
+        return None
+    out: dict[str, np.ndarray[Any, Any]] = {}
+    for name in ("sum", "shift", "mean", "m2"):
+        if name in want or (name != "sum" and "var" in want):
+            out[name] = np.empty(p * c, dtype=np.float64)
+    for name in ("min", "max"):
+        if name in want:
+            out[name] = np.empty(p * c, dtype=block.dtype)
+    ptrs = [_ptr(out[k]) if k in out else None
+            for k in ("sum", "shift", "mean", "m2", "min", "max")]
+    _STATS[code](_ptr(block), p, n, c, *ptrs)
+    return {k: v.reshape(keep) for k, v in out.items()}
