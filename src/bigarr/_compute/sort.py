@@ -43,11 +43,13 @@ from bigarr._compute.runs import (
     MIN_BUFFER,
     Records,
     Run,
+    Spares,
     TempRuns,
     Values,
     free_bytes,
     merge,
     per_run,
+    stable_sort,
 )
 from bigarr._compute.sortjournal import RunJournal, fingerprint
 from bigarr._core.array import memmap
@@ -109,11 +111,13 @@ class _Job:
         self.row_size = int(math.prod(shape[1:]))
         row_bytes = max(self.row_size * dtype.itemsize, 1)
         self.fmt: Format
+        self.spares: Spares | None = None
         if by is None:
             self.fmt = Values(dtype)
-            # the sorted copy (numpy's unstable sort works in place), which is also the copy
-            # waiting to be written
-            self.temporaries = 1.0
+            # the sorted copy (sorted in place), which is also the copy waiting to be
+            # written, and the radix sort's scratch for 1- and 2-byte values
+            self.temporaries = 1.0 + self.fmt.scratch()
+            self.spares = Spares(dtype)
         else:
             kd = _key_dtype(dtype)
             self.fmt = Records(kd, len(by), dtype if rows else None, self.row_size)
@@ -128,9 +132,12 @@ class _Job:
     def records(self, block: Array, row: int) -> Array:
         """A chunk's sorted run."""
         if self.by is None:
-            # values alone: equal values are indistinguishable but for -0.0 against 0.0, whose
-            # order numpy's own sort leaves open too, so the fast (unstable) sort will do
-            return np.sort(block)
+            # values alone, sorted bit for bit as numpy's stable sort (-0.0 and 0.0, NaNs in
+            # their input order), into a reused array (given back once written: _phase1)
+            assert self.spares is not None
+            out = self.spares.take(block.shape[0])
+            stable_sort(np.ascontiguousarray(block), out)
+            return out
         assert isinstance(self.fmt, Records)
         flat = block.reshape(block.shape[0], -1)
         keys = [_rank_keys(np.ascontiguousarray(flat[:, c]), False) for c in self.by]
@@ -236,10 +243,14 @@ class _Job:
                     return True
                 run = temp.new(part.shape[0], self.fmt.dtype)
                 pwrite_all(run.fd, np.ascontiguousarray(part), 0)
+                if self.spares is not None:
+                    self.spares.give(part)
                 del part
                 done[chunk.index] = run
                 if journal is not None:
                     journal.finished(chunk.index, run)
+        if self.spares is not None:
+            self.spares.clear()  # the merge cuts blocks of its own
         return False
 
 
