@@ -9,7 +9,9 @@ writes of the data per pass; a source one chunk holds is sorted in memory and wr
 
 What the runs hold (:mod:`bigarr._compute.runs`):
 
-* ``sort`` of a 1-d source: the values, in numpy's order (NaN last; ``-0.0`` equal to ``0.0``);
+* ``sort`` of a 1-d source: the values, in the order of numpy's stable sort (NaN last;
+  ``-0.0`` equal to ``0.0``; equal values in input order: :func:`bigarr._compute.runs.stable_sort`
+  sorts each run and block, and the merge cuts ties in run order);
 * ``argsort``: records of the ranking keys of the key column(s) and the row index, whose order
   is total: the indices are those of a *stable* argsort;
 * ``sort(by=)`` of an N-d source: those records with the row itself, so the rows come out in
@@ -324,8 +326,8 @@ def sort(src: Any, out: str | os.PathLike[str], *, by: Any = None,
          tmpdir: str | os.PathLike[str] | None = None, resume: bool = False) -> memmap:
     """Sort an array larger than memory into a new page-aligned ``.npy``.
 
-    A 1-d source sorts its values like :func:`numpy.sort` (NaN last, ``-0.0`` equal to
-    ``0.0``). An N-d source sorts whole rows by the key column(s) ``by``, stably: the result is
+    A 1-d source sorts its values bit for bit like ``numpy.sort(x, kind="stable")`` (NaN last,
+    ``-0.0`` equal to ``0.0``, equal values in input order). An N-d source sorts whole rows by the key column(s) ``by``, stably: the result is
     ``x[np.lexsort([x[:, c] for c in reversed(by)])]`` (numpy's ``lexsort`` takes its *last* key
     as primary; ``by`` takes its first), NaN last in each key.
 
