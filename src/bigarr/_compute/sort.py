@@ -327,7 +327,8 @@ def sort(src: Any, out: str | os.PathLike[str], *, by: Any = None,
     """Sort an array larger than memory into a new page-aligned ``.npy``.
 
     A 1-d source sorts its values bit for bit like ``numpy.sort(x, kind="stable")`` (NaN last,
-    ``-0.0`` equal to ``0.0``, equal values in input order). An N-d source sorts whole rows by the key column(s) ``by``, stably: the result is
+    ``-0.0`` equal to ``0.0``, equal values in input order). An N-d source sorts whole rows by
+    the key column(s) ``by``, stably: the result is
     ``x[np.lexsort([x[:, c] for c in reversed(by)])]`` (numpy's ``lexsort`` takes its *last* key
     as primary; ``by`` takes its first), NaN last in each key.
 
