@@ -11,7 +11,8 @@ setup(
     ext_modules=[
         Extension(
             "bigarr._compute._native",
-            sources=["src/bigarr/_compute/_native.c"],
+            sources=["src/bigarr/_compute/_native.c",
+                     "src/bigarr/_compute/_radix.c"],  # _radix.c: the sort's radix sort
             extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno",
                                 "-std=c99"],
             optional=True,

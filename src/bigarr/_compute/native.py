@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["arg_rows", "available", "count_rows", "fused_kernel", "hist_above", "hist_uniform",
-           "lib", "min_max", "stats_blocks", "sum_blocks", "var_blocks"]
+           "lib", "min_max", "radix_sort", "radix_sortable", "stats_blocks", "sum_blocks",
+           "var_blocks"]
 
 #: The interface version this module calls (``ABI`` in ``_native.c``).
 ABI = 4
@@ -96,6 +97,52 @@ def fused_kernel(dtype: np.dtype[Any]) -> Any:
     """The native fused elementwise kernel for ``dtype`` (see :mod:`bigarr._compute.fused`),
     or None (another dtype, or no native kernels)."""
     return _FUSED.get(dtype) if lib is not None else None
+
+def _radix(dll: ctypes.CDLL | None) -> Any:
+    """The native radix sort (``_radix.c``), or None (no native kernels, or a build without
+    it: the other kernels stay in use)."""
+    if dll is None:
+        return None
+    try:
+        fn = dll.radix_sort
+    except AttributeError:
+        return None
+    fn.argtypes = [_PTR, _PTR, _PTR, _I64, _I64, _I64]
+    fn.restype = ctypes.c_int64
+    return fn
+
+
+_RADIX = _radix(lib)
+#: The radix sort's key kind by dtype kind: unsigned (and bool), signed, IEEE float.
+_RADIX_KINDS = {"b": 0, "u": 0, "i": 1, "f": 2}
+
+
+def radix_sortable(dtype: np.dtype[Any]) -> bool:
+    """True when :func:`radix_sort` sorts ``dtype`` natively (bool, integers, float16/32/64 in
+    the machine's byte order)."""
+    return (_RADIX is not None and dtype.kind in _RADIX_KINDS and dtype.isnative
+            and dtype.itemsize in (1, 2, 4, 8) and not (dtype.kind == "f" and dtype.itemsize == 1))
+
+
+def radix_sort(src: np.ndarray[Any, Any], out: np.ndarray[Any, Any],
+               tmp: np.ndarray[Any, Any]) -> bool:
+    """Write the 1-d ``src`` to ``out`` sorted as ``np.sort(src, kind="stable")`` does, bit for
+    bit (NaN last in input order, ``-0.0`` tied with ``0.0``), using ``tmp`` (as many values,
+    overlapping neither) as scratch; ``out`` may be ``src`` (sorted in place). A stable LSD
+    radix sort, linear in the values. False (nothing written) where the native kernel does
+    not apply: see :func:`radix_sortable`; all three must be C-contiguous and aligned."""
+    dtype = src.dtype
+    n = src.shape[0] if src.ndim == 1 else -1
+    if (not radix_sortable(dtype) or n < 0 or out.dtype != dtype or tmp.dtype != dtype
+            or out.shape != src.shape or tmp.ndim != 1 or tmp.shape[0] < n
+            or not all(a.flags.c_contiguous and a.flags.aligned for a in (src, out, tmp))
+            or not out.flags.writeable or not tmp.flags.writeable):
+        return False
+    if n == 0:
+        return True
+    got = _RADIX(_ptr(src), _ptr(out), _ptr(tmp), n, dtype.itemsize, _RADIX_KINDS[dtype.kind])
+    return bool(got >= 0)
+
 
 _CODES = {np.dtype(np.float32): "f4", np.dtype(np.float64): "f8"}
 

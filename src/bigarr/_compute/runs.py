@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import ctypes
 import hashlib
 import os
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,11 +39,13 @@ from typing import Any
 
 import numpy as np
 
+from bigarr._compute import native
 from bigarr._compute.order import _rank_keys
 from bigarr._os.fileid import create_new, hidden_name
 from bigarr.errors import DiskFullError
 
-__all__ = ["MIN_BUFFER", "Records", "Run", "TempRuns", "Values", "merge", "per_run"]
+__all__ = ["MIN_BUFFER", "Records", "Run", "Spares", "TempRuns", "Values", "merge", "per_run",
+           "stable_sort"]
 
 Array = np.ndarray[Any, Any]
 Sink = Callable[[Array], None]
@@ -57,6 +61,97 @@ def per_run(budget_bytes: int, runs: int, itemsize: int, share: int) -> int:
     return max(budget_bytes // share // max(runs, 1) // itemsize, 1)
 
 
+#: Values scanned at a time for the ties an unstable sort leaves open (bounds the masks).
+_TIE_PIECE = 1 << 20
+
+
+def _ties(a: Array) -> tuple[Array | None, Array | None, int]:
+    """What an unstable sort of the float values ``a`` loses and :func:`stable_sort` puts back:
+    the zeros in their order in ``a`` when both signs occur (``-0.0`` ties with ``0.0``), and
+    the NaNs in their order (one of them when all have the same bits: numpy's vectorised sort
+    writes its own NaN in their place) with their count."""
+    if not a.shape[0]:
+        return None, None, 0
+    zeros, nans = [], []
+    for i in range(0, a.shape[0], _TIE_PIECE):
+        piece = a[i:i + _TIE_PIECE]
+        zeros.append(piece[piece == 0])
+        nans.append(piece[np.isnan(piece)])
+    z, q = np.concatenate(zeros), np.concatenate(nans)
+    sign = np.signbit(z)
+    bits = q.view(f"u{q.itemsize}")
+    if bits.size and not (bits != bits[0]).any():
+        q = q[:1]
+    return (z if sign.any() and not sign.all() else None, q if bits.size else None,
+            int(bits.size))
+
+
+def stable_sort(src: Array, out: Array) -> None:
+    """Write the 1-d ``src`` to ``out`` (``src`` itself: in place) sorted bit for bit as
+    ``np.sort(src, kind="stable")``: NaN last and ``-0.0`` tied with ``0.0``, both in their
+    input order, each NaN with its own bits.
+
+    1- and 2-byte values take the native radix sort (``_radix.c``: 5-10x numpy's sort there).
+    Wider values take numpy's default sort, the vectorised quicksort (2-3x the radix sort on a
+    2-core AVX2 machine, 16 Mi values; bench/README.md), whose only liberties are the order
+    among equal values and the NaNs' bits: equal integers are the same bits, and the equal
+    floats that are not (the zeros, the NaNs) are put back as they came (:func:`_ties`).
+    """
+    dtype = src.dtype
+    if (dtype.itemsize <= 2 and native.radix_sortable(dtype)
+            and native.radix_sort(src, out, np.empty_like(src))):
+        return
+    zeros, nans, count = _ties(src) if dtype.kind == "f" else (None, None, 0)
+    if out is not src:
+        np.copyto(out, src)
+    if dtype.kind in "bc" or dtype.itemsize <= 2:
+        out.sort(kind="stable")  # no native radix sort: numpy's is a radix sort here too
+        return
+    out.sort()
+    if zeros is not None:
+        lo = int(np.searchsorted(out, dtype.type(0), side="left"))  # a Python 0 would cast
+        out[lo:lo + zeros.shape[0]] = zeros
+    if nans is not None:
+        out[out.shape[0] - count:] = nans
+
+
+class Spares:
+    """Arrays of one dtype kept for reuse (thread-safe): the sort's blocks and sorted chunks.
+
+    Fresh memory is zeroed by the kernel at its first touch, and numpy frees large arrays back
+    to the system: a profile of a 512 MiB sort spent 42% of its CPU time in the kernel's
+    ``clear_page`` when every block was a new array. :meth:`take` hands out an idle array at
+    least as large as asked (a view of its first values), or a new one; :meth:`give` takes it
+    back once its values are consumed. Only arrays that were in use at once are ever made, so
+    the spares hold no more memory than the peak of the arrays handed out.
+    """
+
+    def __init__(self, dtype: np.dtype[Any]) -> None:
+        self.dtype = dtype
+        self._free: list[Array] = []
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> Array:
+        with self._lock:
+            for j, a in enumerate(self._free):
+                if a.shape[0] >= n:
+                    return self._free.pop(j)[:n]
+            if self._free:  # all too small: the largest goes, a larger one replaces it
+                self._free.pop()
+        return np.empty(n, dtype=self.dtype)[:n]
+
+    def give(self, a: Array) -> None:
+        """Take back an array :meth:`take` returned (no view of it may still be in use)."""
+        whole = a.base if isinstance(a.base, np.ndarray) else a
+        with self._lock:
+            self._free.append(whole)
+            self._free.sort(key=lambda x: x.shape[0])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+
 class Values:
     """Runs of the values themselves (a 1-d sort)."""
 
@@ -67,22 +162,28 @@ class Values:
         """Index of the smallest record of ``a`` (the first of equals)."""
         return int(np.argmin(_rank_keys(a, False)))
 
-    def count_le(self, buf: Array, bound: Array) -> int:
-        """Records of the sorted ``buf`` up to ``bound[0]`` (inclusive)."""
-        return int(np.searchsorted(buf, bound[0], side="right"))
+    def count_le(self, buf: Array, bound: Array, after: bool = False) -> int:
+        """Values of the sorted ``buf`` up to ``bound[0]``: inclusive for a run before the
+        bound's (or the bound's own), exclusive for a run ``after`` it, so equal values (``-0.0``
+        and ``0.0``, NaNs) leave the runs in run order and the merge is stable."""
+        return int(np.searchsorted(buf, bound[0], side="left" if after else "right"))
 
     def sort(self, block: Array) -> Array:
-        """``block`` (a fresh concatenation, owned) sorted in place: values have no order among
-        equals to keep (see sort.py), so numpy's fast unstable sort will do."""
-        block.sort()
+        """``block`` (a concatenation of sorted pieces in run order, owned) sorted in place,
+        stably (:func:`stable_sort`)."""
+        stable_sort(block, block)
         return block
 
-    @staticmethod
-    def share(threads: int) -> int:
+    def scratch(self) -> int:
+        """Block-sized scratch arrays a sort of a block takes (:func:`stable_sort`): one for
+        the radix sort of 1- and 2-byte values, none for numpy's in-place sort."""
+        return int(self.dtype.itemsize <= 2 and native.radix_sortable(self.dtype))
+
+    def share(self, threads: int) -> int:
         """Budget shares of a merge whose buffers take one: each of ``threads`` blocks in
-        flight (as large as all buffers together at most, sorted in place), and one spare for
-        the cut's temporaries."""
-        return threads + 2
+        flight (as large as all buffers together at most, sorted in place, with its
+        :meth:`scratch`), and one spare for the cut's temporaries."""
+        return threads * (1 + self.scratch()) + 2
 
 
 class Records:
@@ -106,7 +207,7 @@ class Records:
     def first(self, a: Array) -> int:
         return int(self.order(a)[0])
 
-    def count_le(self, buf: Array, bound: Array) -> int:
+    def count_le(self, buf: Array, bound: Array, after: bool = False) -> int:
         """Records of the sorted ``buf`` not after ``bound[0]`` in ``(k, i)`` order: a binary
         search (a scan of the whole buffer at every step made the merge cost grow with the
         number of runs)."""
@@ -135,34 +236,48 @@ class Run:
         self.fd, self.size, self.dtype = fd, size, dtype
         self.read = 0  # records read from the file
         self.buf: Array = np.zeros(0, dtype=dtype)
+        self._store: Array | None = None  # the memory buf views, read into again and again
 
     def close(self) -> None:
         self.buf = np.zeros(0, dtype=self.dtype)
+        self._store = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
     def refill(self, count: int) -> None:
-        """Top the buffer up to ``count`` records (what is left of it, then the next ones)."""
-        keep = self.buf
-        self.buf = np.zeros(0, dtype=self.dtype)
-        n = min(count - keep.shape[0], self.size - self.read)
+        """Top the buffer up to ``count`` records (what is left of it, moved to the front of
+        the run's one buffer, then the next ones read in after it: no fresh memory)."""
+        keep = self.buf.shape[0]
+        n = min(count - keep, self.size - self.read)
         if n <= 0:
-            self.buf = keep
             return
-        raw = os.pread(self.fd, n * self.dtype.itemsize, self.read * self.dtype.itemsize)
-        got = np.frombuffer(raw, dtype=self.dtype)
-        if got.size != n:
-            raise DiskFullError(f"A temporary run of the sort was shortened under the sort: "
-                                f"expected {n} records, read {got.size}.")
+        store = self._store
+        if store is None or store.shape[0] < keep + n:
+            store = np.empty(max(count, keep + n), dtype=self.dtype)
+            store[:keep] = self.buf
+        elif keep:
+            ctypes.memmove(store.ctypes.data, self.buf.ctypes.data, self.buf.nbytes)
+        self._store = store
+        size = self.dtype.itemsize
+        view = store[keep:keep + n].view(np.uint8).data
+        got = 0
+        while got < n * size:
+            step = os.preadv(self.fd, [view[got:]], (self.read * size) + got)
+            if step <= 0:
+                raise DiskFullError(f"A temporary run of the sort was shortened under the sort: "
+                                    f"expected {n} records, read {got // size}.")
+            got += step
         self.read += n
-        self.buf = _concat([keep, got], self.dtype) if keep.size else got
+        self.buf = store[:keep + n]
 
 
-def _concat(pieces: list[Array], dtype: np.dtype[Any]) -> Array:
+def _concat(pieces: list[Array], dtype: np.dtype[Any], spares: Spares | None = None) -> Array:
     """``np.concatenate(pieces)``, without numpy's promotion of structured dtypes (which took
-    more time than the copy, pair by pair of fields, at every step of a merge of records)."""
-    out = np.empty(sum(p.shape[0] for p in pieces), dtype=dtype)
+    more time than the copy, pair by pair of fields, at every step of a merge of records);
+    into an array of ``spares`` when given."""
+    total = sum(p.shape[0] for p in pieces)
+    out = spares.take(total) if spares is not None else np.empty(total, dtype=dtype)
     at = 0
     for p in pieces:
         out[at:at + p.shape[0]] = p
@@ -176,29 +291,47 @@ def merge(runs: list[Run], fmt: Format, per: int, sink: Sink, threads: int = 1) 
     With ``threads`` > 1 the blocks, which are independent once cut, are sorted on that many
     worker threads (numpy's sorts release the GIL) while this thread reads the runs, cuts the
     next blocks and hands the sorted ones to ``sink`` in order: at most ``threads`` blocks are
-    in flight.
+    in flight. Blocks are cut into reused arrays (:class:`Spares`), taken back once ``sink``
+    returns: a sink must not keep the block it is given (it writes or copies it).
     """
     for run in runs:
         run.refill(per)
+    spares = Spares(fmt.dtype)
+
+    def drain(got: tuple[Array, Array]) -> None:
+        sorted_block, block = got
+        sink(sorted_block)
+        del sorted_block
+        spares.give(block)
+
+    def job(block: Array) -> tuple[Array, Array]:
+        return fmt.sort(block), block
+
     with contextlib.ExitStack() as stack:
         pool = (stack.enter_context(ThreadPoolExecutor(threads, "bigarr-merge"))
                 if threads > 1 else None)
-        flight: deque[Future[Array]] = deque()
+        flight: deque[Future[tuple[Array, Array]]] = deque()
         while True:
             live = [r for r in runs if r.buf.size]
             if not live:
                 break
             if len(flight) >= threads:  # before the next block is cut: threads blocks at most
-                sink(flight.popleft().result())
+                drain(flight.popleft().result())
             pending = [r for r in live if r.read < r.size]
             if pending:
                 lasts = _concat([r.buf[-1:] for r in pending], fmt.dtype)
                 i = fmt.first(lasts)
                 bound = lasts[i:i + 1]
-                cuts = [fmt.count_le(r.buf, bound) for r in live]
+                # ties with the bound: the runs before its own give theirs, the runs after it
+                # keep them (for values; a record's (k, i) has no equal), so ties stay in run
+                # order (bound run = its earliest among equal lasts, fmt.first)
+                at = live.index(pending[i])
+                cuts = [r.buf.shape[0] if j == at else fmt.count_le(r.buf, bound, j > at)
+                        for j, r in enumerate(live)]
             else:
                 cuts = [r.buf.size for r in live]
-            block = _concat([r.buf[:c] for r, c in zip(live, cuts, strict=True)], fmt.dtype)
+            block = _concat([r.buf[:c] for r, c in zip(live, cuts, strict=True)], fmt.dtype,
+                            spares)
             for r, c in zip(live, cuts, strict=True):
                 r.buf = r.buf[c:]
                 if r.read < r.size and r.buf.shape[0] <= per // 2:
@@ -209,13 +342,14 @@ def merge(runs: list[Run], fmt: Format, per: int, sink: Sink, threads: int = 1) 
                 elif not r.buf.size:
                     r.close()
             if pool is None:
-                sink(fmt.sort(block))
+                drain(job(block))
                 del block
                 continue
-            flight.append(pool.submit(fmt.sort, block))
+            flight.append(pool.submit(job, block))
             del block
         while flight:
-            sink(flight.popleft().result())
+            drain(flight.popleft().result())
+    spares.clear()
 
 
 def free_bytes(folder: str) -> int:

@@ -9,7 +9,9 @@ writes of the data per pass; a source one chunk holds is sorted in memory and wr
 
 What the runs hold (:mod:`bigarr._compute.runs`):
 
-* ``sort`` of a 1-d source: the values, in numpy's order (NaN last; ``-0.0`` equal to ``0.0``);
+* ``sort`` of a 1-d source: the values, in the order of numpy's stable sort (NaN last;
+  ``-0.0`` equal to ``0.0``; equal values in input order: :func:`bigarr._compute.runs.stable_sort`
+  sorts each run and block, and the merge cuts ties in run order);
 * ``argsort``: records of the ranking keys of the key column(s) and the row index, whose order
   is total: the indices are those of a *stable* argsort;
 * ``sort(by=)`` of an N-d source: those records with the row itself, so the rows come out in
@@ -43,11 +45,13 @@ from bigarr._compute.runs import (
     MIN_BUFFER,
     Records,
     Run,
+    Spares,
     TempRuns,
     Values,
     free_bytes,
     merge,
     per_run,
+    stable_sort,
 )
 from bigarr._compute.sortjournal import RunJournal, fingerprint
 from bigarr._core.array import memmap
@@ -109,11 +113,13 @@ class _Job:
         self.row_size = int(math.prod(shape[1:]))
         row_bytes = max(self.row_size * dtype.itemsize, 1)
         self.fmt: Format
+        self.spares: Spares | None = None
         if by is None:
             self.fmt = Values(dtype)
-            # the sorted copy (numpy's unstable sort works in place), which is also the copy
-            # waiting to be written
-            self.temporaries = 1.0
+            # the sorted copy (sorted in place), which is also the copy waiting to be
+            # written, and the radix sort's scratch for 1- and 2-byte values
+            self.temporaries = 1.0 + self.fmt.scratch()
+            self.spares = Spares(dtype)
         else:
             kd = _key_dtype(dtype)
             self.fmt = Records(kd, len(by), dtype if rows else None, self.row_size)
@@ -128,9 +134,12 @@ class _Job:
     def records(self, block: Array, row: int) -> Array:
         """A chunk's sorted run."""
         if self.by is None:
-            # values alone: equal values are indistinguishable but for -0.0 against 0.0, whose
-            # order numpy's own sort leaves open too, so the fast (unstable) sort will do
-            return np.sort(block)
+            # values alone, sorted bit for bit as numpy's stable sort (-0.0 and 0.0, NaNs in
+            # their input order), into a reused array (given back once written: _phase1)
+            assert self.spares is not None
+            out = self.spares.take(block.shape[0])
+            stable_sort(np.ascontiguousarray(block), out)
+            return out
         assert isinstance(self.fmt, Records)
         flat = block.reshape(block.shape[0], -1)
         keys = [_rank_keys(np.ascontiguousarray(flat[:, c]), False) for c in self.by]
@@ -236,10 +245,14 @@ class _Job:
                     return True
                 run = temp.new(part.shape[0], self.fmt.dtype)
                 pwrite_all(run.fd, np.ascontiguousarray(part), 0)
+                if self.spares is not None:
+                    self.spares.give(part)
                 del part
                 done[chunk.index] = run
                 if journal is not None:
                     journal.finished(chunk.index, run)
+        if self.spares is not None:
+            self.spares.clear()  # the merge cuts blocks of its own
         return False
 
 
@@ -313,8 +326,9 @@ def sort(src: Any, out: str | os.PathLike[str], *, by: Any = None,
          tmpdir: str | os.PathLike[str] | None = None, resume: bool = False) -> memmap:
     """Sort an array larger than memory into a new page-aligned ``.npy``.
 
-    A 1-d source sorts its values like :func:`numpy.sort` (NaN last, ``-0.0`` equal to
-    ``0.0``). An N-d source sorts whole rows by the key column(s) ``by``, stably: the result is
+    A 1-d source sorts its values bit for bit like ``numpy.sort(x, kind="stable")`` (NaN last,
+    ``-0.0`` equal to ``0.0``, equal values in input order). An N-d source sorts whole rows by
+    the key column(s) ``by``, stably: the result is
     ``x[np.lexsort([x[:, c] for c in reversed(by)])]`` (numpy's ``lexsort`` takes its *last* key
     as primary; ``by`` takes its first), NaN last in each key.
 
