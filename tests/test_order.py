@@ -413,3 +413,17 @@ def test_order_statistics_axis_out_of_range_is_an_axis_error_not_axis_0() -> Non
     with pytest.raises(np.exceptions.AxisError):
         np.median(x, axis=2)
     assert np.array_equal(bigarr.median(x, axis=-2, progress=False), np.median(x, axis=-2))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_valid_value_keeps_numpys_negative_zero(method: str) -> None:
+    """Regression: a column with one (non-NaN) value, -0.0, gave +0.0 where numpy gives -0.0
+    (numpy's weight for one value is exactly 1; the two-value stand-in's was 2)."""
+    a = np.array([[np.nan, -0.0, 5.0], [-0.0, np.nan, np.nan]])
+    for q in (0.7, np.float32(0.3), [0.0, 0.5, 1.0]):
+        want = np.nanquantile(a, q, axis=0, method=method)
+        got = bigarr.nanquantile(a, q, axis=0, method=method, progress=False)
+        assert np.array_equal(got, want) and np.array_equal(np.signbit(got), np.signbit(want))
+    want = np.quantile(np.array([-0.0]), 0.7, method=method)
+    got = bigarr.quantile(np.array([-0.0]), 0.7, method=method, progress=False)
+    assert np.signbit(got) == np.signbit(want) and type(got) is type(want)

@@ -76,6 +76,8 @@ def _neighbours(n: int, q: Any, method: str, weak: bool) -> tuple[list[int], Any
         return (int(x) if np.asarray(q).dtype.kind in "iub" else float(x)) if weak else qtype(x)
 
     n1 = n - 1
+    if n1 == 0:  # one value: numpy's own arithmetic on it (its weight is then exactly 1, which
+        return [0], typed(q)  # keeps a -0.0; the two-value stand-in's weight 2 would not)
     if method in ("lower", "higher", "nearest") or np.asarray(q).dtype.kind in "iub":
         v = n1 * q
         if method == "lower":
