@@ -427,3 +427,18 @@ def test_one_valid_value_keeps_numpys_negative_zero(method: str) -> None:
     want = np.quantile(np.array([-0.0]), 0.7, method=method)
     got = bigarr.quantile(np.array([-0.0]), 0.7, method=method, progress=False)
     assert np.signbit(got) == np.signbit(want) and type(got) is type(want)
+
+
+@pytest.mark.parametrize("q", [[0.1, 0.33], np.float32(0.33)])
+def test_all_nan_first_column_gives_numpys_dtype(q: Any) -> None:
+    """Regression: numpy's nanquantile takes its result dtype from the first column's result
+    (apply_along_axis): an all-NaN first column is of the data's dtype and every other column
+    is rounded to it; bigarr returned float64 (float32) values."""
+    x = np.full((10, 2), np.nan, np.float16)
+    x[:, 1] = np.arange(10) / 3
+    for a, axis in ((x, 0), (x[:, 0].copy(), None)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = np.nanquantile(a, q, axis=axis)
+            got = bigarr.nanquantile(a, q, axis=axis, progress=False)
+        assert same(got, want), (got, want)

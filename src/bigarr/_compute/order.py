@@ -195,6 +195,14 @@ def _family(a: Any, q: Any, axis: int | None, method: str, *, nan: bool, percent
             res[:, empty] = np.nan
             if nan:
                 warnings.warn("All-NaN slice encountered", RuntimeWarning, stacklevel=3)
+            if nan and empty[0] == 0:
+                # numpy (apply_along_axis) takes the result's dtype from the first column's:
+                # an all-NaN one is of a's dtype, and every other column is cast to it
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    res = res.astype(np.asarray(fn(np.full((2, 1), np.nan, dtype=dtype),
+                                                   *(() if median else (q,)), axis=0,
+                                                   **probe_args)).dtype)
         qshape = () if median else np.shape(qarr)
         out = res.reshape(qshape + (shape[1:] if axis0 else ()))
         if out.ndim == 0 and not nan and not median and nans[0]:
