@@ -22,6 +22,7 @@ from bigarr.errors import (
     AxisError,
     BigArrError,
     BudgetError,
+    ShapeError,
     UnsupportedError,
 )
 
@@ -414,6 +415,20 @@ def test_histogram_bad_bins_or_range_is_a_bigarr_value_error_before_reading(
     assert isinstance(info.value, BigArrError) and isinstance(info.value, ValueError)
     assert str(want.value) in str(info.value)  # numpy's meaning
     assert events == []  # refused before any data was read
+
+
+@pytest.mark.parametrize("where", ["memory", "file"])
+def test_histogram_weights_of_another_shape_is_a_bigarr_value_error(
+        tmp_path: Path, where: str) -> None:
+    # regression: numpy's bare ValueError escaped from a chunk (weights (n, 1) for data (n,))
+    x = np.arange(50_000.0)
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(ValueError) as want:
+        np.histogram(x, weights=np.ones((x.size, 1)))
+    src: Any = x if where == "memory" else tmp_path / "x.npy"
+    with pytest.raises(ShapeError) as info:
+        bigarr.histogram(src, weights=np.ones((x.size, 1)), budget="256KiB", progress=False)
+    assert isinstance(info.value, ValueError) and str(want.value) in str(info.value)
 
 
 def test_histogram_of_a_range_wider_than_the_largest_float_is_a_bigarr_error(
