@@ -470,3 +470,11 @@ def test_histogram_whose_numpy_edges_overflow_is_numpys(tmp_path: Path) -> None:
                            progress=False)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("name", ["sum", "mean", "max", "std", "argmax", "histogram"])
+def test_python_objects_are_a_dtype_error_not_a_bare_type_error(name: str) -> None:
+    # regression: numpy's bare TypeError (or an int() of an object) escaped
+    with pytest.raises(bigarr.errors.DtypeError) as info:
+        getattr(bigarr, name)(np.array([object(), object()]))
+    assert isinstance(info.value, TypeError)
