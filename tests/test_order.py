@@ -442,3 +442,19 @@ def test_all_nan_first_column_gives_numpys_dtype(q: Any) -> None:
             want = np.nanquantile(a, q, axis=axis)
             got = bigarr.nanquantile(a, q, axis=axis, progress=False)
         assert same(got, want), (got, want)
+
+
+@pytest.mark.parametrize("dtype", [">f8", ">f4", ">i4", ">u2"])
+def test_big_endian_data_equals_numpy(tmp_path: Path, dtype: str) -> None:
+    """Regression: the order-preserving keys read big-endian values as native words, so the
+    median, quantiles and top-k of a '>f8' file (FITS data, say) were silently wrong."""
+    rng = np.random.default_rng(3)
+    x = np.array(rng.standard_normal((2001, 3)) * 100, dtype=dtype)
+    np.save(tmp_path / "x.npy", x)
+    for src in (x, tmp_path / "x.npy"):
+        for axis in (None, 0):
+            assert same(bigarr.median(src, axis=axis, progress=False), np.median(x, axis=axis))
+            got = bigarr.quantile(src, [0.1, 0.9], axis=axis, method="lower", progress=False)
+            assert same(got, np.quantile(x, [0.1, 0.9], axis=axis, method="lower"))
+    values, _ = bigarr.topk(x[:, 0].copy(), 3, progress=False)
+    assert values.tolist() == np.sort(x[:, 0])[::-1][:3].tolist()
