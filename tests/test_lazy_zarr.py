@@ -102,3 +102,12 @@ def test_a_killed_runs_stage_is_swept_by_the_next_never_a_live_ones(
             [os.path.basename(live), "f.zarr"])
         assert (Path(live) / "staged.npy").read_bytes() == b"a live run's stage"
     assert [p.name for p in tmp_path.iterdir()] == ["f.zarr"]
+
+
+def test_a_staged_result_creates_the_missing_folders_as_a_streamed_one(tmp_path: Path) -> None:
+    # regression: a filter to a new nested path failed (FileMissingError) where x * 2 worked
+    a = np.arange(300.0).reshape(100, 3)
+    x = bigarr.lazy(a)
+    got = x[x[:, 0] > 30].to_zarr(tmp_path / "new" / "sub" / "f.zarr", progress=False)
+    np.testing.assert_array_equal(got[:], a[a[:, 0] > 30])
+    assert os.listdir(tmp_path / "new" / "sub") == ["f.zarr"]

@@ -59,6 +59,7 @@ from bigarr._interop.dask import DEFAULT_READ_CHUNK, _dask_array, to_dask
 from bigarr._interop.zarr import _local_path, to_zarr
 from bigarr._os.lock import held_directory
 from bigarr._os.mapping import check_mapped, mapped_file
+from bigarr._os.paths import os_error
 from bigarr.errors import FileChangedError, UnsupportedError
 
 __all__ = ["lazy_to_dask", "lazy_to_zarr"]
@@ -91,6 +92,10 @@ def lazy_to_zarr(expr: LazyArray, store_or_path: Any, *, budget: int | str | Non
     local = _local_path(store_or_path)
     target = os.path.abspath(local) if local is not None else \
         os.path.join(tempfile.gettempdir(), "lazy")
+    try:  # (to_zarr creates the missing folders of a new array, as zarr does: so here too)
+        os.makedirs(os.path.dirname(target.rstrip(os.sep)) or ".", exist_ok=True)
+    except OSError as exc:
+        raise os_error(exc, target, writing=True) from None
     # staged in a directory of its own, held while it is used: a killed run's stage (the file,
     # its lock, partial file and journal) is removed by the next one, a live run's never
     with held_directory(target.rstrip(os.sep), "stage") as stage:
