@@ -393,6 +393,25 @@ def test_new_output_failure_leaves_the_old_file_and_no_hidden_one(tmp_path: Path
         pass
 
 
+def test_new_output_never_publishes_a_file_that_took_its_hidden_name(tmp_path: Path) -> None:
+    """Regression: a file renamed onto the hidden name while the run wrote (map_blocks' partial)
+    was published as the output: the user got another file's bytes, silently."""
+    from bigarr._core.files import NewOutput
+
+    target = tmp_path / "out.npy"
+    np.save(target, np.arange(3))
+    np.save(tmp_path / "other.npy", np.full(4, 9))
+    with pytest.raises(errors.FileChangedError), \
+            NewOutput(str(target), overwrite=True) as output:
+        building = output.build("partial")
+        with output.create((4,), np.int64) as m:
+            m[...] = 7
+        os.replace(tmp_path / "other.npy", building)
+        output.publish()
+    assert np.load(target).tolist() == [0, 1, 2]  # the old output, as it was
+    assert np.load(building).tolist() == [9, 9, 9, 9]  # not ours: left alone
+
+
 def test_new_output_never_removes_a_file_that_took_its_hidden_name(tmp_path: Path) -> None:
     from bigarr._core.files import NewOutput
 

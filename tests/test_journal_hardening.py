@@ -13,6 +13,7 @@ first where the old code lost or clobbered data).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -1018,3 +1019,27 @@ def test_map_blocks_resume_refuses_a_renamed_in_input_with_same_size_and_mtime(
                                 resume=True, progress=False)
     with got:
         np.testing.assert_array_equal(got, new * 2)
+
+
+@pytest.mark.parametrize("where", ["create", "record"])
+def test_a_full_disk_under_the_journal_is_a_disk_full_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """Regression: ENOSPC writing a journal (map_blocks to a nearly full disk) was a bare
+    OSError, not bigarr's DiskFullError."""
+    from bigarr._formats import journal as journal_mod
+
+    def full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = str(tmp_path / "o.npy")
+    if where == "record":
+        j = journal_mod.Journal.create(out, {"kind": "file"})
+    monkeypatch.setattr(journal_mod, "_write", full)
+    with pytest.raises(bigarr.errors.DiskFullError):
+        if where == "create":
+            journal_mod.Journal.create(out, {"kind": "file"})
+        else:
+            j.record([0])
+    if where == "record":
+        j.close()
+    assert not [n for n in os.listdir(tmp_path) if "bigarr-new" in n]

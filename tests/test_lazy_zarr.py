@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,43 @@ def test_to_zarr_peak_rss(tmp_path: Path, peak_rss: Callable[..., list[int]]) ->
     print(f"peak {peak >> 20} MiB")
     z = zarr.open_array(str(tmp_path / "z.zarr"), mode="r")
     assert z.shape == (rows, 32) and abs(float(z[:1000].mean())) < 5
+
+
+_KILLED_STAGE = """
+    import os, signal, numpy as np, bigarr
+    from bigarr._interop import lazyexport
+    lazyexport.to_zarr = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    x = bigarr.lazy(np.arange(3000.0).reshape(1000, 3))
+    x[x[:, 0] > 30].to_zarr({path!r}, progress=False)
+"""
+
+
+def test_a_killed_runs_stage_is_swept_by_the_next_never_a_live_ones(
+        tmp_path: Path, run_py: Callable[..., Any]) -> None:
+    # regression: the stage (file, lock, partial) of a kill -9'd filter to_zarr stayed forever
+    from bigarr._os.lock import held_directory
+
+    out = tmp_path / "f.zarr"
+    proc = run_py(_KILLED_STAGE.format(path=str(out)))
+    assert proc.returncode == -9, proc.stderr
+    dead = [p for p in tmp_path.iterdir() if ".bigarr-stage-" in p.name]
+    assert len(dead) == 1 and (dead[0] / "staged.npy").exists()
+    a = np.arange(3000.0).reshape(1000, 3)
+    x = bigarr.lazy(a)
+    with held_directory(str(out), "stage") as live:  # a concurrent run's, alive
+        (Path(live) / "staged.npy").write_bytes(b"a live run's stage")
+        got = x[x[:, 0] > 30].to_zarr(out, progress=False)
+        np.testing.assert_array_equal(got[:], a[a[:, 0] > 30])
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [os.path.basename(live), "f.zarr"])
+        assert (Path(live) / "staged.npy").read_bytes() == b"a live run's stage"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.zarr"]
+
+
+def test_a_staged_result_creates_the_missing_folders_as_a_streamed_one(tmp_path: Path) -> None:
+    # regression: a filter to a new nested path failed (FileMissingError) where x * 2 worked
+    a = np.arange(300.0).reshape(100, 3)
+    x = bigarr.lazy(a)
+    got = x[x[:, 0] > 30].to_zarr(tmp_path / "new" / "sub" / "f.zarr", progress=False)
+    np.testing.assert_array_equal(got[:], a[a[:, 0] > 30])
+    assert os.listdir(tmp_path / "new" / "sub") == ["f.zarr"]

@@ -413,3 +413,48 @@ def test_order_statistics_axis_out_of_range_is_an_axis_error_not_axis_0() -> Non
     with pytest.raises(np.exceptions.AxisError):
         np.median(x, axis=2)
     assert np.array_equal(bigarr.median(x, axis=-2, progress=False), np.median(x, axis=-2))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_valid_value_keeps_numpys_negative_zero(method: str) -> None:
+    """Regression: a column with one (non-NaN) value, -0.0, gave +0.0 where numpy gives -0.0
+    (numpy's weight for one value is exactly 1; the two-value stand-in's was 2)."""
+    a = np.array([[np.nan, -0.0, 5.0], [-0.0, np.nan, np.nan]])
+    for q in (0.7, np.float32(0.3), [0.0, 0.5, 1.0]):
+        want = np.nanquantile(a, q, axis=0, method=method)
+        got = bigarr.nanquantile(a, q, axis=0, method=method, progress=False)
+        assert np.array_equal(got, want) and np.array_equal(np.signbit(got), np.signbit(want))
+    want = np.quantile(np.array([-0.0]), 0.7, method=method)
+    got = bigarr.quantile(np.array([-0.0]), 0.7, method=method, progress=False)
+    assert np.signbit(got) == np.signbit(want) and type(got) is type(want)
+
+
+@pytest.mark.parametrize("q", [[0.1, 0.33], np.float32(0.33)])
+def test_all_nan_first_column_gives_numpys_dtype(q: Any) -> None:
+    """Regression: numpy's nanquantile takes its result dtype from the first column's result
+    (apply_along_axis): an all-NaN first column is of the data's dtype and every other column
+    is rounded to it; bigarr returned float64 (float32) values."""
+    x = np.full((10, 2), np.nan, np.float16)
+    x[:, 1] = np.arange(10) / 3
+    for a, axis in ((x, 0), (x[:, 0].copy(), None)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = np.nanquantile(a, q, axis=axis)
+            got = bigarr.nanquantile(a, q, axis=axis, progress=False)
+        assert same(got, want), (got, want)
+
+
+@pytest.mark.parametrize("dtype", [">f8", ">f4", ">i4", ">u2"])
+def test_big_endian_data_equals_numpy(tmp_path: Path, dtype: str) -> None:
+    """Regression: the order-preserving keys read big-endian values as native words, so the
+    median, quantiles and top-k of a '>f8' file (FITS data, say) were silently wrong."""
+    rng = np.random.default_rng(3)
+    x = np.array(rng.standard_normal((2001, 3)) * 100, dtype=dtype)
+    np.save(tmp_path / "x.npy", x)
+    for src in (x, tmp_path / "x.npy"):
+        for axis in (None, 0):
+            assert same(bigarr.median(src, axis=axis, progress=False), np.median(x, axis=axis))
+            got = bigarr.quantile(src, [0.1, 0.9], axis=axis, method="lower", progress=False)
+            assert same(got, np.quantile(x, [0.1, 0.9], axis=axis, method="lower"))
+    values, _ = bigarr.topk(x[:, 0].copy(), 3, progress=False)
+    assert values.tolist() == np.sort(x[:, 0])[::-1][:3].tolist()

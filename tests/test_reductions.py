@@ -22,6 +22,7 @@ from bigarr.errors import (
     AxisError,
     BigArrError,
     BudgetError,
+    ShapeError,
     UnsupportedError,
 )
 
@@ -416,6 +417,20 @@ def test_histogram_bad_bins_or_range_is_a_bigarr_value_error_before_reading(
     assert events == []  # refused before any data was read
 
 
+@pytest.mark.parametrize("where", ["memory", "file"])
+def test_histogram_weights_of_another_shape_is_a_bigarr_value_error(
+        tmp_path: Path, where: str) -> None:
+    # regression: numpy's bare ValueError escaped from a chunk (weights (n, 1) for data (n,))
+    x = np.arange(50_000.0)
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(ValueError) as want:
+        np.histogram(x, weights=np.ones((x.size, 1)))
+    src: Any = x if where == "memory" else tmp_path / "x.npy"
+    with pytest.raises(ShapeError) as info:
+        bigarr.histogram(src, weights=np.ones((x.size, 1)), budget="256KiB", progress=False)
+    assert isinstance(info.value, ValueError) and str(want.value) in str(info.value)
+
+
 def test_histogram_of_a_range_wider_than_the_largest_float_is_a_bigarr_error(
         tmp_path: Path) -> None:
     # one bin over data at +-1e308: the width overflows; numpy fails with a bare IndexError
@@ -455,3 +470,11 @@ def test_histogram_whose_numpy_edges_overflow_is_numpys(tmp_path: Path) -> None:
                            progress=False)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("name", ["sum", "mean", "max", "std", "argmax", "histogram"])
+def test_python_objects_are_a_dtype_error_not_a_bare_type_error(name: str) -> None:
+    # regression: numpy's bare TypeError (or an int() of an object) escaped
+    with pytest.raises(bigarr.errors.DtypeError) as info:
+        getattr(bigarr, name)(np.array([object(), object()]))
+    assert isinstance(info.value, TypeError)

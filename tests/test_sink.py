@@ -209,3 +209,52 @@ def test_lent_arrays_are_written_from_their_own_memory(tmp_path: Path) -> None:
     assert body[3 * size: 4 * size] == data.tobytes()
     if direct:
         assert made == 0
+
+
+def test_a_full_disk_is_a_disk_full_error_buffered_and_direct(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: ENOSPC mid-write (a sparse output on a full or copy-on-write file system)
+    came out of the sink as a bare OSError, not bigarr's DiskFullError."""
+    fd = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
+    try:
+        with Sink(fd, "/dev/full", direct=False) as sink, \
+                pytest.raises(bigarr.errors.DiskFullError):
+            sink.write(np.ones(1000), 8).wait()
+    finally:
+        os.close(fd)
+    path = tmp_path / "d.bin"
+    fd = _new_file(path, 8 * DIRECT_ALIGN)
+    real = os.pwrite
+    direct_fds: set[int] = set()
+
+    def full(f: int, buf: Any, at: int) -> int:
+        if f in direct_fds:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, buf, at)
+
+    monkeypatch.setattr(os, "pwrite", full)
+    try:
+        with Sink(fd, str(path), staging=2 * DIRECT_ALIGN) as sink:
+            if sink._direct_fd is None:
+                pytest.skip("this file system refuses O_DIRECT at open")
+            direct_fds.add(sink._direct_fd)
+            with pytest.raises(bigarr.errors.DiskFullError) as info:
+                sink.write(np.zeros(4 * DIRECT_ALIGN, np.uint8), 0).wait()
+            assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_write_that_makes_no_progress_raises_not_hangs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool) -> None:
+    """Regression: a pwrite returning 0 (some FUSE file systems) looped for ever."""
+    path = tmp_path / "z.bin"
+    fd = _new_file(path, 8 * DIRECT_ALIGN)
+    monkeypatch.setattr(os, "pwrite", lambda f, buf, at: 0)
+    try:
+        with Sink(fd, str(path), direct=direct, staging=2 * DIRECT_ALIGN) as sink, \
+                pytest.raises(bigarr.errors.DiskFullError):
+            sink.write(np.zeros(4 * DIRECT_ALIGN, np.uint8), 0).wait()
+    finally:
+        os.close(fd)

@@ -409,3 +409,33 @@ def test_roundtrip_property(case: tuple[np.ndarray[Any, Any], tuple[int, ...], s
         np.testing.assert_array_equal(back, data)
         back.close()
         src.close()
+
+
+@pytest.mark.parametrize("special", ["fifo", "dev-zero"])
+def test_a_chunk_that_never_ends_is_refused_not_read(tmp_path: Path, special: str) -> None:
+    """Regression: a FIFO at a chunk key hung from_zarr for ever (zarr's read_bytes blocks on
+    it); a link to /dev/zero would have filled the memory."""
+    import threading
+
+    src = tmp_path / "a.zarr"
+    bigarr.to_zarr(np.arange(40.0).reshape(10, 4), src, chunks=(5, 4), progress=False)
+    chunk = src / "c" / "1" / "0"
+    chunk.unlink()
+    release = None
+    if special == "fifo":
+        os.mkfifo(chunk)
+        # should the refusal regress, this writer ends the read (EOF) instead of a hang
+        release = threading.Thread(target=lambda: open(chunk, "wb").close(), daemon=True)
+        release.start()
+    else:
+        chunk.symlink_to("/dev/zero")
+    try:
+        with pytest.raises(bigarr.errors.NotAFileError, match="never end"):
+            bigarr.from_zarr(src, tmp_path / "o.npy", progress=False)
+        with pytest.raises(bigarr.errors.NotAFileError):
+            bigarr.lazy(zarr.open_array(str(src), mode="r")).sum().compute(progress=False)
+    finally:
+        if release is not None:  # let the writer's open return
+            os.close(os.open(chunk, os.O_RDONLY | os.O_NONBLOCK))
+            release.join(5)
+    assert not (tmp_path / "o.npy").exists()

@@ -115,6 +115,9 @@ def histogram(
     with contextlib.ExitStack() as stack:
         a = stack.enter_context(_operand(a))
         w = None if weights is None else stack.enter_context(_operand(weights))
+        if w is not None and tuple(w.shape) != tuple(a.shape):  # numpy's ValueError, up front
+            raise ShapeError(f"weights should have the same shape as a. Got weights of shape "
+                             f"{tuple(w.shape)} for a of shape {tuple(a.shape)}.")
         # numpy's own checks of bins and range, on no data: refused before any data is read
         _edges(np.zeros(0, np.uint8 if a.dtype == np.bool_ else a.dtype), bins, range, "")
         if _direct(a):

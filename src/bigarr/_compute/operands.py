@@ -41,8 +41,10 @@ from bigarr._core.array import memmap
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan
 from bigarr._os.hints import parse_hint
 from bigarr._os.mapping import Mapping, mapped_file
+from bigarr._os.paths import special_entry
 from bigarr._plan.chunks import Chunk
 from bigarr._plan.regions import extent
+from bigarr.errors import NotAFileError
 
 __all__ = ["FAULT_AROUND", "Stream", "parse_operand"]
 
@@ -384,6 +386,17 @@ def _remap_numpy_memmap(obj: np.memmap[Any, Any]) -> Stream | None:
 
 
 def _zarr_stream(z: Any) -> Stream:
+    store: Any = getattr(z, "store", None)
+    if _module_class(store, "zarr.storage", "LocalStore"):
+        # zarr reads a chunk key with read_bytes(): a FIFO there would block for ever, a link
+        # to /dev/zero fill the memory; refused before any chunk is read
+        where = os.path.join(str(store.root), *[p for p in [getattr(z, "path", "")] if p])
+        found = special_entry(where) if os.path.isdir(where) else None
+        if found is not None:
+            raise NotAFileError(
+                f"{found[0]} in the zarr array {where} is {found[1]}, not a chunk file: "
+                "reading it would never end. Remove it (zarr reads a missing chunk as fill "
+                "values).")
     shape = tuple(int(n) for n in z.shape)
     step = int((getattr(z, "shards", None) or z.chunks)[0]) if shape else 1
     grid = (*tuple(range(0, shape[0], max(1, step))), shape[0]) if shape else None

@@ -76,6 +76,8 @@ def _neighbours(n: int, q: Any, method: str, weak: bool) -> tuple[list[int], Any
         return (int(x) if np.asarray(q).dtype.kind in "iub" else float(x)) if weak else qtype(x)
 
     n1 = n - 1
+    if n1 == 0:  # one value: numpy's own arithmetic on it (its weight is then exactly 1, which
+        return [0], typed(q)  # keeps a -0.0; the two-value stand-in's weight 2 would not)
     if method in ("lower", "higher", "nearest") or np.asarray(q).dtype.kind in "iub":
         v = n1 * q
         if method == "lower":
@@ -193,6 +195,14 @@ def _family(a: Any, q: Any, axis: int | None, method: str, *, nan: bool, percent
             res[:, empty] = np.nan
             if nan:
                 warnings.warn("All-NaN slice encountered", RuntimeWarning, stacklevel=3)
+            if nan and empty[0] == 0:
+                # numpy (apply_along_axis) takes the result's dtype from the first column's:
+                # an all-NaN one is of a's dtype, and every other column is cast to it
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    res = res.astype(np.asarray(fn(np.full((2, 1), np.nan, dtype=dtype),
+                                                   *(() if median else (q,)), axis=0,
+                                                   **probe_args)).dtype)
         qshape = () if median else np.shape(qarr)
         out = res.reshape(qshape + (shape[1:] if axis0 else ()))
         if out.ndim == 0 and not nan and not median and nans[0]:

@@ -88,6 +88,8 @@ def _key_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
 
 def _keys(block: Array) -> Array:
     """Unsigned keys of ``block``'s values, ordered as numpy sorts them (NaN keys: undefined)."""
+    if not block.dtype.isnative:  # (big-endian data: its bytes are not the native word's)
+        block = block.astype(block.dtype.newbyteorder("="))
     kd = _key_dtype(block.dtype)
     kind = block.dtype.kind
     u = np.ascontiguousarray(block).view(kd)
@@ -106,6 +108,8 @@ def _keys(block: Array) -> Array:
 
 def _values(keys: Array, dtype: np.dtype[Any]) -> Array:
     """The values of ``keys`` (the inverse of :func:`_keys`)."""
+    if not dtype.isnative:
+        return _values(keys, dtype.newbyteorder("=")).astype(dtype)
     kd = _key_dtype(dtype)
     keys = np.asarray(keys, dtype=kd)
     kind = dtype.kind

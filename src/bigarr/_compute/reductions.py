@@ -281,6 +281,11 @@ def _numpy(fn: Callable[..., Any], a: Any, **kwargs: Any) -> ArrayOrScalar:
 def _operand(a: Any) -> Iterator[Stream]:
     """``a`` as the engine's stream (see :mod:`bigarr._compute.operands`), closed afterwards."""
     stream = parse_operand(a)
+    if np.dtype(stream.dtype).hasobject:  # (numpy's own errors on Python objects are bare)
+        stream.close()
+        raise DtypeError("Expected bool, numeric or other fixed-size data. Got a dtype with "
+                         f"Python objects ({np.dtype(stream.dtype)}), which bigarr does not "
+                         "reduce out of core; use numpy on it.")
     try:
         yield stream
     finally:

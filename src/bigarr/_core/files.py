@@ -50,6 +50,7 @@ from bigarr._os.paths import check_output, check_path, os_error
 from bigarr.errors import (
     AccessDeniedError,
     DiskFullError,
+    FileChangedError,
     FileExistsError_,
     FileMissingError,
     FormatError,
@@ -418,8 +419,13 @@ class NewOutput:
         """
         assert self.building is not None, "build() names the file first"
         try:
-            fd = os.open(self.building, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.building, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
             try:
+                if self.identity is not None and file_id(fd) != self.identity:
+                    raise FileChangedError(
+                        f"{self.building}, the hidden file bigarr was writing {self.target} "
+                        "in, was replaced by another file meanwhile; nothing was published "
+                        f"(the file at {self.building} was left as it is). Run it again.")
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -75,6 +75,7 @@ from bigarr._os.fileid import (
     open_regular,
     path_id,
 )
+from bigarr._os.paths import os_error
 from bigarr.errors import IncompleteOutputError, ReadOnlyError
 
 __all__ = [
@@ -245,25 +246,31 @@ class Journal:
                     f"Cannot write the journal {path}: {exc.strerror}. A run writing {output} "
                     "keeps its journal next to it; use a folder you can write to."
                 ) from None
-            raise
+            raise os_error(exc, path, writing=True) from None
         try:
-            _write(fd, text.encode("utf8"))
+            try:
+                _write(fd, text.encode("utf8"))
+                if durable:
+                    os.fsync(fd)
+            except BaseException:
+                discard_unnamed(fd, tmp)
+                raise
+            fd = install(fd, tmp, path)
             if durable:
-                os.fsync(fd)
-        except BaseException:
-            discard_unnamed(fd, tmp)
-            raise
-        fd = install(fd, tmp, path)
-        if durable:
-            fsync_dir(path)
+                fsync_dir(path)
+        except OSError as exc:  # a full disk (ENOSPC), EIO: a bigarr error naming the journal
+            raise os_error(exc, path, writing=True) from exc
         return cls(path, fd, done, durable)
 
     def _append(self, text: str, *, full: bool = False) -> None:
-        _write(self._fd, text.encode("ascii"))
-        if full:
-            os.fsync(self._fd)
-        else:
-            datasync(self._fd)
+        try:
+            _write(self._fd, text.encode("ascii"))
+            if full:
+                os.fsync(self._fd)
+            else:
+                datasync(self._fd)
+        except OSError as exc:  # a full disk (ENOSPC), EIO: a bigarr error naming the journal
+            raise os_error(exc, self.path, writing=True) from exc
 
     def record(self, chunks: Iterable[int], rows: int | None = None) -> None:
         """Record ``chunks`` as durable and sync the journal.

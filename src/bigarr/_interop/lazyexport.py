@@ -10,7 +10,9 @@ chunks is evaluated from the inputs' rows as zarr writes it, so the result is wr
 chunk-aligned, and never staged. A result whose rows are known only on evaluation (a filter)
 or are not the inputs' (a ``diff``) is evaluated into a hidden ``.npy`` file first (next to a
 local destination; in the temporary directory for other stores) with
-:meth:`LazyArray.to_npy`, streamed into zarr and deleted.
+:meth:`LazyArray.to_npy`, streamed into zarr and deleted. It is written in a hidden directory
+its run holds (:func:`bigarr._os.lock.held_directory`), so what a killed run staged is removed
+by the next run for the same destination, and a live run's stage never is.
 
 ``to_dask`` translates the expression node by node into dask.array: inputs that are files
 (paths, bigarr arrays) become :func:`bigarr.to_dask` arrays *by reference* (the graph holds a
@@ -56,8 +58,9 @@ from bigarr._core.array import memmap
 from bigarr._core.files import _header_of
 from bigarr._interop.dask import DEFAULT_READ_CHUNK, _dask_array, to_dask
 from bigarr._interop.zarr import _local_path, to_zarr
-from bigarr._os.fileid import hidden_name
+from bigarr._os.lock import held_directory
 from bigarr._os.mapping import check_mapped, mapped_file
+from bigarr._os.paths import os_error
 from bigarr.errors import FileChangedError, UnsupportedError
 
 __all__ = ["lazy_to_dask", "lazy_to_zarr"]
@@ -90,15 +93,18 @@ def lazy_to_zarr(expr: LazyArray, store_or_path: Any, *, budget: int | str | Non
     local = _local_path(store_or_path)
     target = os.path.abspath(local) if local is not None else \
         os.path.join(tempfile.gettempdir(), "lazy")
-    tmp = hidden_name(target.rstrip(os.sep), "stage")
-    try:
+    try:  # (to_zarr creates the missing folders of a new array, as zarr does: so here too)
+        os.makedirs(os.path.dirname(target.rstrip(os.sep)) or ".", exist_ok=True)
+    except OSError as exc:
+        raise os_error(exc, target, writing=True) from None
+    # staged in a directory of its own, held while it is used: a killed run's stage (the file,
+    # its lock, partial file and journal) is removed by the next one, a live run's never
+    with held_directory(target.rstrip(os.sep), "stage") as stage:
+        tmp = os.path.join(stage, "staged.npy")
         staged = expr.to_npy(tmp, budget=nbytes, threads=threads, progress=progress)
         staged.close()
         return to_zarr(tmp, store_or_path, overwrite=overwrite, progress=progress,
                        budget=nbytes, **zarr_options)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def _zarr_rows(root: Node, options: dict[str, Any]) -> int | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import sys
 from collections import deque
@@ -91,7 +92,10 @@ def pwrite_all(fd: int, data: np.ndarray[Any, Any], offset: int) -> None:
     view = memoryview(data.reshape(-1).view(np.uint8).data)
     done = 0
     while done < data.nbytes:
-        done += os.pwrite(fd, view[done:], offset + done)
+        n = os.pwrite(fd, view[done:], offset + done)
+        if n <= 0:  # (some FUSE file systems): no progress would loop for ever
+            raise OSError(errno.ENOSPC, "write made no progress", None)
+        done += n
 
 
 def start_writeback(fd: int, offset: int, nbytes: int) -> None:

@@ -31,6 +31,15 @@ holds an open-file-description write lock (``F_OFD_SETLKW``) on the target file 
 recovers, journals and writes, so two processes committing to one file, or a recovery running
 beside a live commit, never interleave. Commits are short, so this lock waits. OFD locks and
 ``flock`` locks are independent on Linux, so a commit does not wait for an open Appender.
+
+**Held directories** (:func:`held_directory`). A private hidden directory next to an output
+(``.<name>.bigarr-<kind>-<16 hex>``), for files staged before the output is written (a lazy
+``to_zarr`` of a filter), whose creator holds an ``flock`` on it for as long as it is used.
+Every new one first removes the directories of that kind the kernel says no one holds (their
+creator was killed: ``flock`` locks go with the process), and never one that is held, so
+two concurrent writers never remove each other's. A directory is removed only after its
+remover has locked it and checked the name still leads to it; a creator that finds its new
+directory locked or gone (a sweep took it in the moment before it locked it) makes another.
 """
 
 from __future__ import annotations
@@ -39,15 +48,17 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import stat
 import struct
 import weakref
 from collections.abc import Iterator
 
+from bigarr._os.fileid import hidden_name, leftovers
 from bigarr._os.paths import os_error
 from bigarr.errors import FileExistsError_, OutputLockedError, ReadOnlyError
 
-__all__ = ["OutputLock", "commit_lock", "lock_path"]
+__all__ = ["OutputLock", "commit_lock", "held_directory", "lock_path", "sweep_directories"]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -249,3 +260,70 @@ def commit_lock(fd: int) -> Iterator[None]:
         if locked and unlock_cmd is not None:
             with contextlib.suppress(OSError):
                 fcntl.fcntl(fd, unlock_cmd, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, 0, 0, 0))
+
+
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+
+def _lock_dir(path: str) -> int | None:
+    """A descriptor of the directory ``path`` (never through a link), flocked, and still at
+    ``path``; None if it is gone, held by another process, or not a directory we own."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise BlockingIOError  # another user's: never ours to remove
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise FileNotFoundError  # removed (and the name taken again) before we locked it
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def sweep_directories(target: str, kind: str) -> None:
+    """Remove the hidden ``kind`` directories of ``target`` (:func:`held_directory`) that no
+    live process holds; held ones, links and other users' are left alone."""
+    for path in leftovers(target, (kind,)):
+        fd = _lock_dir(path)
+        if fd is None:
+            continue
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def held_directory(target: str, kind: str) -> Iterator[str]:
+    """A new private hidden directory next to ``target``, held by this process while the block
+    runs and removed after it (see the module docstring); what killed holders left is removed
+    first.
+
+    Raises
+    ------
+    ReadOnlyError, DiskFullError, PathError
+        If the directory cannot be made in ``target``'s folder.
+    """
+    sweep_directories(target, kind)
+    while True:
+        path = hidden_name(target, kind)
+        try:
+            os.mkdir(path, 0o700)
+        except OSError as exc:
+            raise os_error(exc, target, writing=True) from None
+        fd = _lock_dir(path)
+        if fd is not None:
+            break  # (else a sweep is removing it as a dead one's: make another)
+    try:
+        yield path
+    finally:
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)

@@ -44,7 +44,7 @@ from bigarr.errors import (
     ReadOnlyError,
 )
 
-__all__ = ["Existing", "check_output", "check_path", "os_error", "zarr_node"]
+__all__ = ["Existing", "check_output", "check_path", "os_error", "special_entry", "zarr_node"]
 
 Existing = Literal["nothing", "file", "zarr"]
 """What :func:`check_output` found at an output path that may be written."""
@@ -159,6 +159,33 @@ def zarr_node(path: str) -> Literal["array", "group", "other"]:
     if os.path.isfile(os.path.join(path, ".zgroup")):
         return "group"
     return "other"
+
+
+def special_entry(folder: str) -> tuple[str, str] | None:
+    """``(path, kind)`` of the first entry under the directory ``folder`` (a local zarr array)
+    that is neither a regular file nor a directory, links followed to what they name: a FIFO
+    (reading it blocks for ever), a device (``/dev/zero`` never ends), a socket; None if there
+    is none. A dangling link is not one (a missing chunk, which zarr reads as fill values).
+    One ``scandir`` per directory; a ``stat`` only for links and entries of unknown type."""
+    todo = [folder]
+    while todo:
+        try:
+            entries = list(os.scandir(todo.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):  # (d_type: no syscall)
+                    todo.append(entry.path)
+                    continue
+                if entry.is_file(follow_symlinks=False):
+                    continue
+                st = os.stat(entry.path)  # a link (what it names), or an unknown type
+            except OSError:
+                continue  # gone, or a dangling link
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                return entry.path, _kind(st)
+    return None
 
 
 def _kind(st: os.stat_result) -> str:

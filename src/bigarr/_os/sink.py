@@ -49,6 +49,7 @@ import numpy as np
 from bigarr._os.durable import pwrite_all, start_writeback, wait_writeback
 from bigarr._os.fileid import reopen
 from bigarr._os.geometry import PAGE_SIZE, align_down, align_up
+from bigarr._os.paths import os_error
 from bigarr._os.pread import Buffer
 
 __all__ = ["DIRECT_ALIGN", "LENT_PIECE", "STAGING_MAX", "Sink", "Written"]
@@ -88,8 +89,8 @@ class Written:
 
         Raises
         ------
-        OSError, MappingError
-            If a write or its writeback failed (``EIO``, ``ENOSPC``).
+        DiskFullError, PathError, MappingError
+            If a write or its writeback failed (``ENOSPC``, ``EIO``).
         """
         for future in self._futures:
             future.result()
@@ -120,6 +121,7 @@ class Sink:
     def __init__(self, fd: int, path: str | None = None, *, direct: bool = True,
                  staging: int = STAGING_MAX) -> None:
         self.fd = fd
+        self._name = path or "the output file"  # (for errors)
         self._direct_fd: int | None = _reopen_direct(fd, path) if direct else None
         self._refused = False  # O_DIRECT refused at a write: buffered from then on
         staging = max(2 * DIRECT_ALIGN, min(staging, STAGING_MAX))
@@ -178,11 +180,20 @@ class Sink:
 
     def sync(self) -> None:
         """Make everything written so far durable (``fdatasync``: data, the disk's cache, and
-        the metadata needed to read it). Wait for the :class:`Written` first."""
-        if hasattr(os, "fdatasync"):
-            os.fdatasync(self.fd)
-        else:  # pragma: no cover - macOS and the BSDs
-            os.fsync(self.fd)
+        the metadata needed to read it). Wait for the :class:`Written` first.
+
+        Raises
+        ------
+        DiskFullError, PathError
+            If the file system fails the sync (``ENOSPC`` of a sparse file, ``EIO``).
+        """
+        try:
+            if hasattr(os, "fdatasync"):
+                os.fdatasync(self.fd)
+            else:  # pragma: no cover - macOS and the BSDs
+                os.fsync(self.fd)
+        except OSError as exc:
+            raise os_error(exc, self._name, writing=True) from exc
 
     def close(self) -> None:
         """Wait for the writer threads, close the direct descriptor, free the staging buffers.
@@ -212,7 +223,10 @@ class Sink:
 
     # ---- internals -------------------------------------------------------------------------
     def _buffered(self, done: Written, raw: np.ndarray[Any, Any], offset: int) -> None:
-        pwrite_all(self.fd, raw, offset)
+        try:
+            pwrite_all(self.fd, raw, offset)
+        except OSError as exc:  # ENOSPC of a sparse file (no preallocation here), EIO
+            raise os_error(exc, self._name, writing=True) from exc
         start_writeback(self.fd, offset, int(raw.nbytes))
         done._ranges.append((offset, int(raw.nbytes)))
 
@@ -243,19 +257,25 @@ class Sink:
         nbytes = int(piece.nbytes)
         view = memoryview(piece.data)
         fd = self._direct_fd
-        if fd is not None and not self._refused:
-            done = 0
-            try:
-                while done < nbytes:  # O_DIRECT may write fewer bytes (then aligned ones)
-                    done += os.pwrite(fd, view[done:], offset + done)
-                return
-            except OSError as exc:
-                if exc.errno != errno.EINVAL or done:
-                    raise
-                self._refused = True  # (the descriptor is closed by close(), not here:
-                # the other writer thread may be using it)
-        pwrite_all(self.fd, piece, offset)
-        wait_writeback(self.fd, offset, nbytes)
+        try:
+            if fd is not None and not self._refused:
+                done = 0
+                try:
+                    while done < nbytes:  # O_DIRECT may write fewer bytes (then aligned ones)
+                        n = os.pwrite(fd, view[done:], offset + done)
+                        if n <= 0:  # no progress would loop for ever
+                            raise OSError(errno.ENOSPC, "write made no progress", None)
+                        done += n
+                    return
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL or done:
+                        raise
+                    self._refused = True  # (the descriptor is closed by close(), not here:
+                    # the other writer thread may be using it)
+            pwrite_all(self.fd, piece, offset)
+            wait_writeback(self.fd, offset, nbytes)
+        except OSError as exc:  # ENOSPC of a sparse file (no preallocation here), EIO
+            raise os_error(exc, self._name, writing=True) from exc
 
 
 def _reopen_direct(fd: int, path: str | None) -> int | None:
