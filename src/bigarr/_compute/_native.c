@@ -20,7 +20,7 @@
 /* The kernels' interface version: bigarr/_compute/native.py refuses a library built from
  * another version's source (a stale build beside newer Python code), so a changed signature can
  * never be called with the old arguments. Bump it with any change to a signature. */
-#define ABI 3
+#define ABI 4
 int64_t bigarr_native_abi(void) { return ABI; }
 
 #define LANES 16
@@ -695,12 +695,40 @@ INLINE void f_logic(int op, uint8_t *restrict d, const uint8_t *restrict a,
     }
 }
 
+/* The block's result folded into the accumulator `acc` (block-long): numpy's maximum/minimum
+ * element by element (NaN propagates; of equal values the newer), so the extreme over all blocks
+ * is that of the accumulator's elements; the first block is copied in. */
+#define DEF_FUSED_FOLD(T, S)                                                                \
+    INLINE void f_fold_##S(int64_t red, int first, T *restrict acc, const T *restrict d,    \
+                           int64_t m)                                                       \
+    {                                                                                       \
+        if (first)                                                                          \
+            for (int64_t i = 0; i < m; i++) acc[i] = d[i];                                  \
+        else if (red == FUSED_MAX)                                                          \
+            for (int64_t i = 0; i < m; i++)                                                 \
+                acc[i] = (acc[i] > d[i] || acc[i] != acc[i]) ? acc[i] : d[i];               \
+        else                                                                                \
+            for (int64_t i = 0; i < m; i++)                                                 \
+                acc[i] = (acc[i] < d[i] || acc[i] != acc[i]) ? acc[i] : d[i];               \
+    }
+
+enum { FUSED_STORE = 0, FUSED_MAX = 1, FUSED_MIN = 2 };
+DEF_FUSED_FOLD(float, f4)
+DEF_FUSED_FOLD(double, f8)
+
+/* `red` FUSED_STORE: the program's result is the output slot 0 (advancing with the blocks).
+ * FUSED_MAX / FUSED_MIN: slot 0 is one block-long buffer (adv[0] == 0), and each block's result
+ * is folded into `acc` (block elements; the caller reduces its first min(n, block) elements,
+ * whole rows, along the rows): the chain's extreme along axis 0 without writing the chain. */
 #define DEF_FUSED(NAME, T, S)                                                               \
     KERNEL int64_t NAME(const int64_t *prog, int64_t nops, void *const *slots,              \
-                        const int64_t *adv, int64_t nslots, int64_t n, int64_t block)       \
+                        const int64_t *adv, int64_t nslots, int64_t n, int64_t block,       \
+                        int64_t red, T *acc)                                                \
     {                                                                                       \
         void *p[FUSED_SLOTS];                                                               \
-        if (nslots > FUSED_SLOTS || block < 1) return -1;                                   \
+        if (nslots > FUSED_SLOTS || block < 1 || red < FUSED_STORE || red > FUSED_MIN)      \
+            return -1;                                                                      \
+        if (red != FUSED_STORE && (adv[0] || acc == NULL)) return -1;                       \
         for (int64_t q = 0; q < nops; q++) {                                                \
             const int64_t *ins = prog + FUSED_WIDTH * q;                                    \
             if (ins[0] < F_ADD || ins[0] > F_WHERE) return -1;                              \
@@ -726,6 +754,7 @@ INLINE void f_logic(int op, uint8_t *restrict d, const uint8_t *restrict a,
                 else                                                                        \
                     f_where_##S((T *)d, (const uint8_t *)a, (const T *)b, (const T *)c, m); \
             }                                                                               \
+            if (red != FUSED_STORE) f_fold_##S(red, i0 == 0, acc, (const T *)p[0], m);     \
         }                                                                                   \
         return 0;                                                                           \
     }

@@ -22,7 +22,7 @@ __all__ = ["arg_rows", "available", "count_rows", "fused_kernel", "hist_above", 
            "lib", "min_max", "sum_blocks", "var_blocks"]
 
 #: The interface version this module calls (``ABI`` in ``_native.c``).
-ABI = 3
+ABI = 4
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _F8 = ctypes.c_double
@@ -81,7 +81,7 @@ def _fused(dll: ctypes.CDLL | None) -> dict[np.dtype[Any], Any]:
     try:
         for dtype, code in ((np.dtype(np.float32), "f4"), (np.dtype(np.float64), "f8")):
             fn = getattr(dll, f"fused_{code}")
-            fn.argtypes = [_PTR, _I64, _PTR, _PTR, _I64, _I64, _I64]
+            fn.argtypes = [_PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64, _PTR]
             fn.restype = ctypes.c_int64
             got[dtype] = fn
     except AttributeError:
