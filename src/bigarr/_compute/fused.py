@@ -168,7 +168,7 @@ class Program:
         got = self._slots(env, rows)
         if got is None or any(np.may_share_memory(b, out) for b in got[0]):
             return False  # (the kernel's pointers are restrict: no output over an input)
-        blocks, local = got
+        _, local = got
         local.slots[0] = out.__array_interface__["data"][0]
         self._call(local, n, FUSED_STORE, None)
         return True
