@@ -189,6 +189,34 @@ def test_standardize_to_file_takes_the_fused_path_in_c_order(tmp_path: Path, ord
     assert_same_bits(got, (np.sqrt(abs((a - m) / s * 2.0 + 1.0)) - 0.5).max(axis=0))
 
 
+def _arithmetic(x: Any, m: Any) -> Any:
+    """A chain of arithmetic alone (the kernel runs it strip by strip in registers) whose
+    intermediates are read again several operations later (stored, then reloaded)."""
+    t = x - m
+    u = t * t
+    v = np.sqrt(abs(u - x) / (t + 2.0))
+    return np.minimum(np.maximum(v, -t), u) + np.square(t) * 0.5
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_arithmetic_chains_in_registers_give_numpys_bits(dtype: str) -> None:
+    for rows, k in ((1, 3), (7, 3), (64, 1), (700, 3), (2049, 5)):  # strips and their tails
+        x = _data((rows, k), dtype, rows)
+        m = _data((k,), dtype, rows + 1)
+        with np.errstate(all="ignore"):
+            want = np.asarray(_arithmetic(x, m))
+        lx = bigarr.lazy(x)
+        flat = lazyflat.flat_plan(_arithmetic(lx, m).node)
+        assert flat is not None and flat.native is not None
+        env = Env({i: x for i in _item(flat.root).rows}, {}, {}, slice(0, rows))
+        assert_same_bits(flat.run(env, rows, np.empty_like(want)), want)
+        for largest in (True, False):
+            got = flat.extreme(env, rows, largest)
+            assert got is not None
+            assert_same_extremes(got, (want.max if largest else want.min)(axis=0, keepdims=True))
+
+
 @needs_native
 def test_extremes_of_a_chain_fold_in_the_kernel_chunk_by_chunk(tmp_path: Path) -> None:
     # max/min along axis 0 of a fused chain never write the chain: the kernel folds each
