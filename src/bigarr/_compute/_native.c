@@ -617,7 +617,8 @@ DEF_ORD_RANGES(ord_ranges_u8, uint64_t, 64)
  * makes `block` a multiple of the row length). Each operation is numpy's, operation for
  * operation in the same type (no contraction, no fast-math, IEEE sqrt), so results are numpy's
  * bits; comparisons write 0/1 bytes, read by the logical operations and `where`. Returns 0, or
- * -1 for an unknown opcode or too many slots (nothing is then guaranteed about the output). */
+ * -1 for an unknown opcode, too many slots or a bad `red`/`acc` (see DEF_FUSED; nothing is then
+ * guaranteed about the output). */
 enum {
     F_ADD = 1, F_SUB, F_MUL, F_DIV, F_MIN, F_MAX, F_NEG, F_ABS, F_SQRT, F_SQUARE, F_COPY,
     F_LT, F_LE, F_GT, F_GE, F_EQ, F_NE, F_AND, F_OR, F_XOR, F_NOT, F_WHERE
