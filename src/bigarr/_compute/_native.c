@@ -748,12 +748,13 @@ enum { FS_RA = 1, FS_RB = 2, FS_ST = 4 }; /* operand a / b from the register; st
         }                                                                                   \
     }
 
-/* V: 32 bytes of T (may_alias: read from and written to T arrays), I: the same as integers
- * (the comparisons' masks; abs clears the sign bit as fabs does). */
+/* _v: 32 bytes of T in registers, _i: the same as integers (the comparisons' masks; abs clears
+ * the sign bit as fabs does), _m: 32 bytes of a T array (unaligned, may_alias) to load and store. */
 #define FUSED_PICK(S, mask, a, b) ((S##_v)(((mask) & (S##_i)(a)) | (~(mask) & (S##_i)(b))))
 #define DEF_FUSED_STRIP(T, S, I)                                                            \
-    typedef T S##_v __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));        \
-    typedef I S##_i __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));        \
+    typedef T S##_v __attribute__((vector_size(32)));                                       \
+    typedef I S##_i __attribute__((vector_size(32)));                                       \
+    typedef T S##_m __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));        \
     enum { S##_lanes = 32 / (int)sizeof(T), S##_strip = FUSED_NV * S##_lanes };             \
     INLINE void f_strip_##S(const int64_t *prog, int64_t nops, const uint8_t *flags,        \
                             void *const *p, int64_t j, int64_t red, int first, T *acc)      \
@@ -765,8 +766,8 @@ enum { FS_RA = 1, FS_RB = 2, FS_ST = 4 }; /* operand a / b from the register; st
             const int op = (int)ins[0], f = flags[q];                                       \
             const T *a = (const T *)p[ins[2]] + j, *b = (const T *)p[ins[3]] + j;           \
             for (int k = 0; k < FUSED_NV; k++) {                                            \
-                x[k] = f & FS_RA ? v[k] : *(const S##_v *)(a + k * S##_lanes);              \
-                y[k] = f & FS_RB ? v[k] : *(const S##_v *)(b + k * S##_lanes);              \
+                x[k] = f & FS_RA ? v[k] : (S##_v)*(const S##_m *)(a + k * S##_lanes);      \
+                y[k] = f & FS_RB ? v[k] : (S##_v)*(const S##_m *)(b + k * S##_lanes);      \
             }                                                                               \
             switch (op) {                                                                   \
             case F_ADD: for (int k = 0; k < FUSED_NV; k++) v[k] = x[k] + y[k]; break;       \
@@ -794,12 +795,13 @@ enum { FS_RA = 1, FS_RB = 2, FS_ST = 4 }; /* operand a / b from the register; st
             }                                                                               \
             if (f & FS_ST) {                                                                \
                 T *d = (T *)p[ins[1]] + j;                                                  \
-                for (int k = 0; k < FUSED_NV; k++) *(S##_v *)(d + k * S##_lanes) = v[k];    \
+                for (int k = 0; k < FUSED_NV; k++) *(S##_m *)(d + k * S##_lanes) = v[k];    \
             }                                                                               \
         }                                                                                   \
         if (red == FUSED_STORE) return;                                                     \
         for (int k = 0; k < FUSED_NV; k++) {                                                \
-            S##_v *o = (S##_v *)(acc + j + k * S##_lanes), c = *o;                          \
+            S##_m *o = (S##_m *)(acc + j + k * S##_lanes);                            \
+            const S##_v c = *o;                          \
             if (first)                                                                      \
                 *o = v[k];                                                                  \
             else if (red == FUSED_MAX)                                                      \
