@@ -99,11 +99,13 @@ class Program:
         self.adv[0] = 1
         for slot, _ in leaves:
             self.adv[slot] = 1
-        self.fold = self.adv.copy()
-        self.fold[0] = 0  # (folded: the output slot is one block, the same for every block)
         self.args = (int(self.code.ctypes.data), len(self.code), int(self.adv.ctypes.data))
-        self.adv_fold = int(self.fold.ctypes.data)
         """The program's and the slots' kinds' addresses (fixed: computed once)."""
+        self.fold = self.adv.copy()
+        self.fold[0] = 0
+        self.adv_fold = int(self.fold.ctypes.data)
+        """The slots' kinds when the result is folded (:meth:`extreme`): the output slot is then
+        one block, the same for every block."""
         self.filled: dict[int, Array] = {}
         """Each value used whole, repeated to one block (the same in every chunk of a run)."""
         self.local = threading.local()
