@@ -51,7 +51,11 @@ therefore syncs once before its clock starts, so it does not pay for what earlie
 The evaluator alone (``kernel: six ops (fused)`` and friends): one chunk of the plan's rows,
 in memory, through the chain's evaluator ten times on one thread, with the native fused kernel
 (``fused``, whole chunks) and without it (``numpy``: numpy's ufuncs on wide views, tile by tile);
-the CPU time per chunk and the input bytes per CPU second are printed.
+``fused max`` folds the chain's maximum along axis 0 in the kernel instead of writing it (what
+``chain warm`` runs); the CPU time per chunk and the input bytes per CPU second are printed.
+The input file is written with ``write()``, as ``np.save`` writes (a file filled through a
+mapping would sit in the page cache as single 4 KiB pages, and every mapped read of it pay a
+page fault per few pages: 3.5 against 7 GB per CPU second for ``bigarr.sum`` on one core).
 
 Per-column sum, min, max and std: ``one compute`` (``bigarr.compute`` of the four, one pass,
 one native sweep per leaf for the four: ``_compute/multistat.py``) against ``four reductions``
@@ -218,15 +222,19 @@ spans = [(0, R)] if flat.fused([a]) else lazyeval.tiles(R, [a])
 def once():
     for t0, t1 in spans:
         env = Env({{j: a[t0:t1] for j in ids}}, {{}}, {{}}, slice(t0, t1))
-        flat.run(env, t1 - t0, out[t0:t1])
+        if {fold}:
+            flat.extreme(env, t1 - t0, True)
+        else:
+            flat.run(env, t1 - t0, out[t0:t1])
 once()
 """
 _SIX = "np.sqrt(abs((lx - M) / S * 2.0 + 1.0)) - 0.5"
 KERNEL = {
-    f"kernel: {name} ({how})": (_KERNEL_SETUP.format(expr=expr, native=how == "fused"),
+    f"kernel: {name} ({how})": (_KERNEL_SETUP.format(expr=expr, native=how != "numpy",
+                                                     fold=how == "fused max"),
                                "for _ in range(10):\n    once()")
     for name, expr in (("six ops", _SIX), ("two ops", "(lx - M) / S"))
-    for how in ("fused", "numpy")
+    for how in ("fused", "fused max", "numpy")
 }
 
 STATS = {
@@ -286,13 +294,15 @@ def main() -> None:
     n = args.size // 128
     path = folder / "x.npy"
     if not path.exists() or np.load(path, mmap_mode="r").shape != (n, 32):
-        x = np.lib.format.open_memmap(path, "w+", np.float32, (n, 32))
+        # written with write() as np.save does (not through a mapping, whose page cache would
+        # be single 4 KiB pages, every mapped read then paying a page fault per few pages)
         rng = np.random.default_rng(0)
-        for i in range(0, n, 1 << 18):
-            block = x[i:i + (1 << 18)]
-            block[:] = rng.standard_normal(block.shape, dtype=np.float32) * 3 + 7
-        x.flush()
-        del x
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "<f4", "fortran_order": False, "shape": (n, 32)})
+            for i in range(0, n, 1 << 18):
+                rows = min(1 << 18, n - i)
+                (rng.standard_normal((rows, 32), dtype=np.float32) * 3 + 7).tofile(f)
     if not args.cold:
         np.load(path, mmap_mode="r").sum()  # warm: in the page cache
     x = bigarr.lazy(path)

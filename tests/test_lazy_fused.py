@@ -102,6 +102,13 @@ def assert_same_bits(got: np.ndarray[Any, Any], want: np.ndarray[Any, Any]) -> N
     np.testing.assert_array_equal(got[~nan].view(u), want[~nan].view(u))
 
 
+def assert_same_extremes(got: np.ndarray[Any, Any], want: np.ndarray[Any, Any]) -> None:
+    """Equal values and NaN where numpy has NaN (the sign of a zero extreme is that of
+    whichever zero came first, and numpy's own order of reduction decides it)."""
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+
+
 @needs_native
 @settings(max_examples=int(os.environ.get("ORACLE_EXAMPLES", "40")), deadline=None)
 @given(recipe=RECIPES, rows=st.integers(2, 300),
@@ -142,6 +149,12 @@ def test_random_chains_give_numpys_bits(recipe: Any, rows: int, k: int, dtype: s
     assert_same_bits(got, want)
     if out is not None:
         assert got is out
+    if flat.native is not None:  # the chain's extremes along axis 0, folded as it goes
+        for largest in (True, False):
+            folded = flat.extreme(env, rows, largest)
+            assert folded is not None and folded.dtype == want.dtype
+            assert_same_extremes(folded, (want.max if largest else want.min)(
+                axis=0, keepdims=True))
 
 
 @needs_native
@@ -174,6 +187,56 @@ def test_standardize_to_file_takes_the_fused_path_in_c_order(tmp_path: Path, ord
     got = chain.compute(budget="4MiB", threads=2, progress=False)
     assert (fused.calls() > before) == taken
     assert_same_bits(got, (np.sqrt(abs((a - m) / s * 2.0 + 1.0)) - 0.5).max(axis=0))
+
+
+def _arithmetic(x: Any, m: Any) -> Any:
+    """A chain of arithmetic alone (the kernel runs it strip by strip in registers) whose
+    intermediates are read again several operations later (stored, then reloaded)."""
+    t = x - m
+    u = t * t
+    v = np.sqrt(abs(u - x) / (t + 2.0))
+    return np.minimum(np.maximum(v, -t), u) + np.square(t) * 0.5
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_arithmetic_chains_in_registers_give_numpys_bits(dtype: str) -> None:
+    for rows, k in ((1, 3), (7, 3), (64, 1), (700, 3), (2049, 5)):  # strips and their tails
+        x = _data((rows, k), dtype, rows)
+        m = _data((k,), dtype, rows + 1)
+        with np.errstate(all="ignore"):
+            want = np.asarray(_arithmetic(x, m))
+        lx = bigarr.lazy(x)
+        flat = lazyflat.flat_plan(_arithmetic(lx, m).node)
+        assert flat is not None and flat.native is not None
+        env = Env({i: x for i in _item(flat.root).rows}, {}, {}, slice(0, rows))
+        assert_same_bits(flat.run(env, rows, np.empty_like(want)), want)
+        for largest in (True, False):
+            got = flat.extreme(env, rows, largest)
+            assert got is not None
+            assert_same_extremes(got, (want.max if largest else want.min)(axis=0, keepdims=True))
+
+
+@needs_native
+def test_extremes_of_a_chain_fold_in_the_kernel_chunk_by_chunk(tmp_path: Path) -> None:
+    # max/min along axis 0 of a fused chain never write the chain: the kernel folds each
+    # chunk whole (no tiles: one call per chunk), NaN propagating as numpy's max/min
+    a = _data((20011, 8), "float32", 3)
+    a[np.isnan(a)] = 2.0
+    a[7, 2] = a[19000, 5] = np.nan
+    np.save(tmp_path / "x.npy", a)
+    x = bigarr.lazy(tmp_path / "x.npy")
+    m = np.linspace(-1, 1, 8, dtype=np.float32)
+    for f in (np.max, np.min):
+        expr = f(np.sqrt(abs((x - m) / 3.0)) * 2.0, axis=0)
+        before = fused.calls()
+        got = expr.compute(budget="2MiB", threads=2, progress=False)
+        calls = fused.calls() - before
+        plan = expr.explain(budget="2MiB", threads=2)
+        with np.errstate(all="ignore"):
+            assert_same_extremes(got, f(np.sqrt(abs((a - m) / 3.0)) * 2.0, axis=0))
+        assert np.isnan(got[[2, 5]]).all()
+        assert 1 < calls <= plan.steps[-1].chunks + 3  # (+ the planner's probes)
 
 
 @pytest.mark.parametrize("build", [

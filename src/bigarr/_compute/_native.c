@@ -660,7 +660,8 @@ DEF_ORD_RANGES(ord_ranges_u8, uint64_t, 64)
  * makes `block` a multiple of the row length). Each operation is numpy's, operation for
  * operation in the same type (no contraction, no fast-math, IEEE sqrt), so results are numpy's
  * bits; comparisons write 0/1 bytes, read by the logical operations and `where`. Returns 0, or
- * -1 for an unknown opcode or too many slots (nothing is then guaranteed about the output). */
+ * -1 for an unknown opcode, too many slots or a bad `red`/`acc` (see DEF_FUSED; nothing is then
+ * guaranteed about the output). */
 enum {
     F_ADD = 1, F_SUB, F_MUL, F_DIV, F_MIN, F_MAX, F_NEG, F_ABS, F_SQRT, F_SQUARE, F_COPY,
     F_LT, F_LE, F_GT, F_GE, F_EQ, F_NE, F_AND, F_OR, F_XOR, F_NOT, F_WHERE
@@ -738,37 +739,196 @@ INLINE void f_logic(int op, uint8_t *restrict d, const uint8_t *restrict a,
     }
 }
 
+/* The block's result folded into the accumulator `acc` (block-long): numpy's maximum/minimum
+ * element by element (NaN propagates; of equal values the newer), so the extreme over all blocks
+ * is that of the accumulator's elements; the first block is copied in. */
+#define DEF_FUSED_FOLD(T, S)                                                                \
+    INLINE void f_fold_##S(int64_t red, int first, T *restrict acc, const T *restrict d,    \
+                           int64_t m)                                                       \
+    {                                                                                       \
+        if (first)                                                                          \
+            for (int64_t i = 0; i < m; i++) acc[i] = d[i];                                  \
+        else if (red == FUSED_MAX)                                                          \
+            for (int64_t i = 0; i < m; i++)                                                 \
+                acc[i] = (acc[i] > d[i] || acc[i] != acc[i]) ? acc[i] : d[i];               \
+        else                                                                                \
+            for (int64_t i = 0; i < m; i++)                                                 \
+                acc[i] = (acc[i] < d[i] || acc[i] != acc[i]) ? acc[i] : d[i];               \
+    }
+
+enum { FUSED_STORE = 0, FUSED_MAX = 1, FUSED_MIN = 2 };
+DEF_FUSED_FOLD(float, f4)
+DEF_FUSED_FOLD(double, f8)
+
+/* All programs run op by op over the block (f_passes): each operation a loop over the whole
+ * block, reading and writing its operands in L1. A program of arithmetic alone (F_ADD ..
+ * F_COPY: no comparisons, logic or `where`) of at most FUSED_STRIP_OPS operations runs faster
+ * strip by strip (f_strip): FUSED_NV vectors of 32 bytes at a time go through the whole program
+ * in registers, the result of each operation being the next one's operand without a store and
+ * a load (written to its slot only when a later operation reads it from there, or it is the
+ * output). The same operations in the same order, element by element: the same bits. */
+#define FUSED_NV 4
+#define FUSED_STRIP_OPS 64
+enum { FS_RA = 1, FS_RB = 2, FS_ST = 4 }; /* operand a / b from the register; store the result */
+
+#define DEF_FUSED_PASSES(T, S)                                                              \
+    INLINE void f_passes_##S(const int64_t *prog, int64_t nops, void *const *p, int64_t m)  \
+    {                                                                                       \
+        for (int64_t q = 0; q < nops; q++) {                                                \
+            const int64_t *ins = prog + FUSED_WIDTH * q;                                    \
+            const int op = (int)ins[0];                                                     \
+            void *d = p[ins[1]], *a = p[ins[2]], *b = p[ins[3]], *c = p[ins[4]];            \
+            if (op <= F_MAX)                                                                \
+                f_bin_##S(op, (T *)d, (const T *)a, (const T *)b, m);                       \
+            else if (op <= F_COPY)                                                          \
+                f_un_##S(op, (T *)d, (const T *)a, m);                                      \
+            else if (op <= F_NE)                                                            \
+                f_cmp_##S(op, (uint8_t *)d, (const T *)a, (const T *)b, m);                 \
+            else if (op <= F_NOT)                                                           \
+                f_logic(op, (uint8_t *)d, (const uint8_t *)a, (const uint8_t *)b, m);       \
+            else                                                                            \
+                f_where_##S((T *)d, (const uint8_t *)a, (const T *)b, (const T *)c, m);     \
+        }                                                                                   \
+    }
+
+/* _v: 32 bytes of T in registers, _i: the same as integers (the comparisons' masks; abs clears
+ * the sign bit as fabs does), _m: 32 bytes of a T array (unaligned, may_alias) to load and store. */
+#define FUSED_PICK(S, mask, a, b) ((S##_v)(((mask) & (S##_i)(a)) | (~(mask) & (S##_i)(b))))
+#define DEF_FUSED_STRIP(T, S, I)                                                            \
+    typedef T S##_v __attribute__((vector_size(32)));                                       \
+    typedef I S##_i __attribute__((vector_size(32)));                                       \
+    typedef T S##_m __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));        \
+    enum { S##_lanes = 32 / (int)sizeof(T), S##_strip = FUSED_NV * S##_lanes };             \
+    INLINE void f_strip_##S(const int64_t *prog, int64_t nops, const uint8_t *flags,        \
+                            void *const *p, int64_t j, int64_t red, int first, T *acc)      \
+    {                                                                                       \
+        S##_v v[FUSED_NV], x[FUSED_NV], y[FUSED_NV];                                        \
+        const S##_i sign = (S##_i)(-(S##_v){0}); /* -0.0: the sign bits alone */        \
+        for (int64_t q = 0; q < nops; q++) {                                                \
+            const int64_t *ins = prog + FUSED_WIDTH * q;                                    \
+            const int op = (int)ins[0], f = flags[q];                                       \
+            const T *a = (const T *)p[ins[2]] + j, *b = (const T *)p[ins[3]] + j;           \
+            for (int k = 0; k < FUSED_NV; k++) {                                            \
+                x[k] = f & FS_RA ? v[k] : (S##_v)*(const S##_m *)(a + k * S##_lanes);      \
+                y[k] = f & FS_RB ? v[k] : (S##_v)*(const S##_m *)(b + k * S##_lanes);      \
+            }                                                                               \
+            switch (op) {                                                                   \
+            case F_ADD: for (int k = 0; k < FUSED_NV; k++) v[k] = x[k] + y[k]; break;       \
+            case F_SUB: for (int k = 0; k < FUSED_NV; k++) v[k] = x[k] - y[k]; break;       \
+            case F_MUL: for (int k = 0; k < FUSED_NV; k++) v[k] = x[k] * y[k]; break;       \
+            case F_DIV: for (int k = 0; k < FUSED_NV; k++) v[k] = x[k] / y[k]; break;       \
+            case F_MIN:                                                                     \
+                for (int k = 0; k < FUSED_NV; k++)                                          \
+                    v[k] = FUSED_PICK(S, (S##_i)(x[k] < y[k]) | (S##_i)(x[k] != x[k]), x[k], y[k]); \
+                break;                                                                      \
+            case F_MAX:                                                                     \
+                for (int k = 0; k < FUSED_NV; k++)                                          \
+                    v[k] = FUSED_PICK(S, (S##_i)(x[k] > y[k]) | (S##_i)(x[k] != x[k]), x[k], y[k]); \
+                break;                                                                      \
+            case F_NEG: for (int k = 0; k < FUSED_NV; k++) v[k] = -x[k]; break;             \
+            case F_ABS:                                                                     \
+                for (int k = 0; k < FUSED_NV; k++) v[k] = (S##_v)(~sign & (S##_i)x[k]);     \
+                break;                                                                      \
+            case F_SQRT:                                                                    \
+                for (int k = 0; k < FUSED_NV; k++)                                          \
+                    for (int e = 0; e < S##_lanes; e++) v[k][e] = S##_sqrt(x[k][e]);        \
+                break;                                                                      \
+            case F_SQUARE: for (int k = 0; k < FUSED_NV; k++) v[k] = x[k] * x[k]; break;    \
+            default: for (int k = 0; k < FUSED_NV; k++) v[k] = x[k]; break;                 \
+            }                                                                               \
+            if (f & FS_ST) {                                                                \
+                T *d = (T *)p[ins[1]] + j;                                                  \
+                for (int k = 0; k < FUSED_NV; k++) *(S##_m *)(d + k * S##_lanes) = v[k];    \
+            }                                                                               \
+        }                                                                                   \
+        if (red == FUSED_STORE) return;                                                     \
+        for (int k = 0; k < FUSED_NV; k++) {                                                \
+            S##_m *o = (S##_m *)(acc + j + k * S##_lanes);                            \
+            const S##_v c = *o;                          \
+            if (first)                                                                      \
+                *o = v[k];                                                                  \
+            else if (red == FUSED_MAX)                                                      \
+                *o = FUSED_PICK(S, (S##_i)(c > v[k]) | (S##_i)(c != c), c, v[k]);                \
+            else                                                                            \
+                *o = FUSED_PICK(S, (S##_i)(c < v[k]) | (S##_i)(c != c), c, v[k]);                \
+        }                                                                                   \
+    }
+
+DEF_FUSED_PASSES(float, f4)
+DEF_FUSED_PASSES(double, f8)
+DEF_FUSED_STRIP(float, f4, int32_t)
+DEF_FUSED_STRIP(double, f8, int64_t)
+
+/* The strip flags of a program (FS_*), or 0 when it must run op by op. An operand comes from the
+ * register when it is the previous operation's result; a result is stored when it is the output
+ * or some operation after the next reads its slot before the slot is written again. */
+static int fused_strip_flags(const int64_t *prog, int64_t nops, int64_t red, uint8_t *flags)
+{
+    if (nops < 1 || nops > FUSED_STRIP_OPS) return 0;
+    for (int64_t q = 0; q < nops; q++)
+        if (prog[FUSED_WIDTH * q] > F_COPY) return 0;
+    for (int64_t q = 0; q < nops; q++) {
+        const int64_t *ins = prog + FUSED_WIDTH * q;
+        const int64_t prev = q > 0 ? prog[FUSED_WIDTH * (q - 1) + 1] : -1;
+        int f = (ins[2] == prev ? FS_RA : 0) | (ins[3] == prev ? FS_RB : 0);
+        if (q == nops - 1) {
+            if (red == FUSED_STORE) f |= FS_ST;
+        } else {
+            const int64_t d = ins[1];
+            for (int64_t r = q + 1; r < nops; r++) {
+                const int64_t *o = prog + FUSED_WIDTH * r;
+                const int unary = o[0] >= F_NEG;
+                if (r > q + 1 && (o[2] == d || (!unary && o[3] == d))) {
+                    f |= FS_ST;
+                    break;
+                }
+                if (o[1] == d) break;
+            }
+        }
+        flags[q] = (uint8_t)f;
+    }
+    return 1;
+}
+
+/* `red` FUSED_STORE: the program's result is the output slot 0 (advancing with the blocks).
+ * FUSED_MAX / FUSED_MIN: slot 0 is one block-long buffer (adv[0] == 0), and each block's result
+ * is folded into `acc` (block elements; the caller reduces its first min(n, block) elements,
+ * whole rows, along the rows): the chain's extreme along axis 0 without writing the chain. */
 #define DEF_FUSED(NAME, T, S)                                                               \
     KERNEL int64_t NAME(const int64_t *prog, int64_t nops, void *const *slots,              \
-                        const int64_t *adv, int64_t nslots, int64_t n, int64_t block)       \
+                        const int64_t *adv, int64_t nslots, int64_t n, int64_t block,       \
+                        int64_t red, T *acc)                                                \
     {                                                                                       \
-        void *p[FUSED_SLOTS];                                                               \
-        if (nslots > FUSED_SLOTS || block < 1) return -1;                                   \
+        void *p[FUSED_SLOTS], *t[FUSED_SLOTS];                                              \
+        uint8_t flags[FUSED_STRIP_OPS];                                                     \
+        if (nslots > FUSED_SLOTS || block < 1 || red < FUSED_STORE || red > FUSED_MIN)      \
+            return -1;                                                                      \
+        if (red != FUSED_STORE && (adv[0] || acc == NULL)) return -1;                       \
         for (int64_t q = 0; q < nops; q++) {                                                \
             const int64_t *ins = prog + FUSED_WIDTH * q;                                    \
             if (ins[0] < F_ADD || ins[0] > F_WHERE) return -1;                              \
             for (int k = 1; k < FUSED_WIDTH; k++)                                           \
                 if (ins[k] < 0 || ins[k] >= nslots) return -1;                              \
         }                                                                                   \
+        const int strip = fused_strip_flags(prog, nops, red, flags);                        \
         for (int64_t i0 = 0; i0 < n; i0 += block) {                                         \
             const int64_t m = n - i0 < block ? n - i0 : block;                              \
+            const int first = i0 == 0;                                                      \
             for (int64_t s = 0; s < nslots; s++)                                            \
                 p[s] = adv[s] ? (void *)((T *)slots[s] + i0) : slots[s];                    \
-            for (int64_t q = 0; q < nops; q++) {                                            \
-                const int64_t *ins = prog + FUSED_WIDTH * q;                                \
-                const int op = (int)ins[0];                                                 \
-                void *d = p[ins[1]], *a = p[ins[2]], *b = p[ins[3]], *c = p[ins[4]];        \
-                if (op <= F_MAX)                                                            \
-                    f_bin_##S(op, (T *)d, (const T *)a, (const T *)b, m);                   \
-                else if (op <= F_COPY)                                                      \
-                    f_un_##S(op, (T *)d, (const T *)a, m);                                  \
-                else if (op <= F_NE)                                                        \
-                    f_cmp_##S(op, (uint8_t *)d, (const T *)a, (const T *)b, m);             \
-                else if (op <= F_NOT)                                                       \
-                    f_logic(op, (uint8_t *)d, (const uint8_t *)a, (const uint8_t *)b, m);   \
-                else                                                                        \
-                    f_where_##S((T *)d, (const uint8_t *)a, (const T *)b, (const T *)c, m); \
+            int64_t done = 0;                                                               \
+            if (strip) {                                                                    \
+                done = m - m % S##_strip;                                                   \
+                for (int64_t j = 0; j < done; j += S##_strip)                               \
+                    f_strip_##S(prog, nops, flags, p, j, red, first, acc);                  \
+                if (done == m) continue;                                                    \
+                for (int64_t s = 0; s < nslots; s++) t[s] = (T *)p[s] + done;               \
+            } else {                                                                        \
+                for (int64_t s = 0; s < nslots; s++) t[s] = p[s];                           \
             }                                                                               \
+            f_passes_##S(prog, nops, t, m - done);                                          \
+            if (red != FUSED_STORE)                                                         \
+                f_fold_##S(red, first, acc + done, (const T *)t[0], m - done);             \
         }                                                                                   \
         return 0;                                                                           \
     }

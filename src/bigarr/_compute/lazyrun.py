@@ -365,6 +365,14 @@ class _Pass:
         self.fuses = any(isinstance(it.expr, (Op, Scan, Filter)) for it in items)
         # purely elementwise chains over narrow rows run on wide views (lazyflat.py)
         self.flat = {id(it.node): f for it in items if (f := flat_plan(it.expr)) is not None}
+        # a chain's max/min along axis 0 the native kernel folds as it goes (never writing the
+        # chain's value; fused.py): such a pass needs no tiles
+        self.folded = {id(it.node) for it in items if isinstance(it.node, Reduce)
+                       and it.node.kind in ("max", "min") and it.node.axes == (0,)
+                       and plain(it.frame) and id(it.node) not in self.derived
+                       and (f := self.flat.get(id(it.node))) is not None
+                       and f.native is not None}
+        self.all_folded = bool(self.folded) and len(self.folded) == len(items)
         self.align = max((t.L for t in self.trees.values() if t.d == 0), default=1)
         self.reserve = 0
         """Bytes reserved for results whose rows are known only on evaluation (filters)."""
@@ -402,8 +410,10 @@ class _Pass:
         """Every item's part of the chunk ``rows``, evaluated tile by tile (see :func:`tiles`):
         outputs are written tile by tile into one buffer of the chunk's rows, reductions'
         states of the tiles combined (or, along kept axes, placed side by side)."""
-        spans = tiles(rows.stop - rows.start, blocks, rows.start, self.align) \
-            if self.fuses else [(0, rows.stop - rows.start)]
+        whole = not self.fuses or (self.all_folded and all(
+            self.flat[i].fused(blocks) for i in self.folded))
+        spans = [(0, rows.stop - rows.start)] if whole else \
+            tiles(rows.stop - rows.start, blocks, rows.start, self.align)
         if len(spans) == 1:
             return self._evaluate_tile(rows, blocks, carries)
         parts: list[Any] = [None] * len(self.items)
@@ -455,6 +465,13 @@ class _Pass:
             value = None
             if flat is not None:  # on wide views, in an env of its own (its memo is theirs)
                 own = Env(env.blocks, self.whole, self.values, rows, carries, self.numexpr)
+                if id(it.node) in self.folded:
+                    node = it.node
+                    assert isinstance(node, Reduce)
+                    state = flat.extreme(own, rows.stop - rows.start, node.kind == "max")
+                    if state is not None:
+                        out.append((state,))
+                        continue
                 value = flat.run(own, rows.stop - rows.start)
             if value is None:
                 value = np.asarray(evaluate(it.expr, True, env))

@@ -82,7 +82,7 @@ def _fused(dll: ctypes.CDLL | None) -> dict[np.dtype[Any], Any]:
     try:
         for dtype, code in ((np.dtype(np.float32), "f4"), (np.dtype(np.float64), "f8")):
             fn = getattr(dll, f"fused_{code}")
-            fn.argtypes = [_PTR, _I64, _PTR, _PTR, _I64, _I64, _I64]
+            fn.argtypes = [_PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64, _PTR]
             fn.restype = ctypes.c_int64
             got[dtype] = fn
     except AttributeError:
