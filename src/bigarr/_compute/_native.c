@@ -20,7 +20,7 @@
 /* The kernels' interface version: bigarr/_compute/native.py refuses a library built from
  * another version's source (a stale build beside newer Python code), so a changed signature can
  * never be called with the old arguments. Bump it with any change to a signature. */
-#define ABI 4
+#define ABI 5
 int64_t bigarr_native_abi(void) { return ABI; }
 
 #define LANES 16

@@ -23,7 +23,7 @@ __all__ = ["arg_rows", "available", "count_rows", "fused_kernel", "hist_above", 
            "var_blocks"]
 
 #: The interface version this module calls (``ABI`` in ``_native.c``).
-ABI = 4
+ABI = 5
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _F8 = ctypes.c_double
