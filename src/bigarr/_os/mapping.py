@@ -69,6 +69,8 @@ _MAP_FIXED = 0x10  # the same on Linux and the BSDs/macOS
 _MAP_NORESERVE: int = getattr(mmap, "MAP_NORESERVE",
                               0x4000 if _LINUX else (0x40 if _DARWIN else 0))
 _MS_SYNC = 4 if _LINUX else 0x10
+_MREMAP_MAYMOVE, _MREMAP_FIXED = 1, 2  # Linux
+_MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", 14)
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
@@ -548,6 +550,83 @@ class Mapping:
             if got in (None, _MAP_FAILED):
                 raise _oserror("re-mapping pages", self.path)
         return pages
+
+    # ---- staged ranges (direct fills: bigarr._compute.directfill) -----------------------------
+    def stage(self, span: ByteSpan) -> ByteSpan:
+        """Put anonymous memory holding the file's current bytes under the whole pages of
+        ``span`` (shared mode on Linux; elsewhere nothing); return the page span staged.
+
+        Stores into the staged range stay out of the page cache, so they can be written with
+        ``O_DIRECT`` from this very memory and the range put back on the file by
+        :meth:`unstage` (the direct write drops the file's cached pages of the range, so the
+        mapping then reads what was written). The swap is atomic for other threads: a range
+        in which the file holds no data (``SEEK_DATA``: never written, or preallocated and
+        unwritten, with nothing cached) gets fresh zero pages; any other is read first
+        (``pread``, which sees this mapping's own dirty pages) into new memory that is then
+        moved into place (``mremap``).
+
+        Raises
+        ------
+        FileChangedError
+            If the file shrank below the mapping.
+        MappingError
+            If the OS refuses (out of memory).
+        """
+        self.check_open()
+        pages = span.clip(ByteSpan(0, self.length)).inward(PAGE_SIZE)
+        if (not _LINUX or self.access != "shared" or self.addr == 0 or pages.nbytes == 0
+                or not hasattr(_libc, "mremap")):
+            return ByteSpan(pages.start, pages.start)
+        self.check_file()
+        at, n, first = self.addr + pages.start, pages.nbytes, self.map_offset + pages.start
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        anon = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        try:
+            data = os.lseek(self.fd, first, os.SEEK_DATA)
+        except OSError as exc:  # ENXIO: no data at or after ``first``
+            data = first + n if exc.errno == errno.ENXIO else first
+        if data >= first + n:
+            if _libc.mmap(at, n, prot, anon | _MAP_FIXED, -1, 0) in (None, _MAP_FAILED):
+                raise _oserror("staging a range", self.path)
+        else:
+            tmp = _libc.mmap(None, n, prot, anon, -1, 0)
+            if tmp in (None, _MAP_FAILED):
+                raise _oserror("staging a range", self.path)
+            try:
+                view = memoryview((ctypes.c_char * n).from_address(tmp)).cast("B")
+                done = 0
+                while done < n:
+                    got = os.preadv(self.fd, [view[done:]], first + done)
+                    if got <= 0:
+                        self.check_file()
+                        raise MappingError(errno.EIO, f"short read of {self.path}")
+                    done += got
+                del view
+                if _libc.mremap(tmp, n, n, _MREMAP_MAYMOVE | _MREMAP_FIXED, at) in (
+                        None, _MAP_FAILED):
+                    raise _oserror("staging a range", self.path)
+            except BaseException:
+                _libc.munmap(tmp, n)
+                raise
+        _libc.madvise(at, n, _MADV_HUGEPAGE)  # fewer faults; only a hint
+        return pages
+
+    def protect(self, pages: ByteSpan, *, writable: bool) -> None:
+        """Make a staged page span read-only (while it is being written) or writable again."""
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        if pages.nbytes and _libc.mprotect(self.addr + pages.start, pages.nbytes, prot) != 0:
+            raise _oserror("mprotect", self.path)
+
+    def unstage(self, pages: ByteSpan) -> None:
+        """Map the file again over a span :meth:`stage` returned (atomically, ``MAP_FIXED``);
+        the staged memory is freed. Call it once the staged bytes are in the file."""
+        if not pages.nbytes:
+            return
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        got = _libc.mmap(self.addr + pages.start, pages.nbytes, prot,
+                         mmap.MAP_SHARED | _MAP_FIXED, self.fd, self.map_offset + pages.start)
+        if got in (None, _MAP_FAILED):
+            raise _oserror("re-mapping a staged range", self.path)
 
     # ---- closing -----------------------------------------------------------------------------
     def on_close(self, closer: Callable[[], None]) -> None:

@@ -158,6 +158,31 @@ class Sink:
             self._buffered(done, raw[hi - offset:], hi)
         return done
 
+    def write_from(self, data: np.ndarray[Any, Any], offset: int) -> Written:
+        """Write the C-contiguous array ``data`` at ``offset`` (bytes) straight from its own
+        memory: :meth:`write` without the copy into staging buffers.
+
+        The caller keeps ``data`` unchanged and alive until the returned :class:`Written` has
+        been waited for (an ``iter_chunks(direct=True)`` chunk, made read-only meanwhile).
+        Where ``data``'s address and ``offset`` differ modulo :data:`DIRECT_ALIGN`, or the
+        sink is not direct, this is :meth:`write`.
+        """
+        raw = data.reshape(-1).view(np.uint8)
+        nbytes = int(raw.nbytes)
+        if not self.direct or not nbytes or (raw.ctypes.data - offset) % DIRECT_ALIGN:
+            return self.write(data, offset)
+        done = Written(self.fd)
+        lo = min(align_up(offset, DIRECT_ALIGN), offset + nbytes)
+        hi = max(lo, align_down(offset + nbytes, DIRECT_ALIGN))
+        if lo > offset:
+            self._buffered(done, raw[: lo - offset], offset)
+        for start in range(lo, hi, _PIECE_MAX):
+            piece = raw[start - offset: min(hi, start + _PIECE_MAX) - offset]
+            done._futures.append(self._writers().submit(self._put_from, piece, start))
+        if hi < offset + nbytes:
+            self._buffered(done, raw[hi - offset:], hi)
+        return done
+
     def sync(self) -> None:
         """Make everything written so far durable (``fdatasync``: data, the disk's cache, and
         the metadata needed to read it). Wait for the :class:`Written` first."""
@@ -213,25 +238,30 @@ class Sink:
         return self._free.get()
 
     def _put(self, buf: Buffer, offset: int, nbytes: int) -> None:
-        """Write one staged piece (a writer thread); buffered if ``O_DIRECT`` fails."""
+        """Write one staged piece (a writer thread), then give its buffer back."""
         try:
-            view = memoryview(buf.array[:nbytes].data)
-            fd = self._direct_fd
-            if fd is not None and not self._refused:
-                done = 0
-                try:
-                    while done < nbytes:  # O_DIRECT may write fewer bytes (then aligned ones)
-                        done += os.pwrite(fd, view[done:], offset + done)
-                    return
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL or done:
-                        raise
-                    self._refused = True  # (the descriptor is closed by close(), not here:
-                    # the other writer thread may be using it)
-            pwrite_all(self.fd, buf.array[:nbytes], offset)
-            wait_writeback(self.fd, offset, nbytes)
+            self._put_from(buf.array[:nbytes], offset)
         finally:
             self._free.put(buf)
+
+    def _put_from(self, piece: np.ndarray[Any, Any], offset: int) -> None:
+        """Write one page-aligned piece (a writer thread); buffered if ``O_DIRECT`` fails."""
+        nbytes = int(piece.nbytes)
+        view = memoryview(piece.data)
+        fd = self._direct_fd
+        if fd is not None and not self._refused:
+            done = 0
+            try:
+                while done < nbytes:  # O_DIRECT may write fewer bytes (then aligned ones)
+                    done += os.pwrite(fd, view[done:], offset + done)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or done:
+                    raise
+                self._refused = True  # (the descriptor is closed by close(), not here:
+                # the other writer thread may be using it)
+        pwrite_all(self.fd, piece, offset)
+        wait_writeback(self.fd, offset, nbytes)
 
 
 def _reopen_direct(fd: int, path: str | None) -> int | None:

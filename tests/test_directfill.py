@@ -1,0 +1,205 @@
+"""``iter_chunks(direct=True)`` (bigarr._compute.directfill): chunks staged in anonymous memory
+and written with ``O_DIRECT`` when the loop leaves them, with the mapping coherent throughout.
+
+numpy is the oracle: every test fills a file and an in-memory array the same way and compares
+them through the mapping during and after the loop, after ``close()``, and from the disk
+(the file's cached pages evicted first).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import bigarr
+from bigarr._os.geometry import PAGE_SIZE, ByteSpan
+from bigarr.errors import HintError, ModeError
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="staging uses Linux's mremap and SEEK_DATA")
+
+ROWS, COLS = 20_000, 32  # 2.4 MiB of float32: 10 chunks at a 512 KiB budget
+BUDGET = 512 << 10
+
+
+def _value(chunk: Any) -> np.ndarray[Any, Any]:
+    rows = np.arange(chunk.rows.start, chunk.rows.stop, dtype=np.float32)
+    return rows[:, None] * 10 + np.arange(COLS, dtype=np.float32)
+
+
+def _from_disk(path: Path) -> np.ndarray[Any, Any]:
+    """The file's contents as the disk holds them: its cached pages evicted first."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return np.load(path)
+
+
+def _fill(x: Any, expect: np.ndarray[Any, Any], **kw: Any) -> Iterator[Any]:
+    """Fill ``x`` and ``expect`` chunk by chunk, checking the alias at each step; yields each
+    chunk after it is filled (so a test can stop or raise there)."""
+    for chunk, view in x.iter_chunks(kw.pop("budget", BUDGET), progress=False, direct=True,
+                                     **kw):
+        view[...] = _value(chunk)
+        expect[chunk.key] = _value(chunk)
+        np.testing.assert_array_equal(x[chunk.key], expect[chunk.key])  # view and x alias
+        yield chunk
+
+
+def test_direct_fill_is_coherent_and_durable(tmp_path: Path) -> None:
+    path = tmp_path / "f.npy"
+    x = bigarr.create(path, (ROWS, COLS), np.float32)
+    expect = np.zeros((ROWS, COLS), np.float32)
+    before = float(x[-1, -1])  # the last page mapped and cached before the loop
+    chunks = list(_fill(x, expect))
+    assert before == 0 and len(chunks) >= 8
+    np.testing.assert_array_equal(x[...], expect)  # through the mapping, before close()
+    x.close()
+    np.testing.assert_array_equal(_from_disk(path), expect)
+
+
+def test_an_exception_keeps_every_write_made_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "f.npy"
+    x = bigarr.create(path, (ROWS, COLS), np.float32)
+    expect = np.zeros((ROWS, COLS), np.float32)
+    with pytest.raises(ZeroDivisionError):
+        for chunk in _fill(x, expect):
+            if chunk.index == 3:
+                x[chunk.rows.start, 0] = -1.0  # the chunk in hand, written through x
+                expect[chunk.rows.start, 0] = -1.0
+                raise ZeroDivisionError
+    x.close()  # the loop's generator may still be alive (the traceback): close() writes
+    np.testing.assert_array_equal(_from_disk(path), expect)
+
+
+def test_a_break_writes_the_chunk_in_hand_and_the_array_stays_usable(tmp_path: Path) -> None:
+    path = tmp_path / "f.npy"
+    x = bigarr.create(path, (ROWS, COLS), np.float32)
+    expect = np.zeros((ROWS, COLS), np.float32)
+    loop = _fill(x, expect)
+    for chunk in loop:
+        if chunk.index == 2:
+            break
+    loop.close()
+    np.testing.assert_array_equal(x[...], expect)
+    x[-1] = 7.0  # the mapping is the file's again everywhere: ordinary writes work
+    expect[-1] = 7.0
+    x.close()
+    np.testing.assert_array_equal(_from_disk(path), expect)
+
+
+def test_existing_data_and_writes_ahead_of_the_loop_are_kept(tmp_path: Path) -> None:
+    """A chunk of a file that holds data is staged with that data (and with what was written
+    through the mapping since), so elements the loop does not write keep their values."""
+    path = tmp_path / "f.npy"
+    old = np.random.default_rng(0).standard_normal((ROWS, COLS)).astype(np.float32)
+    np.save(path, old)  # a 128-byte header: the data does not start on a page
+    expect = old.copy()
+    x = bigarr.open(path, "r+")
+    x[ROWS - 5] = 3.0  # ahead of the loop, through the mapping (dirty page cache)
+    expect[ROWS - 5] = 3.0
+    for chunk, view in x.iter_chunks(BUDGET, progress=False, direct=True):
+        view[::2] = _value(chunk)[::2]  # every other row: the rest must stay as it was
+        expect[chunk.key][::2] = _value(chunk)[::2]
+    np.testing.assert_array_equal(x[...], expect)
+    x.close()
+    np.testing.assert_array_equal(_from_disk(path), expect)
+
+
+def test_fortran_order_and_a_tail_that_ends_mid_page(tmp_path: Path) -> None:
+    path = tmp_path / "f.npy"
+    shape = (3001, 77)  # 924,308 bytes of float32: the last page is partial
+    x = bigarr.create(path, shape, np.float32, order="F")
+    expect = np.zeros(shape, np.float32, order="F")
+    for chunk, view in x.iter_chunks(256 << 10, progress=False, direct=True):
+        view[...] = chunk.index + 1
+        expect[chunk.key] = chunk.index + 1
+    assert x.nbytes % PAGE_SIZE
+    np.testing.assert_array_equal(x[...], expect)
+    x.close()
+    np.testing.assert_array_equal(_from_disk(path), expect)
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no tmpfs at /dev/shm")
+def test_tmpfs_falls_back_to_buffered_writes() -> None:
+    path = Path("/dev/shm") / f"bigarr-directfill-{os.getpid()}.npy"
+    try:
+        x = bigarr.create(path, (ROWS, COLS), np.float32, overwrite=True)
+        expect = np.zeros((ROWS, COLS), np.float32)
+        for _ in _fill(x, expect):
+            pass
+        np.testing.assert_array_equal(x[...], expect)
+        x.close()
+        np.testing.assert_array_equal(np.load(path), expect)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_direct_needs_shared_mode_and_its_own_release(tmp_path: Path) -> None:
+    path = tmp_path / "f.npy"
+    bigarr.create(path, (ROWS, COLS), np.float32).close()
+    for mode in ("r", "private"):
+        with bigarr.open(path, mode) as y, pytest.raises(ModeError, match="shared"):
+            next(y.iter_chunks(BUDGET, progress=False, direct=True))
+    with bigarr.open(path, "r+") as y, pytest.raises(HintError, match="direct"):
+        next(y.iter_chunks(BUDGET, progress=False, direct=True, release=True))
+
+
+def test_chunks_are_staged_and_bypass_the_page_cache(tmp_path: Path) -> None:
+    """The chunk in hand is anonymous memory (not the file's pages), and once written the
+    range is in the file but not in its page cache (where the file system took O_DIRECT)."""
+    from bigarr._os.cachestat import cached_pages
+
+    path = tmp_path / "f.npy"
+    x = bigarr.create(path, (ROWS, COLS), np.float32)
+    m = x._bigarr
+    spans = []
+    for _chunk, view in x.iter_chunks(BUDGET, progress=False, direct=True):
+        view[...] = 1.0
+        start = m.offset_of(view)
+        entries = m.pagemap(ByteSpan(start, start + view.nbytes))
+        assert not np.any(entries & (1 << 61)), "a file page under the chunk in hand"
+        spans.append((m.map_offset + start, view.nbytes))
+    offset, nbytes = spans[0]
+    cached = cached_pages(m.fd, offset, nbytes)
+    x.close()
+    if cached is None:
+        pytest.skip("no cachestat on this kernel")
+    assert cached == 0, f"{cached} pages of the first chunk went through the page cache"
+
+
+def test_writing_a_chunk_the_loop_has_left_crashes_rather_than_losing_the_write(
+    tmp_path: Path,
+) -> None:
+    import signal
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import numpy as np, bigarr
+        x = bigarr.create({str(tmp_path / "f.npy")!r}, ({ROWS}, {COLS}), np.float32)
+        old = None
+        for chunk, view in x.iter_chunks({BUDGET}, progress=False, direct=True):
+            if old is not None:
+                old[0] = 1.0  # the chunk before: still being written, read-only
+            old = view
+        print("not reached")
+    """)
+    def no_core() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ), preexec_fn=no_core)
+    assert proc.returncode == -signal.SIGSEGV, (proc.returncode, proc.stderr[-2000:])
+    assert "not reached" not in proc.stdout
