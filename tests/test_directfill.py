@@ -9,6 +9,9 @@ them through the mapping during and after the loop, after ``close()``, and from 
 from __future__ import annotations
 
 import os
+import resource
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +21,7 @@ import numpy as np
 import pytest
 
 import bigarr
+from bigarr._core.tracking import uffd_available
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan
 from bigarr.errors import HintError, ModeError
 
@@ -177,29 +181,59 @@ def test_chunks_are_staged_and_bypass_the_page_cache(tmp_path: Path) -> None:
     assert cached == 0, f"{cached} pages of the first chunk went through the page cache"
 
 
-def test_writing_a_chunk_the_loop_has_left_crashes_rather_than_losing_the_write(
-    tmp_path: Path,
-) -> None:
-    import signal
-    import subprocess
-    import textwrap
+_LATE = """
+import numpy as np, bigarr
+{patch}
+x = bigarr.create({path!r}, ({rows}, {cols}), np.float32)
+old = None
+for chunk, view in x.iter_chunks({budget}, progress=False, direct=True):
+    if old is not None:
+        old[0] = 5.0  # the chunk before: still on its way to the disk
+    old = view
+x.close()
+print("done")
+"""
 
-    code = textwrap.dedent(f"""
-        import numpy as np, bigarr
-        x = bigarr.create({str(tmp_path / "f.npy")!r}, ({ROWS}, {COLS}), np.float32)
-        old = None
-        for chunk, view in x.iter_chunks({BUDGET}, progress=False, direct=True):
-            if old is not None:
-                old[0] = 1.0  # the chunk before: still being written, read-only
-            old = view
-        print("not reached")
-    """)
+
+def _late(tmp_path: Path, patch: str = "") -> subprocess.CompletedProcess[str]:
+    """Run a direct fill that writes into each chunk the loop has just left."""
     def no_core() -> None:
-        import resource
-
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    code = _LATE.format(patch=patch, path=str(tmp_path / "f.npy"), rows=ROWS, cols=COLS,
+                        budget=BUDGET)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env=dict(os.environ), preexec_fn=no_core)
+
+
+@pytest.mark.skipif(not uffd_available(), reason="no userfaultfd write-protect here")
+def test_writes_into_a_chunk_the_loop_has_left_are_kept(tmp_path: Path) -> None:
+    """The chunk on its way to the disk is watched (userfaultfd): pages written meanwhile are
+    written again before the range maps the file."""
+    path = tmp_path / "f.npy"
+    x = bigarr.create(path, (ROWS, COLS), np.float32)
+    expect = np.zeros((ROWS, COLS), np.float32)
+    old: Any = None
+    old_row = 0
+    for chunk, view in x.iter_chunks(BUDGET, progress=False, direct=True):
+        view[...] = 1.0
+        expect[chunk.key] = 1.0
+        if old is not None:  # the chunk before: on its way to the disk
+            old[0] = 5.0
+            x[old_row + 1] = 6.0
+            expect[old_row] = 5.0
+            expect[old_row + 1] = 6.0
+        old, old_row = view, chunk.rows.start
+    del old
+    np.testing.assert_array_equal(x[...], expect)
+    x.close()
+    np.testing.assert_array_equal(_from_disk(path), expect)
+
+
+def test_without_a_watch_a_chunk_on_its_way_is_read_only(tmp_path: Path) -> None:
+    """Where userfaultfd cannot watch it, the chunk being written is read-only: writing into
+    it crashes the process rather than losing the write."""
+    proc = _late(tmp_path, "import bigarr._core.tracking as t\n"
+                           "t.watch_writes = lambda addr, nbytes: None")
     assert proc.returncode == -signal.SIGSEGV, (proc.returncode, proc.stderr[-2000:])
-    assert "not reached" not in proc.stdout
+    assert "done" not in proc.stdout

@@ -171,3 +171,28 @@ def test_map_blocks_through_the_sink_equals_numpy(tmp_path: Path, where: str,
             for p in folder.iterdir():
                 p.unlink()
             folder.rmdir()
+
+
+@pytest.mark.parametrize("shift", [0, 100])
+def test_write_from_writes_from_the_callers_memory(tmp_path: Path, shift: int) -> None:
+    """``write_from``: no staging buffer when the memory and the offset share an alignment
+    (shift 0: head and tail buffered, the middle direct), else the copying ``write``."""
+    size = 9 * DIRECT_ALIGN
+    src = sink_mod.Buffer(size + DIRECT_ALIGN)  # page-aligned memory
+    data = np.random.default_rng(3).integers(0, 256, size, dtype=np.uint8)
+    at = 3 * DIRECT_ALIGN + 77
+    piece = src.array[77 + shift:77 + shift + size - 500]
+    piece[...] = data[: size - 500]
+    path = tmp_path / "w.bin"
+    fd = _new_file(path, 12 * DIRECT_ALIGN)
+    try:
+        with Sink(fd, str(path)) as sink:
+            sink.write_from(piece, at).wait()
+            if sink.direct:  # staging buffers only for memory out of step with the file
+                assert (sink._made > 0) == (shift != 0)
+            sink.sync()
+    finally:
+        os.close(fd)
+    got = np.frombuffer(path.read_bytes(), np.uint8)
+    assert not got[:at].any() and not got[at + piece.size:].any()
+    np.testing.assert_array_equal(got[at:at + piece.size], data[: size - 500])

@@ -38,12 +38,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bigarr._os.geometry import ByteSpan
 from bigarr._os.mapping import Mapping
 from bigarr._os.sink import Sink, Written
 from bigarr._plan.chunks import Chunk
+
+if TYPE_CHECKING:
+    from bigarr._core.tracking import WriteWatch
 
 __all__ = ["DirectFill", "staged"]
 
@@ -60,8 +63,12 @@ class DirectFill:
         self.sink = Sink(mapping.fd, mapping.path, direct=True)
         self._lock = threading.RLock()
         self._current: ByteSpan | None = None  # staged, being filled
-        self._flight: tuple[ByteSpan, Written] | None = None  # staged, read-only, on its way
+        # staged, on its way, watched for writes (or read-only where nothing can watch)
+        self._flight: tuple[ByteSpan, Written, WriteWatch | None] | None = None
         self._finished = False
+        from bigarr._core.tracking import watch_writes  # (imported only by a direct fill)
+
+        self._watch = watch_writes
         mapping.on_close(self.finish)
 
     def stage(self, view: Any) -> None:
@@ -79,28 +86,43 @@ class DirectFill:
             current, self._current = self._current, None
             flight = None
             if current is not None and current.nbytes:
-                self.mapping.protect(current, writable=False)
-                data = self.mapping.root[current.start:current.stop]
+                watch = self._watch(self.mapping.addr + current.start, current.nbytes)
+                if watch is None:  # no userfaultfd: a late write must fail, not vanish
+                    self.mapping.protect(current, writable=False)
                 try:
-                    written = self.sink.write_from(data, self.mapping.map_offset + current.start)
+                    written = self._write(current)
                 except BaseException:  # kept staged and writable: finish() tries again
-                    self.mapping.protect(current, writable=True)
+                    if watch is None:
+                        self.mapping.protect(current, writable=True)
+                    else:
+                        watch.close()
                     self._current = current
                     raise
-                flight = (current, written)
+                flight = (current, written, watch)
             try:
                 self._land()
             finally:
                 self._flight = flight
 
+    def _write(self, pages: ByteSpan) -> Written:
+        data = self.mapping.root[pages.start:pages.stop]
+        return self.sink.write_from(data, self.mapping.map_offset + pages.start)
+
     def _land(self) -> None:
         flight, self._flight = self._flight, None
         if flight is None:
             return
-        pages, written = flight
+        pages, written, watch = flight
         try:
             written.wait()
+            # Pages written into the chunk while it was on its way (through an old view, or
+            # x): written again, until none is left (each scan protects what it reports).
+            while watch is not None and (late := watch.scan(reset=True)):
+                for start, stop in late:
+                    self._write(ByteSpan(pages.start + start, pages.start + stop)).wait()
         finally:  # written, or failed (EIO, ENOSPC: raised): the range maps the file again
+            if watch is not None:
+                watch.close()
             self.mapping.unstage(pages)
 
     def finish(self) -> None:

@@ -62,6 +62,7 @@ STAGING_MAX = 32 << 20
 filled. It takes the place of the dirty page cache the flush window allowed before."""
 
 _PIECE_MAX = 8 << 20
+_FROM_PIECE = 16 << 20  # write_from: the caller's memory, no staging to bound (disk_write's size)
 _WRITERS = 2  # writes in flight, as in machine.disk_write
 
 
@@ -176,8 +177,8 @@ class Sink:
         hi = max(lo, align_down(offset + nbytes, DIRECT_ALIGN))
         if lo > offset:
             self._buffered(done, raw[: lo - offset], offset)
-        for start in range(lo, hi, _PIECE_MAX):
-            piece = raw[start - offset: min(hi, start + _PIECE_MAX) - offset]
+        for start in range(lo, hi, _FROM_PIECE):
+            piece = raw[start - offset: min(hi, start + _FROM_PIECE) - offset]
             done._futures.append(self._writers().submit(self._put_from, piece, start))
         if hi < offset + nbytes:
             self._buffered(done, raw[hi - offset:], hi)
