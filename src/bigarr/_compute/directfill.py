@@ -9,14 +9,21 @@ reclaim one 4 KiB page at a time; on this project's virtio disk that ran at 0.19
    (:meth:`bigarr._os.mapping.Mapping.stage`): anonymous memory holding the file's current
    bytes is put at the same addresses. ``view`` and ``x`` still alias each other: whatever
    the loop writes, through either, lands in the staged memory and reads back as written;
-2. when the loop moves on (or ends, breaks, raises, or ``x.close()`` is called), the chunk is
-   made read-only and its staged memory handed to the file's
-   :class:`~bigarr._os.sink.Sink`, which writes it with ``O_DIRECT`` from that memory (no
-   copy, two writes in flight) while the loop fills the next chunk;
-3. at the step after, once those writes are on the disk, the range is mapped from the file
-   again (:meth:`~bigarr._os.mapping.Mapping.unstage`). The direct write dropped the file's
-   cached pages of the range (the kernel invalidates them, and unmaps them from every
-   mapping), so reads through the mapping then show the written bytes.
+2. when the loop moves on (or ends, breaks, raises, or ``x.close()`` is called), the chunk's
+   staged memory is handed to the file's :class:`~bigarr._os.sink.Sink`, which writes it with
+   ``O_DIRECT`` from that memory (no copy, two 16 MiB writes in flight) while the loop fills
+   the next chunk. Meanwhile the chunk is *watched*: an asynchronous userfaultfd
+   write-protection (:func:`bigarr._core.tracking.watch_writes`) notes every page written
+   into it (through an old view, or ``x``), at no cost until such a write;
+3. at the step after, once those writes are on the disk, the pages written meanwhile are
+   written again (until none is left), and the range is mapped from the file again
+   (:meth:`~bigarr._os.mapping.Mapping.unstage`). The direct write dropped the file's cached
+   pages of the range (the kernel invalidates them, and unmaps them from every mapping), so
+   reads through the mapping then show the written bytes.
+
+Where userfaultfd cannot watch (before Linux 6.7, or not allowed to this process), the chunk
+is made read-only instead while it is written: a write into it then crashes the process
+(SIGSEGV) rather than being lost.
 
 The bytes at the edges of the array that share a page with other data (never for an array
 made by ``bigarr.create``, whose data is page-aligned, except the last partial page) stay
@@ -28,10 +35,10 @@ staged memory goes when its range is unstaged).
 
 What the caller gives up (the reason this is opt-in): other mappings of the file, in this
 process or others, see a chunk's bytes only once it is written; ``x.flush()`` does not write
-a chunk still staged; and a chunk the loop has left is read-only until the next step, so
-writing into it then (through an old view or ``x``) crashes the process (SIGSEGV) rather than
-losing the write. Where ``O_DIRECT`` is refused (tmpfs, some FUSE file systems) the sink writes
-buffered instead, with the same semantics.
+the chunk in hand (the step after it, the loop's end and ``close()`` do); a write by another
+thread into the chunk being written, in the instant between its last check and its unstaging,
+is lost; and without userfaultfd, the crash above. Where ``O_DIRECT`` is refused (tmpfs, some
+FUSE file systems) the sink writes buffered instead, with the same semantics.
 """
 
 from __future__ import annotations

@@ -444,10 +444,10 @@ class memmap(np.memmap):
             anonymous memory while the loop has it (``view`` and the array still alias) and
             are written with ``O_DIRECT`` when the loop moves on. A chunk reaches the file
             and its other mappings only then (``flush()`` skips the chunk in hand; the loop's
-            end, ``break``, an exception and ``close()`` write it), and the chunk just left is
-            read-only until the next step: writing into it then crashes the process
-            (SIGSEGV). Two chunks of half the budget; no prefetch or release. Buffered where
-            ``O_DIRECT`` is refused (tmpfs). See README, "Filling a file".
+            end, ``break``, an exception and ``close()`` write it). Writes into the chunk just
+            left are kept (userfaultfd; without it the chunk is read-only until the next step,
+            and such a write crashes). Two chunks of half the budget; no prefetch or release.
+            Buffered where ``O_DIRECT`` is refused (tmpfs). See README, "Filling a file".
 
         Returns
         -------

@@ -29,7 +29,9 @@ mapping 0.13-0.19 GB/s.
 
 Direct writes bypass the page cache, so they are only for files no mapping has dirtied or
 read in the same range: a new output (``map_blocks``' partial file, ``from_zarr``'s new file),
-never a user's array written in place.
+never a user's array written in place, except through :meth:`Sink.write_from`: the staged
+chunks of ``iter_chunks(direct=True)`` (:mod:`bigarr._compute.directfill`), whose range of the
+mapping is anonymous memory while it is written, are written from that memory without a copy.
 """
 
 from __future__ import annotations
