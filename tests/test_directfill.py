@@ -237,3 +237,17 @@ def test_without_a_watch_a_chunk_on_its_way_is_read_only(tmp_path: Path) -> None
                            "t.watch_writes = lambda addr, nbytes: None")
     assert proc.returncode == -signal.SIGSEGV, (proc.returncode, proc.stderr[-2000:])
     assert "done" not in proc.stdout
+
+
+def test_release_behind_of_another_run_never_drops_a_staged_chunk(tmp_path: Path) -> None:
+    """A reduction over the array inside the loop releases its input pages behind it
+    (``MADV_DONTNEED``); on the staged chunk that would throw the chunk's writes away."""
+    path = tmp_path / "f.npy"
+    x = bigarr.create(path, (ROWS, COLS), np.float32)
+    expect = np.zeros((ROWS, COLS), np.float32)
+    for chunk in _fill(x, expect):
+        got = bigarr.sum(x, dtype=np.float64, budget="256KiB", threads=1, progress=False)
+        assert float(got) == float(expect.sum(dtype=np.float64)), chunk.index
+    np.testing.assert_array_equal(x[...], expect)
+    x.close()
+    np.testing.assert_array_equal(_from_disk(path), expect)

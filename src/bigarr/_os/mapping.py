@@ -177,6 +177,7 @@ class Mapping:
         self._arrays: dict[int, weakref.ref[np.ndarray[Any, Any]]] = {}
         self._lent: set[int] = set()
         self._closers: list[Callable[[], None]] = []
+        self._staged: list[ByteSpan] = []  # page spans under anonymous memory (stage())
         flags = os.O_RDWR if access == "shared" else os.O_RDONLY
         try:
             self.fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0)) if fd is None \
@@ -361,13 +362,22 @@ class Mapping:
             return False
         if rng is None:
             return True
-        if _libc.madvise(rng[0], rng[1], hint.advice) != 0:
-            err = ctypes.get_errno()
-            if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                return False  # a hint this kernel (or this file system) lacks: a no-op
-            if err == errno.EFAULT:  # populate_* past the end of a file cut under the mapping
-                self.check_file()
-            raise _oserror(f"madvise({hint.name})", self.path)
+        pieces = [rng]
+        if hint.drops_pages:  # never the staged ranges: dropping those would lose their writes
+            for staged in list(self._staged):
+                lo, hi = self.addr + staged.start, self.addr + staged.stop
+                pieces = [part for at, n in pieces
+                          for part in ((at, min(at + n, lo) - at),
+                                       (max(at, hi), at + n - max(at, hi)))
+                          if part[1] > 0]
+        for at, n in pieces:
+            if _libc.madvise(at, n, hint.advice) != 0:
+                err = ctypes.get_errno()
+                if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    return False  # a hint this kernel (or this file system) lacks: a no-op
+                if err == errno.EFAULT:  # populate_* past the end of a file cut under the map
+                    self.check_file()
+                raise _oserror(f"madvise({hint.name})", self.path)
         return True
 
     def sync(self, span: ByteSpan) -> None:
@@ -563,7 +573,8 @@ class Mapping:
         in which the file holds no data (``SEEK_DATA``: never written, or preallocated and
         unwritten, with nothing cached) gets fresh zero pages; any other is read first
         (``pread``, which sees this mapping's own dirty pages) into new memory that is then
-        moved into place (``mremap``).
+        moved into place (``mremap``). Until :meth:`unstage`, :meth:`advise` never drops the
+        span's pages (release-behind of another run over the same array would lose them).
 
         Raises
         ------
@@ -609,6 +620,7 @@ class Mapping:
                 _libc.munmap(tmp, n)
                 raise
         _libc.madvise(at, n, _MADV_HUGEPAGE)  # fewer faults; only a hint
+        self._staged.append(pages)
         return pages
 
     def protect(self, pages: ByteSpan, *, writable: bool) -> None:
@@ -627,6 +639,7 @@ class Mapping:
                          mmap.MAP_SHARED | _MAP_FIXED, self.fd, self.map_offset + pages.start)
         if got in (None, _MAP_FAILED):
             raise _oserror("re-mapping a staged range", self.path)
+        self._staged.remove(pages)
 
     # ---- closing -----------------------------------------------------------------------------
     def on_close(self, closer: Callable[[], None]) -> None:
