@@ -251,3 +251,16 @@ def test_release_behind_of_another_run_never_drops_a_staged_chunk(tmp_path: Path
     np.testing.assert_array_equal(x[...], expect)
     x.close()
     np.testing.assert_array_equal(_from_disk(path), expect)
+
+
+def test_a_strided_view_is_filled_through_the_mapping_and_a_tiny_budget_is_explained(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "f.npy"
+    x = bigarr.create(path, (ROWS, COLS), np.float32)
+    for chunk, view in x[:, :4].iter_chunks(BUDGET, progress=False, direct=True):
+        view[...] = chunk.index + 1
+    assert x[0, 0] == 1 and x[0, 4] == 0 and x[-1, 3] > 1
+    with pytest.raises(bigarr.errors.BudgetError, match="direct=True"):
+        next(x.iter_chunks(COLS * 4, progress=False, direct=True))
+    x.close()

@@ -263,7 +263,7 @@ def iter_chunks(
     direct
         Write each chunk with ``O_DIRECT`` when the loop leaves it (shared mode; see
         :mod:`bigarr._compute.directfill`): two chunks of half the budget, no prefetch, no
-        release-behind.
+        release-behind. A non-contiguous view is iterated as without it.
 
     Raises
     ------
@@ -279,6 +279,8 @@ def iter_chunks(
         If the file shrinks under the array (checked before each chunk, instead of a SIGBUS).
     """
     mapping = _mapping_of(arr)
+    if direct and not (arr.flags.c_contiguous or arr.flags.f_contiguous):
+        direct = False  # strided rows share pages with other rows: the mapping's own path
     if direct:
         if mapping.access != "shared":
             raise ModeError(
@@ -310,6 +312,11 @@ def iter_chunks(
         plan = plan_run("iter_chunks", [stream], budget=budget, threads=0, prefetch=ahead,
                         layout="keys", release=bool(release), min_chunk=1)
     except BudgetError as exc:
+        if direct:
+            raise BudgetError(
+                f"{exc} (With direct=True, the budget holds 2 chunks: the one filled and the "
+                "one being written; raise the budget.)"
+            ) from None
         if not ahead:
             raise
         raise BudgetError(
