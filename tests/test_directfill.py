@@ -264,3 +264,33 @@ def test_a_strided_view_is_filled_through_the_mapping_and_a_tiny_budget_is_expla
     with pytest.raises(bigarr.errors.BudgetError, match="direct=True"):
         next(x.iter_chunks(COLS * 4, progress=False, direct=True))
     x.close()
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_memory_made_ready_ahead_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        existing: bool) -> None:
+    """With a budget of three chunks of at least SPARE_MIN, each chunk's memory is made
+    ready by a helper thread (zeroed, or read into when the file holds data) and moved in."""
+    from bigarr._compute.directfill import SPARE_MIN
+    from bigarr._os.mapping import Spare
+
+    spent = []
+    real = Spare.spent
+    monkeypatch.setattr(Spare, "spent", lambda self: (spent.append(self.nbytes), real(self)))
+    rows = 4 * SPARE_MIN // (COLS * 4) + 123
+    path = tmp_path / "f.npy"
+    old = np.arange(rows * COLS, dtype=np.float32).reshape(rows, COLS)
+    if existing:
+        np.save(path, old)
+        x = bigarr.open(path, "r+")
+        expect = old.copy()
+    else:
+        x = bigarr.create(path, (rows, COLS), np.float32)
+        expect = np.zeros_like(old)
+    for chunk, view in x.iter_chunks(3 * SPARE_MIN, progress=False, direct=True):
+        view[1::3] = -chunk.index
+        expect[chunk.key][1::3] = -chunk.index
+    np.testing.assert_array_equal(x[...], expect)
+    x.close()
+    np.testing.assert_array_equal(_from_disk(path), expect)
+    assert len(spent) >= 3, spent  # all chunks but the first (and a last of its own size)

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bigarr._compute.directfill import DirectFill, staged
+from bigarr._compute.directfill import CHUNK_MAX, SPARE_MIN, DirectFill, staged
 from bigarr._compute.engine import execute
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.progress import Progress, ProgressArg
@@ -262,8 +262,9 @@ def iter_chunks(
         Label for the progress bar (the file name by default).
     direct
         Write each chunk with ``O_DIRECT`` when the loop leaves it (shared mode; see
-        :mod:`bigarr._compute.directfill`): two chunks of half the budget, no prefetch, no
-        release-behind. A non-contiguous view is iterated as without it.
+        :mod:`bigarr._compute.directfill`): chunks of half the budget, at most 32 MiB, the
+        rest of the budget holding chunks in flight; no prefetch, no release-behind. A
+        non-contiguous view is iterated as without it.
 
     Raises
     ------
@@ -281,6 +282,7 @@ def iter_chunks(
     mapping = _mapping_of(arr)
     if direct and not (arr.flags.c_contiguous or arr.flags.f_contiguous):
         direct = False  # strided rows share pages with other rows: the mapping's own path
+    total = parse_size(budget, name="budget") if direct else 0
     if direct:
         if mapping.access != "shared":
             raise ModeError(
@@ -297,7 +299,8 @@ def iter_chunks(
                 "(track_writes); fill the array first, or track with method='checksum'."
             )
         release, prefetch = False, 0
-        budget = max(1, parse_size(budget, name="budget") // 2)  # filled + being written
+        # one filled, one being written and (budget allowing) one made ready ahead
+        budget = max(1, min(total // 3 if total >= 3 * SPARE_MIN else total // 2, CHUNK_MAX))
     if release is None:
         release = mapping.access != "private"
     elif release and mapping.access == "private":
@@ -323,8 +326,12 @@ def iter_chunks(
             f"{exc} (With prefetch on, the budget holds {ahead + 1} chunks: the one consumed "
             f"and {ahead} read ahead; raise the budget, or pass prefetch=0.)"
         ) from None
+    in_flight = spares = 0
+    if direct:
+        spares = int(total >= 3 * SPARE_MIN)
+        in_flight = max(1, total // max(1, plan.chunks.max_chunk_bytes) - 1 - spares)
     return _walk(arr, mapping, stream, plan, progress=progress, pattern=pattern, desc=desc,
-                 direct=direct)
+                 in_flight=in_flight, spares=bool(spares))
 
 
 def _checked(steps: Iterator[tuple[Chunk, Any]],
@@ -349,7 +356,8 @@ def _walk(
     progress: ProgressArg,
     pattern: Hint | None,
     desc: str | None,
-    direct: bool = False,
+    in_flight: int = 0,
+    spares: bool = False,
 ) -> Iterator[tuple[Chunk, Any]]:
     whole = extent(arr, mapping)
     label = desc if desc is not None else str(getattr(arr, "filename", "") or "bigarr")
@@ -363,8 +371,8 @@ def _walk(
             # a view even for a 0-d array: arr[..., ] of the chunk's key
             steps = execute(plan, lambda c, _blocks: arr[(*c.key, Ellipsis)], [stream],
                             progress=bar)
-            if direct:
-                steps = staged(steps, DirectFill(mapping))
+            if in_flight:  # direct=True
+                steps = staged(steps, DirectFill(mapping, in_flight, spares=spares))
             if mapping.access == "private" and ChunkCheck.needed(mapping):
                 steps = _checked(steps, ChunkCheck(mapping))
             yield from steps

@@ -59,7 +59,7 @@ from bigarr.errors import (
     UnsupportedError,
 )
 
-__all__ = ["Mapping", "check_mapped", "mapped_file"]
+__all__ = ["Mapping", "Spare", "check_mapped", "mapped_file"]
 
 _LINUX = sys.platform.startswith("linux")
 _DARWIN = sys.platform == "darwin"
@@ -71,6 +71,7 @@ _MAP_NORESERVE: int = getattr(mmap, "MAP_NORESERVE",
 _MS_SYNC = 4 if _LINUX else 0x10
 _MREMAP_MAYMOVE, _MREMAP_FIXED = 1, 2  # Linux
 _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", 14)
+_MADV_POPULATE_WRITE = 23  # Linux 5.14+; EINVAL before (then the pages fault in on use)
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
@@ -142,6 +143,39 @@ class _Region:
             "version": 3,
         }
         weakref.finalize(self, _libc.munmap, addr, length).atexit = False
+
+
+class Spare:
+    """Anonymous memory made ready for :meth:`Mapping.stage` (its pages allocated and zeroed,
+    ``MADV_POPULATE_WRITE``), so that allocating them, which costs more CPU time than
+    filling them, can be done ahead on another thread. Freed when dropped unless spent.
+
+    Parameters
+    ----------
+    nbytes
+        Size in bytes (rounded up to whole pages).
+    """
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = align_up(max(1, nbytes), PAGE_SIZE)
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        addr = _libc.mmap(None, self.nbytes, prot, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        if addr in (None, _MAP_FAILED):
+            raise _oserror("allocating staging memory", "anonymous memory")
+        self.addr = int(addr)
+        self._free = weakref.finalize(self, _libc.munmap, self.addr, self.nbytes)
+        _libc.madvise(self.addr, self.nbytes, _MADV_HUGEPAGE)  # hints: failures change nothing
+        _libc.madvise(self.addr, self.nbytes, _MADV_POPULATE_WRITE)
+
+    def spent(self) -> None:
+        """The pages were moved away: the range is no longer this object's to unmap."""
+        self._free.detach()
+        self.addr = 0
+
+    def free(self) -> None:
+        """Unmap the memory now (idempotent)."""
+        self._free()
+        self.addr = 0
 
 
 class Mapping:
@@ -562,7 +596,7 @@ class Mapping:
         return pages
 
     # ---- staged ranges (direct fills: bigarr._compute.directfill) -----------------------------
-    def stage(self, span: ByteSpan) -> ByteSpan:
+    def stage(self, span: ByteSpan, spare: Spare | None = None) -> ByteSpan:
         """Put anonymous memory holding the file's current bytes under the whole pages of
         ``span`` (shared mode on Linux; elsewhere nothing); return the page span staged.
 
@@ -573,8 +607,10 @@ class Mapping:
         in which the file holds no data (``SEEK_DATA``: never written, or preallocated and
         unwritten, with nothing cached) gets fresh zero pages; any other is read first
         (``pread``, which sees this mapping's own dirty pages) into new memory that is then
-        moved into place (``mremap``). Until :meth:`unstage`, :meth:`advise` never drops the
-        span's pages (release-behind of another run over the same array would lose them).
+        moved into place (``mremap``). A :class:`Spare` of the staged size is used instead of
+        new memory (moved into place, or read into first), and is then spent. Until
+        :meth:`unstage`, :meth:`advise` never drops the span's pages (release-behind of
+        another run over the same array would lose them).
 
         Raises
         ------
@@ -596,28 +632,35 @@ class Mapping:
             data = os.lseek(self.fd, first, os.SEEK_DATA)
         except OSError as exc:  # ENXIO: no data at or after ``first``
             data = first + n if exc.errno == errno.ENXIO else first
-        if data >= first + n:
+        spare = spare if spare is not None and spare.nbytes == n and spare.addr else None
+        if data >= first + n and spare is None:
             if _libc.mmap(at, n, prot, anon | _MAP_FIXED, -1, 0) in (None, _MAP_FAILED):
                 raise _oserror("staging a range", self.path)
         else:
-            tmp = _libc.mmap(None, n, prot, anon, -1, 0)
+            tmp = spare.addr if spare is not None else _libc.mmap(None, n, prot, anon, -1, 0)
             if tmp in (None, _MAP_FAILED):
                 raise _oserror("staging a range", self.path)
             try:
-                view = memoryview((ctypes.c_char * n).from_address(tmp)).cast("B")
-                done = 0
-                while done < n:
-                    got = os.preadv(self.fd, [view[done:]], first + done)
-                    if got <= 0:
-                        self.check_file()
-                        raise MappingError(errno.EIO, f"short read of {self.path}")
-                    done += got
-                del view
+                if data < first + n:
+                    view = memoryview((ctypes.c_char * n).from_address(tmp)).cast("B")
+                    done = 0
+                    while done < n:
+                        got = os.preadv(self.fd, [view[done:]], first + done)
+                        if got <= 0:
+                            self.check_file()
+                            raise MappingError(errno.EIO, f"short read of {self.path}")
+                        done += got
+                    del view
                 if _libc.mremap(tmp, n, n, _MREMAP_MAYMOVE | _MREMAP_FIXED, at) in (
                         None, _MAP_FAILED):
                     raise _oserror("staging a range", self.path)
+                if spare is not None:
+                    spare.spent()  # its pages live at ``at`` now; its own range is gone
             except BaseException:
-                _libc.munmap(tmp, n)
+                if spare is not None:
+                    spare.free()
+                else:
+                    _libc.munmap(tmp, n)
                 raise
         _libc.madvise(at, n, _MADV_HUGEPAGE)  # fewer faults; only a hint
         self._staged.append(pages)
