@@ -29,9 +29,12 @@ The bytes at the edges of the array that share a page with other data (never for
 made by ``bigarr.create``, whose data is page-aligned, except the last partial page) stay
 mapped from the file and are written through the page cache as usual.
 
-Memory: at most two chunks are staged at once (the one being filled and the one being
-written), so chunks are planned at half the budget; nothing is prefetched or released (the
-staged memory goes when its range is unstaged).
+Memory: chunks are planned at a third of the budget, at most :data:`CHUNK_MAX` (the disk
+waits for the first one to be filled): the one being filled, the next one's memory made
+ready by a helper thread (allocating fresh pages costs more CPU time than filling them), and
+the rest of the budget in flight to the disk (a deeper queue evens out the loop's pace).
+Under three chunks of :data:`SPARE_MIN`, chunks are half the budget and nothing is made
+ahead. Nothing is prefetched or released (staged memory goes when its range is unstaged).
 
 What the caller gives up (the reason this is opt-in): other mappings of the file, in this
 process or others, see a chunk's bytes only once it is written; ``x.flush()`` does not write

@@ -262,9 +262,9 @@ def iter_chunks(
         Label for the progress bar (the file name by default).
     direct
         Write each chunk with ``O_DIRECT`` when the loop leaves it (shared mode; see
-        :mod:`bigarr._compute.directfill`): chunks of half the budget, at most 32 MiB, the
-        rest of the budget holding chunks in flight; no prefetch, no release-behind. A
-        non-contiguous view is iterated as without it.
+        :mod:`bigarr._compute.directfill`): chunks of a third of the budget, at most 32 MiB,
+        the rest of the budget holding the next chunk's memory and chunks in flight; no
+        prefetch, no release-behind. A non-contiguous view is iterated as without it.
 
     Raises
     ------
@@ -317,8 +317,8 @@ def iter_chunks(
     except BudgetError as exc:
         if direct:
             raise BudgetError(
-                f"{exc} (With direct=True, the budget holds 2 chunks: the one filled and the "
-                "one being written; raise the budget.)"
+                f"{exc} (With direct=True, the budget holds at least 2 chunks: the one filled "
+                "and one being written; raise the budget.)"
             ) from None
         if not ahead:
             raise

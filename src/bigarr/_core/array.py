@@ -446,7 +446,8 @@ class memmap(np.memmap):
             and its other mappings only then (``flush()`` skips the chunk in hand; the loop's
             end, ``break``, an exception and ``close()`` write it). Writes into the chunk just
             left are kept (userfaultfd; without it the chunk is read-only until the next step,
-            and such a write crashes). Two chunks of half the budget; no prefetch or release.
+            and such a write crashes). Chunks of a third of the budget, at most 32 MiB; no
+            prefetch or release.
             Buffered where ``O_DIRECT`` is refused (tmpfs). See README, "Filling a file".
 
         Returns
