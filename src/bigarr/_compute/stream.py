@@ -264,7 +264,8 @@ def iter_chunks(
         Write each chunk with ``O_DIRECT`` when the loop leaves it (shared mode; see
         :mod:`bigarr._compute.directfill`): chunks of a third of the budget, at most 32 MiB,
         the rest of the budget holding the next chunk's memory and chunks in flight; no
-        prefetch, no release-behind. A non-contiguous view is iterated as without it.
+        prefetch, no release-behind. A non-contiguous view (any array, off Linux) is iterated
+        as without it.
 
     Raises
     ------
@@ -280,8 +281,9 @@ def iter_chunks(
         If the file shrinks under the array (checked before each chunk, instead of a SIGBUS).
     """
     mapping = _mapping_of(arr)
-    if direct and not (arr.flags.c_contiguous or arr.flags.f_contiguous):
-        direct = False  # strided rows share pages with other rows: the mapping's own path
+    if direct and mapping.access == "shared" and (
+            not mapping.can_stage or not (arr.flags.c_contiguous or arr.flags.f_contiguous)):
+        direct = False  # not Linux, or strided rows that share pages: the mapping's own path
     total = parse_size(budget, name="budget") if direct else 0
     if direct:
         if mapping.access != "shared":

@@ -596,6 +596,11 @@ class Mapping:
         return pages
 
     # ---- staged ranges (direct fills: bigarr._compute.directfill) -----------------------------
+    @property
+    def can_stage(self) -> bool:
+        """True where :meth:`stage` works: a shared mapping, on Linux (``mremap``)."""
+        return _LINUX and self.access == "shared" and hasattr(_libc, "mremap")
+
     def stage(self, span: ByteSpan, spare: Spare | None = None) -> ByteSpan:
         """Put anonymous memory holding the file's current bytes under the whole pages of
         ``span`` (shared mode on Linux; elsewhere nothing); return the page span staged.
@@ -621,8 +626,7 @@ class Mapping:
         """
         self.check_open()
         pages = span.clip(ByteSpan(0, self.length)).inward(PAGE_SIZE)
-        if (not _LINUX or self.access != "shared" or self.addr == 0 or pages.nbytes == 0
-                or not hasattr(_libc, "mremap")):
+        if not self.can_stage or self.addr == 0 or pages.nbytes == 0:
             return ByteSpan(pages.start, pages.start)
         self.check_file()
         at, n, first = self.addr + pages.start, pages.nbytes, self.map_offset + pages.start
