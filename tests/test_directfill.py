@@ -294,3 +294,38 @@ def test_memory_made_ready_ahead_is_used(tmp_path: Path, monkeypatch: pytest.Mon
     x.close()
     np.testing.assert_array_equal(_from_disk(path), expect)
     assert len(spent) >= 3, spent  # the middle chunks: the first and last differ in size
+
+
+def test_a_failed_write_is_raised_and_leaves_no_range_staged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+
+    from bigarr._os.sink import Sink
+
+    real = Sink._put_from
+    calls = []
+
+    def failing(self: Sink, piece: Any, offset: int) -> None:
+        calls.append(offset)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "injected")
+        real(self, piece, offset)
+
+    monkeypatch.setattr(Sink, "_put_from", failing)
+    path = tmp_path / "f.npy"
+    x = bigarr.create(path, (ROWS, COLS), np.float32)
+    filled = []
+    with pytest.raises(OSError, match="injected"):
+        for chunk, view in x.iter_chunks(BUDGET, progress=False, direct=True):
+            view[...] = 1.0
+            filled.append(chunk)
+    # chunk 0's write failed, and was raised when the loop asked for chunk 2; chunk 1, in
+    # flight then, was written when the loop ended; the mapping is the file's everywhere
+    assert [c.index for c in filled] == [0, 1] and not x._bigarr._staged
+    assert not x[filled[0].key].any() and (x[filled[1].key] == 1).all()
+    assert not x[filled[1].rows.stop:].any()
+    x[0] = 2.0  # writable through the mapping
+    x.close()
+    disk = _from_disk(path)
+    assert disk[0, 0] == 2.0 and (disk[filled[1].key] == 1).all()

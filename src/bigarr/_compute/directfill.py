@@ -179,14 +179,13 @@ class DirectFill:
             finally:
                 try:
                     self.sink.close()  # (waits for its writer threads)
-                    self._end_spares()
                 finally:
+                    self._end_spares()
                     while self._flights:  # after a failure: no staged range stays behind
                         pages, _written, watch = self._flights.popleft()
                         if watch is not None:
                             watch.close()
                         self.mapping.unstage(pages)
-
 
     def _end_spares(self) -> None:
         maker, self._maker = self._maker, None
