@@ -15,6 +15,12 @@ setup(
             extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno",
                                 "-std=c99"],
             optional=True,
-        )
+        ),
+        Extension(  # a numpy memory handler for results the O_DIRECT sink writes as they are
+            "bigarr._compute._alloc",
+            sources=["src/bigarr/_compute/_alloc.c"],
+            extra_compile_args=["-O2", "-std=gnu99"],
+            optional=True,
+        ),
     ]
 )

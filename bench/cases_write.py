@@ -22,7 +22,8 @@ Group ``write``:
     ``map_blocks(x*2+1)`` of the float32 ``.npy`` into a new file (256 MiB budget, 2 threads)
     with the input read into the page cache before the clock: only the output reaches the
     disk, as in ``disk_write``. (``compute_map.bigarr`` is the same map with a cold input,
-    which reads the input from the same disk too.)
+    which reads the input from the same disk too.) ``write.map_warm_staged`` is the same with
+    ``BIGARR_PLACED=0``: results are not placed for the sink, which copies them into staging.
 ``write.from_zarr_raw``, ``write.from_zarr_zstd``
     ``bigarr.from_zarr`` of the uncompressed (chunk files copied in the kernel) and the zstd
     zarr datasets of ``cases_interop.py`` into a new ``.npy``, the source read before the clock.
@@ -87,6 +88,20 @@ def fill_direct(ctx: Context) -> dict[str, Any]:
       caches=("cold",), sample_dirty=True, params={"budget": _BUDGET, "threads": _THREADS})
 def map_warm(ctx: Context) -> dict[str, Any]:
     """``map_blocks(lambda b: b*2+1, x, out=...)`` with the input in the page cache."""
+    return _map_warm(ctx)
+
+
+@case("write.map_warm_staged", group="write", peer="bigarr.map_blocks, staging copy",
+      limit=_LIMIT, caches=("cold",), sample_dirty=True,
+      params={"budget": _BUDGET, "threads": _THREADS})
+def map_warm_staged(ctx: Context) -> dict[str, Any]:
+    """``write.map_warm`` with ``BIGARR_PLACED=0``: results not placed, so the sink copies each
+    into its staging buffers (the path before placed results)."""
+    os.environ["BIGARR_PLACED"] = "0"  # read when the run starts
+    return _map_warm(ctx)
+
+
+def _map_warm(ctx: Context) -> dict[str, Any]:
     import bigarr
 
     _warm(ctx.path("npy"))

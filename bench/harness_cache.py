@@ -120,6 +120,53 @@ def warm(paths: Iterable[Path]) -> None:
                 pass
 
 
+#: Files made warm afresh in this invocation (see :func:`prepare`).
+_FRESH: set[Path] = set()
+
+
+def huge_coverage(paths: Iterable[Path]) -> float | None:
+    """The fraction of the files' resident bytes that a mapping maps with 2 MiB (PMD) entries.
+
+    How fast warm data can be read through a mapping depends on it: this kernel caches a file
+    in folios of up to 2 MiB, each mapped by one page-table entry when it is whole (here a
+    warm 2 GiB sum ran at 19-22 GB/s over a file cached in 2 MiB folios, 10-12 GB/s over the
+    same file cached half in smaller ones). Measured by mapping each file read-only, touching
+    one byte per 2 MiB (no reads: only resident files are measured) and reading
+    ``FilePmdMapped`` from ``/proc/self/smaps_rollup``; None where that is not reported.
+    """
+    total = huge = 0
+    for path in data_files(paths):
+        size = path.stat().st_size
+        if size < (2 << 20):
+            continue
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
+        try:
+            before = _pmd_mapped()
+            if before is None:
+                return None
+            view = np.frombuffer(mm, np.uint8)
+            int(view[:: 2 << 20].sum())
+            after = _pmd_mapped()
+            del view
+        finally:
+            mm.close()
+        total += size
+        huge += (after or 0) - before
+    return None if total == 0 else huge / total
+
+
+def _pmd_mapped() -> int | None:
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("FilePmdMapped:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def prepare(paths: Iterable[Path], mode: str) -> float | None:
     """Put the files into cache state ``mode`` and return their residency.
 
@@ -128,7 +175,10 @@ def prepare(paths: Iterable[Path], mode: str) -> float | None:
     paths : iterable of Path
         Dataset files or folders.
     mode : {"warm", "cold"}
-        ``"cold"`` evicts; ``"warm"`` reads the files unless already resident.
+        ``"cold"`` evicts. ``"warm"``: the first time in an invocation, evicts and reads the
+        files once, so every invocation measures the cache one sequential read makes now (its
+        folio sizes: :func:`huge_coverage`), not whatever earlier runs left; after that,
+        reads them again only if no longer resident.
 
     Returns
     -------
@@ -138,6 +188,16 @@ def prepare(paths: Iterable[Path], mode: str) -> float | None:
     paths = list(paths)
     if mode == "cold":
         evict(paths)
-    elif (residency(paths) or 0.0) < 0.999:
+        return residency(paths)
+    fresh = [p for p in paths if p not in _FRESH]
+    if fresh:
+        evict(fresh)
+        warm(fresh)
+        _FRESH.update(fresh)
+        coverage = huge_coverage(fresh)
+        if coverage is not None:
+            print(f"warmed afresh: {', '.join(p.name for p in fresh)}; "
+                  f"{coverage:.0%} of it cached in 2 MiB folios", flush=True)
+    if (residency(paths) or 0.0) < 0.999:
         warm(paths)
     return residency(paths)

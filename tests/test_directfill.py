@@ -303,7 +303,7 @@ def test_a_failed_write_is_raised_and_leaves_no_range_staged(
 
     from bigarr._os.sink import Sink
 
-    real = Sink._put_from
+    real = Sink._put_lent
     calls = []
 
     def failing(self: Sink, piece: Any, offset: int) -> None:
@@ -312,7 +312,7 @@ def test_a_failed_write_is_raised_and_leaves_no_range_staged(
             raise OSError(errno.EIO, "injected")
         real(self, piece, offset)
 
-    monkeypatch.setattr(Sink, "_put_from", failing)
+    monkeypatch.setattr(Sink, "_put_lent", failing)
     path = tmp_path / "f.npy"
     x = bigarr.create(path, (ROWS, COLS), np.float32)
     filled = []

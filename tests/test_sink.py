@@ -143,9 +143,9 @@ def test_map_blocks_through_the_sink_equals_numpy(tmp_path: Path, where: str,
     writes: list[bool] = []
     original = Sink.write
 
-    def spy(self: Sink, data: Any, offset: int) -> Any:
+    def spy(self: Sink, data: Any, offset: int, **kw: Any) -> Any:
         writes.append(self.direct)
-        return original(self, data, offset)
+        return original(self, data, offset, **kw)
 
     monkeypatch.setattr(Sink, "write", spy)
     try:
@@ -173,26 +173,39 @@ def test_map_blocks_through_the_sink_equals_numpy(tmp_path: Path, where: str,
             folder.rmdir()
 
 
-@pytest.mark.parametrize("shift", [0, 100])
-def test_write_from_writes_from_the_callers_memory(tmp_path: Path, shift: int) -> None:
-    """``write_from``: no staging buffer when the memory and the offset share an alignment
-    (shift 0: head and tail buffered, the middle direct), else the copying ``write``."""
-    size = 9 * DIRECT_ALIGN
-    src = sink_mod.Buffer(size + DIRECT_ALIGN)  # page-aligned memory
-    data = np.random.default_rng(3).integers(0, 256, size, dtype=np.uint8)
-    at = 3 * DIRECT_ALIGN + 77
-    piece = src.array[77 + shift:77 + shift + size - 500]
-    piece[...] = data[: size - 500]
-    path = tmp_path / "w.bin"
-    fd = _new_file(path, 12 * DIRECT_ALIGN)
+def test_lent_arrays_are_written_from_their_own_memory(tmp_path: Path) -> None:
+    """A lent array whose page-aligned middle is page-aligned in memory takes no staging buffer;
+    one that is not aligned (or not lent) is copied; the file holds the same bytes either way."""
+    import mmap
+
+    size, at = 6 * DIRECT_ALIGN + 700, 300  # a buffered head and tail around the middle
+    rng = np.random.default_rng(9)
+    data = rng.integers(0, 256, size, dtype=np.uint8)
+    mem = mmap.mmap(-1, size + 2 * DIRECT_ALIGN)  # page-aligned memory: place data at `at`
+    aligned = np.frombuffer(mem, np.uint8)[at: at + size]
+    aligned[:] = data
+    unaligned = np.frombuffer(mem, np.uint8)[at + 16: at + 16 + size]
+    path = tmp_path / "out.bin"
+    fd = _new_file(path, 4 * size)
     try:
         with Sink(fd, str(path)) as sink:
-            sink.write_from(piece, at).wait()
-            if sink.direct:  # staging buffers only for memory out of step with the file
-                assert (sink._made > 0) == (shift != 0)
+            lent = sink.write(aligned, at, lend=True)
+            lent.wait()
+            made = sink._made  # no staging buffer for the lent, aligned array
+            unaligned[:] = data  # (overwrites the memory `aligned` viewed: it was written)
+            copied = sink.write(unaligned, size + at, lend=True)
+            kept = sink.write(data.copy(), 3 * size, lend=False)
+            copied.wait()
+            kept.wait()
+            direct = sink.direct
             sink.sync()
     finally:
         os.close(fd)
-    got = np.frombuffer(path.read_bytes(), np.uint8)
-    assert not got[:at].any() and not got[at + piece.size:].any()
-    np.testing.assert_array_equal(got[at:at + piece.size], data[: size - 500])
+    del aligned, unaligned
+    mem.close()
+    body = path.read_bytes()
+    assert body[at: at + size] == data.tobytes()
+    assert body[size + at: 2 * size + at] == data.tobytes()
+    assert body[3 * size: 4 * size] == data.tobytes()
+    if direct:
+        assert made == 0

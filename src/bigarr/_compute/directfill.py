@@ -149,7 +149,7 @@ class DirectFill:
 
     def _write(self, pages: ByteSpan) -> Written:
         data = self.mapping.root[pages.start:pages.stop]
-        return self.sink.write_from(data, self.mapping.map_offset + pages.start)
+        return self.sink.write(data, self.mapping.map_offset + pages.start, lend=True)
 
     def _land(self) -> None:
         """Wait for the oldest chunk in flight, write its late pages, map the file again."""

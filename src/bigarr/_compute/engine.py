@@ -52,6 +52,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from bigarr._compute import placed
 from bigarr._compute.coldread import ColdReads
 from bigarr._compute.operands import Stream
 from bigarr._compute.progress import Progress
@@ -164,8 +165,13 @@ class Writeback:
                 entry = self._open[chunk] = _Pending(chunk, 0)
             return entry
 
-    def write(self, chunk: int, stream: Stream, block: np.ndarray[Any, Any], value: Any) -> None:
-        """Store ``value`` into ``block`` of output ``stream`` (part of chunk ``chunk``)."""
+    def write(self, chunk: int, stream: Stream, block: np.ndarray[Any, Any], value: Any,
+              *, lend: bool = False) -> None:
+        """Store ``value`` into ``block`` of output ``stream`` (part of chunk ``chunk``).
+
+        ``lend``: the caller will not change ``value`` any more (a function's result), so an
+        array placed by :func:`bigarr._compute.placed.results` for this block's file offset is
+        written by the sink from its own memory, kept alive until written, with no copy."""
         entry = self._entry(chunk)
         mapping = stream.mapping
         offset = stream.file_offset(block) if block.flags.c_contiguous else None
@@ -173,7 +179,7 @@ class Writeback:
             data = np.ascontiguousarray(np.broadcast_to(np.asarray(value, block.dtype),
                                                         block.shape))
             sink = self.sink(mapping.fd, mapping.path)
-            entry.written.append(sink.write(data, offset))
+            entry.written.append(sink.write(data, offset, lend=lend and placed.owns(data)))
             entry.nbytes += data.nbytes
             return
         block[...] = value

@@ -176,6 +176,12 @@ def _op(func: Callable[..., Any], args: Sequence[Any], label: str, *,
     return LazyArray(node)
 
 
+def _quantile_of_rows(a: Any, *, kind: str, q: Any, **kwargs: Any) -> Any:
+    """``numpy.<kind>(a, q, **kwargs)`` (``q`` is positional in numpy, a keyword in an
+    :class:`Op`): a row-local quantile, chunk by chunk."""
+    return getattr(np, kind)(a, q, **kwargs)
+
+
 def _clip_above(a: Any, hi: Any) -> Any:
     """``numpy.clip(a, None, hi)`` (its bounds are positional in an :class:`Op`)."""
     return np.clip(a, None, hi)
@@ -502,14 +508,22 @@ class LazyArray:
         out = _numpy_dtype(getattr(np, kind), np.empty((1,) * self.ndim, dtype=self.dtype),
                            **kwargs)
         fr = frame(self.node)
-        if not plain(fr) and self.ndim and 0 not in axes:
-            raise UnsupportedError(f"{kind} keeping axis 0 of a filtered or diffed expression "
-                                   "is not supported: reduce over axis 0 too, or to_npy first.")
+        shape = tuple(1 if i in axes else n for i, n in enumerate(self.node.shape)) \
+            if keepdims else tuple(n for i, n in enumerate(self.node.shape) if i not in axes)
+        if self.ndim and 0 not in axes:
+            # Row-local: each row's result needs only that row, so it is computed chunk by
+            # chunk like an elementwise operation (fused into the pass that reads the rows,
+            # written to a file when large), by numpy's own function on the chunk's rows:
+            # the same values as numpy's over the whole array.
+            if arg:
+                kwargs["axis"] = int(axis)  # type: ignore[arg-type]
+            else:
+                kwargs["axis"] = axes if len(axes) != 1 else axes[0]
+            return _op(getattr(np, kind), (self,), f"{kind}(axis={kwargs['axis']})",
+                       shape=shape, rowwise=True, keepdims=keepdims, **kwargs)
         if arg and unknown_rows(fr):
             raise UnsupportedError(f"{kind} of a filtered expression (its row numbers are known "
                                    "only on evaluation): to_npy it first.")
-        shape = tuple(1 if i in axes else n for i, n in enumerate(self.node.shape)) \
-            if keepdims else tuple(n for i, n in enumerate(self.node.shape) if i not in axes)
         given = int(axis) if arg and isinstance(axis, (int, np.integer)) else None
         return LazyArray(Reduce(shape, out, self.node, kind, axes, keepdims, ddof,
                                 None if dtype is None else np.dtype(dtype), axis=given))
@@ -535,6 +549,22 @@ class LazyArray:
 
     def _order(self, kind: str, q: Any, axis: int | None, method: str,
                keepdims: bool) -> LazyArray:
+        if self.ndim > 1 and isinstance(axis, (int, np.integer)) and not isinstance(axis, bool) \
+                and -self.ndim <= axis < self.ndim and int(axis) % self.ndim != 0 \
+                and (q is None or np.ndim(q) == 0):
+            # row-local (one quantile per row): numpy's on each chunk's rows, as _reduce's
+            ax = int(axis) % self.ndim
+            shape = tuple(1 if i == ax else n for i, n in enumerate(self.node.shape)) \
+                if keepdims else tuple(n for i, n in enumerate(self.node.shape) if i != ax)
+            fn = getattr(np, kind)
+            rkw: dict[str, Any] = {"axis": ax, "keepdims": keepdims}
+            if q is not None:
+                rkw["method"] = method
+            label = f"{kind}(axis={ax})"
+            if q is None:
+                return _op(fn, (self,), label, shape=shape, rowwise=True, **rkw)
+            return _op(_quantile_of_rows, (self,), label, shape=shape, rowwise=True,
+                       kind=kind, q=q, **rkw)
         base = self.node.child if isinstance(self.node, Index) else self.node
         if not isinstance(base, Leaf):
             raise UnsupportedError(

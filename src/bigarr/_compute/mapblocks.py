@@ -46,6 +46,7 @@ from typing import Any, TypeVar, overload
 
 import numpy as np
 
+from bigarr._compute import placed
 from bigarr._compute.engine import Writeback, execute
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.progress import Progress, ProgressArg
@@ -195,7 +196,9 @@ def map_blocks(
     whole to every call. The rule depends on shapes only, never on the budget. ``func`` must
     return the chunk's rows of the result, or any number of rows when ``out`` is an
     :class:`~bigarr.Appender`. It runs on several threads at once, so it must not depend on
-    call order.
+    call order, and it must not change an array after returning it: into a new file, results
+    are written to the disk from their own memory after ``func`` returns, with no copy (its
+    large arrays are allocated page-aligned for that, see ``bench/README.md``).
 
     If ``func`` has a ``block_info`` parameter it is also passed, as a keyword, where its block
     lies (as in dask): a dict with ``"chunk"`` (the chunk's index), ``"rows"`` (the global
@@ -443,13 +446,34 @@ class _Job:
                    row_shape: tuple[int, ...] | None) -> None:
         streams = [*self.streams, out]
 
-        def work(chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> None:
-            res = _check_rows(self.call(chunk, blocks[:-1]), chunk, row_shape)
-            writeback.write(chunk.index, out, blocks[-1], res)
+        # A new file's results are placed where its O_DIRECT writes can take them without a
+        # copy (bigarr._compute.placed), and lent to the sink: func's results are not changed
+        # after it returns them.
+        lend = writeback.direct
+        placing = lend and placed.available()
 
-        for _ in execute(self.run, work, streams, progress=bar, writeback=writeback, skip=skip):
-            pass
-        writeback.drain()
+        def work(chunk: Chunk, blocks: list[np.ndarray[Any, Any]]) -> None:
+            skew = out.file_offset(blocks[-1]) if placing else None
+            with placed.results(skew):
+                res = self.call(chunk, blocks[:-1])
+            res = _check_rows(res, chunk, row_shape)
+            writeback.write(chunk.index, out, blocks[-1], res, lend=lend)
+            del res
+
+        if placing:
+            # Results live until written: one per worker being computed, and up to the flush
+            # window's worth waiting for the disk (both counted by the plan). Freed ones are
+            # kept for the next results, so no result faults in and zeroes fresh pages.
+            biggest = _max_chunk(self.plan, out.row_bytes)
+            placed.keep(self.run.threads + 1 + self.every // max(1, biggest))
+        try:
+            for _ in execute(self.run, work, streams, progress=bar, writeback=writeback,
+                             skip=skip):
+                pass
+            writeback.drain()
+        finally:
+            if placing:
+                placed.trim()
 
     # ---- outputs ---------------------------------------------------------------------------
     def to_new_file(self, target: str, dtype: Any, overwrite: bool, order: str) -> memmap:
@@ -567,7 +591,13 @@ class _Job:
                 row_shape = outarr.shape[1:]
                 if first is not None:
                     chunk, res = first
-                    writeback.write(chunk.index, out, out.block(chunk), res)
+                    block = out.block(chunk)
+                    if placed.available():  # computed before the file existed: placed now
+                        # (one copy, but the sink then needs no staging buffers at all)
+                        with placed.results(out.file_offset(block)):
+                            res = np.array(res, dtype=block.dtype, order="C")
+                    writeback.write(chunk.index, out, block, res, lend=True)
+                    del res, block
                     writeback.chunk_done(chunk.index)
                     bar.advance(chunk.index, chunk.nbytes)
                     skip.add(chunk.index)

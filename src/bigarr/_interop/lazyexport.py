@@ -23,6 +23,7 @@ are, as dask's ``from_array`` does.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import mmap
 import os
@@ -228,11 +229,13 @@ def _translate(node: Node, da: Any, block_bytes: int | str, memo: dict[int, Any]
             whole = [a.rechunk({i: -1 for i in range(1, a.ndim)}) if hasattr(a, "rechunk")
                      and a.ndim > 1 else a for a in args]
             row_chunks = first.rechunk({i: -1 for i in range(1, first.ndim)}).chunks[0]
-            out = da.map_blocks(node.func, *whole, dtype=node.dtype,
+            # the node's keywords bound first: a row-local reduction's own dtype= and axis=
+            # are not map_blocks'
+            out = da.map_blocks(functools.partial(node.func, **kwargs), *whole,
+                                dtype=node.dtype,
                                 chunks=(row_chunks, *((n,) for n in node.shape[1:])),
                                 drop_axis=[] if len(node.shape) == first.ndim else
-                                list(range(len(node.shape), first.ndim)),
-                                **kwargs)
+                                list(range(len(node.shape), first.ndim)))
         else:
             out = da.map_blocks(node.func, *args, dtype=node.dtype, **kwargs)
     memo[id(node)] = out

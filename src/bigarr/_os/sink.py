@@ -14,9 +14,12 @@ mapping 0.13-0.19 GB/s.
 * with ``direct=True`` (a new file nobody else maps or reads while it is written), the
   page-aligned middle of each array is copied into page-aligned staging buffers and written
   with ``O_DIRECT`` by the sink's own writer threads (two writes in flight, as in the limit
-  case), so the disk always has work queued while the caller computes; the few bytes before
-  the first and after the last page boundary of an array are written buffered (a page may
-  hold the end of one chunk and the start of the next);
+  case), so the disk always has work queued while the caller computes; an array *lent* to the
+  sink whose middle is page-aligned in memory as well (``map_blocks``' results, placed by
+  :mod:`bigarr._compute.placed`, and the staged chunks of ``iter_chunks(direct=True)``,
+  :mod:`bigarr._compute.directfill`) is written from its own memory, with no copy; the few
+  bytes before the first and after the last page boundary of an array are written buffered
+  (a page may hold the end of one chunk and the start of the next);
 * the staging memory is bounded (``staging`` bytes, at most :data:`STAGING_MAX`): a writer
   that finds every buffer in flight waits for one, so memory never grows with the output;
 * where ``O_DIRECT`` is refused (the re-open fails, or the first write fails with ``EINVAL``:
@@ -29,9 +32,8 @@ mapping 0.13-0.19 GB/s.
 
 Direct writes bypass the page cache, so they are only for files no mapping has dirtied or
 read in the same range: a new output (``map_blocks``' partial file, ``from_zarr``'s new file),
-never a user's array written in place, except through :meth:`Sink.write_from`: the staged
-chunks of ``iter_chunks(direct=True)`` (:mod:`bigarr._compute.directfill`), whose range of the
-mapping is anonymous memory while it is written, are written from that memory without a copy.
+never a user's array written in place, except a direct fill's staged chunk, whose range of
+the mapping is anonymous memory (not the page cache) while it is written.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from bigarr._os.fileid import reopen
 from bigarr._os.geometry import PAGE_SIZE, align_down, align_up
 from bigarr._os.pread import Buffer
 
-__all__ = ["DIRECT_ALIGN", "STAGING_MAX", "Sink", "Written"]
+__all__ = ["DIRECT_ALIGN", "LENT_PIECE", "STAGING_MAX", "Sink", "Written"]
 
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
@@ -64,7 +66,10 @@ STAGING_MAX = 32 << 20
 filled. It takes the place of the dirty page cache the flush window allowed before."""
 
 _PIECE_MAX = 8 << 20
-_FROM_PIECE = 16 << 20  # write_from: the caller's memory, no staging to bound (disk_write's size)
+
+LENT_PIECE = 16 << 20
+"""Largest ``O_DIRECT`` write from lent memory (bytes): ``machine.disk_write``'s write size.
+Lent pieces cost no staging memory, so they are as large as the limit case's."""
 _WRITERS = 2  # writes in flight, as in machine.disk_write
 
 
@@ -133,12 +138,18 @@ class Sink:
         """True while writes bypass the page cache (``O_DIRECT`` was allowed)."""
         return self._direct_fd is not None and not self._refused
 
-    def write(self, data: np.ndarray[Any, Any], offset: int) -> Written:
+    def write(self, data: np.ndarray[Any, Any], offset: int, *, lend: bool = False) -> Written:
         """Write the bytes of the C-contiguous array ``data`` at ``offset`` (bytes) of the file.
 
         Buffered bytes have their writeback started; direct pieces are queued to the writer
         threads (this call waits only for a free staging buffer). ``data`` may be reused as
-        soon as the call returns.
+        soon as the call returns, unless it was lent.
+
+        With ``lend=True`` the caller hands ``data`` over until :meth:`Written.wait` returns
+        (nothing may change it meanwhile; the :class:`Written` holds a reference): where its
+        page-aligned middle is page-aligned in memory too (see :mod:`bigarr._compute.placed`),
+        the middle is written from ``data`` itself, with no staging copy, in pieces of up to
+        :data:`LENT_PIECE` bytes.
         """
         nbytes = int(data.nbytes)
         done = Written(self.fd)
@@ -152,36 +163,17 @@ class Sink:
             return done
         if lo > offset:
             self._buffered(done, raw[: lo - offset], offset)
-        for start in range(lo, hi, self._piece):
-            n = min(self._piece, hi - start)
-            buf = self._take()
-            np.copyto(buf.array[:n], raw[start - offset: start - offset + n])
-            done._futures.append(self._writers().submit(self._put, buf, start, n))
-        if hi < offset + nbytes:
-            self._buffered(done, raw[hi - offset:], hi)
-        return done
-
-    def write_from(self, data: np.ndarray[Any, Any], offset: int) -> Written:
-        """Write the C-contiguous array ``data`` at ``offset`` (bytes) straight from its own
-        memory: :meth:`write` without the copy into staging buffers.
-
-        The caller keeps ``data`` unchanged and alive until the returned :class:`Written` has
-        been waited for (an ``iter_chunks(direct=True)`` chunk, made read-only meanwhile).
-        Where ``data``'s address and ``offset`` differ modulo :data:`DIRECT_ALIGN`, or the
-        sink is not direct, this is :meth:`write`.
-        """
-        raw = data.reshape(-1).view(np.uint8)
-        nbytes = int(raw.nbytes)
-        if not self.direct or not nbytes or (raw.ctypes.data - offset) % DIRECT_ALIGN:
-            return self.write(data, offset)
-        done = Written(self.fd)
-        lo = min(align_up(offset, DIRECT_ALIGN), offset + nbytes)
-        hi = max(lo, align_down(offset + nbytes, DIRECT_ALIGN))
-        if lo > offset:
-            self._buffered(done, raw[: lo - offset], offset)
-        for start in range(lo, hi, _FROM_PIECE):
-            piece = raw[start - offset: min(hi, start + _FROM_PIECE) - offset]
-            done._futures.append(self._writers().submit(self._put_from, piece, start))
+        if lend and (raw.ctypes.data + lo - offset) % DIRECT_ALIGN == 0:
+            for start in range(lo, hi, LENT_PIECE):
+                n = min(LENT_PIECE, hi - start)
+                piece = raw[start - offset: start - offset + n]
+                done._futures.append(self._writers().submit(self._put_lent, piece, start))
+        else:
+            for start in range(lo, hi, self._piece):
+                n = min(self._piece, hi - start)
+                buf = self._take()
+                np.copyto(buf.array[:n], raw[start - offset: start - offset + n])
+                done._futures.append(self._writers().submit(self._put, buf, start, n))
         if hi < offset + nbytes:
             self._buffered(done, raw[hi - offset:], hi)
         return done
@@ -241,14 +233,15 @@ class Sink:
         return self._free.get()
 
     def _put(self, buf: Buffer, offset: int, nbytes: int) -> None:
-        """Write one staged piece (a writer thread), then give its buffer back."""
+        """Write one staged piece (a writer thread); buffered if ``O_DIRECT`` fails."""
         try:
-            self._put_from(buf.array[:nbytes], offset)
+            self._put_lent(buf.array[:nbytes], offset)
         finally:
             self._free.put(buf)
 
-    def _put_from(self, piece: np.ndarray[Any, Any], offset: int) -> None:
-        """Write one page-aligned piece (a writer thread); buffered if ``O_DIRECT`` fails."""
+    def _put_lent(self, piece: np.ndarray[Any, Any], offset: int) -> None:
+        """Write one page-aligned piece of bytes from its own memory (a writer thread);
+        buffered if ``O_DIRECT`` fails."""
         nbytes = int(piece.nbytes)
         view = memoryview(piece.data)
         fd = self._direct_fd

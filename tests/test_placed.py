@@ -1,0 +1,98 @@
+"""Placed results (bigarr._compute.placed): a user function's large arrays allocated at a given
+offset into a page, so the O_DIRECT sink writes map_blocks' results without a copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import bigarr
+from bigarr._compute import placed
+from bigarr._os.sink import Sink
+
+pytestmark = pytest.mark.skipif(not placed.available(), reason="the _alloc extension is not built")
+
+
+@pytest.mark.parametrize("skew", [0, 128, 4000])
+def test_large_arrays_start_skew_bytes_into_a_page(skew: int) -> None:
+    x = np.arange(1 << 19, dtype=np.float64)  # 4 MiB
+    with placed.results(skew):
+        big = x * 2 + 1
+        small = np.ones(10)
+        grown = np.resize(big[:100], 1 << 18)  # a realloc through the handler
+    other = x * 2 + 1
+    assert big.ctypes.data % 4096 == skew // 16 * 16
+    np.testing.assert_array_equal(big, other)
+    np.testing.assert_array_equal(grown[:100], other[:100])
+    assert placed.owns(big) and placed.owns(big[3:].reshape(-1, 1))
+    assert placed.owns(small)  # small arrays come from malloc through the same handler
+    assert not placed.owns(other) and not placed.owns(x)
+
+
+def test_freed_mappings_are_kept_up_to_the_bound_then_trimmed() -> None:
+    placed.trim()
+    placed.keep(1)
+    with placed.results(0):
+        a, b = np.zeros(1 << 20), np.ones(1 << 20)  # 8 MiB each; zeros is calloc
+    assert not a.any() and b.all()
+    first = a.ctypes.data
+    del a, b  # one kept, one unmapped
+    kept = placed.cached()
+    assert kept >= 8 << 20 and kept < 16 << 20
+    with placed.results(0):
+        c = np.zeros(1 << 20)  # reuses the kept mapping: zeroed again
+    assert c.ctypes.data == first and not c.any() and placed.cached() == 0
+    del c
+    assert placed.trim() == 0  # nothing placed is alive
+    assert placed.cached() == 0
+
+
+def test_map_blocks_lends_placed_results_to_the_sink(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of whole pages' worth of results reach the sink placed and lent (no staging
+    copy); the file equals numpy's answer."""
+    seen: list[tuple[bool, bool]] = []
+    sinks: list[Sink] = []
+    original = Sink.write
+
+    def spy(self: Sink, data: Any, offset: int, *, lend: bool = False) -> Any:
+        seen.append((lend, (data.ctypes.data - offset) % 4096 == 0))
+        sinks.append(self)
+        return original(self, data, offset, lend=lend)
+
+    monkeypatch.setattr(Sink, "write", spy)
+    x = np.random.default_rng(3).standard_normal((300_000, 4)).astype(np.float32)  # 4.8 MB
+    np.save(tmp_path / "x.npy", x)
+    y = bigarr.map_blocks(lambda b: b * 2 + 1, str(tmp_path / "x.npy"),
+                          out=str(tmp_path / "y.npy"), budget="16MiB", threads=2, progress=False)
+    y.close()
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), x * 2 + 1)
+    assert len(seen) > 2
+    assert all(lend and aligned for lend, aligned in seen)  # the first chunk too
+    if sinks[0].direct:
+        assert all(sink._made == 0 for sink in sinks)  # no staging buffer was needed
+    assert placed.cached() == 0  # the run's kept mappings are gone
+
+
+def test_placing_switched_off_copies_and_gives_the_same_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``BIGARR_PLACED=0``: results are ordinary numpy arrays, the sink copies them; same bytes."""
+    monkeypatch.setenv("BIGARR_PLACED", "0")
+    assert not placed.available()
+    owned: list[bool] = []
+    original = Sink.write
+
+    def spy(self: Sink, data: Any, offset: int, *, lend: bool = False) -> Any:
+        owned.append(placed.owns(data))
+        return original(self, data, offset, lend=lend)
+
+    monkeypatch.setattr(Sink, "write", spy)
+    x = np.random.default_rng(4).standard_normal((200_000, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    bigarr.map_blocks(lambda b: b * 2 + 1, str(tmp_path / "x.npy"), out=str(tmp_path / "y.npy"),
+                      budget="16MiB", threads=2, progress=False).close()
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), x * 2 + 1)
+    assert owned and not any(owned)
