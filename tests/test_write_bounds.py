@@ -65,6 +65,15 @@ CASES = {
         "assert y[0, 0] == 0 and y[-1, 31] == N - 1 and y[N // 2, 3] == N // 2\n"
         "assert float(bigarr.sum(y[:, 0], dtype=np.float64, progress=False)) == N * (N - 1) / 2",
     ),
+    "iter_chunks direct fill": (  # two chunks of half the budget staged, none mapped
+        "x = bigarr.create(P, (N, 32), np.float32, overwrite=True)",
+        "for chunk, view in x.iter_chunks(B, progress=False, direct=True):\n"
+        "    view[:] = np.arange(chunk.rows.start, chunk.rows.stop, dtype=np.float32)[:, None]\n"
+        "x.close()",
+        "y = bigarr.open(P)\n"
+        "assert y[0, 0] == 0 and y[-1, 31] == N - 1 and y[N // 2, 3] == N // 2\n"
+        "assert float(bigarr.sum(y[:, 0], dtype=np.float64, progress=False)) == N * (N - 1) / 2",
+    ),
     "map_blocks new file": (  # also in test_budget_rss (every input kind)
         "x = bigarr.create(P, (N, 32), np.float32, fill=1.0, overwrite=True); x.close()",
         "bigarr.map_blocks(lambda b: b * 3, P, out=D + '/out.npy', overwrite=True, budget=B,"
@@ -120,8 +129,8 @@ def test_filling_a_file_through_iter_chunks_stays_within_budget(tmp_path: Path) 
     _check(tmp_path, "iter_chunks fill", 256 << 20, budget=16 << 20)  # 16 times the budget
 
 
-@pytest.mark.parametrize("case", ["map_blocks in place", "map_blocks appender",
-                                  "private commit"])
+@pytest.mark.parametrize("case", ["iter_chunks direct fill", "map_blocks in place",
+                                  "map_blocks appender", "private commit"])
 def test_other_write_paths_stay_within_budget(tmp_path: Path, case: str) -> None:
     _check(tmp_path, case, 128 << 20, budget=16 << 20)  # holding the data: 128 > 16 + 64
 

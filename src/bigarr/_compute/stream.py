@@ -49,17 +49,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bigarr._compute.directfill import CHUNK_MAX, SPARE_MIN, DirectFill, staged
 from bigarr._compute.engine import execute
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import DEFAULT_PREFETCH, RunPlan, parse_prefetch, plan_run
 from bigarr._core.scratch import ChunkCheck
-from bigarr._os.geometry import PAGE_SIZE, ByteSpan
+from bigarr._os.geometry import PAGE_SIZE, ByteSpan, parse_size
 from bigarr._os.hints import Hint, parse_hint
 from bigarr._plan.budget import DEFAULT_BUDGET
 from bigarr._plan.chunks import Chunk, ChunkPlan, plan_chunks
 from bigarr._plan.regions import Region, extent, region_span
-from bigarr.errors import BudgetError, HintError, RegionError
+from bigarr.errors import BudgetError, HintError, ModeError, RegionError, UnsupportedError
 
 if TYPE_CHECKING:
     from bigarr._os.mapping import Mapping
@@ -228,6 +229,7 @@ def iter_chunks(
     prefetch: int = DEFAULT_PREFETCH,
     hint: str | Hint | None = None,
     desc: str | None = None,
+    direct: bool = False,
 ) -> Iterator[tuple[Chunk, Any]]:
     """Yield ``(chunk, view)`` for each chunk of ``arr``; see the module docstring.
 
@@ -258,6 +260,12 @@ def iter_chunks(
         ``"normal"`` when the iteration ends.
     desc
         Label for the progress bar (the file name by default).
+    direct
+        Write each chunk with ``O_DIRECT`` when the loop leaves it (shared mode; see
+        :mod:`bigarr._compute.directfill`): chunks of a third of the budget, at most 32 MiB,
+        the rest of the budget holding the next chunk's memory and chunks in flight; no
+        prefetch, no release-behind. A non-contiguous view (any array, off Linux) is iterated
+        as without it.
 
     Raises
     ------
@@ -273,6 +281,28 @@ def iter_chunks(
         If the file shrinks under the array (checked before each chunk, instead of a SIGBUS).
     """
     mapping = _mapping_of(arr)
+    if direct and mapping.access == "shared" and (
+            not mapping.can_stage or not (arr.flags.c_contiguous or arr.flags.f_contiguous)):
+        direct = False  # not Linux, or strided rows that share pages: the mapping's own path
+    total = parse_size(budget, name="budget") if direct else 0
+    if direct:
+        if mapping.access != "shared":
+            raise ModeError(
+                f"direct=True writes each chunk to the file; {mapping.path} is open in "
+                f"{mapping.access} mode. Open it with mode='r+' (shared) to fill it."
+            )
+        if release:
+            raise HintError("direct=True frees each chunk once written; pass release=None.")
+        from bigarr._core.tracking import tracking_method
+
+        if tracking_method(arr) == "uffd":  # staging replaces the registered address range
+            raise UnsupportedError(
+                "direct=True cannot be combined with write tracking by userfaultfd "
+                "(track_writes); fill the array first, or track with method='checksum'."
+            )
+        release, prefetch = False, 0
+        # one filled, one being written and (budget allowing) one made ready ahead
+        budget = max(1, min(total // 3 if total >= 3 * SPARE_MIN else total // 2, CHUNK_MAX))
     if release is None:
         release = mapping.access != "private"
     elif release and mapping.access == "private":
@@ -287,13 +317,23 @@ def iter_chunks(
         plan = plan_run("iter_chunks", [stream], budget=budget, threads=0, prefetch=ahead,
                         layout="keys", release=bool(release), min_chunk=1)
     except BudgetError as exc:
+        if direct:
+            raise BudgetError(
+                f"{exc} (With direct=True, the budget holds at least 2 chunks: the one filled "
+                "and one being written; raise the budget.)"
+            ) from None
         if not ahead:
             raise
         raise BudgetError(
             f"{exc} (With prefetch on, the budget holds {ahead + 1} chunks: the one consumed "
             f"and {ahead} read ahead; raise the budget, or pass prefetch=0.)"
         ) from None
-    return _walk(arr, mapping, stream, plan, progress=progress, pattern=pattern, desc=desc)
+    in_flight = spares = 0
+    if direct:
+        spares = int(total >= 3 * SPARE_MIN)
+        in_flight = max(1, total // max(1, plan.chunks.max_chunk_bytes) - 1 - spares)
+    return _walk(arr, mapping, stream, plan, progress=progress, pattern=pattern, desc=desc,
+                 in_flight=in_flight, spares=bool(spares))
 
 
 def _checked(steps: Iterator[tuple[Chunk, Any]],
@@ -318,6 +358,8 @@ def _walk(
     progress: ProgressArg,
     pattern: Hint | None,
     desc: str | None,
+    in_flight: int = 0,
+    spares: bool = False,
 ) -> Iterator[tuple[Chunk, Any]]:
     whole = extent(arr, mapping)
     label = desc if desc is not None else str(getattr(arr, "filename", "") or "bigarr")
@@ -331,6 +373,8 @@ def _walk(
             # a view even for a 0-d array: arr[..., ] of the chunk's key
             steps = execute(plan, lambda c, _blocks: arr[(*c.key, Ellipsis)], [stream],
                             progress=bar)
+            if in_flight:  # direct=True
+                steps = staged(steps, DirectFill(mapping, in_flight, spares=spares))
             if mapping.access == "private" and ChunkCheck.needed(mapping):
                 steps = _checked(steps, ChunkCheck(mapping))
             yield from steps

@@ -409,6 +409,7 @@ class memmap(np.memmap):
         release: bool | None = None,
         prefetch: int = 1,
         hint: str | None = None,
+        direct: bool = False,
     ) -> Iterator[tuple[Chunk, memmap]]:
         """Iterate ``(chunk, view)`` pairs with at most ``budget`` bytes mapped at once.
 
@@ -438,6 +439,16 @@ class memmap(np.memmap):
         hint
             An access hint applied to the whole array first, such as ``"sequential"``; an
             access-pattern hint is reset to ``"normal"`` at the end.
+        direct
+            Fill the file at the disk's write rate (shared mode): each chunk's pages are
+            anonymous memory while the loop has it (``view`` and the array still alias) and
+            are written with ``O_DIRECT`` when the loop moves on. A chunk reaches the file
+            and its other mappings only then (``flush()`` skips the chunk in hand; the loop's
+            end, ``break``, an exception and ``close()`` write it). Writes into the chunk just
+            left are kept (userfaultfd; without it the chunk is read-only until the next step,
+            and such a write crashes). Chunks of a third of the budget, at most 32 MiB; no
+            prefetch or release.
+            Buffered where ``O_DIRECT`` is refused (tmpfs). See README, "Filling a file".
 
         Returns
         -------
@@ -449,7 +460,10 @@ class memmap(np.memmap):
         BudgetError
             If the budget cannot be met.
         HintError
-            For ``release=True`` in private mode, or an unknown hint or prefetch mode.
+            For ``release=True`` in private mode or with ``direct``, or an unknown hint or
+            prefetch mode.
+        ModeError
+            For ``direct=True`` on an array not open in shared mode.
         RegionError
             If the array is not contiguous, or is a detached copy.
         FileChangedError
@@ -461,7 +475,7 @@ class memmap(np.memmap):
         from bigarr._compute.stream import iter_chunks
 
         inner = iter_chunks(self, budget, progress=progress, release=release, prefetch=prefetch,
-                            hint=hint)
+                            hint=hint, direct=direct)
         return lending(inner) if self._bigarr is not None else inner
 
     def advise(self, hint: str, region: Region = None) -> bool:

@@ -68,7 +68,15 @@ from bigarr.errors import ModeError, UnsupportedError
 if TYPE_CHECKING:
     from bigarr._os.mapping import Mapping
 
-__all__ = ["flush_written", "track_writes", "tracking_method", "uffd_available", "written"]
+__all__ = [
+    "flush_written",
+    "track_writes",
+    "tracking_method",
+    "WriteWatch",
+    "uffd_available",
+    "watch_writes",
+    "written",
+]
 
 _METHODS = ("auto", "uffd", "checksum")
 _BLOCK = 64 << 10  # checksum granularity, bytes
@@ -303,6 +311,29 @@ def uffd_available() -> bool:
             del view
             probe.close()
     return _UFFD_OK
+
+
+WriteWatch = _UffdTracker
+"""What :func:`watch_writes` returns: ``scan(reset=...)`` and ``close()``."""
+
+
+def watch_writes(addr: int, nbytes: int) -> WriteWatch | None:
+    """Asynchronous write-protection of the page-aligned address range ``[addr, addr +
+    nbytes)``, or None where userfaultfd cannot do it (then nothing was armed).
+
+    ``scan(reset=True)`` of the result lists the page runs written since (offsets from
+    ``addr``) and protects them again; ``close()`` ends it. Used by ``iter_chunks(direct=True)``
+    to find writes into a chunk while it is being written (:mod:`bigarr._compute.directfill`).
+    """
+    if not uffd_available():
+        return None
+    from types import SimpleNamespace
+
+    span: Any = SimpleNamespace(addr=addr, length=nbytes)
+    try:
+        return _UffdTracker(span)
+    except (UnsupportedError, OSError):
+        return None
 
 
 def _drop_inherited_trackers() -> None:

@@ -22,6 +22,10 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "munmap": (_c_int, [_c_void_p, _c_size_t]),
     "madvise": (_c_int, [_c_void_p, _c_size_t, _c_int]),
     "msync": (_c_int, [_c_void_p, _c_size_t, _c_int]),
+    "mprotect": (_c_int, [_c_void_p, _c_size_t, _c_int]),
+    # Linux's mremap is variadic; the fifth argument (the new address) is read with
+    # MREMAP_FIXED only.
+    "mremap": (_c_void_p, [_c_void_p, _c_size_t, _c_size_t, _c_int, _c_void_p]),
     "mincore": (_c_int, [_c_void_p, _c_size_t, _c_void_p]),
     "ioctl": (_c_int, [_c_int, ctypes.c_ulong, _c_void_p]),
     "sync_file_range": (_c_int, [_c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]),

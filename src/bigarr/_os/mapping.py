@@ -59,7 +59,7 @@ from bigarr.errors import (
     UnsupportedError,
 )
 
-__all__ = ["Mapping", "check_mapped", "mapped_file"]
+__all__ = ["Mapping", "Spare", "check_mapped", "mapped_file"]
 
 _LINUX = sys.platform.startswith("linux")
 _DARWIN = sys.platform == "darwin"
@@ -69,6 +69,8 @@ _MAP_FIXED = 0x10  # the same on Linux and the BSDs/macOS
 _MAP_NORESERVE: int = getattr(mmap, "MAP_NORESERVE",
                               0x4000 if _LINUX else (0x40 if _DARWIN else 0))
 _MS_SYNC = 4 if _LINUX else 0x10
+_MREMAP_MAYMOVE, _MREMAP_FIXED = 1, 2  # Linux
+_MADV_POPULATE_WRITE = 23  # Linux 5.14+; EINVAL before (then the pages fault in on use)
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
@@ -142,6 +144,41 @@ class _Region:
         weakref.finalize(self, _libc.munmap, addr, length).atexit = False
 
 
+class Spare:
+    """Anonymous memory made ready for :meth:`Mapping.stage` (its pages allocated and zeroed,
+    ``MADV_POPULATE_WRITE``), so that allocating them, which costs more CPU time than
+    filling them, can be done ahead on another thread. Freed when dropped unless spent.
+
+    Parameters
+    ----------
+    nbytes
+        Size in bytes (rounded up to whole pages).
+    """
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = align_up(max(1, nbytes), PAGE_SIZE)
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        addr = _libc.mmap(None, self.nbytes, prot, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        if addr in (None, _MAP_FAILED):
+            raise _oserror("allocating staging memory", "anonymous memory")
+        self.addr = int(addr)
+        self._free = weakref.finalize(self, _libc.munmap, self.addr, self.nbytes)
+        # No MADV_HUGEPAGE: with the kernel's default defrag policy ("madvise") it makes each
+        # allocation compact memory synchronously, which under load stalled fills for seconds
+        # (sys time 1.5-3.2 s per GiB instead of 0.2 s); huge pages still come when free.
+        _libc.madvise(self.addr, self.nbytes, _MADV_POPULATE_WRITE)  # a hint: may fail
+
+    def spent(self) -> None:
+        """The pages were moved away: the range is no longer this object's to unmap."""
+        self._free.detach()
+        self.addr = 0
+
+    def free(self) -> None:
+        """Unmap the memory now (idempotent)."""
+        self._free()
+        self.addr = 0
+
+
 class Mapping:
     """One memory-mapped byte range of one file, in one access mode.
 
@@ -175,6 +212,7 @@ class Mapping:
         self._arrays: dict[int, weakref.ref[np.ndarray[Any, Any]]] = {}
         self._lent: set[int] = set()
         self._closers: list[Callable[[], None]] = []
+        self._staged: list[ByteSpan] = []  # page spans under anonymous memory (stage())
         flags = os.O_RDWR if access == "shared" else os.O_RDONLY
         try:
             self.fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0)) if fd is None \
@@ -359,13 +397,22 @@ class Mapping:
             return False
         if rng is None:
             return True
-        if _libc.madvise(rng[0], rng[1], hint.advice) != 0:
-            err = ctypes.get_errno()
-            if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                return False  # a hint this kernel (or this file system) lacks: a no-op
-            if err == errno.EFAULT:  # populate_* past the end of a file cut under the mapping
-                self.check_file()
-            raise _oserror(f"madvise({hint.name})", self.path)
+        pieces = [rng]
+        if hint.drops_pages:  # never the staged ranges: dropping those would lose their writes
+            for staged in list(self._staged):
+                lo, hi = self.addr + staged.start, self.addr + staged.stop
+                pieces = [part for at, n in pieces
+                          for part in ((at, min(at + n, lo) - at),
+                                       (max(at, hi), at + n - max(at, hi)))
+                          if part[1] > 0]
+        for at, n in pieces:
+            if _libc.madvise(at, n, hint.advice) != 0:
+                err = ctypes.get_errno()
+                if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    return False  # a hint this kernel (or this file system) lacks: a no-op
+                if err == errno.EFAULT:  # populate_* past the end of a file cut under the map
+                    self.check_file()
+                raise _oserror(f"madvise({hint.name})", self.path)
         return True
 
     def sync(self, span: ByteSpan) -> None:
@@ -548,6 +595,98 @@ class Mapping:
             if got in (None, _MAP_FAILED):
                 raise _oserror("re-mapping pages", self.path)
         return pages
+
+    # ---- staged ranges (direct fills: bigarr._compute.directfill) -----------------------------
+    @property
+    def can_stage(self) -> bool:
+        """True where :meth:`stage` works: a shared mapping, on Linux (``mremap``)."""
+        return _LINUX and self.access == "shared" and hasattr(_libc, "mremap")
+
+    def stage(self, span: ByteSpan, spare: Spare | None = None) -> ByteSpan:
+        """Put anonymous memory holding the file's current bytes under the whole pages of
+        ``span`` (shared mode on Linux; elsewhere nothing); return the page span staged.
+
+        Stores into the staged range stay out of the page cache, so they can be written with
+        ``O_DIRECT`` from this very memory and the range put back on the file by
+        :meth:`unstage` (the direct write drops the file's cached pages of the range, so the
+        mapping then reads what was written). The swap is atomic for other threads: a range
+        in which the file holds no data (``SEEK_DATA``: never written, or preallocated and
+        unwritten, with nothing cached) gets fresh zero pages; any other is read first
+        (``pread``, which sees this mapping's own dirty pages) into new memory that is then
+        moved into place (``mremap``). A :class:`Spare` of the staged size is used instead of
+        new memory (moved into place, or read into first), and is then spent. Until
+        :meth:`unstage`, :meth:`advise` never drops the span's pages (release-behind of
+        another run over the same array would lose them).
+
+        Raises
+        ------
+        FileChangedError
+            If the file shrank below the mapping.
+        MappingError
+            If the OS refuses (out of memory).
+        """
+        self.check_open()
+        pages = span.clip(ByteSpan(0, self.length)).inward(PAGE_SIZE)
+        if not self.can_stage or self.addr == 0 or pages.nbytes == 0:
+            return ByteSpan(pages.start, pages.start)
+        self.check_file()
+        at, n, first = self.addr + pages.start, pages.nbytes, self.map_offset + pages.start
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        anon = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        try:
+            data = os.lseek(self.fd, first, os.SEEK_DATA)
+        except OSError as exc:  # ENXIO: no data at or after ``first``
+            data = first + n if exc.errno == errno.ENXIO else first
+        spare = spare if spare is not None and spare.nbytes == n and spare.addr else None
+        if data >= first + n and spare is None:
+            if _libc.mmap(at, n, prot, anon | _MAP_FIXED, -1, 0) in (None, _MAP_FAILED):
+                raise _oserror("staging a range", self.path)
+        else:
+            tmp = spare.addr if spare is not None else _libc.mmap(None, n, prot, anon, -1, 0)
+            if tmp in (None, _MAP_FAILED):
+                raise _oserror("staging a range", self.path)
+            try:
+                if data < first + n:
+                    view = memoryview((ctypes.c_char * n).from_address(tmp)).cast("B")
+                    done = 0
+                    while done < n:
+                        got = os.preadv(self.fd, [view[done:]], first + done)
+                        if got <= 0:
+                            self.check_file()
+                            raise MappingError(errno.EIO, f"short read of {self.path}")
+                        done += got
+                    del view
+                if _libc.mremap(tmp, n, n, _MREMAP_MAYMOVE | _MREMAP_FIXED, at) in (
+                        None, _MAP_FAILED):
+                    raise _oserror("staging a range", self.path)
+                if spare is not None:
+                    spare.spent()  # its pages live at ``at`` now; its own range is gone
+            except BaseException:
+                if spare is not None:
+                    spare.free()
+                else:
+                    _libc.munmap(tmp, n)
+                raise
+        self._staged.append(pages)
+        return pages
+
+    def protect(self, pages: ByteSpan, *, writable: bool) -> None:
+        """Make a staged page span read-only (while it is being written) or writable again."""
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        if pages.nbytes and _libc.mprotect(self.addr + pages.start, pages.nbytes, prot) != 0:
+            raise _oserror("mprotect", self.path)
+
+    def unstage(self, pages: ByteSpan) -> None:
+        """Map the file again over a span :meth:`stage` returned (atomically, ``MAP_FIXED``);
+        the staged memory is freed. Call it once the staged bytes are in the file."""
+        if not pages.nbytes:
+            return
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        got = _libc.mmap(self.addr + pages.start, pages.nbytes, prot,
+                         mmap.MAP_SHARED | _MAP_FIXED, self.fd, self.map_offset + pages.start)
+        if got in (None, _MAP_FAILED):
+            raise _oserror("re-mapping a staged range", self.path)
+        self._staged.remove(pages)
 
     # ---- closing -----------------------------------------------------------------------------
     def on_close(self, closer: Callable[[], None]) -> None:

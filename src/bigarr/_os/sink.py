@@ -16,9 +16,10 @@ mapping 0.13-0.19 GB/s.
   with ``O_DIRECT`` by the sink's own writer threads (two writes in flight, as in the limit
   case), so the disk always has work queued while the caller computes; an array *lent* to the
   sink whose middle is page-aligned in memory as well (``map_blocks``' results, placed by
-  :mod:`bigarr._compute.placed`) is written from its own memory, with no copy; the few bytes before
-  the first and after the last page boundary of an array are written buffered (a page may
-  hold the end of one chunk and the start of the next);
+  :mod:`bigarr._compute.placed`, and the staged chunks of ``iter_chunks(direct=True)``,
+  :mod:`bigarr._compute.directfill`) is written from its own memory, with no copy; the few
+  bytes before the first and after the last page boundary of an array are written buffered
+  (a page may hold the end of one chunk and the start of the next);
 * the staging memory is bounded (``staging`` bytes, at most :data:`STAGING_MAX`): a writer
   that finds every buffer in flight waits for one, so memory never grows with the output;
 * where ``O_DIRECT`` is refused (the re-open fails, or the first write fails with ``EINVAL``:
@@ -31,7 +32,8 @@ mapping 0.13-0.19 GB/s.
 
 Direct writes bypass the page cache, so they are only for files no mapping has dirtied or
 read in the same range: a new output (``map_blocks``' partial file, ``from_zarr``'s new file),
-never a user's array written in place.
+never a user's array written in place, except a direct fill's staged chunk, whose range of
+the mapping is anonymous memory (not the page cache) while it is written.
 """
 
 from __future__ import annotations
