@@ -21,9 +21,11 @@ reclaim one 4 KiB page at a time; on this project's virtio disk that ran at 0.19
    pages of the range (the kernel invalidates them, and unmaps them from every mapping), so
    reads through the mapping then show the written bytes.
 
-Where userfaultfd cannot watch (before Linux 6.7, or not allowed to this process), the chunk
-is made read-only instead while it is written: a write into it then crashes the process
-(SIGSEGV) rather than being lost.
+Where userfaultfd cannot watch (before Linux 6.7, or not allowed to this process), nothing
+would see a write into a chunk on its way, so the loop waits instead: the chunk is written and
+mapped from the file again before the loop gets the next one (no overlap of filling and
+writing; the disk is still written with ``O_DIRECT``). A later write through an old view then
+lands in the file's mapping as without ``direct``: never lost, never a crash.
 
 The bytes at the edges of the array that share a page with other data (never for an array
 made by ``bigarr.create``, whose data is page-aligned, except the last partial page) stay
@@ -40,8 +42,9 @@ What the caller gives up (the reason this is opt-in): other mappings of the file
 process or others, see a chunk's bytes only once it is written; ``x.flush()`` does not write
 the chunk in hand (the step after it, the loop's end and ``close()`` do); a write by another
 thread into the chunk being written, in the instant between its last check and its unstaging,
-is lost; and without userfaultfd, the crash above. Where ``O_DIRECT`` is refused (tmpfs, some
-FUSE file systems) the sink writes buffered instead, with the same semantics.
+is lost (without userfaultfd: a write by another thread while the chunk is written). Where
+``O_DIRECT`` is refused (tmpfs, some FUSE file systems) the sink writes buffered instead,
+with the same semantics.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ class DirectFill:
         self.sink = Sink(mapping.fd, mapping.path, direct=True)
         self._lock = threading.RLock()
         self._current: ByteSpan | None = None  # staged, being filled
-        # staged, on its way, watched for writes (or read-only where nothing can watch)
+        # staged, on its way, watched for writes (None where nothing can watch: landed at once)
         self._flights: deque[tuple[ByteSpan, Written, WriteWatch | None]] = deque()
         self._finished = False
         from bigarr._core.tracking import watch_writes  # (imported only by a direct fill)
@@ -132,18 +135,20 @@ class DirectFill:
             current, self._current = self._current, None
             if current is not None and current.nbytes:
                 watch = self._watch(self.mapping.addr + current.start, current.nbytes)
-                if watch is None:  # no userfaultfd: a late write must fail, not vanish
-                    self.mapping.protect(current, writable=False)
                 try:
                     written = self._write(current)
-                except BaseException:  # kept staged and writable: finish() tries again
-                    if watch is None:
-                        self.mapping.protect(current, writable=True)
-                    else:
+                except BaseException:  # kept staged: finish() tries again
+                    if watch is not None:
                         watch.close()
                     self._current = current
                     raise
                 self._flights.append((current, written, watch))
+                if watch is None:
+                    # nothing can see a late write into it (no userfaultfd): on the disk and
+                    # mapped from the file again before the loop goes on, so a write through
+                    # an old view lands in the mapping (as without direct), never lost
+                    while self._flights:
+                        self._land()
             while len(self._flights) > self.in_flight:
                 self._land()
 

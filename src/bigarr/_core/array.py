@@ -445,9 +445,9 @@ class memmap(np.memmap):
             are written with ``O_DIRECT`` when the loop moves on. A chunk reaches the file
             and its other mappings only then (``flush()`` skips the chunk in hand; the loop's
             end, ``break``, an exception and ``close()`` write it). Writes into the chunk just
-            left are kept (userfaultfd; without it the chunk is read-only until the next step,
-            and such a write crashes). Chunks of a third of the budget, at most 32 MiB; no
-            prefetch or release.
+            left are kept (userfaultfd; without it each chunk is on the disk, mapped from the
+            file again, before the loop goes on). Chunks of a third of the budget, at most
+            32 MiB; no prefetch or release.
             Buffered where ``O_DIRECT`` is refused (tmpfs). See README, "Filling a file".
 
         Returns

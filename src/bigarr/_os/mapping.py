@@ -670,12 +670,6 @@ class Mapping:
         self._staged.append(pages)
         return pages
 
-    def protect(self, pages: ByteSpan, *, writable: bool) -> None:
-        """Make a staged page span read-only (while it is being written) or writable again."""
-        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        if pages.nbytes and _libc.mprotect(self.addr + pages.start, pages.nbytes, prot) != 0:
-            raise _oserror("mprotect", self.path)
-
     def unstage(self, pages: ByteSpan) -> None:
         """Map the file again over a span :meth:`stage` returned (atomically, ``MAP_FIXED``);
         the staged memory is freed. Call it once the staged bytes are in the file."""
