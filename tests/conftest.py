@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import pagecache
+
 
 @pytest.fixture
 def npy_path(tmp_path: Path) -> Path:
@@ -21,22 +23,12 @@ def npy_path(tmp_path: Path) -> Path:
     return path
 
 
-def _evict(path: Path) -> None:
-    """Drop ``path`` from the page cache (clean pages no process maps), after writing it back."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 @pytest.fixture
 def evict() -> Callable[[Path], None]:
     """The page-cache eviction helper; skips where the OS has no ``posix_fadvise``."""
     if not hasattr(os, "posix_fadvise"):
         pytest.skip("no posix_fadvise to evict a file from the page cache")
-    return _evict
+    return pagecache.evict
 
 
 @pytest.fixture

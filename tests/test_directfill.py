@@ -22,6 +22,7 @@ import bigarr
 from bigarr._core.tracking import uffd_available
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan
 from bigarr.errors import HintError, ModeError
+from pagecache import evict
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="staging uses Linux's mremap and SEEK_DATA")
@@ -37,12 +38,7 @@ def _value(chunk: Any) -> np.ndarray[Any, Any]:
 
 def _from_disk(path: Path) -> np.ndarray[Any, Any]:
     """The file's contents as the disk holds them: its cached pages evicted first."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    evict(path)
     return np.load(path)
 
 

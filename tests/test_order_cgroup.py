@@ -38,6 +38,7 @@ import numpy as np
 import pytest
 
 import bigarr
+from pagecache import evict as evict_path
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="memory cgroups are Linux's")
@@ -153,22 +154,13 @@ def _oom_kills(folder: Path, version: str) -> int:
     return 0
 
 
-def _evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def run_limited(code: str, limit: int, evict: list[Path], cwd: Path,
                 timeout: float) -> tuple[subprocess.CompletedProcess[str], int]:
     """Run ``code`` in a fresh interpreter inside a new cgroup of ``limit`` bytes; the process
     and the number of OOM kills in the cgroup."""
     with memory_cgroup(limit) as (folder, version):
         for path in evict:
-            _evict(path)
+            evict_path(path)
         # the shell moves itself into the cgroup, then becomes the interpreter
         argv = ["sh", "-c", 'echo $$ > "$1" && exec "$2" -c "$3"', "sh",
                 str(folder / "cgroup.procs"), sys.executable, textwrap.dedent(code)]
