@@ -35,6 +35,7 @@ from bigarr import errors
 from bigarr._core import commitjournal as _commitjournal
 from bigarr._core import private as _private
 from bigarr._formats.journal import input_identity, journal_path, read_journal
+from interrupt import Stop, stop_at
 
 PAGE = bigarr.PAGE_SIZE
 # A budget under the inputs' 320 KB, so that in-memory inputs are cut into several chunks.
@@ -996,19 +997,9 @@ def test_map_blocks_resume_refuses_a_renamed_in_input_with_same_size_and_mtime(
     src, out = tmp_path / "x.npy", tmp_path / "y.npy"
     np.save(src, np.arange(200_000.0))
 
-    class Stop(Exception):
-        pass
-
-    seen = [0]
-
-    def stop(event: Any) -> None:
-        seen[0] += 1
-        if seen[0] == 4:
-            raise Stop
-
     with pytest.raises(Stop):
         bigarr.map_blocks(lambda b: b * 2, src, out=out, budget="1MiB", threads=1,
-                          resume=True, progress=stop)
+                          resume=True, progress=stop_at(4))
     st = src.stat()
     new = np.random.default_rng(0).random(200_000)
     np.save(tmp_path / "z.npy", new)

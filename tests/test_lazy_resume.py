@@ -18,6 +18,7 @@ import pytest
 import bigarr
 from bigarr._formats.journal import journal_path, read_journal
 from bigarr.errors import StaleJournalWarning, UnsupportedError
+from interrupt import Stop, stop_at
 from test_resume import _kill_after as kill_after
 
 ROWS = 40_000
@@ -120,18 +121,8 @@ def _doubled(src: Path, mode: str) -> bigarr.LazyArray:
 
 def _interrupt(expr: bigarr.LazyArray, out: Path) -> None:
     """A resumable ``to_npy`` of ``expr`` stopped by an exception at its fourth progress event."""
-    class Stop(Exception):
-        pass
-
-    seen = [0]
-
-    def stop(event: Any) -> None:
-        seen[0] += 1
-        if seen[0] == 4:
-            raise Stop
-
     with pytest.raises(Stop):
-        expr.to_npy(out, budget="1MiB", threads=1, resume=True, progress=stop)
+        expr.to_npy(out, budget="1MiB", threads=1, resume=True, progress=stop_at(4))
 
 
 def test_lazy_to_npy_resumes_after_kill_and_matches_a_clean_run(
@@ -284,16 +275,10 @@ def test_an_interrupted_filtered_run_leaves_the_older_output_complete(tmp_path: 
     np.save(src, x)
     np.save(out, np.zeros(3))
 
-    class Stop(Exception):
-        pass
-
-    def stop(event: Any) -> None:
-        raise Stop
-
     lx = bigarr.lazy(src)
     with pytest.raises(Stop):
         lx[lx[:, 0] % 3 > 0].to_npy(out, budget="1MiB", threads=1, resume=True, overwrite=True,
-                                    progress=stop)
+                                    progress=stop_at(1))
     assert read_journal(journal_path(str(out))) is not None
     bigarr.check_complete(out)
     with warnings.catch_warnings():
