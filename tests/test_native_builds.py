@@ -12,8 +12,11 @@ the builds, and equal to numpy's wherever numpy defines the answer exactly.
 from __future__ import annotations
 
 import os
+import platform
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +127,18 @@ def test_avx2_and_baseline_builds_give_the_same_bits(tmp_path: Path) -> None:
             got = avx2[f"{key}_{name}"]
             assert got.dtype == np.asarray(w).dtype, name
             assert got.tobytes() == np.asarray(w).tobytes(), (key, name)
+
+
+def test_the_avx2_build_is_built_and_loaded_where_the_cpu_has_avx2() -> None:
+    # setup.py builds it on x86-64 wherever it builds the baseline; a silent failure of that
+    # build would leave every kernel on the slower baseline code
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if (os.environ.get("BIGARR_NATIVE", "1") == "0" or shutil.which(cc) is None
+            or platform.machine().lower() not in ("x86_64", "amd64")
+            or not native._cpu_features().get("AVX2")):
+        pytest.skip("no C compiler, not x86-64, no AVX2, or the native kernels are off")
+    want = "baseline" if os.environ.get("BIGARR_NATIVE_ISA") == "baseline" else "avx2"
+    assert native.build == want
 
 
 def test_baseline_build_is_forced_by_the_environment() -> None:
