@@ -2,21 +2,41 @@
 
 ``bigarr._compute._native`` is an *optional* extension: when no C compiler is available the
 install still succeeds, and bigarr uses its numpy kernels instead (slower, same results within
-rounding). ``python -m bigarr --version`` tells which are in use; ``BIGARR_NATIVE=0`` turns them off.
+rounding). On x86-64 the same sources are built a second time with ``-mavx2`` as
+``bigarr._compute._native_avx2`` (also optional: a compiler without AVX2 support skips it), and
+``bigarr._compute.native`` loads that one on a CPU with AVX2: the same arithmetic in wider
+registers, so the same bits (no ``-mfma``, no contraction, no fast-math: nothing reassociated).
+``python -m bigarr --version`` tells which are in use; ``BIGARR_NATIVE=0`` turns them off and
+``BIGARR_NATIVE_ISA=baseline`` forces the baseline build.
 """
+
+import platform
 
 from setuptools import Extension, setup
 
+NATIVE_SOURCES = ["src/bigarr/_compute/_native.c",
+                  "src/bigarr/_compute/_radix.c"]  # _radix.c: the sort's radix sort
+# The same sources for the AVX2 build, each through a one-line #include of its own, so that
+# the two builds' object files (named after their sources) are not the same file.
+AVX2_SOURCES = ["src/bigarr/_compute/_native_avx2.c", "src/bigarr/_compute/_radix_avx2.c"]
+# -ffp-contract=off: no fused multiply-add, each operation rounded as numpy rounds it
+NATIVE_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-std=c99"]
+
+
+def native_extension(name: str, sources: list[str], extra: list[str]) -> Extension:
+    """The native kernels as the extension ``bigarr._compute.<name>`` (``PyInit_<name>``)."""
+    return Extension(f"bigarr._compute.{name}", sources=sources, depends=NATIVE_SOURCES,
+                     define_macros=[("NATIVE_MODULE", name)],
+                     extra_compile_args=NATIVE_FLAGS + extra, optional=True)
+
+
+native = [native_extension("_native", NATIVE_SOURCES, [])]
+if platform.machine().lower() in ("x86_64", "amd64"):
+    native.append(native_extension("_native_avx2", AVX2_SOURCES, ["-mavx2"]))
+
 setup(
     ext_modules=[
-        Extension(
-            "bigarr._compute._native",
-            sources=["src/bigarr/_compute/_native.c",
-                     "src/bigarr/_compute/_radix.c"],  # _radix.c: the sort's radix sort
-            extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno",
-                                "-std=c99"],
-            optional=True,
-        ),
+        *native,
         Extension(  # a numpy memory handler for results the O_DIRECT sink writes as they are
             "bigarr._compute._alloc",
             sources=["src/bigarr/_compute/_alloc.c"],

@@ -595,7 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
     from bigarr import __version__
     from bigarr._compute import native
 
-    kernels = "native" if native.available() else "numpy (no native build, or BIGARR_NATIVE=0)"
+    kernels = (f"native ({native.build} build)" if native.available()
+               else "numpy (no native build, or BIGARR_NATIVE=0)")
     parser.add_argument("--version", action="version",
                         version=f"bigarr {__version__}; reduction kernels: {kernels}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,

@@ -35,14 +35,12 @@ static inline double lanes_total(const double *a)
     return t[0];
 }
 
-/* Each kernel is compiled twice, for AVX2 and for the baseline, and the loader picks the one the
- * CPU runs (GCC's function multiversioning; one body, so the same source gives the same
- * arithmetic: FMA is not among the targets, and contraction is off). */
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
-#define KERNEL __attribute__((target_clones("avx2", "default")))
-#else
+/* The whole file is built twice on x86-64 (setup.py): for the baseline as _native, and with
+ * -mavx2 as _native_avx2, which bigarr/_compute/native.py loads on a CPU with AVX2 (any
+ * compiler; BIGARR_NATIVE_ISA=baseline forces the other, so both are tested in one process).
+ * One source, so the same arithmetic: no -mfma, contraction off, no fast-math, so nothing is
+ * reassociated and the wider vectors give the same bits. KERNEL marks an exported kernel. */
 #define KERNEL
-#endif
 
 /* ---- sums ------------------------------------------------------------------------------ */
 
@@ -940,9 +938,17 @@ DEF_FUSED(fused_f8, double, f8)
 
 /* A module with no methods: Python loads it only to find this file, then calls the kernels
  * through ctypes (which releases the GIL). */
-static struct PyModuleDef native_module = {PyModuleDef_HEAD_INIT, "_native", NULL, -1, NULL};
+#ifndef NATIVE_MODULE
+#define NATIVE_MODULE _native /* setup.py names each build: _native, _native_avx2 */
+#endif
+#define NATIVE_STR2(x) #x
+#define NATIVE_STR(x) NATIVE_STR2(x)
+#define NATIVE_INIT2(x) PyInit_##x
+#define NATIVE_INIT(x) NATIVE_INIT2(x)
+static struct PyModuleDef native_module = {PyModuleDef_HEAD_INIT, NATIVE_STR(NATIVE_MODULE), NULL,
+                                           -1, NULL};
 
-PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&native_module); }
+PyMODINIT_FUNC NATIVE_INIT(NATIVE_MODULE)(void) { return PyModule_Create(&native_module); }
 
 /* ==== several statistics in one sweep (lazy reductions; bigarr/_compute/multistat.py) ======== */
 

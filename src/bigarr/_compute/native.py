@@ -2,7 +2,10 @@
 
 The one owner of the optional C extension on the Python side. :data:`lib` is the loaded library,
 or None when the extension was not built (no compiler at install time) or is switched off with
-the environment variable ``BIGARR_NATIVE=0``; every caller then takes its numpy kernel. The
+the environment variable ``BIGARR_NATIVE=0``; every caller then takes its numpy kernel. Of the
+builds in :data:`BUILDS`, the AVX2 one is loaded where the CPU has AVX2 (numpy's detection),
+unless ``BIGARR_NATIVE_ISA=baseline`` asks for the baseline one (same bits; :data:`build`
+says which). The
 functions are called through :mod:`ctypes`, which releases the GIL for the call, so reductions
 scale with threads. Each wrapper takes only the layouts and dtypes its C function handles and
 returns None for anything else, so callers fall back per block.
@@ -18,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["arg_rows", "available", "count_rows", "fused_kernel", "hist_above", "hist_uniform",
-           "lib", "min_max", "radix_sort", "radix_sortable", "stats_blocks", "sum_blocks",
-           "var_blocks"]
+__all__ = ["BUILDS", "arg_rows", "available", "build", "count_rows", "fused_kernel", "hist_above",
+           "hist_uniform", "lib", "min_max", "radix_sort", "radix_sortable", "stats_blocks",
+           "sum_blocks", "var_blocks"]
 
 #: The interface version this module calls (``ABI`` in ``_native.c``).
 ABI = 5
@@ -29,10 +32,29 @@ _PTR = ctypes.c_void_p
 _F8 = ctypes.c_double
 
 
-def _load() -> ctypes.CDLL | None:
-    if os.environ.get("BIGARR_NATIVE", "1").strip().lower() in ("0", "off", "false", "no"):
-        return None
-    spec = importlib.util.find_spec("bigarr._compute._native")
+#: The builds of ``_native.c`` by name, best first: ``setup.py`` builds ``_native_avx2`` (with
+#: ``-mavx2``) on x86-64 beside the baseline ``_native``; the same source and flags otherwise, so
+#: the same bits. Each needs the CPU features listed (numpy's names).
+BUILDS = {"avx2": ("bigarr._compute._native_avx2", ("AVX2",)),
+          "baseline": ("bigarr._compute._native", ())}
+
+
+def _cpu_features() -> dict[str, bool]:
+    """numpy's run-time CPU features (``{"AVX2": True, ...}``, from its own detection, which
+    also asks the OS whether it saves the wide registers), or ``{}`` where numpy does not say
+    (then only the baseline build is loaded)."""
+    try:  # numpy's private module: no public API gives the features as values
+        umath = importlib.import_module("numpy._core._multiarray_umath")
+    except ImportError:  # pragma: no cover - numpy >= 2 has it; any other layout: baseline
+        return {}
+    got = getattr(umath, "__cpu_features__", None)
+    return dict(got) if isinstance(got, dict) else {}
+
+
+def _open(module: str) -> ctypes.CDLL | None:
+    """The build ``module`` with its kernels declared, or None (not built, not loadable, or
+    built from another version's source)."""
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.origin:
         return None
     try:
@@ -44,6 +66,24 @@ def _load() -> ctypes.CDLL | None:
     except (OSError, AttributeError):  # not loadable, or built from another version's source
         return None
     return dll
+
+
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    """``(library, build name)``: the first build of :data:`BUILDS` the CPU runs that loads
+    (only ``baseline`` with ``BIGARR_NATIVE_ISA=baseline``), or ``(None, None)`` with
+    ``BIGARR_NATIVE=0`` or where none loads."""
+    if os.environ.get("BIGARR_NATIVE", "1").strip().lower() in ("0", "off", "false", "no"):
+        return None, None
+    forced = os.environ.get("BIGARR_NATIVE_ISA", "").strip().lower()
+    features = _cpu_features()
+    for name, (module, needs) in BUILDS.items():
+        if forced == "baseline" and name != "baseline":
+            continue
+        if all(features.get(f, False) for f in needs):
+            dll = _open(module)
+            if dll is not None:
+                return dll, name
+    return None, None
 
 
 def _declare(dll: ctypes.CDLL) -> None:
@@ -70,7 +110,10 @@ def _declare(dll: ctypes.CDLL) -> None:
 
 
 #: The loaded kernels, or None (numpy kernels everywhere).
-lib: ctypes.CDLL | None = _load()
+lib: ctypes.CDLL | None
+#: Which build of :data:`BUILDS` :data:`lib` is (``"avx2"``, ``"baseline"``), or None.
+build: str | None
+lib, build = _load()
 
 
 def _fused(dll: ctypes.CDLL | None) -> dict[np.dtype[Any], Any]:
