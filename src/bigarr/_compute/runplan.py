@@ -397,9 +397,10 @@ def _balanced(stream: Stream, layout: str, memory: MemoryPlan, unit: int, thread
             or not chunk_bytes or total <= 0):
         return _geometry(stream, layout, chunk_bytes, memory, unit)
     rounds = max(1, math.ceil(total / chunk_bytes / threads - _SLIVER))
-    even = align_up(-(-total // (rounds * threads)), PAGE_SIZE) + PAGE_SIZE  # see below
-    # The extra page: chunks start on file pages, so the first one is short when the data is
-    # not page-aligned; a page more per chunk keeps the count at rounds * threads.
+    # Chunks start on pages of the file: the first one is short by the data's offset into its
+    # page, which the others make up.
+    lead = stream.plan_offset() % PAGE_SIZE
+    even = align_up(-(-(total + lead) // (rounds * threads)), PAGE_SIZE)
     if even >= chunk_bytes or even < min_chunk or (layout == "rows" and even < stream.row_bytes):
         return _geometry(stream, layout, chunk_bytes, memory, unit)
     try:
