@@ -17,6 +17,12 @@ the per-chunk share:
 A plan that cannot fit is refused here, before anything runs, with
 :class:`~bigarr.errors.BudgetError` quoting the bytes needed and the budget.
 
+A pooled read-only run whose mapped inputs are all in the page cache is planned *warm*
+(:attr:`RunPlan.warm`): the executor reads nothing ahead for it, so the chunks queued for the
+workers hold no memory and only the threads' chunks are charged (after the cold plan has been
+checked, so a budget is refused or not whatever the cache holds). With two or more threads the
+chunks are cut so that their number is a multiple of the threads (:func:`_balanced`).
+
 :func:`measure_temporaries` is how the planner learns what a user function allocates: it calls
 the function on a small probe block (an in-memory copy of the first rows, about 1 MiB) and on
 its first half under :mod:`tracemalloc` (numpy reports its array allocations there), and
