@@ -13,7 +13,12 @@ that work it applies the three policies, each defined once, here:
   the disk; it is issued *before* the chunk is submitted, so a fast worker can never release
   a chunk that is populated afterwards. Warm chunks are not populated: their faults are cheap
   (a 2 MiB folio per fault), and the populate's page-by-page walk cost the dispatcher more
-  CPU than the workers' sum.
+  CPU than the workers' sum. A *warm run* (:attr:`RunPlan.warm`: every input page cached
+  when planned) prefetches nothing at all and reads nothing through the cold-read path: its
+  chunks are queued ``prefetch`` ahead all the same (so a worker finding its next chunk never
+  waits for the dispatcher), but a queued chunk holds no memory until a worker maps it, which
+  is what let the plan size chunks for the threads alone. Were pages evicted meanwhile, the
+  workers fault them in, as a plain mapping would.
 * **Release** (:func:`release`). When a chunk is done (its work returned; for an iteration, when
   the consumer asks for the next chunk), the pages its input blocks touched are written back
   if the mapping is shared (``sync_file_range``, waited for) and dropped from this process's
@@ -495,7 +500,8 @@ def _pooled(plan: RunPlan, work: Callable[[Chunk, list[np.ndarray[Any, Any]]], T
     window: deque[tuple[Chunk, Future[T]]] = deque()
     depth = max(1, plan.threads) + plan.prefetch
     # Input chunks not in memory are read rather than faulted in (bigarr._compute.coldread).
-    reads = ColdReads.for_run(streams, depth, chunks=len(todo))
+    # A warm run reads nothing ahead: its plan charged no memory for the chunks queued.
+    reads = None if plan.warm else ColdReads.for_run(streams, depth, chunks=len(todo))
 
     def one(chunk: Chunk) -> T:
         check_mapped(*(s.mapping for s in streams))  # a file cut under us: an error, not SIGBUS
@@ -525,7 +531,7 @@ def _pooled(plan: RunPlan, work: Callable[[Chunk, list[np.ndarray[Any, Any]]], T
                 done, future = window.popleft()
                 yield done, future.result()
             _check_files(streams)
-            if plan.prefetch:
+            if plan.prefetch and not plan.warm:
                 # The first chunks start at once (their workers fault the pages in themselves);
                 # later ones are populated while the workers are still busy with those before.
                 prefetch(streams, chunk, populate=position >= plan.threads, reads=reads)

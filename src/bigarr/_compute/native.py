@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.util
+import math
 import os
 from typing import Any
 
@@ -210,9 +211,8 @@ def _columns(block: np.ndarray[Any, Any], axes: tuple[int, ...]) -> tuple[int, i
         return None
     a, b = axes[0], axes[-1] + 1
     shape = block.shape
-    p = int(np.prod(shape[:a], dtype=np.int64))
-    n = int(np.prod(shape[a:b], dtype=np.int64))
-    c = int(np.prod(shape[b:], dtype=np.int64))
+    # math.prod, not np.prod: about 100 times cheaper on a tuple, and this runs per call
+    p, n, c = math.prod(shape[:a]), math.prod(shape[a:b]), math.prod(shape[b:])
     return p, n, c
 
 

@@ -28,6 +28,7 @@ zarr and dask are detected without importing them (a module already imported by 
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import sys
@@ -136,7 +137,7 @@ class Stream:
     @property
     def size(self) -> int:
         """Number of elements."""
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -146,7 +147,7 @@ class Stream:
     @property
     def row_bytes(self) -> int:
         """Bytes of one row (along axis 0); the itemsize for 1-d, the size for 0-d."""
-        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape[1:]) * self.dtype.itemsize
 
     @property
     def lazy(self) -> bool:
@@ -231,6 +232,15 @@ class Stream:
         if self.mapping is None or block.size == 0 or self.lazy:
             return None
         return extent(block, self.mapping)
+
+    def all_cached(self) -> bool:
+        """True when the operand is mapped and every page of the file it spans is in the page
+        cache (``cachestat``: one call, about 0.3 ms per warm 2 GiB); ``False`` when some
+        are not, or where that cannot be told cheaply."""
+        if self.mapping is None or self.array is None or self.mapping.closed:
+            return False
+        span = self.span(self.array)
+        return span is not None and self.mapping.all_cached(span)
 
     def file_offset(self, block: np.ndarray[Any, Any]) -> int | None:
         """File offset of a contiguous block's first byte, or ``None``."""

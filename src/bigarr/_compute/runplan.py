@@ -17,6 +17,12 @@ the per-chunk share:
 A plan that cannot fit is refused here, before anything runs, with
 :class:`~bigarr.errors.BudgetError` quoting the bytes needed and the budget.
 
+A pooled read-only run whose mapped inputs are all in the page cache is planned *warm*
+(:attr:`RunPlan.warm`): the executor reads nothing ahead for it, so the chunks queued for the
+workers hold no memory and only the threads' chunks are charged (after the cold plan has been
+checked, so a budget is refused or not whatever the cache holds). With two or more threads the
+chunks are cut so that their number is a multiple of the threads (:func:`_balanced`).
+
 :func:`measure_temporaries` is how the planner learns what a user function allocates: it calls
 the function on a small probe block (an in-memory copy of the first rows, about 1 MiB) and on
 its first half under :mod:`tracemalloc` (numpy reports its array allocations there), and
@@ -159,6 +165,12 @@ class RunPlan:
     peak_bytes: int
     """Predicted peak memory the operation adds, in bytes: the memory plan with the largest
     chunk actually planned (at most :attr:`budget`)."""
+    warm: bool = False
+    """Every page of every mapped input was in the page cache when planned (see
+    :func:`plan_run`): the executor reads nothing ahead (no hints, no populate, no cold reads),
+    so a chunk waiting for a worker holds no memory and only the ``threads`` chunks being
+    worked on are charged; ``prefetch`` chunks are still queued, so a worker never waits for
+    the dispatcher."""
 
     def __repr__(self) -> str:
         kind = "rows" if self.layout == "rows" else f"{self.chunks.order}-order"
@@ -166,7 +178,8 @@ class RunPlan:
             f"RunPlan({self.operation}: {', '.join(self.inputs)}; {len(self.chunks)} chunks "
             f"({kind}) of <= {format_bytes(self.chunks.max_chunk_bytes)}; threads={self.threads}, "
             f"prefetch={self.prefetch}, release={self.release}, "
-            f"flush_every={format_bytes(self.flush_every)}, durable={self.durable}; "
+            f"flush_every={format_bytes(self.flush_every)}, durable={self.durable}"
+            f"{', warm' if self.warm else ''}; "
             f"peak {format_bytes(self.peak_bytes)} of budget {format_bytes(self.budget)})"
         )
 
@@ -352,6 +365,56 @@ def _geometry(stream: Stream, layout: str, chunk_bytes: int, memory: MemoryPlan,
     return plan_chunks(shape, dtype, order="C", budget=chunk_bytes, page=row)
 
 
+def _warm(streams: Sequence[Stream]) -> bool:
+    """True when every stream is an input in memory or a mapped input (not private) whose
+    file pages are all in the page cache, at least one of them mapped (a warm scan: see
+    :attr:`RunPlan.warm`)."""
+    mapped = False
+    for s in streams:
+        if s.output or s.lazy:
+            return False
+        if s.mapping is None:
+            continue
+        if s.mapping.access == "private" or not s.all_cached():
+            return False
+        mapped = True
+    return mapped
+
+
+#: A last round of chunks that leaves the threads less than this share of a chunk each to do
+#: is not worth smaller chunks (see :func:`_balanced`).
+_SLIVER = 1 / 16
+
+
+def _balanced(stream: Stream, layout: str, memory: MemoryPlan, unit: int, threads: int,
+              min_chunk: int) -> ChunkPlan:
+    """The chunk plan of ``stream`` within ``memory``, with chunks made smaller where that
+    splits the work evenly among ``threads`` workers.
+
+    Workers take chunks in order, so with ``n`` equal chunks the run lasts ``ceil(n /
+    threads)`` chunk times: 25 chunks on 2 threads leave one thread idle for the last one
+    (issue 15: about 4 ms of a warm 2 GiB sum). Chunks of ``total / (threads * rounds)``
+    bytes end together. Only for a contiguous operand cut by bytes (not zarr slabs, not lazy
+    grids), never below ``min_chunk``, and never larger than the memory plan's chunk.
+    """
+    chunk_bytes = memory.chunk_bytes
+    total = stream.nbytes
+    if (threads < 2 or unit > 1 or stream.lazy or not stream.contiguous or not stream.ndim
+            or not chunk_bytes or total <= 0):
+        return _geometry(stream, layout, chunk_bytes, memory, unit)
+    rounds = max(1, math.ceil(total / chunk_bytes / threads - _SLIVER))
+    # Chunks start on pages of the file: the first one is short by the data's offset into its
+    # page, which the others make up.
+    lead = stream.plan_offset() % PAGE_SIZE
+    even = align_up(-(-(total + lead) // (rounds * threads)), PAGE_SIZE)
+    if even >= chunk_bytes or even < min_chunk or (layout == "rows" and even < stream.row_bytes):
+        return _geometry(stream, layout, chunk_bytes, memory, unit)
+    try:
+        return _geometry(stream, layout, even, memory, unit)
+    except BudgetError:  # a geometry that needs the full chunk (records, wide rows)
+        return _geometry(stream, layout, chunk_bytes, memory, unit)
+
+
 def _too_wide(stream: Stream, row: int, chunk_bytes: int, memory: MemoryPlan) -> None:
     need = memory.at_least(row)
     raise BudgetError(
@@ -454,12 +517,18 @@ def plan_run(
     # smallest useful chunk.
     floor = _budget.MIN_CHUNK_BYTES if min_chunk is None else min_chunk
     min_chunk = max(1, min(floor, primary.span_bytes() if not primary.lazy else floor))
-    memory = plan_memory(budget, threads=max(threads, 1), prefetch=prefetch,
-                         streams=max(1, weight + extra_streams), dirty_bytes=flush_every,
-                         scratch_bytes=scratch_bytes, min_chunk=min_chunk,
-                         temporaries=temporaries, fixed_bytes=fixed_bytes,
-                         granule=PAGE_SIZE if mapped else 1, data_cap=primary.nbytes)
-    chunks = _geometry(primary, layout, memory.chunk_bytes, memory, unit)
+    terms: dict[str, Any] = {
+        "threads": max(threads, 1), "streams": max(1, weight + extra_streams),
+        "dirty_bytes": flush_every, "scratch_bytes": scratch_bytes, "min_chunk": min_chunk,
+        "temporaries": temporaries, "fixed_bytes": fixed_bytes,
+        "granule": PAGE_SIZE if mapped else 1, "data_cap": primary.nbytes}
+    # Planned as if cold first: a budget is refused (or not) whatever the page cache holds.
+    memory = plan_memory(budget, prefetch=prefetch, **terms)
+    warm = (threads >= 1 and prefetch >= 1 and release and not temporaries
+            and not extra_streams and flush_every == 0 and _warm(streams))
+    if warm:  # chunks waiting for a worker hold nothing: only the threads' chunks count
+        memory = plan_memory(budget, prefetch=0, **terms)
+    chunks = _balanced(primary, layout, memory, unit, threads, min_chunk)
     largest = _largest_resident(primary, chunks, layout)
     if layout == "rows" and len(chunks):
         biggest = max(c.rows.stop - c.rows.start for c in chunks)
@@ -483,6 +552,7 @@ def plan_run(
         budget=memory.budget,
         memory=memory,
         peak_bytes=max(0, peak),
+        warm=warm,
     )
 
 
