@@ -44,8 +44,8 @@ def test_sample_is_read_from_the_file_and_equals_the_mapped_values(
     read: list[bool] = []
     real = orderscan._read_pieces
 
-    def check(stream: Any, views: list[np.ndarray[Any, Any]]) -> Any:
-        got = real(stream, views)
+    def check(stream: Any, views: list[np.ndarray[Any, Any]], *rest: Any) -> Any:
+        got = real(stream, views, *rest)
         read.append(got is not None)
         if got is not None:
             assert np.array_equal(got.view(np.uint32), np.concatenate(views).view(np.uint32))

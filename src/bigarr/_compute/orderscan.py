@@ -271,14 +271,16 @@ def _windows_fit(stream: Stream, nfracs: int, room: int) -> bool:
     return size >= _MIN_SAMPLE and _half_width(a.size, size, nfracs, room) is not None
 
 
-def _read_pieces(stream: Stream, views: list[Array]) -> Array | None:
+def _read_pieces(stream: Stream, views: list[Array],
+                 asked: threading.Event | None = None) -> Array | None:
     """The values of ``views`` (contiguous pieces of a mapped operand) one after another,
     read from its file with ``preadv`` through a descriptor of their own (readahead off, so
     each read brings in just its piece; ``WILLNEED`` for every piece first, so the disk
     serves them together). A read waits for the disk without the GIL, where a page fault
     through the mapping holds it: so the sample can run on a thread while pass 1 starts.
     None where this does not apply (not mapped, a private mapping whose edits the file lacks,
-    a file that cannot be re-opened or that ended early): then the caller reads the views."""
+    a file that cannot be re-opened or that ended early): then the caller reads the views.
+    ``asked`` is set once every piece has been asked for (before any read waits)."""
     m = stream.mapping
     if m is None or m.access == "private" or not views:
         return None
@@ -296,6 +298,8 @@ def _read_pieces(stream: Stream, views: list[Array]) -> Array | None:
             assert off is not None
             spans.append((off, view.nbytes))
             os.posix_fadvise(reader.fd, off, view.nbytes, os.POSIX_FADV_WILLNEED)
+        if asked is not None:
+            asked.set()
         raw = out.view(np.uint8).data
         at = 0
         for off, nbytes in spans:
@@ -316,22 +320,28 @@ def _read_pieces(stream: Stream, views: list[Array]) -> Array | None:
 class _Sampling:
     """:func:`_sample_windows` on a thread of its own, started at once, so the sample's reads
     overlap pass 1's first reads (the pass's kernels wait for its windows before their first
-    block). :meth:`get` waits for the windows (re-raising the sample's error); :meth:`join`
-    waits without raising (the sample reads the operand: it must end before the call does)."""
+    block). The constructor returns once the sample's reads are asked for, so the disk has them
+    queued ahead of the pass's large reads. :meth:`get` waits for the windows (re-raising the
+    sample's error); :meth:`join` waits without raising (the sample reads the operand: it
+    must end before the call does)."""
 
     def __init__(self, stream: Stream, fracs: list[float], kd: np.dtype[Any],
                  room: int) -> None:
         self._result: _Windows | None = None
         self._error: BaseException | None = None
+        self._asked = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(stream, fracs, kd, room),
                                         name="bigarr-sample", daemon=True)
         self._thread.start()
+        self._asked.wait()
 
     def _run(self, stream: Stream, fracs: list[float], kd: np.dtype[Any], room: int) -> None:
         try:
-            self._result = _sample_windows(stream, fracs, kd, room)
+            self._result = _sample_windows(stream, fracs, kd, room, self._asked)
         except BaseException as exc:  # re-raised by get(), in the caller's thread
             self._error = exc
+        finally:
+            self._asked.set()  # (a sample that ended early never asked)
 
     def join(self) -> None:
         self._thread.join()
@@ -343,12 +353,13 @@ class _Sampling:
         return self._result
 
 
-def _sample_windows(stream: Stream, fracs: list[float], kd: np.dtype[Any],
-                    room: int) -> _Windows | None:
+def _sample_windows(stream: Stream, fracs: list[float], kd: np.dtype[Any], room: int,
+                    asked: threading.Event | None = None) -> _Windows | None:
     """Windows of keys around the ``fracs`` quantiles of a sample of ``stream``'s values, each
     wide enough to hold its quantile unless the sample misleads, together about a third of
     ``room`` values; None when a sample cannot place them (a lazy or non-contiguous operand,
-    too little data, too little room)."""
+    too little data, too little room). ``asked`` is set once the pieces' reads are asked for
+    (see :func:`_read_pieces`), or when the sample takes the mapping's way."""
     a = stream.array
     if not _windows_fit(stream, len(fracs), room) or a is None:
         return None
@@ -358,7 +369,9 @@ def _sample_windows(stream: Stream, fracs: list[float], kd: np.dtype[Any],
     piece = -(-size // _PIECES)
     starts = np.linspace(0, n - piece, _PIECES).astype(np.int64)
     views = [flat[int(i):int(i) + piece] for i in starts]
-    sample = _read_pieces(stream, views)
+    sample = _read_pieces(stream, views, asked)
+    if asked is not None:
+        asked.set()
     if sample is None:  # (a private mapping, or a file that cannot be re-opened)
         if stream.mapping is not None:
             # every piece's readahead at once, before the first is touched: the disk works on
