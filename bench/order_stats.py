@@ -17,7 +17,8 @@ Rows:
   for one pass of the sort; ``sort`` is compared with that limit times its passes.
 * ``bigarr.sort`` / ``np.sort (in RAM)`` (the array loaded first, untimed) /
   ``np.sort (memmap)`` (numpy on ``np.load(mmap_mode='r')``, loading it all).
-* ``bigarr.median`` / ``np.median (memmap)``.
+* ``bigarr.median`` / ``np.median (memmap)`` / ``bigarr.sum (cold)`` (one cold read of the same
+  file through the same engine: the floor a one-pass median can reach).
 * ``bigarr.unique`` / ``np.unique (memmap)`` / ``dask unique`` (when dask is installed) on an
   int32 file with 100 000 distinct values.
 """
@@ -84,6 +85,8 @@ m = bigarr.median(F, budget=B, threads=2, progress=False)
 passes = order.LAST_PASSES[0]
 """),
     "np.median (memmap)": ("a = np.load(F, mmap_mode='r')", "m = np.median(a)"),
+    "bigarr.sum (cold)": ("import bigarr",
+                          "m = bigarr.sum(F, budget=B, threads=2, progress=False)"),
     "bigarr.unique": ("import bigarr", "u = bigarr.unique(U, budget=B, threads=2, progress=False)"),
     "np.unique (memmap)": ("a = np.load(U, mmap_mode='r')", "u = np.unique(a)"),
     "dask unique": ("import bigarr, dask\nx = bigarr.to_dask(U)",
@@ -180,6 +183,7 @@ def report(runs: dict[str, list[dict[str, float]]], size: int, budget: int) -> N
     per_pass = min(limit) if limit else float("nan")
     peers = {"bigarr.sort": None, "np.sort (in RAM)": "bigarr.sort",
              "np.sort (memmap)": "bigarr.sort", "np.median (memmap)": "bigarr.median",
+             "bigarr.sum (cold)": "bigarr.median",
              "np.unique (memmap)": "bigarr.unique", "dask unique": "bigarr.unique"}
     for case, results in runs.items():
         ok = [r for r in results if "seconds" in r]
@@ -193,7 +197,10 @@ def report(runs: dict[str, list[dict[str, float]]], size: int, budget: int) -> N
                      f"machine's limit for {max(sort_passes)} passes")
         elif peers.get(case):
             mine = [r["seconds"] for r in runs.get(str(peers[case]), []) if "seconds" in r]
-            if mine:
+            if mine and len(mine) == len(secs) == len(results):  # same repeat: by pairs
+                pairs = [s / m for s, m in zip(secs, mine, strict=True)]
+                ratio = f"{span(pairs, '.2f')}x bigarr's time by pairs"
+            elif mine:
                 ratio = f"{span([s / min(mine) for s in secs], '.1f')}x bigarr's time"
         passes = [r["passes"] for r in ok if r.get("passes") is not None]
         print(f"| {case} | {span(secs, '.2f')} | {span([r['peak'] / mib for r in ok], '.0f')} "

@@ -23,8 +23,11 @@ window whose keys were all gathered, it is selected there exactly and needs no s
 (where the statistic's whole pass-1 bucket lies inside the window, only that bucket's keys
 are partitioned, the histogram giving the rank below it); otherwise (an unrepresentative
 sample, a window overflowing its room) the steps above follow. Counts and selection are exact
-either way: the sample only chooses what to gather. The sample's 64 pieces are read ahead all
-at once (``WILLNEED``) before the first is touched, so a cold disk serves them together.
+either way: the sample only chooses what to gather. The sample runs on a thread of its own,
+started with pass 1, whose kernels wait for its windows before their first block: its reads
+overlap the pass's first reads. A mapped file's pieces are read with ``preadv`` through a
+descriptor of their own, all 64 asked for at once (``WILLNEED``), so a cold disk serves them
+together and no page fault holds the GIL while the disk works.
 :func:`planned_passes` tells plans (``explain()``) the count before any data is read: one pass
 where a window is planned (two when the sample misleads), two without one.
 
@@ -42,6 +45,7 @@ Passes run through the engine (:func:`bigarr._compute.runplan.plan_run` and
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, cast
@@ -54,9 +58,10 @@ from bigarr._compute.operands import Stream
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import block_info, plan_run
 from bigarr._os.hints import parse_hint
+from bigarr._os.pread import RangeReader
 from bigarr._plan.budget import parse_budget
 from bigarr._plan.chunks import Chunk
-from bigarr.errors import DtypeError
+from bigarr.errors import DtypeError, UnsupportedError
 
 Array = np.ndarray[Any, Any]
 
@@ -266,12 +271,95 @@ def _windows_fit(stream: Stream, nfracs: int, room: int) -> bool:
     return size >= _MIN_SAMPLE and _half_width(a.size, size, nfracs, room) is not None
 
 
-def _sample_windows(stream: Stream, fracs: list[float], kd: np.dtype[Any],
-                    room: int) -> _Windows | None:
+def _read_pieces(stream: Stream, views: list[Array],
+                 asked: threading.Event | None = None) -> Array | None:
+    """The values of ``views`` (contiguous pieces of a mapped operand) one after another,
+    read from its file with ``preadv`` through a descriptor of their own (readahead off, so
+    each read brings in just its piece; ``WILLNEED`` for every piece first, so the disk
+    serves them together). A read waits for the disk without the GIL, where a page fault
+    through the mapping holds it: so the sample can run on a thread while pass 1 starts.
+    None where this does not apply (not mapped, a private mapping whose edits the file lacks,
+    a file that cannot be re-opened or that ended early): then the caller reads the views.
+    ``asked`` is set once every piece has been asked for (before any read waits)."""
+    m = stream.mapping
+    if m is None or m.access == "private" or not views:
+        return None
+    offsets = [stream.file_offset(v) for v in views]
+    if any(o is None for o in offsets):
+        return None
+    try:
+        reader = RangeReader(m.fd, m.path if m.named else None)
+    except (UnsupportedError, OSError):
+        return None
+    try:
+        out = np.empty(sum(v.size for v in views), dtype=views[0].dtype)
+        spans: list[tuple[int, int]] = []
+        for view, off in zip(views, offsets, strict=True):
+            assert off is not None
+            spans.append((off, view.nbytes))
+            os.posix_fadvise(reader.fd, off, view.nbytes, os.POSIX_FADV_WILLNEED)
+        if asked is not None:
+            asked.set()
+        raw = out.view(np.uint8).data
+        at = 0
+        for off, nbytes in spans:
+            done = 0
+            while done < nbytes:
+                got = os.preadv(reader.fd, [raw[at + done:at + nbytes]], off + done)
+                if got <= 0:
+                    return None  # the file ended early (it shrank): the caller's views fail
+                done += got
+            at += nbytes
+        return out
+    except OSError:
+        return None
+    finally:
+        reader.close()
+
+
+class _Sampling:
+    """:func:`_sample_windows` on a thread of its own, started at once, so the sample's reads
+    overlap pass 1's first reads (the pass's kernels wait for its windows before their first
+    block). The constructor returns once the sample's reads are asked for, so the disk has them
+    queued ahead of the pass's large reads. :meth:`get` waits for the windows (re-raising the
+    sample's error); :meth:`join` waits without raising (the sample reads the operand: it
+    must end before the call does)."""
+
+    def __init__(self, stream: Stream, fracs: list[float], kd: np.dtype[Any],
+                 room: int) -> None:
+        self._result: _Windows | None = None
+        self._error: BaseException | None = None
+        self._asked = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(stream, fracs, kd, room),
+                                        name="bigarr-sample", daemon=True)
+        self._thread.start()
+        self._asked.wait()
+
+    def _run(self, stream: Stream, fracs: list[float], kd: np.dtype[Any], room: int) -> None:
+        try:
+            self._result = _sample_windows(stream, fracs, kd, room, self._asked)
+        except BaseException as exc:  # re-raised by get(), in the caller's thread
+            self._error = exc
+        finally:
+            self._asked.set()  # (a sample that ended early never asked)
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def get(self) -> _Windows | None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def _sample_windows(stream: Stream, fracs: list[float], kd: np.dtype[Any], room: int,
+                    asked: threading.Event | None = None) -> _Windows | None:
     """Windows of keys around the ``fracs`` quantiles of a sample of ``stream``'s values, each
     wide enough to hold its quantile unless the sample misleads, together about a third of
     ``room`` values; None when a sample cannot place them (a lazy or non-contiguous operand,
-    too little data, too little room)."""
+    too little data, too little room). ``asked`` is set once the pieces' reads are asked for
+    (see :func:`_read_pieces`), or when the sample takes the mapping's way."""
     a = stream.array
     if not _windows_fit(stream, len(fracs), room) or a is None:
         return None
@@ -281,16 +369,20 @@ def _sample_windows(stream: Stream, fracs: list[float], kd: np.dtype[Any],
     piece = -(-size // _PIECES)
     starts = np.linspace(0, n - piece, _PIECES).astype(np.int64)
     views = [flat[int(i):int(i) + piece] for i in starts]
-    if stream.mapping is not None:
-        # every piece's readahead at once, before the first is touched: the disk works on all
-        # of them together, where faulting the pieces in one after another waits for each in
-        # turn (64 seeks: 0.7-2 s of a cold 1 GiB scan of 1-3 s on the shared test VM)
+    sample = _read_pieces(stream, views, asked)
+    if asked is not None:
+        asked.set()
+    if sample is None:  # (a private mapping, or a file that cannot be re-opened)
+        if stream.mapping is not None:
+            # every piece's readahead at once, before the first is touched: the disk works on
+            # all of them together, where faulting the pieces in one after another waits for
+            # each in turn (64 seeks: 0.7-2 s of a cold 1 GiB scan of 1-3 s on a shared VM)
+            for view in views:
+                for span in stream.page_spans(view):
+                    stream.mapping.advise(_WILLNEED, span)
+        sample = np.concatenate(views)
         for view in views:
-            for span in stream.page_spans(view):
-                stream.mapping.advise(_WILLNEED, span)
-    sample = np.concatenate(views)
-    for view in views:
-        stream.release(view)  # the sampled pages of a mapped file leave this process again
+            stream.release(view)  # the sampled pages of a mapped file leave this process
     keys = _keys(sample.reshape(-1, 1)).reshape(-1)
     if sample.dtype.kind == "f":
         keys = keys[~np.isnan(sample)]
@@ -471,9 +563,12 @@ def _order_statistics(
     counts = np.zeros((ncols, nbuckets), dtype=np.int64)
     nans = np.zeros(ncols, dtype=np.int64)
     offsets = (np.arange(ncols, dtype=np.intp) * nbuckets)[None, :]
-    win = None
-    if ncols == 1 and fracs and shift0:  # (narrower keys: pass 1's buckets are exact)
-        win = _sample_windows(stream, fracs, kd, budget_bytes // 4 // kd.itemsize)
+    room = budget_bytes // 4 // kd.itemsize
+    sampling = None
+    if ncols == 1 and fracs and shift0 and _windows_fit(stream, len(fracs), room):
+        # (narrower keys: pass 1's buckets are exact). The sample is read while pass 1's
+        # first chunks are: the kernels wait for its windows before their first block.
+        sampling = _Sampling(stream, fracs, kd, room)
 
     # the native kernels add into their thread's own counts, and gather into its own scratch:
     # no fresh arrays per chunk (first touches of fresh memory cost more than the kernel at
@@ -482,7 +577,7 @@ def _order_statistics(
     accs: list[tuple[Array, Array]] = []
     lock = threading.Lock()
 
-    def mine(size: int) -> tuple[Array, Array, Array]:
+    def mine(size: int, win: _Windows | None) -> tuple[Array, Array, Array]:
         got: tuple[Array, Array, Array] | None = getattr(local, "acc", None)
         if got is None:
             got = (np.zeros((ncols, nbuckets), dtype=np.int64), np.zeros(ncols, dtype=np.int64),
@@ -497,9 +592,10 @@ def _order_statistics(
     def histogram(block: Array, _row: int) -> tuple[Array | None, Array | None,
                                                     tuple[Array, Array] | None]:
         b = _columns(block, axis0)
+        win = sampling.get() if sampling is not None else None
         if native:
             b = np.ascontiguousarray(b)
-            part, nan_count, out = mine(b.size)
+            part, nan_count, out = mine(b.size, win)
             if ncols == 1:
                 if win is None:
                     if ordnative.scan(b, shift0, part, nan_count) is not None:
@@ -530,15 +626,21 @@ def _order_statistics(
         if part[0] is not None and part[1] is not None:
             nans.__iadd__(part[0])
             counts.__iadd__(part[1])
+        win = sampling.get() if sampling is not None else None
         if win is not None:
             win.add(part[2])
 
     fixed = ncols * (8 << nb_bits) * (threads + 3)
-    if win is not None:
-        fixed += win.keys.nbytes
-    _run_pass(stream, f"{name} pass 1", histogram, fold1, budget=budget, threads=threads,
-              progress=progress, fixed_bytes=fixed,
-              temporaries=_NATIVE_TEMPORARIES if native else None)
+    if sampling is not None:
+        fixed += room * kd.itemsize  # the windows' keys (their pages touched as keys arrive)
+    try:
+        _run_pass(stream, f"{name} pass 1", histogram, fold1, budget=budget, threads=threads,
+                  progress=progress, fixed_bytes=fixed,
+                  temporaries=_NATIVE_TEMPORARIES if native else None)
+    finally:
+        if sampling is not None:
+            sampling.join()  # (an empty pass, or one that failed, never waited for it)
+    win = sampling.get() if sampling is not None else None
     for part, nan_count in accs:
         counts += part
         nans += nan_count
