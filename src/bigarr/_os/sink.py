@@ -30,7 +30,9 @@ mapping 0.13-0.19 GB/s.
   meanwhile (2 GiB ``map_blocks(x*2+1)``, 16 MiB chunks: 263 such writes took 4.6 s of the
   workers' 10.5 s);
 * the staging memory is bounded (``staging`` bytes, at most :data:`STAGING_MAX`): a writer
-  that finds every buffer in flight waits for one, so memory never grows with the output;
+  that finds every buffer in flight waits for one, so memory never grows with the output.
+  It is made of 4 KiB pages, not ``MADV_HUGEPAGE`` (fresh 2 MiB pages were slow to fault
+  in under load, see ``_compute/_alloc.c``), and reused;
 * where ``O_DIRECT`` is refused (the re-open fails, or the first write fails with ``EINVAL``:
   some FUSE and network file systems), and with ``direct=False``, bytes are written buffered
   and their writeback started at once (``sync_file_range``), the flush policy's write-behind;
@@ -96,7 +98,7 @@ class _Page:
 
     def __init__(self, at: int) -> None:
         self.at = at
-        self.buf = Buffer(DIRECT_ALIGN)
+        self.buf = Buffer(DIRECT_ALIGN, huge=False)
         self.parts: list[tuple[int, int]] = []  # (start, stop) within the page, merged
         self.state = "open"
         self.done: Future[None] = Future()
@@ -351,7 +353,7 @@ class Sink:
         with self._lock:
             if self._free.empty() and self._made < self._nbuf:
                 self._made += 1
-                return Buffer(self._piece)
+                return Buffer(self._piece, huge=False)  # (as placed results: _alloc.c)
         return self._free.get()
 
     def _put(self, buf: Buffer, offset: int, nbytes: int) -> None:
