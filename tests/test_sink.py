@@ -1,5 +1,6 @@
 """The output sink (bigarr._os.sink): O_DIRECT writes of finished arrays into a new file, with
-buffered head and tail bytes, a bounded staging pool, and a buffered fallback."""
+pages shared by two writes gathered and written whole, a bounded staging pool, and a
+buffered fallback."""
 
 from __future__ import annotations
 
