@@ -299,3 +299,32 @@ def test_a_page_shared_by_two_writes_is_written_whole_and_direct(
     finally:
         os.close(fd)
     assert path.read_bytes() == data.tobytes()
+
+
+def test_a_full_disk_at_a_shared_page_is_a_disk_full_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC of a gathered page's direct write reaches both writes' wait() as DiskFullError."""
+    path = tmp_path / "p.bin"
+    fd = _new_file(path, 4 * DIRECT_ALIGN)
+    real = os.pwrite
+    direct_fds: set[int] = set()
+
+    def full(f: int, buf: Any, at: int) -> int:
+        if f in direct_fds and len(buf) == DIRECT_ALIGN:  # the shared page only
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, buf, at)
+
+    monkeypatch.setattr(os, "pwrite", full)
+    try:
+        with Sink(fd, str(path)) as sink:
+            if sink._direct_fd is None:
+                pytest.skip("this file system refuses O_DIRECT at open")
+            direct_fds.add(sink._direct_fd)
+            cut = 2 * DIRECT_ALIGN + 8
+            first = sink.write(np.ones(cut, np.uint8), 0)
+            second = sink.write(np.ones(2 * DIRECT_ALIGN - 8, np.uint8), cut)
+            for written in (first, second):
+                with pytest.raises(bigarr.errors.DiskFullError):
+                    written.wait()
+    finally:
+        os.close(fd)
