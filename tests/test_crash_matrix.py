@@ -123,7 +123,11 @@ def test_the_hooks_see_every_kind_of_durable_step(matrix: dict[str, Any]) -> Non
     create = matrix["ops"]["create"]["per_name"]
     assert {"open", "pwrite", "posix_fallocate", "fsync", "link", "unlink"} <= set(create)
     map_blocks = set(matrix["ops"]["map_blocks"]["per_name"])
-    assert {"msync", "sync_file_range"} <= map_blocks and {"link", "replace"} & map_blocks
+    assert "msync" in map_blocks and {"link", "replace"} & map_blocks
+    # (a new file's map_blocks writes every page with O_DIRECT, pages shared by two chunks
+    # too, so it may call no sync_file_range; writes through a mapping do)
+    every = set().union(*(set(op["per_name"]) for op in matrix["ops"].values()))
+    assert "sync_file_range" in every
     assert {"write", "fdatasync"} <= set(matrix["ops"]["map_blocks_resume"]["per_name"])
     assert "mkdir" in matrix["ops"]["to_zarr"]["per_name"]
 

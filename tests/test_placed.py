@@ -96,3 +96,36 @@ def test_placing_switched_off_copies_and_gives_the_same_file(
                       budget="16MiB", threads=2, progress=False).close()
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), x * 2 + 1)
     assert owned and not any(owned)
+
+
+def _vm_flags(address: int) -> list[str] | None:
+    """The VmFlags of the mapping holding ``address`` (Linux ``/proc/self/smaps``)."""
+    try:
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+    except OSError:
+        return None
+    inside = False
+    for line in lines:
+        head = line.split()[0] if line else ""
+        if "-" in head and ":" not in head:
+            lo, _, hi = head.partition("-")
+            inside = int(lo, 16) <= address < int(hi, 16)
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    return None
+
+
+def test_placed_and_staging_memory_is_not_advised_huge() -> None:
+    """Regression: placed results and the sink's staging buffers were MADV_HUGEPAGE, and the
+    first results' fresh 2 MiB pages took over a second each to fault in on a busy machine."""
+    from bigarr._os.pread import Buffer
+
+    with placed.results(0):
+        big = np.ones(1 << 20)  # 8 MiB, placed
+    staging = Buffer(8 << 20, huge=False)
+    flags = _vm_flags(big.ctypes.data)
+    if flags is None:
+        pytest.skip("no /proc/self/smaps")
+    assert "hg" not in flags
+    assert "hg" not in (_vm_flags(staging.array.ctypes.data) or [])
+    assert "hg" in (_vm_flags(Buffer(4 << 20).array.ctypes.data) or ["hg"])  # the default

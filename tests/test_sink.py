@@ -1,5 +1,6 @@
 """The output sink (bigarr._os.sink): O_DIRECT writes of finished arrays into a new file, with
-buffered head and tail bytes, a bounded staging pool, and a buffered fallback."""
+pages shared by two writes gathered and written whole, a bounded staging pool, and a
+buffered fallback."""
 
 from __future__ import annotations
 
@@ -256,5 +257,74 @@ def test_a_write_that_makes_no_progress_raises_not_hangs(
         with Sink(fd, str(path), direct=direct, staging=2 * DIRECT_ALIGN) as sink, \
                 pytest.raises(bigarr.errors.DiskFullError):
             sink.write(np.zeros(4 * DIRECT_ALIGN, np.uint8), 0).wait()
+    finally:
+        os.close(fd)
+
+
+def test_a_page_shared_by_two_writes_is_written_whole_and_direct(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The end of one array and the start of the next share a page: gathered and written with
+    O_DIRECT once both are there, with no buffered write (a buffered one waits for every
+    direct write in flight); a shared page waited for before its other bytes come is written
+    buffered, and the bytes that come later too. The file holds the bytes given either way."""
+    size = 8 * DIRECT_ALIGN
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 256, size, dtype=np.uint8)
+    path = tmp_path / "shared.bin"
+    fd = _new_file(path, size)
+    buffered: list[tuple[int, int]] = []
+    real = sink_mod.pwrite_all
+
+    def counting(f: int, piece: Any, at: int) -> None:
+        buffered.append((at, int(piece.nbytes)))
+        real(f, piece, at)
+
+    monkeypatch.setattr(sink_mod, "pwrite_all", counting)
+    cut, late = 3 * DIRECT_ALIGN + 100, 6 * DIRECT_ALIGN + 40
+    try:
+        with Sink(fd, str(path)) as sink:
+            if not sink.direct:
+                pytest.skip("this file system refuses O_DIRECT at open")
+            first = sink.write(data[:cut].copy(), 0)
+            second = sink.write(data[cut:late].copy(), cut)
+            assert not buffered  # the shared page is gathered, not written buffered
+            first.wait()  # its page is full: on the disk with O_DIRECT
+            assert not buffered
+            second.wait()  # its last page is still open: written buffered now
+            assert buffered == [(6 * DIRECT_ALIGN, 40)]
+            sink.write(data[late:].copy(), late).wait()  # the rest of that page: buffered too
+            assert buffered[-1] == (late, DIRECT_ALIGN - 40)
+            assert not sink._pages
+            sink.sync()
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data.tobytes()
+
+
+def test_a_full_disk_at_a_shared_page_is_a_disk_full_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC of a gathered page's direct write reaches both writes' wait() as DiskFullError."""
+    path = tmp_path / "p.bin"
+    fd = _new_file(path, 4 * DIRECT_ALIGN)
+    real = os.pwrite
+    direct_fds: set[int] = set()
+
+    def full(f: int, buf: Any, at: int) -> int:
+        if f in direct_fds and len(buf) == DIRECT_ALIGN:  # the shared page only
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, buf, at)
+
+    monkeypatch.setattr(os, "pwrite", full)
+    try:
+        with Sink(fd, str(path)) as sink:
+            if sink._direct_fd is None:
+                pytest.skip("this file system refuses O_DIRECT at open")
+            direct_fds.add(sink._direct_fd)
+            cut = 2 * DIRECT_ALIGN + 8
+            first = sink.write(np.ones(cut, np.uint8), 0)
+            second = sink.write(np.ones(2 * DIRECT_ALIGN - 8, np.uint8), cut)
+            for written in (first, second):
+                with pytest.raises(bigarr.errors.DiskFullError):
+                    written.wait()
     finally:
         os.close(fd)

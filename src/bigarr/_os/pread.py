@@ -47,14 +47,15 @@ _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)
 
 
 class Buffer:
-    """Page-aligned anonymous memory of ``nbytes`` bytes (rounded up to whole pages)."""
+    """Page-aligned anonymous memory of ``nbytes`` bytes (rounded up to whole pages);
+    ``huge=False``: without ``MADV_HUGEPAGE`` (see :mod:`bigarr._os.sink`)."""
 
     __slots__ = ("__weakref__", "_lent", "_mm", "array", "nbytes")
 
-    def __init__(self, nbytes: int) -> None:
+    def __init__(self, nbytes: int, *, huge: bool = True) -> None:
         self.nbytes = align_up(max(nbytes, 1), PAGE_SIZE)
         self._mm = mmap.mmap(-1, self.nbytes)
-        if _MADV_HUGEPAGE is not None:  # fewer faults and TLB misses; only a hint
+        if huge and _MADV_HUGEPAGE is not None:  # fewer faults and TLB misses; only a hint
             with contextlib.suppress(OSError):
                 self._mm.madvise(_MADV_HUGEPAGE)
         self.array: np.ndarray[Any, np.dtype[np.uint8]] = np.frombuffer(self._mm, np.uint8)

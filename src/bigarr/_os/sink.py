@@ -17,11 +17,22 @@ mapping 0.13-0.19 GB/s.
   case), so the disk always has work queued while the caller computes; an array *lent* to the
   sink whose middle is page-aligned in memory as well (``map_blocks``' results, placed by
   :mod:`bigarr._compute.placed`, and the staged chunks of ``iter_chunks(direct=True)``,
-  :mod:`bigarr._compute.directfill`) is written from its own memory, with no copy; the few
-  bytes before the first and after the last page boundary of an array are written buffered
-  (a page may hold the end of one chunk and the start of the next);
+  :mod:`bigarr._compute.directfill`) is written from its own memory, with no copy;
+* the few bytes before the first and after the last page boundary of an array share their
+  page with the neighbouring arrays (the end of one chunk and the start of the next, whenever
+  chunk boundaries do not fall on the file's pages: an input ``.npy`` with a 128-byte header
+  and a new output with a 4 KiB one, or rows of 12 bytes). The sink gathers them in a page
+  buffer (:class:`_Page`) and writes the page with ``O_DIRECT`` once its bytes are all there;
+  a page waited for before that (the file's last page, a neighbour that is never written) is
+  written buffered then. Writing them buffered at once, as before, cost a ``map_blocks``
+  worker 10-35 ms per chunk boundary: a buffered write takes the inode's lock exclusively,
+  so it waits for every direct write in flight (ext4), and the worker computes nothing
+  meanwhile (2 GiB ``map_blocks(x*2+1)``, 16 MiB chunks: 263 such writes took 4.6 s of the
+  workers' 10.5 s);
 * the staging memory is bounded (``staging`` bytes, at most :data:`STAGING_MAX`): a writer
-  that finds every buffer in flight waits for one, so memory never grows with the output;
+  that finds every buffer in flight waits for one, so memory never grows with the output.
+  It is made of 4 KiB pages, not ``MADV_HUGEPAGE`` (fresh 2 MiB pages were slow to fault
+  in under load, see ``_compute/_alloc.c``), and reused;
 * where ``O_DIRECT`` is refused (the re-open fails, or the first write fails with ``EINVAL``:
   some FUSE and network file systems), and with ``direct=False``, bytes are written buffered
   and their writeback started at once (``sync_file_range``), the flush policy's write-behind;
@@ -74,20 +85,55 @@ Lent pieces cost no staging memory, so they are as large as the limit case's."""
 _WRITERS = 2  # writes in flight, as in machine.disk_write
 
 
+class _Page:
+    """One page of the file shared by several writes (the end of one array, the start of the
+    next): their bytes gathered in a page-aligned buffer until they cover the page.
+
+    ``state``: ``"open"`` (gathering), ``"full"`` (queued to the writer threads as one
+    ``O_DIRECT`` write) or ``"buffered"`` (waited for while open: its bytes written buffered).
+    ``done`` is resolved when the page's bytes are on the disk, or holds the write's error.
+    """
+
+    __slots__ = ("at", "buf", "done", "parts", "state")
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.buf = Buffer(DIRECT_ALIGN, huge=False)
+        self.parts: list[tuple[int, int]] = []  # (start, stop) within the page, merged
+        self.state = "open"
+        self.done: Future[None] = Future()
+
+    def add(self, raw: np.ndarray[Any, Any], start: int) -> bool:
+        """Copy ``raw`` to ``start`` bytes into the page; True once the page is covered."""
+        stop = start + int(raw.nbytes)
+        self.buf.array[start:stop] = raw
+        merged: list[tuple[int, int]] = []
+        for a, b in sorted([*self.parts, (start, stop)]):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+            else:
+                merged.append((a, b))
+        self.parts = merged
+        return merged == [(0, DIRECT_ALIGN)]
+
+
 class Written:
-    """What one :meth:`Sink.write` left to finish: direct pieces in flight and buffered ranges
-    under writeback."""
+    """What one :meth:`Sink.write` left to finish: direct pieces in flight, shared pages, and
+    buffered ranges under writeback."""
 
-    __slots__ = ("_fd", "_futures", "_ranges")
+    __slots__ = ("_fd", "_futures", "_pages", "_ranges", "_sink")
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, sink: Sink | None = None) -> None:
         self._fd = fd
+        self._sink = sink
         self._futures: list[Future[None]] = []
+        self._pages: list[_Page] = []
         self._ranges: list[tuple[int, int]] = []
 
     def wait(self) -> None:
         """Return once every byte of the write is on the disk (not yet a durability barrier:
-        see :meth:`Sink.sync`).
+        see :meth:`Sink.sync`). A shared page whose other bytes have not been written yet is
+        written buffered now.
 
         Raises
         ------
@@ -96,6 +142,9 @@ class Written:
         """
         for future in self._futures:
             future.result()
+        for page in self._pages:
+            assert self._sink is not None
+            self._sink._settle(page)
         for offset, nbytes in self._ranges:
             wait_writeback(self._fd, offset, nbytes)
 
@@ -126,6 +175,10 @@ class Sink:
         self._name = path or "the output file"  # (for errors)
         self._direct_fd: int | None = _reopen_direct(fd, path) if direct else None
         self._refused = False  # O_DIRECT refused at a write: buffered from then on
+        # Shared pages are written whole with O_DIRECT only inside the file (a direct write
+        # never extends it): its length now, which create's preallocation has set.
+        self._size = os.fstat(fd).st_size if self._direct_fd is not None else 0
+        self._pages: dict[int, _Page] = {}  # open shared pages, by file offset
         staging = max(2 * DIRECT_ALIGN, min(staging, STAGING_MAX))
         self._piece = min(_PIECE_MAX, max(DIRECT_ALIGN, align_down(staging // 4, DIRECT_ALIGN)))
         self._nbuf = max(2, staging // self._piece)
@@ -154,18 +207,19 @@ class Sink:
         :data:`LENT_PIECE` bytes.
         """
         nbytes = int(data.nbytes)
-        done = Written(self.fd)
+        done = Written(self.fd, self)
         if not nbytes:
             return done
         raw = data.reshape(-1).view(np.uint8)
-        lo = align_up(offset, DIRECT_ALIGN)
-        hi = align_down(offset + nbytes, DIRECT_ALIGN)
-        if not self.direct or hi <= lo:
+        if not self.direct:
             self._buffered(done, raw, offset)
             return done
+        end = offset + nbytes
+        lo = min(align_up(offset, DIRECT_ALIGN), end)  # the page-aligned middle: [lo, hi)
+        hi = max(align_down(end, DIRECT_ALIGN), lo)
         if lo > offset:
-            self._buffered(done, raw[: lo - offset], offset)
-        if lend and (raw.ctypes.data + lo - offset) % DIRECT_ALIGN == 0:
+            self._shared(done, raw[: lo - offset], offset)
+        if lend and hi > lo and (raw.ctypes.data + lo - offset) % DIRECT_ALIGN == 0:
             for start in range(lo, hi, LENT_PIECE):
                 n = min(LENT_PIECE, hi - start)
                 piece = raw[start - offset: start - offset + n]
@@ -176,8 +230,8 @@ class Sink:
                 buf = self._take()
                 np.copyto(buf.array[:n], raw[start - offset: start - offset + n])
                 done._futures.append(self._writers().submit(self._put, buf, start, n))
-        if hi < offset + nbytes:
-            self._buffered(done, raw[hi - offset:], hi)
+        if end > hi:
+            self._shared(done, raw[hi - offset:], hi)
         return done
 
     def sync(self) -> None:
@@ -211,6 +265,8 @@ class Sink:
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        with self._lock:  # pages never waited for (a failed run): nothing to write
+            self._pages.clear()
         while True:  # the buffers' memory goes back with their last reference
             try:
                 self._free.get_nowait()
@@ -232,6 +288,60 @@ class Sink:
         start_writeback(self.fd, offset, int(raw.nbytes))
         done._ranges.append((offset, int(raw.nbytes)))
 
+    def _shared(self, done: Written, raw: np.ndarray[Any, Any], offset: int) -> None:
+        """Bytes that share their page with other writes (within one page): gathered in the
+        page's buffer, the page queued as one direct write once covered. A page reaching past
+        the end of the file is written buffered at once (a direct write would extend it)."""
+        at = align_down(offset, DIRECT_ALIGN)
+        if at + DIRECT_ALIGN > self._size:
+            self._buffered(done, raw, offset)
+            return
+        with self._lock:
+            page = self._pages.get(at)
+            if page is None:
+                page = self._pages[at] = _Page(at)
+            full = page.add(raw, offset - at)
+            if full:
+                del self._pages[at]
+                page.state = "full"
+        done._pages.append(page)
+        if full:
+            try:
+                self._writers().submit(self._put_page, page)
+            except RuntimeError as exc:  # the sink was closed under a failing run
+                page.done.set_exception(exc)
+
+    def _put_page(self, page: _Page) -> None:
+        """Write a covered shared page (a writer thread)."""
+        try:
+            self._put_lent(page.buf.array, page.at)
+        except BaseException as exc:
+            page.done.set_exception(exc)
+        else:
+            page.done.set_result(None)
+
+    def _settle(self, page: _Page) -> None:
+        """Wait for a shared page: one still open is written buffered now, with the bytes it
+        holds (its other writes, if they come later, start a new page, written buffered too,
+        so the page never mixes cached and direct bytes unless wholly rewritten)."""
+        with self._lock:
+            flush = page.state == "open"
+            if flush:
+                page.state = "buffered"
+                if self._pages.get(page.at) is page:
+                    del self._pages[page.at]
+        if flush:
+            try:
+                for a, b in page.parts:
+                    pwrite_all(self.fd, page.buf.array[a:b], page.at + a)
+                    wait_writeback(self.fd, page.at + a, b - a)
+            except OSError as exc:
+                err = os_error(exc, self._name, writing=True)
+                page.done.set_exception(err)
+                raise err from exc
+            page.done.set_result(None)
+        page.done.result()
+
     def _writers(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
@@ -243,7 +353,7 @@ class Sink:
         with self._lock:
             if self._free.empty() and self._made < self._nbuf:
                 self._made += 1
-                return Buffer(self._piece)
+                return Buffer(self._piece, huge=False)  # (as placed results: _alloc.c)
         return self._free.get()
 
     def _put(self, buf: Buffer, offset: int, nbytes: int) -> None:
