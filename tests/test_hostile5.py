@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 import bigarr
 
@@ -28,3 +29,16 @@ def test_map_blocks_function_refilling_its_own_output_buffer(tmp_path: Path) -> 
                           budget="8MiB", threads=1, progress=False)
     y.close()
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), x * 2)
+
+
+def test_row_local_quantile_along_an_empty_axis_is_a_bigarr_error() -> None:
+    """numpy's quantile of zero values is an IndexError; the lazy row-local one let numpy's
+    bare IndexError out of the expression's construction."""
+    a = np.zeros((4, 0), np.float32)
+    with pytest.raises(IndexError):
+        np.quantile(a, 0.3, axis=1)
+    x = bigarr.lazy(a)
+    for build in (lambda: x.quantile(0.3, axis=1), lambda: x.percentile(50, axis=1),
+                  lambda: bigarr.lazy(a.astype(np.int8)).quantile(0.5, axis=1)):
+        with pytest.raises(bigarr.errors.RegionError):
+            build()

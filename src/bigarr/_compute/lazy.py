@@ -171,6 +171,9 @@ def _op(func: Callable[..., Any], args: Sequence[Any], label: str, *,
     except ValueError as exc:  # numpy's refusals of values (integers to negative powers)
         raise ArgumentValueError(f"{label} of {', '.join(str(n.dtype) for n in nodes)}: "
                                  f"{exc}") from None
+    except IndexError as exc:  # numpy's quantile of no values
+        raise RegionError(f"{label} of {', '.join(str(n.shape) for n in nodes)}: {exc}") \
+            from None
     node = Op(tuple(shape), dtype, func, nodes, tuple(kwargs.items()), label, rowwise)
     frame(node)  # refuses operands over rows of different origins
     return LazyArray(node)
