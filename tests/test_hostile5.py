@@ -42,3 +42,19 @@ def test_row_local_quantile_along_an_empty_axis_is_a_bigarr_error() -> None:
                   lambda: bigarr.lazy(a.astype(np.int8)).quantile(0.5, axis=1)):
         with pytest.raises(bigarr.errors.RegionError):
             build()
+
+
+def test_lazy_min_of_an_empty_column_slice_of_a_file(tmp_path: Path) -> None:
+    """x[:, 1:] of a one-column file has rows but no values: its min streamed the rows and let
+    numpy's bare ValueError out; numpy's answers (and its refusal, as ShapeError) instead."""
+    np.save(tmp_path / "x.npy", np.ones((64, 1), np.float32))
+    x = bigarr.lazy(str(tmp_path / "x.npy"))[:, 1:]
+    a = np.ones((64, 0), np.float32)
+    with pytest.raises(bigarr.errors.ShapeError):
+        x.min().compute()
+    with pytest.raises(bigarr.errors.ShapeError):
+        bigarr.compute(x.sum(), x.max())
+    total, by_col, top = bigarr.compute(x.sum(), x.sum(axis=0), x.max(axis=0))
+    assert total == a.sum()
+    np.testing.assert_array_equal(by_col, a.sum(axis=0))
+    np.testing.assert_array_equal(top, a.max(axis=0))
