@@ -58,3 +58,17 @@ def test_lazy_min_of_an_empty_column_slice_of_a_file(tmp_path: Path) -> None:
     assert total == a.sum()
     np.testing.assert_array_equal(by_col, a.sum(axis=0))
     np.testing.assert_array_equal(top, a.max(axis=0))
+
+
+def test_lazy_refuses_python_objects_as_a_dtype_error() -> None:
+    """An object array's lazy sum, row-local var or quantile ran numpy on Python objects and
+    let its bare TypeError out (or computed on objects); now a DtypeError when built, as
+    bigarr's eager reductions refuse them."""
+    obj = np.array([[1, "a"], [2, "b"]], dtype=object)
+    with pytest.raises(bigarr.errors.DtypeError):
+        bigarr.lazy(obj)
+    x = bigarr.lazy(np.ones((2, 2)))
+    with pytest.raises(bigarr.errors.DtypeError):
+        x.astype(object)
+    with pytest.raises(bigarr.errors.DtypeError):
+        x + obj
