@@ -72,3 +72,21 @@ def test_lazy_refuses_python_objects_as_a_dtype_error() -> None:
         x.astype(object)
     with pytest.raises(bigarr.errors.DtypeError):
         x + obj
+
+
+@pytest.mark.skipif(np.dtype(np.longdouble).itemsize <= 8, reason="long double is double here")
+def test_order_statistics_of_long_double_are_a_dtype_error(tmp_path: Path) -> None:
+    """float128 passed the 'floating' check, then numpy failed to make a 'u16' key dtype: a
+    bare TypeError from median, quantile, sort, argsort, topk and searchsorted."""
+    a = np.arange(10, dtype=np.longdouble)
+    out = tmp_path / "o.npy"
+    for run in (lambda: bigarr.median(a, progress=False),
+                lambda: bigarr.quantile(a, 0.5, progress=False),
+                lambda: bigarr.sort(a, str(out), progress=False),
+                lambda: bigarr.argsort(a, progress=False),
+                lambda: bigarr.topk(a, 2, progress=False),
+                lambda: bigarr.searchsorted(a, [3.0])):
+        with pytest.raises(bigarr.errors.DtypeError):
+            run()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    np.testing.assert_array_equal(bigarr.unique(a, progress=False), np.unique(a))
