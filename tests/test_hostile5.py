@@ -90,3 +90,16 @@ def test_order_statistics_of_long_double_are_a_dtype_error(tmp_path: Path) -> No
             run()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     np.testing.assert_array_equal(bigarr.unique(a, progress=False), np.unique(a))
+
+
+def test_filtered_big_endian_rows_keep_their_dtype(tmp_path: Path) -> None:
+    """x[mask].compute() of '>f8' data came back native float64, though the expression's dtype
+    (and numpy's a[mask], and its to_npy file) is '>f8'."""
+    a = np.arange(12.0).reshape(4, 3).astype(">f8")
+    np.save(tmp_path / "be.npy", a)
+    x = bigarr.lazy(str(tmp_path / "be.npy"))
+    kept = x[x[:, 0] > 2]
+    got = kept.compute()
+    want = a[a[:, 0] > 2]
+    assert got.dtype == want.dtype == kept.dtype
+    np.testing.assert_array_equal(got, want)

@@ -592,8 +592,9 @@ class _Pass:
                                                tuple(states[id(node)]))
             elif id(node) in grown:
                 parts = grown.pop(id(node))
-                results[id(node)] = (np.concatenate(parts) if parts else
-                                     np.empty((0, *node.shape[1:]), node.dtype))
+                results[id(node)] = (  # (in the expression's byte order, as numpy's)
+                    np.concatenate(parts, dtype=node.dtype, casting="unsafe") if parts else
+                    np.empty((0, *node.shape[1:]), node.dtype))
             else:
                 results[id(node)] = outs[id(node)]
 
