@@ -155,13 +155,17 @@ def _refs(array: np.ndarray[Any, Any]) -> list[int] | None:
     return counts
 
 
+def _through(array: np.ndarray[Any, Any]) -> list[int] | None:
+    return _refs(array)  # (the call depth of unshared's)
+
+
 def _sole_refs() -> tuple[int, int]:
     whole = np.empty(2)
     view = whole[:1]
     del whole
-    counts = _refs(view)  # as unshared() sees an array only its caller's variable holds
+    counts = _through(view)  # as unshared() sees an array only its caller's variable holds
     assert counts is not None
-    return counts[0] + 1, counts[1]
+    return counts[0], counts[1]
 
 
 _SOLE = _sole_refs()
