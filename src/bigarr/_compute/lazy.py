@@ -66,6 +66,7 @@ from bigarr.errors import (
     ArgumentOverflowError,
     ArgumentValueError,
     AxisError,
+    DtypeError,
     RegionError,
     ShapeError,
     UnsupportedError,
@@ -109,6 +110,13 @@ def _leaf(source: Any) -> Leaf:
         stream.close()
 
 
+def _no_objects(dtype: np.dtype[Any], what: str) -> None:
+    """Refuse Python objects (numpy's own errors on them are bare, and nothing streams them)."""
+    if dtype.hasobject:
+        raise DtypeError(f"Expected bool, numeric or other fixed-size data in {what}. Got a "
+                         f"dtype with Python objects ({dtype}); use numpy on it.")
+
+
 def _node(obj: Any) -> Node:
     """``obj`` as a node: lazy arrays are theirs, arrays with elements become leaves."""
     if isinstance(obj, LazyArray):
@@ -121,9 +129,11 @@ def _node(obj: Any) -> Node:
         arr = np.asarray(obj)
         return Const((), arr.dtype, arr[()])
     if isinstance(obj, np.ndarray) and not isinstance(obj, np.memmap):
+        _no_objects(obj.dtype, "an operand")
         return Const(tuple(obj.shape), obj.dtype, obj)
     if isinstance(obj, (list, tuple)):
         arr = np.asarray(obj)
+        _no_objects(arr.dtype, "an operand")
         return Const(tuple(arr.shape), arr.dtype, arr)
     return _leaf(obj)
 
@@ -171,6 +181,10 @@ def _op(func: Callable[..., Any], args: Sequence[Any], label: str, *,
     except ValueError as exc:  # numpy's refusals of values (integers to negative powers)
         raise ArgumentValueError(f"{label} of {', '.join(str(n.dtype) for n in nodes)}: "
                                  f"{exc}") from None
+    except IndexError as exc:  # numpy's quantile of no values
+        raise RegionError(f"{label} of {', '.join(str(n.shape) for n in nodes)}: {exc}") \
+            from None
+    _no_objects(dtype, label)
     node = Op(tuple(shape), dtype, func, nodes, tuple(kwargs.items()), label, rowwise)
     frame(node)  # refuses operands over rows of different origins
     return LazyArray(node)
@@ -780,10 +794,13 @@ def lazy(source: Any) -> LazyArray:
     ------
     FileMissingError, FormatError
         For a path that cannot be opened as a ``.npy`` file.
+    DtypeError
+        For an array of Python objects.
     """
     if isinstance(source, LazyArray):
         return source
     if isinstance(source, np.ndarray) and not isinstance(source, np.memmap) and source.ndim:
+        _no_objects(source.dtype, "bigarr.lazy")
         return LazyArray(Leaf(tuple(source.shape), source.dtype, source, "ndarray"))
     return LazyArray(_node(source))
 

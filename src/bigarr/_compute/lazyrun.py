@@ -261,7 +261,8 @@ def _groups(items: list[_Item]) -> tuple[list[list[_Item]], list[_Item], list[_I
     for it in items:
         if it.order and math.prod(it.expr.shape) > 0:
             order.append(it)
-        elif it.rows and math.prod(next(iter(it.rows.values())).shape) > 0:
+        elif it.rows and math.prod(next(iter(it.rows.values())).shape) > 0 and not (
+                isinstance(it.node, Reduce) and 0 in it.expr.shape[1:]):  # (no values: whole)
             by_rows.setdefault(next(iter(it.rows.values())).shape[0], []).append(it)
         else:
             whole.append(it)
@@ -591,14 +592,17 @@ class _Pass:
                                                tuple(states[id(node)]))
             elif id(node) in grown:
                 parts = grown.pop(id(node))
-                results[id(node)] = (np.concatenate(parts) if parts else
-                                     np.empty((0, *node.shape[1:]), node.dtype))
+                results[id(node)] = (  # (in the expression's byte order, as numpy's)
+                    np.concatenate(parts, dtype=node.dtype, casting="unsafe") if parts else
+                    np.empty((0, *node.shape[1:]), node.dtype))
             else:
                 results[id(node)] = outs[id(node)]
 
 
 def _in_memory(it: _Item, opened: _Opened, values: dict[int, Array],
                numexpr: bool = False) -> Array:
+    if isinstance(it.node, Reduce) and 0 in it.expr.shape[1:]:  # no values to read
+        return numpy_reduce(it.node, np.empty(it.expr.shape, it.expr.dtype))
     whole = {i: opened.array(leaf) for i, leaf in {**it.rows, **it.whole}.items()}
     env = Env({}, whole, values, None, None, numexpr)
     value = evaluate(it.expr, False, env)

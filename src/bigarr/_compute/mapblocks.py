@@ -457,7 +457,9 @@ class _Job:
             with placed.results(skew):
                 res = self.call(chunk, blocks[:-1])
             res = _check_rows(res, chunk, row_shape)
-            writeback.write(chunk.index, out, blocks[-1], res, lend=lend)
+            # lent only if func kept no reference (it may fill a kept array again)
+            mine = lend and placed.unshared(res)
+            writeback.write(chunk.index, out, blocks[-1], res, lend=mine)
             del res
 
         if placing:

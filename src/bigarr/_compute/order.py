@@ -480,7 +480,7 @@ def unique(a: Any, *, return_counts: bool = False, budget: int | str = DEFAULT_B
     stream = parse_operand(a, by_key=False)
     try:
         dtype = np.dtype(stream.dtype)
-        _check_dtype(dtype, "unique")
+        _check_dtype(dtype, "unique", keyed=False)
         budget_bytes = parse_budget(budget)
         limit = budget_bytes // 4
         state: list[tuple[Array, Array]] = [(np.zeros(0, dtype), np.zeros(0, np.intp))]

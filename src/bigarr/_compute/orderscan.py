@@ -79,11 +79,14 @@ def _temporaries(dtype: np.dtype[Any]) -> float:
 
 
 # ---- keys ----------------------------------------------------------------------------------
-def _check_dtype(dtype: np.dtype[Any], name: str) -> None:
-    if dtype.kind not in "biuf":
+def _check_dtype(dtype: np.dtype[Any], name: str, keyed: bool = True) -> None:
+    """Refuse what ``name`` cannot order: other than bool, integers and floats, or (``keyed``:
+    it orders by integer keys of the values' width) a long double, wider than any integer."""
+    if dtype.kind not in "biuf" or (keyed and dtype.itemsize > 8):
         raise DtypeError(
-            f"{name} works on bool, integer and floating arrays. Got dtype {dtype}: convert "
-            "first (e.g. with map_blocks), or use numpy on data that fits in memory."
+            f"{name} works on bool, integer and floating arrays of up to 8 bytes. Got dtype "
+            f"{dtype}: convert first (e.g. with map_blocks), or use numpy on data that fits "
+            "in memory."
         )
 
 

@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from bigarr._os.geometry import PAGE_SIZE
 
-__all__ = ["NAME", "available", "keep", "owns", "results", "trim"]
+__all__ = ["NAME", "available", "keep", "owns", "results", "trim", "unshared"]
 
 NAME = "bigarr_placed"
 """The handler's name, as ``numpy``'s ``get_handler_name`` reports it."""
@@ -141,6 +142,45 @@ def owns(array: np.ndarray[Any, Any]) -> bool:
     while isinstance(base, np.ndarray) and not base.flags.owndata:
         base = base.base
     return isinstance(base, np.ndarray) and _placed.handler_name(base) == NAME
+
+
+def _refs(array: np.ndarray[Any, Any]) -> list[int] | None:
+    counts = [sys.getrefcount(array)]
+    base = array.base
+    while base is not None:
+        if not isinstance(base, np.ndarray):
+            return None
+        counts.append(sys.getrefcount(base))
+        base = base.base
+    return counts
+
+
+def _through(array: np.ndarray[Any, Any]) -> list[int] | None:
+    return _refs(array)  # (the call depth of unshared's)
+
+
+def _sole_refs() -> tuple[int, int]:
+    whole = np.empty(2)
+    view = whole[:1]
+    del whole
+    counts = _through(view)  # as unshared() sees an array only its caller's variable holds
+    assert counts is not None
+    return counts[0], counts[1]
+
+
+_SOLE = _sole_refs()
+
+
+def unshared(array: np.ndarray[Any, Any]) -> bool:
+    """True if only the caller's one variable refers to ``array``, and only ``array`` (through
+    its chain of bases) to the arrays it views: a function's result it does not keep.
+
+    A result lent to the sink must not change until written; a function that returns an array
+    it keeps (an output buffer it fills again at its next call, ``out=`` in numpy's idiom)
+    changes it, so its results are copied instead."""
+    counts = _refs(array)
+    return counts is not None and counts[0] <= _SOLE[0] and all(
+        c <= _SOLE[1] for c in counts[1:])
 
 
 def keep(n: int) -> None:
