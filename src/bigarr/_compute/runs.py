@@ -305,18 +305,22 @@ def _concat(pieces: list[Array], dtype: np.dtype[Any], spares: Spares | None = N
     return out
 
 
-def merge(runs: list[Run], fmt: Format, per: int, sink: Sink, threads: int = 1) -> None:
+def merge(runs: list[Run], fmt: Format, per: int, sink: Sink, threads: int = 1,
+          spares: Spares | None = None) -> None:
     """Merge sorted ``runs`` into ``sink``, block by block (module docstring).
 
     With ``threads`` > 1 the blocks, which are independent once cut, are sorted on that many
     worker threads (numpy's sorts release the GIL) while this thread reads the runs, cuts the
     next blocks and hands the sorted ones to ``sink`` in order: at most ``threads`` blocks are
     in flight. Blocks are cut into reused arrays (:class:`Spares`), taken back once ``sink``
-    returns: a sink must not keep the block it is given (it writes or copies it).
+    returns: a sink must not keep the block it is given (it writes or copies it). ``spares``:
+    the arrays to cut blocks into (the sorted runs' arrays of phase 1, already touched: fresh
+    memory costs the kernel's zeroing of every page), kept for the caller; else new ones.
     """
     for run in runs:
         run.refill(per)
-    spares = Spares(fmt.dtype)
+    own = spares is None
+    spares = Spares(fmt.dtype) if spares is None else spares
 
     def drain(got: tuple[Array, Array]) -> None:
         sorted_block, block = got
@@ -369,7 +373,8 @@ def merge(runs: list[Run], fmt: Format, per: int, sink: Sink, threads: int = 1) 
             del block
         while flight:
             drain(flight.popleft().result())
-    spares.clear()
+    if own:
+        spares.clear()
 
 
 class RunWriter:

@@ -118,6 +118,7 @@ class _Job:
         row_bytes = max(self.row_size * dtype.itemsize, 1)
         self.fmt: Format
         self.spares: Spares | None = None
+        self.chunk_rows = 0  # the longest chunk of phase 1 (rows)
         if by is None:
             self.fmt = Values(dtype)
             # the sorted copy (sorted in place), which is also the copy waiting to be
@@ -181,14 +182,27 @@ class _Job:
 
     def merge(self, runs: list[Run], sink: Sink) -> None:
         size = self.fmt.dtype.itemsize
-        merge(runs, self.fmt, per_run(self.budget, len(runs), size, self.share()), sink,
-              threads=max(self.threads, 1))
+        per = per_run(self.budget, len(runs), size, self.share())
+        if self.spares is not None and self.chunk_rows:
+            # a block (at most every buffer's records) fits in an array of phase 1's spares,
+            # which the merge cuts its blocks into
+            per = min(per, max(self.chunk_rows // len(runs), MIN_BUFFER // size))
+        merge(runs, self.fmt, per, sink, threads=max(self.threads, 1), spares=self.spares)
 
     def run(self, plan: Any, temp: TempRuns, sink: Sink, journal: RunJournal | None = None,
             ) -> None:
         """Phase 1 then the merge passes, the last into ``sink``; with a ``journal``, the runs
         it holds (of phase 1, or of a finished merge pass) are reused, and each new run and
         each finished intermediate pass is recorded once durable."""
+        self.chunk_rows = max((c.rows.stop - c.rows.start for c in plan.chunks), default=0)
+        try:
+            self._run(plan, temp, sink, journal)
+        finally:
+            if self.spares is not None:
+                self.spares.clear()
+
+    def _run(self, plan: Any, temp: TempRuns, sink: Sink, journal: RunJournal | None,
+             ) -> None:
         nchunks = len(plan.chunks)
         dtype = self.fmt.dtype
         done = journal.adopt(dtype) if journal is not None and nchunks > 1 else {}
@@ -250,9 +264,7 @@ class _Job:
                 done[chunk.index] = run
                 if journal is not None:
                     journal.finished(chunk.index, run)
-        if self.spares is not None:
-            self.spares.clear()  # the merge cuts blocks of its own
-        return False
+        return False  # (the spares stay: the merge cuts its blocks into them)
 
 
 def _temp_folder(tmpdir: str | os.PathLike[str] | None, target: str | None) -> str:
