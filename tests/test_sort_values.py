@@ -94,3 +94,47 @@ def test_external_sort_keeps_tie_order_across_runs(tmp_path: Path) -> None:
     x[::3] = rng.integers(-3, 3, x[::3].size)
     with bigarr.sort(x, tmp_path / "s.npy", budget="1MiB", progress=False) as s:
         assert bits(s) == bits(np.sort(x, kind="stable"))
+
+
+def test_spares_are_page_aligned_and_reused() -> None:
+    # runs are written with O_DIRECT from these arrays' own memory (runs.RunWriter), and the
+    # merge cuts its blocks into phase 1's arrays: both need page-aligned, reused memory
+    from bigarr._compute.runs import Spares
+    from bigarr._os.sink import DIRECT_ALIGN
+
+    for dtype in (np.float32, np.dtype([("k", np.uint64, (1,)), ("i", np.int64)])):
+        spares = Spares(np.dtype(dtype))
+        a = spares.take(1000)
+        assert a.shape == (1000,) and a.dtype == np.dtype(dtype)
+        assert a.ctypes.data % DIRECT_ALIGN == 0
+        address = a.ctypes.data
+        spares.give(a[:10])  # a view of it gives the whole array back
+        b = spares.take(500)
+        assert b.ctypes.data == address and b.shape == (500,)
+        c = spares.take(2000)  # none free: a new one
+        assert c.ctypes.data not in (address,) and c.ctypes.data % DIRECT_ALIGN == 0
+        spares.give(np.empty(5, dtype=dtype))  # not one of its arrays: ignored
+        assert spares.take(5).ctypes.data % DIRECT_ALIGN == 0
+
+
+@pytest.mark.parametrize("dtype", ["int32", "float64"])
+def test_external_sort_multipass_direct_runs(tmp_path: Path, dtype: str) -> None:
+    # a budget that forces many runs and an intermediate merge pass: the runs of phase 1
+    # (lent to the direct writer), those of the merge pass (staged), the output (staged)
+    rng = np.random.default_rng(11)
+    d = np.dtype(dtype)
+    n = 200_003
+    if d.kind == "f":
+        x = (rng.standard_normal(n) * 100).astype(d)
+        x[rng.integers(0, n, n // 10)] = specials(dtype)[rng.integers(0, 10, n // 10)]
+    else:
+        x = rng.integers(0, 256, n * d.itemsize, dtype=np.uint8).view(d)
+    bigarr.sort(x, tmp_path / "s.npy", budget="512KiB", progress=False).close()
+    from bigarr._compute.order import LAST_PASSES
+
+    assert LAST_PASSES[0] >= 3  # phase 1, an intermediate pass, the last pass
+    s = np.load(tmp_path / "s.npy")
+    assert bits(s) == bits(np.sort(x, kind="stable"))
+    bigarr.argsort(x, tmp_path / "i.npy", budget="4MiB", progress=False).close()
+    assert np.array_equal(np.load(tmp_path / "i.npy"), np.argsort(x, kind="stable"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i.npy", "s.npy"]  # runs removed

@@ -315,23 +315,57 @@ def test_outputs_written_through_a_mapping_start_their_writeback_when_done(
     assert float(np.load(tmp_path / "o.npy")[: 1 << 15].sum()) == 7 * (1 << 15) * 16
 
 
-def test_a_sort_output_is_written_under_the_flush_policy(
+def test_a_sort_output_bypasses_the_page_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The sequential outputs (sort, argsort, take) were pwritten whole and synced once at the
-    # end: all of the output dirty at once. Now through a Paced writer, like a commit.
-    if durable._sync_file_range is None:
-        pytest.skip("no sync_file_range: pacing is a no-op here")
-    monkeypatch.setattr(durable, "WRITE_WINDOW", 1 << 20)
+    # end: all of the output dirty at once; then paced. Now (written_in_order, and the sort's
+    # runs) with O_DIRECT through the sink: only the bytes on either side of a block's page
+    # boundaries go through the page cache; where O_DIRECT is refused, every buffered write
+    # is waited for (write-behind), so the dirty data stays bounded either way.
+    from bigarr._os import sink as sink_module
+
+    buffered: list[int] = []
     waited: list[int] = []
-    real_wait = durable.wait_writeback
+    real_buffered, real_wait = sink_module.Sink._buffered, sink_module.wait_writeback
+
+    def spy(self: sink_module.Sink, done: sink_module.Written, raw: np.ndarray, offset: int,
+            ) -> None:
+        buffered.append(int(raw.nbytes))
+        real_buffered(self, done, raw, offset)
 
     def wait(fd: int, offset: int, nbytes: int) -> None:
         waited.append(nbytes)
         real_wait(fd, offset, nbytes)
 
-    monkeypatch.setattr(durable, "wait_writeback", wait)
+    direct_bytes: list[int] = []
+    real_lent = sink_module.Sink._put_lent
+
+    def lent(self: sink_module.Sink, piece: np.ndarray, offset: int) -> None:
+        direct_bytes.append(int(piece.nbytes))
+        real_lent(self, piece, offset)
+
+    monkeypatch.setattr(sink_module.Sink, "_buffered", spy)
+    monkeypatch.setattr(sink_module.Sink, "_put_lent", lent)
+    monkeypatch.setattr(sink_module, "wait_writeback", wait)
+    probe = tmp_path / "probe"
+    fd = os.open(probe, os.O_RDWR | os.O_CREAT)
+    try:
+        os.ftruncate(fd, 1 << 16)
+        with sink_module.Sink(fd, str(probe)) as s:
+            s.write(np.ones(1 << 14, np.float32), 0).wait()
+            direct = s.direct
+    finally:
+        os.close(fd)
+        probe.unlink()
+    buffered.clear()
+    waited.clear()
+    direct_bytes.clear()
     values = np.random.default_rng(3).standard_normal(1 << 21).astype(np.float32)  # 8 MiB
     with bigarr.sort(values, tmp_path / "s.npy", budget="4MiB", progress=False) as out:
         np.testing.assert_array_equal(np.asarray(out), np.sort(values))
-    assert sum(waited) >= 6 << 20  # all but about a window waited for as it was written
+    if direct:
+        assert sum(buffered) < 1 << 20  # of 8 MiB of runs and 8 MiB of output
+        assert sum(direct_bytes) > 15 << 20  # the rest: runs and output, direct
+    else:
+        assert sum(waited) >= 6 << 20  # the buffered writes waited for as they were written

@@ -41,11 +41,14 @@ import numpy as np
 
 from bigarr._compute import native
 from bigarr._compute.order import _rank_keys
+from bigarr._core.files import preallocate
 from bigarr._os.fileid import create_new, hidden_name
+from bigarr._os.sink import DIRECT_ALIGN, Written
+from bigarr._os.sink import Sink as DirectSink
 from bigarr.errors import DiskFullError
 
-__all__ = ["MIN_BUFFER", "Records", "Run", "Spares", "TempRuns", "Values", "merge", "per_run",
-           "stable_sort"]
+__all__ = ["MIN_BUFFER", "Records", "Run", "RunWriter", "Spares", "TempRuns",
+           "Values", "aligned_empty", "merge", "per_run", "stable_sort"]
 
 Array = np.ndarray[Any, Any]
 Sink = Callable[[Array], None]
@@ -53,6 +56,16 @@ Sink = Callable[[Array], None]
 #: Smallest buffer per run in a merge (bytes); more runs than the budget holds at this size
 #: merge in several passes.
 MIN_BUFFER = 64 << 10
+
+
+def aligned_empty(n: int, dtype: np.dtype[Any]) -> Array:
+    """``np.empty(n, dtype)`` whose first value is page-aligned in memory, so a run written
+    from it at offset 0 goes to the disk with ``O_DIRECT`` from its own memory
+    (:meth:`RunWriter.write` with ``lend=True``)."""
+    size = max(n, 1) * dtype.itemsize
+    raw = np.empty(size + DIRECT_ALIGN, dtype=np.uint8)
+    skip = (-raw.ctypes.data) % DIRECT_ALIGN
+    return raw[skip:skip + size].view(dtype)[:n]
 
 
 def per_run(budget_bytes: int, runs: int, itemsize: int, share: int) -> int:
@@ -129,27 +142,34 @@ class Spares:
     def __init__(self, dtype: np.dtype[Any]) -> None:
         self.dtype = dtype
         self._free: list[Array] = []
+        self._whole: dict[int, Array] = {}  # id of the memory's owner -> the whole array
         self._lock = threading.Lock()
 
     def take(self, n: int) -> Array:
+        """An array of ``n`` values (page-aligned in memory: :func:`aligned_empty`)."""
         with self._lock:
             for j, a in enumerate(self._free):
                 if a.shape[0] >= n:
                     return self._free.pop(j)[:n]
             if self._free:  # all too small: the largest goes, a larger one replaces it
-                self._free.pop()
-        return np.empty(n, dtype=self.dtype)[:n]
+                self._whole.pop(id(self._free.pop().base), None)
+            whole = aligned_empty(n, self.dtype)
+            self._whole[id(whole.base)] = whole
+        return whole[:n]
 
     def give(self, a: Array) -> None:
         """Take back an array :meth:`take` returned (no view of it may still be in use)."""
-        whole = a.base if isinstance(a.base, np.ndarray) else a
         with self._lock:
+            whole = self._whole.get(id(a.base))
+            if whole is None:
+                return  # not one of ours
             self._free.append(whole)
             self._free.sort(key=lambda x: x.shape[0])
 
     def clear(self) -> None:
         with self._lock:
             self._free.clear()
+            self._whole.clear()
 
 
 class Values:
@@ -285,18 +305,22 @@ def _concat(pieces: list[Array], dtype: np.dtype[Any], spares: Spares | None = N
     return out
 
 
-def merge(runs: list[Run], fmt: Format, per: int, sink: Sink, threads: int = 1) -> None:
+def merge(runs: list[Run], fmt: Format, per: int, sink: Sink, threads: int = 1,
+          spares: Spares | None = None) -> None:
     """Merge sorted ``runs`` into ``sink``, block by block (module docstring).
 
     With ``threads`` > 1 the blocks, which are independent once cut, are sorted on that many
     worker threads (numpy's sorts release the GIL) while this thread reads the runs, cuts the
     next blocks and hands the sorted ones to ``sink`` in order: at most ``threads`` blocks are
     in flight. Blocks are cut into reused arrays (:class:`Spares`), taken back once ``sink``
-    returns: a sink must not keep the block it is given (it writes or copies it).
+    returns: a sink must not keep the block it is given (it writes or copies it). ``spares``:
+    the arrays to cut blocks into (the sorted runs' arrays of phase 1, already touched: fresh
+    memory costs the kernel's zeroing of every page), kept for the caller; else new ones.
     """
     for run in runs:
         run.refill(per)
-    spares = Spares(fmt.dtype)
+    own = spares is None
+    spares = Spares(fmt.dtype) if spares is None else spares
 
     def drain(got: tuple[Array, Array]) -> None:
         sorted_block, block = got
@@ -349,7 +373,51 @@ def merge(runs: list[Run], fmt: Format, per: int, sink: Sink, threads: int = 1) 
             del block
         while flight:
             drain(flight.popleft().result())
-    spares.clear()
+    if own:
+        spares.clear()
+
+
+class RunWriter:
+    """Writes one run file front to back with ``O_DIRECT`` (:class:`~bigarr._os.sink.Sink`):
+    buffered writes into the page cache took most of a sort's CPU time (the kernel copying
+    each byte into a new page, then writing it back and reclaiming it; bench/README.md), and
+    the runs are read once, by the merge, long after. The file must be preallocated
+    (:meth:`TempRuns.new`). Arrays of :class:`Spares` written whole at offset 0 are lent (no
+    copy); others are staged through at most ``staging`` bytes.
+    """
+
+    def __init__(self, run: Run, name: str, staging: int) -> None:
+        self.run = run
+        self._sink = DirectSink(run.fd, name, direct=True, staging=staging)
+        self._pending: list[Written] = []
+        self.written = 0  # records
+
+    def write(self, data: Array, *, lend: bool = False) -> None:
+        """Append ``data`` (records); with ``lend``, written from its own memory and waited
+        for before returning (``data`` may be reused at once either way)."""
+        data = np.ascontiguousarray(data)
+        done = self._sink.write(data, self.written * self.run.dtype.itemsize, lend=lend)
+        self.written += data.shape[0]
+        if lend:
+            done.wait()
+        else:
+            self._pending.append(done)
+            if len(self._pending) > 4:
+                self._pending.pop(0).wait()
+
+    def close(self) -> None:
+        """Wait for every write (raising its error), then release the sink."""
+        try:
+            while self._pending:
+                self._pending.pop(0).wait()
+        finally:
+            self._sink.close()
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def free_bytes(folder: str) -> int:
@@ -393,6 +461,13 @@ class TempRuns:
         """A new, empty run file for ``size`` records."""
         name = hidden_name(self.anchor, "run")
         fd = create_new(name, mode=0o600)
+        try:
+            preallocate(fd, 0, size * dtype.itemsize, name)  # RunWriter's direct writes
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+            raise
         return self.adopt(name, fd, size, dtype)
 
     def adopt(self, name: str, fd: int, size: int, dtype: np.dtype[Any]) -> Run:

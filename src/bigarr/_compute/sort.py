@@ -45,6 +45,7 @@ from bigarr._compute.runs import (
     MIN_BUFFER,
     Records,
     Run,
+    RunWriter,
     Spares,
     TempRuns,
     Values,
@@ -55,12 +56,12 @@ from bigarr._compute.runs import (
 )
 from bigarr._compute.sortjournal import RunJournal, fingerprint
 from bigarr._core.array import memmap
-from bigarr._core.files import create, written_in_order
+from bigarr._core.files import OUTPUT_STAGING, create, written_in_order
 from bigarr._core.files import open as open_npy
-from bigarr._os.durable import pwrite_all
 from bigarr._os.fileid import remove_leftovers
 from bigarr._os.lock import OutputLock
 from bigarr._os.paths import check_output
+from bigarr._os.sink import DIRECT_ALIGN
 from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
 from bigarr.errors import ArgumentError, BudgetError, DiskFullError, RegionError, UnsupportedError
 
@@ -105,7 +106,10 @@ class _Job:
 
     def __init__(self, stream: Stream, by: list[int] | None, rows: bool, *,
                  budget: int, threads: int, progress: ProgressArg, name: str) -> None:
-        self.stream, self.budget, self.threads = stream, budget, threads
+        # staging memory of the direct writes of runs and output (RunWriter, written_in_order),
+        # taken from the budget
+        self.staging = max(2 * DIRECT_ALIGN, min(OUTPUT_STAGING, budget // 8))
+        self.stream, self.budget, self.threads = stream, budget - self.staging, threads
         self.progress, self.name = progress, name
         dtype = np.dtype(stream.dtype)
         self.by = by
@@ -114,6 +118,7 @@ class _Job:
         row_bytes = max(self.row_size * dtype.itemsize, 1)
         self.fmt: Format
         self.spares: Spares | None = None
+        self.chunk_rows = 0  # the longest chunk of phase 1 (rows)
         if by is None:
             self.fmt = Values(dtype)
             # the sorted copy (sorted in place), which is also the copy waiting to be
@@ -177,14 +182,27 @@ class _Job:
 
     def merge(self, runs: list[Run], sink: Sink) -> None:
         size = self.fmt.dtype.itemsize
-        merge(runs, self.fmt, per_run(self.budget, len(runs), size, self.share()), sink,
-              threads=max(self.threads, 1))
+        per = per_run(self.budget, len(runs), size, self.share())
+        if self.spares is not None and self.chunk_rows:
+            # a block (at most every buffer's records) fits in an array of phase 1's spares,
+            # which the merge cuts its blocks into
+            per = min(per, max(self.chunk_rows // len(runs), MIN_BUFFER // size))
+        merge(runs, self.fmt, per, sink, threads=max(self.threads, 1), spares=self.spares)
 
     def run(self, plan: Any, temp: TempRuns, sink: Sink, journal: RunJournal | None = None,
             ) -> None:
         """Phase 1 then the merge passes, the last into ``sink``; with a ``journal``, the runs
         it holds (of phase 1, or of a finished merge pass) are reused, and each new run and
         each finished intermediate pass is recorded once durable."""
+        self.chunk_rows = max((c.rows.stop - c.rows.start for c in plan.chunks), default=0)
+        try:
+            self._run(plan, temp, sink, journal)
+        finally:
+            if self.spares is not None:
+                self.spares.clear()
+
+    def _run(self, plan: Any, temp: TempRuns, sink: Sink, journal: RunJournal | None,
+             ) -> None:
         nchunks = len(plan.chunks)
         dtype = self.fmt.dtype
         done = journal.adopt(dtype) if journal is not None and nchunks > 1 else {}
@@ -206,14 +224,8 @@ class _Job:
             for start in range(0, len(runs), fan_in):
                 group = runs[start:start + fan_in]
                 target = temp.new(sum(r.size for r in group), dtype)
-                written = [0]
-
-                def to_run(block: Array, fd: int = target.fd, written: list[int] = written,
-                           ) -> None:
-                    pwrite_all(fd, np.ascontiguousarray(block), written[0] * dtype.itemsize)
-                    written[0] += block.shape[0]
-
-                self.merge(group, to_run)
+                with RunWriter(target, temp.name_of(target), self.staging) as writer:
+                    self.merge(group, writer.write)
                 for r in group:
                     if resumable:
                         r.close()  # journaled: kept until this pass is
@@ -244,16 +256,15 @@ class _Job:
                     sink(part)  # the whole source in one run: it is the answer
                     return True
                 run = temp.new(part.shape[0], self.fmt.dtype)
-                pwrite_all(run.fd, np.ascontiguousarray(part), 0)
+                with RunWriter(run, temp.name_of(run), self.staging) as writer:
+                    writer.write(part, lend=True)
                 if self.spares is not None:
                     self.spares.give(part)
                 del part
                 done[chunk.index] = run
                 if journal is not None:
                     journal.finished(chunk.index, run)
-        if self.spares is not None:
-            self.spares.clear()  # the merge cuts blocks of its own
-        return False
+        return False  # (the spares stay: the merge cuts its blocks into them)
 
 
 def _temp_folder(tmpdir: str | os.PathLike[str] | None, target: str | None) -> str:
@@ -301,8 +312,8 @@ def _to_file(job: _Job, plan: Any, temp: TempRuns, target: str, overwrite: bool,
                              resume)
         remove_leftovers(target, ("sorting",))  # outputs of killed sorts (we hold the lock)
         try:
-            with written_in_order(target, shape, dtype, overwrite=overwrite,
-                                  kind="sorting") as sink:
+            with written_in_order(target, shape, dtype, overwrite=overwrite, kind="sorting",
+                                  staging=job.staging) as sink:
                 job.run(plan, temp, lambda block: sink(pick(block)), journal)
         except BaseException:
             journal.failure()

@@ -13,6 +13,7 @@ import errno
 import os
 import stat
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,7 +30,7 @@ from bigarr._formats.npy import (
     parse_order,
     read_header,
 )
-from bigarr._os.durable import Paced, fsync_dir
+from bigarr._os.durable import fsync_dir
 from bigarr._os.fileid import (
     FileId,
     create_new,
@@ -47,6 +48,7 @@ from bigarr._os.lock import OutputLock
 from bigarr._os.mapping import Mapping
 from bigarr._os.modes import parse_mode
 from bigarr._os.paths import check_output, check_path, os_error
+from bigarr._os.sink import Sink, Written
 from bigarr.errors import (
     AccessDeniedError,
     DiskFullError,
@@ -489,19 +491,26 @@ def remove_partial(path: str, named: FileId | None) -> bool:
     return True
 
 
+#: Staging memory of :func:`written_in_order`'s direct writes (bytes), held besides the
+#: writer's budget.
+OUTPUT_STAGING = 16 << 20
+
+
 @contextlib.contextmanager
 def written_in_order(target: str, shape: tuple[int, ...], dtype: np.dtype[Any], *,
-                     overwrite: bool, kind: str) -> Iterator[Callable[[Any], None]]:
+                     overwrite: bool, kind: str, staging: int = OUTPUT_STAGING,
+                     ) -> Iterator[Callable[[Any], None]]:
     """A new ``.npy`` at ``target``, written front to back through the yielded *sink*.
 
     The one owner of the sequential outputs (``sort``, ``argsort``, ``take``): the file is
     built under a hidden name next to ``target`` (``kind`` names the writer), each array given
-    to the sink is appended with ``pwrite`` and paced (:class:`~bigarr._os.durable.Paced`: its
-    writeback starts at once, so the disk works while the writer computes, and the page cache
-    holds a bounded window of its dirty data), and once the block exits the data are synced, the
-    file is published (:func:`publish`: never over a file that appeared meanwhile unless
-    ``overwrite`` allowed replacing it) and the folder synced. If the block raises, the hidden
-    file is removed and ``target`` is left as it was. The caller holds the output's lock.
+    to the sink is appended through an ``O_DIRECT`` :class:`~bigarr._os.sink.Sink` (staged
+    in at most ``staging`` bytes, written by the sink's threads while the writer
+    computes; buffered with write-behind where ``O_DIRECT`` is refused), and once the block
+    exits the data are synced, the file is published (:func:`publish`: never over a file that
+    appeared meanwhile unless ``overwrite`` allowed replacing it) and the folder synced. If the
+    block raises, the hidden file is removed and ``target`` is left as it was. The caller holds
+    the output's lock.
 
     Raises
     ------
@@ -518,17 +527,25 @@ def written_in_order(target: str, shape: tuple[int, ...], dtype: np.dtype[Any], 
         fd = os.open(building, os.O_WRONLY | os.O_CLOEXEC)
         try:
             written = 0
-            paced = Paced(fd)  # the flush policy: at most a window dirty, the disk kept busy
+            # O_DIRECT from staging buffers (bounded: OUTPUT_STAGING), a few writes queued:
+            # buffered writes copied every byte into the page cache, the largest CPU cost of a
+            # sort (bench/README.md); buffered with write-behind where O_DIRECT is refused
+            with Sink(fd, building, direct=True, staging=staging) as out:
+                pending: deque[Written] = deque()
 
-            def sink(block: Any) -> None:
-                nonlocal written
-                data = np.ascontiguousarray(block)
-                if written + data.nbytes > nbytes:
-                    raise ShapeError(f"{target}: more data than its shape {shape} holds")
-                paced.write(data, offset + written)
-                written += data.nbytes
+                def sink(block: Any) -> None:
+                    nonlocal written
+                    data = np.ascontiguousarray(block)
+                    if written + data.nbytes > nbytes:
+                        raise ShapeError(f"{target}: more data than its shape {shape} holds")
+                    pending.append(out.write(data, offset + written))
+                    written += data.nbytes
+                    while len(pending) > 4:
+                        pending.popleft().wait()
 
-            yield sink
+                yield sink
+                while pending:
+                    pending.popleft().wait()
             if written != nbytes:
                 raise ShapeError(f"{target}: {written} of its {nbytes} data bytes were written")
         finally:
