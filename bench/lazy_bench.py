@@ -208,7 +208,7 @@ _KERNEL_SETUP = """
 import bigarr
 from bigarr._compute import lazyeval, lazyflat
 from bigarr._compute.lazyeval import Env
-from bigarr._compute.lazyrun import _item
+from bigarr._compute.lazyitems import item_of
 a = np.ascontiguousarray(np.load(P, mmap_mode='r')[:R])
 M = np.full(32, 7, np.float32); S = np.full(32, 3, np.float32)
 lx = bigarr.lazy(a)
@@ -216,7 +216,7 @@ expr = {expr}
 flat = lazyflat.flat_plan(expr.node)
 if not {native}:
     flat.native = None
-ids = list(_item(expr.node).rows)
+ids = list(item_of(expr.node).rows)
 out = np.empty_like(a)
 spans = [(0, R)] if flat.fused([a]) else lazyeval.tiles(R, [a])
 def once():

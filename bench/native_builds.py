@@ -22,7 +22,7 @@ import numpy as np
 import bigarr
 from bigarr._compute import lazyflat, native
 from bigarr._compute.lazyeval import Env
-from bigarr._compute.lazyrun import _item
+from bigarr._compute.lazyitems import item_of
 
 Array = np.ndarray[Any, Any]
 
@@ -38,7 +38,7 @@ def _use(dll: Any) -> None:
 def _chain(expr: Any, a: Array, fold: bool) -> Callable[[], Any]:
     flat = lazyflat.flat_plan(expr.node)
     assert flat.fused([a]), "the chain is not fused"
-    ids = list(_item(expr.node).rows)
+    ids = list(item_of(expr.node).rows)
     out = np.empty_like(a)
     rows = a.shape[0]
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import bigarr
 from bigarr._compute import lazyeval, lazyflat
 from bigarr._compute.lazyeval import Env
-from bigarr._compute.lazyrun import _item
+from bigarr._compute.lazyitems import item_of
 
 _CHAINS = [
     ("standardize", lambda x, m, s: (x - m) / s),
@@ -52,7 +52,7 @@ def test_wide_views_give_numpys_bits(chain: Any, rows: int, row_shape: tuple[int
     with np.errstate(all="ignore"):
         want = np.asarray(f(a, m, s))
         expr = f(bigarr.lazy(a), m, s)
-    item = _item(expr.node)
+    item = item_of(expr.node)
     flat = lazyflat.flat_plan(expr.node)
     if rows == 1:  # s of one row is cut by the rows too: evaluated as usual
         return
@@ -86,7 +86,7 @@ def test_chains_run_in_place_into_one_buffer() -> None:
     expr = np.sqrt(abs((bigarr.lazy(a) - 7) / 3 * 2.0 + 1.0)) - 0.5
     flat = lazyflat.flat_plan(expr.node)
     assert flat is not None
-    env = Env({i: a for i in _item(expr.node).rows}, {}, {}, slice(0, 4096))
+    env = Env({i: a for i in item_of(expr.node).rows}, {}, {}, slice(0, 4096))
     out = np.empty((4096, 32), np.float32)
     tracemalloc.start()
     try:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import bigarr
 from bigarr._compute import fused, lazyflat, native
 from bigarr._compute.lazyeval import Env
-from bigarr._compute.lazyrun import _item
+from bigarr._compute.lazyitems import item_of
 
 needs_native = pytest.mark.skipif(native.fused_kernel(np.dtype(np.float32)) is None,
                                   reason="the native kernels are not built or are turned off")
@@ -135,7 +135,7 @@ def test_random_chains_give_numpys_bits(recipe: Any, rows: int, k: int, dtype: s
     # (an operation on Python scalars alone makes a numpy scalar, of a strong type: float32
     # chains then mix dtypes, and numpy's ufuncs run them)
     assert flat.native is not None or _scalar_op(root)
-    item = _item(expr.node)
+    item = item_of(expr.node)
     env = Env({i: x if i == id(lx.node) else y for i in item.rows}, {}, {}, slice(0, rows))
     out = np.empty(want.shape, want.dtype) if into else None
     before = fused.calls()
@@ -209,7 +209,7 @@ def test_arithmetic_chains_in_registers_give_numpys_bits(dtype: str) -> None:
         lx = bigarr.lazy(x)
         flat = lazyflat.flat_plan(_arithmetic(lx, m).node)
         assert flat is not None and flat.native is not None
-        env = Env({i: x for i in _item(flat.root).rows}, {}, {}, slice(0, rows))
+        env = Env({i: x for i in item_of(flat.root).rows}, {}, {}, slice(0, rows))
         assert_same_bits(flat.run(env, rows, np.empty_like(want)), want)
         for largest in (True, False):
             got = flat.extreme(env, rows, largest)

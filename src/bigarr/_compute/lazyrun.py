@@ -57,8 +57,8 @@ from bigarr._compute.lazyeval import (
     tiles,
 )
 from bigarr._compute.lazyflat import flat_plan, into, uses
+from bigarr._compute.lazyitems import Item, Opened, groups, item_of, lag, schedule
 from bigarr._compute.lazynodes import (
-    ORDER_STATISTICS,
     Filter,
     Index,
     Leaf,
@@ -68,13 +68,11 @@ from bigarr._compute.lazynodes import (
     Scan,
     frame,
     plain,
-    rowed,
     unknown_rows,
 )
 from bigarr._compute.lazyresume import appended, check_resumable, resume_token
-from bigarr._compute.lazyrows import window_stream
 from bigarr._compute.multistat import Joint, joint_groups
-from bigarr._compute.operands import Stream, parse_operand
+from bigarr._compute.operands import Stream
 from bigarr._compute.partials import State, Tree, merge
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.reductions import SCRATCH_BYTES
@@ -82,7 +80,7 @@ from bigarr._compute.runplan import RunPlan, parse_threads, plan_run, probe_temp
 from bigarr._os.geometry import format_bytes
 from bigarr._plan.budget import parse_budget
 from bigarr._plan.chunks import Chunk
-from bigarr.errors import ArgumentError, BudgetError, FileChangedError, UnsupportedError
+from bigarr.errors import ArgumentError, BudgetError, UnsupportedError
 
 __all__ = ["LazyPlan", "PassPlan", "compute", "explain", "to_npy"]
 
@@ -140,171 +138,6 @@ class LazyPlan:
     __repr__ = __str__
 
 
-# ---- expression analysis -------------------------------------------------------------------
-def _children(node: Node) -> tuple[Node, ...]:
-    if isinstance(node, Op):
-        return node.args
-    if isinstance(node, Filter):
-        return (node.child, node.mask)
-    if isinstance(node, (Index, Reduce, Scan)):
-        return (node.child,)
-    return ()
-
-
-def _depth(node: Node, memo: dict[int, int]) -> int:
-    """Reduction levels inside ``node`` (a reduction counts itself)."""
-    if id(node) not in memo:
-        inner = max((_depth(c, memo) for c in _children(node)), default=0)
-        memo[id(node)] = inner + 1 if isinstance(node, Reduce) else inner
-    return memo[id(node)]
-
-
-def _walk(node: Node, seen: set[int], out: list[Node]) -> None:
-    """The nodes of ``node``'s expression, reductions' insides included, each once."""
-    if id(node) in seen:
-        return
-    seen.add(id(node))
-    out.append(node)
-    for c in _children(node):
-        _walk(c, seen, out)
-
-
-def _reductions(node: Node, out: dict[int, Reduce]) -> None:
-    nodes: list[Node] = []
-    _walk(node, set(), nodes)
-    out.update({id(n): n for n in nodes if isinstance(n, Reduce) and id(n) not in out})
-
-
-def _leaves(node: Node, is_rowed: bool, rows: dict[int, Leaf], whole: dict[int, Leaf],
-            scans: dict[int, Scan], seen: set[tuple[int, bool]]) -> None:
-    """Sort the leaves of ``node``'s expression (reductions are values) into streamed and whole;
-    collect its streamed scans."""
-    if (id(node), is_rowed) in seen:
-        return
-    seen.add((id(node), is_rowed))
-    if isinstance(node, Leaf):
-        (rows if is_rowed else whole)[id(node)] = node
-    elif not isinstance(node, Reduce):
-        if isinstance(node, Scan) and is_rowed:
-            scans[id(node)] = node
-        for a in _children(node):
-            _leaves(a, is_rowed and rowed(node, a), rows, whole, scans, seen)
-
-
-def _lag(fr: Any) -> int:
-    """Rows a frame drops in front of its inputs' (diffs)."""
-    lag = 0
-    while fr is not None and fr[0] != "rows":
-        lag += fr[1] if fr[0] == "lag" else 0
-        fr = fr[2]
-    return lag
-
-
-# ---- items and passes ----------------------------------------------------------------------
-@dataclass
-class _Item:
-    node: Node
-    """The reduction, or the output's root."""
-    expr: Node
-    """What is streamed: the reduction's child, or the root."""
-    rows: dict[int, Leaf]
-    whole: dict[int, Leaf]
-    scans: dict[int, Scan]
-    frame: Any
-    """The rows the expression's chunks hold (:func:`bigarr._compute.lazy.frame`)."""
-
-    @property
-    def label(self) -> str:
-        n = self.node
-        if isinstance(n, Reduce):
-            q = "" if n.q is None else f" q={np.asarray(n.q).tolist()}"
-            return f"{n.kind}(axis={n.axes}{q}) of {self.expr.shape}"
-        if unknown_rows(self.frame):
-            return f"output (? x {n.shape[1:]}) {n.dtype}, rows filtered"
-        return f"output {n.shape} {n.dtype}"
-
-    @property
-    def order(self) -> bool:
-        return isinstance(self.node, Reduce) and self.node.kind in ORDER_STATISTICS
-
-
-def _item(node: Node) -> _Item:
-    expr = node.child if isinstance(node, Reduce) else node
-    rows: dict[int, Leaf] = {}
-    whole: dict[int, Leaf] = {}
-    scans: dict[int, Scan] = {}
-    _leaves(expr, len(expr.shape) > 0, rows, whole, scans, set())
-    return _Item(node, expr, rows, whole, scans, frame(expr))
-
-
-def _schedule(roots: Sequence[Node]) -> list[list[_Item]]:
-    """Items by level (see the module docstring); an output root is an item of its own level."""
-    memo: dict[int, int] = {}
-    reds: dict[int, Reduce] = {}
-    for r in roots:
-        _reductions(r, reds)
-    levels: dict[int, list[_Item]] = {}
-    for r in reds.values():
-        levels.setdefault(_depth(r, memo), []).append(_item(r))
-    for root in roots:
-        if not isinstance(root, Reduce):
-            levels.setdefault(_depth(root, memo) + 1, []).append(_item(root))
-    return [levels[k] for k in sorted(levels)]
-
-
-def _groups(items: list[_Item]) -> tuple[list[list[_Item]], list[_Item], list[_Item]]:
-    """Items that stream, grouped by their inputs' number of rows; items computed whole; and
-    order statistics (passes of their own)."""
-    by_rows: dict[int, list[_Item]] = {}
-    whole: list[_Item] = []
-    order: list[_Item] = []
-    for it in items:
-        if it.order and math.prod(it.expr.shape) > 0:
-            order.append(it)
-        elif it.rows and math.prod(next(iter(it.rows.values())).shape) > 0 and not (
-                isinstance(it.node, Reduce) and 0 in it.expr.shape[1:]):  # (no values: whole)
-            by_rows.setdefault(next(iter(it.rows.values())).shape[0], []).append(it)
-        else:
-            whole.append(it)
-    return list(by_rows.values()), whole, order
-
-
-class _Opened:
-    """Streams of the leaves, opened once per evaluation and closed at its end."""
-
-    def __init__(self) -> None:
-        self.streams: dict[int, Stream] = {}
-        self.arrays: dict[int, Array] = {}
-
-    def stream(self, leaf: Leaf) -> Stream:
-        if id(leaf) not in self.streams:
-            stream = parse_operand(leaf.source, by_key=False)
-            if leaf.window is not None:
-                stream = window_stream(stream, leaf.window)
-            if tuple(stream.shape) != leaf.shape or stream.dtype != leaf.dtype:
-                stream.close()  # (a file replaced at its path since lazy() read its header)
-                raise FileChangedError(
-                    f"{leaf.name} changed since the expression was built: it holds "
-                    f"{tuple(stream.shape)} {stream.dtype}, the expression was built for "
-                    f"{leaf.shape} {leaf.dtype}. Build the expression again.")
-            self.streams[id(leaf)] = stream
-        return self.streams[id(leaf)]
-
-    def array(self, leaf: Leaf) -> Array:
-        if id(leaf) not in self.arrays:
-            s = self.stream(leaf)
-            if s.array is not None:
-                self.arrays[id(leaf)] = s.array
-            else:
-                assert s.read is not None
-                self.arrays[id(leaf)] = s.read(tuple(slice(0, n) for n in s.shape))
-        return self.arrays[id(leaf)]
-
-    def close(self) -> None:
-        for s in self.streams.values():
-            s.close()
-
-
 _CARRY_NOTE = {
     "cumsum": "running total carried from chunk to chunk in order",
     "cumprod": "running product carried from chunk to chunk in order",
@@ -315,7 +148,7 @@ _CARRY_NOTE = {
 class _Pass:
     """One planned pass: the items of a group, their streams, and the run plan."""
 
-    def __init__(self, items: list[_Item], opened: _Opened, values: dict[int, Array],
+    def __init__(self, items: list[Item], opened: Opened, values: dict[int, Array],
                  budget: int, threads: int, to_file: bool = False,
                  numexpr: bool = False) -> None:
         self.items = items
@@ -487,7 +320,7 @@ class _Pass:
                     key = (rows, *(slice(0, n) for n in shape[1:]))
                     out.append(self.trees[id(node)].parts(key, 0, value))
                     continue
-                start = max(rows.start - _lag(it.frame), 0)
+                start = max(rows.start - lag(it.frame), 0)
                 origin = tuple(start if i == 0 else 0 for i in range(value.ndim))
                 out.append(self.kernels[id(node)].chunk_state(value, node.axes, origin))
             else:
@@ -599,7 +432,7 @@ class _Pass:
                 results[id(node)] = outs[id(node)]
 
 
-def _in_memory(it: _Item, opened: _Opened, values: dict[int, Array],
+def _in_memory(it: Item, opened: Opened, values: dict[int, Array],
                numexpr: bool = False) -> Array:
     if isinstance(it.node, Reduce) and 0 in it.expr.shape[1:]:  # no values to read
         return numpy_reduce(it.node, np.empty(it.expr.shape, it.expr.dtype))
@@ -613,7 +446,7 @@ def _in_memory(it: _Item, opened: _Opened, values: dict[int, Array],
     return np.asarray(np.broadcast_to(value, it.node.shape), dtype=it.node.dtype).copy()
 
 
-def _order_source(it: _Item, opened: _Opened) -> Stream:
+def _order_source(it: Item, opened: Opened) -> Stream:
     """The stream an order statistic reads: its input's, or a view of it (a column
     selection), as a copy that owns nothing (the leaf's stays open for later passes)."""
     node = it.node
@@ -633,7 +466,7 @@ def _order_source(it: _Item, opened: _Opened) -> Stream:
     return source
 
 
-def _order_passes(it: _Item, opened: _Opened, budget: int, threads: int) -> list[PassPlan]:
+def _order_passes(it: Item, opened: Opened, budget: int, threads: int) -> list[PassPlan]:
     """An order statistic's passes on most data (:func:`~bigarr._compute.orderscan.pass_steps`)."""
     from bigarr._compute.orderscan import pass_steps
 
@@ -645,7 +478,7 @@ def _order_passes(it: _Item, opened: _Opened, budget: int, threads: int) -> list
             for step in steps]
 
 
-def _order_statistic(it: _Item, opened: _Opened, budget: int, threads: int | None,
+def _order_statistic(it: Item, opened: Opened, budget: int, threads: int | None,
                      progress: ProgressArg) -> Array:
     """An order statistic of an input (or a view of one), by :mod:`bigarr._compute.order`."""
     from bigarr._compute import order
@@ -681,11 +514,11 @@ def _run(roots: list[Node], budget: int, threads: int | None, progress: Progress
     values: dict[int, Array] = {}
     steps: list[PassPlan] = []
     memory: list[str] = []
-    opened = _Opened()
+    opened = Opened()
     try:
-        for level in _schedule([r for r in roots]):
+        for level in schedule([r for r in roots]):
             level = [it for it in level if id(it.node) not in skip]
-            streamed, whole, stats = _groups(level)
+            streamed, whole, stats = groups(level)
             for it in stats:  # passes of their own, data-dependent in number
                 steps.extend(_order_passes(it, opened, budget, nthreads))
                 values[id(it.node)] = (np.zeros(it.node.shape, it.node.dtype) if dry else
@@ -772,7 +605,7 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
     root = expr.node
     nbytes = parse_budget(budget)
     numexpr = parse_backend(backend)
-    item = _item(root)
+    item = item_of(root)
     streamed = (not isinstance(root, Reduce) and bool(item.rows)
                 and math.prod(next(iter(item.rows.values())).shape) > 0)
     if resume and streamed:
@@ -787,7 +620,7 @@ def to_npy(expr: LazyArray, path: str | os.PathLike[str], *, budget: int | str |
                 m[...] = value
             output.publish()
         return open_npy(path)
-    opened = _Opened()
+    opened = Opened()
     carries = Carries()
     try:
         whole = {i: opened.array(leaf) for i, leaf in item.whole.items()}

@@ -37,6 +37,7 @@ import numpy as np
 from bigarr._compute.lazy import LazyArray, register_exporter
 from bigarr._compute.lazyeval import Carries, Env, tiles
 from bigarr._compute.lazyflat import flat_plan, into, uses
+from bigarr._compute.lazyitems import Opened, item_of
 from bigarr._compute.lazynodes import (
     ORDER_STATISTICS,
     REDUCTIONS,
@@ -52,7 +53,7 @@ from bigarr._compute.lazynodes import (
     rowed,
 )
 from bigarr._compute.lazyrows import window_slice
-from bigarr._compute.lazyrun import _item, _Opened, _run
+from bigarr._compute.lazyrun import _run
 from bigarr._compute.operands import Stream
 from bigarr._core.array import memmap
 from bigarr._core.files import _header_of
@@ -74,7 +75,7 @@ def lazy_to_zarr(expr: LazyArray, store_or_path: Any, *, budget: int | str | Non
 
     nbytes = parse_budget(DEFAULT_BUDGET if budget is None else budget)
     root = expr.node
-    item = _item(root)
+    item = item_of(root)
     unit = None
     if not isinstance(root, Reduce) and item.rows and plain(item.frame) \
             and math.prod(root.shape) > 0:
@@ -83,7 +84,7 @@ def lazy_to_zarr(expr: LazyArray, store_or_path: Any, *, budget: int | str | Non
         # the rows of the result are the inputs' rows: computed batch by batch as zarr asks
         values, _ = _run([root], nbytes, threads, progress, dry=False,
                          skip=frozenset({id(root)}), numexpr=False)
-        opened = _Opened()
+        opened = Opened()
         try:
             return to_zarr(_computed(root, item, opened, values, unit), store_or_path,
                            overwrite=overwrite, progress=progress, budget=nbytes,
@@ -134,7 +135,7 @@ def _rows(stream: Stream, rows: slice) -> np.ndarray[Any, Any]:
     return stream.read((rows,))
 
 
-def _computed(root: Node, item: Any, opened: _Opened, values: dict[int, Any],
+def _computed(root: Node, item: Any, opened: Opened, values: dict[int, Any],
               unit: int) -> Stream:
     """The rows of ``root`` as a lazy :class:`Stream` (as a zarr or dask source is): each batch
     :func:`bigarr.to_zarr` asks for is evaluated from the inputs' rows, tile by tile (on wide
