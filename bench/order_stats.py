@@ -1,9 +1,10 @@
 """Exact order statistics against the machine and numpy: sort, median, unique (issue 13).
 
 Run: ``python bench/order_stats.py [--size 256MiB] [--budget 64MiB] [--repeat 3] [--dir DIR]
-[--only CASE,...]``.
+[--only CASE,...] [--cache cold|warm]``.
 Each measurement runs in its own subprocess, with the page cache dropped for the data files
-first (``posix_fadvise(DONTNEED)``: cold reads), and reports wall time, peak RSS growth
+first (``posix_fadvise(DONTNEED)``: cold reads; with ``--cache warm`` the files are read once
+before the runs instead, and each run finds them cached), and reports wall time, peak RSS growth
 (``VmHWM`` over the resident memory just before the operation, reset with
 ``/proc/self/clear_refs``) and the bytes read from and written to storage (``/proc/self/io``;
 a second pass over a file the page cache still holds reads nothing, so the passes are also
@@ -44,7 +45,7 @@ def io():
     d = dict(l.split(': ') for l in open('/proc/self/io').read().splitlines())
     return int(d['read_bytes']), int(d['write_bytes'])
 F, U, D, B = {floats!r}, {ints!r}, {folder!r}, {budget}
-for p in (F, U):
+for p in (F, U) if {cold!r} else ():
     fd = os.open(p, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)
 passes = None
 {setup}
@@ -112,10 +113,21 @@ def generate(folder: Path, size: int) -> tuple[Path, Path]:
     return floats, ints
 
 
-def run(case: str, floats: Path, ints: Path, folder: Path, budget: int) -> dict[str, float]:
+def warm(*paths: Path) -> None:
+    """Read each file once, so the page cache holds it (the ``--cache warm`` runs)."""
+    buf = bytearray(16 << 20)
+    for p in paths:
+        with open(p, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+
+
+def run(case: str, floats: Path, ints: Path, folder: Path, budget: int,
+        cold: bool = True) -> dict[str, float]:
     setup, op = CASES[case]
     code = textwrap.dedent(PRELUDE.format(floats=str(floats), ints=str(ints),
-                                          folder=str(folder), budget=budget, setup=setup,
+                                          folder=str(folder), budget=budget, cold=cold,
+                                          setup=setup,
                                           op=textwrap.dedent(op)))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=1800, check=False)
@@ -141,6 +153,9 @@ def main() -> None:
     parser.add_argument("--dir", help="where the data goes (default: a temporary directory)")
     parser.add_argument("--only", help="comma-separated cases to run (default: all); the "
                         "sort's ratio needs 'machine read+write' and 'bigarr.sort'")
+    parser.add_argument("--cache", choices=("cold", "warm"), default="cold",
+                        help="cold: each run starts with the files evicted (the default); "
+                             "warm: the files are read once before the runs and stay cached")
     args = parser.parse_args()
     try:
         import dask  # noqa: F401
@@ -156,26 +171,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="order-bench-") as tmp:
         folder = Path(tmp)
         floats, ints = generate(folder, args.size)
+        if args.cache == "warm":
+            warm(floats, ints)
         runs: dict[str, list[dict[str, float]]] = {c: [] for c in cases}
         load = [os.getloadavg()[0]]
         for _ in range(args.repeat):
             for case in cases:
-                runs[case].append(run(case, floats, ints, folder, args.budget))
+                runs[case].append(run(case, floats, ints, folder, args.budget,
+                                      args.cache == "cold"))
         (folder / "sorted.npy").unlink(missing_ok=True)
         load.append(os.getloadavg()[0])
-        report(runs, args.size, args.budget)
+        report(runs, args.size, args.budget, args.cache)
         print(f"\nLoad average (1 min) at the start and the end: {load[0]:.1f}, {load[1]:.1f} "
               f"on {os.cpu_count()} CPUs")
         out = Path(args.dir or ".") / "order_stats.json"
-        out.write_text(json.dumps({"size": args.size, "budget": args.budget, "runs": runs,
+        out.write_text(json.dumps({"size": args.size, "budget": args.budget,
+                                   "cache": args.cache, "runs": runs,
                                    "load": load}, indent=1), encoding="utf8")
         print(f"\nJSON: {out}")
 
 
-def report(runs: dict[str, list[dict[str, float]]], size: int, budget: int) -> None:
+def report(runs: dict[str, list[dict[str, float]]], size: int, budget: int,
+           cache: str = "cold") -> None:
     mib = 1 << 20
     print(f"{size // mib} MiB of float32 (int32 for unique), budget {budget // mib} MiB, "
-          f"min-max of {len(next(iter(runs.values())))} runs, cold page cache\n")
+          f"min-max of {len(next(iter(runs.values())))} runs, {cache} page cache\n")
     print("| case | seconds | peak RSS MiB | read MiB | written MiB | passes | ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     limit = [r["seconds"] for r in runs.get("machine read+write", []) if "seconds" in r]
