@@ -78,11 +78,10 @@ def test_a_warm_input_is_planned_for_the_threads_alone(
     assert warm.memory.chunk_bytes >= cold.memory.chunk_bytes * 3 // 2 - PAGE_SIZE
 
 
-def test_only_pooled_read_only_runs_without_temporaries_are_warm(npy: Path) -> None:
+def test_only_pooled_read_only_runs_are_warm(npy: Path) -> None:
     assert _plan(npy, budget="3MiB", threads=1).warm
     assert not _plan(npy, budget="3MiB", threads=0).warm  # an iteration: the consumer's chunk
     assert not _plan(npy, budget="3MiB", threads=2, prefetch=0).warm
-    assert not _plan(npy, budget="3MiB", threads=2, temporaries=1.0).warm  # results wait
     assert not _plan(npy, budget="3MiB", threads=2, release=False).warm
     assert not _plan(np.load(npy), budget="3MiB", threads=2).warm  # nothing mapped
     with bigarr.open(npy, mode="private") as x:  # never released: pages stay
@@ -189,3 +188,21 @@ def test_a_warm_run_stays_within_its_budget(tmp_path: Path) -> None:
     # Two chunks of 32 MiB mapped at most, plus the 2 MiB units at their edges: a third
     # chunk held (a prefetched chunk mapped) would reach 96 MiB.
     assert int(grew) <= budget + 16 * MIB, f"grew {int(grew) >> 20} MiB, budget 64 MiB"
+
+
+def test_warm_runs_still_charge_temporaries_for_every_chunk_in_flight(npy: Path) -> None:
+    """A function's temporaries and result are held for each chunk in flight, warm or cold (a
+    result finished out of order waits while its thread starts on the next chunk): a warm plan
+    drops only the queued chunk's pages."""
+    for temps in (0.0, 0.25, 1.0):
+        cold = _plan(npy, budget="3MiB", threads=2, prefetch=0, temporaries=temps)
+        warm = _plan(npy, budget="3MiB", threads=2, temporaries=temps)
+        assert warm.warm and not cold.warm
+        m = warm.memory
+        # pages of the threads' chunks, and temporaries for the threads' and the queued one
+        charged = m.chunk_bytes * (2 * m.streams + 3 * temps)
+        assert charged <= m.budget - m.scratch_bytes * m.threads - m.fixed_bytes
+        if temps:  # a larger charge per chunk than the same plan with only threads counted
+            assert m.chunk_bytes < cold.memory.chunk_bytes
+        else:
+            assert m.chunk_bytes == cold.memory.chunk_bytes

@@ -20,7 +20,8 @@ A plan that cannot fit is refused here, before anything runs, with
 A pooled read-only run whose mapped inputs are all in the page cache is planned *warm*
 (:attr:`RunPlan.warm`): the executor reads nothing ahead for it, so the chunks queued for the
 workers hold no memory and only the threads' chunks are charged (after the cold plan has been
-checked, so a budget is refused or not whatever the cache holds). With two or more threads the
+checked, so a budget is refused or not whatever the cache holds); a function's temporaries stay
+charged for every chunk in flight. With two or more threads the
 chunks are cut so that their number is a multiple of the threads (:func:`_balanced`).
 
 :func:`measure_temporaries` is how the planner learns what a user function allocates: it calls
@@ -524,10 +525,14 @@ def plan_run(
         "granule": PAGE_SIZE if mapped else 1, "data_cap": primary.nbytes}
     # Planned as if cold first: a budget is refused (or not) whatever the page cache holds.
     memory = plan_memory(budget, prefetch=prefetch, **terms)
-    warm = (threads >= 1 and prefetch >= 1 and release and not temporaries
-            and not extra_streams and flush_every == 0 and _warm(streams))
+    warm = (threads >= 1 and prefetch >= 1 and release and not extra_streams
+            and flush_every == 0 and _warm(streams))
     if warm:  # chunks waiting for a worker hold nothing: only the threads' chunks count
-        memory = plan_memory(budget, prefetch=0, **terms)
+        # ... but a function's temporaries and result stay charged for every chunk in flight
+        # (a result finished out of order waits while its thread starts the next chunk)
+        t = max(threads, 1)
+        memory = plan_memory(budget, prefetch=0,
+                             **{**terms, "temporaries": temporaries * (t + prefetch) / t})
     chunks = _balanced(primary, layout, memory, unit, threads, min_chunk)
     largest = _largest_resident(primary, chunks, layout)
     if layout == "rows" and len(chunks):
