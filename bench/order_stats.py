@@ -20,6 +20,8 @@ Rows:
   ``np.sort (memmap)`` (numpy on ``np.load(mmap_mode='r')``, loading it all).
 * ``bigarr.median`` / ``np.median (memmap)`` / ``bigarr.sum (cold)`` (one cold read of the same
   file through the same engine: the floor a one-pass median can reach).
+* ``bigarr.median (axis 0)`` / ``np.median (memmap; axis 0)``: the same file as N x 32, the
+  median of each column (numpy's memmap passed to bigarr as it is).
 * ``bigarr.unique`` / ``np.unique (memmap)`` / ``dask unique`` (when dask is installed) on an
   int32 file with 100 000 distinct values.
 """
@@ -86,6 +88,13 @@ m = bigarr.median(F, budget=B, threads=2, progress=False)
 passes = order.LAST_PASSES[0]
 """),
     "np.median (memmap)": ("a = np.load(F, mmap_mode='r')", "m = np.median(a)"),
+    "bigarr.median (axis 0)": ("import bigarr\nfrom bigarr._compute import order", """
+m = bigarr.median(np.load(F, mmap_mode='r').reshape(-1, 32), axis=0, budget=B, threads=2,
+                  progress=False)
+passes = order.LAST_PASSES[0]
+"""),
+    "np.median (memmap; axis 0)": ("a = np.load(F, mmap_mode='r').reshape(-1, 32)",
+                                   "m = np.median(a, axis=0)"),
     "bigarr.sum (cold)": ("import bigarr",
                           "m = bigarr.sum(F, budget=B, threads=2, progress=False)"),
     "bigarr.unique": ("import bigarr", "u = bigarr.unique(U, budget=B, threads=2, progress=False)"),
@@ -203,6 +212,7 @@ def report(runs: dict[str, list[dict[str, float]]], size: int, budget: int,
     per_pass = min(limit) if limit else float("nan")
     peers = {"bigarr.sort": None, "np.sort (in RAM)": "bigarr.sort",
              "np.sort (memmap)": "bigarr.sort", "np.median (memmap)": "bigarr.median",
+             "np.median (memmap; axis 0)": "bigarr.median (axis 0)",
              "bigarr.sum (cold)": "bigarr.median",
              "np.unique (memmap)": "bigarr.unique", "dask unique": "bigarr.unique"}
     for case, results in runs.items():
