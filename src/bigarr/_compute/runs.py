@@ -43,7 +43,7 @@ from bigarr._compute import native
 from bigarr._compute.order import _rank_keys
 from bigarr._core.files import preallocate
 from bigarr._os.fileid import create_new, hidden_name
-from bigarr._os.sink import DIRECT_ALIGN, Written
+from bigarr._os.sink import DIRECT_ALIGN, Appending
 from bigarr._os.sink import Sink as DirectSink
 from bigarr.errors import DiskFullError
 
@@ -389,27 +389,17 @@ class RunWriter:
     def __init__(self, run: Run, name: str, staging: int) -> None:
         self.run = run
         self._sink = DirectSink(run.fd, name, direct=True, staging=staging)
-        self._pending: list[Written] = []
-        self.written = 0  # records
+        self._out = Appending(self._sink)
 
     def write(self, data: Array, *, lend: bool = False) -> None:
         """Append ``data`` (records); with ``lend``, written from its own memory and waited
         for before returning (``data`` may be reused at once either way)."""
-        data = np.ascontiguousarray(data)
-        done = self._sink.write(data, self.written * self.run.dtype.itemsize, lend=lend)
-        self.written += data.shape[0]
-        if lend:
-            done.wait()
-        else:
-            self._pending.append(done)
-            if len(self._pending) > 4:
-                self._pending.pop(0).wait()
+        self._out.write(np.ascontiguousarray(data), lend=lend)
 
     def close(self) -> None:
         """Wait for every write (raising its error), then release the sink."""
         try:
-            while self._pending:
-                self._pending.pop(0).wait()
+            self._out.drain()
         finally:
             self._sink.close()
 

@@ -13,7 +13,6 @@ import errno
 import os
 import stat
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -48,7 +47,7 @@ from bigarr._os.lock import OutputLock
 from bigarr._os.mapping import Mapping
 from bigarr._os.modes import parse_mode
 from bigarr._os.paths import check_output, check_path, os_error
-from bigarr._os.sink import Sink, Written
+from bigarr._os.sink import Appending, Sink
 from bigarr.errors import (
     AccessDeniedError,
     DiskFullError,
@@ -530,22 +529,19 @@ def written_in_order(target: str, shape: tuple[int, ...], dtype: np.dtype[Any], 
             # O_DIRECT from staging buffers (bounded: OUTPUT_STAGING), a few writes queued:
             # buffered writes copied every byte into the page cache, the largest CPU cost of a
             # sort (bench/README.md); buffered with write-behind where O_DIRECT is refused
-            with Sink(fd, building, direct=True, staging=staging) as out:
-                pending: deque[Written] = deque()
+            with Sink(fd, building, direct=True, staging=staging) as direct:
+                out = Appending(direct, offset)
 
                 def sink(block: Any) -> None:
                     nonlocal written
                     data = np.ascontiguousarray(block)
                     if written + data.nbytes > nbytes:
                         raise ShapeError(f"{target}: more data than its shape {shape} holds")
-                    pending.append(out.write(data, offset + written))
+                    out.write(data)
                     written += data.nbytes
-                    while len(pending) > 4:
-                        pending.popleft().wait()
 
                 yield sink
-                while pending:
-                    pending.popleft().wait()
+                out.drain()
             if written != nbytes:
                 raise ShapeError(f"{target}: {written} of its {nbytes} data bytes were written")
         finally:

@@ -54,6 +54,7 @@ import errno
 import os
 import queue
 import threading
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -65,7 +66,7 @@ from bigarr._os.geometry import PAGE_SIZE, align_down, align_up
 from bigarr._os.paths import os_error
 from bigarr._os.pread import Buffer
 
-__all__ = ["DIRECT_ALIGN", "LENT_PIECE", "STAGING_MAX", "Sink", "Written"]
+__all__ = ["DIRECT_ALIGN", "LENT_PIECE", "STAGING_MAX", "Appending", "Sink", "Written"]
 
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
@@ -388,6 +389,35 @@ class Sink:
             wait_writeback(self.fd, offset, nbytes)
         except OSError as exc:  # ENOSPC of a sparse file (no preallocation here), EIO
             raise os_error(exc, self._name, writing=True) from exc
+
+
+class Appending:
+    """Arrays appended front to back through ``sink`` from byte ``offset``, with at most
+    ``depth`` writes left to finish: the sequential writers' one loop (a sort's runs and its
+    output, :func:`bigarr._core.files.written_in_order`)."""
+
+    def __init__(self, sink: Sink, offset: int = 0, depth: int = 4) -> None:
+        self.sink = sink
+        self.offset = offset
+        self.depth = depth
+        self._pending: deque[Written] = deque()
+
+    def write(self, data: np.ndarray[Any, Any], *, lend: bool = False) -> None:
+        """Append ``data`` (C-contiguous); with ``lend``, written from its own memory and waited
+        for before returning, so ``data`` may be reused at once either way."""
+        done = self.sink.write(data, self.offset, lend=lend)
+        self.offset += data.nbytes
+        if lend:
+            done.wait()
+            return
+        self._pending.append(done)
+        while len(self._pending) > self.depth:
+            self._pending.popleft().wait()
+
+    def drain(self) -> None:
+        """Wait for every write (raising the first error)."""
+        while self._pending:
+            self._pending.popleft().wait()
 
 
 def _reopen_direct(fd: int, path: str | None) -> int | None:
