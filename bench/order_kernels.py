@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from bigarr._compute import orderscan, ordnative
+from bigarr._compute import orderkeys, ordnative
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     x = np.random.default_rng(0).standard_normal(n, dtype=np.float32).reshape(-1, 1)
     counts = np.zeros((1, 1 << 16), dtype=np.int64)
     nans = np.zeros(1, dtype=np.int64)
-    lo, hi = orderscan._keys(np.array([[-0.0126], [0.0126]], dtype=np.float32)).reshape(-1)
+    lo, hi = orderkeys.keys_of(np.array([[-0.0126], [0.0126]], dtype=np.float32)).reshape(-1)
     window = (np.array([lo]), np.array([hi - lo]), np.zeros(1, dtype=np.int64),
               np.empty(n + 1, dtype=np.uint32))
     print(f"{args.mib} MiB of float32, thread CPU, best of {args.repeat}\n")

@@ -1,7 +1,7 @@
 """The quantile passes' C kernels and pass 1's sampled windows (issue 13's one-pass median).
 
 Each kernel is checked against the numpy computation it replaces (the keys of
-:func:`bigarr._compute.orderscan._keys`), over every dtype the order statistics take, with NaN,
+:func:`bigarr._compute.orderkeys.keys_of`), over every dtype the order statistics take, with NaN,
 inf and -0.0; the quantiles that use the windows against numpy itself, with the pass count.
 """
 
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import bigarr
-from bigarr._compute import order, orderscan, ordnative
+from bigarr._compute import order, orderkeys, ordersample, orderscan, ordnative
 from test_order import METHODS, make, same
 
 DTYPES = ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -29,7 +29,7 @@ needs_native = pytest.mark.skipif(not ordnative.available(),
 
 def keys_of(b: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """numpy's keys of a 2-d block and which values are not NaN."""
-    keys = orderscan._keys(b)
+    keys = orderkeys.keys_of(b)
     valid = ~np.isnan(b) if b.dtype.kind == "f" else np.ones(b.shape, dtype=bool)
     return keys, valid
 
@@ -46,7 +46,7 @@ blocks = st.sampled_from(DTYPES).flatmap(lambda d: hnp.arrays(
 @settings(max_examples=60, deadline=None)
 @given(b=blocks, data=st.data())
 def test_hist_and_scan_kernels_equal_numpy(b: np.ndarray[Any, Any], data: st.DataObject) -> None:
-    kd = orderscan._key_dtype(b.dtype)
+    kd = orderkeys.key_dtype(b.dtype)
     bits = 8 * kd.itemsize
     shift = data.draw(st.integers(max(bits - 12, 0), bits - 1))
     keys, valid = keys_of(b)
@@ -94,7 +94,7 @@ def test_hist_and_scan_kernels_equal_numpy(b: np.ndarray[Any, Any], data: st.Dat
 @given(b=blocks, data=st.data())
 def test_ranges_kernel_equals_numpy(b: np.ndarray[Any, Any], data: st.DataObject) -> None:
     """Refine (sub-histograms) and gather (keys and their ranges), several ranges a column."""
-    kd = orderscan._key_dtype(b.dtype)
+    kd = orderkeys.key_dtype(b.dtype)
     bits = 8 * kd.itemsize
     keys, valid = keys_of(b)
     cols = b.shape[1]
@@ -139,7 +139,7 @@ def test_scan_kernel_over_several_tiles(dtype: str, size: int) -> None:
     x = make(dtype, (size,), "special", seed=size).reshape(-1, 1)
     if x.dtype.kind == "f":
         x[rng.integers(0, size, 7)] = -np.nan  # NaNs keyed below everything
-    kd = orderscan._key_dtype(x.dtype)
+    kd = orderkeys.key_dtype(x.dtype)
     bits = 8 * kd.itemsize
     keys, valid = keys_of(x)
     flat = keys[valid]
@@ -217,7 +217,7 @@ def test_one_pass_on_random_data_and_the_native_path_is_taken(
 
 def test_misleading_sample_falls_back_to_a_second_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     x = make("float64", (300_000,), "random", seed=2)
-    real = orderscan._sample_windows
+    real = ordersample.sample_windows
 
     def wrong(*args: Any) -> Any:
         win = real(*args)
@@ -225,7 +225,7 @@ def test_misleading_sample_falls_back_to_a_second_pass(monkeypatch: pytest.Monke
         win.lo = win.lo + win.span + win.lo.dtype.type(1 << 40)  # past the true quantile
         return win
 
-    monkeypatch.setattr(orderscan, "_sample_windows", wrong)
+    monkeypatch.setattr(ordersample, "sample_windows", wrong)
     q = [0.1, 0.5, 0.9]
     assert same(bigarr.quantile(x, q, budget="8MiB", progress=False), np.quantile(x, q))
     assert order.LAST_PASSES[0] == 2

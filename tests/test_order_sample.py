@@ -18,15 +18,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bigarr
-from bigarr._compute import order, orderscan
+from bigarr._compute import order, ordersample
 from test_order import METHODS, same
 
 
 def sample_starts(n: int) -> np.ndarray[Any, Any]:
-    """Where the sample's pieces start, in values (as :func:`orderscan._sample_windows`)."""
-    size = min(orderscan._SAMPLE, n // 16)
-    piece = -(-size // orderscan._PIECES)
-    return np.linspace(0, n - piece, orderscan._PIECES).astype(np.int64), piece
+    """Where the sample's pieces start, in values (as :func:`ordersample.sample_windows`)."""
+    size = min(ordersample.SAMPLE, n // 16)
+    piece = -(-size // ordersample.PIECES)
+    return np.linspace(0, n - piece, ordersample.PIECES).astype(np.int64), piece
 
 
 def write(tmp: Path, x: np.ndarray[Any, Any], name: str = "x.npy") -> Path:
@@ -42,7 +42,7 @@ def test_sample_is_read_from_the_file_and_equals_the_mapped_values(
     x = rng.standard_normal((300, 400)).astype(np.float32)
     x.reshape(-1)[rng.integers(0, x.size, 50)] = np.float32("nan")
     read: list[bool] = []
-    real = orderscan._read_pieces
+    real = ordersample.read_pieces
 
     def check(stream: Any, views: list[np.ndarray[Any, Any]], *rest: Any) -> Any:
         got = real(stream, views, *rest)
@@ -51,7 +51,7 @@ def test_sample_is_read_from_the_file_and_equals_the_mapped_values(
             assert np.array_equal(got.view(np.uint32), np.concatenate(views).view(np.uint32))
         return got
 
-    monkeypatch.setattr(orderscan, "_read_pieces", check)
+    monkeypatch.setattr(ordersample, "read_pieces", check)
     for i, a in enumerate((x, np.asfortranarray(x))):
         path = write(tmp_path, a, f"x{i}.npy")
         with bigarr.open(path) as arr:
@@ -70,7 +70,7 @@ def test_a_failing_sample_raises_in_the_caller(tmp_path: Path,
     def boom(*args: Any) -> Any:
         raise RuntimeError("sample failed")
 
-    monkeypatch.setattr(orderscan, "_sample_windows", boom)
+    monkeypatch.setattr(ordersample, "sample_windows", boom)
     with pytest.raises(RuntimeError, match="sample failed"):
         bigarr.median(path, budget="16MiB", progress=False)
 
@@ -84,7 +84,7 @@ def test_private_mapping_samples_its_own_edits() -> None:
         path = write(Path(tmp), np.zeros(200_000, dtype=np.float32))
         with bigarr.open(path, mode="c") as arr:
             arr[:] = np.arange(200_000, dtype=np.float32)
-            assert orderscan._read_pieces(bigarr_stream(arr), [arr[:10]]) is None
+            assert ordersample.read_pieces(bigarr_stream(arr), [arr[:10]]) is None
             assert same(bigarr.median(arr, budget="16MiB", progress=False),
                         np.median(np.arange(200_000, dtype=np.float32)))
 

@@ -30,7 +30,7 @@ import numpy as np
 from bigarr._compute.engine import execute
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.order import Array, _rank_keys
-from bigarr._compute.orderscan import _check_dtype
+from bigarr._compute.orderkeys import check_dtype
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import parse_threads, plan_run
 from bigarr._core.array import memmap
@@ -265,9 +265,9 @@ def searchsorted(sorted_src: Any, v: Any, side: str = "left", *,
         if stream.ndim != 1:
             raise ShapeError(f"Expected a sorted 1-d source. Got shape {tuple(stream.shape)}.")
         dtype = np.dtype(stream.dtype)
-        _check_dtype(dtype, "searchsorted")
+        check_dtype(dtype, "searchsorted")
         values = np.asarray(v)
-        _check_dtype(values.dtype, "searchsorted")
+        check_dtype(values.dtype, "searchsorted")
         common = np.result_type(dtype, values.dtype)
         qkeys = _rank_keys(values.astype(common).reshape(-1), False)
         n = int(stream.shape[0])

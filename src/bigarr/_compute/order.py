@@ -26,15 +26,8 @@ from typing import Any, cast
 import numpy as np
 
 from bigarr._compute.operands import parse_operand
-from bigarr._compute.orderscan import (
-    LAST_PASSES,
-    _check_dtype,
-    _columns,
-    _key_dtype,
-    _keys,
-    _order_statistics,
-    _run_pass,
-)
+from bigarr._compute.orderkeys import check_dtype, key_dtype, keys_of
+from bigarr._compute.orderscan import LAST_PASSES, _columns, _order_statistics, _run_pass
 from bigarr._compute.progress import ProgressArg
 from bigarr._compute.runplan import parse_threads
 from bigarr._plan.budget import DEFAULT_BUDGET, parse_budget
@@ -121,7 +114,7 @@ def _family(a: Any, q: Any, axis: int | None, method: str, *, nan: bool, percent
     stream = parse_operand(a, by_key=False)
     try:
         dtype = np.dtype(stream.dtype)
-        _check_dtype(dtype, name)
+        check_dtype(dtype, name)
         shape = tuple(stream.shape)
         if axis is not None:
             if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
@@ -321,12 +314,12 @@ def _rank_keys(block: Array, largest: bool) -> Array:
     ``largest``), ``-0.0`` equal to ``0.0``, NaN after every number either way."""
     if block.dtype.kind == "f":
         isnan = np.isnan(block)
-        keys = _keys(block + block.dtype.type(0))  # -0.0 + 0.0 is 0.0: the zeros tie
+        keys = keys_of(block + block.dtype.type(0))  # -0.0 + 0.0 is 0.0: the zeros tie
         if largest:
             keys = ~keys
         keys[isnan] = np.iinfo(keys.dtype).max
         return keys
-    keys = _keys(block)
+    keys = keys_of(block)
     return ~keys if largest else keys
 
 
@@ -388,7 +381,7 @@ def topk(a: Any, k: int, *, axis: int | None = None, largest: bool = True,
     stream = parse_operand(a, by_key=False)
     try:
         dtype = np.dtype(stream.dtype)
-        _check_dtype(dtype, "topk")
+        check_dtype(dtype, "topk")
         shape = tuple(stream.shape)
         if (axis is not None and not isinstance(axis, bool) and isinstance(axis, (int, np.integer))
                 and not -len(shape) <= int(axis) < len(shape)):  # axis=2 of 2-d is not axis 0
@@ -408,7 +401,7 @@ def topk(a: Any, k: int, *, axis: int | None = None, largest: bool = True,
         if k == 0 or length == 0:
             return np.zeros(out_shape, dtype=dtype), np.zeros(out_shape, dtype=np.intp)
         row_size = int(math.prod(shape[1:])) if len(shape) > 1 else 1
-        kd = _key_dtype(dtype)
+        kd = key_dtype(dtype)
         best: list[tuple[Array, Array, Array]] = [
             (np.zeros(0, kd), np.zeros(0, np.intp), np.zeros(0, dtype)) for _ in range(ncols)]
 
@@ -480,7 +473,7 @@ def unique(a: Any, *, return_counts: bool = False, budget: int | str = DEFAULT_B
     stream = parse_operand(a, by_key=False)
     try:
         dtype = np.dtype(stream.dtype)
-        _check_dtype(dtype, "unique", keyed=False)
+        check_dtype(dtype, "unique", keyed=False)
         budget_bytes = parse_budget(budget)
         limit = budget_bytes // 4
         state: list[tuple[Array, Array]] = [(np.zeros(0, dtype), np.zeros(0, np.intp))]

@@ -38,7 +38,8 @@ import numpy as np
 from bigarr._compute.engine import execute
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.order import Array, _rank_keys
-from bigarr._compute.orderscan import LAST_PASSES, _check_dtype, _key_dtype
+from bigarr._compute.orderkeys import check_dtype, key_dtype
+from bigarr._compute.orderscan import LAST_PASSES
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.runplan import parse_threads, plan_run
 from bigarr._compute.runs import (
@@ -126,7 +127,7 @@ class _Job:
             self.temporaries = 1.0 + self.fmt.scratch()
             self.spares = Spares(dtype)
         else:
-            kd = _key_dtype(dtype)
+            kd = key_dtype(dtype)
             self.fmt = Records(kd, len(by), dtype if rows else None, self.row_size)
             rec = self.fmt.dtype.itemsize
             # per row: the keys (and a column's ranking temporaries), the order and the
@@ -396,7 +397,7 @@ def sort(src: Any, out: str | os.PathLike[str], *, by: Any = None,
     target = os.path.abspath(os.fspath(out))
     try:
         dtype = np.dtype(stream.dtype)
-        _check_dtype(dtype, "sort")
+        check_dtype(dtype, "sort")
         shape = tuple(stream.shape)
         cols = _parse_sort_by(by, shape, "sort")
         job = _Job(stream, cols, rows=True, budget=parse_budget(budget),
@@ -470,7 +471,7 @@ def argsort(src: Any, out: str | os.PathLike[str] | None = None, *, by: Any = No
     target = None if out is None else os.path.abspath(os.fspath(out))
     try:
         dtype = np.dtype(stream.dtype)
-        _check_dtype(dtype, "argsort")
+        check_dtype(dtype, "argsort")
         shape = tuple(stream.shape)
         cols = _parse_sort_by(by, shape, "argsort")
         n = shape[0]
