@@ -58,7 +58,8 @@ from bigarr._compute.operands import Stream
 from bigarr._core.array import memmap
 from bigarr._core.files import _header_of
 from bigarr._interop.dask import DEFAULT_READ_CHUNK, _dask_array, to_dask
-from bigarr._interop.zarr import _local_path, to_zarr
+from bigarr._interop.zarr import to_zarr
+from bigarr._interop.zarrtarget import local_path
 from bigarr._os.lock import held_directory
 from bigarr._os.mapping import check_mapped, mapped_file
 from bigarr._os.paths import os_error
@@ -91,7 +92,7 @@ def lazy_to_zarr(expr: LazyArray, store_or_path: Any, *, budget: int | str | Non
                            **zarr_options)
         finally:
             opened.close()
-    local = _local_path(store_or_path)
+    local = local_path(store_or_path)
     target = os.path.abspath(local) if local is not None else \
         os.path.join(tempfile.gettempdir(), "lazy")
     try:  # (to_zarr creates the missing folders of a new array, as zarr does: so here too)

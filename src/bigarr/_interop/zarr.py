@@ -19,9 +19,10 @@ are read as scattered runs, one per column), planned by
   written in a hidden sibling directory (``.<name>.bigarr-new-<random>``) under the output's
   lock and renamed into place when complete, so a kill leaves the destination as it was (the
   next writer of it removes the hidden directory). Every array is also marked incomplete in
-  the metadata write that creates it and complete after its last chunk (:data:`_MARKER`), and
-  :func:`from_zarr` refuses an incomplete one unless forced: that guards stores written in
-  place (not local directories) and arrays left by older versions (issue 11).
+  the metadata write that creates it and complete after its last chunk
+  (:data:`bigarr._interop.zarrtarget.MARKER`), and :func:`from_zarr` refuses an incomplete
+  one unless forced: that guards stores written in place (not local directories) and arrays
+  left by older versions (issue 11).
 
 Only API that zarr 3.1 and later share is used: ``zarr.open_array``, ``zarr.create_array`` with
 ``chunks=``, ``shards=``, ``compressors=`` and ``fill_value=``, and slicing. The uncompressed
@@ -39,9 +40,7 @@ import contextlib
 import errno
 import operator
 import os
-import shutil
 import sys
-from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
@@ -54,9 +53,15 @@ from bigarr._core.array import memmap
 from bigarr._core.files import file_path, new_file
 from bigarr._core.files import open as open_file
 from bigarr._formats.npy import check_dtype
-from bigarr._os.durable import fsync_dir
-from bigarr._os.fileid import exchange, hidden_name, remove_leftovers
-from bigarr._os.lock import OutputLock
+from bigarr._interop.zarrtarget import (
+    MARKER,
+    display_name,
+    hidden_sibling,
+    local_path,
+    premark_v2,
+    zarr_call,
+    zarr_target,
+)
 from bigarr._os.paths import check_output, os_error
 from bigarr._plan.budget import DEFAULT_BUDGET as _DEFAULT
 from bigarr._plan.chunks import Chunk
@@ -221,7 +226,7 @@ def to_zarr(
                     f"{grid} for chunks={chunks}."
                 )
         _check_zarr_dtype(src.dtype)
-        shown = _shown(store_or_path)
+        shown = display_name(store_or_path)
         if zarr_format not in (2, 3):
             raise ArgumentError(f"Expected zarr_format 2 or 3. Got {zarr_format!r}.")
         settings: dict[str, Any] = dict(
@@ -229,12 +234,12 @@ def to_zarr(
             compressors=compressors, zarr_format=zarr_format, **kwargs)
         # Probe zarr's answer to these settings on a throwaway store: its refusals (bad codecs,
         # fill values) come before anything exists, and its chunk choice lets us plan first.
-        probe = _zarr_call(zarr.create_array, zarr.storage.MemoryStore(), **settings)
+        probe = zarr_call(zarr.create_array, zarr.storage.MemoryStore(), **settings)
         if src.ndim and src.size:
             _plan_out(src, probe, budget)  # refuse a budget before anything is created
-        existing = _zarr_target(store_or_path, overwrite)
-        local = _local_path(store_or_path)
-        with _hidden_sibling(local, existing) as dest:
+        existing = zarr_target(store_or_path, overwrite)
+        local = local_path(store_or_path)
+        with hidden_sibling(local, existing) as dest:
             if dest is not None:  # a local directory: written aside, renamed into place
                 where: Any = dest
                 existing, overwrite = "nothing", False
@@ -242,12 +247,12 @@ def to_zarr(
                 where = store_or_path
             if zarr_format == 2:
                 # v2 keeps attributes in .zattrs, written by zarr concurrently with .zarray:
-                # write the marker first, so no instant shows an unmarked array (see _MARKER).
-                _premark_v2(where, existing)
+                # write the marker first, so no instant shows an unmarked array (see MARKER).
+                premark_v2(where, existing)
                 overwrite = False
             try:
-                z = _zarr_call(zarr.create_array, where, overwrite=overwrite,
-                               attributes={_MARKER: {"complete": False}}, **settings)
+                z = zarr_call(zarr.create_array, where, overwrite=overwrite,
+                               attributes={MARKER: {"complete": False}}, **settings)
             except zarr.errors.ContainsArrayError as exc:
                 raise FileExistsError_(f"{exc}; pass overwrite=True to replace it.") from None
             except zarr.errors.ContainsGroupError as exc:
@@ -256,7 +261,7 @@ def to_zarr(
                 raise os_error(exc, shown, writing=True) from None
             try:
                 _stream_out(src, z, budget, progress)
-                z.update_attributes({_MARKER: {"complete": True}})  # last: the data is there
+                z.update_attributes({MARKER: {"complete": True}})  # last: the data is there
             except OSError as exc:  # ENOSPC from zarr's chunk writes, EROFS, ...
                 raise os_error(exc, exc.filename or shown, writing=True) from exc
         if local is not None:
@@ -266,193 +271,6 @@ def to_zarr(
         # A stream closes what it opened with force: a failed run's traceback may still hold
         # views of it, and a MappingBusyError here would hide the run's own error.
         src.close()
-
-
-@contextlib.contextmanager
-def _hidden_sibling(local: str | None, existing: str) -> Iterator[str | None]:
-    """For a local zarr output ``local``: a new hidden sibling directory to write the array in,
-    renamed into place when the block completes (None for other stores: written in place).
-
-    The writer holds ``local``'s output lock throughout, and first removes what killed writers
-    of ``local`` left (hidden ``new`` and ``old`` directories). A kill therefore leaves the
-    destination as it was (nothing, or the old array) or the complete new array, never a part.
-    A destination that is a mount point is written in place (None): no sibling could be
-    renamed onto it.
-    An old array (``existing == "zarr"``, with overwrite) is swapped out atomically
-    (``renameat2(RENAME_EXCHANGE)``) and then deleted; where the kernel cannot swap, it is
-    renamed aside first, so a kill between the two renames leaves the destination absent.
-
-    Raises
-    ------
-    OutputLockedError
-        If another writer holds ``local``.
-    ReadOnlyError, DiskFullError, PathError
-        If the folder cannot be written.
-    """
-    if local is None:
-        yield None
-        return
-    folder = os.path.dirname(local) or "."
-    try:
-        os.makedirs(folder, exist_ok=True)  # (zarr creates the missing folders of a new array)
-    except OSError as exc:
-        raise os_error(exc, local, writing=True) from None
-    with OutputLock(local):
-        remove_leftovers(local, ("new", "old"))
-        if _own_file_system(local):  # a mount point: no sibling on its file system to rename
-            yield None
-            return
-        tmp = hidden_name(local, "new")
-        try:
-            os.mkdir(tmp)
-        except OSError as exc:
-            raise os_error(exc, local, writing=True) from None
-        try:
-            yield tmp
-            _swap_in(tmp, local, existing)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-
-def _own_file_system(local: str) -> bool:
-    """Whether the directory ``local`` is a mount point (or on another device than its folder):
-    a sibling could not be renamed onto it, so the array is written in place there, guarded by
-    the completion marker only."""
-    try:
-        here = os.stat(local)
-    except OSError:
-        return False
-    if not os.path.isdir(local):
-        return False
-    folder = os.path.dirname(local) or "."
-    return os.path.ismount(local) or here.st_dev != os.stat(folder).st_dev
-
-
-def _swap_in(tmp: str, local: str, existing: str) -> None:
-    """Rename the finished array directory ``tmp`` to ``local`` (see :func:`_hidden_sibling`)."""
-    try:
-        if existing == "zarr":
-            if check_output(local, True, zarr=True) == "zarr" and exchange(tmp, local):
-                shutil.rmtree(tmp, ignore_errors=True)  # the old array, now at the hidden name
-                fsync_dir(local)
-                return
-            old = hidden_name(local, "old")
-            if os.path.lexists(local):
-                os.rename(local, old)
-            os.rename(tmp, local)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, local)  # onto nothing, or an empty directory (replaced atomically)
-    except OSError as exc:
-        raise os_error(exc, local, writing=True) from None
-    fsync_dir(local)
-
-
-_MARKER = "bigarr"
-"""The attribute that marks a zarr array written by :func:`to_zarr` as complete or not.
-
-It is written with the array's metadata, as ``{"complete": false}``, before any chunk, and set
-to ``{"complete": true}`` after the last chunk, in one atomic metadata write (zarr's local
-store writes a temporary file and renames it). A run killed at any point therefore leaves
-nothing, an array marked incomplete, or a complete one (for a local directory output, only
-nothing or a complete one: it is written aside and renamed into place); :func:`from_zarr`,
-``bigarr convert`` and ``bigarr verify`` refuse an incomplete one unless forced. Arrays without
-the attribute were not written by bigarr and are taken as they are.
-"""
-
-
-def _zarr_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call zarr; its refusals of the arguments become bigarr errors.
-
-    Raises
-    ------
-    ArgumentError
-        Where zarr raises TypeError (an unknown store type, codec or fill value).
-    FormatError
-        Where zarr raises ValueError (settings the zarr format cannot hold).
-    """
-    import zarr
-
-    try:
-        return fn(*args, **kwargs)
-    except (OSError, zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError):
-        raise
-    except TypeError as exc:
-        raise ArgumentError(f"zarr refused the arguments: {exc}") from None
-    except ValueError as exc:
-        raise FormatError(f"zarr cannot create this array: {exc}") from None
-
-
-def _shown(store_or_path: Any) -> str:
-    if isinstance(store_or_path, (str, os.PathLike)):
-        return os.path.abspath(os.fspath(store_or_path))
-    return repr(store_or_path)
-
-
-def _local_path(store_or_path: Any) -> str | None:
-    """The directory of a local path or ``LocalStore``; None for other stores and URLs."""
-    if isinstance(store_or_path, os.PathLike) or (isinstance(store_or_path, str)
-                                                  and "://" not in store_or_path):
-        return file_path(store_or_path)
-    try:
-        from zarr.storage import LocalStore
-    except ImportError:  # pragma: no cover - zarr 2
-        return None
-    if isinstance(store_or_path, LocalStore):
-        return file_path(str(store_or_path.root))
-    return None
-
-
-def _zarr_target(store_or_path: Any, overwrite: bool) -> str:
-    """What is at a zarr output: ``"nothing"`` or ``"zarr"`` (an array ``overwrite`` may replace).
-
-    Local directories are judged by :func:`bigarr._os.paths.check_output`; other stores by zarr.
-
-    Raises
-    ------
-    FileExistsError_
-        If an array is there and ``overwrite`` is false.
-    NotAFileError
-        If a zarr group, a directory that is not a zarr array, or a non-directory is there.
-    """
-    import zarr
-
-    local = _local_path(store_or_path)
-    if local is not None:
-        return check_output(local, overwrite, zarr=True)
-    try:
-        zarr.open_group(store_or_path, mode="r")
-    except Exception:  # whatever zarr raises, there is no group here
-        pass
-    else:
-        raise NotAFileError(f"{_shown(store_or_path)} holds a zarr group; overwrite replaces "
-                            "only a zarr array, and never deletes a group's arrays.")
-    try:
-        zarr.open_array(store_or_path, mode="r")
-    except Exception:  # no (readable) array here
-        return "nothing"
-    if not overwrite:
-        raise FileExistsError_(f"A zarr array exists at {_shown(store_or_path)}; pass "
-                               "overwrite=True to replace it.")
-    return "zarr"
-
-
-def _premark_v2(store_or_path: Any, existing: str) -> None:
-    """Delete the array being replaced, then write v2 ``.zattrs`` holding the marker."""
-    import json
-
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-    from zarr.storage import LocalStore, StorePath
-
-    local = _local_path(store_or_path)
-    store = LocalStore(local) if local is not None else store_or_path
-    where = StorePath(store, "")
-    if existing == "zarr":
-        sync(where.delete_dir())
-    body = json.dumps({_MARKER: {"complete": False}}).encode()
-    sync((where / ".zattrs").set(default_buffer_prototype().buffer.from_bytes(body)))
 
 
 def _check_zarr_dtype(dtype: np.dtype[Any]) -> None:
@@ -492,7 +310,7 @@ def check_zarr_complete(z: Any, shown: str) -> None:
         If the array carries bigarr's marker and the marker does not say complete.
     """
     try:
-        mark = dict(z.attrs).get(_MARKER)
+        mark = dict(z.attrs).get(MARKER)
     except Exception:  # unreadable attributes: zarr will say so when reading
         return
     if isinstance(mark, dict) and "complete" in mark and mark.get("complete") is not True:
@@ -675,7 +493,7 @@ def from_zarr(
     target = file_path(path)
     existing = check_output(target, overwrite)
     z = _open_zarr(source)
-    shown = _shown(source)
+    shown = display_name(source)
     if not force:
         check_zarr_complete(z, shown)
     dtype = check_dtype(z.dtype)
