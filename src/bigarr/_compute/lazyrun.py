@@ -17,7 +17,7 @@ that broadcasts along the rows (fewer dimensions, or one row) is used whole.
 Within a chunk, expressions with operations are evaluated in tiles of about
 :data:`~bigarr._compute.lazyeval.TILE_BYTES` of input rows, so a chain's temporaries stay in
 the CPU's caches. Floating reductions of plain rows (sums, means, variances and their nan
-variants) merge in :class:`~bigarr._compute.partials.Tree`, the fixed pairwise tree of
+variants) merge in :class:`~bigarr._compute.mergetree.Tree`, the fixed pairwise tree of
 :func:`bigarr.sum` and friends, so they are the same bits at every budget, thread count and
 tile size. Sums, means, extremes and variances of the same float values and axes join into
 one kernel and one tree, one native sweep per leaf (:mod:`bigarr._compute.multistat`);
@@ -71,9 +71,10 @@ from bigarr._compute.lazynodes import (
     unknown_rows,
 )
 from bigarr._compute.lazyresume import appended, check_resumable, resume_token
+from bigarr._compute.mergetree import Tree
 from bigarr._compute.multistat import Joint, joint_groups
 from bigarr._compute.operands import Stream
-from bigarr._compute.partials import State, Tree, merge
+from bigarr._compute.partials import State, merge
 from bigarr._compute.progress import Progress, ProgressArg
 from bigarr._compute.reductions import SCRATCH_BYTES
 from bigarr._compute.runplan import RunPlan, parse_threads, plan_run, probe_temporaries

@@ -3,7 +3,7 @@
 ``bigarr.compute(x.sum(0), x.min(0), x.max(0), x.std(0))`` reads each chunk once, but with one
 kernel per reduction a chunk of tens of MiB is swept four times from memory. When a pass holds
 two or more of these reductions of the same expression along the same axes, they become one
-:class:`Joint` kernel in one :class:`~bigarr._compute.partials.Tree`: a leaf's statistics come
+:class:`Joint` kernel in one :class:`~bigarr._compute.mergetree.Tree`: a leaf's statistics come
 from one native call that reads the leaf once (``stats_cols`` in ``_native.c``), and a node of
 the tree is each member's own combine. The tree has the members' shape, axes and leaves, and
 the native call gives, leaf by leaf, the bits of the members' own kernels, so each result is
@@ -28,7 +28,8 @@ import numpy as np
 
 from bigarr._compute import native
 from bigarr._compute.lazynodes import Reduce, plain
-from bigarr._compute.partials import Extreme, Kernel, Mean, State, Sum, Tree, Var
+from bigarr._compute.mergetree import Tree
+from bigarr._compute.partials import Extreme, Kernel, Mean, State, Sum, Var
 from bigarr._plan.chunks import Chunk
 
 __all__ = ["ENABLED", "Joint", "joint_groups", "role"]

@@ -13,7 +13,7 @@ kernels (integer sums, extremes, counts) merge chunk by chunk, in chunk order:
   to split rows too big for the budget.
 
 Floating sums, means and variances instead merge in the fixed pairwise tree of
-:class:`bigarr._compute.partials.Tree`, over leaves cut by the array's shape alone, so their
+:class:`bigarr._compute.mergetree.Tree`, over leaves cut by the array's shape alone, so their
 results are the same bits whatever the budget and threads.
 
 The partial states and how they combine:
@@ -57,6 +57,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 from bigarr._compute.engine import execute
+from bigarr._compute.mergetree import Tree
 from bigarr._compute.operands import Stream, parse_operand
 from bigarr._compute.partials import (
     SUB_BLOCK_BYTES,
@@ -67,7 +68,6 @@ from bigarr._compute.partials import (
     Kernel,
     Mean,
     Sum,
-    Tree,
     Var,
     VarInt,
     merge,
