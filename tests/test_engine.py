@@ -433,3 +433,59 @@ def test_records_whose_page_aligned_starts_are_out_of_reach_fall_back_to_row_sta
     assert total == float(x["a"].sum(dtype=np.float64)) + 5000
     assert bigarr.reduce_blocks(len, lambda p, q: p + q, src, budget="1MiB",
                                 progress=False) == 5000
+
+
+# ---- the executor's window, shared by execute() and the sort's merge -------------------------
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(0, 12), threads=st.integers(0, 3), depth=st.integers(0, 4),
+       seed=st.integers(0, 1 << 16))
+def test_ordered_keeps_order_and_its_window(n: int, threads: int, depth: int, seed: int) -> None:
+    """Results come in the items' order; an item is taken only while fewer than the window are
+    in flight, counted after the consumer had the oldest (so a producer may reuse its memory)."""
+    rng = np.random.default_rng(seed)
+    waits = rng.uniform(0, 0.002, n)
+    window = max(1, depth or threads) if threads else 1
+    lock = threading.Lock()
+    flight = [0, 0]  # in flight now, most at once
+
+    def items() -> Any:
+        for i in range(n):
+            with lock:
+                assert flight[0] < window  # taken only below the window
+            yield i
+
+    def work(i: int) -> int:
+        with lock:
+            flight[0] += 1
+            flight[1] = max(flight[1], flight[0])
+        threading.Event().wait(float(waits[i]))
+        return i * i
+
+    got = []
+    for value in _engine.ordered(items(), work, threads, depth):
+        with lock:
+            flight[0] -= 1  # the consumer has it: no longer in flight
+        got.append(value)
+    assert got == [i * i for i in range(n)]
+    assert flight[1] <= window
+
+
+def test_ordered_error_cancels_the_queue_and_stops_its_threads() -> None:
+    started: list[int] = []
+
+    def work(i: int) -> int:
+        started.append(i)
+        if i == 2:
+            raise ValueError("item 2")
+        threading.Event().wait(0.01)
+        return i
+
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(ValueError, match="item 2"):
+        list(_engine.ordered(range(100), work, 2, 3, name="bigarr-test-ordered"))
+    assert max(started) < 10  # the queue was cancelled, not run to the end
+    gen = _engine.ordered(range(100), work, 2, name="bigarr-test-ordered")
+    assert next(gen) == 0
+    gen.close()  # a consumer stopping early
+    leftover = {t.name for t in threading.enumerate()} - before
+    assert not any(name.startswith("bigarr-test-ordered") for name in leftover)

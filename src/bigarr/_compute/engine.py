@@ -497,13 +497,12 @@ def _inline(plan: RunPlan, work: Callable[[Chunk, list[np.ndarray[Any, Any]]], T
 def _pooled(plan: RunPlan, work: Callable[[Chunk, list[np.ndarray[Any, Any]]], T],
             streams: Sequence[Stream], todo: list[Chunk], progress: Progress | None,
             writeback: Writeback | None) -> Iterator[tuple[Chunk, T]]:
-    window: deque[tuple[Chunk, Future[T]]] = deque()
     depth = max(1, plan.threads) + plan.prefetch
     # Input chunks not in memory are read rather than faulted in (bigarr._compute.coldread).
     # A warm run reads nothing ahead: its plan charged no memory for the chunks queued.
     reads = None if plan.warm else ColdReads.for_run(streams, depth, chunks=len(todo))
 
-    def one(chunk: Chunk) -> T:
+    def one(chunk: Chunk) -> tuple[Chunk, T]:
         check_mapped(*(s.mapping for s in streams))  # a file cut under us: an error, not SIGBUS
         if reads is None:
             blocks = [s.block(chunk) for s in streams]
@@ -522,27 +521,56 @@ def _pooled(plan: RunPlan, work: Callable[[Chunk, list[np.ndarray[Any, Any]]], T
         if plan.release:
             _release_all(behind)
         _finish(chunk, progress, writeback)
-        return value
+        return chunk, value
 
-    pool = ThreadPoolExecutor(max(1, plan.threads), thread_name_prefix="bigarr")
-    try:
+    def queued() -> Iterator[Chunk]:
         for position, chunk in enumerate(todo):
-            while len(window) >= depth:
-                done, future = window.popleft()
-                yield done, future.result()
             _check_files(streams)
             if plan.prefetch and not plan.warm:
                 # The first chunks start at once (their workers fault the pages in themselves);
                 # later ones are populated while the workers are still busy with those before.
                 prefetch(streams, chunk, populate=position >= plan.threads, reads=reads)
-            window.append((chunk, pool.submit(one, chunk)))
-        while window:
-            done, future = window.popleft()
-            yield done, future.result()
+            yield chunk
+
+    try:
+        yield from ordered(queued(), one, max(1, plan.threads), depth)
     finally:
-        for _chunk, future in window:
+        if reads is not None:
+            reads.close()
+
+
+X = TypeVar("X")
+
+
+def ordered(items: Iterable[X], work: Callable[[X], T], threads: int, depth: int = 0,
+            name: str = "bigarr") -> Iterator[T]:
+    """``work(item)`` for each of ``items``, run on ``threads`` worker threads, yielded in the
+    items' order: the executor's window, shared by :func:`execute` and the sort's merge.
+
+    At most ``depth`` (at least 1; 0: ``threads``) items are in flight: the next item is taken
+    from ``items`` only once fewer are, after the consumer has had the oldest result. So a
+    producer may cut its next item from memory the consumer gave back, and a producer's
+    per-item preparation (prefetch, checks) runs just before the item is queued. With
+    ``threads == 0`` each item runs in the consumer's thread, one at a time. When the
+    consumer stops early or ``work`` raises, queued items are cancelled and the running ones
+    finish before the error reaches the consumer.
+    """
+    if threads == 0:
+        for item in items:
+            yield work(item)
+        return
+    depth = max(1, depth or threads)
+    window: deque[Future[T]] = deque()
+    pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
+    try:
+        for item in items:
+            window.append(pool.submit(work, item))
+            while len(window) >= depth:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+    finally:
+        for future in window:
             future.cancel()
         with contextlib.suppress(Exception):
             pool.shutdown(wait=True, cancel_futures=True)
-        if reads is not None:
-            reads.close()

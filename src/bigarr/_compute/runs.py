@@ -32,14 +32,13 @@ import ctypes
 import hashlib
 import os
 import threading
-from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from bigarr._compute import native
+from bigarr._compute.engine import ordered
 from bigarr._compute.order import _rank_keys
 from bigarr._core.files import preallocate
 from bigarr._os.fileid import create_new, hidden_name
@@ -322,25 +321,14 @@ def merge(runs: list[Run], fmt: Format, per: int, sink: Sink, threads: int = 1,
     own = spares is None
     spares = Spares(fmt.dtype) if spares is None else spares
 
-    def drain(got: tuple[Array, Array]) -> None:
-        sorted_block, block = got
-        sink(sorted_block)
-        del sorted_block
-        spares.give(block)
-
     def job(block: Array) -> tuple[Array, Array]:
         return fmt.sort(block), block
 
-    with contextlib.ExitStack() as stack:
-        pool = (stack.enter_context(ThreadPoolExecutor(threads, "bigarr-merge"))
-                if threads > 1 else None)
-        flight: deque[Future[tuple[Array, Array]]] = deque()
+    def blocks() -> Iterator[Array]:
         while True:
             live = [r for r in runs if r.buf.size]
             if not live:
-                break
-            if len(flight) >= threads:  # before the next block is cut: threads blocks at most
-                drain(flight.popleft().result())
+                return
             pending = [r for r in live if r.read < r.size]
             if pending:
                 lasts = _concat([r.buf[-1:] for r in pending], fmt.dtype)
@@ -365,14 +353,17 @@ def merge(runs: list[Run], fmt: Format, per: int, sink: Sink, threads: int = 1,
                     r.refill(per)
                 elif not r.buf.size:
                     r.close()
-            if pool is None:
-                drain(job(block))
-                del block
-                continue
-            flight.append(pool.submit(job, block))
+            yield block
             del block
-        while flight:
-            drain(flight.popleft().result())
+
+    # the engine's window: threads blocks in flight at most, the next cut once the oldest is
+    # written and its array given back (one thread: each block sorted in this thread)
+    for sorted_block, block in ordered(blocks(), job, threads if threads > 1 else 0,
+                                       name="bigarr-merge"):
+        sink(sorted_block)
+        del sorted_block
+        spares.give(block)
+        del block
     if own:
         spares.clear()
 
