@@ -59,7 +59,7 @@ from bigarr._core.array import memmap
 from bigarr._core.files import _header_of
 from bigarr._interop.dask import DEFAULT_READ_CHUNK, _dask_array, to_dask
 from bigarr._interop.zarr import to_zarr
-from bigarr._interop.zarrtarget import local_path
+from bigarr._interop.zarr_target import local_path
 from bigarr._os.lock import held_directory
 from bigarr._os.mapping import check_mapped, mapped_file
 from bigarr._os.paths import os_error

@@ -20,7 +20,7 @@ are read as scattered runs, one per column), planned by
   lock and renamed into place when complete, so a kill leaves the destination as it was (the
   next writer of it removes the hidden directory). Every array is also marked incomplete in
   the metadata write that creates it and complete after its last chunk
-  (:data:`bigarr._interop.zarrtarget.MARKER`), and :func:`from_zarr` refuses an incomplete
+  (:data:`bigarr._interop.zarr_target.MARKER`), and :func:`from_zarr` refuses an incomplete
   one unless forced: that guards stores written in place (not local directories) and arrays
   left by older versions (issue 11).
 
@@ -53,7 +53,7 @@ from bigarr._core.array import memmap
 from bigarr._core.files import file_path, new_file
 from bigarr._core.files import open as open_file
 from bigarr._formats.npy import check_dtype
-from bigarr._interop.zarrtarget import (
+from bigarr._interop.zarr_target import (
     MARKER,
     display_name,
     hidden_sibling,
