@@ -472,6 +472,8 @@ class _Job:
             for _ in execute(self.run, work, streams, progress=bar, writeback=writeback,
                              skip=skip):
                 pass
+            if placing:  # unmapped while the disk finishes the last writes, not after
+                placed.trim()  # (about 60 ms for a 256 MiB budget's kept mappings)
             writeback.drain()
         finally:
             if placing:
