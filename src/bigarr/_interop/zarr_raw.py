@@ -86,26 +86,24 @@ class RawChunks:
             k, within = divmod(first + done, per)
             take = min(per - within, n - done)
             path = self._file((k,) + (0,) * (len(self.chunks) - 1))
-            try:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:  # (open(), not os.open: a directory at a chunk's name is an error)
+                f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
             except FileNotFoundError:
                 self._fill_bytes(dest[done:done + take], within)
             else:
-                try:
-                    if os.fstat(fd).st_size != per:
+                with f:
+                    size = os.fstat(f.fileno()).st_size
+                    if size != per:
                         raise FormatError(
-                            f"zarr chunk file {path} has {os.fstat(fd).st_size} bytes; an "
-                            f"uncompressed chunk of shape {self.chunks} and dtype {self.dtype} "
-                            f"has {per}. The array is damaged, or its metadata does not "
-                            "describe its chunks.")
+                            f"zarr chunk file {path} has {size} bytes; an uncompressed chunk "
+                            f"of shape {self.chunks} and dtype {self.dtype} has {per}. The "
+                            "array is damaged, or its metadata does not describe its chunks.")
                     got = 0
                     while got < take:
-                        m = os.preadv(fd, [raw[done + got:done + take]], within + got)
+                        m = os.preadv(f.fileno(), [raw[done + got:done + take]], within + got)
                         if m <= 0:
                             raise FormatError(f"zarr chunk file {path} ended early.")
                         got += m
-                finally:
-                    os.close(fd)
             done += take
 
     def _fill_bytes(self, dest: np.ndarray[Any, Any], within: int) -> None:
