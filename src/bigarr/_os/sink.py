@@ -29,6 +29,8 @@ mapping 0.13-0.19 GB/s.
   so it waits for every direct write in flight (ext4), and the worker computes nothing
   meanwhile (2 GiB ``map_blocks(x*2+1)``, 16 MiB chunks: 263 such writes took 4.6 s of the
   workers' 10.5 s);
+* bytes that are already in a file (uncompressed zarr chunks) are read by the caller's
+  callback straight into the staging buffers (:meth:`Sink.write_from`), never held whole;
 * the staging memory is bounded (``staging`` bytes, at most :data:`STAGING_MAX`): a writer
   that finds every buffer in flight waits for one, so memory never grows with the output.
   It is made of 4 KiB pages, not ``MADV_HUGEPAGE`` (fresh 2 MiB pages were slow to fault
