@@ -3,6 +3,7 @@ offset into a page, so the O_DIRECT sink writes map_blocks' results without a co
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,60 @@ def test_placed_and_staging_memory_is_not_advised_huge() -> None:
     assert "hg" not in flags
     assert "hg" not in (_vm_flags(staging.array.ctypes.data) or [])
     assert "hg" in (_vm_flags(Buffer(4 << 20).array.ctypes.data) or ["hg"])  # the default
+
+
+def test_the_first_chunk_is_written_from_funcs_own_result(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first chunk, computed before the output file exists, is placed for its offset (the
+    file's first data page) and lent as func returned it: no copy before the first write."""
+    if not placed.available():
+        pytest.skip("placed results need the _alloc extension")
+    made: list[int] = []
+    written: list[int] = []
+    original = Sink.write
+
+    def spy(self: Sink, data: Any, offset: int, *, lend: bool = False) -> Any:
+        written.append(data.ctypes.data)
+        return original(self, data, offset, lend=lend)
+
+    def func(b: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        r = b * 2 + 1
+        made.append(r.ctypes.data)
+        return r
+
+    monkeypatch.setattr(Sink, "write", spy)
+    x = np.random.default_rng(5).standard_normal((300_000, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    bigarr.map_blocks(func, str(tmp_path / "x.npy"), out=str(tmp_path / "y.npy"),
+                      budget="16MiB", threads=1, progress=False).close()
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), x * 2 + 1)
+    assert written[0] in made  # (func also ran on probe blocks before the run)
+
+
+def test_a_first_result_func_keeps_is_copied_not_lent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """func fills one kept (placed) array at every call (numpy's ``out=`` idiom): its first
+    result is copied, not lent, so the next call's values never reach the first rows while
+    the first write waits for the disk."""
+    kept: np.ndarray[Any, Any] | None = None
+
+    def func(b: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        nonlocal kept
+        if kept is None or len(kept) < len(b):  # (allocated in a run's call: placed)
+            kept = np.empty((len(b) + 1000, 4), np.float32)
+        np.multiply(b, 3, out=kept[:len(b)])
+        return kept[:len(b)]
+
+    original = Sink._put_lent
+
+    def slow(self: Sink, piece: Any, offset: int) -> None:
+        time.sleep(0.2)  # the disk is slow: func runs again before the first write
+        original(self, piece, offset)
+
+    monkeypatch.setattr(Sink, "_put_lent", slow)
+
+    x = np.random.default_rng(6).standard_normal((300_000, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    bigarr.map_blocks(func, str(tmp_path / "x.npy"), out=str(tmp_path / "y.npy"),
+                      budget="16MiB", threads=1, progress=False).close()
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), x * 3)

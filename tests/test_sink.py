@@ -328,3 +328,53 @@ def test_a_full_disk_at_a_shared_page_is_a_disk_full_error(
                     written.wait()
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_write_from_fills_staging_with_the_bytes_asked_for(tmp_path: Path, direct: bool) -> None:
+    """Sink.write_from: ranges at unaligned offsets, their bytes produced by a callback
+    straight into the staging buffers (and shared pages), equal the bytes given."""
+    size = 9 * DIRECT_ALIGN + 321
+    data, pieces = _pieces(size, 4)
+    src = np.frombuffer(data, np.uint8)
+    path = tmp_path / "f.bin"
+    fd = _new_file(path, size)
+    asked: list[tuple[int, int]] = []
+    try:
+        with Sink(fd, str(path), direct=direct, staging=2 * DIRECT_ALIGN) as sink:
+            pending = []
+            for at, piece in pieces:
+                def fill(dest: np.ndarray[Any, Any], start: int, at: int = at) -> None:
+                    asked.append((at + start, dest.nbytes))
+                    dest[:] = src[at + start: at + start + dest.nbytes]
+                pending.append(sink.write_from(fill, at, len(piece)))
+            for written in pending:
+                written.wait()
+            sink.sync()
+            assert sink._made <= sink._nbuf
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data
+    assert sum(n for _, n in asked) == size  # each byte asked for once
+    if direct and sink._direct_fd is not None:
+        assert max(n for _, n in asked) <= sink._piece  # never more than one staging buffer
+
+
+def test_write_from_errors_reach_the_caller_and_free_the_buffer(tmp_path: Path) -> None:
+    path = tmp_path / "g.bin"
+    fd = _new_file(path, 4 * DIRECT_ALIGN)
+
+    def broken(dest: np.ndarray[Any, Any], start: int) -> None:
+        raise FileNotFoundError(errno.ENOENT, "gone", "chunk/3")
+
+    try:
+        with Sink(fd, str(path), staging=2 * DIRECT_ALIGN) as sink:
+            if not sink.direct:
+                pytest.skip("this file system refuses O_DIRECT at open")
+            for _ in range(3):  # a buffer lost per failure would hang the third call
+                with pytest.raises(FileNotFoundError):
+                    sink.write_from(broken, 0, 2 * DIRECT_ALIGN)
+            sink.write_from(lambda d, s: d.fill(7), 0, 4 * DIRECT_ALIGN).wait()
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"\x07" * (4 * DIRECT_ALIGN)

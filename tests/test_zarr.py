@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from zarr.storage import LocalStore, MemoryStore
 
 import bigarr
-from bigarr._interop.zarr import _raw_chunks
+from bigarr._interop.zarr_raw import raw_chunks
 from bigarr.errors import (
     BudgetError,
     FileExistsError_,
@@ -207,19 +207,22 @@ def test_from_zarr_accepts_array_and_store(tmp_path: Path) -> None:
     np.testing.assert_array_equal(bigarr.from_zarr(store, tmp_path / "b.npy"), data)
 
 
+@pytest.mark.parametrize("chunks", [(16, 8), (7, 30)], ids=["part-rows", "whole-rows"])
 @pytest.mark.parametrize("compressors", [None, "auto"], ids=["raw-fast-path", "zstd"])
 @pytest.mark.parametrize("fill", [0, 7.5, np.nan])
 def test_from_zarr_missing_chunks_hold_fill_value(
-    tmp_path: Path, compressors: Any, fill: float
+    tmp_path: Path, compressors: Any, fill: float, chunks: tuple[int, int]
 ) -> None:
-    z = zarr.create_array(tmp_path / "m.zarr", shape=(100, 30), dtype="f4", chunks=(16, 8),
+    # whole-row chunks (7 rows of 120 bytes: no chunk starts on a page) are read into the
+    # O_DIRECT sink's staging buffers, a missing one as the fill value's bytes
+    z = zarr.create_array(tmp_path / "m.zarr", shape=(100, 30), dtype="f4", chunks=chunks,
                           compressors=compressors, fill_value=fill)
-    z[16:32, 8:16] = 1.0
-    z[96:100, 24:30] = 2.0  # an edge chunk
+    z[14:32, 8:16] = 1.0
+    z[98:100, 24:30] = 2.0  # an edge chunk
     expected = np.full((100, 30), fill, dtype="f4")
-    expected[16:32, 8:16] = 1.0
-    expected[96:100, 24:30] = 2.0
-    assert z.nchunks_initialized == 2
+    expected[14:32, 8:16] = 1.0
+    expected[98:100, 24:30] = 2.0
+    assert z.nchunks_initialized == (4 if chunks[1] == 30 else 3)  # the rest are missing
     out = bigarr.from_zarr(tmp_path / "m.zarr", tmp_path / "m.npy")
     np.testing.assert_array_equal(out, expected)
 
@@ -245,10 +248,10 @@ def test_fast_path_only_for_uncompressed_local_unsharded(tmp_path: Path) -> None
     sharded = zarr.create_array(tmp_path / "h.zarr", data=data, chunks=(5, 2), shards=(10, 4),
                                 compressors=None)
     memory = zarr.create_array(MemoryStore(), data=data, chunks=(5, 4), compressors=None)
-    assert _raw_chunks(raw) is not None
-    assert _raw_chunks(packed) is None
-    assert _raw_chunks(sharded) is None
-    assert _raw_chunks(memory) is None
+    assert raw_chunks(raw) is not None
+    assert raw_chunks(packed) is None
+    assert raw_chunks(sharded) is None
+    assert raw_chunks(memory) is None
 
 
 @pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "readinto"])
@@ -256,23 +259,31 @@ def test_fast_path_only_for_uncompressed_local_unsharded(tmp_path: Path) -> None
 def test_fast_path_equals_zarr_path(
     tmp_path: Path, chunks: tuple[int, int], kernel_copy: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Chunks that span whole rows are copied file to file (or read straight into the output
-    # where copy_file_range is missing); others go through a buffer.
+    # Chunks that span whole rows are read by the O_DIRECT sink into its staging buffers
+    # (Sink.write_from); where O_DIRECT is refused, copied file to file (or read straight
+    # into the output where copy_file_range is missing); others go through a buffer.
     if not kernel_copy:
         monkeypatch.delattr(os, "copy_file_range", raising=False)
     copies: list[int] = []
-    real = bigarr._interop.zarr._copy_file
-    monkeypatch.setattr(bigarr._interop.zarr, "_copy_file",
+    real = bigarr._interop.zarr_raw._copy_file
+    monkeypatch.setattr(bigarr._interop.zarr_raw, "_copy_file",
                         lambda *a: copies.append(a[2]) or real(*a))  # type: ignore[func-returns-value]
+    reads: list[int] = []
+    raw_reader = bigarr._interop.zarr_raw.RawChunks
+    real_read = raw_reader.read_bytes
+    monkeypatch.setattr(raw_reader, "read_bytes",
+                        lambda self, first, dest: reads.append(dest.nbytes)
+                        or real_read(self, first, dest))
     data = _data((50, 12), "i2")
     zarr.create_array(tmp_path / "r.zarr", data=data, chunks=chunks, compressors=None)
     out = bigarr.from_zarr(LocalStore(tmp_path / "r.zarr"), tmp_path / "r.npy",
                            budget="4KiB")
     np.testing.assert_array_equal(out, data)
     whole_rows = chunks[1] == 12
-    assert bool(copies) == whole_rows  # the kernel copy is tried exactly for whole-row chunks
-    if whole_rows and kernel_copy and hasattr(os, "copy_file_range"):
-        assert sum(copies) == data.nbytes
+    # exactly whole-row chunks go file to file, each byte once, one way or the other
+    assert bool(copies or reads) == whole_rows
+    if whole_rows and (reads or (kernel_copy and hasattr(os, "copy_file_range"))):
+        assert sum(copies) + sum(reads) == data.nbytes
 
 
 def test_fast_path_detects_a_damaged_chunk(tmp_path: Path) -> None:

@@ -197,6 +197,27 @@ class Writeback:
                 self._fds.add(mapping.fd)  # made durable at the end (drain)
         entry.nbytes += block.nbytes
 
+    def write_from(self, chunk: int, stream: Stream, block: np.ndarray[Any, Any],
+                   fill: Callable[[np.ndarray[Any, Any], int], None]) -> bool:
+        """Write ``block`` of output ``stream`` (part of chunk ``chunk``) with the bytes that
+        ``fill(dest, start)`` puts into ``dest`` (the block's bytes from ``start``), read by
+        the sink straight into its staging buffers (:meth:`~bigarr._os.sink.Sink.write_from`).
+
+        Returns False, having written nothing, where the block is not one run of bytes of a
+        file the run writes through an ``O_DIRECT`` sink (the caller then writes it another
+        way)."""
+        mapping = stream.mapping
+        offset = stream.file_offset(block) if block.flags.c_contiguous else None
+        if not self.direct or mapping is None or mapping.access != "shared" or offset is None:
+            return False
+        sink = self.sink(mapping.fd, mapping.path)
+        if not sink.direct:  # O_DIRECT refused: the caller's own way (a kernel copy) is better
+            return False
+        entry = self._entry(chunk)
+        entry.written.append(sink.write_from(fill, offset, block.nbytes))
+        entry.nbytes += block.nbytes
+        return True
+
     def sink(self, fd: int, path: str | None = None) -> Sink:
         """The run's :class:`~bigarr._os.sink.Sink` for output file ``fd`` (made at first use:
         ``O_DIRECT`` if the run was made ``direct``)."""

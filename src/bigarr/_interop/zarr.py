@@ -12,9 +12,10 @@ are read as scattered runs, one per column), planned by
   decode buffers, or the batch still flushing), must fit ``budget``; a grid slab that cannot
   is refused up front with :class:`~bigarr.errors.BudgetError` quoting both numbers;
 * pages are released behind the stream by the engine: source pages get ``MADV_DONTNEED`` after
-  their batch is encoded; the target is written with ``pwrite`` under the engine's flush policy
-  (chunk files copied by the fast path are ``msync``'d, then dropped). Resident memory stays
-  near one batch however large the array is;
+  their batch is encoded; the target is written with ``O_DIRECT`` by the output sink under the
+  engine's flush policy (the fast path reads chunk files straight into the sink's staging;
+  where ``O_DIRECT`` is refused, copied chunks are written back, then dropped). Resident
+  memory stays near one batch however large the array is;
 * an interrupted export is never taken for a complete array. A local directory output is
   written in a hidden sibling directory (``.<name>.bigarr-new-<random>``) under the output's
   lock and renamed into place when complete, so a kill leaves the destination as it was (the
@@ -37,10 +38,8 @@ with no header; a missing chunk file means "every element is the fill value".
 from __future__ import annotations
 
 import contextlib
-import errno
 import operator
 import os
-import sys
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
@@ -53,6 +52,7 @@ from bigarr._core.array import memmap
 from bigarr._core.files import file_path, new_file
 from bigarr._core.files import open as open_file
 from bigarr._formats.npy import check_dtype
+from bigarr._interop.zarr_raw import raw_chunks
 from bigarr._interop.zarr_target import (
     MARKER,
     display_name,
@@ -437,11 +437,11 @@ def from_zarr(
     """Stream a zarr array into a new page-aligned bigarr ``.npy`` file with bounded memory.
 
     The file is created (preallocated) under a temporary name, filled batch by batch (whole
-    chunk or shard slabs along axis 0), each batch ``msync``'d and its pages dropped, and renamed
+    chunk or shard slabs along axis 0, written with ``O_DIRECT`` where allowed), and renamed
     to ``path`` only when complete: an interrupted import never leaves a partial file at ``path``.
     Missing chunks hold the fill value; sharded arrays and every codec zarr supports are read
     through zarr. Uncompressed, unsharded zarr v3 arrays in a local directory take a fast path
-    that reads each chunk file straight into the mapped output.
+    that reads the chunk files' bytes straight into the output's write buffers.
 
     Parameters
     ----------
@@ -524,7 +524,7 @@ def _stream_in(z: Any, out: memmap, budget: int | str, progress: ProgressArg) ->
     src = parse_operand(z)
     dst = parse_operand(out, output=True, by_key=False)
     plan = _plan_in(src, dst, budget)
-    fast = _raw_chunks(z)
+    fast = raw_chunks(z)
     row_bytes = out.nbytes // out.shape[0]
     # One batch may be written but not yet on disk while the next one is read.
     # (a new file nothing else maps or reads: its pwrites go to the disk with O_DIRECT)
@@ -539,6 +539,10 @@ def _stream_in(z: Any, out: memmap, budget: int | str, progress: ProgressArg) ->
         if fast is None:
             writeback.write(chunk.index, dst, view, blocks[0])  # pwrite: no output pages mapped
             return
+        if fast.rows_whole and writeback.write_from(
+                chunk.index, dst, view,
+                lambda dest, start: fast.read_bytes(chunk.rows.start * row_bytes + start, dest)):
+            return  # read into the sink's staging, written with O_DIRECT: no output page cache
         at = out.offset + chunk.rows.start * row_bytes
         fast.read_rows(chunk.rows, view, fd, at)
         writeback.mapped(chunk.index, dst, view)  # flush, then drop what reached the mapping
@@ -554,141 +558,3 @@ def _stream_in(z: Any, out: memmap, budget: int | str, progress: ProgressArg) ->
     finally:
         writeback.close()
         os.close(fd)
-
-
-# ---- uncompressed fast path ------------------------------------------------------------------
-
-
-class _RawChunks:
-    """Reads the chunk files of an uncompressed, unsharded zarr v3 array in a local directory.
-
-    Each chunk file is the raw C-order bytes of the full chunk shape. A chunk that spans every
-    trailing dimension lands contiguously in the C-ordered output, so it is copied file to file
-    (``copy_file_range``) or read straight into the mapped pages; other chunks go through one
-    reused buffer.
-    """
-
-    def __init__(self, z: Any, root: str) -> None:
-        self.z = z
-        self.root = root
-        self.chunks: tuple[int, ...] = tuple(z.chunks)
-        self.dtype: np.dtype[Any] = z.dtype
-        self.chunk_bytes = int(np.prod(self.chunks, dtype=object)) * self.dtype.itemsize
-        fill = np.asarray(z.fill_value, dtype=self.dtype)
-        self.fill: Any = None if not fill.tobytes().strip(b"\x00") else fill
-        self.rows_whole = tuple(self.chunks[1:]) == tuple(z.shape[1:])
-        self.buf = np.empty(0 if self.rows_whole else self.chunks, dtype=self.dtype)
-        self.kernel_copy = True
-        """Whether ``copy_file_range`` still looks usable (cleared after the first refusal)."""
-
-    def _file(self, coords: tuple[int, ...]) -> str:
-        key = self.z.metadata.encode_chunk_key(coords)
-        return os.path.join(self.root, *key.split("/"))
-
-    def read_rows(self, rows: slice, out: np.ndarray[Any, Any], fd: int, first: int) -> None:
-        """Fill ``out`` (the output's rows ``rows``, whole chunk rows) from the chunk files.
-
-        ``fd`` is the output file open for writing and ``first`` the file offset of ``out``'s
-        first byte: chunks that span whole rows are copied file to file inside the kernel
-        (``copy_file_range``: no user-space copy, no page faults), falling back to ``readinto``
-        the mapped pages where the OS or file system cannot.
-        """
-        shape = self.z.shape
-        row_bytes = out.nbytes // max(out.shape[0], 1)
-        lo = rows.start // self.chunks[0]
-        hi = -(-rows.stop // self.chunks[0])
-        grids = [range(lo, hi)] + [range(-(-n // c)) for n, c in
-                                   zip(shape[1:], self.chunks[1:], strict=True)]
-        for coords in np.ndindex(*(len(g) for g in grids)):
-            cidx = tuple(g[i] for g, i in zip(grids, coords, strict=True))
-            sel = tuple(
-                slice(i * c - (rows.start if d == 0 else 0),
-                      min((i + 1) * c, n) - (rows.start if d == 0 else 0))
-                for d, (i, c, n) in enumerate(zip(cidx, self.chunks, shape, strict=True))
-            )
-            self._read_chunk(cidx, out[sel], fd, first + sel[0].start * row_bytes)
-
-    def _read_chunk(self, cidx: tuple[int, ...], dest: np.ndarray[Any, Any], fd: int,
-                    at: int) -> None:
-        path = self._file(cidx)
-        try:
-            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
-        except FileNotFoundError:
-            if self.fill is not None:
-                dest[...] = self.fill
-            return  # the preallocated output already reads as zeros
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            if size != self.chunk_bytes:
-                raise FormatError(
-                    f"zarr chunk file {path} has {size} bytes; an uncompressed chunk of shape "
-                    f"{self.chunks} and dtype {self.dtype} has {self.chunk_bytes}. The array "
-                    "is damaged, or its metadata does not describe its chunks."
-                )
-            whole = self.rows_whole and dest.flags.c_contiguous
-            if whole and self.kernel_copy and _copy_file(f.fileno(), fd, dest.nbytes, at):
-                return
-            if whole:
-                self.kernel_copy = False
-                got = f.readinto(dest.view(np.ndarray).reshape(-1).data.cast("B"))
-                want = dest.nbytes
-            else:
-                got = f.readinto(self.buf.reshape(-1).data.cast("B"))
-                want = self.chunk_bytes
-                dest[...] = self.buf[tuple(slice(0, n) for n in dest.shape)]
-            if got != want:
-                raise FormatError(f"zarr chunk file {path} ended early ({got} of {want} bytes).")
-
-
-def _copy_file(src: int, dst: int, nbytes: int, at: int) -> bool:
-    """Copy ``nbytes`` from the start of ``src`` to offset ``at`` of ``dst`` in the kernel.
-
-    Returns ``False`` (nothing copied) where ``copy_file_range`` is missing or refused
-    (another OS, an old kernel, a file system pair that cannot), so the caller falls back.
-    The written pages are the same page-cache pages the output mapping shows.
-    """
-    copy = getattr(os, "copy_file_range", None)
-    if copy is None:
-        return False
-    done = 0
-    try:
-        while done < nbytes:
-            n = copy(src, dst, nbytes - done, done, at + done)
-            if n <= 0:
-                raise FormatError(f"A zarr chunk file ended early ({done} of {nbytes} bytes).")
-            done += n
-    except OSError as exc:
-        if done == 0 and exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL,
-                                       errno.EOPNOTSUPP, errno.EBADF):
-            return False
-        raise
-    return True
-
-
-def _raw_chunks(z: Any) -> _RawChunks | None:
-    """A fast reader when ``z`` is uncompressed, unsharded zarr v3 in a local directory."""
-    try:
-        from zarr.codecs import BytesCodec
-        from zarr.storage import LocalStore
-
-        store = z.store
-        meta = z.metadata
-        if not isinstance(store, LocalStore) or meta.zarr_format != 3 or z.shards is not None:
-            return None
-        codecs = tuple(meta.codecs)
-        if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec):
-            return None
-        endian = getattr(codecs[0].endian, "value", codecs[0].endian)
-        dt = np.dtype(z.dtype)
-        if dt.hasobject or not dt.isnative or dt.itemsize == 0:
-            return None
-        if dt.itemsize > 1 and endian not in (None, sys.byteorder):
-            return None
-        if not callable(getattr(meta, "encode_chunk_key", None)):
-            return None
-        root = os.path.join(str(store.root), *[p for p in z.store_path.path.split("/") if p])
-        if not os.path.isdir(root):
-            return None
-        return _RawChunks(z, root)
-    except (ImportError, AttributeError, TypeError):
-        return None

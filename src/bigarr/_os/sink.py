@@ -29,6 +29,8 @@ mapping 0.13-0.19 GB/s.
   so it waits for every direct write in flight (ext4), and the worker computes nothing
   meanwhile (2 GiB ``map_blocks(x*2+1)``, 16 MiB chunks: 263 such writes took 4.6 s of the
   workers' 10.5 s);
+* bytes that are already in a file (uncompressed zarr chunks) are read by the caller's
+  callback straight into the staging buffers (:meth:`Sink.write_from`), never held whole;
 * the staging memory is bounded (``staging`` bytes, at most :data:`STAGING_MAX`): a writer
   that finds every buffer in flight waits for one, so memory never grows with the output.
   It is made of 4 KiB pages, not ``MADV_HUGEPAGE`` (fresh 2 MiB pages were slow to fault
@@ -55,6 +57,7 @@ import os
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -233,6 +236,49 @@ class Sink:
                 done._futures.append(self._writers().submit(self._put, buf, start, n))
         if end > hi:
             self._shared(done, raw[hi - offset:], hi)
+        return done
+
+    def write_from(self, fill: Callable[[np.ndarray[Any, Any], int], None], offset: int,
+                   nbytes: int) -> Written:
+        """Write ``nbytes`` bytes at ``offset`` (bytes) of the file that ``fill`` produces
+        piece by piece, straight into the staging buffers: no array of the whole range is held.
+
+        ``fill(dest, start)`` puts the range's bytes ``start .. start + dest.nbytes`` into
+        ``dest`` (a writable ``uint8`` array) and returns nothing; it runs in the calling
+        thread, and its errors propagate unchanged. For data already in a file (uncompressed
+        zarr chunks read with ``preadv``) this is one copy from the page cache to the disk's
+        ``O_DIRECT`` writes, where :meth:`write` would need the whole array first and
+        ``copy_file_range`` puts every byte through the output's page cache and writeback
+        (measured on this project's busy virtio disk, 1 GiB of cached 4 MiB chunk files:
+        0.45-0.89x ``machine.disk_write``'s rate that way, 0.99-1.24x with ``O_DIRECT``).
+        """
+        done = Written(self.fd, self)
+        end = offset + nbytes
+        if not self.direct:
+            for start in range(offset, end, _PIECE_MAX):
+                piece = np.empty(min(_PIECE_MAX, end - start), np.uint8)
+                fill(piece, start - offset)
+                self._buffered(done, piece, start)
+            return done
+        lo = min(align_up(offset, DIRECT_ALIGN), end)  # the page-aligned middle: [lo, hi)
+        hi = max(align_down(end, DIRECT_ALIGN), lo)
+        if lo > offset:
+            head = np.empty(lo - offset, np.uint8)
+            fill(head, 0)
+            self._shared(done, head, offset)
+        for start in range(lo, hi, self._piece):
+            n = min(self._piece, hi - start)
+            buf = self._take()
+            try:
+                fill(buf.array[:n], start - offset)
+            except BaseException:
+                self._free.put(buf)
+                raise
+            done._futures.append(self._writers().submit(self._put, buf, start, n))
+        if end > hi:
+            tail = np.empty(end - hi, np.uint8)
+            fill(tail, hi - offset)
+            self._shared(done, tail, hi)
         return done
 
     def sync(self) -> None:
