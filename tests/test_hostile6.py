@@ -26,3 +26,30 @@ def test_eager_reductions_of_a_0d_file_refuse_a_bad_axis_as_a_bigarr_error(
         with pytest.raises(bigarr.errors.AxisError) as info:
             call()
         assert isinstance(info.value, np.exceptions.AxisError)
+
+
+@pytest.mark.parametrize("name", ["sum", "prod", "max", "min", "any", "all", "nansum", "nanmax",
+                                  "nanmin", "nanmean", "nanvar", "argmax", "count_nonzero",
+                                  "mean", "var", "std"])
+def test_lazy_reductions_of_a_0d_array_follow_numpys_axis_rule(tmp_path: Path,
+                                                                 name: str) -> None:
+    """np.sum(x, axis=0) of a 0-d array is numpy's 3.0 (ufunc reductions take axis 0 and -1
+    of 0-d data); the lazy one raised AxisError, unlike numpy and the eager bigarr.sum. Where
+    numpy refuses (mean, var, tuples) the lazy one raises bigarr's AxisError."""
+    a = np.array(3.0)
+    np.save(tmp_path / "z.npy", a)
+    fn = getattr(np, name)
+    for axis in (0, -1, (0,)):
+        if name in ("argmax",) and axis == (0,):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                want = fn(a, axis=axis)
+            except np.exceptions.AxisError:
+                with pytest.raises(bigarr.errors.AxisError):
+                    fn(bigarr.lazy(str(tmp_path / "z.npy")), axis=axis)
+                continue
+            got = fn(bigarr.lazy(str(tmp_path / "z.npy")), axis=axis).compute()
+        assert np.asarray(got).dtype == np.asarray(want).dtype
+        np.testing.assert_array_equal(got, want)

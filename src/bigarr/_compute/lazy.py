@@ -515,10 +515,21 @@ class LazyArray:
         if arg and axis is not None and (isinstance(axis, bool)
                                          or not isinstance(axis, (int, np.integer))):
             raise ArgumentError(f"Expected axis as an int or None for {kind}. Got {axis!r}.")
-        axes = _axes(axis, self.ndim)
         kwargs: dict[str, Any] = {"dtype": dtype} if takes_dtype else {}
         if takes_ddof:
             kwargs["ddof"] = ddof
+        if self.ndim == 0 and axis is not None:
+            # numpy's rule for 0-d data: ufunc reductions (sum, max, nanmean, ...) take axis 0
+            # and -1 as the whole array; mean, var and tuples refuse
+            try:
+                _quiet(getattr(np, kind), np.zeros((), dtype=self.dtype), axis=axis, **kwargs)
+            except np.exceptions.AxisError as exc:
+                raise AxisError(str(exc)) from None
+            except (TypeError, ValueError):
+                pass  # refused below, as for any other array
+            else:
+                axis = None
+        axes = _axes(axis, self.ndim)
         out = _numpy_dtype(getattr(np, kind), np.empty((1,) * self.ndim, dtype=self.dtype),
                            **kwargs)
         fr = frame(self.node)
