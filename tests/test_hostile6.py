@@ -53,3 +53,21 @@ def test_lazy_reductions_of_a_0d_array_follow_numpys_axis_rule(tmp_path: Path,
             got = fn(bigarr.lazy(str(tmp_path / "z.npy")), axis=axis).compute()
         assert np.asarray(got).dtype == np.asarray(want).dtype
         np.testing.assert_array_equal(got, want)
+
+
+def test_numpy_functions_lazy_arrays_compute_first_raise_bigarr_errors(tmp_path: Path) -> None:
+    """np.sort, np.ptp, np.nanprod ... of a LazyArray run numpy on its computed values; numpy's
+    refusals came out bare (numpy's AxisError, TypeError), not as bigarr errors."""
+    np.save(tmp_path / "x.npy", np.arange(6.0).reshape(3, 2))
+    x = bigarr.lazy(str(tmp_path / "x.npy"))
+    np.testing.assert_array_equal(np.ptp(x, axis=0), [4.0, 4.0])
+    for call in (lambda: np.sort(x, axis=2), lambda: np.ptp(x, axis=-3),
+                 lambda: np.nanprod(x, axis=(0, 5))):
+        with pytest.raises(bigarr.errors.AxisError):
+            call()
+    with pytest.raises(bigarr.errors.BigArrError) as info:
+        np.nancumsum(x, axis=(0,))
+    assert isinstance(info.value, TypeError)
+    with pytest.raises(bigarr.errors.BigArrError) as info2:
+        np.reshape(x, (5,))
+    assert isinstance(info2.value, ValueError)

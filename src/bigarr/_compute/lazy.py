@@ -54,6 +54,7 @@ from bigarr._compute.lazynodes import (
     Reduce,
     Scan,
     frame,
+    numpy_refusal,
     plain,
     rowed,
     unknown_rows,
@@ -414,8 +415,12 @@ class LazyArray:
                 return type(a)(computed(b) for b in a)
             return a
 
-        return func(*(computed(a) for a in args),
-                    **{k: computed(v) for k, v in kwargs.items()})
+        args = tuple(computed(a) for a in args)
+        kwargs = {k: computed(v) for k, v in kwargs.items()}
+        try:
+            return func(*args, **kwargs)
+        except (TypeError, ValueError, IndexError) as exc:  # numpy's refusal, as bigarr's
+            raise numpy_refusal(exc, f"np.{name} of a LazyArray's values") from None
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray[Any, Any]:
         out = self.compute()
