@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,3 +73,40 @@ def test_numpy_functions_lazy_arrays_compute_first_raise_bigarr_errors(tmp_path:
     with pytest.raises(bigarr.errors.BigArrError) as info2:
         np.reshape(x, (5,))
     assert isinstance(info2.value, ValueError)
+
+
+def _outcome(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``call``'s result, or the exception it raised (whose kind is compared)."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            res = call(*args, **kwargs)
+            return res.compute() if isinstance(res, bigarr.LazyArray) else res
+        except Exception as exc:
+            return exc
+
+
+@pytest.mark.parametrize("dtype", [np.bool_, np.float32, np.int8])
+@pytest.mark.parametrize("name", ["quantile", "nanquantile", "percentile", "nanpercentile"])
+def test_order_statistics_of_no_values_are_numpys(tmp_path: Path, dtype: type,
+                                                  name: str) -> None:
+    """numpy's nanquantile of no values is NaN whatever the dtype (bool included, whose
+    non-empty quantiles it refuses), and its quantile of none an IndexError: bigarr refused
+    the empty bool one as a DtypeError, and let numpy's bare IndexError out of the others."""
+    q = 0.5 if "quantile" in name else 50.0
+    for shape, axis in (((0, 3), None), ((0, 3), 0), ((0,), None), ((2, 0), None)):
+        a = np.zeros(shape, dtype)
+        np.save(tmp_path / "e.npy", a)
+        p = str(tmp_path / "e.npy")
+        want = _outcome(getattr(np, name), a, q, axis=axis)
+        got = [_outcome(getattr(bigarr, name), p, q, axis=axis, progress=False),
+               _outcome(getattr(bigarr.lazy(p), name), q, axis=axis)]
+        for g in got:
+            if isinstance(want, Exception):
+                assert isinstance(g, bigarr.errors.BigArrError), (shape, axis, g)
+                assert isinstance(g, type(want)), (shape, axis, g)
+            else:
+                assert not isinstance(g, Exception), (shape, axis, g)
+                assert np.asarray(g).dtype == np.asarray(want).dtype, (shape, axis)
+                np.testing.assert_array_equal(g, want)
+

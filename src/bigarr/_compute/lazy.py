@@ -613,7 +613,7 @@ class LazyArray:
         axes = _axes(axis, self.ndim)
         qs = None if q is None else np.asarray(q)
         fn = getattr(np, kind)
-        sample = np.zeros((1,) * self.ndim, dtype=self.dtype)
+        sample = np.zeros(tuple(min(n, 1) for n in self.node.shape), dtype=self.dtype)
         kw: dict[str, Any] = {"axis": axis, "keepdims": keepdims}
         if qs is not None:
             kw["method"] = method
@@ -621,9 +621,11 @@ class LazyArray:
             res = _quiet(fn, sample, qs, **kw) if qs is not None else _quiet(fn, sample, **kw)
         except (TypeError, ValueError) as exc:
             raise ArgumentError(f"{kind} of {self.dtype} data: {exc}") from None
+        except IndexError as exc:  # numpy's quantile of no values
+            raise RegionError(f"{kind} of no values (shape {self.shape}): {exc}") from None
         red = tuple(1 if i in axes else n for i, n in enumerate(self.node.shape)) if keepdims \
             else tuple(n for i, n in enumerate(self.node.shape) if i not in axes)
-        shape = (*(qs.shape if qs is not None else ()), *red)
+        shape = (*(() if qs is None else np.shape(qs)), *red)
         return LazyArray(Reduce(shape, np.asarray(res).dtype, self.node, kind, axes, keepdims,
                                 q=qs, method=method, axis=None if axis is None else int(axis)))
 

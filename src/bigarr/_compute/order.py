@@ -44,6 +44,7 @@ from bigarr.errors import (
     AxisError,
     BudgetError,
     DtypeError,
+    RegionError,
     ShapeError,
     UnsupportedError,
 )
@@ -143,14 +144,20 @@ def _family(a: Any, q: Any, axis: int | None, method: str, *, nan: bool, percent
                 probe = np.asarray(fn(np.zeros((2, 1), dtype=dtype), *(() if median else (q,)),
                                       axis=0, **probe_args))
         except TypeError as exc:
-            raise DtypeError(f"{name} of an array of {dtype}: {exc}") from None
+            if shape and stream.size:  # (numpy's nanquantile of no bools is NaN: below)
+                raise DtypeError(f"{name} of an array of {dtype}: {exc}") from None
         except ValueError as exc:
             raise ShapeError(f"{name}: {exc}") from None
         if not shape or stream.size == 0:
             data = stream.array if stream.array is not None else \
                 np.asarray(stream.read(tuple(slice(0, m) for m in shape)) if stream.read else [])
-            return cast(ArrayOrScalar,
-                        fn(data, *(() if median else (q,)), axis=axis, **probe_args))
+            try:  # numpy's answer, and its refusals as bigarr errors
+                return cast(ArrayOrScalar,
+                            fn(data, *(() if median else (q,)), axis=axis, **probe_args))
+            except TypeError as exc:
+                raise DtypeError(f"{name} of an array of {dtype}: {exc}") from None
+            except IndexError as exc:  # numpy's quantile of no values
+                raise RegionError(f"{name} of no values (shape {shape}): {exc}") from None
         axis0 = axis is not None and len(shape) > 1
         rows = shape[0] if axis0 else stream.size
         qflat = [qarr] if median else list(np.asarray(qarr).reshape(-1))
