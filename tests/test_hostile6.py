@@ -110,3 +110,19 @@ def test_order_statistics_of_no_values_are_numpys(tmp_path: Path, dtype: type,
                 assert np.asarray(g).dtype == np.asarray(want).dtype, (shape, axis)
                 np.testing.assert_array_equal(g, want)
 
+
+def test_lazy_quantile_of_float32_with_a_python_float_keeps_float32(tmp_path: Path) -> None:
+    """numpy's quantile of float32 data at a Python float q is float32 (q is weak); the lazy one
+    made q an array first, so its result was float64, and percentile's values differed."""
+    a = np.random.default_rng(0).standard_normal((101, 3)).astype(np.float32)
+    np.save(tmp_path / "f.npy", a)
+    x = bigarr.lazy(str(tmp_path / "f.npy"))
+    for name, q in (("quantile", 0.3), ("nanquantile", 0.7), ("percentile", 33),
+                    ("nanpercentile", 12.5)):
+        for axis in (None, 0):
+            want = getattr(np, name)(a, q, axis=axis)
+            got = getattr(x, name)(q, axis=axis)
+            assert got.dtype == want.dtype
+            res = got.compute()
+            assert np.asarray(res).dtype == want.dtype
+            np.testing.assert_array_equal(res, want)

@@ -611,7 +611,8 @@ class LazyArray:
         if axis is not None and int(axis) % max(self.ndim, 1) != 0:
             raise UnsupportedError(f"Expected axis=None or axis=0 for {kind}. Got {axis!r}.")
         axes = _axes(axis, self.ndim)
-        qs = None if q is None else np.asarray(q)
+        # a Python float q stays one: numpy's result is then of the data's dtype (float32)
+        qs = None if q is None else q if type(q) in (int, float) else np.asarray(q)
         fn = getattr(np, kind)
         sample = np.zeros(tuple(min(n, 1) for n in self.node.shape), dtype=self.dtype)
         kw: dict[str, Any] = {"axis": axis, "keepdims": keepdims}
