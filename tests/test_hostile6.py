@@ -126,3 +126,49 @@ def test_lazy_quantile_of_float32_with_a_python_float_keeps_float32(tmp_path: Pa
             res = got.compute()
             assert np.asarray(res).dtype == want.dtype
             np.testing.assert_array_equal(res, want)
+
+
+_FORK_IN_A_DIRECT_FILL = r"""
+import os, signal, sys, numpy as np, bigarr
+p = sys.argv[1]
+r, w = os.pipe()
+with bigarr.create(p, (4 << 20,), "u1", overwrite=True) as x:
+    for chunk, view in x.iter_chunks("3MiB", direct=True, progress=False):
+        view[:] = 1
+        if chunk.index == 1:
+            pid = os.fork()
+            if pid == 0:  # the child leaves the loop and the with block once the parent is done
+                signal.alarm(20)  # a hung child ends, and fails the test
+                os.close(w)
+                os.read(r, 1)
+                raise SystemExit(0)
+            view[:] = 2
+os.close(w)
+_, status = os.waitpid(pid, 0)
+a = np.load(p)
+print(os.waitstatus_to_exitcode(status), int((a == 2).sum()), int((a == 1).sum()))
+"""
+
+
+def test_a_forked_child_leaving_a_direct_fill_writes_nothing(tmp_path: Path) -> None:
+    """A child forked inside an iter_chunks(direct=True) loop inherits the fill's staged
+    chunk (its own copy), its sink with no writer threads and its parent's watches. Leaving the
+    loop (closing the array) in the child finished the parent's fill: it wrote its stale copy
+    of the chunk into the parent's file, waited on writes no thread would do, or raised a bare
+    PermissionError from the parent's userfaultfd watch (printed as ignored). The child must
+    leave the parent's file to the parent."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "d.npy"
+    run = subprocess.run([sys.executable, "-c", _FORK_IN_A_DIRECT_FILL, str(p)],
+                         capture_output=True, text=True, timeout=60,
+                         env={**__import__("os").environ, "PYTHONPATH": str(
+                             Path(bigarr.__file__).parents[1])})
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    child, twos, ones = map(int, run.stdout.split())
+    a = np.load(p)
+    assert child == 0
+    chunk = int((a == 2).sum())
+    assert chunk > 0 and twos == chunk and ones == a.size - chunk
