@@ -20,6 +20,10 @@
  * results in 4 KiB pages 0.03-0.15 s; later results reuse kept mappings and fault nothing.
  *
  * The functions use no Python API: numpy calls them with or without the GIL.
+ *
+ * Fork: no pthread_atfork handler is needed. numpy allocates and frees array data with the GIL
+ * held, and os.fork() holds it too, so no other thread is inside `lock` at a fork; a child
+ * frees inherited placed arrays and reuses the inherited cache (tests/test_hostile6.py).
  */
 #include <pthread.h>
 #include <stdint.h>
