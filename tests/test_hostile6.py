@@ -214,3 +214,27 @@ def test_a_fork_while_another_thread_is_in_the_placed_allocator() -> None:
                                                      str(Path(bigarr.__file__).parents[1])})
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["0"], run.stdout
+
+
+@pytest.mark.parametrize("dtype", [">f8", ">i8", ">u2", ">f4"])
+def test_unique_and_topk_of_big_endian_data_keep_its_dtype(tmp_path: Path, dtype: str) -> None:
+    """numpy's unique and sort of big-endian data are big-endian; bigarr's unique and topk
+    returned native-order values (the scan swaps each block's bytes for its kernels)."""
+    a = np.array([3, 1, 2, 3, 0, 1, 7, 2], dtype=dtype)
+    np.save(tmp_path / "b.npy", a)
+    p = str(tmp_path / "b.npy")
+    want = np.unique(a)
+    got = bigarr.unique(p, progress=False)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+    vals, counts = bigarr.unique(p, return_counts=True, progress=False)
+    assert vals.dtype == want.dtype
+    np.testing.assert_array_equal(counts, np.unique(a, return_counts=True)[1])
+    for largest in (True, False):
+        top, index = bigarr.topk(p, 3, largest=largest, progress=False)
+        order = np.argsort(-a.astype(np.float64) if largest else a, kind="stable")[:3]
+        assert top.dtype == a.dtype
+        np.testing.assert_array_equal(top, a[order])
+        np.testing.assert_array_equal(index, order)
+    top0, _ = bigarr.topk(p, 0, progress=False)
+    assert top0.dtype == a.dtype

@@ -437,7 +437,8 @@ def topk(a: Any, k: int, *, axis: int | None = None, largest: bool = True,
         per = k * ncols * (kd.itemsize + 8 + dtype.itemsize)
         _run_pass(stream, "topk", work, fold, budget=budget, threads=parse_threads(threads),
                   progress=progress, fixed_bytes=per * (parse_threads(threads) + 4))
-        values = np.stack([v for _, _, v in best], axis=-1).reshape(out_shape)
+        values = np.stack([v for _, _, v in best], axis=-1).reshape(out_shape).astype(
+            dtype, copy=False)  # big-endian data: its byte order again
         indices = np.stack([i for _, i, _ in best], axis=-1).reshape(out_shape)
         return values, indices
     finally:
@@ -512,6 +513,7 @@ def unique(a: Any, *, return_counts: bool = False, budget: int | str = DEFAULT_B
                       threads=parse_threads(threads), progress=progress,
                       fixed_bytes=2 * limit)
         values, counts = state[0]
+        values = values.astype(dtype, copy=False)  # big-endian data: its byte order again
         return (values, counts) if return_counts else values
     finally:
         stream.close()
