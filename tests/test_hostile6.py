@@ -238,3 +238,17 @@ def test_unique_and_topk_of_big_endian_data_keep_its_dtype(tmp_path: Path, dtype
         np.testing.assert_array_equal(index, order)
     top0, _ = bigarr.topk(p, 0, progress=False)
     assert top0.dtype == a.dtype
+
+
+def test_lazy_column_index_out_of_range_is_an_index_error(tmp_path: Path) -> None:
+    """numpy's x[:, [3]] of 3 columns is an IndexError; the lazy one raised ShapeError, a
+    ValueError, which `except IndexError` does not catch."""
+    a = np.zeros((5, 3))
+    np.save(tmp_path / "x.npy", a)
+    x = bigarr.lazy(str(tmp_path / "x.npy"))
+    for key in ((slice(None), [3]), (slice(None), [-4]), (slice(None), 5),
+                (slice(None), slice(None), 0), (0, 0, 0)):
+        with pytest.raises(IndexError):
+            a[key]
+        with pytest.raises(bigarr.errors.RegionError):
+            x[key]

@@ -481,7 +481,7 @@ class LazyArray:
             try:
                 shape = probe[(slice(None), *rest)].shape
             except IndexError as exc:
-                raise ShapeError(f"Index {key!r} of shape {self.shape}: {exc}") from None
+                raise RegionError(f"Index {key!r} of shape {self.shape}: {exc}") from None
             out = LazyArray(Index((out.node.shape[0], *shape[1:]), self.dtype, out.node,
                                   tuple(rest)))
         if row is not None:  # x[i]: the one row of the window, taken whole
