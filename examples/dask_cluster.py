@@ -84,15 +84,8 @@ def main() -> None:
 
     import contextlib
 
-    import dask
     import dask.array as da
     from distributed import Client, LocalCluster, progress
-
-    # A loaded machine (a test suite on every core) makes a local cluster's start-up and
-    # shutdown slow: connections and heartbeats get minutes instead of distributed's 30 s
-    # before they count as failed, so a slow shutdown is not an error exit.
-    dask.config.set({"distributed.comm.timeouts.connect": "180s",
-                     "distributed.comm.timeouts.tcp": "180s"})
 
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="dask-cluster-") as folder:
         src, out = os.path.join(folder, "features.npy"), os.path.join(folder, "standardized.npy")
