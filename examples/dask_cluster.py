@@ -37,6 +37,7 @@ before it reports done, so the data is on the server when ``store`` returns.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import pickle
 import resource
@@ -81,6 +82,8 @@ def main() -> None:
     args = parser.parse_args()
     size, budget = bigarr.parse_size(args.size), bigarr.parse_size(args.budget)
 
+    import contextlib
+
     import dask.array as da
     from distributed import Client, LocalCluster, progress
 
@@ -92,10 +95,16 @@ def main() -> None:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # LocalCluster start-up chatter
+            # silence_logs: the local workers log only what is critical to this terminal. A
+            # worker's heartbeat racing the scheduler's shutdown logs a traceback otherwise
+            # (seen on a loaded machine); a task's real error still reaches this process, and
+            # raises here (a computation's result re-raises it).
             cluster = None if args.scheduler else LocalCluster(
                 processes=True, n_workers=args.workers, threads_per_worker=1,
-                dashboard_address=None)
-        with Client(args.scheduler or cluster) as client:
+                dashboard_address=None, silence_logs=logging.CRITICAL)
+        # the client closes first, then the cluster (its workers before its scheduler), on
+        # every way out of the block
+        with cluster or contextlib.nullcontext(), Client(args.scheduler or cluster) as client:
             nworkers = len(client.scheduler_info()["workers"])
             print(f"cluster: {nworkers} worker processes at {client.scheduler.address}")
             start = time.perf_counter()
@@ -125,8 +134,6 @@ def main() -> None:
             worst = max(float(np.abs(z_mean).max()), float(np.abs(z_std - 1).max()))
             workers_peak = max(client.run(peak_rss).values())
 
-        if cluster is not None:
-            cluster.close()
         print(f"result: column means in [{mean.min():.1f}, {mean.max():.1f}], stds in "
               f"[{std.min():.2f}, {std.max():.2f}]; the {written / 2**20:.0f} MiB written have "
               f"column mean 0 and std 1 to within {worst:.1e}")

@@ -76,7 +76,8 @@ _RUNS: dict[Path, subprocess.CompletedProcess[str]] = {}
 @pytest.mark.parametrize("script", examples(), ids=lambda p: p.stem)
 def test_example_runs_small(script: Path, tmp_path: Path) -> None:
     proc = _RUNS[script] = run_example(script, tmp_path)
-    assert proc.returncode == 0, f"{script.name} failed:\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0, (f"{script.name} failed (exit {proc.returncode}):\n"
+                                  f"{proc.stdout}\n{proc.stderr}")
     assert _SUMMARY.search(proc.stdout), f"{script.name} printed no summary:\n{proc.stdout}"
     assert "Traceback" not in proc.stderr
     if script.name in CLEANS_UP:  # these write only to a temporary directory under --dir

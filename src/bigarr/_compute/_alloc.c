@@ -20,6 +20,11 @@
  * results in 4 KiB pages 0.03-0.15 s; later results reuse kept mappings and fault nothing.
  *
  * The functions use no Python API: numpy calls them with or without the GIL.
+ *
+ * Fork: numpy mostly allocates with the GIL held, as os.fork() is called, but not always (a
+ * sort's copy of a strided lane is allocated and freed with the GIL released), so another
+ * thread can be inside `lock` at a fork. A pthread_atfork handler takes the lock around the
+ * fork, so the child never inherits it held (it would hang at its first placed array).
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -189,8 +194,31 @@ static handler_t handler = {
     "bigarr_placed", 1, {NULL, h_malloc, h_calloc, h_realloc, h_free},
 };
 
-/* The handler, for a PyCapsule named "mem_handler" (numpy.core's PyDataMem_SetHandler). */
-void *bigarr_placed_handler(void) { return &handler; }
+static void fork_prepare(void) { pthread_mutex_lock(&lock); }
+static void fork_parent(void) { pthread_mutex_unlock(&lock); }
+static void fork_child(void) { pthread_mutex_init(&lock, NULL); }
+static void register_fork_handlers(void)
+{
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+/* The handler, for a PyCapsule named "mem_handler" (numpy.core's PyDataMem_SetHandler); the
+ * first call registers the fork handlers (placed.py calls it once, when it loads). */
+void *bigarr_placed_handler(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, register_fork_handlers);
+    return &handler;
+}
+
+/* For tests: hold the allocator's lock for `us` microseconds, as an allocation on a thread
+ * that released the GIL does for a moment. */
+void bigarr_placed_hold(int64_t us)
+{
+    pthread_mutex_lock(&lock);
+    usleep((useconds_t)(us > 0 ? us : 0));
+    pthread_mutex_unlock(&lock);
+}
 
 /* Where in a page this thread's next placed arrays start (bytes; rounded down to 16). */
 void bigarr_placed_skew(int64_t bytes) { skew = bytes >= 0 ? bytes / 16 * 16 : 0; }

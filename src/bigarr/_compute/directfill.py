@@ -50,6 +50,7 @@ with the same semantics.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -60,7 +61,7 @@ from bigarr._os.geometry import PAGE_SIZE, ByteSpan
 from bigarr._os.mapping import Mapping, Spare
 from bigarr._os.sink import Sink, Written
 from bigarr._plan.chunks import Chunk
-from bigarr.errors import BigArrError
+from bigarr.errors import BigArrError, UnsupportedError
 
 if TYPE_CHECKING:
     from bigarr._core.tracking import WriteWatch
@@ -81,6 +82,12 @@ class DirectFill:
 
     :meth:`stage` before a chunk is handed out, :meth:`commit` when the loop leaves it,
     :meth:`finish` at the end (also run by the mapping's ``close()``). Thread-safe, idempotent.
+
+    A forked child inherits the fill but not its threads (the sink's writers, the spare's
+    maker; a lock one held stays held) nor its watches, and its staged chunk is the child's own
+    copy: the file is the parent's to write. In the child :meth:`finish` (the loop or the array
+    closed there) does nothing, and :meth:`stage` and :meth:`commit` raise
+    :class:`~bigarr.errors.UnsupportedError`.
     """
 
     def __init__(self, mapping: Mapping, in_flight: int = 1, *, spares: bool = False) -> None:
@@ -98,6 +105,7 @@ class DirectFill:
         # staged, on its way, watched for writes (None where nothing can watch: landed at once)
         self._flights: deque[tuple[ByteSpan, Written, WriteWatch | None]] = deque()
         self._finished = False
+        self._pid = os.getpid()
         from bigarr._core.tracking import watch_writes  # (imported only by a direct fill)
 
         self._watch = watch_writes
@@ -105,6 +113,7 @@ class DirectFill:
 
     def stage(self, view: Any) -> None:
         """Stage the pages of ``view`` (a contiguous chunk of the mapping) before it is used."""
+        self._check_process()
         if not (view.flags.c_contiguous or view.flags.f_contiguous) or not view.nbytes:
             return  # a chunk of a strided view: through the mapping, as without direct
         with self._lock:
@@ -131,6 +140,7 @@ class DirectFill:
     def commit(self) -> None:
         """The loop left the current chunk: start writing it, then put the oldest chunks
         beyond ``in_flight`` (waited for: on the disk) back on the file."""
+        self._check_process()
         with self._lock:
             current, self._current = self._current, None
             if current is not None and current.nbytes:
@@ -173,6 +183,9 @@ class DirectFill:
 
     def finish(self) -> None:
         """Write what is staged, wait for it, map the file again and end the sink."""
+        if os.getpid() != self._pid:  # a forked child's copy: the parent finishes the fill
+            self._finished = True
+            return
         with self._lock:
             if self._finished:
                 return
@@ -191,6 +204,14 @@ class DirectFill:
                         if watch is not None:
                             watch.close()
                         self.mapping.unstage(pages)
+
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise UnsupportedError(
+                "A direct fill (iter_chunks(direct=True)) cannot go on in a forked child: its "
+                "writer threads stayed in the parent, and the file is the parent's to write. "
+                "Fork before the loop, or open the file again in the child."
+            )
 
     def _end_spares(self) -> None:
         maker, self._maker = self._maker, None

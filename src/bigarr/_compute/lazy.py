@@ -54,6 +54,7 @@ from bigarr._compute.lazynodes import (
     Reduce,
     Scan,
     frame,
+    numpy_refusal,
     plain,
     rowed,
     unknown_rows,
@@ -414,8 +415,12 @@ class LazyArray:
                 return type(a)(computed(b) for b in a)
             return a
 
-        return func(*(computed(a) for a in args),
-                    **{k: computed(v) for k, v in kwargs.items()})
+        args = tuple(computed(a) for a in args)
+        kwargs = {k: computed(v) for k, v in kwargs.items()}
+        try:
+            return func(*args, **kwargs)
+        except (TypeError, ValueError, IndexError) as exc:  # numpy's refusal, as bigarr's
+            raise numpy_refusal(exc, f"np.{name} of a LazyArray's values") from None
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray[Any, Any]:
         out = self.compute()
@@ -476,7 +481,7 @@ class LazyArray:
             try:
                 shape = probe[(slice(None), *rest)].shape
             except IndexError as exc:
-                raise ShapeError(f"Index {key!r} of shape {self.shape}: {exc}") from None
+                raise RegionError(f"Index {key!r} of shape {self.shape}: {exc}") from None
             out = LazyArray(Index((out.node.shape[0], *shape[1:]), self.dtype, out.node,
                                   tuple(rest)))
         if row is not None:  # x[i]: the one row of the window, taken whole
@@ -515,10 +520,21 @@ class LazyArray:
         if arg and axis is not None and (isinstance(axis, bool)
                                          or not isinstance(axis, (int, np.integer))):
             raise ArgumentError(f"Expected axis as an int or None for {kind}. Got {axis!r}.")
-        axes = _axes(axis, self.ndim)
         kwargs: dict[str, Any] = {"dtype": dtype} if takes_dtype else {}
         if takes_ddof:
             kwargs["ddof"] = ddof
+        if self.ndim == 0 and axis is not None:
+            # numpy's rule for 0-d data: ufunc reductions (sum, max, nanmean, ...) take axis 0
+            # and -1 as the whole array; mean, var and tuples refuse
+            try:
+                _quiet(getattr(np, kind), np.zeros((), dtype=self.dtype), axis=axis, **kwargs)
+            except np.exceptions.AxisError as exc:
+                raise AxisError(str(exc)) from None
+            except (TypeError, ValueError):
+                pass  # refused below, as for any other array
+            else:
+                axis = None
+        axes = _axes(axis, self.ndim)
         out = _numpy_dtype(getattr(np, kind), np.empty((1,) * self.ndim, dtype=self.dtype),
                            **kwargs)
         fr = frame(self.node)
@@ -595,9 +611,10 @@ class LazyArray:
         if axis is not None and int(axis) % max(self.ndim, 1) != 0:
             raise UnsupportedError(f"Expected axis=None or axis=0 for {kind}. Got {axis!r}.")
         axes = _axes(axis, self.ndim)
-        qs = None if q is None else np.asarray(q)
+        # a Python float q stays one: numpy's result is then of the data's dtype (float32)
+        qs = None if q is None else q if type(q) in (int, float) else np.asarray(q)
         fn = getattr(np, kind)
-        sample = np.zeros((1,) * self.ndim, dtype=self.dtype)
+        sample = np.zeros(tuple(min(n, 1) for n in self.node.shape), dtype=self.dtype)
         kw: dict[str, Any] = {"axis": axis, "keepdims": keepdims}
         if qs is not None:
             kw["method"] = method
@@ -605,9 +622,11 @@ class LazyArray:
             res = _quiet(fn, sample, qs, **kw) if qs is not None else _quiet(fn, sample, **kw)
         except (TypeError, ValueError) as exc:
             raise ArgumentError(f"{kind} of {self.dtype} data: {exc}") from None
+        except IndexError as exc:  # numpy's quantile of no values
+            raise RegionError(f"{kind} of no values (shape {self.shape}): {exc}") from None
         red = tuple(1 if i in axes else n for i, n in enumerate(self.node.shape)) if keepdims \
             else tuple(n for i, n in enumerate(self.node.shape) if i not in axes)
-        shape = (*(qs.shape if qs is not None else ()), *red)
+        shape = (*(() if qs is None else np.shape(qs)), *red)
         return LazyArray(Reduce(shape, np.asarray(res).dtype, self.node, kind, axes, keepdims,
                                 q=qs, method=method, axis=None if axis is None else int(axis)))
 

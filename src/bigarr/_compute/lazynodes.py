@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from bigarr.errors import ShapeError
+from bigarr.errors import (
+    ArgumentError,
+    ArgumentValueError,
+    AxisError,
+    BigArrError,
+    RegionError,
+    ShapeError,
+)
 
 __all__ = [
     "ORDER_STATISTICS",
@@ -31,6 +38,7 @@ __all__ = [
     "Reduce",
     "Scan",
     "frame",
+    "numpy_refusal",
     "plain",
     "rowed",
     "unknown_rows",
@@ -233,3 +241,20 @@ def unknown_rows(fr: Frame) -> bool:
 def plain(fr: Frame) -> bool:
     """True for a frame of inputs' rows as they are (or a value used whole)."""
     return fr is None or fr[0] == "rows"
+
+
+def numpy_refusal(exc: Exception, what: str) -> Exception:
+    """numpy's error ``exc`` from ``what`` as the bigarr error a user would catch alike: its
+    AxisError as :class:`~bigarr.errors.AxisError`, a TypeError as ArgumentError, a ValueError
+    as ArgumentValueError, an IndexError as RegionError (a bigarr error is returned as is)."""
+    if isinstance(exc, BigArrError):
+        return exc
+    if isinstance(exc, np.exceptions.AxisError):
+        return AxisError(str(exc))
+    if isinstance(exc, TypeError):
+        return ArgumentError(f"{what}: {exc}")
+    if isinstance(exc, ValueError):
+        return ArgumentValueError(f"{what}: {exc}")
+    if isinstance(exc, IndexError):
+        return RegionError(f"{what}: {exc}")
+    return exc

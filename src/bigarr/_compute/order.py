@@ -37,6 +37,7 @@ from bigarr.errors import (
     AxisError,
     BudgetError,
     DtypeError,
+    RegionError,
     ShapeError,
     UnsupportedError,
 )
@@ -136,14 +137,20 @@ def _family(a: Any, q: Any, axis: int | None, method: str, *, nan: bool, percent
                 probe = np.asarray(fn(np.zeros((2, 1), dtype=dtype), *(() if median else (q,)),
                                       axis=0, **probe_args))
         except TypeError as exc:
-            raise DtypeError(f"{name} of an array of {dtype}: {exc}") from None
+            if shape and stream.size:  # (numpy's nanquantile of no bools is NaN: below)
+                raise DtypeError(f"{name} of an array of {dtype}: {exc}") from None
         except ValueError as exc:
             raise ShapeError(f"{name}: {exc}") from None
         if not shape or stream.size == 0:
             data = stream.array if stream.array is not None else \
                 np.asarray(stream.read(tuple(slice(0, m) for m in shape)) if stream.read else [])
-            return cast(ArrayOrScalar,
-                        fn(data, *(() if median else (q,)), axis=axis, **probe_args))
+            try:  # numpy's answer, and its refusals as bigarr errors
+                return cast(ArrayOrScalar,
+                            fn(data, *(() if median else (q,)), axis=axis, **probe_args))
+            except TypeError as exc:
+                raise DtypeError(f"{name} of an array of {dtype}: {exc}") from None
+            except IndexError as exc:  # numpy's quantile of no values
+                raise RegionError(f"{name} of no values (shape {shape}): {exc}") from None
         axis0 = axis is not None and len(shape) > 1
         rows = shape[0] if axis0 else stream.size
         qflat = [qarr] if median else list(np.asarray(qarr).reshape(-1))
@@ -423,7 +430,8 @@ def topk(a: Any, k: int, *, axis: int | None = None, largest: bool = True,
         per = k * ncols * (kd.itemsize + 8 + dtype.itemsize)
         _run_pass(stream, "topk", work, fold, budget=budget, threads=parse_threads(threads),
                   progress=progress, fixed_bytes=per * (parse_threads(threads) + 4))
-        values = np.stack([v for _, _, v in best], axis=-1).reshape(out_shape)
+        values = np.stack([v for _, _, v in best], axis=-1).reshape(out_shape).astype(
+            dtype, copy=False)  # big-endian data: its byte order again
         indices = np.stack([i for _, i, _ in best], axis=-1).reshape(out_shape)
         return values, indices
     finally:
@@ -498,6 +506,7 @@ def unique(a: Any, *, return_counts: bool = False, budget: int | str = DEFAULT_B
                       threads=parse_threads(threads), progress=progress,
                       fixed_bytes=2 * limit)
         values, counts = state[0]
+        values = values.astype(dtype, copy=False)  # big-endian data: its byte order again
         return (values, counts) if return_counts else values
     finally:
         stream.close()

@@ -236,6 +236,8 @@ def _numpy_dtype(fn: Callable[..., Any], a: Any, **kwargs: Any) -> np.dtype[Any]
 
     Raises
     ------
+    AxisError
+        Where numpy raises its AxisError (an axis a 0-d array does not have).
     DtypeError
         Where numpy raises a TypeError for these arguments.
     """
@@ -246,6 +248,8 @@ def _numpy_dtype(fn: Callable[..., Any], a: Any, **kwargs: Any) -> np.dtype[Any]
         warnings.simplefilter("ignore")
         try:
             return np.asarray(fn(sample, **kwargs)).dtype
+        except np.exceptions.AxisError as exc:  # axis=(0,) of 0-d data, say
+            raise AxisError(str(exc)) from None
         except TypeError as exc:
             args = ", ".join(f"{k}={np.dtype(v).name if k == 'dtype' and v is not None else v!r}"
                              for k, v in kwargs.items())
