@@ -1,6 +1,6 @@
 """A/B of two source trees of bigarr on one case, run alternately, for a suspected regression.
 
-Run: ``python bench/ab_trees.py --a OLD/src --b NEW/src [--case standardize|demo] [--size 2GiB]
+Run: ``python bench/ab_trees.py --a OLD/src --b NEW/src [--case standardize|map|demo] [--size 2GiB]
 [--pairs 6] [--dir DIR] [--disk] [--json FILE]``. Linux only (``/proc/self/io``).
 
 Each run is its own subprocess with ``PYTHONPATH`` set to one tree's ``src`` (build each tree's
@@ -10,6 +10,9 @@ native modules first: ``python setup.py build_ext --inplace`` in it). The cases:
     ``z = (x - x.mean(0)) / x.std(0); z.to_npy(...)`` over a warm float32 N x 32 ``.npy``
     written with ``write()`` (256 MiB budget, 2 threads), as ``bench/lazy_bench.py --only
     bigarr``: the time is from just before ``to_npy`` to just after ``os.sync()``.
+``map``
+    ``map_blocks(lambda b: b * 2 + 1, x, out=...)`` of the same warm input into a new file
+    (``write.map_warm`` of ``bench/run.py``), the time up to ``os.sync()``.
 ``demo``
     The bigarr side of ``python -m bigarr demo`` (mean and std, ``z`` into a new file, min, max
     and a histogram of ``z``) over a float32 N x 32 file made by the demo's own generator.
@@ -54,6 +57,9 @@ x = bigarr.lazy(path)
 i0, c0, t0 = io(), cpu(), time.perf_counter()
 if case == 'standardize':
     ((x - x.mean(axis=0)) / x.std(axis=0)).to_npy(out, overwrite=True, **opts).close()
+elif case == 'map':
+    with bigarr.open(path) as a:
+        bigarr.map_blocks(lambda b: b * 2 + 1, a, out=out, overwrite=True, **opts).close()
 else:
     from bigarr._cli import demo
     demo._bigarr_pipeline(path, out, opts['budget'], opts['threads'], False)
@@ -107,7 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--a", required=True, help="tree A's src folder (the old one)")
     parser.add_argument("--b", required=True, help="tree B's src folder (the new one)")
-    parser.add_argument("--case", choices=["standardize", "demo"], default="standardize")
+    parser.add_argument("--case", choices=["standardize", "map", "demo"], default="standardize")
     parser.add_argument("--size", type=bigarr.parse_size, default="2GiB")
     parser.add_argument("--pairs", type=int, default=6)
     parser.add_argument("--dir", default=None)
