@@ -34,12 +34,20 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from bigarr._compute.lazybuild import (
+    accumulate_node,
+    clip_above,
+    diff_node,
+    no_objects,
+    op_node,
+    order_node,
+    reduce_node,
+)
 from bigarr._compute.lazynodes import (
     ORDER_STATISTICS,
     REDUCTIONS,
@@ -61,13 +69,8 @@ from bigarr._compute.lazynodes import (
 )
 from bigarr._compute.lazyrows import parse_row, take_rows
 from bigarr._compute.operands import parse_operand
-from bigarr._compute.reductions import _axes, _numpy_dtype
 from bigarr.errors import (
     ArgumentError,
-    ArgumentOverflowError,
-    ArgumentValueError,
-    AxisError,
-    DtypeError,
     RegionError,
     ShapeError,
     UnsupportedError,
@@ -111,13 +114,6 @@ def _leaf(source: Any) -> Leaf:
         stream.close()
 
 
-def _no_objects(dtype: np.dtype[Any], what: str) -> None:
-    """Refuse Python objects (numpy's own errors on them are bare, and nothing streams them)."""
-    if dtype.hasobject:
-        raise DtypeError(f"Expected bool, numeric or other fixed-size data in {what}. Got a "
-                         f"dtype with Python objects ({dtype}); use numpy on it.")
-
-
 def _node(obj: Any) -> Node:
     """``obj`` as a node: lazy arrays are theirs, arrays with elements become leaves."""
     if isinstance(obj, LazyArray):
@@ -130,76 +126,17 @@ def _node(obj: Any) -> Node:
         arr = np.asarray(obj)
         return Const((), arr.dtype, arr[()])
     if isinstance(obj, np.ndarray) and not isinstance(obj, np.memmap):
-        _no_objects(obj.dtype, "an operand")
+        no_objects(obj.dtype, "an operand")
         return Const(tuple(obj.shape), obj.dtype, obj)
     if isinstance(obj, (list, tuple)):
         arr = np.asarray(obj)
-        _no_objects(arr.dtype, "an operand")
+        no_objects(arr.dtype, "an operand")
         return Const(tuple(arr.shape), arr.dtype, arr)
     return _leaf(obj)
 
 
-def _probe(node: Node) -> Any:
-    """A one-element stand-in of ``node`` for dtype inference (scalars stay Python scalars)."""
-    if isinstance(node, Const) and node.shape == () and not isinstance(node.value, np.generic):
-        return node.value
-    return np.ones((1,) * len(node.shape), dtype=node.dtype)
-
-
-def _quiet(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return func(*args, **kwargs)
-
-
-def _op(func: Callable[..., Any], args: Sequence[Any], label: str, *,
-        shape: tuple[int, ...] | None = None, rowwise: bool = False,
-        **kwargs: Any) -> LazyArray:
-    nodes = tuple(_node(a) for a in args)
-    if shape is None:
-        try:
-            shape = tuple(np.broadcast_shapes(*(n.shape for n in nodes)))
-        except ValueError:
-            raise ShapeError(
-                f"Expected operands that broadcast together. Got shapes "
-                f"{', '.join(str(n.shape) for n in nodes)} for {label}."
-            ) from None
-    if rowwise:
-        probes = [np.ones((2, *n.shape[1:]), dtype=n.dtype) if n.shape else _probe(n)
-                  for n in nodes]
-    else:
-        probes = [_probe(n) for n in nodes]
-    try:
-        dtype = np.asarray(_quiet(func, *probes, **kwargs)).dtype
-    except TypeError as exc:  # numpy's UFuncTypeError and friends, refused when built
-        raise ArgumentError(
-            f"Expected operands numpy can combine in {label}. Got dtypes "
-            f"{', '.join(str(n.dtype) for n in nodes)}: {exc}"
-        ) from None
-    except OverflowError as exc:  # NEP 50: a Python int out of an integer dtype's bounds
-        raise ArgumentOverflowError(f"{label} of {', '.join(str(n.dtype) for n in nodes)}: "
-                                    f"{exc}") from None
-    except ValueError as exc:  # numpy's refusals of values (integers to negative powers)
-        raise ArgumentValueError(f"{label} of {', '.join(str(n.dtype) for n in nodes)}: "
-                                 f"{exc}") from None
-    except IndexError as exc:  # numpy's quantile of no values
-        raise RegionError(f"{label} of {', '.join(str(n.shape) for n in nodes)}: {exc}") \
-            from None
-    _no_objects(dtype, label)
-    node = Op(tuple(shape), dtype, func, nodes, tuple(kwargs.items()), label, rowwise)
-    frame(node)  # refuses operands over rows of different origins
-    return LazyArray(node)
-
-
-def _quantile_of_rows(a: Any, *, kind: str, q: Any, **kwargs: Any) -> Any:
-    """``numpy.<kind>(a, q, **kwargs)`` (``q`` is positional in numpy, a keyword in an
-    :class:`Op`): a row-local quantile, chunk by chunk."""
-    return getattr(np, kind)(a, q, **kwargs)
-
-
-def _clip_above(a: Any, hi: Any) -> Any:
-    """``numpy.clip(a, None, hi)`` (its bounds are positional in an :class:`Op`)."""
-    return np.clip(a, None, hi)
+def _op(func: Callable[..., Any], args: Sequence[Any], label: str, **kwargs: Any) -> LazyArray:
+    return LazyArray(op_node(func, tuple(_node(a) for a in args), label, **kwargs))
 
 
 def _binary(func: Callable[..., Any]) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -443,7 +380,7 @@ class LazyArray:
         if min is None and max is None:
             return _op(np.clip, (self,), "clip", a_min=None, a_max=None)
         if min is None:
-            return _op(_clip_above, (self, max), "clip")
+            return _op(clip_above, (self, max), "clip")
         if max is None:
             return _op(np.clip, (self, min), "clip", a_max=None)
         return _op(np.clip, (self, min, max), "clip")
@@ -515,48 +452,7 @@ class LazyArray:
     # ---- reductions ------------------------------------------------------------------------
     def _reduce(self, kind: str, axis: int | Sequence[int] | None, dtype: Any,
                 keepdims: bool, ddof: float) -> LazyArray:
-        takes_dtype, takes_ddof = REDUCTIONS[kind]
-        arg = kind in ("argmin", "argmax")
-        if arg and axis is not None and (isinstance(axis, bool)
-                                         or not isinstance(axis, (int, np.integer))):
-            raise ArgumentError(f"Expected axis as an int or None for {kind}. Got {axis!r}.")
-        kwargs: dict[str, Any] = {"dtype": dtype} if takes_dtype else {}
-        if takes_ddof:
-            kwargs["ddof"] = ddof
-        if self.ndim == 0 and axis is not None:
-            # numpy's rule for 0-d data: ufunc reductions (sum, max, nanmean, ...) take axis 0
-            # and -1 as the whole array; mean, var and tuples refuse
-            try:
-                _quiet(getattr(np, kind), np.zeros((), dtype=self.dtype), axis=axis, **kwargs)
-            except np.exceptions.AxisError as exc:
-                raise AxisError(str(exc)) from None
-            except (TypeError, ValueError):
-                pass  # refused below, as for any other array
-            else:
-                axis = None
-        axes = _axes(axis, self.ndim)
-        out = _numpy_dtype(getattr(np, kind), np.empty((1,) * self.ndim, dtype=self.dtype),
-                           **kwargs)
-        fr = frame(self.node)
-        shape = tuple(1 if i in axes else n for i, n in enumerate(self.node.shape)) \
-            if keepdims else tuple(n for i, n in enumerate(self.node.shape) if i not in axes)
-        if self.ndim and 0 not in axes:
-            # Row-local: each row's result needs only that row, so it is computed chunk by
-            # chunk like an elementwise operation (fused into the pass that reads the rows,
-            # written to a file when large), by numpy's own function on the chunk's rows:
-            # the same values as numpy's over the whole array.
-            if arg:
-                kwargs["axis"] = int(axis)  # type: ignore[arg-type]
-            else:
-                kwargs["axis"] = axes if len(axes) != 1 else axes[0]
-            return _op(getattr(np, kind), (self,), f"{kind}(axis={kwargs['axis']})",
-                       shape=shape, rowwise=True, keepdims=keepdims, **kwargs)
-        if arg and unknown_rows(fr):
-            raise UnsupportedError(f"{kind} of a filtered expression (its row numbers are known "
-                                   "only on evaluation): to_npy it first.")
-        given = int(axis) if arg and isinstance(axis, (int, np.integer)) else None
-        return LazyArray(Reduce(shape, out, self.node, kind, axes, keepdims, ddof,
-                                None if dtype is None else np.dtype(dtype), axis=given))
+        return LazyArray(reduce_node(self.node, kind, axis, dtype, keepdims, ddof))
 
     sum = _reduce_method("sum")
     prod = _reduce_method("prod")
@@ -579,56 +475,7 @@ class LazyArray:
 
     def _order(self, kind: str, q: Any, axis: int | None, method: str,
                keepdims: bool) -> LazyArray:
-        if self.ndim > 1 and isinstance(axis, (int, np.integer)) and not isinstance(axis, bool) \
-                and -self.ndim <= axis < self.ndim and int(axis) % self.ndim != 0 \
-                and (q is None or np.ndim(q) == 0):
-            # row-local (one quantile per row): numpy's on each chunk's rows, as _reduce's
-            ax = int(axis) % self.ndim
-            shape = tuple(1 if i == ax else n for i, n in enumerate(self.node.shape)) \
-                if keepdims else tuple(n for i, n in enumerate(self.node.shape) if i != ax)
-            fn = getattr(np, kind)
-            rkw: dict[str, Any] = {"axis": ax, "keepdims": keepdims}
-            if q is not None:
-                rkw["method"] = method
-            label = f"{kind}(axis={ax})"
-            if q is None:
-                return _op(fn, (self,), label, shape=shape, rowwise=True, **rkw)
-            return _op(_quantile_of_rows, (self,), label, shape=shape, rowwise=True,
-                       kind=kind, q=q, **rkw)
-        base = self.node.child if isinstance(self.node, Index) else self.node
-        if not isinstance(base, Leaf):
-            raise UnsupportedError(
-                f"Expected {kind} of an input or of a column selection of one (x[:, cols]). Got "
-                "an expression: write it to a file with .to_npy() first, then take its "
-                f"{kind}."
-            )
-        if axis is not None and (isinstance(axis, bool) or not isinstance(axis, (int, np.integer))):
-            raise ArgumentError(f"Expected axis as an int or None for {kind}. Got {axis!r}.")
-        if isinstance(self.node, Index) and not all(isinstance(k, (slice, int, np.integer))
-                                                    for k in self.node.key):
-            raise UnsupportedError(f"Expected {kind} of x[:, a:b] or x[:, i] (a view). Got a "
-                                   "list of columns: take each column's on its own.")
-        if axis is not None and int(axis) % max(self.ndim, 1) != 0:
-            raise UnsupportedError(f"Expected axis=None or axis=0 for {kind}. Got {axis!r}.")
-        axes = _axes(axis, self.ndim)
-        # a Python float q stays one: numpy's result is then of the data's dtype (float32)
-        qs = None if q is None else q if type(q) in (int, float) else np.asarray(q)
-        fn = getattr(np, kind)
-        sample = np.zeros(tuple(min(n, 1) for n in self.node.shape), dtype=self.dtype)
-        kw: dict[str, Any] = {"axis": axis, "keepdims": keepdims}
-        if qs is not None:
-            kw["method"] = method
-        try:
-            res = _quiet(fn, sample, qs, **kw) if qs is not None else _quiet(fn, sample, **kw)
-        except (TypeError, ValueError) as exc:
-            raise ArgumentError(f"{kind} of {self.dtype} data: {exc}") from None
-        except IndexError as exc:  # numpy's quantile of no values
-            raise RegionError(f"{kind} of no values (shape {self.shape}): {exc}") from None
-        red = tuple(1 if i in axes else n for i, n in enumerate(self.node.shape)) if keepdims \
-            else tuple(n for i, n in enumerate(self.node.shape) if i not in axes)
-        shape = (*(() if qs is None else np.shape(qs)), *red)
-        return LazyArray(Reduce(shape, np.asarray(res).dtype, self.node, kind, axes, keepdims,
-                                q=qs, method=method, axis=None if axis is None else int(axis)))
+        return LazyArray(order_node(self.node, kind, q, axis, method, keepdims))
 
     quantile = _order_method("quantile")
     nanquantile = _order_method("nanquantile")
@@ -638,28 +485,8 @@ class LazyArray:
     nanmedian = _order_method("nanmedian")
 
     # ---- scans -----------------------------------------------------------------------------
-    def _scan_axis(self, kind: str, axis: int | None) -> int:
-        if axis is None:
-            if self.ndim != 1:
-                raise UnsupportedError(f"{kind} with axis=None flattens: pass axis=0 (or "
-                                       "another axis) for an array of more than 1 dimension.")
-            return 0
-        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-            raise ArgumentError(f"Expected axis as an int or None for {kind}. Got {axis!r}.")
-        if not -self.ndim <= axis < self.ndim:
-            raise AxisError(int(axis), self.ndim)
-        return int(axis) % self.ndim
-
     def _accumulate(self, kind: str, axis: int | None, dtype: Any) -> LazyArray:
-        ax = self._scan_axis(kind, axis)
-        fn = getattr(np, kind)
-        if ax:
-            return _op(fn, (self,), kind, shape=self.node.shape, rowwise=True, axis=ax,
-                       dtype=dtype)
-        out = np.asarray(_quiet(fn, np.ones((1,) * self.ndim, dtype=self.dtype), axis=0,
-                                dtype=dtype)).dtype
-        return LazyArray(Scan(self.node.shape, out, self.node, kind, 1,
-                              None if dtype is None else np.dtype(dtype)))
+        return LazyArray(accumulate_node(self.node, kind, axis, dtype))
 
     def cumsum(self, axis: int | None = None, dtype: Any = None) -> LazyArray:
         """Lazy :func:`numpy.cumsum`; along axis 0 the running total is carried from chunk to
@@ -673,21 +500,8 @@ class LazyArray:
     def diff(self, n: int = 1, axis: int = -1) -> LazyArray:
         """Lazy :func:`numpy.diff` (``n``-th difference, numpy's default ``axis=-1``); along
         axis 0 each chunk takes the last ``n`` rows of its predecessor."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-            raise ArgumentError(f"Expected n as a non-negative int. Got {n!r}.")
-        if n < 0:  # numpy's ValueError: "order must be non-negative"
-            raise ArgumentValueError(f"Expected n as a non-negative int (order must be "
-                                     f"non-negative). Got {n!r}.")
-        if not self.ndim:
-            raise ShapeError("diff requires input that is at least one dimensional.")
-        ax = self._scan_axis("diff", axis)
-        if n == 0:
-            return self
-        shape = tuple(max(s - n, 0) if i == ax else s for i, s in enumerate(self.node.shape))
-        if ax:
-            return _op(np.diff, (self,), "diff", shape=shape, rowwise=True, n=int(n), axis=ax)
-        dtype = np.diff(np.ones((2, *(1,) * (self.ndim - 1)), dtype=self.dtype), axis=0).dtype
-        return LazyArray(Scan(shape, dtype, self.node, "diff", int(n)))
+        node = diff_node(self.node, n, axis)
+        return self if node is self.node else LazyArray(node)
 
     # ---- evaluation ------------------------------------------------------------------------
     def compute(self, *, budget: int | str | None = None, threads: int | None = None,
@@ -819,7 +633,7 @@ def lazy(source: Any) -> LazyArray:
     if isinstance(source, LazyArray):
         return source
     if isinstance(source, np.ndarray) and not isinstance(source, np.memmap) and source.ndim:
-        _no_objects(source.dtype, "bigarr.lazy")
+        no_objects(source.dtype, "bigarr.lazy")
         return LazyArray(Leaf(tuple(source.shape), source.dtype, source, "ndarray"))
     return LazyArray(_node(source))
 
