@@ -272,3 +272,28 @@ def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     before = fused.calls()
     assert (expr.compute(progress=False) == 0).all()
     assert fused.calls() == before
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_arithmetic_chains_with_many_intermediates_give_numpys_bits(dtype: str) -> None:
+    # a right-deep chain holds one intermediate per level: beyond the kernel's sub-block
+    # buffers (FUSED_SCRATCH) it runs strip by strip, below them sub-block by sub-block
+    for depth in (3, 15, 20):
+        x = _data((1001, 3), dtype, depth)
+
+        def deep(v: Any, depth: int = depth) -> Any:
+            out = v * 0.5
+            for i in range(depth):
+                out = v * float(i + 2) - out
+            return out
+
+        with np.errstate(all="ignore"):
+            want = np.asarray(deep(x))
+        flat = lazyflat.flat_plan(deep(bigarr.lazy(x)).node)
+        assert flat is not None and flat.native is not None
+        env = Env({i: x for i in item_of(flat.root).rows}, {}, {}, slice(0, 1001))
+        assert_same_bits(flat.run(env, 1001, np.empty_like(want)), want)
+        got = flat.extreme(env, 1001, False)
+        assert got is not None
+        assert_same_extremes(got, want.min(axis=0, keepdims=True))
