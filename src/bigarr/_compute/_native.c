@@ -20,7 +20,7 @@
 /* The kernels' interface version: bigarr/_compute/native.py refuses a library built from
  * another version's source (a stale build beside newer Python code), so a changed signature can
  * never be called with the old arguments. Bump it with any change to a signature. */
-#define ABI 5
+#define ABI 6
 int64_t bigarr_native_abi(void) { return ABI; }
 
 #define LANES 16
@@ -748,7 +748,8 @@ INLINE void f_logic(int op, uint8_t *restrict d, const uint8_t *restrict a,
 }
 
 /* The block's result folded into the accumulator `acc` (block-long): numpy's maximum/minimum
- * element by element (NaN propagates; of equal values the newer), so the extreme over all blocks
+ * element by element (NaN propagates; of equal values the newer), or for FUSED_NANMAX /
+ * FUSED_NANMIN numpy's fmax/fmin (NaN only where every value is), so the extreme over all blocks
  * is that of the accumulator's elements; the first block is copied in. */
 #define DEF_FUSED_FOLD(T, S)                                                                \
     INLINE void f_fold_##S(int64_t red, int first, T *restrict acc, const T *restrict d,    \
@@ -759,12 +760,18 @@ INLINE void f_logic(int op, uint8_t *restrict d, const uint8_t *restrict a,
         else if (red == FUSED_MAX)                                                          \
             for (int64_t i = 0; i < m; i++)                                                 \
                 acc[i] = (acc[i] > d[i] || acc[i] != acc[i]) ? acc[i] : d[i];               \
-        else                                                                                \
+        else if (red == FUSED_MIN)                                                          \
             for (int64_t i = 0; i < m; i++)                                                 \
                 acc[i] = (acc[i] < d[i] || acc[i] != acc[i]) ? acc[i] : d[i];               \
+        else if (red == FUSED_NANMAX) /* numpy's fmax: a NaN only where both are */         \
+            for (int64_t i = 0; i < m; i++)                                                 \
+                acc[i] = (acc[i] > d[i] || d[i] != d[i]) ? acc[i] : d[i];                   \
+        else                                                                                \
+            for (int64_t i = 0; i < m; i++)                                                 \
+                acc[i] = (acc[i] < d[i] || d[i] != d[i]) ? acc[i] : d[i];                   \
     }
 
-enum { FUSED_STORE = 0, FUSED_MAX = 1, FUSED_MIN = 2 };
+enum { FUSED_STORE = 0, FUSED_MAX = 1, FUSED_MIN = 2, FUSED_NANMAX = 3, FUSED_NANMIN = 4 };
 DEF_FUSED_FOLD(float, f4)
 DEF_FUSED_FOLD(double, f8)
 
@@ -857,8 +864,12 @@ enum { FS_RA = 1, FS_RB = 2, FS_ST = 4 }; /* operand a / b from the register; st
                 *o = v[k];                                                                  \
             else if (red == FUSED_MAX)                                                      \
                 *o = FUSED_PICK(S, (S##_i)(c > v[k]) | (S##_i)(c != c), c, v[k]);                \
-            else                                                                            \
+            else if (red == FUSED_MIN)                                                      \
                 *o = FUSED_PICK(S, (S##_i)(c < v[k]) | (S##_i)(c != c), c, v[k]);                \
+            else if (red == FUSED_NANMAX)                                                   \
+                *o = FUSED_PICK(S, (S##_i)(c > v[k]) | (S##_i)(v[k] != v[k]), c, v[k]);     \
+            else                                                                            \
+                *o = FUSED_PICK(S, (S##_i)(c < v[k]) | (S##_i)(v[k] != v[k]), c, v[k]);     \
         }                                                                                   \
     }
 
@@ -949,9 +960,10 @@ static int fused_scratch(const int64_t *prog, int64_t nops, int64_t red, int64_t
 }
 
 /* `red` FUSED_STORE: the program's result is the output slot 0 (advancing with the blocks).
- * FUSED_MAX / FUSED_MIN: slot 0 is one block-long buffer (adv[0] == 0), and each block's result
- * is folded into `acc` (block elements; the caller reduces its first min(n, block) elements,
- * whole rows, along the rows): the chain's extreme along axis 0 without writing the chain. */
+ * FUSED_MAX / FUSED_MIN (or FUSED_NANMAX / FUSED_NANMIN, NaN ignored): slot 0 is one block-long
+ * buffer (adv[0] == 0), and each block's result is folded into `acc` (block elements; the caller
+ * reduces its first min(n, block) elements, whole rows, along the rows): the chain's extreme
+ * along axis 0 without writing the chain. */
 #define DEF_FUSED(NAME, T, S)                                                               \
     KERNEL int64_t NAME(const int64_t *prog, int64_t nops, void *const *slots,              \
                         const int64_t *adv, int64_t nslots, int64_t n, int64_t block,       \
@@ -959,7 +971,7 @@ static int fused_scratch(const int64_t *prog, int64_t nops, int64_t red, int64_t
     {                                                                                       \
         void *p[FUSED_SLOTS], *t[FUSED_SLOTS];                                              \
         uint8_t flags[FUSED_STRIP_OPS];                                                     \
-        if (nslots > FUSED_SLOTS || block < 1 || red < FUSED_STORE || red > FUSED_MIN)      \
+        if (nslots > FUSED_SLOTS || block < 1 || red < FUSED_STORE || red > FUSED_NANMIN)   \
             return -1;                                                                      \
         if (red != FUSED_STORE && (adv[0] || acc == NULL)) return -1;                       \
         for (int64_t q = 0; q < nops; q++) {                                                \
