@@ -4,6 +4,7 @@ numpy's bits on random chains, and the fallback to numpy's ufuncs where it does 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +273,84 @@ def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     before = fused.calls()
     assert (expr.compute(progress=False) == 0).all()
     assert fused.calls() == before
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_arithmetic_chains_with_many_intermediates_give_numpys_bits(dtype: str) -> None:
+    # a right-deep chain holds one intermediate per level: beyond the kernel's sub-block
+    # buffers (FUSED_SCRATCH) it runs strip by strip, below them sub-block by sub-block
+    for depth in (3, 15, 20):
+        x = _data((1001, 3), dtype, depth)
+
+        def deep(v: Any, depth: int = depth) -> Any:
+            out = v * 0.5
+            for i in range(depth):
+                out = v * float(i + 2) - out
+            return out
+
+        with np.errstate(all="ignore"):
+            want = np.asarray(deep(x))
+        flat = lazyflat.flat_plan(deep(bigarr.lazy(x)).node)
+        assert flat is not None and flat.native is not None
+        env = Env({i: x for i in item_of(flat.root).rows}, {}, {}, slice(0, 1001))
+        assert_same_bits(flat.run(env, 1001, np.empty_like(want)), want)
+        got = flat.extreme(env, 1001, False)
+        assert got is not None
+        assert_same_extremes(got, want.min(axis=0, keepdims=True))
+
+
+@needs_native
+@settings(max_examples=int(os.environ.get("ORACLE_EXAMPLES", "25")), deadline=None)
+@given(rows=st.integers(1, 3000), k=st.sampled_from([1, 3, 32]),
+       dtype=st.sampled_from(["float32", "float64"]), kind=st.sampled_from(
+           ["max", "min", "nanmax", "nanmin"]), nan_col=st.booleans(), seed=st.integers(0, 99))
+def test_folded_extremes_of_a_chain_are_numpys(rows: int, k: int, dtype: str, kind: str,
+                                              nan_col: bool, seed: int) -> None:
+    # max/min/nanmax/nanmin along axis 0 folded in the kernel (sub-blocks, their tails, whole
+    # blocks), NaN propagating or ignored as numpy's; a column all NaN gives NaN either way
+    x = _data((rows, k), dtype, seed)
+    if nan_col:
+        x[:, 0] = np.nan
+    m = _data((k,), dtype, seed + 1)
+    lx = bigarr.lazy(x)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's all-NaN slice warning
+        want = getattr(np, kind)(np.sqrt(abs((x - m) * 0.5)) - 1.0, axis=0)
+        flat = lazyflat.flat_plan((np.sqrt(abs((lx - m) * 0.5)) - 1.0).node)
+        assert flat is not None and flat.native is not None
+        env = Env({i: x for i in item_of(flat.root).rows}, {}, {}, slice(0, rows))
+        got = flat.extreme(env, rows, kind.endswith("max"), kind.startswith("nan"))
+    assert got is not None
+    assert_same_extremes(got.reshape(-1), want)
+
+
+@needs_native
+def test_nanmax_nanmin_of_a_chain_fold_in_the_kernel(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    folds: list[bool] = []
+    extreme = lazyflat.Flat.extreme
+
+    def counted(self: Any, *args: Any) -> Any:
+        got = extreme(self, *args)
+        folds.append(got is not None and args[-1])
+        return got
+
+    monkeypatch.setattr(lazyflat.Flat, "extreme", counted)
+    a = _data((20011, 8), "float32", 5)
+    a[:, 3] = np.nan  # all NaN: NaN (and numpy's warning)
+    np.save(tmp_path / "x.npy", a)
+    x = bigarr.lazy(tmp_path / "x.npy")
+    m = np.linspace(-1, 1, 8, dtype=np.float32)
+    for f in (np.nanmax, np.nanmin):
+        expr = f((x - m) / 3.0, axis=0)
+        folds.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            got = expr.compute(budget="2MiB", threads=2, progress=False)
+            with np.errstate(all="ignore"):
+                want = f((a - m) / 3.0, axis=0)
+        plan = expr.explain(budget="2MiB", threads=2)
+        assert_same_extremes(got, want)
+        assert np.isnan(got[3]) and not np.isnan(np.delete(got, 3)).any()
+        assert plan.steps[-1].chunks <= sum(folds) and all(folds)  # every chunk folded

@@ -96,15 +96,15 @@ class Flat:
         size)."""
         return self.native is not None and self.native.takes(blocks)
 
-    def extreme(self, env: Env, rows: int, largest: bool) -> Array | None:
+    def extreme(self, env: Env, rows: int, largest: bool, nan: bool = False) -> Array | None:
         """The root's maximum (``largest``) or minimum along axis 0 over ``env``'s tile of
-        ``rows`` rows, of shape ``(1, *row_shape)`` (the state of
-        :class:`bigarr._compute.partials.Extreme`), folded by the native kernel without
+        ``rows`` rows (``nan``: NaN ignored, as ``nanmax``), of shape ``(1, *row_shape)`` (the
+        state of :class:`bigarr._compute.partials.Extreme`), folded by the native kernel without
         writing the root's value (:meth:`bigarr._compute.fused.Program.extreme`); None when
         the kernel does not take the tile."""
         if self.native is None or rows < 1:
             return None
-        got = self.native.extreme(env, rows, largest)
+        got = self.native.extreme(env, rows, largest, nan)
         return None if got is None else got.reshape(1, *self.row_shape)
 
     def run(self, env: Env, rows: int, out: Array | None = None) -> Array | None:

@@ -139,6 +139,9 @@ class LazyPlan:
     __repr__ = __str__
 
 
+#: The reductions along axis 0 the native fused kernel folds: (largest, NaN ignored).
+_FOLDS = {"max": (True, False), "min": (False, False), "nanmax": (True, True),
+          "nanmin": (False, True)}
 _CARRY_NOTE = {
     "cumsum": "running total carried from chunk to chunk in order",
     "cumprod": "running product carried from chunk to chunk in order",
@@ -200,10 +203,10 @@ class _Pass:
         self.fuses = any(isinstance(it.expr, (Op, Scan, Filter)) for it in items)
         # purely elementwise chains over narrow rows run on wide views (lazyflat.py)
         self.flat = {id(it.node): f for it in items if (f := flat_plan(it.expr)) is not None}
-        # a chain's max/min along axis 0 the native kernel folds as it goes (never writing the
-        # chain's value; fused.py): such a pass needs no tiles
+        # a chain's max/min/nanmax/nanmin along axis 0 the native kernel folds as it goes
+        # (never writing the chain's value; fused.py): such a pass needs no tiles
         self.folded = {id(it.node) for it in items if isinstance(it.node, Reduce)
-                       and it.node.kind in ("max", "min") and it.node.axes == (0,)
+                       and it.node.kind in _FOLDS and it.node.axes == (0,)
                        and plain(it.frame) and id(it.node) not in self.derived
                        and (f := self.flat.get(id(it.node))) is not None
                        and f.native is not None}
@@ -303,7 +306,7 @@ class _Pass:
                 if id(it.node) in self.folded:
                     node = it.node
                     assert isinstance(node, Reduce)
-                    state = flat.extreme(own, rows.stop - rows.start, node.kind == "max")
+                    state = flat.extreme(own, rows.stop - rows.start, *_FOLDS[node.kind])
                     if state is not None:
                         out.append((state,))
                         continue

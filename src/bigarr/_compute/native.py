@@ -27,7 +27,7 @@ __all__ = ["BUILDS", "arg_rows", "available", "build", "count_rows", "fused_kern
            "sum_blocks", "var_blocks"]
 
 #: The interface version this module calls (``ABI`` in ``_native.c``).
-ABI = 5
+ABI = 6
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _F8 = ctypes.c_double
