@@ -49,7 +49,7 @@ import itertools
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,7 @@ from bigarr._compute.operands import Stream
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan, align_down, align_up
 from bigarr._os.mapping import Mapping
 from bigarr._os.pread import Buffer, BufferPool, RangeReader
+from bigarr._os.workers import Workers
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import MappingError, UnsupportedError
 
@@ -206,7 +207,7 @@ class _Input:
             if cold[a]:
                 self.reader.drop(base + a * PAGE_SIZE, base + b * PAGE_SIZE)
 
-    def submit(self, chunk: Chunk, plan: _Plan, io: ThreadPoolExecutor) -> _Read:
+    def submit(self, chunk: Chunk, plan: _Plan, io: Workers) -> _Read:
         """Queue the reads of ``chunk``'s block, in pieces, on ``io``."""
         base = align_down(plan.start, PAGE_SIZE)
         buf = self.pool.take(align_up(plan.stop, PAGE_SIZE) - base)
@@ -269,8 +270,7 @@ class ColdReads:
 
     def __init__(self, inputs: dict[int, _Input]) -> None:
         self._inputs = inputs
-        self._io: ThreadPoolExecutor | None = None  # the reader threads, started on first use
-        self._io_lock = threading.Lock()
+        self._io = Workers(READERS, "bigarr-read")  # the reader threads, started on first use
 
     @classmethod
     def for_run(cls, streams: Sequence[Stream], in_flight: int, mode: str | None = None, *,
@@ -313,12 +313,6 @@ class ColdReads:
         plan = entry.plan(chunk)
         return None if plan is None else (entry, plan)
 
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._io_lock:
-            if self._io is None:
-                self._io = ThreadPoolExecutor(READERS, thread_name_prefix="bigarr-read")
-            return self._io
-
     def start(self, stream: Stream, chunk: Chunk) -> bool:
         """Prefetch: queue the reads of ``chunk``'s block. ``False`` when the chunk uses the
         mapping (the caller then prefetches its pages)."""
@@ -326,7 +320,7 @@ class ColdReads:
         if found is None:
             return False
         entry, plan = found
-        read = entry.submit(chunk, plan, self._executor())
+        read = entry.submit(chunk, plan, self._io)
         with entry.lock:
             entry.started[chunk.index] = read
         return True
@@ -340,7 +334,7 @@ class ColdReads:
         with entry.lock:
             read = entry.started.pop(chunk.index, None)
         if read is None:
-            read = entry.submit(chunk, plan, self._executor())
+            read = entry.submit(chunk, plan, self._io)
         return entry.finish(read)
 
     def done(self, stream: Stream, block: np.ndarray[Any, Any]) -> bool:
@@ -356,10 +350,7 @@ class ColdReads:
     def close(self) -> None:
         """Cancel queued reads, wait for those running, stop the reader threads, then free the
         buffers and close the descriptors."""
-        with self._io_lock:
-            io, self._io = self._io, None
-        if io is not None:
-            io.shutdown(wait=True, cancel_futures=True)
+        self._io.close(cancel=True)
         for entry in self._inputs.values():
             with entry.lock:
                 started, entry.started = list(entry.started.values()), {}

@@ -54,12 +54,13 @@ import os
 import threading
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from bigarr._os.geometry import PAGE_SIZE, ByteSpan
 from bigarr._os.mapping import Mapping, Spare
 from bigarr._os.sink import Sink, Written
+from bigarr._os.workers import Workers
 from bigarr._plan.chunks import Chunk
 from bigarr.errors import BigArrError, UnsupportedError
 
@@ -96,8 +97,7 @@ class DirectFill:
         # One chunk's memory made ready ahead by a helper thread (the budget holds it):
         # allocating fresh pages cost more CPU time than filling them (0.6-0.8 s per GiB of
         # 4 KiB pages here, against 0.08 s to fill them), time the loop would otherwise wait.
-        self._maker = ThreadPoolExecutor(1, thread_name_prefix="bigarr-stage") if spares \
-            else None
+        self._maker = Workers(1, "bigarr-stage") if spares else None
         self._spare: Future[Spare] | None = None
         self.sink = Sink(mapping.fd, mapping.path, direct=True)
         self._lock = threading.RLock()
@@ -216,7 +216,7 @@ class DirectFill:
     def _end_spares(self) -> None:
         maker, self._maker = self._maker, None
         if maker is not None:
-            maker.shutdown(wait=True)
+            maker.close()
         spare, self._spare = self._spare, None
         if spare is not None:
             with contextlib.suppress(OSError, BigArrError):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from concurrent.futures import wait
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from bigarr._compute.operands import Stream
 from bigarr._compute.orderkeys import Target, keys_of
 from bigarr._os.hints import parse_hint
 from bigarr._os.pread import RangeReader
+from bigarr._os.workers import Workers
 from bigarr.errors import UnsupportedError
 
 Array = np.ndarray[Any, Any]
@@ -147,30 +149,24 @@ class Sampling:
 
     def __init__(self, stream: Stream, fracs: list[float], kd: np.dtype[Any],
                  room: int) -> None:
-        self._result: Windows | None = None
-        self._error: BaseException | None = None
         self._asked = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(stream, fracs, kd, room),
-                                        name="bigarr-sample", daemon=True)
-        self._thread.start()
+        workers = Workers(1, "bigarr-sample")
+        self._future = workers.submit(self._run, stream, fracs, kd, room)
+        workers.close(wait=False)  # the sample goes on; its thread ends with it
         self._asked.wait()
 
-    def _run(self, stream: Stream, fracs: list[float], kd: np.dtype[Any], room: int) -> None:
+    def _run(self, stream: Stream, fracs: list[float], kd: np.dtype[Any],
+             room: int) -> Windows | None:
         try:
-            self._result = sample_windows(stream, fracs, kd, room, self._asked)
-        except BaseException as exc:  # re-raised by get(), in the caller's thread
-            self._error = exc
+            return sample_windows(stream, fracs, kd, room, self._asked)
         finally:
             self._asked.set()  # (a sample that ended early never asked)
 
     def join(self) -> None:
-        self._thread.join()
+        wait([self._future])
 
     def get(self) -> Windows | None:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._result
+        return self._future.result()  # (the sample's error, re-raised in the caller's thread)
 
 
 def sample_windows(stream: Stream, fracs: list[float], kd: np.dtype[Any], room: int,

@@ -58,7 +58,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -68,6 +68,7 @@ from bigarr._os.fileid import reopen
 from bigarr._os.geometry import PAGE_SIZE, align_down, align_up
 from bigarr._os.paths import os_error
 from bigarr._os.pread import Buffer
+from bigarr._os.workers import Workers
 
 __all__ = ["DIRECT_ALIGN", "LENT_PIECE", "STAGING_MAX", "Appending", "Sink", "Written"]
 
@@ -189,7 +190,7 @@ class Sink:
         self._made = 0
         self._free: queue.SimpleQueue[Buffer] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        self._workers = Workers(_WRITERS, "bigarr-sink")
         self._closed = False
 
     @property
@@ -227,13 +228,13 @@ class Sink:
             for start in range(lo, hi, LENT_PIECE):
                 n = min(LENT_PIECE, hi - start)
                 piece = raw[start - offset: start - offset + n]
-                done._futures.append(self._writers().submit(self._put_lent, piece, start))
+                done._futures.append(self._workers.submit(self._put_lent, piece, start))
         else:
             for start in range(lo, hi, self._piece):
                 n = min(self._piece, hi - start)
                 buf = self._take()
                 np.copyto(buf.array[:n], raw[start - offset: start - offset + n])
-                done._futures.append(self._writers().submit(self._put, buf, start, n))
+                done._futures.append(self._workers.submit(self._put, buf, start, n))
         if end > hi:
             self._shared(done, raw[hi - offset:], hi)
         return done
@@ -274,7 +275,7 @@ class Sink:
             except BaseException:
                 self._free.put(buf)
                 raise
-            done._futures.append(self._writers().submit(self._put, buf, start, n))
+            done._futures.append(self._workers.submit(self._put, buf, start, n))
         if end > hi:
             tail = np.empty(end - hi, np.uint8)
             fill(tail, hi - offset)
@@ -305,9 +306,7 @@ class Sink:
             if self._closed:
                 return
             self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        self._workers.close()
         fd, self._direct_fd = self._direct_fd, None
         if fd is not None:
             with contextlib.suppress(OSError):
@@ -354,7 +353,7 @@ class Sink:
         done._pages.append(page)
         if full:
             try:
-                self._writers().submit(self._put_page, page)
+                self._workers.submit(self._put_page, page)
             except RuntimeError as exc:  # the sink was closed under a failing run
                 page.done.set_exception(exc)
 
@@ -388,12 +387,6 @@ class Sink:
                 raise err from exc
             page.done.set_result(None)
         page.done.result()
-
-    def _writers(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(_WRITERS, thread_name_prefix="bigarr-sink")
-            return self._pool
 
     def _take(self) -> Buffer:
         """A free staging buffer: a new one while fewer than the bound exist, else wait."""
