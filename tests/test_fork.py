@@ -177,3 +177,53 @@ print(json.dumps({"closed": a.closed, "value": int(a[5])}))
 a.close()
 """)
     assert _results(res) == [{"closed": True}, {"closed": False, "value": 55}]
+
+
+def test_io_workers_refuse_a_forked_child_rather_than_leave_it_waiting(
+    run_py: Callable[..., Any],
+) -> None:
+    # A forked child has none of its parent's I/O threads: work it submitted would wait
+    # forever. Workers refuse there (UnsupportedError), close at once, and a sink's direct
+    # write in the child raises instead of hanging; the parent's threads go on.
+    res = run_py(FORK + """
+import os
+import numpy as np
+from bigarr._os.sink import Sink
+from bigarr._os.workers import Workers
+workers = Workers(1, "bigarr-test-fork")
+assert workers.submit(lambda: 1).result() == 1        # the parent's thread is running
+fd = os.open("out.bin", os.O_RDWR | os.O_CREAT, 0o644)
+os.ftruncate(fd, 1 << 20)
+sink = Sink(fd, "out.bin", direct=True)
+data = np.arange(1 << 16, dtype=np.uint8)
+sink.write(data, 0).wait()                            # the parent's writers are running
+
+def child():
+    out = {}
+    try:
+        workers.submit(lambda: 2).result()
+        out["workers"] = "ran"
+    except Exception as exc:
+        out["workers"] = type(exc).__name__
+    workers.close()                                   # at once: the threads are the parent's
+    if sink.direct:                                   # (buffered writes run in the caller)
+        try:
+            sink.write(data, 1 << 16).wait()
+            out["sink"] = "wrote"
+        except Exception as exc:
+            out["sink"] = type(exc).__name__
+    return out
+
+in_child(child)
+after = workers.submit(lambda: 3).result()
+workers.close()
+sink.close()
+os.close(fd)
+written = np.fromfile("out.bin", dtype=np.uint8)
+print(json.dumps({"after": after, "first": bool((written[:1 << 16] == data).all()),
+                  "second": int(written[1 << 16:2 << 16].any())}))
+""")
+    child, parent = _results(res)
+    assert child["workers"] == "UnsupportedError", child
+    assert child.get("sink", "UnsupportedError") == "UnsupportedError", child
+    assert parent == {"after": 3, "first": True, "second": 0}
