@@ -354,3 +354,51 @@ def test_nanmax_nanmin_of_a_chain_fold_in_the_kernel(tmp_path: Path,
         assert_same_extremes(got, want)
         assert np.isnan(got[3]) and not np.isnan(np.delete(got, 3)).any()
         assert plan.steps[-1].chunks <= sum(folds) and all(folds)  # every chunk folded
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_pair_of_operations_in_one_loop_gives_numpys_bits(dtype: str) -> None:
+    # Two operations where the second reads the first's result run as one loop (f_pair in
+    # _native.c), one loop per pair of opcodes and per side of the second's operand; a last
+    # operation not in a pair folds straight into the max/min (f_opfold). Every pair, both
+    # sides, stored and folded four ways, on whole sub-blocks and their tails.
+    rows, k = 2000, 3  # blocks of 682 rows: the first copied into the fold, then folded
+    x, y, z = (_data((rows, k), dtype, s) for s in (11, 12, 13))
+    lx, ly, lz = (bigarr.lazy(a) for a in (x, y, z))
+    ops = [(f, 2) for f in _BIN] + [(f, 1) for f in _UN]
+
+    def first(f: Any, n: int, a: Any, b: Any) -> Any:
+        return f(a, b) if n == 2 else f(a)
+
+    cases: list[tuple[Any, int, Any, int, int]] = [
+        (f1, n1, f2, n2, side) for f1, n1 in ops for f2, n2 in ops
+        for side in ((0, 1) if n2 == 2 else (0,))]
+    cases += [(f1, n1, None, 0, 0) for f1, n1 in ops]  # one operation: folded from its loop
+    for f1, n1, f2, n2, side in cases:
+        if f1 is np.positive and f2 is None:
+            continue  # (no operation: the leaf itself)
+
+        def chain(a: Any, b: Any, c: Any, f1: Any = f1, n1: int = n1, f2: Any = f2,
+                  n2: int = n2, side: int = side) -> Any:
+            t = first(f1, n1, a, b)
+            if f2 is None:
+                return t
+            if n2 == 1:
+                return f2(t)
+            return f2(t, c) if side == 0 else f2(c, t)
+        with np.errstate(all="ignore"):
+            want = np.asarray(chain(x, y, z))
+        flat = lazyflat.flat_plan(chain(lx, ly, lz).node)
+        assert flat is not None and flat.native is not None
+        arrays = {id(lx.node): x, id(ly.node): y, id(lz.node): z}
+        env = Env({i: arrays[i] for i in item_of(flat.root).rows}, {}, {},
+                  slice(0, rows))
+        assert_same_bits(flat.run(env, rows, np.empty_like(want)), want)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for kind in ("max", "min", "nanmax", "nanmin"):
+                got = flat.extreme(env, rows, kind.endswith("max"),
+                                   kind.startswith("nan"))
+                assert got is not None
+                assert_same_extremes(got.reshape(-1), getattr(np, kind)(want, axis=0))

@@ -924,23 +924,131 @@ static int fused_strip_flags(const int64_t *prog, int64_t nops, int64_t red, uin
 #ifndef FUSED_PREFETCH
 #define FUSED_PREFETCH 2048
 #endif
-#define DEF_FUSED_SUB(T, S)                                                                 \
-    enum { S##_sub = FUSED_SUB_BYTES / (int)sizeof(T) };                                   \
-    INLINE void f_sub_##S(const int64_t *prog, int64_t nops, void *const *p)                \
-    {                                                                                       \
-        for (int64_t q = 0; q < nops; q++) {                                                \
-            const int64_t *ins = prog + FUSED_WIDTH * q;                                    \
-            const int op = (int)ins[0];                                                     \
-            T *d = (T *)p[ins[1]];                                                          \
-            const T *a = (const T *)p[ins[2]], *b = (const T *)p[ins[3]];                   \
-            if (op <= F_MAX)                                                                \
-                f_bin_##S(op, d, a, b, S##_sub);                                            \
-            else                                                                            \
-                f_un_##S(op, d, a, S##_sub);                                                \
-        }                                                                                   \
-    }
+#define DEF_FUSED_SUB(T, S) enum { S##_sub = FUSED_SUB_BYTES / (int)sizeof(T) };
 DEF_FUSED_SUB(float, f4)
 DEF_FUSED_SUB(double, f8)
+
+/* Within a sub-block, two consecutive operations where the second reads the first's result
+ * (and nothing later does) run as one loop, that result in a register, not stored to and
+ * loaded from its buffer (f_pair: one loop per pair of opcodes, the opcodes known when
+ * compiling, so straight vector code); and a max/min fold takes the last operation's value
+ * straight from its loop (f_opfold) when that operation is not in a pair. Six operations and
+ * a fold: four loops, not eight (1.2-1.3x less CPU per input byte on the test machine, from
+ * memory). The same operations in the same order, element by element: the same bits. */
+#define DEF_FUSED_PAIR(T, S)                                                                \
+    INLINE T f_el_##S(const int op, T x, T y)                                               \
+    {                                                                                       \
+        switch (op) {                                                                       \
+        case F_ADD: return x + y;                                                           \
+        case F_SUB: return x - y;                                                           \
+        case F_MUL: return x * y;                                                           \
+        case F_DIV: return x / y;                                                           \
+        case F_MIN: return (x < y || x != x) ? x : y;                                       \
+        case F_MAX: return (x > y || x != x) ? x : y;                                       \
+        case F_NEG: return -x;                                                              \
+        case F_ABS: return S##_fabs(x);                                                     \
+        case F_SQRT: return S##_sqrt(x);                                                    \
+        case F_SQUARE: return x * x;                                                        \
+        default: return x;                                                                  \
+        }                                                                                   \
+    }                                                                                       \
+    INLINE T f_fe_##S(const int red, T c, T v)                                              \
+    {                                                                                       \
+        switch (red) {                                                                      \
+        case FUSED_MAX: return (c > v || c != c) ? c : v;                                   \
+        case FUSED_MIN: return (c < v || c != c) ? c : v;                                   \
+        case FUSED_NANMAX: return (c > v || v != v) ? c : v;                                \
+        default: return (c < v || v != v) ? c : v;                                          \
+        }                                                                                   \
+    }                                                                                       \
+    INLINE void f_pl_##S(const int o1, const int o2, const int side, T *restrict d,         \
+                         const T *restrict a, const T *restrict b, const T *restrict c)     \
+    {                                                                                       \
+        for (int i = 0; i < S##_sub; i++) {                                                 \
+            const T t = f_el_##S(o1, a[i], b[i]);                                           \
+            d[i] = side ? f_el_##S(o2, c[i], t) : f_el_##S(o2, t, c[i]);                    \
+        }                                                                                   \
+    }                                                                                       \
+    INLINE void f_of_##S(const int o, const int red, T *restrict acc, const T *restrict a,  \
+                         const T *restrict b)                                               \
+    {                                                                                       \
+        for (int i = 0; i < S##_sub; i++) acc[i] = f_fe_##S(red, acc[i], f_el_##S(o, a[i], b[i])); \
+    }
+#define FP2(S, O1, O2)                                                                      \
+    case O2:                                                                                \
+        if (side) f_pl_##S(O1, O2, 1, d, a, b, c); else f_pl_##S(O1, O2, 0, d, a, b, c);   \
+        return;
+#define FP1(S, O1)                                                                          \
+    case O1:                                                                                \
+        switch (o2) {                                                                       \
+            FP2(S, O1, 1) FP2(S, O1, 2) FP2(S, O1, 3) FP2(S, O1, 4) FP2(S, O1, 5)           \
+            FP2(S, O1, 6) FP2(S, O1, 7) FP2(S, O1, 8) FP2(S, O1, 9) FP2(S, O1, 10)          \
+            FP2(S, O1, 11)                                                                  \
+        }                                                                                   \
+        return;
+#define FOF(S, O)                                                                           \
+    case O:                                                                                 \
+        switch (red) {                                                                      \
+        case FUSED_MAX: f_of_##S(O, FUSED_MAX, acc, a, b); return;                          \
+        case FUSED_MIN: f_of_##S(O, FUSED_MIN, acc, a, b); return;                          \
+        case FUSED_NANMAX: f_of_##S(O, FUSED_NANMAX, acc, a, b); return;                    \
+        default: f_of_##S(O, FUSED_NANMIN, acc, a, b); return;                              \
+        }
+#define DEF_FUSED_PAIR_DISPATCH(T, S)                                                       \
+    __attribute__((noinline)) static void f_pair_##S(int o1, int o2, int side, T *d,        \
+                                                     const T *a, const T *b, const T *c)    \
+    {                                                                                       \
+        switch (o1) {                                                                       \
+            FP1(S, 1) FP1(S, 2) FP1(S, 3) FP1(S, 4) FP1(S, 5) FP1(S, 6) FP1(S, 7) FP1(S, 8) \
+            FP1(S, 9) FP1(S, 10) FP1(S, 11)                                                 \
+        }                                                                                   \
+    }                                                                                       \
+    __attribute__((noinline)) static void f_opfold_##S(int o, int red, T *acc, const T *a,  \
+                                                       const T *b)                          \
+    {                                                                                       \
+        switch (o) {                                                                        \
+            FOF(S, 1) FOF(S, 2) FOF(S, 3) FOF(S, 4) FOF(S, 5) FOF(S, 6) FOF(S, 7) FOF(S, 8) \
+            FOF(S, 9) FOF(S, 10) FOF(S, 11)                                                 \
+        }                                                                                   \
+    }                                                                                       \
+    /* steps: st[k] = (q, kind): kind 0 one op, 1/2 q and q + 1 paired (q's result as q+1's \
+     * operand a / b), 3 q folded into acc (the last op, red != FUSED_STORE, not the first   \
+     * block). Returns 1 when the whole sub-block's fold was done. */                       \
+    INLINE int f_sub2_##S(const int64_t *prog, const int8_t *st, int nst, void *const *p,   \
+                          int64_t red, int first, T *acc)                                   \
+    {                                                                                       \
+        for (int k = 0; k < nst; k++) {                                                     \
+            const int64_t q = st[2 * k];                                                    \
+            const int kind = st[2 * k + 1];                                                 \
+            const int64_t *ins = prog + FUSED_WIDTH * q;                                    \
+            const int op = (int)ins[0];                                                     \
+            const T *a = (const T *)p[ins[2]];                                              \
+            const T *b = op <= F_MAX ? (const T *)p[ins[3]] : a;                            \
+            if (kind == 0) {                                                                \
+                T *d = (T *)p[ins[1]];                                                      \
+                if (op <= F_MAX) f_bin_##S(op, d, a, b, S##_sub);                           \
+                else f_un_##S(op, d, a, S##_sub);                                           \
+            } else if (kind == 3) {                                                         \
+                if (first) {                                                                \
+                    if (op <= F_MAX) f_bin_##S(op, acc, a, b, S##_sub);                     \
+                    else f_un_##S(op, acc, a, S##_sub);                                     \
+                } else                                                                      \
+                    f_opfold_##S(op, (int)red, acc, a, b);                                  \
+                return 1;                                                                   \
+            } else {                                                                        \
+                const int64_t *n2 = ins + FUSED_WIDTH;                                      \
+                const int o2 = (int)n2[0];                                                  \
+                const T *c = kind == 1 ? (o2 <= F_MAX ? (const T *)p[n2[3]] : a)            \
+                                       : (const T *)p[n2[2]];                               \
+                f_pair_##S(op, o2, kind == 2, (T *)p[n2[1]], a, b, c);                      \
+            }                                                                               \
+        }                                                                                   \
+        return 0;                                                                           \
+    }
+DEF_FUSED_PAIR(float, f4)
+DEF_FUSED_PAIR(double, f8)
+DEF_FUSED_PAIR_DISPATCH(float, f4)
+DEF_FUSED_PAIR_DISPATCH(double, f8)
 
 /* Which slots of an arithmetic program (fused_strip_flags accepted it) are intermediates, whose
  * values live within a block: every slot an operation writes, but the output when it is stored
@@ -984,6 +1092,21 @@ static int fused_scratch(const int64_t *prog, int64_t nops, int64_t red, int64_t
         int8_t scr[FUSED_SLOTS];                                                            \
         T sub[FUSED_SCRATCH][S##_sub] __attribute__((aligned(64)));                         \
         const int subs = strip && fused_scratch(prog, nops, red, nslots, scr);              \
+        int8_t st[2 * FUSED_STRIP_OPS];                                                     \
+        int nst = 0;                                                                        \
+        if (subs)                                                                           \
+            for (int64_t q = 0; q < nops; q++) {                                            \
+                int kind = 0;                                                               \
+                if (q + 1 < nops && !(flags[q] & FS_ST)) {                                  \
+                    const int f2 = flags[q + 1] & (FS_RA | FS_RB);                          \
+                    const int un2 = prog[FUSED_WIDTH * (q + 1)] >= F_NEG;                   \
+                    if (f2 == FS_RA || (un2 && (f2 & FS_RA))) kind = 1;                     \
+                    else if (f2 == FS_RB) kind = 2;                                         \
+                }                                                                           \
+                if (!kind && q == nops - 1 && red != FUSED_STORE) kind = 3;                 \
+                st[2 * nst] = (int8_t)q; st[2 * nst + 1] = (int8_t)kind; nst++;             \
+                if (kind == 1 || kind == 2) q++;                                            \
+            }                                                                               \
         for (int64_t i0 = 0; i0 < n; i0 += block) {                                         \
             const int64_t m = n - i0 < block ? n - i0 : block;                              \
             const int first = i0 == 0;                                                      \
@@ -1003,11 +1126,12 @@ static int fused_scratch(const int64_t *prog, int64_t nops, int64_t red, int64_t
                                 for (int c = 0; c < FUSED_SUB_BYTES; c += 64)               \
                                     __builtin_prefetch((const char *)t[s] + FUSED_PREFETCH + c); \
                         }                                                                   \
+                    int folded = 0;                                                         \
                     if (e == S##_sub)                                                       \
-                        f_sub_##S(prog, nops, t);                                           \
+                        folded = f_sub2_##S(prog, st, nst, t, red, first, acc + j);         \
                     else                                                                    \
                         f_passes_##S(prog, nops, t, e);                                     \
-                    if (red != FUSED_STORE)                                                 \
+                    if (red != FUSED_STORE && !folded)                                      \
                         f_fold_##S(red, first, acc + j, (const T *)t[0], e);               \
                 }                                                                           \
                 continue;                                                                   \

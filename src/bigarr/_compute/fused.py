@@ -15,7 +15,10 @@ first-level cache, and the data is read once and written once. A program of arit
 operand at a time, operation by operation in loops of a length fixed when compiling, the
 intermediates in buffers of one sub-block (in L1), the inputs prefetched ahead (``f_sub`` in
 ``_native.c``; 1.2-1.5x the strips of four 32-byte vectors through the whole program that it
-replaced, whose per-operation dispatch was most of their time). A chain's ``max``/``min``
+replaced, whose per-operation dispatch was most of their time); two consecutive operations, the
+second reading the first's result, run as one loop with that result in a register (``f_pair``:
+one compiled loop per pair of opcodes), and a last operation not in a pair folds straight from
+its loop into a max/min. A chain's ``max``/``min``
 (or ``nanmax``/``nanmin``) along axis 0 (:meth:`Program.extreme`) is folded into an
 accumulator of one block as the kernel goes, so the chain's value is never written to memory
 and read back.
