@@ -828,3 +828,20 @@ def test_numpy_arguments_a_lazy_method_lacks_are_bigarr_errors() -> None:
             call()
     assert np.array_equal(np.cumsum(x, axis=0, dtype=np.float32).compute(),
                           np.cumsum(np.arange(12.0).reshape(4, 3), axis=0, dtype=np.float32))
+
+
+@pytest.mark.parametrize("kind", ["cumsum", "cumprod"])
+@pytest.mark.parametrize("value", [np.array(3.5), np.array(-7, np.int8), np.array(True),
+                                   np.array(np.nan, np.float32)])
+def test_a_scan_of_one_value_is_numpys_one_element_array(kind: str, value: Any) -> None:
+    # numpy flattens a 0-d array with axis=None: cumsum/cumprod of one value is that value
+    # as shape (1,), in the accumulated dtype; the lazy scan refused it, naming "more than 1
+    # dimension"; a 0-d reduction's result scans the same way inside an expression
+    for dtype in (None, np.float64):
+        got = getattr(bigarr.lazy(value), kind)(dtype=dtype).compute(progress=False)
+        want = getattr(np, kind)(value, dtype=dtype)
+        assert got.shape == want.shape == (1,) and got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    a = np.arange(1, 13, dtype=np.float32).reshape(4, 3)
+    got = (getattr(bigarr.lazy(a).sum(), kind)() * 2).compute(progress=False)
+    np.testing.assert_array_equal(got, getattr(np, kind)(a.sum()) * 2)

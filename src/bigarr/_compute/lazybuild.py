@@ -233,8 +233,10 @@ def scan_axis(node: Node, kind: str, axis: int | None) -> int:
 def accumulate_node(node: Node, kind: str, axis: int | None, dtype: Any) -> Node:
     """The node of lazy ``numpy.<kind>`` (cumsum or cumprod) of ``node``."""
     ndim = len(node.shape)
-    ax = scan_axis(node, kind, axis)
     fn = getattr(np, kind)
+    if not ndim and axis is None:  # numpy's: the one value, flattened to shape (1,)
+        return op_node(fn, (node,), kind, shape=(1,), dtype=dtype)
+    ax = scan_axis(node, kind, axis)
     if ax:
         return op_node(fn, (node,), kind, shape=node.shape, rowwise=True, axis=ax,
                        dtype=dtype)
