@@ -382,6 +382,8 @@ def _interleaved(table: dict[str, tuple[str, str]], only: set[str], args: argpar
     """Run the cases of ``table`` in repeats, each repeat running every case once (the order
     rotated from one repeat to the next), so each run has a limit run of the same moment."""
     names = [name for name in table if not only or name in only]
+    if not names:
+        return
     got: dict[str, list[tuple[float, int]]] = {name: [] for name in names}
     failed: dict[str, str] = {}
     for r in range(args.runs):
