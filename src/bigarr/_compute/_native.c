@@ -683,33 +683,68 @@ enum {
 #define INLINE static inline
 #endif
 
+enum { FUSED_STORE = 0, FUSED_MAX = 1, FUSED_MIN = 2, FUSED_NANMAX = 3, FUSED_NANMIN = 4 };
+INLINE float f4_fabs(float v) { return fabsf(v); }
+INLINE double f8_fabs(double v) { return fabs(v); }
+INLINE float f4_sqrt(float v) { return sqrtf(v); }
+INLINE double f8_sqrt(double v) { return sqrt(v); }
+/* One element of each arithmetic operation (f_el: numpy's, in the same type; the opcode a
+ * constant once inlined, so each loop below is straight vector code) and of each fold of
+ * a result into an accumulator (f_fe: numpy's maximum/minimum, NaN propagating; fmax/fmin
+ * for FUSED_NANMAX/FUSED_NANMIN, NaN only where both are): every loop of the fused kernels
+ * is written with these two, so each operation's semantics are defined once. */
+#define DEF_FUSED_ELEM(T, S)                                                                \
+    INLINE T f_el_##S(const int op, T x, T y)                                               \
+    {                                                                                       \
+        switch (op) {                                                                       \
+        case F_ADD: return x + y;                                                           \
+        case F_SUB: return x - y;                                                           \
+        case F_MUL: return x * y;                                                           \
+        case F_DIV: return x / y;                                                           \
+        /* numpy's: NaN propagates (either operand), and of equal values (0 and -0) y */    \
+        case F_MIN: return (x < y || x != x) ? x : y;                                       \
+        case F_MAX: return (x > y || x != x) ? x : y;                                       \
+        case F_NEG: return -x;                                                              \
+        case F_ABS: return S##_fabs(x);                                                     \
+        case F_SQRT: return S##_sqrt(x);                                                    \
+        case F_SQUARE: return x * x;                                                        \
+        default: return x;                                                                  \
+        }                                                                                   \
+    }                                                                                       \
+    INLINE T f_fe_##S(const int red, T c, T v)                                              \
+    {                                                                                       \
+        switch (red) {                                                                      \
+        case FUSED_MAX: return (c > v || c != c) ? c : v;                                   \
+        case FUSED_MIN: return (c < v || c != c) ? c : v;                                   \
+        case FUSED_NANMAX: return (c > v || v != v) ? c : v;                                \
+        default: return (c < v || v != v) ? c : v;                                          \
+        }                                                                                   \
+    }
+DEF_FUSED_ELEM(float, f4)
+DEF_FUSED_ELEM(double, f8)
+
+/* The arithmetic opcodes, as lists for the loops below (M(S, op), or M(S, A, op) with A
+ * another opcode: the pairs' second operation). */
+#define FUSED_BINARY(M, S) M(S, F_ADD) M(S, F_SUB) M(S, F_MUL) M(S, F_DIV) M(S, F_MIN) M(S, F_MAX)
+#define FUSED_UNARY(M, S) M(S, F_NEG) M(S, F_ABS) M(S, F_SQRT) M(S, F_SQUARE) M(S, F_COPY)
+#define FUSED_ARITH(M, S) FUSED_BINARY(M, S) FUSED_UNARY(M, S)
+#define FUSED_ARITH2(M, S, A)                                                               \
+    M(S, A, F_ADD) M(S, A, F_SUB) M(S, A, F_MUL) M(S, A, F_DIV) M(S, A, F_MIN) M(S, A, F_MAX) \
+    M(S, A, F_NEG) M(S, A, F_ABS) M(S, A, F_SQRT) M(S, A, F_SQUARE) M(S, A, F_COPY)
+#define F_BIN_CASE(S, O)                                                                    \
+    case O: for (int64_t i = 0; i < m; i++) d[i] = f_el_##S(O, a[i], b[i]); break;
+#define F_UN_CASE(S, O)                                                                     \
+    case O: for (int64_t i = 0; i < m; i++) d[i] = f_el_##S(O, a[i], a[i]); break;
+
 #define DEF_FUSED_LOOPS(T, S)                                                               \
     INLINE void f_bin_##S(int op, T *restrict d, const T *restrict a, const T *restrict b,  \
                           int64_t m)                                                        \
     {                                                                                       \
-        switch (op) {                                                                       \
-        case F_ADD: for (int64_t i = 0; i < m; i++) d[i] = a[i] + b[i]; break;              \
-        case F_SUB: for (int64_t i = 0; i < m; i++) d[i] = a[i] - b[i]; break;              \
-        case F_MUL: for (int64_t i = 0; i < m; i++) d[i] = a[i] * b[i]; break;              \
-        case F_DIV: for (int64_t i = 0; i < m; i++) d[i] = a[i] / b[i]; break;              \
-        /* numpy's: NaN propagates (either operand), and of equal values (0 and -0) b */    \
-        case F_MIN:                                                                         \
-            for (int64_t i = 0; i < m; i++) d[i] = (a[i] < b[i] || a[i] != a[i]) ? a[i] : b[i]; \
-            break;                                                                          \
-        case F_MAX:                                                                         \
-            for (int64_t i = 0; i < m; i++) d[i] = (a[i] > b[i] || a[i] != a[i]) ? a[i] : b[i]; \
-            break;                                                                          \
-        }                                                                                   \
+        switch (op) { FUSED_BINARY(F_BIN_CASE, S) }                                         \
     }                                                                                       \
     INLINE void f_un_##S(int op, T *restrict d, const T *restrict a, int64_t m)             \
     {                                                                                       \
-        switch (op) {                                                                       \
-        case F_NEG: for (int64_t i = 0; i < m; i++) d[i] = -a[i]; break;                    \
-        case F_ABS: for (int64_t i = 0; i < m; i++) d[i] = S##_fabs(a[i]); break;           \
-        case F_SQRT: for (int64_t i = 0; i < m; i++) d[i] = S##_sqrt(a[i]); break;          \
-        case F_SQUARE: for (int64_t i = 0; i < m; i++) d[i] = a[i] * a[i]; break;           \
-        case F_COPY: for (int64_t i = 0; i < m; i++) d[i] = a[i]; break;                    \
-        }                                                                                   \
+        switch (op) { FUSED_UNARY(F_UN_CASE, S) }                                           \
     }                                                                                       \
     INLINE void f_cmp_##S(int op, uint8_t *restrict d, const T *restrict a,                 \
                           const T *restrict b, int64_t m)                                   \
@@ -729,10 +764,6 @@ enum {
         for (int64_t i = 0; i < m; i++) d[i] = c[i] ? a[i] : b[i];                          \
     }
 
-INLINE float f4_fabs(float v) { return fabsf(v); }
-INLINE double f8_fabs(double v) { return fabs(v); }
-INLINE float f4_sqrt(float v) { return sqrtf(v); }
-INLINE double f8_sqrt(double v) { return sqrt(v); }
 DEF_FUSED_LOOPS(float, f4)
 DEF_FUSED_LOOPS(double, f8)
 
@@ -751,27 +782,22 @@ INLINE void f_logic(int op, uint8_t *restrict d, const uint8_t *restrict a,
  * element by element (NaN propagates; of equal values the newer), or for FUSED_NANMAX /
  * FUSED_NANMIN numpy's fmax/fmin (NaN only where every value is), so the extreme over all blocks
  * is that of the accumulator's elements; the first block is copied in. */
+#define F_FOLD_CASE(S, R)                                                                   \
+    case R: for (int64_t i = 0; i < m; i++) acc[i] = f_fe_##S(R, acc[i], d[i]); break;
 #define DEF_FUSED_FOLD(T, S)                                                                \
     INLINE void f_fold_##S(int64_t red, int first, T *restrict acc, const T *restrict d,    \
                            int64_t m)                                                       \
     {                                                                                       \
-        if (first)                                                                          \
+        if (first) {                                                                        \
             for (int64_t i = 0; i < m; i++) acc[i] = d[i];                                  \
-        else if (red == FUSED_MAX)                                                          \
-            for (int64_t i = 0; i < m; i++)                                                 \
-                acc[i] = (acc[i] > d[i] || acc[i] != acc[i]) ? acc[i] : d[i];               \
-        else if (red == FUSED_MIN)                                                          \
-            for (int64_t i = 0; i < m; i++)                                                 \
-                acc[i] = (acc[i] < d[i] || acc[i] != acc[i]) ? acc[i] : d[i];               \
-        else if (red == FUSED_NANMAX) /* numpy's fmax: a NaN only where both are */         \
-            for (int64_t i = 0; i < m; i++)                                                 \
-                acc[i] = (acc[i] > d[i] || d[i] != d[i]) ? acc[i] : d[i];                   \
-        else                                                                                \
-            for (int64_t i = 0; i < m; i++)                                                 \
-                acc[i] = (acc[i] < d[i] || d[i] != d[i]) ? acc[i] : d[i];                   \
+            return;                                                                         \
+        }                                                                                   \
+        switch (red) {                                                                      \
+            F_FOLD_CASE(S, FUSED_MAX) F_FOLD_CASE(S, FUSED_MIN) F_FOLD_CASE(S, FUSED_NANMAX) \
+            F_FOLD_CASE(S, FUSED_NANMIN)                                                    \
+        }                                                                                   \
     }
 
-enum { FUSED_STORE = 0, FUSED_MAX = 1, FUSED_MIN = 2, FUSED_NANMAX = 3, FUSED_NANMIN = 4 };
 DEF_FUSED_FOLD(float, f4)
 DEF_FUSED_FOLD(double, f8)
 
@@ -936,31 +962,6 @@ DEF_FUSED_SUB(double, f8)
  * a fold: four loops, not eight (1.2-1.3x less CPU per input byte on the test machine, from
  * memory). The same operations in the same order, element by element: the same bits. */
 #define DEF_FUSED_PAIR(T, S)                                                                \
-    INLINE T f_el_##S(const int op, T x, T y)                                               \
-    {                                                                                       \
-        switch (op) {                                                                       \
-        case F_ADD: return x + y;                                                           \
-        case F_SUB: return x - y;                                                           \
-        case F_MUL: return x * y;                                                           \
-        case F_DIV: return x / y;                                                           \
-        case F_MIN: return (x < y || x != x) ? x : y;                                       \
-        case F_MAX: return (x > y || x != x) ? x : y;                                       \
-        case F_NEG: return -x;                                                              \
-        case F_ABS: return S##_fabs(x);                                                     \
-        case F_SQRT: return S##_sqrt(x);                                                    \
-        case F_SQUARE: return x * x;                                                        \
-        default: return x;                                                                  \
-        }                                                                                   \
-    }                                                                                       \
-    INLINE T f_fe_##S(const int red, T c, T v)                                              \
-    {                                                                                       \
-        switch (red) {                                                                      \
-        case FUSED_MAX: return (c > v || c != c) ? c : v;                                   \
-        case FUSED_MIN: return (c < v || c != c) ? c : v;                                   \
-        case FUSED_NANMAX: return (c > v || v != v) ? c : v;                                \
-        default: return (c < v || v != v) ? c : v;                                          \
-        }                                                                                   \
-    }                                                                                       \
     INLINE void f_pl_##S(const int o1, const int o2, const int side, T *restrict d,         \
                          const T *restrict a, const T *restrict b, const T *restrict c)     \
     {                                                                                       \
@@ -980,11 +981,7 @@ DEF_FUSED_SUB(double, f8)
         return;
 #define FP1(S, O1)                                                                          \
     case O1:                                                                                \
-        switch (o2) {                                                                       \
-            FP2(S, O1, 1) FP2(S, O1, 2) FP2(S, O1, 3) FP2(S, O1, 4) FP2(S, O1, 5)           \
-            FP2(S, O1, 6) FP2(S, O1, 7) FP2(S, O1, 8) FP2(S, O1, 9) FP2(S, O1, 10)          \
-            FP2(S, O1, 11)                                                                  \
-        }                                                                                   \
+        switch (o2) { FUSED_ARITH2(FP2, S, O1) }                                            \
         return;
 #define FOF(S, O)                                                                           \
     case O:                                                                                 \
@@ -998,18 +995,12 @@ DEF_FUSED_SUB(double, f8)
     __attribute__((noinline)) static void f_pair_##S(int o1, int o2, int side, T *d,        \
                                                      const T *a, const T *b, const T *c)    \
     {                                                                                       \
-        switch (o1) {                                                                       \
-            FP1(S, 1) FP1(S, 2) FP1(S, 3) FP1(S, 4) FP1(S, 5) FP1(S, 6) FP1(S, 7) FP1(S, 8) \
-            FP1(S, 9) FP1(S, 10) FP1(S, 11)                                                 \
-        }                                                                                   \
+        switch (o1) { FUSED_ARITH(FP1, S) }                                                 \
     }                                                                                       \
     __attribute__((noinline)) static void f_opfold_##S(int o, int red, T *acc, const T *a,  \
                                                        const T *b)                          \
     {                                                                                       \
-        switch (o) {                                                                        \
-            FOF(S, 1) FOF(S, 2) FOF(S, 3) FOF(S, 4) FOF(S, 5) FOF(S, 6) FOF(S, 7) FOF(S, 8) \
-            FOF(S, 9) FOF(S, 10) FOF(S, 11)                                                 \
-        }                                                                                   \
+        switch (o) { FUSED_ARITH(FOF, S) }                                                  \
     }                                                                                       \
     /* steps: st[k] = (q, kind): kind 0 one op, 1/2 q and q + 1 paired (q's result as q+1's \
      * operand a / b), 3 q folded into acc (the last op, red != FUSED_STORE, not the first   \
