@@ -402,3 +402,27 @@ def test_every_pair_of_operations_in_one_loop_gives_numpys_bits(dtype: str) -> N
                                    kind.startswith("nan"))
                 assert got is not None
                 assert_same_extremes(got.reshape(-1), getattr(np, kind)(want, axis=0))
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(3001, 3), (2500,), (700, 2, 3)])
+@pytest.mark.parametrize("pair", [("max", "min"), ("min", "max"), ("max", "sum"),
+                                  ("max", "mean"), ("min", "std"), ("max", "max")])
+def test_a_folded_extreme_first_in_a_joint_group_is_numpys(dtype: str, shape: tuple[int, ...],
+                                                           pair: tuple[str, str]) -> None:
+    # The max/min of a chain along axis 0 folds in the kernel, unless it leads a joint group
+    # (several statistics of the same values in one sweep, multistat.py): the group's tree
+    # takes the chain's values, and a folded state handed to it raised ValueError
+    a = _data(shape, dtype, 5)
+    a[np.isnan(a)] = 1.0  # (numpy's sum/mean/std of NaN are NaN either way)
+    a[np.isinf(a)] = -2.0
+    z = bigarr.lazy(a) * 2 - 1
+    got = bigarr.compute(*(getattr(z, k)(axis=0) for k in pair), progress=False)
+    with np.errstate(all="ignore"):
+        want = [getattr(a * 2 - 1, k)(axis=0) for k in pair]
+    for g, w, k in zip(got, want, pair, strict=True):
+        if k in ("max", "min"):
+            assert_same_extremes(np.asarray(g), np.asarray(w))
+        else:
+            np.testing.assert_allclose(g, w, rtol=1e-5 if dtype == "float32" else 1e-12)

@@ -204,10 +204,12 @@ class _Pass:
         # purely elementwise chains over narrow rows run on wide views (lazyflat.py)
         self.flat = {id(it.node): f for it in items if (f := flat_plan(it.expr)) is not None}
         # a chain's max/min/nanmax/nanmin along axis 0 the native kernel folds as it goes
-        # (never writing the chain's value; fused.py): such a pass needs no tiles
+        # (never writing the chain's value; fused.py): such a pass needs no tiles. Not the
+        # first member of a joint group (its tree takes the chain's values for the group)
         self.folded = {id(it.node) for it in items if isinstance(it.node, Reduce)
                        and it.node.kind in _FOLDS and it.node.axes == (0,)
                        and plain(it.frame) and id(it.node) not in self.derived
+                       and id(it.node) not in self.trees
                        and (f := self.flat.get(id(it.node))) is not None
                        and f.native is not None}
         self.all_folded = bool(self.folded) and len(self.folded) == len(items)
