@@ -1005,7 +1005,7 @@ DEF_FUSED_SUB(double, f8)
     /* steps: st[k] = (q, kind): kind 0 one op, 1/2 q and q + 1 paired (q's result as q+1's \
      * operand a / b), 3 q folded into acc (the last op, red != FUSED_STORE, not the first   \
      * block). Returns 1 when the whole sub-block's fold was done. */                       \
-    INLINE int f_sub2_##S(const int64_t *prog, const int8_t *st, int nst, void *const *p,   \
+    INLINE int f_sub_##S(const int64_t *prog, const int8_t *st, int nst, void *const *p,   \
                           int64_t red, int first, T *acc)                                   \
     {                                                                                       \
         for (int k = 0; k < nst; k++) {                                                     \
@@ -1119,7 +1119,7 @@ static int fused_scratch(const int64_t *prog, int64_t nops, int64_t red, int64_t
                         }                                                                   \
                     int folded = 0;                                                         \
                     if (e == S##_sub)                                                       \
-                        folded = f_sub2_##S(prog, st, nst, t, red, first, acc + j);         \
+                        folded = f_sub_##S(prog, st, nst, t, red, first, acc + j);         \
                     else                                                                    \
                         f_passes_##S(prog, nops, t, e);                                     \
                     if (red != FUSED_STORE && !folded)                                      \
