@@ -1015,17 +1015,15 @@ DEF_FUSED_SUB(double, f8)
             const int op = (int)ins[0];                                                     \
             const T *a = (const T *)p[ins[2]];                                              \
             const T *b = op <= F_MAX ? (const T *)p[ins[3]] : a;                            \
-            if (kind == 0) {                                                                \
-                T *d = (T *)p[ins[1]];                                                      \
+            if (kind == 3 && !first) {                                                      \
+                f_opfold_##S(op, (int)red, acc, a, b);                                      \
+                return 1;                                                                   \
+            }                                                                               \
+            if (kind == 0 || kind == 3) { /* kind 3, the first block: copied into acc */     \
+                T *d = kind == 3 ? acc : (T *)p[ins[1]];                                    \
                 if (op <= F_MAX) f_bin_##S(op, d, a, b, S##_sub);                           \
                 else f_un_##S(op, d, a, S##_sub);                                           \
-            } else if (kind == 3) {                                                         \
-                if (first) {                                                                \
-                    if (op <= F_MAX) f_bin_##S(op, acc, a, b, S##_sub);                     \
-                    else f_un_##S(op, acc, a, S##_sub);                                     \
-                } else                                                                      \
-                    f_opfold_##S(op, (int)red, acc, a, b);                                  \
-                return 1;                                                                   \
+                if (kind == 3) return 1;                                                    \
             } else {                                                                        \
                 const int64_t *n2 = ins + FUSED_WIDTH;                                      \
                 const int o2 = (int)n2[0];                                                  \
