@@ -3,11 +3,13 @@
 ``bigarr._compute._native`` is an *optional* extension: when no C compiler is available the
 install still succeeds, and bigarr uses its numpy kernels instead (slower, same results within
 rounding). On x86-64 the same sources are built a second time with ``-mavx2`` as
-``bigarr._compute._native_avx2`` (also optional: a compiler without AVX2 support skips it), and
-``bigarr._compute.native`` loads that one on a CPU with AVX2: the same arithmetic in wider
-registers, so the same bits (no ``-mfma``, no contraction, no fast-math: nothing reassociated).
-``python -m bigarr --version`` tells which are in use; ``BIGARR_NATIVE=0`` turns them off and
-``BIGARR_NATIVE_ISA=baseline`` forces the baseline build.
+``bigarr._compute._native_avx2`` and a third time with AVX-512 (``-mavx512f -mavx512vl
+-mavx512bw -mavx512dq``, 512-bit vectors) as ``bigarr._compute._native_avx512`` (each optional:
+a compiler without the instruction set skips it), and ``bigarr._compute.native`` loads the
+widest the CPU runs: the same arithmetic in wider registers, so the same bits (no ``-mfma``,
+no contraction, no fast-math: nothing reassociated). ``python -m bigarr --version`` tells which
+is in use; ``BIGARR_NATIVE=0`` turns them off and ``BIGARR_NATIVE_ISA=avx2`` or ``baseline``
+caps the build.
 """
 
 import platform
@@ -16,9 +18,15 @@ from setuptools import Extension, setup
 
 NATIVE_SOURCES = ["src/bigarr/_compute/_native.c",
                   "src/bigarr/_compute/_radix.c"]  # _radix.c: the sort's radix sort
-# The same sources for the AVX2 build, each through a one-line #include of its own, so that
-# the two builds' object files (named after their sources) are not the same file.
-AVX2_SOURCES = ["src/bigarr/_compute/_native_avx2.c", "src/bigarr/_compute/_radix_avx2.c"]
+# The same sources for the wider builds, each through a one-line #include of its own, so that
+# the builds' object files (named after their sources) are not the same file.
+WIDER = {  # build: (sources, flags)
+    "avx2": (["src/bigarr/_compute/_native_avx2.c", "src/bigarr/_compute/_radix_avx2.c"],
+             ["-mavx2"]),
+    "avx512": (["src/bigarr/_compute/_native_avx512.c", "src/bigarr/_compute/_radix_avx512.c"],
+               ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq",
+                "-mprefer-vector-width=512"]),
+}
 # -ffp-contract=off: no fused multiply-add, each operation rounded as numpy rounds it
 NATIVE_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-std=c99"]
 
@@ -32,7 +40,8 @@ def native_extension(name: str, sources: list[str], extra: list[str]) -> Extensi
 
 native = [native_extension("_native", NATIVE_SOURCES, [])]
 if platform.machine().lower() in ("x86_64", "amd64"):
-    native.append(native_extension("_native_avx2", AVX2_SOURCES, ["-mavx2"]))
+    native += [native_extension(f"_native_{isa}", sources, flags)
+               for isa, (sources, flags) in WIDER.items()]
 
 setup(
     ext_modules=[

@@ -1,13 +1,14 @@
-"""The native kernels' two builds against each other: GB of input per CPU second, one core.
+"""The native kernels' builds against each other: GB of input per CPU second, one core.
 
 Run: ``python bench/native_builds.py [--mib 64] [--repeat 5]``. ``setup.py`` builds
-``_native.c`` twice on x86-64, for the baseline (``_native``) and with ``-mavx2``
-(``_native_avx2``, loaded on a CPU with AVX2; ``BIGARR_NATIVE_ISA=baseline`` forces the other).
-This loads both into one process and times each kernel on the same in-memory float32
-``N x 32`` block (``--mib`` MiB: beyond the caches at the default 64, in L2 at 0.25), each
-build in turn, ``--repeat`` times, by the thread's CPU clock (so other jobs on the machine move
-the numbers less than wall time would). Prints, per kernel, the best GB/s of each build and
-their ratio, as a Markdown table; the results are also checked to be the same bits.
+``_native.c`` three times on x86-64, for the baseline (``_native``), with ``-mavx2``
+(``_native_avx2``) and with AVX-512 (``_native_avx512``); the widest the CPU runs is loaded
+(``BIGARR_NATIVE_ISA=avx2`` or ``baseline`` caps it). This loads them all into one process
+and times each kernel on the same in-memory float32 ``N x 32`` block (``--mib`` MiB: beyond
+the caches at the default 64, in L2 at 0.25), each build in turn, ``--repeat`` times, by the
+thread's CPU clock (so other jobs on the machine move the numbers less than wall time would).
+Prints, per kernel, the best GB/s of each build and the two widest builds' ratio, as a Markdown
+table; the results are also checked to be the same bits.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The two builds of the native kernels (``_native`` for the x86-64 baseline, ``_native_avx2``
-with ``-mavx2``, chosen at run time by :mod:`bigarr._compute.native`) give the same bits.
+"""The builds of the native kernels (``_native`` for the x86-64 baseline, ``_native_avx2`` with
+``-mavx2``, ``_native_avx512`` with AVX-512, the widest the CPU runs chosen at run time by
+:mod:`bigarr._compute.native`) give the same bits.
 
 Each build runs a representative set of kernels in a subprocess of its own (the build is chosen
 once, at import, by ``BIGARR_NATIVE_ISA``): the fused chain (register strips, op-by-op passes,
@@ -93,21 +94,33 @@ def _run(tmp: Path, isa: str) -> dict[str, np.ndarray[Any, Any]]:
         return {k: f[k] for k in f.files}
 
 
-@pytest.mark.skipif(native.build != "avx2", reason="the AVX2 build is not built or not usable")
-def test_avx2_and_baseline_builds_give_the_same_bits(tmp_path: Path) -> None:
+def _usable() -> list[str]:
+    """The builds this CPU runs that are built here, widest first."""
+    features = native._cpu_features()
+    return [name for name, (module, needs) in native.BUILDS.items()
+            if all(features.get(f, False) for f in needs) and native._open(module) is not None]
+
+
+@pytest.mark.skipif(len(_usable()) < 2, reason="only one build of the kernels is usable here")
+def test_every_build_gives_the_same_bits(tmp_path: Path) -> None:
     data = {"f4": _data(np.float32), "f8": _data(np.float64)}
     for key, a in data.items():
         np.save(tmp_path / f"{key}.npy", a)
-    avx2, base = _run(tmp_path, "auto"), _run(tmp_path, "baseline")
-    assert str(avx2.pop("build")) == "avx2"
-    assert str(base.pop("build")) == "baseline"
-    assert avx2.keys() == base.keys()
-    for name in avx2:
-        assert avx2[name].dtype == base[name].dtype, name
-        assert avx2[name].tobytes() == base[name].tobytes(), name
+    builds = _usable()
+    got = {isa: _run(tmp_path, isa) for isa in builds}
+    for isa, res in got.items():
+        assert str(res.pop("build")) == isa
+    widest, base = got[builds[0]], got[builds[-1]]
+    for isa in builds[1:]:
+        other = got[isa]
+        assert widest.keys() == other.keys()
+        for name in widest:
+            assert widest[name].dtype == other[name].dtype, (isa, name)
+            assert widest[name].tobytes() == other[name].tobytes(), (isa, name)
+    assert builds[-1] == "baseline" and base.keys() == widest.keys()
     for key, a in data.items():
         # the native kernels ran
-        assert avx2[f"{key}_fused_calls"] > 0 and bool(avx2[f"{key}_radix_ok"])
+        assert widest[f"{key}_fused_calls"] > 0 and bool(widest[f"{key}_radix_ok"])
         # and gave numpy's bits, where numpy defines the answer exactly
         m = np.linspace(-1, 1, a.shape[1], dtype=a.dtype)
         s = np.linspace(0.5, 2, a.shape[1], dtype=a.dtype)
@@ -124,27 +137,32 @@ def test_avx2_and_baseline_builds_give_the_same_bits(tmp_path: Path) -> None:
                     "median": np.median(fin), "median0": np.median(a, axis=0),
                     "radix": np.sort(a.ravel(), kind="stable")}
         for name, w in want.items():
-            got = avx2[f"{key}_{name}"]
-            assert got.dtype == np.asarray(w).dtype, name
-            assert got.tobytes() == np.asarray(w).tobytes(), (key, name)
+            res = widest[f"{key}_{name}"]
+            assert res.dtype == np.asarray(w).dtype, name
+            assert res.tobytes() == np.asarray(w).tobytes(), (key, name)
 
 
-def test_the_avx2_build_is_built_and_loaded_where_the_cpu_has_avx2() -> None:
-    # setup.py builds it on x86-64 wherever it builds the baseline; a silent failure of that
-    # build would leave every kernel on the slower baseline code
+def test_the_widest_build_is_built_and_loaded_where_the_cpu_runs_it() -> None:
+    # setup.py builds the wider ones on x86-64 wherever it builds the baseline; a silent
+    # failure of such a build would leave every kernel on slower code
     cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
     if (os.environ.get("BIGARR_NATIVE", "1") == "0" or shutil.which(cc) is None
             or platform.machine().lower() not in ("x86_64", "amd64")
             or not native._cpu_features().get("AVX2")):
         pytest.skip("no C compiler, not x86-64, no AVX2, or the native kernels are off")
-    want = "baseline" if os.environ.get("BIGARR_NATIVE_ISA") == "baseline" else "avx2"
+    features = native._cpu_features()
+    runs = [name for name, (_, needs) in native.BUILDS.items()
+            if all(features.get(f, False) for f in needs)]
+    cap = os.environ.get("BIGARR_NATIVE_ISA", "")
+    want = cap if cap in runs else runs[0]
     assert native.build == want
 
 
-def test_baseline_build_is_forced_by_the_environment() -> None:
-    if native.build is None:
-        pytest.skip("the native kernels are not built or are turned off")
-    env = {**os.environ, "BIGARR_NATIVE_ISA": "baseline"}
+@pytest.mark.parametrize("cap", ["avx2", "baseline"])
+def test_a_narrower_build_is_forced_by_the_environment(cap: str) -> None:
+    if cap not in _usable():
+        pytest.skip(f"the {cap} build is not built or not usable here")
+    env = {**os.environ, "BIGARR_NATIVE_ISA": cap}
     version = subprocess.run([sys.executable, "-m", "bigarr", "--version"], env=env,
                              capture_output=True, text=True, check=True).stdout
-    assert "native (baseline build)" in version
+    assert f"native ({cap} build)" in version

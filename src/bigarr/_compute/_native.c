@@ -35,12 +35,19 @@ static inline double lanes_total(const double *a)
     return t[0];
 }
 
-/* The whole file is built twice on x86-64 (setup.py): for the baseline as _native, and with
- * -mavx2 as _native_avx2, which bigarr/_compute/native.py loads on a CPU with AVX2 (any
- * compiler; BIGARR_NATIVE_ISA=baseline forces the other, so both are tested in one process).
- * One source, so the same arithmetic: no -mfma, contraction off, no fast-math, so nothing is
- * reassociated and the wider vectors give the same bits. KERNEL marks an exported kernel. */
+/* The whole file is built three times on x86-64 (setup.py): for the baseline as _native, with
+ * -mavx2 as _native_avx2 and with AVX-512 as _native_avx512; bigarr/_compute/native.py loads the
+ * widest the CPU runs (BIGARR_NATIVE_ISA=avx2 or baseline caps it, so all are tested in one
+ * process). One source, so the same arithmetic: no -mfma, contraction off, no fast-math, so
+ * nothing is reassociated and the wider vectors give the same bits. KERNEL marks an exported
+ * kernel. NARROW keeps a kernel at 256-bit vectors in the AVX-512 build where 512-bit ones ran
+ * slower (var_flat: 0.3x, its 16 lanes of float64 sums in two 512-bit registers each). */
 #define KERNEL
+#ifdef __AVX512F__
+#define NARROW __attribute__((target("prefer-vector-width=256")))
+#else
+#define NARROW
+#endif
 
 /* ---- sums ------------------------------------------------------------------------------ */
 
@@ -139,7 +146,7 @@ static inline double lanes_total(const double *a)
 
 /* The same over each contiguous run of m elements as one group, in LANES interleaved sums. */
 #define DEF_VAR_FLAT(NAME, T)                                                               \
-    KERNEL void NAME(const T *restrict x, int64_t p, int64_t m, double *restrict shift,     \
+    KERNEL NARROW void NAME(const T *restrict x, int64_t p, int64_t m, double *restrict shift,     \
                      double *restrict mean, double *restrict m2)                            \
     {                                                                                       \
         for (int64_t q = 0; q < p; q++) {                                                   \

@@ -3,12 +3,12 @@
 The one owner of the optional C extension on the Python side. :data:`lib` is the loaded library,
 or None when the extension was not built (no compiler at install time) or is switched off with
 the environment variable ``BIGARR_NATIVE=0``; every caller then takes its numpy kernel. Of the
-builds in :data:`BUILDS`, the AVX2 one is loaded where the CPU has AVX2 (numpy's detection),
-unless ``BIGARR_NATIVE_ISA=baseline`` asks for the baseline one (same bits; :data:`build`
-says which). The
-functions are called through :mod:`ctypes`, which releases the GIL for the call, so reductions
-scale with threads. Each wrapper takes only the layouts and dtypes its C function handles and
-returns None for anything else, so callers fall back per block.
+builds in :data:`BUILDS`, the widest the CPU runs is loaded (numpy's detection): AVX-512, else
+AVX2, else the baseline; ``BIGARR_NATIVE_ISA=avx2`` or ``baseline`` caps it (same bits;
+:data:`build` says which). The functions are called through :mod:`ctypes`, which releases the
+GIL for the call, so reductions scale with threads. Each wrapper takes only the layouts and
+dtypes its C function handles and returns None for anything else, so callers fall back per
+block.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BUILDS", "arg_rows", "available", "build", "count_rows", "fused_kernel", "hist_above",
-           "hist_uniform", "lib", "min_max", "radix_sort", "radix_sortable", "stats_blocks",
-           "sum_blocks", "var_blocks"]
+__all__ = ["BUILDS", "VECTOR_ALIGN", "aligned_empty", "arg_rows", "available", "build",
+           "count_rows", "fused_kernel", "hist_above", "hist_uniform", "lib", "min_max",
+           "radix_sort", "radix_sortable", "stats_blocks", "sum_blocks", "var_blocks"]
 
 #: The interface version this module calls (``ABI`` in ``_native.c``).
 ABI = 6
@@ -33,10 +33,14 @@ _PTR = ctypes.c_void_p
 _F8 = ctypes.c_double
 
 
-#: The builds of ``_native.c`` by name, best first: ``setup.py`` builds ``_native_avx2`` (with
-#: ``-mavx2``) on x86-64 beside the baseline ``_native``; the same source and flags otherwise, so
-#: the same bits. Each needs the CPU features listed (numpy's names).
-BUILDS = {"avx2": ("bigarr._compute._native_avx2", ("AVX2",)),
+#: The builds of ``_native.c`` by name, widest first: ``setup.py`` builds ``_native_avx512``
+#: (AVX-512 F, VL, BW and DQ, 512-bit vectors) and ``_native_avx2`` (``-mavx2``) on x86-64
+#: beside the baseline ``_native``; the same source and flags otherwise, so the same bits. Each
+#: needs the CPU features listed (numpy's names; ``AVX512_SKX`` is F, CD, VL, BW and DQ). The
+#: AVX-512 build read the warm two-operation chain's file 1.07x faster than the AVX2 one here
+#: and the six-operation one 1.08x (bench/README.md, "AVX-512 build").
+BUILDS = {"avx512": ("bigarr._compute._native_avx512", ("AVX512F", "AVX512_SKX")),
+          "avx2": ("bigarr._compute._native_avx2", ("AVX2",)),
           "baseline": ("bigarr._compute._native", ())}
 
 
@@ -71,14 +75,16 @@ def _open(module: str) -> ctypes.CDLL | None:
 
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
     """``(library, build name)``: the first build of :data:`BUILDS` the CPU runs that loads
-    (only ``baseline`` with ``BIGARR_NATIVE_ISA=baseline``), or ``(None, None)`` with
-    ``BIGARR_NATIVE=0`` or where none loads."""
+    (from the one ``BIGARR_NATIVE_ISA`` names on: ``avx2`` or ``baseline``), or ``(None, None)``
+    with ``BIGARR_NATIVE=0`` or where none loads."""
     if os.environ.get("BIGARR_NATIVE", "1").strip().lower() in ("0", "off", "false", "no"):
         return None, None
     forced = os.environ.get("BIGARR_NATIVE_ISA", "").strip().lower()
     features = _cpu_features()
+    names = list(BUILDS)
+    capped = names[names.index(forced):] if forced in BUILDS else names
     for name, (module, needs) in BUILDS.items():
-        if forced == "baseline" and name != "baseline":
+        if name not in capped:
             continue
         if all(features.get(f, False) for f in needs):
             dll = _open(module)
@@ -112,7 +118,8 @@ def _declare(dll: ctypes.CDLL) -> None:
 
 #: The loaded kernels, or None (numpy kernels everywhere).
 lib: ctypes.CDLL | None
-#: Which build of :data:`BUILDS` :data:`lib` is (``"avx2"``, ``"baseline"``), or None.
+#: Which build of :data:`BUILDS` :data:`lib` is (``"avx512"``, ``"avx2"``, ``"baseline"``), or
+#: None.
 build: str | None
 lib, build = _load()
 
@@ -189,6 +196,24 @@ def radix_sort(src: np.ndarray[Any, Any], out: np.ndarray[Any, Any],
 
 
 _CODES = {np.dtype(np.float32): "f4", np.dtype(np.float64): "f8"}
+
+
+#: Alignment of the buffers a kernel reads and writes whole vectors of: a cache line, one
+#: AVX-512 vector. numpy's allocations are only 16-byte aligned, and a vector across two cache
+#: lines is two reads: the fused kernel's row vectors, accumulator and intermediates, aligned,
+#: read the warm two-operation chain's file 1.07x faster here (bench/README.md, "AVX-512
+#: build").
+VECTOR_ALIGN = 64
+
+
+def aligned_empty(n: int, dtype: Any, alignment: int = VECTOR_ALIGN) -> np.ndarray[Any, Any]:
+    """``np.empty(n, dtype)`` (1-d) whose first value is ``alignment``-aligned in memory."""
+    dt = np.dtype(dtype)
+    size = max(n, 1) * dt.itemsize
+    raw = np.empty(size + alignment, dtype=np.uint8)
+    skip = (-raw.ctypes.data) % alignment
+    out: np.ndarray[Any, Any] = raw[skip:skip + size].view(dt)[:n]
+    return out
 
 
 def available() -> bool:
