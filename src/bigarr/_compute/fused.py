@@ -127,8 +127,10 @@ class Program:
                 flat = np.asarray(value, dtype=_BOOL if node.dtype == _BOOL and not weak
                                   else self.dtype).reshape(-1)  # (a Python bool: a number)
             reps = self.block // flat.size if flat.size > 1 else self.block
+            tiled = native.aligned_empty(reps * flat.size, flat.dtype)
+            tiled.reshape(reps, flat.size)[...] = flat
             # never replaced once there: another thread may hold its address already
-            self.filled.setdefault(slot, np.ascontiguousarray(np.tile(flat, reps)))
+            self.filled.setdefault(slot, tiled)
 
     def takes(self, blocks: Sequence[Array]) -> bool:
         """Whether the kernel reads these inputs' blocks: C-contiguous, aligned arrays of the
@@ -147,11 +149,12 @@ class Program:
         self._fill(env)
         local = self.local
         if getattr(local, "slots", None) is None:
-            local.buf = np.empty(max(self.temps, 1) * self.block * 8, dtype=np.uint8)
+            stride = -(-self.block * 8 // native.VECTOR_ALIGN) * native.VECTOR_ALIGN
+            local.buf = native.aligned_empty(max(self.temps, 1) * stride, np.uint8)
             slots = np.zeros(self.nslots, dtype=np.uint64)
             base = int(local.buf.ctypes.data)
             for t in range(self.temps):
-                slots[self.nslots - self.temps + t] = base + t * self.block * 8
+                slots[self.nslots - self.temps + t] = base + t * stride
             for slot, value in self.filled.items():
                 slots[slot] = int(value.ctypes.data)
             local.slots = slots
@@ -203,8 +206,8 @@ class Program:
             return None
         _, local = got
         if getattr(local, "out", None) is None:
-            local.out = np.empty(self.block, dtype=self.dtype)
-            local.acc = np.empty(self.block, dtype=self.dtype)
+            local.out = native.aligned_empty(self.block, self.dtype)
+            local.acc = native.aligned_empty(self.block, self.dtype)
         local.slots[0] = int(local.out.ctypes.data)
         red = (FUSED_NANMAX if largest else FUSED_NANMIN) if nan else \
             (FUSED_MAX if largest else FUSED_MIN)

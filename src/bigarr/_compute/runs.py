@@ -61,10 +61,7 @@ def aligned_empty(n: int, dtype: np.dtype[Any]) -> Array:
     """``np.empty(n, dtype)`` whose first value is page-aligned in memory, so a run written
     from it at offset 0 goes to the disk with ``O_DIRECT`` from its own memory
     (:meth:`RunWriter.write` with ``lend=True``)."""
-    size = max(n, 1) * dtype.itemsize
-    raw = np.empty(size + DIRECT_ALIGN, dtype=np.uint8)
-    skip = (-raw.ctypes.data) % DIRECT_ALIGN
-    return raw[skip:skip + size].view(dtype)[:n]
+    return native.aligned_empty(n, dtype, DIRECT_ALIGN)
 
 
 def per_run(budget_bytes: int, runs: int, itemsize: int, share: int) -> int:
