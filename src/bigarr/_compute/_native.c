@@ -948,14 +948,23 @@ static int fused_strip_flags(const int64_t *prog, int64_t nops, int64_t red, uin
  * stack (in L1 whatever the block), so one dispatch of an operation covers FUSED_SUB_BYTES / 32
  * vectors and the operations' loads and stores stay in L1 (the strips dispatch every operation
  * per FUSED_NV vectors, and that dispatch was most of their time: 1.2-1.5x the strips, in and
- * out of cache, on the test machine). The inputs are prefetched FUSED_PREFETCH bytes ahead (a
- * chunk read from the page cache streams from memory; 1.2-1.3x more on it). The same
- * operations in the same order, element by element: the same bits. Programs with more than
- * FUSED_SCRATCH intermediates run strip by strip as before. */
+ * out of cache, on the test machine). The inputs are prefetched FUSED_PREFETCH bytes ahead into
+ * L1 (a chunk read from the page cache streams from memory; 1.2-1.3x more on it), and
+ * FUSED_PREFETCH2 bytes ahead into L2: a core has a few fill buffers for lines on their way to
+ * L1 and more requests to memory in flight from L2, and a chain with a few operations per
+ * vector issues its loads too slowly for the hardware prefetchers to keep memory busy. With
+ * both, the warm two-operation chain's file read 1.08x faster with the machine quiet and 1.3x
+ * with its memory loaded by others (bench/README.md, "AVX-512 build"); further into L2 than
+ * 4 KiB ran slower, in a loop written for it (bench/prefetch_distance.c). The same operations in
+ * the same order, element by element: the same bits. Programs with more than FUSED_SCRATCH
+ * intermediates run strip by strip as before. */
 #define FUSED_SUB_BYTES 512
 #define FUSED_SCRATCH 16
 #ifndef FUSED_PREFETCH
 #define FUSED_PREFETCH 2048
+#endif
+#ifndef FUSED_PREFETCH2
+#define FUSED_PREFETCH2 3072
 #endif
 #define DEF_FUSED_SUB(T, S) enum { S##_sub = FUSED_SUB_BYTES / (int)sizeof(T) };
 DEF_FUSED_SUB(float, f4)
@@ -1119,8 +1128,11 @@ static int fused_scratch(const int64_t *prog, int64_t nops, int64_t red, int64_t
                         if (scr[s] < 0) {                                                   \
                             t[s] = (T *)p[s] + j;                                           \
                             if (FUSED_PREFETCH && adv[s] && s > 0)                          \
-                                for (int c = 0; c < FUSED_SUB_BYTES; c += 64)               \
+                                for (int c = 0; c < FUSED_SUB_BYTES; c += 64) {             \
                                     __builtin_prefetch((const char *)t[s] + FUSED_PREFETCH + c); \
+                                    __builtin_prefetch((const char *)t[s] + FUSED_PREFETCH2 + c, \
+                                                       0, 1);                               \
+                                }                                                           \
                         }                                                                   \
                     int folded = 0;                                                         \
                     if (e == S##_sub)                                                       \
