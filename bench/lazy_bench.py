@@ -292,6 +292,24 @@ def _run(name: str, setup: str, work: str, args: argparse.Namespace, path: Path,
     return float(seconds), int(peak)
 
 
+def lazy_data(folder: Path, size: int) -> Path:
+    """``folder/x.npy``: float32 ``N x 32`` of ``size`` bytes, normal (mean 7, std 3), made
+    once (kept while its shape fits)."""
+    n = size // 128
+    path = folder / "x.npy"
+    if not path.exists() or np.load(path, mmap_mode="r").shape != (n, 32):
+        # written with write() as np.save does (not through a mapping, whose page cache would
+        # be single 4 KiB pages, every mapped read then paying a page fault per few pages)
+        rng = np.random.default_rng(0)
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "<f4", "fortran_order": False, "shape": (n, 32)})
+            for i in range(0, n, 1 << 18):
+                rows = min(1 << 18, n - i)
+                (rng.standard_normal((rows, 32), dtype=np.float32) * 3 + 7).tofile(f)
+    return path
+
+
 def main() -> None:
     import bigarr
 
@@ -306,18 +324,7 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(args.dir or tempfile.mkdtemp(prefix="bigarr-lazy-"))
     folder.mkdir(parents=True, exist_ok=True)
-    n = args.size // 128
-    path = folder / "x.npy"
-    if not path.exists() or np.load(path, mmap_mode="r").shape != (n, 32):
-        # written with write() as np.save does (not through a mapping, whose page cache would
-        # be single 4 KiB pages, every mapped read then paying a page fault per few pages)
-        rng = np.random.default_rng(0)
-        with open(path, "wb") as f:
-            np.lib.format.write_array_header_1_0(
-                f, {"descr": "<f4", "fortran_order": False, "shape": (n, 32)})
-            for i in range(0, n, 1 << 18):
-                rows = min(1 << 18, n - i)
-                (rng.standard_normal((rows, 32), dtype=np.float32) * 3 + 7).tofile(f)
+    path = lazy_data(folder, args.size)
     if not args.cold:
         np.load(path, mmap_mode="r").sum()  # warm: in the page cache
     x = bigarr.lazy(path)

@@ -960,7 +960,7 @@ static int fused_strip_flags(const int64_t *prog, int64_t nops, int64_t red, uin
  * intermediates run strip by strip as before. */
 #define FUSED_SUB_BYTES 512
 #define FUSED_SCRATCH 16
-#ifndef FUSED_PREFETCH
+#ifndef FUSED_PREFETCH /* (both may be set when building, 0 for none: bench/fused_ab.py) */
 #define FUSED_PREFETCH 2048
 #endif
 #ifndef FUSED_PREFETCH2
@@ -1127,11 +1127,12 @@ static int fused_scratch(const int64_t *prog, int64_t nops, int64_t red, int64_t
                     for (int64_t s = 0; s < nslots; s++)                                    \
                         if (scr[s] < 0) {                                                   \
                             t[s] = (T *)p[s] + j;                                           \
-                            if (FUSED_PREFETCH && adv[s] && s > 0)                          \
+                            if ((FUSED_PREFETCH || FUSED_PREFETCH2) && adv[s] && s > 0)     \
                                 for (int c = 0; c < FUSED_SUB_BYTES; c += 64) {             \
-                                    __builtin_prefetch((const char *)t[s] + FUSED_PREFETCH + c); \
-                                    __builtin_prefetch((const char *)t[s] + FUSED_PREFETCH2 + c, \
-                                                       0, 1);                               \
+                                    const char *at = (const char *)t[s] + c;                \
+                                    if (FUSED_PREFETCH) __builtin_prefetch(at + FUSED_PREFETCH); \
+                                    if (FUSED_PREFETCH2)                                    \
+                                        __builtin_prefetch(at + FUSED_PREFETCH2, 0, 1);     \
                                 }                                                           \
                         }                                                                   \
                     int folded = 0;                                                         \
