@@ -958,7 +958,9 @@ static int fused_strip_flags(const int64_t *prog, int64_t nops, int64_t red, uin
  * 4 KiB ran slower, in a loop written for it (bench/prefetch_distance.c). The same operations in
  * the same order, element by element: the same bits. Programs with more than FUSED_SCRATCH
  * intermediates run strip by strip as before. */
+#ifndef FUSED_SUB_BYTES /* (a multiple of 64 may be set when building: bench/fused_ab.py) */
 #define FUSED_SUB_BYTES 512
+#endif
 #define FUSED_SCRATCH 16
 #ifndef FUSED_PREFETCH /* (both may be set when building, 0 for none: bench/fused_ab.py) */
 #define FUSED_PREFETCH 2048
