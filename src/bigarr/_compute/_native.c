@@ -40,11 +40,12 @@ static inline double lanes_total(const double *a)
  * widest the CPU runs (BIGARR_NATIVE_ISA=avx2 or baseline caps it, so all are tested in one
  * process). One source, so the same arithmetic: no -mfma, contraction off, no fast-math, so
  * nothing is reassociated and the wider vectors give the same bits. KERNEL marks an exported
- * kernel. NARROW keeps a kernel at 256-bit vectors in the AVX-512 build where 512-bit ones ran
- * slower (var_flat: 0.3x, its 16 lanes of float64 sums in two 512-bit registers each). */
+ * kernel. NARROW compiles a kernel without AVX-512 in the AVX-512 build, where it ran slower
+ * with it (var_flat: 0.3x with 512-bit vectors, 0.9x with 256-bit ones, its 16 lanes of float64
+ * sums in two registers each; bench/native_builds.py). */
 #define KERNEL
 #ifdef __AVX512F__
-#define NARROW __attribute__((target("prefer-vector-width=256")))
+#define NARROW __attribute__((target("no-avx512f")))
 #else
 #define NARROW
 #endif
