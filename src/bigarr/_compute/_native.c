@@ -954,11 +954,11 @@ static int fused_strip_flags(const int64_t *prog, int64_t nops, int64_t red, uin
  * FUSED_PREFETCH2 bytes ahead into L2: a core has a few fill buffers for lines on their way to
  * L1 and more requests to memory in flight from L2, and a chain with a few operations per
  * vector issues its loads too slowly for the hardware prefetchers to keep memory busy. With
- * both, the warm two-operation chain's file read 1.08x faster with the machine quiet and 1.3x
- * with its memory loaded by others (bench/README.md, "AVX-512 build"); further into L2 than
- * 4 KiB ran slower, in a loop written for it (bench/prefetch_distance.c). The same operations in
- * the same order, element by element: the same bits. Programs with more than FUSED_SCRATCH
- * intermediates run strip by strip as before. */
+ * both, the warm two-operation chain's file read 1.15x faster with the machine quiet and 1.3x
+ * with its memory loaded by others (bench/README.md, "Quiet run, eighth session"); further
+ * into L2 than 4 KiB ran slower, in a loop written for it (bench/prefetch_distance.c). The same
+ * operations in the same order, element by element: the same bits. Programs with more than
+ * FUSED_SCRATCH intermediates run strip by strip as before. */
 #ifndef FUSED_SUB_BYTES /* (a multiple of 64 may be set when building: bench/fused_ab.py) */
 #define FUSED_SUB_BYTES 512
 #endif

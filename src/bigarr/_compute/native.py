@@ -37,8 +37,8 @@ _F8 = ctypes.c_double
 #: (AVX-512 F, VL, BW and DQ, 512-bit vectors) and ``_native_avx2`` (``-mavx2``) on x86-64
 #: beside the baseline ``_native``; the same source and flags otherwise, so the same bits. Each
 #: needs the CPU features listed (numpy's names; ``AVX512_SKX`` is F, CD, VL, BW and DQ). The
-#: AVX-512 build read the warm two-operation chain's file 1.07x faster than the AVX2 one here
-#: and the six-operation one 1.08x (bench/README.md, "AVX-512 build").
+#: AVX-512 build read the warm two-operation chain's file 1.12x faster than the AVX2 one here,
+#: and ran 1.0-1.7x faster kernel by kernel (bench/README.md, "AVX-512 build").
 BUILDS = {"avx512": ("bigarr._compute._native_avx512", ("AVX512F", "AVX512_SKX")),
           "avx2": ("bigarr._compute._native_avx2", ("AVX2",)),
           "baseline": ("bigarr._compute._native", ())}
@@ -201,8 +201,8 @@ _CODES = {np.dtype(np.float32): "f4", np.dtype(np.float64): "f8"}
 #: Alignment of the buffers a kernel reads and writes whole vectors of: a cache line, one
 #: AVX-512 vector. numpy's allocations are only 16-byte aligned, and a vector across two cache
 #: lines is two reads: the fused kernel's row vectors, accumulator and intermediates, aligned,
-#: read the warm two-operation chain's file 1.07x faster here (bench/README.md, "AVX-512
-#: build").
+#: read the warm two-operation chain's file 1.07x faster here (bench/README.md, "Quiet run,
+#: eighth session").
 VECTOR_ALIGN = 64
 
 
