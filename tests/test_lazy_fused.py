@@ -237,7 +237,10 @@ def test_extremes_of_a_chain_fold_in_the_kernel_chunk_by_chunk(tmp_path: Path) -
         with np.errstate(all="ignore"):
             assert_same_extremes(got, f(np.sqrt(abs((a - m) / 3.0)) * 2.0, axis=0))
         assert np.isnan(got[[2, 5]]).all()
-        assert 1 < calls <= plan.steps[-1].chunks + 3  # (+ the planner's probes)
+        # one call per chunk (+ the planner's probes), and one more for each whose extreme is
+        # NaN, taken again in row order (its chunks are below fused.IN_ORDER_BYTES)
+        assert plan.steps[-1].chunk_bytes <= fused.IN_ORDER_BYTES
+        assert 1 < calls <= 2 * (plan.steps[-1].chunks + 3)
 
 
 @pytest.mark.parametrize("build", [
@@ -456,3 +459,34 @@ def test_the_kernels_buffers_are_cache_line_aligned(dtype: str, k: int) -> None:
     addresses = [b.ctypes.data for b in buffers]
     addresses += [int(v) for v in local.slots[program.nslots - program.temps:]]
     assert all(address % native.VECTOR_ALIGN == 0 for address in addresses), addresses
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ["max", "min", "nanmax", "nanmin"])
+def test_folded_extremes_keep_numpys_zero_signs_and_nan_payloads(tmp_path: Path, dtype: str,
+                                                                  name: str) -> None:
+    # 0.0 and -0.0 are equal, as are NaNs of other payloads: numpy's max/min keep the later
+    # of equal values and the first NaN, row by row (fmax/fmin, behind nanmax/nanmin: the
+    # first of equal values, the last NaN). The kernel's accumulator holds rows a block
+    # apart, so these columns are taken again in row order (fused.Program.extreme).
+    rng = np.random.default_rng(21)
+    a = np.where(rng.random((20011, 8)) < 0.5, 0.0, -0.0).astype(dtype)
+    a[:, 0] = rng.standard_normal(20011).astype(dtype)  # an ordinary column beside them
+    a[:, 1] = -a[:, 1] - 1.0  # all negative: min/nanmin column of no zero
+    nan, neg = np.array([np.nan, -np.nan], dtype=dtype)
+    a[3000, 2], a[5000, 2] = neg, nan  # two payloads in one column: the first or last
+    a[::2, 3], a[1::2, 3] = nan, neg  # all NaN, payloads alternating
+    np.save(tmp_path / "x.npy", a)
+    m = np.zeros(8, dtype=dtype)
+    f = getattr(np, name)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = f((a - m) * 2.0, axis=0)
+        x = bigarr.lazy(tmp_path / "x.npy")
+        before = fused.calls()
+        got = f((x - m) * 2.0, axis=0).compute(budget="2MiB", threads=2, progress=False)
+    assert fused.calls() > before
+    u = np.dtype(f"u{a.dtype.itemsize}")
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got.view(u), want.view(u))

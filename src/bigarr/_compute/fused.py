@@ -65,6 +65,10 @@ LOGIC: dict[Any, int] = {np.logical_and: 18, np.bitwise_and: 18, np.logical_or: 
                          np.bitwise_or: 19, np.logical_xor: 20, np.bitwise_xor: 20,
                          np.logical_not: 21, np.invert: 21}
 _WHERE = 22
+#: Bytes of a chain's values computed at a time when a folded extreme is taken again in row
+#: order (:meth:`Program.extreme`): one buffer of this size per thread.
+IN_ORDER_BYTES = 1 << 20
+
 #: What the kernel does with the program's result (``FUSED_STORE`` ... in ``_native.c``).
 FUSED_STORE, FUSED_MAX, FUSED_MIN, FUSED_NANMAX, FUSED_NANMIN = 0, 1, 2, 3, 4
 #: Most slots a program may use (``FUSED_SLOTS`` in ``_native.c``).
@@ -196,7 +200,10 @@ class Program:
         its result into an accumulator of one block (numpy's ``maximum``/``minimum``, element
         by element), whose rows are then reduced. With ``nan``, NaN is ignored (numpy's
         ``fmax``/``fmin``: NaN only in a column all NaN, as
-        :class:`bigarr._compute.lazyeval._NanExtreme`'s state). None when the kernel cannot read
+        :class:`bigarr._compute.lazyeval._NanExtreme`'s state). Where a column's extreme is
+        zero or NaN, equal values of other bits may have been kept (0.0 and -0.0, NaN
+        payloads), so the tile is reduced again in row order (:meth:`_in_order`): numpy's bits
+        always, at the cost of a second sweep for such tiles. None when the kernel cannot read
         the tile (then compute the chain and reduce it as usual)."""
         n = rows * self.k
         if n < 1:
@@ -204,7 +211,7 @@ class Program:
         got = self._slots(env, rows)
         if got is None:
             return None
-        _, local = got
+        blocks, local = got
         if getattr(local, "out", None) is None:
             local.out = native.aligned_empty(self.block, self.dtype)
             local.acc = native.aligned_empty(self.block, self.dtype)
@@ -215,7 +222,35 @@ class Program:
         held = local.acc[:min(n, self.block)].reshape(-1, self.k)
         ufunc = (np.fmax if largest else np.fmin) if nan else \
             (np.maximum if largest else np.minimum)
-        return np.asarray(ufunc.reduce(held, axis=0))
+        result = np.asarray(ufunc.reduce(held, axis=0))
+        if held.shape[0] < rows and bool(((result == 0) | np.isnan(result)).any()):
+            # Equal values of other bits (0.0 and -0.0, NaNs of other payloads): numpy keeps
+            # the later of equal values and the first NaN, in row order, but each of the
+            # accumulator's rows holds rows a block apart, so reducing them may pick another.
+            result = self._in_order(blocks, local, rows, ufunc)
+        return result
+
+    def _in_order(self, blocks: list[Array], local: Any, rows: int, ufunc: Any) -> Array:
+        """The chain's extreme along axis 0 over ``blocks``' ``rows`` rows (their addresses in
+        ``local.slots`` already), reduced by ``ufunc`` in row order as numpy does: the chain
+        computed :data:`IN_ORDER_BYTES` at a time into this thread's buffer, each piece
+        reduced, the pieces combined in order."""
+        step = max(1, IN_ORDER_BYTES // (self.k * self.dtype.itemsize))
+        if getattr(local, "in_order", None) is None:
+            local.in_order = native.aligned_empty(step * self.k, self.dtype)
+        row_bytes = self.k * self.dtype.itemsize
+        starts = [int(b.ctypes.data) for b in blocks]
+        result: Array | None = None
+        for r0 in range(0, rows, step):
+            m = min(rows, r0 + step) - r0
+            for (slot, _), start in zip(self.leaves, starts, strict=True):
+                local.slots[slot] = start + r0 * row_bytes
+            local.slots[0] = int(local.in_order.ctypes.data)
+            self._call(local, m * self.k, FUSED_STORE, None)
+            part = ufunc.reduce(local.in_order[:m * self.k].reshape(m, self.k), axis=0)
+            result = part if result is None else ufunc(result, part)
+        assert result is not None
+        return np.asarray(result)
 
 
 class _Refused(BigArrError, RuntimeError):
