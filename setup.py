@@ -7,7 +7,8 @@ rounding). On x86-64 the same sources are built a second time with ``-mavx2`` as
 -mavx512bw -mavx512dq``, 512-bit vectors) as ``bigarr._compute._native_avx512`` (each optional:
 a compiler without the instruction set skips it), and ``bigarr._compute.native`` loads the
 widest the CPU runs: the same arithmetic in wider registers, so the same bits (no ``-mfma``,
-no contraction, no fast-math: nothing reassociated). ``python -m bigarr --version`` tells which
+no contraction, no fast-math: nothing reassociated; but for which NaN a sum or product of two
+NaNs gives). ``python -m bigarr --version`` tells which
 is in use; ``BIGARR_NATIVE=0`` turns them off and ``BIGARR_NATIVE_ISA=avx2`` or ``baseline``
 caps the build.
 """

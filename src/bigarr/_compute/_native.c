@@ -39,7 +39,9 @@ static inline double lanes_total(const double *a)
  * -mavx2 as _native_avx2 and with AVX-512 as _native_avx512; bigarr/_compute/native.py loads the
  * widest the CPU runs (BIGARR_NATIVE_ISA=avx2 or baseline caps it, so all are tested in one
  * process). One source, so the same arithmetic: no -mfma, contraction off, no fast-math, so
- * nothing is reassociated and the wider vectors give the same bits. KERNEL marks an exported
+ * nothing is reassociated and the wider vectors give the same bits. (Not the same NaN, though,
+ * where + or * meets two NaNs: the result is one of them, and the compiler may put either
+ * operand first, loop by loop; numpy promises no NaN payload either.) KERNEL marks an exported
  * kernel. NARROW compiles a kernel without AVX-512 in the AVX-512 build, where it ran slower
  * with it (var_flat: 0.3x with 512-bit vectors, 0.9x with 256-bit ones, its 16 lanes of float64
  * sums in two registers each; bench/native_builds.py). */

@@ -18,6 +18,7 @@ import functools
 import importlib.util
 import math
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,10 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     forced = os.environ.get("BIGARR_NATIVE_ISA", "").strip().lower()
     features = _cpu_features()
     names = list(BUILDS)
+    if forced and forced not in BUILDS:
+        warnings.warn(f"BIGARR_NATIVE_ISA={forced!r} is not one of {', '.join(names)}: ignored "
+                      "(BIGARR_NATIVE=0 turns the native kernels off)", RuntimeWarning,
+                      stacklevel=2)
     capped = names[names.index(forced):] if forced in BUILDS else names
     for name, (module, needs) in BUILDS.items():
         if name not in capped:
