@@ -262,3 +262,38 @@ def test_dask_blocks_larger_than_a_chunk_are_cut(tmp_path: Path, npy: Path,
     x = bigarr.to_dask(npy, chunks=(N, 32))  # one 12.2 MiB block, a 256 KiB budget
     assert float(bigarr.sum(x, dtype=np.float64, budget="256KiB", progress=False)) == \
         pytest.approx(float(data.sum(dtype=np.float64)))
+
+
+def test_temporaries_measured_while_another_thread_measures_too() -> None:
+    # tracemalloc is the process's: a plan in another thread used to stop the tracing under
+    # this one's measurement (which then read nothing: a run planned with no temporaries)
+    import threading
+    import time
+
+    block = np.ones(1 << 16)
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            _runplan.measure_temporaries(lambda b: b + 1, [block], block.nbytes)
+
+    def eight_mib(b: Any) -> Any:
+        t = np.ones(1 << 20)  # 8 MiB, held a while
+        time.sleep(0.002)
+        return t.sum() + b[0]
+
+    other = threading.Thread(target=busy)
+    other.start()
+    try:
+        got = [_runplan.measure_temporaries(eight_mib, [block], block.nbytes)[0]
+               for _ in range(40)]
+    finally:
+        stop.set()
+        other.join()
+    floor = ((8 << 20) - _runplan.PROBE_SLACK) / block.nbytes
+    assert min(got) >= floor * 0.99, min(got)
+    # and a probe that plans a run of its own measures inside it (the lock is reentrant)
+    nested = _runplan.measure_temporaries(
+        lambda b: _runplan.measure_temporaries(eight_mib, [b], b.nbytes)[0], [block],
+        block.nbytes)[0]
+    assert nested >= floor * 0.99

@@ -36,6 +36,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import threading
 import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -185,20 +186,30 @@ class RunPlan:
         )
 
 
+#: One measurement at a time in the process: tracemalloc is the process's, so a run planned in
+#: another thread would stop the tracing under this one's (which then measured nothing) or
+#: reset its peak. (Reentrant: a probe may plan a run of its own.) Another thread's running
+#: computation still allocates and frees within the window, which moves the measurement
+#: either way: at a budget of a few MiB, a run planned beside others may be refused where it
+#: fits alone.
+_TRACING = threading.RLock()
+
+
 def _traced_peak(func: Callable[..., Any], probes: Sequence[Any]) -> int:
     """Bytes ``func(*probes)`` allocates at its peak (result included), via tracemalloc."""
-    started = not tracemalloc.is_tracing()
-    if started:
-        tracemalloc.start()
-    try:
-        base, _ = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        result = func(*probes)
-        _, peak = tracemalloc.get_traced_memory()
-        del result
-    finally:
+    with _TRACING:
+        started = not tracemalloc.is_tracing()
         if started:
-            tracemalloc.stop()
+            tracemalloc.start()
+        try:
+            base, _ = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            result = func(*probes)
+            _, peak = tracemalloc.get_traced_memory()
+            del result
+        finally:
+            if started:
+                tracemalloc.stop()
     return max(0, peak - base)
 
 
