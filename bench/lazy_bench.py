@@ -292,11 +292,11 @@ def _run(name: str, setup: str, work: str, args: argparse.Namespace, path: Path,
     return float(seconds), int(peak)
 
 
-def lazy_data(folder: Path, size: int) -> Path:
-    """``folder/x.npy``: float32 ``N x 32`` of ``size`` bytes, normal (mean 7, std 3), made
+def lazy_data(folder: Path, size: int, name: str = "x.npy") -> Path:
+    """``folder/name``: float32 ``N x 32`` of ``size`` bytes, normal (mean 7, std 3), made
     once (kept while its shape fits)."""
     n = size // 128
-    path = folder / "x.npy"
+    path = folder / name
     if not path.exists() or np.load(path, mmap_mode="r").shape != (n, 32):
         # written with write() as np.save does (not through a mapping, whose page cache would
         # be single 4 KiB pages, every mapped read then paying a page fault per few pages)
