@@ -66,8 +66,9 @@ LOGIC: dict[Any, int] = {np.logical_and: 18, np.bitwise_and: 18, np.logical_or: 
                          np.logical_not: 21, np.invert: 21}
 _WHERE = 22
 #: Bytes of a chain's values computed at a time when a folded extreme is taken again in row
-#: order (:meth:`Program.extreme`): one buffer of this size per thread.
-IN_ORDER_BYTES = 1 << 20
+#: order (:meth:`Program.extreme`): one buffer of this size per thread, which a run's memory
+#: plan reserves (:mod:`bigarr._compute.lazyrun`).
+IN_ORDER_BYTES = 256 << 10
 
 #: What the kernel does with the program's result (``FUSED_STORE`` ... in ``_native.c``).
 FUSED_STORE, FUSED_MAX, FUSED_MIN, FUSED_NANMAX, FUSED_NANMIN = 0, 1, 2, 3, 4

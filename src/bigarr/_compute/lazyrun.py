@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from bigarr._compute.engine import execute
+from bigarr._compute.fused import IN_ORDER_BYTES
 from bigarr._compute.lazy import LazyArray
 from bigarr._compute.lazyeval import (
     Carries,
@@ -230,6 +231,8 @@ class _Pass:
                     fixed += (nthreads + 2) * keep * per
                 if not k.scratch_free(it.expr.dtype, tuple(node.axes)):
                     scratch = SCRATCH_BYTES
+                if id(node) in self.folded:  # its buffer for a tile reduced in row order
+                    scratch = max(scratch, IN_ORDER_BYTES)
             elif not to_file and not unknown_rows(it.frame):
                 # the result in memory; a file output is a stream (map_blocks')
                 fixed += math.prod(node.shape) * node.dtype.itemsize
