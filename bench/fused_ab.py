@@ -23,6 +23,7 @@ best GB/s (1e9 bytes of input per second).
 from __future__ import annotations
 
 import argparse
+import ast
 import ctypes
 import statistics
 import subprocess
@@ -44,17 +45,28 @@ from bigarr._compute import native
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / "src" / "bigarr" / "_compute" / n for n in ("_native.c", "_radix.c")]
-# setup.py's flags: its NATIVE_FLAGS, then its flags for each instruction set
-FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-std=c99"]
-ISA = {"avx512": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq",
-                  "-mprefer-vector-width=512"],
-       "avx2": ["-mavx2"], "baseline": []}
+
+
+def _setup_value(name: str) -> Any:
+    """The literal ``setup.py`` assigns to ``name`` (read, not run: running it would build)."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise SystemExit(f"setup.py assigns no {name}")
+
+
+# setup.py's flags: NATIVE_FLAGS, then the flags of each wider build (WIDER)
+FLAGS: list[str] = _setup_value("NATIVE_FLAGS")
+ISA: dict[str, list[str]] = {isa: flags for isa, (_, flags) in _setup_value("WIDER").items()}
+ISA["baseline"] = []
 
 
 def build(name: str, flags: str, folder: Path) -> ctypes.CDLL:
     """The kernels built as ``folder/name.so`` with the flags of ``name``'s instruction set and
     ``flags``, loaded and declared."""
-    isa = next((k for k in ISA if name.startswith(k)), None)
+    isa = next((k for k in sorted(ISA, key=len, reverse=True) if name.startswith(k)), None)
     if isa is None:
         raise SystemExit(f"--variant {name}: the name starts with one of {', '.join(ISA)}")
     out = folder / f"{name}.so"
