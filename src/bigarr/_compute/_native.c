@@ -792,7 +792,11 @@ INLINE void f_logic(int op, uint8_t *restrict d, const uint8_t *restrict a,
  * element by element (NaN propagates; of equal values the newer), or for FUSED_NANMAX /
  * FUSED_NANMIN numpy's fmax/fmin (NaN only where every value is), so the extreme over all blocks
  * is that of the accumulator's elements; the first block is copied in. */
-#define F_FOLD_CASE(S, R)                                                                   \
+/* The fold kinds, each once: FUSED_FOLDS(M, S, X) is M(S, X, R) for each kind R (the loops that
+ * fold take it as a constant, so each is compiled for it). */
+#define FUSED_FOLDS(M, S, X)                                                                \
+    M(S, X, FUSED_MAX) M(S, X, FUSED_MIN) M(S, X, FUSED_NANMAX) M(S, X, FUSED_NANMIN)
+#define F_FOLD_CASE(S, X, R)                                                                \
     case R: for (int64_t i = 0; i < m; i++) acc[i] = f_fe_##S(R, acc[i], d[i]); break;
 #define DEF_FUSED_FOLD(T, S)                                                                \
     INLINE void f_fold_##S(int64_t red, int first, T *restrict acc, const T *restrict d,    \
@@ -802,10 +806,7 @@ INLINE void f_logic(int op, uint8_t *restrict d, const uint8_t *restrict a,
             for (int64_t i = 0; i < m; i++) acc[i] = d[i];                                  \
             return;                                                                         \
         }                                                                                   \
-        switch (red) {                                                                      \
-            F_FOLD_CASE(S, FUSED_MAX) F_FOLD_CASE(S, FUSED_MIN) F_FOLD_CASE(S, FUSED_NANMAX) \
-            F_FOLD_CASE(S, FUSED_NANMIN)                                                    \
-        }                                                                                   \
+        switch (red) { FUSED_FOLDS(F_FOLD_CASE, S, _) }                                     \
     }
 
 DEF_FUSED_FOLD(float, f4)
@@ -1004,14 +1005,12 @@ DEF_FUSED_SUB(double, f8)
     case O1:                                                                                \
         switch (o2) { FUSED_ARITH2(FP2, S, O1) }                                            \
         return;
+#define FOF_CASE(S, O, R)                                                                   \
+    case R: f_of_##S(O, R, acc, a, b); return;
 #define FOF(S, O)                                                                           \
     case O:                                                                                 \
-        switch (red) {                                                                      \
-        case FUSED_MAX: f_of_##S(O, FUSED_MAX, acc, a, b); return;                          \
-        case FUSED_MIN: f_of_##S(O, FUSED_MIN, acc, a, b); return;                          \
-        case FUSED_NANMAX: f_of_##S(O, FUSED_NANMAX, acc, a, b); return;                    \
-        default: f_of_##S(O, FUSED_NANMIN, acc, a, b); return;                              \
-        }
+        switch (red) { FUSED_FOLDS(FOF_CASE, S, O) }                                        \
+        return;
 #define DEF_FUSED_PAIR_DISPATCH(T, S)                                                       \
     __attribute__((noinline)) static void f_pair_##S(int o1, int o2, int side, T *d,        \
                                                      const T *a, const T *b, const T *c)    \
