@@ -149,8 +149,9 @@ static inline double lanes_total(const double *a)
 
 /* The same over each contiguous run of m elements as one group, in LANES interleaved sums. */
 #define DEF_VAR_FLAT(NAME, T)                                                               \
-    KERNEL NARROW void NAME(const T *restrict x, int64_t p, int64_t m, double *restrict shift,     \
-                     double *restrict mean, double *restrict m2)                            \
+    KERNEL NARROW void NAME(const T *restrict x, int64_t p, int64_t m,                    \
+                            double *restrict shift, double *restrict mean,                  \
+                            double *restrict m2)                                            \
     {                                                                                       \
         for (int64_t q = 0; q < p; q++) {                                                   \
             const T *restrict b = x + q * m;                                                \
